@@ -1,0 +1,1 @@
+"""kernelscope server: FastAPI app around the numpy engine."""

@@ -1,0 +1,1 @@
+"""kernelscope engine: a small CNN written from scratch in numpy."""
