@@ -1,0 +1,602 @@
+"""Datasets: what a model learns from.
+
+A `Dataset` holds a training and a validation split as float32 NCHW arrays,
+zero-centred and scaled with statistics of the training split only, plus a
+fixed "monitor" batch (for layer statistics) and a few fixed probe images (for
+feature maps). Sources: the procedurally generated "shapes" set (default, no
+files), MNIST / Fashion-MNIST IDX files, CIFAR-10 python batches, an image
+folder (one sub-folder per class), and scikit-learn's digits when installed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SHAPE_CLASSES = (
+    "x",
+    "plus",
+    "circle",
+    "square",
+    "triangle",
+    "horizontal_line",
+    "vertical_line",
+    "diagonal_line",
+    "antidiagonal_line",
+    "blob",
+)
+SHAPES_PROBE_CLASSES = ("x", "plus", "vertical_line", "circle")
+
+MNIST_CLASSES = tuple(str(digit) for digit in range(10))
+FASHION_MNIST_CLASSES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+)
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+MONITOR_SIZE = 64
+PROBE_COUNT = 4
+
+
+class DatasetError(ValueError):
+    """A dataset file or folder is missing, truncated or in the wrong format."""
+
+
+@dataclass
+class Dataset:
+    """Normalised splits plus the fixed monitor batch and probe images."""
+
+    name: str
+    classes: list[str]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    monitor_x: np.ndarray
+    monitor_y: np.ndarray
+    probe_x: np.ndarray
+    probe_labels: list[str]
+    params: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.x_train.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def batch_indices(self, step: int, batch_size: int, seed: int) -> np.ndarray:
+        """Training indices of batch number `step` (0-based).
+
+        The order is a fresh permutation per epoch drawn from (seed, epoch), so
+        the data position of a run is fully described by its step: a restored
+        run sees exactly the batches it would have seen.
+        """
+        n = len(self.x_train)
+        start = step * batch_size
+        indices = []
+        while len(indices) < batch_size:
+            epoch, offset = divmod(start, n)
+            order = np.random.default_rng([seed, epoch]).permutation(n)
+            take = order[offset : offset + batch_size - len(indices)]
+            indices.extend(take.tolist())
+            start += len(take)
+        return np.asarray(indices, dtype=np.int64)
+
+    def describe(self) -> dict:
+        """JSON-able summary: name, classes, sizes, input shape, normalisation."""
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "input_shape": list(self.input_shape),
+            "n_train": int(len(self.x_train)),
+            "n_val": int(len(self.x_val)),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "params": dict(self.params),
+        }
+
+
+def make_dataset(
+    name: str,
+    classes,
+    x_train,
+    y_train,
+    x_val,
+    y_val,
+    probe_classes=None,
+    params: dict | None = None,
+) -> Dataset:
+    """Build a Dataset from raw arrays (N, C, H, W) with integer labels.
+
+    uint8 pixels are scaled to [0, 1] first. Per-channel mean and std come
+    from the training split only and are applied to every split.
+    """
+    x_train = _as_float_images(x_train)
+    x_val = _as_float_images(x_val)
+    y_train = np.asarray(y_train, dtype=np.int64)
+    y_val = np.asarray(y_val, dtype=np.int64)
+    classes = [str(c) for c in classes]
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise DatasetError(f"{name}: the training and validation splits must both be non-empty")
+    if len(x_train) != len(y_train) or len(x_val) != len(y_val):
+        raise DatasetError(f"{name}: image and label counts differ")
+    for labels in (y_train, y_val):
+        if labels.min() < 0 or labels.max() >= len(classes):
+            raise DatasetError(f"{name}: labels must lie in 0..{len(classes) - 1}")
+
+    mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = x_train.std(axis=(0, 2, 3), dtype=np.float64)
+    std = np.where(std > 1e-8, std, 1.0)
+    scale = (1.0 / std).astype(np.float32)[None, :, None, None]
+    shift = mean.astype(np.float32)[None, :, None, None]
+    x_train = (x_train - shift) * scale
+    x_val = (x_val - shift) * scale
+
+    monitor_count = min(MONITOR_SIZE, len(x_val))
+    monitor_x = x_val[:monitor_count].copy()
+    monitor_y = y_val[:monitor_count].copy()
+
+    probe_indices = _probe_indices(y_val, classes, probe_classes)
+    return Dataset(
+        name=name,
+        classes=classes,
+        x_train=np.ascontiguousarray(x_train),
+        y_train=y_train,
+        x_val=np.ascontiguousarray(x_val),
+        y_val=y_val,
+        mean=mean,
+        std=std,
+        monitor_x=monitor_x,
+        monitor_y=monitor_y,
+        probe_x=x_val[probe_indices].copy(),
+        probe_labels=[classes[y_val[i]] for i in probe_indices],
+        params=dict(params or {}),
+    )
+
+
+def _as_float_images(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise DatasetError(f"images must be a 4-d array (N, C, H, W), got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    return x.astype(np.float32)
+
+
+def _probe_indices(labels: np.ndarray, classes: list[str], probe_classes) -> list[int]:
+    """First validation image of each wanted class, topped up to PROBE_COUNT."""
+    wanted = [classes.index(c) for c in (probe_classes or []) if c in classes]
+    wanted += [c for c in range(len(classes)) if c not in wanted]
+    chosen = []
+    for class_index in wanted:
+        hits = np.flatnonzero(labels == class_index)
+        if len(hits):
+            chosen.append(int(hits[0]))
+        if len(chosen) == PROBE_COUNT:
+            break
+    return chosen
+
+
+# --------------------------------------------------------------------------
+# shapes: procedurally generated strokes that make edge and X detectors pay off
+
+
+def generate_shapes(n: int, size: int = 28, seed: int = 0, noise: float = 0.08):
+    """`n` grayscale shape images (n, 1, size, size) in [0, 1] and labels.
+
+    Classes are SHAPE_CLASSES, balanced, in shuffled order. Each image has a
+    random centre, extent, stroke width, small rotation, contrast and Gaussian
+    pixel noise of std up to `noise`. Deterministic for a seed; vectorised
+    (strokes are rendered from distance fields, anti-aliased).
+    """
+    if n < 0:
+        raise ValueError("n: must be >= 0")
+    if size < 8:
+        raise ValueError("size: must be >= 8")
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % len(SHAPE_CLASSES))
+    scale = size / 28.0
+    half = rng.uniform(0.2, 0.38, n) * size
+    margin = 1.5 * scale
+    low = half + margin
+    high = size - 1 - half - margin
+    cx = low + rng.uniform(0, 1, n) * (high - low)
+    cy = low + rng.uniform(0, 1, n) * (high - low)
+    stroke = rng.uniform(1.4, 2.6, n) * scale
+    angle = rng.uniform(-0.2, 0.2, n)
+    contrast = rng.uniform(0.6, 1.0, n)
+    noise_std = rng.uniform(0.0, noise, n)
+    pixel_noise = rng.standard_normal((n, size, size)).astype(np.float32)
+
+    coords = np.arange(size, dtype=np.float32)
+    images = np.zeros((n, size, size), dtype=np.float32)
+    for class_index, class_name in enumerate(SHAPE_CLASSES):
+        idx = np.flatnonzero(labels == class_index)
+        if len(idx) == 0:
+            continue
+        geometry = _Geometry(cx[idx], cy[idx], half[idx], angle[idx], coords)
+        if class_name == "blob":
+            inside = geometry.radius * 0.55 - geometry.distance_to_centre()
+            ink = np.clip(inside + 0.5, 0.0, 1.0)
+        else:
+            distance = _SHAPE_DISTANCES[class_name](geometry)
+            ink = np.clip(stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
+        images[idx] = ink * contrast[idx, None, None]
+    images += pixel_noise * noise_std[:, None, None].astype(np.float32)
+    return images[:, None], labels.astype(np.int64)
+
+
+class _Geometry:
+    """Pixel grid and per-image centre/extent/rotation for distance fields."""
+
+    def __init__(self, cx, cy, radius, angle, coords):
+        self.cx = cx[:, None, None].astype(np.float32)
+        self.cy = cy[:, None, None].astype(np.float32)
+        self.radius = radius[:, None, None].astype(np.float32)
+        self.cos = np.cos(angle)[:, None, None].astype(np.float32)
+        self.sin = np.sin(angle)[:, None, None].astype(np.float32)
+        self.px = coords[None, None, :]
+        self.py = coords[None, :, None]
+
+    def point(self, u: float, v: float):
+        """Image coordinates of the rotated point (u, v) given in radii."""
+        du = u * self.radius
+        dv = v * self.radius
+        return self.cx + du * self.cos - dv * self.sin, self.cy + du * self.sin + dv * self.cos
+
+    def segment(self, u0, v0, u1, v1) -> np.ndarray:
+        ax, ay = self.point(u0, v0)
+        bx, by = self.point(u1, v1)
+        dx, dy = bx - ax, by - ay
+        t = ((self.px - ax) * dx + (self.py - ay) * dy) / np.maximum(dx * dx + dy * dy, 1e-6)
+        t = np.clip(t, 0.0, 1.0)
+        return np.hypot(self.px - ax - t * dx, self.py - ay - t * dy)
+
+    def polyline(self, points) -> np.ndarray:
+        pairs = zip(points, points[1:])
+        return np.minimum.reduce([self.segment(*a, *b) for a, b in pairs])
+
+    def distance_to_centre(self) -> np.ndarray:
+        return np.hypot(self.px - self.cx, self.py - self.cy)
+
+
+_TRIANGLE = [(0.0, -1.0), (0.87, 0.5), (-0.87, 0.5), (0.0, -1.0)]
+_SQUARE = [(-0.75, -0.75), (0.75, -0.75), (0.75, 0.75), (-0.75, 0.75), (-0.75, -0.75)]
+_SHAPE_DISTANCES = {
+    "x": lambda g: np.minimum(g.segment(-0.75, -0.75, 0.75, 0.75), g.segment(-0.75, 0.75, 0.75, -0.75)),
+    "plus": lambda g: np.minimum(g.segment(-1, 0, 1, 0), g.segment(0, -1, 0, 1)),
+    "circle": lambda g: np.abs(g.distance_to_centre() - 0.85 * g.radius),
+    "square": lambda g: g.polyline(_SQUARE),
+    "triangle": lambda g: g.polyline(_TRIANGLE),
+    "horizontal_line": lambda g: g.segment(-1, 0, 1, 0),
+    "vertical_line": lambda g: g.segment(0, -1, 0, 1),
+    "diagonal_line": lambda g: g.segment(-0.75, -0.75, 0.75, 0.75),
+    "antidiagonal_line": lambda g: g.segment(-0.75, 0.75, 0.75, -0.75),
+}
+
+
+def load_shapes(n_train: int = 10000, n_val: int = 2000, size: int = 28, noise: float = 0.08, seed: int = 0) -> Dataset:
+    """The default dataset: generated shapes, train and validation from separate streams."""
+    x_train, y_train = generate_shapes(n_train, size=size, seed=seed * 2 + 1, noise=noise)
+    x_val, y_val = generate_shapes(n_val, size=size, seed=seed * 2 + 2, noise=noise)
+    params = {"n_train": n_train, "n_val": n_val, "size": size, "noise": noise, "seed": seed}
+    return make_dataset("shapes", SHAPE_CLASSES, x_train, y_train, x_val, y_val, SHAPES_PROBE_CLASSES, params)
+
+
+# --------------------------------------------------------------------------
+# IDX files (MNIST, Fashion-MNIST)
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path) -> np.ndarray:
+    """Read one IDX file (raw or .gz) into an array; errors name the file."""
+    path = Path(path)
+    data = _read_bytes(path)
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, gzip.BadGzipFile) as error:
+            raise DatasetError(f"{path}: not a valid gzip file ({error})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DatasetError(f"{path}: not an IDX file (bad magic number)")
+    type_code, ndim = data[2], data[3]
+    if type_code not in _IDX_TYPES or ndim == 0:
+        raise DatasetError(f"{path}: not an IDX file (unknown type code {type_code:#x} or 0 dimensions)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path}: truncated IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_TYPES[type_code])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - header < expected:
+        raise DatasetError(f"{path}: truncated: expected {expected} data bytes for shape {shape}, found {len(data) - header}")
+    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=header).reshape(shape)
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise DatasetError(f"{path}: file not found")
+    if not path.is_file():
+        raise DatasetError(f"{path}: not a file")
+    return path.read_bytes()
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for candidate in (stem, stem + ".gz"):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    return None
+
+
+def load_idx_folder(path, name: str = "mnist", classes=MNIST_CLASSES, limit: int | None = None, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """MNIST-layout folder: train-images-idx3-ubyte, train-labels-idx1-ubyte (raw or .gz).
+
+    The t10k-* files, when present, are the validation split; otherwise
+    `val_fraction` of the training files is held out. `limit` caps the
+    number of training images.
+    """
+    folder = _existing_folder(path)
+    train_images = _find_idx(folder, "train-images-idx3-ubyte")
+    train_labels = _find_idx(folder, "train-labels-idx1-ubyte")
+    for stem, found in (("train-images-idx3-ubyte", train_images), ("train-labels-idx1-ubyte", train_labels)):
+        if found is None:
+            raise DatasetError(f"{folder / stem}: file not found (also tried .gz)")
+    x_train, y_train = _idx_pair(train_images, train_labels)
+    test_images = _find_idx(folder, "t10k-images-idx3-ubyte")
+    test_labels = _find_idx(folder, "t10k-labels-idx1-ubyte")
+    if test_images is not None and test_labels is not None:
+        x_val, y_val = _idx_pair(test_images, test_labels)
+    else:
+        x_train, y_train, x_val, y_val = _holdout(x_train, y_train, val_fraction, seed)
+    if limit is not None:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    params = {"path": str(path), "limit": limit}
+    return make_dataset(name, classes, x_train, y_train, x_val, y_val, params=params)
+
+
+def _idx_pair(images_path: Path, labels_path: Path):
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.ndim != 3:
+        raise DatasetError(f"{images_path}: expected a 3-d image array (N, H, W), got shape {images.shape}")
+    if labels.ndim != 1:
+        raise DatasetError(f"{labels_path}: expected a 1-d label array, got shape {labels.shape}")
+    if len(images) != len(labels):
+        raise DatasetError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}")
+    if labels.max(initial=0) > 9:
+        raise DatasetError(f"{labels_path}: labels must lie in 0..9, found {int(labels.max())}")
+    return images[:, None].astype(np.uint8), labels.astype(np.int64)
+
+
+def _holdout(x, y, val_fraction: float, seed: int):
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError("val_fraction: must lie strictly between 0 and 1")
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = max(1, int(round(len(x) * val_fraction)))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+def _existing_folder(path) -> Path:
+    if path is None or str(path) == "":
+        raise ValueError("dataset.path: required for this dataset")
+    folder = Path(os.path.expanduser(str(path)))
+    if not folder.exists():
+        raise DatasetError(f"{folder}: folder not found")
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder")
+    return folder
+
+
+# --------------------------------------------------------------------------
+# CIFAR-10 python batches
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds numpy arrays, lists, dicts and strings."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_batch(path):
+    """One CIFAR-10 python batch: images (N, 3, 32, 32) uint8 and labels."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    try:
+        batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as error:  # pickle raises many types on bad input
+        raise DatasetError(f"{path}: not a CIFAR-10 python batch ({type(error).__name__}: {error})") from None
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path}: not a CIFAR-10 python batch (expected a dict)")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if "data" not in batch or "labels" not in batch:
+        raise DatasetError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'")
+    data = np.asarray(batch["data"])
+    labels = np.asarray(batch["labels"])
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetError(f"{path}: 'data' must have shape (N, 3072), got {data.shape}")
+    if len(labels) != len(data):
+        raise DatasetError(f"{path}: {len(labels)} labels for {len(data)} images")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DatasetError(f"{path}: labels must lie in 0..9")
+    return data.reshape(-1, 3, 32, 32).astype(np.uint8), labels.astype(np.int64)
+
+
+def load_cifar10(path, limit: int | None = None, grayscale: bool = False) -> Dataset:
+    """CIFAR-10 folder (data_batch_1..5 and test_batch, python pickle format).
+
+    At least data_batch_1 and test_batch must exist; missing later training
+    batches are skipped. `grayscale` averages the colour channels.
+    """
+    folder = _existing_folder(path)
+    train_files = [folder / f"data_batch_{i}" for i in range(1, 6) if (folder / f"data_batch_{i}").exists()]
+    if not train_files:
+        raise DatasetError(f"{folder / 'data_batch_1'}: file not found")
+    parts = [read_cifar_batch(f) for f in train_files]
+    x_train = np.concatenate([p[0] for p in parts])
+    y_train = np.concatenate([p[1] for p in parts])
+    x_val, y_val = read_cifar_batch(folder / "test_batch")
+    if limit is not None:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    if grayscale:
+        x_train = x_train.mean(axis=1, keepdims=True).astype(np.float32) / 255.0
+        x_val = x_val.mean(axis=1, keepdims=True).astype(np.float32) / 255.0
+    params = {"path": str(path), "limit": limit, "grayscale": grayscale}
+    return make_dataset("cifar10", CIFAR10_CLASSES, x_train, y_train, x_val, y_val, params=params)
+
+
+# --------------------------------------------------------------------------
+# image folder and scikit-learn digits
+
+
+def load_image_folder(path, size: int | None = None, color: bool = False, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Folder with one sub-folder per class holding PNG/JPEG images.
+
+    Images are read with Pillow as grayscale (or RGB with `color`), resized to
+    `size`×`size` when given; otherwise they must all share one size.
+    """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:  # pragma: no cover - Pillow is a project dependency
+        raise DatasetError("image_folder: Pillow is needed to read images (pip install pillow)") from None
+    folder = _existing_folder(path)
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir())
+    if not class_dirs:
+        raise DatasetError(f"{folder}: no class sub-folders found")
+    images, labels = [], []
+    for class_index, class_dir in enumerate(class_dirs):
+        files = sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"{class_dir}: no .png/.jpg/.jpeg images in this class folder")
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    image = image.convert("RGB" if color else "L")
+                    if size is not None:
+                        image = image.resize((size, size))
+                    pixels = np.asarray(image, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as error:
+                raise DatasetError(f"{file}: cannot read image ({error})") from None
+            if images and pixels.shape != images[0].shape:
+                raise DatasetError(f"{file}: size {pixels.shape[:2]} differs from {images[0].shape[:2]}; give dataset.size to resize")
+            images.append(pixels)
+            labels.append(class_index)
+    x = np.stack(images)
+    x = x.transpose(0, 3, 1, 2) if color else x[:, None]
+    y = np.asarray(labels, dtype=np.int64)
+    if len(x) < 2:
+        raise DatasetError(f"{folder}: need at least 2 images for a training and a validation split")
+    x_train, y_train, x_val, y_val = _holdout(x, y, val_fraction, seed)
+    params = {"path": str(path), "size": size, "color": color, "val_fraction": val_fraction}
+    return make_dataset("image_folder", [d.name for d in class_dirs], x_train, y_train, x_val, y_val, params=params)
+
+
+def load_sklearn_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's 8×8 digits (1797 images), when scikit-learn is installed."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetError("sklearn_digits: scikit-learn is not installed (pip install scikit-learn)") from None
+    digits = load_digits()
+    x = np.asarray(digits.images, dtype=np.float32)[:, None] / 16.0
+    y = np.asarray(digits.target, dtype=np.int64)
+    x_train, y_train, x_val, y_val = _holdout(x, y, val_fraction, seed)
+    params = {"val_fraction": val_fraction}
+    return make_dataset("sklearn_digits", MNIST_CLASSES, x_train, y_train, x_val, y_val, params=params)
+
+
+# --------------------------------------------------------------------------
+# registry: name -> loader and the parameters it takes
+
+DATASETS = {
+    "shapes": {
+        "description": "Generated grayscale shapes (X, plus, circle, square, triangle, lines, blob), no files needed",
+        "loader": load_shapes,
+        "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.08, "seed": 0},
+    },
+    "mnist": {
+        "description": "MNIST handwritten digits from IDX files in `path` (raw or .gz)",
+        "loader": lambda path=None, limit=None, val_fraction=0.1, seed=0: load_idx_folder(path, "mnist", MNIST_CLASSES, limit, val_fraction, seed),
+        "params": {"path": None, "limit": None, "val_fraction": 0.1, "seed": 0},
+    },
+    "fashion_mnist": {
+        "description": "Fashion-MNIST from IDX files in `path` (raw or .gz)",
+        "loader": lambda path=None, limit=None, val_fraction=0.1, seed=0: load_idx_folder(path, "fashion_mnist", FASHION_MNIST_CLASSES, limit, val_fraction, seed),
+        "params": {"path": None, "limit": None, "val_fraction": 0.1, "seed": 0},
+    },
+    "cifar10": {
+        "description": "CIFAR-10 python batches in `path` (data_batch_1..5, test_batch)",
+        "loader": load_cifar10,
+        "params": {"path": None, "limit": None, "grayscale": False},
+    },
+    "image_folder": {
+        "description": "One sub-folder per class of PNG/JPEG images in `path`",
+        "loader": load_image_folder,
+        "params": {"path": None, "size": None, "color": False, "val_fraction": 0.2, "seed": 0},
+    },
+    "sklearn_digits": {
+        "description": "scikit-learn's 8x8 digits (needs scikit-learn installed)",
+        "loader": load_sklearn_digits,
+        "params": {"val_fraction": 0.2, "seed": 0},
+    },
+}
+
+
+def normalize_dataset_spec(spec) -> dict:
+    """`"shapes"` or `{"name": ..., params}` -> complete dict with every default filled in."""
+    if spec is None:
+        spec = "shapes"
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict):
+        raise ValueError("dataset: must be a dataset name or an object with a 'name'")
+    name = spec.get("name", "shapes")
+    if name not in DATASETS:
+        raise ValueError(f"dataset.name: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    defaults = DATASETS[name]["params"]
+    unknown = sorted(set(spec) - set(defaults) - {"name"})
+    if unknown:
+        raise ValueError(f"dataset.{unknown[0]}: unknown parameter for {name}; allowed: {', '.join(defaults)}")
+    full = {"name": name, **defaults, **{k: v for k, v in spec.items() if k != "name"}}
+    if "path" in defaults and not full["path"]:
+        raise ValueError(f"dataset.path: required for {name}")
+    for key in ("n_train", "n_val", "size", "limit"):
+        value = full.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"dataset.{key}: must be a positive integer")
+    if name == "shapes" and full["size"] < 8:
+        raise ValueError("dataset.size: must be >= 8")
+    return full
+
+
+def load_dataset(spec="shapes") -> Dataset:
+    """Load a dataset from its name or spec dict (see DATASETS for the parameters)."""
+    full = normalize_dataset_spec(spec)
+    params = {k: v for k, v in full.items() if k != "name"}
+    return DATASETS[full["name"]]["loader"](**params)
