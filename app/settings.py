@@ -1,0 +1,81 @@
+"""Server settings read from the environment (KERNELSCOPE_*).
+
+One frozen dataclass, built once by `Settings.from_env()`. A value that cannot
+be parsed raises ValueError naming the variable and what it accepts, so a typo
+in the environment stops the server at start-up instead of later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+DEFAULT_DATA_DIR = "./kernelscope-data"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+# Two cores by default: two runs may train at once, the rest wait in the queue.
+DEFAULT_MAX_RUNS = 2
+DEFAULT_MAX_QUEUED = 16
+DEFAULT_CHECKPOINT_EVERY = 100
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+
+def _int_from_env(env: dict, name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name}: must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _float_from_env(env: dict, name: str, default: float, minimum: float, maximum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name}: must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads from its environment."""
+
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_runs: int = DEFAULT_MAX_RUNS            # runs training at the same time
+    max_queued: int = DEFAULT_MAX_QUEUED        # runs waiting for a slot
+    token: str | None = None                    # when set, mutating routes need it
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # steps between checkpoints
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT  # seconds to wait for workers
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        token = env.get("KERNELSCOPE_TOKEN") or None
+        return cls(
+            data_dir=Path(env.get("KERNELSCOPE_DATA") or DEFAULT_DATA_DIR),
+            host=env.get("KERNELSCOPE_HOST") or DEFAULT_HOST,
+            port=_int_from_env(env, "KERNELSCOPE_PORT", DEFAULT_PORT, 0, 65535),
+            max_runs=_int_from_env(env, "KERNELSCOPE_MAX_RUNS", DEFAULT_MAX_RUNS, 1, 64),
+            max_queued=_int_from_env(env, "KERNELSCOPE_MAX_QUEUED", DEFAULT_MAX_QUEUED, 0, 10_000),
+            token=token,
+            checkpoint_every=_int_from_env(
+                env, "KERNELSCOPE_CHECKPOINT_EVERY", DEFAULT_CHECKPOINT_EVERY, 1, 1_000_000
+            ),
+            shutdown_timeout=_float_from_env(
+                env, "KERNELSCOPE_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, 0.1, 600.0
+            ),
+        )

@@ -1,0 +1,425 @@
+"""Persistence of runs: SQLite for runs and metrics, a folder per run for files.
+
+Layout of the data directory (KERNELSCOPE_DATA):
+
+    kernelscope.db                       runs + metrics (SQLite, WAL mode)
+    runs/<id>/snapshots/<step>.json      snapshot JSON without feature maps
+    runs/<id>/snapshots/<step>.maps.json {"<layer index>": feature maps} of that snapshot
+    runs/<id>/snapshots/<step>.npz       model parameters at that step (state-dict names)
+    runs/<id>/checkpoint.npz             latest Trainer.checkpoint()
+
+Every file is written atomically (temp file in the same folder + os.replace), so
+a reader or a restarted server never sees half a file. Each metrics row carries
+the event sequence number (`seq`) of the stream event that announced it, which
+is how `Last-Event-ID` replays missed metrics. One connection is shared by the
+server's threads behind a lock; other processes (the CLI) open their own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+STATUSES = (
+    "queued", "running", "paused", "completed", "stopped", "diverged", "failed", "interrupted",
+)
+ACTIVE_STATUSES = ("queued", "running", "paused")
+METRIC_FIELDS = ("loss", "acc", "val_loss", "val_acc")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id        TEXT PRIMARY KEY,
+    status    TEXT NOT NULL,
+    config    TEXT NOT NULL,
+    meta      TEXT NOT NULL DEFAULT '{}',
+    step      INTEGER NOT NULL DEFAULT 0,
+    created   REAL NOT NULL,
+    updated   REAL NOT NULL,
+    message   TEXT,
+    metrics   TEXT,
+    event_seq INTEGER NOT NULL DEFAULT 0,
+    owner_pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id   TEXT NOT NULL,
+    step     INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    loss     REAL,
+    acc      REAL,
+    val_loss REAL,
+    val_acc  REAL,
+    PRIMARY KEY (run_id, step)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metrics_by_seq ON metrics (run_id, seq);
+"""
+
+
+# ---------------------------------------------------------------- atomic files
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see either the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_bytes_atomic(path, dumps_json(obj).encode("utf-8"))
+
+
+def write_npz_atomic(path: Path, arrays: dict) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _clean_for_json(obj):
+    """Replace NaN/inf by None (browsers' JSON.parse rejects them) and numpy scalars by floats."""
+    if isinstance(obj, dict):
+        return {key: _clean_for_json(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_for_json(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean_for_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _finite_or_none(obj.item())
+    return _finite_or_none(obj)
+
+
+def dumps_json(obj) -> str:
+    """Compact JSON; falls back to cleaning NaN/inf/numpy values only when needed."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError):
+        return json.dumps(_clean_for_json(obj), separators=(",", ":"), allow_nan=False)
+
+
+# ---------------------------------------------------------------- run folders
+
+def run_dir(data_dir: Path, run_id: str) -> Path:
+    return Path(data_dir) / "runs" / run_id
+
+
+def snapshot_dir(data_dir: Path, run_id: str) -> Path:
+    return run_dir(data_dir, run_id) / "snapshots"
+
+
+def checkpoint_path(data_dir: Path, run_id: str) -> Path:
+    return run_dir(data_dir, run_id) / "checkpoint.npz"
+
+
+def write_snapshot(data_dir: Path, run_id: str, snapshot: dict, params: dict) -> int:
+    """Store one snapshot: JSON without feature maps, the maps apart, params as npz.
+
+    The params and maps are written first and the main JSON last, so a step
+    is listed only once all its files exist.
+    """
+    folder = snapshot_dir(data_dir, run_id)
+    step = int(snapshot["step"])
+    light = dict(snapshot)
+    light_layers = []
+    maps = {}
+    for layer in snapshot.get("layers", []):
+        layer = dict(layer)
+        if "feature_maps" in layer:
+            maps[str(layer.get("index"))] = layer.pop("feature_maps")
+        light_layers.append(layer)
+    light["layers"] = light_layers
+    write_npz_atomic(folder / f"{step}.npz", params)
+    write_json_atomic(folder / f"{step}.maps.json", maps)
+    write_json_atomic(folder / f"{step}.json", light)
+    return step
+
+
+def snapshot_steps(data_dir: Path, run_id: str) -> list[int]:
+    folder = snapshot_dir(data_dir, run_id)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    steps = []
+    for name in names:
+        stem, dot, ext = name.partition(".")
+        if ext == "json" and stem.isdigit():
+            steps.append(int(stem))
+    steps.sort()
+    return steps
+
+
+def latest_snapshot_step(data_dir: Path, run_id: str) -> int | None:
+    steps = snapshot_steps(data_dir, run_id)
+    return steps[-1] if steps else None
+
+
+def read_snapshot_text(data_dir: Path, run_id: str, step: int) -> str | None:
+    """The stored snapshot JSON (without feature maps) as text, or None if absent."""
+    try:
+        return (snapshot_dir(data_dir, run_id) / f"{step}.json").read_text("utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def read_snapshot(data_dir: Path, run_id: str, step: int, feature_maps: bool = True) -> dict | None:
+    """One snapshot as a dict (the engine's snapshot JSON), or None if absent."""
+    text = read_snapshot_text(data_dir, run_id, step)
+    if text is None:
+        return None
+    snapshot = json.loads(text)
+    if feature_maps:
+        maps_path = snapshot_dir(data_dir, run_id) / f"{step}.maps.json"
+        try:
+            maps = json.loads(maps_path.read_text("utf-8"))
+        except FileNotFoundError:
+            maps = {}
+        for layer in snapshot.get("layers", []):
+            key = str(layer.get("index"))
+            if key in maps:
+                layer["feature_maps"] = maps[key]
+    return snapshot
+
+
+def read_snapshot_params(data_dir: Path, run_id: str, step: int) -> dict[str, np.ndarray] | None:
+    path = snapshot_dir(data_dir, run_id) / f"{step}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        return None
+
+
+def read_checkpoint(data_dir: Path, run_id: str) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(checkpoint_path(data_dir, run_id), allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------- the database
+
+def _row_to_run(row: sqlite3.Row) -> dict:
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "config": json.loads(row["config"]),
+        "meta": json.loads(row["meta"] or "{}"),
+        "step": row["step"],
+        "created": row["created"],
+        "updated": row["updated"],
+        "message": row["message"],
+        "metrics": json.loads(row["metrics"]) if row["metrics"] else None,
+        "event_seq": row["event_seq"],
+        "owner_pid": row["owner_pid"],
+    }
+
+
+def _row_to_point(row: sqlite3.Row) -> dict:
+    point = {"step": row["step"]}
+    for name in METRIC_FIELDS:
+        if row[name] is not None:
+            point[name] = row[name]
+    return point
+
+
+class RunNotFound(KeyError):
+    """No run with that id in the store."""
+
+
+class Store:
+    """Runs and metrics in SQLite plus the run folders under `data_dir`."""
+
+    def __init__(self, data_dir: Path | str):
+        self.data_dir = Path(data_dir)
+        (self.data_dir / "runs").mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data_dir / "kernelscope.db"
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.db_path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- runs
+
+    def create_run(self, config: dict, status: str = "queued", meta: dict | None = None,
+                   owner_pid: int | None = None) -> dict:
+        run_id = uuid.uuid4().hex[:12]
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO runs (id, status, config, meta, created, updated, owner_pid)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, status, dumps_json(config), dumps_json(meta or {}), now, now, owner_pid),
+            )
+        run_dir(self.data_dir, run_id).mkdir(parents=True, exist_ok=True)
+        return self.get_run(run_id)
+
+    def get_run(self, run_id: str) -> dict:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(run_id)
+        return _row_to_run(row)
+
+    def find_run(self, run_id: str) -> dict | None:
+        try:
+            return self.get_run(run_id)
+        except RunNotFound:
+            return None
+
+    def list_runs(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM runs ORDER BY created, id").fetchall()
+        return [_row_to_run(row) for row in rows]
+
+    def update_run(self, run_id: str, **fields) -> None:
+        """Set columns of a run: status, step, message, metrics (dict), meta (dict), owner_pid."""
+        allowed = {"status", "step", "message", "metrics", "meta", "owner_pid", "config"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"status: must be one of {STATUSES}, got {fields['status']!r}")
+        values = {}
+        for name, value in fields.items():
+            values[name] = dumps_json(value) if name in ("metrics", "meta", "config") and value is not None else value
+        values["updated"] = time.time()
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        with self._lock:
+            cursor = self._db.execute(
+                f"UPDATE runs SET {assignments} WHERE id = ?", (*values.values(), run_id)
+            )
+        if cursor.rowcount == 0:
+            raise RunNotFound(run_id)
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove the run's rows and its folder (snapshots, checkpoint)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+                cursor = self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        shutil.rmtree(run_dir(self.data_dir, run_id), ignore_errors=True)
+        if cursor.rowcount == 0:
+            raise RunNotFound(run_id)
+
+    def next_seq(self, run_id: str, count: int = 1) -> int:
+        """Reserve `count` event sequence numbers; returns the first one."""
+        with self._lock:
+            row = self._db.execute(
+                "UPDATE runs SET event_seq = event_seq + ? WHERE id = ? RETURNING event_seq",
+                (count, run_id),
+            ).fetchall()
+        if not row:
+            raise RunNotFound(run_id)
+        return row[0][0] - count + 1
+
+    # -- metrics
+
+    def add_metrics(self, run_id: str, points: list[dict], seq: int) -> None:
+        """Record a batch of metric points (a later point for the same step replaces it)."""
+        rows = [
+            (run_id, int(p["step"]), seq, *(_finite_or_none(_as_float(p.get(name))) for name in METRIC_FIELDS))
+            for p in points
+        ]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO metrics (run_id, step, seq, loss, acc, val_loss, val_acc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def metrics(self, run_id: str, since_step: int = -1, limit: int | None = None) -> list[dict]:
+        """Metric points with step > since_step, in step order."""
+        query = "SELECT * FROM metrics WHERE run_id = ? AND step > ? ORDER BY step"
+        args: tuple = (run_id, since_step)
+        if limit is not None:
+            query += " LIMIT ?"
+            args += (limit,)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [_row_to_point(row) for row in rows]
+
+    def metrics_between_seq(self, run_id: str, after_seq: int, upto_seq: int) -> list[tuple[int, dict]]:
+        """(seq, point) for points announced by events after_seq < seq <= upto_seq, in seq order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM metrics WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq, step",
+                (run_id, after_seq, upto_seq),
+            ).fetchall()
+        return [(row["seq"], _row_to_point(row)) for row in rows]
+
+    # -- run folders (bound to this store's data directory)
+
+    def run_dir(self, run_id: str) -> Path:
+        return run_dir(self.data_dir, run_id)
+
+    def snapshot_steps(self, run_id: str) -> list[int]:
+        return snapshot_steps(self.data_dir, run_id)
+
+    def latest_snapshot_step(self, run_id: str) -> int | None:
+        return latest_snapshot_step(self.data_dir, run_id)
+
+    def read_snapshot(self, run_id: str, step: int, feature_maps: bool = True) -> dict | None:
+        return read_snapshot(self.data_dir, run_id, step, feature_maps)
+
+    def read_snapshot_text(self, run_id: str, step: int) -> str | None:
+        return read_snapshot_text(self.data_dir, run_id, step)
+
+    def read_snapshot_params(self, run_id: str, step: int) -> dict | None:
+        return read_snapshot_params(self.data_dir, run_id, step)
+
+    def read_checkpoint(self, run_id: str) -> dict | None:
+        return read_checkpoint(self.data_dir, run_id)
+
+
+def _as_float(value):
+    if value is None:
+        return None
+    return float(value)
