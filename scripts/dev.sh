@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One-command setup for a fresh clone: a project venv (.venv), then run the app or the tests.
+#
+#   scripts/dev.sh run     install kernelscope into .venv and serve it on http://127.0.0.1:8000
+#   scripts/dev.sh test    install kernelscope with its test extra, make sure Debian's chromium
+#                          is there (apt-get, as root or through sudo), run the whole test suite
+#   scripts/dev.sh setup [test]   only the install step
+#
+# The Makefile's `make run` / `make test` call this. Re-runs skip the install when
+# pyproject.toml has not changed. PYTHON picks the interpreter (default python3.11,
+# else python3); extra arguments after `test` go to pytest.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+CHROMIUM="/usr/bin/chromium"
+
+log() { printf '[kernelscope] %s\n' "$*" >&2; }
+
+pick_python() {
+  if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
+  for candidate in python3.11 python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1; then echo "$candidate"; return; fi
+  done
+  log "no Python found: install Python 3.11 or newer"; exit 1
+}
+
+setup() {
+  local extra="${1:-}" stamp="$VENV/.installed${1:+-$1}"
+  if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -x "$VENV/bin/kernelscope" ]; then
+    return 0
+  fi
+  local python
+  python="$(pick_python)"
+  if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    log "$("$python" --version 2>&1) is too old: kernelscope needs Python 3.11 or newer (set PYTHON=...)"
+    exit 1
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV with $("$python" --version 2>&1)"
+    "$python" -m venv "$VENV"
+  fi
+  log "installing kernelscope${extra:+ with its $extra extra} into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e ".${extra:+[$extra]}"
+  touch "$stamp"
+}
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else return 1
+  fi
+}
+
+ensure_chromium() {
+  if [ -x "$CHROMIUM" ]; then return 0; fi
+  log "$CHROMIUM is missing: installing Debian's chromium for the browser tests"
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "no apt-get here: install chromium so that $CHROMIUM exists, then run again"; exit 1
+  fi
+  as_root apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+         chromium fonts-dejavu-core >/dev/null \
+    || { log "could not install chromium (need root or sudo): install it, then run again"; exit 1; }
+}
+
+run_tests() {
+  local status=0
+  "$VENV/bin/python" -m pytest "$@" || status=$?
+  if [ "$status" -eq 5 ]; then
+    log "FAILED: pytest collected no tests (exit code 5); the suite must not be empty"
+    exit 1
+  fi
+  exit "$status"
+}
+
+command="${1:-}"
+shift || true
+case "$command" in
+  setup) setup "${1:-}" ;;
+  run) setup; exec "$VENV/bin/kernelscope" serve "$@" ;;
+  test) setup test; ensure_chromium; run_tests "$@" ;;
+  *) echo "usage: scripts/dev.sh run | test [pytest args] | setup [test]" >&2; exit 2 ;;
+esac
