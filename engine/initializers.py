@@ -1,0 +1,503 @@
+"""Initializers: how weights start. One registry of pure functions (shape, rng, **params).
+
+Each entry knows its law as text, the paper it comes from, its default parameters, and can
+describe what it does for a given shape ("He normal: N(0, 2/fan_in); fan_in = 1·5·5 = 25
+→ σ = 0.283"). fan_in = in_channels·kh·kw and fan_out = out_channels·kh·kw for conv
+weights (out, in, kh, kw); in/out features for dense weights (out, in).
+
+An init is given as a name ("he_normal") or a dict ({"name": "normal", "std": 0.02}).
+The hand-made `kernel` init places named kernels (NAMED_KERNELS: x, plus, sobel_x, ...) or
+explicit numbers in the first filters and fills the rest with a fallback initializer.
+"""
+
+from dataclasses import dataclass, field
+import math
+
+import numpy as np
+
+
+def fans(shape):
+    """(fan_in, fan_out) of a weight shape: conv (out, in, kh, kw), dense (out, in), bias (n,)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    if len(shape) == 2:
+        return shape[1], shape[0]
+    receptive = int(np.prod(shape[2:]))
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def _fan_text(shape, which):
+    """'1·5·5 = 25' for the fan_in of (8, 1, 5, 5); '120 = 120' style is shortened to '120'."""
+    shape = tuple(int(s) for s in shape)
+    fan_in, fan_out = fans(shape)
+    value = fan_in if which == "in" else fan_out
+    if len(shape) >= 3:
+        lead = shape[1] if which == "in" else shape[0]
+        factors = "·".join(str(s) for s in (lead, *shape[2:]))
+        return f"{factors} = {value}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------
+# The laws
+# ----------------------------------------------------------------------------------------
+
+
+def zeros(shape, rng):
+    """All weights 0. Every filter is the same, so gradient descent can never tell them apart."""
+    return np.zeros(shape)
+
+
+def constant(shape, rng, value=0.1):
+    """All weights equal to `value` (default 0.1): symmetric like zeros, but signals flow."""
+    return np.full(shape, float(value))
+
+
+def normal(shape, rng, std=0.01):
+    """N(0, std²), default std 0.01: the small Gaussian of early CNNs (Krizhevsky et al., 2012)."""
+    return rng.standard_normal(shape) * float(std)
+
+
+def uniform(shape, rng, a=0.05):
+    """U(-a, a), default a = 0.05: a small uniform start."""
+    return rng.uniform(-float(a), float(a), size=shape)
+
+
+def glorot_uniform(shape, rng, gain=1.0):
+    """U(±gain·√(6/(fan_in+fan_out))). Glorot & Bengio, "Understanding the difficulty of
+    training deep feedforward neural networks", AISTATS 2010."""
+    fan_in, fan_out = fans(shape)
+    bound = float(gain) * math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-bound, bound, size=shape)
+
+
+def glorot_normal(shape, rng, gain=1.0):
+    """N(0, gain²·2/(fan_in+fan_out)), not truncated. Glorot & Bengio, AISTATS 2010."""
+    fan_in, fan_out = fans(shape)
+    return rng.standard_normal(shape) * (float(gain) * math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def he_normal(shape, rng):
+    """N(0, 2/fan_in), not truncated. He et al., "Delving Deep into Rectifiers: Surpassing
+    Human-Level Performance on ImageNet Classification", ICCV 2015."""
+    fan_in, _ = fans(shape)
+    return rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+
+
+def he_uniform(shape, rng):
+    """U(±√(6/fan_in)). He et al., ICCV 2015."""
+    fan_in, _ = fans(shape)
+    bound = math.sqrt(6.0 / fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
+def lecun_normal(shape, rng):
+    """N(0, 1/fan_in). LeCun, Bottou, Orr & Müller, "Efficient BackProp", 1998."""
+    fan_in, _ = fans(shape)
+    return rng.standard_normal(shape) * math.sqrt(1.0 / fan_in)
+
+
+def orthogonal(shape, rng, gain=1.0):
+    """gain · orthonormal rows (or columns) of the weight flattened to (out, fan_in).
+    Saxe, McClelland & Ganguli, "Exact solutions to the nonlinear dynamics of learning in
+    deep linear neural networks", ICLR 2014."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return rng.standard_normal(shape) * float(gain)
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    sample = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(sample)
+    q = q * np.sign(np.diag(r))  # makes the result uniformly distributed over orthogonal matrices
+    if rows < cols:
+        q = q.T
+    return (float(gain) * q[:rows, :cols]).reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------
+# Hand-made kernels
+# ----------------------------------------------------------------------------------------
+
+
+def _middle(n):
+    """Indices of the middle of n cells: one for odd n, two for even n."""
+    return [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+
+
+def _plus_minus(mask):
+    return np.where(mask, 1.0, -1.0)
+
+
+def _x(h, w):
+    rows, cols = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    on_diagonal = (np.abs(rows - cols) < 0.5 / max(h - 1, w - 1, 1) + 1e-9) | (
+        np.abs(rows + cols - 1) < 0.5 / max(h - 1, w - 1, 1) + 1e-9
+    )
+    return _plus_minus(on_diagonal)
+
+
+def _plus(h, w):
+    mask = np.zeros((h, w), dtype=bool)
+    mask[_middle(h), :] = True
+    mask[:, _middle(w)] = True
+    return _plus_minus(mask)
+
+
+def _derivative(n):
+    """Central-difference profile: -1 … 0 … +1 (for 3: [-1, 0, 1])."""
+    return np.arange(n) - (n - 1) / 2.0
+
+
+def _smoothing(n):
+    """Binomial smoothing profile (for 3: [1, 2, 1])."""
+    return np.array([math.comb(n - 1, k) for k in range(n)], dtype=float)
+
+
+def _sobel_x(h, w):
+    return np.outer(_smoothing(h), _derivative(w))
+
+
+def _sobel_y(h, w):
+    return np.outer(_derivative(h), _smoothing(w))
+
+
+def _laplacian(h, w):
+    mask = np.zeros((h, w), dtype=bool)
+    mask[_middle(h), :] = True
+    mask[:, _middle(w)] = True
+    centre = np.zeros((h, w), dtype=bool)
+    centre[np.ix_(_middle(h), _middle(w))] = True
+    kernel = np.where(mask & ~centre, 1.0, 0.0)
+    kernel[centre] = -kernel.sum() / centre.sum()
+    return kernel
+
+
+def _identity(h, w):
+    kernel = np.zeros((h, w))
+    centre = np.ix_(_middle(h), _middle(w))
+    kernel[centre] = 1.0 / (len(_middle(h)) * len(_middle(w)))
+    return kernel
+
+
+def _vertical_edge(h, w):
+    return np.tile(np.sign(_derivative(w)), (h, 1))
+
+
+def _horizontal_edge(h, w):
+    return np.tile(np.sign(_derivative(h))[:, None], (1, w))
+
+
+def _diagonal_edge(h, w):
+    rows, cols = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    return np.sign(cols - rows)
+
+
+def _antidiagonal_edge(h, w):
+    rows, cols = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    return np.sign(rows + cols)
+
+
+def _vertical_line(h, w):
+    mask = np.zeros((h, w), dtype=bool)
+    mask[:, _middle(w)] = True
+    return _plus_minus(mask)
+
+
+def _horizontal_line(h, w):
+    mask = np.zeros((h, w), dtype=bool)
+    mask[_middle(h), :] = True
+    return _plus_minus(mask)
+
+
+def _box(h, w):
+    return np.ones((h, w))
+
+
+def _gaussian(h, w):
+    rows, cols = np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2, indexing="ij")
+    sigma = max(h, w) / 4.0
+    return np.exp(-(rows**2 + cols**2) / (2 * sigma**2))
+
+
+def _checkerboard(h, w):
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return np.where((rows + cols) % 2 == 0, 1.0, -1.0)
+
+
+NAMED_KERNELS = {
+    "x": (_x, "+1 on both diagonals, -1 elsewhere: an X detector"),
+    "plus": (_plus, "+1 on the middle row and column, -1 elsewhere: a + detector"),
+    "sobel_x": (_sobel_x, "Sobel: smoothing down the rows times a left-to-right difference; finds vertical edges"),
+    "sobel_y": (_sobel_y, "Sobel: a top-to-bottom difference times smoothing along the columns; finds horizontal edges"),
+    "laplacian": (_laplacian, "the 4-neighbour Laplacian: responds to blobs and corners, not to flat regions"),
+    "identity": (_identity, "1 at the centre: passes the input through"),
+    "vertical_edge": (_vertical_edge, "-1 on the left half, +1 on the right half"),
+    "horizontal_edge": (_horizontal_edge, "-1 on the top half, +1 on the bottom half"),
+    "diagonal_edge": (_diagonal_edge, "-1 below the main diagonal, +1 above it"),
+    "antidiagonal_edge": (_antidiagonal_edge, "-1 above the anti-diagonal, +1 below it"),
+    "vertical_line": (_vertical_line, "+1 on the middle column, -1 elsewhere"),
+    "horizontal_line": (_horizontal_line, "+1 on the middle row, -1 elsewhere"),
+    "box": (_box, "all ones: a blur"),
+    "gaussian": (_gaussian, "a Gaussian bump: a smooth blur"),
+    "checkerboard": (_checkerboard, "alternating +1/-1"),
+}
+
+
+def named_kernel(name, size):
+    """The named hand-made kernel at size (h, w), scaled to unit L2 norm.
+
+    Scaling to unit norm makes every pattern start at the same magnitude at any odd or even
+    size (the classic 3x3 Sobel [-1 0 1; -2 0 2; -1 0 1] becomes that divided by √12).
+    """
+    if name not in NAMED_KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; valid names: {', '.join(NAMED_KERNELS)}")
+    h, w = size
+    kernel = NAMED_KERNELS[name][0](h, w).astype(float)
+    norm = np.linalg.norm(kernel)
+    return kernel / norm if norm > 0 else kernel
+
+
+DEFAULT_KERNELS = ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"]
+
+
+def kernel(shape, rng, kernels=None, fallback="he_normal", scale=1.0):
+    """Hand-made kernels (engineered filters, e.g. Sobel & Feldman, 1968).
+
+    `kernels` is a list with one entry per filter, from filter 0 on: a name from
+    NAMED_KERNELS (unit L2 norm over the whole filter, times `scale`) or explicit numbers,
+    (kh, kw) to copy into every input channel or (in, kh, kw), used as given. A single name
+    instead of a list puts that kernel in every filter. Filters beyond the list are drawn
+    from `fallback` (default he_normal). On non-conv shapes the fallback is used throughout.
+    Default kernels: x, plus, sobel_x, sobel_y, laplacian, identity.
+    """
+    shape = tuple(shape)
+    fallback_values = initialize_values(fallback, shape, rng)
+    if len(shape) != 4:
+        return fallback_values
+    out_channels, in_channels, h, w = shape
+    if kernels is None:
+        kernels = DEFAULT_KERNELS
+    if isinstance(kernels, str):
+        kernels = [kernels] * out_channels
+    values = fallback_values
+    for index, entry in enumerate(list(kernels)[:out_channels]):
+        if isinstance(entry, str):
+            pattern = named_kernel(entry, (h, w)) / math.sqrt(in_channels) * float(scale)
+            values[index] = np.broadcast_to(pattern, (in_channels, h, w))
+        else:
+            numbers = np.asarray(entry, dtype=float)
+            if numbers.shape == (h, w):
+                numbers = np.broadcast_to(numbers, (in_channels, h, w))
+            if numbers.shape != (in_channels, h, w):
+                raise ValueError(
+                    f"kernels[{index}] has shape {list(np.shape(entry))}; expected [{h}, {w}] or [{in_channels}, {h}, {w}]"
+                )
+            if not np.all(np.isfinite(numbers)):
+                raise ValueError(f"kernels[{index}] contains a non-finite number")
+            values[index] = numbers
+    return values
+
+
+def _validate_kernel_params(params):
+    kernels = params.get("kernels")
+    if kernels is None:
+        return
+    entries = [kernels] if isinstance(kernels, str) else kernels
+    if not isinstance(entries, (list, tuple)):
+        raise ValueError("kernels must be a kernel name or a list of names / number grids")
+    for index, entry in enumerate(entries):
+        if isinstance(entry, str) and entry not in NAMED_KERNELS:
+            raise ValueError(f"kernels[{index}]: unknown kernel {entry!r}; valid names: {', '.join(NAMED_KERNELS)}")
+        if not isinstance(entry, str):
+            try:
+                numbers = np.asarray(entry, dtype=float)
+            except (TypeError, ValueError):
+                raise ValueError(f"kernels[{index}] must be a kernel name or a grid of numbers") from None
+            if numbers.ndim not in (2, 3):
+                raise ValueError(f"kernels[{index}] must be a 2-D or 3-D grid of numbers")
+    if parse_init(params.get("fallback", "he_normal"))[0] == "kernel":
+        raise ValueError("fallback must be a random initializer, not kernel")
+
+
+# ----------------------------------------------------------------------------------------
+# The registry
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Initializer:
+    """One registry entry: the law as a function plus what the API and page show about it."""
+
+    name: str
+    function: object
+    title: str
+    law: str
+    paper: str
+    defaults: dict = field(default_factory=dict)
+    aliases: tuple = ()
+
+    def __call__(self, shape, rng, **params):
+        return self.function(shape, rng, **{**self.defaults, **params})
+
+    def spread(self, shape, **params):
+        """(std, bound) of the weights this law draws for shape; bound is None if unbounded."""
+        params = {**self.defaults, **params}
+        fan_in, fan_out = fans(shape)
+        name = self.name
+        if name == "zeros":
+            return 0.0, 0.0
+        if name == "constant":
+            return 0.0, abs(float(params["value"]))
+        if name == "normal":
+            return float(params["std"]), None
+        if name == "uniform":
+            return float(params["a"]) / math.sqrt(3), float(params["a"])
+        if name == "glorot_uniform":
+            bound = float(params["gain"]) * math.sqrt(6.0 / (fan_in + fan_out))
+            return bound / math.sqrt(3), bound
+        if name == "glorot_normal":
+            return float(params["gain"]) * math.sqrt(2.0 / (fan_in + fan_out)), None
+        if name == "he_normal":
+            return math.sqrt(2.0 / fan_in), None
+        if name == "he_uniform":
+            bound = math.sqrt(6.0 / fan_in)
+            return bound / math.sqrt(3), bound
+        if name == "lecun_normal":
+            return math.sqrt(1.0 / fan_in), None
+        if name == "orthogonal":
+            rows, cols = (shape[0], int(np.prod(shape[1:]))) if len(shape) > 1 else (1, 1)
+            return float(params["gain"]) * math.sqrt(min(rows, cols) / (rows * cols)), None
+        return None, None
+
+    def describe(self, shape, **params):
+        """What this law does for one weight shape, as numbers and one line of text."""
+        params = {**self.defaults, **params}
+        shape = tuple(int(s) for s in shape)
+        fan_in, fan_out = fans(shape)
+        std, bound = self.spread(shape, **params)
+        law = self.law
+        uses_in = "fan_in" in law
+        uses_out = "fan_out" in law
+        parts = []
+        if uses_in:
+            parts.append(f"fan_in = {_fan_text(shape, 'in')}")
+        if uses_out:
+            parts.append(f"fan_out = {_fan_text(shape, 'out')}")
+        text = f"{self.title}: {law}"
+        if parts:
+            text += "; " + ", ".join(parts)
+        if self.name == "constant":
+            text += f" → every weight = {float(params['value']):.3g}"
+        elif self.name == "kernel":
+            kernels = params.get("kernels") or DEFAULT_KERNELS
+            names = [kernels] if isinstance(kernels, str) else [k if isinstance(k, str) else "custom" for k in kernels]
+            text += f" → filters start as {', '.join(names)}; the rest from {parse_init(params['fallback'])[0]}"
+        elif bound is not None and self.name != "zeros":
+            text += f" → bound = {bound:.3g}, σ = {std:.3g}"
+        elif std is not None and self.name != "zeros":
+            text += f" → σ = {std:.3g}"
+        return {
+            "name": self.name,
+            "law": law,
+            "fan_in": fan_in,
+            "fan_out": fan_out,
+            "std": None if std is None else round(std, 6),
+            "bound": None if bound is None else round(bound, 6),
+            "text": text,
+        }
+
+    def to_dict(self):
+        """JSON-able summary for GET /api/inits."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "law": self.law,
+            "paper": self.paper,
+            "params": dict(self.defaults),
+            "aliases": list(self.aliases),
+            "doc": (self.function.__doc__ or "").strip(),
+        }
+
+
+_ENTRIES = [
+    Initializer("zeros", zeros, "Zeros", "0", "—"),
+    Initializer("constant", constant, "Constant", "value", "—", {"value": 0.1}),
+    Initializer("normal", normal, "Small Gaussian", "N(0, std²)", "Krizhevsky, Sutskever & Hinton, NeurIPS 2012", {"std": 0.01}),
+    Initializer("uniform", uniform, "Small uniform", "U(-a, a)", "—", {"a": 0.05}),
+    Initializer(
+        "glorot_uniform", glorot_uniform, "Glorot/Xavier uniform", "U(±√(6/(fan_in+fan_out)))",
+        "Glorot & Bengio, AISTATS 2010", {"gain": 1.0}, ("xavier_uniform",),
+    ),
+    Initializer(
+        "glorot_normal", glorot_normal, "Glorot/Xavier normal", "N(0, 2/(fan_in+fan_out))",
+        "Glorot & Bengio, AISTATS 2010", {"gain": 1.0}, ("xavier_normal",),
+    ),
+    Initializer("he_normal", he_normal, "He normal", "N(0, 2/fan_in)", "He et al., ICCV 2015", {}, ("kaiming_normal",)),
+    Initializer("he_uniform", he_uniform, "He uniform", "U(±√(6/fan_in))", "He et al., ICCV 2015", {}, ("kaiming_uniform",)),
+    Initializer("lecun_normal", lecun_normal, "LeCun normal", "N(0, 1/fan_in)", "LeCun, Bottou, Orr & Müller, Efficient BackProp, 1998"),
+    Initializer(
+        "orthogonal", orthogonal, "Orthogonal", "gain · orthonormal rows of the (out, fan_in) matrix",
+        "Saxe, McClelland & Ganguli, ICLR 2014", {"gain": 1.0},
+    ),
+    Initializer(
+        "kernel", kernel, "Hand-made kernels", "named or given kernels in the first filters, the rest from the fallback",
+        "engineered filters, e.g. Sobel & Feldman, 1968",
+        {"kernels": None, "fallback": "he_normal", "scale": 1.0},
+    ),
+]
+
+INITIALIZERS = {}
+for _entry in _ENTRIES:
+    INITIALIZERS[_entry.name] = _entry
+    for _alias in _entry.aliases:
+        INITIALIZERS[_alias] = _entry
+
+CANONICAL_NAMES = [entry.name for entry in _ENTRIES]
+
+
+def parse_init(init):
+    """Validate an init given as a name or {"name": ..., **params}: returns (canonical name, params).
+
+    Unknown names raise ValueError listing the valid names; unknown or bad params name the param.
+    """
+    if isinstance(init, str):
+        name, params = init, {}
+    elif isinstance(init, dict):
+        if "name" not in init:
+            raise ValueError(f"init needs a 'name'; valid names: {', '.join(sorted(INITIALIZERS))}")
+        name = init["name"]
+        params = {key: value for key, value in init.items() if key != "name"}
+    else:
+        raise ValueError(f"init must be a name or {{'name': ..., ...}}, got {init!r}")
+    if name not in INITIALIZERS:
+        raise ValueError(f"unknown init {name!r}; valid names: {', '.join(sorted(INITIALIZERS))}")
+    entry = INITIALIZERS[name]
+    for key, value in params.items():
+        if key not in entry.defaults:
+            valid = ", ".join(entry.defaults) or "none"
+            raise ValueError(f"init {entry.name}: unknown param {key!r}; valid params: {valid}")
+        if key in ("value", "std", "a", "gain", "scale"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"init {entry.name}: param {key!r} must be a finite number, got {value!r}")
+            if key in ("std", "a") and value < 0:
+                raise ValueError(f"init {entry.name}: param {key!r} must be >= 0, got {value!r}")
+    if entry.name == "kernel":
+        _validate_kernel_params(params)
+    return entry.name, params
+
+
+def initialize_values(init, shape, rng):
+    """Draw float64 values of `shape` from an init (name or dict) with the generator rng."""
+    name, params = parse_init(init)
+    return np.asarray(INITIALIZERS[name](tuple(shape), rng, **params), dtype=np.float64)
+
+
+def initialize(init, shape, rng, dtype=np.float32):
+    """Draw an array of `shape` from an init (name or dict); values are drawn in float64."""
+    return initialize_values(init, shape, rng).astype(dtype)
+
+
+def describe(init, shape):
+    """Describe an init (name or dict) for one weight shape; see Initializer.describe."""
+    name, params = parse_init(init)
+    return INITIALIZERS[name].describe(shape, **params)

@@ -1,0 +1,270 @@
+"""Layers: what each spec layer type computes forward and backward, and the shapes it makes.
+
+A layer is a small class built from its spec entry and its input shape. It holds no
+parameters and no batch state: `forward(x, params)` returns (out, cache) and
+`backward(dout, cache, params)` returns (dx, grads), so the model can run several parts of
+a batch at once on different threads. The model owns the parameters (keyed by state-dict
+name) and hands each layer its own {"weight": ..., "bias": ...}. `backward` never writes
+into `dout`.
+
+Feature maps travel in the engine's internal layout (C, N, H, W); after `flatten` a batch
+is (N, features). Shapes in `input_shape` / `output_shape` are per example: (C, H, W) or
+(F,), as in the public NCHW contract.
+"""
+
+import numpy as np
+
+from engine import conv as convolution
+
+
+def _positive_int(value, field, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{field} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _pair(value, field, minimum=1):
+    """An int or a [height, width] pair of ints, as a tuple (h, w)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"{field} must be an integer or a [height, width] pair, got {value!r}")
+        return (_positive_int(value[0], field, minimum), _positive_int(value[1], field, minimum))
+    number = _positive_int(value, field, minimum)
+    return (number, number)
+
+
+def _describe_shape(shape):
+    if len(shape) == 3:
+        return f"{shape[0]}x{shape[1]}x{shape[2]} feature maps"
+    return f"a flat vector of {shape[0]} features"
+
+
+class Layer:
+    """Base class: a layer type with its spec fields (and defaults) and its shapes."""
+
+    kind = ""
+    fields = {}
+
+    def __init__(self, spec, input_shape):
+        self.spec = dict(spec)
+        self.input_shape = tuple(input_shape)
+        self.output_shape = self.input_shape
+
+    def param_shapes(self):
+        """{"weight": shape, "bias": shape} for layers with parameters, else {}."""
+        return {}
+
+    def forward(self, x, params):
+        raise NotImplementedError
+
+    def backward(self, dout, cache, params, need_input_grad=True):
+        raise NotImplementedError
+
+    def _need_feature_maps(self):
+        if len(self.input_shape) != 3:
+            raise ValueError(
+                f"{self.kind} needs feature maps (C, H, W) but gets {_describe_shape(self.input_shape)};"
+                " put it before flatten"
+            )
+
+
+class Conv2D(Layer):
+    """Convolution (PyTorch conv2d): weight (filters, in_channels, kh, kw), bias (filters,)."""
+
+    kind = "conv"
+    fields = {"filters": None, "kernel": 3, "stride": 1, "padding": 0, "init": None, "bias_init": None}
+
+    def __init__(self, spec, input_shape):
+        super().__init__(spec, input_shape)
+        self._need_feature_maps()
+        if spec.get("filters") is None:
+            raise ValueError("filters is required (number of output channels)")
+        self.filters = _positive_int(spec["filters"], "filters")
+        self.kernel = _pair(spec["kernel"], "kernel")
+        self.stride = _pair(spec["stride"], "stride")
+        self.padding = _pair(spec["padding"], "padding", minimum=0)
+        channels, height, width = self.input_shape
+        padded_h, padded_w = height + 2 * self.padding[0], width + 2 * self.padding[1]
+        if self.kernel[0] > padded_h or self.kernel[1] > padded_w:
+            kernel_text = f"{self.kernel[0]}" if self.kernel[0] == self.kernel[1] else f"{self.kernel[0]}x{self.kernel[1]}"
+            raise ValueError(f"kernel {kernel_text} larger than input {padded_h}x{padded_w}")
+        out_h = convolution.output_size(height, self.kernel[0], self.stride[0], self.padding[0])
+        out_w = convolution.output_size(width, self.kernel[1], self.stride[1], self.padding[1])
+        self.output_shape = (self.filters, out_h, out_w)
+
+    def param_shapes(self):
+        channels = self.input_shape[0]
+        return {"weight": (self.filters, channels, *self.kernel), "bias": (self.filters,)}
+
+    def forward(self, x, params):
+        return convolution.conv2d_forward(x, params["weight"], params["bias"], self.stride, self.padding)
+
+    def backward(self, dout, cache, params, need_input_grad=True):
+        dx, dweight, dbias = convolution.conv2d_backward(dout, cache, params["weight"], need_input_grad)
+        return dx, {"weight": dweight, "bias": dbias}
+
+
+class _Pool(Layer):
+    fields = {"size": 2, "stride": None}
+
+    def __init__(self, spec, input_shape):
+        super().__init__(spec, input_shape)
+        self._need_feature_maps()
+        self.size = _pair(spec["size"], "size")
+        self.stride = self.size if spec["stride"] is None else _pair(spec["stride"], "stride")
+        channels, height, width = self.input_shape
+        if self.size[0] > height or self.size[1] > width:
+            raise ValueError(f"pool size {self.size[0]}x{self.size[1]} larger than input {height}x{width}")
+        out_h = convolution.output_size(height, self.size[0], self.stride[0], 0)
+        out_w = convolution.output_size(width, self.size[1], self.stride[1], 0)
+        self.output_shape = (channels, out_h, out_w)
+
+
+class MaxPool2D(_Pool):
+    """Max pooling (PyTorch max_pool2d, floor mode); stride defaults to the size."""
+
+    kind = "maxpool"
+
+    def forward(self, x, params):
+        return convolution.maxpool_forward(x, self.size, self.stride)
+
+    def backward(self, dout, cache, params, need_input_grad=True):
+        return convolution.maxpool_backward(dout, cache), {}
+
+
+class AvgPool2D(_Pool):
+    """Average pooling (PyTorch avg_pool2d, floor mode); stride defaults to the size."""
+
+    kind = "avgpool"
+
+    def forward(self, x, params):
+        return convolution.avgpool_forward(x, self.size, self.stride)
+
+    def backward(self, dout, cache, params, need_input_grad=True):
+        return convolution.avgpool_backward(dout, cache), {}
+
+
+class ReLU(Layer):
+    """max(x, 0); the gradient passes where the output is positive."""
+
+    kind = "relu"
+
+    def forward(self, x, params):
+        out = np.maximum(x, 0)
+        return out, out
+
+    def backward(self, dout, cache, params, need_input_grad=True):
+        return np.where(cache > 0, dout, 0).astype(dout.dtype, copy=False), {}
+
+
+class LeakyReLU(Layer):
+    """x where x > 0, slope * x elsewhere (slope default 0.01, as PyTorch)."""
+
+    kind = "leaky_relu"
+    fields = {"slope": 0.01}
+
+    def __init__(self, spec, input_shape):
+        super().__init__(spec, input_shape)
+        slope = spec["slope"]
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not np.isfinite(slope):
+            raise ValueError(f"slope must be a number, got {slope!r}")
+        self.slope = float(slope)
+
+    def forward(self, x, params):
+        positive = x > 0
+        return np.where(positive, x, x * x.dtype.type(self.slope)), positive
+
+    def backward(self, dout, cache, params, need_input_grad=True):
+        return np.where(cache, dout, dout * dout.dtype.type(self.slope)), {}
+
+
+class Tanh(Layer):
+    """tanh(x); gradient 1 - tanh(x)^2."""
+
+    kind = "tanh"
+
+    def forward(self, x, params):
+        out = np.tanh(x)
+        return out, out
+
+    def backward(self, dout, cache, params, need_input_grad=True):
+        return dout * (1 - cache * cache), {}
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2 so it never overflows."""
+
+    kind = "sigmoid"
+
+    def forward(self, x, params):
+        half = x.dtype.type(0.5)
+        out = half * (np.tanh(half * x) + 1)
+        return out, out
+
+    def backward(self, dout, cache, params, need_input_grad=True):
+        return dout * cache * (1 - cache), {}
+
+
+class Flatten(Layer):
+    """Feature maps (C, H, W) to a vector of C*H*W features, in PyTorch's (C, H, W) order."""
+
+    kind = "flatten"
+
+    def __init__(self, spec, input_shape):
+        super().__init__(spec, input_shape)
+        self.output_shape = (int(np.prod(self.input_shape)),)
+
+    def forward(self, x, params):
+        if x.ndim == 2:
+            return x, x.shape
+        # internal (C, N, H, W) -> (N, C*H*W)
+        return x.transpose(1, 0, 2, 3).reshape(x.shape[1], -1), x.shape
+
+    def backward(self, dout, cache, params, need_input_grad=True):
+        shape = cache
+        if len(shape) == 2:
+            return dout, {}
+        channels, batch, height, width = shape
+        dx = dout.reshape(batch, channels, height, width).transpose(1, 0, 2, 3)
+        return np.ascontiguousarray(dx), {}
+
+
+class Dense(Layer):
+    """Fully connected (PyTorch linear): weight (units, in_features), bias (units,)."""
+
+    kind = "dense"
+    fields = {"units": None, "init": None, "bias_init": None}
+
+    def __init__(self, spec, input_shape):
+        super().__init__(spec, input_shape)
+        if len(self.input_shape) != 1:
+            raise ValueError(
+                f"dense needs a flat vector but gets {_describe_shape(self.input_shape)}; add a flatten layer before it"
+            )
+        if spec.get("units") is None:
+            raise ValueError("units is required (number of outputs)")
+        self.units = _positive_int(spec["units"], "units")
+        self.output_shape = (self.units,)
+
+    def param_shapes(self):
+        return {"weight": (self.units, self.input_shape[0]), "bias": (self.units,)}
+
+    def forward(self, x, params):
+        out = x @ params["weight"].T
+        out += params["bias"]
+        return out, x
+
+    def backward(self, dout, cache, params, need_input_grad=True):
+        x = cache
+        grads = {"weight": dout.T @ x, "bias": dout.sum(axis=0)}
+        dx = dout @ params["weight"] if need_input_grad else None
+        return dx, grads
+
+
+LAYER_TYPES = {cls.kind: cls for cls in (Conv2D, ReLU, LeakyReLU, Tanh, Sigmoid, MaxPool2D, AvgPool2D, Flatten, Dense)}
+
+
+def make_layer(spec, input_shape):
+    """Build the layer for one (already validated for type) spec entry; ValueError on misfit."""
+    cls = LAYER_TYPES[spec["type"]]
+    return cls(spec, input_shape)

@@ -1,0 +1,326 @@
+"""The model: a spec (JSON-able dict) turned into layers and named parameters, run forward
+and backward, saved and loaded as .npz keyed by PyTorch state-dict names ("0.weight").
+
+`build_model(spec, init, seed)` validates the spec layer by layer (a misfit raises
+ValueError naming the layer index and the problem), infers every shape, and draws each
+layer's weights from its own random generator derived from (seed, layer index), so adding a
+layer never changes the weights of the layers before it.
+
+Inside, feature maps use the (C, N, H, W) layout of engine.conv; the public arrays
+(inputs, outputs, gradients) are NCHW. A large batch is split into `threads` fixed parts
+that run on parallel threads with BLAS pinned to one thread each (when threadpoolctl is
+installed; otherwise the parts run one after the other). The split depends only on the batch
+size and `threads`, so results are bit-identical from run to run.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+import os
+
+import numpy as np
+
+from engine import initializers
+from engine.layers import LAYER_TYPES, make_layer
+
+try:  # optional: pins BLAS to one thread while the batch parts run in parallel
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # pragma: no cover - exercised only where threadpoolctl is missing
+    ThreadpoolController = None
+
+# A batch is split across threads only when each part gets at least this many examples.
+MIN_EXAMPLES_PER_THREAD = 8
+
+_blas_controller = None
+_executor = None
+
+
+def _parallel_tools():
+    """(BLAS controller, thread pool) for data-parallel steps, or None when unavailable."""
+    global _blas_controller, _executor
+    if ThreadpoolController is None or (os.cpu_count() or 1) < 2:
+        return None
+    if _blas_controller is None:
+        _blas_controller = ThreadpoolController()
+        _executor = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="engine")
+    return _blas_controller, _executor
+
+
+# ----------------------------------------------------------------------------------------
+# Spec validation
+# ----------------------------------------------------------------------------------------
+
+
+def _check_input_shape(value):
+    if not isinstance(value, (list, tuple)) or len(value) not in (1, 3):
+        raise ValueError(f"input must be [channels, height, width] (or [features]), got {value!r}")
+    for size in value:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"input sizes must be positive integers, got {value!r}")
+    return [int(size) for size in value]
+
+
+def normalize_spec(spec):
+    """Validate a spec and fill every layer's defaults. Returns (normalised spec, layers)."""
+    if isinstance(spec, str):
+        from engine.presets import PRESETS
+
+        if spec not in PRESETS:
+            raise ValueError(f"unknown preset {spec!r}; valid presets: {', '.join(PRESETS)}")
+        spec = PRESETS[spec]
+    if not isinstance(spec, dict):
+        raise ValueError(f"model spec must be an object with 'input' and 'layers', got {type(spec).__name__}")
+    if "input" not in spec:
+        raise ValueError("model spec needs 'input': [channels, height, width]")
+    input_shape = _check_input_shape(spec["input"])
+    raw_layers = spec.get("layers")
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise ValueError("model spec needs 'layers': a non-empty list")
+    shape = tuple(input_shape)
+    layers, normalised_layers = [], []
+    for index, raw in enumerate(raw_layers):
+        if not isinstance(raw, dict) or "type" not in raw:
+            raise ValueError(f"layer {index}: must be an object with a 'type'")
+        kind = raw["type"]
+        if kind not in LAYER_TYPES:
+            raise ValueError(f"layer {index}: unknown type {kind!r}; valid types: {', '.join(LAYER_TYPES)}")
+        fields = LAYER_TYPES[kind].fields
+        unknown = [key for key in raw if key != "type" and key not in fields]
+        if unknown:
+            valid = ", ".join(fields) or "none"
+            raise ValueError(f"layer {index} ({kind}): unknown field {unknown[0]!r}; valid fields: {valid}")
+        filled = {"type": kind, **fields, **{key: value for key, value in raw.items() if key != "type"}}
+        try:
+            for key in ("init", "bias_init"):
+                if filled.get(key) is not None:
+                    initializers.parse_init(filled[key])
+            layer = make_layer(filled, shape)
+        except ValueError as error:
+            raise ValueError(f"layer {index} ({kind}): {error}") from None
+        if any(size < 1 for size in layer.output_shape):
+            raise ValueError(f"layer {index} ({kind}): output would be empty ({layer.output_shape})")
+        layers.append(layer)
+        normalised_layers.append(filled)
+        shape = layer.output_shape
+    normalised = {key: value for key, value in spec.items() if key not in ("input", "layers")}
+    normalised.update({"input": input_shape, "layers": normalised_layers})
+    return normalised, layers
+
+
+def _layer_rng(seed, index, stream):
+    """The generator for one layer's weights (stream 0) or biases (stream 1)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index, stream))))
+
+
+def build_model(spec, init="he_normal", seed=0, dtype=np.float32, threads=2):
+    """Build a Model from a spec dict (or a preset name); weights drawn from `init` with `seed`.
+
+    A layer's own "init" overrides `init`; biases are zero unless the layer gives "bias_init".
+    """
+    initializers.parse_init(init)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    normalised, layers = normalize_spec(spec)
+    params = {}
+    for index, (layer, layer_spec) in enumerate(zip(layers, normalised["layers"])):
+        shapes = layer.param_shapes()
+        if not shapes:
+            continue
+        weight_init = layer_spec["init"] if layer_spec.get("init") is not None else init
+        bias_init = layer_spec["bias_init"] if layer_spec.get("bias_init") is not None else "zeros"
+        try:
+            params[f"{index}.weight"] = initializers.initialize(weight_init, shapes["weight"], _layer_rng(seed, index, 0), dtype)
+            params[f"{index}.bias"] = initializers.initialize(bias_init, shapes["bias"], _layer_rng(seed, index, 1), dtype)
+        except ValueError as error:
+            raise ValueError(f"layer {index} ({layer.kind}): {error}") from None
+    return Model(normalised, layers, params, threads=threads)
+
+
+# ----------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------
+
+
+def _to_internal(x):
+    """Public (N, C, H, W) -> internal (C, N, H, W); (N, F) stays as it is."""
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3)) if x.ndim == 4 else x
+
+
+def _to_public(x):
+    """Internal (C, N, H, W) -> public (N, C, H, W) view; (N, F) stays as it is."""
+    return x.transpose(1, 0, 2, 3) if x.ndim == 4 else x
+
+
+class Model:
+    """Layers plus parameters keyed by state-dict name; see docs/ARCHITECTURE.md (Model API)."""
+
+    def __init__(self, spec, layers, params, threads=2):
+        self.spec = spec
+        self.input_shape = tuple(spec["input"])
+        self.layers = layers
+        self.output_shapes = [layer.output_shape for layer in layers]
+        self.conv_indices = [index for index, layer in enumerate(layers) if layer.kind == "conv"]
+        self.params = params
+        self.grads = {name: np.zeros_like(value) for name, value in params.items()}
+        self.threads = max(1, int(threads))
+        self.outputs = []
+        self.output_grads = []
+        self._pending = None
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def param_names(self, index):
+        """The state-dict names of layer `index`'s parameters (empty for layers without)."""
+        return [f"{index}.{part}" for part in self.layers[index].param_shapes()]
+
+    def num_params(self):
+        return int(sum(value.size for value in self.params.values()))
+
+    def summary(self):
+        """One row per layer: index, type, output shape, parameter count."""
+        rows = []
+        for index, layer in enumerate(self.layers):
+            count = sum(self.params[name].size for name in self.param_names(index))
+            rows.append({"index": index, "type": layer.kind, "output_shape": list(layer.output_shape), "params": int(count)})
+        return rows
+
+    def _layer_params(self, dtype):
+        out = []
+        for index in range(len(self.layers)):
+            names = self.param_names(index)
+            out.append({name.split(".", 1)[1]: self.params[name].astype(dtype, copy=False) for name in names})
+        return out
+
+    def _check_input(self, x):
+        x = np.asarray(x)
+        expected = (len(self.input_shape) + 1, self.input_shape)
+        if x.ndim != expected[0] or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"input must have shape (N, {', '.join(map(str, self.input_shape))}), got {list(x.shape)}")
+        if not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(next(iter(self.params.values())).dtype if self.params else np.float32)
+        return x
+
+    def _parts(self, batch):
+        """Slices of the batch handled by separate threads (a fixed split of the batch)."""
+        count = min(self.threads, batch // MIN_EXAMPLES_PER_THREAD) if batch else 1
+        count = max(1, count)
+        bounds = [round(k * batch / count) for k in range(count + 1)]
+        return [slice(bounds[k], bounds[k + 1]) for k in range(count)]
+
+    def _run_parts(self, function, items):
+        """Run function(item) for every item; in parallel (BLAS pinned to 1 thread) if possible."""
+        tools = _parallel_tools() if len(items) > 1 else None
+        if tools is None:
+            return [function(item) for item in items]
+        controller, executor = tools
+        with controller.limit(limits=1, user_api="blas"):
+            futures = [executor.submit(function, item) for item in items[1:]]
+            first = function(items[0])
+            return [first] + [future.result() for future in futures]
+
+    # -- forward / backward ------------------------------------------------------------
+
+    def _forward_part(self, x, layer_params, keep_outputs):
+        caches, outputs = [], []
+        for layer, params in zip(self.layers, layer_params):
+            x, cache = layer.forward(x, params)
+            caches.append(cache)
+            if keep_outputs:
+                outputs.append(x)
+        return x, caches, outputs
+
+    def forward(self, x, keep_outputs=False):
+        """Logits for x (N, C, H, W). With keep_outputs, model.outputs holds every layer's output
+        (NCHW or (N, F)) and the next backward fills model.output_grads."""
+        x = self._check_input(x)
+        dtype = x.dtype
+        layer_params = self._layer_params(dtype)
+        parts = [slice(0, x.shape[0])] if keep_outputs else self._parts(x.shape[0])
+        results = self._run_parts(lambda part: self._forward_part(_to_internal(x[part]), layer_params, keep_outputs), parts)
+        self._pending = (parts, [caches for _, caches, _ in results], layer_params, keep_outputs)
+        if keep_outputs:
+            self.outputs = [_to_public(out) for out in results[0][2]]
+        else:
+            self.outputs = []
+        logits = [_to_public(out) for out, _, _ in results]
+        return logits[0] if len(logits) == 1 else np.concatenate(logits, axis=0)
+
+    def _backward_part(self, grad, caches, layer_params, need_input_grad, keep_outputs):
+        grads = [None] * len(self.layers)
+        output_grads = [None] * len(self.layers)
+        last_needed = 0 if need_input_grad else self._first_param_layer()
+        for index in range(len(self.layers) - 1, -1, -1):
+            if keep_outputs:
+                output_grads[index] = grad
+            needs_dx = index > last_needed or (need_input_grad and index == 0)
+            grad, grads[index] = self.layers[index].backward(grad, caches[index], layer_params[index], needs_dx)
+            if not needs_dx:
+                break
+        return grad, grads, output_grads
+
+    def _first_param_layer(self):
+        for index, layer in enumerate(self.layers):
+            if layer.param_shapes():
+                return index
+        return len(self.layers)
+
+    def backward(self, dlogits, need_input_grad=True):
+        """Back-propagate dlogits (the loss gradient w.r.t. the last forward's output).
+
+        Fills model.grads (by state-dict name) and returns the gradient w.r.t. the input
+        (NCHW), or None with need_input_grad=False (which skips that work).
+        """
+        if self._pending is None:
+            raise RuntimeError("backward needs a forward first")
+        parts, caches, layer_params, keep_outputs = self._pending
+        dlogits = np.asarray(dlogits)
+        expected = (parts[-1].stop, *self.output_shapes[-1])
+        if dlogits.shape != expected:
+            raise ValueError(f"dlogits must have shape {list(expected)}, got {list(dlogits.shape)}")
+        results = self._run_parts(
+            lambda k: self._backward_part(_to_internal(dlogits[parts[k]]), caches[k], layer_params, need_input_grad, keep_outputs),
+            list(range(len(parts))),
+        )
+        for index in range(len(self.layers)):
+            for part_name in self.layers[index].param_shapes():
+                name = f"{index}.{part_name}"
+                total = results[0][1][index][part_name]
+                for _, grads, _ in results[1:]:
+                    total = total + grads[index][part_name]
+                self.grads[name] = total.astype(self.params[name].dtype, copy=False)
+        if keep_outputs:
+            self.output_grads = [None if g is None else _to_public(g) for g in results[0][2]]
+        else:
+            self.output_grads = []
+        if not need_input_grad:
+            return None
+        dx = [_to_public(grad) for grad, _, _ in results]
+        return dx[0] if len(dx) == 1 else np.concatenate(dx, axis=0)
+
+    # -- persistence -------------------------------------------------------------------
+
+    def state_dict(self):
+        """{state-dict name: copy of the parameter array}."""
+        return {name: value.copy() for name, value in self.params.items()}
+
+    def load_state_dict(self, state):
+        """Copy parameters in by name; missing, unexpected or mis-shaped entries raise ValueError."""
+        missing = sorted(set(self.params) - set(state))
+        unexpected = sorted(set(state) - set(self.params))
+        if missing:
+            raise ValueError(f"missing parameter {missing[0]!r} (model has {', '.join(self.params)})")
+        if unexpected:
+            raise ValueError(f"unexpected parameter {unexpected[0]!r} (model has {', '.join(self.params)})")
+        for name, value in state.items():
+            value = np.asarray(value)
+            if value.shape != self.params[name].shape:
+                raise ValueError(f"parameter {name!r} has shape {list(value.shape)}, model expects {list(self.params[name].shape)}")
+        for name, value in state.items():
+            np.copyto(self.params[name], np.asarray(value), casting="same_kind")
+
+    def save_npz(self, path):
+        """Write the parameters to an .npz keyed by state-dict name (loads into torch by name)."""
+        np.savez(path, **self.state_dict())
+
+    def load_npz(self, path):
+        """Read parameters written by save_npz (or any .npz with the same names and shapes)."""
+        with np.load(path) as data:
+            self.load_state_dict({name: data[name] for name in data.files})
