@@ -1,0 +1,254 @@
+"""Filter analysis: what a learner should see in raw kernels.
+
+Each conv filter is matched against a bank of canonical detectors (oriented
+edges and lines, X, plus, centre-surround blob) built at the filter's own size,
+scored by |cosine similarity| after removing means. A score means something
+only against chance, so every match carries the 99th percentile of the best
+score reached by random Gaussian kernels of that size. Also here: the symmetry
+meter (mean pairwise cosine of a layer's filters), per-layer activation and
+gradient statistics on a batch, and conv feature maps for probe images.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from engine.losses import softmax_cross_entropy
+
+CHANCE_PERCENTILE = 99.0
+CHANCE_SAMPLES = 20000
+CHANCE_SEED = 12345
+FLAT_LABEL = "flat"
+
+
+# --------------------------------------------------------------------------
+# template bank
+
+
+def template_bank(kh: int, kw: int | None = None) -> dict[str, np.ndarray]:
+    """Canonical detectors at size kh×kw, each mean-removed and unit-norm.
+
+    Orientation names follow the image (row 0 at the top): a `diagonal_*`
+    runs from top-left to bottom-right ("\\"), an `antidiagonal_*` from
+    bottom-left to top-right ("/"). Edges are signed steps across the line,
+    lines are one pixel wide (tent profile), `x` and `plus` are two crossing
+    lines, `blob` is a Gaussian (centre-surround once its mean is removed).
+    A 1×1 kernel has no spatial pattern, so its bank is empty.
+    """
+    kw = kh if kw is None else kw
+    v, u = np.meshgrid(np.arange(kh) - (kh - 1) / 2, np.arange(kw) - (kw - 1) / 2, indexing="ij")
+    line = lambda distance: np.maximum(0.0, 1.0 - np.abs(distance))  # noqa: E731
+    lines = {
+        "vertical_line": line(u),
+        "horizontal_line": line(v),
+        "diagonal_line": line((u - v) / np.sqrt(2)),
+        "antidiagonal_line": line((u + v) / np.sqrt(2)),
+    }
+    raw = {
+        "vertical_edge": np.sign(u),
+        "horizontal_edge": np.sign(v),
+        "diagonal_edge": np.sign(u - v),
+        "antidiagonal_edge": np.sign(u + v),
+        **lines,
+        "x": np.maximum(lines["diagonal_line"], lines["antidiagonal_line"]),
+        "plus": np.maximum(lines["vertical_line"], lines["horizontal_line"]),
+        "blob": np.exp(-(u**2 + v**2) / (2 * (max(kh, kw) / 5.0) ** 2)),
+    }
+    bank = {}
+    for name, template in raw.items():
+        centred = template - template.mean()
+        norm = np.linalg.norm(centred)
+        if norm > 1e-9:
+            bank[name] = centred / norm
+    return bank
+
+
+@lru_cache(maxsize=None)
+def _bank_matrix(kh: int, kw: int) -> tuple[tuple[str, ...], np.ndarray]:
+    bank = template_bank(kh, kw)
+    names = tuple(bank)
+    matrix = np.stack([bank[n].ravel() for n in names], axis=1) if names else np.zeros((kh * kw, 0))
+    return names, matrix
+
+
+def best_matches(kernels: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Best template label and |cos| score for each 2-d kernel in (N, kh, kw).
+
+    A kernel with no spatial variation (all equal, e.g. zeros or a constant)
+    gets the label "flat" and score 0.
+    """
+    kernels = np.asarray(kernels, dtype=np.float64)
+    n, kh, kw = kernels.shape
+    names, matrix = _bank_matrix(kh, kw)
+    flat = kernels.reshape(n, kh * kw)
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1)
+    scale = np.abs(flat).max(axis=1) if flat.size else np.zeros(n)
+    is_flat = (norms <= 1e-7 * np.maximum(scale, 1e-30)) | (norms == 0)
+    if not names:
+        return [FLAT_LABEL] * n, np.zeros(n)
+    scores = np.abs(centred @ matrix) / np.where(is_flat, 1.0, norms)[:, None]
+    best = scores.argmax(axis=1)
+    labels = [FLAT_LABEL if is_flat[i] else names[best[i]] for i in range(n)]
+    best_scores = np.where(is_flat, 0.0, scores[np.arange(n), best])
+    return labels, best_scores
+
+
+@lru_cache(maxsize=None)
+def chance_scores(kh: int, kw: int) -> np.ndarray:
+    """Sorted best-match scores of random Gaussian kernels of size kh×kw (cached per size)."""
+    rng = np.random.default_rng(CHANCE_SEED)
+    _, scores = best_matches(rng.standard_normal((CHANCE_SAMPLES, kh, kw)))
+    scores.sort()
+    scores.setflags(write=False)
+    return scores
+
+
+def chance_level(kh: int, kw: int | None = None) -> float:
+    """The score that 99% of random Gaussian kernels of this size stay below."""
+    kw = kh if kw is None else kw
+    return float(np.percentile(chance_scores(kh, kw), CHANCE_PERCENTILE))
+
+
+def score_percentile(score: float, kh: int, kw: int | None = None) -> float:
+    """Percentage of random kernels of this size whose best score is below `score`."""
+    kw = kh if kw is None else kw
+    scores = chance_scores(kh, kw)
+    return float(100.0 * np.searchsorted(scores, score, side="left") / len(scores))
+
+
+def spatial_kernels(weight: np.ndarray) -> np.ndarray:
+    """(out, in, kh, kw) -> (out, kh, kw): each filter summed over its input channels.
+
+    That is the filter's response pattern to an input that is the same in every
+    channel (a gray image for RGB). A sum of Gaussian slices is Gaussian, so the
+    chance level for random kernels of the size holds unchanged.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    return weight.sum(axis=1)
+
+
+def detectors(weight: np.ndarray) -> list[dict]:
+    """Per filter: best canonical detector, score, chance level, percentile, beats_chance."""
+    kernels = spatial_kernels(weight)
+    kh, kw = kernels.shape[1:]
+    labels, scores = best_matches(kernels)
+    chance = chance_level(kh, kw)
+    result = []
+    for index, (label, score) in enumerate(zip(labels, scores)):
+        result.append({
+            "filter": index,
+            "label": label,
+            "score": round(float(score), 4),
+            "chance": round(chance, 4),
+            "percentile": round(score_percentile(float(score), kh, kw), 2),
+            "beats_chance": bool(score > chance),
+        })
+    return result
+
+
+# --------------------------------------------------------------------------
+# symmetry meter and weight summaries
+
+
+def symmetry(weight: np.ndarray) -> float | None:
+    """Mean pairwise cosine similarity between a layer's filters (whole filters, signed).
+
+    1.0 means every filter is the same direction: the init never broke
+    symmetry. Two all-zero filters count as identical (1.0), a zero and a
+    non-zero filter as unrelated (0.0). None for a layer with one filter.
+    """
+    filters = np.asarray(weight, dtype=np.float64).reshape(len(weight), -1)
+    n = len(filters)
+    if n < 2:
+        return None
+    norms = np.linalg.norm(filters, axis=1)
+    zero = norms == 0
+    unit = filters / np.where(zero, 1.0, norms)[:, None]
+    cosines = np.clip(unit @ unit.T, -1.0, 1.0)
+    both_zero = zero[:, None] & zero[None, :]
+    cosines = np.where(both_zero, 1.0, cosines)
+    upper = np.triu_indices(n, k=1)
+    return float(cosines[upper].mean())
+
+
+def conv_layer_summary(weight: np.ndarray, bias: np.ndarray | None) -> dict:
+    """Kernels, biases, detectors, symmetry and weight std of one conv layer (JSON-able)."""
+    return {
+        "shape": [int(n) for n in weight.shape],
+        "weight": rounded(weight),
+        "bias": rounded(bias) if bias is not None else None,
+        "detectors": detectors(weight),
+        "symmetry": None if (s := symmetry(weight)) is None else round(s, 7),
+        "weight_std": _finite_or_none(np.std(weight)),
+    }
+
+
+# --------------------------------------------------------------------------
+# statistics of a model on a batch
+
+
+def layer_stats(model, x: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """Per layer, on one batch: activation mean/std, dead fraction, gradient stds.
+
+    dead_fraction is the share of the layer's output units (channel × position,
+    or feature) that are <= 0 for every image of the batch: for a ReLU layer,
+    its dead units; for a conv or dense layer, the units a following ReLU would
+    silence. grad_std is the std of the loss gradient w.r.t. the layer's output,
+    weight_grad_std the std of its weight gradient (None without weights).
+    Leaves model.grads holding this batch's gradients.
+    """
+    model.forward(x, keep_outputs=True)
+    outputs = list(model.outputs)
+    logits = outputs[-1]
+    _, dlogits = softmax_cross_entropy(logits, labels)
+    model.backward(dlogits)
+    stats = []
+    for index, (output, out_grad) in enumerate(zip(outputs, model.output_grads)):
+        weight_grad = model.grads.get(f"{index}.weight")
+        stats.append({
+            "index": index,
+            "type": model.spec["layers"][index]["type"],
+            "act_mean": _finite_or_none(np.mean(output)),
+            "act_std": _finite_or_none(np.std(output)),
+            "dead_fraction": round(float(np.mean(np.all(output <= 0, axis=0))), 6),
+            "grad_std": _finite_or_none(np.std(out_grad)) if out_grad is not None else None,
+            "weight_grad_std": _finite_or_none(np.std(weight_grad)) if weight_grad is not None else None,
+        })
+    return stats
+
+
+def feature_maps(model, probes: np.ndarray) -> dict[int, np.ndarray]:
+    """Output of every conv layer for the probe images: {layer index: (P, out, H, W)}."""
+    model.forward(probes, keep_outputs=True)
+    return {index: np.array(model.outputs[index]) for index in model.conv_indices}
+
+
+# --------------------------------------------------------------------------
+# JSON helpers
+
+
+def rounded(array, digits: int = 5) -> list:
+    """Nested lists of floats rounded to `digits` significant digits of the array's scale.
+
+    One number of decimals per array (from its largest magnitude) keeps this
+    fast for feature maps; values far below the largest keep fewer digits.
+    Non-finite values become None.
+    """
+    array = np.asarray(array, dtype=np.float64)
+    finite = np.isfinite(array)
+    largest = float(np.max(np.abs(array[finite]))) if finite.any() else 0.0
+    decimals = 0 if largest == 0 else int(np.clip(digits - 1 - np.floor(np.log10(largest)), 0, 12))
+    result = np.round(np.where(finite, array, 0.0), decimals)
+    if finite.all():
+        return result.tolist()
+    return np.where(finite, result, None).tolist()
+
+
+def _finite_or_none(value, digits: int = 5):
+    value = float(value)
+    if not np.isfinite(value):
+        return None
+    return float(f"{value:.{digits}g}")
