@@ -1,0 +1,111 @@
+/*
+ * Line charts over plotly.js (loaded globally from /static/vendor/plotly.min.js)
+ * with a small API in the spirit of TensorFlow Playground's linechart:
+ * addDataPoint(series, x, y) buffers points and one animation frame flushes
+ * them with Plotly.extendTraces; reset() empties the chart; setSeries() loads
+ * a whole history at once. The chart adds a trace the first time a series
+ * name is seen, so per-layer series need no declaration.
+ */
+
+const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
+
+export class LineChart {
+  /*
+   * element: the div to draw in. options: {title, yTitle, log (bool),
+   * series: {name: {color, dash}} for fixed styling, yRange}.
+   */
+  constructor(element, options = {}) {
+    this.element = element;
+    this.options = options;
+    this.names = [];            // trace order
+    this.pending = new Map();   // name -> {x: [], y: []}
+    this.counts = new Map();    // name -> number of points drawn
+    this.frame = null;
+    const layout = {
+      title: { text: options.title ?? "", font: { size: 13 }, x: 0.02, xanchor: "left" },
+      margin: { l: 48, r: 10, t: 30, b: 30 },
+      xaxis: { title: { text: "step", font: { size: 11 } }, zeroline: false, automargin: true },
+      yaxis: { type: options.log ? "log" : "linear", zeroline: false, automargin: true,
+               exponentformat: "power", range: options.yRange },
+      legend: { orientation: "h", y: 1.02, x: 1, xanchor: "right", yanchor: "bottom", font: { size: 10 } },
+      paper_bgcolor: "rgba(0,0,0,0)",
+      plot_bgcolor: "#ffffff",
+      font: { family: "system-ui, sans-serif", size: 11, color: "#1f2937" },
+      uirevision: "keep",
+      autosize: true,
+    };
+    if (options.yTitle) layout.yaxis.title = { text: options.yTitle, font: { size: 11 } };
+    window.Plotly.newPlot(element, [], layout, { displayModeBar: false, responsive: true });
+  }
+
+  _traceFor(name) {
+    let index = this.names.indexOf(name);
+    if (index >= 0) return index;
+    const style = this.options.series?.[name] ?? {};
+    const color = style.color ?? PALETTE[this.names.length % PALETTE.length];
+    window.Plotly.addTraces(this.element, {
+      x: [], y: [], name, mode: style.mode ?? "lines", type: "scatter",
+      line: { color, width: 1.6, dash: style.dash ?? "solid" },
+      marker: { color, size: 5 },
+    });
+    this.names.push(name);
+    this.counts.set(name, 0);
+    return this.names.length - 1;
+  }
+
+  addDataPoint(name, x, y) {
+    if (y == null || !Number.isFinite(y)) return;
+    if (this.options.log && y <= 0) return;
+    if (!this.pending.has(name)) this.pending.set(name, { x: [], y: [] });
+    const p = this.pending.get(name);
+    p.x.push(x);
+    p.y.push(y);
+    if (this.frame === null) this.frame = requestAnimationFrame(() => this.flush());
+  }
+
+  flush() {
+    this.frame = null;
+    if (this.pending.size === 0) return;
+    const xs = [], ys = [], indices = [];
+    for (const [name, p] of this.pending) {
+      indices.push(this._traceFor(name));
+      xs.push(p.x);
+      ys.push(p.y);
+      this.counts.set(name, this.counts.get(name) + p.x.length);
+    }
+    this.pending.clear();
+    window.Plotly.extendTraces(this.element, { x: xs, y: ys }, indices);
+  }
+
+  /* Replace a whole series (e.g. the metrics history of an opened run). */
+  setSeries(name, xs, ys) {
+    const keep = xs.map((_, i) => i).filter((i) => ys[i] != null && Number.isFinite(ys[i]) && (!this.options.log || ys[i] > 0));
+    const index = this._traceFor(name);
+    this.pending.delete(name);
+    window.Plotly.restyle(this.element, { x: [keep.map((i) => xs[i])], y: [keep.map((i) => ys[i])] }, [index]);
+    this.counts.set(name, keep.length);
+  }
+
+  /* Number of points drawn in a series (what the page shows, for tests). */
+  pointCount(name) {
+    return this.counts.get(name) ?? 0;
+  }
+
+  reset() {
+    if (this.frame !== null) cancelAnimationFrame(this.frame);
+    this.frame = null;
+    this.pending.clear();
+    this.counts.clear();
+    if (this.names.length) window.Plotly.deleteTraces(this.element, this.names.map((_, i) => i));
+    this.names = [];
+  }
+
+  /* A vertical marker at the step the history slider shows (null hides it). */
+  markStep(step) {
+    const shapes = step == null ? [] : [{
+      type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1,
+      line: { color: "#94a3b8", width: 1, dash: "dot" },
+    }];
+    window.Plotly.relayout(this.element, { shapes });
+  }
+}

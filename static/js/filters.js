@@ -1,0 +1,329 @@
+/*
+ * Canvas drawing of what a conv layer holds: its filters as small heatmaps
+ * (diverging colormap, zero white, negative blue, positive red) with their
+ * detector labels, the symmetry meter, the weight histogram against the
+ * initial one, and the feature maps of the probe images. Each canvas holds
+ * one pixel per weight and CSS enlarges it with crisp edges, so drawing a
+ * whole layer is a few putImageData calls. DOM is built once per layer shape
+ * and then updated in place.
+ */
+
+// RdBu-like stops from -1 to 1 (ColorBrewer RdBu, reversed so positive is red).
+const STOPS = [
+  [-1.0, [33, 102, 172]],
+  [-0.5, [146, 197, 222]],
+  [0.0, [247, 247, 247]],
+  [0.5, [244, 165, 130]],
+  [1.0, [178, 24, 43]],
+];
+
+/* v in [-1, 1] (clipped) -> [r, g, b]. */
+export function divergingColor(v) {
+  const x = Math.max(-1, Math.min(1, Number.isFinite(v) ? v : 0));
+  for (let i = 1; i < STOPS.length; i++) {
+    const [x1, c1] = STOPS[i];
+    if (x <= x1) {
+      const [x0, c0] = STOPS[i - 1];
+      const t = (x - x0) / (x1 - x0);
+      return [0, 1, 2].map((k) => Math.round(c0[k] + t * (c1[k] - c0[k])));
+    }
+  }
+  return STOPS[STOPS.length - 1][1];
+}
+
+/* Grayscale for input images: lo..hi -> black..white. */
+function grayColor(v, lo, hi) {
+  const g = hi > lo ? Math.round(255 * (v - lo) / (hi - lo)) : 128;
+  return [g, g, g];
+}
+
+export function flatten(nested) {
+  return Array.isArray(nested) ? nested.flat(Infinity) : [nested];
+}
+
+export function maxAbs(nested) {
+  let m = 0;
+  for (const v of flatten(nested)) if (Math.abs(v) > m) m = Math.abs(v);
+  return m;
+}
+
+/* Paint 2-D arrays side by side (1 transparent px apart) on one canvas. */
+export function paintTiles(canvas, tiles, colorOf) {
+  const h = tiles[0].length, w = tiles[0][0].length;
+  const width = tiles.length * (w + 1) - 1;
+  if (canvas.width !== width || canvas.height !== h) {
+    canvas.width = width;
+    canvas.height = h;
+  }
+  const ctx = canvas.getContext("2d");
+  const image = ctx.createImageData(width, h);
+  tiles.forEach((tile, t) => {
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const [r, g, b] = colorOf(tile[y][x]);
+        const o = 4 * (y * width + t * (w + 1) + x);
+        image.data[o] = r; image.data[o + 1] = g; image.data[o + 2] = b; image.data[o + 3] = 255;
+      }
+    }
+  });
+  ctx.putImageData(image, 0, 0);
+}
+
+export function drawDiverging(canvas, grid, scale) {
+  const s = scale > 0 ? scale : 1;
+  paintTiles(canvas, [grid], (v) => divergingColor(v / s));
+}
+
+export function drawGray(canvas, grid) {
+  const values = flatten(grid);
+  const lo = Math.min(...values), hi = Math.max(...values);
+  paintTiles(canvas, [grid], (v) => grayColor(v, lo, hi));
+}
+
+const MAX_CHANNELS_SHOWN = 16;
+
+export function detectorText(det) {
+  if (!det) return "";
+  const name = String(det.label ?? "").replace(/_/g, " ");
+  const score = Number(det.score ?? 0).toFixed(2);
+  return det.beats_chance === false ? `${name}? ${score}` : `${name} ${score}`;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text != null) node.textContent = text;
+  return node;
+}
+
+/*
+ * One conv layer's panel: header (name, shape, symmetry meter, histogram)
+ * and the filter grid. update(layer, options) redraws from a snapshot layer.
+ */
+export class FilterLayerView {
+  constructor(parent, layer, { open = true } = {}) {
+    const [filters, channels, kh, kw] = layer.shape;
+    this.shapeKey = layer.shape.join("x");
+    this.root = el("details", "layer-panel");
+    this.root.open = open;
+    this.root.dataset.layer = String(layer.index);
+    const summary = el("summary", "layer-head");
+    summary.append(el("span", "layer-name", `conv layer ${layer.index}`));
+    summary.append(el("span", "layer-shape", `${filters} filters · ${channels} in · ${kh}×${kw}`));
+    this.initNote = el("span", "layer-init", "");
+    summary.append(this.initNote);
+    this.root.append(summary);
+
+    const stats = el("div", "layer-stats");
+    const meter = el("div", "meter");
+    meter.title = "Symmetry meter: mean pairwise cosine similarity of the layer's filters. 1.0 means every filter is the same — the init never broke symmetry.";
+    meter.append(el("span", "meter-label", "symmetry"));
+    const bar = el("div", "meter-bar");
+    this.meterFill = el("div", "meter-fill");
+    bar.append(this.meterFill);
+    meter.append(bar);
+    this.meterValue = el("span", "meter-value", "–");
+    meter.append(this.meterValue);
+    this.meterNote = el("span", "meter-note", "");
+    meter.append(this.meterNote);
+    this.meter = meter;
+    stats.append(meter);
+    const histBox = el("div", "hist-box");
+    this.histogram = el("canvas", "histogram");
+    this.histogram.width = 240;
+    this.histogram.height = 64;
+    this.histogram.title = "Weight histogram: bars now, outline at step 0";
+    histBox.append(this.histogram);
+    this.histLegend = el("div", "hist-legend", "");
+    histBox.append(this.histLegend);
+    stats.append(histBox);
+    this.root.append(stats);
+
+    this.grid = el("div", "filter-grid");
+    this.cards = [];
+    const shown = Math.min(channels, MAX_CHANNELS_SHOWN);
+    const cell = kh <= 3 ? 9 : kh <= 5 ? 7 : 5;   // css px per weight
+    for (let f = 0; f < filters; f++) {
+      const card = el("figure", "filter-card");
+      card.dataset.filter = String(f);
+      const canvas = el("canvas", "kernel");
+      canvas.style.width = `${(shown * (kw + 1) - 1) * cell}px`;
+      canvas.style.height = `${kh * cell}px`;
+      const label = el("figcaption", "detector-label", "");
+      card.append(canvas, label);
+      this.grid.append(card);
+      this.cards.push({ card, canvas, label });
+    }
+    if (channels > shown) {
+      this.grid.append(el("p", "note", `first ${shown} of ${channels} input channels shown per filter`));
+    }
+    this.root.append(this.grid);
+    parent.append(this.root);
+  }
+
+  update(layer, { scaling = "layer", initialWeights = null, initText = "" } = {}) {
+    this.initNote.textContent = initText;
+    const layerScale = maxAbs(layer.weight);
+    layer.weight.forEach((filter, f) => {
+      const scale = scaling === "filter" ? maxAbs(filter) : layerScale;
+      const tiles = filter.slice(0, MAX_CHANNELS_SHOWN);
+      const { canvas, label, card } = this.cards[f];
+      paintTiles(canvas, tiles, (v) => divergingColor(scale > 0 ? v / scale : 0));
+      canvas.title = `filter ${f}: max |w| = ${maxAbs(filter).toPrecision(3)}, bias = ${Number(layer.bias?.[f] ?? 0).toPrecision(3)}`;
+      const det = (layer.detectors || []).find((d) => d.filter === f) ?? layer.detectors?.[f];
+      label.textContent = detectorText(det);
+      label.classList.toggle("below-chance", det?.beats_chance === false);
+      label.title = det ? `best match ${det.label}, |cos| = ${Number(det.score).toFixed(3)}; chance level for this kernel size ${Number(det.chance ?? NaN).toFixed(3)} (99th percentile of random kernels)${det.beats_chance === false ? " — not distinguishable from a random kernel" : ""}` : "";
+      card.classList.toggle("detector", det?.beats_chance === true);
+    });
+    this.updateMeter(layer.symmetry);
+    this.drawHistogram(layer.weight, initialWeights);
+  }
+
+  updateMeter(symmetry) {
+    const s = Number(symmetry);
+    this.meter.dataset.symmetry = Number.isFinite(s) ? String(s) : "";
+    this.meterFill.style.width = `${Math.max(0, Math.min(1, Number.isFinite(s) ? s : 0)) * 100}%`;
+    this.meterValue.textContent = Number.isFinite(s) ? s.toFixed(3) : "–";
+    this.meterNote.textContent = s >= 0.9999 ? "all filters identical: symmetry never broken" : "";
+    this.meter.classList.toggle("stuck", s >= 0.9999);
+  }
+
+  drawHistogram(weight, initialWeights) {
+    const values = flatten(weight);
+    const initial = initialWeights ? flatten(initialWeights) : null;
+    const m = Math.max(maxAbs(values), initial ? maxAbs(initial) : 0) || 1;
+    const bins = 31;
+    const count = (vals) => {
+      const h = new Array(bins).fill(0);
+      for (const v of vals) h[Math.min(bins - 1, Math.max(0, Math.floor((v + m) / (2 * m) * bins)))] += 1;
+      return h;
+    };
+    const now = count(values);
+    const before = initial ? count(initial) : null;
+    const top = Math.max(...now, ...(before ?? [0])) || 1;
+    const c = this.histogram, ctx = c.getContext("2d");
+    ctx.clearRect(0, 0, c.width, c.height);
+    const bw = c.width / bins, H = c.height - 2;
+    now.forEach((n, i) => {
+      ctx.fillStyle = `rgb(${divergingColor((i + 0.5) / bins * 2 - 1).join(",")})`;
+      ctx.fillRect(i * bw + 0.5, H - (n / top) * H, bw - 1, (n / top) * H);
+    });
+    if (before) {
+      ctx.strokeStyle = "#334155";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      before.forEach((n, i) => {
+        const y = H - (n / top) * H;
+        ctx.moveTo(i * bw, y);
+        ctx.lineTo((i + 1) * bw, y);
+      });
+      ctx.stroke();
+    }
+    ctx.strokeStyle = "#94a3b8";
+    ctx.beginPath();
+    ctx.moveTo(c.width / 2, 0);
+    ctx.lineTo(c.width / 2, c.height);
+    ctx.stroke();
+    const mean = values.reduce((a, b) => a + b, 0) / values.length;
+    const std = Math.sqrt(values.reduce((a, b) => a + (b - mean) ** 2, 0) / values.length);
+    this.histLegend.textContent = `±${m.toPrecision(2)} · std ${std.toPrecision(3)}`;
+  }
+}
+
+/* All conv layers of a snapshot; rebuilds a layer's view when its shape changes. */
+export class FilterBoard {
+  constructor(container) {
+    this.container = container;
+    this.views = new Map();   // layer index -> FilterLayerView
+  }
+
+  clear() {
+    this.container.replaceChildren();
+    this.views.clear();
+  }
+
+  update(snapshot, options) {
+    const layers = snapshot.layers.filter((l) => l.type === "conv" && l.weight);
+    const keys = layers.map((l) => `${l.index}:${l.shape.join("x")}`).join(",");
+    if (keys !== this.keys) {
+      this.clear();
+      this.keys = keys;
+      layers.forEach((layer, i) => this.views.set(layer.index, new FilterLayerView(this.container, layer, { open: i < 3 })));
+    }
+    for (const layer of layers) {
+      const view = this.views.get(layer.index);
+      if (!view.root.open) { view.updateMeter(layer.symmetry); continue; }
+      const initial = options.initialSnapshot?.layers?.find((l) => l.index === layer.index)?.weight ?? null;
+      view.update(layer, { scaling: options.scaling, initialWeights: initial, initText: options.initText?.(layer.index) ?? "" });
+    }
+  }
+}
+
+/*
+ * Feature maps of one probe image for every conv layer. onPick(layerIndex,
+ * filter, y, x) is called when a map pixel is clicked.
+ */
+export class FeatureMapBoard {
+  constructor(container, onPick) {
+    this.container = container;
+    this.onPick = onPick;
+    this.key = null;
+  }
+
+  clear() {
+    this.container.replaceChildren();
+    this.key = null;
+  }
+
+  update(snapshot, probe) {
+    const layers = snapshot.layers.filter((l) => l.type === "conv" && Array.isArray(l.feature_maps));
+    if (!layers.length) return false;
+    const p = Math.min(probe, layers[0].feature_maps.length - 1);
+    const key = layers.map((l) => `${l.index}:${l.feature_maps[p].length}x${l.feature_maps[p][0].length}x${l.feature_maps[p][0][0].length}`).join(",");
+    if (key !== this.key) this._build(layers, p, key);
+    for (const layer of layers) {
+      const maps = layer.feature_maps[p];
+      const canvases = this.canvases.get(layer.index);
+      maps.forEach((map, f) => {
+        const scale = maxAbs(map);
+        drawDiverging(canvases[f], map, scale);
+        canvases[f].title = `layer ${layer.index}, filter ${f}: click a pixel to step through its convolution`;
+      });
+    }
+    return true;
+  }
+
+  _build(layers, p, key) {
+    this.container.replaceChildren();
+    this.key = key;
+    this.canvases = new Map();
+    for (const layer of layers) {
+      const row = el("div", "fmap-layer");
+      row.dataset.layer = String(layer.index);
+      row.append(el("div", "fmap-title", `conv layer ${layer.index}`));
+      const grid = el("div", "fmap-grid");
+      const maps = layer.feature_maps[p];
+      const h = maps[0].length, w = maps[0][0].length;
+      const cssPx = Math.max(2, Math.min(4, Math.floor(72 / Math.max(h, w))));
+      const list = maps.map((_, f) => {
+        const canvas = el("canvas", "fmap");
+        canvas.dataset.layer = String(layer.index);
+        canvas.dataset.filter = String(f);
+        canvas.style.width = `${w * cssPx}px`;
+        canvas.style.height = `${h * cssPx}px`;
+        canvas.addEventListener("click", (event) => {
+          const rect = canvas.getBoundingClientRect();
+          const x = Math.min(w - 1, Math.floor((event.clientX - rect.left) / rect.width * w));
+          const y = Math.min(h - 1, Math.floor((event.clientY - rect.top) / rect.height * h));
+          this.onPick(layer.index, f, y, x);
+        });
+        grid.append(canvas);
+        return canvas;
+      });
+      this.canvases.set(layer.index, list);
+      row.append(grid);
+      this.container.append(row);
+    }
+  }
+}

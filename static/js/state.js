@@ -1,0 +1,224 @@
+/*
+ * The page's state and its URL hash: the run configuration the learner is
+ * editing, the view options, and pure helpers that turn them into the JSON
+ * body of POST /api/runs and into the σ / bound figures of each init law.
+ * No DOM here: main.js reads and writes the page, this module holds the data.
+ */
+
+export const DEFAULT_CONFIG = Object.freeze({
+  preset: "small",          // a preset name, or "custom" to use `spec`
+  spec: null,               // the edited JSON spec when preset === "custom"
+  init: { name: "he_normal" },   // the run's default init
+  layerInits: {},           // {"<layer index>": {name, ...params}} per-layer overrides
+  dataset: "shapes",
+  optimizer: "sgd",
+  lr: 0.05,
+  momentum: 0.9,
+  batchSize: 64,
+  steps: 600,
+  seed: 0,
+  snapshotEvery: 10,
+});
+
+export const DEFAULT_VIEW = Object.freeze({
+  run: null,                // the run on screen
+  scaling: "layer",         // "layer" or "filter": how heatmaps are normalised
+  probe: 0,                 // which probe image the feature maps show
+});
+
+/* Defaults of the init parameters, as in the design card's table. */
+export const INIT_PARAM_DEFAULTS = {
+  constant: { value: 0.1 },
+  normal: { std: 0.01 },
+  uniform: { a: 0.05 },
+  orthogonal: { gain: 1.0 },
+  kernel: { kernels: "x" },
+};
+
+export const INIT_ALIASES = { xavier_uniform: "glorot_uniform", kaiming_normal: "he_normal" };
+
+export function createState() {
+  return {
+    config: cloneConfig(DEFAULT_CONFIG),
+    view: { ...DEFAULT_VIEW },
+    presets: {},            // name -> spec (from GET /api/presets)
+    inits: [],              // [{name, law, params}] (from GET /api/inits)
+    datasets: [],           // [name]
+    run: null,              // the run record on screen (GET /api/runs/{id})
+    steps: [],              // snapshot steps stored for the run, ascending
+    mode: "live",           // "live" follows the stream, "history" shows `historyStep`
+    historyStep: null,
+    latestSnapshot: null,   // the newest snapshot received (no feature maps)
+    initialSnapshot: null,  // step 0 of the run, for the histogram's outline
+  };
+}
+
+export function cloneConfig(config) {
+  return JSON.parse(JSON.stringify(config));
+}
+
+/* An init given as "name" or {name, ...params} -> {name, ...params}. */
+export function normaliseInit(init) {
+  if (init == null) return { name: "he_normal" };
+  if (typeof init === "string") return { name: init };
+  if (typeof init === "object" && typeof init.name === "string") return { ...init };
+  throw new Error(`init: expected a name or {"name": ...}, got ${JSON.stringify(init)}`);
+}
+
+/* {name} -> "name" so that simple inits stay simple in the JSON body. */
+export function compactInit(init) {
+  const keys = Object.keys(init);
+  return keys.length === 1 ? init.name : { ...init };
+}
+
+// ---------------------------------------------------------------- URL hash
+
+const NUMBER_FIELDS = { lr: "lr", momentum: "momentum", bs: "batchSize", steps: "steps", seed: "seed", every: "snapshotEvery" };
+
+export function configToHash(config, view) {
+  const p = new URLSearchParams();
+  p.set("preset", config.preset);
+  if (config.preset === "custom" && config.spec) p.set("spec", JSON.stringify(config.spec));
+  p.set("init", JSON.stringify(compactInit(config.init)));
+  if (Object.keys(config.layerInits).length) {
+    const compact = {};
+    for (const [k, v] of Object.entries(config.layerInits)) compact[k] = compactInit(v);
+    p.set("layers", JSON.stringify(compact));
+  }
+  p.set("dataset", config.dataset);
+  p.set("opt", config.optimizer);
+  for (const [key, field] of Object.entries(NUMBER_FIELDS)) p.set(key, String(config[field]));
+  if (view.run) p.set("run", view.run);
+  if (view.scaling !== DEFAULT_VIEW.scaling) p.set("scale", view.scaling);
+  if (view.probe !== DEFAULT_VIEW.probe) p.set("probe", String(view.probe));
+  return "#" + p.toString();
+}
+
+/* Parse a location hash; unknown or malformed fields keep their defaults. */
+export function hashToConfig(hash) {
+  const config = cloneConfig(DEFAULT_CONFIG);
+  const view = { ...DEFAULT_VIEW };
+  const p = new URLSearchParams((hash || "").replace(/^#/, ""));
+  const json = (key) => {
+    try { return JSON.parse(p.get(key)); } catch { return undefined; }
+  };
+  if (p.has("preset")) config.preset = p.get("preset");
+  if (p.has("spec")) {
+    const spec = json("spec");
+    if (spec && typeof spec === "object") config.spec = spec;
+  }
+  if (config.preset === "custom" && !config.spec) config.preset = DEFAULT_CONFIG.preset;
+  if (p.has("init")) {
+    try { config.init = normaliseInit(json("init") ?? p.get("init")); } catch { /* keep default */ }
+  }
+  if (p.has("layers")) {
+    const layers = json("layers");
+    if (layers && typeof layers === "object") {
+      for (const [k, v] of Object.entries(layers)) {
+        try { config.layerInits[k] = normaliseInit(v); } catch { /* skip a bad entry */ }
+      }
+    }
+  }
+  if (p.has("dataset")) config.dataset = p.get("dataset");
+  if (p.has("opt")) config.optimizer = p.get("opt");
+  for (const [key, field] of Object.entries(NUMBER_FIELDS)) {
+    const n = Number(p.get(key));
+    if (p.has(key) && Number.isFinite(n)) config[field] = n;
+  }
+  if (p.has("run")) view.run = p.get("run");
+  if (p.get("scale") === "filter") view.scaling = "filter";
+  const probe = Number(p.get("probe"));
+  if (p.has("probe") && Number.isInteger(probe) && probe >= 0) view.probe = probe;
+  return { config, view };
+}
+
+// ---------------------------------------------------------------- spec helpers
+
+/* The spec the config describes: the custom one or the named preset's. */
+export function baseSpec(config, presets) {
+  if (config.preset === "custom") return config.spec;
+  return presets[config.preset] ?? null;
+}
+
+/*
+ * Conv layers of a spec with their fans: [{index, filters, kernel, inChannels,
+ * fanIn, fanOut, init}] where `init` is the layer's own init from the spec
+ * (or null when it follows the run default).
+ */
+export function convLayers(spec) {
+  if (!spec || !Array.isArray(spec.layers)) return [];
+  let channels = Array.isArray(spec.input) ? spec.input[0] : 1;
+  const out = [];
+  spec.layers.forEach((layer, index) => {
+    if (layer.type !== "conv") return;
+    const k = Array.isArray(layer.kernel) ? layer.kernel : [layer.kernel ?? 3, layer.kernel ?? 3];
+    const filters = layer.filters;
+    out.push({
+      index, filters, kernel: k, inChannels: channels,
+      stride: layer.stride ?? 1, padding: layer.padding ?? 0,
+      fanIn: channels * k[0] * k[1], fanOut: filters * k[0] * k[1],
+      init: layer.init != null ? normaliseInit(layer.init) : null,
+    });
+    channels = filters;
+  });
+  return out;
+}
+
+/* The JSON body of POST /api/runs for this config. */
+export function toRunRequest(config, presets) {
+  const body = {
+    init: compactInit(config.init),
+    dataset: config.dataset,
+    optimizer: { name: config.optimizer, lr: config.lr },
+    batch_size: config.batchSize,
+    steps: config.steps,
+    seed: config.seed,
+    snapshot_every: config.snapshotEvery,
+  };
+  if (config.optimizer === "sgd") body.optimizer.momentum = config.momentum;
+  const overrides = Object.entries(config.layerInits);
+  if (config.preset !== "custom" && overrides.length === 0) {
+    body.model = config.preset;
+    return body;
+  }
+  const spec = baseSpec(config, presets);
+  if (!spec) throw new Error(`model: preset "${config.preset}" is not known to the server`);
+  const model = JSON.parse(JSON.stringify(spec));
+  for (const [index, init] of overrides) {
+    const layer = model.layers[Number(index)];
+    if (!layer || layer.type !== "conv") {
+      throw new Error(`model.layers[${index}].init: layer ${index} is not a conv layer of this spec`);
+    }
+    layer.init = compactInit(init);
+  }
+  body.model = model;
+  return body;
+}
+
+// ---------------------------------------------------------------- init laws
+
+/*
+ * The law of an init and its figure for a layer's fans, e.g.
+ * {law: "N(0, 2/fan_in)", figure: "σ = 0.283"}. Mirrors the design card's table.
+ */
+export function describeInit(init, fanIn, fanOut) {
+  const name = INIT_ALIASES[init.name] ?? init.name;
+  const fmt = (x) => (x >= 0.001 ? x.toPrecision(3) : x.toExponential(2));
+  switch (name) {
+    case "zeros": return { law: "0", figure: "all 0" };
+    case "constant": { const v = init.value ?? 0.1; return { law: "value", figure: `all ${fmt(v)}` }; }
+    case "normal": { const s = init.std ?? 0.01; return { law: "N(0, std²)", figure: `σ = ${fmt(s)}` }; }
+    case "uniform": { const a = init.a ?? 0.05; return { law: "U(−a, a)", figure: `a = ${fmt(a)}` }; }
+    case "glorot_uniform": return { law: "U(±√(6/(fan_in+fan_out)))", figure: `a = ${fmt(Math.sqrt(6 / (fanIn + fanOut)))}` };
+    case "glorot_normal": return { law: "N(0, 2/(fan_in+fan_out))", figure: `σ = ${fmt(Math.sqrt(2 / (fanIn + fanOut)))}` };
+    case "he_normal": return { law: "N(0, 2/fan_in)", figure: `σ = ${fmt(Math.sqrt(2 / fanIn))}` };
+    case "he_uniform": return { law: "U(±√(6/fan_in))", figure: `a = ${fmt(Math.sqrt(6 / fanIn))}` };
+    case "lecun_normal": return { law: "N(0, 1/fan_in)", figure: `σ = ${fmt(Math.sqrt(1 / fanIn))}` };
+    case "orthogonal": return { law: "orthogonal rows × gain", figure: `gain = ${fmt(init.gain ?? 1.0)}` };
+    case "kernel": {
+      const k = init.kernels ?? "x";
+      return { law: "hand-made kernels", figure: Array.isArray(k) ? k.join(", ") : String(k) };
+    }
+    default: return { law: "?", figure: "" };
+  }
+}
