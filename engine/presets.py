@@ -33,4 +33,27 @@ PRESETS = {
             {"type": "dense", "units": 10},
         ],
     },
+    "demo": {
+        "input": [1, 28, 28],
+        "layers": [
+            {"type": "conv", "filters": 8, "kernel": 5},
+            {"type": "relu"},
+            {"type": "maxpool", "size": 2},
+            {"type": "conv", "filters": 16, "kernel": 3},
+            {"type": "relu"},
+            {"type": "maxpool", "size": 2},
+            {"type": "flatten"},
+            {"type": "dense", "units": 10},
+        ],
+    },
+    "deep": {
+        "input": [1, 28, 28],
+        "layers": [
+            {"type": "maxpool", "size": 2},
+            *[layer for _ in range(20) for layer in ({"type": "conv", "filters": 8, "kernel": 3, "padding": 1}, {"type": "relu"})],
+            {"type": "maxpool", "size": 2},
+            {"type": "flatten"},
+            {"type": "dense", "units": 10},
+        ],
+    },
 }
