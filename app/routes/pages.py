@@ -21,13 +21,9 @@ from fastapi.templating import Jinja2Templates
 
 
 def _asset_dirs() -> tuple[Path, Path]:
-    """(templates_dir, static_dir): from app/paths.py when present, else the checkout."""
-    try:
-        from app import paths  # written by the packaging work; optional here
-        return Path(paths.TEMPLATES_DIR), Path(paths.STATIC_DIR)
-    except (ImportError, AttributeError):
-        repo_root = Path(__file__).resolve().parents[2]
-        return repo_root / "templates", repo_root / "static"
+    """(templates_dir, static_dir): the checkout's folders or the installed copies (app/paths.py)."""
+    from app import paths
+    return paths.templates_dir(), paths.static_dir()
 
 
 TEMPLATES_DIR, STATIC_DIR = _asset_dirs()

@@ -26,7 +26,8 @@ export class LineChart {
       margin: { l: 48, r: 10, t: 30, b: 30 },
       xaxis: { title: { text: "step", font: { size: 11 } }, zeroline: false, automargin: true },
       yaxis: { type: options.log ? "log" : "linear", zeroline: false, automargin: true,
-               exponentformat: "power", range: options.yRange },
+               exponentformat: "e", range: options.yRange,
+               ...(options.log ? { dtick: "D2", tickformat: ".0e" } : {}) },
       legend: { orientation: "h", y: 1.02, x: 1, xanchor: "right", yanchor: "bottom", font: { size: 10 } },
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "#ffffff",
@@ -98,6 +99,11 @@ export class LineChart {
     this.counts.clear();
     if (this.names.length) window.Plotly.deleteTraces(this.element, this.names.map((_, i) => i));
     this.names = [];
+  }
+
+  /* Fit the chart to its element again (after the element was hidden or resized). */
+  resize() {
+    window.Plotly.Plots.resize(this.element);
   }
 
   /* A vertical marker at the step the history slider shows (null hides it). */

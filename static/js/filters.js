@@ -142,7 +142,8 @@ export class FilterLayerView {
     this.grid = el("div", "filter-grid");
     this.cards = [];
     const shown = Math.min(channels, MAX_CHANNELS_SHOWN);
-    const cell = kh <= 3 ? 9 : kh <= 5 ? 7 : 5;   // css px per weight
+    // css px per weight: large for single-channel first layers, compact for deep ones
+    const cell = shown === 1 ? (kh <= 3 ? 14 : kh <= 5 ? 10 : 7) : (kh <= 3 ? 5 : 4);
     for (let f = 0; f < filters; f++) {
       const card = el("figure", "filter-card");
       card.dataset.filter = String(f);

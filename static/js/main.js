@@ -11,14 +11,13 @@ import * as api from "./api.js";
 import { LineChart } from "./charts.js";
 import { FeatureMapBoard, FilterBoard, drawGray } from "./filters.js";
 import {
-  INIT_PARAM_DEFAULTS, baseSpec, configToHash, convLayers, createState, describeInit,
+  DEFAULT_KERNEL_BANK, INIT_MAIN_PARAM, INIT_PARAM_DEFAULTS, NAMED_KERNELS, baseSpec, configToHash, convLayers, createState, describeInit,
   hashToConfig, normaliseInit, toRunRequest,
 } from "./state.js";
 import { StepThrough, layerInput } from "./stepthrough.js";
 
 const $ = (id) => document.getElementById(id);
 const ACTIVE = new Set(["queued", "running", "paused"]);
-const NAMED_KERNELS = ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"];
 const FALLBACK_INITS = ["zeros", "constant", "normal", "uniform", "glorot_uniform", "glorot_normal",
   "he_normal", "he_uniform", "lecun_normal", "orthogonal", "kernel"];
 
@@ -51,8 +50,8 @@ const charts = {
     train: { color: "#2563eb" }, validation: { color: "#ea580c", mode: "lines+markers" } } }),
   acc: new LineChart($("chart-acc"), { title: "accuracy", yRange: [0, 1.02], series: {
     train: { color: "#2563eb" }, validation: { color: "#ea580c", mode: "lines+markers" } } }),
-  act: new LineChart($("chart-act"), { title: "activation std per layer (log)", log: true }),
-  grad: new LineChart($("chart-grad"), { title: "gradient std per layer (log)", log: true }),
+  act: new LineChart($("chart-act"), { title: "activation std per layer", log: true }),
+  grad: new LineChart($("chart-grad"), { title: "gradient std per layer", log: true }),
 };
 debug.charts = charts;
 
@@ -357,6 +356,7 @@ async function openRun(id, { loadConfig = false } = {}) {
   writeHash();
   $("empty-state").hidden = true;
   $("run-view").hidden = false;
+  for (const chart of Object.values(charts)) chart.resize();
   let run;
   try {
     run = await api.getRun(id);
@@ -523,26 +523,30 @@ function markCurrentRun() {
 function initParamControl(init, onChange) {
   const span = document.createElement("span");
   span.className = "init-param";
-  const defaults = INIT_PARAM_DEFAULTS[init.name];
-  if (!defaults) return span;
-  const [key, value] = Object.entries(defaults)[0];
+  const key = INIT_MAIN_PARAM[init.name];
+  if (!key) return span;
   let input;
   if (key === "kernels") {
     input = document.createElement("select");
-    const kernels = state.inits.find((i) => i.name === "kernel")?.kernels ?? NAMED_KERNELS;
-    for (const k of kernels) input.append(new Option(k, k));
-    input.value = init[key] ?? value;
+    input.append(new Option(`bank: ${DEFAULT_KERNEL_BANK.join(", ")}`, ""));
+    for (const k of NAMED_KERNELS) input.append(new Option(`${k} in every filter`, k));
+    input.value = typeof init.kernels === "string" ? init.kernels : "";
   } else {
     input = document.createElement("input");
     input.type = "number";
     input.step = "any";
-    input.value = String(init[key] ?? value);
+    input.value = String(init[key] ?? INIT_PARAM_DEFAULTS[init.name][key]);
   }
   input.setAttribute("aria-label", key);
   input.dataset.param = key;
   input.addEventListener("change", () => {
-    const v = key === "kernels" ? input.value : Number(input.value);
-    onChange({ ...init, [key]: v });
+    const next = { ...init };
+    if (key === "kernels") {
+      if (input.value) next.kernels = input.value; else delete next.kernels;
+    } else {
+      next[key] = Number(input.value);
+    }
+    onChange(next);
   });
   span.append(`${key} `, input);
   return span;
@@ -576,21 +580,28 @@ function renderInitControls() {
     config.init = init; formChanged();
   }), { id: "f-init-param" }));
 
-  const tbody = $("init-table").querySelector("tbody");
-  tbody.replaceChildren();
+  const box = $("init-table");
+  box.replaceChildren();
   const layers = convLayers(baseSpec(config, state.presets));
   for (const layer of layers) {
     const own = config.layerInits[layer.index] ?? null;
     const effective = own ?? layer.init ?? config.init;
-    const tr = document.createElement("tr");
-    tr.dataset.layer = String(layer.index);
-    const name = document.createElement("td");
-    name.textContent = `${layer.index}: ${layer.filters}×${layer.inChannels}×${layer.kernel.join("×")}`;
-    const fans = document.createElement("td");
+    const row = document.createElement("div");
+    row.className = "init-layer";
+    row.dataset.layer = String(layer.index);
+    const head = document.createElement("div");
+    head.className = "init-layer-head";
+    const name = document.createElement("b");
+    name.textContent = `conv ${layer.index}`;
+    const shape = document.createElement("span");
+    shape.textContent = `${layer.filters}×${layer.inChannels}×${layer.kernel.join("×")}`;
+    const fans = document.createElement("span");
     fans.className = "fans";
-    fans.textContent = `${layer.fanIn} / ${layer.fanOut}`;
-    fans.title = "fan_in = in_channels·kh·kw / fan_out = out_channels·kh·kw";
-    const pick = document.createElement("td");
+    fans.textContent = `fan_in ${layer.fanIn} · fan_out ${layer.fanOut}`;
+    fans.title = "fan_in = in_channels·kh·kw, fan_out = out_channels·kh·kw";
+    head.append(name, shape, fans);
+    const pick = document.createElement("div");
+    pick.className = "init-layer-pick";
     const sel = initSelect(own?.name ?? "", { allowDefault: true });
     sel.setAttribute("aria-label", `init of conv layer ${layer.index}`);
     sel.addEventListener("change", () => {
@@ -600,26 +611,22 @@ function renderInitControls() {
     });
     pick.append(sel);
     if (own) pick.append(initParamControl(own, (init) => { config.layerInits[layer.index] = init; formChanged(); }));
-    const law = document.createElement("td");
+    const law = document.createElement("div");
     law.className = "law";
     const { law: lawText, figure } = lawOf(effective, layer);
-    law.innerHTML = "";
     const l = document.createElement("span");
-    l.textContent = lawText;
+    l.textContent = `${effective.name}: ${lawText} → `;
     const f = document.createElement("b");
     f.textContent = figure;
-    law.append(l, document.createElement("br"), f);
-    tr.append(name, fans, pick, law);
-    tbody.append(tr);
+    law.append(l, f);
+    row.append(head, pick, law);
+    box.append(row);
   }
   if (!layers.length) {
-    const tr = document.createElement("tr");
-    const td = document.createElement("td");
-    td.colSpan = 4;
-    td.className = "note";
-    td.textContent = "The spec has no conv layers.";
-    tr.append(td);
-    tbody.append(tr);
+    const p = document.createElement("p");
+    p.className = "note";
+    p.textContent = "The spec has no conv layers.";
+    box.append(p);
   }
 }
 

@@ -32,8 +32,17 @@ export const INIT_PARAM_DEFAULTS = {
   normal: { std: 0.01 },
   uniform: { a: 0.05 },
   orthogonal: { gain: 1.0 },
-  kernel: { kernels: "x" },
+  kernel: {},               // no `kernels`: the engine's default bank
 };
+
+/* The one parameter the setup form offers for each init that has one. */
+export const INIT_MAIN_PARAM = { constant: "value", normal: "std", uniform: "a", orthogonal: "gain", kernel: "kernels" };
+
+/* The engine's hand-made kernels (engine/initializers.py NAMED_KERNELS) and its default bank. */
+export const NAMED_KERNELS = ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity", "vertical_edge",
+  "horizontal_edge", "diagonal_edge", "antidiagonal_edge", "vertical_line", "horizontal_line", "box",
+  "gaussian", "checkerboard"];
+export const DEFAULT_KERNEL_BANK = ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"];
 
 export const INIT_ALIASES = { xavier_uniform: "glorot_uniform", kaiming_normal: "he_normal" };
 
@@ -216,8 +225,9 @@ export function describeInit(init, fanIn, fanOut) {
     case "lecun_normal": return { law: "N(0, 1/fan_in)", figure: `σ = ${fmt(Math.sqrt(1 / fanIn))}` };
     case "orthogonal": return { law: "orthogonal rows × gain", figure: `gain = ${fmt(init.gain ?? 1.0)}` };
     case "kernel": {
-      const k = init.kernels ?? "x";
-      return { law: "hand-made kernels", figure: Array.isArray(k) ? k.join(", ") : String(k) };
+      const k = init.kernels ?? DEFAULT_KERNEL_BANK;
+      const names = Array.isArray(k) ? k.map((e) => (typeof e === "string" ? e : "custom")).join(", ") : `${k} in every filter`;
+      return { law: "hand-made kernels", figure: `${names}${Array.isArray(k) ? `; rest ${init.fallback ?? "he_normal"}` : ""}` };
     }
     default: return { law: "?", figure: "" };
   }

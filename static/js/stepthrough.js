@@ -161,7 +161,12 @@ export class StepThrough {
     const kh = ctx.kernel[0].length, kw = ctx.kernel[0][0].length;
     this.outH = outputSize(ctx.input[0].length, kh, ctx.stride, ctx.padding);
     this.outW = outputSize(ctx.input[0][0].length, kw, ctx.stride, ctx.padding);
+    // the output as the sliding window has built it so far, in reading order up to (y, x)
     this.built = new Array(this.outH).fill(null).map(() => new Array(this.outW).fill(0));
+    for (let index = 0; index < y * this.outW + x; index++) {
+      const yy = Math.floor(index / this.outW), xx = index % this.outW;
+      this.built[yy][xx] = convolvePixel(ctx.input, ctx.kernel, ctx.bias, ctx.stride, ctx.padding, yy, xx).value;
+    }
     this.panel.hidden = false;
     this.show(y, x);
   }
@@ -275,9 +280,10 @@ export class StepThrough {
     if (stored != null) {
       const span = document.createElement("span");
       span.className = "st-term stored";
-      const agrees = Math.abs(stored - r.value) <= 1e-3 * Math.max(1, Math.abs(stored));
+      // the server rounds feature maps to 4 significant digits of the map's largest value
+      const agrees = Math.abs(stored - r.value) <= 2e-3 * Math.max(maxAbs(ctx.stored), 1e-6);
       span.innerHTML = `<small>feature map holds</small><b>${Number(stored).toPrecision(5)}</b>`;
-      span.title = agrees ? "matches the feature map the server computed" : "differs from the server's feature map (it may hold the activated output)";
+      span.title = agrees ? "matches the feature map the server computed" : "differs from the server's feature map by more than its rounding";
       span.classList.toggle("mismatch", !agrees);
       eq.append(span);
     }
