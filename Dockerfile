@@ -16,9 +16,10 @@ COPY templates ./templates
 COPY static ./static
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install /wheels/kernelscope-*.whl
+ && /opt/venv/bin/pip install /wheels/kernelscope-*.whl \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools
 
-# Stage 2: the runtime image: the venv only, no sources, compilers or test tools.
+# Stage 2: the runtime image: the venv only (without pip), no sources, compilers or test tools.
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -198,3 +198,45 @@ def test_dockerignore_sends_exactly_what_the_dockerfile_copies():
                if line.startswith("!")}
     assert copied == allowed
     assert (ROOT / ".dockerignore").read_text().splitlines()[1] == "*"
+
+
+def imported_top_level_modules(folder: Path) -> set[str]:
+    """Top-level modules imported by the code in `folder`, less optional ones
+    (imported inside `try: ... except ImportError`, which degrade with a clear error)."""
+    import ast
+
+    def names(node) -> set[str]:
+        if isinstance(node, ast.Import):
+            return {alias.name.split(".")[0] for alias in node.names}
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            return {node.module.split(".")[0]}
+        return set()
+
+    def catches_import_error(handler) -> bool:
+        caught = ast.unparse(handler.type) if handler.type else ""
+        return "ImportError" in caught or "ModuleNotFoundError" in caught
+
+    required, optional = set(), set()
+    for path in folder.rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            required |= names(node)
+            if isinstance(node, ast.Try) and any(catches_import_error(h) for h in node.handlers):
+                optional |= {m for stmt in node.body for inner in ast.walk(stmt) for m in names(inner)}
+    return required - optional
+
+
+def test_every_third_party_import_of_the_product_is_a_declared_dependency():
+    from importlib.metadata import packages_distributions
+
+    declared = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower().replace("_", "-")
+                for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    providers = packages_distributions()
+    third_party = (imported_top_level_modules(ROOT / "app") | imported_top_level_modules(ROOT / "engine")) \
+        - set(sys.stdlib_module_names) - {"app", "engine", "__future__"}
+    undeclared = {}
+    for module in sorted(third_party):
+        distributions = {d.lower().replace("_", "-") for d in providers.get(module, [module])}
+        if not distributions & declared:
+            undeclared[module] = sorted(distributions)
+    assert undeclared == {}, "imported by app/ or engine/ but missing from pyproject's dependencies"
