@@ -1,0 +1,321 @@
+"""Datasets: the shapes generator, every file loader on good and malformed files, normalisation."""
+
+import gzip
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import datasets
+from engine.datasets import (
+    SHAPE_CLASSES,
+    DatasetError,
+    generate_shapes,
+    load_cifar10,
+    load_dataset,
+    load_idx_folder,
+    load_image_folder,
+    load_shapes,
+    load_sklearn_digits,
+    make_dataset,
+    normalize_dataset_spec,
+    read_idx,
+)
+
+# ---------------------------------------------------------------- shapes
+
+
+def test_shapes_are_deterministic_for_a_seed_and_differ_between_seeds():
+    x1, y1 = generate_shapes(200, seed=7)
+    x2, y2 = generate_shapes(200, seed=7)
+    x3, _ = generate_shapes(200, seed=8)
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    assert not np.array_equal(x1, x3)
+
+
+def test_shapes_have_every_class_balanced_with_the_requested_size():
+    x, y = generate_shapes(1000, size=32)
+    assert x.shape == (1000, 1, 32, 32) and x.dtype == np.float32
+    assert np.isfinite(x).all()
+    assert np.bincount(y, minlength=len(SHAPE_CLASSES)).tolist() == [100] * len(SHAPE_CLASSES)
+    assert {"x", "plus", "circle", "square", "triangle", "horizontal_line", "vertical_line",
+            "diagonal_line", "antidiagonal_line"} <= set(SHAPE_CLASSES)
+
+
+def _ink_moments(image):
+    """Variance along x, along y and covariance of the ink in one image (row = y, down)."""
+    ink = np.clip(image, 0, None)
+    ys, xs = np.mgrid[: ink.shape[0], : ink.shape[1]]
+    total = ink.sum()
+    mx, my = (ink * xs).sum() / total, (ink * ys).sum() / total
+    vxx = (ink * (xs - mx) ** 2).sum() / total
+    vyy = (ink * (ys - my) ** 2).sum() / total
+    vxy = (ink * (xs - mx) * (ys - my)).sum() / total
+    return vxx, vyy, vxy
+
+
+def test_line_classes_are_drawn_with_their_orientation():
+    x, y = generate_shapes(400, seed=3, noise=0.0)
+    for image, label in zip(x[:, 0], y):
+        vxx, vyy, vxy = _ink_moments(image)
+        name = SHAPE_CLASSES[label]
+        if name == "vertical_line":
+            assert vyy > 4 * vxx
+        elif name == "horizontal_line":
+            assert vxx > 4 * vyy
+        elif name == "diagonal_line":  # "\": y grows with x
+            assert vxy > 0.5 * np.sqrt(vxx * vyy)
+        elif name == "antidiagonal_line":  # "/"
+            assert vxy < -0.5 * np.sqrt(vxx * vyy)
+        elif name == "x":  # both diagonals: no net tilt, equal spread
+            assert abs(vxy) < 0.35 * np.sqrt(vxx * vyy)
+
+
+def test_a_large_shapes_set_is_generated_in_one_call():
+    x, y = generate_shapes(10000, seed=0)
+    assert x.shape == (10000, 1, 28, 28) and len(y) == 10000
+
+
+def test_shapes_dataset_is_normalised_on_training_split_with_fixed_monitor_and_probes():
+    data = load_shapes(n_train=500, n_val=200, seed=1)
+    assert data.input_shape == (1, 28, 28) and data.n_classes == len(SHAPE_CLASSES)
+    assert abs(float(data.x_train.mean())) < 1e-4
+    assert abs(float(data.x_train.std()) - 1.0) < 1e-3
+    assert len(data.monitor_x) == 64 and np.array_equal(data.monitor_x, data.x_val[:64])
+    assert data.probe_labels == ["x", "plus", "vertical_line", "circle"]
+    assert data.probe_x.shape == (4, 1, 28, 28)
+    again = load_shapes(n_train=500, n_val=200, seed=1)
+    assert np.array_equal(again.probe_x, data.probe_x) and np.array_equal(again.x_train, data.x_train)
+
+
+def test_validation_split_uses_the_training_statistics():
+    rng = np.random.default_rng(0)
+    x_train = rng.normal(3.0, 2.0, (100, 2, 4, 4))
+    x_val = rng.normal(10.0, 5.0, (50, 2, 4, 4))
+    y = np.zeros(100, dtype=int)
+    data = make_dataset("t", ["a", "b"], x_train, y, x_val, y[:50])
+    mean = x_train.mean(axis=(0, 2, 3))
+    std = x_train.std(axis=(0, 2, 3))
+    expected = (x_val - mean[None, :, None, None]) / std[None, :, None, None]
+    assert np.allclose(data.x_val, expected, atol=1e-4)
+    assert np.allclose(data.x_train.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+
+
+def test_batch_order_is_a_function_of_seed_and_step_and_covers_each_epoch_once():
+    data = load_shapes(n_train=100, n_val=20)
+    epoch = np.concatenate([data.batch_indices(step, 10, seed=5) for step in range(10)])
+    assert sorted(epoch.tolist()) == list(range(100))
+    assert np.array_equal(data.batch_indices(3, 10, seed=5), data.batch_indices(3, 10, seed=5))
+    assert not np.array_equal(data.batch_indices(3, 10, seed=5), data.batch_indices(3, 10, seed=6))
+    crossing = data.batch_indices(3, 30, seed=5)  # examples 90..119 span epochs 0 and 1
+    assert len(crossing) == 30
+
+
+# ---------------------------------------------------------------- IDX (MNIST / Fashion-MNIST)
+
+
+def _idx_bytes(array, type_code=0x08):
+    header = bytes([0, 0, type_code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_mnist(folder, n_train=30, n_test=10, gz=False):
+    rng = np.random.default_rng(0)
+    files = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+    }
+    folder.mkdir(exist_ok=True)
+    for name, array in files.items():
+        data = _idx_bytes(array)
+        if gz:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(data))
+        else:
+            (folder / name).write_bytes(data)
+    return files
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_idx_folder_loads_raw_and_gzip(tmp_path, gz):
+    files = _write_mnist(tmp_path / "mnist", gz=gz)
+    data = load_dataset({"name": "mnist", "path": str(tmp_path / "mnist")})
+    assert data.input_shape == (1, 28, 28) and data.classes == [str(d) for d in range(10)]
+    assert len(data.x_train) == 30 and len(data.x_val) == 10
+    assert data.y_train.tolist() == files["train-labels-idx1-ubyte"].tolist()
+    raw = files["train-images-idx3-ubyte"] / 255.0
+    restored = data.x_train[:, 0] * data.std[0] + data.mean[0]
+    assert np.allclose(restored, raw, atol=1e-5)
+
+
+def test_fashion_mnist_without_test_files_holds_out_part_of_training(tmp_path):
+    folder = tmp_path / "fashion"
+    _write_mnist(folder, n_train=50)
+    (folder / "t10k-images-idx3-ubyte").unlink()
+    data = load_dataset({"name": "fashion_mnist", "path": str(folder), "val_fraction": 0.2})
+    assert len(data.x_train) == 40 and len(data.x_val) == 10
+    assert data.classes[0] == "t-shirt"
+
+
+def test_idx_missing_file_names_it(tmp_path):
+    _write_mnist(tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte").unlink()
+    with pytest.raises(DatasetError, match="train-labels-idx1-ubyte: file not found"):
+        load_idx_folder(tmp_path)
+
+
+def test_idx_truncated_file_names_it(tmp_path):
+    _write_mnist(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte: truncated"):
+        load_idx_folder(tmp_path)
+
+
+def test_idx_wrong_format_and_bad_gzip_name_the_file(tmp_path):
+    bad = tmp_path / "not-idx"
+    bad.write_bytes(b"PK\x03\x04 this is a zip file")
+    with pytest.raises(DatasetError, match="not-idx: not an IDX file"):
+        read_idx(bad)
+    broken_gz = tmp_path / "images.gz"
+    broken_gz.write_bytes(b"\x1f\x8b\x08garbage")
+    with pytest.raises(DatasetError, match="images.gz: not a valid gzip file"):
+        read_idx(broken_gz)
+
+
+def test_idx_label_count_mismatch_is_reported(tmp_path):
+    _write_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.arange(7) % 10))
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte: 7 labels for 10 images"):
+        load_idx_folder(tmp_path)
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def _write_cifar_batch(path, n, seed=0):
+    rng = np.random.default_rng(seed)
+    batch = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8), b"labels": [i % 10 for i in range(n)]}
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    return batch
+
+
+def test_cifar10_batches_load_as_colour_images(tmp_path):
+    first = _write_cifar_batch(tmp_path / "data_batch_1", 20, seed=1)
+    _write_cifar_batch(tmp_path / "data_batch_2", 10, seed=2)
+    _write_cifar_batch(tmp_path / "test_batch", 8, seed=3)
+    data = load_cifar10(tmp_path)
+    assert data.input_shape == (3, 32, 32) and len(data.x_train) == 30 and len(data.x_val) == 8
+    assert data.classes[3] == "cat"
+    red_plane = first[b"data"][0, :1024].reshape(32, 32) / 255.0
+    assert np.allclose(data.x_train[0, 0] * data.std[0] + data.mean[0], red_plane, atol=1e-5)
+    gray = load_dataset({"name": "cifar10", "path": str(tmp_path), "grayscale": True})
+    assert gray.input_shape == (1, 32, 32)
+
+
+def test_cifar10_malformed_batches_name_the_file(tmp_path):
+    _write_cifar_batch(tmp_path / "data_batch_1", 5)
+    with pytest.raises(DatasetError, match="test_batch: file not found"):
+        load_cifar10(tmp_path)
+    (tmp_path / "test_batch").write_bytes((tmp_path / "data_batch_1").read_bytes()[:50])
+    with pytest.raises(DatasetError, match="test_batch: not a CIFAR-10 python batch"):
+        load_cifar10(tmp_path)
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}))
+    with pytest.raises(DatasetError, match=r"test_batch: 'data' must have shape \(N, 3072\)"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar10_loader_refuses_pickles_that_run_code(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    _write_cifar_batch(tmp_path / "data_batch_1", 5)
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": Exploit(), b"labels": []}))
+    with pytest.raises(DatasetError, match="test_batch: not a CIFAR-10 python batch.*refusing to load builtins.print"):
+        load_cifar10(tmp_path)
+
+
+# ---------------------------------------------------------------- image folder
+
+
+def _write_images(folder, classes=("cats", "dogs"), per_class=4, size=(10, 10)):
+    for index, name in enumerate(classes):
+        (folder / name).mkdir(parents=True)
+        for k in range(per_class):
+            pixels = np.full(size, 40 * index + k, dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"{k}.png")
+
+
+def test_image_folder_loads_one_class_per_subfolder(tmp_path):
+    _write_images(tmp_path)
+    data = load_image_folder(tmp_path, val_fraction=0.25)
+    assert data.classes == ["cats", "dogs"] and data.input_shape == (1, 10, 10)
+    assert len(data.x_train) == 6 and len(data.x_val) == 2
+    resized = load_dataset({"name": "image_folder", "path": str(tmp_path), "size": 16, "color": True})
+    assert resized.input_shape == (3, 16, 16)
+
+
+def test_image_folder_unreadable_image_is_named(tmp_path):
+    _write_images(tmp_path)
+    (tmp_path / "dogs" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="broken.png: cannot read image"):
+        load_image_folder(tmp_path)
+
+
+def test_image_folder_layout_errors_name_the_folder(tmp_path):
+    with pytest.raises(DatasetError, match="no class sub-folders"):
+        load_image_folder(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="empty: no .png/.jpg/.jpeg images"):
+        load_image_folder(tmp_path)
+    with pytest.raises(DatasetError, match="missing: folder not found"):
+        load_image_folder(tmp_path / "missing")
+
+
+def test_image_folder_mixed_sizes_ask_for_a_size(tmp_path):
+    _write_images(tmp_path)
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "dogs" / "big.png")
+    with pytest.raises(DatasetError, match="big.png: size .* give dataset.size"):
+        load_image_folder(tmp_path)
+
+
+# ---------------------------------------------------------------- sklearn digits
+
+
+def test_sklearn_digits_are_scaled_from_their_0_to_16_range(monkeypatch):
+    images = np.tile(np.arange(64, dtype=float).reshape(8, 8) % 17, (20, 1, 1))
+    fake = types.ModuleType("sklearn.datasets")
+    fake.load_digits = lambda: types.SimpleNamespace(images=images, target=np.arange(20) % 10)
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", fake)
+    data = load_sklearn_digits()
+    assert data.input_shape == (1, 8, 8) and len(data.x_train) == 16 and len(data.x_val) == 4
+    restored = data.x_train[0, 0] * data.std[0] + data.mean[0]
+    assert np.allclose(restored, images[0] / 16.0, atol=1e-5)
+
+
+def test_sklearn_digits_without_scikit_learn_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(DatasetError, match="scikit-learn is not installed"):
+        load_sklearn_digits()
+
+
+# ---------------------------------------------------------------- specs
+
+
+def test_dataset_spec_fills_defaults_and_names_bad_fields():
+    assert normalize_dataset_spec("shapes") == {"name": "shapes", **datasets.DATASETS["shapes"]["params"]}
+    with pytest.raises(ValueError, match="dataset.name: unknown dataset 'imagenet'"):
+        normalize_dataset_spec("imagenet")
+    with pytest.raises(ValueError, match="dataset.path: required for mnist"):
+        normalize_dataset_spec({"name": "mnist"})
+    with pytest.raises(ValueError, match="dataset.colour: unknown parameter"):
+        normalize_dataset_spec({"name": "shapes", "colour": True})
+    with pytest.raises(ValueError, match="dataset.n_train: must be a positive integer"):
+        normalize_dataset_spec({"name": "shapes", "n_train": 0})
