@@ -1,0 +1,249 @@
+"""Run routes: start, list, control and delete runs; metrics, snapshots, filter pictures, events.
+
+Route functions that wait on the RunManager (start, control, delete) are
+plain `def`, so FastAPI runs them in its thread pool and the event loop keeps
+serving streams meanwhile. Snapshot JSON is served from its file as it is
+(no parse) unless feature maps are asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from app import render
+from app.routes import RunId, Token, existing_run, get_manager, get_store
+from app.runs import QueueFull, RunConflict, RunManager
+from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
+from app.store import RunNotFound, Store, dumps_json
+
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+
+Manager = Annotated[RunManager, Depends(get_manager)]
+StoreDep = Annotated[Store, Depends(get_store)]
+Run = Annotated[dict, Depends(existing_run)]
+
+CONFLICT = {409: {"description": "the run is not in a state that allows this"}}
+NOT_FOUND = {404: {"description": "no such run (or snapshot)"}}
+
+
+def run_out(manager: RunManager, run: dict) -> dict:
+    """The API view of a stored run."""
+    return {
+        "id": run["id"],
+        "status": run["status"],
+        "config": run["config"],
+        "meta": run["meta"],
+        "step": run["step"],
+        "steps": int(run["config"].get("steps", 0)),
+        "created": run["created"],
+        "updated": run["updated"],
+        "message": run["message"],
+        "metrics": run["metrics"],
+        "latest_snapshot": manager.store.latest_snapshot_step(run["id"]),
+        "queue_position": manager.queue_position(run["id"]),
+    }
+
+
+def engine_error(error: ValueError, location: str = "body") -> HTTPException:
+    """422 for an engine ValueError("field: problem"), in FastAPI's detail format."""
+    text = str(error)
+    field, sep, _ = text.partition(":")
+    loc = [location, *field.strip().split(".")] if sep and " " not in field.strip() else [location]
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[{"loc": loc, "msg": text, "type": "value_error"}],
+    )
+
+
+def conflict(error: Exception) -> HTTPException:
+    return HTTPException(status.HTTP_409_CONFLICT, detail=str(error))
+
+
+def not_found(error: RunNotFound) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run_id: no run {error.args[0]!r}")
+
+
+# ---------------------------------------------------------------- runs
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=RunOut, dependencies=[Token],
+    responses={429: {"description": "every slot is busy and the queue is full"}},
+)
+def start_run(manager: Manager, body: Annotated[RunCreate | None, Body()] = None) -> dict:
+    """Start a run (`{}` = the default demo). It trains at once or waits `queued` for a slot."""
+    body = body or RunCreate()
+    meta = {"name": body.name} if body.name else {}
+    try:
+        run = manager.create_run(body.engine_config(), meta=meta)
+    except ValueError as error:
+        raise engine_error(error) from None
+    except QueueFull as error:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(error)) from None
+    return run_out(manager, run)
+
+
+@router.get("", response_model=RunList)
+def list_runs(manager: Manager) -> dict:
+    return {"runs": [run_out(manager, run) for run in manager.store.list_runs()]}
+
+
+@router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
+def get_run(manager: Manager, run: Run) -> dict:
+    return run_out(manager, run)
+
+
+@router.post("/{run_id}/pause", response_model=RunOut, dependencies=[Token], responses={**NOT_FOUND, **CONFLICT})
+def pause_run(manager: Manager, run: Run) -> dict:
+    """Pause a running run (its process keeps its state and writes a checkpoint)."""
+    try:
+        return run_out(manager, manager.pause(run["id"]))
+    except RunConflict as error:
+        raise conflict(error) from None
+    except RunNotFound as error:
+        raise not_found(error) from None
+
+
+@router.post("/{run_id}/resume", response_model=RunOut, dependencies=[Token], responses={**NOT_FOUND, **CONFLICT})
+def resume_run(manager: Manager, run: Run) -> dict:
+    """Continue a paused run, or restart an interrupted, stopped or failed one from its last checkpoint."""
+    try:
+        return run_out(manager, manager.resume(run["id"]))
+    except RunConflict as error:
+        raise conflict(error) from None
+    except QueueFull as error:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(error)) from None
+    except RunNotFound as error:
+        raise not_found(error) from None
+
+
+@router.post("/{run_id}/stop", response_model=RunOut, dependencies=[Token], responses={**NOT_FOUND, **CONFLICT})
+def stop_run(manager: Manager, run: Run) -> dict:
+    """Stop a queued, running or paused run (it checkpoints first, so it can be resumed)."""
+    try:
+        return run_out(manager, manager.stop(run["id"]))
+    except RunConflict as error:
+        raise conflict(error) from None
+    except RunNotFound as error:
+        raise not_found(error) from None
+
+
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Token], responses=NOT_FOUND)
+def delete_run(manager: Manager, run: Run) -> Response:
+    """Delete a run: stop its process, remove its rows, snapshots and checkpoint."""
+    try:
+        manager.delete(run["id"])
+    except RunNotFound as error:
+        raise not_found(error) from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# ---------------------------------------------------------------- history
+
+@router.get("/{run_id}/metrics", response_model=MetricsOut, response_model_exclude_none=True, responses=NOT_FOUND)
+def get_metrics(
+    store: StoreDep,
+    run: Run,
+    since: Annotated[int, Query(ge=-1, description="only points with step > since")] = -1,
+    limit: Annotated[int | None, Query(ge=1, le=10_000_000)] = None,
+) -> dict:
+    """Loss and accuracy by step (val_loss/val_acc at evaluation steps)."""
+    return {"run_id": run["id"], "points": store.metrics(run["id"], since_step=since, limit=limit)}
+
+
+@router.get("/{run_id}/snapshots", response_model=SnapshotSteps, responses=NOT_FOUND)
+def list_snapshots(store: StoreDep, run: Run) -> dict:
+    """Every step that has a snapshot, ascending."""
+    return {"run_id": run["id"], "steps": store.snapshot_steps(run["id"])}
+
+
+def _snapshot_step(store: Store, run_id: str, step: str) -> int:
+    if step == "latest":
+        latest = store.latest_snapshot_step(run_id)
+        if latest is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
+        return latest
+    if not step.isdigit() or len(step) > 12:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"loc": ["path", "step"], "msg": f"step: must be a non-negative integer or 'latest', got {step!r}",
+                     "type": "value_error"}],
+        )
+    return int(step)
+
+
+StepParam = Annotated[str, "a step number or 'latest'"]
+SNAPSHOT_JSON = {200: {"content": {"application/json": {}}, "description": "snapshot JSON (docs/ARCHITECTURE.md)"}}
+
+
+@router.get("/{run_id}/snapshots/{step}", responses={**SNAPSHOT_JSON, **NOT_FOUND}, response_class=Response)
+def get_snapshot(
+    store: StoreDep,
+    run: Run,
+    step: StepParam,
+    feature_maps: Annotated[bool, Query(description="include the probe images' feature maps")] = True,
+) -> Response:
+    """One snapshot: kernels, detector analysis, layer statistics and (optionally) feature maps."""
+    number = _snapshot_step(store, run["id"], step)
+    if feature_maps:
+        snapshot = store.read_snapshot(run["id"], number, feature_maps=True)
+        text = None if snapshot is None else dumps_json(snapshot)
+    else:
+        text = store.read_snapshot_text(run["id"], number)
+    if text is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run['id']} has no snapshot at step {number}")
+    return Response(text, media_type="application/json")
+
+
+@router.get(
+    "/{run_id}/snapshots/{step}/filters.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "the layer's kernels as a picture"}, **NOT_FOUND},
+)
+def get_filters_png(
+    store: StoreDep,
+    run: Run,
+    step: StepParam,
+    layer: Annotated[int | None, Query(ge=0, le=10_000, description="spec index of a conv layer; default the first")] = None,
+    scale: Annotated[float | None, Query(gt=0, le=1e6, description="|weight| drawn at full colour; default the layer's max")] = None,
+    pixel: Annotated[int, Query(ge=1, le=64, description="screen pixels per weight")] = 12,
+) -> Response:
+    """The filters of one conv layer drawn with a diverging colormap centred at zero (blue < 0 < red)."""
+    import numpy as np
+
+    number = _snapshot_step(store, run["id"], step)
+    snapshot = store.read_snapshot(run["id"], number, feature_maps=False)
+    if snapshot is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run['id']} has no snapshot at step {number}")
+    conv_layers = {entry["index"]: entry for entry in snapshot["layers"] if entry.get("type") == "conv"}
+    if not conv_layers:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="layer: this model has no conv layer")
+    index = min(conv_layers) if layer is None else layer
+    if index not in conv_layers:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"loc": ["query", "layer"], "msg": f"layer: {index} is not a conv layer; conv layers are {sorted(conv_layers)}",
+                     "type": "value_error"}],
+        )
+    image = render.filter_grid(np.asarray(conv_layers[index]["weight"], dtype=np.float64), scale=scale, pixel=pixel)
+    return Response(render.png_bytes(image), media_type="image/png")
+
+
+# ---------------------------------------------------------------- live events
+
+@router.get("/{run_id}/events", response_class=EventSourceResponse, responses=NOT_FOUND)
+async def run_events(
+    manager: Manager,
+    run: Run,
+    last_event_id: Annotated[int | None, Header(ge=0, description="resume after this event id")] = None,
+):
+    """Server-Sent Events: `status`, `metrics` (batched points) and `snapshot` (without feature maps).
+
+    Each event has an increasing `id:`. A new viewer first gets the current
+    status and the latest snapshot; a viewer that reconnects with
+    `Last-Event-ID` first gets every metrics point it missed.
+    """
+    async for seq, kind, data in manager.stream(run["id"], last_event_id):
+        yield ServerSentEvent(raw_data=data, event=kind, id=str(seq))

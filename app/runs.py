@@ -1,0 +1,560 @@
+"""RunManager: one worker process per training run, a queue, and event fan-out.
+
+The server never trains on its own threads: each run trains in its own
+process (multiprocessing 'spawn', see app/worker.py), so the API and the
+event streams stay responsive under the GIL. A reader thread per run receives
+the worker's messages, records them in the store and publishes numbered events
+to the run's Channel. Beyond `max_runs` active runs, new runs wait `queued`
+(at most `max_queued` of them) and start when a slot frees.
+
+Viewers subscribe to a Channel. Each Subscription holds bounded state: status
+and snapshot events coalesce to the latest, metrics batches queue up to
+MAX_PENDING_BATCHES; past that the subscription drops its queue and resyncs
+from the store (missed metrics replayed by sequence number, then the current
+status and latest snapshot), so a slow viewer never grows the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import multiprocessing
+import os
+import signal
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from app.settings import Settings
+from app.store import ACTIVE_STATUSES, RunNotFound, Store
+from app.worker import (
+    TERMINAL_STATUSES, Event, RunRecorder, process_main, snapshot_event_data, status_payload,
+)
+
+MAX_PENDING_BATCHES = 64
+REPLAY_CHUNK_POINTS = 1000
+CONTROL_WAIT_SECONDS = 10.0
+
+
+class RunConflict(Exception):
+    """The run is not in a state that allows the request (HTTP 409)."""
+
+
+class QueueFull(Exception):
+    """Every slot is busy and the queue is at its limit (HTTP 429)."""
+
+
+# ---------------------------------------------------------------- event fan-out
+
+class Subscription:
+    """One viewer's bounded queue of events to send."""
+
+    def __init__(self, channel: "Channel", loop: asyncio.AbstractEventLoop):
+        self.channel = channel
+        self.loop = loop
+        self.wakeup = asyncio.Event()
+        self.pending: list[Event] = []
+        self.resync = False
+        self.notified = False
+
+    def push(self, events: list[Event]) -> None:
+        """Called with channel.lock held, from any thread."""
+        for event in events:
+            if event.kind in ("status", "snapshot"):
+                self.pending = [e for e in self.pending if e.kind != event.kind]
+            self.pending.append(event)
+        if len(self.pending) > MAX_PENDING_BATCHES:
+            self.pending = []
+            self.resync = True
+        self._notify()
+
+    def _notify(self) -> None:
+        if not self.notified:
+            self.notified = True
+            try:
+                self.loop.call_soon_threadsafe(self.wakeup.set)
+            except RuntimeError:  # the loop is closed: the server is going away
+                pass
+
+    def take(self) -> tuple[list[Event], bool]:
+        with self.channel.lock:
+            events, self.pending = self.pending, []
+            resync, self.resync = self.resync, False
+            self.notified = False
+            self.wakeup.clear()
+        return events, resync
+
+
+class Channel:
+    """A run's event hub: records messages under one lock, then publishes them."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store = store
+        self.run_id = run_id
+        self.lock = threading.Lock()
+        self.recorder = RunRecorder(store, run_id)
+        self.subscribers: set[Subscription] = set()
+        self.status_changed = threading.Condition(self.lock)
+        self.closed = False
+        self._snapshot_cache: tuple[int, str] | None = None
+
+    def record(self, message: tuple) -> None:
+        with self.lock:
+            events = self.recorder.record(message)
+            for subscription in self.subscribers:
+                subscription.push(events)
+            if message[0] == "status":
+                self.status_changed.notify_all()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            for subscription in self.subscribers:
+                subscription._notify()
+            self.status_changed.notify_all()
+
+    def snapshot_data(self, step: int) -> str | None:
+        cached = self._snapshot_cache
+        if cached is not None and cached[0] == step:
+            return cached[1]
+        data = snapshot_event_data(self.store, self.run_id, step)
+        if data is not None:
+            self._snapshot_cache = (step, data)
+        return data
+
+
+# ---------------------------------------------------------------- workers
+
+@dataclass
+class WorkerHandle:
+    run_id: str
+    process: multiprocessing.Process
+    command_conn: object
+    event_conn: object
+    thread: threading.Thread | None = None
+    final_status: str | None = None
+    deleting: bool = False
+    replies: dict = field(default_factory=dict)
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, command: tuple) -> None:
+        with self.send_lock:
+            try:
+                self.command_conn.send(command)
+            except (BrokenPipeError, OSError):
+                pass  # the worker is exiting; its reader thread records how it ended
+
+
+def _process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunManager:
+    """Starts, controls and watches the training runs of one data directory."""
+
+    def __init__(self, settings: Settings, store: Store):
+        self.settings = settings
+        self.store = store
+        self._lock = threading.RLock()
+        self._workers: dict[str, WorkerHandle] = {}
+        self._queue: deque[str] = deque()
+        self._channels: dict[str, Channel] = {}
+        self._closing = False
+        self._context = multiprocessing.get_context("spawn")
+        self._request_ids = itertools.count(1)
+
+    # -- lifecycle
+
+    def recover(self) -> list[str]:
+        """Mark runs left queued/running/paused by a previous server as interrupted."""
+        recovered = []
+        for run in self.store.list_runs():
+            if run["status"] not in ACTIVE_STATUSES:
+                continue
+            owner = run["owner_pid"]
+            if owner and owner != os.getpid() and _process_alive(owner) and run["meta"].get("cli"):
+                continue  # a `kernelscope train` process is still training it
+            self.channel(run["id"]).record((
+                "status", "interrupted", run["step"],
+                f"the server stopped while this run was {run['status']}; resume to continue",
+            ))
+            recovered.append(run["id"])
+        return recovered
+
+    def shutdown(self) -> None:
+        """Checkpoint and stop every worker within settings.shutdown_timeout seconds."""
+        with self._lock:
+            self._closing = True
+            queued, self._queue = list(self._queue), deque()
+            handles = list(self._workers.values())
+        for run_id in queued:
+            self._set_status(run_id, "interrupted", "the server shut down before this run started")
+        for handle in handles:
+            handle.send(("shutdown",))
+        deadline = _deadline(self.settings.shutdown_timeout)
+        for handle in handles:
+            handle.process.join(max(0.0, deadline - _now()))
+        for handle in handles:
+            if handle.process.is_alive():
+                handle.process.kill()
+                handle.process.join(2.0)
+        for handle in handles:
+            if handle.thread is not None:
+                handle.thread.join(2.0)
+        self.close_streams()
+
+    def close_streams(self) -> None:
+        """End every open event stream (the server is about to stop)."""
+        with self._lock:
+            channels = list(self._channels.values())
+        for channel in channels:
+            channel.close()
+
+    # -- channels and status
+
+    def channel(self, run_id: str) -> Channel:
+        with self._lock:
+            channel = self._channels.get(run_id)
+            if channel is None:
+                channel = self._channels[run_id] = Channel(self.store, run_id)
+            return channel
+
+    def _set_status(self, run_id: str, status: str, message: str | None = None) -> None:
+        run = self.store.get_run(run_id)
+        self.channel(run_id).record(("status", status, run["step"], message))
+
+    def _wait_for_status(self, run_id: str, accept, timeout: float = CONTROL_WAIT_SECONDS) -> dict:
+        channel = self.channel(run_id)
+        with channel.status_changed:
+            channel.status_changed.wait_for(
+                lambda: channel.closed or accept(self.store.get_run(run_id)["status"]), timeout
+            )
+        return self.store.get_run(run_id)
+
+    # -- creating and scheduling
+
+    def create_run(self, config: dict, meta: dict | None = None) -> dict:
+        """Validate the config with the engine, store the run and queue it.
+
+        Raises ValueError("field: problem") for a bad config, QueueFull when
+        no slot and no queue place is free.
+        """
+        from engine.trainer import RunConfig
+
+        full_config = RunConfig.from_dict(config).to_dict()
+        with self._lock:
+            self._check_capacity()
+            run = self.store.create_run(full_config, status="queued", meta=meta, owner_pid=os.getpid())
+            self._queue.append(run["id"])
+            self._set_status(run["id"], "queued")
+            self._schedule()
+        return self.store.get_run(run["id"])
+
+    def _check_capacity(self) -> None:
+        if self._closing:
+            raise QueueFull("the server is shutting down")
+        busy = len(self._workers) >= self.settings.max_runs
+        if busy and len(self._queue) >= self.settings.max_queued:
+            raise QueueFull(
+                f"{self.settings.max_runs} runs are training and {len(self._queue)} are queued; "
+                f"the queue holds at most {self.settings.max_queued} (KERNELSCOPE_MAX_QUEUED)"
+            )
+
+    def _schedule(self) -> None:
+        with self._lock:
+            while not self._closing and self._queue and len(self._workers) < self.settings.max_runs:
+                run_id = self._queue.popleft()
+                try:
+                    self._launch(run_id)
+                except RunNotFound:
+                    continue
+
+    def _launch(self, run_id: str) -> None:
+        run = self.store.get_run(run_id)
+        command_reader, command_writer = self._context.Pipe(duplex=False)
+        event_reader, event_writer = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=process_main,
+            args=(str(self.store.data_dir), run_id, run["config"], self.settings.checkpoint_every,
+                  command_reader, event_writer),
+            name=f"kernelscope-run-{run_id}",
+            daemon=True,
+        )
+        self.store.update_run(run_id, owner_pid=os.getpid())
+        self._set_status(run_id, "running", "starting")
+        process.start()
+        command_reader.close()
+        event_writer.close()
+        handle = WorkerHandle(run_id, process, command_writer, event_reader)
+        handle.thread = threading.Thread(
+            target=self._read_events, args=(handle,), name=f"reader-{run_id}", daemon=True
+        )
+        self._workers[run_id] = handle
+        handle.thread.start()
+
+    def _read_events(self, handle: WorkerHandle) -> None:
+        """Reader thread: record the worker's messages until its pipe closes."""
+        channel = self.channel(handle.run_id)
+        while True:
+            try:
+                message = handle.event_conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "reply":
+                future = handle.replies.pop(message[1], None)
+                if future is not None:
+                    future.set_result(message[2])
+                continue
+            if handle.deleting:
+                continue
+            try:
+                channel.record(message)
+            except RunNotFound:
+                handle.deleting = True
+                continue
+            if message[0] == "status" and message[1] in TERMINAL_STATUSES:
+                handle.final_status = message[1]
+        handle.process.join(5.0)
+        for future in handle.replies.values():
+            future.set_result("the run's process exited before answering")
+        handle.replies.clear()
+        if handle.final_status is None and not handle.deleting:
+            code = handle.process.exitcode
+            if self._closing:
+                status, text = "interrupted", "the server shut down; resume to continue"
+            else:
+                status, text = "failed", f"the training process exited unexpectedly (exit code {code})"
+            try:
+                self._set_status(handle.run_id, status, text)
+            except RunNotFound:
+                pass
+        try:
+            handle.event_conn.close()
+            handle.command_conn.close()
+        except OSError:
+            pass
+        with self._lock:
+            if self._workers.get(handle.run_id) is handle:
+                del self._workers[handle.run_id]
+            self._schedule()
+
+    # -- queries
+
+    def get_run(self, run_id: str) -> dict:
+        return self.store.get_run(run_id)
+
+    def is_active(self, run_id: str) -> bool:
+        with self._lock:
+            return run_id in self._workers or run_id in self._queue
+
+    def queue_position(self, run_id: str) -> int | None:
+        with self._lock:
+            try:
+                return self._queue.index(run_id) + 1
+            except ValueError:
+                return None
+
+    # -- control
+
+    def pause(self, run_id: str) -> dict:
+        run = self.store.get_run(run_id)
+        handle = self._workers.get(run_id)
+        if run["status"] != "running" or handle is None:
+            raise RunConflict(f"run {run_id} is {run['status']}; only a running run can be paused")
+        handle.send(("pause",))
+        return self._wait_for_status(run_id, lambda status: status != "running")
+
+    def resume(self, run_id: str) -> dict:
+        """Continue a paused run, or restart an interrupted/stopped/failed one from its checkpoint."""
+        run = self.store.get_run(run_id)
+        status = run["status"]
+        handle = self._workers.get(run_id)
+        if status == "paused" and handle is not None:
+            handle.send(("resume",))
+            return self._wait_for_status(run_id, lambda s: s != "paused")
+        if status in ("interrupted", "stopped", "failed", "paused"):
+            owner = run["owner_pid"]
+            if run["meta"].get("cli") and owner != os.getpid() and _process_alive(owner):
+                raise RunConflict(f"run {run_id} is being trained by `kernelscope train` (pid {owner})")
+            with self._lock:
+                if run_id in self._workers or run_id in self._queue:
+                    raise RunConflict(f"run {run_id} is already {status}")
+                self._check_capacity()
+                self._queue.append(run_id)
+                self._set_status(run_id, "queued", f"resuming from step {self._checkpoint_step(run_id)}")
+                self._schedule()
+            return self.store.get_run(run_id)
+        raise RunConflict(
+            f"run {run_id} is {status}; only paused, interrupted, stopped or failed runs can be resumed"
+        )
+
+    def _checkpoint_step(self, run_id: str) -> int:
+        checkpoint = self.store.read_checkpoint(run_id)
+        if checkpoint is None or "step" not in checkpoint:
+            return 0
+        return int(checkpoint["step"])
+
+    def stop(self, run_id: str) -> dict:
+        run = self.store.get_run(run_id)
+        with self._lock:
+            if run_id in self._queue:
+                self._queue.remove(run_id)
+                self._set_status(run_id, "stopped", "stopped before it started")
+                return self.store.get_run(run_id)
+            handle = self._workers.get(run_id)
+        if handle is None or run["status"] not in ("running", "paused"):
+            raise RunConflict(f"run {run_id} is {run['status']}; only a queued, running or paused run can be stopped")
+        handle.send(("stop",))
+        return self._wait_for_status(run_id, lambda status: status in TERMINAL_STATUSES)
+
+    def set_kernel(self, run_id: str, layer: int, filter_index: int, kernel, frozen: bool = False,
+                   timeout: float = CONTROL_WAIT_SECONDS) -> None:
+        """Overwrite one kernel of a running or paused run; ValueError names a bad argument."""
+        run = self.store.get_run(run_id)
+        handle = self._workers.get(run_id)
+        if handle is None or run["status"] not in ("running", "paused"):
+            raise RunConflict(f"run {run_id} is {run['status']}; kernels can be set on a running or paused run")
+        request_id = next(self._request_ids)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        handle.replies[request_id] = future
+        handle.send(("set_kernel", request_id, int(layer), int(filter_index), kernel, bool(frozen)))
+        try:
+            error = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            handle.replies.pop(request_id, None)
+            raise RunConflict(f"run {run_id} did not answer within {timeout} s") from None
+        if error is not None:
+            raise ValueError(error)
+
+    def delete(self, run_id: str) -> None:
+        """Stop the run's process if any, then remove its rows and files."""
+        self.store.get_run(run_id)
+        with self._lock:
+            if run_id in self._queue:
+                self._queue.remove(run_id)
+            handle = self._workers.get(run_id)
+            if handle is not None:
+                handle.deleting = True
+        if handle is not None:
+            handle.process.kill()
+            handle.process.join(5.0)
+            if handle.thread is not None:
+                handle.thread.join(5.0)
+        self.store.delete_run(run_id)
+        with self._lock:
+            channel = self._channels.pop(run_id, None)
+        if channel is not None:
+            channel.close()
+
+    # -- streaming
+
+    async def stream(self, run_id: str, last_event_id: int | None):
+        """Async iterator of (seq, kind, data_json) for one viewer, until the run is deleted.
+
+        First the metrics missed since `last_event_id` (from the store), then the
+        current status and latest snapshot, then live events as they happen.
+        """
+        channel = self.channel(run_id)
+        subscription = Subscription(channel, asyncio.get_running_loop())
+        last_sent = last_event_id
+        try:
+            resync = True
+            while True:
+                if resync:
+                    async for item in self._resync(channel, subscription, last_sent):
+                        last_sent = item[0]
+                        yield item
+                    resync = False
+                await subscription.wakeup.wait()
+                if channel.closed:
+                    return
+                events, resync = subscription.take()
+                if resync:
+                    continue
+                for event in events:
+                    data = event.data
+                    if event.kind == "snapshot":
+                        data = channel.snapshot_data(event.step)
+                        if data is None:
+                            continue
+                    last_sent = event.seq
+                    yield (event.seq, event.kind, data)
+        finally:
+            with channel.lock:
+                channel.subscribers.discard(subscription)
+
+    async def _resync(self, channel: Channel, subscription: Subscription, last_sent: int | None):
+        with channel.lock:
+            first = self.store.next_seq(channel.run_id, 2)
+            run = self.store.get_run(channel.run_id)
+            subscription.pending = []
+            subscription.resync = False
+            channel.subscribers.add(subscription)
+        if last_sent is not None and last_sent < first:
+            rows = self.store.metrics_between_seq(channel.run_id, last_sent, first - 1)
+            for seq, points in _replay_chunks(rows):
+                yield (seq, "metrics", _points_json(points))
+        yield (first, "status", status_payload(run))
+        step = self.store.latest_snapshot_step(channel.run_id)
+        if step is not None:
+            data = channel.snapshot_data(step)
+            if data is not None:
+                yield (first + 1, "snapshot", data)
+
+
+def _replay_chunks(rows: list[tuple[int, dict]]):
+    """Group (seq, point) rows into chunks of about REPLAY_CHUNK_POINTS, never splitting a seq."""
+    chunk: list[dict] = []
+    for index, (seq, point) in enumerate(rows):
+        chunk.append(point)
+        last_of_seq = index + 1 == len(rows) or rows[index + 1][0] != seq
+        if last_of_seq and len(chunk) >= REPLAY_CHUNK_POINTS:
+            yield seq, chunk
+            chunk = []
+    if chunk:
+        yield rows[-1][0], chunk
+
+
+def _points_json(points: list[dict]) -> str:
+    from app.store import dumps_json
+
+    return dumps_json({"points": points})
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _deadline(seconds: float) -> float:
+    return _now() + seconds
+
+
+def install_shutdown_signal_hook(on_signal) -> None:
+    """Call `on_signal()` before the current SIGINT/SIGTERM handlers (uvicorn's).
+
+    Open event streams otherwise keep uvicorn waiting before it runs the
+    lifespan shutdown; this lets them end first. Only possible in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def handler(received, frame, previous=previous):
+            on_signal()
+            previous(received, frame)
+
+        signal.signal(signum, handler)
