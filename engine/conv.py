@@ -37,91 +37,111 @@ def pad_spatial(x, pad_h, pad_w):
 # Convolution, fast (internal layout)
 # ----------------------------------------------------------------------------------------
 
-# With few input channels an offset's matmul would have an inner dimension of C (1 or 3),
-# which wastes the matmul; below this many rows (C*kh*kw) the kernel offsets are stacked
-# into one im2col matrix instead. Above it, offsets are accumulated one matmul at a time.
-IM2COL_MAX_ROWS = 64
+# The batch is processed a few images at a time so that the im2col matrix of a chunk (and
+# the matmul's output) stays in the CPU cache: about this many float elements per chunk.
+CHUNK_ELEMENTS = 640 * 1024
+
+
+def _images_per_chunk(rows, out_rows, pixels):
+    """How many images go into one chunk whose im2col is (rows, images * pixels)."""
+    return max(1, CHUNK_ELEMENTS // ((rows + out_rows) * pixels))
+
+
+def _im2col(padded, first, last, kernel, out_hw, stride, cols):
+    """Fill cols (kh, kw, C, n, Ho, Wo) with the windows of images first..last of padded."""
+    kernel_h, kernel_w = kernel
+    out_h, out_w = out_hw
+    stride_h, stride_w = stride
+    images = padded[:, first:last]
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            cols[i, j] = _window(images, i, j, out_h, out_w, stride_h, stride_w)
+    return cols.reshape(-1, (last - first) * out_h * out_w)
 
 
 def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     """Cross-correlate x (C, N, H, W) with weight (O, C, kh, kw), add bias (O,).
 
     Returns (out, cache): out is (O, N, Ho, Wo); cache holds what conv2d_backward needs.
+    A chunk of images at a time is unfolded (im2col, rows ordered (i, j, c)) and multiplied
+    by the weight matrix (O, kh*kw*C) in one matmul.
     """
     channels, batch, height, width = x.shape
     out_channels, in_channels, kernel_h, kernel_w = weight.shape
     if in_channels != channels:
         raise ValueError(f"conv weight expects {in_channels} input channels, input has {channels}")
-    stride_h, stride_w = stride
-    pad_h, pad_w = padding
-    out_h = output_size(height, kernel_h, stride_h, pad_h)
-    out_w = output_size(width, kernel_w, stride_w, pad_w)
-    padded = pad_spatial(x, pad_h, pad_w)
-    columns = batch * out_h * out_w
+    stride = tuple(stride)
+    padding = tuple(padding)
+    out_h = output_size(height, kernel_h, stride[0], padding[0])
+    out_w = output_size(width, kernel_w, stride[1], padding[1])
+    padded = pad_spatial(x, *padding)
     rows = channels * kernel_h * kernel_w
-    if rows <= IM2COL_MAX_ROWS:
-        cols = np.empty((kernel_h, kernel_w, channels, batch, out_h, out_w), dtype=x.dtype)
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                cols[i, j] = _window(padded, i, j, out_h, out_w, stride_h, stride_w)
-        cols = cols.reshape(rows, columns)
-        weight_matrix = weight.transpose(0, 2, 3, 1).reshape(out_channels, rows)
-        out = weight_matrix @ cols
-    else:
-        cols = None
-        out = np.empty((out_channels, columns), dtype=x.dtype)
-        product = np.empty((out_channels, columns), dtype=x.dtype)
-        first = True
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                patch = np.ascontiguousarray(_window(padded, i, j, out_h, out_w, stride_h, stride_w))
-                target = out if first else product
-                np.matmul(weight[:, :, i, j], patch.reshape(channels, columns), out=target)
-                if not first:
-                    out += product
-                first = False
-    out += bias[:, None]
-    cache = (padded, cols, x.shape, tuple(stride), tuple(padding), (out_h, out_w))
-    return out.reshape(out_channels, batch, out_h, out_w), cache
+    weight_matrix = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(out_channels, rows))
+    bias_column = bias.reshape(out_channels, 1).astype(x.dtype, copy=False)
+    out = np.empty((out_channels, batch, out_h, out_w), dtype=x.dtype)
+    chunk = _images_per_chunk(rows, out_channels, out_h * out_w)
+    cols = np.empty((kernel_h, kernel_w, channels, min(chunk, batch), out_h, out_w), dtype=x.dtype)
+    for first in range(0, batch, chunk):
+        last = min(first + chunk, batch)
+        unfolded = _im2col(padded, first, last, (kernel_h, kernel_w), (out_h, out_w), stride, cols[:, :, :, : last - first])
+        target = out[:, first:last].reshape(out_channels, -1)
+        np.matmul(weight_matrix, unfolded, out=target)
+        target += bias_column
+    cache = (padded, x.shape, stride, padding, (out_h, out_w))
+    return out, cache
 
 
 def conv2d_backward(dout, cache, weight, need_input_grad=True):
     """Gradients of conv2d_forward: returns (dx or None, dweight, dbias).
 
-    dout is (O, N, Ho, Wo). The input gradient is the full convolution of dout with the
-    flipped kernel, computed as matrix products scattered back over the kernel offsets.
+    dweight is accumulated chunk by chunk from the re-built im2col. With stride 1 the input
+    gradient is the full convolution of dout with the flipped kernel (one more im2col and
+    matmul per chunk); with larger strides the products are scattered back over the offsets.
     """
-    padded, cols, x_shape, (stride_h, stride_w), (pad_h, pad_w), (out_h, out_w) = cache
+    padded, x_shape, stride, padding, (out_h, out_w) = cache
     out_channels, in_channels, kernel_h, kernel_w = weight.shape
     channels, batch, height, width = x_shape
-    columns = batch * out_h * out_w
-    dout_matrix = dout.reshape(out_channels, columns)
-    dbias = dout_matrix.sum(axis=1)
+    dtype = dout.dtype
+    weight = weight.astype(dtype, copy=False)
     rows = channels * kernel_h * kernel_w
-    if cols is not None:
-        dweight = (dout_matrix @ cols.T).reshape(out_channels, kernel_h, kernel_w, channels).transpose(0, 3, 1, 2)
-        dweight = np.ascontiguousarray(dweight)
-    else:
-        dweight = np.empty_like(weight)
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                patch = np.ascontiguousarray(_window(padded, i, j, out_h, out_w, stride_h, stride_w))
-                dweight[:, :, i, j] = dout_matrix @ patch.reshape(channels, columns).T
+    dbias = dout.reshape(out_channels, -1).sum(axis=1)
+    full_convolution = need_input_grad and stride == (1, 1) and padding[0] < kernel_h and padding[1] < kernel_w
+    chunk = _images_per_chunk(rows, out_channels, out_h * out_w)
+    cols = np.empty((kernel_h, kernel_w, channels, min(chunk, batch), out_h, out_w), dtype=dtype)
+    dweight_rows = np.zeros((rows, out_channels), dtype=dtype)
+    product = np.empty((rows, out_channels), dtype=dtype)
+    dx = dpadded = dout_padded = dcols = weight_matrix = flipped = None
+    if full_convolution:
+        # dout padded by k-1-p, cross-correlated with the flipped kernel, is exactly dx (H, W)
+        flipped = weight[:, :, ::-1, ::-1].transpose(1, 2, 3, 0).reshape(channels, kernel_h * kernel_w * out_channels)
+        flipped = np.ascontiguousarray(flipped)
+        dout_padded = pad_spatial(dout, kernel_h - 1 - padding[0], kernel_w - 1 - padding[1])
+        dx = np.empty((channels, batch, height, width), dtype=dtype)
+        dcols = np.empty((kernel_h, kernel_w, out_channels, min(chunk, batch), height, width), dtype=dtype)
+    elif need_input_grad:
+        weight_matrix = weight.transpose(0, 2, 3, 1).reshape(out_channels, rows)
+        dpadded = np.zeros(padded.shape, dtype=dtype)
+    for first in range(0, batch, chunk):
+        last = min(first + chunk, batch)
+        unfolded = _im2col(padded, first, last, (kernel_h, kernel_w), (out_h, out_w), stride, cols[:, :, :, : last - first])
+        dchunk = dout[:, first:last].reshape(out_channels, -1)
+        np.matmul(unfolded, dchunk.T, out=product)
+        dweight_rows += product
+        if full_convolution:
+            dunfolded = _im2col(dout_padded, first, last, (kernel_h, kernel_w), (height, width), (1, 1), dcols[:, :, :, : last - first])
+            np.matmul(flipped, dunfolded, out=dx[:, first:last].reshape(channels, -1))
+        elif need_input_grad:
+            part = (weight_matrix.T @ dchunk).reshape(kernel_h, kernel_w, channels, last - first, out_h, out_w)
+            images = dpadded[:, first:last]
+            for i in range(kernel_h):
+                for j in range(kernel_w):
+                    _window(images, i, j, out_h, out_w, *stride)[...] += part[i, j]
+    dweight = np.ascontiguousarray(dweight_rows.T.reshape(out_channels, kernel_h, kernel_w, channels).transpose(0, 3, 1, 2))
     if not need_input_grad:
         return None, dweight, dbias
-    dpadded = np.zeros(padded.shape, dtype=dout.dtype)
-    if cols is not None:
-        weight_matrix = weight.transpose(0, 2, 3, 1).reshape(out_channels, rows)
-        dcols = (weight_matrix.T @ dout_matrix).reshape(kernel_h, kernel_w, channels, batch, out_h, out_w)
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                _window(dpadded, i, j, out_h, out_w, stride_h, stride_w)[...] += dcols[i, j]
-    else:
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                part = (weight[:, :, i, j].T @ dout_matrix).reshape(channels, batch, out_h, out_w)
-                _window(dpadded, i, j, out_h, out_w, stride_h, stride_w)[...] += part
-    dx = dpadded[:, :, pad_h : pad_h + height, pad_w : pad_w + width]
+    if full_convolution:
+        return dx, dweight, dbias
+    dx = dpadded[:, :, padding[0] : padding[0] + height, padding[1] : padding[1] + width]
     return np.ascontiguousarray(dx), dweight, dbias
 
 

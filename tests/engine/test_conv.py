@@ -1,0 +1,123 @@
+"""The fast convolution and pooling kernels agree with the slow loop references."""
+
+import numpy as np
+import pytest
+
+from engine import conv
+
+CONV_CASES = [
+    # (batch, channels, height, width, filters, kernel, stride, padding)
+    (2, 1, 7, 7, 3, (3, 3), (1, 1), (0, 0)),
+    (3, 2, 8, 6, 4, (3, 2), (1, 1), (1, 2)),
+    (2, 3, 9, 9, 2, (5, 5), (2, 2), (2, 2)),
+    (2, 2, 10, 7, 3, (3, 3), (3, 2), (0, 1)),
+    (1, 2, 6, 6, 2, (2, 2), (2, 2), (0, 0)),
+    (2, 1, 5, 5, 2, (1, 1), (1, 1), (0, 0)),
+    (2, 2, 5, 4, 3, (4, 4), (1, 1), (3, 3)),  # padding >= kernel - 1: the scatter path
+    (2, 3, 11, 8, 5, (3, 3), (2, 3), (1, 0)),  # stride does not divide the input evenly
+    (1, 4, 4, 4, 3, (4, 4), (1, 1), (0, 0)),  # kernel covers the whole input
+]
+
+
+def to_internal(x):
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+
+
+def to_public(x):
+    return x.transpose(1, 0, 2, 3)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_conv_matches_loop_reference_forward_and_backward(case, dtype):
+    batch, channels, height, width, filters, kernel, stride, padding = case
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
+    weight = rng.standard_normal((filters, channels, *kernel)).astype(dtype)
+    bias = rng.standard_normal(filters).astype(dtype)
+    out, cache = conv.conv2d_forward(to_internal(x), weight, bias, stride, padding)
+    expected = conv.conv2d_reference(x, weight, bias, stride, padding)
+    tolerance = 1e-10 if dtype == np.float64 else 1e-4
+    assert out.dtype == dtype
+    np.testing.assert_allclose(to_public(out), expected, atol=tolerance, rtol=tolerance)
+
+    dout = rng.standard_normal(expected.shape).astype(dtype)
+    dx, dweight, dbias = conv.conv2d_backward(to_internal(dout), cache, weight, need_input_grad=True)
+    ref_dx, ref_dweight, ref_dbias = conv.conv2d_backward_reference(x, weight, dout, stride, padding)
+    np.testing.assert_allclose(to_public(dx), ref_dx, atol=tolerance, rtol=tolerance)
+    np.testing.assert_allclose(dweight, ref_dweight, atol=tolerance * 10, rtol=tolerance)
+    np.testing.assert_allclose(dbias, ref_dbias, atol=tolerance * 10, rtol=tolerance)
+
+    none_dx, dweight_again, _ = conv.conv2d_backward(to_internal(dout), cache, weight, need_input_grad=False)
+    assert none_dx is None
+    np.testing.assert_array_equal(dweight_again, dweight)
+
+
+def test_conv_chunking_gives_the_same_result_as_one_chunk(monkeypatch):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 7, 9, 9))  # internal layout: 7 images
+    weight = rng.standard_normal((4, 3, 3, 3))
+    bias = rng.standard_normal(4)
+    dout = rng.standard_normal((4, 7, 9, 9))
+    results = []
+    for elements in (10**9, 1):  # one chunk for the batch, then one image per chunk
+        monkeypatch.setattr(conv, "CHUNK_ELEMENTS", elements)
+        out, cache = conv.conv2d_forward(x, weight, bias, (1, 1), (1, 1))
+        results.append((out, *conv.conv2d_backward(dout, cache, weight)))
+    for one, many in zip(*results):
+        np.testing.assert_allclose(one, many, atol=1e-12)
+
+
+POOL_CASES = [
+    # (height, width, size, stride)
+    ((4, 4), (2, 2), (2, 2)),
+    ((7, 5), (2, 2), (2, 2)),  # odd sizes: the last row/column is dropped (floor mode)
+    ((9, 9), (3, 3), (2, 2)),  # overlapping windows
+    ((8, 6), (3, 2), (1, 2)),
+    ((5, 5), (5, 5), (5, 5)),
+    ((6, 6), (2, 3), (3, 1)),
+]
+
+
+@pytest.mark.parametrize("shape, size, stride", POOL_CASES)
+def test_fast_maxpool_matches_loop_reference(shape, size, stride):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, *shape))
+    out, cache = conv.maxpool_forward(to_internal(x), size, stride)
+    np.testing.assert_array_equal(to_public(out), conv.maxpool_reference(x, size, stride))
+    dout = rng.standard_normal(out.shape)
+    dx = conv.maxpool_backward(dout, cache)
+    np.testing.assert_allclose(to_public(dx), conv.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, size, stride", POOL_CASES)
+def test_maxpool_ties_send_the_gradient_to_the_first_maximum_like_pytorch(shape, size, stride):
+    rng = np.random.default_rng(4)
+    x = np.maximum(rng.standard_normal((2, 2, *shape)), 0).round(0)  # many equal values (0, 1, 2)
+    out, cache = conv.maxpool_forward(to_internal(x), size, stride)
+    dout = rng.standard_normal(out.shape)
+    dx = conv.maxpool_backward(dout, cache)
+    np.testing.assert_allclose(to_public(dx), conv.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, size, stride", POOL_CASES)
+def test_fast_avgpool_matches_loop_reference(shape, size, stride):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, *shape))
+    out, cache = conv.avgpool_forward(to_internal(x), size, stride)
+    np.testing.assert_allclose(to_public(out), conv.avgpool_reference(x, size, stride), atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    dx = conv.avgpool_backward(dout, cache)
+    np.testing.assert_allclose(to_public(dx), conv.avgpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
+
+
+def test_reference_conv_is_cross_correlation_like_pytorch():
+    # a kernel with a single 1 at (0, 1) picks the top-middle pixel of each window:
+    # cross-correlation, not a flipped convolution
+    x = np.arange(16, dtype=float).reshape(1, 1, 4, 4)
+    weight = np.zeros((1, 1, 3, 3))
+    weight[0, 0, 0, 1] = 1.0
+    out = conv.conv2d_reference(x, weight, np.zeros(1))
+    np.testing.assert_array_equal(out[0, 0], [[1, 2], [5, 6]])
+    fast, _ = conv.conv2d_forward(to_internal(x), weight, np.zeros(1))
+    np.testing.assert_array_equal(to_public(fast)[0, 0], [[1, 2], [5, 6]])
