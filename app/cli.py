@@ -1,0 +1,249 @@
+"""The `kernelscope` command: serve the app, train in the terminal, list runs.
+
+    kernelscope serve [--host --port --data]
+    kernelscope train [--preset --init --steps --dataset --seed ...]
+    kernelscope runs  [--data]
+
+`train` runs the same loop as the server's worker processes (app/worker.py)
+in this process, with a rich progress bar (loss, accuracy, steps/s), and
+stores the run in the same data directory, so `kernelscope serve` lists it
+and can resume it. Ctrl+C checkpoints and leaves the run `interrupted`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from app.settings import Settings
+
+cli = typer.Typer(
+    help="kernelscope: watch convolution kernels move from their initialization into detectors.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+error_console = Console(stderr=True)
+
+DataOption = typer.Option(None, "--data", help="data directory (default: $KERNELSCOPE_DATA or ./kernelscope-data)")
+
+
+def _settings(data: Path | None = None, host: str | None = None, port: int | None = None) -> Settings:
+    """Settings from the environment, with command-line options taking precedence.
+
+    The options are also written to the environment so the app factory and
+    its worker processes see the same values.
+    """
+    if data is not None:
+        os.environ["KERNELSCOPE_DATA"] = str(data)
+    if host is not None:
+        os.environ["KERNELSCOPE_HOST"] = host
+    if port is not None:
+        os.environ["KERNELSCOPE_PORT"] = str(port)
+    try:
+        return Settings.from_env()
+    except ValueError as error:
+        error_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+def _name_or_json(value: str | None, option: str):
+    """A plain name, or a JSON object when the value starts with '{'."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            error_console.print(f"[red]error:[/red] {option}: not valid JSON ({error})")
+            raise typer.Exit(2) from None
+    return text
+
+
+@cli.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="interface to listen on (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, help="port (default 8000)"),
+    data: Optional[Path] = DataOption,
+) -> None:
+    """Run the web server (the page, the REST API and the event streams)."""
+    import uvicorn
+
+    settings = _settings(data, host, port)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=3,
+        log_level="info",
+    )
+
+
+@cli.command()
+def train(
+    preset: str = typer.Option("demo", "--preset", "--model", help="preset name, or a model spec as JSON"),
+    init: str = typer.Option("he_normal", help='initializer name, or JSON such as {"name": "normal", "std": 0.02}'),
+    steps: int = typer.Option(3000, help="training steps"),
+    dataset: str = typer.Option("shapes", help='dataset name, or JSON such as {"name": "mnist", "path": "..."}'),
+    seed: int = typer.Option(0, help="seed for init and data order"),
+    batch_size: int = typer.Option(64, help="examples per step"),
+    optimizer: Optional[str] = typer.Option(None, help='"sgd", "adam", or JSON such as {"name": "sgd", "lr": 0.05}'),
+    lr: Optional[float] = typer.Option(None, help="learning rate (overrides the optimizer's)"),
+    snapshot_every: int = typer.Option(10, help="steps between snapshots"),
+    eval_every: int = typer.Option(100, help="steps between validation passes"),
+    name: Optional[str] = typer.Option(None, help="a label for the run"),
+    data: Optional[Path] = DataOption,
+) -> None:
+    """Train one run here with a progress bar; the server shows it afterwards."""
+    from engine.trainer import RunConfig
+
+    from app.store import Store
+    from app.worker import RunRecorder, build_trainer, train_loop
+
+    settings = _settings(data)
+    optimizer_spec = _name_or_json(optimizer, "--optimizer")
+    if isinstance(optimizer_spec, str):
+        optimizer_spec = {"name": optimizer_spec}
+    if lr is not None:
+        optimizer_spec = {**(optimizer_spec or {}), "lr": lr}
+    request = {
+        "model": _name_or_json(preset, "--preset"),
+        "init": _name_or_json(init, "--init"),
+        "dataset": _name_or_json(dataset, "--dataset"),
+        "optimizer": optimizer_spec,
+        "batch_size": batch_size,
+        "steps": steps,
+        "seed": seed,
+        "snapshot_every": snapshot_every,
+        "eval_every": eval_every,
+    }
+    try:
+        config = RunConfig.from_dict({k: v for k, v in request.items() if v is not None}).to_dict()
+    except ValueError as error:
+        error_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+    store = Store(settings.data_dir)
+    meta = {"cli": True, **({"name": name} if name else {})}
+    run = store.create_run(config, status="running", meta=meta, owner_pid=os.getpid())
+    run_id = run["id"]
+    recorder = RunRecorder(store, run_id)
+    interrupted = {"flag": False}
+    previous_handler = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        interrupted["flag"] = True
+        signal.signal(signal.SIGINT, previous_handler)  # a second Ctrl+C ends at once
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    console.print(f"run [bold]{run_id}[/bold] → {store.run_dir(run_id)}")
+    try:
+        trainer = build_trainer(settings.data_dir, run_id, config)
+    except (ValueError, OSError) as error:
+        store.update_run(run_id, status="failed", message=str(error))
+        error_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("acc {task.fields[acc]}"),
+        TextColumn("{task.fields[rate]} steps/s"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = progress.add_task(run_id, total=config["steps"], completed=trainer.step, loss="-", acc="-", rate="-")
+    rate_window: list[tuple[float, int]] = [(time.monotonic(), trainer.step)]
+
+    def emit(message) -> None:
+        recorder.record(message)
+        if message[0] == "metrics" and message[1]:
+            point = message[1][-1]
+            now = time.monotonic()
+            rate_window.append((now, point["step"]))
+            while len(rate_window) > 2 and now - rate_window[0][0] > 5.0:
+                rate_window.pop(0)
+            (t0, s0), (t1, s1) = rate_window[0], rate_window[-1]
+            rate = f"{(s1 - s0) / (t1 - t0):.1f}" if t1 > t0 else "-"
+            progress.update(task, completed=point["step"], loss=f"{point.get('loss', float('nan')):.3f}",
+                            acc=f"{point.get('acc', float('nan')):.3f}", rate=rate)
+
+    def poll_command(timeout: float):
+        return ("shutdown",) if interrupted["flag"] else None
+
+    try:
+        with progress:
+            status = train_loop(trainer, config, settings.data_dir, run_id, emit, poll_command,
+                                settings.checkpoint_every)
+    except Exception as error:
+        store.update_run(run_id, status="failed", message=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    if status == "interrupted":
+        store.update_run(run_id, message="interrupted with Ctrl+C; resume it from the server")
+    final = store.get_run(run_id)
+    metrics = final["metrics"] or {}
+    summary = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("loss", "acc", "val_loss", "val_acc")
+                        if metrics.get(key) is not None)
+    console.print(f"run [bold]{run_id}[/bold] {final['status']} at step {final['step']}"
+                  + (f": {summary}" if summary else "") + (f" ({final['message']})" if final["message"] else ""))
+    store.close()
+    if status not in ("completed", "interrupted", "stopped"):
+        raise typer.Exit(1)
+
+
+@cli.command("runs")
+def list_runs(data: Optional[Path] = DataOption) -> None:
+    """List the runs stored in the data directory."""
+    from app.store import Store
+
+    settings = _settings(data)
+    store = Store(settings.data_dir)
+    runs = store.list_runs()
+    store.close()
+    if not runs:
+        console.print(f"no runs in {settings.data_dir}")
+        return
+    table = Table(title=f"runs in {settings.data_dir}")
+    for column in ("id", "status", "step", "model", "init", "loss", "acc", "val_acc", "created"):
+        table.add_column(column, justify="right" if column in ("step", "loss", "acc", "val_acc") else "left",
+                         no_wrap=column in ("id", "status", "step"))
+    for run in runs:
+        config, metrics = run["config"], run["metrics"] or {}
+        model = config.get("model") if isinstance(config.get("model"), str) else "custom"
+        init = config.get("init")
+        init = init.get("name") if isinstance(init, dict) else init
+
+        def number(key):
+            value = metrics.get(key)
+            return "-" if value is None else f"{value:.3f}"
+
+        table.add_row(
+            run["id"], run["status"], f"{run['step']}/{config.get('steps', '?')}", str(model), str(init),
+            number("loss"), number("acc"), number("val_acc"),
+            datetime.fromtimestamp(run["created"]).strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
