@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -38,10 +39,14 @@ def _field_of(error: dict) -> str:
     return ".".join(loc) or "request"
 
 
+_NAMED = re.compile(r"^[A-Za-z_][\w.\[\]]*: ")
+
+
 def _readable(error: dict) -> str:
+    """'field: problem' for one FastAPI/pydantic error entry."""
     field = _field_of(error)
-    text = str(error.get("msg", "invalid"))
-    return text if text.startswith(f"{field}:") else f"{field}: {text}"
+    text = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return text if _NAMED.match(text) else f"{field}: {text}"
 
 
 def _validation_message(errors: list[dict]) -> str:

@@ -8,6 +8,7 @@ serving streams meanwhile. Snapshot JSON is served from its file as it is
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response, status
@@ -48,10 +49,20 @@ def run_out(manager: RunManager, run: dict) -> dict:
 
 
 def engine_error(error: ValueError, location: str = "body") -> HTTPException:
-    """422 for an engine ValueError("field: problem"), in FastAPI's detail format."""
+    """422 for an engine ValueError about a config field, in FastAPI's detail format.
+
+    The engine says "field: problem" (or "field.sub problem"); the field becomes
+    the error's `loc` and the message always starts with "field: ".
+    """
     text = str(error)
-    field, sep, _ = text.partition(":")
-    loc = [location, *field.strip().split(".")] if sep and " " not in field.strip() else [location]
+    match = re.match(r"^([A-Za-z_][\w\[\]]*(?:\.[\w\[\]]+)*):? (.*)$", text, re.S)
+    root = match and re.split(r"[.\[]", match.group(1))[0]
+    if match and root in RunCreate.model_fields:
+        field = match.group(1)
+        loc = [location, *field.split(".")]
+        text = f"{field}: {match.group(2)}"
+    else:
+        loc = [location]
     return HTTPException(
         status.HTTP_422_UNPROCESSABLE_CONTENT,
         detail=[{"loc": loc, "msg": text, "type": "value_error"}],

@@ -1,0 +1,62 @@
+"""Fixtures for the server tests: a temp data directory, an app on it, tiny fast runs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+
+# A run that trains in about a second: small net, small shapes set, small batches.
+TINY_DATASET = {"name": "shapes", "n_train": 256, "n_val": 64}
+TINY = {"model": "small", "dataset": TINY_DATASET, "batch_size": 8, "steps": 30,
+        "snapshot_every": 10, "eval_every": 15}
+# A run long enough to pause, resume and stop while it trains.
+LONG = {**TINY, "steps": 100_000, "snapshot_every": 50, "eval_every": 1000}
+
+TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}
+
+
+def make_settings(data_dir, **overrides) -> Settings:
+    values = {"data_dir": data_dir, "max_runs": 2, "max_queued": 4, "checkpoint_every": 20,
+              "shutdown_timeout": 5.0}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def client(data_dir):
+    with TestClient(create_app(make_settings(data_dir))) as test_client:
+        yield test_client
+
+
+def wait_for(client, run_id: str, statuses, timeout: float = 60.0) -> dict:
+    """Poll GET /api/runs/{id} until its status is one of `statuses`."""
+    statuses = {statuses} if isinstance(statuses, str) else set(statuses)
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get(f"/api/runs/{run_id}").json()
+        if run["status"] in statuses:
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} stayed {run['status']} (wanted {statuses}): {run}")
+        time.sleep(0.05)
+
+
+def wait_for_step(client, run_id: str, step: int, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get(f"/api/runs/{run_id}").json()
+        if run["step"] >= step:
+            return run
+        if run["status"] in TERMINAL or time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} did not reach step {step}: {run}")
+        time.sleep(0.05)
