@@ -28,7 +28,8 @@ async function request(method, path, body) {
 
 /* FastAPI errors come as {"detail": "..."} or {"detail": [{loc, msg}, ...]}. */
 function errorMessage(data, response) {
-  const detail = data && typeof data === "object" ? data.detail ?? data.message ?? data.error : data;
+  if (data && typeof data === "object" && typeof data.message === "string") return data.message;
+  const detail = data && typeof data === "object" ? data.detail ?? data.error : data;
   if (Array.isArray(detail)) {
     return detail.map((d) => `${(d.loc || []).filter((x) => x !== "body").join(".")}: ${d.msg}`).join("; ");
   }
@@ -41,71 +42,34 @@ export const postJSON = (path, body) => request("POST", path, body ?? {});
 
 const runPath = (id) => `/api/runs/${encodeURIComponent(id)}`;
 
-/* The list routes may answer a bare list or {"<key>": [...]}: accept both. */
-function listOf(data, key) {
-  if (Array.isArray(data)) return data;
-  if (data && Array.isArray(data[key])) return data[key];
-  if (data && typeof data === "object") {
-    const arrays = Object.values(data).filter(Array.isArray);
-    if (arrays.length === 1) return arrays[0];
-  }
-  return [];
-}
-
+/* GET /api/inits -> {inits: [{name, title, law, paper, params, aliases}], namedKernels: [name]}. */
 export async function fetchInits() {
   const data = await getJSON("/api/inits");
-  if (data && !Array.isArray(data) && typeof data === "object" && !data.inits) {
-    // {"he_normal": {...}, ...}
-    return Object.entries(data).map(([name, info]) => ({ name, ...(typeof info === "object" ? info : { law: info }) }));
-  }
-  return listOf(data, "inits").map((x) => (typeof x === "string" ? { name: x } : x));
+  return { inits: data.inits, namedKernels: data.named_kernels ?? null };
 }
 
+/* GET /api/datasets -> [name]. */
 export async function fetchDatasets() {
-  const data = await getJSON("/api/datasets");
-  return listOf(data, "datasets").map((x) => (typeof x === "string" ? x : x.name));
+  return (await getJSON("/api/datasets")).datasets.map((d) => d.name);
 }
 
-/* -> {name: spec} whatever the route's shape: list of {name, spec} or {name: spec}. */
+/* GET /api/presets -> {name: spec}. */
 export async function fetchPresets() {
-  const data = await getJSON("/api/presets");
   const presets = {};
-  const items = Array.isArray(data) ? data : Array.isArray(data?.presets) ? data.presets : null;
-  if (items) {
-    for (const item of items) presets[item.name] = item.spec ?? item.model ?? item;
-  } else if (data && typeof data === "object") {
-    for (const [name, value] of Object.entries(data)) presets[name] = value?.layers ? value : value?.spec ?? value;
-  }
+  for (const p of (await getJSON("/api/presets")).presets) presets[p.name] = p.spec;
   return presets;
 }
 
-export const listRuns = async () => listOf(await getJSON("/api/runs"), "runs");
+export const listRuns = async () => (await getJSON("/api/runs")).runs;
 export const getRun = (id) => getJSON(runPath(id));
 export const startRun = (body) => postJSON("/api/runs", body);
 export const controlRun = (id, action) => postJSON(`${runPath(id)}/${action}`);
 
-/* -> [{step, loss, acc, val_loss?, val_acc?}] from either points or columns. */
-export async function getMetrics(id) {
-  const data = await getJSON(`${runPath(id)}/metrics`);
-  if (Array.isArray(data)) return data;
-  if (Array.isArray(data?.points)) return data.points;
-  if (data && Array.isArray(data.step ?? data.steps)) {
-    const steps = data.step ?? data.steps;
-    return steps.map((step, i) => {
-      const point = { step };
-      for (const key of ["loss", "acc", "val_loss", "val_acc"]) {
-        if (Array.isArray(data[key]) && data[key][i] != null) point[key] = data[key][i];
-      }
-      return point;
-    });
-  }
-  return [];
-}
+/* -> [{step, loss, acc, val_loss?, val_acc?}], steps ascending. */
+export const getMetrics = async (id) => (await getJSON(`${runPath(id)}/metrics`)).points;
 
-export async function getSnapshotSteps(id) {
-  const steps = listOf(await getJSON(`${runPath(id)}/snapshots`), "steps");
-  return steps.map(Number).sort((a, b) => a - b);
-}
+/* -> the steps that have a snapshot, ascending. */
+export const getSnapshotSteps = async (id) => (await getJSON(`${runPath(id)}/snapshots`)).steps;
 
 export const getSnapshot = (id, step, featureMaps = true) =>
   getJSON(`${runPath(id)}/snapshots/${step}${featureMaps ? "" : "?feature_maps=0"}`);

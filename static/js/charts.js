@@ -51,6 +51,8 @@ export class LineChart {
     });
     this.names.push(name);
     this.counts.set(name, 0);
+    // a legend of many layers would cover the plot; their names stay in the hover text
+    if (this.names.length === 7) window.Plotly.relayout(this.element, { showlegend: false });
     return this.names.length - 1;
   }
 

@@ -50,8 +50,8 @@ const charts = {
     train: { color: "#2563eb" }, validation: { color: "#ea580c", mode: "lines+markers" } } }),
   acc: new LineChart($("chart-acc"), { title: "accuracy", yRange: [0, 1.02], series: {
     train: { color: "#2563eb" }, validation: { color: "#ea580c", mode: "lines+markers" } } }),
-  act: new LineChart($("chart-act"), { title: "activation std per layer", log: true }),
-  grad: new LineChart($("chart-grad"), { title: "gradient std per layer", log: true }),
+  act: new LineChart($("chart-act"), { title: "activation std", yTitle: "log scale", log: true }),
+  grad: new LineChart($("chart-grad"), { title: "gradient std", yTitle: "log scale", log: true }),
 };
 debug.charts = charts;
 
@@ -433,7 +433,7 @@ function redrawCurrent() {
 function updateProgress(step) {
   if (!state.run) return;
   if (step != null && step > (state.run.step ?? -1)) state.run.step = step;
-  const total = state.run.config?.steps ?? 0;
+  const total = state.run.steps ?? state.run.config?.steps ?? 0;
   const done = state.run.step ?? 0;
   const fraction = total ? Math.min(1, done / total) : 0;
   $("progress-fill").style.width = `${(fraction * 100).toFixed(1)}%`;
@@ -487,7 +487,7 @@ async function refreshRunList() {
     li.textContent = "No runs yet. Runs trained from the CLI appear here too.";
     list.append(li);
   }
-  const sorted = [...runs].sort((a, b) => String(b.created_at ?? b.id).localeCompare(String(a.created_at ?? a.id)));
+  const sorted = [...runs].sort((a, b) => (b.created ?? 0) - (a.created ?? 0));
   for (const run of sorted) {
     const li = document.createElement("li");
     li.dataset.run = String(run.id);
@@ -502,7 +502,8 @@ async function refreshRunList() {
     title.textContent = `${run.id}`;
     const meta = document.createElement("span");
     meta.className = "run-meta";
-    meta.textContent = `${model} · ${initName} · ${run.step ?? 0}/${run.config?.steps ?? "?"}`;
+    meta.textContent = `${model} · ${initName} · ${run.step ?? 0}/${run.steps ?? run.config?.steps ?? "?"}`
+      + (run.meta?.origin ? ` · ${run.meta.origin}` : "");
     const badge = document.createElement("span");
     badge.className = `badge status-${run.status}`;
     badge.textContent = run.status;
@@ -529,7 +530,7 @@ function initParamControl(init, onChange) {
   if (key === "kernels") {
     input = document.createElement("select");
     input.append(new Option(`bank: ${DEFAULT_KERNEL_BANK.join(", ")}`, ""));
-    for (const k of NAMED_KERNELS) input.append(new Option(`${k} in every filter`, k));
+    for (const k of state.namedKernels ?? NAMED_KERNELS) input.append(new Option(`${k} in every filter`, k));
     input.value = typeof init.kernels === "string" ? init.kernels : "";
   } else {
     input = document.createElement("input");
@@ -678,12 +679,18 @@ function readForm() {
   c.snapshotEvery = readNumber("f-every", "snapshot every", { integer: true, min: 1 });
 }
 
+let initRenderQueued = false;
+
 function formChanged() {
   $("form-error").textContent = "";
   try { readForm(); } catch (error) { $("form-error").textContent = error.message; }
   $("momentum-label").hidden = state.config.optimizer !== "sgd";
-  renderInitControls();
   writeHash();
+  // Rebuild the init controls after this event: rebuilding removes the focused
+  // control, whose blur may fire another change while the DOM is being replaced.
+  if (initRenderQueued) return;
+  initRenderQueued = true;
+  queueMicrotask(() => { initRenderQueued = false; renderInitControls(); });
 }
 
 /* Put a run's stored config into the form (when a run is opened from the list). */
@@ -824,7 +831,10 @@ async function main() {
   wireRunView();
   const [presets, inits, datasets] = await Promise.allSettled([api.fetchPresets(), api.fetchInits(), api.fetchDatasets()]);
   if (presets.status === "fulfilled") state.presets = presets.value; else showError(`presets: ${presets.reason.message}`);
-  if (inits.status === "fulfilled") state.inits = inits.value; else showError(`inits: ${inits.reason.message}`);
+  if (inits.status === "fulfilled") {
+    state.inits = inits.value.inits;
+    if (inits.value.namedKernels) state.namedKernels = inits.value.namedKernels;
+  } else showError(`inits: ${inits.reason.message}`);
   if (datasets.status === "fulfilled") state.datasets = datasets.value; else showError(`datasets: ${datasets.reason.message}`);
   renderForm();
   writeHash();

@@ -6,7 +6,7 @@
  */
 
 export const DEFAULT_CONFIG = Object.freeze({
-  preset: "small",          // a preset name, or "custom" to use `spec`
+  preset: "demo",           // a preset name, or "custom" to use `spec`
   spec: null,               // the edited JSON spec when preset === "custom"
   init: { name: "he_normal" },   // the run's default init
   layerInits: {},           // {"<layer index>": {name, ...params}} per-layer overrides
@@ -15,7 +15,7 @@ export const DEFAULT_CONFIG = Object.freeze({
   lr: 0.05,
   momentum: 0.9,
   batchSize: 64,
-  steps: 600,
+  steps: 1500,
   seed: 0,
   snapshotEvery: 10,
 });

@@ -1,0 +1,122 @@
+"""Browser tests' fixtures: a real kernelscope server and Debian's headless Chromium.
+
+The server is `uvicorn app.main:create_app --factory` in a subprocess on a free
+port with a temporary KERNELSCOPE_DATA. The browser is /usr/bin/chromium driven
+by Playwright (never `playwright install`). Nothing is skipped: a missing
+Chromium or Playwright fails the tests with a message saying what to install.
+
+Every page a test opens records console errors, page errors and failed
+requests; the `page` fixture fails the test if any occurred.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """Base URL of a real server on a free port, with its own empty data directory."""
+    data = tmp_path_factory.mktemp("kernelscope-data")
+    port = _free_port()
+    env = {**os.environ, "KERNELSCOPE_DATA": str(data)}
+    log = open(data / "server.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log.close()
+            pytest.fail(f"the server did not start; its log:\n{(data / 'server.log').read_text()}")
+        time.sleep(0.2)
+    yield base
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def api(server):
+    with httpx.Client(base_url=server, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser tests need the Python package playwright (pip install playwright); "
+                    "they drive Debian's chromium and never download a browser")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"the browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class PageProblems:
+    """What went wrong in a page: console errors, uncaught exceptions, failed requests."""
+
+    def __init__(self, page):
+        self.items = []
+        page.on("console", lambda m: m.type == "error" and self.items.append(f"console error: {m.text}"))
+        page.on("pageerror", lambda e: self.items.append(f"page error: {e}"))
+        page.on("requestfailed", self._failed)
+        page.on("response", lambda r: r.status >= 400 and self.items.append(f"HTTP {r.status}: {r.url}"))
+
+    def _failed(self, request):
+        failure = request.failure or ""
+        # The page closes a run's event stream itself when the run ends, and a
+        # reload cancels the open stream; Chromium reports both as ERR_ABORTED.
+        if request.url.endswith("/events") and "ERR_ABORTED" in failure:
+            return
+        self.items.append(f"request failed: {request.url} {failure}")
+
+
+def open_page(browser, viewport=(1280, 800)):
+    """A new page with problem recording; returns (page, problems)."""
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    page = context.new_page()
+    return page, PageProblems(page)
+
+
+@pytest.fixture
+def page(browser):
+    """A 1280×800 page; the test fails if the page logged an error or a request failed."""
+    page, problems = open_page(browser)
+    page.problems = problems
+    yield page
+    page.context.close()
+    assert problems.items == [], "the page had problems:\n" + "\n".join(problems.items)

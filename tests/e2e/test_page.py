@@ -1,0 +1,284 @@
+"""The page in a real browser against a real server: a learner starts a run,
+watches the filters move, scrubs the history, steps through a convolution,
+and shares the configuration by link."""
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ARTIFACTS, REPO_ROOT, open_page
+
+SMALL_RUN = {"model": "small", "init": "glorot_uniform", "dataset": "shapes",
+             "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+             "batch_size": 32, "steps": 120, "seed": 1, "snapshot_every": 10}
+TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}
+
+
+def wait_until_finished(api, run_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.get(f"/api/runs/{run_id}").json()
+        if run["status"] in TERMINAL:
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} did not finish within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def trained_run(api):
+    """A small finished run (12 snapshots) for the history and step-through tests."""
+    response = api.post("/api/runs", json=SMALL_RUN)
+    assert response.status_code == 201, response.text
+    run = wait_until_finished(api, response.json()["id"])
+    assert run["status"] == "completed", run
+    return run
+
+
+def goto(page, url):
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]")
+
+
+def drawn(page):
+    return page.evaluate("window.__kernelscope.drawn")
+
+
+def wait_drawn(page, condition, timeout=60_000):
+    """Wait until the filters on screen satisfy a JS condition on `d` (the drawn record)."""
+    page.wait_for_function(f"(() => {{ const d = window.__kernelscope.drawn; return d !== null && ({condition}); }})()",
+                           timeout=timeout)
+    return drawn(page)
+
+
+def kernel_images(page, layer):
+    return page.eval_on_selector_all(f'.layer-panel[data-layer="{layer}"] canvas.kernel', "cs => cs.map(c => c.toDataURL())")
+
+
+def loss_points(page):
+    return page.evaluate("window.__kernelscope.charts.loss.pointCount('train')")
+
+
+def run_spec(api, run):
+    """The model spec of a run: its own, or its preset's from GET /api/presets."""
+    model = run["config"]["model"]
+    if isinstance(model, dict):
+        return model
+    presets = api.get("/api/presets").json()
+    if isinstance(presets, dict) and "presets" in presets:
+        presets = presets["presets"]
+    if isinstance(presets, list):
+        presets = {p["name"]: p for p in presets}
+    entry = presets[model]
+    return entry.get("spec", entry)
+
+
+def conv_pixel(x, w, b, stride, padding, y0, x0):
+    """One output pixel of PyTorch-style conv2d (cross-correlation) with numpy."""
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))
+    kh, kw = w.shape[1:]
+    patch = xp[:, y0 * stride:y0 * stride + kh, x0 * stride:x0 * stride + kw]
+    return float((patch * w).sum()), float((patch * w).sum() + b)
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_start_run_from_page_filters_move_labels_appear_loss_grows(page, server, api):
+    goto(page, f"{server}/#preset=demo&steps=400&every=10&bs=32")
+    page.select_option("#f-init", "glorot_uniform")
+    page.click("#btn-start")
+    first = wait_drawn(page, "true")
+    first_images = kernel_images(page, 0)
+    assert first_images, "no filter canvases were drawn for conv layer 0"
+    run_id = page.evaluate("window.__kernelscope.state.view.run")
+    assert f"run={run_id}" in page.evaluate("location.hash")
+    assert api.get(f"/api/runs/{run_id}").json()["config"]["init"] in ("glorot_uniform", {"name": "glorot_uniform"})
+
+    points_before = loss_points(page)
+    later = wait_drawn(page, f"d.step >= {first['step'] + 100}")
+    assert later["layers"]["0"] != first["layers"]["0"], "the drawn weights did not change"
+    later_images = kernel_images(page, 0)
+    assert sum(a != b for a, b in zip(first_images, later_images)) >= len(first_images) // 2, \
+        "most filter canvases should look different after 100 steps"
+
+    labels = page.eval_on_selector_all('.layer-panel[data-layer="0"] .detector-label', "ls => ls.map(l => l.textContent)")
+    assert len(labels) == 8 and all(re.fullmatch(r"[a-z_ ]+\?? \d\.\d\d", text) for text in labels), labels
+    page.wait_for_function(f"window.__kernelscope.charts.loss.pointCount('train') > {points_before + 50}")
+
+    # let the run finish, then keep a picture of the live view
+    page.wait_for_selector("#run-badge.status-completed", timeout=90_000)
+    assert float(page.eval_on_selector("#progress-fill", "e => parseFloat(e.style.width)")) == pytest.approx(100.0)
+    page.wait_for_function("window.__kernelscope.features !== null")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "live-view.png"))
+    readme_picture = REPO_ROOT / "docs" / "screenshot.png"
+    if os.environ.get("KERNELSCOPE_UPDATE_SCREENSHOT") == "1" or not readme_picture.exists():
+        shutil.copyfile(ARTIFACTS / "live-view.png", readme_picture)
+
+
+def test_history_slider_step_zero_equals_rest_snapshot(page, server, api, trained_run):
+    run_id = trained_run["id"]
+    steps = api.get(f"/api/runs/{run_id}/snapshots").json()
+    steps = steps["steps"] if isinstance(steps, dict) else steps
+    goto(page, f"{server}/#run={run_id}")
+    last = wait_drawn(page, f"d.step === {max(steps)}")
+    assert page.eval_on_selector("#history-slider", "s => Number(s.max)") == len(steps) - 1
+
+    page.focus("#history-slider")
+    page.keyboard.press("Home")
+    at_zero = wait_drawn(page, "d.step === 0")
+    rest = api.get(f"/api/runs/{run_id}/snapshots/0").json()
+    for layer in rest["layers"]:
+        assert at_zero["layers"][str(layer["index"])] == layer["weight"], f"layer {layer['index']} differs from REST"
+    assert "step 0" in page.text_content("#history-step")
+    page.wait_for_function("window.__kernelscope.features && window.__kernelscope.features.step === 0")
+
+    # the largest |weight| of layer 0 is drawn in the colormap's end colour (per-layer scaling)
+    weight = np.array(rest["layers"][0]["weight"])
+    f, c, i, j = np.unravel_index(np.abs(weight).argmax(), weight.shape)
+    kw = weight.shape[3]
+    pixel = page.eval_on_selector(
+        f'.layer-panel[data-layer="{rest["layers"][0]["index"]}"] .filter-card[data-filter="{f}"] canvas.kernel',
+        f"c => Array.from(c.getContext('2d').getImageData({c * (kw + 1) + j}, {i}, 1, 1).data.slice(0, 3))")
+    assert pixel == ([178, 24, 43] if weight[f, c, i, j] > 0 else [33, 102, 172])
+
+    page.keyboard.press("End")
+    wait_drawn(page, f"d.step === {max(steps)}")
+    assert last["layers"] == drawn(page)["layers"]
+
+    # replay walks forward through the stored snapshots from the start
+    page.keyboard.press("Home")
+    wait_drawn(page, "d.step === 0")
+    page.click("#btn-play")
+    wait_drawn(page, f"d.step >= {steps[3]}")
+    page.click("#btn-live")
+    wait_drawn(page, f"d.step === {max(steps)}")
+    assert page.eval_on_selector("#btn-live", "b => b.classList.contains('active')")
+
+
+def test_constant_init_gives_identical_filters_and_symmetry_one(page, server):
+    goto(page, f"{server}/#preset=small&steps=60&every=10&bs=16")
+    page.select_option("#f-init", "constant")
+    page.click("#btn-start")
+    d = wait_drawn(page, "d.step >= 30")
+    for index, weight in d["layers"].items():
+        assert all(f == weight[0] for f in weight), f"filters of conv layer {index} are not identical"
+        meter = page.locator(f'.layer-panel[data-layer="{index}"] .meter')
+        assert float(meter.get_attribute("data-symmetry")) == pytest.approx(1.0, abs=1e-6)
+        assert meter.locator(".meter-value").text_content() == "1.000"
+        assert "symmetry never broken" in meter.locator(".meter-note").text_content()
+    images = kernel_images(page, 0)
+    assert len(set(images)) == 1, "constant-init filters should be drawn identically"
+    page.wait_for_selector("#run-badge.status-completed", timeout=60_000)
+
+
+def test_click_feature_map_pixel_steps_through_the_right_sum(page, server, api, trained_run):
+    run_id = trained_run["id"]
+    goto(page, f"{server}/#run={run_id}")
+    page.wait_for_function("window.__kernelscope.features !== null")
+    spec = run_spec(api, trained_run)
+    convs = [i for i, layer in enumerate(spec["layers"]) if layer["type"] == "conv"]
+
+    canvas = page.locator(f'canvas.fmap[data-layer="{convs[0]}"][data-filter="2"]')
+    box = canvas.bounding_box()
+    canvas.click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.55})
+    page.wait_for_selector("#st-equation")
+    shown = page.evaluate("window.__kernelscope.stepThrough")
+    snapshot = api.get(f"/api/runs/{run_id}/snapshots/{shown['step']}").json()
+    layer = next(l for l in snapshot["layers"] if l["index"] == convs[0])
+    conv = spec["layers"][convs[0]]
+    x = np.array(snapshot["probes"][shown["probe"]])
+    w = np.array(layer["weight"][shown["filter"]])
+    total, value = conv_pixel(x, w, layer["bias"][shown["filter"]], conv.get("stride", 1), conv.get("padding", 0),
+                              shown["y"], shown["x"])
+    assert shown["filter"] == 2 and shown["layer"] == convs[0]
+    assert shown["sum"] == pytest.approx(total, rel=1e-9, abs=1e-12)
+    assert shown["value"] == pytest.approx(value, rel=1e-9, abs=1e-12)
+    stored = np.array(layer["feature_maps"][shown["probe"]][shown["filter"]])
+    assert abs(stored[shown["y"], shown["x"]] - value) <= 2e-3 * np.abs(stored).max()
+    assert f"{value:.5g}"[:5] in page.text_content("#st-equation")
+
+    # the next position slides the window one pixel to the right
+    page.click("#st-next")
+    moved = page.evaluate("window.__kernelscope.stepThrough")
+    assert (moved["y"], moved["x"]) == ((shown["y"], shown["x"] + 1) if shown["x"] + 1 < stored.shape[1] else (shown["y"] + 1, 0))
+
+    # a deeper layer reads layer 0's maps after ReLU and max-pooling
+    page.locator(f'canvas.fmap[data-layer="{convs[1]}"][data-filter="0"]').click(position={"x": 5, "y": 5})
+    deep = page.evaluate("window.__kernelscope.stepThrough")
+    assert deep["layer"] == convs[1]
+    maps = np.array(layer["feature_maps"][deep["probe"]])
+    for kind in spec["layers"][convs[0] + 1:convs[1]]:
+        if kind["type"] == "relu":
+            maps = np.maximum(maps, 0)
+        elif kind["type"] == "maxpool":
+            s = kind["size"]
+            c, h, w_ = maps.shape
+            maps = maps[:, :h // s * s, :w_ // s * s].reshape(c, h // s, s, w_ // s, s).max(axis=(2, 4))
+    deep_layer = next(l for l in snapshot["layers"] if l["index"] == convs[1])
+    deep_conv = spec["layers"][convs[1]]
+    total, _ = conv_pixel(maps, np.array(deep_layer["weight"][0]), 0.0, deep_conv.get("stride", 1),
+                          deep_conv.get("padding", 0), deep["y"], deep["x"])
+    assert deep["sum"] == pytest.approx(total, rel=1e-9, abs=1e-12)
+
+
+def test_reload_with_url_hash_restores_the_configuration(page, server, browser):
+    goto(page, f"{server}/")
+    page.select_option("#f-preset", "small")
+    page.select_option("#f-init", "normal")
+    page.fill("#f-init-param input", "0.02")
+    page.locator("#f-init-param input").dispatch_event("change")
+    row = page.locator('.init-layer[data-layer="3"]')
+    row.locator("select").first.select_option("kernel")
+    row.locator("select[data-param=kernels]").select_option("x")
+    for selector, value in (("#f-lr", "0.02"), ("#f-batch", "32"), ("#f-steps", "123"), ("#f-seed", "7")):
+        page.fill(selector, value)
+        page.locator(selector).dispatch_event("change")
+    page.select_option("#f-optimizer", "adam")
+    config = page.evaluate("window.__kernelscope.state.config")
+    assert config["init"] == {"name": "normal", "std": 0.02}
+    assert config["layerInits"] == {"3": {"name": "kernel", "kernels": "x"}}
+    assert (config["lr"], config["batchSize"], config["steps"], config["seed"], config["optimizer"]) == (0.02, 32, 123, 7, "adam")
+    # the law and its figure for each layer's fans: N(0, std²) → σ = 0.02 on layer 0
+    assert "σ = 0.0200" in page.text_content('.init-layer[data-layer="0"] .law')
+    url = page.url
+
+    again, problems = open_page(browser)
+    goto(again, url)
+    assert again.evaluate("window.__kernelscope.state.config") == config
+    assert again.input_value("#f-preset") == "small"
+    assert again.input_value("#f-init") == "normal"
+    assert again.input_value("#f-init-param input") == "0.02"
+    assert again.input_value("#f-lr") == "0.02"
+    assert again.input_value("#f-steps") == "123"
+    assert again.locator('.init-layer[data-layer="3"] select[data-param=kernels]').input_value() == "x"
+    again.context.close()
+    assert problems.items == []
+
+
+def test_he_figures_follow_each_layers_fans(page, server):
+    goto(page, f"{server}/#preset=small")
+    page.select_option("#f-init", "he_normal")
+    for row in page.locator(".init-layer").all():
+        fan_in = int(re.search(r"fan_in (\d+)", row.text_content()).group(1))
+        assert f"σ = {math.sqrt(2 / fan_in):.3g}" in row.locator(".law").text_content()
+
+
+@pytest.mark.parametrize("viewport", [(1280, 800), (420, 900)])
+def test_run_list_opens_a_run_and_the_page_fits_the_window(browser, server, trained_run, viewport):
+    page, problems = open_page(browser, viewport)
+    goto(page, f"{server}/")
+    item = page.locator(f'#run-list li[data-run="{trained_run["id"]}"]')
+    assert "completed" in item.text_content()
+    item.locator("button").click()
+    wait_drawn(page, "d.step > 0")
+    assert page.evaluate("window.__kernelscope.state.view.run") == trained_run["id"]
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), "the page scrolls sideways"
+    page.context.close()
+    assert problems.items == []
