@@ -254,7 +254,9 @@ def named_kernel(name, size):
     h, w = size
     kernel = NAMED_KERNELS[name][0](h, w).astype(float)
     norm = np.linalg.norm(kernel)
-    return kernel / norm if norm > 0 else kernel
+    if norm == 0:
+        raise ValueError(f"kernel {name!r} is all zeros at size {h}x{w}; it needs at least 3x3")
+    return kernel / norm
 
 
 DEFAULT_KERNELS = ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"]
