@@ -301,6 +301,8 @@ def kernel(shape, rng, kernels=None, fallback="he_normal", scale=1.0):
 
 
 def _validate_kernel_params(params):
+    if parse_init(params.get("fallback", "he_normal"))[0] == "kernel":
+        raise ValueError("fallback must be a random initializer, not kernel")
     kernels = params.get("kernels")
     if kernels is None:
         return
@@ -317,8 +319,6 @@ def _validate_kernel_params(params):
                 raise ValueError(f"kernels[{index}] must be a kernel name or a grid of numbers") from None
             if numbers.ndim not in (2, 3):
                 raise ValueError(f"kernels[{index}] must be a 2-D or 3-D grid of numbers")
-    if parse_init(params.get("fallback", "he_normal"))[0] == "kernel":
-        raise ValueError("fallback must be a random initializer, not kernel")
 
 
 # ----------------------------------------------------------------------------------------
