@@ -382,6 +382,7 @@ class RunManager:
             handle.send(("resume",))
             return self._wait_for_status(run_id, lambda s: s != "paused")
         if status in ("interrupted", "stopped", "failed", "paused"):
+            self._wait_until_exited(run_id)
             owner = run["owner_pid"]
             if run["meta"].get("cli") and owner != os.getpid() and _process_alive(owner):
                 raise RunConflict(f"run {run_id} is being trained by `kernelscope train` (pid {owner})")
@@ -396,6 +397,12 @@ class RunManager:
         raise RunConflict(
             f"run {run_id} is {status}; only paused, interrupted, stopped or failed runs can be resumed"
         )
+
+    def _wait_until_exited(self, run_id: str, timeout: float = CONTROL_WAIT_SECONDS) -> None:
+        """After a terminal status the process still exits and its reader frees the slot; wait for that."""
+        handle = self._workers.get(run_id)
+        if handle is not None and handle.final_status is not None and handle.thread is not None:
+            handle.thread.join(timeout)
 
     def _checkpoint_step(self, run_id: str) -> int:
         checkpoint = self.store.read_checkpoint(run_id)

@@ -60,3 +60,28 @@ def wait_for_step(client, run_id: str, step: int, timeout: float = 60.0) -> dict
         if run["status"] in TERMINAL or time.monotonic() > deadline:
             raise AssertionError(f"run {run_id} did not reach step {step}: {run}")
         time.sleep(0.05)
+
+
+def read_events(response):
+    """Parse a text/event-stream httpx response into {"id", "event", "data"} dicts (data parsed as JSON)."""
+    import json
+
+    event: dict = {}
+    data_lines: list[str] = []
+    for line in response.iter_lines():
+        if line == "":
+            if data_lines:
+                event["data"] = json.loads("\n".join(data_lines))
+                yield event
+            event, data_lines = {}, []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data_lines.append(value)
+            elif name == "id":
+                event["id"] = int(value)
+            elif name == "event":
+                event["event"] = value
