@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import security
 from app.routes import meta as meta_routes
 from app.routes import runs as run_routes
 from app.runs import RunManager, install_shutdown_signal_hook
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    security.install(app, settings.token, settings.cors_origins)  # token, body limits, CORS if configured
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.include_router(meta_routes.router)

@@ -13,8 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MAX_STEPS = 10_000_000
-MAX_SNAPSHOTS_PER_RUN = 20_000
+from app.limits import MAX_BATCH_SIZE, MAX_NAME_LENGTH, MAX_SEED, MAX_SNAPSHOTS_PER_RUN, MAX_STEPS
 RunStatus = Literal[
     "queued", "running", "paused", "completed", "stopped", "diverged", "failed", "interrupted"
 ]
@@ -39,12 +38,12 @@ class RunCreate(BaseModel):
     optimizer: str | dict[str, Any] | None = Field(
         None, description='{"name": "sgd", "lr": 0.05, "momentum": 0.9} or {"name": "adam", ...}.',
     )
-    batch_size: int | None = Field(None, ge=1, le=4096)
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE)
     steps: int | None = Field(None, ge=0, le=MAX_STEPS)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     snapshot_every: int | None = Field(None, ge=1, le=MAX_STEPS)
     eval_every: int | None = Field(None, ge=1, le=MAX_STEPS)
-    name: str | None = Field(None, max_length=200, description="A label shown in run lists.")
+    name: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="A label shown in run lists.")
 
     @model_validator(mode="after")
     def _bounded_history(self) -> "RunCreate":

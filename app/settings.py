@@ -11,13 +11,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from app import limits
+
 
 DEFAULT_DATA_DIR = "./kernelscope-data"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # Two cores by default: two runs may train at once, the rest wait in the queue.
-DEFAULT_MAX_RUNS = 2
-DEFAULT_MAX_QUEUED = 16
+DEFAULT_MAX_RUNS = limits.DEFAULT_MAX_RUNS
+DEFAULT_MAX_QUEUED = limits.DEFAULT_MAX_QUEUED
 DEFAULT_CHECKPOINT_EVERY = 100
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
@@ -48,6 +50,15 @@ def _float_from_env(env: dict, name: str, default: float, minimum: float, maximu
     return value
 
 
+def _origins_from_env(env: dict, name: str) -> tuple[str, ...]:
+    """Comma-separated origins such as `http://localhost:5173`; `*` allows every origin."""
+    origins = tuple(part.strip().rstrip("/") for part in (env.get(name) or "").split(",") if part.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError(f"{name}: each origin must start with http:// or https:// (or be *), got {origin!r}")
+    return origins
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server reads from its environment."""
@@ -58,6 +69,7 @@ class Settings:
     max_runs: int = DEFAULT_MAX_RUNS            # runs training at the same time
     max_queued: int = DEFAULT_MAX_QUEUED        # runs waiting for a slot
     token: str | None = None                    # when set, mutating routes need it
+    cors_origins: tuple[str, ...] = ()          # browser origins allowed cross-site; none by default
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # steps between checkpoints
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT  # seconds to wait for workers
 
@@ -69,9 +81,10 @@ class Settings:
             data_dir=Path(env.get("KERNELSCOPE_DATA") or DEFAULT_DATA_DIR),
             host=env.get("KERNELSCOPE_HOST") or DEFAULT_HOST,
             port=_int_from_env(env, "KERNELSCOPE_PORT", DEFAULT_PORT, 0, 65535),
-            max_runs=_int_from_env(env, "KERNELSCOPE_MAX_RUNS", DEFAULT_MAX_RUNS, 1, 64),
-            max_queued=_int_from_env(env, "KERNELSCOPE_MAX_QUEUED", DEFAULT_MAX_QUEUED, 0, 10_000),
+            max_runs=_int_from_env(env, "KERNELSCOPE_MAX_RUNS", DEFAULT_MAX_RUNS, 1, limits.MAX_CONCURRENT_RUNS),
+            max_queued=_int_from_env(env, "KERNELSCOPE_MAX_QUEUED", DEFAULT_MAX_QUEUED, 0, limits.MAX_QUEUED_RUNS),
             token=token,
+            cors_origins=_origins_from_env(env, "KERNELSCOPE_CORS_ORIGINS"),
             checkpoint_every=_int_from_env(
                 env, "KERNELSCOPE_CHECKPOINT_EVERY", DEFAULT_CHECKPOINT_EVERY, 1, 1_000_000
             ),

@@ -1,0 +1,248 @@
+"""Every limit the server puts on what a request may ask for, in one place.
+
+The engine accepts any size it can compute; a server shared by a classroom
+must not. These numbers bound the model (layers, filters, units, kernel size,
+input size, parameters, memory of one training step, feature maps kept per
+snapshot), the training (batch size, steps, snapshot and evaluation
+frequency, learning rate), hand-made kernels, datasets, request bodies and
+the number of runs training or queued. `check_run_config` applies them to a
+complete config (RunConfig.to_dict()) and raises ValueError("field: problem")
+naming the field and the limit, which the routes answer with 422.
+"""
+
+from __future__ import annotations
+
+import math
+
+# ---------------------------------------------------------------- the model
+MAX_LAYERS = 64                 # layers in one model spec
+MAX_FILTERS = 256               # filters (output channels) of one conv layer
+MAX_UNITS = 4096                # units of one dense layer
+MAX_KERNEL = 11                 # side of a conv kernel
+MAX_STRIDE = 11                 # conv or pool stride
+MAX_PADDING = 11                # conv zero padding
+MAX_POOL = 16                   # side of a pooling window
+MAX_INPUT_CHANNELS = 16         # channels of the model input
+MAX_INPUT_SIDE = 128            # height and width of the model input
+MAX_PARAMETERS = 5_000_000      # weights + biases of the whole model
+# Floats one training step holds (batch x every layer's output and conv patches):
+# 2**27 float32 values are 512 MiB.
+MAX_STEP_VALUES = 2**27
+# Feature-map values a snapshot keeps per probe image (all conv layers together).
+MAX_FEATURE_MAP_VALUES = 131_072
+
+# ---------------------------------------------------------------- the training
+MAX_BATCH_SIZE = 512
+MAX_STEPS = 1_000_000
+MAX_SNAPSHOTS_PER_RUN = 20_000  # steps / snapshot_every
+MAX_LR = 10.0                   # learning rate: finite, > 0 and at most this
+MAX_SEED = 2**32 - 1
+
+# ---------------------------------------------------------------- hand-made kernels
+MAX_HANDMADE_KERNELS = MAX_FILTERS      # kernels listed in one {"name": "kernel"} init
+MAX_HANDMADE_KERNEL_SIDE = MAX_KERNEL   # side of one hand-made kernel grid
+
+# ---------------------------------------------------------------- datasets
+DATASETS_FOLDER = "datasets"    # dataset paths are relative to DATA/datasets
+MAX_DATASET_EXAMPLES = 100_000  # n_train + n_val of the generated set; `limit` of file sets
+MAX_DATASET_VALUES = 2**26      # examples x pixels of the generated set (256 MiB of float32)
+MAX_PATH_LENGTH = 1024
+
+# ---------------------------------------------------------------- requests
+MAX_BODY_BYTES = 1_048_576      # request body (413 beyond)
+MAX_JSON_DEPTH = 32             # nesting of objects and arrays in a body
+MAX_NAME_LENGTH = 200           # a run's label
+
+# ---------------------------------------------------------------- runs at once
+# The server's defaults and the ceilings KERNELSCOPE_MAX_RUNS / KERNELSCOPE_MAX_QUEUED
+# may be set to (app/settings.py); beyond them POST /api/runs answers 429.
+DEFAULT_MAX_RUNS = 2            # runs training at the same time (two cores)
+DEFAULT_MAX_QUEUED = 16         # runs waiting for a slot
+MAX_CONCURRENT_RUNS = 64
+MAX_QUEUED_RUNS = 10_000
+
+
+def _at_most(field: str, value, limit, what: str = "") -> None:
+    if value > limit:
+        what = f" {what}" if what else ""
+        raise ValueError(f"{field}: at most {limit}{what}, got {value}")
+
+
+def _finite_number(field: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{field}: must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_run_config(config: dict) -> None:
+    """Apply every limit to a complete run config (RunConfig.to_dict()); ValueError names field and limit."""
+    _at_most("batch_size", config["batch_size"], MAX_BATCH_SIZE)
+    _at_most("steps", config["steps"], MAX_STEPS)
+    _at_most("snapshot_every", config["snapshot_every"], MAX_STEPS)
+    _at_most("eval_every", config["eval_every"], MAX_STEPS)
+    if config["steps"] // config["snapshot_every"] > MAX_SNAPSHOTS_PER_RUN:
+        needed = -(-config["steps"] // MAX_SNAPSHOTS_PER_RUN)
+        raise ValueError(
+            f"snapshot_every: a run keeps at most {MAX_SNAPSHOTS_PER_RUN} snapshots; "
+            f"with steps={config['steps']} use snapshot_every >= {needed}"
+        )
+    check_optimizer(config["optimizer"])
+    check_init("init", config["init"])
+    check_dataset(config["dataset"])
+    check_model(config["model"], config["dataset"], config["batch_size"])
+
+
+def check_optimizer(optimizer: dict) -> None:
+    lr = _finite_number("optimizer.lr", optimizer.get("lr"))
+    if not 0 < lr <= MAX_LR:
+        raise ValueError(f"optimizer.lr: must be > 0 and at most {MAX_LR}, got {lr}")
+    for key, value in optimizer.items():
+        if key != "name" and not isinstance(value, bool):
+            _finite_number(f"optimizer.{key}", value)
+
+
+def check_init(field: str, init) -> None:
+    """Bound the numbers of an init; a hand-made kernel init bounds its kernels' count and size."""
+    if not isinstance(init, dict):
+        return
+    for key, value in init.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _finite_number(f"{field}.{key}", value)
+    if init.get("name") != "kernel":
+        return
+    kernels = init.get("kernels")
+    if isinstance(kernels, (list, tuple)):
+        _at_most(f"{field}.kernels", len(kernels), MAX_HANDMADE_KERNELS, "kernels")
+        for index, grid in enumerate(kernels):
+            if not isinstance(grid, str):
+                _check_grid(f"{field}.kernels[{index}]", grid)
+    if "fallback" in init:
+        check_init(f"{field}.fallback", init["fallback"])
+
+
+def _check_grid(field: str, grid) -> None:
+    """A hand-made kernel: rows of numbers (2-d) or channels of rows (3-d), each side bounded."""
+    depth, node = 0, grid
+    while isinstance(node, (list, tuple)) and node:
+        depth += 1
+        node = node[0]
+    if depth not in (2, 3):
+        return  # not a grid: the engine names the problem
+    channels = grid if depth == 3 else [grid]
+    _at_most(field, len(channels), MAX_INPUT_CHANNELS, "channels in a hand-made kernel")
+    for channel in channels:
+        if not isinstance(channel, (list, tuple)):
+            continue
+        _at_most(field, len(channel), MAX_HANDMADE_KERNEL_SIDE, "rows in a hand-made kernel")
+        for row in channel:
+            if isinstance(row, (list, tuple)):
+                _at_most(field, len(row), MAX_HANDMADE_KERNEL_SIDE, "columns in a hand-made kernel")
+
+
+def check_dataset(dataset: dict) -> None:
+    """Bound the size of the generated set and of file sets (`limit`); numbers must be finite."""
+    name = dataset.get("name")
+    for key, value in dataset.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _finite_number(f"dataset.{key}", value)
+    if "path" in dataset and dataset["path"] is not None:
+        if not isinstance(dataset["path"], str):
+            raise ValueError(f"dataset.path: must be a folder name under {DATASETS_FOLDER}/, got {dataset['path']!r}")
+        _at_most("dataset.path", len(dataset["path"]), MAX_PATH_LENGTH, "characters")
+    if dataset.get("limit") is not None:
+        _at_most("dataset.limit", dataset["limit"], MAX_DATASET_EXAMPLES, "examples")
+    if dataset.get("size") is not None:
+        _at_most("dataset.size", dataset["size"], MAX_INPUT_SIDE, "pixels")
+    if "val_fraction" in dataset and not 0 < dataset["val_fraction"] < 1:
+        raise ValueError(f"dataset.val_fraction: must be between 0 and 1, got {dataset['val_fraction']}")
+    if name == "shapes":
+        examples = dataset["n_train"] + dataset["n_val"]
+        _at_most("dataset.n_train", examples, MAX_DATASET_EXAMPLES, "examples (n_train + n_val)")
+        values = examples * dataset["size"] ** 2
+        if values > MAX_DATASET_VALUES:
+            raise ValueError(
+                f"dataset.n_train: (n_train + n_val) x size^2 must be at most {MAX_DATASET_VALUES} pixels, got {values}"
+            )
+        if not 0 <= dataset.get("noise", 0) <= 10:
+            raise ValueError(f"dataset.noise: must be between 0 and 10, got {dataset['noise']}")
+
+
+def dataset_input_shape(dataset: dict) -> list[int] | None:
+    """The (C, H, W) a dataset gives, when known without reading its files."""
+    name = dataset.get("name")
+    if name == "shapes":
+        return [1, dataset["size"], dataset["size"]]
+    if name in ("mnist", "fashion_mnist"):
+        return [1, 28, 28]
+    if name == "cifar10":
+        return [1 if dataset.get("grayscale") else 3, 32, 32]
+    if name == "sklearn_digits":
+        return [1, 8, 8]
+    if name == "image_folder" and dataset.get("size"):
+        return [3 if dataset.get("color") else 1, dataset["size"], dataset["size"]]
+    return None
+
+
+def check_model(model, dataset: dict, batch_size: int) -> None:
+    """Bound a model spec layer by layer, then its parameters and the memory one step needs."""
+    from engine.model import normalize_spec
+    from engine.presets import PRESETS
+
+    spec = PRESETS[model] if isinstance(model, str) else model
+    layers = spec.get("layers") or []
+    _at_most("model.layers", len(layers), MAX_LAYERS, "layers")
+    input_shape = dataset_input_shape(dataset)
+    if isinstance(model, dict) and "input" in model:
+        input_shape = list(model["input"])
+    elif isinstance(model, str) and input_shape is None:
+        input_shape = list(spec["input"])
+    if input_shape is not None:
+        if len(input_shape) == 3:
+            _at_most("model.input", input_shape[0], MAX_INPUT_CHANNELS, "channels")
+        _at_most("model.input", max(input_shape[1:] or input_shape), MAX_INPUT_SIDE, "pixels per side")
+    for index, layer in enumerate(layers):
+        field = f"model.layers[{index}]"
+        _check_layer_fields(field, layer)
+    if input_shape is None:
+        return
+    try:
+        _, built = normalize_spec({"input": input_shape, "layers": layers})
+    except ValueError:
+        return  # the engine reports the misfit itself when the run builds its model
+    parameters = step_values = feature_values = 0
+    for layer in built:
+        parameters += sum(math.prod(shape) for shape in layer.param_shapes().values())
+        step_values += math.prod(layer.output_shape)
+        if layer.kind == "conv":
+            patches = layer.input_shape[0] * math.prod(layer.kernel) * math.prod(layer.output_shape[1:])
+            step_values += patches
+            feature_values += math.prod(layer.output_shape)
+    _at_most("model", parameters, MAX_PARAMETERS, "parameters")
+    _at_most("model", feature_values, MAX_FEATURE_MAP_VALUES, "feature-map values per image (conv outputs)")
+    if step_values * batch_size > MAX_STEP_VALUES:
+        raise ValueError(
+            f"batch_size: batch_size x values per example ({step_values}) must be at most {MAX_STEP_VALUES}; "
+            f"use batch_size <= {max(1, MAX_STEP_VALUES // step_values)} or a smaller model"
+        )
+
+
+def _check_layer_fields(field: str, layer) -> None:
+    if not isinstance(layer, dict):
+        return
+    kind = layer.get("type")
+    bounds = {"filters": MAX_FILTERS, "units": MAX_UNITS, "stride": MAX_STRIDE, "padding": MAX_PADDING}
+    bounds["kernel"] = MAX_KERNEL
+    if kind in ("maxpool", "avgpool"):
+        bounds["size"] = MAX_POOL
+    for key, limit in bounds.items():
+        value = layer.get(key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for number in values:
+            if isinstance(number, int) and not isinstance(number, bool):
+                _at_most(f"{field}.{key}", number, limit)
+    for key in ("slope",):
+        if key in layer and layer[key] is not None:
+            _finite_number(f"{field}.{key}", layer[key])
+    for key in ("init", "bias_init"):
+        if layer.get(key) is not None:
+            check_init(f"{field}.{key}", layer[key])

@@ -1,0 +1,220 @@
+"""Who may change what, and what a request may carry: the server's gate.
+
+`RequestGuard` is an ASGI middleware in front of every route. When
+KERNELSCOPE_TOKEN is set, a request that can change state (any method but
+GET, HEAD and OPTIONS) needs `Authorization: Bearer <token>` (401 otherwise);
+reads stay open. A body larger than limits.MAX_BODY_BYTES is refused with
+413, and a JSON body holding NaN, Infinity (or a number too large for a float),
+text that is not valid Unicode, or nesting deeper than limits.MAX_JSON_DEPTH is
+refused with 422 naming the field, before any route sees it.
+
+`resolve_dataset_path` confines a config's dataset path to DATA/datasets
+(no absolute paths, no `..`, no symlink leading out). `install` wires the
+guard and, only when KERNELSCOPE_CORS_ORIGINS lists origins, CORS.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app import limits
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+TOKEN_MESSAGE = "authorization: this server needs the header 'Authorization: Bearer <KERNELSCOPE_TOKEN>'"
+
+
+# ---------------------------------------------------------------- the token
+
+def token_matches(header: str, token: str) -> bool:
+    """True when an Authorization header value carries exactly `Bearer <token>`."""
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+# ---------------------------------------------------------------- JSON bodies
+
+class _NotFinite:
+    """Stands in for a NaN/Infinity literal (or an overflowing number) while a body is checked."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _parse_float(text: str):
+    value = float(text)
+    return value if math.isfinite(value) else _NotFinite(text)
+
+
+def _path_text(path: list) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def body_problem(body: bytes) -> tuple[list, str] | None:
+    """(location, message) of the first thing a JSON body may not carry, or None."""
+    try:
+        data = json.loads(body, parse_constant=_NotFinite, parse_float=_parse_float)
+    except RecursionError:
+        return [], f"body: nested more than {limits.MAX_JSON_DEPTH} levels deep"
+    except UnicodeDecodeError:
+        return [], "body: must be UTF-8 encoded JSON"
+    except json.JSONDecodeError as error:
+        return [], f"body: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
+    stack = [(data, [], 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, _NotFinite):
+            return path, f"{_path_text(path)}: must be a finite number, got {value.text}"
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path, f"{_path_text(path)}: must be valid Unicode text (no lone surrogates)"
+            continue
+        if isinstance(value, (dict, list)):
+            if depth >= limits.MAX_JSON_DEPTH:
+                return path, f"{_path_text(path)}: nested more than {limits.MAX_JSON_DEPTH} levels deep"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    try:
+                        key.encode("utf-8")
+                    except UnicodeEncodeError:
+                        return path, f"{_path_text(path)}: field names must be valid Unicode text"
+                stack.append((item, [*path, key], depth + 1))
+    return None
+
+
+# ---------------------------------------------------------------- the middleware
+
+async def _send_json(send, status: int, content: dict, headers: list | None = None) -> None:
+    body = json.dumps(content).encode("utf-8")
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    *(headers or [])],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    """ASGI middleware: token for state-changing methods, body size, JSON values (see module doc)."""
+
+    def __init__(self, app, token: str | None, max_body_bytes: int = limits.MAX_BODY_BYTES):
+        self.app = app
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        if self.token and not token_matches(headers.get("authorization", ""), self.token):
+            await _send_json(send, 401, {"detail": TOKEN_MESSAGE, "message": TOKEN_MESSAGE},
+                             [(b"www-authenticate", b"Bearer")])
+            return
+        too_large = f"body: at most {self.max_body_bytes} bytes"
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _send_json(send, 413, {"detail": too_large, "message": too_large})
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await _send_json(send, 413, {"detail": too_large, "message": too_large})
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        content_type = headers.get("content-type", "").lower()
+        is_json = not content_type or "json" in content_type
+        problem = body_problem(body) if body and is_json else None
+        if problem is not None:
+            location, text = problem
+            detail = [{"loc": ["body", *location], "msg": text, "type": "value_error"}]
+            await _send_json(send, 422, {"detail": detail, "message": text})
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+# ---------------------------------------------------------------- dataset paths
+
+def datasets_root(data_dir: Path) -> Path:
+    return Path(data_dir) / limits.DATASETS_FOLDER
+
+
+def resolve_dataset_path(data_dir: Path, path, field: str = "dataset.path") -> Path:
+    """The real folder a config's dataset path names, confined to DATA/datasets.
+
+    Refuses absolute paths, `..`, and paths that leave the folder through a
+    symlink; the target must exist. ValueError names the field.
+    """
+    root = datasets_root(data_dir)
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"{field}: must be a folder name under {root}, got {path!r}")
+    if "\x00" in path or len(path) > limits.MAX_PATH_LENGTH:
+        raise ValueError(f"{field}: not a usable path (at most {limits.MAX_PATH_LENGTH} characters, no NUL)")
+    relative = Path(path)
+    if relative.is_absolute() or path.startswith(("/", "\\")) or relative.drive:
+        raise ValueError(f"{field}: must be relative to {root}, not absolute: {path!r}")
+    if ".." in relative.parts or ".." in path.replace("\\", "/").split("/"):
+        raise ValueError(f"{field}: must stay inside {root}; '..' is not allowed: {path!r}")
+    real_root = root.resolve()
+    target = (real_root / relative).resolve()
+    if target != real_root and real_root not in target.parents:
+        raise ValueError(f"{field}: {path!r} leads out of {root} (through a symlink)")
+    if not target.exists():
+        raise ValueError(f"{field}: {path!r} does not exist in {root}")
+    return target
+
+
+def check_dataset_path(data_dir: Path, dataset: dict) -> None:
+    """Raise ValueError when a dataset spec's path is not confined to DATA/datasets."""
+    if isinstance(dataset, dict) and dataset.get("path") is not None:
+        resolve_dataset_path(data_dir, dataset["path"])
+
+
+def confined_dataset(data_dir: Path, dataset: dict) -> dict:
+    """The dataset spec with its path replaced by the real, confined folder (for loading)."""
+    if not isinstance(dataset, dict) or dataset.get("path") is None:
+        return dataset
+    return {**dataset, "path": str(resolve_dataset_path(data_dir, dataset["path"]))}
+
+
+# ---------------------------------------------------------------- wiring
+
+def install(app: FastAPI, token: str | None, cors_origins: tuple[str, ...] = ()) -> None:
+    """Put the guard in front of every route; add CORS only for the configured origins."""
+    app.add_middleware(RequestGuard, token=token)
+    if cors_origins:  # added last, so it also answers preflights and adds headers to the guard's 401s
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
