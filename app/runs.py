@@ -26,6 +26,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+from app import limits, security
 from app.settings import Settings
 from app.store import ACTIVE_STATUSES, RunNotFound, Store
 from app.worker import (
@@ -245,12 +246,15 @@ class RunManager:
     def create_run(self, config: dict, meta: dict | None = None) -> dict:
         """Validate the config with the engine, store the run and queue it.
 
-        Raises ValueError("field: problem") for a bad config, QueueFull when
-        no slot and no queue place is free.
+        Raises ValueError("field: problem") for a bad config or one beyond the
+        server's limits (app/limits.py, dataset path outside DATA/datasets),
+        QueueFull when no slot and no queue place is free.
         """
         from engine.trainer import RunConfig
 
         full_config = RunConfig.from_dict(config).to_dict()
+        limits.check_run_config(full_config)
+        security.check_dataset_path(self.store.data_dir, full_config["dataset"])
         with self._lock:
             self._check_capacity()
             run = self.store.create_run(full_config, status="queued", meta=meta, owner_pid=os.getpid())
