@@ -20,9 +20,6 @@ import json
 import math
 from pathlib import Path
 
-from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
-
 from app import limits
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -208,8 +205,10 @@ def confined_dataset(data_dir: Path, dataset: dict) -> dict:
 
 # ---------------------------------------------------------------- wiring
 
-def install(app: FastAPI, token: str | None, cors_origins: tuple[str, ...] = ()) -> None:
-    """Put the guard in front of every route; add CORS only for the configured origins."""
+def install(app, token: str | None, cors_origins: tuple[str, ...] = ()) -> None:
+    """Put the guard in front of a FastAPI app's routes; add CORS only for the configured origins."""
+    from fastapi.middleware.cors import CORSMiddleware  # here, so training processes never import it
+
     app.add_middleware(RequestGuard, token=token)
     if cors_origins:  # added last, so it also answers preflights and adds headers to the guard's 401s
         app.add_middleware(

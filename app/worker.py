@@ -44,19 +44,30 @@ class ParentGone(Exception):
 
 # ---------------------------------------------------------------- building a trainer
 
-def build_trainer(data_dir: Path, run_id: str, config: dict):
+def build_trainer(data_dir: Path, run_id: str, config: dict, confine_datasets: bool = False):
     """A Trainer for the run: restored from its checkpoint if it has one, else fresh.
 
     Snapshots newer than the checkpoint are removed, so the history on disk
-    stays one consistent timeline when a run resumes after a crash.
+    stays one consistent timeline when a run resumes after a crash. With
+    `confine_datasets` (the server), a dataset path is read only from inside
+    DATA/datasets (app/security.py); the config keeps the relative path.
     """
+    from engine.datasets import load_dataset
     from engine.trainer import RunConfig, Trainer
 
+    dataset = None
+    if confine_datasets:
+        from app.security import confined_dataset
+
+        spec = config.get("dataset")
+        confined = confined_dataset(data_dir, spec)
+        if confined is not spec:
+            dataset = load_dataset(confined)
     checkpoint = files.read_checkpoint(data_dir, run_id)
     if checkpoint is not None:
-        trainer = Trainer.restore(checkpoint)
+        trainer = Trainer.restore(checkpoint, dataset)
     else:
-        trainer = Trainer(RunConfig.from_dict(config))
+        trainer = Trainer(RunConfig.from_dict(config), dataset)
     folder = files.snapshot_dir(data_dir, run_id)
     for step in files.snapshot_steps(data_dir, run_id):
         if step > trainer.step:
@@ -217,7 +228,7 @@ def process_main(data_dir: str, run_id: str, config: dict, checkpoint_every: int
 
     trainer = None
     try:
-        trainer = build_trainer(data_dir, run_id, config)
+        trainer = build_trainer(data_dir, run_id, config, confine_datasets=True)
         train_loop(trainer, config, data_dir, run_id, emit, poll_command, checkpoint_every)
     except ParentGone:
         return
