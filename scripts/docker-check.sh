@@ -57,11 +57,11 @@ cleanup() {
   if [ -n "$DOCKERD_PID" ]; then
     log "stopping dockerd (pid $DOCKERD_PID)"
     as_root kill -TERM "$DOCKERD_PID" 2>/dev/null || true
-    for _ in $(seq 1 30); do
-      kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    for _ in $(seq 1 40); do
+      [ -e "/proc/$DOCKERD_PID" ] || break
       sleep 0.5
     done
-    if kill -0 "$DOCKERD_PID" 2>/dev/null; then as_root kill -KILL "$DOCKERD_PID" || true; fi
+    if [ -e "/proc/$DOCKERD_PID" ]; then as_root kill -KILL "$DOCKERD_PID" || true; fi
   fi
   if command -v ip >/dev/null 2>&1 && ip link show "$BRIDGE" >/dev/null 2>&1; then
     as_root ip link delete "$BRIDGE" 2>/dev/null || true
@@ -86,7 +86,7 @@ start_dockerd() {
     if [ "$(cat "/proc/$old_pid/comm" 2>/dev/null)" = "dockerd" ]; then
       log "a dockerd from an earlier check is still running (pid $old_pid): stopping it"
       as_root kill -TERM "$old_pid" || true
-      for _ in $(seq 1 30); do kill -0 "$old_pid" 2>/dev/null || break; sleep 0.5; done
+      for _ in $(seq 1 40); do [ -e "/proc/$old_pid" ] || break; sleep 0.5; done
     fi
     as_root rm -f "$PIDFILE"
   fi
@@ -110,12 +110,14 @@ start_dockerd() {
     "${bridge_args[@]}" \
     >"$DOCKERD_LOG" 2>&1 </dev/null &
   DOCKERD_PID=$!
+  local launcher_pid=$DOCKERD_PID
   for _ in $(seq 1 120); do
-    if "$DOCKER" version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+    if "$DOCKER" version --format '{{.Server.Version}}' >/dev/null 2>&1 && [ -s "$PIDFILE" ]; then
+      DOCKERD_PID="$(cat "$PIDFILE")"   # dockerd's own PID ($! may be a wrapping shell or sudo)
       log "dockerd $("$DOCKER" version --format '{{.Server.Version}}') is up (pid $DOCKERD_PID)"
       return 0
     fi
-    if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then break; fi
+    if ! kill -0 "$launcher_pid" 2>/dev/null; then break; fi
     sleep 0.5
   done
   tail -25 "$DOCKERD_LOG" >&2 || true
