@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from app import limits, security
 from app.settings import Settings
-from app.store import ACTIVE_STATUSES, RunNotFound, Store
+from app.store import ACTIVE_STATUSES, RunNotFound, Store, checkpoint_path, write_npz_atomic
 from app.worker import (
     TERMINAL_STATUSES, Event, RunRecorder, process_main, snapshot_event_data, status_payload,
 )
@@ -243,9 +243,12 @@ class RunManager:
 
     # -- creating and scheduling
 
-    def create_run(self, config: dict, meta: dict | None = None) -> dict:
+    def create_run(self, config: dict, meta: dict | None = None, checkpoint: dict | None = None) -> dict:
         """Validate the config with the engine, store the run and queue it.
 
+        `checkpoint` (a Trainer.checkpoint()-shaped dict, used by forks) is
+        written to the new run's folder before it is queued, so its worker
+        starts from those weights and that step.
         Raises ValueError("field: problem") for a bad config or one beyond the
         server's limits (app/limits.py, dataset path outside DATA/datasets),
         QueueFull when no slot and no queue place is free.
@@ -258,6 +261,8 @@ class RunManager:
         with self._lock:
             self._check_capacity()
             run = self.store.create_run(full_config, status="queued", meta=meta, owner_pid=os.getpid())
+            if checkpoint is not None:
+                write_npz_atomic(checkpoint_path(self.store.data_dir, run["id"]), checkpoint)
             self._queue.append(run["id"])
             self._set_status(run["id"], "queued")
             self._schedule()
