@@ -142,7 +142,7 @@ def test_filters_png_is_a_grid_in_a_diverging_colormap(done):
 
 @pytest.mark.parametrize("body, field, words", [
     ({"batch_size": 0}, "batch_size", "greater than or equal to 1"),
-    ({"batch_size": 100000}, "batch_size", "less than or equal to 4096"),
+    ({"batch_size": 100000}, "batch_size", "less than or equal to 512"),
     ({"steps": -1}, "steps", "greater than or equal to 0"),
     ({"seed": "abc"}, "seed", "integer"),
     ({"snapshot_every": 0}, "snapshot_every", "greater than or equal to 1"),
