@@ -12,8 +12,18 @@ export class ApiError extends Error {
   }
 }
 
+/* A server started with KERNELSCOPE_TOKEN wants it on every POST/PUT/DELETE. */
+const TOKEN_KEY = "kernelscope-token";
+let token = localStorage.getItem(TOKEN_KEY);
+
+export function setToken(value) {
+  token = value || null;
+  if (token) localStorage.setItem(TOKEN_KEY, token); else localStorage.removeItem(TOKEN_KEY);
+}
+
 async function request(method, path, body) {
   const options = { method, headers: { Accept: "application/json" } };
+  if (token && method !== "GET") options.headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);

@@ -143,7 +143,9 @@ export class FilterLayerView {
     this.cards = [];
     const shown = Math.min(channels, MAX_CHANNELS_SHOWN);
     // css px per weight: large for single-channel first layers, compact for deep ones
-    const cell = shown === 1 ? (kh <= 3 ? 14 : kh <= 5 ? 10 : 7) : (kh <= 3 ? 5 : 4);
+    const cell = shown === 1 ? (kh <= 3 ? 16 : kh <= 5 ? 12 : 8) : (kh <= 3 ? 5 : 4);
+    const cardWidth = Math.max(112, (shown * (kw + 1) - 1) * cell + 8);
+    this.grid.style.gridTemplateColumns = `repeat(auto-fill, minmax(${cardWidth}px, 1fr))`;
     for (let f = 0; f < filters; f++) {
       const card = el("figure", "filter-card");
       card.dataset.filter = String(f);
@@ -211,14 +213,17 @@ export class FilterLayerView {
       ctx.fillRect(i * bw + 0.5, H - (n / top) * H, bw - 1, (n / top) * H);
     });
     if (before) {
-      ctx.strokeStyle = "#334155";
-      ctx.lineWidth = 1;
+      // the step-0 histogram as a step outline over the bars
+      ctx.strokeStyle = "#1f2937";
+      ctx.lineWidth = 1.2;
       ctx.beginPath();
+      ctx.moveTo(0, H);
       before.forEach((n, i) => {
         const y = H - (n / top) * H;
-        ctx.moveTo(i * bw, y);
+        ctx.lineTo(i * bw, y);
         ctx.lineTo((i + 1) * bw, y);
       });
+      ctx.lineTo(c.width, H);
       ctx.stroke();
     }
     ctx.strokeStyle = "#94a3b8";

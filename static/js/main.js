@@ -27,11 +27,19 @@ const debug = {
   drawn: null,          // {step, layers: {index: weight}} of the filters on screen
   features: null,       // {step, probe} of the feature maps on screen
   stepThrough: null,    // what the step-through panel shows
-  framesDrawn: 0,
-  framesDropped: 0,
+  framesDrawn: 0,         // filter redraws
+  framesDropped: 0,       // snapshots skipped because a newer one arrived before drawing
+  snapshotsReceived: 0,   // snapshot events from the stream
+  featureFramesDrawn: 0,  // feature-map redraws
+  drawMs: { filters: [], featureMaps: [] },   // time each redraw took
   charts: null,
 };
 window.__kernelscope = debug;
+
+function recordTime(list, ms) {
+  list.push(ms);
+  if (list.length > 500) list.shift();
+}
 
 let closeEvents = null;
 let runGeneration = 0;       // bumps when another run is opened; stale async work checks it
@@ -113,6 +121,7 @@ function initTextFor(layerIndex) {
 }
 
 function drawFilters(snapshot) {
+  const started = performance.now();
   filterBoard.update(snapshot, {
     scaling: state.view.scaling,
     initialSnapshot: state.initialSnapshot,
@@ -123,14 +132,18 @@ function drawFilters(snapshot) {
   debug.drawn = { step: snapshot.step, layers, symmetry: Object.fromEntries(snapshot.layers.filter((l) => l.type === "conv").map((l) => [l.index, l.symmetry])) };
   $("filters-step").textContent = `step ${snapshot.step}`;
   debug.framesDrawn += 1;
+  recordTime(debug.drawMs.filters, performance.now() - started);
 }
 
 function drawFeatureMaps(snapshot) {
+  const started = performance.now();
   if (!fmapBoard.update(snapshot, state.view.probe)) return;
   fmapSnapshot = snapshot;
   debug.features = { step: snapshot.step, probe: state.view.probe };
+  debug.featureFramesDrawn += 1;
   $("fmaps-step").textContent = `step ${snapshot.step}`;
   buildProbePicker(snapshot);
+  recordTime(debug.drawMs.featureMaps, performance.now() - started);
 }
 
 function buildProbePicker(snapshot) {
@@ -290,6 +303,7 @@ function scheduleLiveDraw(snapshot) {
 
 function onSnapshotEvent(data, generation) {
   if (generation !== runGeneration) return;
+  debug.snapshotsReceived += 1;
   const snapshot = data.snapshot ?? data;
   if (snapshot.step == null) snapshot.step = data.step;
   if (!state.steps.includes(snapshot.step)) {
@@ -473,6 +487,7 @@ async function control(action) {
     refreshRunList();
   } catch (error) {
     showError(`${action}: ${error.message}`);
+    if (error.status === 401) askForToken();
   }
 }
 
@@ -738,15 +753,26 @@ async function startFromForm(event) {
     refreshRunList();
   } catch (error) {
     $("form-error").textContent = error.message;
+    if (error.status === 401) askForToken();
   } finally {
     button.disabled = false;
   }
 }
 
+function askForToken() {
+  $("token-row").hidden = false;
+  $("f-token").focus();
+}
+
 function wireForm() {
+  $("f-token").addEventListener("change", () => {
+    api.setToken($("f-token").value.trim());
+    $("form-error").textContent = "";
+  });
   $("setup-form").addEventListener("submit", startFromForm);
   $("setup-form").addEventListener("change", (event) => {
-    if (event.target.closest("#init-table") || event.target.closest(".init-param") || event.target.id === "f-spec") return;
+    if (event.target.closest("#init-table") || event.target.closest(".init-param")
+        || event.target.id === "f-spec" || event.target.id === "f-token") return;
     if (event.target.id === "f-preset") {
       state.config.preset = event.target.value;
       state.config.layerInits = {};

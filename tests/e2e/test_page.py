@@ -117,9 +117,14 @@ def test_start_run_from_page_filters_move_labels_appear_loss_grows(page, server,
     page.wait_for_function("window.__kernelscope.features !== null")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "live-view.png"))
+    # the whole page, with a convolution step-through open, for the README
+    page.locator('canvas.fmap[data-layer="0"][data-filter="0"]').click(position={"x": 40, "y": 40})
+    page.wait_for_selector("#st-equation")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "live-view-full.png"), full_page=True)
     readme_picture = REPO_ROOT / "docs" / "screenshot.png"
     if os.environ.get("KERNELSCOPE_UPDATE_SCREENSHOT") == "1" or not readme_picture.exists():
-        shutil.copyfile(ARTIFACTS / "live-view.png", readme_picture)
+        shutil.copyfile(ARTIFACTS / "live-view-full.png", readme_picture)
 
 
 def test_history_slider_step_zero_equals_rest_snapshot(page, server, api, trained_run):
