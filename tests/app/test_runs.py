@@ -106,7 +106,7 @@ def test_a_killed_worker_ends_failed_and_the_server_carries_on(client):
 
 
 def test_diverging_run_ends_diverged_with_its_step(client):
-    body = {**TINY, "optimizer": {"name": "sgd", "lr": 1e6, "momentum": 0.9}, "steps": 200}
+    body = {**TINY, "optimizer": {"name": "sgd", "lr": 10.0, "momentum": 0.9}, "steps": 200}
     run = wait_for(client, client.post("/api/runs", json=body).json()["id"], {"diverged", "completed"})
     assert run["status"] == "diverged"
     assert "diverged at step" in run["message"]
