@@ -27,3 +27,11 @@ __all__ = [
     "softmax",
     "softmax_cross_entropy",
 ]
+
+# datasets, training, filter analysis and the init probe (issue 3)
+from engine.datasets import DATASETS, Dataset, DatasetError, load_dataset  # noqa: E402
+from engine.probe import init_probe  # noqa: E402
+from engine.trainer import Diverged, RunConfig, Trainer, TrainingControl  # noqa: E402
+
+__all__ += ["DATASETS", "Dataset", "DatasetError", "Diverged", "RunConfig", "Trainer", "TrainingControl",
+            "init_probe", "load_dataset"]
