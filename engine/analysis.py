@@ -204,7 +204,7 @@ def layer_stats(model, x: np.ndarray, labels: np.ndarray) -> list[dict]:
     outputs = list(model.outputs)
     logits = outputs[-1]
     _, dlogits = softmax_cross_entropy(logits, labels)
-    model.backward(dlogits)
+    model.backward(dlogits, need_input_grad=False)
     stats = []
     for index, (output, out_grad) in enumerate(zip(outputs, model.output_grads)):
         weight_grad = model.grads.get(f"{index}.weight")

@@ -243,7 +243,6 @@ class Trainer:
         """(snapshot JSON as in docs/ARCHITECTURE.md, copies of all parameters)."""
         model, data = self.model, self.dataset
         stats = analysis.layer_stats(model, data.monitor_x, data.monitor_y)
-        monitor_logits = model.forward(data.monitor_x)
         maps = analysis.feature_maps(model, data.probe_x) if feature_maps else {}
         layers = []
         for index in model.conv_indices:
@@ -257,6 +256,7 @@ class Trainer:
         if self.last_metrics:
             metrics = {"loss": self.last_metrics["loss"], "acc": self.last_metrics["acc"]}
         else:
+            monitor_logits = model.forward(data.monitor_x)
             loss, _ = softmax_cross_entropy(monitor_logits, data.monitor_y)
             metrics = {"loss": round(loss, 6) if math.isfinite(loss) else None,
                        "acc": round(accuracy(monitor_logits, data.monitor_y), 6)}
