@@ -11,8 +11,9 @@ const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2
 
 export class LineChart {
   /*
-   * element: the div to draw in. options: {title, yTitle, log (bool),
-   * series: {name: {color, dash}} for fixed styling, yRange}.
+   * element: the div to draw in. options: {title, yTitle, log (bool), mode
+   * (plotly trace mode, default "lines"), series: {name: {color, dash, mode}}
+   * for fixed styling, yRange}.
    */
   constructor(element, options = {}) {
     this.element = element;
@@ -45,9 +46,9 @@ export class LineChart {
     const style = this.options.series?.[name] ?? {};
     const color = style.color ?? PALETTE[this.names.length % PALETTE.length];
     window.Plotly.addTraces(this.element, {
-      x: [], y: [], name, mode: style.mode ?? "lines", type: "scatter",
+      x: [], y: [], name, mode: style.mode ?? this.options.mode ?? "lines", type: "scatter",
       line: { color, width: 1.6, dash: style.dash ?? "solid" },
-      marker: { color, size: 5 },
+      marker: { color, size: style.mode || !this.options.mode ? 5 : 3 },
     });
     this.names.push(name);
     this.counts.set(name, 0);

@@ -111,7 +111,8 @@ export class FilterLayerView {
     summary.append(el("span", "layer-name", `conv layer ${layer.index}`));
     summary.append(el("span", "layer-shape", `${filters} filters · ${channels} in · ${kh}×${kw}`));
     this.initNote = el("span", "layer-init", "");
-    summary.append(this.initNote);
+    this.summarySymmetry = el("span", "layer-symmetry", "");
+    summary.append(this.initNote, this.summarySymmetry);
     this.root.append(summary);
 
     const stats = el("div", "layer-stats");
@@ -176,7 +177,10 @@ export class FilterLayerView {
       const det = (layer.detectors || []).find((d) => d.filter === f) ?? layer.detectors?.[f];
       label.textContent = detectorText(det);
       label.classList.toggle("below-chance", det?.beats_chance === false);
-      label.title = det ? `best match ${det.label}, |cos| = ${Number(det.score).toFixed(3)}; chance level for this kernel size ${Number(det.chance ?? NaN).toFixed(3)} (99th percentile of random kernels)${det.beats_chance === false ? " — not distinguishable from a random kernel" : ""}` : "";
+      label.title = det ? `best match ${det.label}, |cos| = ${Number(det.score).toFixed(3)}`
+        + (det.percentile != null ? `, higher than ${det.percentile}% of random kernels of this size` : "")
+        + `; chance level ${Number(det.chance ?? NaN).toFixed(3)} (99th percentile)`
+        + (det.beats_chance === false ? " — not distinguishable from a random kernel" : "") : "";
       card.classList.toggle("detector", det?.beats_chance === true);
     });
     this.updateMeter(layer.symmetry);
@@ -188,6 +192,7 @@ export class FilterLayerView {
     this.meter.dataset.symmetry = Number.isFinite(s) ? String(s) : "";
     this.meterFill.style.width = `${Math.max(0, Math.min(1, Number.isFinite(s) ? s : 0)) * 100}%`;
     this.meterValue.textContent = Number.isFinite(s) ? s.toFixed(3) : "–";
+    this.summarySymmetry.textContent = Number.isFinite(s) && !this.root.open ? `symmetry ${s.toFixed(3)}` : "";
     this.meterNote.textContent = s >= 0.9999 ? "all filters identical: symmetry never broken" : "";
     this.meter.classList.toggle("stuck", s >= 0.9999);
   }

@@ -58,8 +58,8 @@ const charts = {
     train: { color: "#2563eb" }, validation: { color: "#ea580c", mode: "lines+markers" } } }),
   acc: new LineChart($("chart-acc"), { title: "accuracy", yRange: [0, 1.02], series: {
     train: { color: "#2563eb" }, validation: { color: "#ea580c", mode: "lines+markers" } } }),
-  act: new LineChart($("chart-act"), { title: "activation std", yTitle: "log scale", log: true }),
-  grad: new LineChart($("chart-grad"), { title: "gradient std", yTitle: "log scale", log: true }),
+  act: new LineChart($("chart-act"), { title: "activation std", yTitle: "log scale", log: true, mode: "lines+markers" }),
+  grad: new LineChart($("chart-grad"), { title: "gradient std", yTitle: "log scale", log: true, mode: "lines+markers" }),
 };
 debug.charts = charts;
 
@@ -221,6 +221,21 @@ function wantSnapshot(step) {
   debug.framesDropped += snapshotFetcher.dropped - before;
 }
 
+/*
+ * Tell other page modules (comparison, fork, export...) what is on screen:
+ * document receives "kernelscope:view" with {run, step, mode} whenever the
+ * run or the shown step changes.
+ */
+let lastViewKey = null;
+function announceView() {
+  const step = state.mode === "live" ? state.steps[state.steps.length - 1] ?? null : state.historyStep;
+  const detail = { run: state.view.run, step, mode: state.mode, status: state.run?.status ?? null };
+  const key = JSON.stringify(detail);
+  if (key === lastViewKey) return;
+  lastViewKey = key;
+  document.dispatchEvent(new CustomEvent("kernelscope:view", { detail }));
+}
+
 function updateSlider() {
   const slider = $("history-slider");
   slider.max = String(Math.max(0, state.steps.length - 1));
@@ -229,6 +244,7 @@ function updateSlider() {
   $("history-step").textContent = shown == null ? "no snapshots yet"
     : `step ${shown} · snapshot ${Number(slider.value) + 1} of ${state.steps.length}`;
   $("btn-live").classList.toggle("active", state.mode === "live");
+  announceView();
 }
 
 function showHistoryIndex(index) {
@@ -463,12 +479,16 @@ function updateRunHeader(message) {
   badge.textContent = run.status;
   badge.className = `badge status-${run.status}`;
   badge.title = message || run.message || "";
+  const problem = ["diverged", "failed", "interrupted"].includes(run.status);
+  $("run-message").textContent = problem ? (message || run.message || "") : "";
+  $("run-message").title = $("run-message").textContent;
   $("btn-pause").hidden = run.status !== "running" && run.status !== "queued";
   $("btn-resume").hidden = !(run.status === "paused" || run.status === "interrupted");
   $("btn-stop").hidden = !ACTIVE.has(run.status);
   updateProgress(run.step);
   const item = document.querySelector(`#run-list li[data-run="${CSS.escape(String(run.id))}"] .badge`);
   if (item) { item.textContent = run.status; item.className = `badge status-${run.status}`; }
+  announceView();
 }
 
 async function control(action) {
