@@ -1,0 +1,112 @@
+"""The page's pure modules, run in the browser they ship to: the URL hash
+round trip, the request body, the latest-only fetcher that drops frames
+instead of queueing them, and the step-through arithmetic against numpy."""
+
+import numpy as np
+import pytest
+
+from conftest import open_page
+
+
+@pytest.fixture(scope="module")
+def modules(browser, server):
+    """One loaded page shared by these tests (they only import modules into it)."""
+    page, problems = open_page(browser)
+    page.goto(f"{server}/")
+    page.wait_for_selector("body[data-ready=true]")
+    yield page
+    page.context.close()
+    assert problems.items == [], "the page had problems:\n" + "\n".join(problems.items)
+
+
+def test_hash_round_trip_keeps_spec_inits_and_numbers(modules):
+    result = modules.evaluate("""async () => {
+        const s = await import('/static/js/state.js');
+        const config = s.cloneConfig(s.DEFAULT_CONFIG);
+        Object.assign(config, {
+            preset: 'custom', lr: 0.003, momentum: 0.5, batchSize: 17, steps: 999, seed: 42,
+            snapshotEvery: 3, optimizer: 'adam', dataset: 'shapes',
+            spec: {input: [1, 12, 12], layers: [{type: 'conv', filters: 2, kernel: 3, padding: 1},
+                                               {type: 'relu'}, {type: 'flatten'}, {type: 'dense', units: 4}]},
+            init: {name: 'uniform', a: 0.2},
+            layerInits: {'0': {name: 'kernel', kernels: 'sobel_x'}},
+        });
+        const view = {run: 'abc123', scaling: 'filter', probe: 2};
+        const back = s.hashToConfig(s.configToHash(config, view));
+        return {same: JSON.stringify(back.config) === JSON.stringify(config), view: back.view,
+                body: s.toRunRequest(config, {})};
+    }""")
+    assert result["same"]
+    assert result["view"] == {"run": "abc123", "scaling": "filter", "probe": 2}
+    body = result["body"]
+    assert body["model"]["layers"][0]["init"] == {"name": "kernel", "kernels": "sobel_x"}
+    assert body["init"] == {"name": "uniform", "a": 0.2}
+    assert body["optimizer"] == {"name": "adam", "lr": 0.003}
+    assert (body["batch_size"], body["steps"], body["seed"], body["snapshot_every"]) == (17, 999, 42, 3)
+
+
+def test_malformed_hash_falls_back_to_defaults(modules):
+    config = modules.evaluate("""async () => {
+        const s = await import('/static/js/state.js');
+        return s.hashToConfig('#preset=custom&spec=%7Bnot-json&init=%7B%22x%22%3A1%7D&lr=abc&steps=12').config;
+    }""")
+    assert config["preset"] == "demo"          # custom without a readable spec
+    assert config["init"] == {"name": "he_normal"}
+    assert config["lr"] == 0.05
+    assert config["steps"] == 12
+
+
+def test_latest_only_fetcher_keeps_one_request_and_drops_the_middle(modules):
+    result = modules.evaluate("""async () => {
+        const { LatestOnlyFetcher } = await import('/static/js/api.js');
+        const started = [], results = [], releases = [];
+        const fetcher = new LatestOnlyFetcher(
+            (key) => { started.push(key); return new Promise((resolve) => releases.push(() => resolve(key * 10))); },
+            (key, data) => results.push([key, data]));
+        for (const step of [1, 2, 3, 4, 5]) fetcher.want(step);
+        const inFlightAtOnce = started.length;
+        releases.shift()();                  // answer step 1: only 5 is fetched next
+        await new Promise((r) => setTimeout(r, 0));
+        releases.shift()();
+        await new Promise((r) => setTimeout(r, 0));
+        return {started, results, inFlightAtOnce, dropped: fetcher.dropped, busy: fetcher.busy};
+    }""")
+    assert result["inFlightAtOnce"] == 1
+    assert result["started"] == [1, 5]
+    assert result["results"] == [[1, 10], [5, 50]]
+    assert result["dropped"] == 3 and result["busy"] is False
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), (1, 2)])
+def test_convolve_pixel_matches_numpy(modules, stride, padding):
+    rng = np.random.default_rng(stride * 10 + padding)
+    x = rng.normal(size=(2, 7, 6)).round(4)
+    w = rng.normal(size=(2, 3, 3)).round(4)
+    out_h = (7 + 2 * padding - 3) // stride + 1
+    out_w = (6 + 2 * padding - 3) // stride + 1
+    got = modules.evaluate("""async ([x, w, stride, padding, outH, outW]) => {
+        const { convolvePixel, outputSize } = await import('/static/js/stepthrough.js');
+        const out = [];
+        for (let y = 0; y < outH; y++) {
+            const row = [];
+            for (let i = 0; i < outW; i++) row.push(convolvePixel(x, w, 0.25, stride, padding, y, i).value);
+            out.push(row);
+        }
+        return {out, h: outputSize(7, 3, stride, padding), w: outputSize(6, 3, stride, padding)};
+    }""", [x.tolist(), w.tolist(), stride, padding, out_h, out_w])
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))
+    expected = np.array([[(xp[:, i * stride:i * stride + 3, j * stride:j * stride + 3] * w).sum() + 0.25
+                          for j in range(out_w)] for i in range(out_h)])
+    assert (got["h"], got["w"]) == (out_h, out_w)
+    np.testing.assert_allclose(np.array(got["out"]), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_diverging_colormap_is_white_at_zero_and_symmetric(modules):
+    colors = modules.evaluate("""async () => {
+        const { divergingColor } = await import('/static/js/filters.js');
+        return [-2, -1, -0.5, 0, 0.5, 1, 2].map(divergingColor);
+    }""")
+    assert colors[3] == [247, 247, 247]
+    assert colors[0] == colors[1] == [33, 102, 172]     # clipped beyond the scale
+    assert colors[5] == colors[6] == [178, 24, 43]
+    assert colors[2][2] > colors[2][0] and colors[4][0] > colors[4][2]   # blue below zero, red above
