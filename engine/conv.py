@@ -59,6 +59,55 @@ def _im2col(padded, first, last, kernel, out_hw, stride, cols):
     return cols.reshape(-1, (last - first) * out_h * out_w)
 
 
+# Below this output width, stride-1 windows are unfolded from the flattened padded images
+# (one long contiguous copy per channel and offset, computing a few wasted border columns)
+# instead of row by row (many short copies).
+FLAT_BELOW_WIDTH = 24
+
+
+def _correlate(padded, weight_matrix, kernel, stride, out_hw, out, bias=None):
+    """out (O, N, Ho, Wo) = weight_matrix (O, kh*kw*C) times the unfolded windows of
+    padded (C, N, Hp, Wp), a chunk of images at a time; bias (O,) is added if given."""
+    channels, batch, padded_h, padded_w = padded.shape
+    out_channels, rows = weight_matrix.shape
+    kernel_h, kernel_w = kernel
+    out_h, out_w = out_hw
+    flat = stride == (1, 1) and out_w < FLAT_BELOW_WIDTH
+    pixels = padded_h * padded_w if flat else out_h * out_w
+    chunk = min(batch, _images_per_chunk(rows, out_channels, pixels))
+    bias_column = None if bias is None else bias.reshape(out_channels, 1, 1, 1).astype(out.dtype, copy=False)
+    if not flat:
+        cols = np.empty((kernel_h, kernel_w, channels, chunk, out_h, out_w), dtype=out.dtype)
+        for first in range(0, batch, chunk):
+            last = min(first + chunk, batch)
+            unfolded = _im2col(padded, first, last, kernel, out_hw, stride, cols[:, :, :, : last - first])
+            np.matmul(weight_matrix, unfolded, out=out[:, first:last].reshape(out_channels, -1))
+            if bias_column is not None:
+                out[:, first:last] += bias_column
+        return out
+    padded = np.ascontiguousarray(padded)
+    source = padded.reshape(channels, batch * pixels)
+    limit = batch * pixels - (kernel_h - 1) * padded_w - (kernel_w - 1)  # last window start + 1
+    cols = np.empty(rows * chunk * pixels, dtype=out.dtype)
+    product = np.empty((out_channels, chunk * pixels), dtype=out.dtype)
+    for first in range(0, batch, chunk):
+        last = min(first + chunk, batch)
+        start, stop = first * pixels, min(last * pixels, limit)
+        width = stop - start
+        unfolded = cols[: rows * width].reshape(kernel_h, kernel_w, channels, width)
+        for i in range(kernel_h):
+            for j in range(kernel_w):
+                shift = i * padded_w + j
+                unfolded[i, j] = source[:, start + shift : stop + shift]
+        np.matmul(weight_matrix, unfolded.reshape(rows, width), out=product[:, :width])
+        grid = product[:, : (last - first) * pixels].reshape(out_channels, last - first, padded_h, padded_w)
+        target = out[:, first:last]
+        target[...] = grid[:, :, :out_h, :out_w]  # the valid window positions
+        if bias_column is not None:
+            target += bias_column
+    return out
+
+
 def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     """Cross-correlate x (C, N, H, W) with weight (O, C, kh, kw), add bias (O,).
 
@@ -77,16 +126,8 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     padded = pad_spatial(x, *padding)
     rows = channels * kernel_h * kernel_w
     weight_matrix = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(out_channels, rows))
-    bias_column = bias.reshape(out_channels, 1).astype(x.dtype, copy=False)
     out = np.empty((out_channels, batch, out_h, out_w), dtype=x.dtype)
-    chunk = _images_per_chunk(rows, out_channels, out_h * out_w)
-    cols = np.empty((kernel_h, kernel_w, channels, min(chunk, batch), out_h, out_w), dtype=x.dtype)
-    for first in range(0, batch, chunk):
-        last = min(first + chunk, batch)
-        unfolded = _im2col(padded, first, last, (kernel_h, kernel_w), (out_h, out_w), stride, cols[:, :, :, : last - first])
-        target = out[:, first:last].reshape(out_channels, -1)
-        np.matmul(weight_matrix, unfolded, out=target)
-        target += bias_column
+    _correlate(padded, weight_matrix, (kernel_h, kernel_w), stride, (out_h, out_w), out, bias)
     cache = (padded, x.shape, stride, padding, (out_h, out_w))
     return out, cache
 
@@ -110,14 +151,13 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True):
     cols = np.empty((kernel_h, kernel_w, channels, min(chunk, batch), out_h, out_w), dtype=dtype)
     dweight_rows = np.zeros((rows, out_channels), dtype=dtype)
     product = np.empty((rows, out_channels), dtype=dtype)
-    dx = dpadded = dout_padded = dcols = weight_matrix = flipped = None
+    dx = dpadded = weight_matrix = None
     if full_convolution:
         # dout padded by k-1-p, cross-correlated with the flipped kernel, is exactly dx (H, W)
         flipped = weight[:, :, ::-1, ::-1].transpose(1, 2, 3, 0).reshape(channels, kernel_h * kernel_w * out_channels)
-        flipped = np.ascontiguousarray(flipped)
         dout_padded = pad_spatial(dout, kernel_h - 1 - padding[0], kernel_w - 1 - padding[1])
         dx = np.empty((channels, batch, height, width), dtype=dtype)
-        dcols = np.empty((kernel_h, kernel_w, out_channels, min(chunk, batch), height, width), dtype=dtype)
+        _correlate(dout_padded, np.ascontiguousarray(flipped), (kernel_h, kernel_w), (1, 1), (height, width), dx)
     elif need_input_grad:
         weight_matrix = weight.transpose(0, 2, 3, 1).reshape(out_channels, rows)
         dpadded = np.zeros(padded.shape, dtype=dtype)
@@ -127,10 +167,7 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True):
         dchunk = dout[:, first:last].reshape(out_channels, -1)
         np.matmul(unfolded, dchunk.T, out=product)
         dweight_rows += product
-        if full_convolution:
-            dunfolded = _im2col(dout_padded, first, last, (kernel_h, kernel_w), (height, width), (1, 1), dcols[:, :, :, : last - first])
-            np.matmul(flipped, dunfolded, out=dx[:, first:last].reshape(channels, -1))
-        elif need_input_grad:
+        if dpadded is not None:
             part = (weight_matrix.T @ dchunk).reshape(kernel_h, kernel_w, channels, last - first, out_h, out_w)
             images = dpadded[:, first:last]
             for i in range(kernel_h):
@@ -153,41 +190,58 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True):
 def maxpool_forward(x, size=(2, 2), stride=(2, 2)):
     """Max over (size) windows moved by (stride) on x (C, N, H, W). Returns (out, cache).
 
-    The cache records which offset of each window won (the first maximum, as in PyTorch).
+    The cache records which offset of each window won (the first maximum in row-major order,
+    as in PyTorch), so the backward pass routes each window's gradient to exactly one cell.
     """
+    size, stride = tuple(size), tuple(stride)
+    if size == (2, 2) and stride == (2, 2):
+        return _maxpool_2x2_forward(x)
     size_h, size_w = size
     stride_h, stride_w = stride
     out_h = output_size(x.shape[2], size_h, stride_h, 0)
     out_w = output_size(x.shape[3], size_w, stride_w, 0)
     out = _window(x, 0, 0, out_h, out_w, stride_h, stride_w).copy()
-    winner = np.zeros(out.shape, dtype=np.uint8 if size_h * size_w < 256 else np.int32)
-    offset = 0
-    for i in range(size_h):
-        for j in range(size_w):
-            if offset:
-                candidate = _window(x, i, j, out_h, out_w, stride_h, stride_w)
-                better = candidate > out
-                np.copyto(out, candidate, where=better)
-                winner[better] = offset
-            offset += 1
-    return out, (x.shape, winner, tuple(size), tuple(stride))
+    winner = np.zeros(out.shape, dtype=np.int16)
+    for offset in range(1, size_h * size_w):
+        candidate = _window(x, offset // size_w, offset % size_w, out_h, out_w, stride_h, stride_w)
+        better = candidate > out
+        np.maximum(out, candidate, out=out)
+        winner += better * (offset - winner)
+    return out, ("loop", x.shape, winner, size, stride)
+
+
+def _maxpool_2x2_forward(x):
+    """The common 2x2 / stride 2 case as a small tournament: (a b / c d) -> max of the pairs."""
+    out_h, out_w = x.shape[2] // 2, x.shape[3] // 2
+    a, b, c, d = (_window(x, i, j, out_h, out_w, 2, 2) for i in (0, 1) for j in (0, 1))
+    top_pair = np.maximum(a, b)
+    bottom_pair = np.maximum(c, d)
+    right_wins_top = b > a  # ties go to the first (left, upper) cell, as in PyTorch
+    right_wins_bottom = d > c
+    bottom_wins = bottom_pair > top_pair
+    out = np.maximum(top_pair, bottom_pair, out=top_pair)
+    return out, ("2x2", x.shape, right_wins_top, right_wins_bottom, bottom_wins)
 
 
 def maxpool_backward(dout, cache):
     """Gradient of maxpool_forward: each window's gradient goes to its winning offset."""
-    x_shape, winner, (size_h, size_w), (stride_h, stride_w) = cache
+    if cache[0] == "2x2":
+        _, x_shape, right_wins_top, right_wins_bottom, bottom_wins = cache
+        out_h, out_w = dout.shape[2], dout.shape[3]
+        dx = np.zeros(x_shape, dtype=dout.dtype) if (x_shape[2] % 2 or x_shape[3] % 2) else np.empty(x_shape, dout.dtype)
+        to_top = dout * ~bottom_wins
+        to_bottom = dout * bottom_wins
+        np.multiply(to_top, ~right_wins_top, out=_window(dx, 0, 0, out_h, out_w, 2, 2))
+        np.multiply(to_top, right_wins_top, out=_window(dx, 0, 1, out_h, out_w, 2, 2))
+        np.multiply(to_bottom, ~right_wins_bottom, out=_window(dx, 1, 0, out_h, out_w, 2, 2))
+        np.multiply(to_bottom, right_wins_bottom, out=_window(dx, 1, 1, out_h, out_w, 2, 2))
+        return dx
+    _, x_shape, winner, (size_h, size_w), (stride_h, stride_w) = cache
     out_h, out_w = dout.shape[2], dout.shape[3]
     dx = np.zeros(x_shape, dtype=dout.dtype)
-    overlapping = size_h > stride_h or size_w > stride_w
-    offset = 0
-    for i in range(size_h):
-        for j in range(size_w):
-            target = _window(dx, i, j, out_h, out_w, stride_h, stride_w)
-            if overlapping:
-                target += np.where(winner == offset, dout, 0)
-            else:
-                np.copyto(target, dout, where=winner == offset)
-            offset += 1
+    for offset in range(size_h * size_w):
+        target = _window(dx, offset // size_w, offset % size_w, out_h, out_w, stride_h, stride_w)
+        target += dout * (winner == offset)
     return dx
 
 

@@ -154,7 +154,7 @@ class ReLU(Layer):
         return out, out
 
     def backward(self, dout, cache, params, need_input_grad=True):
-        return np.where(cache > 0, dout, 0).astype(dout.dtype, copy=False), {}
+        return dout * (cache > 0), {}
 
 
 class LeakyReLU(Layer):
@@ -172,10 +172,12 @@ class LeakyReLU(Layer):
 
     def forward(self, x, params):
         positive = x > 0
-        return np.where(positive, x, x * x.dtype.type(self.slope)), positive
+        scale = ~positive * x.dtype.type(self.slope)  # slope where x <= 0, else 0 ...
+        scale += positive  # ... and exactly 1 where x > 0
+        return x * scale, scale
 
     def backward(self, dout, cache, params, need_input_grad=True):
-        return np.where(cache, dout, dout * dout.dtype.type(self.slope)), {}
+        return dout * cache, {}
 
 
 class Tanh(Layer):
