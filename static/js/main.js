@@ -70,9 +70,18 @@ function resetCharts() {
   liveStats = [];
 }
 
+/*
+ * Training points kept per chart: every step of short runs, every k-th step
+ * of long ones (about 2,000 points), so an SVG chart stays quick to extend.
+ * Validation points are all kept.
+ */
+const MAX_TRAIN_POINTS = 2000;
+
 function addMetricPoints(points) {
+  const total = state.run?.steps ?? state.run?.config?.steps ?? 0;
+  const stride = Math.max(1, Math.ceil(total / MAX_TRAIN_POINTS));
   for (const p of points) {
-    if (p.loss != null && p.step > lastTrainStep) {
+    if (p.loss != null && p.step > lastTrainStep && (p.step % stride === 0 || p.step === total)) {
       charts.loss.addDataPoint("train", p.step, p.loss);
       charts.acc.addDataPoint("train", p.step, p.acc);
       lastTrainStep = p.step;
@@ -483,7 +492,8 @@ function updateRunHeader(message) {
   $("run-message").textContent = problem ? (message || run.message || "") : "";
   $("run-message").title = $("run-message").textContent;
   $("btn-pause").hidden = run.status !== "running" && run.status !== "queued";
-  $("btn-resume").hidden = !(run.status === "paused" || run.status === "interrupted");
+  // the server resumes a paused run, and restarts stopped, failed or interrupted ones from their checkpoint
+  $("btn-resume").hidden = !["paused", "interrupted", "stopped", "failed"].includes(run.status);
   $("btn-stop").hidden = !ACTIVE.has(run.status);
   updateProgress(run.step);
   const item = document.querySelector(`#run-list li[data-run="${CSS.escape(String(run.id))}"] .badge`);
