@@ -117,7 +117,7 @@ def problem(preset, batch, seed=0):
 
 
 def run_torch_only(args):
-    """Subprocess mode: time torch alone (tuned reference); print JSON {"preset/batch": seconds}."""
+    """Subprocess mode: time torch alone; print JSON {"preset/batch": seconds}."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -125,21 +125,26 @@ def run_torch_only(args):
     for preset in args.presets:
         for batch in args.batches:
             model, x, labels = problem(preset, batch)
-            step = torch_stepper(torch_model(model, torch), x, labels, torch, channels_last=True)
+            step = torch_stepper(torch_model(model, torch), x, labels, torch, channels_last=args.channels_last)
             for _ in range(args.warmup):
                 step()
             results[f"{preset}/{batch}"] = statistics.median(timed(step) for _ in range(args.steps))
     print(json.dumps(results))
 
 
-def tuned_torch_reference(args):
-    env = {**os.environ, "GLIBC_TUNABLES": TUNED_GLIBC}
+def torch_reference(args, tuned):
+    """Torch alone in a fresh process: default (no malloc tuning at all, NCHW) or tuned
+    (GLIBC_TUNABLES set at process start, channels_last)."""
+    env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    env["KERNELSCOPE_MALLOC_TUNING"] = "0"  # building the engine model must not tune this process
+    if tuned:
+        env["GLIBC_TUNABLES"] = TUNED_GLIBC
     command = [sys.executable, os.path.abspath(__file__), "--torch-only", "--threads", str(args.threads),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--presets", *args.presets,
-               "--batches", *map(str, args.batches)]
+               "--batches", *map(str, args.batches)] + (["--channels-last"] if tuned else [])
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        print(f"tuned torch reference failed: {done.stderr.strip()[-500:]}")
+        print(f"torch reference failed: {done.stderr.strip()[-500:]}")
         return {}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -165,6 +170,7 @@ def main():
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batches = args.batches or ([64] if args.quick else [32, 64, 128])
     args.steps = args.steps or (15 if args.quick else 40)
@@ -196,11 +202,12 @@ def main():
           + (f"; torch {torch.__version__} threads: {torch.get_num_threads()}" if torch else "; torch: not installed"))
     print(f"median of {args.steps} steps after {args.warmup} warm-up steps; engine and torch steps alternate")
     print()
-    tuned = tuned_torch_reference(args) if torch is not None else {}
+    default = torch_reference(args, tuned=False) if torch is not None else {}
+    tuned = torch_reference(args, tuned=True) if torch is not None else {}
 
     header = f"{'preset':8} {'batch':>5} {'engine ms':>10} {'img/s':>8} {'GFLOP/s':>8}"
     if torch is not None:
-        header += f" {'torch ms':>9} {'ratio':>6} {'tuned torch ms':>15} {'ratio':>6}"
+        header += f" {'torch ms':>9} {'ratio':>6} {'alone ms':>9} {'ratio':>6} {'tuned ms':>9} {'ratio':>6}"
     print(header)
     results = []
     for preset in args.presets:
@@ -227,15 +234,21 @@ def main():
                 torch_s = statistics.median(torch_times)
                 row.update({"torch_ms": torch_s * 1e3, "ratio": engine_s / torch_s})
                 line += f" {torch_s * 1e3:9.2f} {engine_s / torch_s:6.2f}"
-                tuned_s = tuned.get(f"{preset}/{batch}")
-                if tuned_s:
-                    row.update({"tuned_torch_ms": tuned_s * 1e3, "tuned_ratio": engine_s / tuned_s})
-                    line += f" {tuned_s * 1e3:15.2f} {engine_s / tuned_s:6.2f}"
+                for key, reference in (("alone", default), ("tuned", tuned)):
+                    seconds = reference.get(f"{preset}/{batch}")
+                    if seconds:
+                        row.update({f"{key}_torch_ms": seconds * 1e3, f"{key}_ratio": engine_s / seconds})
+                        line += f" {seconds * 1e3:9.2f} {engine_s / seconds:6.2f}"
+                    else:
+                        line += f" {'-':>9} {'-':>6}"
             print(line, flush=True)
             results.append(row)
     print()
     print("ratio = engine step time / torch step time (below 1: the engine is faster).")
-    print("tuned torch: GLIBC_TUNABLES=" + TUNED_GLIBC + " and channels_last, run in a subprocess.")
+    print("torch: the same model in this process, steps alternating with the engine's; this process")
+    print("  keeps freed memory (engine.model.keep_freed_memory), which helps torch here too.")
+    print("alone: torch by itself in a fresh process with glibc's default malloc settings, NCHW.")
+    print("tuned: torch by itself with GLIBC_TUNABLES=" + TUNED_GLIBC + " and channels_last.")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -14,7 +14,9 @@ size and `threads`, so results are bit-identical from run to run.
 """
 
 from concurrent.futures import ThreadPoolExecutor
+import ctypes
 import os
+import sys
 
 import numpy as np
 
@@ -31,6 +33,31 @@ MIN_EXAMPLES_PER_THREAD = 8
 
 _blas_controller = None
 _executor = None
+
+
+_memory_tuned = False
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    A training step allocates the same large arrays every time; by default glibc serves each
+    from fresh mmap'd pages (and trims freed heap), so every step pays page faults again. This
+    is the tuning of GLIBC_TUNABLES=glibc.malloc.mmap_threshold/trim_threshold, applied from
+    inside the process: arrays up to 32 MiB come from the heap and freed memory is kept.
+    Linux with glibc only (elsewhere nothing happens); KERNELSCOPE_MALLOC_TUNING=0 skips it.
+    Called once by build_model. Returns True when the setting was applied.
+    """
+    global _memory_tuned
+    if _memory_tuned or not sys.platform.startswith("linux") or os.environ.get("KERNELSCOPE_MALLOC_TUNING") == "0":
+        return _memory_tuned
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    trim_threshold, mmap_threshold = -1, -3  # M_TRIM_THRESHOLD, M_MMAP_THRESHOLD in malloc.h
+    _memory_tuned = bool(mallopt(mmap_threshold, 32 * 1024 * 1024)) and bool(mallopt(trim_threshold, 2**31 - 1))
+    return _memory_tuned
 
 
 def _parallel_tools():
@@ -119,6 +146,7 @@ def build_model(spec, init="he_normal", seed=0, dtype=np.float32, threads=2):
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     normalised, layers = normalize_spec(spec)
+    keep_freed_memory()
     params = {}
     for index, (layer, layer_spec) in enumerate(zip(layers, normalised["layers"])):
         shapes = layer.param_shapes()
