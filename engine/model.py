@@ -33,8 +33,7 @@ MIN_EXAMPLES_PER_THREAD = 8
 
 _blas_controller = None
 _executor = None
-
-
+_executor_pid = None
 _memory_tuned = False
 
 
@@ -62,12 +61,13 @@ def keep_freed_memory():
 
 def _parallel_tools():
     """(BLAS controller, thread pool) for data-parallel steps, or None when unavailable."""
-    global _blas_controller, _executor
+    global _blas_controller, _executor, _executor_pid
     if ThreadpoolController is None or (os.cpu_count() or 1) < 2:
         return None
-    if _blas_controller is None:
+    if _executor_pid != os.getpid():  # first use, or a forked child: its parent's threads are gone
         _blas_controller = ThreadpoolController()
         _executor = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="engine")
+        _executor_pid = os.getpid()
     return _blas_controller, _executor
 
 

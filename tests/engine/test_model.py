@@ -186,3 +186,22 @@ def test_engine_learns_a_tiny_problem():
         opt.step(model.params, model.grads)
     assert loss < 0.05
     assert engine.accuracy(model.forward(x), labels) == 1.0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_can_run_parallel_steps_after_its_parent_did():
+    import multiprocessing
+
+    model = engine.build_model("small", threads=2)
+    x = np.zeros((64, 1, 28, 28), dtype=np.float32)
+    model.forward(x)  # the parent starts its thread pool
+    queue = multiprocessing.get_context("fork").Queue()
+
+    def child():
+        queue.put(engine.build_model("small", threads=2).forward(x).shape)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    assert queue.get(timeout=5) == (64, 10)
