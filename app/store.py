@@ -375,6 +375,11 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def truncate_metrics(self, run_id: str, after_step: int) -> None:
+        """Forget points after `after_step` (a resumed run trains those steps again)."""
+        with self._lock:
+            self._db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, after_step))
+
     def metrics(self, run_id: str, since_step: int = -1, limit: int | None = None) -> list[dict]:
         """Metric points with step > since_step, in step order."""
         query = "SELECT * FROM metrics WHERE run_id = ? AND step > ? ORDER BY step"
