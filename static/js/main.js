@@ -15,6 +15,10 @@ import {
   hashToConfig, normaliseInit, toRunRequest,
 } from "./state.js";
 import { StepThrough, layerInput } from "./stepthrough.js";
+import { mountCompare } from "./compare.js";
+import { mountForkExport } from "./fork-export.js";
+import { mountKernelEditor } from "./kernel-editor.js";
+import { mountProbe } from "./probe.js";
 
 const $ = (id) => document.getElementById(id);
 const ACTIVE = new Set(["queued", "running", "paused"]);
@@ -879,6 +883,20 @@ function showError(message) {
   showError.timer = setTimeout(() => { banner.hidden = true; }, 8000);
 }
 
+// ------------------------------------------------------------------ teaching views (compare, probe, kernel editor, fork/export)
+
+function mountTeachingViews() {
+  const shared = { api, state, openRun, showView, showError, refreshRunList };
+  const compare = mountCompare({ ...shared, baseConfig: () => toRunRequest(state.config, state.presets) });
+  mountProbe({ ...shared, startComparison: compare.start });
+  mountKernelEditor({
+    ...shared,
+    convLayersOfForm: () => convLayers(baseSpec(state.config, state.presets)),
+    applyLayerInit: (layer, init) => { state.config.layerInits[String(layer)] = init; formChanged(); },
+  });
+  mountForkExport(shared);
+}
+
 async function main() {
   const { config, view } = hashToConfig(location.hash);
   state.config = config;
@@ -894,6 +912,7 @@ async function main() {
   if (datasets.status === "fulfilled") state.datasets = datasets.value; else showError(`datasets: ${datasets.reason.message}`);
   renderForm();
   writeHash();
+  mountTeachingViews();
   await refreshRunList();
   setInterval(() => { if (!document.hidden) refreshRunList(); }, 5000);
   if (state.view.run) openRun(state.view.run);
