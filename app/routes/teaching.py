@@ -1,0 +1,651 @@
+"""Teaching routes: compare inits, probe a network at init, fork, overwrite kernels, export.
+
+These are the experiments kernelscope exists for. A comparison starts one run
+per init from one base config (same data, seed and order). The init probe
+trains nothing: it measures how the signal's std travels through the layers at
+initialization and sets the theory beside it. A fork starts a new run from the
+weights of any stored snapshot. A kernel overwrite puts a hand-made kernel
+into a running or paused run, optionally frozen. Exports give a zip (config,
+metrics CSV, every snapshot, torch-loadable weights) and an animated GIF of
+one layer's filters over time.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import re
+import tempfile
+import uuid
+import zipfile
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response, status
+from fastapi.responses import StreamingResponse
+from PIL import Image, ImageDraw
+
+from app import render
+from app.routes import Token, existing_run, get_manager, get_store
+from app.runs import QueueFull, RunConflict, RunManager
+from app.store import RunNotFound, Store
+from app.teaching_schemas import (
+    ComparisonCreate, ComparisonOut, ForkCreate, InitProbeRequest, KernelOut, KernelPut,
+)
+
+router = APIRouter(prefix="/api", tags=["teaching"])
+
+Manager = Annotated[RunManager, Depends(get_manager)]
+StoreDep = Annotated[Store, Depends(get_store)]
+Run = Annotated[dict, Depends(existing_run)]
+
+# An init probe may multiply-add at most this much per init over all repeats (a 30-layer,
+# 16-wide 3×3 stack on 16×16 inputs, batch 4, 4 repeats is about 1.1e9); beyond, the server would stall.
+MAX_PROBE_MACS = 2_000_000_000
+MAX_GIF_FRAMES = 120
+GIF_CAPTION_HEIGHT = 14
+ZIP_SPOOL_BYTES = 32 * 1024 * 1024
+
+# "field: problem" or "field.sub problem", as the engine words its ValueErrors.
+FIELD_MESSAGE = re.compile(r"^([A-Za-z_][\w\[\]]*(?:\.[\w\[\]]+)*):? (.*)$", re.S)
+NOT_FOUND = {404: {"description": "no such run (or snapshot)"}}
+CONFLICT = {409: {"description": "the run is not in a state that allows this"}}
+
+
+# ---------------------------------------------------------------- errors
+
+def unprocessable(location: list, message: str) -> HTTPException:
+    """422 in FastAPI's detail format; `message` starts with the field's name."""
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[{"loc": location, "msg": message, "type": "value_error"}],
+    )
+
+
+def field_error(error: ValueError, prefix: str, location: str = "body") -> HTTPException:
+    """An engine ValueError ("field: problem") as 422 at `prefix.field`."""
+    text = str(error)
+    match = FIELD_MESSAGE.match(text)
+    named = match and (text[len(match.group(1))] == ":" or "." in match.group(1))
+    field, problem = (match.group(1), match.group(2)) if named else ("", text)
+    path = ".".join(part for part in (prefix, field) if part)
+    return unprocessable([location, *path.split(".")] if path else [location], f"{path or location}: {problem}")
+
+
+def init_label(init) -> str:
+    """A short readable name of an init: 'he_normal', 'normal(std=0.01)', 'kernel(x, plus, ...)'."""
+    if isinstance(init, str):
+        return init
+    name = str(init.get("name", "?"))
+    params = {k: v for k, v in init.items() if k != "name"}
+    if name == "kernel":
+        kernels = params.get("kernels")
+        if kernels is None:
+            return "kernel bank"
+        entries = [kernels] if isinstance(kernels, str) else kernels
+        return "kernel(" + ", ".join(k if isinstance(k, str) else "custom" for k in entries) + ")"
+    if not params:
+        return name
+    return name + "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+
+
+def run_out(manager: RunManager, run: dict) -> dict:
+    from app.routes.runs import run_out as runs_run_out
+
+    return runs_run_out(manager, run)
+
+
+# ---------------------------------------------------------------- comparisons
+
+@router.post(
+    "/comparisons", status_code=status.HTTP_201_CREATED, response_model=ComparisonOut, dependencies=[Token],
+    responses={429: {"description": "not enough free places for every run of the comparison"}},
+)
+def create_comparison(manager: Manager, body: Annotated[ComparisonCreate | None, Body()] = None) -> dict:
+    """Start one run per init from one base config: same model, data, seed and batch order.
+
+    Every config is checked before any run starts, so a bad init starts nothing.
+    If the queue fills up midway, the runs already started are deleted and the
+    answer is 429.
+    """
+    from app import limits
+    from engine.trainer import RunConfig
+
+    body = body or ComparisonCreate()
+    base = body.base.engine_config()
+    configs = []
+    for index, init in enumerate(body.inits):
+        try:
+            config = RunConfig.from_dict({**base, "init": init}).to_dict()
+            limits.check_run_config(config)
+        except ValueError as error:
+            field = str(error).partition(":")[0]
+            prefix = f"inits.{index}" if field == "init" else "base"
+            if field == "init":
+                raise unprocessable(["body", "inits", index], f"inits.{index}: {str(error).partition(': ')[2]}") from None
+            raise field_error(error, prefix) from None
+        configs.append(config)
+
+    comparison_id = uuid.uuid4().hex[:12]
+    labels = [init_label(init) for init in body.inits]
+    created: list[dict] = []
+    try:
+        for index, config in enumerate(configs):
+            meta = {"origin": "comparison", "comparison": comparison_id, "comparison_index": index,
+                    "name": labels[index]}
+            if body.name:
+                meta["comparison_name"] = body.name
+            created.append(manager.create_run(config, meta=meta))
+    except QueueFull as error:
+        for run in created:
+            try:
+                manager.delete(run["id"])
+            except RunNotFound:
+                pass
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"inits: a comparison of {len(configs)} runs does not fit: {error}",
+        ) from None
+    except ValueError as error:
+        for run in created:
+            manager.delete(run["id"])
+        raise field_error(error, "base") from None
+    runs = [run_out(manager, manager.get_run(run["id"])) for run in created]
+    return {"id": comparison_id, "name": body.name, "inits": body.inits, "labels": labels,
+            "run_ids": [run["id"] for run in runs], "runs": runs}
+
+
+@router.get("/comparisons/{comparison_id}", response_model=ComparisonOut,
+            responses={404: {"description": "no such comparison"}})
+def get_comparison(
+    manager: Manager,
+    comparison_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")],
+) -> dict:
+    """The runs of one comparison, in the order of its inits (deleted runs are left out)."""
+    runs = [run for run in manager.store.list_runs() if run["meta"].get("comparison") == comparison_id]
+    if not runs:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"comparison_id: no comparison {comparison_id!r}")
+    runs.sort(key=lambda run: run["meta"].get("comparison_index", 0))
+    return {
+        "id": comparison_id,
+        "name": runs[0]["meta"].get("comparison_name"),
+        "inits": [run["config"]["init"] for run in runs],
+        "labels": [run["meta"].get("name") or init_label(run["config"]["init"]) for run in runs],
+        "run_ids": [run["id"] for run in runs],
+        "runs": [run_out(manager, run) for run in runs],
+    }
+
+
+# ---------------------------------------------------------------- init probe
+
+def probe_cost(layers, batch: int) -> int:
+    """Multiply-adds of one forward pass of the normalised layers for `batch` inputs."""
+    total = 0
+    for layer in layers:
+        shapes = layer.param_shapes()
+        if "weight" in shapes:
+            weight = shapes["weight"]
+            positions = int(np.prod(layer.output_shape[1:])) if len(layer.output_shape) == 3 else 1
+            total += int(np.prod(weight)) * positions
+    return total * batch
+
+
+def theory_std(spec_layers, init) -> list[float] | None:
+    """Predicted std of each weight layer's output at init, or None where the theory does not apply.
+
+    For zero-mean weights and zero-mean inputs, Var(out) = fan_in·Var(W)·E[x²]
+    (Glorot & Bengio 2010; He et al. 2015). The input is unit-variance noise
+    (E[x²] = 1); after a ReLU E[x²] = Var(out)/2, after no activation E[x²] = Var(out).
+    So per ReLU layer the variance is multiplied by fan_in·Var(W)/2: 1 for He,
+    fan_in/(fan_in+fan_out) = 1/2 for Glorot when fan_in = fan_out. Only plain
+    stacks of conv/dense with ReLU or no activation are covered.
+    """
+    from engine.initializers import INITIALIZERS, fans, parse_init
+
+    try:
+        name, params = parse_init(init)
+    except ValueError:
+        return None
+    if name in ("zeros", "constant", "kernel") or name not in INITIALIZERS:
+        return None
+    second_moment = 1.0  # E[x²] of the layer's input
+    predicted = []
+    for layer in spec_layers:
+        shapes = layer.param_shapes()
+        if "weight" in shapes:
+            std, _ = INITIALIZERS[name].spread(shapes["weight"], **params)
+            if std is None:
+                return None
+            fan_in, _ = fans(shapes["weight"])
+            variance = fan_in * std**2 * second_moment
+            predicted.append(math.sqrt(variance))
+            second_moment = variance
+        elif layer.kind == "relu":
+            second_moment = second_moment / 2
+        else:
+            return None
+    return predicted
+
+
+def probe_summary(label: str, layers: list[dict]) -> str:
+    """One sentence on what the learner sees for one init."""
+    stds = [row["act_std"] for row in layers]
+    if not stds:
+        return f"{label}: the model has no weight layer."
+    first, last = stds[0], stds[-1]
+    depth = len(stds)
+    if first == 0 or last == 0:
+        return (f"{label}: the signal is exactly 0 after layer {next(i for i, s in enumerate(stds) if s == 0) + 1}; "
+                "no input can reach the output and no gradient can flow back: nothing can be learned.")
+    ratio = last / first
+    per_layer = ratio ** (1 / max(1, depth - 1))
+    if 0.5 <= ratio <= 2:
+        return (f"{label}: the activation std stays within ×{max(ratio, 1 / ratio):.2g} of its first-layer value "
+                f"over {depth} layers, so signals and gradients keep their scale and deep layers can learn.")
+    trend = "shrinks" if ratio < 1 else "grows"
+    return (f"{label}: the activation std {trend} by ×{per_layer:.3g} per layer, from {first:.3g} to {last:.3g} "
+            f"at layer {depth}; the last layers see {'almost nothing' if ratio < 1 else 'huge values'}, "
+            "so a deep network barely trains.")
+
+
+def average_draws(draws: list[dict]) -> dict:
+    """One probe result from several weight draws: each std is the root of the mean variance."""
+    result = copy.deepcopy(draws[0])
+    for i, entry in enumerate(result["results"]):
+        for j, row in enumerate(entry["layers"]):
+            for key in ("act_std", "grad_std", "weight_grad_std", "weight_std"):
+                row[key] = math.sqrt(sum(draw["results"][i]["layers"][j][key] ** 2 for draw in draws) / len(draws))
+    result["repeats"] = len(draws)
+    return result
+
+
+@router.post("/init-probe")
+def init_probe(body: Annotated[InitProbeRequest | None, Body()] = None) -> dict:
+    """No training: activation and gradient std per weight layer at init, for each init, with the theory.
+
+    Give `spec` (a preset name or a spec with `input`) or `depth` and `width`
+    for a plain conv stack. Every init sees the same input noise and the same
+    output gradient.
+    """
+    from engine.initializers import parse_init
+    from engine.model import normalize_spec
+    from engine.probe import init_probe as run_probe
+    from engine.probe import plain_stack_spec
+
+    body = body or InitProbeRequest()
+    if body.spec is None:
+        if body.depth is None or body.width is None:
+            raise unprocessable(["body", "spec"], "spec: give a model spec or preset, or depth and width for a plain conv stack")
+        if body.kernel % 2 == 0:
+            raise unprocessable(["body", "kernel"], f"kernel: must be odd for a plain stack, got {body.kernel}")
+        spec = plain_stack_spec(body.depth, body.width, body.activation, body.kernel, body.size)
+    else:
+        spec = body.spec
+    try:
+        normalised, layers = normalize_spec(spec)
+    except ValueError as error:
+        raise unprocessable(["body", "spec"], f"spec: {error}") from None
+    cost = probe_cost(layers, body.batch) * body.repeats
+    if cost > MAX_PROBE_MACS:
+        raise unprocessable(
+            ["body", "spec"],
+            f"spec: the probe would need {cost:.3g} multiply-adds per init; at most {MAX_PROBE_MACS:.3g} "
+            "(use a smaller model, width or batch)",
+        )
+    for index, init in enumerate(body.inits):
+        try:
+            parse_init(init)
+        except ValueError as error:
+            raise unprocessable(["body", "inits", index], f"inits.{index}: {error}") from None
+    try:
+        draws = [run_probe(normalised, inits=body.inits, batch=body.batch, seed=body.seed + r)
+                 for r in range(body.repeats)]
+    except ValueError as error:
+        raise field_error(error, "") from None
+    result = average_draws(draws)
+    for entry in result["results"]:
+        label = init_label(entry["init"])
+        entry["label"] = label
+        entry["theory_act_std"] = theory_std(layers, entry["init"])
+        entry["summary"] = probe_summary(label, entry["layers"])
+    result["depth"] = len(result["results"][0]["layers"]) if result["results"] else 0
+    return result
+
+
+# ---------------------------------------------------------------- fork
+
+def _snapshot_step_of(store: Store, run_id: str, step) -> int:
+    steps = store.snapshot_steps(run_id)
+    if not steps:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
+    if step == "latest":
+        return steps[-1]
+    if step not in steps:
+        nearest = min(steps, key=lambda s: abs(s - step))
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"step: run {run_id} has no snapshot at step {step} (nearest stored: {nearest})",
+        )
+    return int(step)
+
+
+def fork_config(parent_config: dict, body: ForkCreate, step: int) -> dict:
+    """The fork's config: the parent's, with the body's overrides; `optimizer` is merged."""
+    config = copy.deepcopy(parent_config)
+    if body.optimizer is not None:
+        parent_optimizer = config.get("optimizer", {})
+        if "name" in body.optimizer and body.optimizer["name"] != parent_optimizer.get("name"):
+            config["optimizer"] = dict(body.optimizer)
+        else:
+            config["optimizer"] = {**parent_optimizer, **body.optimizer}
+    for name in ("batch_size", "seed", "snapshot_every", "eval_every"):
+        value = getattr(body, name)
+        if value is not None:
+            config[name] = value
+    if body.steps is not None:
+        config["steps"] = body.steps
+    elif config["steps"] <= step:
+        config["steps"] = step + parent_config["steps"]
+    return config
+
+
+@router.post(
+    "/runs/{run_id}/fork", status_code=status.HTTP_201_CREATED, dependencies=[Token],
+    responses={**NOT_FOUND, 429: {"description": "every slot is busy and the queue is full"}},
+)
+def fork_run(manager: Manager, store: StoreDep, run: Run, body: Annotated[ForkCreate | None, Body()] = None) -> dict:
+    """A new run starting from the weights of snapshot `step` of this run, with overrides.
+
+    The fork continues the step count (and so the batch order) from `step`. Its
+    optimizer starts fresh (no momentum carried over); the parent's frozen
+    filters stay frozen unless keep_frozen is false.
+    """
+    from app import limits
+    from engine.trainer import RunConfig
+
+    body = body or ForkCreate()
+    step = _snapshot_step_of(store, run["id"], body.step)
+    if body.steps is not None and body.steps <= step:
+        raise unprocessable(["body", "steps"], f"steps: must be greater than the fork's starting step {step}, got {body.steps}")
+    try:
+        config = RunConfig.from_dict(fork_config(run["config"], body, step)).to_dict()
+        limits.check_run_config(config)
+    except ValueError as error:
+        raise field_error(error, "") from None
+    params = store.read_snapshot_params(run["id"], step)
+    snapshot = store.read_snapshot(run["id"], step, feature_maps=False)
+    if params is None or snapshot is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run['id']} has no snapshot at step {step}")
+    checkpoint = {
+        "config": np.array(json.dumps(config)),
+        "step": np.array(step, dtype=np.int64),
+        "metrics": np.array(json.dumps({"train": {}, "eval": {}})),
+        "optimizer/steps": np.array(0, dtype=np.int64),
+    }
+    for name, value in params.items():
+        checkpoint[f"params/{name}"] = np.asarray(value)
+    if body.keep_frozen:
+        for layer in snapshot.get("layers", []):
+            if layer.get("frozen"):
+                checkpoint[f"optimizer/frozen/{layer['index']}.weight"] = np.array(layer["frozen"], dtype=np.int64)
+    meta = {"origin": "fork", "parent": run["id"], "parent_step": step,
+            "name": body.name or f"fork of {run['meta'].get('name') or run['id']} @ {step}"}
+    try:
+        child = manager.create_run(config, meta=meta, checkpoint=checkpoint)
+    except ValueError as error:
+        raise field_error(error, "") from None
+    except QueueFull as error:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(error)) from None
+    return run_out(manager, child)
+
+
+# ---------------------------------------------------------------- kernels
+
+def _conv_layers(store: Store, run_id: str) -> dict[int, dict]:
+    step = store.latest_snapshot_step(run_id)
+    snapshot = None if step is None else store.read_snapshot(run_id, step, feature_maps=False)
+    if snapshot is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id} has no snapshot yet; wait for its first step")
+    return {entry["index"]: entry for entry in snapshot["layers"] if entry.get("type") == "conv"}
+
+
+def kernel_values(body: KernelPut, shape: list[int]) -> np.ndarray:
+    """The (in, kh, kw) kernel the body asks for, for a layer of weight shape (out, in, kh, kw)."""
+    from engine.initializers import NAMED_KERNELS, named_kernel
+
+    _, in_channels, kh, kw = shape
+    if isinstance(body.kernel, str):
+        if body.kernel not in NAMED_KERNELS:
+            raise unprocessable(["body", "kernel"],
+                                f"kernel: unknown kernel {body.kernel!r}; valid names: {', '.join(NAMED_KERNELS)}")
+        try:
+            pattern = named_kernel(body.kernel, (kh, kw))
+        except ValueError as error:
+            raise unprocessable(["body", "kernel"], f"kernel: {error}") from None
+        pattern = pattern / math.sqrt(in_channels) * body.scale
+        return np.broadcast_to(pattern, (in_channels, kh, kw)).copy()
+    try:
+        values = np.asarray(body.kernel, dtype=np.float64)
+    except ValueError:
+        raise unprocessable(["body", "kernel"], "kernel: rows must all have the same length") from None
+    if values.shape == (kh, kw):
+        return np.broadcast_to(values, (in_channels, kh, kw)).copy()
+    if values.shape != (in_channels, kh, kw):
+        raise unprocessable(["body", "kernel"],
+                            f"kernel: must have shape [{kh}, {kw}] or [{in_channels}, {kh}, {kw}], got {list(values.shape)}")
+    return values
+
+
+@router.put(
+    "/runs/{run_id}/kernels/{layer}/{filter}", response_model=KernelOut, dependencies=[Token],
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def put_kernel(
+    manager: Manager,
+    store: StoreDep,
+    run: Run,
+    layer: Annotated[int, Path(ge=0, le=10_000, description="spec index of a conv layer")],
+    filter_index: Annotated[int, Path(ge=0, le=100_000, alias="filter", description="filter (output channel) index")],
+    body: KernelPut,
+) -> dict:
+    """Overwrite one kernel of a running or paused run; `frozen` keeps it bit-identical from then on."""
+    conv = _conv_layers(store, run["id"])
+    if layer not in conv:
+        raise unprocessable(["path", "layer"], f"layer: {layer} is not a conv layer; conv layers are {sorted(conv)}")
+    shape = conv[layer]["shape"]
+    if filter_index >= shape[0]:
+        raise unprocessable(["path", "filter"], f"filter: must be between 0 and {shape[0] - 1} for layer {layer}, got {filter_index}")
+    values = kernel_values(body, shape)
+    if run["status"] not in ("running", "paused"):
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"run {run['id']} is {run['status']}; kernels can be set on a running or paused run")
+    try:
+        manager.set_kernel(run["id"], layer, filter_index, values.tolist(), frozen=body.frozen)
+    except RunConflict as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
+    except ValueError as error:
+        raise field_error(error, "") from None
+    except RunNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run_id: no run {run['id']!r}") from None
+    return {"run_id": run["id"], "layer": layer, "filter": filter_index, "frozen": body.frozen,
+            "kernel": values.astype(np.float32).astype(float).tolist(),
+            "step": store.latest_snapshot_step(run["id"])}
+
+
+# ---------------------------------------------------------------- exports
+
+def resolved_spec(config: dict, snapshot: dict, params: dict) -> dict:
+    """The spec the run trained, as built by the engine (input and class count filled in).
+
+    A preset takes the dataset's input shape (the probe images' shape) and its
+    last dense layer the class count (the last weight's rows).
+    """
+    from engine.model import normalize_spec
+    from engine.presets import PRESETS
+
+    model = config["model"]
+    spec = copy.deepcopy(PRESETS[model] if isinstance(model, str) else model)
+    probes = np.asarray(snapshot.get("probes", []))
+    if probes.ndim == 4:
+        spec["input"] = list(probes.shape[1:])
+    last = len(spec["layers"]) - 1
+    if spec["layers"][last]["type"] == "dense" and f"{last}.weight" in params:
+        spec["layers"][last]["units"] = int(params[f"{last}.weight"].shape[0])
+    normalised, _ = normalize_spec(spec)
+    return normalised
+
+
+TORCH_README = """kernelscope export of run {run_id}
+
+config.json      the run's complete config, status and meta
+spec.json        the model spec the run trained (input shape and class count filled in)
+metrics.csv      step, loss, acc, val_loss, val_acc (validation figures at evaluation steps)
+snapshots/       every stored snapshot: <step>.json (kernels, detectors, layer statistics),
+                 <step>.maps.json (feature maps of the probe images), <step>.npz (all parameters)
+weights.npz      the parameters at step {step}, named like a torch.nn.Sequential state dict
+
+Load the weights into PyTorch:
+
+    import json, numpy as np, torch
+    from torch import nn
+    spec = json.load(open("spec.json"))
+    make = {{
+        "conv": lambda l, c: nn.Conv2d(c, l["filters"], l["kernel"], l["stride"], l["padding"]),
+        "dense": lambda l, c: nn.Linear(c, l["units"]),
+        "relu": lambda l, c: nn.ReLU(), "tanh": lambda l, c: nn.Tanh(), "sigmoid": lambda l, c: nn.Sigmoid(),
+        "leaky_relu": lambda l, c: nn.LeakyReLU(l["slope"]),
+        "maxpool": lambda l, c: nn.MaxPool2d(l["size"], l["stride"]),
+        "avgpool": lambda l, c: nn.AvgPool2d(l["size"], l["stride"]),
+        "flatten": lambda l, c: nn.Flatten(),
+    }}
+    weights = np.load("weights.npz")
+    layers, channels = [], spec["input"][0]
+    for index, layer in enumerate(spec["layers"]):
+        if layer["type"] == "dense":
+            channels = weights[f"{{index}}.weight"].shape[1]
+        layers.append(make[layer["type"]](layer, channels))
+        if layer["type"] == "conv":
+            channels = layer["filters"]
+    model = nn.Sequential(*layers)
+    model.load_state_dict({{k: torch.from_numpy(weights[k]) for k in weights.files}})
+
+(Check spec.json for the exact field names of each layer type.)
+"""
+
+
+def metrics_csv(points: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["step", "loss", "acc", "val_loss", "val_acc"])
+    for point in points:
+        writer.writerow([point["step"], *(point.get(name, "") for name in ("loss", "acc", "val_loss", "val_acc"))])
+    return buffer.getvalue()
+
+
+@router.get(
+    "/runs/{run_id}/export", response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "zip of config, metrics, snapshots, weights"},
+               **NOT_FOUND},
+)
+def export_run(store: StoreDep, run: Run) -> StreamingResponse:
+    """A zip with config.json, spec.json, metrics.csv, every snapshot and weights.npz (latest snapshot)."""
+    run_id = run["id"]
+    steps = store.snapshot_steps(run_id)
+    if not steps:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
+    latest = steps[-1]
+    params = store.read_snapshot_params(run_id, latest)
+    snapshot = store.read_snapshot(run_id, latest, feature_maps=False)
+    if params is None or snapshot is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot at step {latest}")
+    spec = resolved_spec(run["config"], snapshot, params)
+    folder = store.run_dir(run_id) / "snapshots"
+    spool = tempfile.SpooledTemporaryFile(max_size=ZIP_SPOOL_BYTES)
+    with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
+        archive.writestr("README.txt", TORCH_README.format(run_id=run_id, step=latest))
+        described = {key: run[key] for key in ("id", "status", "step", "meta", "created", "updated", "message")}
+        archive.writestr("config.json", json.dumps({**described, "config": run["config"], "weights_step": latest}, indent=2))
+        archive.writestr("spec.json", json.dumps(spec, indent=2))
+        archive.writestr("metrics.csv", metrics_csv(store.metrics(run_id)))
+        for step in steps:
+            for suffix in (".json", ".maps.json", ".npz"):
+                path = folder / f"{step}{suffix}"
+                if path.exists():
+                    archive.write(path, f"snapshots/{step}{suffix}")
+        buffer = io.BytesIO()
+        np.savez(buffer, **params)
+        archive.writestr("weights.npz", buffer.getvalue())
+    size = spool.tell()
+    spool.seek(0)
+
+    def chunks():
+        try:
+            while True:
+                chunk = spool.read(1 << 16)
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            spool.close()
+
+    return StreamingResponse(
+        chunks(), media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="kernelscope-{run_id}.zip"', "Content-Length": str(size)},
+    )
+
+
+def evenly_spaced(steps: list[int], cap: int) -> list[int]:
+    """All steps when there are at most `cap`; else `cap` of them evenly spread, first and last included."""
+    if len(steps) <= cap:
+        return list(steps)
+    indices = np.unique(np.round(np.linspace(0, len(steps) - 1, cap)).astype(int))
+    return [steps[i] for i in indices]
+
+
+def captioned(image: Image.Image, text: str) -> Image.Image:
+    """The image with a dark band on top holding `text`."""
+    frame = Image.new("RGB", (max(image.width, 80), image.height + GIF_CAPTION_HEIGHT), render.BACKGROUND)
+    frame.paste(image, (0, GIF_CAPTION_HEIGHT))
+    ImageDraw.Draw(frame).text((3, 1), text, fill=(235, 235, 235))
+    return frame
+
+
+@router.get(
+    "/runs/{run_id}/evolution.gif", response_class=Response,
+    responses={200: {"content": {"image/gif": {}}, "description": "the layer's filters over time"}, **NOT_FOUND},
+)
+def evolution_gif(
+    store: StoreDep,
+    run: Run,
+    layer: Annotated[int | None, Query(ge=0, le=10_000, description="spec index of a conv layer; default the first")] = None,
+    frames: Annotated[int, Query(ge=2, le=MAX_GIF_FRAMES, description="at most this many frames")] = MAX_GIF_FRAMES,
+    duration: Annotated[int, Query(ge=20, le=5000, description="milliseconds per frame")] = 120,
+    pixel: Annotated[int, Query(ge=1, le=32, description="screen pixels per weight")] = 8,
+) -> Response:
+    """One frame per stored snapshot (evenly subsampled beyond `frames`), one colour scale for all frames."""
+    run_id = run["id"]
+    steps = store.snapshot_steps(run_id)
+    if not steps:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
+    conv = _conv_layers(store, run_id)
+    if not conv:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="layer: this model has no conv layer")
+    index = min(conv) if layer is None else layer
+    if index not in conv:
+        raise unprocessable(["query", "layer"], f"layer: {index} is not a conv layer; conv layers are {sorted(conv)}")
+    weights = []
+    for step in evenly_spaced(steps, frames):
+        params = store.read_snapshot_params(run_id, step)
+        if params is not None and f"{index}.weight" in params:
+            weights.append((step, params[f"{index}.weight"]))
+    if not weights:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no stored weights")
+    scale = max(render.auto_scale(weight) for _, weight in weights)
+    images = [captioned(render.filter_grid(weight, scale=scale, pixel=pixel), f"step {step}") for step, weight in weights]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+    return Response(buffer.getvalue(), media_type="image/gif",
+                    headers={"Content-Disposition": f'inline; filename="kernelscope-{run_id}-layer{index}.gif"'})

@@ -1,0 +1,220 @@
+/*
+ * The kernel editor: draw a k×k kernel by clicking cells (click: +1 → −1 → 0;
+ * values in between by typing) or pick X, plus, Sobel x/y or Laplacian, then
+ * either use it as the init of the first filters of a conv layer in the setup
+ * form (the spec's per-layer {"name": "kernel", "kernels": [...]} init), or put
+ * it into the open run while it trains or is paused (PUT
+ * /api/runs/{id}/kernels/{layer}/{filter}), optionally frozen. Like the
+ * engine's named kernels, the grid is scaled to unit L2 norm (times `scale`)
+ * before use, so a seeded filter starts at the size of its neighbours.
+ * The learner then watches whether the seeded detector persists, drifts or is relearned.
+ */
+
+const PATTERNS = {
+  x: (k) => grid(k, (i, j) => (i === j || i + j === k - 1 ? 1 : -1)),
+  plus: (k) => grid(k, (i, j) => (i === (k >> 1) || j === (k >> 1) ? 1 : -1)),
+  sobel_x: (k) => grid(k, (i, j) => smoothing(k)[i] * derivative(k)[j]),
+  sobel_y: (k) => grid(k, (i, j) => derivative(k)[i] * smoothing(k)[j]),
+  laplacian: (k) => (k === 3 ? [[0, 1, 0], [1, -4, 1], [0, 1, 0]]
+    : grid(k, (i, j) => (i === (k >> 1) && j === (k >> 1) ? -(k * k - 1) : 1))),
+};
+export const PATTERN_NAMES = Object.keys(PATTERNS);
+
+function grid(k, f) {
+  return Array.from({ length: k }, (_, i) => Array.from({ length: k }, (_, j) => f(i, j)));
+}
+
+/* Binomial smoothing [1, 2, 1] and central difference [-1, 0, 1], at any odd size. */
+function smoothing(k) {
+  let row = [1];
+  for (let n = 1; n < k; n++) row = [...row, 0].map((v, i) => v + (i > 0 ? row[i - 1] : 0));
+  return row;
+}
+
+function derivative(k) {
+  return Array.from({ length: k }, (_, j) => j - (k >> 1));
+}
+
+/* The grid made zero-mean where the pattern is ±1 (X and plus), then unit L2 norm times scale. */
+export function normalised(values, scale = 1) {
+  const flat = values.flat();
+  const norm = Math.sqrt(flat.reduce((a, v) => a + v * v, 0));
+  if (!(norm > 0)) return values.map((row) => row.map(() => 0));
+  return values.map((row) => row.map((v) => (v / norm) * scale));
+}
+
+export function pattern(name, k) {
+  const values = PATTERNS[name](k);
+  if (name === "x" || name === "plus") {
+    // balance the ±1 pattern: the positive cells and the negative cells each sum to ±1
+    const pos = values.flat().filter((v) => v > 0).length;
+    const neg = values.flat().filter((v) => v < 0).length;
+    return values.map((row) => row.map((v) => (v > 0 ? 1 / pos : neg ? -1 / neg : 0)));
+  }
+  return values;
+}
+
+function el(tag, attributes = {}, text) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+  if (text != null) node.textContent = text;
+  return node;
+}
+
+function label(text, input) {
+  const node = el("label", {}, text);
+  node.append(input);
+  return node;
+}
+
+/*
+ * context: {api, state, applyLayerInit(layerIndex, init), convLayersOfForm() -> [{index, filters, kernel}],
+ *           showError(message)}. Fills #kernel-editor.
+ */
+export function mountKernelEditor(context) {
+  const { api, state } = context;
+  const root = document.getElementById("kernel-editor");
+  if (!root) return;
+  let size = 3;
+  let values = pattern("x", size);
+
+  const intro = el("p", { class: "legend" });
+  intro.textContent = "Draw a kernel (click a cell: +1, −1, 0) or pick a classic one. Use it as the starting "
+    + "value of chosen filters, or put it into the run on screen — frozen, to keep it exactly as drawn, or free, "
+    + "to see whether training keeps it, bends it, or replaces it.";
+  const sizeSelect = el("select", { id: "ke-size" });
+  for (const k of [3, 5, 7]) sizeSelect.append(el("option", { value: String(k) }, `${k}×${k}`));
+  const presets = el("div", { class: "ke-presets" });
+  for (const name of PATTERN_NAMES) {
+    const button = el("button", { type: "button", "data-pattern": name }, name.replace("_", " "));
+    button.addEventListener("click", () => { values = pattern(name, size); draw(); });
+    presets.append(button);
+  }
+  const clear = el("button", { type: "button", "data-pattern": "clear" }, "clear");
+  clear.addEventListener("click", () => { values = grid(size, () => 0); draw(); });
+  presets.append(clear);
+  const cells = el("div", { class: "ke-grid", id: "ke-grid" });
+  const scale = el("input", { id: "ke-scale", type: "number", step: "any", min: "0", value: "1" });
+  scale.title = "the kernel is scaled to unit L2 norm, times this";
+
+  // -- use as init of the first filters of a layer in the setup form
+  const initLayer = el("select", { id: "ke-init-layer" });
+  const initCount = el("input", { id: "ke-init-count", type: "number", min: "1", step: "1", value: "1" });
+  const useInit = el("button", { type: "button", id: "ke-use-init" }, "use as init");
+  const initNote = el("span", { class: "ke-note", id: "ke-init-note" });
+
+  // -- put into the open run
+  const runLayer = el("select", { id: "ke-run-layer" });
+  const runFilter = el("input", { id: "ke-run-filter", type: "number", min: "0", step: "1", value: "0" });
+  const frozen = el("input", { id: "ke-frozen", type: "checkbox" });
+  const put = el("button", { type: "button", id: "ke-put" }, "put into run");
+  const putNote = el("span", { class: "ke-note", id: "ke-put-note" });
+
+  const initBox = el("fieldset", { class: "ke-box" });
+  initBox.append(el("legend", {}, "as the init of a new run"), label("conv layer ", initLayer),
+    label("first filters ", initCount), useInit, initNote);
+  const runBox = el("fieldset", { class: "ke-box" });
+  const frozenLabel = el("label", {}, "");
+  frozenLabel.append(frozen, document.createTextNode(" frozen"));
+  runBox.append(el("legend", {}, "into the run on screen"), label("conv layer ", runLayer),
+    label("filter ", runFilter), frozenLabel, put, putNote);
+  root.append(intro, label("size ", sizeSelect), presets, cells, label("scale ", scale), initBox, runBox);
+
+  sizeSelect.addEventListener("change", () => {
+    size = Number(sizeSelect.value);
+    values = pattern("x", size);
+    draw();
+  });
+
+  function cellColor(v, peak) {
+    const t = peak > 0 ? v / peak : 0;
+    const r = t > 0 ? 255 : Math.round(255 * (1 + t));
+    const b = t < 0 ? 255 : Math.round(255 * (1 - t));
+    const g = Math.round(255 * (1 - Math.abs(t)));
+    return `rgb(${r}, ${g}, ${b})`;
+  }
+
+  function draw() {
+    const peak = Math.max(1e-12, ...values.flat().map(Math.abs));
+    cells.style.gridTemplateColumns = `repeat(${size}, 2.2em)`;
+    cells.replaceChildren();
+    values.forEach((row, i) => row.forEach((v, j) => {
+      const cell = el("button", { type: "button", class: "ke-cell", "data-row": String(i), "data-col": String(j) },
+        Number(v.toFixed(2)).toString());
+      cell.style.background = cellColor(v, peak);
+      cell.title = "click: +1 → −1 → 0; right-click: type a value";
+      cell.addEventListener("click", () => {
+        values[i][j] = v > 0 ? -1 : v < 0 ? 0 : 1;
+        draw();
+      });
+      cell.addEventListener("contextmenu", (event) => {
+        event.preventDefault();
+        const typed = window.prompt("value of this cell", String(values[i][j]));
+        if (typed !== null && Number.isFinite(Number(typed))) { values[i][j] = Number(typed); draw(); }
+      });
+      cells.append(cell);
+    }));
+    syncLayers();
+  }
+
+  function scaled() {
+    const s = Number(scale.value);
+    return normalised(values, Number.isFinite(s) && s > 0 ? s : 1);
+  }
+
+  /* Layer choices: conv layers of the form's spec (for the init) and of the open run (to put into). */
+  function syncLayers() {
+    const formLayers = (context.convLayersOfForm?.() ?? []).filter((l) => l.kernel[0] === size && l.kernel[1] === size);
+    fill(initLayer, formLayers.map((l) => [l.index, `layer ${l.index} (${l.filters} filters)`]));
+    useInit.disabled = formLayers.length === 0;
+    initNote.textContent = formLayers.length ? "" : `no ${size}×${size} conv layer in the setup form's model`;
+    const runLayers = (state.latestSnapshot?.layers ?? []).filter((l) => l.type === "conv" && l.shape?.[2] === size);
+    fill(runLayer, runLayers.map((l) => [l.index, `layer ${l.index} (${l.shape[0]} filters)`]));
+    const active = ["running", "paused"].includes(state.run?.status);
+    put.disabled = !active || runLayers.length === 0;
+    if (!putNote.dataset.sticky) {
+      putNote.textContent = !state.run ? "open a run first"
+        : !active ? `the run is ${state.run.status}; kernels go into running or paused runs`
+        : runLayers.length ? "" : `the run has no ${size}×${size} conv layer`;
+    }
+  }
+
+  function fill(select, options) {
+    const keys = options.map(([v]) => v).join(",");
+    if (select.dataset.keys === keys) return;
+    const current = select.value;
+    select.replaceChildren(...options.map(([value, text]) => el("option", { value: String(value) }, text)));
+    select.dataset.keys = keys;
+    if (options.some(([v]) => String(v) === current)) select.value = current;
+  }
+
+  useInit.addEventListener("click", () => {
+    const layer = Number(initLayer.value);
+    const count = Math.max(1, Math.floor(Number(initCount.value) || 1));
+    const fallback = state.config.init?.name === "kernel" ? { name: "he_normal" } : state.config.init;
+    const kernel = scaled();
+    context.applyLayerInit(layer, { name: "kernel", kernels: Array.from({ length: count }, () => kernel), fallback });
+    initNote.textContent = `layer ${layer}: filters 0–${count - 1} start as this kernel, the rest from ${fallback?.name ?? "he_normal"}`;
+  });
+
+  put.addEventListener("click", async () => {
+    const id = state.run?.id;
+    if (!id) return;
+    const layer = Number(runLayer.value);
+    const filter = Math.max(0, Math.floor(Number(runFilter.value) || 0));
+    putNote.dataset.sticky = "1";
+    putNote.textContent = "…";
+    try {
+      const answer = await api.putJSON(`/api/runs/${encodeURIComponent(id)}/kernels/${layer}/${filter}`,
+        { kernel: scaled(), frozen: frozen.checked });
+      putNote.textContent = `layer ${answer.layer}, filter ${answer.filter} set at step ${answer.step}`
+        + (answer.frozen ? " and frozen" : "");
+    } catch (error) {
+      putNote.textContent = error.message;
+    }
+    setTimeout(() => { delete putNote.dataset.sticky; }, 4000);
+  });
+
+  draw();
+  setInterval(syncLayers, 1000);
+}

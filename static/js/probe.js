@@ -1,0 +1,161 @@
+/*
+ * The init probe view: no training, just one look at a network at its
+ * initialization. POST /api/init-probe pushes unit-variance noise through a
+ * plain stack of conv + ReLU layers (or a preset) for several inits, and this
+ * view plots the std of each layer's output and of the gradient reaching it
+ * against depth on a log scale, with the theory as dashed lines (Glorot: the
+ * variance is multiplied by fan_in·Var(W)/2 at each ReLU layer, so it halves;
+ * He: constant). The server's one-line summaries say in words what the
+ * learner sees. The depth-stall demo then trains the 20-layer "deep" preset
+ * with He, Glorot and N(0, 0.01²) side by side (a comparison).
+ */
+
+const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
+
+const PROBE_INITS = [
+  { label: "he_normal", init: "he_normal", checked: true },
+  { label: "glorot_uniform", init: "glorot_uniform", checked: true },
+  { label: "normal(std=0.01)", init: { name: "normal", std: 0.01 }, checked: true },
+  { label: "lecun_normal", init: "lecun_normal", checked: false },
+  { label: "normal(std=0.1)", init: { name: "normal", std: 0.1 }, checked: false },
+];
+
+/* The depth-stall demo: as app/teaching_schemas.py DEEP_DEMO_BASE / DEEP_DEMO_INITS. */
+export const DEEP_DEMO_BASE = { model: "deep", optimizer: { name: "adam", lr: 0.001 }, batch_size: 32, steps: 300,
+  snapshot_every: 10, eval_every: 50 };
+export const DEEP_DEMO_INITS = ["he_normal", "glorot_uniform", { name: "normal", std: 0.01 }];
+
+function el(tag, attributes = {}, text) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+  if (text != null) node.textContent = text;
+  return node;
+}
+
+function numberInput(id, value, min, max) {
+  return el("input", { id, type: "number", value: String(value), min: String(min), max: String(max), step: "1" });
+}
+
+function labelled(text, input) {
+  const node = el("label", {}, text);
+  node.append(input);
+  return node;
+}
+
+/* context: {api, startComparison(base, inits, name), showError(message)}. Fills #probe-view. */
+export function mountProbe(context) {
+  const { api } = context;
+  const root = document.getElementById("probe-view");
+  if (!root) return;
+  const debug = (window.__kernelscope ??= {});
+
+  const intro = el("div", { class: "probe-intro" });
+  intro.innerHTML = "<p>Before any training: how big are the signals at each layer? Each layer multiplies the "
+    + "variance of its input by <b>fan_in · Var(W)</b>, and a ReLU halves it. He (Var(W) = 2/fan_in) makes the product "
+    + "exactly 1, so the std stays flat however deep the network is. Glorot (Var(W) = 2/(fan_in+fan_out)) gives 1/2 per "
+    + "ReLU layer: after 30 layers the std is 2<sup>−15</sup> of the input's. A fixed N(0, 0.01²) is far smaller still, and the "
+    + "signal is gone after a few layers — so is the gradient, and nothing learns.</p>"
+    + "<p class=\"legend\">Solid: measured, averaged over a few random networks (one network fluctuates around the theory, "
+    + "more so when it is narrow). Dashed: theory. 1×1 kernels by default (the law is the same for any kernel size: "
+    + "fan_in counts kh·kw); 3×3 adds the zero-padded borders, which lose a little signal at every layer.</p>";
+
+  const form = el("form", { class: "probe-form panel", id: "probe-form" });
+  const depth = numberInput("probe-depth", 30, 1, 60);
+  const width = numberInput("probe-width", 128, 1, 256);
+  const kernel = el("select", { id: "probe-kernel" });
+  kernel.append(el("option", { value: "1" }, "1×1"), el("option", { value: "3" }, "3×3"));
+  const activation = el("select", { id: "probe-activation" });
+  for (const name of ["relu", "tanh", "linear"]) activation.append(el("option", { value: name }, name));
+  const inits = el("span", { class: "probe-inits" });
+  PROBE_INITS.forEach((entry, i) => {
+    const box = el("input", { type: "checkbox", "data-index": String(i) });
+    box.checked = entry.checked;
+    const label = el("label", {});
+    label.append(box, document.createTextNode(` ${entry.label}`));
+    inits.append(label);
+  });
+  const run = el("button", { type: "submit", class: "primary", id: "btn-probe" }, "probe");
+  const status = el("span", { class: "field-error", id: "probe-status" });
+  form.append(labelled("depth ", depth), labelled("width ", width), labelled("kernel ", kernel),
+    labelled("activation ", activation), inits, run, status);
+
+  const charts = el("div", { class: "probe-charts" });
+  const actDiv = el("div", { class: "chart", id: "probe-act" });
+  const gradDiv = el("div", { class: "chart", id: "probe-grad" });
+  charts.append(actDiv, gradDiv);
+  const summary = el("ul", { class: "probe-summary", id: "probe-summary" });
+
+  const demo = el("div", { class: "probe-demo panel" });
+  const demoButton = el("button", { type: "button", id: "btn-depth-demo" }, "train the deep preset with each init");
+  const demoText = el("p", { class: "legend" });
+  demoText.textContent = "The depth-stall demo (He et al. 2015, Fig. 3, small): 20 plain conv + ReLU layers, Adam, "
+    + "300 steps, once with He, Glorot and N(0, 0.01²). He's loss falls at once; Glorot waits before it falls; "
+    + "N(0, 0.01²) stays at chance for the whole budget. Opens in the comparison view (three runs; two train at a time).";
+  demo.append(demoButton, demoText);
+  root.append(intro, form, charts, summary, demo);
+
+  function plot(div, title, result, key, theoryKey) {
+    const traces = [];
+    result.results.forEach((entry, i) => {
+      const color = PALETTE[i % PALETTE.length];
+      const layers = entry.layers.map((_, j) => j + 1);
+      traces.push({ x: layers, y: entry.layers.map((row) => Math.max(row[key], 1e-30)), name: entry.label,
+                    mode: "lines+markers", type: "scatter", line: { color, width: 2 }, marker: { size: 4 } });
+      const theory = theoryKey ? entry[theoryKey] : null;
+      if (theory) {
+        traces.push({ x: layers, y: theory.map((v) => Math.max(v, 1e-30)), name: `${entry.label} theory`,
+                      mode: "lines", type: "scatter", line: { color, width: 1.5, dash: "dash" } });
+      }
+    });
+    window.Plotly.react(div, traces, {
+      title: { text: title, font: { size: 13 } },
+      margin: { l: 56, r: 10, t: 30, b: 40 },
+      xaxis: { title: { text: "layer (depth)" } },
+      yaxis: { type: "log", exponentformat: "e" },
+      legend: { orientation: "h", y: -0.3, font: { size: 10 } },
+      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#ffffff",
+      font: { family: "system-ui, sans-serif", size: 11, color: "#1f2937" },
+    }, { displayModeBar: false, responsive: true });
+  }
+
+  async function probe() {
+    status.textContent = "";
+    const chosen = [...inits.querySelectorAll("input:checked")].map((box) => PROBE_INITS[Number(box.dataset.index)].init);
+    if (!chosen.length) { status.textContent = "inits: pick at least one"; return; }
+    const body = { depth: Number(depth.value), width: Number(width.value), kernel: Number(kernel.value),
+                   activation: activation.value, size: Number(kernel.value) === 1 ? 4 : 16, inits: chosen };
+    run.disabled = true;
+    status.textContent = "probing…";
+    try {
+      const result = await api.postJSON("/api/init-probe", body);
+      status.textContent = "";
+      plot(actDiv, "activation std per layer at init (log)", result, "act_std", "theory_act_std");
+      plot(gradDiv, "gradient std per layer at init (log)", result, "grad_std", null);
+      summary.replaceChildren(...result.results.map((entry) => el("li", {}, entry.summary)));
+      debug.probe = result;
+    } catch (error) {
+      status.textContent = error.message;
+    } finally {
+      run.disabled = false;
+    }
+  }
+
+  // a 3×3 stack costs 9 times more per layer: narrower by default, so the probe stays quick
+  kernel.addEventListener("change", () => { width.value = kernel.value === "1" ? "128" : "16"; });
+  form.addEventListener("submit", (event) => { event.preventDefault(); probe(); });
+  demoButton.addEventListener("click", async () => {
+    demoButton.disabled = true;
+    try {
+      await context.startComparison(DEEP_DEMO_BASE, DEEP_DEMO_INITS, "depth-stall demo");
+    } catch (error) {
+      status.textContent = error.message;
+    } finally {
+      demoButton.disabled = false;
+    }
+  });
+  let probedOnce = false;
+  document.querySelector('#view-tabs [data-view="probe"]')?.addEventListener("click", () => {
+    if (!probedOnce) { probedOnce = true; probe(); return; }
+    requestAnimationFrame(() => { for (const div of [actDiv, gradDiv]) if (div.data) window.Plotly.Plots.resize(div); });
+  });
+}
