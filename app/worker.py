@@ -24,16 +24,24 @@ numbered stream events.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from app import store as files
 from app.store import Store, dumps_json
 
 METRICS_FLUSH_SECONDS = 0.05
+# A checkpoint also keeps the latest metric points (at least the last two checkpoint
+# intervals), re-sent when the run restarts from it: points the server had not yet
+# recorded when it was killed are not lost.
+CHECKPOINT_POINTS_KEPT = 2000
 PAUSED_POLL_SECONDS = 0.5
 TERMINAL_STATUSES = ("completed", "stopped", "diverged", "failed", "interrupted")
 
@@ -124,6 +132,8 @@ def train_loop(trainer, config: dict, data_dir: Path, run_id: str, emit, poll_co
     snapshot_every = int(config["snapshot_every"])
     eval_every = int(config.get("eval_every") or 0)
     metrics = _MetricsBuffer(emit, flush_seconds)
+    recent_points = deque(_checkpoint_points(data_dir, run_id, trainer.step),
+                          maxlen=max(CHECKPOINT_POINTS_KEPT, 2 * checkpoint_every))
 
     def write_snapshot() -> None:
         snapshot, params = trainer.snapshot()
@@ -132,7 +142,10 @@ def train_loop(trainer, config: dict, data_dir: Path, run_id: str, emit, poll_co
         emit(("snapshot", int(snapshot["step"])))
 
     def write_checkpoint() -> None:
-        files.write_npz_atomic(files.checkpoint_path(data_dir, run_id), trainer.checkpoint())
+        metrics.flush()
+        state = trainer.checkpoint()
+        state[CHECKPOINT_POINTS_KEY] = np.array(dumps_json(list(recent_points)))
+        files.write_npz_atomic(files.checkpoint_path(data_dir, run_id), state)
         emit(("checkpoint", trainer.step))
 
     def finish(status: str, message: str | None = None) -> str:
@@ -141,6 +154,8 @@ def train_loop(trainer, config: dict, data_dir: Path, run_id: str, emit, poll_co
         return status
 
     emit(("started", trainer.step))
+    if recent_points:
+        emit(("metrics", list(recent_points)))
     emit(("status", "running", trainer.step, None))
     if files.read_snapshot_text(data_dir, run_id, trainer.step) is None and (
         trainer.step == 0 or trainer.step % snapshot_every == 0
@@ -171,8 +186,6 @@ def train_loop(trainer, config: dict, data_dir: Path, run_id: str, emit, poll_co
             elif kind == "set_kernel":
                 _, request_id, layer, filter_index, kernel, frozen = command
                 try:
-                    import numpy as np
-
                     trainer.set_kernel(layer, filter_index, np.asarray(kernel, dtype=np.float32), frozen=frozen)
                 except (ValueError, IndexError, KeyError, TypeError) as error:
                     emit(("reply", request_id, str(error)))
@@ -193,10 +206,26 @@ def train_loop(trainer, config: dict, data_dir: Path, run_id: str, emit, poll_co
         except Diverged as error:
             return finish("diverged", str(error))
         metrics.add(point)
+        recent_points.append(point)
         if step % snapshot_every == 0 or step == total_steps:
             write_snapshot()
         if step % checkpoint_every == 0 and step < total_steps:
             write_checkpoint()
+
+
+CHECKPOINT_POINTS_KEY = "recent_metrics"
+
+
+def _checkpoint_points(data_dir: Path, run_id: str, step: int) -> list[dict]:
+    """The metric points up to `step` that the run's checkpoint carries (none without one)."""
+    try:
+        with np.load(files.checkpoint_path(data_dir, run_id), allow_pickle=False) as data:
+            if CHECKPOINT_POINTS_KEY not in data.files:
+                return []
+            points = json.loads(str(data[CHECKPOINT_POINTS_KEY]))
+    except FileNotFoundError:
+        return []
+    return [point for point in points if point["step"] <= step]
 
 
 # ---------------------------------------------------------------- the worker process
