@@ -30,6 +30,9 @@ except ImportError:  # pragma: no cover - exercised only where threadpoolctl is 
 
 # A batch is split across threads only when each part gets at least this many examples.
 MIN_EXAMPLES_PER_THREAD = 8
+# While the parts of a batch run, the threads swap the interpreter lock at least this often
+# (seconds; Python's default is 0.005): the parts are numpy calls with a little Python between.
+SWITCH_INTERVAL = 0.0002
 
 _blas_controller = None
 _executor = None
@@ -234,15 +237,23 @@ class Model:
         return [slice(bounds[k], bounds[k + 1]) for k in range(count)]
 
     def _run_parts(self, function, items):
-        """Run function(item) for every item; in parallel (BLAS pinned to 1 thread) if possible."""
-        tools = _parallel_tools() if len(items) > 1 else None
+        """Run function(item) for every item, each part on its own thread with BLAS pinned to one
+        thread (so `threads` is the number of cores the model uses, even for a single part)."""
+        tools = _parallel_tools()
         if tools is None:
             return [function(item) for item in items]
         controller, executor = tools
         with controller.limit(limits=1, user_api="blas"):
-            futures = [executor.submit(function, item) for item in items[1:]]
-            first = function(items[0])
-            return [first] + [future.result() for future in futures]
+            if len(items) == 1:
+                return [function(items[0])]
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL)  # hand the interpreter lock over promptly
+            try:
+                futures = [executor.submit(function, item) for item in items[1:]]
+                first = function(items[0])
+                return [first] + [future.result() for future in futures]
+            finally:
+                sys.setswitchinterval(interval)
 
     # -- forward / backward ------------------------------------------------------------
 
