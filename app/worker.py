@@ -11,7 +11,7 @@ Messages (plain tuples, picklable):
     ("started", step)                    training (re)starts from `step`
     ("status", status, step, message)    running / paused / completed / stopped /
                                          diverged / failed / interrupted
-    ("metrics", [point, ...])            point = {"step", "loss", "acc", "val_loss"?, "val_acc"?}
+    ("metrics", [point, ...])            point = {"step", "loss", "acc", "val_loss"?, "val_acc"?, "time"}
     ("snapshot", step)                   snapshot files for `step` are on disk
     ("checkpoint", step)                 checkpoint.npz now holds `step`
     ("reply", request_id, error)         answer to a set_kernel command (error None = ok)
@@ -112,10 +112,12 @@ class _MetricsBuffer:
 
 
 def _clean_point(metrics: dict) -> dict:
+    """A metrics point; `time` (unix seconds when the step finished) rides along on live events only."""
     point = {"step": int(metrics["step"])}
     for name in ("loss", "acc", "val_loss", "val_acc"):
         if metrics.get(name) is not None:
             point[name] = float(metrics[name])
+    point["time"] = round(time.time(), 4)
     return point
 
 
@@ -136,9 +138,9 @@ def train_loop(trainer, config: dict, data_dir: Path, run_id: str, emit, poll_co
                           maxlen=max(CHECKPOINT_POINTS_KEPT, 2 * checkpoint_every))
 
     def write_snapshot() -> None:
+        metrics.flush()  # before the analysis, so these points are not held back by it
         snapshot, params = trainer.snapshot()
         files.write_snapshot(data_dir, run_id, snapshot, params)
-        metrics.flush()
         emit(("snapshot", int(snapshot["step"])))
 
     def write_checkpoint() -> None:
