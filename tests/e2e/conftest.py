@@ -37,7 +37,9 @@ def server(tmp_path_factory):
     """Base URL of a real server on a free port, with its own empty data directory."""
     data = tmp_path_factory.mktemp("kernelscope-data")
     port = _free_port()
-    env = {**os.environ, "KERNELSCOPE_DATA": str(data)}
+    # the test server's own settings only: no token, limits or data dir from the caller's shell
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KERNELSCOPE_")}
+    env["KERNELSCOPE_DATA"] = str(data)
     log = open(data / "server.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
@@ -109,6 +111,8 @@ def open_page(browser, viewport=(1280, 800)):
     """A new page with problem recording; returns (page, problems)."""
     context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
     page = context.new_page()
+    # generous: on a busy 2-core machine a run shares the CPU with the browser and other suites
+    page.set_default_timeout(90_000)
     return page, PageProblems(page)
 
 

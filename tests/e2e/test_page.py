@@ -20,7 +20,7 @@ SMALL_RUN = {"model": "small", "init": "glorot_uniform", "dataset": "shapes",
 TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}
 
 
-def wait_until_finished(api, run_id, timeout=120):
+def wait_until_finished(api, run_id, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = api.get(f"/api/runs/{run_id}").json()
@@ -49,7 +49,7 @@ def drawn(page):
     return page.evaluate("window.__kernelscope.drawn")
 
 
-def wait_drawn(page, condition, timeout=60_000):
+def wait_drawn(page, condition, timeout=120_000):
     """Wait until the filters on screen satisfy a JS condition on `d` (the drawn record)."""
     page.wait_for_function(f"(() => {{ const d = window.__kernelscope.drawn; return d !== null && ({condition}); }})()",
                            timeout=timeout)
@@ -112,7 +112,7 @@ def test_start_run_from_page_filters_move_labels_appear_loss_grows(page, server,
     page.wait_for_function(f"window.__kernelscope.charts.loss.pointCount('train') > {points_before + 50}")
 
     # let the run finish, then keep a picture of the live view
-    page.wait_for_selector("#run-badge.status-completed", timeout=90_000)
+    page.wait_for_selector("#run-badge.status-completed", timeout=240_000)
     assert float(page.eval_on_selector("#progress-fill", "e => parseFloat(e.style.width)")) == pytest.approx(100.0)
     page.wait_for_function("window.__kernelscope.features !== null")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -180,7 +180,7 @@ def test_constant_init_gives_identical_filters_and_symmetry_one(page, server):
         assert "symmetry never broken" in meter.locator(".meter-note").text_content()
     images = kernel_images(page, 0)
     assert len(set(images)) == 1, "constant-init filters should be drawn identically"
-    page.wait_for_selector("#run-badge.status-completed", timeout=60_000)
+    page.wait_for_selector("#run-badge.status-completed", timeout=240_000)
 
 
 def test_click_feature_map_pixel_steps_through_the_right_sum(page, server, api, trained_run):
