@@ -38,11 +38,11 @@ class RunCreate(BaseModel):
     optimizer: str | dict[str, Any] | None = Field(
         None, description='{"name": "sgd", "lr": 0.05, "momentum": 0.9} or {"name": "adam", ...}.',
     )
-    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE)
-    steps: int | None = Field(None, ge=0, le=MAX_STEPS)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    snapshot_every: int | None = Field(None, ge=1, le=MAX_STEPS)
-    eval_every: int | None = Field(None, ge=1, le=MAX_STEPS)
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True)
+    steps: int | None = Field(None, ge=0, le=MAX_STEPS, strict=True)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True)
+    snapshot_every: int | None = Field(None, ge=1, le=MAX_STEPS, strict=True)
+    eval_every: int | None = Field(None, ge=1, le=MAX_STEPS, strict=True)
     name: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="A label shown in run lists.")
 
     @model_validator(mode="after")
