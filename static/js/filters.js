@@ -252,6 +252,7 @@ export class FilterBoard {
   clear() {
     this.container.replaceChildren();
     this.views.clear();
+    this.keys = null;   // the next update rebuilds the views, even for the same layer shapes
   }
 
   update(snapshot, options) {
