@@ -2,8 +2,9 @@
 
 The README's two-line quick start, the scripts behind it (including the rule that
 an empty test suite fails), the wheel carrying every module plus the page's
-templates and static files (and finding them once installed), and a Dockerfile
-that hadolint accepts and that keeps the promises the README makes about it.
+templates and static files (and finding them once installed), every dependency
+declared, every route the README shows served by the app, and a Dockerfile that
+hadolint accepts and that keeps the promises the README makes about it.
 """
 
 import os
@@ -240,3 +241,36 @@ def test_every_third_party_import_of_the_product_is_a_declared_dependency():
         if not distributions & declared:
             undeclared[module] = sorted(distributions)
     assert undeclared == {}, "imported by app/ or engine/ but missing from pyproject's dependencies"
+
+
+def test_every_route_the_readme_shows_exists_in_the_app(tmp_path):
+    from app.main import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path))
+    served = [(method.upper(), re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)))
+              for path, operations in app.openapi()["paths"].items() for method in operations]
+    api = (ROOT / "README.md").read_text().split("## API", 1)[1].split("\n## ", 1)[0]
+    shown = set()
+    for method, path in re.findall(r"-X (POST|PUT|DELETE) \S*?127\.0\.0\.1:8000(/[^\s'?]*)", api):
+        shown.add((method, path))
+    for path in re.findall(r"curl -s(?: -o \S+)? '?http://127\.0\.0\.1:8000(/[^\s'?]*)", api):
+        shown.add(("GET", path))
+    for cell in re.findall(r"^\| ((?:GET|POST|PUT|DELETE) .+?) \|", api, re.M):
+        methods = []
+        for part in cell.split(";"):
+            methods = re.findall(r"\b(?:GET|POST|PUT|DELETE)\b", part.split("`")[0]) or methods
+            paths = [p.split("?")[0] for p in re.findall(r"`([^`]+)`", part)]
+            for path in paths:
+                if not path.startswith(("/api", "/healthz")):  # `/resume` continues the first path
+                    segment = "/" + path.strip("/").split("/")[0]
+                    cut = paths[0].rfind(segment)
+                    path = (paths[0][:cut] if cut > 0 else paths[0].rsplit("/", 1)[0]) + path
+                shown |= {(method, path) for method in methods}
+    assert len(shown) >= 15
+    missing = []
+    for method, path in sorted(shown):
+        concrete = re.sub(r"RUN|\{[^}]+\}", "x1", path)
+        if not any(m == method and re.fullmatch(p, concrete) for m, p in served):
+            missing.append(f"{method} {path}")
+    assert missing == [], "README shows routes the app does not serve"
