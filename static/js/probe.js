@@ -123,7 +123,7 @@ export function mountProbe(context) {
     const chosen = [...inits.querySelectorAll("input:checked")].map((box) => PROBE_INITS[Number(box.dataset.index)].init);
     if (!chosen.length) { status.textContent = "inits: pick at least one"; return; }
     const body = { depth: Number(depth.value), width: Number(width.value), kernel: Number(kernel.value),
-                   activation: activation.value, size: Number(kernel.value) === 1 ? 4 : 16, inits: chosen };
+                   activation: activation.value, size: Number(kernel.value) === 1 ? 4 : 16, repeats: 2, inits: chosen };
     run.disabled = true;
     status.textContent = "probing…";
     try {
