@@ -110,3 +110,23 @@ def test_diverging_colormap_is_white_at_zero_and_symmetric(modules):
     assert colors[0] == colors[1] == [33, 102, 172]     # clipped beyond the scale
     assert colors[5] == colors[6] == [178, 24, 43]
     assert colors[2][2] > colors[2][0] and colors[4][0] > colors[4][2]   # blue below zero, red above
+
+
+def test_init_figures_on_the_page_agree_with_the_engine(modules):
+    """The σ or bound the setup panel shows for a layer is the engine's own for that shape."""
+    from engine.initializers import INITIALIZERS
+
+    shapes = [(8, 1, 5, 5), (16, 8, 3, 3), (32, 3, 7, 7)]
+    cases = [("normal", {"std": 0.03}), ("uniform", {"a": 0.2}), ("glorot_uniform", {}), ("glorot_normal", {}),
+             ("he_normal", {}), ("he_uniform", {}), ("lecun_normal", {})]
+    shown = modules.evaluate("""async ([cases, shapes]) => {
+        const { describeInit } = await import('/static/js/state.js');
+        return cases.map(([name, params]) => shapes.map(([o, i, kh, kw]) =>
+            describeInit({name, ...params}, i * kh * kw, o * kh * kw).figure));
+    }""", [cases, shapes])
+    for (name, params), figures in zip(cases, shown):
+        for shape, figure in zip(shapes, figures):
+            described = INITIALIZERS[name].describe(shape, **params)
+            symbol, value = figure.split(" = ")
+            expected = described["bound"] if symbol == "a" else described["std"]
+            assert float(value) == pytest.approx(expected, rel=5e-3), (name, shape, figure, described)
