@@ -40,7 +40,7 @@ build_tarball() {
   if ! command -v debootstrap >/dev/null 2>&1; then
     log "installing debootstrap"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends debootstrap
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
   fi
   local root
   root="$(mktemp -d /var/tmp/kernelscope-rootfs.XXXXXX)"

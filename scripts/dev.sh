@@ -26,6 +26,13 @@ pick_python() {
   log "no Python found: install Python 3.11 or newer"; exit 1
 }
 
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else return 1
+  fi
+}
+
 setup() {
   local extra="${1:-}" stamp="$VENV/.installed${1:+-$1}"
   if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -x "$VENV/bin/kernelscope" ]; then
@@ -39,19 +46,21 @@ setup() {
   fi
   if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV with $("$python" --version 2>&1)"
-    "$python" -m venv "$VENV"
+    if ! "$python" -m venv "$VENV"; then
+      # Debian's python3 ships venv (ensurepip) in a separate package.
+      rm -rf "$VENV"
+      command -v apt-get >/dev/null 2>&1 || { log "cannot create a venv with $python"; exit 1; }
+      log "installing Debian's python3-venv"
+      as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends python3-venv >/dev/null \
+        || { log "could not install python3-venv (need root or sudo)"; exit 1; }
+      "$python" -m venv "$VENV"
+    fi
   fi
   log "installing kernelscope${extra:+ with its $extra extra} into $VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel
   "$VENV/bin/python" -m pip install --quiet -e ".${extra:+[$extra]}"
   touch "$stamp"
-}
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"
-  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-  else return 1
-  fi
 }
 
 ensure_chromium() {
@@ -61,7 +70,7 @@ ensure_chromium() {
     log "no apt-get here: install chromium so that $CHROMIUM exists, then run again"; exit 1
   fi
   as_root apt-get update -qq \
-    && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
          chromium fonts-dejavu-core >/dev/null \
     || { log "could not install chromium (need root or sudo): install it, then run again"; exit 1; }
 }

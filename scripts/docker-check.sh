@@ -74,7 +74,7 @@ install_docker() {
   if [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ]; then return 0; fi
   log "installing Debian's docker.io"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     docker.io iproute2 >/dev/null || loud_failure "could not install docker.io with apt-get"
 }
 
