@@ -4,7 +4,7 @@ Layout of the data directory (KERNELSCOPE_DATA):
 
     kernelscope.db                       runs + metrics (SQLite, WAL mode)
     runs/<id>/snapshots/<step>.json      snapshot JSON without feature maps
-    runs/<id>/snapshots/<step>.maps.json {"<layer index>": feature maps} of that snapshot
+    runs/<id>/snapshots/<step>.maps.npz  feature maps of that snapshot, one array per conv layer index
     runs/<id>/snapshots/<step>.npz       model parameters at that step (state-dict names)
     runs/<id>/checkpoint.npz             latest Trainer.checkpoint()
 
@@ -136,9 +136,14 @@ def checkpoint_path(data_dir: Path, run_id: str) -> Path:
     return run_dir(data_dir, run_id) / "checkpoint.npz"
 
 
-def write_snapshot(data_dir: Path, run_id: str, snapshot: dict, params: dict) -> int:
-    """Store one snapshot: JSON without feature maps, the maps apart, params as npz.
+def write_snapshot(data_dir: Path, run_id: str, snapshot: dict, params: dict,
+                   feature_maps: dict | None = None) -> int:
+    """Store one snapshot: JSON without feature maps, the maps as arrays, params as npz.
 
+    feature_maps: {conv layer index: array (probes, out, H, W)}; when None they
+    are taken from the snapshot's layers (nested lists, as Trainer.snapshot gives).
+    Arrays are stored rather than JSON because encoding the maps as text cost
+    the training process more than the rest of the snapshot together.
     The params and maps are written first and the main JSON last, so a step
     is listed only once all its files exist.
     """
@@ -146,15 +151,16 @@ def write_snapshot(data_dir: Path, run_id: str, snapshot: dict, params: dict) ->
     step = int(snapshot["step"])
     light = dict(snapshot)
     light_layers = []
-    maps = {}
+    maps = {} if feature_maps is None else {str(k): np.asarray(v, np.float32) for k, v in feature_maps.items()}
     for layer in snapshot.get("layers", []):
         layer = dict(layer)
         if "feature_maps" in layer:
-            maps[str(layer.get("index"))] = layer.pop("feature_maps")
+            values = layer.pop("feature_maps")
+            maps.setdefault(str(layer.get("index")), np.asarray(values, dtype=np.float32))
         light_layers.append(layer)
     light["layers"] = light_layers
     write_npz_atomic(folder / f"{step}.npz", params)
-    write_json_atomic(folder / f"{step}.maps.json", maps)
+    write_npz_atomic(folder / f"{step}.maps.npz", maps)
     write_json_atomic(folder / f"{step}.json", light)
     return step
 
@@ -188,21 +194,27 @@ def read_snapshot_text(data_dir: Path, run_id: str, step: int) -> str | None:
 
 
 def read_snapshot(data_dir: Path, run_id: str, step: int, feature_maps: bool = True) -> dict | None:
-    """One snapshot as a dict (the engine's snapshot JSON), or None if absent."""
+    """One snapshot as a dict (the engine's snapshot JSON), or None if absent.
+
+    Feature maps come back as nested lists rounded like Trainer.snapshot rounds them.
+    """
     text = read_snapshot_text(data_dir, run_id, step)
     if text is None:
         return None
     snapshot = json.loads(text)
     if feature_maps:
-        maps_path = snapshot_dir(data_dir, run_id) / f"{step}.maps.json"
+        from engine.analysis import rounded
+        from engine.trainer import FEATURE_MAP_DIGITS
+
+        maps_path = snapshot_dir(data_dir, run_id) / f"{step}.maps.npz"
         try:
-            maps = json.loads(maps_path.read_text("utf-8"))
+            with np.load(maps_path, allow_pickle=False) as maps:
+                for layer in snapshot.get("layers", []):
+                    key = str(layer.get("index"))
+                    if key in maps.files:
+                        layer["feature_maps"] = rounded(maps[key], FEATURE_MAP_DIGITS)
         except FileNotFoundError:
-            maps = {}
-        for layer in snapshot.get("layers", []):
-            key = str(layer.get("index"))
-            if key in maps:
-                layer["feature_maps"] = maps[key]
+            pass
     return snapshot
 
 

@@ -79,7 +79,7 @@ def build_trainer(data_dir: Path, run_id: str, config: dict, confine_datasets: b
     folder = files.snapshot_dir(data_dir, run_id)
     for step in files.snapshot_steps(data_dir, run_id):
         if step > trainer.step:
-            for suffix in (".json", ".maps.json", ".npz"):
+            for suffix in (".json", ".maps.npz", ".npz"):
                 try:
                     os.unlink(folder / f"{step}{suffix}")
                 except FileNotFoundError:
@@ -128,6 +128,7 @@ def train_loop(trainer, config: dict, data_dir: Path, run_id: str, emit, poll_co
     emit(message): receives the messages listed in the module docstring.
     poll_command(timeout): returns a command tuple or None (may raise ParentGone).
     """
+    from engine import analysis
     from engine.trainer import Diverged
 
     total_steps = int(config["steps"])
@@ -139,8 +140,9 @@ def train_loop(trainer, config: dict, data_dir: Path, run_id: str, emit, poll_co
 
     def write_snapshot() -> None:
         metrics.flush()  # before the analysis, so these points are not held back by it
-        snapshot, params = trainer.snapshot()
-        files.write_snapshot(data_dir, run_id, snapshot, params)
+        snapshot, params = trainer.snapshot(feature_maps=False)
+        maps = analysis.feature_maps(trainer.model, trainer.dataset.probe_x)  # arrays, no lists
+        files.write_snapshot(data_dir, run_id, snapshot, params, feature_maps=maps)
         emit(("snapshot", int(snapshot["step"])))
 
     def write_checkpoint() -> None:

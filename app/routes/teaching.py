@@ -504,7 +504,7 @@ config.json      the run's complete config, status and meta
 spec.json        the model spec the run trained (input shape and class count filled in)
 metrics.csv      step, loss, acc, val_loss, val_acc (validation figures at evaluation steps)
 snapshots/       every stored snapshot: <step>.json (kernels, detectors, layer statistics),
-                 <step>.maps.json (feature maps of the probe images), <step>.npz (all parameters)
+                 <step>.maps.npz (feature maps of the probe images per conv layer), <step>.npz (all parameters)
 weights.npz      the parameters at step {step}, named like a torch.nn.Sequential state dict
 
 Load the weights into PyTorch:
@@ -571,7 +571,7 @@ def export_run(store: StoreDep, run: Run) -> StreamingResponse:
         archive.writestr("spec.json", json.dumps(spec, indent=2))
         archive.writestr("metrics.csv", metrics_csv(store.metrics(run_id)))
         for step in steps:
-            for suffix in (".json", ".maps.json", ".npz"):
+            for suffix in (".json", ".maps.npz", ".npz"):
                 path = folder / f"{step}{suffix}"
                 if path.exists():
                     archive.write(path, f"snapshots/{step}{suffix}")
