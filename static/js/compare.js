@@ -10,7 +10,7 @@
  * State lives in `view`; drawing reads it. window.__kernelscope.compare exposes what was drawn.
  */
 
-import { divergingColor, maxAbs, paintTiles } from "./filters.js";
+import { divergingColor, maxAbs } from "./filters.js";
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
 const ACTIVE = new Set(["queued", "running", "paused"]);
@@ -26,6 +26,36 @@ export const DEFAULT_INITS = [
   { label: "he_normal", init: "he_normal" },
   { label: "kernel bank", init: { name: "kernel", kernels: ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"], fallback: "he_normal" } },
 ];
+
+/* Kernels (k×k grids) on one canvas in a near-square grid, one pixel per weight, 1 px apart. */
+export function paintGrid(canvas, tiles, colorOf) {
+  const h = tiles[0].length, w = tiles[0][0].length;
+  const cols = Math.ceil(Math.sqrt(tiles.length * 2));   // wider than tall: cards are wide
+  const rows = Math.ceil(tiles.length / cols);
+  canvas.width = cols * (w + 1) - 1;
+  canvas.height = rows * (h + 1) - 1;
+  const ctx = canvas.getContext("2d");
+  const image = ctx.createImageData(canvas.width, canvas.height);
+  tiles.forEach((tile, t) => {
+    const top = Math.floor(t / cols) * (h + 1), left = (t % cols) * (w + 1);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const [r, g, b] = colorOf(tile[y][x]);
+        const o = 4 * ((top + y) * canvas.width + left + x);
+        image.data[o] = r; image.data[o + 1] = g; image.data[o + 2] = b; image.data[o + 3] = 255;
+      }
+    }
+  });
+  ctx.putImageData(image, 0, 0);
+}
+
+/* Labels go in legends: "kernel(x, plus, sobel_x, sobel_y, laplacian, identity)" becomes "kernel(x, plus, …)". */
+function shortLabel(label) {
+  if (label.length <= 24) return label;
+  const open = label.indexOf("(");
+  const parts = label.slice(open + 1, -1).split(", ");
+  return open > 0 && parts.length > 2 ? `${label.slice(0, open)}(${parts.slice(0, 2).join(", ")}, …)` : `${label.slice(0, 22)}…`;
+}
 
 function el(tag, attributes = {}, text) {
   const node = document.createElement(tag);
@@ -141,7 +171,7 @@ export function mountCompare(context) {
     try {
       const comparison = await api.getJSON(`/api/comparisons/${encodeURIComponent(view.id)}`);
       if (generation !== view.generation) return;
-      view.runs = comparison.runs.map((run, i) => ({ ...run, label: comparison.labels[i], color: PALETTE[i % PALETTE.length] }));
+      view.runs = comparison.runs.map((run, i) => ({ ...run, label: shortLabel(comparison.labels[i]), color: PALETTE[i % PALETTE.length] }));
       debug.compare.runs = view.runs.map((r) => ({ id: r.id, label: r.label, status: r.status, step: r.step }));
       await Promise.all(view.runs.map(async (run) => {
         const known = view.metrics.get(run.id) ?? [];
@@ -205,7 +235,8 @@ export function mountCompare(context) {
         openButton.title = "open this run in the live view";
         openButton.addEventListener("click", () => { context.showView("live"); context.openRun(run.id); });
         head.append(swatch, el("b", {}, run.label), el("span", { class: "compare-run-status" }), openButton);
-        const canvas = el("canvas", { class: "compare-filters" });
+        const canvas = el("canvas", { class: "compare-filters", width: "0", height: "0" });
+        canvas.title = "first conv layer's filters (input channel 0), one colour scale per run: blue < 0 < red";
         const meter = el("div", { class: "meter" });
         const bar = el("div", { class: "meter-bar" });
         bar.append(el("div", { class: "meter-fill" }));
@@ -224,7 +255,7 @@ export function mountCompare(context) {
       if (!layer) return;
       const tiles = layer.weight.map((filter) => filter[0]);
       const scale = maxAbs(tiles) || 1;
-      paintTiles(card.querySelector("canvas"), tiles, (v) => divergingColor(v / scale));
+      paintGrid(card.querySelector("canvas"), tiles, (v) => divergingColor(v / scale));
       const symmetry = layer.symmetry;
       const fill = card.querySelector(".meter-fill");
       fill.style.width = `${Math.max(0, Math.min(1, symmetry ?? 0)) * 100}%`;
@@ -246,8 +277,8 @@ export function mountCompare(context) {
     });
     const shapes = step === null ? [] : [{ type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1,
                                            line: { color: "#64748b", dash: "dot", width: 1 } }];
-    window.Plotly.react(lossDiv, traces, { ...PLOT_LAYOUT, title: { text: "training loss", font: { size: 13 } },
-      xaxis: { title: { text: "step" } }, shapes }, { displayModeBar: false, responsive: true });
+    window.Plotly.react(lossDiv, traces, { ...PLOT_LAYOUT, title: { text: "training loss (log)", font: { size: 13 } },
+      xaxis: { title: { text: "step" } }, yaxis: { type: "log" }, shapes }, { displayModeBar: false, responsive: true });
   }
 
   function drawLayerCharts(snapshots) {
