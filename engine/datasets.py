@@ -31,6 +31,8 @@ SHAPE_CLASSES = (
     "antidiagonal_line",
     "blob",
 )
+EXTRA_SHAPE_CLASSES = ("x_marks", "plus_marks")  # chosen with dataset "classes"
+MARKS_PER_IMAGE = 3
 SHAPES_PROBE_CLASSES = ("x", "plus", "vertical_line", "circle")
 
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
@@ -195,36 +197,58 @@ def _probe_indices(labels: np.ndarray, classes: list[str], probe_classes) -> lis
 # shapes: procedurally generated strokes that make edge and X detectors pay off
 
 
-def generate_shapes(n: int, size: int = 28, seed: int = 0, noise: float = 0.08):
+def generate_shapes(
+    n: int,
+    size: int = 28,
+    seed: int = 0,
+    noise: float = 0.25,
+    classes=SHAPE_CLASSES,
+    extent=(0.2, 0.38),
+    stroke=(1.4, 2.6),
+):
     """`n` grayscale shape images (n, 1, size, size) in [0, 1] and labels.
 
-    Classes are SHAPE_CLASSES, balanced, in shuffled order. Each image has a
-    random centre, extent, stroke width, small rotation, contrast and Gaussian
-    pixel noise of std up to `noise`. Deterministic for a seed; vectorised
+    Labels index `classes` (names from SHAPE_CLASSES + EXTRA_SHAPE_CLASSES;
+    the "_marks" classes scatter three small glyphs), balanced, in shuffled
+    order. Each image has a random centre, half-extent (a fraction of `size`
+    drawn from `extent`), stroke width (pixels at size 28, drawn from
+    `stroke`), small rotation, contrast and Gaussian pixel noise of std up to
+    `noise`. Deterministic for a seed; vectorised
     (strokes are rendered from distance fields, anti-aliased).
     """
     if n < 0:
         raise ValueError("n: must be >= 0")
     if size < 8:
         raise ValueError("size: must be >= 8")
+    available = SHAPE_CLASSES + EXTRA_SHAPE_CLASSES
+    unknown = [c for c in classes if c not in available]
+    if unknown:
+        raise ValueError(f"classes: unknown shape {unknown[0]!r}; choose from {', '.join(available)}")
+    if len(set(classes)) < 2 or len(set(classes)) != len(classes):
+        raise ValueError("classes: give at least two different shapes, each once")
+    classes = tuple(classes)
     rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(n) % len(SHAPE_CLASSES))
+    labels = rng.permutation(np.arange(n) % len(classes))
     scale = size / 28.0
-    half = rng.uniform(0.2, 0.38, n) * size
+    half = rng.uniform(*extent, n) * size
     margin = 1.5 * scale
     low = half + margin
     high = size - 1 - half - margin
     cx = low + rng.uniform(0, 1, n) * (high - low)
     cy = low + rng.uniform(0, 1, n) * (high - low)
-    stroke = rng.uniform(1.4, 2.6, n) * scale
+    stroke = rng.uniform(*stroke, n) * scale
     angle = rng.uniform(-0.2, 0.2, n)
+    mark_half = rng.uniform(2.0, 3.5, (MARKS_PER_IMAGE, n)) * scale
+    mark_cx = rng.uniform(4.0 * scale, size - 1 - 4.0 * scale, (MARKS_PER_IMAGE, n))
+    mark_cy = rng.uniform(4.0 * scale, size - 1 - 4.0 * scale, (MARKS_PER_IMAGE, n))
+    mark_stroke = rng.uniform(1.0, 1.5, n) * scale
     contrast = rng.uniform(0.6, 1.0, n)
     noise_std = rng.uniform(0.0, noise, n)
     pixel_noise = rng.standard_normal((n, size, size)).astype(np.float32)
 
     coords = np.arange(size, dtype=np.float32)
     images = np.zeros((n, size, size), dtype=np.float32)
-    for class_index, class_name in enumerate(SHAPE_CLASSES):
+    for class_index, class_name in enumerate(classes):
         idx = np.flatnonzero(labels == class_index)
         if len(idx) == 0:
             continue
@@ -232,6 +256,11 @@ def generate_shapes(n: int, size: int = 28, seed: int = 0, noise: float = 0.08):
         if class_name == "blob":
             inside = geometry.radius * 0.55 - geometry.distance_to_centre()
             ink = np.clip(inside + 0.5, 0.0, 1.0)
+        elif class_name in _MARKS:
+            glyph = _SHAPE_DISTANCES[_MARKS[class_name]]
+            marks = [_Geometry(mark_cx[k, idx], mark_cy[k, idx], mark_half[k, idx], angle[idx], coords) for k in range(MARKS_PER_IMAGE)]
+            distance = np.minimum.reduce([glyph(mark) for mark in marks])
+            ink = np.clip(mark_stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
         else:
             distance = _SHAPE_DISTANCES[class_name](geometry)
             ink = np.clip(stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
@@ -287,14 +316,20 @@ _SHAPE_DISTANCES = {
     "diagonal_line": lambda g: g.segment(-0.75, -0.75, 0.75, 0.75),
     "antidiagonal_line": lambda g: g.segment(-0.75, 0.75, 0.75, -0.75),
 }
+_MARKS = {"x_marks": "x", "plus_marks": "plus"}  # several small glyphs a 5x5 kernel can see whole
 
 
-def load_shapes(n_train: int = 10000, n_val: int = 2000, size: int = 28, noise: float = 0.08, seed: int = 0) -> Dataset:
-    """The default dataset: generated shapes, train and validation from separate streams."""
-    x_train, y_train = generate_shapes(n_train, size=size, seed=seed * 2 + 1, noise=noise)
-    x_val, y_val = generate_shapes(n_val, size=size, seed=seed * 2 + 2, noise=noise)
-    params = {"n_train": n_train, "n_val": n_val, "size": size, "noise": noise, "seed": seed}
-    return make_dataset("shapes", SHAPE_CLASSES, x_train, y_train, x_val, y_val, SHAPES_PROBE_CLASSES, params)
+def load_shapes(n_train: int = 10000, n_val: int = 2000, size: int = 28, noise: float = 0.25, seed: int = 0, classes=None) -> Dataset:
+    """The default dataset: generated shapes, train and validation from separate streams.
+
+    `classes` picks shapes (default: SHAPE_CLASSES).
+    """
+    classes = tuple(classes) if classes else SHAPE_CLASSES
+    x_train, y_train = generate_shapes(n_train, size=size, seed=seed * 2 + 1, noise=noise, classes=classes)
+    x_val, y_val = generate_shapes(n_val, size=size, seed=seed * 2 + 2, noise=noise, classes=classes)
+    params = {"n_train": n_train, "n_val": n_val, "size": size, "noise": noise, "seed": seed,
+              "classes": list(classes)}
+    return make_dataset("shapes", classes, x_train, y_train, x_val, y_val, SHAPES_PROBE_CLASSES, params)
 
 
 # --------------------------------------------------------------------------
@@ -538,7 +573,7 @@ DATASETS = {
     "shapes": {
         "description": "Generated grayscale shapes (X, plus, circle, square, triangle, lines, blob), no files needed",
         "loader": load_shapes,
-        "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.08, "seed": 0},
+        "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": None},
     },
     "mnist": {
         "description": "MNIST handwritten digits from IDX files in `path` (raw or .gz)",
@@ -590,8 +625,19 @@ def normalize_dataset_spec(spec) -> dict:
         value = full.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"dataset.{key}: must be a positive integer")
-    if name == "shapes" and full["size"] < 8:
-        raise ValueError("dataset.size: must be >= 8")
+    if name == "shapes":
+        if full["size"] < 8:
+            raise ValueError("dataset.size: must be >= 8")
+        if not isinstance(full["noise"], (int, float)) or isinstance(full["noise"], bool) or not 0 <= full["noise"] <= 2:
+            raise ValueError("dataset.noise: must be a number between 0 and 2")
+        if full["classes"] is not None:
+            if not isinstance(full["classes"], (list, tuple)) or not all(isinstance(c, str) for c in full["classes"]):
+                raise ValueError("dataset.classes: must be a list of shape names")
+            try:
+                generate_shapes(0, classes=tuple(full["classes"]))
+            except ValueError as error:
+                raise ValueError(f"dataset.{error}") from None
+            full["classes"] = list(full["classes"])
     return full
 
 

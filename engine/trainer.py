@@ -25,7 +25,9 @@ from engine.model import build_model, normalize_spec
 from engine.optimizers import make_optimizer
 from engine.presets import PRESETS
 
-DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-3}
+DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.02, "momentum": 0.9, "nesterov": False, "weight_decay": 0.01}
+# SGD settings a preset needs to train well; fields the config gives win.
+PRESET_OPTIMIZER_DEFAULTS = {"deep": {"lr": 0.01}}
 EVAL_CHUNK = 500
 METRICS_FLUSH_EVERY = 10
 FEATURE_MAP_DIGITS = 4
@@ -52,7 +54,11 @@ def _check_int(d: dict, key: str, minimum: int, maximum: int | None = None) -> i
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run; `RunConfig()` is the default demo."""
+    """Everything that defines a run; `RunConfig()` is the default demo.
+
+    SGD fields not given take DEFAULT_OPTIMIZER, adjusted for presets that
+    need it (PRESET_OPTIMIZER_DEFAULTS: "deep" trains with lr 0.01).
+    """
 
     model: dict | str = "demo"
     init: dict | str = "he_normal"
@@ -98,13 +104,14 @@ class RunConfig:
 
         dataset = normalize_dataset_spec(merged["dataset"])
 
-        optimizer = merged["optimizer"]
+        optimizer = d.get("optimizer") or {"name": "sgd"}
         if isinstance(optimizer, str):
             optimizer = {"name": optimizer}
         if not isinstance(optimizer, dict):
             raise ValueError("optimizer: must be an object such as {'name': 'sgd', 'lr': 0.05}")
         name = optimizer.get("name", "sgd")
-        defaults = DEFAULT_OPTIMIZER if name == "sgd" else {}
+        preset_defaults = PRESET_OPTIMIZER_DEFAULTS.get(model, {}) if isinstance(model, str) else {}
+        defaults = {**DEFAULT_OPTIMIZER, **preset_defaults} if name == "sgd" else {}
         try:
             optimizer = make_optimizer({**defaults, **optimizer}).config()
         except ValueError as error:

@@ -37,12 +37,26 @@ def test_shapes_are_deterministic_for_a_seed_and_differ_between_seeds():
 
 
 def test_shapes_have_every_class_balanced_with_the_requested_size():
-    x, y = generate_shapes(1000, size=32)
-    assert x.shape == (1000, 1, 32, 32) and x.dtype == np.float32
+    n = 100 * len(SHAPE_CLASSES)
+    x, y = generate_shapes(n, size=32)
+    assert x.shape == (n, 1, 32, 32) and x.dtype == np.float32
     assert np.isfinite(x).all()
     assert np.bincount(y, minlength=len(SHAPE_CLASSES)).tolist() == [100] * len(SHAPE_CLASSES)
     assert {"x", "plus", "circle", "square", "triangle", "horizontal_line", "vertical_line",
             "diagonal_line", "antidiagonal_line"} <= set(SHAPE_CLASSES)
+
+
+def test_shapes_dataset_can_use_chosen_classes_including_small_marks():
+    data = load_dataset({"name": "shapes", "n_train": 60, "n_val": 30, "classes": ["x_marks", "plus_marks", "circle"]})
+    assert data.classes == ["x_marks", "plus_marks", "circle"] and sorted(set(data.y_train.tolist())) == [0, 1, 2]
+    x, y = generate_shapes(40, classes=("x", "x_marks"), noise=0.0)
+    big, marks = x[y == 0, 0], x[y == 1, 0]
+    # three small glyphs: ink spread over the image, but each glyph is small
+    assert (marks > 0.5).sum(axis=(1, 2)).mean() < (big > 0.5).sum(axis=(1, 2)).mean()
+    with pytest.raises(ValueError, match="dataset.classes: unknown shape 'star'"):
+        normalize_dataset_spec({"name": "shapes", "classes": ["x", "star"]})
+    with pytest.raises(ValueError, match="dataset.classes: give at least two"):
+        normalize_dataset_spec({"name": "shapes", "classes": ["x"]})
 
 
 def _ink_moments(image):
