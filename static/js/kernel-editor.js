@@ -136,7 +136,7 @@ export function mountKernelEditor(context) {
 
   function draw() {
     const peak = Math.max(1e-12, ...values.flat().map(Math.abs));
-    cells.style.gridTemplateColumns = `repeat(${size}, 2.2em)`;
+    cells.style.gridTemplateColumns = `repeat(${size}, 38px)`;
     cells.replaceChildren();
     values.forEach((row, i) => row.forEach((v, j) => {
       const cell = el("button", { type: "button", class: "ke-cell", "data-row": String(i), "data-col": String(j) },
