@@ -364,6 +364,12 @@ function followRun(id, generation) {
   const close = api.openEvents(id, {
     status: (d) => onStatusEvent(d, generation),
     snapshot: (d) => onSnapshotEvent(d, generation),
+    // EventSource retries by itself; the server's first event on return clears this note
+    error: (readyState) => {
+      if (generation === runGeneration && readyState === EventSource.CONNECTING) {
+        $("run-message").textContent = "connection to the server lost — reconnecting…";
+      }
+    },
     metrics: (d) => {
       if (generation !== runGeneration) return;
       if (ready) addMetricPoints(d.points || []);
@@ -493,7 +499,8 @@ function updateRunHeader(message) {
   badge.className = `badge status-${run.status}`;
   badge.title = message || run.message || "";
   const problem = ["diverged", "failed", "interrupted"].includes(run.status);
-  $("run-message").textContent = problem ? (message || run.message || "") : "";
+  const queued = run.status === "queued" && run.queue_position != null ? `waiting for a free slot (position ${run.queue_position})` : "";
+  $("run-message").textContent = problem ? (message || run.message || "") : queued;
   $("run-message").title = $("run-message").textContent;
   $("btn-pause").hidden = run.status !== "running" && run.status !== "queued";
   // the server resumes a paused run, and restarts stopped, failed or interrupted ones from their checkpoint

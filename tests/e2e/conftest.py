@@ -32,39 +32,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server:
+    """A kernelscope server in a subprocess: `uvicorn app.main:create_app --factory`."""
+
+    def __init__(self, data_dir: Path, port: int | None = None):
+        self.data_dir = Path(data_dir)
+        self.port = port or _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        # the test server's own settings only: no token, limits or data dir from the caller's shell
+        env = {key: value for key, value in os.environ.items() if not key.startswith("KERNELSCOPE_")}
+        env["KERNELSCOPE_DATA"] = str(self.data_dir)
+        self.log_path = self.data_dir / f"server-{self.port}.log"
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+            cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"the server did not start; its log:\n{self.log_path.read_text()}")
+            time.sleep(0.2)
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+    def kill(self):
+        """SIGKILL, as a crash or a pulled plug would."""
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """Base URL of a real server on a free port, with its own empty data directory."""
-    data = tmp_path_factory.mktemp("kernelscope-data")
-    port = _free_port()
-    # the test server's own settings only: no token, limits or data dir from the caller's shell
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KERNELSCOPE_")}
-    env["KERNELSCOPE_DATA"] = str(data)
-    log = open(data / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.close()
-            pytest.fail(f"the server did not start; its log:\n{(data / 'server.log').read_text()}")
-        time.sleep(0.2)
-    yield base
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    running = Server(tmp_path_factory.mktemp("kernelscope-data"))
+    yield running.base
+    running.stop()
 
 
 @pytest.fixture(scope="session")
