@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import re
 from pathlib import Path
 
 from app import limits
@@ -103,17 +104,54 @@ async def _send_json(send, status: int, content: dict, headers: list | None = No
     await send({"type": "http.response.body", "body": body})
 
 
+def _documented_methods(app) -> list[tuple[re.Pattern, str]]:
+    """(path pattern, "GET, POST") for every path of the app's OpenAPI document."""
+    table = []
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = "".join(
+            "[^/]+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]+\})", template)
+        )
+        methods = ", ".join(method.upper() for method in operations)
+        table.append((re.compile(f"^{pattern}$"), methods))
+    return table
+
+
 class RequestGuard:
-    """ASGI middleware: token for state-changing methods, body size, JSON values (see module doc)."""
+    """ASGI middleware: token for state-changing methods, body size, JSON values (see module doc).
+
+    It also makes a 405 answer's `Allow` header list every documented method of
+    the path (Starlette lists only those of the first route that matched it).
+    """
 
     def __init__(self, app, token: str | None, max_body_bytes: int = limits.MAX_BODY_BYTES):
         self.app = app
         self.token = token
         self.max_body_bytes = max_body_bytes
+        self._methods_table = None
+
+    def _allow_header(self, scope) -> bytes | None:
+        if self._methods_table is None and "app" in scope:
+            self._methods_table = _documented_methods(scope["app"])
+        for pattern, methods in self._methods_table or []:
+            if pattern.match(scope["path"]):
+                return methods.encode("latin-1")
+        return None
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+
+        async def send_with_full_allow(message):
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                allow = self._allow_header(scope)
+                if allow is not None:
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                    message = {**message, "headers": [*headers, (b"allow", allow)]}
+            await send(message)
+
+        if scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send_with_full_allow)
             return
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         if self.token and not token_matches(headers.get("authorization", ""), self.token):
@@ -156,7 +194,7 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, send_with_full_allow)
 
 
 # ---------------------------------------------------------------- dataset paths

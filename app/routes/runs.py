@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Resp
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app import render
+from app.limits import MAX_STEPS
 from app.routes import RunId, Token, existing_run, get_manager, get_store
 from app.runs import QueueFull, RunConflict, RunManager
 from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
@@ -117,7 +118,10 @@ def pause_run(manager: Manager, run: Run) -> dict:
         raise not_found(error) from None
 
 
-@router.post("/{run_id}/resume", response_model=RunOut, dependencies=[Token], responses={**NOT_FOUND, **CONFLICT})
+@router.post(
+    "/{run_id}/resume", response_model=RunOut, dependencies=[Token],
+    responses={**NOT_FOUND, **CONFLICT, 429: {"description": "every slot is busy and the queue is full"}},
+)
 def resume_run(manager: Manager, run: Run) -> dict:
     """Continue a paused run, or restart an interrupted, stopped or failed one from its last checkpoint."""
     try:
@@ -157,7 +161,7 @@ def delete_run(manager: Manager, run: Run) -> Response:
 def get_metrics(
     store: StoreDep,
     run: Run,
-    since: Annotated[int, Query(ge=-1, description="only points with step > since")] = -1,
+    since: Annotated[int, Query(ge=-1, le=MAX_STEPS, description="only points with step > since")] = -1,
     limit: Annotated[int | None, Query(ge=1, le=10_000_000)] = None,
 ) -> dict:
     """Loss and accuracy by step (val_loss/val_acc at evaluation steps)."""
