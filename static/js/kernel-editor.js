@@ -191,10 +191,12 @@ export function mountKernelEditor(context) {
   useInit.addEventListener("click", () => {
     const layer = Number(initLayer.value);
     const count = Math.max(1, Math.floor(Number(initCount.value) || 1));
-    const fallback = state.config.init?.name === "kernel" ? { name: "he_normal" } : state.config.init;
+    // the rest of the layer starts from the run's default init (a random one: kernel cannot be its own fallback)
+    const base = state.config.init?.name === "kernel" || !state.config.init ? { name: "he_normal" } : state.config.init;
+    const fallback = Object.keys(base).length === 1 ? base.name : base;
     const kernel = scaled();
     context.applyLayerInit(layer, { name: "kernel", kernels: Array.from({ length: count }, () => kernel), fallback });
-    initNote.textContent = `layer ${layer}: filters 0–${count - 1} start as this kernel, the rest from ${fallback?.name ?? "he_normal"}`;
+    initNote.textContent = `layer ${layer}: filters 0–${count - 1} start as this kernel, the rest from ${base.name}`;
   });
 
   put.addEventListener("click", async () => {

@@ -127,3 +127,23 @@ def test_kernel_editor_puts_a_frozen_x_into_a_paused_run_and_fork_starts_from_th
         assert api.get(gif).headers["content-type"] == "image/gif"
     finally:
         api.post(f"/api/runs/{run['id']}/stop")
+
+
+def test_kernel_editor_seeds_the_first_filters_of_a_new_run(page, server, api):
+    goto(page, f"{server}/")
+    tiny_form(page)
+    page.click('#view-tabs [data-view="kernels"]')
+    page.select_option("#ke-size", "3")
+    page.click('.ke-presets [data-pattern="sobel_x"]')
+    page.select_option("#ke-init-layer", "0")
+    set_field(page, "#ke-init-count", "2")
+    page.click("#ke-use-init")
+    page.click('#view-tabs [data-view="live"]')
+    page.click("#btn-start")
+    page.wait_for_function("window.__kernelscope.drawn !== null && window.__kernelscope.state.run", timeout=60_000)
+    run_id = page.evaluate("window.__kernelscope.state.run.id")
+    weight = np.asarray(api.get(f"/api/runs/{run_id}/snapshots/0?feature_maps=0").json()["layers"][0]["weight"])
+    sobel = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]) / np.sqrt(12)
+    assert np.allclose(weight[0, 0], sobel, atol=1e-4) and np.allclose(weight[1, 0], sobel, atol=1e-4)
+    assert not np.allclose(weight[2, 0], sobel, atol=1e-2)
+    api.post(f"/api/runs/{run_id}/stop")
