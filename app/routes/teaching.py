@@ -301,8 +301,9 @@ def init_probe(body: Annotated[InitProbeRequest | None, Body()] = None) -> dict:
         except ValueError as error:
             raise unprocessable(["body", "inits", index], f"inits.{index}: {error}") from None
     try:
-        draws = [run_probe(normalised, inits=body.inits, batch=body.batch, seed=body.seed + r)
-                 for r in range(body.repeats)]
+        with np.errstate(all="ignore"):  # a huge init overflows; its figures come back as null
+            draws = [run_probe(normalised, inits=body.inits, batch=body.batch, seed=body.seed + r)
+                     for r in range(body.repeats)]
     except ValueError as error:
         raise field_error(error, "") from None
     result = average_draws(draws)
@@ -312,7 +313,18 @@ def init_probe(body: Annotated[InitProbeRequest | None, Body()] = None) -> dict:
         entry["theory_act_std"] = theory_std(layers, entry["init"])
         entry["summary"] = probe_summary(label, entry["layers"])
     result["depth"] = len(result["results"][0]["layers"]) if result["results"] else 0
-    return result
+    return finite_or_none(result)
+
+
+def finite_or_none(value):
+    """The probe's figures with inf/NaN (a huge init overflows) as null: JSON has no infinity."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 # ---------------------------------------------------------------- fork
