@@ -86,6 +86,18 @@ def test_default_comparison_covers_the_six_inits_and_a_bad_init_starts_nothing(t
             wait_for(client, run_id, "completed")
 
 
+def test_comparison_bad_input_names_the_field(compared):
+    client, _ = compared
+    for body, field in [({"base": {"steps": -1}}, "base.steps"), ({"inits": []}, "inits"),
+                        ({"base": {"model": "nonsense"}}, "base.model"), ({"inits": ["he_normal"], "colour": 1}, "colour"),
+                        ({"inits": [{"name": "normal", "std": "big"}]}, "inits.0")]:
+        bad = client.post("/api/comparisons", json=body)
+        assert bad.status_code == 422, (body, bad.text)
+        assert message_of(bad).startswith(field), (body, message_of(bad))
+    missing = client.get("/api/comparisons/nope")
+    assert missing.status_code == 404 and message_of(missing).startswith("comparison_id")
+
+
 def test_a_comparison_that_does_not_fit_the_queue_is_refused_whole(tmp_path):
     with TestClient(create_app(make_settings(tmp_path / "data", max_runs=1, max_queued=1))) as client:
         response = client.post("/api/comparisons", json={"base": TINY, "inits": ["zeros", "constant", "he_normal"]})
@@ -116,6 +128,15 @@ def test_init_probe_matches_the_theory_over_30_layers(compared):
     small = client.post("/api/init-probe", json={"depth": 8, "width": 8, "repeats": 1,
                                                  "inits": [{"name": "normal", "std": 0.01}]}).json()["results"][0]
     assert small["layers"][5]["act_std"] < 1e-6 and small["label"] == "normal(std=0.01)"
+
+
+def test_init_probe_reports_an_overflowing_init_as_null(compared):
+    client, _ = compared
+    response = client.post("/api/init-probe", json={"depth": 40, "width": 8, "repeats": 1,
+                                                    "inits": [{"name": "constant", "value": 1000}]})
+    assert response.status_code == 200, response.text
+    stds = [row["act_std"] for row in response.json()["results"][0]["layers"]]
+    assert stds[0] > 100 and stds[-1] is None
 
 
 def test_init_probe_takes_a_preset_and_rejects_bad_input_by_field(compared):
