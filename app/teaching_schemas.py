@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StrictInt
 
 from app.schemas import MAX_STEPS, RunCreate, RunOut
 
@@ -96,7 +96,7 @@ class ForkCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    step: int | Literal["latest"] = Field("latest", description="A stored snapshot step of the parent, or 'latest'.")
+    step: StrictInt | Literal["latest"] = Field("latest", description="A stored snapshot step of the parent, or 'latest'.")
     optimizer: dict[str, Any] | None = Field(None, description='Overrides, e.g. {"lr": 0.01} or {"name": "adam", "lr": 0.001}.')
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Total steps of the fork (it continues from `step`).")
     batch_size: int | None = Field(None, ge=1, le=4096)
