@@ -628,8 +628,8 @@ def normalize_dataset_spec(spec) -> dict:
     if name == "shapes":
         if full["size"] < 8:
             raise ValueError("dataset.size: must be >= 8")
-        if not isinstance(full["noise"], (int, float)) or isinstance(full["noise"], bool) or not 0 <= full["noise"] <= 2:
-            raise ValueError("dataset.noise: must be a number between 0 and 2")
+        if not isinstance(full["noise"], (int, float)) or isinstance(full["noise"], bool) or not 0 <= full["noise"] <= 10:
+            raise ValueError("dataset.noise: must be a number between 0 and 10")
         if full["classes"] is not None:
             if not isinstance(full["classes"], (list, tuple)) or not all(isinstance(c, str) for c in full["classes"]):
                 raise ValueError("dataset.classes: must be a list of shape names")
