@@ -27,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from app import limits, security
+from fastapi.sse import format_sse_event
+
 from app.settings import Settings
 from app.store import ACTIVE_STATUSES, RunNotFound, Store, checkpoint_path, write_npz_atomic
 from app.worker import (
@@ -34,6 +36,7 @@ from app.worker import (
 )
 
 MAX_PENDING_BATCHES = 64
+KEEPALIVE_SECONDS = 15.0
 REPLAY_CHUNK_POINTS = 1000
 CONTROL_WAIT_SECONDS = 10.0
 
@@ -99,14 +102,31 @@ class Channel:
         self.status_changed = threading.Condition(self.lock)
         self.closed = False
         self._snapshot_cache: tuple[int, str] | None = None
+        self._latest_snapshot: int | None = None
+        self._latest_known = False
 
     def record(self, message: tuple) -> None:
         with self.lock:
             events = self.recorder.record(message)
+            for event in events:
+                if event.kind != "snapshot":
+                    encode(event)  # once here, not once per viewer
             for subscription in self.subscribers:
                 subscription.push(events)
             if message[0] == "status":
                 self.status_changed.notify_all()
+            elif message[0] == "started":
+                self._latest_known = False  # a resume may have removed newer snapshots
+            elif message[0] == "snapshot" and self._latest_known:
+                self._latest_snapshot = max(int(message[1]), self._latest_snapshot or 0)
+
+    def latest_snapshot_step(self) -> int | None:
+        """The newest snapshot's step, from the folder once and then from the events."""
+        with self.lock:
+            if not self._latest_known:
+                self._latest_snapshot = self.store.latest_snapshot_step(self.run_id)
+                self._latest_known = True
+            return self._latest_snapshot
 
     def close(self) -> None:
         with self.lock:
@@ -473,11 +493,15 @@ class RunManager:
 
     # -- streaming
 
-    async def stream(self, run_id: str, last_event_id: int | None):
-        """Async iterator of (seq, kind, data_json) for one viewer, until the run is deleted.
+    def latest_snapshot_step(self, run_id: str) -> int | None:
+        return self.channel(run_id).latest_snapshot_step()
+
+    async def stream(self, run_id: str, last_event_id: int | None, keepalive: float = KEEPALIVE_SECONDS):
+        """Async iterator of Events for one viewer (None = a keep-alive), until the run is deleted.
 
         First the metrics missed since `last_event_id` (from the store), then the
         current status and latest snapshot, then live events as they happen.
+        Each Event's `wire` holds its encoded SSE frame (see `encode`).
         """
         channel = self.channel(run_id)
         subscription = Subscription(channel, asyncio.get_running_loop())
@@ -486,24 +510,28 @@ class RunManager:
             resync = True
             while True:
                 if resync:
-                    async for item in self._resync(channel, subscription, last_sent):
-                        last_sent = item[0]
-                        yield item
+                    async for event in self._resync(channel, subscription, last_sent):
+                        last_sent = event.seq
+                        yield event
                     resync = False
-                await subscription.wakeup.wait()
+                try:
+                    await asyncio.wait_for(subscription.wakeup.wait(), keepalive)
+                except asyncio.TimeoutError:
+                    yield None
+                    continue
                 if channel.closed:
                     return
                 events, resync = subscription.take()
                 if resync:
                     continue
                 for event in events:
-                    data = event.data
-                    if event.kind == "snapshot":
-                        data = channel.snapshot_data(event.step)
-                        if data is None:
+                    if event.kind == "snapshot" and event.data is None:
+                        event.data = channel.snapshot_data(event.step)  # shared: read once for all viewers
+                        if event.data is None:
                             continue
                     last_sent = event.seq
-                    yield (event.seq, event.kind, data)
+                    encode(event)
+                    yield event
         finally:
             with channel.lock:
                 channel.subscribers.discard(subscription)
@@ -518,13 +546,20 @@ class RunManager:
         if last_sent is not None and last_sent < first:
             rows = self.store.metrics_between_seq(channel.run_id, last_sent, first - 1)
             for seq, points in _replay_chunks(rows):
-                yield (seq, "metrics", _points_json(points))
-        yield (first, "status", status_payload(run))
-        step = self.store.latest_snapshot_step(channel.run_id)
+                yield encode(Event(seq, "metrics", _points_json(points)))
+        yield encode(Event(first, "status", status_payload(run)))
+        step = channel.latest_snapshot_step()
         if step is not None:
             data = channel.snapshot_data(step)
             if data is not None:
-                yield (first + 1, "snapshot", data)
+                yield encode(Event(first + 1, "snapshot", data, step=step))
+
+
+def encode(event: Event) -> Event:
+    """Fill event.wire with its SSE frame (id, event, data), once."""
+    if event.wire is None:
+        event.wire = format_sse_event(data_str=event.data, event=event.kind, id=str(event.seq))
+    return event
 
 
 def _replay_chunks(rows: list[tuple[int, dict]]):

@@ -290,6 +290,7 @@ class Event:
     kind: str            # "status" | "metrics" | "snapshot"
     data: str | None = None
     step: int | None = None
+    wire: bytes | None = None  # the encoded SSE frame, built once and shared by every viewer
 
 
 def status_payload(run: dict) -> str:

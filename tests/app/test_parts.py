@@ -151,21 +151,22 @@ def test_a_slow_viewer_has_bounded_state_and_still_gets_every_point(tmp_path):
     async def scenario():
         stream = manager.stream(run_id, None)
         first = await stream.__anext__()
-        assert first[1] == "status"
+        assert first.kind == "status"
         (subscription,) = channel.subscribers
         # the viewer reads nothing while 500 batches of 10 points arrive
         for batch in range(500):
             channel.record(("metrics", [{"step": batch * 10 + i + 1, "loss": 1.0, "acc": 0.5} for i in range(10)]))
             assert len(subscription.pending) <= MAX_PENDING_BATCHES
         channel.record(("status", "completed", 5000, None))
-        steps, ids, last_status = [], [first[0]], None
+        steps, ids, last_status = [], [first.seq], None
         while last_status != "completed":
-            seq, kind, data = await stream.__anext__()
-            ids.append(seq)
-            if kind == "metrics":
-                steps += [p["step"] for p in json.loads(data)["points"]]
-            elif kind == "status":
-                last_status = json.loads(data)["status"]
+            event = await stream.__anext__()
+            ids.append(event.seq)
+            assert event.wire.startswith(f"event: {event.kind}\n".encode())
+            if event.kind == "metrics":
+                steps += [p["step"] for p in json.loads(event.data)["points"]]
+            elif event.kind == "status":
+                last_status = json.loads(event.data)["status"]
         await stream.aclose()
         return steps, ids
 
@@ -192,6 +193,6 @@ def test_reconnecting_viewer_gets_missed_metrics_before_status(tmp_path):
         return items
 
     items = asyncio.run(scenario())
-    assert [kind for _, kind, _ in items] == ["metrics", "status"]  # missed batches come as one event
-    assert [p["step"] for p in json.loads(items[0][2])["points"]] == [2, 3]
-    assert seen < items[0][0] < items[1][0]
+    assert [event.kind for event in items] == ["metrics", "status"]  # missed batches come as one event
+    assert [p["step"] for p in json.loads(items[0].data)["points"]] == [2, 3]
+    assert seen < items[0].seq < items[1].seq
