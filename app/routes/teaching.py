@@ -46,6 +46,10 @@ Run = Annotated[dict, Depends(existing_run)]
 # 16-wide 3×3 stack on 16×16 inputs, batch 4, 4 repeats is about 1.1e9); beyond, the server would stall.
 MAX_PROBE_MACS = 2_000_000_000
 MAX_GIF_FRAMES = 120
+# A frame is the layer's filter grid; wide layers get fewer screen pixels per weight, and
+# long GIFs fewer frames, so one request never draws more than this many pixels.
+MAX_FRAME_PIXELS = 1_500_000
+MAX_GIF_PIXELS = 60_000_000
 GIF_CAPTION_HEIGHT = 14
 ZIP_SPOOL_BYTES = 32 * 1024 * 1024
 
@@ -617,6 +621,26 @@ def evenly_spaced(steps: list[int], cap: int) -> list[int]:
     return [steps[i] for i in indices]
 
 
+def grid_pixels(shape, pixel: int, gap: int = 2) -> int:
+    """Pixels of render.filter_grid's picture of a (out, in, kh, kw) weight."""
+    out_channels, in_channels, kh, kw = shape
+    rows, cols = render.grid_shape(out_channels)
+    width = cols * (in_channels * kw * pixel + (in_channels - 1) * gap) + (cols + 1) * 2 * gap
+    height = rows * kh * pixel + (rows + 1) * 2 * gap + GIF_CAPTION_HEIGHT
+    return width * height
+
+
+def fit_gif(shape, pixel: int, frames: int) -> tuple[int, int]:
+    """(pixel, frames) within MAX_FRAME_PIXELS per frame and MAX_GIF_PIXELS in all."""
+    while pixel > 1 and grid_pixels(shape, pixel) > MAX_FRAME_PIXELS:
+        pixel -= 1
+    per_frame = grid_pixels(shape, pixel)
+    if per_frame > MAX_FRAME_PIXELS:
+        raise unprocessable(["query", "layer"], f"layer: {list(shape)} is too large to draw "
+                                                f"({per_frame} pixels per frame; at most {MAX_FRAME_PIXELS})")
+    return pixel, max(2, min(frames, MAX_GIF_PIXELS // per_frame))
+
+
 def captioned(image: Image.Image, text: str) -> Image.Image:
     """The image with a dark band on top holding `text`."""
     frame = Image.new("RGB", (max(image.width, 80), image.height + GIF_CAPTION_HEIGHT), render.BACKGROUND)
@@ -637,7 +661,11 @@ def evolution_gif(
     duration: Annotated[int, Query(ge=20, le=5000, description="milliseconds per frame")] = 120,
     pixel: Annotated[int, Query(ge=1, le=32, description="screen pixels per weight")] = 8,
 ) -> Response:
-    """One frame per stored snapshot (evenly subsampled beyond `frames`), one colour scale for all frames."""
+    """One frame per stored snapshot (evenly subsampled beyond `frames`), one colour scale for all frames.
+
+    Very wide layers are drawn with fewer pixels per weight and fewer frames
+    (MAX_FRAME_PIXELS, MAX_GIF_PIXELS), so a GIF never takes the server's memory.
+    """
     run_id = run["id"]
     steps = store.snapshot_steps(run_id)
     if not steps:
@@ -648,6 +676,7 @@ def evolution_gif(
     index = min(conv) if layer is None else layer
     if index not in conv:
         raise unprocessable(["query", "layer"], f"layer: {index} is not a conv layer; conv layers are {sorted(conv)}")
+    pixel, frames = fit_gif(conv[index]["shape"], pixel, frames)
     weights = []
     for step in evenly_spaced(steps, frames):
         params = store.read_snapshot_params(run_id, step)
