@@ -7,7 +7,8 @@ checks the bar of issue 3: validation accuracy >= 90%, at least half of the
 first-layer filters beat 99% of random kernels of their size, the best scoring
 >= 0.8. Saves the first-layer filters at step 0 and at the end, labelled, to
 docs/learned-filters.png. With --deep it also trains the "deep" preset (20 plain
-ReLU conv layers) with He normal and with N(0, 0.01^2) and reports the losses.
+ReLU conv layers, its default optimizer) with He normal and with N(0, 0.01^2)
+and reports the losses.
 
     python benchmarks/demo.py [--steps 3000] [--seed 0] [--deep]
 """
@@ -137,7 +138,8 @@ def run_demo(steps: int, seed: int, picture: Path) -> bool:
 
 
 def run_deep(steps: int, seed: int) -> None:
-    table = Table(title=f"'deep' preset (20 plain ReLU 3x3 conv layers), {steps} SGD steps, seed {seed}")
+    optimizer = RunConfig.from_dict({"model": "deep"}).optimizer
+    table = Table(title=f"'deep' preset (20 plain ReLU 3x3 conv layers), {steps} steps of {optimizer}, seed {seed}")
     for column in ("init", "loss at step 1", "median loss, last 50 steps", "val_acc", "seconds"):
         table.add_column(column)
     for init in ("he_normal", {"name": "normal", "std": 0.01}):
@@ -156,7 +158,7 @@ def main(
     seed: int = typer.Option(0, help="run seed"),
     picture: Path = typer.Option(ROOT / "docs" / "learned-filters.png", help="where to save the filter picture"),
     deep: bool = typer.Option(False, help="also compare He and N(0, 0.01^2) on the deep preset"),
-    deep_steps: int = typer.Option(400, help="training steps for each deep run"),
+    deep_steps: int = typer.Option(300, help="training steps for each deep run"),
 ) -> None:
     passed = run_demo(steps, seed, picture)
     if deep:

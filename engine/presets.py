@@ -49,8 +49,9 @@ PRESETS = {
     "deep": {
         "input": [1, 28, 28],
         "layers": [
-            {"type": "avgpool", "size": 4},
+            {"type": "maxpool", "size": 2},
             *[layer for _ in range(20) for layer in ({"type": "conv", "filters": 8, "kernel": 3, "padding": 1}, {"type": "relu"})],
+            {"type": "maxpool", "size": 2},
             {"type": "flatten"},
             {"type": "dense", "units": 10},
         ],

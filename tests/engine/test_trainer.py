@@ -34,6 +34,12 @@ def test_empty_config_is_the_complete_default_demo():
     assert RunConfig.from_dict(json.loads(json.dumps(config))).to_dict() == config
 
 
+def test_deep_preset_brings_its_own_optimizer_unless_one_is_given():
+    assert RunConfig.from_dict({"model": "deep"}).optimizer["name"] == "adam"
+    given = RunConfig.from_dict({"model": "deep", "optimizer": {"name": "sgd", "lr": 0.003}}).optimizer
+    assert given["name"] == "sgd" and given["lr"] == 0.003 and given["momentum"] == 0.9
+
+
 @pytest.mark.parametrize("bad, field", [
     ({"batch_size": 0}, "batch_size"),
     ({"steps": "many"}, "steps"),
