@@ -116,6 +116,11 @@ def test_kernel_editor_puts_a_frozen_x_into_a_paused_run_and_fork_starts_from_th
         assert child["meta"]["parent"] == run["id"]
         assert child["config"]["optimizer"]["lr"] == 0.01
         # the download buttons point at this run's files
+        child_path = f"/api/runs/{child['id']}"
+        deadline = time.monotonic() + 60
+        while not api.get(f"{child_path}/snapshots").json()["steps"]:
+            assert time.monotonic() < deadline, f"the fork made no snapshot: {api.get(child_path).json()}"
+            time.sleep(0.2)
         page.wait_for_function("window.__kernelscope.state.steps.length > 0", timeout=30_000)
         # (a click that sets the links, then cancelled: the test reads them instead of downloading)
         for link in ("#btn-export", "#btn-gif"):
