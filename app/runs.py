@@ -52,11 +52,16 @@ class QueueFull(Exception):
 # ---------------------------------------------------------------- event fan-out
 
 class Subscription:
-    """One viewer's bounded queue of events to send."""
+    """One viewer's bounded queue of events to send.
+
+    Its own small lock guards the queue, so the event loop never waits for a
+    reader thread that holds the channel lock while it writes to the store.
+    """
 
     def __init__(self, channel: "Channel", loop: asyncio.AbstractEventLoop):
         self.channel = channel
         self.loop = loop
+        self.lock = threading.Lock()
         self.wakeup = asyncio.Event()
         self.pending: list[Event] = []
         self.resync = False
@@ -64,14 +69,20 @@ class Subscription:
 
     def push(self, events: list[Event]) -> None:
         """Called with channel.lock held, from any thread."""
-        for event in events:
-            if event.kind in ("status", "snapshot"):
-                self.pending = [e for e in self.pending if e.kind != event.kind]
-            self.pending.append(event)
-        if len(self.pending) > MAX_PENDING_BATCHES:
+        with self.lock:
+            for event in events:
+                if event.kind in ("status", "snapshot"):
+                    self.pending = [e for e in self.pending if e.kind != event.kind]
+                self.pending.append(event)
+            if len(self.pending) > MAX_PENDING_BATCHES:
+                self.pending = []
+                self.resync = True
+            self._notify()
+
+    def reset(self) -> None:
+        with self.lock:
             self.pending = []
-            self.resync = True
-        self._notify()
+            self.resync = False
 
     def _notify(self) -> None:
         if not self.notified:
@@ -82,7 +93,7 @@ class Subscription:
                 pass
 
     def take(self) -> tuple[list[Event], bool]:
-        with self.channel.lock:
+        with self.lock:
             events, self.pending = self.pending, []
             resync, self.resync = self.resync, False
             self.notified = False
@@ -536,15 +547,23 @@ class RunManager:
             with channel.lock:
                 channel.subscribers.discard(subscription)
 
-    async def _resync(self, channel: Channel, subscription: Subscription, last_sent: int | None):
+    def _register(self, channel: Channel, subscription: Subscription, last_sent: int | None):
+        """Reserve ids for the first events and subscribe, atomically with respect to
+        publishing; returns (first id, run, missed metrics rows)."""
         with channel.lock:
             first = self.store.next_seq(channel.run_id, 2)
             run = self.store.get_run(channel.run_id)
-            subscription.pending = []
-            subscription.resync = False
+            subscription.reset()
             channel.subscribers.add(subscription)
+        rows = []
         if last_sent is not None and last_sent < first:
             rows = self.store.metrics_between_seq(channel.run_id, last_sent, first - 1)
+        return first, run, rows
+
+    async def _resync(self, channel: Channel, subscription: Subscription, last_sent: int | None):
+        # in a thread: store writes and replay queries stay off the event loop
+        first, run, rows = await asyncio.to_thread(self._register, channel, subscription, last_sent)
+        if rows:
             for seq, points in _replay_chunks(rows):
                 yield encode(Event(seq, "metrics", _points_json(points)))
         yield encode(Event(first, "status", status_payload(run)))

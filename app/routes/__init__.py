@@ -4,6 +4,8 @@
 create_app() put on app.state; `require_token` guards every state-changing
 route (POST/PUT/DELETE) when KERNELSCOPE_TOKEN is set; `existing_run` answers
 404 for an unknown run id before a route body (or an event stream) starts.
+They are async because they are quick: a plain `def` dependency would cost a
+thread-pool round trip per request.
 """
 
 from __future__ import annotations
@@ -20,19 +22,19 @@ from app.store import RunNotFound, Store
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_manager(request: Request) -> RunManager:
+async def get_manager(request: Request) -> RunManager:
     return request.app.state.manager
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """When KERNELSCOPE_TOKEN is set, demand `Authorization: Bearer <token>`."""
     token = request.app.state.settings.token
     if not token:
@@ -50,7 +52,8 @@ def require_token(request: Request) -> None:
 RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="run id as returned by POST /api/runs")]
 
 
-def existing_run(run_id: RunId, store: Annotated[Store, Depends(get_store)]) -> dict:
+async def existing_run(run_id: RunId, store: Annotated[Store, Depends(get_store)]) -> dict:
+    """The stored run, or 404. Async: a sub-millisecond lookup needs no thread hop."""
     try:
         return store.get_run(run_id)
     except RunNotFound:

@@ -98,12 +98,12 @@ def start_run(manager: Manager, body: Annotated[RunCreate | None, Body()] = None
 
 
 @router.get("", response_model=RunList)
-def list_runs(manager: Manager) -> dict:
+async def list_runs(manager: Manager) -> dict:
     return {"runs": [run_out(manager, run) for run in manager.store.list_runs()]}
 
 
 @router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
-def get_run(manager: Manager, run: Run) -> dict:
+async def get_run(manager: Manager, run: Run) -> dict:
     return run_out(manager, run)
 
 
