@@ -257,16 +257,22 @@ def test_every_route_the_readme_shows_exists_in_the_app(tmp_path):
     for path in re.findall(r"curl -s(?: -o \S+)? '?http://127\.0\.0\.1:8000(/[^\s'?]*)", api):
         shown.add(("GET", path))
     for cell in re.findall(r"^\| ((?:GET|POST|PUT|DELETE) .+?) \|", api, re.M):
-        methods = []
-        for part in cell.split(";"):
-            methods = re.findall(r"\b(?:GET|POST|PUT|DELETE)\b", part.split("`")[0]) or methods
-            paths = [p.split("?")[0] for p in re.findall(r"`([^`]+)`", part)]
-            for path in paths:
-                if not path.startswith(("/api", "/healthz")):  # `/resume` continues the first path
-                    segment = "/" + path.strip("/").split("/")[0]
-                    cut = paths[0].rfind(segment)
-                    path = (paths[0][:cut] if cut > 0 else paths[0].rsplit("/", 1)[0]) + path
-                shown |= {(method, path) for method in methods}
+        # "POST `/a/{id}/pause`, `/resume`; DELETE `/a/{id}`": a method word starts a group,
+        # a path not starting at the root (`/resume`) continues the group's first path.
+        methods, group_paths, last_was_path = [], [], False
+        for method, path in re.findall(r"\b(GET|POST|PUT|DELETE)\b|`([^`]+)`", cell):
+            if method:
+                methods = [method] if last_was_path else methods + [method]
+                group_paths, last_was_path = [], False
+                continue
+            path = path.split("?")[0]
+            if group_paths and not path.startswith(("/api", "/healthz")):
+                segment = "/" + path.strip("/").split("/")[0]
+                cut = group_paths[0].rfind(segment)
+                path = (group_paths[0][:cut] if cut > 0 else group_paths[0].rsplit("/", 1)[0]) + path
+            group_paths.append(path)
+            shown |= {(m, path) for m in methods}
+            last_was_path = True
     assert len(shown) >= 15
     missing = []
     for method, path in sorted(shown):
