@@ -128,7 +128,8 @@ def run_torch_only(args):
             step = torch_stepper(torch_model(model, torch), x, labels, torch, channels_last=args.channels_last)
             for _ in range(args.warmup):
                 step()
-            results[f"{preset}/{batch}"] = statistics.median(timed(step) for _ in range(args.steps))
+            steps = args.medium_steps if preset == "medium" else args.steps
+            results[f"{preset}/{batch}"] = statistics.median(timed(step) for _ in range(steps))
     print(json.dumps(results))
 
 
@@ -140,7 +141,8 @@ def torch_reference(args, tuned):
     if tuned:
         env["GLIBC_TUNABLES"] = TUNED_GLIBC
     command = [sys.executable, os.path.abspath(__file__), "--torch-only", "--threads", str(args.threads),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--presets", *args.presets,
+               "--steps", str(args.steps), "--medium-steps", str(args.medium_steps), "--warmup", str(args.warmup),
+               "--presets", *args.presets,
                "--batches", *map(str, args.batches)] + (["--channels-last"] if tuned else [])
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -164,7 +166,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="batch 64 only, fewer steps")
     parser.add_argument("--presets", nargs="+", default=["small", "medium"])
     parser.add_argument("--batches", nargs="+", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 40; --quick 15)")
+    parser.add_argument("--medium-steps", type=int, default=None, help="timed steps for medium (default 20; --quick 8)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
@@ -174,6 +177,7 @@ def main():
     args = parser.parse_args()
     args.batches = args.batches or ([64] if args.quick else [32, 64, 128])
     args.steps = args.steps or (15 if args.quick else 40)
+    args.medium_steps = args.medium_steps or (8 if args.quick else 20)
     args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 5)
 
     if args.torch_only:
@@ -200,7 +204,10 @@ def main():
     print(f"numpy {np.__version__}; BLAS: {blas_description()}")
     print(f"cpus: {os.cpu_count()}; engine threads: {args.threads}"
           + (f"; torch {torch.__version__} threads: {torch.get_num_threads()}" if torch else "; torch: not installed"))
-    print(f"median of {args.steps} steps after {args.warmup} warm-up steps; engine and torch steps alternate")
+    print(f"median of {args.steps} steps ({args.medium_steps} for medium) after {args.warmup} warm-up steps;"
+          " engine and torch steps alternate")
+    print("load average before the run: " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
+          + " (figures from a busy machine are not comparable)")
     print()
     default = torch_reference(args, tuned=False) if torch is not None else {}
     tuned = torch_reference(args, tuned=True) if torch is not None else {}
@@ -222,7 +229,7 @@ def main():
                 if torch_step:
                     torch_step()
             engine_times, torch_times = [], []
-            for _ in range(args.steps):
+            for _ in range(args.medium_steps if preset == "medium" else args.steps):
                 engine_times.append(timed(engine_step))
                 if torch_step:
                     torch_times.append(timed(torch_step))
