@@ -75,6 +75,20 @@ class Server:
         self.process.wait(10)
         self.client.close()
 
+    def session_processes(self) -> list[int]:
+        """Processes still alive in this server's session (its training processes, once it is gone)."""
+        alive = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getsid(int(entry)) == self.process.pid:
+                        with open(f"/proc/{entry}/stat") as stat:
+                            if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
+                                alive.append(int(entry))
+                except (ProcessLookupError, PermissionError, FileNotFoundError):
+                    pass
+        return alive
+
     def kill_session(self) -> None:
         """SIGKILL whatever is left of this server's session (its orphaned training processes)."""
         try:
@@ -133,6 +147,10 @@ def test_sigkill_at_random_moments_loses_no_run_and_every_run_resumes(tmp_path):
             stop.set()
             busy.join(15)
         assert created, "no run was confirmed before the kills"
+        deadline = time.monotonic() + 30  # orphaned training processes notice and exit by themselves
+        while any(s.session_processes() for s in servers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [s.session_processes() for s in servers if s.session_processes()], "orphaned workers kept running"
 
         server = Server(data_dir)
         servers.append(server)
