@@ -8,6 +8,7 @@ Figures (the issue's targets in brackets):
      `time` the worker stamped when that step finished, over every point  [p95 <= 150 ms]
   3. 200 SSE viewers on one training run while a second run trains:
      GET /api/runs/{id} latency from a separate client               [p99 <= 100 ms]
+     (and the CPU the server and the two training processes used meanwhile)
   4. resident memory (server and worker) over a long run with a viewer,
      sampled every second; max/min after warm-up (first 10 % of steps)  [within 10 %]
   5. `kernelscope serve` until the first 200 on /healthz and on /     [<= 2 s]
@@ -161,6 +162,16 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -306,6 +317,9 @@ def bench_viewers(args, results: dict) -> None:
             viewers.start()
             if not ready.wait(60):
                 print("  not every viewer connected within 60 s", flush=True)
+            workers = [pid for pid in children(server.process.pid) if is_spawned_worker(pid)]
+            cpu_before = [cpu_seconds(pid) for pid in (server.process.pid, *workers)]
+            probe_started = time.monotonic()
             latencies = []
             deadline = time.monotonic() + probe_seconds
             while time.monotonic() < deadline:
@@ -314,6 +328,9 @@ def bench_viewers(args, results: dict) -> None:
                 latencies.append((time.perf_counter() - started) * 1000)
                 response.raise_for_status()
                 time.sleep(0.02)
+            probe_elapsed = time.monotonic() - probe_started
+            cpu_after = [cpu_seconds(pid) for pid in (server.process.pid, *workers)]
+            cores = [round((after - before) / probe_elapsed, 2) for before, after in zip(cpu_before, cpu_after)]
             step_a = server.client.get(f"/api/runs/{watched}").json()["step"]
             step_b = server.client.get(f"/api/runs/{other}").json()["step"]
             viewers.join(probe_seconds + 60)
@@ -329,6 +346,7 @@ def bench_viewers(args, results: dict) -> None:
         "max_ms": round(max(latencies), 1),
         "events_received": received["events"], "mb_received": round(received["bytes"] / 1e6, 1),
         "steps_reached": [step_a, step_b],
+        "server_cpu_cores": cores[0], "worker_cpu_cores": cores[1:],
     }
 
 
