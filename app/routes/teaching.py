@@ -126,11 +126,10 @@ def create_comparison(manager: Manager, body: Annotated[ComparisonCreate | None,
             config = RunConfig.from_dict({**base, "init": init}).to_dict()
             limits.check_run_config(config)
         except ValueError as error:
-            field = str(error).partition(":")[0]
-            prefix = f"inits.{index}" if field == "init" else "base"
-            if field == "init":
-                raise unprocessable(["body", "inits", index], f"inits.{index}: {str(error).partition(': ')[2]}") from None
-            raise field_error(error, prefix) from None
+            field, _, problem = str(error).partition(": ")
+            if field == "init":  # the engine names the run's `init`; here it is this entry of `inits`
+                raise unprocessable(["body", "inits", index], f"inits.{index}: {problem}") from None
+            raise field_error(error, "base") from None
         configs.append(config)
 
     comparison_id = uuid.uuid4().hex[:12]
