@@ -139,7 +139,11 @@ export function mountForkExport(context) {
   });
 
   refresh();
-  // The open run and its snapshots change under main.js; a cheap poll keeps the buttons in step.
-  setInterval(refresh, 1000);
+  // main.js announces each change of the run or step on screen; the slow poll catches new layers.
+  document.addEventListener("kernelscope:view", () => {
+    refresh();
+    if (!form.hidden && String(shownStep(state)) !== form.dataset.step) form.hidden = true;
+  });
+  setInterval(refresh, 2000);
   return { refresh };
 }
