@@ -140,10 +140,7 @@ export function mountForkExport(context) {
 
   refresh();
   // main.js announces each change of the run or step on screen; the slow poll catches new layers.
-  document.addEventListener("kernelscope:view", () => {
-    refresh();
-    if (!form.hidden && String(shownStep(state)) !== form.dataset.step) form.hidden = true;
-  });
+  document.addEventListener("kernelscope:view", refresh);
   setInterval(refresh, 2000);
   return { refresh };
 }
