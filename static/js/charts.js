@@ -1,11 +1,51 @@
 /*
  * Line charts over plotly.js (loaded globally from /static/vendor/plotly.min.js)
  * with a small API in the spirit of TensorFlow Playground's linechart:
- * addDataPoint(series, x, y) buffers points and one animation frame flushes
- * them with Plotly.extendTraces; reset() empties the chart; setSeries() loads
- * a whole history at once. The chart adds a trace the first time a series
- * name is seen, so per-layer series need no declaration.
+ * addDataPoint(series, x, y) buffers points; reset() empties the chart;
+ * setSeries() loads a whole history at once. The chart adds a trace the first
+ * time a series name is seen, so per-layer series need no declaration.
+ *
+ * Buffered points of every chart are flushed together (Plotly.extendTraces)
+ * by one scheduler: plotly redraws a whole SVG chart on each extend, which on
+ * a busy machine costs tens of milliseconds, so the scheduler waits at least
+ * 250 ms and at least four times as long as the last round took, and draws
+ * one chart per animation frame. Charts then take at most about a fifth of
+ * the main thread, and the filter heatmaps keep their frames.
  */
+
+const MIN_FLUSH_INTERVAL_MS = 250;
+const FLUSH_BUDGET_FACTOR = 4;
+
+const dirtyCharts = new Set();
+let flushTimer = null;        // set while a flush is waiting or running
+let lastFlushEnd = -Infinity;
+let lastFlushMs = 0;          // main-thread time the last round of flushes took
+
+function scheduleFlush() {
+  if (flushTimer !== null) return;
+  const interval = Math.max(MIN_FLUSH_INTERVAL_MS, FLUSH_BUDGET_FACTOR * lastFlushMs);
+  const wait = Math.max(0, lastFlushEnd + interval - performance.now());
+  flushTimer = setTimeout(() => requestAnimationFrame(() => flushNext(0)), wait);
+}
+
+/* One chart per animation frame, so the frames in between can draw filters. */
+function flushNext(spentMs) {
+  const chart = dirtyCharts.values().next().value;
+  let spent = spentMs;
+  if (chart) {
+    dirtyCharts.delete(chart);
+    const started = performance.now();
+    chart.flush();
+    spent += performance.now() - started;
+  }
+  if (dirtyCharts.size) {
+    requestAnimationFrame(() => flushNext(spent));
+    return;
+  }
+  flushTimer = null;
+  lastFlushEnd = performance.now();
+  lastFlushMs = spent;
+}
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
 
@@ -21,7 +61,6 @@ export class LineChart {
     this.names = [];            // trace order
     this.pending = new Map();   // name -> {x: [], y: []}
     this.counts = new Map();    // name -> number of points drawn
-    this.frame = null;
     const layout = {
       title: { text: options.title ?? "", font: { size: 13 }, x: 0.02, xanchor: "left" },
       margin: { l: 48, r: 10, t: 30, b: 30 },
@@ -64,11 +103,12 @@ export class LineChart {
     const p = this.pending.get(name);
     p.x.push(x);
     p.y.push(y);
-    if (this.frame === null) this.frame = requestAnimationFrame(() => this.flush());
+    dirtyCharts.add(this);
+    scheduleFlush();
   }
 
+  /* Draw the buffered points now (the scheduler calls this). */
   flush() {
-    this.frame = null;
     if (this.pending.size === 0) return;
     const xs = [], ys = [], indices = [];
     for (const [name, p] of this.pending) {
@@ -96,8 +136,7 @@ export class LineChart {
   }
 
   reset() {
-    if (this.frame !== null) cancelAnimationFrame(this.frame);
-    this.frame = null;
+    dirtyCharts.delete(this);
     this.pending.clear();
     this.counts.clear();
     if (this.names.length) window.Plotly.deleteTraces(this.element, this.names.map((_, i) => i));
