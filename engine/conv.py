@@ -39,7 +39,7 @@ def pad_spatial(x, pad_h, pad_w):
 
 # The batch is processed a few images at a time so that the im2col matrix of a chunk (and
 # the matmul's output) stays in the CPU cache: about this many float elements per chunk.
-CHUNK_ELEMENTS = 640 * 1024
+CHUNK_ELEMENTS = 320 * 1024
 
 
 def _images_per_chunk(rows, out_rows, pixels):
@@ -59,10 +59,11 @@ def _im2col(padded, first, last, kernel, out_hw, stride, cols):
     return cols.reshape(-1, (last - first) * out_h * out_w)
 
 
-# Below this output width, stride-1 windows are unfolded from the flattened padded images
-# (one long contiguous copy per channel and offset, computing a few wasted border columns)
-# instead of row by row (many short copies).
-FLAT_BELOW_WIDTH = 24
+# Stride-1 windows are unfolded from the flattened padded images (one long contiguous copy
+# per channel and offset) instead of row by row (many short copies) when the matmul work this
+# wastes on window positions that cross the image border, padded pixels / output pixels, is
+# at most this ratio.
+FLAT_MAX_WASTE = 1.5
 
 
 def _correlate(padded, weight_matrix, kernel, stride, out_hw, out, bias=None):
@@ -72,7 +73,7 @@ def _correlate(padded, weight_matrix, kernel, stride, out_hw, out, bias=None):
     out_channels, rows = weight_matrix.shape
     kernel_h, kernel_w = kernel
     out_h, out_w = out_hw
-    flat = stride == (1, 1) and out_w < FLAT_BELOW_WIDTH
+    flat = stride == (1, 1) and padded_h * padded_w <= FLAT_MAX_WASTE * out_h * out_w
     pixels = padded_h * padded_w if flat else out_h * out_w
     chunk = min(batch, _images_per_chunk(rows, out_channels, pixels))
     bias_column = None if bias is None else bias.reshape(out_channels, 1, 1, 1).astype(out.dtype, copy=False)

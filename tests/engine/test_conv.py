@@ -29,9 +29,9 @@ def to_public(x):
 
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("flat_below_width", [0, 10**6])  # row-by-row windows, flattened windows
-def test_fast_conv_matches_loop_reference_forward_and_backward(case, dtype, flat_below_width, monkeypatch):
-    monkeypatch.setattr(conv, "FLAT_BELOW_WIDTH", flat_below_width)
+@pytest.mark.parametrize("flat_max_waste", [0, 10**6])  # row-by-row windows, flattened windows
+def test_fast_conv_matches_loop_reference_forward_and_backward(case, dtype, flat_max_waste, monkeypatch):
+    monkeypatch.setattr(conv, "FLAT_MAX_WASTE", flat_max_waste)
     batch, channels, height, width, filters, kernel, stride, padding = case
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
@@ -62,8 +62,8 @@ def test_conv_chunking_gives_the_same_result_as_one_chunk(monkeypatch):
     bias = rng.standard_normal(4)
     dout = rng.standard_normal((4, 7, 9, 9))
     results = []
-    for flat_below_width in (0, 10**6):
-        monkeypatch.setattr(conv, "FLAT_BELOW_WIDTH", flat_below_width)
+    for flat_max_waste in (0, 10**6):
+        monkeypatch.setattr(conv, "FLAT_MAX_WASTE", flat_max_waste)
         for elements in (10**9, 1, 3000):  # one chunk, one image per chunk, a short last chunk
             monkeypatch.setattr(conv, "CHUNK_ELEMENTS", elements)
             out, cache = conv.conv2d_forward(x, weight, bias, (1, 1), (1, 1))
