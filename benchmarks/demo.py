@@ -10,11 +10,12 @@ docs/learned-filters.png. With --deep it also trains the "deep" preset (20 plain
 ReLU conv layers, its default optimizer) with He normal and with N(0, 0.01^2)
 and reports the losses.
 
-    python benchmarks/demo.py [--steps 3000] [--seed 0] [--deep]
+    python benchmarks/demo.py [--steps 3000] [--seed 0] [--deep] [--config JSON --picture PATH]
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -64,10 +65,10 @@ def filter_row(weight: np.ndarray, detectors: list[dict], title: str, pixel: int
     return image
 
 
-def save_picture(first: dict, last: dict, path: Path) -> None:
+def save_picture(first: dict, last: dict, path: Path, init) -> None:
     layer0, final0 = first["layers"][0], last["layers"][0]
     chance = final0["detectors"][0]["chance"]
-    top = filter_row(np.array(layer0["weight"]), layer0["detectors"], f"step {first['step']}: He normal init")
+    top = filter_row(np.array(layer0["weight"]), layer0["detectors"], f"step {first['step']}: init {json.dumps(init)}")
     bottom = filter_row(np.array(final0["weight"]), final0["detectors"],
                         f"step {last['step']}: learned (* = beats 99% of random {final0['shape'][2]}x{final0['shape'][3]} kernels, |cos| > {chance:.2f})")
     picture = Image.new("RGB", (max(top.width, bottom.width), top.height + bottom.height), (40, 40, 40))
@@ -86,8 +87,8 @@ def median_seconds(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_demo(steps: int, seed: int, picture: Path) -> bool:
-    config = RunConfig.from_dict({"steps": steps, "seed": seed})
+def run_demo(steps: int, seed: int, picture: Path, overrides: dict) -> bool:
+    config = RunConfig.from_dict({"steps": steps, "seed": seed, **overrides})
     start = time.perf_counter()
     trainer = Trainer(config)
     setup_seconds = time.perf_counter() - start
@@ -115,9 +116,10 @@ def run_demo(steps: int, seed: int, picture: Path) -> bool:
     x_like = [d for d in beating if d["label"] == "x"]
     val_acc = last["metrics"].get("val_acc", 0.0)
     passed = status == "completed" and val_acc >= 0.9 and 2 * len(beating) >= len(detectors) and best >= 0.8
-    save_picture(first, last, picture)
+    save_picture(first, last, picture, config.init)
 
-    table = Table(title=f"default demo: {steps} steps, seed {seed}, status {status}")
+    title = "default demo" if not overrides else f"demo with {json.dumps(overrides)}"
+    table = Table(title=f"{title}: {steps} steps, seed {seed}, status {status}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("setup (dataset + model)", f"{setup_seconds:.2f} s")
@@ -157,10 +159,11 @@ def main(
     steps: int = typer.Option(3000, help="training steps of the demo"),
     seed: int = typer.Option(0, help="run seed"),
     picture: Path = typer.Option(ROOT / "docs" / "learned-filters.png", help="where to save the filter picture"),
+    config: str = typer.Option("{}", help="JSON merged into the run config, e.g. a dataset with chosen classes"),
     deep: bool = typer.Option(False, help="also compare He and N(0, 0.01^2) on the deep preset"),
     deep_steps: int = typer.Option(300, help="training steps for each deep run"),
 ) -> None:
-    passed = run_demo(steps, seed, picture)
+    passed = run_demo(steps, seed, picture, json.loads(config))
     if deep:
         run_deep(deep_steps, seed)
     sys.exit(0 if passed else 1)
