@@ -102,10 +102,11 @@ def _correlate(padded, weight_matrix, kernel, stride, out_hw, out, bias=None):
                 unfolded[i, j] = source[:, start + shift : stop + shift]
         np.matmul(weight_matrix, unfolded.reshape(rows, width), out=product[:, :width])
         grid = product[:, : (last - first) * pixels].reshape(out_channels, last - first, padded_h, padded_w)
-        target = out[:, first:last]
-        target[...] = grid[:, :, :out_h, :out_w]  # the valid window positions
-        if bias_column is not None:
-            target += bias_column
+        valid = grid[:, :, :out_h, :out_w]  # the window positions inside the image
+        if bias_column is None:
+            out[:, first:last] = valid
+        else:
+            np.add(valid, bias_column, out=out[:, first:last])
     return out
 
 
