@@ -155,12 +155,12 @@ def test_init_probe_takes_a_preset_and_rejects_bad_input_by_field(compared):
 # ---------------------------------------------------------------- the deep preset
 
 def test_deep_preset_trains_with_he_and_stalls_with_small_gaussian():
-    """Short version of benchmarks/deep_init.py: the first 100 of its 300 Adam steps on the 20-layer ReLU stack."""
+    """Short version of benchmarks/deep_init.py: the first 80 of its 300 Adam steps on the 20-layer ReLU stack."""
     from engine.trainer import Trainer
 
     def mean_loss_of_last_steps(init):
-        trainer = Trainer({**DEEP_DEMO_BASE, "init": init, "steps": 100})
-        losses = [trainer.train_step()["loss"] for _ in range(100)]
+        trainer = Trainer({**DEEP_DEMO_BASE, "init": init, "steps": 80})
+        losses = [trainer.train_step()["loss"] for _ in range(80)]
         return float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
 
     he_start, he_end = mean_loss_of_last_steps("he_normal")
