@@ -133,6 +133,36 @@ def run_torch_only(args):
     print(json.dumps(results))
 
 
+def cpu_time_comparison(args, torch):
+    """Engine and torch on ONE thread each, median CPU time (time.process_time) per step.
+    CPU time barely depends on what else the machine runs, so this still compares the work
+    each does per step when wall-clock figures are spoilt by a busy machine."""
+    print()
+    print("one thread each, median CPU ms per step (load-independent view of the work per step):")
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for preset in args.presets:
+            for batch in args.batches:
+                model, x, labels = problem(preset, batch)
+                model.threads = 1
+                engine_step = engine_stepper(model, x, labels, engine.make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}))
+                torch_step = torch_stepper(torch_model(model, torch), x, labels, torch)
+                for _ in range(args.warmup):
+                    engine_step()
+                    torch_step()
+                engine_cpu, torch_cpu = [], []
+                for _ in range(args.medium_steps if preset == "medium" else args.steps):
+                    for step, times in ((engine_step, engine_cpu), (torch_step, torch_cpu)):
+                        start = time.process_time()
+                        step()
+                        times.append(time.process_time() - start)
+                engine_ms, torch_ms = statistics.median(engine_cpu) * 1e3, statistics.median(torch_cpu) * 1e3
+                print(f"{preset:8} {batch:5d}  engine {engine_ms:8.2f}  torch {torch_ms:8.2f}  ratio {engine_ms / torch_ms:5.2f}")
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
 def torch_reference(args, tuned):
     """Torch alone in a fresh process: default (no malloc tuning at all, NCHW) or tuned
     (GLIBC_TUNABLES set at process start, channels_last)."""
@@ -172,6 +202,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="also compare CPU time per step on one thread each (useful on a busy machine)")
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -256,6 +288,8 @@ def main():
     print("  keeps freed memory (engine.model.keep_freed_memory), which helps torch here too.")
     print("alone: torch by itself in a fresh process with glibc's default malloc settings, NCHW.")
     print("tuned: torch by itself with GLIBC_TUNABLES=" + TUNED_GLIBC + " and channels_last.")
+    if args.cpu_time and torch is not None:
+        cpu_time_comparison(args, torch)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
