@@ -222,9 +222,10 @@ class Model:
 
     def _check_input(self, x):
         x = np.asarray(x)
-        expected = (len(self.input_shape) + 1, self.input_shape)
-        if x.ndim != expected[0] or tuple(x.shape[1:]) != self.input_shape:
+        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input must have shape (N, {', '.join(map(str, self.input_shape))}), got {list(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("input batch is empty (N = 0)")
         if not np.issubdtype(x.dtype, np.floating):
             x = x.astype(next(iter(self.params.values())).dtype if self.params else np.float32)
         return x

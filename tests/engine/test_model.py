@@ -71,6 +71,8 @@ def test_bad_input_and_init_and_seed_are_rejected():
     model = engine.build_model(SPEC)
     with pytest.raises(ValueError, match="input must have shape \\(N, 1, 28, 28\\)"):
         model.forward(np.zeros((2, 3, 28, 28)))
+    with pytest.raises(ValueError, match="input batch is empty"):
+        model.forward(np.zeros((0, 1, 28, 28)))
 
 
 def test_same_seed_gives_bit_identical_weights_and_training():
