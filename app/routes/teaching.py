@@ -335,7 +335,7 @@ def finite_or_none(value):
 def _snapshot_step_of(store: Store, run_id: str, step) -> int:
     steps = store.snapshot_steps(run_id)
     if not steps:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"step: run {run_id} has no snapshot yet; wait for its first step")
     if step == "latest":
         return steps[-1]
     if step not in steps:
@@ -369,7 +369,7 @@ def fork_config(parent_config: dict, body: ForkCreate, step: int) -> dict:
 
 @router.post(
     "/runs/{run_id}/fork", status_code=status.HTTP_201_CREATED, dependencies=[Token],
-    responses={**NOT_FOUND, 429: {"description": "every slot is busy and the queue is full"}},
+    responses={**NOT_FOUND, **CONFLICT, 429: {"description": "every slot is busy and the queue is full"}},
 )
 def fork_run(manager: Manager, store: StoreDep, run: Run, body: Annotated[ForkCreate | None, Body()] = None) -> dict:
     """A new run starting from the weights of snapshot `step` of this run, with overrides.
@@ -563,14 +563,14 @@ def metrics_csv(points: list[dict]) -> str:
 @router.get(
     "/runs/{run_id}/export", response_class=StreamingResponse,
     responses={200: {"content": {"application/zip": {}}, "description": "zip of config, metrics, snapshots, weights"},
-               **NOT_FOUND},
+               **NOT_FOUND, **CONFLICT},
 )
 def export_run(store: StoreDep, run: Run) -> StreamingResponse:
     """A zip with config.json, spec.json, metrics.csv, every snapshot and weights.npz (latest snapshot)."""
     run_id = run["id"]
     steps = store.snapshot_steps(run_id)
     if not steps:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"step: run {run_id} has no snapshot yet; wait for its first step")
     latest = steps[-1]
     params = store.read_snapshot_params(run_id, latest)
     snapshot = store.read_snapshot(run_id, latest, feature_maps=False)
@@ -650,7 +650,7 @@ def captioned(image: Image.Image, text: str) -> Image.Image:
 
 @router.get(
     "/runs/{run_id}/evolution.gif", response_class=Response,
-    responses={200: {"content": {"image/gif": {}}, "description": "the layer's filters over time"}, **NOT_FOUND},
+    responses={200: {"content": {"image/gif": {}}, "description": "the layer's filters over time"}, **NOT_FOUND, **CONFLICT},
 )
 def evolution_gif(
     store: StoreDep,
@@ -668,7 +668,7 @@ def evolution_gif(
     run_id = run["id"]
     steps = store.snapshot_steps(run_id)
     if not steps:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"step: run {run_id} has no snapshot yet; wait for its first step")
     conv = _conv_layers(store, run_id)
     if not conv:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="layer: this model has no conv layer")
