@@ -6,8 +6,11 @@ separate process so their work does not delay the measurements), and for the
 whole time asks the REST API the questions the page asks (run list, one run,
 new metrics, latest snapshot) from this process, one request at a time. Every
 `--sample` seconds it records the resident memory of the server process and of
-the training processes. Prints memory over time, REST latency percentiles and
-what the viewers received; `--json PATH` writes the same figures as JSON.
+the training processes. A baseline minute before the viewers connect measures
+the same REST requests with the runs training and nobody watching, so the
+latency figures come as a side-by-side ratio. Prints memory over time, REST
+latency percentiles and what the viewers received; `--json PATH` writes the
+same figures as JSON.
 
     python benchmarks/soak.py                    # 5 minutes, 200 viewers
     python benchmarks/soak.py --minutes 1 --viewers 50
@@ -141,11 +144,50 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+KINDS = ("list", "run", "metrics", "snapshot")
+
+
+class RestProbe:
+    """Asks what the page asks, one request at a time, and keeps each latency by kind."""
+
+    def __init__(self, client: httpx.Client, run_ids: list[str]):
+        self.client = client
+        self.run_ids = run_ids
+        self.since = {run_id: -1 for run_id in run_ids}
+        self.turn = 0
+        self.latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
+
+    def ask(self) -> None:
+        run_id = self.run_ids[self.turn % len(self.run_ids)]
+        kind = KINDS[self.turn % len(KINDS)]
+        self.turn += 1
+        path = {"list": "/api/runs", "run": f"/api/runs/{run_id}",
+                "metrics": f"/api/runs/{run_id}/metrics?since={self.since[run_id]}",
+                "snapshot": f"/api/runs/{run_id}/snapshots/latest?feature_maps=false"}[kind]
+        began = time.perf_counter()
+        response = self.client.get(path)
+        self.latencies[kind].append((time.perf_counter() - began) * 1000)
+        response.raise_for_status()
+        if kind == "metrics" and response.json()["points"]:
+            self.since[run_id] = response.json()["points"][-1]["step"]
+        time.sleep(0.02)
+
+    def summary(self) -> dict:
+        everything = [value for values in self.latencies.values() for value in values]
+        figures = {"requests": len(everything), "p50": round(percentile(everything, 50), 2),
+                   "p99": round(percentile(everything, 99), 2), "max": round(max(everything), 2)}
+        figures["by_kind"] = {kind: {"p50": round(percentile(v, 50), 2), "p99": round(percentile(v, 99), 2)}
+                              for kind, v in self.latencies.items() if v}
+        return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--viewers", type=int, default=200)
     parser.add_argument("--sample", type=float, default=15.0, help="seconds between memory samples")
+    parser.add_argument("--baseline", type=float, default=60.0,
+                        help="seconds of REST probing with the runs training but no viewer, before the soak")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -165,17 +207,22 @@ def main() -> None:
         while any(client.get(f"/api/runs/{i}").json()["latest_snapshot"] is None for i in run_ids):
             time.sleep(0.2)
 
+        print(f"baseline: {args.baseline:.0f} s of REST requests while both runs train, no viewer", flush=True)
+        baseline = RestProbe(client, run_ids)
+        baseline_end = time.monotonic() + args.baseline
+        while time.monotonic() < baseline_end:
+            baseline.ask()
+
+        print(f"soak: {args.viewers} viewers (one slow) for {args.minutes} minutes", flush=True)
         counters = {name: multiprocessing.Value("q", 0) for name in ("connected", "events", "bytes", "slow_bytes")}
         viewers = multiprocessing.Process(target=viewers_main, args=(port, run_ids, args.viewers, counters), daemon=True)
         viewers.start()
 
-        latencies: dict[str, list[float]] = {"list": [], "run": [], "metrics": [], "snapshot": []}
+        probe = RestProbe(client, run_ids)
         samples = []
-        since = {i: -1 for i in run_ids}
         start = time.monotonic()
         next_sample = start
         end = start + args.minutes * 60
-        turn = 0
         while True:
             now = time.monotonic()
             if now >= next_sample:
@@ -196,36 +243,26 @@ def main() -> None:
                 next_sample += args.sample
                 if now >= end:
                     break
-            run_id = run_ids[turn % 2]
-            kind = ("list", "run", "metrics", "snapshot")[turn % 4]
-            turn += 1
-            path = {"list": "/api/runs", "run": f"/api/runs/{run_id}",
-                    "metrics": f"/api/runs/{run_id}/metrics?since={since[run_id]}",
-                    "snapshot": f"/api/runs/{run_id}/snapshots/latest?feature_maps=false"}[kind]
-            began = time.perf_counter()
-            response = client.get(path)
-            latencies[kind].append((time.perf_counter() - began) * 1000)
-            response.raise_for_status()
-            if kind == "metrics" and response.json()["points"]:
-                since[run_id] = response.json()["points"][-1]["step"]
-            time.sleep(0.02)
+            probe.ask()
 
-        everything = [value for values in latencies.values() for value in values]
         summary = {
-            "minutes": args.minutes, "viewers": args.viewers, "requests": len(everything),
-            "rest_ms": {"p50": round(percentile(everything, 50), 2), "p99": round(percentile(everything, 99), 2),
-                        "max": round(max(everything), 2)},
-            "rest_ms_by_kind": {kind: {"p50": round(percentile(v, 50), 2), "p99": round(percentile(v, 99), 2)}
-                                for kind, v in latencies.items()},
+            "minutes": args.minutes, "viewers": args.viewers,
+            "rest_ms_no_viewers": baseline.summary(),
+            "rest_ms": probe.summary(),
+            "load_average": os.getloadavg(),
             "server_rss_mib": {"first": samples[0]["server_rss_mib"], "last": samples[-1]["server_rss_mib"],
                                "max": max(s["server_rss_mib"] for s in samples)},
             "samples": samples,
             "runs_status": [client.get(f"/api/runs/{i}").json()["status"] for i in run_ids],
         }
-        print(f"REST latency over {len(everything)} requests: p50 {summary['rest_ms']['p50']} ms, "
-              f"p99 {summary['rest_ms']['p99']} ms, max {summary['rest_ms']['max']} ms")
-        for kind, figures in summary["rest_ms_by_kind"].items():
-            print(f"  {kind:9s} p50 {figures['p50']:8.2f} ms  p99 {figures['p99']:8.2f} ms")
+        before, during = summary["rest_ms_no_viewers"], summary["rest_ms"]
+        print("REST latency (ms)       requests     p50      p99      max")
+        for label, figures in (("no viewer", before), (f"{args.viewers} viewers", during)):
+            print(f"  {label:20s} {figures['requests']:8d} {figures['p50']:8.2f} {figures['p99']:8.2f} {figures['max']:8.2f}")
+        print(f"  ratio with viewers: p50 x{during['p50'] / before['p50']:.2f}, p99 x{during['p99'] / before['p99']:.2f}")
+        for kind, figures in during["by_kind"].items():
+            print(f"  {kind:9s} with viewers: p50 {figures['p50']:8.2f} ms  p99 {figures['p99']:8.2f} ms")
+        print(f"load average (1, 5, 15 min) at the end: {summary['load_average']}")
         print(f"server RSS: first {summary['server_rss_mib']['first']} MiB, last {summary['server_rss_mib']['last']} MiB, "
               f"max {summary['server_rss_mib']['max']} MiB; runs still {summary['runs_status']}")
         if args.json:
