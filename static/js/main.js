@@ -50,6 +50,7 @@ let runGeneration = 0;       // bumps when another run is opened; stale async wo
 let pendingLive = null;      // newest live snapshot waiting for the next animation frame
 let liveFrame = null;
 let fmapSnapshot = null;     // the full snapshot whose feature maps are on screen
+let shownSnapshot = null;    // the snapshot whose filters are on screen
 let replayTimer = null;
 let lastTrainStep = -1;
 let lastValStep = -1;
@@ -135,6 +136,7 @@ function initTextFor(layerIndex) {
 
 function drawFilters(snapshot) {
   const started = performance.now();
+  shownSnapshot = snapshot;
   filterBoard.update(snapshot, {
     scaling: state.view.scaling,
     initialSnapshot: state.initialSnapshot,
@@ -398,6 +400,7 @@ async function openRun(id, { loadConfig = false } = {}) {
   state.initialSnapshot = null;
   state.historyStep = null;
   fmapSnapshot = null;
+  shownSnapshot = null;
   filterBoard.clear();
   fmapBoard.clear();
   $("probe-picker").replaceChildren();
@@ -474,9 +477,9 @@ async function backfillStats(id, steps, generation) {
   }
 }
 
+/* Draw the filters on screen again (new scaling, or the step-0 outline arrived). */
 function redrawCurrent() {
-  if (state.mode === "live" && state.latestSnapshot) drawFilters(state.latestSnapshot);
-  else if (state.mode === "history" && state.historyStep != null) wantSnapshot(state.historyStep);
+  if (shownSnapshot) drawFilters(shownSnapshot);
 }
 
 function updateProgress(step) {

@@ -153,6 +153,18 @@ def test_history_slider_step_zero_equals_rest_snapshot(page, server, api, traine
         f"c => Array.from(c.getContext('2d').getImageData({c * (kw + 1) + j}, {i}, 1, 1).data.slice(0, 3))")
     assert pixel == ([178, 24, 43] if weight[f, c, i, j] > 0 else [33, 102, 172])
 
+    # per-filter scaling: every filter's own largest |weight| reaches the end colour
+    page.click('[data-scaling="filter"]')
+    assert "scale=filter" in page.evaluate("location.hash")
+    for f in range(weight.shape[0]):
+        c, i, j = np.unravel_index(np.abs(weight[f]).argmax(), weight[f].shape)
+        pixel = page.eval_on_selector(
+            f'.layer-panel[data-layer="{rest["layers"][0]["index"]}"] .filter-card[data-filter="{f}"] canvas.kernel',
+            f"c => Array.from(c.getContext('2d').getImageData({c * (kw + 1) + j}, {i}, 1, 1).data.slice(0, 3))")
+        assert pixel == ([178, 24, 43] if weight[f, c, i, j] > 0 else [33, 102, 172]), f"filter {f}"
+    page.click('[data-scaling="layer"]')
+
+    page.focus("#history-slider")
     page.keyboard.press("End")
     wait_drawn(page, f"d.step === {max(steps)}")
     assert last["layers"] == drawn(page)["layers"]
