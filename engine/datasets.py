@@ -571,7 +571,8 @@ def load_sklearn_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
 DATASETS = {
     "shapes": {
-        "description": "Generated grayscale shapes (X, plus, circle, square, triangle, lines, blob), no files needed",
+        "description": "Generated grayscale shapes (X, plus, circle, square, triangle, lines, blob), no files needed; "
+                       "`classes` picks a subset or adds x_marks/plus_marks (three small glyphs a 5x5 kernel sees whole)",
         "loader": load_shapes,
         "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": None},
     },
