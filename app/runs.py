@@ -325,7 +325,7 @@ class RunManager:
         process = self._context.Process(
             target=process_main,
             args=(str(self.store.data_dir), run_id, run["config"], self.settings.checkpoint_every,
-                  command_reader, event_writer),
+                  command_reader, event_writer, self.settings.worker_nice),
             name=f"kernelscope-run-{run_id}",
             daemon=True,
         )

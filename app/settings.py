@@ -22,6 +22,9 @@ DEFAULT_MAX_RUNS = limits.DEFAULT_MAX_RUNS
 DEFAULT_MAX_QUEUED = limits.DEFAULT_MAX_QUEUED
 DEFAULT_CHECKPOINT_EVERY = 100
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+# Training processes run at a lower scheduling priority than the API process, so a
+# request never waits behind training for a CPU (measured in benchmarks/serve.py).
+DEFAULT_WORKER_NICE = 10
 
 
 def _int_from_env(env: dict, name: str, default: int, minimum: int, maximum: int) -> int:
@@ -72,6 +75,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()          # browser origins allowed cross-site; none by default
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # steps between checkpoints
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT  # seconds to wait for workers
+    worker_nice: int = DEFAULT_WORKER_NICE      # niceness added to each training process
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -91,4 +95,5 @@ class Settings:
             shutdown_timeout=_float_from_env(
                 env, "KERNELSCOPE_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, 0.1, 600.0
             ),
+            worker_nice=_int_from_env(env, "KERNELSCOPE_WORKER_NICE", DEFAULT_WORKER_NICE, 0, 19),
         )

@@ -235,14 +235,18 @@ def _checkpoint_points(data_dir: Path, run_id: str, step: int) -> list[dict]:
 # ---------------------------------------------------------------- the worker process
 
 def process_main(data_dir: str, run_id: str, config: dict, checkpoint_every: int,
-                 command_conn, event_conn) -> None:
+                 command_conn, event_conn, nice: int = 0) -> None:
     """Entry point of a run's process (multiprocessing 'spawn').
 
     Ctrl+C in a terminal reaches the whole process group; the worker ignores it
     and waits for the server's "shutdown" command instead. If the server dies,
     the command pipe reports end-of-file and the worker exits without writing.
+    `nice` lowers this process's priority (before the engine starts its
+    threads, which inherit it), so the API process gets a CPU first.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
     data_dir = Path(data_dir)
 
     def emit(message) -> None:

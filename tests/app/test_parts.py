@@ -24,12 +24,14 @@ def test_settings_defaults_and_environment():
     settings = Settings.from_env({"KERNELSCOPE_DATA": "/tmp/x", "KERNELSCOPE_PORT": "9000",
                                   "KERNELSCOPE_MAX_RUNS": "3", "KERNELSCOPE_TOKEN": "t"})
     assert (str(settings.data_dir), settings.port, settings.max_runs, settings.token) == ("/tmp/x", 9000, 3, "t")
+    assert Settings().worker_nice == 10 and Settings.from_env({"KERNELSCOPE_WORKER_NICE": "0"}).worker_nice == 0
 
 
 @pytest.mark.parametrize("name, value, words", [
     ("KERNELSCOPE_PORT", "http", "expected an integer"),
     ("KERNELSCOPE_PORT", "70000", "between 0 and 65535"),
-    ("KERNELSCOPE_MAX_RUNS", "0", "between 1 and 64"),
+    ("KERNELSCOPE_MAX_RUNS", "0", "between 1 and"),
+    ("KERNELSCOPE_WORKER_NICE", "20", "between 0 and 19"),
 ])
 def test_bad_setting_names_the_variable(name, value, words):
     with pytest.raises(ValueError, match=f"{name}: .*{words}"):

@@ -161,3 +161,13 @@ def test_cli_train_rejects_a_bad_option_naming_it(data_dir):
     result = CliRunner().invoke(cli, ["train", "--steps", "-5", "--data", str(data_dir)])
     assert result.exit_code == 2
     assert "steps" in result.output
+
+
+def test_training_processes_run_at_a_lower_priority_than_the_api(client):
+    run_id = client.post("/api/runs", json=LONG).json()["id"]
+    wait_for_step(client, run_id, 1)
+    pid = client.app.state.manager._workers[run_id].process.pid
+    with open(f"/proc/{pid}/stat") as f:
+        worker_nice = int(f.read().rsplit(")", 1)[1].split()[16])
+    assert worker_nice == os.getpriority(os.PRIO_PROCESS, 0) + client.app.state.settings.worker_nice > 0
+    client.post(f"/api/runs/{run_id}/stop")
