@@ -63,4 +63,18 @@ def plotly_js():
                         headers={"Cache-Control": "public, max-age=86400"})
 
 
-router.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+class RevalidatedStaticFiles(StaticFiles):
+    """Static files that browsers check (ETag, 304) before reusing.
+
+    The ES modules import each other by plain names (./api.js), so a version
+    query on the entry point does not reach them; without this, a browser may
+    keep an old module after an upgrade.
+    """
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+router.mount("/static", RevalidatedStaticFiles(directory=str(STATIC_DIR)), name="static")
