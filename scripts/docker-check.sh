@@ -62,6 +62,10 @@ cleanup() {
       sleep 0.5
     done
     if [ -e "/proc/$DOCKERD_PID" ]; then as_root kill -KILL "$DOCKERD_PID" || true; fi
+    # dockerd leaves its private mounts behind (data root bound on itself, network namespace).
+    for mount_point in "$STATE_DIR/exec/netns/default" "$DATA_ROOT"; do
+      if mountpoint -q "$mount_point" 2>/dev/null; then as_root umount "$mount_point" || true; fi
+    done
   fi
   if command -v ip >/dev/null 2>&1 && ip link show "$BRIDGE" >/dev/null 2>&1; then
     as_root ip link delete "$BRIDGE" 2>/dev/null || true
