@@ -1,6 +1,6 @@
 """The run list after life outside the page: a run trained from the CLI and a
 run whose server was killed mid-training both show up, open, and the killed
-one resumes from the page."""
+one resumes from the page; pause, resume and stop work from the header."""
 
 import subprocess
 import sys
@@ -51,6 +51,16 @@ def test_cli_run_and_interrupted_run_open_and_resume_from_the_page(browser, tmp_
         page.click("#btn-resume")
         page.wait_for_selector("#run-badge.status-running")
         page.wait_for_function(f"window.__kernelscope.drawn.step > {stored[-1]}")
+
+        page.click("#btn-pause")
+        page.wait_for_selector("#run-badge.status-paused")
+        paused_at = httpx.get(f"{second.base}/api/runs/{run['id']}").json()["step"]
+        time.sleep(1.0)
+        assert httpx.get(f"{second.base}/api/runs/{run['id']}").json()["step"] == paused_at
+        assert page.is_visible("#btn-resume") and page.is_hidden("#btn-pause")
+        page.click("#btn-resume")
+        page.wait_for_selector("#run-badge.status-running")
+        page.wait_for_function(f"window.__kernelscope.state.run.step > {paused_at}")
         page.click("#btn-stop")
         page.wait_for_selector("#run-badge.status-stopped")
         page.context.close()
