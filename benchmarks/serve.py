@@ -131,22 +131,34 @@ def parse_events(response):
 
 
 class Viewer(threading.Thread):
-    """One SSE viewer in a thread: records (arrival time, point) for every live metrics point."""
+    """One SSE viewer in a thread: records (arrival time, point) for every live metrics point.
 
-    def __init__(self, url: str, run_id: str, until_status=("completed", "stopped", "failed", "diverged")):
+    With `cpu_of` (the server's pid) it also records (step, CPU seconds used so
+    far by the server and its training processes) at every metrics event.
+    """
+
+    def __init__(self, url: str, run_id: str, until_status=("completed", "stopped", "failed", "diverged"),
+                 cpu_of: int | None = None):
         super().__init__(daemon=True)
-        self.url, self.run_id, self.until = url, run_id, until_status
+        self.url, self.run_id, self.until, self.cpu_of = url, run_id, until_status, cpu_of
         self.points: list[tuple[float, dict]] = []
+        self.cpu_marks: list[tuple[int, float]] = []
         self.snapshots = 0
         self.closed = threading.Event()
 
     def run(self) -> None:
+        workers: list[int] = []
         with httpx.Client(base_url=self.url, timeout=httpx.Timeout(60.0)) as client:
             with client.stream("GET", f"/api/runs/{self.run_id}/events") as response:
                 for kind, data in parse_events(response):
                     now = time.time()
                     if kind == "metrics":
-                        self.points += [(now, p) for p in json.loads(data)["points"]]
+                        points = json.loads(data)["points"]
+                        self.points += [(now, p) for p in points]
+                        if self.cpu_of and points:
+                            workers = workers or [pid for pid in children(self.cpu_of) if is_spawned_worker(pid)]
+                            used = sum(cpu_seconds(pid) for pid in (self.cpu_of, *workers))
+                            self.cpu_marks.append((points[-1]["step"], used))
                     elif kind == "snapshot":
                         self.snapshots += 1
                     elif kind == "status" and json.loads(data)["status"] in self.until:
@@ -213,29 +225,29 @@ def _engine_alone_child(config: dict, warmup: int, nice: int, queue) -> None:
     from engine.trainer import RunConfig, Trainer
 
     os.nice(nice)
-    marks: list[tuple[float, int]] = []
+    marks: list[tuple[float, float, int]] = []  # (wall, CPU of this process, step)
 
     def emit(event):
         if event["type"] == "metrics" and event["points"]:
-            marks.append((time.monotonic(), event["points"][-1]["step"]))
+            marks.append((time.monotonic(), time.process_time(), event["points"][-1]["step"]))
 
     Trainer(RunConfig.from_dict(config)).run(emit)
-    queue.put(_rate([(t, s) for t, s in marks if s >= warmup]))
+    kept = [m for m in marks if m[2] >= warmup]
+    (t0, c0, s0), (t1, c1, s1) = kept[0], kept[-1]
+    queue.put(((s1 - s0) / (t1 - t0), (c1 - c0) / (s1 - s0)))
 
 
-def engine_alone_rate(config: dict, warmup: int, nice: int) -> float:
-    """Steps/s of Trainer.run in a fresh process at the workers' niceness, from step `warmup` on.
-
-    Same process start-up and the same scheduling priority as a server run, so
-    on a busy machine both get the same share of the CPU.
-    """
+def engine_alone_rate(config: dict, warmup: int, nice: int) -> tuple[float, float]:
+    """(steps/s, CPU seconds per step) of Trainer.run in a fresh process at the
+    workers' niceness, from step `warmup` on: same start-up and scheduling
+    priority as a server run, so on a busy machine both get the same share."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_engine_alone_child, args=(config, warmup, nice, queue))
     child.start()
-    rate = queue.get(timeout=900)
+    result = queue.get(timeout=900)
     child.join()
-    return rate
+    return result
 
 
 def _rate(marks) -> float:
@@ -243,42 +255,55 @@ def _rate(marks) -> float:
     return (s1 - s0) / (t1 - t0)
 
 
-def server_rate(server: Server, config: dict, warmup: int) -> tuple[float, list[float]]:
-    """(steps/s of a server run watched by one viewer, per-point latencies in ms)."""
+def server_rate(server: Server, config: dict, warmup: int) -> tuple[float, float, list[float]]:
+    """(steps/s of a server run watched by one viewer, CPU seconds per step of its
+    worker plus the server process, per-point latencies in ms)."""
     run_id = server.start_run(config)
-    viewer = Viewer(server.url, run_id)
+    viewer = Viewer(server.url, run_id, cpu_of=server.process.pid)
     viewer.start()
     viewer.join(600)
     points = [(arrival, p) for arrival, p in viewer.points if p["step"] >= warmup and "time" in p]
     rate = _rate([(p["time"], p["step"]) for _, p in points])
     latencies = [(arrival - p["time"]) * 1000 for arrival, p in points]
-    return rate, latencies
+    kept = [m for m in viewer.cpu_marks if m[0] >= warmup]
+    (s0, c0), (s1, c1) = kept[0], kept[-1]
+    return rate, (c1 - c0) / (s1 - s0), latencies
 
 
 def bench_throughput(args, results: dict) -> None:
     steps = 150 if args.quick else 400
     warmup = 30
     config = {**DEMO, "steps": steps}
-    rounds = 2 if args.quick else 3
+    rounds = 2 if args.quick else 4
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp) / "data")
         try:
-            engine_rates, server_rates, latencies = [], [], []
+            engine_rates, server_rates, engine_cpu, server_cpu, latencies = [], [], [], [], []
             nice = Settings.from_env().worker_nice
             for round_index in range(rounds):
-                engine_rates.append(engine_alone_rate(config, warmup, nice))
-                rate, lat = server_rate(server, config, warmup)
+                rate, cpu = engine_alone_rate(config, warmup, nice)
+                engine_rates.append(rate)
+                engine_cpu.append(cpu)
+                rate, cpu, lat = server_rate(server, config, warmup)
                 server_rates.append(rate)
+                server_cpu.append(cpu)
                 latencies += lat
-                print(f"  round {round_index + 1}: engine {engine_rates[-1]:.1f} steps/s, "
-                      f"server {server_rates[-1]:.1f} steps/s", flush=True)
+                print(f"  round {round_index + 1}: engine {engine_rates[-1]:.1f} steps/s "
+                      f"({engine_cpu[-1] * 1000:.1f} ms CPU/step), server {server_rates[-1]:.1f} steps/s "
+                      f"({server_cpu[-1] * 1000:.1f} ms CPU/step)", flush=True)
         finally:
             server.stop()
     engine_median, server_median = statistics.median(engine_rates), statistics.median(server_rates)
+    engine_cpu_median, server_cpu_median = statistics.median(engine_cpu), statistics.median(server_cpu)
     results["throughput"] = {
         "config": config, "rounds": rounds,
         "engine_steps_per_s": round(engine_median, 2), "server_steps_per_s": round(server_median, 2),
         "ratio": round(server_median / engine_median, 3),
+        # CPU seconds per step do not depend on what else the machine runs:
+        # engine process alone vs the run's worker plus the whole server process
+        "engine_cpu_ms_per_step": round(engine_cpu_median * 1000, 2),
+        "server_cpu_ms_per_step": round(server_cpu_median * 1000, 2),
+        "cpu_ratio": round(engine_cpu_median / server_cpu_median, 3),
     }
     results["latency"] = {
         "points": len(latencies),
