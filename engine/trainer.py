@@ -88,14 +88,7 @@ class RunConfig:
         if isinstance(model, str):
             if model not in PRESETS:
                 raise ValueError(f"model: unknown preset {model!r}; choose one of {', '.join(PRESETS)}")
-        elif isinstance(model, dict):
-            probe_spec = model if "input" in model else {"input": [1, 28, 28], **model}
-            try:
-                normalize_spec(probe_spec)
-            except ValueError as error:
-                raise ValueError(f"model: {error}") from None
-            model = copy.deepcopy(model)
-        else:
+        elif not isinstance(model, dict):
             raise ValueError("model: must be a preset name or a spec object")
 
         try:
@@ -104,6 +97,16 @@ class RunConfig:
             raise ValueError(f"init: {error}") from None
 
         dataset = normalize_dataset_spec(merged["dataset"])
+
+        if isinstance(model, dict):
+            # check the spec now when its input shape is known without loading files
+            known_input = [1, dataset["size"], dataset["size"]] if dataset["name"] == "shapes" else None
+            if "input" in model or known_input is not None:
+                try:
+                    normalize_spec(model if "input" in model else {"input": known_input, **model})
+                except ValueError as error:
+                    raise ValueError(f"model: {error}") from None
+            model = copy.deepcopy(model)
 
         optimizer = d.get("optimizer")
         if optimizer is None:
