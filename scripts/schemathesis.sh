@@ -2,13 +2,13 @@
 # Property-based API test: schemathesis with --checks all against /openapi.json
 # of a live uvicorn on loopback, with a fresh data directory and a bounded
 # number of examples per operation (so it takes a minute or two).
-#   scripts/schemathesis.sh [MAX_EXAMPLES]      (default 25; env PYTHON picks the interpreter)
+#   scripts/schemathesis.sh [MAX_EXAMPLES]      (default 10; env PYTHON picks the interpreter)
 # Exits non-zero on any schemathesis failure. The server and the training
 # processes it started are stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-MAX_EXAMPLES="${1:-25}"
+MAX_EXAMPLES="${1:-10}"
 DATA_DIR="$(mktemp -d /tmp/kernelscope-schemathesis.XXXXXX)"
 PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 SCHEMATHESIS="$(dirname "$(command -v "$PYTHON")")/schemathesis"
