@@ -11,7 +11,8 @@ PYTHON="${PYTHON:-python3}"
 MAX_EXAMPLES="${1:-10}"
 DATA_DIR="$(mktemp -d /tmp/kernelscope-schemathesis.XXXXXX)"
 PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-SCHEMATHESIS="$(dirname "$(command -v "$PYTHON")")/schemathesis"
+PYTHON="$(cd "$(dirname "$(command -v "$PYTHON")")" && pwd)/$(basename "$PYTHON")"   # absolute: we cd below
+SCHEMATHESIS="$(dirname "$PYTHON")/schemathesis"
 [ -x "$SCHEMATHESIS" ] || SCHEMATHESIS="$(command -v schemathesis)"
 
 # One run trains at a time and few may queue: the fuzzer starts many runs.
