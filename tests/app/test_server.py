@@ -219,3 +219,71 @@ def test_sigterm_with_a_viewer_open_checkpoints_and_exits_quickly(tmp_path):
         assert checkpoint_step == run["step"] >= 5  # the shutdown checkpoint holds the last step
     finally:
         again.stop()
+
+
+def test_kernelscope_serve_answers_and_ctrl_c_stops_it(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data", str(tmp_path / "data")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert (tmp_path / "data" / "kernelscope.db").is_file()  # --data reached the app
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+    assert "Traceback" not in process.stderr.read().decode()
+
+
+def test_ctrl_c_in_kernelscope_train_leaves_a_run_the_server_resumes(tmp_path):
+    data_dir = tmp_path / "data"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "train", "--preset", "small", "--steps", "100000", "--batch-size", "8",
+         "--snapshot-every", "50", "--dataset", '{"name": "shapes", "n_train": 256, "n_val": 64}',
+         "--data", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    from app.store import Store
+
+    def stored_runs():
+        if not (data_dir / "kernelscope.db").exists():
+            return []
+        store = Store(data_dir)
+        try:
+            return store.list_runs()
+        finally:
+            store.close()
+
+    deadline = time.monotonic() + 60
+    while True:
+        runs = stored_runs()
+        if runs and runs[0]["step"] >= 20:
+            break
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert "interrupted" in output
+
+    server = Server(data_dir)
+    try:
+        (run,) = server.client.get("/api/runs").json()["runs"]
+        assert run["status"] == "interrupted" and run["step"] >= 20
+        assert server.client.post(f"/api/runs/{run['id']}/resume").status_code == 200
+        deadline = time.monotonic() + 60
+        while server.client.get(f"/api/runs/{run['id']}").json()["step"] <= run["step"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        server.client.post(f"/api/runs/{run['id']}/stop")
+    finally:
+        server.stop()
