@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 
 from app import store as files
+from tests.live_server import free_port, uvicorn_command, wait_until_healthy
 
 STEPS = 40
 SNAPSHOT_EVERY = 5
@@ -36,39 +36,24 @@ RUN = {"model": "small", "dataset": {"name": "shapes", "n_train": 256, "n_val": 
 KILLS = 10
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """One uvicorn process (in its own session, so its orphaned workers can be cleaned up)."""
 
     def __init__(self, data_dir):
-        self.port = _free_port()
+        self.port = free_port()
         env = {**os.environ, "KERNELSCOPE_DATA": str(data_dir), "KERNELSCOPE_CHECKPOINT_EVERY": "10",
                "KERNELSCOPE_MAX_RUNS": "2", "KERNELSCOPE_MAX_QUEUED": "32"}
         env.pop("KERNELSCOPE_TOKEN", None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            uvicorn_command(self.port), env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = httpx.Client(base_url=self.url, timeout=10.0)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited at start: {self.process.stderr.read().decode()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError("server did not answer /healthz within 60 s")
-            time.sleep(0.1)
+        problem = wait_until_healthy(self.url, self.process, timeout=60)
+        if problem == "exited":
+            raise AssertionError(f"server exited at start: {self.process.stderr.read().decode()[-3000:]}")
+        if problem == "timeout":
+            raise AssertionError("server did not answer /healthz within 60 s")
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

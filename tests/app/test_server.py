@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +12,9 @@ import httpx
 import pytest
 
 from tests.app.conftest import LONG, TINY, read_events
+from tests.live_server import free_port, uvicorn_command, wait_until_healthy
 
 STREAM_TIMEOUT = httpx.Timeout(60.0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -31,23 +25,14 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, "KERNELSCOPE_DATA": str(data_dir), "KERNELSCOPE_CHECKPOINT_EVERY": "10", **env}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            uvicorn_command(self.port), env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         self.client = httpx.Client(base_url=self.url, timeout=STREAM_TIMEOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not answer /healthz within 60 s")
-            time.sleep(0.05)
+        problem = wait_until_healthy(self.url, self.process, timeout=60, interval=0.05)
+        if problem == "exited":
+            raise RuntimeError(f"server exited: {self.process.stderr.read().decode()}")
+        if problem == "timeout":
+            raise RuntimeError("server did not answer /healthz within 60 s")
 
     def kill(self) -> None:
         self.client.close()
@@ -228,15 +213,7 @@ def test_kernelscope_serve_answers_and_ctrl_c_stops_it(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        assert wait_until_healthy(f"http://127.0.0.1:{port}", process, timeout=60, interval=0.05) is None
         assert (tmp_path / "data" / "kernelscope.db").is_file()  # --data reached the app
     finally:
         process.send_signal(signal.SIGINT)

@@ -10,14 +10,13 @@ requests; the `page` fixture fails the test if any occurred.
 """
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.live_server import free_port, uvicorn_command, wait_until_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -26,18 +25,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """A kernelscope server in a subprocess: `uvicorn app.main:create_app --factory`."""
 
     def __init__(self, data_dir: Path, port: int | None = None):
         self.data_dir = Path(data_dir)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         # the test server's own settings only: no token, limits or data dir from the caller's shell
         env = {key: value for key, value in os.environ.items() if not key.startswith("KERNELSCOPE_")}
@@ -45,20 +38,10 @@ class Server:
         self.log_path = self.data_dir / f"server-{self.port}.log"
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"the server did not start; its log:\n{self.log_path.read_text()}")
-            time.sleep(0.2)
+            uvicorn_command(self.port), cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        if wait_until_healthy(self.base, self.process, timeout=30, interval=0.2) is not None:
+            self.kill()
+            pytest.fail(f"the server did not start; its log:\n{self.log_path.read_text()}")
 
     def stop(self):
         self.process.terminate()
