@@ -7,36 +7,32 @@ layer's weights from its own random generator derived from (seed, layer index), 
 layer never changes the weights of the layers before it.
 
 Inside, feature maps use the (C, N, H, W) layout of engine.conv; the public arrays
-(inputs, outputs, gradients) are NCHW. A large batch is split into `threads` fixed parts
-that run on parallel threads with BLAS pinned to one thread each (when threadpoolctl is
-installed; otherwise the parts run one after the other). The split depends only on the batch
-size and `threads`, so results are bit-identical from run to run.
+(inputs, outputs, gradients) are NCHW. A large batch is split into `threads` fixed parts:
+the first is computed here, the others by partner processes (engine.partner), each with
+BLAS on one thread. The split depends only on the batch size and `threads`, and every part
+runs the same code wherever it runs, so results are bit-identical from run to run.
 """
 
-from concurrent.futures import ThreadPoolExecutor
 import ctypes
 import os
 import sys
+import weakref
 
 import numpy as np
 
-from engine import initializers
+from engine import initializers, partner
+from engine.phase_conv import plan_blocks
 from engine.layers import LAYER_TYPES, make_layer
 
-try:  # optional: pins BLAS to one thread while the batch parts run in parallel
+try:  # optional: pins BLAS to one thread while the parts of a batch run on separate cores
     from threadpoolctl import ThreadpoolController
 except ImportError:  # pragma: no cover - exercised only where threadpoolctl is missing
     ThreadpoolController = None
 
-# A batch is split across threads only when each part gets at least this many examples.
+# A batch is split across processes only when each part gets at least this many examples.
 MIN_EXAMPLES_PER_THREAD = 8
-# While the parts of a batch run, the threads swap the interpreter lock at least this often
-# (seconds; Python's default is 0.005): the parts are numpy calls with a little Python between.
-SWITCH_INTERVAL = 0.0002
 
 _blas_controller = None
-_executor = None
-_executor_pid = None
 _memory_tuned = False
 
 
@@ -62,16 +58,22 @@ def keep_freed_memory():
     return _memory_tuned
 
 
-def _parallel_tools():
-    """(BLAS controller, thread pool) for data-parallel steps, or None when unavailable."""
-    global _blas_controller, _executor, _executor_pid
-    if ThreadpoolController is None or (os.cpu_count() or 1) < 2:
-        return None
-    if _executor_pid != os.getpid():  # first use, or a forked child: its parent's threads are gone
+def _blas_on_one_thread():
+    """A context that limits numpy's BLAS to one thread (a no-op without threadpoolctl)."""
+    global _blas_controller
+    if ThreadpoolController is None:
+        return _NoLimit()
+    if _blas_controller is None:
         _blas_controller = ThreadpoolController()
-        _executor = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="engine")
-        _executor_pid = os.getpid()
-    return _blas_controller, _executor
+    return _blas_controller.limit(limits=1, user_api="blas")
+
+
+class _NoLimit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 # ----------------------------------------------------------------------------------------
@@ -195,6 +197,8 @@ class Model:
         self.outputs = []
         self.output_grads = []
         self._pending = None
+        self._key = None
+        self.steps = plan_blocks(layers)  # what a pass without keep_outputs runs (conv blocks)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -231,40 +235,66 @@ class Model:
         return x
 
     def _parts(self, batch):
-        """Slices of the batch handled by separate threads (a fixed split of the batch)."""
+        """Slices of the batch computed on separate cores (a fixed split of the batch)."""
         count = min(self.threads, batch // MIN_EXAMPLES_PER_THREAD) if batch else 1
         count = max(1, count)
         bounds = [round(k * batch / count) for k in range(count + 1)]
         return [slice(bounds[k], bounds[k + 1]) for k in range(count)]
 
-    def _run_parts(self, function, items):
-        """Run function(item) for every item, each part on its own thread with BLAS pinned to one
-        thread (so `threads` is the number of cores the model uses, even for a single part)."""
-        tools = _parallel_tools()
-        if tools is None:
-            return [function(item) for item in items]
-        controller, executor = tools
-        with controller.limit(limits=1, user_api="blas"):
-            if len(items) == 1:
-                return [function(items[0])]
-            interval = sys.getswitchinterval()
-            sys.setswitchinterval(SWITCH_INTERVAL)  # hand the interpreter lock over promptly
+    def _partner_key(self):
+        """This model's key with the partner processes (forgotten when the model is collected)."""
+        if self._key is None:
+            self._key = partner.new_model_key()
+            weakref.finalize(self, partner.forget_model, self._key)
+        return self._key
+
+    def _send_forwards(self, x, parts, params):
+        """Start parts[1:] on partner processes: {part number: partner} of those started."""
+        if len(parts) < 2:
+            return {}
+        started = {}
+        for number, (part, helper) in enumerate(zip(parts[1:], partner.partners(len(parts) - 1)), start=1):
+            helper.lock.acquire()
             try:
-                futures = [executor.submit(function, item) for item in items[1:]]
-                first = function(items[0])
-                return [first] + [future.result() for future in futures]
-            finally:
-                sys.setswitchinterval(interval)
+                logits_shape = (part.stop - part.start, *self.output_shapes[-1])
+                helper.send_forward(self._partner_key(), self.spec, params, x[part], logits_shape)
+                started[number] = helper
+            except (OSError, EOFError, RuntimeError, ValueError):
+                helper.broken = True
+                helper.lock.release()
+        return started
+
+    @staticmethod
+    def _collect(helper, collect):
+        """collect() from a partner, then release it; None when the partner failed."""
+        try:
+            return collect()
+        except (OSError, EOFError, RuntimeError, ValueError):
+            helper.broken = True
+            return None
+        finally:
+            helper.lock.release()
 
     # -- forward / backward ------------------------------------------------------------
 
     def _forward_part(self, x, layer_params, keep_outputs):
+        """Run one part of the batch forward: layer by layer when every output is kept, else by
+        self.steps (conv blocks fused with their relu and pooling). Returns (out, caches,
+        outputs)."""
         caches, outputs = [], []
-        for layer, params in zip(self.layers, layer_params):
-            x, cache = layer.forward(x, params)
-            caches.append(cache)
-            if keep_outputs:
+        if keep_outputs:
+            for layer, params in zip(self.layers, layer_params):
+                x, cache = layer.forward(x, params)
+                caches.append(cache)
                 outputs.append(x)
+            return x, caches, outputs
+        for first, _, block in self.steps:
+            params = layer_params[first]
+            if block is None:
+                x, cache = self.layers[first].forward(x, params)
+            else:
+                x, cache = block.forward(x, params["weight"], params["bias"])
+            caches.append(cache)
         return x, caches, outputs
 
     def forward(self, x, keep_outputs=False):
@@ -274,8 +304,20 @@ class Model:
         dtype = x.dtype
         layer_params = self._layer_params(dtype)
         parts = [slice(0, x.shape[0])] if keep_outputs else self._parts(x.shape[0])
-        results = self._run_parts(lambda part: self._forward_part(_to_internal(x[part]), layer_params, keep_outputs), parts)
-        self._pending = (parts, [caches for _, caches, _ in results], layer_params, keep_outputs)
+        remote = self._send_forwards(x, parts, self.params)
+        results = [None] * len(parts)
+        with _blas_on_one_thread():
+            for number, part in enumerate(parts):
+                if number not in remote:
+                    results[number] = self._forward_part(_to_internal(x[part]), layer_params, keep_outputs)
+            for number, helper in remote.items():
+                logits = self._collect(helper, helper.collect_forward)
+                if logits is None:  # the partner failed: this part is computed here
+                    del remote[number]
+                    results[number] = self._forward_part(_to_internal(x[parts[number]]), layer_params, keep_outputs)
+                else:
+                    results[number] = (_to_internal(logits), None, [])
+        self._pending = (x, parts, remote, [caches for _, caches, _ in results], layer_params, keep_outputs)
         if keep_outputs:
             self.outputs = [_to_public(out) for out in results[0][2]]
         else:
@@ -287,11 +329,16 @@ class Model:
         grads = [None] * len(self.layers)
         output_grads = [None] * len(self.layers)
         last_needed = 0 if need_input_grad else self._first_param_layer()
-        for index in range(len(self.layers) - 1, -1, -1):
+        steps = [(index, index, None) for index in range(len(self.layers))] if keep_outputs else self.steps
+        for (first, _, block), cache in zip(reversed(steps), reversed(caches)):
             if keep_outputs:
-                output_grads[index] = grad
-            needs_dx = index > last_needed or (need_input_grad and index == 0)
-            grad, grads[index] = self.layers[index].backward(grad, caches[index], layer_params[index], needs_dx)
+                output_grads[first] = grad
+            needs_dx = first > last_needed or (need_input_grad and first == 0)
+            if block is None:
+                grad, grads[first] = self.layers[first].backward(grad, cache, layer_params[first], needs_dx)
+            else:
+                grad, dweight, dbias = block.backward(grad, cache, layer_params[first]["weight"], needs_dx)
+                grads[first] = {"weight": dweight, "bias": dbias}
             if not needs_dx:
                 break
         return grad, grads, output_grads
@@ -310,15 +357,44 @@ class Model:
         """
         if self._pending is None:
             raise RuntimeError("backward needs a forward first")
-        parts, caches, layer_params, keep_outputs = self._pending
+        x, parts, remote, caches, layer_params, keep_outputs = self._pending
         dlogits = np.asarray(dlogits)
         expected = (parts[-1].stop, *self.output_shapes[-1])
         if dlogits.shape != expected:
             raise ValueError(f"dlogits must have shape {list(expected)}, got {list(dlogits.shape)}")
-        results = self._run_parts(
-            lambda k: self._backward_part(_to_internal(dlogits[parts[k]]), caches[k], layer_params, need_input_grad, keep_outputs),
-            list(range(len(parts))),
-        )
+        started = {}
+        for number, helper in remote.items():
+            helper.lock.acquire()
+            try:
+                helper.send_backward(self._partner_key(), dlogits[parts[number]], need_input_grad)
+                started[number] = helper
+            except (OSError, EOFError, RuntimeError, ValueError):
+                helper.broken = True
+                helper.lock.release()
+        results = [None] * len(parts)
+
+        def local(number):
+            part_caches = caches[number]
+            if part_caches is None:  # computed by a partner that has failed since: redo it here
+                part_caches = self._forward_part(_to_internal(x[parts[number]]), layer_params, False)[1]
+            grad = _to_internal(dlogits[parts[number]])
+            return self._backward_part(grad, part_caches, layer_params, need_input_grad, keep_outputs)
+
+        with _blas_on_one_thread():
+            for number in range(len(parts)):
+                if number not in started:
+                    results[number] = local(number)
+            for number, helper in started.items():
+                answer = self._collect(helper, helper.collect_backward)
+                if answer is None:
+                    results[number] = local(number)
+                else:
+                    grads, dx = answer
+                    per_layer = [{} for _ in self.layers]
+                    for name, value in grads.items():
+                        index, part_name = name.split(".", 1)
+                        per_layer[int(index)][part_name] = value
+                    results[number] = (None if dx is None else _to_internal(dx), per_layer, [])
         for index in range(len(self.layers)):
             for part_name in self.layers[index].param_shapes():
                 name = f"{index}.{part_name}"

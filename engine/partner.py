@@ -1,0 +1,323 @@
+"""Data parallelism across processes: a partner process computes its part of each batch.
+
+A training step of a small net is hundreds of short numpy calls. Python threads share one
+interpreter lock, so two threads splitting the batch barely beat one. A partner is a second
+Python process (running engine.partner.main) with a replica of the model. For each forward
+the main process writes the parameters and the partner's slice of the batch into a shared
+memory file (the "arena"), sends a short command over the partner's stdin, computes its
+own slice meanwhile, and reads the partner's logits back from the arena; backward works
+the same way with the gradient of the loss and the weight gradients. The partner keeps its
+slice's caches between the two, copies everything it reads out of the arena first, and
+runs BLAS on one thread.
+
+The split is fixed by the batch size, and each part is computed by the same code either
+way, so results are bit-identical with or without partners. If a partner cannot start or
+dies, its part is computed in the main process instead, and that partner is not used again.
+The partner exits when the main process closes its stdin (or dies). Linux / POSIX only;
+elsewhere `partners()` returns nothing and the model runs its parts one after the other.
+"""
+
+import itertools
+import math
+import mmap
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+
+import numpy as np
+
+_HEADER = struct.Struct("<I")
+_ALIGN = 64
+
+
+def _send(stream, message):
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _receive(stream):
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError("partner channel closed")
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError("partner channel closed")
+    return pickle.loads(payload)
+
+
+class Layout:
+    """Where named arrays live in the arena: name -> (offset, shape, dtype)."""
+
+    def __init__(self):
+        self.entries = {}
+        self.size = 0
+
+    def add(self, name, shape, dtype):
+        dtype = np.dtype(dtype)
+        self.entries[name] = (self.size, tuple(int(s) for s in shape), dtype.str)
+        nbytes = math.prod(shape) * dtype.itemsize
+        self.size += -(-nbytes // _ALIGN) * _ALIGN
+        return self
+
+
+def _view(buffer, entry):
+    offset, shape, dtype = entry
+    count = math.prod(shape)
+    return np.frombuffer(buffer, dtype=np.dtype(dtype), count=count, offset=offset).reshape(shape)
+
+
+class Arena:
+    """A shared memory file, mapped by both processes (unlinked once both have mapped it)."""
+
+    def __init__(self, size, path=None):
+        self.size = size
+        if path is None:
+            folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+            descriptor, self.path = tempfile.mkstemp(prefix="kernelscope-arena-", dir=folder)
+            os.ftruncate(descriptor, size)
+        else:
+            self.path = path
+            descriptor = os.open(path, os.O_RDWR)
+        try:
+            self.memory = mmap.mmap(descriptor, size)
+        finally:
+            os.close(descriptor)
+
+    def view(self, entry):
+        return _view(self.memory, entry)
+
+    def unlink(self):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+# ----------------------------------------------------------------------------------------
+# Main-process side
+# ----------------------------------------------------------------------------------------
+
+
+class Partner:
+    """One partner process and the arena shared with it. Use `lock` around a forward or
+    backward exchange (send ... collect) when several threads share partners."""
+
+    def __init__(self):
+        import engine
+
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, environment.get("PYTHONPATH")]))
+        for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            environment[variable] = "1"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from engine.partner import main; main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=environment,
+            close_fds=True,
+        )
+        self.lock = threading.Lock()
+        self.arena = None
+        self.models = set()
+        self.broken = False
+        self._layouts = {}  # (model key, input shape, dtype) -> arena layouts
+        self._current = None  # the layouts of the exchange under way
+
+    def _call(self, message):
+        _send(self.process.stdin, message)
+        return self._answer()
+
+    def _answer(self):
+        reply = _receive(self.process.stdout)
+        if reply[0] != "ok":
+            raise RuntimeError(f"partner failed: {reply[1]}")
+        return reply
+
+    def _ensure_arena(self, size):
+        if self.arena is not None and self.arena.size >= size:
+            return
+        arena = Arena(max(size, 2 * (self.arena.size if self.arena else 0)))
+        try:
+            self._call(("arena", arena.path, arena.size))
+        finally:
+            arena.unlink()
+        self.arena = arena
+
+    def _ensure_model(self, key, spec):
+        if key not in self.models:
+            self._call(("model", key, spec))
+            self.models.add(key)
+
+    def forget(self, key):
+        """Drop a model's replica (its Model was garbage-collected)."""
+        if key in self.models and not self.broken:
+            with self.lock:
+                try:
+                    self._call(("drop", key))
+                except (OSError, EOFError, RuntimeError):
+                    self.broken = True
+                self.models.discard(key)
+                self._layouts = {signature: value for signature, value in self._layouts.items() if signature[0] != key}
+
+    def send_forward(self, key, spec, params, x, logits_shape):
+        """Start the forward of x (N, C, H, W) with params {name: array} on the partner; the
+        arena also gets room for everything the matching backward returns."""
+        self._ensure_model(key, spec)
+        signature = (key, x.shape, x.dtype.str)
+        if signature not in self._layouts:
+            layout = Layout()
+            for name, value in params.items():
+                layout.add(f"param:{name}", value.shape, x.dtype)
+            layout.add("x", x.shape, x.dtype)
+            layout.add("logits", logits_shape, x.dtype)
+            results = Layout()
+            for name, value in params.items():
+                results.add(f"grad:{name}", value.shape, x.dtype)
+            results.add("dx", x.shape, x.dtype)
+            results.add("dlogits", logits_shape, np.float64)
+            self._layouts[signature] = (layout.entries, results.entries, max(layout.size, results.size))
+        entries, result_entries, size = self._layouts[signature]
+        self._ensure_arena(size)
+        self._current = (entries, result_entries)
+        for name, value in params.items():
+            np.copyto(self.arena.view(entries[f"param:{name}"]), value, casting="unsafe")
+        np.copyto(self.arena.view(entries["x"]), x)
+        _send(self.process.stdin, ("forward", key, entries))
+
+    def collect_forward(self):
+        """The logits of the forward started by send_forward (a copy)."""
+        self._answer()
+        return self.arena.view(self._current[0]["logits"]).copy()
+
+    def send_backward(self, key, dlogits, need_input_grad):
+        entries = dict(self._current[1])
+        entries["dlogits"] = (entries["dlogits"][0], tuple(dlogits.shape), dlogits.dtype.str)
+        if dlogits.dtype.itemsize > 8:
+            raise ValueError("dlogits wider than float64")
+        np.copyto(self.arena.view(entries["dlogits"]), dlogits)
+        _send(self.process.stdin, ("backward", key, entries, need_input_grad))
+
+    def collect_backward(self):
+        """(grads {name: array}, dx or None) of the backward started by send_backward."""
+        (_, has_dx) = self._answer()
+        entries = self._current[1]
+        grads = {name.split(":", 1)[1]: self.arena.view(entry).copy() for name, entry in entries.items() if name.startswith("grad:")}
+        dx = self.arena.view(entries["dx"]).copy() if has_dx else None
+        return grads, dx
+
+    def close(self):
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+_partners = []
+_partners_pid = None
+_partners_lock = threading.Lock()
+_model_keys = itertools.count()
+
+
+def new_model_key():
+    return next(_model_keys)
+
+
+def partners(count):
+    """Up to `count` working partners for this process (started on first use)."""
+    global _partners, _partners_pid
+    if count < 1 or not hasattr(os, "fork"):
+        return []
+    with _partners_lock:
+        if _partners_pid != os.getpid():  # first use, or a forked child: the parent's are not ours
+            _partners, _partners_pid = [], os.getpid()
+        while len(_partners) < count:
+            try:
+                _partners.append(Partner())
+            except OSError:
+                break
+        return [partner for partner in _partners[:count] if not partner.broken]
+
+
+def forget_model(key):
+    """Called when a Model is garbage-collected: partners drop its replica."""
+    if _partners_pid == os.getpid():
+        for partner in list(_partners):
+            partner.forget(key)
+
+
+def close_partners():
+    for partner in _partners:
+        partner.close()
+    _partners.clear()
+
+
+# ----------------------------------------------------------------------------------------
+# Partner-process side
+# ----------------------------------------------------------------------------------------
+
+
+def serve(commands, replies):
+    """The partner's loop: read commands until the main process closes the channel."""
+    from engine.model import build_model
+
+    arena = None
+    models = {}
+    while True:
+        try:
+            message = _receive(commands)
+        except EOFError:
+            return
+        try:
+            kind = message[0]
+            if kind == "arena":
+                arena = Arena(message[2], path=message[1])
+                reply = ("ok",)
+            elif kind == "model":
+                _, key, spec = message
+                models[key] = build_model(spec, init="zeros", seed=0, threads=1)
+                reply = ("ok",)
+            elif kind == "drop":
+                models.pop(message[1], None)
+                reply = ("ok",)
+            elif kind == "forward":
+                _, key, entries = message
+                model = models[key]
+                params = {name.split(":", 1)[1]: arena.view(entry).copy() for name, entry in entries.items() if name.startswith("param:")}
+                model.params = params
+                logits = model.forward(arena.view(entries["x"]).copy())
+                np.copyto(arena.view(entries["logits"]), logits)
+                reply = ("ok",)
+            elif kind == "backward":
+                _, key, entries, need_input_grad = message
+                model = models[key]
+                dx = model.backward(arena.view(entries["dlogits"]).copy(), need_input_grad=need_input_grad)
+                for name, value in model.grads.items():
+                    np.copyto(arena.view(entries[f"grad:{name}"]), value)
+                if dx is not None:
+                    np.copyto(arena.view(entries["dx"]), dx)
+                reply = ("ok", dx is not None)
+            else:
+                raise ValueError(f"unknown command {kind!r}")
+        except Exception as error:  # reported to the main process, which then computes the part itself
+            reply = ("error", f"{type(error).__name__}: {error}")
+        _send(replies, reply)
+
+
+def main():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the main process; we end on EOF
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed by accident goes to stderr, never into the channel
+    serve(sys.stdin.buffer, replies)
+

@@ -1,0 +1,105 @@
+"""Partner processes (engine.partner): the second part of a batch computed in another process
+gives exactly what computing it here gives, and a partner that dies costs nothing but time."""
+
+import gc
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import engine
+from engine import partner
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="partners need a POSIX system")
+
+
+def train_steps(model, x, labels, steps=3):
+    optimizer = engine.make_optimizer({"name": "sgd", "lr": 0.05, "momentum": 0.9})
+    for _ in range(steps):
+        loss, dlogits = engine.softmax_cross_entropy(model.forward(x), labels)
+        dx = model.backward(dlogits)
+        optimizer.step(model.params, model.grads)
+    return loss, dx
+
+
+def problem(batch=64, dtype=np.float32):
+    rng = np.random.default_rng(11)
+    return rng.standard_normal((batch, 1, 28, 28)).astype(dtype), rng.integers(0, 10, batch)
+
+
+def test_a_partner_computes_the_second_part_bit_identically(monkeypatch):
+    x, labels = problem()
+    with_partner = engine.build_model("small", seed=2, threads=2)
+    loss, dx = train_steps(with_partner, x, labels)
+    helpers = partner.partners(1)
+    assert helpers and with_partner._key in helpers[0].models  # the partner really did part 2
+
+    monkeypatch.setattr(partner, "partners", lambda count: [])  # both parts computed here
+    alone = engine.build_model("small", seed=2, threads=2)
+    loss_alone, dx_alone = train_steps(alone, x, labels)
+    assert loss == loss_alone
+    np.testing.assert_array_equal(dx, dx_alone)
+    for name in alone.params:
+        np.testing.assert_array_equal(with_partner.params[name], alone.params[name], err_msg=name)
+
+
+def test_float64_gradients_through_a_partner_keep_their_precision():
+    x, labels = problem(batch=32, dtype=np.float64)
+    model = engine.build_model("small", seed=3, dtype=np.float64, threads=2)
+    _, dlogits = engine.softmax_cross_entropy(model.forward(x), labels)
+    model.backward(dlogits, need_input_grad=False)
+    single = engine.build_model("small", seed=3, dtype=np.float64, threads=1)
+    _, dlogits_single = engine.softmax_cross_entropy(single.forward(x), labels)
+    single.backward(dlogits_single, need_input_grad=False)
+    for name in model.grads:
+        assert model.grads[name].dtype == np.float64
+        np.testing.assert_allclose(model.grads[name], single.grads[name], rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("when", ["before_forward", "between_forward_and_backward"])
+def test_a_killed_partner_costs_time_not_results(when, monkeypatch):
+    x, labels = problem()
+    expected_model = engine.build_model("small", seed=5, threads=2)
+    monkeypatch.setattr(partner, "partners", lambda count: [])
+    expected_loss, expected_dx = train_steps(expected_model, x, labels, steps=1)
+    monkeypatch.undo()
+
+    victim = partner.Partner()
+    monkeypatch.setattr(partner, "partners", lambda count: [] if victim.broken else [victim])
+    model = engine.build_model("small", seed=5, threads=2)
+    if when == "before_forward":
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait(10)
+    logits = model.forward(x)
+    if when == "between_forward_and_backward":
+        assert not victim.broken
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait(10)
+    loss, dlogits = engine.softmax_cross_entropy(logits, labels)
+    dx = model.backward(dlogits)
+    assert victim.broken
+    assert loss == expected_loss
+    np.testing.assert_array_equal(dx, expected_dx)
+    for name in model.grads:
+        np.testing.assert_array_equal(model.grads[name], expected_model.grads[name], err_msg=name)
+    victim.close()
+
+
+def test_a_collected_model_is_dropped_by_the_partner():
+    x, _ = problem(batch=32)
+    model = engine.build_model("small", threads=2)
+    model.forward(x)
+    key = model._key
+    helper = partner.partners(1)[0]
+    assert key in helper.models
+    del model
+    gc.collect()
+    assert key not in helper.models
+    assert not any(signature[0] == key for signature in helper._layouts)
+
+
+def test_a_partner_exits_when_its_main_process_closes_the_channel():
+    helper = partner.Partner()
+    helper.close()
+    assert helper.process.returncode == 0
