@@ -1,15 +1,20 @@
 """Benchmark: one full training step (forward + backward + SGD momentum) of the numpy engine,
-side by side with the identical PyTorch model on the same number of threads.
+side by side with the identical PyTorch model on the same number of cores.
 
-For each preset ("small", "medium") and batch size it prints the median step time of the
-engine and of PyTorch, measured in alternating rounds in one process (so both see the same
-machine load), images/s, achieved GFLOP/s and the ratio engine/torch. It also runs a tuned
-PyTorch reference in a subprocess (GLIBC_TUNABLES keeps freed memory instead of returning
-it to the OS each step, and channels_last layout), because that setting only takes effect
-at process start.
+Each contender runs alone in a fresh process, one after the other, for several rounds:
+  engine  the kernelscope engine as a user runs it (threads=2: a partner process takes half
+          of each batch);
+  torch   PyTorch as installed: NCHW, glibc's default malloc settings;
+  tuned   PyTorch with GLIBC_TUNABLES (freed memory is kept instead of returned to the OS
+          each step) and channels_last.
+Per round each process reports the median step time after warm-up; the script prints, per
+preset and batch, the median over rounds of those figures and of the per-round ratios
+engine/torch (so both sides of a ratio saw the same machine), images/s and GFLOP/s.
+Contenders never run at the same time: PyTorch's OpenMP threads keep spinning for a while
+after each step, which would steal the engine's second core in a shared process.
 
     python benchmarks/engine.py            # full run (a few minutes)
-    python benchmarks/engine.py --quick    # fewer steps and batch 64 only
+    python benchmarks/engine.py --quick    # batch 64 only, fewer steps and rounds
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, if set, can make numpy's BLAS pick a slow kernel; this
 script restarts itself without them (and says so). Torch is optional: without it only the
@@ -76,10 +81,8 @@ def torch_model(model, torch):
 
 
 def engine_stepper(model, x, labels, optimizer):
-    def step():
-        logits = model.forward(x)
-        _, dlogits = engine.softmax_cross_entropy(logits, labels)
-        model.backward(dlogits, need_input_grad=False)
+    def step():  # as engine.Trainer.train_step does it
+        model.train_gradients(x, labels)
         optimizer.step(model.params, model.grads)
 
     return step
@@ -116,16 +119,22 @@ def problem(preset, batch, seed=0):
     return model, x, labels
 
 
-def run_torch_only(args):
-    """Subprocess mode: time torch alone; print JSON {"preset/batch": seconds}."""
-    import torch
+def measure(args):
+    """Subprocess mode: time one contender alone; print JSON {"preset/batch": seconds}."""
+    torch = None
+    if args.role != "engine":
+        import torch
 
-    torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
     results = {}
     for preset in args.presets:
         for batch in args.batches:
             model, x, labels = problem(preset, batch)
-            step = torch_stepper(torch_model(model, torch), x, labels, torch, channels_last=args.channels_last)
+            if torch is None:
+                model.threads = args.threads
+                step = engine_stepper(model, x, labels, engine.make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}))
+            else:
+                step = torch_stepper(torch_model(model, torch), x, labels, torch, channels_last=args.role == "tuned")
             for _ in range(args.warmup):
                 step()
             steps = args.medium_steps if preset == "medium" else args.steps
@@ -133,50 +142,19 @@ def run_torch_only(args):
     print(json.dumps(results))
 
 
-def cpu_time_comparison(args, torch):
-    """Engine and torch on ONE thread each, median CPU time (time.process_time) per step.
-    CPU time barely depends on what else the machine runs, so this still compares the work
-    each does per step when wall-clock figures are spoilt by a busy machine."""
-    print()
-    print("one thread each, median CPU ms per step (load-independent view of the work per step):")
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for preset in args.presets:
-            for batch in args.batches:
-                model, x, labels = problem(preset, batch)
-                model.threads = 1
-                engine_step = engine_stepper(model, x, labels, engine.make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}))
-                torch_step = torch_stepper(torch_model(model, torch), x, labels, torch)
-                for _ in range(args.warmup):
-                    engine_step()
-                    torch_step()
-                engine_cpu, torch_cpu = [], []
-                for _ in range(args.medium_steps if preset == "medium" else args.steps):
-                    for step, times in ((engine_step, engine_cpu), (torch_step, torch_cpu)):
-                        start = time.process_time()
-                        step()
-                        times.append(time.process_time() - start)
-                engine_ms, torch_ms = statistics.median(engine_cpu) * 1e3, statistics.median(torch_cpu) * 1e3
-                print(f"{preset:8} {batch:5d}  engine {engine_ms:8.2f}  torch {torch_ms:8.2f}  ratio {engine_ms / torch_ms:5.2f}")
-    finally:
-        torch.set_num_threads(torch_threads)
-
-
-def torch_reference(args, tuned):
-    """Torch alone in a fresh process: default (no malloc tuning at all, NCHW) or tuned
-    (GLIBC_TUNABLES set at process start, channels_last)."""
+def run_contender(args, role):
+    """One round of one contender in a fresh process: {"preset/batch": seconds}, or {}."""
     env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
-    env["KERNELSCOPE_MALLOC_TUNING"] = "0"  # building the engine model must not tune this process
-    if tuned:
+    if role != "engine":
+        env["KERNELSCOPE_MALLOC_TUNING"] = "0"  # building the engine model must not tune torch's process
+    if role == "tuned":
         env["GLIBC_TUNABLES"] = TUNED_GLIBC
-    command = [sys.executable, os.path.abspath(__file__), "--torch-only", "--threads", str(args.threads),
+    command = [sys.executable, os.path.abspath(__file__), "--role", role, "--threads", str(args.threads),
                "--steps", str(args.steps), "--medium-steps", str(args.medium_steps), "--warmup", str(args.warmup),
-               "--presets", *args.presets,
-               "--batches", *map(str, args.batches)] + (["--channels-last"] if tuned else [])
+               "--presets", *args.presets, "--batches", *map(str, args.batches)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        print(f"torch reference failed: {done.stderr.strip()[-500:]}")
+        print(f"{role} failed: {done.stderr.strip()[-500:]}")
         return {}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -193,27 +171,26 @@ def blas_description():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="batch 64 only, fewer steps")
+    parser.add_argument("--quick", action="store_true", help="batch 64 only, fewer steps and rounds")
     parser.add_argument("--presets", nargs="+", default=["small", "medium"])
     parser.add_argument("--batches", nargs="+", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 40; --quick 15)")
-    parser.add_argument("--medium-steps", type=int, default=None, help="timed steps for medium (default 20; --quick 8)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 40; --quick 20)")
+    parser.add_argument("--medium-steps", type=int, default=None, help="timed steps for medium (default 15; --quick 8)")
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of engine, torch, tuned (default 5; --quick 3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="also compare CPU time per step on one thread each (useful on a busy machine)")
-    parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["engine", "torch", "tuned"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batches = args.batches or ([64] if args.quick else [32, 64, 128])
-    args.steps = args.steps or (15 if args.quick else 40)
-    args.medium_steps = args.medium_steps or (8 if args.quick else 20)
+    args.steps = args.steps or (20 if args.quick else 40)
+    args.medium_steps = args.medium_steps or (8 if args.quick else 15)
     args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 5)
+    args.rounds = args.rounds or (3 if args.quick else 5)
 
-    if args.torch_only:
-        run_torch_only(args)
+    if args.role:
+        measure(args)
         return
 
     removed = [name for name in BLAS_OVERRIDES if name in os.environ]
@@ -230,66 +207,59 @@ def main():
         torch = None
     if args.no_torch:
         torch = None
-    if torch is not None:
-        torch.set_num_threads(args.threads)
+    roles = ["engine"] + (["torch", "tuned"] if torch is not None else [])
 
     print(f"numpy {np.__version__}; BLAS: {blas_description()}")
-    print(f"cpus: {os.cpu_count()}; engine threads: {args.threads}"
-          + (f"; torch {torch.__version__} threads: {torch.get_num_threads()}" if torch else "; torch: not installed"))
-    print(f"median of {args.steps} steps ({args.medium_steps} for medium) after {args.warmup} warm-up steps;"
-          " engine and torch steps alternate")
+    print(f"cpus: {os.cpu_count()}; threads: {args.threads} each"
+          + (f"; torch {torch.__version__}" if torch else "; torch: not installed"))
+    print(f"{args.rounds} rounds of {', '.join(roles)}, each alone in a fresh process; per round the median of"
+          f" {args.steps} steps ({args.medium_steps} for medium) after {args.warmup} warm-up steps")
     print("load average before the run: " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
           + " (figures from a busy machine are not comparable)")
-    print()
-    default = torch_reference(args, tuned=False) if torch is not None else {}
-    tuned = torch_reference(args, tuned=True) if torch is not None else {}
+    print(flush=True)
+    rounds = []
+    for number in range(args.rounds):
+        order = roles[number % len(roles):] + roles[: number % len(roles)]  # who goes first rotates
+        rounds.append({role: run_contender(args, role) for role in order})
+
+    def median_of(role, key):
+        values = [result[role][key] for result in rounds if key in result.get(role, {})]
+        return statistics.median(values) if values else None
+
+    def median_ratio(role, key):
+        values = [result["engine"][key] / result[role][key] for result in rounds
+                  if key in result.get("engine", {}) and key in result.get(role, {})]
+        return statistics.median(values) if values else None
 
     header = f"{'preset':8} {'batch':>5} {'engine ms':>10} {'img/s':>8} {'GFLOP/s':>8}"
     if torch is not None:
-        header += f" {'torch ms':>9} {'ratio':>6} {'alone ms':>9} {'ratio':>6} {'tuned ms':>9} {'ratio':>6}"
+        header += f" {'torch ms':>9} {'ratio':>6} {'tuned ms':>9} {'ratio':>6}"
     print(header)
     results = []
     for preset in args.presets:
+        model = engine.build_model(preset)
         for batch in args.batches:
-            model, x, labels = problem(preset, batch)
-            model.threads = args.threads
+            key = f"{preset}/{batch}"
+            engine_s = median_of("engine", key)
+            if engine_s is None:
+                continue
             flops = step_flops(model) * batch
-            engine_step = engine_stepper(model, x, labels, engine.make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}))
-            torch_step = torch_stepper(torch_model(model, torch), x, labels, torch) if torch is not None else None
-            for _ in range(args.warmup):
-                engine_step()
-                if torch_step:
-                    torch_step()
-            engine_times, torch_times = [], []
-            for _ in range(args.medium_steps if preset == "medium" else args.steps):
-                engine_times.append(timed(engine_step))
-                if torch_step:
-                    torch_times.append(timed(torch_step))
-            engine_s = statistics.median(engine_times)
             row = {"preset": preset, "batch": batch, "engine_ms": engine_s * 1e3, "images_per_s": batch / engine_s,
-                   "gflops": flops / engine_s / 1e9}
+                   "gflops": flops / engine_s / 1e9, "rounds": args.rounds}
             line = f"{preset:8} {batch:5d} {engine_s * 1e3:10.2f} {batch / engine_s:8.0f} {flops / engine_s / 1e9:8.1f}"
-            if torch_step:
-                torch_s = statistics.median(torch_times)
-                row.update({"torch_ms": torch_s * 1e3, "ratio": engine_s / torch_s})
-                line += f" {torch_s * 1e3:9.2f} {engine_s / torch_s:6.2f}"
-                for key, reference in (("alone", default), ("tuned", tuned)):
-                    seconds = reference.get(f"{preset}/{batch}")
-                    if seconds:
-                        row.update({f"{key}_torch_ms": seconds * 1e3, f"{key}_ratio": engine_s / seconds})
-                        line += f" {seconds * 1e3:9.2f} {engine_s / seconds:6.2f}"
-                    else:
-                        line += f" {'-':>9} {'-':>6}"
+            for role in roles[1:]:
+                seconds, ratio = median_of(role, key), median_ratio(role, key)
+                if seconds is None:
+                    line += f" {'-':>9} {'-':>6}"
+                    continue
+                row.update({f"{role}_ms": seconds * 1e3, f"{role}_ratio": ratio})
+                line += f" {seconds * 1e3:9.2f} {ratio:6.2f}"
             print(line, flush=True)
             results.append(row)
     print()
-    print("ratio = engine step time / torch step time (below 1: the engine is faster).")
-    print("torch: the same model in this process, steps alternating with the engine's; this process")
-    print("  keeps freed memory (engine.model.keep_freed_memory), which helps torch here too.")
-    print("alone: torch by itself in a fresh process with glibc's default malloc settings, NCHW.")
-    print("tuned: torch by itself with GLIBC_TUNABLES=" + TUNED_GLIBC + " and channels_last.")
-    if args.cpu_time and torch is not None:
-        cpu_time_comparison(args, torch)
+    print("ratio = median over rounds of (engine step time / torch step time); below 1: the engine is faster.")
+    print("torch: PyTorch as installed (NCHW, glibc's default malloc settings), alone in its process.")
+    print("tuned: PyTorch with GLIBC_TUNABLES=" + TUNED_GLIBC + " and channels_last.")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -3,18 +3,23 @@
 import numpy as np
 
 
-def _check_labels(logits, labels):
-    logits = np.asarray(logits)
+def check_labels(labels, batch, classes):
+    """labels as an integer array of shape (batch,) with values in [0, classes); ValueError if not."""
     labels = np.asarray(labels)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be (N, classes), got shape {list(logits.shape)}")
-    if labels.shape != (logits.shape[0],):
-        raise ValueError(f"labels must be ({logits.shape[0]},) to match the logits, got shape {list(labels.shape)}")
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must be ({batch},) to match the logits, got shape {list(labels.shape)}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
-        raise ValueError(f"labels must be in [0, {logits.shape[1] - 1}], got {labels.min()}..{labels.max()}")
-    return logits, labels
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"labels must be in [0, {classes - 1}], got {labels.min()}..{labels.max()}")
+    return labels
+
+
+def _check_labels(logits, labels):
+    logits = np.asarray(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (N, classes), got shape {list(logits.shape)}")
+    return logits, check_labels(labels, logits.shape[0], logits.shape[1])
 
 
 def softmax(logits):
@@ -32,16 +37,24 @@ def softmax_cross_entropy(logits, labels):
     """
     logits, labels = _check_labels(logits, labels)
     batch = logits.shape[0]
+    loss_sum, dlogits = softmax_cross_entropy_sum(logits, labels, batch)
+    return loss_sum / batch, dlogits
+
+
+def softmax_cross_entropy_sum(logits, labels, batch):
+    """For some rows of a batch of `batch` rows: the summed cross-entropy of these rows (a
+    Python float, float64) and their part of the mean loss's gradient (divided by `batch`).
+    Rows are independent, so the parts of a batch give exactly the whole batch's gradient."""
+    rows = np.arange(logits.shape[0])
     shifted = logits - logits.max(axis=1, keepdims=True)
     exps = np.exp(shifted)
     sums = exps.sum(axis=1, keepdims=True)
     log_probs = shifted - np.log(sums)
-    rows = np.arange(batch)
-    loss = -float(np.mean(log_probs[rows, labels], dtype=np.float64))
+    loss_sum = -float(np.sum(log_probs[rows, labels], dtype=np.float64))
     dlogits = exps / sums
     dlogits[rows, labels] -= 1
     dlogits /= batch
-    return loss, dlogits.astype(logits.dtype, copy=False)
+    return loss_sum, dlogits.astype(logits.dtype, copy=False)
 
 
 def accuracy(logits, labels):

@@ -21,6 +21,7 @@ import weakref
 import numpy as np
 
 from engine import initializers, partner
+from engine.losses import check_labels, softmax_cross_entropy_sum
 from engine.phase_conv import plan_blocks
 from engine.layers import LAYER_TYPES, make_layer
 
@@ -390,18 +391,8 @@ class Model:
                     results[number] = local(number)
                 else:
                     grads, dx = answer
-                    per_layer = [{} for _ in self.layers]
-                    for name, value in grads.items():
-                        index, part_name = name.split(".", 1)
-                        per_layer[int(index)][part_name] = value
-                    results[number] = (None if dx is None else _to_internal(dx), per_layer, [])
-        for index in range(len(self.layers)):
-            for part_name in self.layers[index].param_shapes():
-                name = f"{index}.{part_name}"
-                total = results[0][1][index][part_name]
-                for _, grads, _ in results[1:]:
-                    total = total + grads[index][part_name]
-                self.grads[name] = total.astype(self.params[name].dtype, copy=False)
+                    results[number] = (None if dx is None else _to_internal(dx), self._grads_by_layer(grads, self.layers), [])
+        self._store_grads([grads for _, grads, _ in results])
         if keep_outputs:
             self.output_grads = [None if g is None else _to_public(g) for g in results[0][2]]
         else:
@@ -410,6 +401,87 @@ class Model:
             return None
         dx = [_to_public(grad) for grad, _, _ in results]
         return dx[0] if len(dx) == 1 else np.concatenate(dx, axis=0)
+
+    def _store_grads(self, part_grads):
+        """model.grads = the sum over parts (in part order) of each part's per-layer grads."""
+        for index in range(len(self.layers)):
+            for part_name in self.layers[index].param_shapes():
+                name = f"{index}.{part_name}"
+                total = part_grads[0][index][part_name]
+                for grads in part_grads[1:]:
+                    total = total + grads[index][part_name]
+                self.grads[name] = total.astype(self.params[name].dtype, copy=False)
+
+    @staticmethod
+    def _grads_by_layer(grads, layers):
+        """{"3.weight": array, ...} -> per-layer [{"weight": array, ...}, ...]."""
+        per_layer = [{} for _ in layers]
+        for name, value in grads.items():
+            index, part_name = name.split(".", 1)
+            per_layer[int(index)][part_name] = value
+        return per_layer
+
+    # -- a whole training pass ---------------------------------------------------------
+
+    def _train_part(self, x, labels, total, layer_params):
+        out, caches, _ = self._forward_part(_to_internal(x), layer_params, False)
+        logits = _to_public(out)
+        loss_sum, dlogits = softmax_cross_entropy_sum(logits, labels, total)
+        _, grads, _ = self._backward_part(_to_internal(dlogits), caches, layer_params, False, False)
+        return logits, loss_sum, grads
+
+    def train_part(self, x, labels, total):
+        """train_gradients for a part of a batch of `total` examples, all computed here: fills
+        model.grads with this part's share; returns (logits, summed loss of the part)."""
+        x = self._check_input(x)
+        labels = check_labels(labels, x.shape[0], self.output_shapes[-1][0])
+        with _blas_on_one_thread():
+            logits, loss_sum, grads = self._train_part(x, labels, total, self._layer_params(x.dtype))
+        self._store_grads([grads])
+        return logits, loss_sum
+
+    def train_gradients(self, x, labels):
+        """One training pass: forward, mean softmax cross-entropy against integer labels, and
+        backward without the input gradient. Each part of the batch runs start to finish on
+        its own core (one exchange with a partner instead of two). Fills model.grads, exactly
+        as forward + engine.softmax_cross_entropy + backward(need_input_grad=False) would
+        (the loss may differ in its last bit: it is summed part by part); returns (loss, logits)."""
+        x = self._check_input(x)
+        if len(self.output_shapes[-1]) != 1:
+            raise ValueError("train_gradients needs a model whose output is (N, classes)")
+        batch = x.shape[0]
+        labels = check_labels(labels, batch, self.output_shapes[-1][0])
+        layer_params = self._layer_params(x.dtype)
+        parts = self._parts(batch)
+        started = {}
+        for number, (part, helper) in enumerate(zip(parts[1:], partner.partners(len(parts) - 1)), start=1):
+            helper.lock.acquire()
+            try:
+                logits_shape = (part.stop - part.start, *self.output_shapes[-1])
+                helper.send_train(self._partner_key(), self.spec, self.params, x[part], labels[part], logits_shape, batch)
+                started[number] = helper
+            except (OSError, EOFError, RuntimeError, ValueError):
+                helper.broken = True
+                helper.lock.release()
+        results = [None] * len(parts)
+        with _blas_on_one_thread():
+            for number, part in enumerate(parts):
+                if number not in started:
+                    results[number] = self._train_part(x[part], labels[part], batch, layer_params)
+            for number, helper in started.items():
+                answer = self._collect(helper, helper.collect_train)
+                if answer is None:  # the partner failed: this part is computed here
+                    part = parts[number]
+                    results[number] = self._train_part(x[part], labels[part], batch, layer_params)
+                else:
+                    logits, loss_sum, grads = answer
+                    results[number] = (logits, loss_sum, self._grads_by_layer(grads, self.layers))
+        self._store_grads([grads for _, _, grads in results])
+        self._pending = None
+        self.outputs, self.output_grads = [], []
+        loss = sum(loss_sum for _, loss_sum, _ in results) / batch
+        logits = results[0][0] if len(results) == 1 else np.concatenate([logits for logits, _, _ in results], axis=0)
+        return loss, logits
 
     # -- persistence -------------------------------------------------------------------
 

@@ -128,8 +128,8 @@ class Partner:
         self.arena = None
         self.models = set()
         self.broken = False
-        self._layouts = {}  # (model key, input shape, dtype) -> arena layouts
-        self._current = None  # the layouts of the exchange under way
+        self._layouts = {}  # (model key, input shape, dtype) -> Layout in the arena
+        self._current = None  # the layout entries of the exchange under way
 
     def _call(self, message):
         _send(self.process.stdin, message)
@@ -167,9 +167,9 @@ class Partner:
                 self.models.discard(key)
                 self._layouts = {signature: value for signature, value in self._layouts.items() if signature[0] != key}
 
-    def send_forward(self, key, spec, params, x, logits_shape):
-        """Start the forward of x (N, C, H, W) with params {name: array} on the partner; the
-        arena also gets room for everything the matching backward returns."""
+    def _prepare(self, key, spec, params, x, logits_shape):
+        """Copy params and x into the arena (laid out once per model and input shape: inputs,
+        then logits, gradients, dx and dlogits, none overlapping) and return the layout."""
         self._ensure_model(key, spec)
         signature = (key, x.shape, x.dtype.str)
         if signature not in self._layouts:
@@ -177,41 +177,60 @@ class Partner:
             for name, value in params.items():
                 layout.add(f"param:{name}", value.shape, x.dtype)
             layout.add("x", x.shape, x.dtype)
+            layout.add("labels", x.shape[:1], np.int64)
             layout.add("logits", logits_shape, x.dtype)
-            results = Layout()
             for name, value in params.items():
-                results.add(f"grad:{name}", value.shape, x.dtype)
-            results.add("dx", x.shape, x.dtype)
-            results.add("dlogits", logits_shape, np.float64)
-            self._layouts[signature] = (layout.entries, results.entries, max(layout.size, results.size))
-        entries, result_entries, size = self._layouts[signature]
-        self._ensure_arena(size)
-        self._current = (entries, result_entries)
+                layout.add(f"grad:{name}", value.shape, x.dtype)
+            layout.add("dx", x.shape, x.dtype)
+            layout.add("dlogits", logits_shape, np.float64)
+            self._layouts[signature] = layout
+        layout = self._layouts[signature]
+        self._ensure_arena(layout.size)
+        self._current = layout.entries
         for name, value in params.items():
-            np.copyto(self.arena.view(entries[f"param:{name}"]), value, casting="unsafe")
-        np.copyto(self.arena.view(entries["x"]), x)
+            np.copyto(self.arena.view(layout.entries[f"param:{name}"]), value, casting="unsafe")
+        np.copyto(self.arena.view(layout.entries["x"]), x)
+        return layout.entries
+
+    def send_forward(self, key, spec, params, x, logits_shape):
+        """Start the forward of x (N, C, H, W) with params {name: array} on the partner."""
+        entries = self._prepare(key, spec, params, x, logits_shape)
         _send(self.process.stdin, ("forward", key, entries))
 
     def collect_forward(self):
         """The logits of the forward started by send_forward (a copy)."""
         self._answer()
-        return self.arena.view(self._current[0]["logits"]).copy()
+        return self.arena.view(self._current["logits"]).copy()
 
     def send_backward(self, key, dlogits, need_input_grad):
-        entries = dict(self._current[1])
-        entries["dlogits"] = (entries["dlogits"][0], tuple(dlogits.shape), dlogits.dtype.str)
+        """Start the backward of the last forward with dlogits (the partner kept its caches)."""
+        entries = dict(self._current)
         if dlogits.dtype.itemsize > 8:
             raise ValueError("dlogits wider than float64")
+        entries["dlogits"] = (entries["dlogits"][0], tuple(dlogits.shape), dlogits.dtype.str)
         np.copyto(self.arena.view(entries["dlogits"]), dlogits)
         _send(self.process.stdin, ("backward", key, entries, need_input_grad))
 
     def collect_backward(self):
         """(grads {name: array}, dx or None) of the backward started by send_backward."""
         (_, has_dx) = self._answer()
-        entries = self._current[1]
-        grads = {name.split(":", 1)[1]: self.arena.view(entry).copy() for name, entry in entries.items() if name.startswith("grad:")}
-        dx = self.arena.view(entries["dx"]).copy() if has_dx else None
-        return grads, dx
+        dx = self.arena.view(self._current["dx"]).copy() if has_dx else None
+        return self._grads(), dx
+
+    def send_train(self, key, spec, params, x, labels, logits_shape, total):
+        """Start forward, softmax cross-entropy (divided by the whole batch, `total`) and
+        backward of x with labels on the partner, in one exchange."""
+        entries = self._prepare(key, spec, params, x, logits_shape)
+        np.copyto(self.arena.view(entries["labels"]), labels, casting="unsafe")
+        _send(self.process.stdin, ("train", key, entries, total))
+
+    def collect_train(self):
+        """(logits, loss summed over the part, grads {name: array}) of send_train."""
+        _, loss_sum = self._answer()
+        return self.arena.view(self._current["logits"]).copy(), loss_sum, self._grads()
+
+    def _grads(self):
+        return {name.split(":", 1)[1]: self.arena.view(entry).copy() for name, entry in self._current.items() if name.startswith("grad:")}
 
     def close(self):
         try:
@@ -291,14 +310,20 @@ def serve(commands, replies):
             elif kind == "drop":
                 models.pop(message[1], None)
                 reply = ("ok",)
-            elif kind == "forward":
-                _, key, entries = message
+            elif kind in ("forward", "train"):
+                key, entries = message[1], message[2]
                 model = models[key]
-                params = {name.split(":", 1)[1]: arena.view(entry).copy() for name, entry in entries.items() if name.startswith("param:")}
-                model.params = params
-                logits = model.forward(arena.view(entries["x"]).copy())
-                np.copyto(arena.view(entries["logits"]), logits)
-                reply = ("ok",)
+                model.params = {name.split(":", 1)[1]: arena.view(entry).copy() for name, entry in entries.items() if name.startswith("param:")}
+                x = arena.view(entries["x"]).copy()
+                if kind == "forward":
+                    np.copyto(arena.view(entries["logits"]), model.forward(x))
+                    reply = ("ok",)
+                else:
+                    logits, loss_sum = model.train_part(x, arena.view(entries["labels"]).copy(), message[3])
+                    np.copyto(arena.view(entries["logits"]), logits)
+                    for name, value in model.grads.items():
+                        np.copyto(arena.view(entries[f"grad:{name}"]), value)
+                    reply = ("ok", loss_sum)
             elif kind == "backward":
                 _, key, entries, need_input_grad = message
                 model = models[key]
@@ -317,6 +342,7 @@ def serve(commands, replies):
 
 def main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the main process; we end on EOF
+    np.seterr(over="ignore", invalid="ignore")  # a diverging run is the main process's to report
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed by accident goes to stderr, never into the channel
     serve(sys.stdin.buffer, replies)

@@ -220,11 +220,9 @@ class Trainer:
         indices = self.dataset.batch_indices(self.step, cfg.batch_size, cfg.seed)
         x, y = self.dataset.x_train[indices], self.dataset.y_train[indices]
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below as divergence
-            logits = self.model.forward(x)
-            loss, dlogits = softmax_cross_entropy(logits, y)
+            loss, logits = self.model.train_gradients(x, y)
             if not math.isfinite(loss):
                 raise Diverged(attempt, f"loss is {loss}")
-            self.model.backward(dlogits, need_input_grad=False)
         for name, grad in self.model.grads.items():
             if not np.isfinite(grad).all():
                 raise Diverged(attempt, f"gradient of {name} is not finite")

@@ -103,3 +103,45 @@ def test_a_partner_exits_when_its_main_process_closes_the_channel():
     helper = partner.Partner()
     helper.close()
     assert helper.process.returncode == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_train_gradients_is_forward_loss_and_backward_in_one_pass(threads):
+    x, labels = problem()
+    one_pass = engine.build_model("small", seed=6, threads=threads)
+    loss, logits = one_pass.train_gradients(x, labels)
+    three_calls = engine.build_model("small", seed=6, threads=threads)
+    expected_logits = three_calls.forward(x)
+    expected_loss, dlogits = engine.softmax_cross_entropy(expected_logits, labels)
+    three_calls.backward(dlogits, need_input_grad=False)
+    np.testing.assert_array_equal(logits, expected_logits)
+    assert loss == pytest.approx(expected_loss, rel=1e-12)
+    for name in one_pass.grads:
+        np.testing.assert_array_equal(one_pass.grads[name], three_calls.grads[name], err_msg=name)
+
+
+def test_train_gradients_survives_a_killed_partner(monkeypatch):
+    x, labels = problem()
+    expected = engine.build_model("small", seed=8, threads=2)
+    monkeypatch.setattr(partner, "partners", lambda count: [])
+    expected_loss, _ = expected.train_gradients(x, labels)
+    victim = partner.Partner()
+    monkeypatch.setattr(partner, "partners", lambda count: [] if victim.broken else [victim])
+    model = engine.build_model("small", seed=8, threads=2)
+    model.train_gradients(x, labels)  # the partner now holds a replica
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait(10)
+    loss, _ = model.train_gradients(x, labels)
+    assert victim.broken and loss == expected_loss
+    for name in model.grads:
+        np.testing.assert_array_equal(model.grads[name], expected.grads[name], err_msg=name)
+    victim.close()
+
+
+def test_train_gradients_rejects_bad_labels_by_name():
+    x, _ = problem(batch=16)
+    model = engine.build_model("small", threads=2)
+    with pytest.raises(ValueError, match="labels must be in \\[0, 9\\]"):
+        model.train_gradients(x, np.full(16, 10))
+    with pytest.raises(ValueError, match="labels must be \\(16,\\)"):
+        model.train_gradients(x, np.zeros(15, dtype=int))
