@@ -28,7 +28,7 @@ from engine.conv import output_size
 
 # Images are processed in chunks whose unfolded input plus conv output hold about this many
 # floats, so a chunk stays in the CPU's cache between the copy, the product and the pooling.
-CHUNK_ELEMENTS = 512 * 1024
+CHUNK_ELEMENTS = 1024 * 1024
 # Cells computed on the phase grid per pooled output kept, at most (more is too much junk).
 MAX_GRID_WASTE = 2.0
 # Fuse only convs whose unfolded input has at most this many rows (kh*kw*C). Measured on the
@@ -206,10 +206,10 @@ class ConvBlock:
                 view[:, cells] += dcols[k, :, d]
 
     @staticmethod
-    def _route_max(conv, dmax, dconv):
+    def _route_max(conv, pooled, dmax, dconv):
         """dconv (O, phases, width): each window's gradient dmax (O, width) goes to the first
-        phase holding the window's maximum of conv (O, phases, width), as in PyTorch."""
-        hits = conv == conv.max(axis=1, keepdims=True)
+        phase holding the window's maximum (pooled) of conv (O, phases, width), as in PyTorch."""
+        hits = conv == pooled[:, None, :]
         taken = hits[:, 0].copy()
         for d in range(1, conv.shape[1]):  # a tie goes to the earlier phase
             later = hits[:, d]
@@ -237,7 +237,8 @@ class ConvBlock:
         conv_chunks = []
         reads = g.reads(phases)
         product = None if keep_conv else np.empty(out_channels * g.phases * chunk * g.cells, dtype=dtype)
-        pooled = np.empty((out_channels, chunk * g.cells), dtype=dtype) if g.phases > 1 else None
+        pooled = None if keep_conv or g.phases == 1 else np.empty((out_channels, chunk * g.cells), dtype=dtype)
+        bias_column = bias.astype(dtype, copy=False).reshape(out_channels, 1, 1, 1)
         for first in range(0, batch, chunk):
             last = min(first + chunk, batch)
             width = (last - first) * g.cells
@@ -246,19 +247,20 @@ class ConvBlock:
             self._unfold(reads, first * g.cells, width, unfolded)
             if keep_conv:
                 conv = np.empty((out_channels, g.phases, width), dtype=dtype)
-                conv_chunks.append(conv)
+                result = np.empty((out_channels, width), dtype=dtype)
+                conv_chunks.append((conv, result))
             else:
                 conv = product[: out_channels * g.phases * width].reshape(out_channels, g.phases, width)
             np.matmul(weight_matrix, unfolded.reshape(rows, g.phases * width), out=conv.reshape(out_channels, -1))
             if g.phases == 1:
                 result = conv[:, 0]
             elif self.pool_kind == "max":
-                result = np.max(conv, axis=1, out=pooled[:, :width])
+                np.max(conv, axis=1, out=result)
             else:
                 result = np.sum(conv, axis=1, out=pooled[:, :width])
                 result *= dtype.type(1.0 / g.phases)
-            out[:, first:last] = result.reshape(out_channels, last - first, *g.grid_hw)[:, :, :out_h, :out_w]
-        out += bias.astype(dtype, copy=False).reshape(out_channels, 1, 1, 1)
+            valid = result.reshape(out_channels, last - first, *g.grid_hw)[:, :, :out_h, :out_w]
+            np.add(valid, bias_column, out=out[:, first:last])
         if self.relu:
             np.maximum(out, 0, out=out)
         cache = (x.shape, phases, columns if keep_columns else None, conv_chunks, out)
@@ -304,7 +306,7 @@ class ConvBlock:
             else:
                 dconv = dconv_buffer[: out_channels * g.phases * width].reshape(out_channels, g.phases, width)
                 if self.pool_kind == "max":
-                    self._route_max(conv_chunks[number], dmax, dconv)
+                    self._route_max(*conv_chunks[number], dmax, dconv)
                 else:
                     dconv[...] = dmax[:, None, :]
                 dconv = dconv.reshape(out_channels, g.phases * width)
