@@ -61,7 +61,7 @@ class Layout:
 
     def add(self, name, shape, dtype):
         dtype = np.dtype(dtype)
-        self.entries[name] = (self.size, tuple(int(s) for s in shape), dtype.str)
+        self.entries[name] = (self.size, tuple(int(size) for size in shape), dtype.str)
         nbytes = math.prod(shape) * dtype.itemsize
         self.size += -(-nbytes // _ALIGN) * _ALIGN
         return self
@@ -89,9 +89,14 @@ class Arena:
             self.memory = mmap.mmap(descriptor, size)
         finally:
             os.close(descriptor)
+        self._views = {}
 
     def view(self, entry):
-        return _view(self.memory, entry)
+        """The array at a layout entry (offset, shape, dtype); made once per entry."""
+        view = self._views.get(entry)
+        if view is None:
+            view = self._views[entry] = _view(self.memory, entry)
+        return view
 
     def unlink(self):
         try:
@@ -129,7 +134,7 @@ class Partner:
         self.models = set()
         self.broken = False
         self._layouts = {}  # (model key, input shape, dtype) -> Layout in the arena
-        self._current = None  # the layout entries of the exchange under way
+        self._current = None  # the Layout of the exchange under way
 
     def _call(self, message):
         _send(self.process.stdin, message)
@@ -172,7 +177,7 @@ class Partner:
         then logits, gradients, dx and dlogits, none overlapping) and return the layout."""
         self._ensure_model(key, spec)
         signature = (key, x.shape, x.dtype.str)
-        if signature not in self._layouts:
+        if signature not in self._layouts:  # laid out once, and the partner told once
             layout = Layout()
             for name, value in params.items():
                 layout.add(f"param:{name}", value.shape, x.dtype)
@@ -183,54 +188,56 @@ class Partner:
                 layout.add(f"grad:{name}", value.shape, x.dtype)
             layout.add("dx", x.shape, x.dtype)
             layout.add("dlogits", logits_shape, np.float64)
+            layout.number = next(_layout_numbers)
+            self._call(("layout", layout.number, key, {name: tuple(entry) for name, entry in layout.entries.items()}))
             self._layouts[signature] = layout
         layout = self._layouts[signature]
         self._ensure_arena(layout.size)
-        self._current = layout.entries
+        self._current = layout
         for name, value in params.items():
             np.copyto(self.arena.view(layout.entries[f"param:{name}"]), value, casting="unsafe")
         np.copyto(self.arena.view(layout.entries["x"]), x)
-        return layout.entries
+        return layout
 
     def send_forward(self, key, spec, params, x, logits_shape):
         """Start the forward of x (N, C, H, W) with params {name: array} on the partner."""
-        entries = self._prepare(key, spec, params, x, logits_shape)
-        _send(self.process.stdin, ("forward", key, entries))
+        layout = self._prepare(key, spec, params, x, logits_shape)
+        _send(self.process.stdin, ("forward", key, layout.number))
 
     def collect_forward(self):
         """The logits of the forward started by send_forward (a copy)."""
         self._answer()
-        return self.arena.view(self._current["logits"]).copy()
+        return self.arena.view(self._current.entries["logits"]).copy()
 
     def send_backward(self, key, dlogits, need_input_grad):
         """Start the backward of the last forward with dlogits (the partner kept its caches)."""
-        entries = dict(self._current)
         if dlogits.dtype.itemsize > 8:
             raise ValueError("dlogits wider than float64")
-        entries["dlogits"] = (entries["dlogits"][0], tuple(dlogits.shape), dlogits.dtype.str)
-        np.copyto(self.arena.view(entries["dlogits"]), dlogits)
-        _send(self.process.stdin, ("backward", key, entries, need_input_grad))
+        entry = (self._current.entries["dlogits"][0], tuple(dlogits.shape), dlogits.dtype.str)
+        np.copyto(self.arena.view(entry), dlogits)
+        _send(self.process.stdin, ("backward", key, self._current.number, entry, need_input_grad))
 
     def collect_backward(self):
         """(grads {name: array}, dx or None) of the backward started by send_backward."""
         (_, has_dx) = self._answer()
-        dx = self.arena.view(self._current["dx"]).copy() if has_dx else None
+        dx = self.arena.view(self._current.entries["dx"]).copy() if has_dx else None
         return self._grads(), dx
 
     def send_train(self, key, spec, params, x, labels, logits_shape, total):
         """Start forward, softmax cross-entropy (divided by the whole batch, `total`) and
         backward of x with labels on the partner, in one exchange."""
-        entries = self._prepare(key, spec, params, x, logits_shape)
-        np.copyto(self.arena.view(entries["labels"]), labels, casting="unsafe")
-        _send(self.process.stdin, ("train", key, entries, total))
+        layout = self._prepare(key, spec, params, x, logits_shape)
+        np.copyto(self.arena.view(layout.entries["labels"]), labels, casting="unsafe")
+        _send(self.process.stdin, ("train", key, layout.number, total))
 
     def collect_train(self):
         """(logits, loss summed over the part, grads {name: array}) of send_train."""
         _, loss_sum = self._answer()
-        return self.arena.view(self._current["logits"]).copy(), loss_sum, self._grads()
+        return self.arena.view(self._current.entries["logits"]).copy(), loss_sum, self._grads()
 
     def _grads(self):
-        return {name.split(":", 1)[1]: self.arena.view(entry).copy() for name, entry in self._current.items() if name.startswith("grad:")}
+        entries = self._current.entries
+        return {name.split(":", 1)[1]: self.arena.view(entry).copy() for name, entry in entries.items() if name.startswith("grad:")}
 
     def close(self):
         try:
@@ -247,6 +254,7 @@ _partners = []
 _partners_pid = None
 _partners_lock = threading.Lock()
 _model_keys = itertools.count()
+_layout_numbers = itertools.count()
 
 
 def new_model_key():
@@ -293,6 +301,7 @@ def serve(commands, replies):
 
     arena = None
     models = {}
+    layouts = {}  # layout number -> (model key, {name: arena entry})
     while True:
         try:
             message = _receive(commands)
@@ -307,11 +316,16 @@ def serve(commands, replies):
                 _, key, spec = message
                 models[key] = build_model(spec, init="zeros", seed=0, threads=1)
                 reply = ("ok",)
+            elif kind == "layout":
+                _, number, key, entries = message
+                layouts[number] = (key, entries)
+                reply = ("ok",)
             elif kind == "drop":
                 models.pop(message[1], None)
+                layouts = {number: value for number, value in layouts.items() if value[0] != message[1]}
                 reply = ("ok",)
             elif kind in ("forward", "train"):
-                key, entries = message[1], message[2]
+                key, entries = message[1], layouts[message[2]][1]
                 model = models[key]
                 model.params = {name.split(":", 1)[1]: arena.view(entry).copy() for name, entry in entries.items() if name.startswith("param:")}
                 x = arena.view(entries["x"]).copy()
@@ -325,9 +339,10 @@ def serve(commands, replies):
                         np.copyto(arena.view(entries[f"grad:{name}"]), value)
                     reply = ("ok", loss_sum)
             elif kind == "backward":
-                _, key, entries, need_input_grad = message
+                _, key, number, dlogits_entry, need_input_grad = message
+                entries = layouts[number][1]
                 model = models[key]
-                dx = model.backward(arena.view(entries["dlogits"]).copy(), need_input_grad=need_input_grad)
+                dx = model.backward(arena.view(dlogits_entry).copy(), need_input_grad=need_input_grad)
                 for name, value in model.grads.items():
                     np.copyto(arena.view(entries[f"grad:{name}"]), value)
                 if dx is not None:
