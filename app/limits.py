@@ -50,6 +50,7 @@ MAX_PATH_LENGTH = 1024
 
 # ---------------------------------------------------------------- requests
 MAX_BODY_BYTES = 1_048_576      # request body (413 beyond)
+MAX_IMAGE_PIXELS = 4_000_000    # one filters.png (a wider layer is drawn with fewer pixels per weight)
 MAX_JSON_DEPTH = 32             # nesting of objects and arrays in a body
 MAX_NAME_LENGTH = 200           # a run's label
 

@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store = Store(settings.data_dir)
+        await asyncio.to_thread(store.sweep_temp_files)
         manager = RunManager(settings, store)
         manager.recover()
         app.state.store = store

@@ -64,6 +64,24 @@ def grid_shape(count: int) -> tuple[int, int]:
     return rows, cols
 
 
+def filter_grid_size(shape, pixel: int = 12, gap: int = 2) -> tuple[int, int]:
+    """(width, height) in pixels of filter_grid's picture of a (out, in, kh, kw) weight."""
+    out_channels, in_channels, kh, kw = shape
+    rows, cols = grid_shape(out_channels)
+    block_w = in_channels * kw * pixel + (in_channels - 1) * gap
+    return cols * block_w + (cols + 1) * 2 * gap, rows * kh * pixel + (rows + 1) * 2 * gap
+
+
+def largest_pixel_within(shape, pixel: int, max_pixels: int, extra_height: int = 0, gap: int = 2) -> int | None:
+    """The largest screen pixels per weight, at most `pixel`, whose filter grid (plus
+    extra_height rows) has at most max_pixels pixels; None if even 1 is too many."""
+    for candidate in range(pixel, 0, -1):
+        width, height = filter_grid_size(shape, candidate, gap)
+        if width * (height + extra_height) <= max_pixels:
+            return candidate
+    return None
+
+
 def filter_grid(weight, scale: float | None = None, pixel: int = 12, gap: int = 2) -> Image.Image:
     """Picture of a conv layer's kernels, shape (out, in, kh, kw).
 
@@ -85,8 +103,7 @@ def filter_grid(weight, scale: float | None = None, pixel: int = 12, gap: int = 
     kernel_h, kernel_w = kh * pixel, kw * pixel
     block_w = in_channels * kernel_w + (in_channels - 1) * gap
     rows, cols = grid_shape(out_channels)
-    width = cols * block_w + (cols + 1) * 2 * gap
-    height = rows * kernel_h + (rows + 1) * 2 * gap
+    width, height = filter_grid_size(weight.shape, pixel, gap)
     canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[:] = BACKGROUND
     for index in range(out_channels):

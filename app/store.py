@@ -9,7 +9,8 @@ Layout of the data directory (KERNELSCOPE_DATA):
     runs/<id>/checkpoint.npz             latest Trainer.checkpoint()
 
 Every file is written atomically (temp file in the same folder + os.replace), so
-a reader or a restarted server never sees half a file. Each metrics row carries
+a reader or a restarted server never sees half a file; the server sweeps temp files
+that a killed writer left behind when it starts. Each metrics row carries
 the event sequence number (`seq`) of the stream event that announced it, which
 is how `Last-Event-ID` replays missed metrics. One connection is shared by the
 server's threads behind a lock; other processes (the CLI) open their own.
@@ -67,6 +68,10 @@ CREATE INDEX IF NOT EXISTS metrics_by_seq ON metrics (run_id, seq);
 
 
 # ---------------------------------------------------------------- atomic files
+
+# A temp file of an atomic write older than this (seconds) was left by a killed writer.
+TEMP_FILE_MAX_AGE = 3600.0
+
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so readers see either the old or the new file."""
@@ -286,6 +291,21 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def sweep_temp_files(self, older_than: float = TEMP_FILE_MAX_AGE) -> int:
+        """Delete the temp files of atomic writes that never finished (a writer killed between
+        creating and renaming one), if older than `older_than` seconds: a younger one may
+        belong to a writer at work in another process (the CLI). Returns how many went."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for path in (self.data_dir / "runs").glob("*/**/.*.tmp"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # renamed or removed meanwhile by its writer
+                pass
+        return removed
 
     # -- runs
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Resp
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse
 
 from app import render
-from app.limits import MAX_STEPS
+from app.limits import MAX_IMAGE_PIXELS, MAX_STEPS
 from app.routes import RunId, Token, existing_run, get_manager, get_store
 from app.runs import QueueFull, RunConflict, RunManager
 from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
@@ -242,8 +242,18 @@ def get_filters_png(
             detail=[{"loc": ["query", "layer"], "msg": f"layer: {index} is not a conv layer; conv layers are {sorted(conv_layers)}",
                      "type": "value_error"}],
         )
-    image = render.filter_grid(np.asarray(conv_layers[index]["weight"], dtype=np.float64), scale=scale, pixel=pixel)
-    return Response(render.png_bytes(image), media_type="image/png")
+    weight = np.asarray(conv_layers[index]["weight"], dtype=np.float64)
+    fitting = render.largest_pixel_within(weight.shape, pixel, MAX_IMAGE_PIXELS)
+    if fitting is None:
+        width, height = render.filter_grid_size(weight.shape, 1)
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"loc": ["query", "layer"], "msg": f"layer: {list(weight.shape)} is too large to draw "
+                     f"({width * height} pixels; at most {MAX_IMAGE_PIXELS})", "type": "value_error"}],
+        )
+    image = render.filter_grid(weight, scale=scale, pixel=fitting)
+    # a layer too wide for `pixel` is drawn smaller; the header says with how many pixels per weight
+    return Response(render.png_bytes(image), media_type="image/png", headers={"X-Kernelscope-Pixel": str(fitting)})
 
 
 # ---------------------------------------------------------------- live events

@@ -620,24 +620,15 @@ def evenly_spaced(steps: list[int], cap: int) -> list[int]:
     return [steps[i] for i in indices]
 
 
-def grid_pixels(shape, pixel: int, gap: int = 2) -> int:
-    """Pixels of render.filter_grid's picture of a (out, in, kh, kw) weight."""
-    out_channels, in_channels, kh, kw = shape
-    rows, cols = render.grid_shape(out_channels)
-    width = cols * (in_channels * kw * pixel + (in_channels - 1) * gap) + (cols + 1) * 2 * gap
-    height = rows * kh * pixel + (rows + 1) * 2 * gap + GIF_CAPTION_HEIGHT
-    return width * height
-
-
 def fit_gif(shape, pixel: int, frames: int) -> tuple[int, int]:
     """(pixel, frames) within MAX_FRAME_PIXELS per frame and MAX_GIF_PIXELS in all."""
-    while pixel > 1 and grid_pixels(shape, pixel) > MAX_FRAME_PIXELS:
-        pixel -= 1
-    per_frame = grid_pixels(shape, pixel)
-    if per_frame > MAX_FRAME_PIXELS:
+    fitting = render.largest_pixel_within(shape, pixel, MAX_FRAME_PIXELS, extra_height=GIF_CAPTION_HEIGHT)
+    if fitting is None:
+        width, height = render.filter_grid_size(shape, 1)
         raise unprocessable(["query", "layer"], f"layer: {list(shape)} is too large to draw "
-                                                f"({per_frame} pixels per frame; at most {MAX_FRAME_PIXELS})")
-    return pixel, max(2, min(frames, MAX_GIF_PIXELS // per_frame))
+                                                f"({width * (height + GIF_CAPTION_HEIGHT)} pixels per frame; at most {MAX_FRAME_PIXELS})")
+    width, height = render.filter_grid_size(shape, fitting)
+    return fitting, max(2, min(frames, MAX_GIF_PIXELS // (width * (height + GIF_CAPTION_HEIGHT))))
 
 
 def captioned(image: Image.Image, text: str) -> Image.Image:

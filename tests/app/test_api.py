@@ -105,6 +105,25 @@ def test_every_snapshot_is_kept_and_served(done):
     assert light["layers"][0]["weight"] == conv["weight"]
 
 
+def test_filters_png_of_a_wide_layer_is_drawn_smaller_never_larger_than_the_cap(done, monkeypatch):
+    from app.routes import runs as run_routes
+
+    client, run = done
+    url = f"/api/runs/{run['id']}/snapshots/0/filters.png"
+    monkeypatch.setattr(run_routes, "MAX_IMAGE_PIXELS", 10_000)  # layer 3 at pixel 4 would be 460 x 68
+    response = client.get(url, params={"layer": 3, "pixel": 4})
+    assert response.status_code == 200
+    pixel = int(response.headers["x-kernelscope-pixel"])
+    width, height = Image.open(io.BytesIO(response.content)).size
+    assert pixel < 4 and width * height <= 10_000
+    assert (width, height) == (4 * (8 * 3 * pixel + 7 * 2) + 5 * 4, 4 * (3 * pixel) + 5 * 4)
+    monkeypatch.setattr(run_routes, "MAX_IMAGE_PIXELS", 100)  # not even one pixel per weight fits
+    refused = client.get(url, params={"layer": 3})
+    assert refused.status_code == 422 and "layer: [16, 8, 3, 3] is too large to draw" in refused.text
+    monkeypatch.undo()
+    assert client.get(url, params={"layer": 3, "pixel": 4}).headers["x-kernelscope-pixel"] == "4"
+
+
 def test_latest_snapshot_is_the_last_step(done):
     client, run = done
     latest = client.get(f"/api/runs/{run['id']}/snapshots/latest?feature_maps=0").json()

@@ -239,3 +239,25 @@ def test_metrics_the_server_never_recorded_come_back_from_the_checkpoint(tmp_pat
     assert [point["step"] for point in points] == list(range(1, 21))
     sent_first_time = {p["step"]: p for m in lost if m[0] == "metrics" for p in m[1]}
     assert points == [sent_first_time[step] for step in range(1, 21)]
+
+
+def test_the_server_sweeps_temp_files_a_killed_writer_left_but_not_a_live_writers(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    snapshots = tmp_path / "runs" / "abc123" / "snapshots"
+    snapshots.mkdir(parents=True)
+    left_behind = snapshots / ".10.json.x1y2.tmp"
+    in_progress = snapshots / ".20.json.z3w4.tmp"
+    kept = snapshots / "10.json"
+    for path in (left_behind, in_progress, kept):
+        path.write_text("{}")
+    two_hours_ago = time.time() - 7200
+    os.utime(left_behind, (two_hours_ago, two_hours_ago))
+    os.utime(kept, (two_hours_ago, two_hours_ago))
+    with TestClient(create_app(Settings(data_dir=tmp_path))) as client:
+        assert client.get("/healthz").status_code == 200
+    assert not left_behind.exists()
+    assert in_progress.exists() and kept.exists()
