@@ -81,7 +81,12 @@ class Arena:
         if path is None:
             folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
             descriptor, self.path = tempfile.mkstemp(prefix="kernelscope-arena-", dir=folder)
-            os.ftruncate(descriptor, size)
+            try:  # reserve the pages now: a full /dev/shm then fails here, not as SIGBUS later
+                os.posix_fallocate(descriptor, 0, size)
+            except OSError:
+                os.close(descriptor)
+                os.unlink(self.path)
+                raise
         else:
             self.path = path
             descriptor = os.open(path, os.O_RDWR)
