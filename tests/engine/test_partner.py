@@ -23,6 +23,23 @@ def train_steps(model, x, labels, steps=3):
     return loss, dx
 
 
+def a_partner_of_our_own(monkeypatch):
+    """A fresh partner that every model here uses until it breaks (then: none)."""
+    victim = partner.Partner()
+    monkeypatch.setattr(partner, "partners", lambda count: [] if victim.broken else [victim])
+    return victim
+
+
+def kill(victim):
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait(10)
+
+
+def assert_same_grads(model, expected):
+    for name in model.grads:
+        np.testing.assert_array_equal(model.grads[name], expected.grads[name], err_msg=name)
+
+
 def problem(batch=64, dtype=np.float32):
     rng = np.random.default_rng(11)
     return rng.standard_normal((batch, 1, 28, 28)).astype(dtype), rng.integers(0, 10, batch)
@@ -65,24 +82,20 @@ def test_a_killed_partner_costs_time_not_results(when, monkeypatch):
     expected_loss, expected_dx = train_steps(expected_model, x, labels, steps=1)
     monkeypatch.undo()
 
-    victim = partner.Partner()
-    monkeypatch.setattr(partner, "partners", lambda count: [] if victim.broken else [victim])
+    victim = a_partner_of_our_own(monkeypatch)
     model = engine.build_model("small", seed=5, threads=2)
     if when == "before_forward":
-        victim.process.send_signal(signal.SIGKILL)
-        victim.process.wait(10)
+        kill(victim)
     logits = model.forward(x)
     if when == "between_forward_and_backward":
         assert not victim.broken
-        victim.process.send_signal(signal.SIGKILL)
-        victim.process.wait(10)
+        kill(victim)
     loss, dlogits = engine.softmax_cross_entropy(logits, labels)
     dx = model.backward(dlogits)
     assert victim.broken
     assert loss == expected_loss
     np.testing.assert_array_equal(dx, expected_dx)
-    for name in model.grads:
-        np.testing.assert_array_equal(model.grads[name], expected_model.grads[name], err_msg=name)
+    assert_same_grads(model, expected_model)
     victim.close()
 
 
@@ -116,8 +129,7 @@ def test_train_gradients_is_forward_loss_and_backward_in_one_pass(threads):
     three_calls.backward(dlogits, need_input_grad=False)
     np.testing.assert_array_equal(logits, expected_logits)
     assert loss == pytest.approx(expected_loss, rel=1e-12)
-    for name in one_pass.grads:
-        np.testing.assert_array_equal(one_pass.grads[name], three_calls.grads[name], err_msg=name)
+    assert_same_grads(one_pass, three_calls)
 
 
 def test_train_gradients_survives_a_killed_partner(monkeypatch):
@@ -125,16 +137,13 @@ def test_train_gradients_survives_a_killed_partner(monkeypatch):
     expected = engine.build_model("small", seed=8, threads=2)
     monkeypatch.setattr(partner, "partners", lambda count: [])
     expected_loss, _ = expected.train_gradients(x, labels)
-    victim = partner.Partner()
-    monkeypatch.setattr(partner, "partners", lambda count: [] if victim.broken else [victim])
+    victim = a_partner_of_our_own(monkeypatch)
     model = engine.build_model("small", seed=8, threads=2)
     model.train_gradients(x, labels)  # the partner now holds a replica
-    victim.process.send_signal(signal.SIGKILL)
-    victim.process.wait(10)
+    kill(victim)
     loss, _ = model.train_gradients(x, labels)
     assert victim.broken and loss == expected_loss
-    for name in model.grads:
-        np.testing.assert_array_equal(model.grads[name], expected.grads[name], err_msg=name)
+    assert_same_grads(model, expected)
     victim.close()
 
 
