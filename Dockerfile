@@ -14,9 +14,12 @@ COPY engine ./engine
 COPY app ./app
 COPY templates ./templates
 COPY static ./static
+# dumb-init (PyPI) runs as PID 1: it reaps orphans, such as the engine's partner process of a
+# run whose process the server had to kill, and passes signals to the server alone
+# (--single-child), which then stops its runs gracefully as it does outside Docker.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install /wheels/kernelscope-*.whl \
+ && /opt/venv/bin/pip install /wheels/kernelscope-*.whl "dumb-init==1.2.5.post1" \
  && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # Stage 2: the runtime image: the venv only (without pip), no sources, compilers or test tools.
@@ -38,4 +41,5 @@ VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('KERNELSCOPE_PORT', '8000'), timeout=4)"]
+ENTRYPOINT ["dumb-init", "--single-child", "--"]
 CMD ["kernelscope", "serve"]

@@ -36,6 +36,7 @@ import numpy as np
 
 from app import store as files
 from app.store import Store, dumps_json
+from engine.partner import close_partners
 
 METRICS_FLUSH_SECONDS = 0.05
 # A checkpoint also keeps the latest metric points (at least the last two checkpoint
@@ -281,6 +282,9 @@ def process_main(data_dir: str, run_id: str, config: dict, checkpoint_every: int
                 conn.close()
             except OSError:
                 pass
+        # the engine's partner process ends and is reaped here: multiprocessing leaves a
+        # spawned process with os._exit, which skips atexit
+        close_partners()
 
 
 # ---------------------------------------------------------------- recording messages

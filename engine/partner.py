@@ -17,6 +17,7 @@ The partner exits when the main process closes its stdin (or dies). Linux / POSI
 elsewhere `partners()` returns nothing and the model runs its parts one after the other.
 """
 
+import atexit
 import itertools
 import math
 import mmap
@@ -290,9 +291,15 @@ def forget_model(key):
 
 
 def close_partners():
+    """End this process's partners and wait for them (also run at interpreter exit)."""
+    if _partners_pid != os.getpid():  # a forked child: the partners are its parent's
+        return
     for partner in _partners:
         partner.close()
     _partners.clear()
+
+
+atexit.register(close_partners)
 
 
 # ----------------------------------------------------------------------------------------

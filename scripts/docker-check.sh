@@ -7,7 +7,8 @@
 # 3. makes the python:3.11-slim base image with scripts/build-base-image.sh when the
 #    engine lacks it (no image registry is reachable here; the stand-in is cached);
 # 4. builds the Dockerfile, runs the container published on 127.0.0.1 only, waits for
-#    /healthz, starts a short run over the API, reads its latest snapshot, checks the
+#    /healthz, starts a short run over the API, reads its latest snapshot, waits for the
+#    run to complete and checks PID 1 is dumb-init and no zombie is left, checks the
 #    container runs as a non-root user and that its HEALTHCHECK reports healthy;
 # 5. stops the container and dockerd by their ids/PIDs, whatever happened.
 # When dockerd cannot run on this machine it says so loudly and exits non-zero.
@@ -188,6 +189,21 @@ check_running_image() {
   snapshot="$(json_field '"step %s, %d layers, first kernel shape %s" % (d["step"], len(d["layers"]), d["layers"][0]["shape"])' <<<"$body")"
   log "GET /api/runs/$run_id/snapshots/latest -> $snapshot"
 
+  local run_status="" init zombies
+  for _ in $(seq 1 240); do
+    read -r status body < <(http GET "$base/api/runs/$run_id")
+    run_status="$(json_field 'd.get("status")' <<<"$body")"
+    [ "$run_status" = "completed" ] && break
+    sleep 0.5
+  done
+  [ "$run_status" = "completed" ] || loud_failure "run $run_id did not complete (last: $status $body)"
+  init="$("$DOCKER" exec "$CONTAINER" cat /proc/1/comm)"
+  [ "$init" = "dumb-init" ] || loud_failure "PID 1 is '$init', not dumb-init"
+  sleep 1  # a finished run's processes have exited; none may be left as a zombie
+  zombies="$("$DOCKER" exec "$CONTAINER" python -c 'import glob; print(sum(open(p).read().rsplit(")", 1)[1].split()[0] == "Z" for p in glob.glob("/proc/[0-9]*/stat")))')"
+  [ "$zombies" = "0" ] || loud_failure "$zombies zombie processes in the container after run $run_id completed"
+  log "run $run_id completed; PID 1 is $init, no zombie processes"
+
   local uid
   uid="$("$DOCKER" exec "$CONTAINER" id -u)"
   [ "$uid" != "0" ] || loud_failure "the container runs as root"
@@ -205,6 +221,7 @@ check_running_image() {
 
   log "stopping container ${CONTAINER:0:12}"
   "$DOCKER" stop --time 15 "$CONTAINER" >/dev/null
+  # 143 = 128 + SIGTERM: uvicorn re-raises the signal once its graceful shutdown is done
   log "container exit code $("$DOCKER" inspect --format '{{.State.ExitCode}}' "$CONTAINER")"
 }
 
