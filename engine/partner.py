@@ -8,7 +8,8 @@ memory file (the "arena"), sends a short command over the partner's stdin, compu
 own slice meanwhile, and reads the partner's logits back from the arena; backward works
 the same way with the gradient of the loss and the weight gradients. The partner keeps its
 slice's caches between the two, copies everything it reads out of the arena first, and
-runs BLAS on one thread.
+runs BLAS on one thread. Model.train_gradients does a whole training pass in one exchange
+("train": the partner also gets its labels and computes its share of the loss).
 
 The split is fixed by the batch size, and each part is computed by the same code either
 way, so results are bit-identical with or without partners. If a partner cannot start or
