@@ -160,7 +160,7 @@ class RequestGuard:
             return
         too_large = f"body: at most {self.max_body_bytes} bytes"
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _send_json(send, 413, {"detail": too_large, "message": too_large})
             return
         chunks, size = [], 0

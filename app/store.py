@@ -179,7 +179,7 @@ def snapshot_steps(data_dir: Path, run_id: str) -> list[int]:
     steps = []
     for name in names:
         stem, dot, ext = name.partition(".")
-        if ext == "json" and stem.isdigit():
+        if ext == "json" and stem.isascii() and stem.isdigit():
             steps.append(int(stem))
     steps.sort()
     return steps

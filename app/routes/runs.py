@@ -180,7 +180,7 @@ def _snapshot_step(store: Store, run_id: str, step: str) -> int:
         if latest is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
         return latest
-    if not step.isdigit() or len(step) > 12:
+    if not (step.isascii() and step.isdigit()) or len(step) > 12:  # not '³': a digit int() refuses
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=[{"loc": ["path", "step"], "msg": f"step: must be a non-negative integer or 'latest', got {step!r}",

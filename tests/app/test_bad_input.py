@@ -233,6 +233,15 @@ def test_traversal_in_urls_is_404_or_422(client, url):
     assert client.get(url).status_code in (404, 422)
 
 
+@pytest.mark.parametrize("step", ["\u00b3", "\u0663", "1\u00b2", "\uff11"])  # ³, Arabic-Indic 3, 1², fullwidth 1
+def test_a_step_must_be_ascii_digits_not_any_unicode_digit(client, step):
+    run_id = client.post("/api/runs", json={"steps": 5, "snapshot_every": 5}).json()["id"]
+    for url in (f"/api/runs/{run_id}/snapshots/{step}", f"/api/runs/{run_id}/snapshots/{step}/filters.png"):
+        response = client.get(url)
+        assert response.status_code == 422, response.text
+        assert response.json()["message"].startswith("step: must be a non-negative integer"), response.text
+
+
 def test_runs_beyond_the_slots_and_the_queue_are_429_naming_the_setting(client):
     first = client.post("/api/runs", json=LONG)
     second = client.post("/api/runs", json=LONG)
