@@ -234,10 +234,10 @@ class ConvBlock:
         keep_columns = rows * g.phases * batch * g.cells <= KEEP_COLUMNS_ELEMENTS
         columns = np.empty(rows * g.phases * (batch if keep_columns else chunk) * g.cells, dtype=dtype)
         keep_conv = self.pool_kind == "max" and g.phases > 1  # backward finds each window's winner in it
-        conv_chunks = []
+        conv_chunks = []  # (conv output, window maxima) per chunk, when keep_conv
         reads = g.reads(phases)
         product = None if keep_conv else np.empty(out_channels * g.phases * chunk * g.cells, dtype=dtype)
-        pooled = None if keep_conv or g.phases == 1 else np.empty((out_channels, chunk * g.cells), dtype=dtype)
+        averaged = np.empty((out_channels, chunk * g.cells), dtype=dtype) if self.pool_kind == "avg" and g.phases > 1 else None
         bias_column = bias.astype(dtype, copy=False).reshape(out_channels, 1, 1, 1)
         for first in range(0, batch, chunk):
             last = min(first + chunk, batch)
@@ -257,7 +257,7 @@ class ConvBlock:
             elif self.pool_kind == "max":
                 np.max(conv, axis=1, out=result)
             else:
-                result = np.sum(conv, axis=1, out=pooled[:, :width])
+                result = np.sum(conv, axis=1, out=averaged[:, :width])
                 result *= dtype.type(1.0 / g.phases)
             valid = result.reshape(out_channels, last - first, *g.grid_hw)[:, :, :out_h, :out_w]
             np.add(valid, bias_column, out=out[:, first:last])
