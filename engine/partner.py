@@ -84,7 +84,10 @@ class Arena:
             folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
             descriptor, self.path = tempfile.mkstemp(prefix="kernelscope-arena-", dir=folder)
             try:  # reserve the pages now: a full /dev/shm then fails here, not as SIGBUS later
-                os.posix_fallocate(descriptor, 0, size)
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(descriptor, 0, size)
+                else:  # macOS: no fallocate; the file is only sized
+                    os.ftruncate(descriptor, size)
             except OSError:
                 os.close(descriptor)
                 os.unlink(self.path)

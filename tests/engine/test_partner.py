@@ -154,3 +154,14 @@ def test_train_gradients_rejects_bad_labels_by_name():
         model.train_gradients(x, np.full(16, 10))
     with pytest.raises(ValueError, match="labels must be \\(16,\\)"):
         model.train_gradients(x, np.zeros(15, dtype=int))
+
+
+def test_an_arena_works_where_posix_fallocate_does_not_exist(monkeypatch):
+    monkeypatch.delattr(os, "posix_fallocate")  # as on macOS
+    arena = partner.Arena(4096)
+    try:
+        view = arena.view((64, (8,), "<f4"))
+        view[:] = 3.0
+        assert os.path.getsize(arena.path) == 4096 and float(view.sum()) == 24.0
+    finally:
+        arena.unlink()
