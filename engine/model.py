@@ -32,6 +32,8 @@ except ImportError:  # pragma: no cover - exercised only where threadpoolctl is 
 
 # A batch is split across processes only when each part gets at least this many examples.
 MIN_EXAMPLES_PER_THREAD = 8
+# What a failed or dead partner raises while it is asked or answered: its part is then computed here.
+PARTNER_ERRORS = (OSError, EOFError, RuntimeError, ValueError)
 
 _blas_controller = None
 _memory_tuned = False
@@ -249,28 +251,33 @@ class Model:
             weakref.finalize(self, partner.forget_model, self._key)
         return self._key
 
-    def _send_forwards(self, x, parts, params):
-        """Start parts[1:] on partner processes: {part number: partner} of those started."""
-        if len(parts) < 2:
-            return {}
+    def _start(self, helpers, send):
+        """send(number, helper) to each of {part number: partner}, each under its partner's lock
+        (held until _collect): {part number: partner} of those that took it."""
         started = {}
-        for number, (part, helper) in enumerate(zip(parts[1:], partner.partners(len(parts) - 1)), start=1):
+        for number, helper in helpers.items():
             helper.lock.acquire()
             try:
-                logits_shape = (part.stop - part.start, *self.output_shapes[-1])
-                helper.send_forward(self._partner_key(), self.spec, params, x[part], logits_shape)
+                send(number, helper)
                 started[number] = helper
-            except (OSError, EOFError, RuntimeError, ValueError):
+            except PARTNER_ERRORS:
                 helper.broken = True
                 helper.lock.release()
         return started
+
+    def _partner_parts(self, parts):
+        """{part number: partner} for parts[1:], as far as there are working partners."""
+        return dict(enumerate(partner.partners(len(parts) - 1), start=1))
+
+    def _logits_shape(self, part):
+        return (part.stop - part.start, *self.output_shapes[-1])
 
     @staticmethod
     def _collect(helper, collect):
         """collect() from a partner, then release it; None when the partner failed."""
         try:
             return collect()
-        except (OSError, EOFError, RuntimeError, ValueError):
+        except PARTNER_ERRORS:
             helper.broken = True
             return None
         finally:
@@ -305,7 +312,8 @@ class Model:
         dtype = x.dtype
         layer_params = self._layer_params(dtype)
         parts = [slice(0, x.shape[0])] if keep_outputs else self._parts(x.shape[0])
-        remote = self._send_forwards(x, parts, self.params)
+        remote = self._start(self._partner_parts(parts), lambda number, helper: helper.send_forward(
+            self._partner_key(), self.spec, self.params, x[parts[number]], self._logits_shape(parts[number])))
         results = [None] * len(parts)
         with _blas_on_one_thread():
             for number, part in enumerate(parts):
@@ -363,15 +371,8 @@ class Model:
         expected = (parts[-1].stop, *self.output_shapes[-1])
         if dlogits.shape != expected:
             raise ValueError(f"dlogits must have shape {list(expected)}, got {list(dlogits.shape)}")
-        started = {}
-        for number, helper in remote.items():
-            helper.lock.acquire()
-            try:
-                helper.send_backward(self._partner_key(), dlogits[parts[number]], need_input_grad)
-                started[number] = helper
-            except (OSError, EOFError, RuntimeError, ValueError):
-                helper.broken = True
-                helper.lock.release()
+        started = self._start(remote, lambda number, helper: helper.send_backward(
+            self._partner_key(), dlogits[parts[number]], need_input_grad))
         results = [None] * len(parts)
 
         def local(number):
@@ -453,16 +454,9 @@ class Model:
         labels = check_labels(labels, batch, self.output_shapes[-1][0])
         layer_params = self._layer_params(x.dtype)
         parts = self._parts(batch)
-        started = {}
-        for number, (part, helper) in enumerate(zip(parts[1:], partner.partners(len(parts) - 1)), start=1):
-            helper.lock.acquire()
-            try:
-                logits_shape = (part.stop - part.start, *self.output_shapes[-1])
-                helper.send_train(self._partner_key(), self.spec, self.params, x[part], labels[part], logits_shape, batch)
-                started[number] = helper
-            except (OSError, EOFError, RuntimeError, ValueError):
-                helper.broken = True
-                helper.lock.release()
+        started = self._start(self._partner_parts(parts), lambda number, helper: helper.send_train(
+            self._partner_key(), self.spec, self.params, x[parts[number]], labels[parts[number]],
+            self._logits_shape(parts[number]), batch))
         results = [None] * len(parts)
         with _blas_on_one_thread():
             for number, part in enumerate(parts):
