@@ -161,17 +161,17 @@ class ConvBlock:
         self.pool_kind = pool_kind  # None, "max" or "avg"
 
     @staticmethod
-    def fits(in_shape, conv_layer, pool_layer):
-        """Whether a conv (and the pooling after it, or None) can run as a ConvBlock."""
+    def geometry_for(conv_layer, pool_layer=None):
+        """The PhaseGeometry of a conv layer (and the pool layer after it, or None) if they can
+        run as a ConvBlock, else None."""
+        in_shape = conv_layer.input_shape
         if conv_layer.stride != (1, 1) or conv_layer.kernel[0] * conv_layer.kernel[1] * in_shape[0] > MAX_FUSED_ROWS:
-            return False
-        pool = (1, 1)
-        if pool_layer is not None:
-            if pool_layer.size != pool_layer.stride:
-                return False
-            pool = pool_layer.size
+            return None
+        if pool_layer is not None and pool_layer.size != pool_layer.stride:
+            return None
+        pool = (1, 1) if pool_layer is None else pool_layer.size
         geometry = PhaseGeometry(in_shape, conv_layer.filters, conv_layer.kernel, conv_layer.padding, pool)
-        return geometry.waste() <= MAX_GRID_WASTE
+        return geometry if geometry.waste() <= MAX_GRID_WASTE else None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -346,16 +346,16 @@ def plan_blocks(layers):
         pool_kind = {"maxpool": "max", "avgpool": "avg"}.get(following.kind) if following is not None else None
         if pool_kind == "avg" and relu:  # a mean does not commute with relu: pool on its own
             pool_kind = None
-        if pool_kind is not None and not ConvBlock.fits(layer.input_shape, layer, following):
+        geometry = ConvBlock.geometry_for(layer, following) if pool_kind is not None else None
+        if geometry is None:  # no pool to absorb, or it does not fit: the conv (and relu) alone
             pool_kind = None
-        if pool_kind is None and not ConvBlock.fits(layer.input_shape, layer, None):
+            geometry = ConvBlock.geometry_for(layer)
+        if geometry is None:
             steps.append((index, index, None))
             index += 1
             continue
-        pool = following.size if pool_kind is not None else (1, 1)
         if pool_kind is not None:
             last += 1
-        geometry = PhaseGeometry(layer.input_shape, layer.filters, layer.kernel, layer.padding, pool)
         steps.append((index, last, ConvBlock(geometry, relu=relu, pool_kind=pool_kind)))
         index = last + 1
     return steps
