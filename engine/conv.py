@@ -111,7 +111,7 @@ def _correlate(padded, weight_matrix, kernel, stride, out_hw, out, bias=None):
 
 
 def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
-    """Cross-correlate x (C, N, H, W) with weight (O, C, kh, kw), add bias (O,).
+    """Cross-correlate x (C, N, H, W) with weight (O, C, kh, kw), add bias (O,) unless None.
 
     Returns (out, cache): out is (O, N, Ho, Wo); cache holds what conv2d_backward needs.
     A chunk of images at a time is unfolded (im2col, rows ordered (i, j, c)) and multiplied
@@ -134,8 +134,8 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     return out, cache
 
 
-def conv2d_backward(dout, cache, weight, need_input_grad=True):
-    """Gradients of conv2d_forward: returns (dx or None, dweight, dbias).
+def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=True):
+    """Gradients of conv2d_forward: returns (dx or None, dweight, dbias or None).
 
     dweight is accumulated chunk by chunk from the re-built im2col. With stride 1 the input
     gradient is the full convolution of dout with the flipped kernel (one more im2col and
@@ -147,7 +147,7 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True):
     dtype = dout.dtype
     weight = weight.astype(dtype, copy=False)
     rows = channels * kernel_h * kernel_w
-    dbias = dout.reshape(out_channels, -1).sum(axis=1)
+    dbias = dout.reshape(out_channels, -1).sum(axis=1) if need_bias_grad else None
     full_convolution = need_input_grad and stride == (1, 1) and padding[0] < kernel_h and padding[1] < kernel_w
     chunk = _images_per_chunk(rows, out_channels, out_h * out_w)
     cols = np.empty((kernel_h, kernel_w, channels, min(chunk, batch), out_h, out_w), dtype=dtype)

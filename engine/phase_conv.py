@@ -18,13 +18,15 @@ applied after pooling, on the small pooled output: max(relu(a + b)) = relu(max(a
 Ties in a max window go to the first offset in row-major order, as in PyTorch.
 
 `ConvBlock` is what the model runs for a conv layer and the relu / pool layers it absorbs
-when it trains (see engine.model: Model.blocks); the layer-by-layer path in engine.layers
-is the reference it is tested against.
+when it trains (see plan_blocks and engine.model: Model.steps); the layer-by-layer path in
+engine.layers is the reference it is tested against. Convs the phase grid does not take, but
+that a max pool follows, run as engine.pooled_conv.PooledConv.
 """
 
 import numpy as np
 
 from engine.conv import output_size
+from engine.pooled_conv import PooledConv
 
 # Images are processed in chunks whose unfolded input plus conv output hold about this many
 # floats, so a chunk stays in the CPU's cache between the copy, the product and the pooling.
@@ -328,8 +330,8 @@ class ConvBlock:
 
 def plan_blocks(layers):
     """Group a model's layers into the steps a training pass runs: a list of (first, last,
-    block) where block is a ConvBlock for layers first..last (a conv with the relu and pool
-    it absorbs), or None for a single layer run on its own (first == last)."""
+    block) where block is a ConvBlock or a PooledConv for layers first..last (a conv with the
+    relu and pool it absorbs), or None for a single layer run on its own (first == last)."""
     steps = []
     index = 0
     while index < len(layers):
@@ -347,6 +349,10 @@ def plan_blocks(layers):
         if pool_kind == "avg" and relu:  # a mean does not commute with relu: pool on its own
             pool_kind = None
         geometry = ConvBlock.geometry_for(layer, following) if pool_kind is not None else None
+        if geometry is None and pool_kind == "max":  # a conv the phase grid does not take
+            steps.append((index, last + 1, PooledConv(layer.stride, layer.padding, following.size, following.stride, relu)))
+            index = last + 2
+            continue
         if geometry is None:  # no pool to absorb, or it does not fit: the conv (and relu) alone
             pool_kind = None
             geometry = ConvBlock.geometry_for(layer)

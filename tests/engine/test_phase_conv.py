@@ -6,6 +6,7 @@ import pytest
 import engine
 from engine import conv, phase_conv
 from engine.phase_conv import ConvBlock, PhaseGeometry
+from engine.pooled_conv import PooledConv
 
 
 def layer_path(x, weight, bias, padding, pool, pool_kind, relu):
@@ -110,14 +111,17 @@ def test_plan_fuses_conv_relu_maxpool_and_leaves_the_rest_alone():
         {"type": "dense", "units": 2},
     ]}
     steps = engine.build_model(spec).steps
-    assert [(first, last) for first, last, _ in steps] == [(0, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7)]
+    assert [(first, last) for first, last, _ in steps] == [(0, 1), (2, 2), (3, 5), (6, 6), (7, 7)]
     assert steps[0][2].relu and steps[0][2].pool_kind is None
-    # wide convs (many input rows) run on the layer path, where they are faster
+    # the strided conv keeps its own kernel, with bias and relu moved after the max pool
+    assert isinstance(steps[2][2], PooledConv) and steps[2][2].relu and steps[2][2].stride == (2, 2)
+    # wide convs (many input rows) too: the layer path's conv is faster for them
     medium = engine.build_model("medium")
-    assert [(first, last, block is not None) for first, last, block in medium.steps][:3] == [(0, 1, True), (2, 2, False), (3, 3, False)]
+    assert [(first, last, type(block).__name__) for first, last, block in medium.steps][:3] == [
+        (0, 1, "ConvBlock"), (2, 4, "PooledConv"), (5, 7, "PooledConv")]
 
 
-@pytest.mark.parametrize("preset", ["small", "demo"])
+@pytest.mark.parametrize("preset", ["small", "demo", "medium"])
 def test_a_fused_model_trains_exactly_like_the_layer_path(preset):
     """Logits, every weight gradient and the input gradient, fused vs layer by layer."""
     fused = engine.build_model(preset, seed=4, dtype=np.float64, threads=1)
