@@ -66,19 +66,25 @@ def _im2col(padded, first, last, kernel, out_hw, stride, cols):
 FLAT_MAX_WASTE = 1.5
 
 
-def _correlate(padded, weight_matrix, kernel, stride, out_hw, out, bias=None):
-    """out (O, N, Ho, Wo) = weight_matrix (O, kh*kw*C) times the unfolded windows of
-    padded (C, N, Hp, Wp), a chunk of images at a time; bias (O,) is added if given."""
+def _correlate(padded, weight_matrix, kernel, stride, out_hw, bias=None):
+    """weight_matrix (O, kh*kw*C) times the unfolded windows of padded (C, N, Hp, Wp), a
+    chunk at a time, plus bias (O,) if given: the correlation (O, N, Ho, Wo).
+
+    Stride-1 windows are unfolded from the flattened padded images when that wastes little
+    (see FLAT_MAX_WASTE): then each product goes straight into a grid of every window start
+    and the result is a view of that grid (not contiguous), which saves copying it out."""
     channels, batch, padded_h, padded_w = padded.shape
     out_channels, rows = weight_matrix.shape
     kernel_h, kernel_w = kernel
     out_h, out_w = out_hw
+    dtype = weight_matrix.dtype
     flat = stride == (1, 1) and padded_h * padded_w <= FLAT_MAX_WASTE * out_h * out_w
     pixels = padded_h * padded_w if flat else out_h * out_w
     chunk = min(batch, _images_per_chunk(rows, out_channels, pixels))
-    bias_column = None if bias is None else bias.reshape(out_channels, 1, 1, 1).astype(out.dtype, copy=False)
+    bias_column = None if bias is None else bias.reshape(out_channels, 1, 1, 1).astype(dtype, copy=False)
     if not flat:
-        cols = np.empty((kernel_h, kernel_w, channels, chunk, out_h, out_w), dtype=out.dtype)
+        out = np.empty((out_channels, batch, out_h, out_w), dtype=dtype)
+        cols = np.empty((kernel_h, kernel_w, channels, chunk, out_h, out_w), dtype=dtype)
         for first in range(0, batch, chunk):
             last = min(first + chunk, batch)
             unfolded = _im2col(padded, first, last, kernel, out_hw, stride, cols[:, :, :, : last - first])
@@ -89,24 +95,21 @@ def _correlate(padded, weight_matrix, kernel, stride, out_hw, out, bias=None):
     padded = np.ascontiguousarray(padded)
     source = padded.reshape(channels, batch * pixels)
     limit = batch * pixels - (kernel_h - 1) * padded_w - (kernel_w - 1)  # last window start + 1
-    cols = np.empty(rows * chunk * pixels, dtype=out.dtype)
-    product = np.empty((out_channels, chunk * pixels), dtype=out.dtype)
-    for first in range(0, batch, chunk):
-        last = min(first + chunk, batch)
-        start, stop = first * pixels, min(last * pixels, limit)
+    grid = np.empty((out_channels, batch * pixels), dtype=dtype)  # cells from limit on stay junk
+    span = chunk * pixels
+    cols = np.empty(rows * span, dtype=dtype)
+    for start in range(0, limit, span):
+        stop = min(start + span, limit)
         width = stop - start
         unfolded = cols[: rows * width].reshape(kernel_h, kernel_w, channels, width)
         for i in range(kernel_h):
             for j in range(kernel_w):
                 shift = i * padded_w + j
                 unfolded[i, j] = source[:, start + shift : stop + shift]
-        np.matmul(weight_matrix, unfolded.reshape(rows, width), out=product[:, :width])
-        grid = product[:, : (last - first) * pixels].reshape(out_channels, last - first, padded_h, padded_w)
-        valid = grid[:, :, :out_h, :out_w]  # the window positions inside the image
-        if bias_column is None:
-            out[:, first:last] = valid
-        else:
-            np.add(valid, bias_column, out=out[:, first:last])
+        np.matmul(weight_matrix, unfolded.reshape(rows, width), out=grid[:, start:stop])
+    out = grid.reshape(out_channels, batch, padded_h, padded_w)[:, :, :out_h, :out_w]  # the window starts inside the image
+    if bias_column is not None:
+        out += bias_column
     return out
 
 
@@ -127,9 +130,8 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     out_w = output_size(width, kernel_w, stride[1], padding[1])
     padded = pad_spatial(x, *padding)
     rows = channels * kernel_h * kernel_w
-    weight_matrix = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(out_channels, rows))
-    out = np.empty((out_channels, batch, out_h, out_w), dtype=x.dtype)
-    _correlate(padded, weight_matrix, (kernel_h, kernel_w), stride, (out_h, out_w), out, bias)
+    weight_matrix = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(out_channels, rows), dtype=x.dtype)
+    out = _correlate(padded, weight_matrix, (kernel_h, kernel_w), stride, (out_h, out_w), bias)
     cache = (padded, x.shape, stride, padding, (out_h, out_w))
     return out, cache
 
@@ -158,8 +160,7 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=Tr
         # dout padded by k-1-p, cross-correlated with the flipped kernel, is exactly dx (H, W)
         flipped = weight[:, :, ::-1, ::-1].transpose(1, 2, 3, 0).reshape(channels, kernel_h * kernel_w * out_channels)
         dout_padded = pad_spatial(dout, kernel_h - 1 - padding[0], kernel_w - 1 - padding[1])
-        dx = np.empty((channels, batch, height, width), dtype=dtype)
-        _correlate(dout_padded, np.ascontiguousarray(flipped), (kernel_h, kernel_w), (1, 1), (height, width), dx)
+        dx = _correlate(dout_padded, np.ascontiguousarray(flipped, dtype=dtype), (kernel_h, kernel_w), (1, 1), (height, width))
     elif need_input_grad:
         weight_matrix = weight.transpose(0, 2, 3, 1).reshape(out_channels, rows)
         dpadded = np.zeros(padded.shape, dtype=dtype)
