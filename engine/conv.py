@@ -47,42 +47,90 @@ def _images_per_chunk(rows, out_rows, pixels):
     return max(1, CHUNK_ELEMENTS // ((rows + out_rows) * pixels))
 
 
+class FlatPadded:
+    """A batch x (C, N, H, W) zero-padded by (pad_h, pad_w) for stride-1 windows, laid out
+    flat with shared borders: every row is pad_w zeros then its W values, every image pad_h
+    zero rows then its H rows, and pad_h zero rows (and pad_w zeros) close the batch. A row's
+    right border is the next row's left zeros, and an image's bottom border the next image's
+    top rows, so padded position (r, c) of image n is element n*image + r*row + c of a
+    channel's line even where c runs past the row. Kernel offset (i, j) of the window at
+    (r, c) is then that window's start shifted by i*row + j: the windows of a whole chunk are
+    one contiguous slice per offset, and fewer border cells are computed and thrown away
+    than with a fully padded image ((H + pad_h) * (W + pad_w) cells per image)."""
+
+    def __init__(self, x, pad_h, pad_w):
+        channels, batch, height, width = x.shape
+        self.shape = x.shape
+        self.padding = (pad_h, pad_w)
+        self.row = width + pad_w
+        self.grid_hw = (height + pad_h, self.row)  # window starts per image, valid or not
+        self.image = self.grid_hw[0] * self.row
+        self.data = np.zeros((channels, batch * self.image + pad_h * self.row + pad_w), dtype=x.dtype)
+        body = self.data[:, : batch * self.image].reshape(channels, batch, *self.grid_hw)
+        body[:, :, pad_h:, pad_w:] = x
+
+    @staticmethod
+    def waste(height, width, pad_h, pad_w, out_hw):
+        """Window starts computed per valid output."""
+        return (height + pad_h) * (width + pad_w) / (out_hw[0] * out_hw[1])
+
+    def windows(self, i, j, first, last, out_hw):
+        """The view (C, last - first, Ho, Wo) of what kernel offset (i, j) reads for the
+        outputs of images first..last."""
+        data = self.data
+        item = data.itemsize
+        strides = (data.strides[0], self.image * item, self.row * item, item)
+        offset = (first * self.image + i * self.row + j) * item
+        return np.ndarray((data.shape[0], last - first, *out_hw), data.dtype, data, offset, strides)
+
+
+def _fits_flat(shape, kernel, stride, padding, out_hw):
+    """Whether stride-1 windows run on the shared-border flat layout (FlatPadded)."""
+    height, width = shape[2], shape[3]
+    return (stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]
+            and FlatPadded.waste(height, width, *padding, out_hw) <= FLAT_MAX_WASTE)
+
+
+def _windows(padded, i, j, first, last, out_hw, stride):
+    """What kernel offset (i, j) reads for images first..last: from a FlatPadded or from an
+    ordinary padded array (C, N, Hp, Wp)."""
+    if isinstance(padded, FlatPadded):
+        return padded.windows(i, j, first, last, out_hw)
+    return _window(padded[:, first:last], i, j, *out_hw, *stride)
+
+
 def _im2col(padded, first, last, kernel, out_hw, stride, cols):
-    """Fill cols (kh, kw, C, n, Ho, Wo) with the windows of images first..last of padded."""
+    """Fill cols (kh, kw, C, n, Ho, Wo) with the windows of images first..last of padded
+    (a FlatPadded or an ordinary padded array)."""
     kernel_h, kernel_w = kernel
     out_h, out_w = out_hw
-    stride_h, stride_w = stride
-    images = padded[:, first:last]
     for i in range(kernel_h):
         for j in range(kernel_w):
-            cols[i, j] = _window(images, i, j, out_h, out_w, stride_h, stride_w)
+            cols[i, j] = _windows(padded, i, j, first, last, out_hw, stride)
     return cols.reshape(-1, (last - first) * out_h * out_w)
 
 
-# Stride-1 windows are unfolded from the flattened padded images (one long contiguous copy
-# per channel and offset) instead of row by row (many short copies) when the matmul work this
-# wastes on window positions that cross the image border, padded pixels / output pixels, is
-# at most this ratio.
+# Stride-1 windows are unfolded from the flat layout (one long contiguous copy per channel
+# and offset) instead of row by row (many short copies) when the matmul work this wastes on
+# window starts that cross the image border, grid cells / output pixels, is at most this.
 FLAT_MAX_WASTE = 1.5
 
 
 def _correlate(padded, weight_matrix, kernel, stride, out_hw, bias=None):
-    """weight_matrix (O, kh*kw*C) times the unfolded windows of padded (C, N, Hp, Wp), a
-    chunk at a time, plus bias (O,) if given: the correlation (O, N, Ho, Wo).
+    """weight_matrix (O, kh*kw*C) times the unfolded windows of padded (a FlatPadded, or an
+    ordinary padded array (C, N, Hp, Wp)), a chunk at a time, plus bias (O,) if given: the
+    correlation (O, N, Ho, Wo).
 
-    Stride-1 windows are unfolded from the flattened padded images when that wastes little
-    (see FLAT_MAX_WASTE): then each product goes straight into a grid of every window start
+    On a FlatPadded each chunk's product goes straight into the grid of every window start,
     and the result is a view of that grid (not contiguous), which saves copying it out."""
-    channels, batch, padded_h, padded_w = padded.shape
     out_channels, rows = weight_matrix.shape
     kernel_h, kernel_w = kernel
     out_h, out_w = out_hw
     dtype = weight_matrix.dtype
-    flat = stride == (1, 1) and padded_h * padded_w <= FLAT_MAX_WASTE * out_h * out_w
-    pixels = padded_h * padded_w if flat else out_h * out_w
-    chunk = min(batch, _images_per_chunk(rows, out_channels, pixels))
     bias_column = None if bias is None else bias.reshape(out_channels, 1, 1, 1).astype(dtype, copy=False)
-    if not flat:
+    if not isinstance(padded, FlatPadded):
+        channels, batch = padded.shape[:2]
+        chunk = min(batch, _images_per_chunk(rows, out_channels, out_h * out_w))
         out = np.empty((out_channels, batch, out_h, out_w), dtype=dtype)
         cols = np.empty((kernel_h, kernel_w, channels, chunk, out_h, out_w), dtype=dtype)
         for first in range(0, batch, chunk):
@@ -92,25 +140,33 @@ def _correlate(padded, weight_matrix, kernel, stride, out_hw, bias=None):
             if bias_column is not None:
                 out[:, first:last] += bias_column
         return out
-    padded = np.ascontiguousarray(padded)
-    source = padded.reshape(channels, batch * pixels)
-    limit = batch * pixels - (kernel_h - 1) * padded_w - (kernel_w - 1)  # last window start + 1
-    grid = np.empty((out_channels, batch * pixels), dtype=dtype)  # cells from limit on stay junk
-    span = chunk * pixels
-    cols = np.empty(rows * span, dtype=dtype)
+    channels, batch = padded.shape[:2]
+    source, row = padded.data, padded.row
+    limit = (batch - 1) * padded.image + (out_h - 1) * row + out_w  # last valid window start + 1
+    grid = np.empty((out_channels, batch * padded.image), dtype=dtype)  # cells past limit stay junk
+    span = min(batch, _images_per_chunk(rows, out_channels, padded.image)) * padded.image
+    cols = np.empty(rows * min(span, limit), dtype=dtype)
     for start in range(0, limit, span):
         stop = min(start + span, limit)
         width = stop - start
         unfolded = cols[: rows * width].reshape(kernel_h, kernel_w, channels, width)
         for i in range(kernel_h):
             for j in range(kernel_w):
-                shift = i * padded_w + j
+                shift = i * row + j
                 unfolded[i, j] = source[:, start + shift : stop + shift]
         np.matmul(weight_matrix, unfolded.reshape(rows, width), out=grid[:, start:stop])
-    out = grid.reshape(out_channels, batch, padded_h, padded_w)[:, :, :out_h, :out_w]  # the window starts inside the image
+    out = grid.reshape(out_channels, batch, *padded.grid_hw)[:, :, :out_h, :out_w]  # the valid window starts
     if bias_column is not None:
         out += bias_column
     return out
+
+
+def _pad_for_windows(x, kernel, stride, padding, out_hw):
+    """x zero-padded for the windows of a conv: a FlatPadded when the flat layout fits, else
+    an ordinary padded array."""
+    if _fits_flat(x.shape, kernel, stride, padding, out_hw):
+        return FlatPadded(x, *padding)
+    return pad_spatial(x, *padding)
 
 
 def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
@@ -128,7 +184,7 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     padding = tuple(padding)
     out_h = output_size(height, kernel_h, stride[0], padding[0])
     out_w = output_size(width, kernel_w, stride[1], padding[1])
-    padded = pad_spatial(x, *padding)
+    padded = _pad_for_windows(x, (kernel_h, kernel_w), stride, padding, (out_h, out_w))
     rows = channels * kernel_h * kernel_w
     weight_matrix = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(out_channels, rows), dtype=x.dtype)
     out = _correlate(padded, weight_matrix, (kernel_h, kernel_w), stride, (out_h, out_w), bias)
@@ -159,7 +215,8 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=Tr
     if full_convolution:
         # dout padded by k-1-p, cross-correlated with the flipped kernel, is exactly dx (H, W)
         flipped = weight[:, :, ::-1, ::-1].transpose(1, 2, 3, 0).reshape(channels, kernel_h * kernel_w * out_channels)
-        dout_padded = pad_spatial(dout, kernel_h - 1 - padding[0], kernel_w - 1 - padding[1])
+        full_padding = (kernel_h - 1 - padding[0], kernel_w - 1 - padding[1])
+        dout_padded = _pad_for_windows(dout, (kernel_h, kernel_w), (1, 1), full_padding, (height, width))
         dx = _correlate(dout_padded, np.ascontiguousarray(flipped, dtype=dtype), (kernel_h, kernel_w), (1, 1), (height, width))
     elif need_input_grad:
         weight_matrix = weight.transpose(0, 2, 3, 1).reshape(out_channels, rows)

@@ -73,6 +73,28 @@ def test_conv_chunking_gives_the_same_result_as_one_chunk(monkeypatch):
             np.testing.assert_allclose(one, many, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_flat_layout_windows_are_the_padded_windows(seed):
+    """FlatPadded shares borders between rows and images; what each kernel offset reads for
+    every valid output must still be exactly the zero-padded image's window."""
+    rng = np.random.default_rng(seed)
+    channels, batch = (int(v) for v in rng.integers(1, 4, 2))
+    kernel = tuple(int(v) for v in rng.integers(1, 5, 2))
+    padding = tuple(int(rng.integers(0, k)) for k in kernel)
+    height, width = (int(v) for v in rng.integers(max(kernel), 9, 2))
+    x = rng.standard_normal((channels, batch, height, width))
+    out_hw = (height + 2 * padding[0] - kernel[0] + 1, width + 2 * padding[1] - kernel[1] + 1)
+    flat = conv.FlatPadded(x, *padding)
+    padded = conv.pad_spatial(x, *padding)
+    row = width + padding[1]  # one border column per row, one border band per image, one closing band
+    assert flat.data.shape == (channels, batch * (height + padding[0]) * row + padding[0] * row + padding[1])
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            for first, last in ((0, batch), (batch - 1, batch)):
+                expected = padded[:, first:last, i : i + out_hw[0], j : j + out_hw[1]]
+                np.testing.assert_array_equal(flat.windows(i, j, first, last, out_hw), expected)
+
+
 POOL_CASES = [
     # (height, width, size, stride)
     ((4, 4), (2, 2), (2, 2)),
