@@ -226,14 +226,13 @@ def main():
         values = [result[role][key] for result in rounds if key in result.get(role, {})]
         return statistics.median(values) if values else None
 
-    def median_ratio(role, key):
-        values = [result["engine"][key] / result[role][key] for result in rounds
-                  if key in result.get("engine", {}) and key in result.get(role, {})]
-        return statistics.median(values) if values else None
+    def round_ratios(role, key):
+        return [result["engine"][key] / result[role][key] for result in rounds
+                if key in result.get("engine", {}) and key in result.get(role, {})]
 
     header = f"{'preset':8} {'batch':>5} {'engine ms':>10} {'img/s':>8} {'GFLOP/s':>8}"
     if torch is not None:
-        header += f" {'torch ms':>9} {'ratio':>6} {'tuned ms':>9} {'ratio':>6}"
+        header += f" {'torch ms':>9} {'ratio':>6} {'(rounds)':>11} {'tuned ms':>9} {'ratio':>6} {'(rounds)':>11}"
     print(header)
     results = []
     for preset in args.presets:
@@ -245,19 +244,24 @@ def main():
                 continue
             flops = step_flops(model) * batch
             row = {"preset": preset, "batch": batch, "engine_ms": engine_s * 1e3, "images_per_s": batch / engine_s,
-                   "gflops": flops / engine_s / 1e9, "rounds": args.rounds}
+                   "gflops": flops / engine_s / 1e9, "rounds": args.rounds,
+                   "engine_round_ms": [result["engine"][key] * 1e3 for result in rounds if key in result.get("engine", {})]}
             line = f"{preset:8} {batch:5d} {engine_s * 1e3:10.2f} {batch / engine_s:8.0f} {flops / engine_s / 1e9:8.1f}"
             for role in roles[1:]:
-                seconds, ratio = median_of(role, key), median_ratio(role, key)
-                if seconds is None:
-                    line += f" {'-':>9} {'-':>6}"
+                seconds, ratios = median_of(role, key), round_ratios(role, key)
+                if seconds is None or not ratios:
+                    line += f" {'-':>9} {'-':>6} {'':>11}"
                     continue
-                row.update({f"{role}_ms": seconds * 1e3, f"{role}_ratio": ratio})
-                line += f" {seconds * 1e3:9.2f} {ratio:6.2f}"
+                ratio = statistics.median(ratios)
+                row.update({f"{role}_ms": seconds * 1e3, f"{role}_ratio": ratio, f"{role}_round_ratios": ratios,
+                            f"{role}_round_ms": [result[role][key] * 1e3 for result in rounds if key in result.get(role, {})]})
+                spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+                line += f" {seconds * 1e3:9.2f} {ratio:6.2f} {spread:>11}"
             print(line, flush=True)
             results.append(row)
     print()
-    print("ratio = median over rounds of (engine step time / torch step time); below 1: the engine is faster.")
+    print("ratio = median over rounds of (engine step time / torch step time); below 1: the engine is faster;"
+          " (rounds) = the lowest and highest of those per-round ratios.")
     print("torch: PyTorch as installed (NCHW, glibc's default malloc settings), alone in its process.")
     print("tuned: PyTorch with GLIBC_TUNABLES=" + TUNED_GLIBC + " and channels_last.")
     if args.json:
