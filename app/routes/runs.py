@@ -16,7 +16,7 @@ from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse
 
 from app import render
 from app.limits import MAX_IMAGE_PIXELS, MAX_STEPS
-from app.routes import RunId, Token, existing_run, get_manager, get_store
+from app.routes import Token, existing_run, get_manager, get_store
 from app.runs import QueueFull, RunConflict, RunManager
 from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
 from app.store import RunNotFound, Store, dumps_json

@@ -2,7 +2,6 @@
 watches the filters move, scrubs the history, steps through a convolution,
 and shares the configuration by link."""
 
-import json
 import math
 import os
 import re
