@@ -19,14 +19,15 @@ Ties in a max window go to the first offset in row-major order, as in PyTorch.
 
 `ConvBlock` is what the model runs for a conv layer and the relu / pool layers it absorbs
 when it trains (see plan_blocks and engine.model: Model.steps); the layer-by-layer path in
-engine.layers is the reference it is tested against. Convs the phase grid does not take, but
-that a max pool follows, run as engine.pooled_conv.PooledConv.
+engine.layers is the reference it is tested against. The phase grid pays off for narrow
+convs (few input rows) before a non-overlapping pool; every other conv runs as
+engine.direct_conv.DirectConvBlock, which measured faster for it.
 """
 
 import numpy as np
 
 from engine.conv import output_size
-from engine.pooled_conv import PooledConv
+from engine.direct_conv import DirectConvBlock
 
 # Images are processed in chunks whose unfolded input plus conv output hold about this many
 # floats, so a chunk stays in the CPU's cache between the copy, the product and the pooling.
@@ -34,8 +35,8 @@ CHUNK_ELEMENTS = 1024 * 1024
 # Cells computed on the phase grid per pooled output kept, at most (more is too much junk).
 MAX_GRID_WASTE = 2.0
 # Fuse only convs whose unfolded input has at most this many rows (kh*kw*C). Measured on the
-# medium preset (rows 288): there the matrix products dominate, and the layer path's input
-# gradient (a full convolution) beats the block's strided adds, so wide convs run unfused.
+# medium preset (rows 288): there the matrix products dominate, and the direct conv's input
+# gradient (a full convolution) beats the block's strided adds, so wide convs run direct.
 MAX_FUSED_ROWS = 128
 # Keep the unfolded input from the forward pass for the weight gradient when a part's whole
 # unfolded input is at most this many floats; larger ones are rebuilt chunk by chunk.
@@ -330,7 +331,7 @@ class ConvBlock:
 
 def plan_blocks(layers):
     """Group a model's layers into the steps a training pass runs: a list of (first, last,
-    block) where block is a ConvBlock or a PooledConv for layers first..last (a conv with the
+    block) where block is a ConvBlock or a DirectConvBlock for layers first..last (a conv with the
     relu and pool it absorbs), or None for a single layer run on its own (first == last)."""
     steps = []
     index = 0
@@ -349,19 +350,13 @@ def plan_blocks(layers):
         if pool_kind == "avg" and relu:  # a mean does not commute with relu: pool on its own
             pool_kind = None
         geometry = ConvBlock.geometry_for(layer, following) if pool_kind is not None else None
-        if geometry is None and pool_kind == "max":  # a conv the phase grid does not take
-            steps.append((index, last + 1, PooledConv(layer.stride, layer.padding, following.size, following.stride, relu)))
-            index = last + 2
-            continue
-        if geometry is None:  # no pool to absorb, or it does not fit: the conv (and relu) alone
-            pool_kind = None
-            geometry = ConvBlock.geometry_for(layer)
-        if geometry is None:
-            steps.append((index, index, None))
-            index += 1
-            continue
-        if pool_kind is not None:
+        if geometry is not None:  # the phase grid takes the conv and its pool
             last += 1
-        steps.append((index, last, ConvBlock(geometry, relu=relu, pool_kind=pool_kind)))
+            steps.append((index, last, ConvBlock(geometry, relu=relu, pool_kind=pool_kind)))
+        elif pool_kind == "max":
+            last += 1
+            steps.append((index, last, DirectConvBlock(layer.stride, layer.padding, relu, following.size, following.stride)))
+        else:  # no pool to absorb (or an average pool the grid does not take): conv and relu
+            steps.append((index, last, DirectConvBlock(layer.stride, layer.padding, relu)))
         index = last + 1
     return steps

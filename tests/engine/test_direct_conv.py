@@ -1,20 +1,20 @@
-"""PooledConv (bias and relu after the max pool) agrees with conv -> relu -> maxpool."""
+"""DirectConvBlock (relu in place; bias and relu after a max pool) agrees with conv -> relu -> maxpool."""
 
 import numpy as np
 import pytest
 
 from engine import conv
-from engine.pooled_conv import PooledConv
+from engine.direct_conv import DirectConvBlock
 
 
 def layer_path(x, weight, bias, stride, padding, pool_size, pool_stride, relu):
-    """conv -> [relu] -> maxpool with the engine's unfused kernels; returns (out, backward)."""
+    """conv -> [relu] -> [maxpool] with the engine's unfused kernels; returns (out, backward)."""
     out, conv_cache = conv.conv2d_forward(x, weight, bias, stride, padding)
     activated = np.maximum(out, 0) if relu else out
-    result, pool_cache = conv.maxpool_forward(activated, pool_size, pool_stride)
+    result, pool_cache = (activated, None) if pool_size is None else conv.maxpool_forward(activated, pool_size, pool_stride)
 
     def backward(dout):
-        grad = conv.maxpool_backward(dout, pool_cache)
+        grad = dout if pool_size is None else conv.maxpool_backward(dout, pool_cache)
         if relu:
             grad = grad * (out > 0)
         return conv.conv2d_backward(grad, conv_cache, weight, need_input_grad=True)
@@ -27,8 +27,9 @@ def random_case(rng, ties):
     kernel = tuple(int(v) for v in rng.integers(1, 5, 2))
     stride = tuple(int(v) for v in rng.integers(1, 3, 2))
     padding = tuple(min(int(p), k - 1) for p, k in zip(rng.integers(0, 3, 2), kernel))
-    pool_size = tuple(int(v) for v in rng.integers(1, 4, 2))
-    pool_stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+    pooled = bool(rng.integers(0, 4))  # most cases with a pool, some without
+    pool_size = tuple(int(v) for v in rng.integers(1, 4, 2)) if pooled else None
+    pool_stride = tuple(int(v) for v in rng.integers(1, 4, 2)) if pooled else None
     height, width = (int(v) for v in rng.integers(max(kernel) + 4, 14, 2))
     shape = (channels, batch, height, width)
     if ties:  # small integers: windows often hold their maximum twice, and many are all <= 0
@@ -40,7 +41,7 @@ def random_case(rng, ties):
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_pooled_conv_matches_the_layer_path_forward_and_backward(ties):
+def test_direct_block_matches_the_layer_path_forward_and_backward(ties):
     rng = np.random.default_rng(11 if ties else 12)
     checked = 0
     for _ in range(150):
@@ -48,9 +49,9 @@ def test_pooled_conv_matches_the_layer_path_forward_and_backward(ties):
         x, weight, bias = case["x"], case["weight"], case["bias"]
         conv_h = conv.output_size(x.shape[2], weight.shape[2], case["stride"][0], case["padding"][0])
         conv_w = conv.output_size(x.shape[3], weight.shape[3], case["stride"][1], case["padding"][1])
-        if conv_h < case["pool_size"][0] or conv_w < case["pool_size"][1]:
+        if case["pool_size"] is not None and (conv_h < case["pool_size"][0] or conv_w < case["pool_size"][1]):
             continue
-        block = PooledConv(case["stride"], case["padding"], case["pool_size"], case["pool_stride"], case["relu"])
+        block = DirectConvBlock(case["stride"], case["padding"], case["relu"], case["pool_size"], case["pool_stride"])
         out, cache = block.forward(x, weight, bias)
         expected, backward = layer_path(x, weight, bias, case["stride"], case["padding"], case["pool_size"],
                                         case["pool_stride"], case["relu"])
@@ -68,16 +69,17 @@ def test_pooled_conv_matches_the_layer_path_forward_and_backward(ties):
     assert checked > 80
 
 
-def test_pooled_conv_keeps_float32_and_leaves_its_inputs_alone():
+@pytest.mark.parametrize("pool", [None, (2, 2)])
+def test_direct_block_keeps_float32_and_leaves_its_inputs_alone(pool):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 2, 10, 10)).astype(np.float32)
     weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     bias = rng.standard_normal(4).astype(np.float32)
     before = (x.copy(), weight.copy(), bias.copy())
-    block = PooledConv((1, 1), (1, 1), (2, 2), (2, 2), relu=True)
+    block = DirectConvBlock((1, 1), (1, 1), relu=True, pool_size=pool, pool_stride=pool)
     out, cache = block.forward(x, weight, bias)
     dx, dweight, dbias = block.backward(np.ones_like(out), cache, weight)
-    assert out.shape == (4, 2, 5, 5) and (out >= 0).all()
+    assert out.shape == ((4, 2, 5, 5) if pool else (4, 2, 10, 10)) and (out >= 0).all()
     assert {out.dtype, dx.dtype, dweight.dtype, dbias.dtype} == {np.dtype(np.float32)}
     for value, original in zip((x, weight, bias), before):
         np.testing.assert_array_equal(value, original)

@@ -6,7 +6,7 @@ import pytest
 import engine
 from engine import conv, phase_conv
 from engine.phase_conv import ConvBlock, PhaseGeometry
-from engine.pooled_conv import PooledConv
+from engine.direct_conv import DirectConvBlock
 
 
 def layer_path(x, weight, bias, padding, pool, pool_kind, relu):
@@ -112,16 +112,17 @@ def test_plan_fuses_conv_relu_maxpool_and_leaves_the_rest_alone():
     ]}
     steps = engine.build_model(spec).steps
     assert [(first, last) for first, last, _ in steps] == [(0, 1), (2, 2), (3, 5), (6, 6), (7, 7)]
-    assert steps[0][2].relu and steps[0][2].pool_kind is None
-    # the strided conv keeps its own kernel, with bias and relu moved after the max pool
-    assert isinstance(steps[2][2], PooledConv) and steps[2][2].relu and steps[2][2].stride == (2, 2)
-    # wide convs (many input rows) too: the layer path's conv is faster for them
+    # no pool to absorb: the direct conv with its relu in place
+    assert isinstance(steps[0][2], DirectConvBlock) and steps[0][2].relu and steps[0][2].pool_size is None
+    # the strided conv keeps the direct kernel, with bias and relu moved after the max pool
+    assert isinstance(steps[2][2], DirectConvBlock) and steps[2][2].relu and steps[2][2].pool_size == (2, 2)
+    # wide convs (many input rows) too: the direct conv is faster for them than the phase grid
     medium = engine.build_model("medium")
     assert [(first, last, type(block).__name__) for first, last, block in medium.steps][:3] == [
-        (0, 1, "ConvBlock"), (2, 4, "PooledConv"), (5, 7, "PooledConv")]
+        (0, 1, "DirectConvBlock"), (2, 4, "DirectConvBlock"), (5, 7, "DirectConvBlock")]
 
 
-@pytest.mark.parametrize("preset", ["small", "demo", "medium"])
+@pytest.mark.parametrize("preset", ["small", "demo", "medium", "deep"])
 def test_a_fused_model_trains_exactly_like_the_layer_path(preset):
     """Logits, every weight gradient and the input gradient, fused vs layer by layer."""
     fused = engine.build_model(preset, seed=4, dtype=np.float64, threads=1)
