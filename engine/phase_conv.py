@@ -34,10 +34,12 @@ from engine.direct_conv import DirectConvBlock
 CHUNK_ELEMENTS = 1024 * 1024
 # Cells computed on the phase grid per pooled output kept, at most (more is too much junk).
 MAX_GRID_WASTE = 2.0
-# Fuse only convs whose unfolded input has at most this many rows (kh*kw*C). Measured on the
-# medium preset (rows 288): there the matrix products dominate, and the direct conv's input
-# gradient (a full convolution) beats the block's strided adds, so wide convs run direct.
-MAX_FUSED_ROWS = 128
+# Fuse only convs whose unfolded input has at most this many rows (kh*kw*C); wider ones run
+# as DirectConvBlock, whose input gradient (a full convolution) beats the block's strided
+# adds once the matrix products grow. Measured per block at 32 images, interleaved: the phase
+# grid wins at 9 rows (small's first conv) and 25 (demo's first), the direct block at 72
+# (their second convs) and 288 (medium).
+MAX_FUSED_ROWS = 32
 # Keep the unfolded input from the forward pass for the weight gradient when a part's whole
 # unfolded input is at most this many floats; larger ones are rebuilt chunk by chunk.
 KEEP_COLUMNS_ELEMENTS = 4 * 1024 * 1024
