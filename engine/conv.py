@@ -116,6 +116,29 @@ def _im2col(padded, first, last, kernel, out_hw, stride, cols):
 FLAT_MAX_WASTE = 1.5
 
 
+def _flat_chunks(padded, kernel, out_hw, out_rows):
+    """Walk the window starts of a FlatPadded up to its last valid one, a chunk at a time:
+    yields (start, stop, unfolded) with unfolded (kh*kw*C, stop - start) the windows of
+    starts start..stop-1, rows ordered (i, j, c); one buffer, reused from chunk to chunk."""
+    kernel_h, kernel_w = kernel
+    out_h, out_w = out_hw
+    channels, batch = padded.shape[:2]
+    rows = channels * kernel_h * kernel_w
+    source, row = padded.data, padded.row
+    limit = (batch - 1) * padded.image + (out_h - 1) * row + out_w  # last valid window start + 1
+    span = min(batch, _images_per_chunk(rows, out_rows, padded.image)) * padded.image
+    cols = np.empty(rows * max(0, min(span, limit)), dtype=source.dtype)
+    for start in range(0, limit, span):
+        stop = min(start + span, limit)
+        width = stop - start
+        unfolded = cols[: rows * width].reshape(kernel_h, kernel_w, channels, width)
+        for i in range(kernel_h):
+            for j in range(kernel_w):
+                shift = i * row + j
+                unfolded[i, j] = source[:, start + shift : stop + shift]
+        yield start, stop, unfolded.reshape(rows, width)
+
+
 def _correlate(padded, weight_matrix, kernel, stride, out_hw, bias=None):
     """weight_matrix (O, kh*kw*C) times the unfolded windows of padded (a FlatPadded, or an
     ordinary padded array (C, N, Hp, Wp)), a chunk at a time, plus bias (O,) if given: the
@@ -140,22 +163,10 @@ def _correlate(padded, weight_matrix, kernel, stride, out_hw, bias=None):
             if bias_column is not None:
                 out[:, first:last] += bias_column
         return out
-    channels, batch = padded.shape[:2]
-    source, row = padded.data, padded.row
-    limit = (batch - 1) * padded.image + (out_h - 1) * row + out_w  # last valid window start + 1
-    grid = np.empty((out_channels, batch * padded.image), dtype=dtype)  # cells past limit stay junk
-    span = min(batch, _images_per_chunk(rows, out_channels, padded.image)) * padded.image
-    cols = np.empty(rows * min(span, limit), dtype=dtype)
-    for start in range(0, limit, span):
-        stop = min(start + span, limit)
-        width = stop - start
-        unfolded = cols[: rows * width].reshape(kernel_h, kernel_w, channels, width)
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                shift = i * row + j
-                unfolded[i, j] = source[:, start + shift : stop + shift]
-        np.matmul(weight_matrix, unfolded.reshape(rows, width), out=grid[:, start:stop])
-    out = grid.reshape(out_channels, batch, *padded.grid_hw)[:, :, :out_h, :out_w]  # the valid window starts
+    grid = np.empty((out_channels, padded.shape[1] * padded.image), dtype=dtype)  # cells past the last valid start stay junk
+    for start, stop, unfolded in _flat_chunks(padded, kernel, out_hw, out_channels):
+        np.matmul(weight_matrix, unfolded, out=grid[:, start:stop])
+    out = grid.reshape(out_channels, padded.shape[1], *padded.grid_hw)[:, :, :out_h, :out_w]  # the valid window starts
     if bias_column is not None:
         out += bias_column
     return out
@@ -192,54 +203,90 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     return out, cache
 
 
+def _flat_weight_grad(padded, dout_padded, kernel, out_hw):
+    """dweight as rows (kh*kw*C, O) from the flat windows of the input and dout_padded, the
+    FlatPadded of dout by k-1-p. Both flat layouts have the same row and image lengths, so
+    dout_padded shifted by its padding is dout at each window start of the input's grid,
+    with zeros at the starts that are not valid outputs: they add nothing."""
+    out_rows = dout_padded.shape[0]
+    if (dout_padded.row, dout_padded.image) != (padded.row, padded.image):
+        raise ValueError("dout_padded does not share the input's flat layout")
+    pad_h, pad_w = dout_padded.padding
+    grads = dout_padded.data[:, pad_h * padded.row + pad_w :]
+    rows = padded.shape[0] * kernel[0] * kernel[1]
+    dweight_rows = np.zeros((rows, out_rows), dtype=grads.dtype)
+    product = np.empty((rows, out_rows), dtype=grads.dtype)
+    for start, stop, unfolded in _flat_chunks(padded, kernel, out_hw, out_rows):
+        np.matmul(unfolded, grads[:, start:stop].T, out=product)
+        dweight_rows += product
+    return dweight_rows
+
+
 def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=True):
     """Gradients of conv2d_forward: returns (dx or None, dweight, dbias or None).
 
-    dweight is accumulated chunk by chunk from the re-built im2col. With stride 1 the input
-    gradient is the full convolution of dout with the flipped kernel (one more im2col and
-    matmul per chunk); with larger strides the products are scattered back over the offsets.
+    With stride 1 the input gradient is the full convolution of dout (padded by k-1-p) with
+    the flipped kernel, and on the flat layout dweight comes from the same padded dout (see
+    _flat_weight_grad); otherwise dweight is accumulated chunk by chunk from the re-built
+    im2col, and with larger strides the input gradient is scattered back over the offsets.
     """
     padded, x_shape, stride, padding, (out_h, out_w) = cache
     out_channels, in_channels, kernel_h, kernel_w = weight.shape
     channels, batch, height, width = x_shape
+    kernel = (kernel_h, kernel_w)
     dtype = dout.dtype
     weight = weight.astype(dtype, copy=False)
-    rows = channels * kernel_h * kernel_w
     dbias = dout.reshape(out_channels, -1).sum(axis=1) if need_bias_grad else None
     full_convolution = need_input_grad and stride == (1, 1) and padding[0] < kernel_h and padding[1] < kernel_w
+    full_padding = (kernel_h - 1 - padding[0], kernel_w - 1 - padding[1])
+    dx = dout_padded = None
+    if full_convolution:
+        # dout padded by k-1-p, cross-correlated with the flipped kernel, is exactly dx (H, W)
+        flipped = weight[:, :, ::-1, ::-1].transpose(1, 2, 3, 0).reshape(channels, kernel_h * kernel_w * out_channels)
+        dout_padded = _pad_for_windows(dout, kernel, (1, 1), full_padding, (height, width))
+        dx = _correlate(dout_padded, np.ascontiguousarray(flipped, dtype=dtype), kernel, (1, 1), (height, width))
+    if isinstance(padded, FlatPadded):  # stride 1, padding < kernel: dx, if asked for, is done
+        if not isinstance(dout_padded, FlatPadded):
+            dout_padded = FlatPadded(dout, *full_padding)
+        dweight_rows = _flat_weight_grad(padded, dout_padded, kernel, (out_h, out_w))
+    else:
+        scatter = need_input_grad and not full_convolution
+        dweight_rows, dpadded = _im2col_weight_grad(padded, dout, weight, kernel, stride, (out_h, out_w), scatter)
+        if scatter:
+            dx = np.ascontiguousarray(dpadded[:, :, padding[0] : padding[0] + height, padding[1] : padding[1] + width])
+    dweight = np.ascontiguousarray(dweight_rows.T.reshape(out_channels, kernel_h, kernel_w, channels).transpose(0, 3, 1, 2))
+    return (dx if need_input_grad else None), dweight, dbias
+
+
+def _im2col_weight_grad(padded, dout, weight, kernel, stride, out_hw, scatter):
+    """dweight as rows (kh*kw*C, O) from the im2col of padded (C, N, Hp, Wp), a chunk of images
+    at a time; with scatter, also the gradient of padded (each offset's product added back
+    over its windows, for strided convs), else None."""
+    out_channels = weight.shape[0]
+    channels, batch = padded.shape[:2]
+    kernel_h, kernel_w = kernel
+    out_h, out_w = out_hw
+    rows = channels * kernel_h * kernel_w
+    dtype = dout.dtype
     chunk = _images_per_chunk(rows, out_channels, out_h * out_w)
     cols = np.empty((kernel_h, kernel_w, channels, min(chunk, batch), out_h, out_w), dtype=dtype)
     dweight_rows = np.zeros((rows, out_channels), dtype=dtype)
     product = np.empty((rows, out_channels), dtype=dtype)
-    dx = dpadded = weight_matrix = None
-    if full_convolution:
-        # dout padded by k-1-p, cross-correlated with the flipped kernel, is exactly dx (H, W)
-        flipped = weight[:, :, ::-1, ::-1].transpose(1, 2, 3, 0).reshape(channels, kernel_h * kernel_w * out_channels)
-        full_padding = (kernel_h - 1 - padding[0], kernel_w - 1 - padding[1])
-        dout_padded = _pad_for_windows(dout, (kernel_h, kernel_w), (1, 1), full_padding, (height, width))
-        dx = _correlate(dout_padded, np.ascontiguousarray(flipped, dtype=dtype), (kernel_h, kernel_w), (1, 1), (height, width))
-    elif need_input_grad:
-        weight_matrix = weight.transpose(0, 2, 3, 1).reshape(out_channels, rows)
-        dpadded = np.zeros(padded.shape, dtype=dtype)
+    weight_matrix = weight.transpose(0, 2, 3, 1).reshape(out_channels, rows) if scatter else None
+    dpadded = np.zeros(padded.shape, dtype=dtype) if scatter else None
     for first in range(0, batch, chunk):
         last = min(first + chunk, batch)
-        unfolded = _im2col(padded, first, last, (kernel_h, kernel_w), (out_h, out_w), stride, cols[:, :, :, : last - first])
+        unfolded = _im2col(padded, first, last, kernel, out_hw, stride, cols[:, :, :, : last - first])
         dchunk = dout[:, first:last].reshape(out_channels, -1)
         np.matmul(unfolded, dchunk.T, out=product)
         dweight_rows += product
-        if dpadded is not None:
+        if scatter:
             part = (weight_matrix.T @ dchunk).reshape(kernel_h, kernel_w, channels, last - first, out_h, out_w)
             images = dpadded[:, first:last]
             for i in range(kernel_h):
                 for j in range(kernel_w):
                     _window(images, i, j, out_h, out_w, *stride)[...] += part[i, j]
-    dweight = np.ascontiguousarray(dweight_rows.T.reshape(out_channels, kernel_h, kernel_w, channels).transpose(0, 3, 1, 2))
-    if not need_input_grad:
-        return None, dweight, dbias
-    if full_convolution:
-        return dx, dweight, dbias
-    dx = dpadded[:, :, padding[0] : padding[0] + height, padding[1] : padding[1] + width]
-    return np.ascontiguousarray(dx), dweight, dbias
+    return dweight_rows, dpadded
 
 
 # ----------------------------------------------------------------------------------------
