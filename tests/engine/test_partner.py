@@ -165,3 +165,22 @@ def test_an_arena_works_where_posix_fallocate_does_not_exist(monkeypatch):
         assert os.path.getsize(arena.path) == 4096 and float(view.sum()) == 24.0
     finally:
         arena.unlink()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.001, 0.05])  # already there, within the poll, after it
+def test_a_message_is_received_whether_it_comes_before_during_or_after_the_polling(delay):
+    import threading
+    import time
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as reader, os.fdopen(write_end, "wb") as writer:
+        message = ("ok", np.arange(3).tolist())
+        sender = threading.Timer(delay, partner._send, (writer, message))
+        sender.start()
+        started = time.perf_counter()
+        assert partner._receive(reader, spin_seconds=0.002) == message
+        assert time.perf_counter() - started >= delay * 0.9
+        sender.join()
+        writer.close()
+        with pytest.raises(EOFError):  # a closed channel still ends the wait
+            partner._receive(reader, spin_seconds=0.002)
