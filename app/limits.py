@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+from engine.datasets import GENERATED_DATASETS
+
 # ---------------------------------------------------------------- the model
 MAX_LAYERS = 64                 # layers in one model spec
 MAX_FILTERS = 256               # filters (output channels) of one conv layer
@@ -156,7 +158,7 @@ def check_dataset(dataset: dict) -> None:
         _at_most("dataset.size", dataset["size"], MAX_INPUT_SIDE, "pixels")
     if "val_fraction" in dataset and not 0 < dataset["val_fraction"] < 1:
         raise ValueError(f"dataset.val_fraction: must be between 0 and 1, got {dataset['val_fraction']}")
-    if name == "shapes":
+    if name in GENERATED_DATASETS:
         examples = dataset["n_train"] + dataset["n_val"]
         _at_most("dataset.n_train", examples, MAX_DATASET_EXAMPLES, "examples (n_train + n_val)")
         values = examples * dataset["size"] ** 2
@@ -171,7 +173,7 @@ def check_dataset(dataset: dict) -> None:
 def dataset_input_shape(dataset: dict) -> list[int] | None:
     """The (C, H, W) a dataset gives, when known without reading its files."""
     name = dataset.get("name")
-    if name == "shapes":
+    if name in GENERATED_DATASETS:
         return [1, dataset["size"], dataset["size"]]
     if name in ("mnist", "fashion_mnist"):
         return [1, 28, 28]

@@ -32,6 +32,7 @@ SHAPE_CLASSES = (
     "blob",
 )
 EXTRA_SHAPE_CLASSES = ("x_marks", "plus_marks")  # chosen with dataset "classes"
+GENERATED_DATASETS = ("shapes", "marks")  # drawn by generate_shapes: no files, sized by n_train, n_val, size
 MARKS_PER_IMAGE = 3
 SHAPES_PROBE_CLASSES = ("x", "plus", "vertical_line", "circle")
 
@@ -319,17 +320,19 @@ _SHAPE_DISTANCES = {
 _MARKS = {"x_marks": "x", "plus_marks": "plus"}  # several small glyphs a 5x5 kernel can see whole
 
 
-def load_shapes(n_train: int = 10000, n_val: int = 2000, size: int = 28, noise: float = 0.25, seed: int = 0, classes=None) -> Dataset:
+def load_shapes(n_train: int = 10000, n_val: int = 2000, size: int = 28, noise: float = 0.25, seed: int = 0, classes=None,
+                name: str = "shapes") -> Dataset:
     """The default dataset: generated shapes, train and validation from separate streams.
 
-    `classes` picks shapes (default: SHAPE_CLASSES).
+    `classes` picks shapes (default: SHAPE_CLASSES); `name` is what the Dataset is called
+    ("marks" for the small-glyph set).
     """
     classes = tuple(classes) if classes else SHAPE_CLASSES
     x_train, y_train = generate_shapes(n_train, size=size, seed=seed * 2 + 1, noise=noise, classes=classes)
     x_val, y_val = generate_shapes(n_val, size=size, seed=seed * 2 + 2, noise=noise, classes=classes)
     params = {"n_train": n_train, "n_val": n_val, "size": size, "noise": noise, "seed": seed,
               "classes": list(classes)}
-    return make_dataset("shapes", classes, x_train, y_train, x_val, y_val, SHAPES_PROBE_CLASSES, params)
+    return make_dataset(name, classes, x_train, y_train, x_val, y_val, SHAPES_PROBE_CLASSES, params)
 
 
 # --------------------------------------------------------------------------
@@ -576,6 +579,12 @@ DATASETS = {
         "loader": load_shapes,
         "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": None},
     },
+    "marks": {
+        "description": "Generated small x and + marks, three per image, each small enough for one 5x5 kernel "
+                       "to see whole: the set on which first-layer filters become X and plus detectors; no files needed",
+        "loader": lambda **params: load_shapes(**params, name="marks"),
+        "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": list(EXTRA_SHAPE_CLASSES)},
+    },
     "mnist": {
         "description": "MNIST handwritten digits from IDX files in `path` (raw or .gz)",
         "loader": lambda path=None, limit=None, val_fraction=0.1, seed=0: load_idx_folder(path, "mnist", MNIST_CLASSES, limit, val_fraction, seed),
@@ -626,7 +635,7 @@ def normalize_dataset_spec(spec) -> dict:
         value = full.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"dataset.{key}: must be a positive integer")
-    if name == "shapes":
+    if name in GENERATED_DATASETS:
         if full["size"] < 8:
             raise ValueError("dataset.size: must be >= 8")
         if not isinstance(full["noise"], (int, float)) or isinstance(full["noise"], bool) or not 0 <= full["noise"] <= 10:

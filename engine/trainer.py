@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from engine import analysis, initializers
-from engine.datasets import Dataset, load_dataset, normalize_dataset_spec
+from engine.datasets import GENERATED_DATASETS, Dataset, load_dataset, normalize_dataset_spec
 from engine.losses import accuracy, softmax_cross_entropy
 from engine.model import build_model, normalize_spec
 from engine.optimizers import make_optimizer
@@ -100,7 +100,7 @@ class RunConfig:
 
         if isinstance(model, dict):
             # check the spec now when its input shape is known without loading files
-            known_input = [1, dataset["size"], dataset["size"]] if dataset["name"] == "shapes" else None
+            known_input = [1, dataset["size"], dataset["size"]] if dataset["name"] in GENERATED_DATASETS else None
             if "input" in model or known_input is not None:
                 try:
                     normalize_spec(model if "input" in model else {"input": known_input, **model})

@@ -49,6 +49,7 @@ def test_datasets_and_presets(done):
     client, _ = done
     datasets = {d["name"]: d for d in client.get("/api/datasets").json()["datasets"]}
     assert "shapes" in datasets and "mnist" in datasets
+    assert "X and plus detectors" in datasets["marks"]["description"]  # the page's way to the X filters
     presets = {p["name"]: p["spec"] for p in client.get("/api/presets").json()["presets"]}
     assert presets["demo"]["layers"][0]["type"] == "conv"
 

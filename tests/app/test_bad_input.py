@@ -56,6 +56,8 @@ LIMIT_CASES = [
      "dataset.size", f"at most {limits.MAX_INPUT_SIDE}"),
     ({"dataset": {"name": "shapes", "n_train": limits.MAX_DATASET_EXAMPLES}},
      "dataset.n_train", f"at most {limits.MAX_DATASET_EXAMPLES}"),
+    ({"dataset": {"name": "marks", "n_train": limits.MAX_DATASET_EXAMPLES}},  # generated the same way
+     "dataset.n_train", f"at most {limits.MAX_DATASET_EXAMPLES}"),
     ({"model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 4096}, {"type": "dense", "units": 4096},
                            {"type": "dense", "units": 7}]}},
      "model", f"at most {limits.MAX_PARAMETERS} parameters"),

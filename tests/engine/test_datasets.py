@@ -59,6 +59,15 @@ def test_shapes_dataset_can_use_chosen_classes_including_small_marks():
         normalize_dataset_spec({"name": "shapes", "classes": ["x"]})
 
 
+def test_marks_dataset_is_the_small_glyph_shapes_under_its_own_name():
+    marks = load_dataset({"name": "marks", "n_train": 40, "n_val": 20})
+    same = load_dataset({"name": "shapes", "n_train": 40, "n_val": 20, "classes": ["x_marks", "plus_marks"]})
+    assert marks.name == "marks" and marks.classes == ["x_marks", "plus_marks"]
+    np.testing.assert_array_equal(marks.x_train, same.x_train)
+    with pytest.raises(ValueError, match="dataset.size: must be >= 8"):
+        normalize_dataset_spec({"name": "marks", "size": 4})
+
+
 def _ink_moments(image):
     """Variance along x, along y and covariance of the ink in one image (row = y, down)."""
     ink = np.clip(image, 0, None)

@@ -68,6 +68,12 @@ def test_presets_adapt_to_the_dataset_and_specs_must_fit_it(tmp_path):
         Trainer({"model": wrong_classes}, dataset=data)
 
 
+def test_a_run_on_the_marks_dataset_gets_a_two_class_head():
+    trainer = Trainer({"model": "demo", "dataset": {"name": "marks", "n_train": 64, "n_val": 32}, "batch_size": 16})
+    assert trainer.spec["layers"][-1]["units"] == 2 and trainer.dataset.classes == ["x_marks", "plus_marks"]
+    assert np.isfinite(trainer.train_step()["loss"])
+
+
 # ---------------------------------------------------------------- steps
 
 
