@@ -5,6 +5,7 @@ import pytest
 
 from engine import conv
 from engine.direct_conv import DirectConvBlock
+from tests.engine.block_checks import assert_block_matches_layer_path
 
 
 def layer_path(x, weight, bias, stride, padding, pool_size, pool_stride, relu):
@@ -52,19 +53,9 @@ def test_direct_block_matches_the_layer_path_forward_and_backward(ties):
         if case["pool_size"] is not None and (conv_h < case["pool_size"][0] or conv_w < case["pool_size"][1]):
             continue
         block = DirectConvBlock(case["stride"], case["padding"], case["relu"], case["pool_size"], case["pool_stride"])
-        out, cache = block.forward(x, weight, bias)
         expected, backward = layer_path(x, weight, bias, case["stride"], case["padding"], case["pool_size"],
                                         case["pool_stride"], case["relu"])
-        np.testing.assert_allclose(out, expected, atol=1e-12)
-        dout = rng.standard_normal(out.shape)
-        dx, dweight, dbias = block.backward(dout, cache, weight, need_input_grad=True)
-        ref_dx, ref_dweight, ref_dbias = backward(dout)
-        np.testing.assert_allclose(dx, ref_dx, atol=1e-12)
-        np.testing.assert_allclose(dweight, ref_dweight, atol=1e-11)
-        np.testing.assert_allclose(dbias, ref_dbias, atol=1e-11)
-        none_dx, dweight_again, _ = block.backward(dout, cache, weight, need_input_grad=False)
-        assert none_dx is None
-        np.testing.assert_allclose(dweight_again, dweight, atol=1e-12)
+        assert_block_matches_layer_path(block, x, weight, bias, expected, backward, rng)
         checked += 1
     assert checked > 80
 

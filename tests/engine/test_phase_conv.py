@@ -6,6 +6,7 @@ import pytest
 import engine
 from engine import conv, phase_conv
 from engine.phase_conv import ConvBlock, PhaseGeometry
+from tests.engine.block_checks import assert_block_matches_layer_path
 from engine.direct_conv import DirectConvBlock
 
 
@@ -62,18 +63,8 @@ def test_block_matches_the_layer_path_forward_and_backward(ties):
         if min(geometry.out_hw) < 1:
             continue
         block = ConvBlock(geometry, relu=case["relu"], pool_kind=case["pool_kind"])
-        out, cache = block.forward(x, weight, bias)
         expected, backward = layer_path(x, weight, bias, case["padding"], case["pool"], case["pool_kind"], case["relu"])
-        np.testing.assert_allclose(out, expected, atol=1e-12)
-        dout = rng.standard_normal(out.shape)
-        dx, dweight, dbias = block.backward(dout, cache, weight, need_input_grad=True)
-        ref_dx, ref_dweight, ref_dbias = backward(dout)
-        np.testing.assert_allclose(dx, ref_dx, atol=1e-12)
-        np.testing.assert_allclose(dweight, ref_dweight, atol=1e-11)
-        np.testing.assert_allclose(dbias, ref_dbias, atol=1e-11)
-        none_dx, dweight_again, _ = block.backward(dout, cache, weight, need_input_grad=False)
-        assert none_dx is None
-        np.testing.assert_allclose(dweight_again, dweight, atol=1e-12)
+        assert_block_matches_layer_path(block, x, weight, bias, expected, backward, rng)
         checked += 1
     assert checked > 100
 
