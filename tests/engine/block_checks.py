@@ -2,6 +2,28 @@
 
 import numpy as np
 
+from engine import conv
+
+
+def layer_path(x, weight, bias, stride, padding, relu=False, pool_kind=None, pool_size=None, pool_stride=None):
+    """conv -> [relu] -> [max or avg pool] with the engine's unfused kernels: returns (out,
+    backward), backward(dout) giving the layer path's (dx, dweight, dbias)."""
+    out, conv_cache = conv.conv2d_forward(x, weight, bias, stride, padding)
+    activated = np.maximum(out, 0) if relu else out
+    pools = {"max": (conv.maxpool_forward, conv.maxpool_backward), "avg": (conv.avgpool_forward, conv.avgpool_backward)}
+    if pool_kind is None:
+        result, pool_cache = activated, None
+    else:
+        result, pool_cache = pools[pool_kind][0](activated, pool_size, pool_stride)
+
+    def backward(dout):
+        grad = dout if pool_kind is None else pools[pool_kind][1](dout, pool_cache)
+        if relu:
+            grad = grad * (out > 0)
+        return conv.conv2d_backward(grad, conv_cache, weight, need_input_grad=True)
+
+    return result, backward
+
 
 def assert_block_matches_layer_path(block, x, weight, bias, expected, backward, rng):
     """block.forward(x, weight, bias) gives `expected`; its backward, with and without the

@@ -5,22 +5,7 @@ import pytest
 
 from engine import conv
 from engine.direct_conv import DirectConvBlock
-from tests.engine.block_checks import assert_block_matches_layer_path
-
-
-def layer_path(x, weight, bias, stride, padding, pool_size, pool_stride, relu):
-    """conv -> [relu] -> [maxpool] with the engine's unfused kernels; returns (out, backward)."""
-    out, conv_cache = conv.conv2d_forward(x, weight, bias, stride, padding)
-    activated = np.maximum(out, 0) if relu else out
-    result, pool_cache = (activated, None) if pool_size is None else conv.maxpool_forward(activated, pool_size, pool_stride)
-
-    def backward(dout):
-        grad = dout if pool_size is None else conv.maxpool_backward(dout, pool_cache)
-        if relu:
-            grad = grad * (out > 0)
-        return conv.conv2d_backward(grad, conv_cache, weight, need_input_grad=True)
-
-    return result, backward
+from tests.engine.block_checks import assert_block_matches_layer_path, layer_path
 
 
 def random_case(rng, ties):
@@ -53,8 +38,8 @@ def test_direct_block_matches_the_layer_path_forward_and_backward(ties):
         if case["pool_size"] is not None and (conv_h < case["pool_size"][0] or conv_w < case["pool_size"][1]):
             continue
         block = DirectConvBlock(case["stride"], case["padding"], case["relu"], case["pool_size"], case["pool_stride"])
-        expected, backward = layer_path(x, weight, bias, case["stride"], case["padding"], case["pool_size"],
-                                        case["pool_stride"], case["relu"])
+        expected, backward = layer_path(x, weight, bias, case["stride"], case["padding"], case["relu"],
+                                        "max" if case["pool_size"] else None, case["pool_size"], case["pool_stride"])
         assert_block_matches_layer_path(block, x, weight, bias, expected, backward, rng)
         checked += 1
     assert checked > 80

@@ -4,35 +4,10 @@ import numpy as np
 import pytest
 
 import engine
-from engine import conv, phase_conv
+from engine import phase_conv
 from engine.phase_conv import ConvBlock, PhaseGeometry
-from tests.engine.block_checks import assert_block_matches_layer_path
+from tests.engine.block_checks import assert_block_matches_layer_path, layer_path
 from engine.direct_conv import DirectConvBlock
-
-
-def layer_path(x, weight, bias, padding, pool, pool_kind, relu):
-    """conv -> [relu] -> [pool] with the engine's unfused kernels; returns (out, backward)."""
-    out, conv_cache = conv.conv2d_forward(x, weight, bias, (1, 1), padding)
-    activated = np.maximum(out, 0) if relu else out
-    pool_cache = None
-    if pool_kind == "max":
-        result, pool_cache = conv.maxpool_forward(activated, pool, pool)
-    elif pool_kind == "avg":
-        result, pool_cache = conv.avgpool_forward(activated, pool, pool)
-    else:
-        result = activated
-
-    def backward(dout):
-        grad = dout
-        if pool_kind == "max":
-            grad = conv.maxpool_backward(grad, pool_cache)
-        elif pool_kind == "avg":
-            grad = conv.avgpool_backward(grad, pool_cache)
-        if relu:
-            grad = grad * (out > 0)
-        return conv.conv2d_backward(grad, conv_cache, weight, need_input_grad=True)
-
-    return result, backward
 
 
 def random_case(rng, ties):
@@ -63,7 +38,8 @@ def test_block_matches_the_layer_path_forward_and_backward(ties):
         if min(geometry.out_hw) < 1:
             continue
         block = ConvBlock(geometry, relu=case["relu"], pool_kind=case["pool_kind"])
-        expected, backward = layer_path(x, weight, bias, case["padding"], case["pool"], case["pool_kind"], case["relu"])
+        expected, backward = layer_path(x, weight, bias, (1, 1), case["padding"], case["relu"], case["pool_kind"],
+                                        case["pool"], case["pool"])
         assert_block_matches_layer_path(block, x, weight, bias, expected, backward, rng)
         checked += 1
     assert checked > 100
