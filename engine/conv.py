@@ -222,13 +222,46 @@ def _flat_weight_grad(padded, dout_padded, kernel, out_hw):
     return dweight_rows
 
 
+def _flat_grads_from_dout(padded, dout_padded, flipped_matrix, kernel, x_hw):
+    """(dx or None, dweight) in one pass over the unfolded dout_padded (the FlatPadded of dout
+    by k-1-p; rows (i', j', o) of the flipped kernel), which both products read while it is
+    in the cache: dx as in _correlate when flipped_matrix is given, and dweight from the same
+    columns against the input. The input's flat layout matches dout_padded's, so its data
+    shifted by its padding is x at each window start of the dx grid, zero at the starts that
+    are not pixels, and dweight[o, c, k-1-i', k-1-j'] = sum over starts q of
+    unfolded[(i', j', o), q] * x[c, q]."""
+    if (dout_padded.row, dout_padded.image) != (padded.row, padded.image):
+        raise ValueError("dout_padded does not share the input's flat layout")
+    kernel_h, kernel_w = kernel
+    channels, batch = padded.shape[:2]
+    out_channels = dout_padded.shape[0]
+    pad_h, pad_w = padded.padding
+    inputs = padded.data[:, pad_h * padded.row + pad_w :]
+    dtype = dout_padded.data.dtype
+    dx_grid = None if flipped_matrix is None else np.empty((channels, batch * padded.image), dtype=dtype)
+    flipped_rows = np.zeros((kernel_h * kernel_w * out_channels, channels), dtype=dtype)
+    product = np.empty_like(flipped_rows)
+    for start, stop, unfolded in _flat_chunks(dout_padded, kernel, x_hw, channels):
+        if dx_grid is not None:
+            np.matmul(flipped_matrix, unfolded, out=dx_grid[:, start:stop])
+        np.matmul(unfolded, inputs[:, start:stop].T, out=product)
+        flipped_rows += product
+    dweight = flipped_rows.reshape(kernel_h, kernel_w, out_channels, channels)[::-1, ::-1].transpose(2, 3, 0, 1)
+    dx = None if dx_grid is None else dx_grid.reshape(channels, batch, *padded.grid_hw)[:, :, : x_hw[0], : x_hw[1]]
+    return dx, np.ascontiguousarray(dweight)
+
+
 def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=True):
     """Gradients of conv2d_forward: returns (dx or None, dweight, dbias or None).
 
     With stride 1 the input gradient is the full convolution of dout (padded by k-1-p) with
-    the flipped kernel, and on the flat layout dweight comes from the same padded dout (see
-    _flat_weight_grad); otherwise dweight is accumulated chunk by chunk from the re-built
-    im2col, and with larger strides the input gradient is scattered back over the offsets.
+    the flipped kernel. On the flat layout the weight gradient comes from the unfolded padded
+    dout when that is no larger than the unfolded input (out_channels <= in_channels; then dx
+    reads the same columns, see _flat_grads_from_dout), else from the unfolded input against
+    the padded dout (_flat_weight_grad); the choice depends on the shapes only, so dweight is
+    the same bit for bit with or without dx. Off the flat layout dweight is accumulated chunk
+    by chunk from the re-built im2col, and with larger strides the input gradient is
+    scattered back over the offsets.
     """
     padded, x_shape, stride, padding, (out_h, out_w) = cache
     out_channels, in_channels, kernel_h, kernel_w = weight.shape
@@ -239,17 +272,22 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=Tr
     dbias = dout.reshape(out_channels, -1).sum(axis=1) if need_bias_grad else None
     full_convolution = need_input_grad and stride == (1, 1) and padding[0] < kernel_h and padding[1] < kernel_w
     full_padding = (kernel_h - 1 - padding[0], kernel_w - 1 - padding[1])
-    dx = dout_padded = None
+    flipped = None
     if full_convolution:
-        # dout padded by k-1-p, cross-correlated with the flipped kernel, is exactly dx (H, W)
         flipped = weight[:, :, ::-1, ::-1].transpose(1, 2, 3, 0).reshape(channels, kernel_h * kernel_w * out_channels)
-        dout_padded = _pad_for_windows(dout, kernel, (1, 1), full_padding, (height, width))
-        dx = _correlate(dout_padded, np.ascontiguousarray(flipped, dtype=dtype), kernel, (1, 1), (height, width))
-    if isinstance(padded, FlatPadded):  # stride 1, padding < kernel: dx, if asked for, is done
-        if not isinstance(dout_padded, FlatPadded):
-            dout_padded = FlatPadded(dout, *full_padding)
+        flipped = np.ascontiguousarray(flipped, dtype=dtype)
+    if isinstance(padded, FlatPadded):  # stride 1 and padding < kernel: full_convolution if dx is wanted
+        dout_padded = FlatPadded(dout, *full_padding)
+        if out_channels <= channels:
+            dx, dweight = _flat_grads_from_dout(padded, dout_padded, flipped, kernel, (height, width))
+            return dx, dweight, dbias
+        dx = None if flipped is None else _correlate(dout_padded, flipped, kernel, (1, 1), (height, width))
         dweight_rows = _flat_weight_grad(padded, dout_padded, kernel, (out_h, out_w))
     else:
+        dx = None
+        if full_convolution:  # dout padded by k-1-p, cross-correlated with the flipped kernel, is exactly dx
+            dout_padded = _pad_for_windows(dout, kernel, (1, 1), full_padding, (height, width))
+            dx = _correlate(dout_padded, flipped, kernel, (1, 1), (height, width))
         scatter = need_input_grad and not full_convolution
         dweight_rows, dpadded = _im2col_weight_grad(padded, dout, weight, kernel, stride, (out_h, out_w), scatter)
         if scatter:

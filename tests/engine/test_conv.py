@@ -16,6 +16,8 @@ CONV_CASES = [
     (2, 2, 5, 4, 3, (4, 4), (1, 1), (3, 3)),  # padding >= kernel - 1: the scatter path
     (2, 3, 11, 8, 5, (3, 3), (2, 3), (1, 0)),  # stride does not divide the input evenly
     (1, 4, 4, 4, 3, (4, 4), (1, 1), (0, 0)),  # kernel covers the whole input
+    (2, 4, 7, 6, 3, (3, 3), (1, 1), (1, 1)),  # filters <= channels: dweight from the unfolded dout
+    (3, 3, 6, 7, 2, (3, 2), (1, 1), (0, 1)),  # the same, unpadded rows, a padded column
 ]
 
 
