@@ -74,15 +74,6 @@ class FlatPadded:
         """Window starts computed per valid output."""
         return (height + pad_h) * (width + pad_w) / (out_hw[0] * out_hw[1])
 
-    def windows(self, i, j, first, last, out_hw):
-        """The view (C, last - first, Ho, Wo) of what kernel offset (i, j) reads for the
-        outputs of images first..last."""
-        data = self.data
-        item = data.itemsize
-        strides = (data.strides[0], self.image * item, self.row * item, item)
-        offset = (first * self.image + i * self.row + j) * item
-        return np.ndarray((data.shape[0], last - first, *out_hw), data.dtype, data, offset, strides)
-
 
 def _fits_flat(shape, kernel, stride, padding, out_hw):
     """Whether stride-1 windows run on the shared-border flat layout (FlatPadded)."""
@@ -91,22 +82,15 @@ def _fits_flat(shape, kernel, stride, padding, out_hw):
             and FlatPadded.waste(height, width, *padding, out_hw) <= FLAT_MAX_WASTE)
 
 
-def _windows(padded, i, j, first, last, out_hw, stride):
-    """What kernel offset (i, j) reads for images first..last: from a FlatPadded or from an
-    ordinary padded array (C, N, Hp, Wp)."""
-    if isinstance(padded, FlatPadded):
-        return padded.windows(i, j, first, last, out_hw)
-    return _window(padded[:, first:last], i, j, *out_hw, *stride)
-
-
 def _im2col(padded, first, last, kernel, out_hw, stride, cols):
     """Fill cols (kh, kw, C, n, Ho, Wo) with the windows of images first..last of padded
-    (a FlatPadded or an ordinary padded array)."""
+    (C, N, Hp, Wp); the flat layout is unfolded by _flat_chunks instead."""
     kernel_h, kernel_w = kernel
     out_h, out_w = out_hw
+    images = padded[:, first:last]
     for i in range(kernel_h):
         for j in range(kernel_w):
-            cols[i, j] = _windows(padded, i, j, first, last, out_hw, stride)
+            cols[i, j] = _window(images, i, j, out_h, out_w, *stride)
     return cols.reshape(-1, (last - first) * out_h * out_w)
 
 

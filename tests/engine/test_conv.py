@@ -90,11 +90,16 @@ def test_flat_layout_windows_are_the_padded_windows(seed):
     padded = conv.pad_spatial(x, *padding)
     row = width + padding[1]  # one border column per row, one border band per image, one closing band
     assert flat.data.shape == (channels, batch * (height + padding[0]) * row + padding[0] * row + padding[1])
+    # what _flat_chunks unfolds, one chunk for the whole batch: rows (i, j, c), one column per window start
+    chunks = list(conv._flat_chunks(flat, kernel, out_hw, out_rows=1))
+    assert len(chunks) == 1
+    start, stop, unfolded = chunks[0]
+    grid = np.zeros((*kernel, channels, batch * flat.image))
+    grid[..., start:stop] = unfolded.reshape(*kernel, channels, stop - start)
+    starts = grid.reshape(*kernel, channels, batch, *flat.grid_hw)[..., : out_hw[0], : out_hw[1]]
     for i in range(kernel[0]):
         for j in range(kernel[1]):
-            for first, last in ((0, batch), (batch - 1, batch)):
-                expected = padded[:, first:last, i : i + out_hw[0], j : j + out_hw[1]]
-                np.testing.assert_array_equal(flat.windows(i, j, first, last, out_hw), expected)
+            np.testing.assert_array_equal(starts[i, j], padded[:, :, i : i + out_hw[0], j : j + out_hw[1]])
 
 
 POOL_CASES = [
