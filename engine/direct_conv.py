@@ -8,28 +8,46 @@ Why this is exact. A max commutes with adding a per-channel constant and with re
 are non-decreasing): max(relu(a + b)) = relu(max(a) + b). On the way back the pool gives each
 window's gradient to its winning cell, and the relu passes it only where the window's output
 is positive, so the relu mask can be taken on the pooled output too.
+
+Chained convs. When conv -> relu is followed straight away by a stride-1 conv whose padding
+p2 is k1 - 1 - p1 (3x3 convs with padding 1 in a row, say), the first conv's window-start
+grid has the very row and image lengths of the second conv's padded input (engine.conv
+.FlatPadded): the first block writes its output straight into the second's padded layout
+(out_padding) and zeroes the border cells, where its junk window starts land. On the way back
+the second conv's input gradient comes in the same layout, junk on the borders; the relu mask,
+zero on every border cell, clears the junk, and what is left is the first conv's output
+gradient already padded for its own backward pass. Two pad copies and the strided relu passes
+are saved, and the bias add and relu run over one contiguous array.
 """
 
 import numpy as np
 
-from engine.conv import conv2d_backward, conv2d_forward, maxpool_backward, maxpool_forward
+from engine.conv import (FlatPadded, conv2d_backward, conv2d_forward, flat_chain_padding, maxpool_backward,
+                         maxpool_forward, output_size, relu_in_place)
 
 
 class DirectConvBlock:
     """conv (any stride, padding) [+ relu] [+ maxpool].
 
     forward(x, weight, bias) -> (out, cache) and backward(dout, cache, weight, need_input_grad)
-    -> (dx, dweight, dbias), on the internal (C, N, H, W) layout, like engine.conv.
+    -> (dx, dweight, dbias), on the internal (C, N, H, W) layout, like engine.conv. With
+    out_padding (a relu and no pool; see chain_blocks) out is a FlatPadded padded by
+    out_padding for the next conv, and dout comes back as that conv's dx in the same layout.
     """
 
-    def __init__(self, stride, padding, relu=False, pool_size=None, pool_stride=None):
+    def __init__(self, stride, padding, relu=False, pool_size=None, pool_stride=None, out_padding=None):
         self.stride, self.padding = tuple(stride), tuple(padding)
         self.relu = relu
         self.pool_size = None if pool_size is None else tuple(pool_size)
         self.pool_stride = None if pool_stride is None else tuple(pool_stride)
+        if out_padding is not None and (not relu or pool_size is not None):
+            raise ValueError("only a conv with a relu and no pool writes into the next conv's layout")
+        self.out_padding = None if out_padding is None else tuple(out_padding)
 
     def forward(self, x, weight, bias):
         weight = weight.astype(x.dtype, copy=False)
+        if self.out_padding is not None:
+            return self._forward_chained(x, weight, bias)
         if self.pool_size is None:
             out, conv_cache = conv2d_forward(x, weight, bias, self.stride, self.padding)  # a new array
             pool_cache = None
@@ -38,11 +56,26 @@ class DirectConvBlock:
             out, pool_cache = maxpool_forward(conv_out, self.pool_size, self.pool_stride)  # a new array
             out += bias.astype(x.dtype, copy=False).reshape(-1, 1, 1, 1)
         if self.relu:
-            np.maximum(out, 0, out=out)
+            relu_in_place(out)
         return out, (conv_cache, pool_cache, out)
+
+    def _forward_chained(self, x, weight, bias):
+        channels, batch, height, width = x.shape
+        kernel_h, kernel_w = weight.shape[2:]
+        out_hw = (output_size(height, kernel_h, self.stride[0], self.padding[0]),
+                  output_size(width, kernel_w, self.stride[1], self.padding[1]))
+        out = FlatPadded.for_output((weight.shape[0], batch, *out_hw), self.out_padding, x.dtype)
+        _, conv_cache = conv2d_forward(x, weight, None, self.stride, self.padding, into=out)
+        out.data += bias.astype(x.dtype, copy=False).reshape(-1, 1)
+        relu_in_place(out.data)
+        out.zero_border()
+        return out, (conv_cache, None, out)
 
     def backward(self, dout, cache, weight, need_input_grad=True):
         conv_cache, pool_cache, out = cache
+        if isinstance(out, FlatPadded):  # chained: dout is the next conv's dx, junk on its borders
+            np.multiply(dout.data, out.data > 0, out=dout.data)
+            return conv2d_backward(dout, conv_cache, weight, need_input_grad)
         dactivated = dout * (out > 0) if self.relu else dout
         if pool_cache is None:
             return conv2d_backward(dactivated, conv_cache, weight, need_input_grad)
@@ -50,3 +83,18 @@ class DirectConvBlock:
         dconv = maxpool_backward(dactivated, pool_cache)
         dx, dweight, _ = conv2d_backward(dconv, conv_cache, weight, need_input_grad, need_bias_grad=False)
         return dx, dweight, dbias
+
+
+def chain_blocks(steps, layers):
+    """Give each DirectConvBlock (conv + relu, no pool) followed straight away by a
+    DirectConvBlock that can read its output in place (engine.conv.flat_chain_padding) the
+    out_padding that makes it write there. steps as plan_blocks makes them; changed in place."""
+    for (first, _, block), (next_first, _, next_block) in zip(steps, steps[1:]):
+        if not (isinstance(block, DirectConvBlock) and isinstance(next_block, DirectConvBlock)):
+            continue
+        if not block.relu or block.pool_size is not None:
+            continue
+        conv, next_conv = layers[first], layers[next_first]
+        block.out_padding = flat_chain_padding(conv.input_shape, conv.kernel, conv.stride, conv.padding,
+                                               next_conv.kernel, next_conv.stride, next_conv.padding)
+    return steps

@@ -26,8 +26,8 @@ engine.direct_conv.DirectConvBlock, which measured faster for it.
 
 import numpy as np
 
-from engine.conv import output_size
-from engine.direct_conv import DirectConvBlock
+from engine.conv import output_size, relu_in_place
+from engine.direct_conv import DirectConvBlock, chain_blocks
 
 # Images are processed in chunks whose unfolded input plus conv output hold about this many
 # floats, so a chunk stays in the CPU's cache between the copy, the product and the pooling.
@@ -267,7 +267,7 @@ class ConvBlock:
             valid = result.reshape(out_channels, last - first, *g.grid_hw)[:, :, :out_h, :out_w]
             np.add(valid, bias_column, out=out[:, first:last])
         if self.relu:
-            np.maximum(out, 0, out=out)
+            relu_in_place(out)
         cache = (x.shape, phases, columns if keep_columns else None, conv_chunks, out)
         return out, cache
 
@@ -334,7 +334,9 @@ class ConvBlock:
 def plan_blocks(layers):
     """Group a model's layers into the steps a training pass runs: a list of (first, last,
     block) where block is a ConvBlock or a DirectConvBlock for layers first..last (a conv with the
-    relu and pool it absorbs), or None for a single layer run on its own (first == last)."""
+    relu and pool it absorbs), or None for a single layer run on its own (first == last).
+    Direct blocks that can hand their output to the next conv in its padded layout are
+    chained (engine.direct_conv.chain_blocks)."""
     steps = []
     index = 0
     while index < len(layers):
@@ -361,4 +363,4 @@ def plan_blocks(layers):
         else:  # no pool to absorb (or an average pool the grid does not take): conv and relu
             steps.append((index, last, DirectConvBlock(layer.stride, layer.padding, relu)))
         index = last + 1
-    return steps
+    return chain_blocks(steps, layers)

@@ -102,6 +102,45 @@ def test_flat_layout_windows_are_the_padded_windows(seed):
             np.testing.assert_array_equal(starts[i, j], padded[:, :, i : i + out_hw[0], j : j + out_hw[1]])
 
 
+
+def test_a_conv_writes_into_the_next_convs_padded_layout():
+    """The chained layout (see engine.direct_conv): a same-padded 3x3 conv's window-start grid
+    is the next 3x3 conv's padded input, cell for cell; pixels land where FlatPadded puts them."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 6, 7))
+    weight, bias = rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    assert conv.flat_chain_padding((2, 6, 7), (3, 3), (1, 1), (1, 1), (3, 3), (1, 1), (1, 1)) == (1, 1)
+    into = conv.FlatPadded.for_output((4, 3, 6, 7), (1, 1), x.dtype)
+    out, _ = conv.conv2d_forward(conv.FlatPadded(x, 1, 1), weight, bias, (1, 1), (1, 1), into=into)
+    expected, _ = conv.conv2d_forward(x, weight, bias, (1, 1), (1, 1))
+    np.testing.assert_allclose(into.valid(), expected, atol=1e-12)
+    assert np.shares_memory(out, into.data)
+    into.zero_border()
+    np.testing.assert_array_equal(into.data, conv.FlatPadded(into.valid().copy(), 1, 1).data)
+
+
+@pytest.mark.parametrize("first, second, chains", [
+    (((3, 3), (1, 1), (1, 1)), ((3, 3), (1, 1), (1, 1)), True),
+    (((5, 5), (1, 1), (1, 1)), ((5, 5), (1, 1), (3, 3)), True),  # k1 - 1 - p1 = 3, as the second pads
+    (((3, 3), (1, 1), (1, 1)), ((3, 3), (1, 1), (0, 0)), False),  # padding 0 after padding 1
+    (((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), False),  # strided first conv
+    (((3, 3), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1)), False),  # strided second conv
+])
+def test_which_convs_chain(first, second, chains):
+    padding = conv.flat_chain_padding((4, 16, 16), *first, *second)
+    assert padding == (second[2] if chains else None)
+
+
+def test_relu_in_place_is_max_with_zero_for_any_layout():
+    rng = np.random.default_rng(0)
+    for x in (rng.standard_normal((5, 3, 4)).astype(np.float32), rng.standard_normal((6, 8))[:, ::2]):
+        expected = np.maximum(x, 0)
+        assert conv.relu_in_place(x) is x
+        np.testing.assert_array_equal(x, expected)
+    nan = np.array([np.nan, -1.0, 2.0])
+    np.testing.assert_array_equal(conv.relu_in_place(nan), [np.nan, 0.0, 2.0])  # a diverged run stays visible
+
+
 POOL_CASES = [
     # (height, width, size, stride)
     ((4, 4), (2, 2), (2, 2)),

@@ -59,3 +59,55 @@ def test_direct_block_keeps_float32_and_leaves_its_inputs_alone(pool):
     assert {out.dtype, dx.dtype, dweight.dtype, dbias.dtype} == {np.dtype(np.float32)}
     for value, original in zip((x, weight, bias), before):
         np.testing.assert_array_equal(value, original)
+
+
+def chained_case(rng, ties):
+    """Two stride-1 convs that chain (the second's padding is k1 - 1 - p1), the first with its relu."""
+    channels, middle, filters, batch = (int(v) for v in rng.integers(1, 5, 4))
+    kernel = tuple(int(v) for v in rng.integers(1, 5, 2))
+    padding = tuple(int(rng.integers(0, k)) for k in kernel)
+    next_padding = tuple(k - 1 - p for k, p in zip(kernel, padding))
+    next_kernel = tuple(int(rng.integers(p + 1, p + 4)) for p in next_padding)
+    height, width = (int(v) for v in rng.integers(max(kernel) + max(next_kernel), 14, 2))
+    draw = (lambda size: rng.integers(-1, 2, size).astype(np.float64)) if ties else rng.standard_normal
+    return (draw((channels, batch, height, width)), draw((middle, channels, *kernel)), draw(middle), padding,
+            draw((filters, middle, *next_kernel)), draw(filters), next_padding)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_chained_blocks_match_the_layer_path(ties):
+    """conv -> relu -> conv, the first writing into the second's padded layout and taking its
+    input gradient back in that layout, gives what the layer path gives, gradients included."""
+    rng = np.random.default_rng(21 if ties else 22)
+    chained = 0
+    for _ in range(60):
+        x, weight, bias, padding, next_weight, next_bias, next_padding = chained_case(rng, ties)
+        out_padding = conv.flat_chain_padding((x.shape[0], *x.shape[2:]), weight.shape[2:], (1, 1), padding,
+                                              next_weight.shape[2:], (1, 1), next_padding)
+        if out_padding is None:  # the flat layout would waste too much on these sizes
+            continue
+        first = DirectConvBlock((1, 1), padding, relu=True, out_padding=out_padding)
+        pool = (2, 2) if rng.integers(0, 2) else None
+        second = DirectConvBlock((1, 1), next_padding, relu=bool(rng.integers(0, 2)), pool_size=pool, pool_stride=pool)
+        middle, first_backward = layer_path(x, weight, bias, (1, 1), padding, relu=True)
+        expected, second_backward = layer_path(middle, next_weight, next_bias, (1, 1), next_padding, second.relu,
+                                               "max" if pool else None, pool, pool)
+        flat, first_cache = first.forward(x, weight, bias)
+        assert isinstance(flat, conv.FlatPadded) and flat.padding == out_padding
+        np.testing.assert_allclose(flat.valid(), middle, atol=1e-12)
+        pixels = conv.FlatPadded(np.ones(flat.shape), *flat.padding).data == 1
+        assert not flat.data[~pixels].any(), "every cell that is not a pixel is zero"
+        out, second_cache = second.forward(flat, next_weight, next_bias)
+        np.testing.assert_allclose(out, expected, atol=1e-12)
+
+        dout = rng.standard_normal(out.shape)
+        dmiddle, dnext_weight, dnext_bias = second.backward(dout, second_cache, next_weight)
+        assert isinstance(dmiddle, conv.FlatPadded)
+        dx, dweight, dbias = first.backward(dmiddle, first_cache, weight)
+        ref_dmiddle, ref_dnext_weight, ref_dnext_bias = second_backward(dout)
+        ref_dx, ref_dweight, ref_dbias = first_backward(ref_dmiddle)
+        for got, want in ((dnext_weight, ref_dnext_weight), (dnext_bias, ref_dnext_bias), (dx, ref_dx),
+                          (dweight, ref_dweight), (dbias, ref_dbias)):
+            np.testing.assert_allclose(got, want, atol=1e-11)
+        chained += 1
+    assert chained > 30

@@ -84,9 +84,12 @@ def test_plan_fuses_conv_relu_maxpool_and_leaves_the_rest_alone():
     # the strided conv keeps the direct kernel, with bias and relu moved after the max pool
     assert isinstance(steps[2][2], DirectConvBlock) and steps[2][2].relu and steps[2][2].pool_size == (2, 2)
     # wide convs (many input rows) too: the direct conv is faster for them than the phase grid
+    assert steps[0][2].out_padding is None  # an average pool follows: nothing to chain into
     medium = engine.build_model("medium")
     assert [(first, last, type(block).__name__) for first, last, block in medium.steps][:3] == [
         (0, 1, "DirectConvBlock"), (2, 4, "DirectConvBlock"), (5, 7, "DirectConvBlock")]
+    # conv 3x3 pad 1 -> relu -> conv 3x3 pad 1: the first writes into the second's padded layout
+    assert [block.out_padding for _, _, block in medium.steps[:3]] == [(1, 1), None, None]
 
 
 @pytest.mark.parametrize("preset", ["small", "demo", "medium", "deep"])
