@@ -482,12 +482,22 @@ def _maxpool_2x2_forward(x):
     return out, ("2x2", x.shape, right_wins_top, right_wins_bottom, bottom_wins)
 
 
-def maxpool_backward(dout, cache):
-    """Gradient of maxpool_forward: each window's gradient goes to its winning offset."""
+def maxpool_backward(dout, cache, out=None):
+    """Gradient of maxpool_forward: each window's gradient goes to its winning offset. With
+    out (an array of the input's shape, any strides) the gradient is written there and out is
+    returned (the 2x2 case only)."""
     if cache[0] == "2x2":
         _, x_shape, right_wins_top, right_wins_bottom, bottom_wins = cache
         out_h, out_w = dout.shape[2], dout.shape[3]
-        dx = np.zeros(x_shape, dtype=dout.dtype) if (x_shape[2] % 2 or x_shape[3] % 2) else np.empty(x_shape, dout.dtype)
+        if out is not None:
+            dx = out
+            if x_shape[2] % 2 or x_shape[3] % 2:  # the last row or column is in no window
+                dx[:, :, 2 * out_h :] = 0
+                dx[:, :, :, 2 * out_w :] = 0
+        elif x_shape[2] % 2 or x_shape[3] % 2:
+            dx = np.zeros(x_shape, dtype=dout.dtype)
+        else:
+            dx = np.empty(x_shape, dout.dtype)
         to_top = dout * ~bottom_wins
         to_bottom = dout * bottom_wins
         np.multiply(to_top, ~right_wins_top, out=_window(dx, 0, 0, out_h, out_w, 2, 2))
@@ -495,6 +505,8 @@ def maxpool_backward(dout, cache):
         np.multiply(to_bottom, ~right_wins_bottom, out=_window(dx, 1, 0, out_h, out_w, 2, 2))
         np.multiply(to_bottom, right_wins_bottom, out=_window(dx, 1, 1, out_h, out_w, 2, 2))
         return dx
+    if out is not None:
+        raise ValueError("maxpool_backward writes into an array only for 2x2 windows moved by 2")
     _, x_shape, winner, (size_h, size_w), (stride_h, stride_w) = cache
     out_h, out_w = dout.shape[2], dout.shape[3]
     dx = np.zeros(x_shape, dtype=dout.dtype)

@@ -80,7 +80,14 @@ class DirectConvBlock:
         if pool_cache is None:
             return conv2d_backward(dactivated, conv_cache, weight, need_input_grad)
         dbias = dactivated.sum(axis=(1, 2, 3))
-        dconv = maxpool_backward(dactivated, pool_cache)
+        padded = conv_cache[0]
+        if isinstance(padded, FlatPadded) and pool_cache[0] == "2x2":  # straight into the layout the conv reads it in
+            full_padding = tuple(kernel - 1 - pad for kernel, pad in zip(weight.shape[2:], self.padding))
+            dconv = FlatPadded.for_output(pool_cache[1], full_padding, dactivated.dtype)
+            maxpool_backward(dactivated, pool_cache, out=dconv.valid())
+            dconv.zero_border()
+        else:
+            dconv = maxpool_backward(dactivated, pool_cache)
         dx, dweight, _ = conv2d_backward(dconv, conv_cache, weight, need_input_grad, need_bias_grad=False)
         return dx, dweight, dbias
 

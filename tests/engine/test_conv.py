@@ -173,6 +173,22 @@ def test_maxpool_ties_send_the_gradient_to_the_first_maximum_like_pytorch(shape,
     np.testing.assert_allclose(to_public(dx), conv.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(4, 4), (7, 5), (5, 8)])
+def test_maxpool_gradient_written_into_a_padded_layout_fills_every_pixel(shape):
+    """The 2x2 pool's gradient can go straight into a conv's flat layout (its valid() view,
+    full of junk before): every pixel is set, the ones in no window (odd sizes) to zero."""
+    rng = np.random.default_rng(6)
+    x = np.maximum(rng.standard_normal((3, 2, *shape)), 0).round(0)  # ties too
+    out, cache = conv.maxpool_forward(x)
+    dout = rng.standard_normal(out.shape)
+    target = conv.FlatPadded.for_output(x.shape, (1, 1), x.dtype)
+    target.data[:, target.offset : target.length - target.offset] = np.nan  # junk
+    assert conv.maxpool_backward(dout, cache, out=target.valid()) is not None
+    np.testing.assert_array_equal(target.valid(), conv.maxpool_backward(dout, cache))
+    with pytest.raises(ValueError, match="2x2"):
+        conv.maxpool_backward(*conv.maxpool_forward(x, (3, 3), (1, 1)), out=target.valid())
+
+
 @pytest.mark.parametrize("shape, size, stride", POOL_CASES)
 def test_fast_avgpool_matches_loop_reference(shape, size, stride):
     rng = np.random.default_rng(5)
