@@ -380,6 +380,12 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=Tr
     return (dx if need_input_grad else None), dweight, dbias
 
 
+def ran_flat(cache):
+    """Whether the conv2d_forward that made cache read its input on the flat layout, so that
+    conv2d_backward takes its output gradient as a FlatPadded too."""
+    return isinstance(cache[0], FlatPadded)
+
+
 def _flat_dout(dout, full_padding):
     """dout padded by k-1-p in the flat layout; a chained conv passes it in that layout."""
     if not isinstance(dout, FlatPadded):

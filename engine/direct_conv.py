@@ -17,13 +17,14 @@ grid has the very row and image lengths of the second conv's padded input (engin
 the second conv's input gradient comes in the same layout, junk on the borders; the relu mask,
 zero on every border cell, clears the junk, and what is left is the first conv's output
 gradient already padded for its own backward pass. Two pad copies and the strided relu passes
-are saved, and the bias add and relu run over one contiguous array.
+are saved, and the bias add and relu run over one contiguous array. In the same way a 2x2 max
+pool's gradient is written straight into the padded layout its conv's backward pass reads.
 """
 
 import numpy as np
 
 from engine.conv import (FlatPadded, conv2d_backward, conv2d_forward, flat_chain_padding, maxpool_backward,
-                         maxpool_forward, output_size, relu_in_place)
+                         maxpool_forward, output_size, ran_flat, relu_in_place)
 
 
 class DirectConvBlock:
@@ -80,8 +81,7 @@ class DirectConvBlock:
         if pool_cache is None:
             return conv2d_backward(dactivated, conv_cache, weight, need_input_grad)
         dbias = dactivated.sum(axis=(1, 2, 3))
-        padded = conv_cache[0]
-        if isinstance(padded, FlatPadded) and pool_cache[0] == "2x2":  # straight into the layout the conv reads it in
+        if ran_flat(conv_cache) and pool_cache[0] == "2x2":  # straight into the layout the conv reads it in
             full_padding = tuple(kernel - 1 - pad for kernel, pad in zip(weight.shape[2:], self.padding))
             dconv = FlatPadded.for_output(pool_cache[1], full_padding, dactivated.dtype)
             maxpool_backward(dactivated, pool_cache, out=dconv.valid())
