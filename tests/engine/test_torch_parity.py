@@ -95,6 +95,30 @@ def test_random_specs_match_pytorch(seed):
         np.testing.assert_allclose(model.grads[name], parameter.grad.numpy(), rtol=1e-7, atol=1e-12, err_msg=name)
 
 
+def test_chained_convs_match_pytorch():
+    """Convs that hand their output over in the next conv's padded layout (conv -> relu -> conv
+    padded by k - 1 - p; see engine.direct_conv), with different kernels, then a max pool."""
+    spec = {"input": [2, 11, 13], "layers": [
+        {"type": "conv", "filters": 4, "kernel": 3, "padding": 1}, {"type": "relu"},
+        {"type": "conv", "filters": 5, "kernel": [5, 3], "padding": 1}, {"type": "relu"},  # 3 - 1 - 1 = 1
+        {"type": "conv", "filters": 3, "kernel": 4, "padding": [3, 1]}, {"type": "relu"},  # (5 - 1 - 1, 3 - 1 - 1)
+        {"type": "maxpool", "size": 2},
+        {"type": "flatten"}, {"type": "dense", "units": 4}]}
+    model = engine.build_model(spec, seed=3, dtype=np.float64)
+    assert [block.out_padding for _, _, block in model.steps[:3]] == [(1, 1), (3, 1), None]
+    net = torch_twin(model)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((20, *model.input_shape))
+    labels = rng.integers(0, 4, 20)
+    _, dlogits = engine.softmax_cross_entropy(model.forward(x), labels)
+    dx = model.backward(dlogits)
+    inputs = torch.from_numpy(x).requires_grad_(True)
+    torch.nn.functional.cross_entropy(net(inputs), torch.from_numpy(labels)).backward()
+    np.testing.assert_allclose(dx, inputs.grad.numpy(), rtol=1e-7, atol=1e-12)
+    for name, parameter in net.named_parameters():
+        np.testing.assert_allclose(model.grads[name], parameter.grad.numpy(), rtol=1e-7, atol=1e-12, err_msg=name)
+
+
 def test_preset_models_match_pytorch_in_float32():
     for preset in ("small", "medium"):
         model = engine.build_model(preset, seed=0)
