@@ -286,8 +286,7 @@ def _flat_weight_grad(padded, dout_padded, kernel, out_hw):
     out_rows = dout_padded.shape[0]
     if not dout_padded.same_grid(padded):
         raise ValueError("dout_padded does not share the input's flat layout")
-    pad_h, pad_w = dout_padded.padding
-    grads = dout_padded.data[:, pad_h * padded.row + pad_w :]
+    grads = dout_padded.grid()  # dout at each window start q of the input's grid
     rows = padded.shape[0] * kernel[0] * kernel[1]
     dweight_rows = np.zeros((rows, out_rows), dtype=grads.dtype)
     product = np.empty((rows, out_rows), dtype=grads.dtype)
@@ -311,8 +310,7 @@ def _flat_grads_from_dout(padded, dout_padded, flipped_matrix, kernel, x_hw, int
     kernel_h, kernel_w = kernel
     channels, batch = padded.shape[:2]
     out_channels = dout_padded.shape[0]
-    pad_h, pad_w = padded.padding
-    inputs = padded.data[:, pad_h * padded.row + pad_w :]
+    inputs = padded.grid()  # x at each window start q of the dx grid
     dtype = dout_padded.data.dtype
     dx_grid = None if flipped_matrix is None else _output_grid(dout_padded, into, channels, dtype)
     flipped_rows = np.zeros((kernel_h * kernel_w * out_channels, channels), dtype=dtype)
