@@ -176,8 +176,8 @@ def test_a_message_is_received_whether_it_comes_before_during_or_after_the_polli
     with os.fdopen(read_end, "rb") as reader, os.fdopen(write_end, "wb") as writer:
         message = ("ok", np.arange(3).tolist())
         sender = threading.Timer(delay, partner._send, (writer, message))
+        started = time.perf_counter()  # before the timer starts: this thread may be descheduled after it
         sender.start()
-        started = time.perf_counter()
         assert partner._receive(reader, spin_seconds=0.002) == message
         assert time.perf_counter() - started >= delay * 0.9
         sender.join()
