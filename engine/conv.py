@@ -237,6 +237,12 @@ def _output_grid(padded, into, channels, dtype):
     return into.grid()
 
 
+def conv_output_shape(x_shape, weight_shape, stride, padding):
+    """(O, N, Ho, Wo): the shape of a conv's output for x (C, N, H, W) and weight (O, C, kh, kw)."""
+    return (weight_shape[0], x_shape[1], *(output_size(size, kernel, step, pad) for size, kernel, step, pad
+                                           in zip(x_shape[2:], weight_shape[2:], stride, padding)))
+
+
 def _pad_for_windows(x, kernel, stride, padding, out_hw):
     """x zero-padded for the windows of a conv: a FlatPadded when the flat layout fits (x
     itself when it is one already, padded as the conv wants), else an ordinary padded array."""
@@ -266,8 +272,7 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), into=None):
         raise ValueError(f"conv weight expects {in_channels} input channels, input has {channels}")
     stride = tuple(stride)
     padding = tuple(padding)
-    out_h = output_size(height, kernel_h, stride[0], padding[0])
-    out_w = output_size(width, kernel_w, stride[1], padding[1])
+    out_h, out_w = conv_output_shape(x.shape, weight.shape, stride, padding)[2:]
     padded = _pad_for_windows(x, (kernel_h, kernel_w), stride, padding, (out_h, out_w))
     if into is not None and not isinstance(padded, FlatPadded):
         raise ValueError("a conv writes into a flat layout only from a flat layout")
@@ -351,7 +356,7 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=Tr
     if need_bias_grad:  # border cells of a flat dout are zero
         dbias = (dout.data if isinstance(dout, FlatPadded) else dout.reshape(out_channels, -1)).sum(axis=1)
     full_convolution = need_input_grad and stride == (1, 1) and padding[0] < kernel_h and padding[1] < kernel_w
-    full_padding = (kernel_h - 1 - padding[0], kernel_w - 1 - padding[1])
+    full_padding = _full_padding(kernel, padding)
     flipped = None
     if full_convolution:
         flipped = weight[:, :, ::-1, ::-1].transpose(1, 2, 3, 0).reshape(channels, kernel_h * kernel_w * out_channels)
@@ -378,10 +383,19 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=Tr
     return (dx if need_input_grad else None), dweight, dbias
 
 
-def ran_flat(cache):
-    """Whether the conv2d_forward that made cache read its input on the flat layout, so that
-    conv2d_backward takes its output gradient as a FlatPadded too."""
-    return isinstance(cache[0], FlatPadded)
+def _full_padding(kernel, padding):
+    """k - 1 - p: how the output gradient is padded for the input gradient (a full convolution)."""
+    return (kernel[0] - 1 - padding[0], kernel[1] - 1 - padding[1])
+
+
+def output_gradient_layout(cache, weight, dtype):
+    """An unfilled FlatPadded (FlatPadded.for_output) for the output gradient of the conv that
+    made cache, padded as conv2d_backward reads it, for whoever computes that gradient to write
+    straight into; None when the conv did not run on the flat layout."""
+    padded, x_shape, stride, padding, out_hw, _ = cache
+    if not isinstance(padded, FlatPadded):
+        return None
+    return FlatPadded.for_output((weight.shape[0], x_shape[1], *out_hw), _full_padding(weight.shape[2:], padding), dtype)
 
 
 def _flat_dout(dout, full_padding):

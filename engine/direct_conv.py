@@ -23,8 +23,8 @@ pool's gradient is written straight into the padded layout its conv's backward p
 
 import numpy as np
 
-from engine.conv import (FlatPadded, conv2d_backward, conv2d_forward, flat_chain_padding, maxpool_backward,
-                         maxpool_forward, output_size, ran_flat, relu_in_place)
+from engine.conv import (FlatPadded, conv2d_backward, conv2d_forward, conv_output_shape, flat_chain_padding,
+                         maxpool_backward, maxpool_forward, output_gradient_layout, relu_in_place)
 
 
 class DirectConvBlock:
@@ -61,11 +61,8 @@ class DirectConvBlock:
         return out, (conv_cache, pool_cache, out)
 
     def _forward_chained(self, x, weight, bias):
-        channels, batch, height, width = x.shape
-        kernel_h, kernel_w = weight.shape[2:]
-        out_hw = (output_size(height, kernel_h, self.stride[0], self.padding[0]),
-                  output_size(width, kernel_w, self.stride[1], self.padding[1]))
-        out = FlatPadded.for_output((weight.shape[0], batch, *out_hw), self.out_padding, x.dtype)
+        out = FlatPadded.for_output(conv_output_shape(x.shape, weight.shape, self.stride, self.padding),
+                                    self.out_padding, x.dtype)
         _, conv_cache = conv2d_forward(x, weight, None, self.stride, self.padding, into=out)
         out.data += bias.astype(x.dtype, copy=False).reshape(-1, 1)
         relu_in_place(out.data)
@@ -81,9 +78,8 @@ class DirectConvBlock:
         if pool_cache is None:
             return conv2d_backward(dactivated, conv_cache, weight, need_input_grad)
         dbias = dactivated.sum(axis=(1, 2, 3))
-        if ran_flat(conv_cache) and pool_cache[0] == "2x2":  # straight into the layout the conv reads it in
-            full_padding = tuple(kernel - 1 - pad for kernel, pad in zip(weight.shape[2:], self.padding))
-            dconv = FlatPadded.for_output(pool_cache[1], full_padding, dactivated.dtype)
+        dconv = output_gradient_layout(conv_cache, weight, dactivated.dtype) if pool_cache[0] == "2x2" else None
+        if dconv is not None:  # straight into the layout the conv's backward pass reads it in
             maxpool_backward(dactivated, pool_cache, out=dconv.valid())
             dconv.zero_border()
         else:
