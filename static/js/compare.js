@@ -10,7 +10,7 @@
  * State lives in `view`; drawing reads it. window.__kernelscope.compare exposes what was drawn.
  */
 
-import { divergingColor, maxAbs } from "./filters.js";
+import { divergingColor, maxAbs, paintGrid } from "./filters.js";
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
 const ACTIVE = new Set(["queued", "running", "paused"]);
@@ -26,28 +26,6 @@ export const DEFAULT_INITS = [
   { label: "he_normal", init: "he_normal" },
   { label: "kernel bank", init: { name: "kernel", kernels: ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"], fallback: "he_normal" } },
 ];
-
-/* Kernels (k×k grids) on one canvas in a near-square grid, one pixel per weight, 1 px apart. */
-export function paintGrid(canvas, tiles, colorOf) {
-  const h = tiles[0].length, w = tiles[0][0].length;
-  const cols = Math.ceil(Math.sqrt(tiles.length * 2));   // wider than tall: cards are wide
-  const rows = Math.ceil(tiles.length / cols);
-  canvas.width = cols * (w + 1) - 1;
-  canvas.height = rows * (h + 1) - 1;
-  const ctx = canvas.getContext("2d");
-  const image = ctx.createImageData(canvas.width, canvas.height);
-  tiles.forEach((tile, t) => {
-    const top = Math.floor(t / cols) * (h + 1), left = (t % cols) * (w + 1);
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) {
-        const [r, g, b] = colorOf(tile[y][x]);
-        const o = 4 * ((top + y) * canvas.width + left + x);
-        image.data[o] = r; image.data[o + 1] = g; image.data[o + 2] = b; image.data[o + 3] = 255;
-      }
-    }
-  });
-  ctx.putImageData(image, 0, 0);
-}
 
 /* Labels go in legends: "kernel(x, plus, sobel_x, sobel_y, laplacian, identity)" becomes "kernel(x, plus, …)". */
 function shortLabel(label) {

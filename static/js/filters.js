@@ -47,26 +47,46 @@ export function maxAbs(nested) {
   return m;
 }
 
-/* Paint 2-D arrays side by side (1 transparent px apart) on one canvas. */
-export function paintTiles(canvas, tiles, colorOf) {
+/* Paint 2-D arrays (all h×w) on one canvas, `cols` to a row, one pixel per value and
+   1 transparent px apart. */
+function paintTable(canvas, tiles, cols, colorOf) {
   const h = tiles[0].length, w = tiles[0][0].length;
-  const width = tiles.length * (w + 1) - 1;
-  if (canvas.width !== width || canvas.height !== h) {
+  const rows = Math.ceil(tiles.length / cols);
+  const width = cols * (w + 1) - 1, height = rows * (h + 1) - 1;
+  if (canvas.width !== width || canvas.height !== height) {
     canvas.width = width;
-    canvas.height = h;
+    canvas.height = height;
   }
   const ctx = canvas.getContext("2d");
-  const image = ctx.createImageData(width, h);
+  const image = ctx.createImageData(width, height);
   tiles.forEach((tile, t) => {
+    const top = Math.floor(t / cols) * (h + 1), left = (t % cols) * (w + 1);
     for (let y = 0; y < h; y++) {
       for (let x = 0; x < w; x++) {
         const [r, g, b] = colorOf(tile[y][x]);
-        const o = 4 * (y * width + t * (w + 1) + x);
+        const o = 4 * ((top + y) * width + left + x);
         image.data[o] = r; image.data[o + 1] = g; image.data[o + 2] = b; image.data[o + 3] = 255;
       }
     }
   });
   ctx.putImageData(image, 0, 0);
+}
+
+/* Paint 2-D arrays side by side, in one row. */
+export function paintTiles(canvas, tiles, colorOf) {
+  paintTable(canvas, tiles, tiles.length, colorOf);
+}
+
+/* Columns and rows of the near-square table paintGrid lays `count` tiles out in: about
+   twice as wide as tall, since cards are wide (8 tiles: 4 x 2; 16: 6 x 3; 3: 3 x 1). */
+export function tileGrid(count) {
+  const cols = Math.max(1, Math.min(count, Math.ceil(Math.sqrt(count * 2))));
+  return { cols, rows: Math.ceil(count / cols) };
+}
+
+/* Paint 2-D arrays in the near-square table of tileGrid. */
+export function paintGrid(canvas, tiles, colorOf) {
+  paintTable(canvas, tiles, tileGrid(tiles.length).cols, colorOf);
 }
 
 export function drawDiverging(canvas, grid, scale) {
@@ -143,16 +163,18 @@ export class FilterLayerView {
     this.grid = el("div", "filter-grid");
     this.cards = [];
     const shown = Math.min(channels, MAX_CHANNELS_SHOWN);
-    // css px per weight: large for single-channel first layers, compact for deep ones
-    const cell = shown === 1 ? (kh <= 3 ? 16 : kh <= 5 ? 12 : 8) : (kh <= 3 ? 5 : 4);
-    const cardWidth = Math.max(112, (shown * (kw + 1) - 1) * cell + 8);
+    // a filter's input channels as a small table of kernels; css px per weight: large for
+    // single-channel first layers, compact for deep ones
+    const { cols, rows } = tileGrid(shown);
+    const cell = shown === 1 ? (kh <= 3 ? 16 : kh <= 5 ? 12 : 8) : (kh <= 3 ? 7 : kh <= 5 ? 5 : 4);
+    const cardWidth = Math.max(112, (cols * (kw + 1) - 1) * cell + 8);
     this.grid.style.gridTemplateColumns = `repeat(auto-fill, minmax(${cardWidth}px, 1fr))`;
     for (let f = 0; f < filters; f++) {
       const card = el("figure", "filter-card");
       card.dataset.filter = String(f);
       const canvas = el("canvas", "kernel");
-      canvas.style.width = `${(shown * (kw + 1) - 1) * cell}px`;
-      canvas.style.height = `${kh * cell}px`;
+      canvas.style.width = `${(cols * (kw + 1) - 1) * cell}px`;
+      canvas.style.height = `${(rows * (kh + 1) - 1) * cell}px`;
       const label = el("figcaption", "detector-label", "");
       card.append(canvas, label);
       this.grid.append(card);
@@ -172,7 +194,7 @@ export class FilterLayerView {
       const scale = scaling === "filter" ? maxAbs(filter) : layerScale;
       const tiles = filter.slice(0, MAX_CHANNELS_SHOWN);
       const { canvas, label, card } = this.cards[f];
-      paintTiles(canvas, tiles, (v) => divergingColor(scale > 0 ? v / scale : 0));
+      paintGrid(canvas, tiles, (v) => divergingColor(scale > 0 ? v / scale : 0));
       canvas.title = `filter ${f}: max |w| = ${maxAbs(filter).toPrecision(3)}, bias = ${Number(layer.bias?.[f] ?? 0).toPrecision(3)}`;
       const det = (layer.detectors || []).find((d) => d.filter === f) ?? layer.detectors?.[f];
       label.textContent = detectorText(det);

@@ -112,6 +112,26 @@ def test_diverging_colormap_is_white_at_zero_and_symmetric(modules):
     assert colors[2][2] > colors[2][0] and colors[4][0] > colors[4][2]   # blue below zero, red above
 
 
+def test_a_filters_input_channels_are_drawn_as_a_table_of_kernels(modules):
+    """Eight 3x3 kernels (a filter over 8 input channels) go in a 4 x 2 table, 1 px apart: each
+    kernel's marked weight is painted at its own cell, and the gaps stay transparent."""
+    got = modules.evaluate("""async () => {
+        const { paintGrid, tileGrid } = await import('/static/js/filters.js');
+        const tiles = Array.from({length: 8}, (_, t) => [[0, 0, 0], [0, 0, t % 2 ? -1 : 1], [0, 0, 0]]);
+        const canvas = document.createElement('canvas');
+        paintGrid(canvas, tiles, (v) => [v > 0 ? 255 : 0, 0, v < 0 ? 255 : 0]);
+        const pixel = (x, y) => Array.from(canvas.getContext('2d').getImageData(x, y, 1, 1).data);
+        return {size: [canvas.width, canvas.height], grids: [1, 3, 8, 16].map((n) => tileGrid(n)),
+                marked: tiles.map((_, t) => pixel((t % 4) * 4 + 2, Math.floor(t / 4) * 4 + 1)),
+                gap: pixel(3, 0), rowGap: pixel(0, 3), plain: pixel(0, 0)};
+    }""")
+    assert got["size"] == [4 * 4 - 1, 2 * 4 - 1]
+    assert got["grids"] == [{"cols": 1, "rows": 1}, {"cols": 3, "rows": 1}, {"cols": 4, "rows": 2}, {"cols": 6, "rows": 3}]
+    assert got["marked"] == [[0, 0, 255, 255] if t % 2 else [255, 0, 0, 255] for t in range(8)]
+    assert got["gap"][3] == 0 and got["rowGap"][3] == 0
+    assert got["plain"] == [0, 0, 0, 255]
+
+
 def test_init_figures_on_the_page_agree_with_the_engine(modules):
     """The σ or bound the setup panel shows for a layer is the engine's own for that shape."""
     from engine.initializers import INITIALIZERS

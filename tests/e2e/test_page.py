@@ -59,6 +59,14 @@ def kernel_images(page, layer):
     return page.eval_on_selector_all(f'.layer-panel[data-layer="{layer}"] canvas.kernel', "cs => cs.map(c => c.toDataURL())")
 
 
+def kernel_pixel(shape, c, i, j):
+    """(x, y) on a filter's canvas of weight (c, i, j), for a layer of weights shape (O, C, kh, kw):
+    the filter's input channels are drawn as a table of kernels, cols = ceil(sqrt(2 C)) to a row."""
+    kh, kw = shape[2], shape[3]
+    cols = max(1, min(shape[1], math.ceil(math.sqrt(2 * shape[1]))))
+    return (c % cols) * (kw + 1) + j, (c // cols) * (kh + 1) + i
+
+
 def loss_points(page):
     return page.evaluate("window.__kernelscope.charts.loss.pointCount('train')")
 
@@ -146,10 +154,10 @@ def test_history_slider_step_zero_equals_rest_snapshot(page, server, api, traine
     # the largest |weight| of layer 0 is drawn in the colormap's end colour (per-layer scaling)
     weight = np.array(rest["layers"][0]["weight"])
     f, c, i, j = np.unravel_index(np.abs(weight).argmax(), weight.shape)
-    kw = weight.shape[3]
+    x, y = kernel_pixel(weight.shape, c, i, j)
     pixel = page.eval_on_selector(
         f'.layer-panel[data-layer="{rest["layers"][0]["index"]}"] .filter-card[data-filter="{f}"] canvas.kernel',
-        f"c => Array.from(c.getContext('2d').getImageData({c * (kw + 1) + j}, {i}, 1, 1).data.slice(0, 3))")
+        f"c => Array.from(c.getContext('2d').getImageData({x}, {y}, 1, 1).data.slice(0, 3))")
     assert pixel == ([178, 24, 43] if weight[f, c, i, j] > 0 else [33, 102, 172])
 
     # per-filter scaling: every filter's own largest |weight| reaches the end colour
@@ -157,9 +165,10 @@ def test_history_slider_step_zero_equals_rest_snapshot(page, server, api, traine
     assert "scale=filter" in page.evaluate("location.hash")
     for f in range(weight.shape[0]):
         c, i, j = np.unravel_index(np.abs(weight[f]).argmax(), weight[f].shape)
+        x, y = kernel_pixel(weight.shape, c, i, j)
         pixel = page.eval_on_selector(
             f'.layer-panel[data-layer="{rest["layers"][0]["index"]}"] .filter-card[data-filter="{f}"] canvas.kernel',
-            f"c => Array.from(c.getContext('2d').getImageData({c * (kw + 1) + j}, {i}, 1, 1).data.slice(0, 3))")
+            f"c => Array.from(c.getContext('2d').getImageData({x}, {y}, 1, 1).data.slice(0, 3))")
         assert pixel == ([178, 24, 43] if weight[f, c, i, j] > 0 else [33, 102, 172]), f"filter {f}"
     page.click('[data-scaling="layer"]')
 
