@@ -61,13 +61,14 @@ export class LineChart {
     this.names = [];            // trace order
     this.pending = new Map();   // name -> {x: [], y: []}
     this.counts = new Map();    // name -> number of points drawn
+    this.yExtent = null;        // [lowest, highest] y drawn, for the ticks of a log axis
     const layout = {
       title: { text: options.title ?? "", font: { size: 13 }, x: 0.02, xanchor: "left" },
       margin: { l: 48, r: 10, t: 30, b: 30 },
       xaxis: { title: { text: "step", font: { size: 11 } }, zeroline: false, automargin: true },
       yaxis: { type: options.log ? "log" : "linear", zeroline: false, automargin: true,
                exponentformat: "e", range: options.yRange,
-               ...(options.log ? { dtick: "D2", tickformat: ".0e" } : {}) },
+               ...(options.log ? { tickformat: ".0e", dtick: "D2" } : {}) },
       legend: { orientation: "h", y: 1.02, x: 1, xanchor: "right", yanchor: "bottom", font: { size: 10 } },
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "#ffffff",
@@ -103,6 +104,7 @@ export class LineChart {
     const p = this.pending.get(name);
     p.x.push(x);
     p.y.push(y);
+    this._widen([y]);
     dirtyCharts.add(this);
     scheduleFlush();
   }
@@ -119,6 +121,24 @@ export class LineChart {
     }
     this.pending.clear();
     window.Plotly.extendTraces(this.element, { x: xs, y: ys }, indices);
+    this._fitLogTicks();
+  }
+
+  _widen(ys) {
+    if (!this.options.log || !ys.length) return;
+    let [low, high] = this.yExtent ?? [Infinity, -Infinity];
+    for (const y of ys) { if (y < low) low = y; if (y > high) high = y; }
+    this.yExtent = [low, high];
+  }
+
+  /* A log axis gets a labelled tick at 1, 2 and 5 of each power of ten while it spans a
+     couple of decades, and one per decade (two, past six) once it spans more: beyond that
+     the labels would overlap on these small charts. */
+  _fitLogTicks() {
+    if (!this.options.log || !this.yExtent) return;
+    const decades = Math.log10(this.yExtent[1] / this.yExtent[0]);
+    const dtick = decades > 6 ? 2 : decades > 2 ? 1 : "D2";
+    if (this.element.layout?.yaxis?.dtick !== dtick) window.Plotly.relayout(this.element, { "yaxis.dtick": dtick });
   }
 
   /* Replace a whole series (e.g. the metrics history of an opened run). */
@@ -128,6 +148,8 @@ export class LineChart {
     this.pending.delete(name);
     window.Plotly.restyle(this.element, { x: [keep.map((i) => xs[i])], y: [keep.map((i) => ys[i])] }, [index]);
     this.counts.set(name, keep.length);
+    this._widen(keep.map((i) => ys[i]));
+    this._fitLogTicks();
   }
 
   /* Number of points drawn in a series (what the page shows, for tests). */
@@ -139,6 +161,7 @@ export class LineChart {
     dirtyCharts.delete(this);
     this.pending.clear();
     this.counts.clear();
+    this.yExtent = null;
     if (this.names.length) window.Plotly.deleteTraces(this.element, this.names.map((_, i) => i));
     this.names = [];
   }

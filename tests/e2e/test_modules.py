@@ -132,6 +132,32 @@ def test_a_filters_input_channels_are_drawn_as_a_table_of_kernels(modules):
     assert got["plain"] == [0, 0, 0, 255]
 
 
+def test_log_charts_label_each_decade_once_they_span_several(modules):
+    """Gradient scales span many decades: a log chart then labels one tick per decade (two
+    past six decades) so the labels do not overlap; a narrow range keeps 1-2-5 ticks."""
+    ticks = modules.evaluate("""async () => {
+        const { LineChart } = await import('/static/js/charts.js');
+        const div = document.createElement('div');
+        div.style.width = '300px'; div.style.height = '200px';
+        document.body.append(div);
+        const chart = new LineChart(div, {title: 'gradient std', log: true});
+        const seen = [];
+        for (const [low, high] of [[1, 5], [1e-5, 1e-2], [1e-9, 1e-1], [0.2, 3]]) {
+            chart.reset();
+            chart.setSeries('conv 0', [0, 1, 2], [low, Math.sqrt(low * high), high]);
+            seen.push(div.layout.yaxis.dtick);
+        }
+        chart.reset();
+        chart.addDataPoint('conv 0', 0, 1e-6);
+        chart.addDataPoint('conv 0', 1, 1e-3);
+        chart.flush();
+        seen.push(div.layout.yaxis.dtick);
+        div.remove();
+        return seen;
+    }""")
+    assert ticks == ["D2", 1, 2, "D2", 1]
+
+
 def test_init_figures_on_the_page_agree_with_the_engine(modules):
     """The σ or bound the setup panel shows for a layer is the engine's own for that shape."""
     from engine.initializers import INITIALIZERS
