@@ -490,6 +490,9 @@ function updateProgress(step) {
   const fraction = total ? Math.min(1, done / total) : 0;
   $("progress-fill").style.width = `${(fraction * 100).toFixed(1)}%`;
   $("progress-text").textContent = total ? `${done} / ${total}` : `${done}`;
+  // the run list polls every few seconds; keep the open run's line in step with the stream
+  const listed = document.querySelector(`#run-list li[data-run="${CSS.escape(String(state.run.id))}"] .run-progress`);
+  if (listed) listed.textContent = `${done}/${total || "?"}`;
 }
 
 function updateRunHeader(message) {
@@ -561,8 +564,10 @@ async function refreshRunList() {
     title.textContent = `${run.id}`;
     const meta = document.createElement("span");
     meta.className = "run-meta";
-    meta.textContent = `${model} · ${initName} · ${run.step ?? 0}/${run.steps ?? run.config?.steps ?? "?"}`
-      + (run.meta?.origin ? ` · ${run.meta.origin}` : "");
+    const progress = document.createElement("span");
+    progress.className = "run-progress";
+    progress.textContent = `${run.step ?? 0}/${run.steps ?? run.config?.steps ?? "?"}`;
+    meta.append(`${model} · ${initName} · `, progress, run.meta?.origin ? ` · ${run.meta.origin}` : "");
     const badge = document.createElement("span");
     badge.className = `badge status-${run.status}`;
     badge.textContent = run.status;
@@ -570,6 +575,7 @@ async function refreshRunList() {
     button.addEventListener("click", () => openRun(run.id, { loadConfig: true }));
     li.append(button);
     list.append(li);
+    if (state.run && String(state.run.id) === String(run.id)) updateProgress(run.step);  // the newer of list and stream
   }
   markCurrentRun();
 }

@@ -114,6 +114,14 @@ def test_start_run_from_page_filters_move_labels_appear_loss_grows(page, server,
     assert sum(a != b for a, b in zip(first_images, later_images)) >= len(first_images) // 2, \
         "most filter canvases should look different after 100 steps"
 
+    # the run list is polled every few seconds, but the open run's line keeps up with the stream
+    page.wait_for_selector("#run-list li.current .run-progress")
+    for _ in range(3):
+        listed, header = page.evaluate("""() => [document.querySelector('#run-list li.current .run-progress').textContent,
+                                                document.getElementById('progress-text').textContent.replace(/ /g, '')]""")
+        assert listed == header
+        page.wait_for_timeout(400)
+
     labels = page.eval_on_selector_all('.layer-panel[data-layer="0"] .detector-label', "ls => ls.map(l => l.textContent)")
     assert len(labels) == 8 and all(re.fullmatch(r"[a-z_ ]+\?? \d\.\d\d", text) for text in labels), labels
     page.wait_for_function(f"window.__kernelscope.charts.loss.pointCount('train') > {points_before + 50}")
