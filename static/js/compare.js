@@ -47,7 +47,7 @@ const PLOT_LAYOUT = {
   paper_bgcolor: "rgba(0,0,0,0)",
   plot_bgcolor: "#ffffff",
   font: { family: "system-ui, sans-serif", size: 11, color: "#1f2937" },
-  legend: { orientation: "h", y: -0.25, font: { size: 10 } },
+  showlegend: false,  // one legend above the three charts (the colours are the cards' swatches too)
   uirevision: "keep",
 };
 
@@ -109,6 +109,7 @@ export function mountCompare(context) {
   const followButton = el("button", { type: "button", class: "live", id: "compare-follow" }, "● newest");
   sliderBar.append(followButton, slider, stepText);
 
+  const legend = el("div", { class: "compare-legend", id: "compare-legend" });
   const charts = el("div", { class: "compare-charts" });
   const lossDiv = el("div", { class: "chart", id: "compare-loss" });
   const actDiv = el("div", { class: "chart", id: "compare-act" });
@@ -116,7 +117,7 @@ export function mountCompare(context) {
   charts.append(lossDiv, actDiv, symDiv);
   const cards = el("div", { class: "compare-cards", id: "compare-cards" });
   const empty = el("p", { class: "empty" }, "Start a comparison, or open an earlier one.");
-  root.append(intro, controls, empty, sliderBar, charts, cards);
+  root.append(intro, controls, empty, sliderBar, legend, charts, cards);
 
   // ---------------------------------------------------------------- loading
   async function start(base, inits, name) {
@@ -204,6 +205,14 @@ export function mountCompare(context) {
   function drawCards(snapshots, step) {
     const keys = view.runs.map((r) => r.id).join(",");
     if (cards.dataset.keys !== keys) {
+      legend.replaceChildren(...view.runs.map((run) => {
+        const entry = el("span", { class: "compare-legend-entry" });
+        const swatch = el("span", { class: "compare-swatch" });
+        swatch.style.background = run.color;
+        entry.append(swatch, run.label);
+        entry.title = run.label;
+        return entry;
+      }));
       cards.replaceChildren(...view.runs.map((run) => {
         const card = el("div", { class: "compare-card panel", "data-run": run.id });
         const head = el("div", { class: "compare-card-head" });

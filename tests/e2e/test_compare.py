@@ -3,6 +3,7 @@ from the page (constant filters stay identical, He's diverge), the init probe
 against its theory, the kernel editor putting a frozen X into a paused run,
 and the fork / download buttons of the history bar."""
 
+import re
 import time
 
 import numpy as np
@@ -27,6 +28,11 @@ def tiny_form(page):
     page.select_option("#f-preset", "small")
     for selector, value in (("#f-batch", "16"), ("#f-steps", "40"), ("#f-every", "10")):
         set_field(page, selector, value)
+
+
+def rgb_to_hex(css):
+    """'rgb(37, 99, 235)' -> '#2563eb'."""
+    return "#" + "".join(f"{int(v):02x}" for v in re.findall(r"\d+", css)[:3])
 
 
 def test_compare_constant_vs_he_side_by_side(page, server):
@@ -59,6 +65,12 @@ def test_compare_constant_vs_he_side_by_side(page, server):
     assert page.text_content("#compare-step") == "step 0"
     # the loss curves of both runs are overlaid in one chart
     assert page.evaluate("document.getElementById('compare-loss').data.length") == 2
+    # one legend names the runs in their chart colours, above all three charts
+    legend = page.locator("#compare-legend .compare-legend-entry")
+    assert legend.all_text_contents() == ["constant", "he_normal"]
+    colours = page.evaluate("document.getElementById('compare-loss').data.map(t => t.line.color)")
+    swatches = legend.locator(".compare-swatch").evaluate_all("ss => ss.map(s => s.style.background)")
+    assert len(set(colours)) == 2 and all(c.lower() in {rgb_to_hex(s) for s in swatches} for c in colours)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "compare-view.png"), full_page=True)
 
