@@ -110,10 +110,11 @@ export function mountProbe(context) {
     });
     window.Plotly.react(div, traces, {
       title: { text: title, font: { size: 13 } },
-      margin: { l: 56, r: 10, t: 30, b: 40 },
+      margin: { l: 56, r: 10, t: 30, b: 96 },
       xaxis: { title: { text: "layer (depth)" } },
       yaxis: { type: "log", exponentformat: "e" },
-      legend: { orientation: "h", y: -0.3, font: { size: 10 } },
+      // at the bottom of the whole chart, under the axis title (up to three rows of entries)
+      legend: { orientation: "h", yref: "container", y: 0, yanchor: "bottom", font: { size: 10 } },
       paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#ffffff",
       font: { family: "system-ui, sans-serif", size: 11, color: "#1f2937" },
     }, { displayModeBar: false, responsive: true });
