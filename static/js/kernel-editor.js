@@ -10,6 +10,8 @@
  * The learner then watches whether the seeded detector persists, drifts or is relearned.
  */
 
+import { divergingColor } from "./filters.js";
+
 const PATTERNS = {
   x: (k) => grid(k, (i, j) => (i === j || i + j === k - 1 ? 1 : -1)),
   plus: (k) => grid(k, (i, j) => (i === (k >> 1) || j === (k >> 1) ? 1 : -1)),
@@ -126,12 +128,12 @@ export function mountKernelEditor(context) {
     draw();
   });
 
-  function cellColor(v, peak) {
+  /* The filter views' colormap (blue < 0 < red), with white digits on the dark ends. */
+  function paintCell(cell, v, peak) {
     const t = peak > 0 ? v / peak : 0;
-    const r = t > 0 ? 255 : Math.round(255 * (1 + t));
-    const b = t < 0 ? 255 : Math.round(255 * (1 - t));
-    const g = Math.round(255 * (1 - Math.abs(t)));
-    return `rgb(${r}, ${g}, ${b})`;
+    const [r, g, b] = divergingColor(t);
+    cell.style.background = `rgb(${r}, ${g}, ${b})`;
+    cell.style.color = Math.abs(t) > 0.6 ? "#ffffff" : "#111827";
   }
 
   function draw() {
@@ -141,7 +143,7 @@ export function mountKernelEditor(context) {
     values.forEach((row, i) => row.forEach((v, j) => {
       const cell = el("button", { type: "button", class: "ke-cell", "data-row": String(i), "data-col": String(j) },
         Number(v.toFixed(2)).toString());
-      cell.style.background = cellColor(v, peak);
+      paintCell(cell, v, peak);
       cell.title = "click: +1 → −1 → 0; right-click: type a value";
       cell.addEventListener("click", () => {
         values[i][j] = v > 0 ? -1 : v < 0 ? 0 : 1;
