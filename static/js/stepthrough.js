@@ -282,8 +282,11 @@ export class StepThrough {
       span.className = "st-term stored";
       // the server rounds feature maps to 4 significant digits of the map's largest value
       const agrees = Math.abs(stored - r.value) <= 2e-3 * Math.max(maxAbs(ctx.stored), 1e-6);
-      span.innerHTML = `<small>feature map holds</small><b>${Number(stored).toPrecision(5)}</b>`;
-      span.title = agrees ? "matches the feature map the server computed" : "differs from the server's feature map by more than its rounding";
+      // shown as stored (its rounded digits only), not padded out to look as precise as the sum
+      span.innerHTML = `<small>feature map holds (rounded)</small><b>${String(Number(stored))}</b>`;
+      span.title = agrees
+        ? "matches the feature map the server computed; snapshots round maps and probe images to 4 significant digits of their largest value, so the last digits differ"
+        : "differs from the server's feature map by more than its rounding";
       span.classList.toggle("mismatch", !agrees);
       eq.append(span);
     }
