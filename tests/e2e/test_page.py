@@ -237,6 +237,10 @@ def test_click_feature_map_pixel_steps_through_the_right_sum(page, server, api, 
     assert abs(stored[shown["y"], shown["x"]] - value) <= 2e-3 * np.abs(stored).max()
     assert float(page.get_attribute("#st-equation", "data-value")) == pytest.approx(value, rel=1e-9, abs=1e-12)
     assert page.evaluate(f"({value!r}).toPrecision(5)") in page.text_content("#st-equation")
+    # the stored value is shown with the digits the snapshot has, not padded to look exact
+    held = page.text_content("#st-equation .st-term.stored b")
+    in_snapshot = float(stored[shown["y"], shown["x"]])
+    assert held == page.evaluate("v => String(v)", in_snapshot)
 
     # the next position slides the window one pixel to the right
     page.click("#st-next")
