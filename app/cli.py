@@ -219,26 +219,35 @@ def list_runs(data: Optional[Path] = DataOption) -> None:
     if not runs:
         console.print(f"no runs in {settings.data_dir}")
         return
+    columns = ("id", "status", "step", "model", "init", "loss", "acc", "val_acc", "created")
+    rows = [_run_row(run) for run in runs]
+    if not console.is_terminal:  # piped or redirected: whole values, one tab-separated line per run
+        for row in (columns, *rows):
+            print("\t".join(row))
+        return
     table = Table(title=f"runs in {settings.data_dir}")
-    for column in ("id", "status", "step", "model", "init", "loss", "acc", "val_acc", "created"):
+    for column in columns:
         table.add_column(column, justify="right" if column in ("step", "loss", "acc", "val_acc") else "left",
                          no_wrap=column in ("id", "status", "step"))
-    for run in runs:
-        config, metrics = run["config"], run["metrics"] or {}
-        model = config.get("model") if isinstance(config.get("model"), str) else "custom"
-        init = config.get("init")
-        init = init.get("name") if isinstance(init, dict) else init
-
-        def number(key):
-            value = metrics.get(key)
-            return "-" if value is None else f"{value:.3f}"
-
-        table.add_row(
-            run["id"], run["status"], f"{run['step']}/{config.get('steps', '?')}", str(model), str(init),
-            number("loss"), number("acc"), number("val_acc"),
-            datetime.fromtimestamp(run["created"]).strftime("%Y-%m-%d %H:%M"),
-        )
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+
+
+def _run_row(run) -> tuple:
+    """One run as the text cells of `kernelscope runs`."""
+    config, metrics = run["config"], run["metrics"] or {}
+    model = config.get("model") if isinstance(config.get("model"), str) else "custom"
+    init = config.get("init")
+    init = init.get("name") if isinstance(init, dict) else init
+
+    def number(key):
+        value = metrics.get(key)
+        return "-" if value is None else f"{value:.3f}"
+
+    return (run["id"], run["status"], f"{run['step']}/{config.get('steps', '?')}", str(model), str(init),
+            number("loss"), number("acc"), number("val_acc"),
+            datetime.fromtimestamp(run["created"]).strftime("%Y-%m-%d %H:%M"))
 
 
 def main() -> None:

@@ -148,7 +148,12 @@ def test_cli_train_stores_a_run_the_server_lists(data_dir):
     assert result.exit_code == 0, result.output
     assert "completed at step 20" in result.output
     listed = runner.invoke(cli, ["runs", "--data", str(data_dir)])
-    assert listed.exit_code == 0 and "completed" in listed.output
+    assert listed.exit_code == 0
+    # piped, the list is tab-separated with whole values (a table cut to 80 columns would read "glo…")
+    header, line = [row.split("\t") for row in listed.output.strip().splitlines()]
+    assert header == ["id", "status", "step", "model", "init", "loss", "acc", "val_acc", "created"]
+    row = dict(zip(header, line))
+    assert (row["status"], row["step"], row["model"], row["init"]) == ("completed", "20/20", "small", "normal")
     with TestClient(create_app(make_settings(data_dir))) as client:
         (run,) = client.get("/api/runs").json()["runs"]
         assert run["status"] == "completed" and run["step"] == 20
