@@ -32,8 +32,8 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-error_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # messages stay one line each when piped (no wrapping at 80 columns)
+error_console = Console(stderr=True, soft_wrap=True)
 
 DataOption = typer.Option(None, "--data", help="data directory (default: $KERNELSCOPE_DATA or ./kernelscope-data)")
 
