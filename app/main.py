@@ -28,6 +28,7 @@ from app.routes import runs as run_routes
 from app.runs import RunManager, install_shutdown_signal_hook
 from app.settings import Settings
 from app.store import Store
+from engine.optimizers import OPTIMIZERS
 
 # Routers written in other files of the project; included when present.
 OPTIONAL_ROUTERS = ("pages", "teaching")
@@ -43,9 +44,19 @@ def _field_of(error: dict) -> str:
 _NAMED = re.compile(r"^[A-Za-z_][\w.\[\]]*: ")
 
 
+# Settings of some engine optimizer ("lr", "momentum", ...): sent beside "optimizer" instead of in it,
+# they get a hint saying where they go.
+OPTIMIZER_SETTINGS = frozenset(name for optimizer in OPTIMIZERS.values() for name in optimizer.defaults)
+
+
 def _readable(error: dict) -> str:
     """'field: problem' for one FastAPI/pydantic error entry."""
     field = _field_of(error)
+    if error.get("type") == "extra_forbidden":
+        misplaced = field.rsplit(".", 1)[-1] in OPTIMIZER_SETTINGS
+        return f"{field}: not a field here" + (
+            ' (an optimizer setting goes inside "optimizer", e.g. {"optimizer": {"name": "sgd", "lr": 0.05}})'
+            if misplaced else "")
     text = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     return text if _NAMED.match(text) else f"{field}: {text}"
 
