@@ -5,6 +5,14 @@ import numpy as np
 from engine import conv
 
 
+def value_drawer(rng, ties):
+    """draw(shape) -> float64 array: small integers in -1..1 when ties (windows often hold their
+    maximum twice, and many are all <= 0), else standard normal values."""
+    if ties:
+        return lambda size: rng.integers(-1, 2, size).astype(np.float64)
+    return rng.standard_normal
+
+
 def layer_path(x, weight, bias, stride, padding, relu=False, pool_kind=None, pool_size=None, pool_stride=None):
     """conv -> [relu] -> [max or avg pool] with the engine's unfused kernels: returns (out,
     backward), backward(dout) giving the layer path's (dx, dweight, dbias)."""

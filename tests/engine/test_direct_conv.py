@@ -5,7 +5,7 @@ import pytest
 
 from engine import conv
 from engine.direct_conv import DirectConvBlock
-from tests.engine.block_checks import assert_block_matches_layer_path, layer_path
+from tests.engine.block_checks import assert_block_matches_layer_path, layer_path, value_drawer
 
 
 def random_case(rng, ties):
@@ -18,10 +18,7 @@ def random_case(rng, ties):
     pool_stride = tuple(int(v) for v in rng.integers(1, 4, 2)) if pooled else None
     height, width = (int(v) for v in rng.integers(max(kernel) + 4, 14, 2))
     shape = (channels, batch, height, width)
-    if ties:  # small integers: windows often hold their maximum twice, and many are all <= 0
-        draw = lambda size: rng.integers(-1, 2, size).astype(np.float64)  # noqa: E731
-    else:
-        draw = rng.standard_normal
+    draw = value_drawer(rng, ties)
     return dict(x=draw(shape), weight=draw((filters, channels, *kernel)), bias=draw(filters), stride=stride,
                 padding=padding, pool_size=pool_size, pool_stride=pool_stride, relu=bool(rng.integers(0, 2)))
 

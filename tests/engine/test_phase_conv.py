@@ -6,7 +6,7 @@ import pytest
 import engine
 from engine import phase_conv
 from engine.phase_conv import ConvBlock, PhaseGeometry
-from tests.engine.block_checks import assert_block_matches_layer_path, layer_path
+from tests.engine.block_checks import assert_block_matches_layer_path, layer_path, value_drawer
 from engine.direct_conv import DirectConvBlock
 
 
@@ -19,10 +19,7 @@ def random_case(rng, ties):
     relu = bool(rng.integers(0, 2)) and pool_kind != "avg"
     pool = (1, 1) if pool_kind is None else tuple(int(v) for v in rng.integers(1, 4, 2))
     shape = (channels, batch, height, width)
-    if ties:  # small integers: many windows hold their maximum twice, and zero patches abound
-        draw = lambda size: rng.integers(-1, 2, size).astype(np.float64)  # noqa: E731
-    else:
-        draw = rng.standard_normal
+    draw = value_drawer(rng, ties)
     return dict(x=draw(shape), weight=draw((filters, channels, *kernel)), bias=draw(filters),
                 padding=padding, pool=pool, pool_kind=pool_kind, relu=relu)
 
