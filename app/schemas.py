@@ -128,10 +128,18 @@ class DatasetList(BaseModel):
 class PresetInfo(BaseModel):
     name: str
     spec: dict[str, Any]
+    optimizer: dict[str, Any] = Field(description="what a run of this preset trains with when its config names no optimizer")
 
 
 class PresetList(BaseModel):
     presets: list[PresetInfo]
+
+
+class Defaults(BaseModel):
+    """What `{}` means: the complete default run, and each optimizer's settings when only its name is given."""
+
+    run: dict[str, Any]
+    optimizers: dict[str, dict[str, Any]]
 
 
 class Health(BaseModel):

@@ -34,6 +34,18 @@ METRICS_FLUSH_EVERY = 10
 FEATURE_MAP_DIGITS = 4
 
 
+def run_optimizer(model: dict | str, optimizer: dict | None = None) -> dict:
+    """The complete optimizer settings a run of `model` trains with, given the
+    (possibly partial, possibly absent) optimizer of its config: no optimizer
+    means the preset's own (PRESET_OPTIMIZERS) or DEFAULT_OPTIMIZER; SGD fields
+    not given take DEFAULT_OPTIMIZER's, other optimizers' fields their class
+    defaults. ValueError on an unknown optimizer or field."""
+    if optimizer is None:
+        optimizer = PRESET_OPTIMIZERS.get(model, {"name": "sgd"}) if isinstance(model, str) else {"name": "sgd"}
+    defaults = DEFAULT_OPTIMIZER if optimizer.get("name", "sgd") == "sgd" else {}
+    return make_optimizer({**defaults, **optimizer}).config()
+
+
 class Diverged(Exception):
     """Loss or gradient became NaN/inf at `step`; the model keeps its last good weights."""
 
@@ -109,16 +121,12 @@ class RunConfig:
             model = copy.deepcopy(model)
 
         optimizer = d.get("optimizer")
-        if optimizer is None:
-            optimizer = PRESET_OPTIMIZERS.get(model, {"name": "sgd"}) if isinstance(model, str) else {"name": "sgd"}
         if isinstance(optimizer, str):
             optimizer = {"name": optimizer}
-        if not isinstance(optimizer, dict):
+        if optimizer is not None and not isinstance(optimizer, dict):
             raise ValueError("optimizer: must be an object such as {'name': 'sgd', 'lr': 0.02}")
-        name = optimizer.get("name", "sgd")
-        defaults = DEFAULT_OPTIMIZER if name == "sgd" else {}
         try:
-            optimizer = make_optimizer({**defaults, **optimizer}).config()
+            optimizer = run_optimizer(model, optimizer)
         except ValueError as error:
             message = str(error)
             raise ValueError(message if message.startswith("optimizer") else f"optimizer: {message}") from None

@@ -1,10 +1,11 @@
-"""What the server offers: health, the initializer registry, datasets and presets."""
+"""What the server offers: health, the initializer registry, datasets, presets and the
+defaults a run config starts from."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.schemas import DatasetInfo, DatasetList, Health, InitInfo, InitList, PresetInfo, PresetList
+from app.schemas import DatasetInfo, DatasetList, Defaults, Health, InitInfo, InitList, PresetInfo, PresetList
 
 router = APIRouter(tags=["meta"])
 
@@ -39,5 +40,17 @@ def list_datasets() -> dict:
 @router.get("/api/presets", response_model=PresetList)
 def list_presets() -> dict:
     from engine.presets import PRESETS
+    from engine.trainer import run_optimizer
 
-    return {"presets": [PresetInfo(name=name, spec=spec) for name, spec in PRESETS.items()]}
+    return {"presets": [PresetInfo(name=name, spec=spec, optimizer=run_optimizer(name)) for name, spec in PRESETS.items()]}
+
+
+@router.get("/api/defaults", response_model=Defaults)
+def run_defaults() -> dict:
+    """The page fills its setup form from here, so a run started there with nothing
+    changed is the same run as `POST /api/runs {}` (and the README's default demo)."""
+    from engine.optimizers import OPTIMIZERS
+    from engine.trainer import RunConfig, run_optimizer
+
+    run = RunConfig.from_dict({}).to_dict()
+    return {"run": run, "optimizers": {name: run_optimizer(run["model"], {"name": name}) for name in OPTIMIZERS}}

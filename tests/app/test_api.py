@@ -54,13 +54,31 @@ def test_datasets_and_presets(done):
     assert presets["demo"]["layers"][0]["type"] == "conv"
 
 
+def test_defaults_are_what_a_run_that_names_nothing_trains_with(tmp_path):
+    """The page fills its form from /api/defaults and /api/presets: a run started there
+    unchanged must be the run `{}` (or `{"model": name}`) starts, optimizer included."""
+    with TestClient(create_app(make_settings(tmp_path / "data"))) as client:
+        defaults = client.get("/api/defaults").json()
+        presets = {p["name"]: p for p in client.get("/api/presets").json()["presets"]}
+        empty = client.post("/api/runs", json={"steps": 0}).json()["config"]
+        assert empty == {**defaults["run"], "steps": 0}
+        assert defaults["run"]["optimizer"] == presets["demo"]["optimizer"] == defaults["optimizers"]["sgd"]
+        assert defaults["run"]["optimizer"]["lr"] == 0.02 and defaults["run"]["optimizer"]["weight_decay"] == 0.01
+        assert defaults["optimizers"]["adam"]["lr"] == 0.001
+        deep = client.post("/api/runs", json={"model": "deep", "steps": 0}).json()["config"]
+        assert deep["optimizer"] == presets["deep"]["optimizer"] and deep["optimizer"]["name"] == "adam"
+        adam = client.post("/api/runs", json={"optimizer": "adam", "steps": 0}).json()["config"]
+        assert adam["optimizer"] == defaults["optimizers"]["adam"]
+
+
 def test_openapi_documents_every_run_route(done):
     client, _ = done
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/pause", "/api/runs/{run_id}/resume",
                  "/api/runs/{run_id}/stop", "/api/runs/{run_id}/metrics", "/api/runs/{run_id}/snapshots",
                  "/api/runs/{run_id}/snapshots/{step}", "/api/runs/{run_id}/snapshots/{step}/filters.png",
-                 "/api/runs/{run_id}/events", "/healthz", "/api/inits", "/api/datasets", "/api/presets"):
+                 "/api/runs/{run_id}/events", "/healthz", "/api/inits", "/api/datasets", "/api/presets",
+                 "/api/defaults"):
         assert path in paths, path
     assert client.get("/docs").status_code == 200
 
