@@ -64,12 +64,19 @@ export async function fetchDatasets() {
   return (await getJSON("/api/datasets")).datasets.map((d) => d.name);
 }
 
-/* GET /api/presets -> {name: spec}. */
+/* GET /api/presets -> {specs: {name: spec}, optimizers: {name: the optimizer its runs default to}}. */
 export async function fetchPresets() {
-  const presets = {};
-  for (const p of (await getJSON("/api/presets")).presets) presets[p.name] = p.spec;
-  return presets;
+  const specs = {};
+  const optimizers = {};
+  for (const p of (await getJSON("/api/presets")).presets) {
+    specs[p.name] = p.spec;
+    optimizers[p.name] = p.optimizer;
+  }
+  return { specs, optimizers };
 }
+
+/* GET /api/defaults -> {run: the complete config of `{}`, optimizers: {name: settings}}. */
+export const fetchDefaults = () => getJSON("/api/defaults");
 
 export const listRuns = async () => (await getJSON("/api/runs")).runs;
 export const getRun = (id) => getJSON(runPath(id));

@@ -12,7 +12,7 @@ import { LineChart } from "./charts.js";
 import { FeatureMapBoard, FilterBoard, drawGray } from "./filters.js";
 import {
   DEFAULT_KERNEL_BANK, INIT_MAIN_PARAM, INIT_PARAM_DEFAULTS, NAMED_KERNELS, baseSpec, configToHash, convLayers, createState, describeInit,
-  hashToConfig, normaliseInit, toRunRequest,
+  followOptimizerDefaults, hashToConfig, normaliseInit, optimizerDefaults, pageDefaults, toRunRequest,
 } from "./state.js";
 import { StepThrough, layerInput } from "./stepthrough.js";
 import { mountCompare } from "./compare.js";
@@ -715,13 +715,22 @@ function renderForm() {
   dataset.value = c.dataset;
   $("f-optimizer").value = c.optimizer;
   $("f-lr").value = String(c.lr);
-  $("f-momentum").value = String(c.momentum);
-  $("momentum-label").hidden = c.optimizer !== "sgd";
+  writeOptimizerFields();
   $("f-batch").value = String(c.batchSize);
   $("f-steps").value = String(c.steps);
   $("f-seed").value = String(c.seed);
   $("f-every").value = String(c.snapshotEvery);
   renderInitControls();
+}
+
+/* The optimizer fields of the config into the form. */
+function writeOptimizerFields() {
+  const c = state.config;
+  $("f-optimizer").value = c.optimizer;
+  $("f-lr").value = String(c.lr);
+  $("f-momentum").value = String(c.momentum);
+  $("f-wd").value = String(c.weightDecay);
+  $("momentum-label").hidden = c.optimizer !== "sgd";
 }
 
 function readNumber(id, field, { integer = false, min = 0 } = {}) {
@@ -738,6 +747,7 @@ function readForm() {
   c.optimizer = $("f-optimizer").value;
   c.lr = readNumber("f-lr", "learning rate");
   c.momentum = readNumber("f-momentum", "momentum");
+  c.weightDecay = readNumber("f-wd", "weight decay");
   c.batchSize = readNumber("f-batch", "batch size", { integer: true, min: 1 });
   c.steps = readNumber("f-steps", "steps", { integer: true, min: 1 });
   c.seed = readNumber("f-seed", "seed", { integer: true });
@@ -771,6 +781,7 @@ function loadRunConfig(cfg) {
   c.optimizer = opt.name ?? c.optimizer;
   c.lr = opt.lr ?? c.lr;
   c.momentum = opt.momentum ?? c.momentum;
+  c.weightDecay = opt.weight_decay ?? c.weightDecay;
   c.batchSize = cfg.batch_size ?? c.batchSize;
   c.steps = cfg.steps ?? c.steps;
   c.seed = cfg.seed ?? c.seed;
@@ -823,6 +834,14 @@ function wireForm() {
   $("setup-form").addEventListener("change", (event) => {
     if (event.target.closest("#init-table") || event.target.closest(".init-param")
         || event.target.id === "f-spec" || event.target.id === "f-token") return;
+    if (event.target.id === "f-optimizer" || event.target.id === "f-preset") {
+      // untouched optimizer fields follow the new choice's defaults (state.js)
+      const c = state.config;
+      const preset = event.target.id === "f-preset" ? event.target.value : c.preset;
+      const optimizer = event.target.id === "f-optimizer" ? event.target.value : null;
+      const before = optimizerDefaults(state.defaults, c.preset, optimizer === null ? null : c.optimizer);
+      if (followOptimizerDefaults(c, before, optimizerDefaults(state.defaults, preset, optimizer))) writeOptimizerFields();
+    }
     if (event.target.id === "f-preset") {
       state.config.preset = event.target.value;
       state.config.layerInits = {};
@@ -914,13 +933,16 @@ function mountTeachingViews() {
 }
 
 async function main() {
-  const { config, view } = hashToConfig(location.hash);
-  state.config = config;
-  state.view = view;
   wireForm();
   wireRunView();
-  const [presets, inits, datasets] = await Promise.allSettled([api.fetchPresets(), api.fetchInits(), api.fetchDatasets()]);
-  if (presets.status === "fulfilled") state.presets = presets.value; else showError(`presets: ${presets.reason.message}`);
+  const [presets, inits, datasets, defaults] = await Promise.allSettled(
+    [api.fetchPresets(), api.fetchInits(), api.fetchDatasets(), api.fetchDefaults()]);
+  if (presets.status === "fulfilled") state.presets = presets.value.specs; else showError(`presets: ${presets.reason.message}`);
+  if (defaults.status === "rejected") showError(`defaults: ${defaults.reason.message}`);
+  state.defaults = pageDefaults(defaults.value ?? null, presets.value?.optimizers ?? null);
+  const { config, view } = hashToConfig(location.hash, state.defaults);
+  state.config = config;
+  state.view = view;
   if (inits.status === "fulfilled") {
     state.inits = inits.value.inits;
     if (inits.value.namedKernels) state.namedKernels = inits.value.namedKernels;

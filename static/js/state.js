@@ -5,6 +5,11 @@
  * No DOM here: main.js reads and writes the page, this module holds the data.
  */
 
+/*
+ * The form's starting values. The server's GET /api/defaults replaces these
+ * (pageDefaults) so that "start training" with nothing changed is the run
+ * `POST /api/runs {}` starts; they are only used when it cannot be reached.
+ */
 export const DEFAULT_CONFIG = Object.freeze({
   preset: "demo",           // a preset name, or "custom" to use `spec`
   spec: null,               // the edited JSON spec when preset === "custom"
@@ -12,13 +17,82 @@ export const DEFAULT_CONFIG = Object.freeze({
   layerInits: {},           // {"<layer index>": {name, ...params}} per-layer overrides
   dataset: "shapes",
   optimizer: "sgd",
-  lr: 0.05,
+  lr: 0.02,
   momentum: 0.9,
+  weightDecay: 0.01,
   batchSize: 64,
-  steps: 1500,
+  steps: 3000,
   seed: 0,
   snapshotEvery: 10,
 });
+
+/* The optimizer fields of the form; momentum only counts for SGD. */
+const OPTIMIZER_FIELDS = ["optimizer", "lr", "momentum", "weightDecay"];
+const usesField = (optimizer, field) => field !== "momentum" || optimizer === "sgd";
+const pick = (object, keys) => Object.fromEntries(keys.map((key) => [key, object[key]]));
+
+/* An optimizer's settings as the server gives them -> the form's optimizer fields. */
+function optimizerToFields(optimizer, fallback) {
+  return {
+    optimizer: optimizer.name,
+    lr: optimizer.lr ?? fallback.lr,
+    momentum: optimizer.momentum ?? fallback.momentum,
+    weightDecay: optimizer.weight_decay ?? fallback.weightDecay,
+  };
+}
+
+/*
+ * The page's defaults from GET /api/defaults ({run, optimizers}) and the
+ * presets' own optimizers from GET /api/presets ({name: optimizer}):
+ * {config, optimizers: {name: fields}, presetOptimizers: {preset: fields}}.
+ * Either may be null (server unreachable): DEFAULT_CONFIG's values stand in.
+ */
+export function pageDefaults(server, presetOptimizers) {
+  const config = cloneConfig(DEFAULT_CONFIG);
+  const run = server?.run;
+  if (run) {
+    if (typeof run.model === "string") config.preset = run.model;
+    try { config.init = normaliseInit(run.init); } catch { /* keep */ }
+    config.dataset = typeof run.dataset === "string" ? run.dataset : run.dataset?.name ?? config.dataset;
+    if (run.optimizer) Object.assign(config, optimizerToFields(run.optimizer, config));
+    config.batchSize = run.batch_size ?? config.batchSize;
+    config.steps = run.steps ?? config.steps;
+    config.seed = run.seed ?? config.seed;
+    config.snapshotEvery = run.snapshot_every ?? config.snapshotEvery;
+  }
+  const optimizers = {};
+  for (const [name, optimizer] of Object.entries(server?.optimizers ?? {})) {
+    optimizers[name] = optimizerToFields({ ...optimizer, name }, config);
+  }
+  const presets = {};
+  for (const [name, optimizer] of Object.entries(presetOptimizers ?? {})) presets[name] = optimizerToFields(optimizer, config);
+  return { config, optimizers, presetOptimizers: presets };
+}
+
+/*
+ * The optimizer fields a run of `preset` starts from: with no optimizer named,
+ * the preset's own; with one named, the preset's own when it is that one,
+ * else that optimizer's defaults.
+ */
+export function optimizerDefaults(defaults, preset, optimizer = null) {
+  const own = defaults.presetOptimizers[preset];
+  if (own && (optimizer === null || own.optimizer === optimizer)) return own;
+  const name = optimizer ?? defaults.config.optimizer;
+  return defaults.optimizers[name] ?? { ...pick(defaults.config, OPTIMIZER_FIELDS), optimizer: name };
+}
+
+
+/*
+ * Optimizer fields the learner has not touched follow the defaults when the
+ * preset or the optimizer changes (Adam starts at its own learning rate, the
+ * deep preset with Adam); once any of them was edited, all of them stay.
+ * `before` and `after` are optimizerDefaults results; the config is changed in place.
+ */
+export function followOptimizerDefaults(config, before, after) {
+  const untouched = OPTIMIZER_FIELDS.every((field) => !usesField(before.optimizer, field) || config[field] === before[field]);
+  if (untouched) Object.assign(config, after);
+  return untouched;
+}
 
 export const DEFAULT_VIEW = Object.freeze({
   run: null,                // the run on screen
@@ -49,6 +123,7 @@ export const INIT_ALIASES = { xavier_uniform: "glorot_uniform", kaiming_normal: 
 export function createState() {
   return {
     config: cloneConfig(DEFAULT_CONFIG),
+    defaults: pageDefaults(null, null),   // what the form starts from (GET /api/defaults, /api/presets)
     view: { ...DEFAULT_VIEW },
     presets: {},            // name -> spec (from GET /api/presets)
     inits: [],              // [{name, law, params}] (from GET /api/inits)
@@ -82,7 +157,8 @@ export function compactInit(init) {
 
 // ---------------------------------------------------------------- URL hash
 
-const NUMBER_FIELDS = { lr: "lr", momentum: "momentum", bs: "batchSize", steps: "steps", seed: "seed", every: "snapshotEvery" };
+const NUMBER_FIELDS = { lr: "lr", momentum: "momentum", wd: "weightDecay", bs: "batchSize", steps: "steps", seed: "seed",
+  every: "snapshotEvery" };
 
 export function configToHash(config, view) {
   const p = new URLSearchParams();
@@ -103,9 +179,13 @@ export function configToHash(config, view) {
   return "#" + p.toString();
 }
 
-/* Parse a location hash; unknown or malformed fields keep their defaults. */
-export function hashToConfig(hash) {
-  const config = cloneConfig(DEFAULT_CONFIG);
+/*
+ * Parse a location hash; unknown or malformed fields keep their defaults
+ * (`defaults` from pageDefaults). A link without a weight decay (made before
+ * the form had one) gets the default of its optimizer.
+ */
+export function hashToConfig(hash, defaults = pageDefaults(null, null)) {
+  const config = cloneConfig(defaults.config);
   const view = { ...DEFAULT_VIEW };
   const p = new URLSearchParams((hash || "").replace(/^#/, ""));
   const json = (key) => {
@@ -116,7 +196,7 @@ export function hashToConfig(hash) {
     const spec = json("spec");
     if (spec && typeof spec === "object") config.spec = spec;
   }
-  if (config.preset === "custom" && !config.spec) config.preset = DEFAULT_CONFIG.preset;
+  if (config.preset === "custom" && !config.spec) config.preset = defaults.config.preset;
   if (p.has("init")) {
     try { config.init = normaliseInit(json("init") ?? p.get("init")); } catch { /* keep default */ }
   }
@@ -130,6 +210,7 @@ export function hashToConfig(hash) {
   }
   if (p.has("dataset")) config.dataset = p.get("dataset");
   if (p.has("opt")) config.optimizer = p.get("opt");
+  config.weightDecay = optimizerDefaults(defaults, config.preset, config.optimizer).weightDecay;
   for (const [key, field] of Object.entries(NUMBER_FIELDS)) {
     const n = Number(p.get(key));
     if (p.has(key) && Number.isFinite(n)) config[field] = n;
@@ -178,7 +259,7 @@ export function toRunRequest(config, presets) {
   const body = {
     init: compactInit(config.init),
     dataset: config.dataset,
-    optimizer: { name: config.optimizer, lr: config.lr },
+    optimizer: { name: config.optimizer, lr: config.lr, weight_decay: config.weightDecay },
     batch_size: config.batchSize,
     steps: config.steps,
     seed: config.seed,

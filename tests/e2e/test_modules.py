@@ -24,7 +24,7 @@ def test_hash_round_trip_keeps_spec_inits_and_numbers(modules):
         const s = await import('/static/js/state.js');
         const config = s.cloneConfig(s.DEFAULT_CONFIG);
         Object.assign(config, {
-            preset: 'custom', lr: 0.003, momentum: 0.5, batchSize: 17, steps: 999, seed: 42,
+            preset: 'custom', lr: 0.003, momentum: 0.5, weightDecay: 0.125, batchSize: 17, steps: 999, seed: 42,
             snapshotEvery: 3, optimizer: 'adam', dataset: 'shapes',
             spec: {input: [1, 12, 12], layers: [{type: 'conv', filters: 2, kernel: 3, padding: 1},
                                                {type: 'relu'}, {type: 'flatten'}, {type: 'dense', units: 4}]},
@@ -41,19 +41,23 @@ def test_hash_round_trip_keeps_spec_inits_and_numbers(modules):
     body = result["body"]
     assert body["model"]["layers"][0]["init"] == {"name": "kernel", "kernels": "sobel_x"}
     assert body["init"] == {"name": "uniform", "a": 0.2}
-    assert body["optimizer"] == {"name": "adam", "lr": 0.003}
+    assert body["optimizer"] == {"name": "adam", "lr": 0.003, "weight_decay": 0.125}
     assert (body["batch_size"], body["steps"], body["seed"], body["snapshot_every"]) == (17, 999, 42, 3)
 
 
 def test_malformed_hash_falls_back_to_defaults(modules):
     config = modules.evaluate("""async () => {
         const s = await import('/static/js/state.js');
-        return s.hashToConfig('#preset=custom&spec=%7Bnot-json&init=%7B%22x%22%3A1%7D&lr=abc&steps=12').config;
+        const defaults = s.pageDefaults({run: {model: 'demo', optimizer: {name: 'sgd', lr: 0.125, weight_decay: 0.5}},
+                                         optimizers: {adam: {lr: 0.25, weight_decay: 0}}}, {});
+        return [s.hashToConfig('#preset=custom&spec=%7Bnot-json&init=%7B%22x%22%3A1%7D&lr=abc&steps=12', defaults).config,
+                s.hashToConfig('#opt=adam', defaults).config];
     }""")
-    assert config["preset"] == "demo"          # custom without a readable spec
-    assert config["init"] == {"name": "he_normal"}
-    assert config["lr"] == 0.05
-    assert config["steps"] == 12
+    assert config[0]["preset"] == "demo"          # custom without a readable spec
+    assert config[0]["init"] == {"name": "he_normal"}
+    assert (config[0]["lr"], config[0]["weightDecay"]) == (0.125, 0.5)   # the server's defaults
+    assert config[0]["steps"] == 12
+    assert config[1]["weightDecay"] == 0     # a link from before the weight decay field: its optimizer's default
 
 
 def test_latest_only_fetcher_keeps_one_request_and_drops_the_middle(modules):

@@ -275,14 +275,15 @@ def test_reload_with_url_hash_restores_the_configuration(page, server, browser):
     row = page.locator('.init-layer[data-layer="3"]')
     row.locator("select").first.select_option("kernel")
     row.locator("select[data-param=kernels]").select_option("x")
-    for selector, value in (("#f-lr", "0.02"), ("#f-batch", "32"), ("#f-steps", "123"), ("#f-seed", "7")):
+    for selector, value in (("#f-lr", "0.03"), ("#f-wd", "0.002"), ("#f-batch", "32"), ("#f-steps", "123"), ("#f-seed", "7")):
         page.fill(selector, value)
         page.locator(selector).dispatch_event("change")
-    page.select_option("#f-optimizer", "adam")
+    page.select_option("#f-optimizer", "adam")  # edited fields stay as the learner set them
     config = page.evaluate("window.__kernelscope.state.config")
     assert config["init"] == {"name": "normal", "std": 0.02}
     assert config["layerInits"] == {"3": {"name": "kernel", "kernels": "x"}}
-    assert (config["lr"], config["batchSize"], config["steps"], config["seed"], config["optimizer"]) == (0.02, 32, 123, 7, "adam")
+    assert (config["lr"], config["weightDecay"], config["batchSize"], config["steps"], config["seed"],
+            config["optimizer"]) == (0.03, 0.002, 32, 123, 7, "adam")
     # the law and its figure for each layer's fans: N(0, std²) → σ = 0.02 on layer 0
     assert "σ = 0.0200" in page.text_content('.init-layer[data-layer="0"] .law')
     url = page.url
@@ -293,11 +294,45 @@ def test_reload_with_url_hash_restores_the_configuration(page, server, browser):
     assert again.input_value("#f-preset") == "small"
     assert again.input_value("#f-init") == "normal"
     assert again.input_value("#f-init-param input") == "0.02"
-    assert again.input_value("#f-lr") == "0.02"
+    assert again.input_value("#f-lr") == "0.03"
+    assert again.input_value("#f-wd") == "0.002"
     assert again.input_value("#f-steps") == "123"
     assert again.locator('.init-layer[data-layer="3"] select[data-param=kernels]').input_value() == "x"
     again.context.close()
     assert problems.items == []
+
+
+def test_the_form_starts_as_the_default_run_and_optimizer_fields_follow_the_choice(page, server, api):
+    """Unchanged, the form is the run `{}` starts (the README's demo); switching to Adam
+    or to the deep preset brings their own learning rate unless the learner set one."""
+    goto(page, f"{server}/")
+    defaults = api.get("/api/defaults").json()
+    def form():
+        return {"optimizer": page.input_value("#f-optimizer"),
+                **{key: float(page.input_value(f"#f-{key}")) for key in ("lr", "momentum", "wd", "steps")}}
+    sgd, adam = defaults["optimizers"]["sgd"], defaults["optimizers"]["adam"]
+    assert form() == {"optimizer": "sgd", "lr": sgd["lr"], "momentum": sgd["momentum"],
+                      "wd": sgd["weight_decay"], "steps": defaults["run"]["steps"]}
+    body = page.evaluate("""async () => {
+        const s = await import('/static/js/state.js');
+        const state = window.__kernelscope.state;
+        return s.toRunRequest(state.config, state.presets);
+    }""")
+    started = api.post("/api/runs", json={**body, "steps": 0}).json()["config"]
+    assert started == {**defaults["run"], "steps": 0}
+
+    page.select_option("#f-optimizer", "adam")
+    assert (form()["lr"], form()["wd"]) == (adam["lr"], adam["weight_decay"])
+    page.select_option("#f-optimizer", "sgd")
+    assert form()["lr"] == sgd["lr"]
+    deep = {p["name"]: p["optimizer"] for p in api.get("/api/presets").json()["presets"]}["deep"]
+    page.select_option("#f-preset", "deep")
+    assert (form()["optimizer"], form()["lr"]) == (deep["name"], deep["lr"])
+    page.select_option("#f-preset", "demo")
+    page.fill("#f-lr", "0.07")
+    page.locator("#f-lr").dispatch_event("change")
+    page.select_option("#f-optimizer", "adam")
+    assert form()["lr"] == 0.07
 
 
 def test_he_figures_follow_each_layers_fans(page, server):
