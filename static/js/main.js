@@ -12,7 +12,7 @@ import { LineChart } from "./charts.js";
 import { FeatureMapBoard, FilterBoard, drawGray } from "./filters.js";
 import {
   DEFAULT_KERNEL_BANK, INIT_MAIN_PARAM, INIT_PARAM_DEFAULTS, NAMED_KERNELS, baseSpec, configToHash, convLayers, createState, describeInit,
-  followOptimizerDefaults, hashToConfig, normaliseInit, optimizerDefaults, pageDefaults, toRunRequest,
+  applyRunConfig, followOptimizerDefaults, hashToConfig, normaliseInit, optimizerDefaults, pageDefaults, toRunRequest,
 } from "./state.js";
 import { StepThrough, layerInput } from "./stepthrough.js";
 import { mountCompare } from "./compare.js";
@@ -713,8 +713,6 @@ function renderForm() {
   const names = state.datasets.length ? state.datasets : ["shapes"];
   for (const name of new Set([...names, c.dataset])) dataset.append(new Option(name, name));
   dataset.value = c.dataset;
-  $("f-optimizer").value = c.optimizer;
-  $("f-lr").value = String(c.lr);
   writeOptimizerFields();
   $("f-batch").value = String(c.batchSize);
   $("f-steps").value = String(c.steps);
@@ -771,21 +769,7 @@ function formChanged() {
 /* Put a run's stored config into the form (when a run is opened from the list). */
 function loadRunConfig(cfg) {
   if (!cfg) return;
-  const c = state.config;
-  if (typeof cfg.model === "string") { c.preset = cfg.model; c.spec = null; }
-  else if (cfg.model) { c.preset = "custom"; c.spec = cfg.model; }
-  c.layerInits = {};
-  try { c.init = normaliseInit(cfg.init); } catch { /* keep */ }
-  c.dataset = typeof cfg.dataset === "string" ? cfg.dataset : cfg.dataset?.name ?? c.dataset;
-  const opt = typeof cfg.optimizer === "string" ? { name: cfg.optimizer } : cfg.optimizer ?? {};
-  c.optimizer = opt.name ?? c.optimizer;
-  c.lr = opt.lr ?? c.lr;
-  c.momentum = opt.momentum ?? c.momentum;
-  c.weightDecay = opt.weight_decay ?? c.weightDecay;
-  c.batchSize = cfg.batch_size ?? c.batchSize;
-  c.steps = cfg.steps ?? c.steps;
-  c.seed = cfg.seed ?? c.seed;
-  c.snapshotEvery = cfg.snapshot_every ?? c.snapshotEvery;
+  applyRunConfig(state.config, cfg);
   renderForm();
   writeHash();
 }

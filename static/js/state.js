@@ -49,17 +49,7 @@ function optimizerToFields(optimizer, fallback) {
  */
 export function pageDefaults(server, presetOptimizers) {
   const config = cloneConfig(DEFAULT_CONFIG);
-  const run = server?.run;
-  if (run) {
-    if (typeof run.model === "string") config.preset = run.model;
-    try { config.init = normaliseInit(run.init); } catch { /* keep */ }
-    config.dataset = typeof run.dataset === "string" ? run.dataset : run.dataset?.name ?? config.dataset;
-    if (run.optimizer) Object.assign(config, optimizerToFields(run.optimizer, config));
-    config.batchSize = run.batch_size ?? config.batchSize;
-    config.steps = run.steps ?? config.steps;
-    config.seed = run.seed ?? config.seed;
-    config.snapshotEvery = run.snapshot_every ?? config.snapshotEvery;
-  }
+  if (server?.run) applyRunConfig(config, server.run);
   const optimizers = {};
   for (const [name, optimizer] of Object.entries(server?.optimizers ?? {})) {
     optimizers[name] = optimizerToFields({ ...optimizer, name }, config);
@@ -80,7 +70,6 @@ export function optimizerDefaults(defaults, preset, optimizer = null) {
   const name = optimizer ?? defaults.config.optimizer;
   return defaults.optimizers[name] ?? { ...pick(defaults.config, OPTIMIZER_FIELDS), optimizer: name };
 }
-
 
 /*
  * Optimizer fields the learner has not touched follow the defaults when the
@@ -147,6 +136,25 @@ export function normaliseInit(init) {
   if (typeof init === "string") return { name: init };
   if (typeof init === "object" && typeof init.name === "string") return { ...init };
   throw new Error(`init: expected a name or {"name": ...}, got ${JSON.stringify(init)}`);
+}
+
+/*
+ * A run config as the server stores it (GET /api/runs/{id}, /api/defaults)
+ * into the page's config, in place; fields it lacks keep their values.
+ */
+export function applyRunConfig(config, run) {
+  if (typeof run.model === "string") { config.preset = run.model; config.spec = null; }
+  else if (run.model) { config.preset = "custom"; config.spec = run.model; }
+  config.layerInits = {};
+  try { config.init = normaliseInit(run.init); } catch { /* keep */ }
+  config.dataset = typeof run.dataset === "string" ? run.dataset : run.dataset?.name ?? config.dataset;
+  const optimizer = typeof run.optimizer === "string" ? { name: run.optimizer } : run.optimizer ?? {};
+  Object.assign(config, optimizerToFields({ name: config.optimizer, ...optimizer }, config));
+  config.batchSize = run.batch_size ?? config.batchSize;
+  config.steps = run.steps ?? config.steps;
+  config.seed = run.seed ?? config.seed;
+  config.snapshotEvery = run.snapshot_every ?? config.snapshotEvery;
+  return config;
 }
 
 /* {name} -> "name" so that simple inits stay simple in the JSON body. */

@@ -335,6 +335,22 @@ def test_the_form_starts_as_the_default_run_and_optimizer_fields_follow_the_choi
     assert form()["lr"] == 0.07
 
 
+def test_a_stored_run_config_put_into_the_form_starts_the_same_run(page, server, api):
+    """Opening a run fills the form with its config (applyRunConfig); started again from
+    there, the server must store the same config."""
+    goto(page, f"{server}/")
+    stored = api.post("/api/runs", json={
+        "model": "small", "init": {"name": "normal", "std": 0.02}, "dataset": "marks", "batch_size": 16,
+        "optimizer": {"name": "adam", "lr": 0.003, "weight_decay": 0.001}, "seed": 5, "steps": 0,
+        "snapshot_every": 7}).json()["config"]
+    body = page.evaluate("""async (stored) => {
+        const s = await import('/static/js/state.js');
+        const config = s.applyRunConfig(s.cloneConfig(s.DEFAULT_CONFIG), stored);
+        return s.toRunRequest(config, window.__kernelscope.state.presets);
+    }""", stored)
+    assert api.post("/api/runs", json=body).json()["config"] == stored
+
+
 def test_he_figures_follow_each_layers_fans(page, server):
     goto(page, f"{server}/#preset=small")
     page.select_option("#f-init", "he_normal")
