@@ -29,7 +29,6 @@ export const DEFAULT_CONFIG = Object.freeze({
 /* The optimizer fields of the form; momentum only counts for SGD. */
 const OPTIMIZER_FIELDS = ["optimizer", "lr", "momentum", "weightDecay"];
 const usesField = (optimizer, field) => field !== "momentum" || optimizer === "sgd";
-const pick = (object, keys) => Object.fromEntries(keys.map((key) => [key, object[key]]));
 
 /* An optimizer's settings as the server gives them -> the form's optimizer fields. */
 function optimizerToFields(optimizer, fallback) {
@@ -68,7 +67,7 @@ export function optimizerDefaults(defaults, preset, optimizer = null) {
   const own = defaults.presetOptimizers[preset];
   if (own && (optimizer === null || own.optimizer === optimizer)) return own;
   const name = optimizer ?? defaults.config.optimizer;
-  return defaults.optimizers[name] ?? { ...pick(defaults.config, OPTIMIZER_FIELDS), optimizer: name };
+  return defaults.optimizers[name] ?? optimizerToFields({ name }, defaults.config);
 }
 
 /*
