@@ -11,6 +11,7 @@ only to test the fast kernels against something obviously right.
 """
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 
 def output_size(size, kernel, stride, padding):
@@ -169,27 +170,55 @@ def _im2col(padded, first, last, kernel, out_hw, stride, cols):
 FLAT_MAX_WASTE = 1.5
 
 
+def starts_per_image(padded, out_hw):
+    """How many window starts of each image of a FlatPadded a flat correlation computes:
+    (out_h - 1) * row + out_w, from the image's first start to its last valid one. The starts
+    after it (the border columns past the last output row, and the rows past it) are junk
+    that feeds no output, so they are skipped, and with them a few percent of every product
+    (about 3% for a 32x32 image padded by 1, 17% for 13x13 unpadded under a 3x3 kernel)."""
+    return (out_hw[0] - 1) * padded.row + out_hw[1]
+
+
+def image_starts(grid, image, span, first, last):
+    """The first `span` cells of images first..last-1 of a window-start grid (C, N * image), as
+    a (last - first, C, span) view: what one chunk of a flat correlation writes or reads."""
+    channels = grid.shape[0]
+    by_image = grid.reshape(channels, -1, image)  # splits the contiguous last axis: always a view
+    return by_image[:, first:last, :span].transpose(1, 0, 2)
+
+
+def _zero_skipped_starts(grid, image, span):
+    """Zero the grid cells past each image's last computed start (see starts_per_image), so an
+    output layout handed on (a chained conv's dx, masked by a multiply) never holds garbage."""
+    grid.reshape(grid.shape[0], -1, image)[:, :, span:] = 0
+
+
 def _flat_chunks(padded, kernel, out_hw, out_rows):
-    """Walk the window starts of a FlatPadded up to its last valid one, a chunk at a time:
-    yields (start, stop, unfolded) with unfolded (kh*kw*C, stop - start) the windows of
-    starts start..stop-1, rows ordered (i, j, c); one buffer, reused from chunk to chunk."""
+    """Walk the images of a FlatPadded a chunk at a time: yields (first, last, unfolded) with
+    unfolded (last - first, kh*kw*C, span) the windows of images first..last-1 at their first
+    span = starts_per_image window starts, rows ordered (i, j, c); one buffer, reused from
+    chunk to chunk. Each image's matrix is contiguous and the products run one image at a time
+    (np.matmul over the leading axis): measured against one product per chunk, as fast for
+    288-row convs and about twice as fast for the 27-row weight gradient of a 3-channel input."""
     kernel_h, kernel_w = kernel
-    out_h, out_w = out_hw
     channels, batch = padded.shape[:2]
     rows = channels * kernel_h * kernel_w
-    source, row = padded.data, padded.row
-    limit = (batch - 1) * padded.image + (out_h - 1) * row + out_w  # last valid window start + 1
-    span = min(batch, _images_per_chunk(rows, out_rows, padded.image)) * padded.image
-    cols = np.empty(rows * max(0, min(span, limit)), dtype=source.dtype)
-    for start in range(0, limit, span):
-        stop = min(start + span, limit)
-        width = stop - start
-        unfolded = cols[: rows * width].reshape(kernel_h, kernel_w, channels, width)
+    source, image = padded.data, padded.image
+    span = starts_per_image(padded, out_hw)
+    images = min(batch, _images_per_chunk(rows, out_rows, image))
+    cols = np.empty(images * rows * span, dtype=source.dtype)
+    reach = (kernel_h - 1) * padded.row + kernel_w - 1 + span  # what one image's windows read
+    # (C, N, reach): image n's cells from its first window start on, overlapping the next image
+    by_image = as_strided(source, (channels, batch, reach), (source.strides[0], image * source.itemsize, source.itemsize),
+                          writeable=False).transpose(1, 0, 2)
+    for first in range(0, batch, images):
+        last = min(first + images, batch)
+        unfolded = cols[: (last - first) * rows * span].reshape(last - first, kernel_h, kernel_w, channels, span)
         for i in range(kernel_h):
             for j in range(kernel_w):
-                shift = i * row + j
-                unfolded[i, j] = source[:, start + shift : stop + shift]
-        yield start, stop, unfolded.reshape(rows, width)
+                shift = i * padded.row + j
+                unfolded[:, i, j] = by_image[first:last, :, shift : shift + span]
+        yield first, last, unfolded.reshape(last - first, rows, span)
 
 
 def _correlate(padded, weight_matrix, kernel, stride, out_hw, bias=None, into=None):
@@ -219,8 +248,11 @@ def _correlate(padded, weight_matrix, kernel, stride, out_hw, bias=None, into=No
                 out[:, first:last] += bias_column
         return out
     grid = _output_grid(padded, into, out_channels, dtype)
-    for start, stop, unfolded in _flat_chunks(padded, kernel, out_hw, out_channels):
-        np.matmul(weight_matrix, unfolded, out=grid[:, start:stop])
+    span = starts_per_image(padded, out_hw)
+    for first, last, unfolded in _flat_chunks(padded, kernel, out_hw, out_channels):
+        np.matmul(weight_matrix, unfolded, out=image_starts(grid, padded.image, span, first, last))
+    if into is not None:
+        _zero_skipped_starts(grid, padded.image, span)
     out = grid.reshape(out_channels, padded.shape[1], *padded.grid_hw)[:, :, :out_h, :out_w]  # the valid window starts
     if bias_column is not None:
         out += bias_column
@@ -292,13 +324,23 @@ def _flat_weight_grad(padded, dout_padded, kernel, out_hw):
     if not dout_padded.same_grid(padded):
         raise ValueError("dout_padded does not share the input's flat layout")
     grads = dout_padded.grid()  # dout at each window start q of the input's grid
-    rows = padded.shape[0] * kernel[0] * kernel[1]
-    dweight_rows = np.zeros((rows, out_rows), dtype=grads.dtype)
-    product = np.empty((rows, out_rows), dtype=grads.dtype)
-    for start, stop, unfolded in _flat_chunks(padded, kernel, out_hw, out_rows):
-        np.matmul(unfolded, grads[:, start:stop].T, out=product)
-        dweight_rows += product
+    span = starts_per_image(padded, out_hw)
+    dweight_rows = None
+    for first, last, unfolded in _flat_chunks(padded, kernel, out_hw, out_rows):
+        dout_starts = image_starts(grads, padded.image, span, first, last).transpose(0, 2, 1)
+        dweight_rows = _add_products(dweight_rows, unfolded, dout_starts)
     return dweight_rows
+
+
+def _add_products(total, unfolded, other):
+    """total + the sum over images of unfolded[n] @ other[n] (total None: start from zero),
+    image by image in order, so the sum does not depend on the chunking."""
+    products = np.matmul(unfolded, other)
+    if total is None:
+        total = np.zeros(products.shape[1:], dtype=products.dtype)
+    for product in products:
+        total += product
+    return total
 
 
 def _flat_grads_from_dout(padded, dout_padded, flipped_matrix, kernel, x_hw, into=None):
@@ -318,13 +360,15 @@ def _flat_grads_from_dout(padded, dout_padded, flipped_matrix, kernel, x_hw, int
     inputs = padded.grid()  # x at each window start q of the dx grid
     dtype = dout_padded.data.dtype
     dx_grid = None if flipped_matrix is None else _output_grid(dout_padded, into, channels, dtype)
-    flipped_rows = np.zeros((kernel_h * kernel_w * out_channels, channels), dtype=dtype)
-    product = np.empty_like(flipped_rows)
-    for start, stop, unfolded in _flat_chunks(dout_padded, kernel, x_hw, channels):
+    span = starts_per_image(dout_padded, x_hw)
+    flipped_rows = None
+    for first, last, unfolded in _flat_chunks(dout_padded, kernel, x_hw, channels):
         if dx_grid is not None:
-            np.matmul(flipped_matrix, unfolded, out=dx_grid[:, start:stop])
-        np.matmul(unfolded, inputs[:, start:stop].T, out=product)
-        flipped_rows += product
+            np.matmul(flipped_matrix, unfolded, out=image_starts(dx_grid, padded.image, span, first, last))
+        input_starts = image_starts(inputs, padded.image, span, first, last).transpose(0, 2, 1)
+        flipped_rows = _add_products(flipped_rows, unfolded, input_starts)
+    if into is not None:
+        _zero_skipped_starts(dx_grid, padded.image, span)
     dweight = flipped_rows.reshape(kernel_h, kernel_w, out_channels, channels)[::-1, ::-1].transpose(2, 3, 0, 1)
     dx = None if dx_grid is None else dx_grid.reshape(channels, batch, *padded.grid_hw)[:, :, : x_hw[0], : x_hw[1]]
     return dx, np.ascontiguousarray(dweight)

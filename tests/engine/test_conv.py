@@ -90,12 +90,15 @@ def test_flat_layout_windows_are_the_padded_windows(seed):
     padded = conv.pad_spatial(x, *padding)
     row = width + padding[1]  # one border column per row, one border band per image, one closing band
     assert flat.data.shape == (channels, batch * (height + padding[0]) * row + padding[0] * row + padding[1])
-    # what _flat_chunks unfolds, one chunk for the whole batch: rows (i, j, c), one column per window start
+    # what _flat_chunks unfolds, one chunk for the whole batch: per image, rows (i, j, c) and one
+    # column per window start up to the image's last valid one
     chunks = list(conv._flat_chunks(flat, kernel, out_hw, out_rows=1))
     assert len(chunks) == 1
-    start, stop, unfolded = chunks[0]
-    grid = np.zeros((*kernel, channels, batch * flat.image))
-    grid[..., start:stop] = unfolded.reshape(*kernel, channels, stop - start)
+    first, last, unfolded = chunks[0]
+    span = conv.starts_per_image(flat, out_hw)
+    assert (first, last, unfolded.shape) == (0, batch, (batch, kernel[0] * kernel[1] * channels, span))
+    grid = np.full((*kernel, channels, batch, flat.image), np.nan)
+    grid[..., :span] = unfolded.reshape(batch, *kernel, channels, span).transpose(1, 2, 3, 0, 4)
     starts = grid.reshape(*kernel, channels, batch, *flat.grid_hw)[..., : out_hw[0], : out_hw[1]]
     for i in range(kernel[0]):
         for j in range(kernel[1]):

@@ -71,10 +71,26 @@ def chained_case(rng, ties):
             draw((filters, middle, *next_kernel)), draw(filters), next_padding)
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_chained_blocks_match_the_layer_path(ties):
+def fill_new_layouts_with_nan(monkeypatch):
+    """Make every FlatPadded.for_output start with NaN where it leaves cells unset, as reused
+    memory may: a cell a block forgets to write or zero then poisons what it reaches."""
+    unfilled = conv.FlatPadded.for_output.__func__
+
+    def poisoned(cls, shape, padding, dtype):
+        flat = unfilled(cls, shape, padding, dtype)
+        flat.data[:, flat.offset : flat.length - flat.offset] = np.nan
+        return flat
+
+    monkeypatch.setattr(conv.FlatPadded, "for_output", classmethod(poisoned))
+
+
+@pytest.mark.parametrize("ties, poisoned", [(False, False), (True, False), (False, True)])
+def test_chained_blocks_match_the_layer_path(ties, poisoned, monkeypatch):
     """conv -> relu -> conv, the first writing into the second's padded layout and taking its
-    input gradient back in that layout, gives what the layer path gives, gradients included."""
+    input gradient back in that layout, gives what the layer path gives, gradients included,
+    whatever the memory of a new layout held before."""
+    if poisoned:
+        fill_new_layouts_with_nan(monkeypatch)
     rng = np.random.default_rng(21 if ties else 22)
     chained = 0
     for _ in range(60):
