@@ -32,9 +32,12 @@ def to_public(x):
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("flat_max_waste", [0, 10**6])  # row-by-row windows, flattened windows
-def test_fast_conv_matches_loop_reference_forward_and_backward(case, dtype, flat_max_waste, monkeypatch):
+@pytest.mark.parametrize("blocks", [False, True])  # products in one piece, in column blocks of 16
+def test_fast_conv_matches_loop_reference_forward_and_backward(case, dtype, flat_max_waste, blocks, monkeypatch):
     monkeypatch.setattr(conv, "FLAT_MAX_WASTE", flat_max_waste)
     batch, channels, height, width, filters, kernel, stride, padding = case
+    if blocks:  # as medium's convs are cut for OpenBLAS's small-matrix kernels, here at 16 columns
+        monkeypatch.setattr(conv, "SMALL_PRODUCT", 16 * filters * channels * kernel[0] * kernel[1])
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
     weight = rng.standard_normal((filters, channels, *kernel)).astype(dtype)
@@ -73,6 +76,18 @@ def test_conv_chunking_gives_the_same_result_as_one_chunk(monkeypatch):
     for other in results[1:]:
         for one, many in zip(results[0], other):
             np.testing.assert_allclose(one, many, atol=1e-12)
+
+
+@pytest.mark.parametrize("span", [16, 47, 48, 50, 96])  # one block, blocks with and without a tail
+def test_products_in_column_blocks_are_the_whole_products(span, monkeypatch):
+    monkeypatch.setattr(conv, "SMALL_PRODUCT", 16 * 3 * 5)  # blocks of 16 columns for 3 x 5 weights
+    rng = np.random.default_rng(span)
+    weight = rng.standard_normal((3, 5))
+    unfolded = rng.standard_normal((2, 5, span))
+    grid = np.full((3, 2, span + 7), np.nan)  # written through a strided view, as a conv's grid is
+    conv._multiply_blocks(weight, unfolded, grid[:, :, :span].transpose(1, 0, 2))
+    np.testing.assert_allclose(grid[:, :, :span].transpose(1, 0, 2), weight @ unfolded, rtol=1e-12)
+    assert np.isnan(grid[:, :, span:]).all(), "nothing past the span is touched"
 
 
 @pytest.mark.parametrize("seed", range(6))
