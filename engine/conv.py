@@ -357,10 +357,35 @@ def _flat_weight_grad(padded, dout_padded, kernel, out_hw):
     return dweight_rows
 
 
+# A weight gradient's product (kh*kw*C x starts) @ (starts x O) reads its second operand
+# transposed; OpenBLAS takes that form through its small-matrix kernels only while the result
+# block has at most this many cells (and M*N*K stays under SMALL_PRODUCT).
+SMALL_TRANSPOSED_RESULT = 1200
+
+
+def _multiply_row_blocks(unfolded, other):
+    """unfolded[n] @ other[n] for every image n (unfolded (n, rows, span), other (n, span, O)
+    read transposed), in blocks of rows small enough for OpenBLAS's small-matrix kernels: the
+    rows of the result are independent, so nothing has to be summed afterwards."""
+    images, rows, span = unfolded.shape
+    out_rows = other.shape[2]
+    height = min(SMALL_PRODUCT // (out_rows * span), SMALL_TRANSPOSED_RESULT // out_rows) // 8 * 8
+    blocks = 0 if height == 0 else rows // height
+    if blocks < 2:
+        return np.matmul(unfolded, other)
+    products = np.empty((images, rows, out_rows), dtype=np.result_type(unfolded, other))
+    head = blocks * height
+    np.matmul(unfolded[:, :head].reshape(images, blocks, height, span), other[:, None],
+              out=products[:, :head].reshape(images, blocks, height, out_rows))
+    if head < rows:
+        np.matmul(unfolded[:, head:], other, out=products[:, head:])
+    return products
+
+
 def _add_products(total, unfolded, other):
     """total + the sum over images of unfolded[n] @ other[n] (total None: start from zero),
     image by image in order, so the sum does not depend on the chunking."""
-    products = np.matmul(unfolded, other)
+    products = _multiply_row_blocks(unfolded, other)
     if total is None:
         total = np.zeros(products.shape[1:], dtype=products.dtype)
     for product in products:

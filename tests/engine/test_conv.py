@@ -32,12 +32,17 @@ def to_public(x):
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("flat_max_waste", [0, 10**6])  # row-by-row windows, flattened windows
-@pytest.mark.parametrize("blocks", [False, True])  # products in one piece, in column blocks of 16
-def test_fast_conv_matches_loop_reference_forward_and_backward(case, dtype, flat_max_waste, blocks, monkeypatch):
+@pytest.mark.parametrize("products", ["whole", "column blocks", "row blocks"])
+def test_fast_conv_matches_loop_reference_forward_and_backward(case, dtype, flat_max_waste, products, monkeypatch):
     monkeypatch.setattr(conv, "FLAT_MAX_WASTE", flat_max_waste)
     batch, channels, height, width, filters, kernel, stride, padding = case
-    if blocks:  # as medium's convs are cut for OpenBLAS's small-matrix kernels, here at 16 columns
+    # medium's products are cut into blocks for OpenBLAS's small-matrix kernels; here the
+    # blocks are made small enough to cut these little convs: 16 columns, or 8 rows
+    if products == "column blocks":
         monkeypatch.setattr(conv, "SMALL_PRODUCT", 16 * filters * channels * kernel[0] * kernel[1])
+    elif products == "row blocks":
+        monkeypatch.setattr(conv, "SMALL_PRODUCT", 10**12)
+        monkeypatch.setattr(conv, "SMALL_TRANSPOSED_RESULT", 8 * max(filters, channels))
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
     weight = rng.standard_normal((filters, channels, *kernel)).astype(dtype)
@@ -88,6 +93,15 @@ def test_products_in_column_blocks_are_the_whole_products(span, monkeypatch):
     conv._multiply_blocks(weight, unfolded, grid[:, :, :span].transpose(1, 0, 2))
     np.testing.assert_allclose(grid[:, :, :span].transpose(1, 0, 2), weight @ unfolded, rtol=1e-12)
     assert np.isnan(grid[:, :, span:]).all(), "nothing past the span is touched"
+
+
+@pytest.mark.parametrize("rows", [8, 23, 24, 40])  # one block, blocks with and without a tail
+def test_products_in_row_blocks_are_the_whole_products(rows, monkeypatch):
+    monkeypatch.setattr(conv, "SMALL_TRANSPOSED_RESULT", 8 * 3)  # blocks of 8 rows for 3 columns
+    rng = np.random.default_rng(rows)
+    unfolded = rng.standard_normal((2, rows, 30))
+    other = rng.standard_normal((3, 2, 30)).transpose(1, 2, 0)  # read transposed, as a grid is
+    np.testing.assert_allclose(conv._multiply_row_blocks(unfolded, other), unfolded @ other, rtol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(6))
