@@ -1,8 +1,9 @@
 """Convolution and pooling kernels: the fast ones the layers use, and slow loop references.
 
 The fast kernels work on the engine's internal layout (C, N, H, W): channels first, batch
-second, so that for one kernel offset (i, j) the whole batch is a single (C, N*Ho*Wo)
-matrix and the convolution is a handful of large matrix products. Semantics are PyTorch's
+second, so that for one kernel offset (i, j) a chunk of images is a single (C, n*Ho*Wo)
+matrix, the unfolded windows are a few contiguous copies, and the convolution is one matrix
+product per image, cut into the blocks OpenBLAS multiplies fastest. Semantics are PyTorch's
 `conv2d` (cross-correlation, zero padding, stride) and `max_pool2d` / `avg_pool2d`
 (floor mode, the first maximum of a window takes the gradient).
 
@@ -226,6 +227,8 @@ def _flat_chunks(padded, kernel, out_hw, out_rows):
 # of packing them first. A conv's product (O x kh*kw*C) @ (kh*kw*C x starts) is far larger, so
 # it is cut into column blocks under that size: one image of medium's second conv measured
 # 113 GFLOP/s in blocks of 64 starts against 89 in one product (32 x 288 @ 288 x 1056).
+# Where the BLAS has no such path the blocks cost nothing measurable (OpenBLAS's Haswell
+# kernels: medium's step level).
 SMALL_PRODUCT = 10**6
 
 
@@ -234,7 +237,7 @@ def _multiply_blocks(weight_matrix, unfolded, out):
     (n, O, span), any strides with contiguous columns), in column blocks of SMALL_PRODUCT."""
     out_rows, rows = weight_matrix.shape
     images, _, span = unfolded.shape
-    width = SMALL_PRODUCT // (out_rows * rows) // 16 * 16
+    width = SMALL_PRODUCT // (out_rows * rows) // 16 * 16  # whole AVX-512 registers of floats
     blocks = 0 if width == 0 else span // width
     if blocks < 2:
         np.matmul(weight_matrix, unfolded, out=out)
