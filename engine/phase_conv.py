@@ -26,7 +26,7 @@ engine.direct_conv.DirectConvBlock, which measured faster for it.
 
 import numpy as np
 
-from engine.conv import output_size, relu_in_place
+from engine.conv import multiply_column_blocks, multiply_inner_blocks, output_size, relu_in_place
 from engine.direct_conv import DirectConvBlock, chain_blocks
 
 # Images are processed in chunks whose unfolded input plus conv output hold about this many
@@ -256,7 +256,7 @@ class ConvBlock:
                 conv_chunks.append((conv, result))
             else:
                 conv = product[: out_channels * g.phases * width].reshape(out_channels, g.phases, width)
-            np.matmul(weight_matrix, unfolded.reshape(rows, g.phases * width), out=conv.reshape(out_channels, -1))
+            multiply_column_blocks(weight_matrix, unfolded.reshape(1, rows, g.phases * width), conv.reshape(1, out_channels, -1))
             if g.phases == 1:
                 result = conv[:, 0]
             elif self.pool_kind == "max":
@@ -287,7 +287,6 @@ class ConvBlock:
         dgrid.reshape(out_channels, batch, *g.grid_hw)[:, :, :out_h, :out_w] = dpooled
         weight_matrix_t = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(out_channels, rows).T)
         dweight_rows = np.zeros((rows, out_channels), dtype=dtype)  # dW transposed: the faster product
-        product = np.empty((rows, out_channels), dtype=dtype)
         dphases = np.zeros_like(phases) if need_input_grad else None
         chunk = g.images_per_chunk(batch)
         columns = np.empty(rows * g.phases * chunk * g.cells, dtype=dtype) if kept_columns is None else None
@@ -315,8 +314,7 @@ class ConvBlock:
                 else:
                     dconv[...] = dmax[:, None, :]
                 dconv = dconv.reshape(out_channels, g.phases * width)
-            np.matmul(unfolded.reshape(rows, g.phases * width), dconv.T, out=product)
-            dweight_rows += product
+            dweight_rows += multiply_inner_blocks(unfolded.reshape(rows, g.phases * width), dconv)
             if need_input_grad:
                 dcols = dcols_buffer[: rows * g.phases * width].reshape(rows, g.phases * width)
                 np.matmul(weight_matrix_t, dconv, out=dcols)

@@ -90,7 +90,7 @@ def test_products_in_column_blocks_are_the_whole_products(span, monkeypatch):
     weight = rng.standard_normal((3, 5))
     unfolded = rng.standard_normal((2, 5, span))
     grid = np.full((3, 2, span + 7), np.nan)  # written through a strided view, as a conv's grid is
-    conv._multiply_blocks(weight, unfolded, grid[:, :, :span].transpose(1, 0, 2))
+    conv.multiply_column_blocks(weight, unfolded, grid[:, :, :span].transpose(1, 0, 2))
     np.testing.assert_allclose(grid[:, :, :span].transpose(1, 0, 2), weight @ unfolded, rtol=1e-12)
     assert np.isnan(grid[:, :, span:]).all(), "nothing past the span is touched"
 
@@ -101,7 +101,15 @@ def test_products_in_row_blocks_are_the_whole_products(rows, monkeypatch):
     rng = np.random.default_rng(rows)
     unfolded = rng.standard_normal((2, rows, 30))
     other = rng.standard_normal((3, 2, 30)).transpose(1, 2, 0)  # read transposed, as a grid is
-    np.testing.assert_allclose(conv._multiply_row_blocks(unfolded, other), unfolded @ other, rtol=1e-12)
+    np.testing.assert_allclose(conv.multiply_row_blocks(unfolded, other), unfolded @ other, rtol=1e-12)
+
+
+@pytest.mark.parametrize("length", [16, 47, 48, 50, 96])  # one block, blocks with and without a tail
+def test_products_summed_over_inner_blocks_are_the_whole_products(length, monkeypatch):
+    monkeypatch.setattr(conv, "SMALL_PRODUCT", 16 * 4 * 3)  # inner blocks of 16 for a 4 x 3 result
+    rng = np.random.default_rng(length)
+    left, right = rng.standard_normal((4, length)), rng.standard_normal((3, length))
+    np.testing.assert_allclose(conv.multiply_inner_blocks(left, right), left @ right.T, rtol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(6))

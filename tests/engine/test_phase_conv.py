@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine import phase_conv
+from engine import conv, phase_conv
 from engine.phase_conv import ConvBlock, PhaseGeometry
 from tests.engine.block_checks import assert_block_matches_layer_path, layer_path, value_drawer
 from engine.direct_conv import DirectConvBlock
@@ -24,13 +24,17 @@ def random_case(rng, ties):
                 padding=padding, pool=pool, pool_kind=pool_kind, relu=relu)
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_block_matches_the_layer_path_forward_and_backward(ties):
+@pytest.mark.parametrize("ties, blocks", [(False, False), (True, False), (False, True)])
+def test_block_matches_the_layer_path_forward_and_backward(ties, blocks, monkeypatch):
+    """With blocks, the block's products are cut into pieces of 16 columns (see
+    engine.conv.SMALL_PRODUCT), as the larger convs of real nets are."""
     rng = np.random.default_rng(7 if ties else 8)
     checked = 0
     for _ in range(150):
         case = random_case(rng, ties)
         x, weight, bias = case["x"], case["weight"], case["bias"]
+        if blocks:
+            monkeypatch.setattr(conv, "SMALL_PRODUCT", 16 * weight.size)
         geometry = PhaseGeometry(x.shape[:1] + x.shape[2:], weight.shape[0], weight.shape[2:], case["padding"], case["pool"])
         if min(geometry.out_hw) < 1:
             continue
