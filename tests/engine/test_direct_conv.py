@@ -66,7 +66,7 @@ def chained_case(rng, ties):
     next_padding = tuple(k - 1 - p for k, p in zip(kernel, padding))
     next_kernel = tuple(int(rng.integers(p + 1, p + 4)) for p in next_padding)
     height, width = (int(v) for v in rng.integers(max(kernel) + max(next_kernel), 14, 2))
-    draw = (lambda size: rng.integers(-1, 2, size).astype(np.float64)) if ties else rng.standard_normal
+    draw = value_drawer(rng, ties)
     return (draw((channels, batch, height, width)), draw((middle, channels, *kernel)), draw(middle), padding,
             draw((filters, middle, *next_kernel)), draw(filters), next_padding)
 
