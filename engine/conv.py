@@ -236,14 +236,22 @@ def _flat_chunks(padded, kernel, out_hw, out_rows):
 SMALL_PRODUCT = 10**6
 
 
+def _blocks_along(length, most, granule):
+    """(blocks, size): how an axis of `length` is cut into whole blocks of `size`, the largest
+    multiple of `granule` up to `most`; blocks is 0 when fewer than two such blocks fit (then
+    the product is not worth cutting), and the cells past blocks * size form one tail."""
+    size = most // granule * granule
+    blocks = length // size if size else 0
+    return (blocks, size) if blocks >= 2 else (0, size)
+
+
 def multiply_column_blocks(weight_matrix, unfolded, out):
     """out[n] = weight_matrix @ unfolded[n] for every image n (unfolded (n, rows, span), out
     (n, O, span), any strides with contiguous columns), in column blocks of SMALL_PRODUCT."""
     out_rows, rows = weight_matrix.shape
     images, _, span = unfolded.shape
-    width = SMALL_PRODUCT // (out_rows * rows) // 16 * 16  # whole AVX-512 registers of floats
-    blocks = 0 if width == 0 else span // width
-    if blocks < 2:
+    blocks, width = _blocks_along(span, SMALL_PRODUCT // (out_rows * rows), 16)  # whole AVX-512 registers of floats
+    if not blocks:
         np.matmul(weight_matrix, unfolded, out=out)
         return
     head = blocks * width
@@ -265,9 +273,8 @@ def multiply_row_blocks(unfolded, other):
     rows of the result are independent, so nothing has to be summed afterwards."""
     images, rows, span = unfolded.shape
     out_rows = other.shape[2]
-    height = min(SMALL_PRODUCT // (out_rows * span), SMALL_TRANSPOSED_RESULT // out_rows) // 8 * 8
-    blocks = 0 if height == 0 else rows // height
-    if blocks < 2:
+    blocks, height = _blocks_along(rows, min(SMALL_PRODUCT // (out_rows * span), SMALL_TRANSPOSED_RESULT // out_rows), 8)
+    if not blocks:
         return np.matmul(unfolded, other)
     products = np.empty((images, rows, out_rows), dtype=np.result_type(unfolded, other))
     head = blocks * height
@@ -285,9 +292,8 @@ def multiply_inner_blocks(left, right):
     first conv (25 x 8 over 25 088 cells): the whole training step 0.84-0.85 of the time."""
     rows, length = left.shape
     out_rows = right.shape[0]
-    width = SMALL_PRODUCT // (rows * out_rows) // 16 * 16
-    blocks = 0 if width == 0 else length // width
-    if blocks < 2:
+    blocks, width = _blocks_along(length, SMALL_PRODUCT // (rows * out_rows), 16)
+    if not blocks:
         return left @ right.T
     head = blocks * width
     total = np.matmul(left[:, :head].reshape(rows, blocks, width).transpose(1, 0, 2),
