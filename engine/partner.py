@@ -390,7 +390,21 @@ def serve(commands, replies):
                 raise ValueError(f"unknown command {kind!r}")
         except Exception as error:  # reported to the main process, which then computes the part itself
             reply = ("error", f"{type(error).__name__}: {error}")
-        _send(replies, reply)
+        try:
+            _send(replies, reply)
+        except BrokenPipeError:  # the main process died mid-exchange (a run killed): nobody to answer
+            _drop_unsent(replies)
+            return
+
+
+def _drop_unsent(stream):
+    """Point stream's descriptor at /dev/null, so the reply still buffered for a reader that is
+    gone is dropped when the stream closes instead of raising (and printing) a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
 
 
 def main():

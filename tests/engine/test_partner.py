@@ -4,6 +4,8 @@ gives exactly what computing it here gives, and a partner that dies costs nothin
 import gc
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -116,6 +118,19 @@ def test_a_partner_exits_when_its_main_process_closes_the_channel():
     helper = partner.Partner()
     helper.close()
     assert helper.process.returncode == 0
+
+
+def test_a_partner_whose_main_process_dies_mid_exchange_exits_quietly():
+    """A run killed while its partner computes: the partner's answer finds no reader. It must
+    end with nothing on stderr, which is the server's log (a traceback there is a failure)."""
+    environment = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__))))
+    process = subprocess.Popen([sys.executable, "-c", "from engine.partner import main; main()"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
+    process.stdout.close()  # the main process's end of the answers is gone
+    partner._send(process.stdin, ("drop", 0))  # the partner answers "ok" into the broken pipe
+    process.stdin.close()
+    assert process.wait(10) == 0
+    assert process.stderr.read() == b""
 
 
 @pytest.mark.parametrize("threads", [1, 2])
