@@ -56,9 +56,10 @@ class Server:
             raise AssertionError("server did not answer /healthz within 60 s")
 
     def kill(self) -> None:
+        """SIGKILL the server. Its client stays open: a thread still using it then sees the
+        server gone (a transport error), not a closed client."""
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
-        self.client.close()
 
     def session_processes(self) -> list[int]:
         """Processes still alive in this server's session (its training processes, once it is gone)."""
@@ -173,6 +174,7 @@ def test_sigkill_at_random_moments_loses_no_run_and_every_run_resumes(tmp_path):
         for server in servers:
             if server.process.poll() is None:
                 server.kill()
+            server.client.close()
             server.kill_session()
 
 
