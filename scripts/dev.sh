@@ -4,6 +4,7 @@
 #   scripts/dev.sh run     install kernelscope into .venv and serve it on http://127.0.0.1:8000
 #   scripts/dev.sh test    install kernelscope with its test extra, make sure Debian's chromium
 #                          is there (apt-get, as root or through sudo), run the whole test suite
+#   scripts/dev.sh check   only the house checks: ruff, ruff format, import contracts, mypy
 #   scripts/dev.sh setup [test]   only the install step
 #
 # The Makefile's `make run` / `make test` call this. Re-runs skip the install when
@@ -75,13 +76,27 @@ ensure_chromium() {
     || { log "could not install chromium (need root or sudo): install it, then run again"; exit 1; }
 }
 
-run_tests() {
+# The house checks (issue 17): lint, format, import contracts, types. Their configuration
+# lives in pyproject.toml. Each runs even when one before it failed, so one pass shows all.
+run_checks() {
   local status=0
+  log "ruff check";          "$VENV/bin/ruff" check . || status=1
+  log "ruff format --check"; "$VENV/bin/ruff" format --check --quiet . || status=1
+  log "lint-imports";        "$VENV/bin/lint-imports" --no-cache || status=1
+  log "mypy engine app";     "$VENV/bin/mypy" || status=1
+  [ "$status" -eq 0 ] && log "house checks passed" || log "FAILED: house checks (see above)"
+  return "$status"
+}
+
+run_tests() {
+  local status=0 checks=0
+  run_checks || checks=1
   "$VENV/bin/python" -m pytest "$@" || status=$?
   if [ "$status" -eq 5 ]; then
     log "FAILED: pytest collected no tests (exit code 5); the suite must not be empty"
     exit 1
   fi
+  if [ "$status" -eq 0 ] && [ "$checks" -ne 0 ]; then status=1; fi
   exit "$status"
 }
 
@@ -91,5 +106,6 @@ case "$command" in
   setup) setup "${1:-}" ;;
   run) setup; exec "$VENV/bin/kernelscope" serve "$@" ;;
   test) setup test; ensure_chromium; run_tests "$@" ;;
-  *) echo "usage: scripts/dev.sh run | test [pytest args] | setup [test]" >&2; exit 2 ;;
+  check) setup test; run_checks ;;
+  *) echo "usage: scripts/dev.sh run | test [pytest args] | check | setup [test]" >&2; exit 2 ;;
 esac
