@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import engine
-from engine import initializers
-from engine.initializers import INITIALIZERS, NAMED_KERNELS, describe, fans, initialize
+from engine.core import initializers
+from engine.core.initializers import INITIALIZERS, NAMED_KERNELS, describe, fans, initialize
 
 CONV_SHAPE = (128, 64, 5, 5)  # fan_in 1600, fan_out 3200, 204800 samples
 DENSE_SHAPE = (400, 500)  # fan_in 500, fan_out 400, 200000 samples
