@@ -1,0 +1,88 @@
+"""The contract between engine.core (the textbook reference) and engine.fast: for every preset,
+build_model(fast=True) computes what build_model(fast=False) computes.
+
+Both draw bit-identical weights. The products are cut and summed in different orders (im2col
+and one product in the core; flat layouts, phase grids and cut blocks in the fast path), so
+values agree to rounding, not bit for bit: in float64 to 1e-9 of the largest value, in float32
+to 2e-4 of it (except the 20-layer `deep` preset, whose float32 gradients pick up rounding
+layer after layer; it is compared in float64). The fast path is bit-identical to itself from run to run and with or without
+partner processes (tests/engine/test_partner.py).
+"""
+
+import numpy as np
+import pytest
+
+import engine
+from engine.presets import PRESETS
+
+TOLERANCE = {np.float64: 1e-9, np.float32: 2e-4}
+
+
+def close(got, want, dtype, what):
+    scale = max(float(np.abs(want).max()), 1e-30)
+    assert float(np.abs(np.asarray(got, np.float64) - want).max()) <= TOLERANCE[dtype] * scale, what
+
+
+def batch(model, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((size, *model.input_shape)), rng.integers(0, model.output_shapes[-1][0], size)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_forward_and_backward_match_the_core(preset, dtype):
+    if preset == "deep" and dtype == np.float32:
+        pytest.skip("float32 rounding compounds over 20 layers; deep is compared in float64")
+    fast = engine.build_model(preset, seed=3, dtype=dtype)
+    core = engine.build_model(preset, seed=3, dtype=dtype, fast=False)
+    for name in core.params:
+        np.testing.assert_array_equal(fast.params[name], core.params[name])
+    x, labels = batch(core, 20)
+    x = x.astype(dtype)
+    logits = core.forward(x, keep_outputs=True)
+    close(fast.forward(x, keep_outputs=True), logits, dtype, "logits")
+    for index, (got, want) in enumerate(zip(fast.outputs, core.outputs)):
+        close(got, want, dtype, f"output of layer {index}")
+    _, dlogits = engine.softmax_cross_entropy(logits, labels)
+    close(fast.backward(dlogits), core.backward(dlogits), dtype, "dx")
+    for name in core.grads:
+        close(fast.grads[name], core.grads[name], dtype, name)
+    for index, (got, want) in enumerate(zip(fast.output_grads, core.output_grads)):
+        close(got, want, dtype, f"output grad of layer {index}")
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_fast_training_steps_match_the_core(preset):
+    models = [engine.build_model(preset, seed=1, dtype=np.float64, fast=fast) for fast in (True, False)]
+    optimizers = [engine.make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}) for _ in models]
+    x, labels = batch(models[0], 32, seed=5)
+    losses = []
+    for _ in range(3):
+        for model, optimizer in zip(models, optimizers):
+            loss, _ = model.train_gradients(x, labels)
+            optimizer.step(model.params, model.grads)
+            losses.append(loss)
+    fast, core = models
+    assert losses[-2] == pytest.approx(losses[-1], rel=1e-9)
+    for name in core.params:
+        close(fast.params[name], core.params[name], np.float64, name)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("batch_size", [16, 32])
+def test_filters_of_a_constant_init_stay_identical(fast, batch_size):
+    """Identical filters get identical gradients, so they stay identical: symmetry is never
+    broken. The promise: within 1e-6 of the layer's largest weight (float32 rounding of
+    products whose rows may be summed in different orders by BLAS on some machines); on this
+    machine the filters stay bit-identical."""
+    model = engine.build_model("small", init="constant", seed=0, fast=fast)
+    optimizer = engine.make_optimizer({"name": "sgd", "lr": 0.05, "momentum": 0.9})
+    x, labels = batch(model, batch_size, seed=2)
+    x = np.abs(x).astype(np.float32)
+    for _ in range(20):
+        model.train_gradients(x, labels)
+        optimizer.step(model.params, model.grads)
+        for index in model.conv_indices:
+            weight = model.params[f"{index}.weight"]
+            assert np.abs(weight - weight[:1]).max() <= 1e-6 * np.abs(weight).max(), f"conv {index}"
+    assert np.abs(model.params[f"{model.conv_indices[0]}.weight"] - 0.1).max() > 1e-4  # it did learn
