@@ -86,3 +86,14 @@ def test_filters_of_a_constant_init_stay_identical(fast, batch_size):
             weight = model.params[f"{index}.weight"]
             assert np.abs(weight - weight[:1]).max() <= 1e-6 * np.abs(weight).max(), f"conv {index}"
     assert np.abs(model.params[f"{model.conv_indices[0]}.weight"] - 0.1).max() > 1e-4  # it did learn
+
+
+def test_the_core_imports_nothing_from_the_fast_path():
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib; [importlib.import_module('engine.core.' + m) for m in "
+            "('kernels', 'initializers', 'layers', 'losses', 'optimizers', 'model')]; "
+            "print(sorted(m for m in sys.modules if m.startswith('engine.fast')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
