@@ -68,24 +68,39 @@ def test_fast_training_steps_match_the_core(preset):
         close(fast.params[name], core.params[name], np.float64, name)
 
 
-@pytest.mark.parametrize("fast", [True, False])
+# Filter counts off the BLAS tile sizes (5, 17): OpenBLAS (0.3.31, Haswell kernels) computes
+# rows of a product that fall in an edge tile in another order than the others, so identical
+# filters there can come out of a product 1 ulp apart (presets with 8/16/32 filters stayed
+# bit-identical on the machine this was measured on, 600 steps; the 5/17 net drifted to 3e-7).
+ODD_FILTERS = {"input": [1, 16, 16], "layers": [
+    {"type": "conv", "filters": 5, "kernel": 3}, {"type": "relu"}, {"type": "maxpool", "size": 2},
+    {"type": "conv", "filters": 17, "kernel": 3, "padding": 1}, {"type": "relu"}, {"type": "maxpool", "size": 2},
+    {"type": "flatten"}, {"type": "dense", "units": 4}]}
+# The promise for identical filters (a zeros or constant init), in every path: they stay equal to
+# within this fraction of the layer's largest weight. Identical rows are not computed
+# identically by the BLAS, so bit-identity cannot be promised without deduplicating every product.
+IDENTICAL_FILTERS_TOLERANCE = 1e-6
+
+
+@pytest.mark.parametrize("spec", ["small", ODD_FILTERS], ids=["small", "odd_filters"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "core"])
 @pytest.mark.parametrize("batch_size", [16, 32])
-def test_filters_of_a_constant_init_stay_identical(fast, batch_size):
-    """Identical filters get identical gradients, so they stay identical: symmetry is never
-    broken. The promise: within 1e-6 of the layer's largest weight (float32 rounding of
-    products whose rows may be summed in different orders by BLAS on some machines); on this
-    machine the filters stay bit-identical."""
-    model = engine.build_model("small", init="constant", seed=0, fast=fast)
+def test_filters_of_a_constant_init_stay_identical(spec, fast, batch_size):
+    """Identical filters get identical gradients, so symmetry is never broken: every conv's
+    filters stay identical, to IDENTICAL_FILTERS_TOLERANCE, step after step."""
+    model = engine.build_model(spec, init="constant", seed=0, fast=fast)
     optimizer = engine.make_optimizer({"name": "sgd", "lr": 0.05, "momentum": 0.9})
     x, labels = batch(model, batch_size, seed=2)
     x = np.abs(x).astype(np.float32)
-    for _ in range(20):
+    start = model.params[f"{model.conv_indices[0]}.weight"].copy()
+    for _ in range(40):
         model.train_gradients(x, labels)
         optimizer.step(model.params, model.grads)
         for index in model.conv_indices:
             weight = model.params[f"{index}.weight"]
-            assert np.abs(weight - weight[:1]).max() <= 1e-6 * np.abs(weight).max(), f"conv {index}"
-    assert np.abs(model.params[f"{model.conv_indices[0]}.weight"] - 0.1).max() > 1e-4  # it did learn
+            spread = np.abs(weight - weight[:1]).max()
+            assert spread <= IDENTICAL_FILTERS_TOLERANCE * np.abs(weight).max(), f"conv {index}: {spread}"
+    assert np.abs(model.params[f"{model.conv_indices[0]}.weight"] - start).max() > 1e-4  # it did learn
 
 
 def test_the_core_imports_nothing_from_the_fast_path():
