@@ -124,14 +124,6 @@ class Model:
         """The state-dict names of layer `index`'s parameters (empty for layers without)."""
         return [f"{index}.{part}" for part in self.layers[index].param_shapes()]
 
-    def summary(self):
-        """One row per layer: index, type, output shape, parameter count."""
-        rows = []
-        for index, layer in enumerate(self.layers):
-            count = sum(self.params[name].size for name in self.param_names(index))
-            rows.append({"index": index, "type": layer.kind, "output_shape": list(layer.output_shape), "params": int(count)})
-        return rows
-
     def _layer_params(self, dtype):
         """Per layer, {"weight": ..., "bias": ...} in the dtype of the batch (float64 checks)."""
         return [{name.split(".", 1)[1]: self.params[name].astype(dtype, copy=False) for name in self.param_names(index)}
