@@ -1,10 +1,12 @@
 """Named kernel patterns: the one home of the small pictures a filter can be compared with or
 start as (oriented edges and lines, X, plus, Sobel, Laplacian, blobs, ...), at any size.
 
-`pattern(name, h, w)` draws a pattern on an h x w grid. The `kernel` initializer starts
-filters as `named_kernel` (the pattern scaled to unit L2 norm); the filter analysis
-(engine.analysis) matches learned filters against `detector` (the pattern with its mean
-removed, then unit norm) for the names in DETECTORS. Orientation follows the image (row 0
+`pattern(name, h, w)` draws a pattern on an h x w grid. Lines (and the X and plus made of
+them) are drawn one pixel wide with a tent profile. The filter analysis (engine.analysis)
+matches learned filters against `detector` (the pattern with its mean removed, at unit norm)
+for the names in DETECTORS; the `kernel` initializer starts filters as `named_kernel`: the
+pattern at unit L2 norm, where a line pattern is first made two-level (+1 on its line,
+-1 elsewhere: the classic 3x3 X is [[1, -1, 1], [-1, 1, -1], [1, -1, 1]]). Orientation follows the image (row 0
 at the top): a `diagonal_*` runs from top-left to bottom-right ("\\"), an `antidiagonal_*`
 from bottom-left to top-right ("/").
 """
@@ -43,12 +45,6 @@ def _smoothing(n):
     return np.array([math.comb(n - 1, k) for k in range(n)], dtype=float)
 
 
-def _x(h, w):
-    rows, cols = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    tolerance = 0.5 / max(h - 1, w - 1, 1) + 1e-9
-    return _plus_minus((np.abs(rows - cols) < tolerance) | (np.abs(rows + cols - 1) < tolerance))
-
-
 def _lines(h, w, rows=False, cols=False):
     mask = np.zeros((h, w), dtype=bool)
     if rows:
@@ -56,6 +52,13 @@ def _lines(h, w, rows=False, cols=False):
     if cols:
         mask[:, _middle(w)] = True
     return mask
+
+
+def _line(h, w, kind):
+    """A tent line through the centre: vertical, horizontal, diagonal or antidiagonal."""
+    v, u = _grid(h, w)
+    distance = {"vertical": u, "horizontal": v, "diagonal": (u - v) / np.sqrt(2), "antidiagonal": (u + v) / np.sqrt(2)}
+    return _tent(distance[kind])
 
 
 def _laplacian(h, w):
@@ -78,14 +81,11 @@ def _gaussian(h, w, spread):
     return np.exp(-(u**2 + v**2) / (2 * sigma**2))
 
 
-def _diagonal(h, w, sign):
-    v, u = _grid(h, w)
-    return u - v if sign > 0 else u + v
-
-
 PATTERNS = {
-    "x": (_x, "+1 on both diagonals, -1 elsewhere: an X detector"),
-    "plus": (lambda h, w: _plus_minus(_lines(h, w, rows=True, cols=True)), "+1 on the middle row and column, -1 elsewhere: a + detector"),
+    "x": (lambda h, w: np.maximum(_line(h, w, "diagonal"), _line(h, w, "antidiagonal")),
+          "+1 on both diagonals, -1 elsewhere: an X detector"),
+    "plus": (lambda h, w: np.maximum(_line(h, w, "vertical"), _line(h, w, "horizontal")),
+             "+1 on the middle row and column, -1 elsewhere: a + detector"),
     "sobel_x": (lambda h, w: np.outer(_smoothing(h), _derivative(w)),
                 "Sobel: smoothing down the rows times a left-to-right difference; finds vertical edges"),
     "sobel_y": (lambda h, w: np.outer(_derivative(h), _smoothing(w)),
@@ -94,17 +94,20 @@ PATTERNS = {
     "identity": (_identity, "1 at the centre: passes the input through"),
     "vertical_edge": (lambda h, w: np.sign(_grid(h, w)[1]), "-1 on the left half, +1 on the right half"),
     "horizontal_edge": (lambda h, w: np.sign(_grid(h, w)[0]), "-1 on the top half, +1 on the bottom half"),
-    "diagonal_edge": (lambda h, w: np.sign(_diagonal(h, w, 1)), "-1 below the main diagonal, +1 above it"),
-    "antidiagonal_edge": (lambda h, w: np.sign(_diagonal(h, w, -1)), "-1 above the anti-diagonal, +1 below it"),
-    "vertical_line": (lambda h, w: _plus_minus(_lines(h, w, cols=True)), "+1 on the middle column, -1 elsewhere"),
-    "horizontal_line": (lambda h, w: _plus_minus(_lines(h, w, rows=True)), "+1 on the middle row, -1 elsewhere"),
-    "diagonal_line": (lambda h, w: _tent(_diagonal(h, w, 1) / np.sqrt(2)), "a one-pixel line along the main diagonal"),
-    "antidiagonal_line": (lambda h, w: _tent(_diagonal(h, w, -1) / np.sqrt(2)), "a one-pixel line along the anti-diagonal"),
+    "diagonal_edge": (lambda h, w: np.sign(_grid(h, w)[1] - _grid(h, w)[0]), "-1 below the main diagonal, +1 above it"),
+    "antidiagonal_edge": (lambda h, w: np.sign(_grid(h, w)[1] + _grid(h, w)[0]), "-1 above the anti-diagonal, +1 below it"),
+    "vertical_line": (lambda h, w: _line(h, w, "vertical"), "+1 on the middle column, -1 elsewhere"),
+    "horizontal_line": (lambda h, w: _line(h, w, "horizontal"), "+1 on the middle row, -1 elsewhere"),
+    "diagonal_line": (lambda h, w: _line(h, w, "diagonal"), "+1 on the main diagonal, -1 elsewhere"),
+    "antidiagonal_line": (lambda h, w: _line(h, w, "antidiagonal"), "+1 on the anti-diagonal, -1 elsewhere"),
     "blob": (lambda h, w: _gaussian(h, w, 5.0), "a narrow Gaussian: centre-surround once its mean is removed"),
     "box": (lambda h, w: np.ones((h, w)), "all ones: a blur"),
     "gaussian": (lambda h, w: _gaussian(h, w, 4.0), "a Gaussian bump: a smooth blur"),
     "checkerboard": (lambda h, w: _plus_minus(np.add.outer(np.arange(h), np.arange(w)) % 2 == 0), "alternating +1/-1"),
 }
+
+# Line patterns: as hand-made kernels they start two-level (+1 on the line, -1 elsewhere).
+LINES = ("x", "plus", "vertical_line", "horizontal_line", "diagonal_line", "antidiagonal_line")
 
 # The canonical detectors a learned filter is matched against (engine.analysis).
 DETECTORS = ("vertical_edge", "horizontal_edge", "diagonal_edge", "antidiagonal_edge", "vertical_line",
@@ -126,6 +129,8 @@ def named_kernel(name, size):
     """
     h, w = size
     kernel = pattern(name, h, w)
+    if name in LINES:
+        kernel = _plus_minus(kernel >= kernel.max() - 1e-9)
     norm = np.linalg.norm(kernel)
     if norm == 0:
         raise ValueError(f"kernel {name!r} is all zeros at size {h}x{w}; it needs at least 3x3")
