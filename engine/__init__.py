@@ -8,12 +8,13 @@ and the named architectures in PRESETS. Needs only numpy; never prints.
 
 import numpy as np
 
-from engine.core.initializers import INITIALIZERS, NAMED_KERNELS, describe as describe_init
+from engine.core import model as _core_model
+from engine.core.initializers import INITIALIZERS, NAMED_KERNELS
+from engine.core.initializers import describe as describe_init
 from engine.core.losses import accuracy, softmax, softmax_cross_entropy
 from engine.core.model import Model, normalize_spec
 from engine.core.optimizers import OPTIMIZERS, SGD, Adam, make_optimizer
 from engine.fast import model as _fast_model
-from engine.core import model as _core_model
 from engine.presets import PRESETS
 
 

@@ -9,7 +9,6 @@ import numpy as np
 from engine.core.layers import output_size
 
 
-
 def conv2d_reference(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     """Loop convolution (PyTorch conv2d semantics) on x (N, C, H, W); returns (N, O, Ho, Wo)."""
     batch, channels, height, width = x.shape

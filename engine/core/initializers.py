@@ -12,8 +12,8 @@ fallback initializer. Each law gives its σ or its bound once (`Initializer.spre
 and the worked figures of `describe` both come from it.
 """
 
-from dataclasses import dataclass, field
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 

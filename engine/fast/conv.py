@@ -372,7 +372,7 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), into=None):
     A chunk of images at a time is unfolded (im2col, rows ordered (i, j, c)) and multiplied
     by the weight matrix (O, kh*kw*C) in one matmul.
 
-    Chained convs (see engine.direct_conv) pass flat layouts instead of arrays: x may be a
+    Chained convs (see engine.fast.direct_conv) pass flat layouts instead of arrays: x may be a
     FlatPadded padded as this conv wants, and into a FlatPadded.for_output (O, N, Ho, Wo)
     with the same row and image lengths as x's flat layout, which out is then a view of.
     """
@@ -455,7 +455,7 @@ def _flat_grads_from_dout(padded, dout_padded, flipped_matrix, kernel, x_hw, int
 def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=True):
     """Gradients of conv2d_forward: returns (dx or None, dweight, dbias or None).
 
-    Chained convs (see engine.direct_conv): dout may come as a FlatPadded padded by k-1-p,
+    Chained convs (see engine.fast.direct_conv): dout may come as a FlatPadded padded by k-1-p,
     with zero borders, and when x came as a FlatPadded, dx goes back in x's flat layout with
     junk in its border cells, which the conv before zeroes with its relu mask.
 

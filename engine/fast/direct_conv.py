@@ -1,4 +1,4 @@
-"""A conv on engine.conv's direct kernel together with the relu and the max pool after it,
+"""A conv on engine.fast.conv's direct kernel together with the relu and the max pool after it,
 for convs the phase grid (engine.fast.phase_conv) does not take or does not help: wide and strided
 convs before a max pool, and convs with no pool after them. The relu runs in place on the
 conv's own output, and when a max pool follows, bias and relu run after the pool, on the
@@ -23,8 +23,17 @@ pool's gradient is written straight into the padded layout its conv's backward p
 
 import numpy as np
 
-from engine.fast.conv import (FlatPadded, conv2d_backward, conv2d_forward, conv_output_shape, flat_chain_padding,
-                         maxpool_backward, maxpool_forward, output_gradient_layout, relu_in_place)
+from engine.fast.conv import (
+    FlatPadded,
+    conv2d_backward,
+    conv2d_forward,
+    conv_output_shape,
+    flat_chain_padding,
+    maxpool_backward,
+    maxpool_forward,
+    output_gradient_layout,
+    relu_in_place,
+)
 
 
 class DirectConvBlock:

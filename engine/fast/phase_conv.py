@@ -157,7 +157,7 @@ class ConvBlock:
     """conv (stride 1) [+ relu] [+ maxpool / avgpool with size == stride], fused.
 
     forward(x, weight, bias) -> (out, cache) and backward(dout, cache, weight, need_input_grad)
-    -> (dx, dweight, dbias), on the internal (C, N, H, W) layout, like engine.conv.
+    -> (dx, dweight, dbias), on the internal (C, N, H, W) layout, like engine.fast.conv.
     """
 
     def __init__(self, geometry, relu=False, pool_kind=None):
