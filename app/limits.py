@@ -188,7 +188,7 @@ def dataset_input_shape(dataset: dict) -> list[int] | None:
 
 def check_model(model, dataset: dict, batch_size: int) -> None:
     """Bound a model spec layer by layer, then its parameters and the memory one step needs."""
-    from engine.model import normalize_spec
+    from engine.core.model import normalize_spec
     from engine.presets import PRESETS
 
     spec = PRESETS[model] if isinstance(model, str) else model

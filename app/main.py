@@ -28,7 +28,7 @@ from app.routes import runs as run_routes
 from app.runs import RunManager, install_shutdown_signal_hook
 from app.settings import Settings
 from app.store import Store
-from engine.optimizers import OPTIMIZERS
+from engine.core.optimizers import OPTIMIZERS
 
 # Routers written in other files of the project; included when present.
 OPTIONAL_ROUTERS = ("pages", "teaching")

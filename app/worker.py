@@ -36,7 +36,7 @@ import numpy as np
 
 from app import store as files
 from app.store import Store, dumps_json
-from engine.partner import close_partners
+from engine.fast.partner import close_partners
 
 METRICS_FLUSH_SECONDS = 0.05
 # A checkpoint also keeps the latest metric points (at least the last two checkpoint

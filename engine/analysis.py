@@ -15,7 +15,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from engine.losses import softmax_cross_entropy
+from engine.core import kernels
+from engine.core.losses import softmax_cross_entropy
 
 CHANCE_PERCENTILE = 99.0
 CHANCE_SAMPLES = 20000
@@ -28,41 +29,13 @@ FLAT_LABEL = "flat"
 
 
 def template_bank(kh: int, kw: int | None = None) -> dict[str, np.ndarray]:
-    """Canonical detectors at size kh×kw, each mean-removed and unit-norm.
-
-    Orientation names follow the image (row 0 at the top): a `diagonal_*`
-    runs from top-left to bottom-right ("\\"), an `antidiagonal_*` from
-    bottom-left to top-right ("/"). Edges are signed steps across the line,
-    lines are one pixel wide (tent profile), `x` and `plus` are two crossing
-    lines, `blob` is a Gaussian (centre-surround once its mean is removed).
-    A 1×1 kernel has no spatial pattern, so its bank is empty.
+    """Canonical detectors at size kh×kw, each mean-removed and unit-norm: the DETECTORS
+    patterns of engine.core.kernels (the one home of named kernels; see there for the
+    orientation names). A 1×1 kernel has no spatial pattern, so its bank is empty.
     """
     kw = kh if kw is None else kw
-    v, u = np.meshgrid(np.arange(kh) - (kh - 1) / 2, np.arange(kw) - (kw - 1) / 2, indexing="ij")
-    line = lambda distance: np.maximum(0.0, 1.0 - np.abs(distance))  # noqa: E731
-    lines = {
-        "vertical_line": line(u),
-        "horizontal_line": line(v),
-        "diagonal_line": line((u - v) / np.sqrt(2)),
-        "antidiagonal_line": line((u + v) / np.sqrt(2)),
-    }
-    raw = {
-        "vertical_edge": np.sign(u),
-        "horizontal_edge": np.sign(v),
-        "diagonal_edge": np.sign(u - v),
-        "antidiagonal_edge": np.sign(u + v),
-        **lines,
-        "x": np.maximum(lines["diagonal_line"], lines["antidiagonal_line"]),
-        "plus": np.maximum(lines["vertical_line"], lines["horizontal_line"]),
-        "blob": np.exp(-(u**2 + v**2) / (2 * (max(kh, kw) / 5.0) ** 2)),
-    }
-    bank = {}
-    for name, template in raw.items():
-        centred = template - template.mean()
-        norm = np.linalg.norm(centred)
-        if norm > 1e-9:
-            bank[name] = centred / norm
-    return bank
+    bank = {name: kernels.detector(name, kh, kw) for name in kernels.DETECTORS}
+    return {name: template for name, template in bank.items() if template is not None}
 
 
 @lru_cache(maxsize=None)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.model import build_model, normalize_spec
+from engine import build_model
+from engine.core.model import normalize_spec
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "linear")
 MAX_DEPTH = 200

@@ -18,11 +18,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from engine import analysis, initializers
+from engine import analysis
+from engine.core import initializers
 from engine.datasets import GENERATED_DATASETS, Dataset, load_dataset, normalize_dataset_spec
-from engine.losses import accuracy, softmax_cross_entropy
-from engine.model import build_model, normalize_spec
-from engine.optimizers import make_optimizer
+from engine.core.losses import accuracy, softmax_cross_entropy
+from engine import build_model
+from engine.core.model import normalize_spec
+from engine.core.optimizers import make_optimizer
 from engine.presets import PRESETS
 
 DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.02, "momentum": 0.9, "nesterov": False, "weight_decay": 0.01}

@@ -17,7 +17,7 @@ def healthz() -> dict:
 
 @router.get("/api/inits", response_model=InitList)
 def list_inits() -> dict:
-    from engine.initializers import CANONICAL_NAMES, INITIALIZERS, NAMED_KERNELS
+    from engine.core.initializers import CANONICAL_NAMES, INITIALIZERS, NAMED_KERNELS
 
     return {
         "inits": [InitInfo(**INITIALIZERS[name].to_dict()) for name in CANONICAL_NAMES],
@@ -49,7 +49,7 @@ def list_presets() -> dict:
 def run_defaults() -> dict:
     """The page fills its setup form from here, so a run started there with nothing
     changed is the same run as `POST /api/runs {}` (and the README's default demo)."""
-    from engine.optimizers import OPTIMIZERS
+    from engine.core.optimizers import OPTIMIZERS
     from engine.trainer import RunConfig, run_optimizer
 
     run = RunConfig.from_dict({}).to_dict()

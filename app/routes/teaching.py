@@ -206,7 +206,7 @@ def theory_std(spec_layers, init) -> list[float] | None:
     fan_in/(fan_in+fan_out) = 1/2 for Glorot when fan_in = fan_out. Only plain
     stacks of conv/dense with ReLU or no activation are covered.
     """
-    from engine.initializers import INITIALIZERS, fans, parse_init
+    from engine.core.initializers import INITIALIZERS, fans, parse_init
 
     try:
         name, params = parse_init(init)
@@ -273,8 +273,8 @@ def init_probe(body: Annotated[InitProbeRequest | None, Body()] = None) -> dict:
     for a plain conv stack. Every init sees the same input noise and the same
     output gradient.
     """
-    from engine.initializers import parse_init
-    from engine.model import normalize_spec
+    from engine.core.initializers import parse_init
+    from engine.core.model import normalize_spec
     from engine.probe import init_probe as run_probe
     from engine.probe import plain_stack_spec
 
@@ -429,7 +429,7 @@ def _conv_layers(store: Store, run_id: str) -> dict[int, dict]:
 
 def kernel_values(body: KernelPut, shape: list[int]) -> np.ndarray:
     """The (in, kh, kw) kernel the body asks for, for a layer of weight shape (out, in, kh, kw)."""
-    from engine.initializers import NAMED_KERNELS, named_kernel
+    from engine.core.initializers import NAMED_KERNELS, named_kernel
 
     _, in_channels, kh, kw = shape
     if isinstance(body.kernel, str):
@@ -498,7 +498,7 @@ def resolved_spec(config: dict, snapshot: dict, params: dict) -> dict:
     A preset takes the dataset's input shape (the probe images' shape) and its
     last dense layer the class count (the last weight's rows).
     """
-    from engine.model import normalize_spec
+    from engine.core.model import normalize_spec
     from engine.presets import PRESETS
 
     model = config["model"]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.teaching_schemas import DEEP_DEMO_BASE
-from engine.initializers import named_kernel
+from engine.core.initializers import named_kernel
 from tests.app.conftest import LONG, TINY, make_settings, wait_for, wait_for_step
 
 

@@ -164,7 +164,7 @@ def test_log_charts_label_each_decade_once_they_span_several(modules):
 
 def test_init_figures_on_the_page_agree_with_the_engine(modules):
     """The σ or bound the setup panel shows for a layer is the engine's own for that shape."""
-    from engine.initializers import INITIALIZERS
+    from engine.core.initializers import INITIALIZERS
 
     shapes = [(8, 1, 5, 5), (16, 8, 3, 3), (32, 3, 7, 7)]
     cases = [("normal", {"std": 0.03}), ("uniform", {"a": 0.2}), ("glorot_uniform", {}), ("glorot_normal", {}),

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from engine import conv
+from engine.fast import conv
 
 
 def value_drawer(rng, ties):

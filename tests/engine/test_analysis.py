@@ -5,7 +5,7 @@ import pytest
 
 import engine
 from engine import analysis
-from engine.initializers import named_kernel
+from engine.core.initializers import named_kernel
 
 
 @pytest.mark.parametrize("size", [3, 5, 7])

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from engine import conv
+from engine.fast import conv
+from engine import reference
 
 CONV_CASES = [
     # (batch, channels, height, width, filters, kernel, stride, padding)
@@ -48,14 +49,14 @@ def test_fast_conv_matches_loop_reference_forward_and_backward(case, dtype, flat
     weight = rng.standard_normal((filters, channels, *kernel)).astype(dtype)
     bias = rng.standard_normal(filters).astype(dtype)
     out, cache = conv.conv2d_forward(to_internal(x), weight, bias, stride, padding)
-    expected = conv.conv2d_reference(x, weight, bias, stride, padding)
+    expected = reference.conv2d_reference(x, weight, bias, stride, padding)
     tolerance = 1e-10 if dtype == np.float64 else 1e-4
     assert out.dtype == dtype
     np.testing.assert_allclose(to_public(out), expected, atol=tolerance, rtol=tolerance)
 
     dout = rng.standard_normal(expected.shape).astype(dtype)
     dx, dweight, dbias = conv.conv2d_backward(to_internal(dout), cache, weight, need_input_grad=True)
-    ref_dx, ref_dweight, ref_dbias = conv.conv2d_backward_reference(x, weight, dout, stride, padding)
+    ref_dx, ref_dweight, ref_dbias = reference.conv2d_backward_reference(x, weight, dout, stride, padding)
     np.testing.assert_allclose(to_public(dx), ref_dx, atol=tolerance, rtol=tolerance)
     np.testing.assert_allclose(dweight, ref_dweight, atol=tolerance * 10, rtol=tolerance)
     np.testing.assert_allclose(dbias, ref_dbias, atol=tolerance * 10, rtol=tolerance)
@@ -144,7 +145,7 @@ def test_flat_layout_windows_are_the_padded_windows(seed):
 
 
 def test_a_conv_writes_into_the_next_convs_padded_layout():
-    """The chained layout (see engine.direct_conv): a same-padded 3x3 conv's window-start grid
+    """The chained layout (see engine.fast.direct_conv): a same-padded 3x3 conv's window-start grid
     is the next 3x3 conv's padded input, cell for cell; pixels land where FlatPadded puts them."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 6, 7))
@@ -197,10 +198,10 @@ def test_fast_maxpool_matches_loop_reference(shape, size, stride):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, *shape))
     out, cache = conv.maxpool_forward(to_internal(x), size, stride)
-    np.testing.assert_array_equal(to_public(out), conv.maxpool_reference(x, size, stride))
+    np.testing.assert_array_equal(to_public(out), reference.maxpool_reference(x, size, stride))
     dout = rng.standard_normal(out.shape)
     dx = conv.maxpool_backward(dout, cache)
-    np.testing.assert_allclose(to_public(dx), conv.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
+    np.testing.assert_allclose(to_public(dx), reference.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
 
 
 @pytest.mark.parametrize("shape, size, stride", POOL_CASES)
@@ -210,7 +211,7 @@ def test_maxpool_ties_send_the_gradient_to_the_first_maximum_like_pytorch(shape,
     out, cache = conv.maxpool_forward(to_internal(x), size, stride)
     dout = rng.standard_normal(out.shape)
     dx = conv.maxpool_backward(dout, cache)
-    np.testing.assert_allclose(to_public(dx), conv.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
+    np.testing.assert_allclose(to_public(dx), reference.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(4, 4), (7, 5), (5, 8)])
@@ -234,10 +235,10 @@ def test_fast_avgpool_matches_loop_reference(shape, size, stride):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 3, *shape))
     out, cache = conv.avgpool_forward(to_internal(x), size, stride)
-    np.testing.assert_allclose(to_public(out), conv.avgpool_reference(x, size, stride), atol=1e-12)
+    np.testing.assert_allclose(to_public(out), reference.avgpool_reference(x, size, stride), atol=1e-12)
     dout = rng.standard_normal(out.shape)
     dx = conv.avgpool_backward(dout, cache)
-    np.testing.assert_allclose(to_public(dx), conv.avgpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
+    np.testing.assert_allclose(to_public(dx), reference.avgpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
 
 
 def test_reference_conv_is_cross_correlation_like_pytorch():
@@ -246,7 +247,7 @@ def test_reference_conv_is_cross_correlation_like_pytorch():
     x = np.arange(16, dtype=float).reshape(1, 1, 4, 4)
     weight = np.zeros((1, 1, 3, 3))
     weight[0, 0, 0, 1] = 1.0
-    out = conv.conv2d_reference(x, weight, np.zeros(1))
+    out = reference.conv2d_reference(x, weight, np.zeros(1))
     np.testing.assert_array_equal(out[0, 0], [[1, 2], [5, 6]])
     fast, _ = conv.conv2d_forward(to_internal(x), weight, np.zeros(1))
     np.testing.assert_array_equal(to_public(fast)[0, 0], [[1, 2], [5, 6]])

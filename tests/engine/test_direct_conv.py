@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from engine import conv
-from engine.direct_conv import DirectConvBlock
+from engine.fast import conv
+from engine.fast.direct_conv import DirectConvBlock
 from tests.engine.block_checks import assert_block_matches_layer_path, layer_path, value_drawer
 
 

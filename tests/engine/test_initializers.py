@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import engine
-from engine import initializers
-from engine.initializers import INITIALIZERS, NAMED_KERNELS, describe, fans, initialize
+from engine.core import initializers
+from engine.core.initializers import INITIALIZERS, NAMED_KERNELS, describe, fans, initialize
 
 CONV_SHAPE = (128, 64, 5, 5)  # fan_in 1600, fan_out 3200, 204800 samples
 DENSE_SHAPE = (400, 500)  # fan_in 500, fan_out 400, 200000 samples
@@ -194,3 +194,16 @@ def test_kernel_init_rejects_a_wrong_sized_grid():
         initialize({"name": "kernel", "kernels": [[[1, 0], [0, 1]]]}, (2, 1, 3, 3), np.random.default_rng(0))
     with pytest.raises(ValueError, match="fallback must be a random initializer"):
         initialize({"name": "kernel", "fallback": "kernel"}, (2, 1, 3, 3), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("size", [3, 5, 7])
+def test_every_detector_started_as_a_hand_made_kernel_is_recognised_as_itself(size):
+    """One bank (engine.core.kernels): the kernel init's patterns and the analysis's detectors
+    share their names and their shapes."""
+    from engine import analysis
+    from engine.core.kernels import DETECTORS
+
+    kernels = np.stack([initializers.named_kernel(name, (size, size)) for name in DETECTORS])
+    labels, scores = analysis.best_matches(kernels)
+    assert labels == list(DETECTORS)
+    assert np.all(scores > analysis.chance_level(size))

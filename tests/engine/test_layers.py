@@ -1,9 +1,13 @@
-"""Finite-difference gradient checks (float64) for every layer type and for whole models."""
+"""Finite-difference gradient checks (float64) of the core (engine.core: the reference the fast
+path is tested against in test_fast_vs_core.py) for every layer type and for whole models,
+and the core's im2col layers against the slow loop references."""
 
 import numpy as np
 import pytest
 
 import engine
+from engine import reference
+from engine.core.layers import make_layer
 
 
 def numeric_gradient(function, array, indices, eps=1e-6):
@@ -25,7 +29,7 @@ def check_model_gradients(spec, batch=3, seed=0, samples=25):
     """Compare backward's input and parameter gradients with finite differences of
     loss = sum(output * R) for a fixed random R."""
     rng = np.random.default_rng(seed)
-    model = engine.build_model(spec, init={"name": "normal", "std": 0.5}, seed=seed, dtype=np.float64)
+    model = engine.build_model(spec, init={"name": "normal", "std": 0.5}, seed=seed, dtype=np.float64, fast=False)
     for name in model.params:
         if name.endswith(".bias"):
             model.params[name][...] = rng.standard_normal(model.params[name].shape) * 0.3
@@ -106,7 +110,7 @@ def test_whole_model_gradients(spec):
 
 def test_whole_model_gradients_with_the_loss():
     rng = np.random.default_rng(7)
-    model = engine.build_model(WHOLE_MODELS[0], seed=3, dtype=np.float64)
+    model = engine.build_model(WHOLE_MODELS[0], seed=3, dtype=np.float64, fast=False)
     x = rng.standard_normal((5, 1, 12, 12))
     labels = rng.integers(0, 3, 5)
 
@@ -137,8 +141,9 @@ def test_parallel_batch_parts_give_the_same_gradients_as_one_part():
         np.testing.assert_allclose(grads1[name], grads2[name], atol=1e-10)
 
 
-def test_backward_does_not_write_into_the_incoming_gradient():
-    model = engine.build_model(WHOLE_MODELS[0], seed=0, dtype=np.float64)
+@pytest.mark.parametrize("fast", [True, False])
+def test_backward_does_not_write_into_the_incoming_gradient(fast):
+    model = engine.build_model(WHOLE_MODELS[0], seed=0, dtype=np.float64, fast=fast)
     x = np.random.default_rng(0).standard_normal((4, 1, 12, 12))
     out = model.forward(x)
     dlogits = np.random.default_rng(1).standard_normal(out.shape)
@@ -161,3 +166,32 @@ def test_softmax_cross_entropy_gradient_and_stability():
     assert engine.accuracy(huge, np.array([0, 1])) == 1.0
     with pytest.raises(ValueError, match="labels"):
         engine.softmax_cross_entropy(logits, np.array([0, 1, 2, 5]))
+
+
+@pytest.mark.parametrize("stride, padding", [((1, 1), (0, 0)), ((2, 1), (1, 2)), ((2, 2), (1, 1))])
+def test_core_conv_matches_the_loop_reference(stride, padding):
+    rng = np.random.default_rng(4)
+    x, weight, bias = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
+    layer = make_layer({"type": "conv", "filters": 4, "kernel": [3, 2], "stride": stride, "padding": padding}, (3, 7, 6))
+    out, cache = layer.forward(x, {"weight": weight, "bias": bias})
+    np.testing.assert_allclose(out, reference.conv2d_reference(x, weight, bias, stride, padding), atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    dx, grads = layer.backward(dout, cache, {"weight": weight, "bias": bias})
+    ref_dx, ref_dweight, ref_dbias = reference.conv2d_backward_reference(x, weight, dout, stride, padding)
+    np.testing.assert_allclose(dx, ref_dx, atol=1e-12)
+    np.testing.assert_allclose(grads["weight"], ref_dweight, atol=1e-11)
+    np.testing.assert_allclose(grads["bias"], ref_dbias, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
+def test_core_pools_match_the_loop_references(kind):
+    rng = np.random.default_rng(5)
+    x = np.round(rng.standard_normal((2, 3, 7, 8)), 1)  # ties: the first maximum takes the gradient
+    layer = make_layer({"type": kind, "size": 3, "stride": 2}, (3, 7, 8))
+    out, cache = layer.forward(x, {})
+    dout = rng.standard_normal(out.shape)
+    dx, _ = layer.backward(dout, cache, {})
+    forward, backward = ((reference.maxpool_reference, reference.maxpool_backward_reference) if kind == "maxpool"
+                         else (reference.avgpool_reference, reference.avgpool_backward_reference))
+    np.testing.assert_allclose(out, forward(x, (3, 3), (2, 2)), atol=1e-12)
+    np.testing.assert_allclose(dx, backward(x, dout, (3, 3), (2, 2)), atol=1e-12)

@@ -107,7 +107,7 @@ def test_per_layer_init_overrides_the_default_and_biases_start_at_zero():
         {"type": "conv", "filters": 3, "kernel": 3, "bias_init": {"name": "constant", "value": 0.5}},
         {"type": "flatten"}, {"type": "dense", "units": 2}]}
     model = engine.build_model(spec, init="zeros", seed=0)
-    from engine.initializers import named_kernel
+    from engine.core.initializers import named_kernel
     np.testing.assert_allclose(model.params["0.weight"][0, 0], named_kernel("x", (3, 3)), rtol=1e-6)
     assert np.all(model.params["1.weight"] == 0) and np.all(model.params["3.weight"] == 0)
     assert np.all(model.params["0.bias"] == 0) and np.all(model.params["1.bias"] == 0.5)

@@ -1,4 +1,4 @@
-"""Partner processes (engine.partner): the second part of a batch computed in another process
+"""Partner processes (engine.fast.partner): the second part of a batch computed in another process
 gives exactly what computing it here gives, and a partner that dies costs nothing but time."""
 
 import gc
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine import partner
+from engine.fast import partner
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="partners need a POSIX system")
 
@@ -124,7 +124,7 @@ def test_a_partner_whose_main_process_dies_mid_exchange_exits_quietly():
     """A run killed while its partner computes: the partner's answer finds no reader. It must
     end with nothing on stderr, which is the server's log (a traceback there is a failure)."""
     environment = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__))))
-    process = subprocess.Popen([sys.executable, "-c", "from engine.partner import main; main()"],
+    process = subprocess.Popen([sys.executable, "-c", "from engine.fast.partner_main import main; main()"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
     process.stdout.close()  # the main process's end of the answers is gone
     partner._send(process.stdin, ("drop", 0))  # the partner answers "ok" into the broken pipe

@@ -1,13 +1,13 @@
-"""Fused conv blocks (engine.phase_conv) agree with the layer-by-layer path they replace."""
+"""Fused conv blocks (engine.fast.phase_conv) agree with the layer-by-layer path they replace."""
 
 import numpy as np
 import pytest
 
 import engine
-from engine import conv, phase_conv
-from engine.phase_conv import ConvBlock, PhaseGeometry
+from engine.fast import conv, phase_conv
+from engine.fast.phase_conv import ConvBlock, PhaseGeometry
 from tests.engine.block_checks import assert_block_matches_layer_path, layer_path, value_drawer
-from engine.direct_conv import DirectConvBlock
+from engine.fast.direct_conv import DirectConvBlock
 
 
 def random_case(rng, ties):
@@ -27,7 +27,7 @@ def random_case(rng, ties):
 @pytest.mark.parametrize("ties, blocks", [(False, False), (True, False), (False, True)])
 def test_block_matches_the_layer_path_forward_and_backward(ties, blocks, monkeypatch):
     """With blocks, the block's products are cut into pieces of 16 columns (see
-    engine.conv.SMALL_PRODUCT), as the larger convs of real nets are."""
+    engine.fast.conv.SMALL_PRODUCT), as the larger convs of real nets are."""
     rng = np.random.default_rng(7 if ties else 8)
     checked = 0
     for _ in range(150):

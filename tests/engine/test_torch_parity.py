@@ -97,7 +97,7 @@ def test_random_specs_match_pytorch(seed):
 
 def test_chained_convs_match_pytorch():
     """Convs that hand their output over in the next conv's padded layout (conv -> relu -> conv
-    padded by k - 1 - p; see engine.direct_conv), with different kernels, then a max pool."""
+    padded by k - 1 - p; see engine.fast.direct_conv), with different kernels, then a max pool."""
     spec = {"input": [2, 11, 13], "layers": [
         {"type": "conv", "filters": 4, "kernel": 3, "padding": 1}, {"type": "relu"},
         {"type": "conv", "filters": 5, "kernel": [5, 3], "padding": 1}, {"type": "relu"},  # 3 - 1 - 1 = 1

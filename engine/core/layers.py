@@ -1,20 +1,48 @@
 """Layers: what each spec layer type computes forward and backward, and the shapes it makes.
 
-A layer is a small class built from its spec entry and its input shape. It holds no
-parameters and no batch state: `forward(x, params)` returns (out, cache) and
-`backward(dout, cache, params)` returns (dx, grads), so the model can run several parts of
-a batch at once on different threads. The model owns the parameters (keyed by state-dict
-name) and hands each layer its own {"weight": ..., "bias": ...}. `backward` never writes
-into `dout`.
+A layer is a small class built from its spec entry and its input shape (per example: (C, H, W)
+or (F,)). It holds no parameters and no batch state: `forward(x, params)` returns (out, cache)
+and `backward(dout, cache, params)` returns (dx, grads); the model owns the parameters, keyed
+by state-dict name, and hands each layer its own {"weight": ..., "bias": ...}. `backward`
+never writes into `dout`. Batches are NCHW, or (N, features) after `flatten`.
 
-Feature maps travel in the engine's internal layout (C, N, H, W); after `flatten` a batch
-is (N, features). Shapes in `input_shape` / `output_shape` are per example: (C, H, W) or
-(F,), as in the public NCHW contract.
+Convolution and pooling are done the textbook way (Deep Learning from Scratch, common/
+layers.py): im2col unfolds every window into one row of a matrix, so a convolution is one
+matrix product, and col2im folds gradients back onto the image.
 """
 
 import numpy as np
 
-from engine import conv as convolution
+
+def output_size(size, kernel, stride, padding):
+    """Output length along one axis of a convolution or pooling (floor mode)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def im2col(x, kernel, stride, padding):
+    """x (N, C, H, W) -> (N*Ho*Wo, C*kh*kw): one row per window, in (n, row, col) order."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    batch, channels, height, width = x.shape
+    out_h, out_w = output_size(height, kh, sh, ph), output_size(width, kw, sw, pw)
+    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.empty((batch, channels, kh, kw, out_h, out_w), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = padded[:, :, i : i + sh * out_h : sh, j : j + sw * out_w : sw]
+    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(batch * out_h * out_w, -1)
+
+
+def col2im(cols, x_shape, kernel, stride, padding):
+    """The adjoint of im2col: add every window row of cols back onto an (N, C, H, W) image."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    batch, channels, height, width = x_shape
+    out_h, out_w = output_size(height, kh, sh, ph), output_size(width, kw, sw, pw)
+    cols = cols.reshape(batch, out_h, out_w, channels, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    padded = np.zeros((batch, channels, height + 2 * ph, width + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            padded[:, :, i : i + sh * out_h : sh, j : j + sw * out_w : sw] += cols[:, :, i, j]
+    return padded[:, :, ph : ph + height, pw : pw + width]
 
 
 def _positive_int(value, field, minimum=1):
@@ -55,9 +83,11 @@ class Layer:
         return {}
 
     def forward(self, x, params):
+        """(out, cache): the output for x and what backward needs."""
         raise NotImplementedError
 
     def backward(self, dout, cache, params, need_input_grad=True):
+        """(dx, grads): the gradient w.r.t. the input (None if not needed) and {"weight": ..}."""
         raise NotImplementedError
 
     def _need_feature_maps(self):
@@ -88,8 +118,8 @@ class Conv2D(Layer):
         if self.kernel[0] > padded_h or self.kernel[1] > padded_w:
             kernel_text = f"{self.kernel[0]}" if self.kernel[0] == self.kernel[1] else f"{self.kernel[0]}x{self.kernel[1]}"
             raise ValueError(f"kernel {kernel_text} larger than input {padded_h}x{padded_w}")
-        out_h = convolution.output_size(height, self.kernel[0], self.stride[0], self.padding[0])
-        out_w = convolution.output_size(width, self.kernel[1], self.stride[1], self.padding[1])
+        out_h = output_size(height, self.kernel[0], self.stride[0], self.padding[0])
+        out_w = output_size(width, self.kernel[1], self.stride[1], self.padding[1])
         self.output_shape = (self.filters, out_h, out_w)
 
     def param_shapes(self):
@@ -97,14 +127,25 @@ class Conv2D(Layer):
         return {"weight": (self.filters, channels, *self.kernel), "bias": (self.filters,)}
 
     def forward(self, x, params):
-        return convolution.conv2d_forward(x, params["weight"], params["bias"], self.stride, self.padding)
+        cols = im2col(x, self.kernel, self.stride, self.padding)
+        out = cols @ params["weight"].reshape(self.filters, -1).T + params["bias"]  # (N*Ho*Wo, F)
+        _, out_h, out_w = self.output_shape
+        return out.reshape(x.shape[0], out_h, out_w, self.filters).transpose(0, 3, 1, 2), (x.shape, cols)
 
     def backward(self, dout, cache, params, need_input_grad=True):
-        dx, dweight, dbias = convolution.conv2d_backward(dout, cache, params["weight"], need_input_grad)
-        return dx, {"weight": dweight, "bias": dbias}
+        x_shape, cols = cache
+        dout = dout.transpose(0, 2, 3, 1).reshape(-1, self.filters)  # (N*Ho*Wo, F)
+        weight = params["weight"]
+        grads = {"weight": (dout.T @ cols).reshape(weight.shape), "bias": dout.sum(axis=0)}
+        if not need_input_grad:
+            return None, grads
+        dcols = dout @ weight.reshape(self.filters, -1)
+        return col2im(dcols, x_shape, self.kernel, self.stride, self.padding), grads
 
 
 class _Pool(Layer):
+    """Pooling over (size) windows moved by (stride), channel by channel, via im2col."""
+
     fields = {"size": 2, "stride": None}
 
     def __init__(self, spec, input_shape):
@@ -115,21 +156,42 @@ class _Pool(Layer):
         channels, height, width = self.input_shape
         if self.size[0] > height or self.size[1] > width:
             raise ValueError(f"pool size {self.size[0]}x{self.size[1]} larger than input {height}x{width}")
-        out_h = convolution.output_size(height, self.size[0], self.stride[0], 0)
-        out_w = convolution.output_size(width, self.size[1], self.stride[1], 0)
+        out_h = output_size(height, self.size[0], self.stride[0], 0)
+        out_w = output_size(width, self.size[1], self.stride[1], 0)
         self.output_shape = (channels, out_h, out_w)
+
+    def _windows(self, x):
+        """x (N, C, H, W) -> (N*C*Ho*Wo, sh*sw): one row per window of one channel."""
+        batch, channels, height, width = x.shape
+        return im2col(x.reshape(batch * channels, 1, height, width), self.size, self.stride, (0, 0))
+
+    def _fold(self, dwindows, x_shape):
+        """The adjoint of _windows: window rows back onto an (N, C, H, W) image."""
+        batch, channels, height, width = x_shape
+        return col2im(dwindows, (batch * channels, 1, height, width), self.size, self.stride, (0, 0)).reshape(x_shape)
+
+    def _unflatten(self, values, batch):
+        channels, out_h, out_w = self.output_shape
+        return values.reshape(batch, channels, out_h, out_w)
 
 
 class MaxPool2D(_Pool):
-    """Max pooling (PyTorch max_pool2d, floor mode); stride defaults to the size."""
+    """Max pooling (PyTorch max_pool2d, floor mode); the first maximum of a window takes the
+    gradient; stride defaults to the size."""
 
     kind = "maxpool"
 
     def forward(self, x, params):
-        return convolution.maxpool_forward(x, self.size, self.stride)
+        windows = self._windows(x)
+        winners = windows.argmax(axis=1)
+        out = windows[np.arange(len(windows)), winners]
+        return self._unflatten(out, x.shape[0]), (x.shape, winners)
 
     def backward(self, dout, cache, params, need_input_grad=True):
-        return convolution.maxpool_backward(dout, cache), {}
+        x_shape, winners = cache
+        dwindows = np.zeros((len(winners), self.size[0] * self.size[1]), dtype=dout.dtype)
+        dwindows[np.arange(len(winners)), winners] = dout.reshape(-1)
+        return self._fold(dwindows, x_shape), {}
 
 
 class AvgPool2D(_Pool):
@@ -138,10 +200,12 @@ class AvgPool2D(_Pool):
     kind = "avgpool"
 
     def forward(self, x, params):
-        return convolution.avgpool_forward(x, self.size, self.stride)
+        return self._unflatten(self._windows(x).mean(axis=1), x.shape[0]), x.shape
 
     def backward(self, dout, cache, params, need_input_grad=True):
-        return convolution.avgpool_backward(dout, cache), {}
+        count = self.size[0] * self.size[1]
+        share = np.repeat(dout.reshape(-1, 1) / dout.dtype.type(count), count, axis=1)
+        return self._fold(share, cache), {}
 
 
 class ReLU(Layer):
@@ -217,18 +281,10 @@ class Flatten(Layer):
         self.output_shape = (int(np.prod(self.input_shape)),)
 
     def forward(self, x, params):
-        if x.ndim == 2:
-            return x, x.shape
-        # internal (C, N, H, W) -> (N, C*H*W)
-        return x.transpose(1, 0, 2, 3).reshape(x.shape[1], -1), x.shape
+        return x.reshape(x.shape[0], -1), x.shape
 
     def backward(self, dout, cache, params, need_input_grad=True):
-        shape = cache
-        if len(shape) == 2:
-            return dout, {}
-        channels, batch, height, width = shape
-        dx = dout.reshape(batch, channels, height, width).transpose(1, 0, 2, 3)
-        return np.ascontiguousarray(dx), {}
+        return dout.reshape(cache), {}
 
 
 class Dense(Layer):

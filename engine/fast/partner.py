@@ -2,7 +2,7 @@
 
 A training step of a small net is hundreds of short numpy calls. Python threads share one
 interpreter lock, so two threads splitting the batch barely beat one. A partner is a second
-Python process (running engine.partner.main) with a replica of the model. For each forward
+Python process (running engine.fast.partner_main) with a replica of the model. For each forward
 the main process writes the parameters and the partner's slice of the batch into a shared
 memory file (the "arena"), sends a short command over the partner's stdin, computes its
 own slice meanwhile, and reads the partner's logits back from the arena; backward works
@@ -25,7 +25,6 @@ import mmap
 import os
 import pickle
 import select
-import signal
 import struct
 import subprocess
 import sys
@@ -155,7 +154,7 @@ class Partner:
         for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             environment[variable] = "1"
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from engine.partner import main; main()"],
+            [sys.executable, "-c", "from engine.fast.partner_main import main; main()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=environment,
@@ -333,10 +332,10 @@ atexit.register(close_partners)
 # ----------------------------------------------------------------------------------------
 
 
-def serve(commands, replies):
-    """The partner's loop: read commands until the main process closes the channel."""
-    from engine.model import build_model
-
+def serve(commands, replies, build_model):
+    """The partner's loop: read commands until the main process closes the channel.
+    build_model(spec) makes the replica of a model (engine.fast.partner_main passes it in,
+    so this module imports no model)."""
     arena = None
     models = {}
     layouts = {}  # layout number -> (model key, {name: arena entry})
@@ -352,7 +351,7 @@ def serve(commands, replies):
                 reply = ("ok",)
             elif kind == "model":
                 _, key, spec = message
-                models[key] = build_model(spec, init="zeros", seed=0, threads=1)
+                models[key] = build_model(spec)
                 reply = ("ok",)
             elif kind == "layout":
                 _, number, key, entries = message
@@ -405,12 +404,3 @@ def _drop_unsent(stream):
         os.dup2(devnull, stream.fileno())
     finally:
         os.close(devnull)
-
-
-def main():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the main process; we end on EOF
-    np.seterr(over="ignore", invalid="ignore")  # a diverging run is the main process's to report
-    replies = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything printed by accident goes to stderr, never into the channel
-    serve(sys.stdin.buffer, replies)
-

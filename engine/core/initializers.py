@@ -6,14 +6,18 @@ describe what it does for a given shape ("He normal: N(0, 2/fan_in); fan_in = 1�
 weights (out, in, kh, kw); in/out features for dense weights (out, in).
 
 An init is given as a name ("he_normal") or a dict ({"name": "normal", "std": 0.02}).
-The hand-made `kernel` init places named kernels (NAMED_KERNELS: x, plus, sobel_x, ...) or
-explicit numbers in the first filters and fills the rest with a fallback initializer.
+The hand-made `kernel` init places named kernels (NAMED_KERNELS, from engine.core.kernels:
+x, plus, sobel_x, ...) or explicit numbers in the first filters and fills the rest with a
+fallback initializer. Each law gives its σ or its bound once (`Initializer.spread`); the draw
+and the worked figures of `describe` both come from it.
 """
 
-from dataclasses import dataclass, field
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from engine.core.kernels import PATTERNS, named_kernel
 
 
 def fans(shape):
@@ -40,8 +44,60 @@ def _fan_text(shape, which):
 
 
 # ----------------------------------------------------------------------------------------
-# The laws
+# The laws. A Gaussian law gives its σ, a uniform law its bound a (for U(-a, a)), once, as a
+# function of the shape; the registry draws from it and derives the other figure.
 # ----------------------------------------------------------------------------------------
+
+
+def normal(shape, std=0.01):
+    """N(0, std²), default std 0.01: the small Gaussian of early CNNs (Krizhevsky et al., 2012)."""
+    return float(std)
+
+
+def uniform(shape, a=0.05):
+    """U(-a, a), default a = 0.05: a small uniform start."""
+    return float(a)
+
+
+def glorot_uniform(shape, gain=1.0):
+    """U(±gain·√(6/(fan_in+fan_out))). Glorot & Bengio, "Understanding the difficulty of
+    training deep feedforward neural networks", AISTATS 2010."""
+    fan_in, fan_out = fans(shape)
+    return float(gain) * math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def glorot_normal(shape, gain=1.0):
+    """N(0, gain²·2/(fan_in+fan_out)), not truncated. Glorot & Bengio, AISTATS 2010."""
+    fan_in, fan_out = fans(shape)
+    return float(gain) * math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def he_normal(shape):
+    """N(0, 2/fan_in), not truncated. He et al., "Delving Deep into Rectifiers: Surpassing
+    Human-Level Performance on ImageNet Classification", ICCV 2015."""
+    return math.sqrt(2.0 / fans(shape)[0])
+
+
+def he_uniform(shape):
+    """U(±√(6/fan_in)). He et al., ICCV 2015."""
+    return math.sqrt(6.0 / fans(shape)[0])
+
+
+def lecun_normal(shape):
+    """N(0, 1/fan_in). LeCun, Bottou, Orr & Müller, "Efficient BackProp", 1998."""
+    return math.sqrt(1.0 / fans(shape)[0])
+
+
+def _gaussian_draw(law):
+    return lambda shape, rng, **params: rng.standard_normal(shape) * law(shape, **params)
+
+
+def _uniform_draw(law):
+    def draw(shape, rng, **params):
+        bound = law(shape, **params)
+        return rng.uniform(-bound, bound, size=shape)
+
+    return draw
 
 
 def zeros(shape, rng):
@@ -54,48 +110,9 @@ def constant(shape, rng, value=0.1):
     return np.full(shape, float(value))
 
 
-def normal(shape, rng, std=0.01):
-    """N(0, std²), default std 0.01: the small Gaussian of early CNNs (Krizhevsky et al., 2012)."""
-    return rng.standard_normal(shape) * float(std)
-
-
-def uniform(shape, rng, a=0.05):
-    """U(-a, a), default a = 0.05: a small uniform start."""
-    return rng.uniform(-float(a), float(a), size=shape)
-
-
-def glorot_uniform(shape, rng, gain=1.0):
-    """U(±gain·√(6/(fan_in+fan_out))). Glorot & Bengio, "Understanding the difficulty of
-    training deep feedforward neural networks", AISTATS 2010."""
-    fan_in, fan_out = fans(shape)
-    bound = float(gain) * math.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-bound, bound, size=shape)
-
-
-def glorot_normal(shape, rng, gain=1.0):
-    """N(0, gain²·2/(fan_in+fan_out)), not truncated. Glorot & Bengio, AISTATS 2010."""
-    fan_in, fan_out = fans(shape)
-    return rng.standard_normal(shape) * (float(gain) * math.sqrt(2.0 / (fan_in + fan_out)))
-
-
-def he_normal(shape, rng):
-    """N(0, 2/fan_in), not truncated. He et al., "Delving Deep into Rectifiers: Surpassing
-    Human-Level Performance on ImageNet Classification", ICCV 2015."""
-    fan_in, _ = fans(shape)
-    return rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
-
-
-def he_uniform(shape, rng):
-    """U(±√(6/fan_in)). He et al., ICCV 2015."""
-    fan_in, _ = fans(shape)
-    bound = math.sqrt(6.0 / fan_in)
-    return rng.uniform(-bound, bound, size=shape)
-
-
-def lecun_normal(shape, rng):
-    """N(0, 1/fan_in). LeCun, Bottou, Orr & Müller, "Efficient BackProp", 1998."""
-    fan_in, _ = fans(shape)
-    return rng.standard_normal(shape) * math.sqrt(1.0 / fan_in)
+def _orthogonal_matrix(shape):
+    """(rows, cols) of the weight flattened to (out, fan_in); a vector counts as one row."""
+    return (shape[0], int(np.prod(shape[1:]))) if len(shape) > 1 else (1, int(shape[0]))
 
 
 def orthogonal(shape, rng, gain=1.0):
@@ -105,7 +122,7 @@ def orthogonal(shape, rng, gain=1.0):
     shape = tuple(shape)
     if len(shape) < 2:
         return rng.standard_normal(shape) * float(gain)
-    rows, cols = shape[0], int(np.prod(shape[1:]))
+    rows, cols = _orthogonal_matrix(shape)
     sample = rng.standard_normal((max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(sample)
     q = q * np.sign(np.diag(r))  # makes the result uniformly distributed over orthogonal matrices
@@ -114,149 +131,18 @@ def orthogonal(shape, rng, gain=1.0):
     return (float(gain) * q[:rows, :cols]).reshape(shape)
 
 
+def _orthogonal_spread(shape, gain=1.0):
+    if len(shape) < 2:
+        return float(gain), None
+    rows, cols = _orthogonal_matrix(tuple(shape))
+    return float(gain) * math.sqrt(min(rows, cols) / (rows * cols)), None
+
+
 # ----------------------------------------------------------------------------------------
-# Hand-made kernels
+# Hand-made kernels (the patterns live in engine.core.kernels)
 # ----------------------------------------------------------------------------------------
 
-
-def _middle(n):
-    """Indices of the middle of n cells: one for odd n, two for even n."""
-    return [n // 2] if n % 2 else [n // 2 - 1, n // 2]
-
-
-def _plus_minus(mask):
-    return np.where(mask, 1.0, -1.0)
-
-
-def _x(h, w):
-    rows, cols = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    on_diagonal = (np.abs(rows - cols) < 0.5 / max(h - 1, w - 1, 1) + 1e-9) | (
-        np.abs(rows + cols - 1) < 0.5 / max(h - 1, w - 1, 1) + 1e-9
-    )
-    return _plus_minus(on_diagonal)
-
-
-def _plus(h, w):
-    mask = np.zeros((h, w), dtype=bool)
-    mask[_middle(h), :] = True
-    mask[:, _middle(w)] = True
-    return _plus_minus(mask)
-
-
-def _derivative(n):
-    """Central-difference profile: -1 … 0 … +1 (for 3: [-1, 0, 1])."""
-    return np.arange(n) - (n - 1) / 2.0
-
-
-def _smoothing(n):
-    """Binomial smoothing profile (for 3: [1, 2, 1])."""
-    return np.array([math.comb(n - 1, k) for k in range(n)], dtype=float)
-
-
-def _sobel_x(h, w):
-    return np.outer(_smoothing(h), _derivative(w))
-
-
-def _sobel_y(h, w):
-    return np.outer(_derivative(h), _smoothing(w))
-
-
-def _laplacian(h, w):
-    mask = np.zeros((h, w), dtype=bool)
-    mask[_middle(h), :] = True
-    mask[:, _middle(w)] = True
-    centre = np.zeros((h, w), dtype=bool)
-    centre[np.ix_(_middle(h), _middle(w))] = True
-    kernel = np.where(mask & ~centre, 1.0, 0.0)
-    kernel[centre] = -kernel.sum() / centre.sum()
-    return kernel
-
-
-def _identity(h, w):
-    kernel = np.zeros((h, w))
-    centre = np.ix_(_middle(h), _middle(w))
-    kernel[centre] = 1.0 / (len(_middle(h)) * len(_middle(w)))
-    return kernel
-
-
-def _vertical_edge(h, w):
-    return np.tile(np.sign(_derivative(w)), (h, 1))
-
-
-def _horizontal_edge(h, w):
-    return np.tile(np.sign(_derivative(h))[:, None], (1, w))
-
-
-def _diagonal_edge(h, w):
-    rows, cols = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-    return np.sign(cols - rows)
-
-
-def _antidiagonal_edge(h, w):
-    rows, cols = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-    return np.sign(rows + cols)
-
-
-def _vertical_line(h, w):
-    mask = np.zeros((h, w), dtype=bool)
-    mask[:, _middle(w)] = True
-    return _plus_minus(mask)
-
-
-def _horizontal_line(h, w):
-    mask = np.zeros((h, w), dtype=bool)
-    mask[_middle(h), :] = True
-    return _plus_minus(mask)
-
-
-def _box(h, w):
-    return np.ones((h, w))
-
-
-def _gaussian(h, w):
-    rows, cols = np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2, indexing="ij")
-    sigma = max(h, w) / 4.0
-    return np.exp(-(rows**2 + cols**2) / (2 * sigma**2))
-
-
-def _checkerboard(h, w):
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    return np.where((rows + cols) % 2 == 0, 1.0, -1.0)
-
-
-NAMED_KERNELS = {
-    "x": (_x, "+1 on both diagonals, -1 elsewhere: an X detector"),
-    "plus": (_plus, "+1 on the middle row and column, -1 elsewhere: a + detector"),
-    "sobel_x": (_sobel_x, "Sobel: smoothing down the rows times a left-to-right difference; finds vertical edges"),
-    "sobel_y": (_sobel_y, "Sobel: a top-to-bottom difference times smoothing along the columns; finds horizontal edges"),
-    "laplacian": (_laplacian, "the 4-neighbour Laplacian: responds to blobs and corners, not to flat regions"),
-    "identity": (_identity, "1 at the centre: passes the input through"),
-    "vertical_edge": (_vertical_edge, "-1 on the left half, +1 on the right half"),
-    "horizontal_edge": (_horizontal_edge, "-1 on the top half, +1 on the bottom half"),
-    "diagonal_edge": (_diagonal_edge, "-1 below the main diagonal, +1 above it"),
-    "antidiagonal_edge": (_antidiagonal_edge, "-1 above the anti-diagonal, +1 below it"),
-    "vertical_line": (_vertical_line, "+1 on the middle column, -1 elsewhere"),
-    "horizontal_line": (_horizontal_line, "+1 on the middle row, -1 elsewhere"),
-    "box": (_box, "all ones: a blur"),
-    "gaussian": (_gaussian, "a Gaussian bump: a smooth blur"),
-    "checkerboard": (_checkerboard, "alternating +1/-1"),
-}
-
-
-def named_kernel(name, size):
-    """The named hand-made kernel at size (h, w), scaled to unit L2 norm.
-
-    Scaling to unit norm makes every pattern start at the same magnitude at any odd or even
-    size (the classic 3x3 Sobel [-1 0 1; -2 0 2; -1 0 1] becomes that divided by √12).
-    """
-    if name not in NAMED_KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; valid names: {', '.join(NAMED_KERNELS)}")
-    h, w = size
-    kernel = NAMED_KERNELS[name][0](h, w).astype(float)
-    norm = np.linalg.norm(kernel)
-    if norm == 0:
-        raise ValueError(f"kernel {name!r} is all zeros at size {h}x{w}; it needs at least 3x3")
-    return kernel / norm
+NAMED_KERNELS = PATTERNS
 
 
 DEFAULT_KERNELS = ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"]
@@ -328,10 +214,16 @@ def _validate_kernel_params(params):
 
 @dataclass(frozen=True)
 class Initializer:
-    """One registry entry: the law as a function plus what the API and page show about it."""
+    """One registry entry: how it draws, its spread, and what the API and page show about it.
+
+    Build Gaussian and uniform laws with `gaussian(...)` / `uniform_law(...)`: their one
+    function gives σ (or the bound a) and both the draw and the spread follow from it.
+    """
 
     name: str
-    function: object
+    function: object  # its docstring is the law's doc; the draw for the laws with their own
+    draw: object
+    spread_of: object  # (shape, **params) -> (std, bound)
     title: str
     law: str
     paper: str
@@ -339,37 +231,12 @@ class Initializer:
     aliases: tuple = ()
 
     def __call__(self, shape, rng, **params):
-        return self.function(shape, rng, **{**self.defaults, **params})
+        return self.draw(shape, rng, **{**self.defaults, **params})
 
     def spread(self, shape, **params):
-        """(std, bound) of the weights this law draws for shape; bound is None if unbounded."""
-        params = {**self.defaults, **params}
-        fan_in, fan_out = fans(shape)
-        name = self.name
-        if name == "zeros":
-            return 0.0, 0.0
-        if name == "constant":
-            return 0.0, abs(float(params["value"]))
-        if name == "normal":
-            return float(params["std"]), None
-        if name == "uniform":
-            return float(params["a"]) / math.sqrt(3), float(params["a"])
-        if name == "glorot_uniform":
-            bound = float(params["gain"]) * math.sqrt(6.0 / (fan_in + fan_out))
-            return bound / math.sqrt(3), bound
-        if name == "glorot_normal":
-            return float(params["gain"]) * math.sqrt(2.0 / (fan_in + fan_out)), None
-        if name == "he_normal":
-            return math.sqrt(2.0 / fan_in), None
-        if name == "he_uniform":
-            bound = math.sqrt(6.0 / fan_in)
-            return bound / math.sqrt(3), bound
-        if name == "lecun_normal":
-            return math.sqrt(1.0 / fan_in), None
-        if name == "orthogonal":
-            rows, cols = (shape[0], int(np.prod(shape[1:]))) if len(shape) > 1 else (1, 1)
-            return float(params["gain"]) * math.sqrt(min(rows, cols) / (rows * cols)), None
-        return None, None
+        """(std, bound) of the weights this law draws for shape; bound is None if unbounded,
+        both None where the law has no single spread (hand-made kernels)."""
+        return self.spread_of(tuple(shape), **{**self.defaults, **params})
 
     def describe(self, shape, **params):
         """What this law does for one weight shape, as numbers and one line of text."""
@@ -421,28 +288,48 @@ class Initializer:
         }
 
 
+def gaussian(name, law, *about, **extra):
+    """A registry entry for N(0, σ²) with σ = law(shape, **params)."""
+    return Initializer(name, law, _gaussian_draw(law), lambda shape, **p: (law(shape, **p), None), *about, **extra)
+
+
+def uniform_law(name, law, *about, **extra):
+    """A registry entry for U(-a, a) with a = law(shape, **params); σ = a/√3."""
+
+    def spread(shape, **params):
+        bound = law(shape, **params)
+        return bound / math.sqrt(3), bound
+
+    return Initializer(name, law, _uniform_draw(law), spread, *about, **extra)
+
+
+def _entry(name, function, spread, *about, **extra):
+    return Initializer(name, function, function, spread, *about, **extra)
+
+
 _ENTRIES = [
-    Initializer("zeros", zeros, "Zeros", "0", "—"),
-    Initializer("constant", constant, "Constant", "value", "—", {"value": 0.1}),
-    Initializer("normal", normal, "Small Gaussian", "N(0, std²)", "Krizhevsky, Sutskever & Hinton, NeurIPS 2012", {"std": 0.01}),
-    Initializer("uniform", uniform, "Small uniform", "U(-a, a)", "—", {"a": 0.05}),
-    Initializer(
+    _entry("zeros", zeros, lambda shape: (0.0, 0.0), "Zeros", "0", "—"),
+    _entry("constant", constant, lambda shape, value: (0.0, abs(float(value))), "Constant", "value", "—", {"value": 0.1}),
+    gaussian("normal", normal, "Small Gaussian", "N(0, std²)", "Krizhevsky, Sutskever & Hinton, NeurIPS 2012", {"std": 0.01}),
+    uniform_law("uniform", uniform, "Small uniform", "U(-a, a)", "—", {"a": 0.05}),
+    uniform_law(
         "glorot_uniform", glorot_uniform, "Glorot/Xavier uniform", "U(±√(6/(fan_in+fan_out)))",
         "Glorot & Bengio, AISTATS 2010", {"gain": 1.0}, ("xavier_uniform",),
     ),
-    Initializer(
+    gaussian(
         "glorot_normal", glorot_normal, "Glorot/Xavier normal", "N(0, 2/(fan_in+fan_out))",
         "Glorot & Bengio, AISTATS 2010", {"gain": 1.0}, ("xavier_normal",),
     ),
-    Initializer("he_normal", he_normal, "He normal", "N(0, 2/fan_in)", "He et al., ICCV 2015", {}, ("kaiming_normal",)),
-    Initializer("he_uniform", he_uniform, "He uniform", "U(±√(6/fan_in))", "He et al., ICCV 2015", {}, ("kaiming_uniform",)),
-    Initializer("lecun_normal", lecun_normal, "LeCun normal", "N(0, 1/fan_in)", "LeCun, Bottou, Orr & Müller, Efficient BackProp, 1998"),
-    Initializer(
-        "orthogonal", orthogonal, "Orthogonal", "gain · orthonormal rows of the (out, fan_in) matrix",
+    gaussian("he_normal", he_normal, "He normal", "N(0, 2/fan_in)", "He et al., ICCV 2015", {}, ("kaiming_normal",)),
+    uniform_law("he_uniform", he_uniform, "He uniform", "U(±√(6/fan_in))", "He et al., ICCV 2015", {}, ("kaiming_uniform",)),
+    gaussian("lecun_normal", lecun_normal, "LeCun normal", "N(0, 1/fan_in)", "LeCun, Bottou, Orr & Müller, Efficient BackProp, 1998"),
+    _entry(
+        "orthogonal", orthogonal, _orthogonal_spread, "Orthogonal", "gain · orthonormal rows of the (out, fan_in) matrix",
         "Saxe, McClelland & Ganguli, ICLR 2014", {"gain": 1.0},
     ),
-    Initializer(
-        "kernel", kernel, "Hand-made kernels", "named or given kernels in the first filters, the rest from the fallback",
+    _entry(
+        "kernel", kernel, lambda shape, **params: (None, None), "Hand-made kernels",
+        "named or given kernels in the first filters, the rest from the fallback",
         "engineered filters, e.g. Sobel & Feldman, 1968",
         {"kernels": None, "fallback": "he_normal", "scale": 1.0},
     ),

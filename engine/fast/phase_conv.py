@@ -18,16 +18,16 @@ applied after pooling, on the small pooled output: max(relu(a + b)) = relu(max(a
 Ties in a max window go to the first offset in row-major order, as in PyTorch.
 
 `ConvBlock` is what the model runs for a conv layer and the relu / pool layers it absorbs
-when it trains (see plan_blocks and engine.model: Model.steps); the layer-by-layer path in
-engine.layers is the reference it is tested against. The phase grid pays off for narrow
+when it trains (see engine.fast.planner); the layer-by-layer path (engine.fast.layers) is what it is
+tested against. The phase grid pays off for narrow
 convs (few input rows) before a non-overlapping pool; every other conv runs as
-engine.direct_conv.DirectConvBlock, which measured faster for it.
+engine.fast.direct_conv.DirectConvBlock, which measured faster for it.
 """
 
 import numpy as np
 
-from engine.conv import multiply_column_blocks, multiply_inner_blocks, output_size, relu_in_place
-from engine.direct_conv import DirectConvBlock, chain_blocks
+from engine.core.layers import output_size
+from engine.fast.conv import multiply_column_blocks, multiply_inner_blocks, relu_in_place
 
 # Images are processed in chunks whose unfolded input plus conv output hold about this many
 # floats, so a chunk stays in the CPU's cache between the copy, the product and the pooling.
@@ -157,7 +157,7 @@ class ConvBlock:
     """conv (stride 1) [+ relu] [+ maxpool / avgpool with size == stride], fused.
 
     forward(x, weight, bias) -> (out, cache) and backward(dout, cache, weight, need_input_grad)
-    -> (dx, dweight, dbias), on the internal (C, N, H, W) layout, like engine.conv.
+    -> (dx, dweight, dbias), on the internal (C, N, H, W) layout, like engine.fast.conv.
     """
 
     def __init__(self, geometry, relu=False, pool_kind=None):
@@ -327,38 +327,3 @@ class ConvBlock:
         for cells, (row_slice, col_slice) in g.phase_views(dphases, batch):
             dx[:, :, row_slice, col_slice] = cells
         return dx, dweight, dbias
-
-
-def plan_blocks(layers):
-    """Group a model's layers into the steps a training pass runs: a list of (first, last,
-    block) where block is a ConvBlock or a DirectConvBlock for layers first..last (a conv with the
-    relu and pool it absorbs), or None for a single layer run on its own (first == last).
-    Direct blocks that can hand their output to the next conv in its padded layout are
-    chained (engine.direct_conv.chain_blocks)."""
-    steps = []
-    index = 0
-    while index < len(layers):
-        layer = layers[index]
-        if layer.kind != "conv":
-            steps.append((index, index, None))
-            index += 1
-            continue
-        last = index
-        relu = index + 1 < len(layers) and layers[index + 1].kind == "relu"
-        if relu:
-            last += 1
-        following = layers[last + 1] if last + 1 < len(layers) else None
-        pool_kind = {"maxpool": "max", "avgpool": "avg"}.get(following.kind) if following is not None else None
-        if pool_kind == "avg" and relu:  # a mean does not commute with relu: pool on its own
-            pool_kind = None
-        geometry = ConvBlock.geometry_for(layer, following) if pool_kind is not None else None
-        if geometry is not None:  # the phase grid takes the conv and its pool
-            last += 1
-            steps.append((index, last, ConvBlock(geometry, relu=relu, pool_kind=pool_kind)))
-        elif pool_kind == "max":
-            last += 1
-            steps.append((index, last, DirectConvBlock(layer.stride, layer.padding, relu, following.size, following.stride)))
-        else:  # no pool to absorb (or an average pool the grid does not take): conv and relu
-            steps.append((index, last, DirectConvBlock(layer.stride, layer.padding, relu)))
-        index = last + 1
-    return chain_blocks(steps, layers)

@@ -1,4 +1,4 @@
-"""Convolution and pooling kernels: the fast ones the layers use, and slow loop references.
+"""Convolution and pooling kernels on the internal (C, N, H, W) layout: what the fast model runs.
 
 The fast kernels work on the engine's internal layout (C, N, H, W): channels first, batch
 second, so that for one kernel offset (i, j) a chunk of images is a single (C, n*Ho*Wo)
@@ -7,17 +7,13 @@ product per image, cut into the blocks OpenBLAS multiplies fastest. Semantics ar
 `conv2d` (cross-correlation, zero padding, stride) and `max_pool2d` / `avg_pool2d`
 (floor mode, the first maximum of a window takes the gradient).
 
-The `*_reference` functions take the public (N, C, H, W) layout and are plain loops, kept
-only to test the fast kernels against something obviously right.
+The slow loop references they are tested against live in engine.core.reference.
 """
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-
-def output_size(size, kernel, stride, padding):
-    """Output length along one axis of a convolution or pooling (floor mode)."""
-    return (size + 2 * padding - kernel) // stride + 1
+from engine.core.layers import output_size
 
 
 def _window(x, i, j, rows, cols, stride_h, stride_w):
@@ -376,7 +372,7 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), into=None):
     A chunk of images at a time is unfolded (im2col, rows ordered (i, j, c)) and multiplied
     by the weight matrix (O, kh*kw*C) in one matmul.
 
-    Chained convs (see engine.direct_conv) pass flat layouts instead of arrays: x may be a
+    Chained convs (see engine.fast.direct_conv) pass flat layouts instead of arrays: x may be a
     FlatPadded padded as this conv wants, and into a FlatPadded.for_output (O, N, Ho, Wo)
     with the same row and image lengths as x's flat layout, which out is then a view of.
     """
@@ -459,7 +455,7 @@ def _flat_grads_from_dout(padded, dout_padded, flipped_matrix, kernel, x_hw, int
 def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=True):
     """Gradients of conv2d_forward: returns (dx or None, dweight, dbias or None).
 
-    Chained convs (see engine.direct_conv): dout may come as a FlatPadded padded by k-1-p,
+    Chained convs (see engine.fast.direct_conv): dout may come as a FlatPadded padded by k-1-p,
     with zero borders, and when x came as a FlatPadded, dx goes back in x's flat layout with
     junk in its border cells, which the conv before zeroes with its relu mask.
 
@@ -686,105 +682,4 @@ def avgpool_backward(dout, cache):
     for i in range(size_h):
         for j in range(size_w):
             _window(dx, i, j, out_h, out_w, stride_h, stride_w)[...] += share
-    return dx
-
-
-# ----------------------------------------------------------------------------------------
-# Slow, obvious references (public layout N, C, H, W), for tests only
-# ----------------------------------------------------------------------------------------
-
-
-def conv2d_reference(x, weight, bias, stride=(1, 1), padding=(0, 0)):
-    """Loop convolution (PyTorch conv2d semantics) on x (N, C, H, W); returns (N, O, Ho, Wo)."""
-    batch, channels, height, width = x.shape
-    out_channels, _, kernel_h, kernel_w = weight.shape
-    padded = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
-    out_h = output_size(height, kernel_h, stride[0], padding[0])
-    out_w = output_size(width, kernel_w, stride[1], padding[1])
-    out = np.zeros((batch, out_channels, out_h, out_w), dtype=x.dtype)
-    for n in range(batch):
-        for o in range(out_channels):
-            for r in range(out_h):
-                for c in range(out_w):
-                    top, left = r * stride[0], c * stride[1]
-                    patch = padded[n, :, top : top + kernel_h, left : left + kernel_w]
-                    out[n, o, r, c] = np.sum(patch * weight[o]) + bias[o]
-    return out
-
-
-def conv2d_backward_reference(x, weight, dout, stride=(1, 1), padding=(0, 0)):
-    """Loop gradients of conv2d_reference: returns (dx, dweight, dbias) in the public layout."""
-    batch, channels, height, width = x.shape
-    out_channels, _, kernel_h, kernel_w = weight.shape
-    padded = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
-    dpadded = np.zeros_like(padded)
-    dweight = np.zeros_like(weight)
-    dbias = np.zeros(out_channels, dtype=x.dtype)
-    for n in range(batch):
-        for o in range(out_channels):
-            for r in range(dout.shape[2]):
-                for c in range(dout.shape[3]):
-                    top, left = r * stride[0], c * stride[1]
-                    g = dout[n, o, r, c]
-                    dweight[o] += g * padded[n, :, top : top + kernel_h, left : left + kernel_w]
-                    dpadded[n, :, top : top + kernel_h, left : left + kernel_w] += g * weight[o]
-                    dbias[o] += g
-    dx = dpadded[:, :, padding[0] : padding[0] + height, padding[1] : padding[1] + width]
-    return dx, dweight, dbias
-
-
-def maxpool_reference(x, size=(2, 2), stride=(2, 2)):
-    """Loop max-pool on x (N, C, H, W)."""
-    batch, channels, height, width = x.shape
-    out_h = output_size(height, size[0], stride[0], 0)
-    out_w = output_size(width, size[1], stride[1], 0)
-    out = np.zeros((batch, channels, out_h, out_w), dtype=x.dtype)
-    for n in range(batch):
-        for ch in range(channels):
-            for r in range(out_h):
-                for c in range(out_w):
-                    top, left = r * stride[0], c * stride[1]
-                    out[n, ch, r, c] = x[n, ch, top : top + size[0], left : left + size[1]].max()
-    return out
-
-
-def maxpool_backward_reference(x, dout, size=(2, 2), stride=(2, 2)):
-    """Loop gradient of max-pool: each window's gradient goes to its first maximum."""
-    dx = np.zeros_like(x)
-    for n in range(dout.shape[0]):
-        for ch in range(dout.shape[1]):
-            for r in range(dout.shape[2]):
-                for c in range(dout.shape[3]):
-                    top, left = r * stride[0], c * stride[1]
-                    window = x[n, ch, top : top + size[0], left : left + size[1]]
-                    a, b = np.unravel_index(np.argmax(window), window.shape)
-                    dx[n, ch, top + a, left + b] += dout[n, ch, r, c]
-    return dx
-
-
-def avgpool_reference(x, size=(2, 2), stride=(2, 2)):
-    """Loop average-pool on x (N, C, H, W)."""
-    batch, channels, height, width = x.shape
-    out_h = output_size(height, size[0], stride[0], 0)
-    out_w = output_size(width, size[1], stride[1], 0)
-    out = np.zeros((batch, channels, out_h, out_w), dtype=x.dtype)
-    for n in range(batch):
-        for ch in range(channels):
-            for r in range(out_h):
-                for c in range(out_w):
-                    top, left = r * stride[0], c * stride[1]
-                    out[n, ch, r, c] = x[n, ch, top : top + size[0], left : left + size[1]].mean()
-    return out
-
-
-def avgpool_backward_reference(x, dout, size=(2, 2), stride=(2, 2)):
-    """Loop gradient of average-pool."""
-    dx = np.zeros_like(x)
-    share = 1.0 / (size[0] * size[1])
-    for n in range(dout.shape[0]):
-        for ch in range(dout.shape[1]):
-            for r in range(dout.shape[2]):
-                for c in range(dout.shape[3]):
-                    top, left = r * stride[0], c * stride[1]
-                    dx[n, ch, top : top + size[0], left : left + size[1]] += dout[n, ch, r, c] * share
     return dx

@@ -1,5 +1,5 @@
-"""A conv on engine.conv's direct kernel together with the relu and the max pool after it,
-for convs the phase grid (engine.phase_conv) does not take or does not help: wide and strided
+"""A conv on engine.fast.conv's direct kernel together with the relu and the max pool after it,
+for convs the phase grid (engine.fast.phase_conv) does not take or does not help: wide and strided
 convs before a max pool, and convs with no pool after them. The relu runs in place on the
 conv's own output, and when a max pool follows, bias and relu run after the pool, on the
 pooled output (a quarter of the size for a 2x2 pool) instead of on the full-size conv output.
@@ -11,8 +11,8 @@ is positive, so the relu mask can be taken on the pooled output too.
 
 Chained convs. When conv -> relu is followed straight away by a stride-1 conv whose padding
 p2 is k1 - 1 - p1 (3x3 convs with padding 1 in a row, say), the first conv's window-start
-grid has the very row and image lengths of the second conv's padded input (engine.conv
-.FlatPadded): the first block writes its output straight into the second's padded layout
+grid has the very row and image lengths of the second conv's padded input (engine.fast
+.conv.FlatPadded): the first block writes its output straight into the second's padded layout
 (out_padding) and zeroes the border cells, where its junk window starts land. On the way back
 the second conv's input gradient comes in the same layout, junk on the borders; the relu mask,
 zero on every border cell, clears the junk, and what is left is the first conv's output
@@ -23,15 +23,24 @@ pool's gradient is written straight into the padded layout its conv's backward p
 
 import numpy as np
 
-from engine.conv import (FlatPadded, conv2d_backward, conv2d_forward, conv_output_shape, flat_chain_padding,
-                         maxpool_backward, maxpool_forward, output_gradient_layout, relu_in_place)
+from engine.fast.conv import (
+    FlatPadded,
+    conv2d_backward,
+    conv2d_forward,
+    conv_output_shape,
+    flat_chain_padding,
+    maxpool_backward,
+    maxpool_forward,
+    output_gradient_layout,
+    relu_in_place,
+)
 
 
 class DirectConvBlock:
     """conv (any stride, padding) [+ relu] [+ maxpool].
 
     forward(x, weight, bias) -> (out, cache) and backward(dout, cache, weight, need_input_grad)
-    -> (dx, dweight, dbias), on the internal (C, N, H, W) layout, like engine.conv. With
+    -> (dx, dweight, dbias), on the internal (C, N, H, W) layout, like engine.fast.conv. With
     out_padding (a relu and no pool; see chain_blocks) out is a FlatPadded padded by
     out_padding for the next conv, and dout comes back as that conv's dx in the same layout.
     """
@@ -90,7 +99,7 @@ class DirectConvBlock:
 
 def chain_blocks(steps, layers):
     """Give each DirectConvBlock (conv + relu, no pool) followed straight away by a
-    DirectConvBlock that can read its output in place (engine.conv.flat_chain_padding) the
+    DirectConvBlock that can read its output in place (engine.fast.conv.flat_chain_padding) the
     out_padding that makes it write there. steps as plan_blocks makes them; changed in place."""
     for (first, _, block), (next_first, _, next_block) in zip(steps, steps[1:]):
         if not (isinstance(block, DirectConvBlock) and isinstance(next_block, DirectConvBlock)):
