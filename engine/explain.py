@@ -44,7 +44,7 @@ MAXIMIZE_DECAY = 0.003         # x <- (1 - decay) x every iteration
 MAXIMIZE_JITTER = 1            # random shift of up to ±1 pixel per iteration
 MAXIMIZE_BLUR_EVERY = 4        # a [1 2 1]/4 blur in both directions every 4th iteration
 MAXIMIZE_BLUR = 0.5            # ... mixed in at half strength
-MAXIMIZE_POLISH = 16           # the last 16 iterations without blur
+MAXIMIZE_POLISH = 16           # the last 16 iterations without blur and jitter
 MAXIMIZE_SEED = 0
 
 
@@ -227,7 +227,8 @@ def maximize(spec, params: dict, layer: int, filter: int, pixel_range: tuple[flo
     - step: 5% of the data's pixel range per unit of mean |gradient| (a normalized step);
     - decay: the canvas shrinks by 0.3% every iteration (an L2 pull towards 0, the data mean);
     - blur: every 4th iteration the canvas is averaged half and half with its [1 2 1]/4 blur along
-      rows and columns, except in the last 16 iterations (they sharpen what the blur smoothed);
+      rows and columns;
+    - polish: the last 16 iterations use neither jitter nor blur (they sharpen what blur smoothed);
     - clip: to `pixel_range` (the data's min and max), so it stays an image the data could hold.
     Starts from small seeded noise; 96 iterations. The image returned is the centre window.
     A dead filter (its ReLU never fires on the data) may end below its best patch: the gradient
@@ -244,14 +245,15 @@ def maximize(spec, params: dict, layer: int, filter: int, pixel_range: tuple[flo
     direction = np.zeros((1, *model.output_shapes[-1]), dtype=np.float32)
     direction[0, filter] = 1.0 / float(np.prod(model.output_shapes[-1][1:]))
     for iteration in range(steps):
-        dy, dx = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
+        polishing = iteration >= steps - MAXIMIZE_POLISH
+        dy, dx = (pad, pad) if polishing else (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
         model.forward(canvas[:, :, dy:dy + size, dx:dx + size].astype(np.float32))
         grad = np.asarray(model.backward(direction), dtype=np.float64)
         scale = float(np.mean(np.abs(grad)))
         if scale > 0:
             canvas[:, :, dy:dy + size, dx:dx + size] += (MAXIMIZE_RATE * span / scale) * grad
         canvas *= 1.0 - MAXIMIZE_DECAY
-        if iteration % MAXIMIZE_BLUR_EVERY == MAXIMIZE_BLUR_EVERY - 1 and iteration < steps - MAXIMIZE_POLISH:
+        if iteration % MAXIMIZE_BLUR_EVERY == MAXIMIZE_BLUR_EVERY - 1 and not polishing:
             canvas = (1.0 - MAXIMIZE_BLUR) * canvas + MAXIMIZE_BLUR * _blur(canvas)
         canvas = np.clip(canvas, lo, hi)
     image = canvas[0, :, pad:pad + size, pad:pad + size].astype(np.float32)
