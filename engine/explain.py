@@ -21,7 +21,7 @@ Results are JSON-able (floats and nested lists).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -29,8 +29,8 @@ import engine
 from engine import analysis
 
 TOP_PATCHES = 9
-BIRTH_HOLD = 3                 # snapshots in a row above chance that make a detector "born"
-SPECTRUM_MIN_SIZE = 33         # odd, so the frequency grid is symmetric under negation and 90° turns
+BIRTH_HOLD = 3  # snapshots in a row above chance that make a detector "born"
+SPECTRUM_MIN_SIZE = 33  # odd, so the frequency grid is symmetric under negation and 90° turns
 SELECTIVITY_CHANCE_SAMPLES = 1000
 SELECTIVITY_CHANCE_SEED = 4321
 SELECTIVITY_PERCENTILE = 95.0
@@ -39,12 +39,12 @@ POOLS = ("maxpool", "avgpool")
 
 # activation maximization settings (see `maximize`)
 MAXIMIZE_STEPS = 96
-MAXIMIZE_RATE = 0.05           # step per iteration, as a share of the data's pixel range
-MAXIMIZE_DECAY = 0.003         # x <- (1 - decay) x every iteration
-MAXIMIZE_JITTER = 1            # random shift of up to ±1 pixel per iteration
-MAXIMIZE_BLUR_EVERY = 4        # a [1 2 1]/4 blur in both directions every 4th iteration
-MAXIMIZE_BLUR = 0.5            # ... mixed in at half strength
-MAXIMIZE_POLISH = 16           # the last 16 iterations without blur and jitter
+MAXIMIZE_RATE = 0.05  # step per iteration, as a share of the data's pixel range
+MAXIMIZE_DECAY = 0.003  # x <- (1 - decay) x every iteration
+MAXIMIZE_JITTER = 1  # random shift of up to ±1 pixel per iteration
+MAXIMIZE_BLUR_EVERY = 4  # a [1 2 1]/4 blur in both directions every 4th iteration
+MAXIMIZE_BLUR = 0.5  # ... mixed in at half strength
+MAXIMIZE_POLISH = 16  # the last 16 iterations without blur and jitter
 MAXIMIZE_SEED = 0
 
 
@@ -79,8 +79,9 @@ def check_filter(spec, layer: int, filter: int | None = None) -> str:
     if filter is not None:
         count = int(normalized_spec(spec)["layers"][layer]["filters"])
         if not 0 <= filter < count:
-            raise NotAFilter(f"filter {filter} does not exist in layer {layer} ({by_index[layer]}); "
-                             f"filters: 0..{count - 1}")
+            raise NotAFilter(
+                f"filter {filter} does not exist in layer {layer} ({by_index[layer]}); filters: 0..{count - 1}"
+            )
     return by_index[layer]
 
 
@@ -124,7 +125,7 @@ def receptive_field(spec, params: dict, layer: int) -> dict:
 def truncated_model(spec, params: dict, layer: int):
     """A model of the spec's layers 0..layer (ending at the conv's output), with `params` copied in."""
     full = normalized_spec(spec)
-    sub = {"input": full["input"], "layers": full["layers"][:layer + 1]}
+    sub = {"input": full["input"], "layers": full["layers"][: layer + 1]}
     model = engine.build_model(sub, seed=0, threads=1)
     for name, value in model.params.items():
         value[...] = params[name]
@@ -147,12 +148,13 @@ def crop(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + size, height), min(left + size, width)
     if y1 > y0 and x1 > x0:
-        out[:, y0 - top:y1 - top, x0 - left:x1 - left] = image[:, y0:y1, x0:x1]
+        out[:, y0 - top : y1 - top, x0 - left : x1 - left] = image[:, y0:y1, x0:x1]
     return out
 
 
-def top_patches(responses: np.ndarray, images: np.ndarray, field: dict, labels=None, class_names=None,
-                count: int = TOP_PATCHES) -> list[dict]:
+def top_patches(
+    responses: np.ndarray, images: np.ndarray, field: dict, labels=None, class_names=None, count: int = TOP_PATCHES
+) -> list[dict]:
     """The `count` images whose strongest position excites the filter most, strongest first.
 
     responses: (N, H, W) conv output of one filter. One patch per image (at its maximum; the first
@@ -169,14 +171,19 @@ def top_patches(responses: np.ndarray, images: np.ndarray, field: dict, labels=N
         y, x = divmod(int(where[i]), width)
         top, left = y * field["jump"] + field["offset"], x * field["jump"] + field["offset"]
         label_index = None if labels is None else int(labels[i])
-        patches.append({
-            "image": int(i),
-            "y": y, "x": x, "top": top, "left": left,
-            "activation": float(best[i]),
-            "class_index": label_index,
-            "label": None if label_index is None or class_names is None else str(class_names[label_index]),
-            "pixels": analysis.rounded(crop(np.asarray(images[i], dtype=np.float64), top, left, field["size"])),
-        })
+        patches.append(
+            {
+                "image": int(i),
+                "y": y,
+                "x": x,
+                "top": top,
+                "left": left,
+                "activation": float(best[i]),
+                "class_index": label_index,
+                "label": None if label_index is None or class_names is None else str(class_names[label_index]),
+                "pixels": analysis.rounded(crop(np.asarray(images[i], dtype=np.float64), top, left, field["size"])),
+            }
+        )
     return patches
 
 
@@ -205,7 +212,7 @@ def field_model(spec, params: dict, layer: int, size: int):
     Its output at `layer` is 1×1: the computation of one interior output position of the full model.
     """
     full = normalized_spec(spec)
-    layers = [{**entry, "padding": 0} if entry["type"] == "conv" else entry for entry in full["layers"][:layer + 1]]
+    layers = [{**entry, "padding": 0} if entry["type"] == "conv" else entry for entry in full["layers"][: layer + 1]]
     sub = {"input": [full["input"][0], size, size], "layers": layers}
     model = engine.build_model(sub, seed=0, threads=1)
     for name, value in model.params.items():
@@ -213,8 +220,15 @@ def field_model(spec, params: dict, layer: int, size: int):
     return model
 
 
-def maximize(spec, params: dict, layer: int, filter: int, pixel_range: tuple[float, float],
-             steps: int = MAXIMIZE_STEPS, seed: int = MAXIMIZE_SEED) -> dict:
+def maximize(
+    spec,
+    params: dict,
+    layer: int,
+    filter: int,
+    pixel_range: tuple[float, float],
+    steps: int = MAXIMIZE_STEPS,
+    seed: int = MAXIMIZE_SEED,
+) -> dict:
     """An input that maximizes the filter's mean activation, the size of its receptive field.
 
     The input is one receptive field (`receptive_field(...)["size"]` square), fed to the truncated
@@ -247,23 +261,28 @@ def maximize(spec, params: dict, layer: int, filter: int, pixel_range: tuple[flo
     for iteration in range(steps):
         polishing = iteration >= steps - MAXIMIZE_POLISH
         dy, dx = (pad, pad) if polishing else (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
-        model.forward(canvas[:, :, dy:dy + size, dx:dx + size].astype(np.float32))
+        model.forward(canvas[:, :, dy : dy + size, dx : dx + size].astype(np.float32))
         grad = np.asarray(model.backward(direction), dtype=np.float64)
         scale = float(np.mean(np.abs(grad)))
         if scale > 0:
-            canvas[:, :, dy:dy + size, dx:dx + size] += (MAXIMIZE_RATE * span / scale) * grad
+            canvas[:, :, dy : dy + size, dx : dx + size] += (MAXIMIZE_RATE * span / scale) * grad
         canvas *= 1.0 - MAXIMIZE_DECAY
         if iteration % MAXIMIZE_BLUR_EVERY == MAXIMIZE_BLUR_EVERY - 1 and not polishing:
             canvas = (1.0 - MAXIMIZE_BLUR) * canvas + MAXIMIZE_BLUR * _blur(canvas)
         canvas = np.clip(canvas, lo, hi)
-    image = canvas[0, :, pad:pad + size, pad:pad + size].astype(np.float32)
+    image = canvas[0, :, pad : pad + size, pad : pad + size].astype(np.float32)
     activation = float(np.mean(model.forward(image[None])[0, filter]))
     return {
         "image": image,
         "activation": activation,
         "steps": steps,
-        "regularization": {"decay": MAXIMIZE_DECAY, "jitter": MAXIMIZE_JITTER, "blur_every": MAXIMIZE_BLUR_EVERY,
-                           "rate": MAXIMIZE_RATE, "clip": [lo, hi]},
+        "regularization": {
+            "decay": MAXIMIZE_DECAY,
+            "jitter": MAXIMIZE_JITTER,
+            "blur_every": MAXIMIZE_BLUR_EVERY,
+            "rate": MAXIMIZE_RATE,
+            "clip": [lo, hi],
+        },
     }
 
 
@@ -280,7 +299,7 @@ def _power(kernels: np.ndarray, n: int) -> np.ndarray:
     return (np.abs(np.fft.fft2(kernels, s=(n, n))) ** 2).sum(axis=-3)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _frequency_grid(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fy = np.fft.fftfreq(n)[:, None] * np.ones((1, n))
     fx = np.fft.fftfreq(n)[None, :] * np.ones((n, 1))
@@ -299,7 +318,7 @@ def _selectivity(power: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(total > 0, np.abs(vector), 0.0), vector
 
 
-@lru_cache(maxsize=None)
+@cache
 def selectivity_chance(channels: int, kh: int, kw: int) -> float:
     """95th percentile of the selectivity index of random Gaussian kernels (channels, kh, kw).
 
@@ -373,7 +392,9 @@ def _compose(kernel: np.ndarray, lower: np.ndarray, stride: tuple[int, int]) -> 
     out = np.zeros((f, channels, (big_h - 1) * sh + kh, (big_w - 1) * sw + kw))
     for a in range(big_h):
         for b in range(big_w):
-            out[:, :, a * sh:a * sh + kh, b * sw:b * sw + kw] += np.einsum("fc,cpuv->fpuv", kernel[:, :, a, b], lower)
+            out[:, :, a * sh : a * sh + kh, b * sw : b * sw + kw] += np.einsum(
+                "fc,cpuv->fpuv", kernel[:, :, a, b], lower
+            )
     return out
 
 
@@ -428,7 +449,7 @@ def trajectory(steps, weights, filter: int) -> dict:
     percentile for random kernels; birth_step as in `birth_step`.
     """
     stacked = np.stack([np.asarray(w[filter], dtype=np.float64) for w in weights])
-    norms = np.sqrt((stacked ** 2).sum(axis=(1, 2, 3)))
+    norms = np.sqrt((stacked**2).sum(axis=(1, 2, 3)))
     start = norms[0]
     change = np.sqrt(((stacked - stacked[0]) ** 2).sum(axis=(1, 2, 3)))
     labels, scores = analysis.best_matches(stacked.sum(axis=1))
@@ -449,9 +470,17 @@ def trajectory(steps, weights, filter: int) -> dict:
 # all of it
 
 
-def explain_filter(spec, params: dict, layer: int, filter: int, images: np.ndarray, labels=None,
-                   class_names=None, history: tuple[list, list] | None = None,
-                   maximize_steps: int = MAXIMIZE_STEPS) -> dict:
+def explain_filter(
+    spec,
+    params: dict,
+    layer: int,
+    filter: int,
+    images: np.ndarray,
+    labels=None,
+    class_names=None,
+    history: tuple[list, list] | None = None,
+    maximize_steps: int = MAXIMIZE_STEPS,
+) -> dict:
     """Every measure for filter `filter` of conv `layer`, JSON-able.
 
     images: the probe batch (N, C, H, W) in the model's input scale (a run's monitor batch), with
@@ -473,7 +502,7 @@ def explain_filter(spec, params: dict, layer: int, filter: int, images: np.ndarr
     spec_entry = spectrum(weight[filter])
     spec_entry["magnitude"] = analysis.rounded(spec_entry["magnitude"])
     following = spec["layers"][layer + 1]["type"] if layer + 1 < len(spec["layers"]) else None
-    detector = analysis.detectors(weight[filter:filter + 1])[0]
+    detector = analysis.detectors(weight[filter : filter + 1])[0]
     detector.pop("filter")
     result = {
         "layer": layer,

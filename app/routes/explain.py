@@ -62,16 +62,19 @@ class _Lru:
         return value
 
 
-_contexts = _Lru(8)        # (data dir, dataset, model) -> (spec, monitor x, monitor y, classes)
-_histories = _Lru(32)      # (run, layer) -> {step: layer weight}
+_contexts = _Lru(8)  # (data dir, dataset, model) -> (spec, monitor x, monitor y, classes)
+_histories = _Lru(32)  # (run, layer) -> {step: layer weight}
 _explanations = _Lru(256)  # (run, step, layer, filter, snapshot count) -> explanation
-_summaries = _Lru(64)      # (run, layer) -> {step: summary row}
+_summaries = _Lru(64)  # (run, layer) -> {step: summary row}
 
 
 def _run_context(settings: Settings, config: dict) -> tuple[dict, np.ndarray, np.ndarray, list]:
     """The run's model spec and monitor batch (dataset loaded once per dataset and model)."""
-    key = (str(settings.data_dir), json.dumps(config.get("dataset"), sort_keys=True),
-           json.dumps(config.get("model"), sort_keys=True))
+    key = (
+        str(settings.data_dir),
+        json.dumps(config.get("dataset"), sort_keys=True),
+        json.dumps(config.get("model"), sort_keys=True),
+    )
     found = _contexts.get(key)
     if found is not None:
         return found
@@ -97,8 +100,13 @@ def _step(steps: list[int], run_id: str, step: str) -> int:
     if not (step.isascii() and step.isdigit()) or len(step) > 12:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["path", "step"], "msg": f"step: must be a non-negative integer or 'latest', got {step!r}",
-                     "type": "value_error"}],
+            detail=[
+                {
+                    "loc": ["path", "step"],
+                    "msg": f"step: must be a non-negative integer or 'latest', got {step!r}",
+                    "type": "value_error",
+                }
+            ],
         )
     number = int(step)
     if number not in steps:
@@ -147,8 +155,9 @@ def explanation(store: Store, settings: Settings, run: dict, step: str, layer: i
     if found is not None:
         return found
     params = _params(store, run_id, number)
-    result = explain.explain_filter(spec, params, layer, filter, images, labels, classes,
-                                    history=_history(store, run_id, layer, steps))
+    result = explain.explain_filter(
+        spec, params, layer, filter, images, labels, classes, history=_history(store, run_id, layer, steps)
+    )
     result = {"run_id": run_id, "step": number, **result}
     return _explanations.put(key, result)
 
@@ -161,6 +170,7 @@ def explain_filter(store: StoreDep, settings: SettingsDep, run: Run, step: str, 
 
 
 # ---------------------------------------------------------------- pictures
+
 
 def _gray(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(C, H, W) -> uint8 (H, W, 3): gray for one channel, colour for three, else the first channel."""
@@ -180,7 +190,7 @@ def _tiles(images: list[np.ndarray], pixel: int = PIXEL, gap: int = 2) -> bytes:
     left = gap
     for image in images:
         big = image.repeat(pixel, axis=0).repeat(pixel, axis=1)
-        canvas[gap:gap + big.shape[0], left:left + big.shape[1]] = big
+        canvas[gap : gap + big.shape[0], left : left + big.shape[1]] = big
         left += big.shape[1] + gap
     return render.png_bytes(Image.fromarray(canvas))
 
@@ -224,6 +234,7 @@ def expanded_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, la
 
 # ---------------------------------------------------------------- layer summary over time
 
+
 @router.get("/{run_id}/layers/{layer}/summary", responses=NOT_FOUND)
 def layer_summary(store: StoreDep, settings: SettingsDep, run: Run, layer: int) -> dict:
     """Per snapshot step: dead filters (never fire on the monitor batch), the share of
@@ -242,10 +253,14 @@ def layer_summary(store: StoreDep, settings: SettingsDep, run: Run, layer: int) 
     rows = [{"step": step, **known[step]} for step in steps if step in known]
     first = rows[0] if rows else {}
     return {
-        "run_id": run_id, "layer": layer, "label": label,
+        "run_id": run_id,
+        "layer": layer,
+        "label": label,
         "filters": first.get("filters"),
         "selectivity_chance": first.get("selectivity_chance"),
         "score_chance": first.get("score_chance"),
-        "points": [{key: row[key] for key in ("step", "dead_filters", "selective_share", "mean_score", "detector_share")}
-                   for row in rows],
+        "points": [
+            {key: row[key] for key in ("step", "dead_filters", "selective_share", "mean_score", "detector_share")}
+            for row in rows
+        ],
     }

@@ -139,9 +139,14 @@ def test_expanded_weights_match_the_impulse_response_of_the_linearized_net(demo)
     expanded = explain.expanded_weights(spec, params, 3)
     assert expanded.shape == (16, 1, 10, 10)
     # the net below conv2 made linear by hand: no relu, max-pool -> avg-pool, no biases
-    linear = {"input": [1, 28, 28], "layers": [
-        {"type": "conv", "filters": 8, "kernel": 5}, {"type": "avgpool", "size": 2},
-        {"type": "conv", "filters": 16, "kernel": 3}]}
+    linear = {
+        "input": [1, 28, 28],
+        "layers": [
+            {"type": "conv", "filters": 8, "kernel": 5},
+            {"type": "avgpool", "size": 2},
+            {"type": "conv", "filters": 16, "kernel": 3},
+        ],
+    }
     model = engine.build_model(linear, dtype=np.float64, threads=1)
     model.params["0.weight"][...] = params["0.weight"]
     model.params["2.weight"][...] = params["3.weight"]
@@ -185,8 +190,9 @@ def test_explain_filter_and_layer_summary_are_json_shaped(demo):
 
     spec, params, images, labels = demo
     history = ([0, 10], [params["3.weight"], params["3.weight"] * 2])
-    result = explain.explain_filter(spec, params, 3, 5, images, labels, ["a", "b", "c"], history=history,
-                                    maximize_steps=8)
+    result = explain.explain_filter(
+        spec, params, 3, 5, images, labels, ["a", "b", "c"], history=history, maximize_steps=8
+    )
     json.dumps(result)
     assert result["label"] == "conv2" and result["shape"] == [8, 3, 3]
     assert np.asarray(result["expanded"]["weight"]).shape == (1, 10, 10)

@@ -90,6 +90,7 @@ def test_layer_summary_over_time(finished):
         assert 0 <= point["mean_score"] <= 1
     assert 0 < body["score_chance"] < 1 and 0 < body["selectivity_chance"] < 1
     # the filter route's dead verdicts agree with the summary's count at the same step
-    dead = sum(client.get(f"/api/runs/{run_id}/snapshots/{steps[-1]}/filters/0/{f}").json()["dead"]["dead"]
-               for f in range(8))
+    dead = sum(
+        client.get(f"/api/runs/{run_id}/snapshots/{steps[-1]}/filters/0/{f}").json()["dead"]["dead"] for f in range(8)
+    )
     assert body["points"][-1]["dead_filters"] == dead
