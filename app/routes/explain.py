@@ -1,0 +1,266 @@
+"""Explain routes: one filter at one stored step, and a conv layer's summary over every snapshot.
+
+GET /api/runs/{id}/snapshots/{step}/filters/{layer}/{filter} answers engine.explain.explain_filter
+for the snapshot's parameters on the run's monitor batch (the first 64 validation images), plus the
+filter's trajectory over every stored snapshot; `.../patches.png`, `maximize.png`, `spectrum.png`
+and `expanded.png` draw its pictures. GET /api/runs/{id}/layers/{layer}/summary gives, per
+snapshot step, dead filters, the orientation-selective share and the mean detector score.
+
+The measures are computed here, in the server process, from stored snapshots (read through the
+Store's public methods). Three small in-process caches keep repeated requests cheap: the run's
+dataset batch and model spec, each (run, layer)'s weight history, and finished explanations per
+(run, step, layer, filter, snapshot count). Route functions are plain `def`: FastAPI runs them in
+its thread pool, so a computation never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Response, status
+
+from app import render
+from app.routes import existing_run, get_settings, get_store
+from app.settings import Settings
+from app.store import Store
+from engine import explain
+
+router = APIRouter(prefix="/api/runs", tags=["explain"])
+
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+Run = Annotated[dict, Depends(existing_run)]
+
+NOT_FOUND = {404: {"description": "no such run, snapshot, conv layer or filter (the message names what exists)"}}
+PNG = {200: {"content": {"image/png": {}}, "description": "a picture"}, **NOT_FOUND}
+PIXEL = 12  # screen pixels per image pixel or weight in the PNGs
+
+
+class _Lru:
+    """A small thread-safe least-recently-used map."""
+
+    def __init__(self, size: int):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key, value):
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+_contexts = _Lru(8)  # (data dir, dataset, model) -> (spec, monitor x, monitor y, classes)
+_histories = _Lru(32)  # (run, layer) -> {step: layer weight}
+_explanations = _Lru(256)  # (run, step, layer, filter, snapshot count) -> explanation
+_summaries = _Lru(64)  # (run, layer) -> {step: summary row}
+
+
+def _run_context(settings: Settings, config: dict) -> tuple[dict, np.ndarray, np.ndarray, list]:
+    """The run's model spec and monitor batch (dataset loaded once per dataset and model)."""
+    key = (
+        str(settings.data_dir),
+        json.dumps(config.get("dataset"), sort_keys=True),
+        json.dumps(config.get("model"), sort_keys=True),
+    )
+    found = _contexts.get(key)
+    if found is not None:
+        return found
+    from app.security import confined_dataset
+    from engine.datasets import load_dataset
+    from engine.trainer import resolve_model_spec
+
+    dataset = load_dataset(confined_dataset(settings.data_dir, config.get("dataset")))
+    spec = resolve_model_spec(config.get("model"), dataset)
+    return _contexts.put(key, (spec, dataset.monitor_x, dataset.monitor_y, list(dataset.classes)))
+
+
+def _steps(store: Store, run_id: str) -> list[int]:
+    steps = store.snapshot_steps(run_id)
+    if not steps:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
+    return steps
+
+
+def _step(steps: list[int], run_id: str, step: str) -> int:
+    if step == "latest":
+        return steps[-1]
+    if not (step.isascii() and step.isdigit()) or len(step) > 12:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[
+                {
+                    "loc": ["path", "step"],
+                    "msg": f"step: must be a non-negative integer or 'latest', got {step!r}",
+                    "type": "value_error",
+                }
+            ],
+        )
+    number = int(step)
+    if number not in steps:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot at step {number}")
+    return number
+
+
+def _params(store: Store, run_id: str, step: int) -> dict:
+    params = store.read_snapshot_params(run_id, step)
+    if params is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot at step {step}")
+    return params
+
+
+def _check(spec: dict, layer: int, filter: int | None) -> str:
+    try:
+        return explain.check_filter(spec, layer, filter)
+    except explain.NotAFilter as error:
+        field = "filter" if str(error).startswith("filter") else "layer"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{field}: {error}") from None
+
+
+def _history(store: Store, run_id: str, layer: int, steps: list[int]) -> tuple[list[int], list[np.ndarray]]:
+    """The layer's weight at every stored step; only steps not seen before are read."""
+    known = _histories.get((run_id, layer)) or {}
+    known = dict(known)
+    for step in steps:
+        if step not in known:
+            params = store.read_snapshot_params(run_id, step)
+            if params is not None and f"{layer}.weight" in params:
+                known[step] = np.asarray(params[f"{layer}.weight"])
+    _histories.put((run_id, layer), known)
+    kept = [step for step in steps if step in known]
+    return kept, [known[step] for step in kept]
+
+
+def explanation(store: Store, settings: Settings, run: dict, step: str, layer: int, filter: int) -> dict:
+    """The JSON answer of the filter route (cached)."""
+    run_id = run["id"]
+    steps = _steps(store, run_id)
+    number = _step(steps, run_id, step)
+    spec, images, labels, classes = _run_context(settings, run["config"])
+    _check(spec, layer, filter)
+    key = (run_id, number, layer, filter, len(steps))
+    found = _explanations.get(key)
+    if found is not None:
+        return found
+    params = _params(store, run_id, number)
+    result = explain.explain_filter(
+        spec, params, layer, filter, images, labels, classes, history=_history(store, run_id, layer, steps)
+    )
+    result = {"run_id": run_id, "step": number, **result}
+    return _explanations.put(key, result)
+
+
+@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}", responses=NOT_FOUND)
+def explain_filter(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> dict:
+    """Explain one filter at one stored step (`latest` allowed): top patches, activation maximization,
+    spectrum and orientation, dead share, expanded weights, trajectory and birth step."""
+    return explanation(store, settings, run, step, layer, filter)
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def _gray(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(C, H, W) -> uint8 (H, W, 3): gray for one channel, colour for three, else the first channel."""
+    scaled = np.clip((np.asarray(values, dtype=np.float64) - lo) / max(hi - lo, 1e-12), 0, 1)
+    rgb = scaled[:3] if scaled.shape[0] == 3 else np.repeat(scaled[:1], 3, axis=0)
+    return np.round(255 * rgb.transpose(1, 2, 0)).astype(np.uint8)
+
+
+def _tiles(images: list[np.ndarray], pixel: int = PIXEL, gap: int = 2) -> bytes:
+    """uint8 (H, W, 3) pictures side by side, enlarged `pixel` times, on the grid background."""
+    from PIL import Image
+
+    height = max(image.shape[0] for image in images) * pixel
+    width = sum(image.shape[1] * pixel + gap for image in images) + gap
+    canvas = np.empty((height + 2 * gap, width, 3), dtype=np.uint8)
+    canvas[:] = render.BACKGROUND
+    left = gap
+    for image in images:
+        big = image.repeat(pixel, axis=0).repeat(pixel, axis=1)
+        canvas[gap : gap + big.shape[0], left : left + big.shape[1]] = big
+        left += big.shape[1] + gap
+    return render.png_bytes(Image.fromarray(canvas))
+
+
+def _png(data: bytes) -> Response:
+    return Response(data, media_type="image/png")
+
+
+@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/patches.png", response_class=Response, responses=PNG)
+def patches_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
+    """The top patches, strongest first, in gray (one scale: the data's pixel range)."""
+    result = explanation(store, settings, run, step, layer, filter)
+    lo, hi = result["maximize"]["regularization"]["clip"]
+    return _png(_tiles([_gray(np.asarray(p["pixels"]), lo, hi) for p in result["patches"]["items"]]))
+
+
+@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/maximize.png", response_class=Response, responses=PNG)
+def maximize_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
+    """The activation-maximizing input, on the same gray scale as the patches."""
+    result = explanation(store, settings, run, step, layer, filter)
+    lo, hi = result["maximize"]["regularization"]["clip"]
+    return _png(_tiles([_gray(np.asarray(result["maximize"]["image"]), lo, hi)]))
+
+
+@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/spectrum.png", response_class=Response, responses=PNG)
+def spectrum_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
+    """The Fourier magnitude, zero frequency in the centre, white = the largest."""
+    result = explanation(store, settings, run, step, layer, filter)
+    magnitude = np.asarray(result["spectrum"]["magnitude"], dtype=np.float64)
+    peak = float(magnitude.max()) or 1.0
+    return _png(_tiles([_gray(magnitude[None], 0.0, peak)], pixel=6))
+
+
+@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/expanded.png", response_class=Response, responses=PNG)
+def expanded_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
+    """The expanded weights (input channels side by side), blue < 0 < red."""
+    result = explanation(store, settings, run, step, layer, filter)
+    weight = np.asarray(result["expanded"]["weight"], dtype=np.float64)
+    return _png(render.png_bytes(render.filter_grid(weight[None], pixel=PIXEL)))
+
+
+# ---------------------------------------------------------------- layer summary over time
+
+
+@router.get("/{run_id}/layers/{layer}/summary", responses=NOT_FOUND)
+def layer_summary(store: StoreDep, settings: SettingsDep, run: Run, layer: int) -> dict:
+    """Per snapshot step: dead filters (never fire on the monitor batch), the share of
+    orientation-selective filters, and the mean detector score with its chance level."""
+    run_id = run["id"]
+    steps = _steps(store, run_id)
+    spec, images, _, _ = _run_context(settings, run["config"])
+    label = _check(spec, layer, None)
+    known = dict(_summaries.get((run_id, layer)) or {})
+    for step in steps:
+        if step not in known:
+            params = store.read_snapshot_params(run_id, step)
+            if params is not None:
+                known[step] = explain.layer_summary(spec, params, layer, images)
+    _summaries.put((run_id, layer), known)
+    rows = [{"step": step, **known[step]} for step in steps if step in known]
+    first = rows[0] if rows else {}
+    return {
+        "run_id": run_id,
+        "layer": layer,
+        "label": label,
+        "filters": first.get("filters"),
+        "selectivity_chance": first.get("selectivity_chance"),
+        "score_chance": first.get("score_chance"),
+        "points": [
+            {key: row[key] for key in ("step", "dead_filters", "selective_share", "mean_score", "detector_share")}
+            for row in rows
+        ],
+    }
