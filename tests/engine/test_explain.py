@@ -7,7 +7,7 @@ import pytest
 
 import engine
 from engine import explain
-from engine.initializers import named_kernel
+from engine.core.kernels import named_kernel
 
 DEMO = engine.PRESETS["demo"]
 
