@@ -7,12 +7,7 @@
  * what the learner is looking at.
  */
 
-function el(tag, attributes = {}, text) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (text != null) node.textContent = text;
-  return node;
-}
+import { el } from "./dom.js";
 
 /* The step on screen: the history slider's step, or the newest snapshot when following live. */
 export function shownStep(state) {
