@@ -213,7 +213,11 @@ export function mountSetupForm(context) {
     const c = state.config;
     c.dataset = $("f-dataset").value;
     c.optimizer = $("f-optimizer").value;
-    for (const field of NUMBER_FIELDS) c[field.key] = readNumber(field);
+    const problems = [];
+    for (const field of NUMBER_FIELDS) {
+      try { c[field.key] = readNumber(field); } catch (error) { problems.push(error.message); }
+    }
+    if (problems.length) throw new Error(problems.join("; "));
   }
 
   let initRenderQueued = false;
