@@ -66,6 +66,7 @@ def run_defaults() -> dict:
 def _served_limits() -> dict:
     """The bounds of every numeric field of the setup form, from app/limits.py and the engine."""
     from app import limits
+    from app.teaching_schemas import InitProbeRequest
 
     return {
         "steps": {"min": 1, "max": limits.MAX_STEPS, "integer": True},
@@ -75,7 +76,19 @@ def _served_limits() -> dict:
         "lr": {"min": 0, "min_exclusive": True, "max": limits.MAX_LR},
         "momentum": {"min": 0, "max": 1},
         "weight_decay": {"min": 0},
+        **{f"init_probe.{name}": _field_bounds(InitProbeRequest, name) for name in ("depth", "width")},
     }
+
+
+def _field_bounds(model, name: str) -> dict:
+    """{min, max} of a body field, read from its pydantic constraints (ge/le)."""
+    bounds = {}
+    for rule in model.model_fields[name].metadata:
+        if getattr(rule, "ge", None) is not None:
+            bounds["min"] = rule.ge
+        if getattr(rule, "le", None) is not None:
+            bounds["max"] = rule.le
+    return bounds
 
 
 def _defaults_extras() -> dict:

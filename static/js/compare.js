@@ -27,7 +27,7 @@ export function defaultInits(kernelBank) {
     { label: "normal(std=0.01)", init: { name: "normal", std: 0.01 } },
     { label: "glorot_uniform", init: "glorot_uniform" },
     { label: "he_normal", init: "he_normal" },
-    { label: "kernel bank", init: { name: "kernel", kernels: [...kernelBank], fallback: "he_normal" } },
+    { label: "kernel bank", init: { name: "kernel", kernels: [...kernelBank] } },
   ];
 }
 

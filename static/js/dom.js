@@ -25,6 +25,13 @@ export function labelled(text, control) {
   return node;
 }
 
+/* Set a number input's min/max from a bound GET /api/defaults serves ({min, max, ...}); returns the input. */
+export function bounded(input, bound) {
+  if (bound?.min != null) input.min = String(bound.min);
+  if (bound?.max != null) input.max = String(bound.max);
+  return input;
+}
+
 /* The banner at the top of the page: a message that goes away after a few seconds. */
 export function showError(message) {
   const banner = $("banner");

@@ -10,7 +10,7 @@
  * with He, Glorot and N(0, 0.01²) side by side (a comparison).
  */
 
-import { el, labelled } from "./dom.js";
+import { bounded, el, labelled } from "./dom.js";
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
 
 const PROBE_INITS = [
@@ -21,8 +21,9 @@ const PROBE_INITS = [
   { label: "normal(std=0.1)", init: { name: "normal", std: 0.1 }, checked: false },
 ];
 
-function numberInput(id, value, min, max) {
-  return el("input", { id, type: "number", value: String(value), min: String(min), max: String(max), step: "1" });
+/* A whole-number field whose bounds are the served limits of POST /api/init-probe's field (GET /api/defaults). */
+function numberInput(id, value, bound) {
+  return bounded(el("input", { id, type: "number", value: String(value), step: "1" }), bound);
 }
 
 /*
@@ -46,8 +47,9 @@ export function mountProbe(context) {
     + "fan_in counts kh·kw); 3×3 adds the zero-padded borders, which lose a little signal at every layer.</p>";
 
   const form = el("form", { class: "probe-form panel", id: "probe-form" });
-  const depth = numberInput("probe-depth", 30, 1, 60);
-  const width = numberInput("probe-width", 128, 1, 256);
+  const limits = context.defaults?.limits ?? {};
+  const depth = numberInput("probe-depth", 30, limits["init_probe.depth"]);
+  const width = numberInput("probe-width", 128, limits["init_probe.width"]);
   const kernel = el("select", { id: "probe-kernel" });
   kernel.append(el("option", { value: "1" }, "1×1"), el("option", { value: "3" }, "3×3"));
   const activation = el("select", { id: "probe-activation" });

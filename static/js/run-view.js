@@ -65,7 +65,7 @@ export function mountRunView(context) {
     try {
       const { layers } = await api.describeInits({ model: config.model, init: config.init, dataset: config.dataset });
       if (generation !== shown.generation) return;
-      shown.initTexts = Object.fromEntries(layers.map((l) => [l.index, `init ${l.init?.name ?? l.name}: ${l.text}`]));
+      shown.initTexts = Object.fromEntries(layers.map((l) => [l.index, `init · ${l.text}`]));
       redrawCurrent();
     } catch { /* the cards then show no init line */ }
   }

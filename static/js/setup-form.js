@@ -9,7 +9,7 @@
  */
 
 import * as api from "./api.js";
-import { $, el } from "./dom.js";
+import { $, bounded, el } from "./dom.js";
 import {
   applyRunConfig, baseSpec, compactInit, convLayers, followOptimizerDefaults, optimizerDefaults, toRunRequest,
 } from "./state.js";
@@ -124,7 +124,10 @@ export function mountSetupForm(context) {
       config.init = init; changed();
     }), { id: "f-init-param" }));
 
+    // until the server's figures for this form arrive, each row keeps the ones it had,
+    // so the form does not jump under the learner's pointer
     const box = $("init-table");
+    const before = new Map([...box.querySelectorAll(".init-layer")].map((row) => [row.dataset.layer, row]));
     box.replaceChildren();
     wantedDescription = null;
     const layers = convLayers(baseSpec(config, state.presets));
@@ -145,7 +148,13 @@ export function mountSetupForm(context) {
       });
       pick.append(sel);
       if (own) pick.append(initParamControl(own, (init) => { config.layerInits[layer.index] = init; changed(); }));
-      row.append(head, pick, el("div", "law", "…"));
+      const law = el("div", "law", "…");
+      const previous = before.get(String(layer.index));
+      if (previous) {
+        fans.textContent = previous.querySelector(".fans").textContent;
+        law.replaceChildren(...previous.querySelector(".law").childNodes);
+      }
+      row.append(head, pick, law);
       box.append(row);
     }
     if (!layers.length) box.append(el("p", "note", "The spec has no conv layers."));
@@ -156,12 +165,7 @@ export function mountSetupForm(context) {
 
   /* Each number field's bounds, as GET /api/defaults states them. */
   function applyLimits() {
-    for (const field of NUMBER_FIELDS) {
-      const bound = limits()[field.limit];
-      const input = $(field.id);
-      if (bound?.min != null) input.min = String(bound.min);
-      if (bound?.max != null) input.max = String(bound.max);
-    }
+    for (const field of NUMBER_FIELDS) bounded($(field.id), limits()[field.limit]);
   }
 
   function render() {
