@@ -140,6 +140,9 @@ class Defaults(BaseModel):
 
     run: dict[str, Any]
     optimizers: dict[str, dict[str, Any]]
+    demos: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    kernel_bank: list[str] = Field(default_factory=list)
+    limits: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class Health(BaseModel):

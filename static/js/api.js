@@ -75,8 +75,17 @@ export async function fetchPresets() {
   return { specs, optimizers };
 }
 
-/* GET /api/defaults -> {run: the complete config of `{}`, optimizers: {name: settings}}. */
+/*
+ * GET /api/defaults -> {run: the complete config of `{}`, optimizers: {name: settings},
+ * demos: {depth_stall: {base, inits}}, kernel_bank: [name], limits: {field: {min, max, ...}}}.
+ */
 export const fetchDefaults = () => getJSON("/api/defaults");
+
+/*
+ * POST /api/inits/describe {model?, init?, dataset?} -> {layers: [{index, label, type, shape,
+ * fan_in, fan_out, init, law, std, bound, text}]}: each conv and dense layer's init law and its figures.
+ */
+export const describeInits = (body) => postJSON("/api/inits/describe", body);
 
 export const listRuns = async () => (await getJSON("/api/runs")).runs;
 export const getRun = (id) => getJSON(runPath(id));

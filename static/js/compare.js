@@ -10,6 +10,7 @@
  * State lives in `view`; drawing reads it. window.__kernelscope.compare exposes what was drawn.
  */
 
+import { el } from "./dom.js";
 import { divergingColor, maxAbs, paintGrid } from "./filters.js";
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
@@ -18,14 +19,17 @@ const POLL_MS = 1500;
 const CACHE_LIMIT = 400;
 const STORAGE_KEY = "kernelscope-comparison";
 
-export const DEFAULT_INITS = [
-  { label: "zeros", init: "zeros" },
-  { label: "constant", init: "constant" },
-  { label: "normal(std=0.01)", init: { name: "normal", std: 0.01 } },
-  { label: "glorot_uniform", init: "glorot_uniform" },
-  { label: "he_normal", init: "he_normal" },
-  { label: "kernel bank", init: { name: "kernel", kernels: ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"], fallback: "he_normal" } },
-];
+/* The inits offered for a comparison; the kernel entry is the engine's bank (GET /api/defaults kernel_bank). */
+export function defaultInits(kernelBank) {
+  return [
+    { label: "zeros", init: "zeros" },
+    { label: "constant", init: "constant" },
+    { label: "normal(std=0.01)", init: { name: "normal", std: 0.01 } },
+    { label: "glorot_uniform", init: "glorot_uniform" },
+    { label: "he_normal", init: "he_normal" },
+    { label: "kernel bank", init: { name: "kernel", kernels: [...kernelBank] } },
+  ];
+}
 
 /* Labels go in legends: "kernel(x, plus, sobel_x, sobel_y, laplacian, identity)" becomes "kernel(x, plus, …)". */
 function shortLabel(label) {
@@ -35,12 +39,6 @@ function shortLabel(label) {
   return open > 0 && parts.length > 2 ? `${label.slice(0, open)}(${parts.slice(0, 2).join(", ")}, …)` : `${label.slice(0, 22)}…`;
 }
 
-function el(tag, attributes = {}, text) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (text != null) node.textContent = text;
-  return node;
-}
 
 const PLOT_LAYOUT = {
   margin: { l: 50, r: 10, t: 30, b: 36 },
@@ -52,7 +50,7 @@ const PLOT_LAYOUT = {
 };
 
 /*
- * context: {api, state, baseConfig() -> POST /api/runs body from the setup form,
+ * context: {api, state, defaults (GET /api/defaults), baseConfig() -> POST /api/runs body from the setup form,
  *           showView(name), openRun(id), showError(message)}.
  * Returns {start(base, inits, name)} so other views (the init probe's depth demo) can start one.
  */
@@ -61,6 +59,7 @@ export function mountCompare(context) {
   const root = document.getElementById("compare-view");
   if (!root) return { start: async () => {} };
   const debug = (window.__kernelscope ??= {});
+  const offered = defaultInits(context.defaults?.kernel_bank ?? []);
 
   const view = {
     id: null,            // comparison id on screen
@@ -88,7 +87,7 @@ export function mountCompare(context) {
 
   const controls = el("div", { class: "compare-controls panel" });
   const initBoxes = el("div", { class: "compare-inits" });
-  DEFAULT_INITS.forEach((entry, i) => {
+  offered.forEach((entry, i) => {
     const box = el("input", { type: "checkbox", "data-index": String(i) });
     box.checked = true;
     const label = el("label", {});
@@ -317,7 +316,7 @@ export function mountCompare(context) {
 
   // ---------------------------------------------------------------- events
   startButton.addEventListener("click", async () => {
-    const inits = [...initBoxes.querySelectorAll("input:checked")].map((box) => DEFAULT_INITS[Number(box.dataset.index)].init);
+    const inits = [...initBoxes.querySelectorAll("input:checked")].map((box) => offered[Number(box.dataset.index)].init);
     if (!inits.length) { status.textContent = "inits: pick at least one"; return; }
     let base;
     try {

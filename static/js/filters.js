@@ -8,6 +8,7 @@
  * and then updated in place.
  */
 
+import { el } from "./dom.js";
 // RdBu-like stops from -1 to 1 (ColorBrewer RdBu, reversed so positive is red).
 const STOPS = [
   [-1.0, [33, 102, 172]],
@@ -109,12 +110,6 @@ export function detectorText(det) {
   return det.beats_chance === false ? `${name}? ${score}` : `${name} ${score}`;
 }
 
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text != null) node.textContent = text;
-  return node;
-}
 
 /*
  * One conv layer's panel: header (name, shape, symmetry meter, histogram)

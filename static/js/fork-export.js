@@ -7,12 +7,7 @@
  * what the learner is looking at.
  */
 
-function el(tag, attributes = {}, text) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (text != null) node.textContent = text;
-  return node;
-}
+import { bounded, el, labelled as label } from "./dom.js";
 
 /* The step on screen: the history slider's step, or the newest snapshot when following live. */
 export function shownStep(state) {
@@ -27,7 +22,7 @@ function convIndices(state) {
 }
 
 /*
- * context: {api, state, openRun(id), refreshRunList(), showError(message)}.
+ * context: {api, state, defaults (GET /api/defaults: limits), openRun(id), refreshRunList(), showError(message)}.
  * Fills #run-actions and keeps it in step with the open run.
  */
 export function mountForkExport(context) {
@@ -54,12 +49,12 @@ export function mountForkExport(context) {
   for (const [value, label] of [["", "same optimizer"], ["sgd", "SGD + momentum"], ["adam", "Adam"]]) {
     optimizer.append(el("option", { value }, label));
   }
-  const lr = el("input", { id: "fork-lr", type: "number", step: "any", min: "0", placeholder: "same lr" });
-  const steps = el("input", { id: "fork-steps", type: "number", step: "1", min: "1", placeholder: "same steps" });
+  const limits = context.defaults?.limits ?? {};
+  const lr = bounded(el("input", { id: "fork-lr", type: "number", step: "any", placeholder: "same lr" }), limits.lr);
+  const steps = bounded(el("input", { id: "fork-steps", type: "number", step: "1", placeholder: "same steps" }), limits.steps);
   const go = el("button", { type: "submit", class: "primary", id: "btn-fork-start" }, "start fork");
   const cancel = el("button", { type: "button", class: "ghost" }, "cancel");
   const error = el("span", { class: "field-error", id: "fork-error" });
-  const label = (text, input) => { const l = el("label", {}, text); l.append(input); return l; };
   form.append(stepText, label("optimizer ", optimizer), label("learning rate ", lr), label("total steps ", steps), go, cancel, error);
   host.parentElement.after(form);
 

@@ -10,6 +10,7 @@
  * The learner then watches whether the seeded detector persists, drifts or is relearned.
  */
 
+import { el, labelled as label } from "./dom.js";
 import { divergingColor } from "./filters.js";
 
 const PATTERNS = {
@@ -54,19 +55,6 @@ export function pattern(name, k) {
     return values.map((row) => row.map((v) => (v > 0 ? 1 / pos : neg ? -1 / neg : 0)));
   }
   return values;
-}
-
-function el(tag, attributes = {}, text) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (text != null) node.textContent = text;
-  return node;
-}
-
-function label(text, input) {
-  const node = el("label", {}, text);
-  node.append(input);
-  return node;
 }
 
 /*
@@ -193,8 +181,11 @@ export function mountKernelEditor(context) {
   useInit.addEventListener("click", () => {
     const layer = Number(initLayer.value);
     const count = Math.max(1, Math.floor(Number(initCount.value) || 1));
-    // the rest of the layer starts from the run's default init (a random one: kernel cannot be its own fallback)
-    const base = state.config.init?.name === "kernel" || !state.config.init ? { name: "he_normal" } : state.config.init;
+    // the rest of the layer starts from the run's default init (a random one: kernel cannot be its own
+    // fallback; then the kernel init's own fallback as GET /api/inits states it)
+    const ownFallback = state.inits.find((i) => i.name === "kernel")?.params?.fallback;
+    const base = state.config.init?.name === "kernel" || !state.config.init
+      ? (typeof ownFallback === "string" ? { name: ownFallback } : ownFallback) : state.config.init;
     const fallback = Object.keys(base).length === 1 ? base.name : base;
     const kernel = scaled();
     context.applyLayerInit(layer, { name: "kernel", kernels: Array.from({ length: count }, () => kernel), fallback });

@@ -10,6 +10,7 @@
  * with He, Glorot and N(0, 0.01²) side by side (a comparison).
  */
 
+import { bounded, el, labelled } from "./dom.js";
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
 
 const PROBE_INITS = [
@@ -20,29 +21,15 @@ const PROBE_INITS = [
   { label: "normal(std=0.1)", init: { name: "normal", std: 0.1 }, checked: false },
 ];
 
-/* The depth-stall demo: as app/teaching_schemas.py DEEP_DEMO_BASE / DEEP_DEMO_INITS. */
-export const DEEP_DEMO_BASE = { model: "deep", optimizer: { name: "adam", lr: 0.001 }, batch_size: 32, steps: 300,
-  snapshot_every: 10, eval_every: 50 };
-export const DEEP_DEMO_INITS = ["he_normal", "glorot_uniform", { name: "normal", std: 0.01 }];
-
-function el(tag, attributes = {}, text) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (text != null) node.textContent = text;
-  return node;
+/* A whole-number field whose bounds are the served limits of POST /api/init-probe's field (GET /api/defaults). */
+function numberInput(id, value, bound) {
+  return bounded(el("input", { id, type: "number", value: String(value), step: "1" }), bound);
 }
 
-function numberInput(id, value, min, max) {
-  return el("input", { id, type: "number", value: String(value), min: String(min), max: String(max), step: "1" });
-}
-
-function labelled(text, input) {
-  const node = el("label", {}, text);
-  node.append(input);
-  return node;
-}
-
-/* context: {api, startComparison(base, inits, name), showError(message)}. Fills #probe-view. */
+/*
+ * context: {api, defaults (GET /api/defaults: its demos.depth_stall is the depth-stall demo),
+ *           startComparison(base, inits, name), showError(message)}. Fills #probe-view.
+ */
 export function mountProbe(context) {
   const { api } = context;
   const root = document.getElementById("probe-view");
@@ -60,8 +47,9 @@ export function mountProbe(context) {
     + "fan_in counts kh·kw); 3×3 adds the zero-padded borders, which lose a little signal at every layer.</p>";
 
   const form = el("form", { class: "probe-form panel", id: "probe-form" });
-  const depth = numberInput("probe-depth", 30, 1, 60);
-  const width = numberInput("probe-width", 128, 1, 256);
+  const limits = context.defaults?.limits ?? {};
+  const depth = numberInput("probe-depth", 30, limits["init_probe.depth"]);
+  const width = numberInput("probe-width", 128, limits["init_probe.width"]);
   const kernel = el("select", { id: "probe-kernel" });
   kernel.append(el("option", { value: "1" }, "1×1"), el("option", { value: "3" }, "3×3"));
   const activation = el("select", { id: "probe-activation" });
@@ -148,7 +136,9 @@ export function mountProbe(context) {
   demoButton.addEventListener("click", async () => {
     demoButton.disabled = true;
     try {
-      await context.startComparison(DEEP_DEMO_BASE, DEEP_DEMO_INITS, "depth-stall demo");
+      const depthStall = context.defaults?.demos?.depth_stall;
+      if (!depthStall) throw new Error("demos: the server did not say what the depth-stall demo is");
+      await context.startComparison(depthStall.base, depthStall.inits, "depth-stall demo");
     } catch (error) {
       status.textContent = error.message;
     } finally {

@@ -1,29 +1,30 @@
 /*
  * The page's state and its URL hash: the run configuration the learner is
  * editing, the view options, and pure helpers that turn them into the JSON
- * body of POST /api/runs and into the σ / bound figures of each init law.
- * No DOM here: main.js reads and writes the page, this module holds the data.
+ * body of POST /api/runs. No DOM here, and no rule of the engine: the form's
+ * values, the init laws and their figures, the limits and the demos all come
+ * from the server (GET /api/defaults, /api/inits, POST /api/inits/describe).
  */
 
 /*
- * The form's starting values. The server's GET /api/defaults replaces these
- * (pageDefaults) so that "start training" with nothing changed is the run
- * `POST /api/runs {}` starts; they are only used when it cannot be reached.
+ * The shape of the form's config. Its values are blank: GET /api/defaults fills
+ * them (pageDefaults), so that "start training" with nothing changed is the run
+ * `POST /api/runs {}` starts.
  */
-export const DEFAULT_CONFIG = Object.freeze({
-  preset: "demo",           // a preset name, or "custom" to use `spec`
+export const BLANK_CONFIG = Object.freeze({
+  preset: null,             // a preset name, or "custom" to use `spec`
   spec: null,               // the edited JSON spec when preset === "custom"
-  init: { name: "he_normal" },   // the run's default init
+  init: null,               // the run's default init, {name, ...params}
   layerInits: {},           // {"<layer index>": {name, ...params}} per-layer overrides
-  dataset: "shapes",
-  optimizer: "sgd",
-  lr: 0.02,
-  momentum: 0.9,
-  weightDecay: 0.01,
-  batchSize: 64,
-  steps: 3000,
-  seed: 0,
-  snapshotEvery: 10,
+  dataset: null,
+  optimizer: null,
+  lr: null,
+  momentum: null,
+  weightDecay: null,
+  batchSize: null,
+  steps: null,
+  seed: null,
+  snapshotEvery: null,
 });
 
 /* The optimizer fields of the form; momentum only counts for SGD. */
@@ -44,10 +45,10 @@ function optimizerToFields(optimizer, fallback) {
  * The page's defaults from GET /api/defaults ({run, optimizers}) and the
  * presets' own optimizers from GET /api/presets ({name: optimizer}):
  * {config, optimizers: {name: fields}, presetOptimizers: {preset: fields}}.
- * Either may be null (server unreachable): DEFAULT_CONFIG's values stand in.
+ * Either may be null (server unreachable): the config stays blank.
  */
 export function pageDefaults(server, presetOptimizers) {
-  const config = cloneConfig(DEFAULT_CONFIG);
+  const config = cloneConfig(BLANK_CONFIG);
   if (server?.run) applyRunConfig(config, server.run);
   const optimizers = {};
   for (const [name, optimizer] of Object.entries(server?.optimizers ?? {})) {
@@ -88,33 +89,15 @@ export const DEFAULT_VIEW = Object.freeze({
   probe: 0,                 // which probe image the feature maps show
 });
 
-/* Defaults of the init parameters, as in the design card's table. */
-export const INIT_PARAM_DEFAULTS = {
-  constant: { value: 0.1 },
-  normal: { std: 0.01 },
-  uniform: { a: 0.05 },
-  orthogonal: { gain: 1.0 },
-  kernel: {},               // no `kernels`: the engine's default bank
-};
-
-/* The one parameter the setup form offers for each init that has one. */
-export const INIT_MAIN_PARAM = { constant: "value", normal: "std", uniform: "a", orthogonal: "gain", kernel: "kernels" };
-
-/* The engine's hand-made kernels (engine/initializers.py NAMED_KERNELS) and its default bank. */
-export const NAMED_KERNELS = ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity", "vertical_edge",
-  "horizontal_edge", "diagonal_edge", "antidiagonal_edge", "vertical_line", "horizontal_line", "box",
-  "gaussian", "checkerboard"];
-export const DEFAULT_KERNEL_BANK = ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"];
-
-export const INIT_ALIASES = { xavier_uniform: "glorot_uniform", kaiming_normal: "he_normal" };
-
 export function createState() {
   return {
-    config: cloneConfig(DEFAULT_CONFIG),
+    config: cloneConfig(BLANK_CONFIG),
     defaults: pageDefaults(null, null),   // what the form starts from (GET /api/defaults, /api/presets)
+    served: null,           // GET /api/defaults as served: run, optimizers, demos, kernel_bank, limits
     view: { ...DEFAULT_VIEW },
     presets: {},            // name -> spec (from GET /api/presets)
-    inits: [],              // [{name, law, params}] (from GET /api/inits)
+    inits: [],              // [{name, law, params, aliases}] (from GET /api/inits)
+    namedKernels: [],       // the engine's hand-made kernels (GET /api/inits named_kernels)
     datasets: [],           // [name]
     run: null,              // the run record on screen (GET /api/runs/{id})
     steps: [],              // snapshot steps stored for the run, ascending
@@ -131,7 +114,6 @@ export function cloneConfig(config) {
 
 /* An init given as "name" or {name, ...params} -> {name, ...params}. */
 export function normaliseInit(init) {
-  if (init == null) return { name: "he_normal" };
   if (typeof init === "string") return { name: init };
   if (typeof init === "object" && typeof init.name === "string") return { ...init };
   throw new Error(`init: expected a name or {"name": ...}, got ${JSON.stringify(init)}`);
@@ -238,9 +220,9 @@ export function baseSpec(config, presets) {
 }
 
 /*
- * Conv layers of a spec with their fans: [{index, filters, kernel, inChannels,
- * fanIn, fanOut, init}] where `init` is the layer's own init from the spec
- * (or null when it follows the run default).
+ * Conv layers of a spec: [{index, filters, kernel, inChannels, stride, padding,
+ * init}] where `init` is the layer's own init from the spec (or null when it
+ * follows the run default). Their fans and init figures come from the server.
  */
 export function convLayers(spec) {
   if (!spec || !Array.isArray(spec.layers)) return [];
@@ -253,7 +235,6 @@ export function convLayers(spec) {
     out.push({
       index, filters, kernel: k, inChannels: channels,
       stride: layer.stride ?? 1, padding: layer.padding ?? 0,
-      fanIn: channels * k[0] * k[1], fanOut: filters * k[0] * k[1],
       init: layer.init != null ? normaliseInit(layer.init) : null,
     });
     channels = filters;
@@ -290,33 +271,4 @@ export function toRunRequest(config, presets) {
   }
   body.model = model;
   return body;
-}
-
-// ---------------------------------------------------------------- init laws
-
-/*
- * The law of an init and its figure for a layer's fans, e.g.
- * {law: "N(0, 2/fan_in)", figure: "σ = 0.283"}. Mirrors the design card's table.
- */
-export function describeInit(init, fanIn, fanOut) {
-  const name = INIT_ALIASES[init.name] ?? init.name;
-  const fmt = (x) => (x >= 0.001 ? x.toPrecision(3) : x.toExponential(2));
-  switch (name) {
-    case "zeros": return { law: "0", figure: "all 0" };
-    case "constant": { const v = init.value ?? 0.1; return { law: "value", figure: `all ${fmt(v)}` }; }
-    case "normal": { const s = init.std ?? 0.01; return { law: "N(0, std²)", figure: `σ = ${fmt(s)}` }; }
-    case "uniform": { const a = init.a ?? 0.05; return { law: "U(−a, a)", figure: `a = ${fmt(a)}` }; }
-    case "glorot_uniform": return { law: "U(±√(6/(fan_in+fan_out)))", figure: `a = ${fmt(Math.sqrt(6 / (fanIn + fanOut)))}` };
-    case "glorot_normal": return { law: "N(0, 2/(fan_in+fan_out))", figure: `σ = ${fmt(Math.sqrt(2 / (fanIn + fanOut)))}` };
-    case "he_normal": return { law: "N(0, 2/fan_in)", figure: `σ = ${fmt(Math.sqrt(2 / fanIn))}` };
-    case "he_uniform": return { law: "U(±√(6/fan_in))", figure: `a = ${fmt(Math.sqrt(6 / fanIn))}` };
-    case "lecun_normal": return { law: "N(0, 1/fan_in)", figure: `σ = ${fmt(Math.sqrt(1 / fanIn))}` };
-    case "orthogonal": return { law: "orthogonal rows × gain", figure: `gain = ${fmt(init.gain ?? 1.0)}` };
-    case "kernel": {
-      const k = init.kernels ?? DEFAULT_KERNEL_BANK;
-      const names = Array.isArray(k) ? k.map((e) => (typeof e === "string" ? e : "custom")).join(", ") : `${k} in every filter`;
-      return { law: "hand-made kernels", figure: `${names}${Array.isArray(k) ? `; rest ${init.fallback ?? "he_normal"}` : ""}` };
-    }
-    default: return { law: "?", figure: "" };
-  }
 }

@@ -26,9 +26,10 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 
 class Server:
-    """A kernelscope server in a subprocess: `uvicorn app.main:create_app --factory`."""
+    """A kernelscope server in a subprocess: `uvicorn app.main:create_app --factory`, or
+    `command(port)` when given (a server started another way, e.g. with an engine default changed)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None):
+    def __init__(self, data_dir: Path, port: int | None = None, command=None):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -38,7 +39,7 @@ class Server:
         self.log_path = self.data_dir / f"server-{self.port}.log"
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            uvicorn_command(self.port), cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            (command or uvicorn_command)(self.port), cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         if wait_until_healthy(self.base, self.process, timeout=30, interval=0.2) is not None:
             self.kill()
             pytest.fail(f"the server did not start; its log:\n{self.log_path.read_text()}")

@@ -22,7 +22,7 @@ def modules(browser, server):
 def test_hash_round_trip_keeps_spec_inits_and_numbers(modules):
     result = modules.evaluate("""async () => {
         const s = await import('/static/js/state.js');
-        const config = s.cloneConfig(s.DEFAULT_CONFIG);
+        const config = s.cloneConfig(s.BLANK_CONFIG);
         Object.assign(config, {
             preset: 'custom', lr: 0.003, momentum: 0.5, weightDecay: 0.125, batchSize: 17, steps: 999, seed: 42,
             snapshotEvery: 3, optimizer: 'adam', dataset: 'shapes',
@@ -48,13 +48,13 @@ def test_hash_round_trip_keeps_spec_inits_and_numbers(modules):
 def test_malformed_hash_falls_back_to_defaults(modules):
     config = modules.evaluate("""async () => {
         const s = await import('/static/js/state.js');
-        const defaults = s.pageDefaults({run: {model: 'demo', optimizer: {name: 'sgd', lr: 0.125, weight_decay: 0.5}},
+        const defaults = s.pageDefaults({run: {model: 'demo', init: 'glorot_normal', optimizer: {name: 'sgd', lr: 0.125, weight_decay: 0.5}},
                                          optimizers: {adam: {lr: 0.25, weight_decay: 0}}}, {});
         return [s.hashToConfig('#preset=custom&spec=%7Bnot-json&init=%7B%22x%22%3A1%7D&lr=abc&steps=12', defaults).config,
                 s.hashToConfig('#opt=adam', defaults).config];
     }""")
     assert config[0]["preset"] == "demo"          # custom without a readable spec
-    assert config[0]["init"] == {"name": "he_normal"}
+    assert config[0]["init"] == {"name": "glorot_normal"}   # the server's default, not one of the page's own
     assert (config[0]["lr"], config[0]["weightDecay"]) == (0.125, 0.5)   # the server's defaults
     assert config[0]["steps"] == 12
     assert config[1]["weightDecay"] == 0     # a link from before the weight decay field: its optimizer's default
@@ -162,21 +162,32 @@ def test_log_charts_label_each_decade_once_they_span_several(modules):
     assert ticks == ["D2", 1, 2, "D2", 1]
 
 
-def test_init_figures_on_the_page_agree_with_the_engine(modules):
-    """The σ or bound the setup panel shows for a layer is the engine's own for that shape."""
+def test_init_figures_on_the_page_are_the_engines(modules):
+    """The law and σ or bound the setup panel shows for a layer is the engine's own for that
+    layer's shape and the init's parameters (POST /api/inits/describe); the page computes none."""
     from engine.core.initializers import INITIALIZERS
 
-    shapes = [(8, 1, 5, 5), (16, 8, 3, 3), (32, 3, 7, 7)]
     cases = [("normal", {"std": 0.03}), ("uniform", {"a": 0.2}), ("glorot_uniform", {}), ("glorot_normal", {}),
-             ("he_normal", {}), ("he_uniform", {}), ("lecun_normal", {})]
-    shown = modules.evaluate("""async ([cases, shapes]) => {
-        const { describeInit } = await import('/static/js/state.js');
-        return cases.map(([name, params]) => shapes.map(([o, i, kh, kw]) =>
-            describeInit({name, ...params}, i * kh * kw, o * kh * kw).figure));
-    }""", [cases, shapes])
-    for (name, params), figures in zip(cases, shown):
-        for shape, figure in zip(shapes, figures):
-            described = INITIALIZERS[name].describe(shape, **params)
-            symbol, value = figure.split(" = ")
-            expected = described["bound"] if symbol == "a" else described["std"]
-            assert float(value) == pytest.approx(expected, rel=5e-3), (name, shape, figure, described)
+             ("he_normal", {}), ("he_uniform", {}), ("lecun_normal", {}), ("orthogonal", {"gain": 2.0})]
+    for name, params in cases:
+        modules.select_option("#f-init", name)
+        for key, value in params.items():
+            modules.fill(f"#f-init-param input[data-param={key}]", str(value))
+            modules.locator(f"#f-init-param input[data-param={key}]").dispatch_event("change")
+        rows = modules.eval_on_selector_all(".init-layer", "rs => rs.map(r => r.dataset.layer)")
+        spec = modules.evaluate("window.__kernelscope.state.presets[window.__kernelscope.state.config.preset]")
+        assert rows, "the setup panel lists no conv layers"
+        expected = []
+        channels = spec["input"][0] if "input" in spec else 1
+        for index, layer in enumerate(spec["layers"]):
+            if layer["type"] != "conv":
+                continue
+            k = layer.get("kernel", 3)
+            shape = (layer["filters"], channels, k, k)
+            channels = layer["filters"]
+            expected.append(INITIALIZERS[name].describe(shape, **params)["text"])
+        modules.wait_for_function("""(expected) => {
+            const laws = [...document.querySelectorAll('#init-table .law')].map(l => l.textContent);
+            return document.getElementById('init-table').dataset.described === 'true'
+                && laws.length === expected.length && laws.every((text, i) => text === expected[i]);
+        }""", arg=expected, timeout=30_000)

@@ -284,8 +284,9 @@ def test_reload_with_url_hash_restores_the_configuration(page, server, browser):
     assert config["layerInits"] == {"3": {"name": "kernel", "kernels": "x"}}
     assert (config["lr"], config["weightDecay"], config["batchSize"], config["steps"], config["seed"],
             config["optimizer"]) == (0.03, 0.002, 32, 123, 7, "adam")
-    # the law and its figure for each layer's fans: N(0, std²) → σ = 0.02 on layer 0
-    assert "σ = 0.0200" in page.text_content('.init-layer[data-layer="0"] .law')
+    # the law and its figure for each layer's fans, as the engine states them: N(0, std²) → σ = 0.02 on layer 0
+    page.wait_for_selector("#init-table[data-described=true]")
+    assert "σ = 0.02" in page.text_content('.init-layer[data-layer="0"] .law')
     url = page.url
 
     again, problems = open_page(browser)
@@ -345,7 +346,7 @@ def test_a_stored_run_config_put_into_the_form_starts_the_same_run(page, server,
         "snapshot_every": 7}).json()["config"]
     body = page.evaluate("""async (stored) => {
         const s = await import('/static/js/state.js');
-        const config = s.applyRunConfig(s.cloneConfig(s.DEFAULT_CONFIG), stored);
+        const config = s.applyRunConfig(s.cloneConfig(s.BLANK_CONFIG), stored);
         return s.toRunRequest(config, window.__kernelscope.state.presets);
     }""", stored)
     assert api.post("/api/runs", json=body).json()["config"] == stored
@@ -354,6 +355,7 @@ def test_a_stored_run_config_put_into_the_form_starts_the_same_run(page, server,
 def test_he_figures_follow_each_layers_fans(page, server):
     goto(page, f"{server}/#preset=small")
     page.select_option("#f-init", "he_normal")
+    page.wait_for_selector("#init-table[data-described=true]")
     for row in page.locator(".init-layer").all():
         fan_in = int(re.search(r"fan_in (\d+)", row.text_content()).group(1))
         assert f"σ = {math.sqrt(2 / fan_in):.3g}" in row.locator(".law").text_content()

@@ -1,0 +1,42 @@
+/*
+ * The page's one DOM helper: `$` finds an element by id, `el` makes one.
+ * el("div", "panel") sets the class; el("input", {type: "number", min: "1"})
+ * sets attributes; a third argument becomes the text. Every module builds its
+ * nodes with these, so there is one way to make an element.
+ */
+
+export const $ = (id) => document.getElementById(id);
+
+export function el(tag, attributes = {}, text) {
+  const node = document.createElement(tag);
+  if (typeof attributes === "string") {
+    if (attributes) node.className = attributes;
+  } else {
+    for (const [key, value] of Object.entries(attributes ?? {})) node.setAttribute(key, value);
+  }
+  if (text != null) node.textContent = text;
+  return node;
+}
+
+/* A label holding its text and a control: <label>text <input></label>. */
+export function labelled(text, control) {
+  const node = el("label", {}, text);
+  node.append(control);
+  return node;
+}
+
+/* Set a number input's min/max from a bound GET /api/defaults serves ({min, max, ...}); returns the input. */
+export function bounded(input, bound) {
+  if (bound?.min != null) input.min = String(bound.min);
+  if (bound?.max != null) input.max = String(bound.max);
+  return input;
+}
+
+/* The banner at the top of the page: a message that goes away after a few seconds. */
+export function showError(message) {
+  const banner = $("banner");
+  banner.textContent = message;
+  banner.hidden = false;
+  clearTimeout(showError.timer);
+  showError.timer = setTimeout(() => { banner.hidden = true; }, 8000);
+}

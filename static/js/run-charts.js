@@ -1,0 +1,94 @@
+/*
+ * The run view's four charts: loss and accuracy by step (training and
+ * validation), and each conv/dense layer's activation and gradient std on the
+ * monitor batch (log scale). Metric points come from the REST history and the
+ * event stream; std points from snapshots, live or sampled from a run opened
+ * after the fact (backfill). Drawing is charts.js's LineChart.
+ */
+
+import { $ } from "./dom.js";
+import { LineChart } from "./charts.js";
+
+/*
+ * Training points kept per chart: every step of short runs, every k-th step
+ * of long ones (about 2,000 points), so an SVG chart stays quick to extend.
+ * Validation points are all kept.
+ */
+const MAX_TRAIN_POINTS = 2000;
+
+export const statLayers = (snapshot) => (snapshot.stats || []).filter((s) => s.type === "conv" || s.type === "dense");
+
+export class RunCharts {
+  constructor() {
+    this.charts = {
+      loss: new LineChart($("chart-loss"), { title: "loss", series: {
+        train: { color: "#2563eb" }, validation: { color: "#ea580c", mode: "lines+markers" } } }),
+      acc: new LineChart($("chart-acc"), { title: "accuracy", yRange: [0, 1.02], series: {
+        train: { color: "#2563eb" }, validation: { color: "#ea580c", mode: "lines+markers" } } }),
+      act: new LineChart($("chart-act"), { title: "activation std", yTitle: "log scale", log: true, mode: "lines+markers" }),
+      grad: new LineChart($("chart-grad"), { title: "gradient std", yTitle: "log scale", log: true, mode: "lines+markers" }),
+    };
+    this.reset();
+  }
+
+  reset() {
+    for (const chart of Object.values(this.charts)) { chart.reset(); chart.markStep(null); }
+    this.lastTrainStep = -1;
+    this.lastValStep = -1;
+    this.liveStats = [];     // per-layer stats of the snapshots received live, for merging with a backfill
+  }
+
+  resize() {
+    for (const chart of Object.values(this.charts)) chart.resize();
+  }
+
+  /* Mark the step on screen (history mode), or null to mark none. */
+  markStep(step) {
+    for (const chart of Object.values(this.charts)) chart.markStep(step);
+  }
+
+  /* Loss/accuracy points of a run of `total` steps; points already drawn are skipped by step. */
+  addMetricPoints(points, total) {
+    const stride = Math.max(1, Math.ceil(total / MAX_TRAIN_POINTS));
+    const { loss, acc } = this.charts;
+    for (const p of points) {
+      if (p.loss != null && p.step > this.lastTrainStep && (p.step % stride === 0 || p.step === total)) {
+        loss.addDataPoint("train", p.step, p.loss);
+        acc.addDataPoint("train", p.step, p.acc);
+        this.lastTrainStep = p.step;
+      }
+      if (p.val_loss != null && p.step > this.lastValStep) {
+        loss.addDataPoint("validation", p.step, p.val_loss);
+        acc.addDataPoint("validation", p.step, p.val_acc);
+        this.lastValStep = p.step;
+      }
+    }
+  }
+
+  /* The std points of one snapshot received live. */
+  addStatPoints(snapshot) {
+    this.liveStats.push({ step: snapshot.step, stats: statLayers(snapshot) });
+    for (const s of statLayers(snapshot)) {
+      this.charts.act.addDataPoint(`${s.type} ${s.index}`, snapshot.step, s.act_std);
+      this.charts.grad.addDataPoint(`${s.type} ${s.index}`, snapshot.step, s.grad_std);
+    }
+  }
+
+  /* Whole std curves from sampled snapshots [{step, stats}] up to `lastSampled`, merged with the live points after it. */
+  setStatHistory(points, lastSampled) {
+    const all = [...points, ...this.liveStats.filter((p) => p.step > lastSampled)];
+    const series = new Map();
+    for (const { step, stats } of all) {
+      for (const s of stats) {
+        const name = `${s.type} ${s.index}`;
+        if (!series.has(name)) series.set(name, { x: [], act: [], grad: [] });
+        const e = series.get(name);
+        e.x.push(step); e.act.push(s.act_std); e.grad.push(s.grad_std);
+      }
+    }
+    for (const [name, e] of series) {
+      this.charts.act.setSeries(name, e.x, e.act);
+      this.charts.grad.setSeries(name, e.x, e.grad);
+    }
+  }
+}

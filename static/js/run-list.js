@@ -1,0 +1,48 @@
+/*
+ * The sidebar's list of runs (GET /api/runs, newest first): id, status badge,
+ * model · init · progress. Clicking a run opens it with its config in the form.
+ * The open run's line is marked "current".
+ */
+
+import * as api from "./api.js";
+import { $, el, showError } from "./dom.js";
+
+/* context: {state, openRun(id, {loadConfig}), updateProgress(step)}. Returns {refresh(), markCurrent()}. */
+export function mountRunList(context) {
+  const { state } = context;
+  const list = $("run-list");
+
+  function markCurrent() {
+    for (const li of list.querySelectorAll("li")) li.classList.toggle("current", li.dataset.run === String(state.view.run));
+  }
+
+  function item(run) {
+    const li = el("li");
+    li.dataset.run = String(run.id);
+    const button = el("button", { type: "button" });
+    const init = run.config?.init;
+    const initName = typeof init === "string" ? init : init?.name ?? "";
+    const model = typeof run.config?.model === "string" ? run.config.model : "custom";
+    const progress = el("span", "run-progress", `${run.step ?? 0}/${run.steps ?? run.config?.steps ?? "?"}`);
+    const meta = el("span", "run-meta");
+    meta.append(`${model} · ${initName} · `, progress, run.meta?.origin ? ` · ${run.meta.origin}` : "");
+    button.append(el("span", "run-name", `${run.id}`), el("span", `badge status-${run.status}`, run.status), meta);
+    button.addEventListener("click", () => context.openRun(run.id, { loadConfig: true }));
+    li.append(button);
+    return li;
+  }
+
+  async function refresh() {
+    let runs;
+    try { runs = await api.listRuns(); } catch (error) { showError(`runs: ${error.message}`); return; }
+    list.replaceChildren();
+    if (!runs.length) list.append(el("li", "note", "No runs yet. Runs trained from the CLI appear here too."));
+    for (const run of [...runs].sort((a, b) => (b.created ?? 0) - (a.created ?? 0))) {
+      list.append(item(run));
+      if (state.run && String(state.run.id) === String(run.id)) context.updateProgress(run.step);  // the newer of list and stream
+    }
+    markCurrent();
+  }
+
+  return { refresh, markCurrent };
+}

@@ -1,0 +1,487 @@
+/*
+ * The run view ("Live & history"): one run on screen. It opens a run (REST
+ * history, then its event stream), keeps the run's snapshot steps, and shows
+ * either the newest snapshot (live) or the one the slider or replay picks
+ * (history): the filter grid, the feature maps of a probe image, the
+ * step-through of one map pixel, the charts, the header with status,
+ * progress and pause/resume/stop.
+ *
+ * The data lives in `state` (state.js: run, steps, mode, historyStep, latest
+ * and initial snapshot); what is on screen lives in `shown` below. Live
+ * snapshots are coalesced to one draw per animation frame and snapshot
+ * fetches keep one request in flight, so the page drops frames rather than
+ * falling behind. `debug` (window.__kernelscope) records what was drawn.
+ */
+
+import * as api from "./api.js";
+import { $, el, showError } from "./dom.js";
+import { FeatureMapBoard, FilterBoard, drawGray } from "./filters.js";
+import { RunCharts, statLayers } from "./run-charts.js";
+import { convLayers } from "./state.js";
+import { StepThrough, layerInput } from "./stepthrough.js";
+
+export const ACTIVE = new Set(["queued", "running", "paused"]);
+
+function recordTime(list, ms) {
+  list.push(ms);
+  if (list.length > 500) list.shift();
+}
+
+/*
+ * context: {state, debug, writeHash(), loadRunConfig(config), refreshRunList(),
+ *           askForToken()}. Returns {openRun(id, {loadConfig}), updateProgress(step), charts}.
+ */
+export function mountRunView(context) {
+  const { state, debug } = context;
+  const shown = {
+    closeEvents: null,   // closes the open run's event stream
+    generation: 0,       // bumps when another run is opened; stale async work checks it
+    pendingLive: null,   // newest live snapshot waiting for the next animation frame
+    liveFrame: null,
+    fmapSnapshot: null,  // the full snapshot whose feature maps are on screen
+    snapshot: null,      // the snapshot whose filters are on screen
+    replayTimer: null,
+    initTexts: {},       // layer index -> the run's init law and figure (POST /api/inits/describe)
+    viewKey: null,       // what "kernelscope:view" last announced
+  };
+
+  const charts = new RunCharts();
+  debug.charts = charts.charts;
+  const filterBoard = new FilterBoard($("filter-board"));
+  const fmapBoard = new FeatureMapBoard($("fmap-board"), pickPixel);
+  const stepThrough = new StepThrough($("stepthrough"), (result) => { debug.stepThrough = result; });
+
+  // ---------------------------------------------------------------- drawing
+
+  function runSpec() {
+    const model = state.run?.config?.model;
+    if (model && typeof model === "object") return model;
+    if (typeof model === "string") return state.presets[model] ?? null;
+    return null;
+  }
+
+  /* The init law and figures of the open run's layers, as the engine states them. */
+  async function describeRunInits(config, generation) {
+    try {
+      const { layers } = await api.describeInits({ model: config.model, init: config.init, dataset: config.dataset });
+      if (generation !== shown.generation) return;
+      shown.initTexts = Object.fromEntries(layers.map((l) => [l.index, `init · ${l.text}`]));
+      redrawCurrent();
+    } catch { /* the cards then show no init line */ }
+  }
+
+  function drawFilters(snapshot) {
+    const started = performance.now();
+    shown.snapshot = snapshot;
+    filterBoard.update(snapshot, {
+      scaling: state.view.scaling,
+      initialSnapshot: state.initialSnapshot,
+      initText: (index) => shown.initTexts[index] ?? "",
+    });
+    const layers = {};
+    for (const l of snapshot.layers) if (l.type === "conv" && l.weight) layers[l.index] = l.weight;
+    const symmetry = Object.fromEntries(snapshot.layers.filter((l) => l.type === "conv").map((l) => [l.index, l.symmetry]));
+    debug.drawn = { step: snapshot.step, layers, symmetry };
+    $("filters-step").textContent = `step ${snapshot.step}`;
+    debug.framesDrawn += 1;
+    recordTime(debug.drawMs.filters, performance.now() - started);
+  }
+
+  /* Draw the filters on screen again (new scaling, the step-0 outline or the init figures arrived). */
+  function redrawCurrent() {
+    if (shown.snapshot) drawFilters(shown.snapshot);
+  }
+
+  function drawFeatureMaps(snapshot) {
+    const started = performance.now();
+    if (!fmapBoard.update(snapshot, state.view.probe)) return;
+    shown.fmapSnapshot = snapshot;
+    debug.features = { step: snapshot.step, probe: state.view.probe };
+    debug.featureFramesDrawn += 1;
+    $("fmaps-step").textContent = `step ${snapshot.step}`;
+    buildProbePicker(snapshot);
+    recordTime(debug.drawMs.featureMaps, performance.now() - started);
+  }
+
+  function buildProbePicker(snapshot) {
+    const picker = $("probe-picker");
+    const probes = snapshot.probes || [];
+    if (picker.childElementCount === probes.length) {
+      [...picker.children].forEach((b, i) => b.classList.toggle("active", i === state.view.probe));
+      return;
+    }
+    picker.replaceChildren();
+    probes.forEach((image, i) => {
+      const button = el("button", { type: "button", class: "probe", "data-probe": String(i),
+        title: `probe ${i}${snapshot.probe_labels?.[i] ? `: ${snapshot.probe_labels[i]}` : ""}` });
+      const canvas = el("canvas");
+      drawGray(canvas, image[0]);
+      button.append(canvas);
+      button.classList.toggle("active", i === state.view.probe);
+      button.addEventListener("click", () => {
+        state.view.probe = i;
+        context.writeHash();
+        if (shown.fmapSnapshot) drawFeatureMaps(shown.fmapSnapshot);
+      });
+      picker.append(button);
+    });
+  }
+
+  function pickPixel(layerIndex, filter, y, x) {
+    const snapshot = shown.fmapSnapshot;
+    if (!snapshot) return;
+    const layer = snapshot.layers.find((l) => l.index === layerIndex);
+    const spec = runSpec();
+    const conv = convLayers(spec).find((l) => l.index === layerIndex);
+    const p = Math.min(state.view.probe, (snapshot.probes || []).length - 1);
+    const input = layerInput(spec, snapshot, layerIndex, p);
+    if (!input || !conv) {
+      stepThrough.explainUnavailable(
+        `Step-through of conv layer ${layerIndex} needs the input of that layer. Layer 0 reads the probe image; ` +
+        "a deeper layer reads the previous conv layer's maps after its activation and pooling, which the page " +
+        "rebuilds only when the layers in between are activations or pooling. Pick a map of conv layer " +
+        `${convLayers(spec)[0]?.index ?? 0} to step through.`);
+      return;
+    }
+    stepThrough.open({
+      input, kernel: layer.weight[filter], bias: Number(layer.bias?.[filter] ?? 0),
+      stride: conv.stride, padding: conv.padding, stored: layer.feature_maps[p][filter],
+      layerIndex, filter, probe: p, step: snapshot.step, probeLabel: snapshot.probe_labels?.[p],
+    }, y, x);
+    $("stepthrough").scrollIntoView({ block: "nearest", behavior: "smooth" });
+  }
+
+  // ---------------------------------------------------------------- history
+
+  /* One snapshot request in flight; only the newest wanted step is fetched next. */
+  const snapshotFetcher = new api.LatestOnlyFetcher(
+    ({ run, step }) => api.getSnapshot(run, step, true),
+    ({ run, step, generation }, snapshot) => {
+      if (generation !== shown.generation || run !== state.view.run) return;
+      if (state.mode === "history") {
+        if (step !== state.historyStep) return;
+        drawFilters(snapshot);
+      }
+      drawFeatureMaps(snapshot);
+    },
+    (key, error) => showError(`snapshot ${key.step}: ${error.message}`),
+  );
+
+  function wantSnapshot(step) {
+    const before = snapshotFetcher.dropped;
+    snapshotFetcher.want({ run: state.view.run, step, generation: shown.generation });
+    debug.framesDropped += snapshotFetcher.dropped - before;
+  }
+
+  /*
+   * Tell other page modules (comparison, fork, export...) what is on screen:
+   * document receives "kernelscope:view" with {run, step, mode} whenever the
+   * run or the shown step changes.
+   */
+  function announceView() {
+    const step = state.mode === "live" ? state.steps[state.steps.length - 1] ?? null : state.historyStep;
+    const detail = { run: state.view.run, step, mode: state.mode, status: state.run?.status ?? null };
+    const key = JSON.stringify(detail);
+    if (key === shown.viewKey) return;
+    shown.viewKey = key;
+    document.dispatchEvent(new CustomEvent("kernelscope:view", { detail }));
+  }
+
+  function updateSlider() {
+    const slider = $("history-slider");
+    slider.max = String(Math.max(0, state.steps.length - 1));
+    if (state.mode === "live") slider.value = slider.max;
+    const step = state.mode === "live" ? state.steps[state.steps.length - 1] : state.historyStep;
+    $("history-step").textContent = step == null ? "no snapshots yet"
+      : `step ${step} · snapshot ${Number(slider.value) + 1} of ${state.steps.length}`;
+    $("btn-live").classList.toggle("active", state.mode === "live");
+    announceView();
+  }
+
+  function showHistoryIndex(index) {
+    if (!state.steps.length) return;
+    state.mode = "history";
+    state.historyStep = state.steps[Math.max(0, Math.min(index, state.steps.length - 1))];
+    $("history-slider").value = String(state.steps.indexOf(state.historyStep));
+    charts.markStep(state.historyStep);
+    updateSlider();
+    wantSnapshot(state.historyStep);
+  }
+
+  function goLive() {
+    stopReplay();
+    state.mode = "live";
+    state.historyStep = null;
+    charts.markStep(null);
+    updateSlider();
+    if (state.latestSnapshot) {
+      drawFilters(state.latestSnapshot);
+      wantSnapshot(state.latestSnapshot.step);
+    } else if (state.steps.length) {
+      const last = state.steps[state.steps.length - 1];
+      api.getSnapshot(state.view.run, last, false).then((s) => {
+        if (state.mode === "live" && s.step === last) { state.latestSnapshot = s; drawFilters(s); }
+      }).catch((e) => showError(e.message));
+      wantSnapshot(last);
+    }
+  }
+
+  function stopReplay() {
+    if (shown.replayTimer) clearInterval(shown.replayTimer);
+    shown.replayTimer = null;
+    $("btn-play").textContent = "▶ replay";
+  }
+
+  function startReplay() {
+    if (!state.steps.length) return;
+    let index = state.mode === "history" ? state.steps.indexOf(state.historyStep) : -1;
+    if (index >= state.steps.length - 1) index = -1;
+    const stride = Math.max(1, Math.round(state.steps.length / 150));
+    $("btn-play").textContent = "❚❚ pause";
+    showHistoryIndex(index + 1);
+    shown.replayTimer = setInterval(() => {
+      if (snapshotFetcher.busy) return;   // wait for the frame on screen rather than queueing
+      const at = state.steps.indexOf(state.historyStep);
+      if (at >= state.steps.length - 1) {
+        stopReplay();
+        if (ACTIVE.has(state.run?.status)) goLive();
+        return;
+      }
+      showHistoryIndex(Math.min(state.steps.length - 1, at + stride));
+    }, 150);
+  }
+
+  // ---------------------------------------------------------------- live stream
+
+  function scheduleLiveDraw(snapshot) {
+    if (shown.pendingLive) debug.framesDropped += 1;
+    shown.pendingLive = snapshot;
+    if (shown.liveFrame !== null) return;
+    shown.liveFrame = requestAnimationFrame(() => {
+      shown.liveFrame = null;
+      const s = shown.pendingLive;
+      shown.pendingLive = null;
+      if (s && state.mode === "live") {
+        drawFilters(s);
+        wantSnapshot(s.step);
+      }
+    });
+  }
+
+  function onSnapshotEvent(data, generation) {
+    if (generation !== shown.generation) return;
+    debug.snapshotsReceived += 1;
+    const snapshot = data.snapshot ?? data;
+    if (snapshot.step == null) snapshot.step = data.step;
+    if (!state.steps.includes(snapshot.step)) {
+      state.steps.push(snapshot.step);
+      state.steps.sort((a, b) => a - b);
+      charts.addStatPoints(snapshot);
+    }
+    if (snapshot.step === 0 && !state.initialSnapshot) state.initialSnapshot = snapshot;
+    if (!state.latestSnapshot || snapshot.step >= state.latestSnapshot.step) state.latestSnapshot = snapshot;
+    updateSlider();
+    if (state.mode === "live") scheduleLiveDraw(snapshot);
+  }
+
+  function onStatusEvent(data, generation) {
+    if (generation !== shown.generation || !state.run) return;
+    state.run.status = data.status;
+    if (data.step != null) state.run.step = data.step;
+    updateRunHeader(data.message);
+    if (!ACTIVE.has(data.status) && shown.closeEvents) {
+      shown.closeEvents();
+      shown.closeEvents = null;
+      context.refreshRunList();
+    }
+  }
+
+  function addMetricPoints(points) {
+    charts.addMetricPoints(points, state.run?.steps ?? state.run?.config?.steps ?? 0);
+    for (const p of points) updateProgress(p.step);
+  }
+
+  function followRun(id, generation) {
+    const buffered = [];
+    let ready = false;
+    const close = api.openEvents(id, {
+      status: (d) => onStatusEvent(d, generation),
+      snapshot: (d) => onSnapshotEvent(d, generation),
+      // EventSource retries by itself; the server's first event on return clears this note
+      error: (readyState) => {
+        if (generation === shown.generation && readyState === EventSource.CONNECTING) {
+          $("run-message").textContent = "connection to the server lost — reconnecting…";
+        }
+      },
+      metrics: (d) => {
+        if (generation !== shown.generation) return;
+        if (ready) addMetricPoints(d.points || []);
+        else buffered.push(...(d.points || []));
+      },
+    });
+    return {
+      close,
+      // called once the REST history is drawn: points already drawn are skipped by step
+      release() { ready = true; addMetricPoints(buffered); buffered.length = 0; },
+    };
+  }
+
+  // ---------------------------------------------------------------- opening a run
+
+  async function openRun(id, { loadConfig = false } = {}) {
+    shown.generation += 1;
+    const generation = shown.generation;
+    if (shown.closeEvents) { shown.closeEvents(); shown.closeEvents = null; }
+    stopReplay();
+    stepThrough.close();
+    state.view.run = id;
+    state.mode = "live";
+    state.steps = [];
+    state.latestSnapshot = null;
+    state.initialSnapshot = null;
+    state.historyStep = null;
+    shown.fmapSnapshot = null;
+    shown.snapshot = null;
+    shown.initTexts = {};
+    filterBoard.clear();
+    fmapBoard.clear();
+    $("probe-picker").replaceChildren();
+    charts.reset();
+    context.writeHash();
+    $("empty-state").hidden = true;
+    $("run-view").hidden = false;
+    charts.resize();
+    let run;
+    try {
+      run = await api.getRun(id);
+    } catch (error) {
+      showError(`run ${id}: ${error.message}`);
+      return;
+    }
+    if (generation !== shown.generation) return;
+    state.run = run;
+    if (loadConfig) context.loadRunConfig(run.config);
+    if (run.config) describeRunInits(run.config, generation);
+    updateRunHeader();
+    context.markCurrentRun();
+    const stream = ACTIVE.has(run.status) ? followRun(id, generation) : null;
+    if (stream) shown.closeEvents = stream.close;
+    try {
+      const [points, steps] = await Promise.all([api.getMetrics(id), api.getSnapshotSteps(id)]);
+      if (generation !== shown.generation) return;
+      addMetricPoints(points);
+      for (const s of steps) if (!state.steps.includes(s)) state.steps.push(s);
+      state.steps.sort((a, b) => a - b);
+      updateSlider();
+      if (stream) stream.release();
+      if (state.steps.includes(0) && !state.initialSnapshot) {
+        api.getSnapshot(id, 0, false).then((s) => {
+          if (generation === shown.generation && !state.initialSnapshot) { state.initialSnapshot = s; redrawCurrent(); }
+        }).catch(() => {});
+      }
+      if (!state.latestSnapshot) goLive();
+      backfillStats(id, steps, generation);
+    } catch (error) {
+      showError(`run ${id}: ${error.message}`);
+    }
+  }
+
+  /*
+   * Per-layer std curves of a run opened midway or after the fact, from a sample
+   * of its stored snapshots, merged with the live points that arrived meanwhile.
+   */
+  async function backfillStats(id, steps, generation) {
+    if (!steps.length) return;
+    const count = Math.min(steps.length, 40);
+    const sample = [...new Set(Array.from({ length: count }, (_, i) => steps[Math.round(i * (steps.length - 1) / Math.max(1, count - 1))]))];
+    const points = [];
+    for (const step of sample) {
+      if (generation !== shown.generation) return;
+      try {
+        const snapshot = await api.getSnapshot(id, step, false);
+        points.push({ step, stats: statLayers(snapshot) });
+      } catch { /* a snapshot that cannot be read leaves a gap in the curve */ }
+    }
+    if (generation !== shown.generation) return;
+    charts.setStatHistory(points, sample[sample.length - 1]);
+  }
+
+  // ---------------------------------------------------------------- header and controls
+
+  function updateProgress(step) {
+    if (!state.run) return;
+    if (step != null && step > (state.run.step ?? -1)) state.run.step = step;
+    const total = state.run.steps ?? state.run.config?.steps ?? 0;
+    const done = state.run.step ?? 0;
+    const fraction = total ? Math.min(1, done / total) : 0;
+    $("progress-fill").style.width = `${(fraction * 100).toFixed(1)}%`;
+    $("progress-text").textContent = total ? `${done} / ${total}` : `${done}`;
+    // the run list polls every few seconds; keep the open run's line in step with the stream
+    const listed = document.querySelector(`#run-list li[data-run="${CSS.escape(String(state.run.id))}"] .run-progress`);
+    if (listed) listed.textContent = `${done}/${total || "?"}`;
+  }
+
+  function updateRunHeader(message) {
+    const run = state.run;
+    $("run-status").hidden = !run;
+    if (!run) return;
+    $("run-title").textContent = `run ${run.id}`;
+    const badge = $("run-badge");
+    badge.textContent = run.status;
+    badge.className = `badge status-${run.status}`;
+    badge.title = message || run.message || "";
+    const problem = ["diverged", "failed", "interrupted"].includes(run.status);
+    const queued = run.status === "queued" && run.queue_position != null ? `waiting for a free slot (position ${run.queue_position})` : "";
+    $("run-message").textContent = problem ? (message || run.message || "") : queued;
+    $("run-message").title = $("run-message").textContent;
+    $("btn-pause").hidden = run.status !== "running" && run.status !== "queued";
+    // the server resumes a paused run, and restarts stopped, failed or interrupted ones from their checkpoint
+    $("btn-resume").hidden = !["paused", "interrupted", "stopped", "failed"].includes(run.status);
+    $("btn-stop").hidden = !ACTIVE.has(run.status);
+    updateProgress(run.step);
+    const item = document.querySelector(`#run-list li[data-run="${CSS.escape(String(run.id))}"] .badge`);
+    if (item) { item.textContent = run.status; item.className = `badge status-${run.status}`; }
+    announceView();
+  }
+
+  async function control(action) {
+    if (!state.run) return;
+    try {
+      const run = await api.controlRun(state.run.id, action);
+      if (run && run.status) {
+        state.run.status = run.status;
+        updateRunHeader();
+      }
+      if (action === "resume" && !shown.closeEvents) {
+        const stream = followRun(state.run.id, shown.generation);
+        stream.release();
+        shown.closeEvents = stream.close;
+      }
+      context.refreshRunList();
+    } catch (error) {
+      showError(`${action}: ${error.message}`);
+      if (error.status === 401) context.askForToken();
+    }
+  }
+
+  $("btn-pause").addEventListener("click", () => control("pause"));
+  $("btn-resume").addEventListener("click", () => control("resume"));
+  $("btn-stop").addEventListener("click", () => control("stop"));
+  $("btn-live").addEventListener("click", goLive);
+  $("btn-play").addEventListener("click", () => (shown.replayTimer ? stopReplay() : startReplay()));
+  $("history-slider").addEventListener("input", (event) => {
+    stopReplay();
+    showHistoryIndex(Number(event.target.value));
+  });
+  for (const button of document.querySelectorAll("[data-scaling]")) {
+    button.classList.toggle("active", button.dataset.scaling === state.view.scaling);
+    button.addEventListener("click", () => {
+      state.view.scaling = button.dataset.scaling;
+      for (const b of document.querySelectorAll("[data-scaling]")) b.classList.toggle("active", b === button);
+      context.writeHash();
+      redrawCurrent();
+    });
+  }
+
+  return { openRun, updateProgress };
+}

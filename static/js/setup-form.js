@@ -1,0 +1,334 @@
+/*
+ * The setup form ("Set up a run"): architecture, the run's init and each conv
+ * layer's own, dataset, optimizer and numbers, then "start training". It
+ * writes what the learner picks into state.config (state.js) and draws
+ * state.config back into the fields. Nothing here is a rule of its own:
+ * the fields' values start from GET /api/defaults, their bounds are its
+ * `limits`, the inits and their parameters are GET /api/inits, and the law
+ * with its figures for each layer is POST /api/inits/describe.
+ */
+
+import * as api from "./api.js";
+import { $, bounded, el } from "./dom.js";
+import {
+  applyRunConfig, baseSpec, compactInit, convLayers, followOptimizerDefaults, optimizerDefaults, toRunRequest,
+} from "./state.js";
+
+/* The number fields: input id, the name in messages, the key in state.config, the key in defaults.limits. */
+const NUMBER_FIELDS = [
+  { id: "f-lr", label: "learning rate", key: "lr", limit: "lr" },
+  { id: "f-momentum", label: "momentum", key: "momentum", limit: "momentum" },
+  { id: "f-wd", label: "weight decay", key: "weightDecay", limit: "weight_decay" },
+  { id: "f-batch", label: "batch size", key: "batchSize", limit: "batch_size" },
+  { id: "f-steps", label: "steps", key: "steps", limit: "steps" },
+  { id: "f-seed", label: "seed", key: "seed", limit: "seed" },
+  { id: "f-every", label: "snapshot every", key: "snapshotEvery", limit: "snapshot_every" },
+];
+
+/*
+ * context: {state, writeHash(), openRun(id), refreshRunList()}.
+ * Returns {render(), changed(), loadRunConfig(config), askForToken(), describe}.
+ */
+export function mountSetupForm(context) {
+  const { state } = context;
+  const limits = () => state.served?.limits ?? {};
+  const initInfo = (name) => state.inits.find((i) => i.name === name || (i.aliases ?? []).includes(name));
+
+  // ---------------------------------------------------------------- init controls
+
+  /* The parameter the form offers for an init: its first one in GET /api/inits (std, a, value, gain, kernels). */
+  function initParamControl(init, onChange) {
+    const span = el("span", "init-param");
+    const params = initInfo(init.name)?.params ?? {};
+    const key = Object.keys(params)[0];
+    if (!key) return span;
+    let input;
+    if (key === "kernels") {
+      input = el("select");
+      input.append(new Option(`bank: ${(state.served?.kernel_bank ?? []).join(", ")}`, ""));
+      for (const k of state.namedKernels) input.append(new Option(`${k} in every filter`, k));
+      input.value = typeof init.kernels === "string" ? init.kernels : "";
+    } else {
+      input = el("input", { type: "number", step: "any" });
+      input.value = String(init[key] ?? params[key]);
+    }
+    input.setAttribute("aria-label", key);
+    input.dataset.param = key;
+    input.addEventListener("change", () => {
+      const next = { ...init };
+      if (key === "kernels") {
+        if (input.value) next.kernels = input.value; else delete next.kernels;
+      } else {
+        next[key] = Number(input.value);
+      }
+      onChange(next);
+    });
+    span.append(`${key} `, input);
+    return span;
+  }
+
+  function initSelect(value, { allowDefault = false } = {}) {
+    const select = el("select");
+    if (allowDefault) select.append(new Option("— run default —", ""));
+    for (const { name } of state.inits) select.append(new Option(name, name));
+    select.value = value ?? "";
+    return select;
+  }
+
+  /*
+   * The law and figures of each layer's init come from the server; one request
+   * in flight, only the newest form is asked next. #init-table gets
+   * data-described="true" once the figures on screen are those of the form.
+   */
+  let wantedDescription = null;
+  const describer = new api.LatestOnlyFetcher(
+    (body) => api.describeInits(JSON.parse(body)),
+    (body, answer) => { if (body === wantedDescription) showDescription(answer.layers); },
+    (body, error) => {
+      if (body !== wantedDescription) return;
+      for (const law of document.querySelectorAll("#init-table .law")) law.textContent = error.message;
+      $("init-table").dataset.described = "true";
+    },
+  );
+
+  function describeForm() {
+    let model;
+    try { model = toRunRequest(state.config, state.presets).model; } catch { return; }
+    const body = JSON.stringify({ model, init: compactInit(state.config.init), dataset: state.config.dataset });
+    if (body === wantedDescription) return;
+    wantedDescription = body;
+    $("init-table").dataset.described = "false";
+    describer.want(body);
+  }
+
+  function showDescription(layers) {
+    for (const layer of layers) {
+      const row = document.querySelector(`#init-table .init-layer[data-layer="${layer.index}"]`);
+      if (!row) continue;
+      row.querySelector(".fans").textContent = `fan_in ${layer.fan_in} · fan_out ${layer.fan_out}`;
+      const law = row.querySelector(".law");
+      const [rule, figure] = layer.text.split(" → ");
+      law.replaceChildren(el("span", {}, figure ? `${rule} → ` : rule));
+      if (figure) law.append(el("b", {}, figure));
+    }
+    $("init-table").dataset.described = "true";
+  }
+
+  function renderInitControls() {
+    const config = state.config;
+    if (!config.init) return;   // GET /api/defaults could not be read (the banner says so)
+    const select = $("f-init");
+    select.replaceChildren(...initSelect(config.init.name).children);
+    select.value = config.init.name;
+    $("f-init-param").replaceWith(Object.assign(initParamControl(config.init, (init) => {
+      config.init = init; changed();
+    }), { id: "f-init-param" }));
+
+    // until the server's figures for this form arrive, each row keeps the ones it had,
+    // so the form does not jump under the learner's pointer
+    const box = $("init-table");
+    const before = new Map([...box.querySelectorAll(".init-layer")].map((row) => [row.dataset.layer, row]));
+    box.replaceChildren();
+    wantedDescription = null;
+    const layers = convLayers(baseSpec(config, state.presets));
+    for (const layer of layers) {
+      const own = config.layerInits[layer.index] ?? null;
+      const row = el("div", "init-layer");
+      row.dataset.layer = String(layer.index);
+      const head = el("div", "init-layer-head");
+      const fans = el("span", { class: "fans", title: "fan_in = in_channels·kh·kw, fan_out = out_channels·kh·kw" }, "fan_in … · fan_out …");
+      head.append(el("b", {}, `conv ${layer.index}`), el("span", {}, `${layer.filters}×${layer.inChannels}×${layer.kernel.join("×")}`), fans);
+      const pick = el("div", "init-layer-pick");
+      const sel = initSelect(own?.name ?? "", { allowDefault: true });
+      sel.setAttribute("aria-label", `init of conv layer ${layer.index}`);
+      sel.addEventListener("change", () => {
+        if (sel.value) config.layerInits[layer.index] = { name: sel.value };
+        else delete config.layerInits[layer.index];
+        changed();
+      });
+      pick.append(sel);
+      if (own) pick.append(initParamControl(own, (init) => { config.layerInits[layer.index] = init; changed(); }));
+      const law = el("div", "law", "…");
+      const previous = before.get(String(layer.index));
+      if (previous) {
+        fans.textContent = previous.querySelector(".fans").textContent;
+        law.replaceChildren(...previous.querySelector(".law").childNodes);
+      }
+      row.append(head, pick, law);
+      box.append(row);
+    }
+    if (!layers.length) box.append(el("p", "note", "The spec has no conv layers."));
+    describeForm();
+  }
+
+  // ---------------------------------------------------------------- fields
+
+  /* Each number field's bounds, as GET /api/defaults states them. */
+  function applyLimits() {
+    for (const field of NUMBER_FIELDS) bounded($(field.id), limits()[field.limit]);
+  }
+
+  function render() {
+    const c = state.config;
+    const preset = $("f-preset");
+    preset.replaceChildren();
+    for (const name of Object.keys(state.presets)) preset.append(new Option(name, name));
+    preset.append(new Option("custom (JSON spec)", "custom"));
+    if (c.preset !== "custom" && !(c.preset in state.presets) && Object.keys(state.presets).length) {
+      c.preset = Object.keys(state.presets)[0];
+    }
+    preset.value = c.preset;
+    const spec = baseSpec(c, state.presets);
+    if (document.activeElement !== $("f-spec")) $("f-spec").value = spec ? JSON.stringify(spec, null, 1) : "";
+    const dataset = $("f-dataset");
+    dataset.replaceChildren();
+    for (const name of new Set([...state.datasets, c.dataset])) dataset.append(new Option(name, name));
+    dataset.value = c.dataset;
+    applyLimits();
+    writeOptimizerFields();
+    for (const field of NUMBER_FIELDS.slice(3)) $(field.id).value = String(c[field.key]);
+    renderInitControls();
+  }
+
+  /* The optimizer fields of the config into the form. */
+  function writeOptimizerFields() {
+    const c = state.config;
+    $("f-optimizer").value = c.optimizer;
+    for (const field of NUMBER_FIELDS.slice(0, 3)) $(field.id).value = String(c[field.key]);
+    $("momentum-label").hidden = c.optimizer !== "sgd";
+  }
+
+  /* A number field's value within its served bounds; an integer where the field steps by 1. */
+  function readNumber(field) {
+    const input = $(field.id);
+    const { min = null, max = null, min_exclusive: exclusive = false } = limits()[field.limit] ?? {};
+    const integer = input.step === "1";
+    const value = Number(input.value);
+    if (input.value.trim() === "") throw new Error(`${field.label}: required`);
+    const low = min != null && (exclusive ? value <= min : value < min);
+    if (!Number.isFinite(value) || low || (max != null && value > max) || (integer && !Number.isInteger(value))) {
+      const bounds = [min != null ? `${exclusive ? ">" : "≥"} ${min}` : "", max != null ? `≤ ${max}` : ""].filter(Boolean);
+      throw new Error(`${field.label}: expected ${integer ? "an integer" : "a number"}${bounds.length ? ` ${bounds.join(" and ")}` : ""}, got ${input.value}`);
+    }
+    return value;
+  }
+
+  function readForm() {
+    const c = state.config;
+    c.dataset = $("f-dataset").value;
+    c.optimizer = $("f-optimizer").value;
+    const problems = [];
+    for (const field of NUMBER_FIELDS) {
+      try { c[field.key] = readNumber(field); } catch (error) { problems.push(error.message); }
+    }
+    if (problems.length) throw new Error(problems.join("; "));
+  }
+
+  let initRenderQueued = false;
+
+  function changed() {
+    $("form-error").textContent = "";
+    try { readForm(); } catch (error) { $("form-error").textContent = error.message; }
+    $("momentum-label").hidden = state.config.optimizer !== "sgd";
+    context.writeHash();
+    // Rebuild the init controls after this event: rebuilding removes the focused
+    // control, whose blur may fire another change while the DOM is being replaced.
+    if (initRenderQueued) return;
+    initRenderQueued = true;
+    queueMicrotask(() => { initRenderQueued = false; renderInitControls(); });
+  }
+
+  /* Put a run's stored config into the form (when a run is opened from the list). */
+  function loadRunConfig(cfg) {
+    if (!cfg) return;
+    applyRunConfig(state.config, cfg);
+    render();
+    context.writeHash();
+  }
+
+  function askForToken() {
+    $("token-row").hidden = false;
+    $("f-token").focus();
+  }
+
+  async function start(event) {
+    event.preventDefault();
+    $("form-error").textContent = "";
+    let body;
+    try {
+      readForm();
+      body = toRunRequest(state.config, state.presets);
+    } catch (error) {
+      $("form-error").textContent = error.message;
+      return;
+    }
+    const button = $("btn-start");
+    button.disabled = true;
+    try {
+      const run = await api.startRun(body);
+      await context.openRun(run.id);
+      context.refreshRunList();
+    } catch (error) {
+      $("form-error").textContent = error.message;
+      if (error.status === 401) askForToken();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- events
+
+  $("f-token").addEventListener("change", () => {
+    api.setToken($("f-token").value.trim());
+    $("form-error").textContent = "";
+  });
+  $("setup-form").addEventListener("submit", start);
+  $("setup-form").addEventListener("change", (event) => {
+    const id = event.target.id;
+    if (event.target.closest("#init-table") || event.target.closest(".init-param") || id === "f-spec" || id === "f-token") return;
+    if (id === "f-optimizer" || id === "f-preset") {
+      // untouched optimizer fields follow the new choice's defaults (state.js)
+      const c = state.config;
+      const preset = id === "f-preset" ? event.target.value : c.preset;
+      const optimizer = id === "f-optimizer" ? event.target.value : null;
+      const before = optimizerDefaults(state.defaults, c.preset, optimizer === null ? null : c.optimizer);
+      if (followOptimizerDefaults(c, before, optimizerDefaults(state.defaults, preset, optimizer))) writeOptimizerFields();
+    }
+    if (id === "f-preset") {
+      state.config.preset = event.target.value;
+      state.config.layerInits = {};
+      if (state.config.preset === "custom" && !state.config.spec) {
+        try { state.config.spec = JSON.parse($("f-spec").value); } catch { state.config.spec = null; }
+      }
+      $("f-spec").value = JSON.stringify(baseSpec(state.config, state.presets) ?? {}, null, 1);
+    }
+    if (id === "f-init") state.config.init = { name: event.target.value };
+    changed();
+  });
+  $("btn-apply-spec").addEventListener("click", () => {
+    $("spec-error").textContent = "";
+    try {
+      const spec = JSON.parse($("f-spec").value);
+      if (!spec || !Array.isArray(spec.layers)) throw new Error('spec: expected an object with "layers": [...]');
+      state.config.preset = "custom";
+      state.config.spec = spec;
+      state.config.layerInits = {};
+      $("f-preset").value = "custom";
+      changed();
+    } catch (error) {
+      $("spec-error").textContent = error instanceof SyntaxError ? `spec: not valid JSON (${error.message})` : error.message;
+    }
+  });
+  $("btn-copy-link").addEventListener("click", async () => {
+    context.writeHash();
+    try {
+      await navigator.clipboard.writeText(location.href);
+      $("btn-copy-link").textContent = "copied";
+    } catch {
+      $("btn-copy-link").textContent = "link is in the address bar";
+    }
+    setTimeout(() => { $("btn-copy-link").textContent = "copy link"; }, 1500);
+  });
+
+  return { render, changed, loadRunConfig, askForToken };
+}
