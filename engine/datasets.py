@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import names
+
 SHAPE_CLASSES = (
     "x",
     "plus",
@@ -623,7 +625,7 @@ def normalize_dataset_spec(spec) -> dict:
         raise ValueError("dataset: must be a dataset name or an object with a 'name'")
     name = spec.get("name", "shapes")
     if name not in DATASETS:
-        raise ValueError(f"dataset.name: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"dataset.name: {names.unknown('dataset', name, DATASETS, 'choose one of')}")
     defaults = DATASETS[name]["params"]
     unknown = sorted(set(spec) - set(defaults) - {"name"})
     if unknown:

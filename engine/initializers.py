@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from engine import names
+
 
 def fans(shape):
     """(fan_in, fan_out) of a weight shape: conv (out, in, kh, kw), dense (out, in), bias (n,)."""
@@ -250,7 +252,7 @@ def named_kernel(name, size):
     size (the classic 3x3 Sobel [-1 0 1; -2 0 2; -1 0 1] becomes that divided by √12).
     """
     if name not in NAMED_KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; valid names: {', '.join(NAMED_KERNELS)}")
+        raise ValueError(names.unknown("kernel", name, NAMED_KERNELS))
     h, w = size
     kernel = NAMED_KERNELS[name][0](h, w).astype(float)
     norm = np.linalg.norm(kernel)
@@ -311,7 +313,7 @@ def _validate_kernel_params(params):
         raise ValueError("kernels must be a kernel name or a list of names / number grids")
     for index, entry in enumerate(entries):
         if isinstance(entry, str) and entry not in NAMED_KERNELS:
-            raise ValueError(f"kernels[{index}]: unknown kernel {entry!r}; valid names: {', '.join(NAMED_KERNELS)}")
+            raise ValueError(f"kernels[{index}]: {names.unknown('kernel', entry, NAMED_KERNELS)}")
         if not isinstance(entry, str):
             try:
                 numbers = np.asarray(entry, dtype=float)
@@ -472,7 +474,7 @@ def parse_init(init):
     else:
         raise ValueError(f"init must be a name or {{'name': ..., ...}}, got {init!r}")
     if name not in INITIALIZERS:
-        raise ValueError(f"unknown init {name!r}; valid names: {', '.join(sorted(INITIALIZERS))}")
+        raise ValueError(names.unknown("init", name, sorted(INITIALIZERS)))
     entry = INITIALIZERS[name]
     for key, value in params.items():
         if key not in entry.defaults:

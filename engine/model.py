@@ -20,7 +20,7 @@ import weakref
 
 import numpy as np
 
-from engine import initializers, partner
+from engine import initializers, names, partner
 from engine.losses import check_labels, softmax_cross_entropy_sum
 from engine.phase_conv import plan_blocks
 from engine.layers import LAYER_TYPES, make_layer
@@ -99,7 +99,7 @@ def normalize_spec(spec):
         from engine.presets import PRESETS
 
         if spec not in PRESETS:
-            raise ValueError(f"unknown preset {spec!r}; valid presets: {', '.join(PRESETS)}")
+            raise ValueError(names.unknown("preset", spec, PRESETS, "valid presets"))
         spec = PRESETS[spec]
     if not isinstance(spec, dict):
         raise ValueError(f"model spec must be an object with 'input' and 'layers', got {type(spec).__name__}")
@@ -116,7 +116,7 @@ def normalize_spec(spec):
             raise ValueError(f"layer {index}: must be an object with a 'type'")
         kind = raw["type"]
         if kind not in LAYER_TYPES:
-            raise ValueError(f"layer {index}: unknown type {kind!r}; valid types: {', '.join(LAYER_TYPES)}")
+            raise ValueError(f"layer {index}: {names.unknown('type', kind, LAYER_TYPES, 'valid types')}")
         fields = LAYER_TYPES[kind].fields
         unknown = [key for key in raw if key != "type" and key not in fields]
         if unknown:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from engine import analysis, initializers
+from engine import analysis, initializers, names
 from engine.datasets import GENERATED_DATASETS, Dataset, load_dataset, normalize_dataset_spec
 from engine.losses import accuracy, softmax_cross_entropy
 from engine.model import build_model, normalize_spec
@@ -99,7 +99,7 @@ class RunConfig:
         model = merged["model"]
         if isinstance(model, str):
             if model not in PRESETS:
-                raise ValueError(f"model: unknown preset {model!r}; choose one of {', '.join(PRESETS)}")
+                raise ValueError(f"model: {names.unknown('preset', model, PRESETS, 'choose one of')}")
         elif not isinstance(model, dict):
             raise ValueError("model: must be a preset name or a spec object")
 
