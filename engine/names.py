@@ -24,7 +24,7 @@ def closest(name, choices: Iterable[str]) -> str | None:
     folded = {_folded(choice): choice for choice in choices}
     if _folded(name) in folded:
         return folded[_folded(name)]
-    match = difflib.get_close_matches(_folded(name), list(folded), n=1, cutoff=0.6)
+    match = difflib.get_close_matches(_folded(name), list(folded), n=1, cutoff=0.7)
     return folded[match[0]] if match else None
 
 

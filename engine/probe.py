@@ -173,7 +173,10 @@ def resolve_spec(model="demo", dataset="shapes") -> dict:
     full = normalize_dataset_spec(dataset)
     input_shape, classes = known_shape(full)
     if isinstance(model, str) and model not in PRESETS:
-        normalize_spec(model)  # raises the engine's "unknown preset ... did you mean" error
+        try:
+            normalize_spec(model)  # the engine's "unknown preset ...; did you mean ..." error
+        except ValueError as error:
+            raise ValueError(f"model: {error}") from None
     if not isinstance(model, (str, dict)):
         raise ValueError("model: must be a preset name or a spec object")
     if input_shape is not None and classes is not None:

@@ -1,11 +1,22 @@
-"""What the server offers: health, the initializer registry, datasets, presets and the
-defaults a run config starts from."""
+"""What the server offers: health, the initializer registry (and what an init draws per layer),
+datasets, presets, and everything a form needs: the defaults a run config starts from, the
+demos, the kernel bank and the limits.
+
+Each answer is read from its one home (the engine's registries, RunConfig,
+presets.DEMOS; app/limits.py), never re-stated here.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from app.schemas import DatasetInfo, DatasetList, Defaults, Health, InitInfo, InitList, PresetInfo, PresetList
+from fastapi import APIRouter, Body
+
+from app import limits
+from app.schemas import (
+    DatasetInfo, DatasetList, Defaults, Health, InitInfo, InitList, InitsDescribe, InitsDescribed, PresetInfo,
+    PresetList,
+)
 
 router = APIRouter(tags=["meta"])
 
@@ -25,6 +36,19 @@ def list_inits() -> dict:
     }
 
 
+@router.post("/api/inits/describe", response_model=InitsDescribed)
+def describe_inits(body: Annotated[InitsDescribe | None, Body()] = None) -> dict:
+    """Per conv and dense layer of a run's model: shape, fans, the init's law, its std or bound and
+    the worked numbers (no weights are drawn). Unset fields take the default run's values."""
+    from engine.probe import describe_layers
+    from engine.trainer import RunConfig
+
+    body = body or InitsDescribe()
+    run = RunConfig.from_dict({}).to_dict()
+    given = body.model_dump(exclude_none=True)
+    return {"layers": describe_layers(**{**{key: run[key] for key in ("model", "init", "dataset")}, **given})}
+
+
 @router.get("/api/datasets", response_model=DatasetList)
 def list_datasets() -> dict:
     from engine.datasets import DATASETS
@@ -39,7 +63,7 @@ def list_datasets() -> dict:
 
 @router.get("/api/presets", response_model=PresetList)
 def list_presets() -> dict:
-    from engine.presets import PRESETS
+    from engine import PRESETS
     from engine.trainer import run_optimizer
 
     return {"presets": [PresetInfo(name=name, spec=spec, optimizer=run_optimizer(name)) for name, spec in PRESETS.items()]}
@@ -49,8 +73,16 @@ def list_presets() -> dict:
 def run_defaults() -> dict:
     """The page fills its setup form from here, so a run started there with nothing
     changed is the same run as `POST /api/runs {}` (and the README's default demo)."""
-    from engine.optimizers import OPTIMIZERS
+    from engine import OPTIMIZERS
+    from engine.initializers import DEFAULT_KERNELS
+    from engine.presets import DEMOS
     from engine.trainer import RunConfig, run_optimizer
 
     run = RunConfig.from_dict({}).to_dict()
-    return {"run": run, "optimizers": {name: run_optimizer(run["model"], {"name": name}) for name in OPTIMIZERS}}
+    return {
+        "run": run,
+        "optimizers": {name: run_optimizer(run["model"], {"name": name}) for name in OPTIMIZERS},
+        "demos": DEMOS,
+        "kernel_bank": list(DEFAULT_KERNELS),
+        "limits": limits.FIELD_LIMITS,
+    }

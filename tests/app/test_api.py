@@ -125,7 +125,7 @@ def test_every_snapshot_is_kept_and_served(done):
 
 
 def test_filters_png_of_a_wide_layer_is_drawn_smaller_never_larger_than_the_cap(done, monkeypatch):
-    from app.routes import runs as run_routes
+    from app import limits as run_routes  # the cap lives in app/limits.py
 
     client, run = done
     url = f"/api/runs/{run['id']}/snapshots/0/filters.png"

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from app.teaching_schemas import DEEP_DEMO_BASE
+from engine.presets import DEMOS
 from engine.initializers import named_kernel
 from tests.app.conftest import LONG, TINY, make_settings, wait_for, wait_for_step
 
@@ -159,7 +159,7 @@ def test_deep_preset_trains_with_he_and_stalls_with_small_gaussian():
     from engine.trainer import Trainer
 
     def mean_loss_of_last_steps(init):
-        trainer = Trainer({**DEEP_DEMO_BASE, "init": init, "steps": 80})
+        trainer = Trainer({**DEMOS["depth_stall"]["base"], "init": init, "steps": 80})
         losses = [trainer.train_step()["loss"] for _ in range(80)]
         return float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
 
