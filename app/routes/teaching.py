@@ -469,7 +469,8 @@ def metrics_csv(points: list[dict]) -> str:
 def export_run(store: StoreDep, run: Run) -> StreamingResponse:
     """A zip with config.json, spec.json, metrics.csv, every snapshot and weights.npz (latest snapshot)."""
     run_id = run["id"]
-    latest = stored_steps(store, run_id)[-1]
+    steps = stored_steps(store, run_id)
+    latest = steps[-1]
     params = store.read_snapshot_params(run_id, latest)
     snapshot = store.read_snapshot(run_id, latest, feature_maps=False)
     if params is None or snapshot is None:

@@ -144,7 +144,7 @@ def test_init_probe_takes_a_preset_and_rejects_bad_input_by_field(compared):
     response = client.post("/api/init-probe", json={"spec": "small", "inits": ["he_normal"], "repeats": 1})
     assert response.status_code == 200
     assert [row["index"] for row in response.json()["results"][0]["layers"]] == [0, 3, 7]
-    for body, field in [({}, "spec"), ({"depth": 0, "width": 4}, "depth"), ({"depth": 3, "width": 4, "kernel": 2}, "kernel"),
+    for body, field in [({"depth": 3}, "width"), ({"width": 3}, "depth"), ({"depth": 0, "width": 4}, "depth"), ({"depth": 3, "width": 4, "kernel": 2}, "kernel"),
                         ({"spec": {"layers": []}}, "spec"), ({"depth": 3, "width": 4, "inits": ["bogus"]}, "inits.0"),
                         ({"depth": 3, "width": 4, "inits": []}, "inits"), ({"depth": 3, "width": 4, "colour": 1}, "colour")]:
         bad = client.post("/api/init-probe", json=body)
