@@ -16,6 +16,7 @@ names gets the closest valid one ("did you mean ...", engine/names.py).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -29,7 +30,7 @@ from engine import OPTIMIZERS
 from engine.names import closest
 
 # "field: problem" or "field.sub problem", as the engine words its ValueErrors.
-FIELD_MESSAGE = re.compile(r"^([A-Za-z_][\w\[\]]*(?:\.[\w\[\]]+)*):? (.*)$", re.S)
+FIELD_MESSAGE = re.compile(r"^([A-Za-z_][\w\[\]]*(?:\.[\w\[\]]+)*):? (.*)$", re.DOTALL)
 _NAMED = re.compile(r"^[A-Za-z_][\w.\[\]]*: ")
 
 # Settings of some engine optimizer ("lr", "momentum", ...): sent beside "optimizer" instead of in it,
@@ -139,12 +140,19 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     return _answer(exc.status_code, detail, message, getattr(exc, "headers", None))
 
 
+# One handler per error kind (typed loosely: Starlette types every handler as taking Exception).
+HANDLERS: dict[type[Exception], Any] = {
+    RequestValidationError: request_validation_error,
+    StarletteHTTPException: http_error,
+    InvalidInput: invalid_input,
+    ValueError: value_error,
+    RunNotFound: run_not_found,
+    RunConflict: run_conflict,
+    QueueFull: queue_full,
+}
+
+
 def install(app: FastAPI) -> None:
-    """Register one handler per error kind."""
-    app.add_exception_handler(RequestValidationError, request_validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(InvalidInput, invalid_input)
-    app.add_exception_handler(ValueError, value_error)
-    app.add_exception_handler(RunNotFound, run_not_found)
-    app.add_exception_handler(RunConflict, run_conflict)
-    app.add_exception_handler(QueueFull, queue_full)
+    """Register HANDLERS on the app."""
+    for kind, handler in HANDLERS.items():
+        app.add_exception_handler(kind, handler)

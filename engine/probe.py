@@ -181,7 +181,7 @@ def resolve_spec(model="demo", dataset="shapes") -> dict:
         raise ValueError("model: must be a preset name or a spec object")
     if input_shape is not None and classes is not None:
         stand_in = SimpleNamespace(name=full["name"], input_shape=tuple(input_shape), n_classes=classes)
-        return resolve_model_spec(model, stand_in)
+        return resolve_model_spec(model, stand_in)  # type: ignore[arg-type]  # needs only these three
     spec = copy.deepcopy(PRESETS[model] if isinstance(model, str) else model)
     if input_shape is not None:
         spec["input"] = input_shape

@@ -14,7 +14,15 @@ from fastapi import APIRouter, Body
 
 from app import limits
 from app.schemas import (
-    DatasetInfo, DatasetList, Defaults, Health, InitInfo, InitList, InitsDescribe, InitsDescribed, PresetInfo,
+    DatasetInfo,
+    DatasetList,
+    Defaults,
+    Health,
+    InitInfo,
+    InitList,
+    InitsDescribe,
+    InitsDescribed,
+    PresetInfo,
     PresetList,
 )
 

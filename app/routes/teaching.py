@@ -33,7 +33,12 @@ from app.errors import InvalidInput, field_error
 from app.runs import QueueFull, RunConflict
 from app.store import RunNotFound, Store, json_safe
 from app.teaching_schemas import (
-    ComparisonCreate, ComparisonOut, ForkCreate, InitProbeRequest, KernelOut, KernelPut,
+    ComparisonCreate,
+    ComparisonOut,
+    ForkCreate,
+    InitProbeRequest,
+    KernelOut,
+    KernelPut,
 )
 
 router = APIRouter(prefix="/api", tags=["teaching"])

@@ -9,7 +9,13 @@ import pytest
 
 from engine.model import normalize_spec
 from engine.names import closest, unknown
-from engine.probe import describe_layers, init_probe, plain_stack_spec, resolve_spec, theory_std
+from engine.probe import (
+    describe_layers,
+    init_probe,
+    plain_stack_spec,
+    resolve_spec,
+    theory_std,
+)
 
 
 def test_theory_keeps_he_flat_and_halves_glorot_per_relu_layer():
