@@ -91,20 +91,32 @@ def serve(
     )
 
 
+def _run_default(field: str) -> str:
+    """The engine's default of a RunConfig field, as --help shows it (never re-stated here)."""
+    from engine.trainer import RunConfig
+
+    return str(getattr(RunConfig(), field))
+
+
 @cli.command()
 def train(
     # Every option defaults to the engine's RunConfig default (`kernelscope train` = POST /api/runs {}),
     # and the config is bounded by app/limits.py exactly as the server bounds it.
-    preset: Optional[str] = typer.Option(None, "--preset", "--model", help="preset name, or a model spec as JSON"),
-    init: Optional[str] = typer.Option(None, help='initializer name, or JSON such as {"name": "normal", "std": 0.02}'),
-    steps: Optional[int] = typer.Option(None, help="training steps"),
-    dataset: Optional[str] = typer.Option(None, help='dataset name, or JSON such as {"name": "mnist", "path": "..."}'),
-    seed: Optional[int] = typer.Option(None, help="seed for init and data order"),
-    batch_size: Optional[int] = typer.Option(None, help="examples per step"),
+    preset: Optional[str] = typer.Option(None, "--preset", "--model", help="preset name, or a model spec as JSON",
+                                         show_default=_run_default("model")),
+    init: Optional[str] = typer.Option(None, help='initializer name, or JSON such as {"name": "normal", "std": 0.02}',
+                                       show_default=_run_default("init")),
+    steps: Optional[int] = typer.Option(None, help="training steps", show_default=_run_default("steps")),
+    dataset: Optional[str] = typer.Option(None, help='dataset name, or JSON such as {"name": "mnist", "path": "..."}',
+                                          show_default=_run_default("dataset")),
+    seed: Optional[int] = typer.Option(None, help="seed for init and data order", show_default=_run_default("seed")),
+    batch_size: Optional[int] = typer.Option(None, help="examples per step", show_default=_run_default("batch_size")),
     optimizer: Optional[str] = typer.Option(None, help='"sgd", "adam", or JSON such as {"name": "sgd", "lr": 0.05}'),
     lr: Optional[float] = typer.Option(None, help="learning rate (overrides the optimizer's)"),
-    snapshot_every: Optional[int] = typer.Option(None, help="steps between snapshots"),
-    eval_every: Optional[int] = typer.Option(None, help="steps between validation passes"),
+    snapshot_every: Optional[int] = typer.Option(None, help="steps between snapshots",
+                                                 show_default=_run_default("snapshot_every")),
+    eval_every: Optional[int] = typer.Option(None, help="steps between validation passes",
+                                             show_default=_run_default("eval_every")),
     name: Optional[str] = typer.Option(None, help="a label for the run"),
     data: Optional[Path] = DataOption,
 ) -> None:
