@@ -15,17 +15,12 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from app.runs import RunManager
-from app.settings import Settings
 from app.store import Store
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 NOT_FOUND = {404: {"description": "no such run (or snapshot)"}}
 CONFLICT = {409: {"description": "the run is not in a state that allows this"}}
 QUEUE_FULL = {429: {"description": "every slot is busy and the queue is full"}}
-
-
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 async def get_store(request: Request) -> Store:
