@@ -91,24 +91,39 @@ def serve(
     )
 
 
+def _run_default(field: str) -> str:
+    """The engine's default of a RunConfig field, as --help shows it (never re-stated here)."""
+    from engine.trainer import RunConfig
+
+    return str(getattr(RunConfig(), field))
+
+
 @cli.command()
 def train(
-    preset: str = typer.Option("demo", "--preset", "--model", help="preset name, or a model spec as JSON"),
-    init: str = typer.Option("he_normal", help='initializer name, or JSON such as {"name": "normal", "std": 0.02}'),
-    steps: int = typer.Option(3000, help="training steps"),
-    dataset: str = typer.Option("shapes", help='dataset name, or JSON such as {"name": "mnist", "path": "..."}'),
-    seed: int = typer.Option(0, help="seed for init and data order"),
-    batch_size: int = typer.Option(64, help="examples per step"),
+    # Every option defaults to the engine's RunConfig default (`kernelscope train` = POST /api/runs {}),
+    # and the config is bounded by app/limits.py exactly as the server bounds it.
+    preset: Optional[str] = typer.Option(None, "--preset", "--model", help="preset name, or a model spec as JSON",
+                                         show_default=_run_default("model")),
+    init: Optional[str] = typer.Option(None, help='initializer name, or JSON such as {"name": "normal", "std": 0.02}',
+                                       show_default=_run_default("init")),
+    steps: Optional[int] = typer.Option(None, help="training steps", show_default=_run_default("steps")),
+    dataset: Optional[str] = typer.Option(None, help='dataset name, or JSON such as {"name": "mnist", "path": "..."}',
+                                          show_default=_run_default("dataset")),
+    seed: Optional[int] = typer.Option(None, help="seed for init and data order", show_default=_run_default("seed")),
+    batch_size: Optional[int] = typer.Option(None, help="examples per step", show_default=_run_default("batch_size")),
     optimizer: Optional[str] = typer.Option(None, help='"sgd", "adam", or JSON such as {"name": "sgd", "lr": 0.05}'),
     lr: Optional[float] = typer.Option(None, help="learning rate (overrides the optimizer's)"),
-    snapshot_every: int = typer.Option(10, help="steps between snapshots"),
-    eval_every: int = typer.Option(100, help="steps between validation passes"),
+    snapshot_every: Optional[int] = typer.Option(None, help="steps between snapshots",
+                                                 show_default=_run_default("snapshot_every")),
+    eval_every: Optional[int] = typer.Option(None, help="steps between validation passes",
+                                             show_default=_run_default("eval_every")),
     name: Optional[str] = typer.Option(None, help="a label for the run"),
     data: Optional[Path] = DataOption,
 ) -> None:
     """Train one run here with a progress bar; the server shows it afterwards."""
     from engine.trainer import RunConfig
 
+    from app import limits
     from app.store import Store
     from app.worker import RunRecorder, build_trainer, train_loop
 
@@ -131,6 +146,7 @@ def train(
     }
     try:
         config = RunConfig.from_dict({k: v for k, v in request.items() if v is not None}).to_dict()
+        limits.check_run_config(config)
     except ValueError as error:
         error_console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None

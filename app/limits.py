@@ -1,20 +1,25 @@
-"""Every limit the server puts on what a request may ask for, in one place.
+"""Every limit on what a run, a request or a command may ask for, in one place.
 
 The engine accepts any size it can compute; a server shared by a classroom
-must not. These numbers bound the model (layers, filters, units, kernel size,
-input size, parameters, memory of one training step, feature maps kept per
-snapshot), the training (batch size, steps, snapshot and evaluation
-frequency, learning rate), hand-made kernels, datasets, request bodies and
-the number of runs training or queued. `check_run_config` applies them to a
-complete config (RunConfig.to_dict()) and raises ValueError("field: problem")
-naming the field and the limit, which the routes answer with 422.
+must not, and `kernelscope train` keeps the same bounds. These numbers bound
+the model (layers, filters, units, kernel size, input size, parameters, memory
+of one training step, feature maps kept per snapshot), the training (batch
+size, steps, snapshot and evaluation frequency, learning rate), hand-made
+kernels, datasets, the teaching routes (init probe, comparisons, GIFs),
+request bodies and the number of runs training or queued.
+
+`check_run_config` applies them to a complete config (RunConfig.to_dict()) and
+raises ValueError("field: problem") naming the field and the limit; the API
+answers it with 422 and the CLI with exit code 2. `FIELD_LIMITS` states the
+numeric fields' ranges once: the pydantic bodies take their bounds from it
+(`bounds`), and GET /api/defaults serves it to the page's form.
 """
 
 from __future__ import annotations
 
 import math
 
-from engine.datasets import GENERATED_DATASETS
+from engine.datasets import GENERATED_DATASETS, known_shape
 
 # ---------------------------------------------------------------- the model
 MAX_LAYERS = 64                 # layers in one model spec
@@ -35,9 +40,11 @@ MAX_FEATURE_MAP_VALUES = 131_072
 
 # ---------------------------------------------------------------- the training
 MAX_BATCH_SIZE = 512
+MIN_STEPS = 1                   # a run of 0 steps would be "completed" having done nothing
 MAX_STEPS = 1_000_000
 MAX_SNAPSHOTS_PER_RUN = 20_000  # steps / snapshot_every
 MAX_LR = 10.0                   # learning rate: finite, > 0 and at most this
+MAX_WEIGHT_DECAY = 10.0
 MAX_SEED = 2**32 - 1
 
 # ---------------------------------------------------------------- hand-made kernels
@@ -54,7 +61,33 @@ MAX_PATH_LENGTH = 1024
 MAX_BODY_BYTES = 1_048_576      # request body (413 beyond)
 MAX_IMAGE_PIXELS = 4_000_000    # one filters.png (a wider layer is drawn with fewer pixels per weight)
 MAX_JSON_DEPTH = 32             # nesting of objects and arrays in a body
-MAX_NAME_LENGTH = 200           # a run's label
+MAX_NAME_LENGTH = 200           # a run's label (or a comparison's)
+MAX_METRICS_LIMIT = 10_000_000  # ?limit= of GET .../metrics
+MAX_LAYER_INDEX = 10_000        # a spec index in a path or query
+MAX_FILTER_INDEX = 100_000      # a filter index in a path
+MAX_PNG_PIXEL = 64              # ?pixel= of filters.png: screen pixels per weight
+MAX_PNG_SCALE = 1e6             # ?scale= of filters.png
+
+# ---------------------------------------------------------------- teaching routes
+MAX_COMPARED_INITS = 8          # runs of one comparison
+MAX_PROBE_INITS = 8             # inits of one init probe
+MAX_PROBE_DEPTH = 60            # plain stack of the init probe: conv layers
+MAX_PROBE_WIDTH = 256           # ... filters per layer
+MAX_PROBE_KERNEL = 7            # ... kernel side (odd)
+MIN_PROBE_SIZE, MAX_PROBE_SIZE = 4, 64  # ... input side
+MAX_PROBE_BATCH = 64
+MAX_PROBE_REPEATS = 16          # independent weight draws averaged
+# An init probe may multiply-add at most this much per init over all repeats (a 30-layer,
+# 16-wide 3×3 stack on 16×16 inputs, batch 4, 4 repeats is about 1.1e9); beyond, the server would stall.
+MAX_PROBE_MACS = 2_000_000_000
+MAX_HANDMADE_SCALE = 1e3        # PUT .../kernels: unit-norm named kernel times at most this
+MAX_GIF_FRAMES = 120
+MIN_GIF_FRAME_MS, MAX_GIF_FRAME_MS = 20, 5000
+MAX_GIF_PIXEL = 32              # ?pixel= of evolution.gif
+# A GIF frame is the layer's filter grid; wide layers get fewer screen pixels per weight, and
+# long GIFs fewer frames, so one request never draws more than this many pixels.
+MAX_FRAME_PIXELS = 1_500_000
+MAX_GIF_PIXELS = 60_000_000
 
 # ---------------------------------------------------------------- runs at once
 # The server's defaults and the ceilings KERNELSCOPE_MAX_RUNS / KERNELSCOPE_MAX_QUEUED
@@ -63,6 +96,52 @@ DEFAULT_MAX_RUNS = 2            # runs training at the same time (two cores)
 DEFAULT_MAX_QUEUED = 16         # runs waiting for a slot
 MAX_CONCURRENT_RUNS = 64
 MAX_QUEUED_RUNS = 10_000
+
+
+# The range of every numeric field a form or a command line takes: {"min", "max"} and, where a
+# bound itself is not allowed, "min_exclusive" / "max_exclusive". Served by GET /api/defaults.
+FIELD_LIMITS: dict[str, dict] = {
+    "steps": {"min": MIN_STEPS, "max": MAX_STEPS},
+    "batch_size": {"min": 1, "max": MAX_BATCH_SIZE},
+    "snapshot_every": {"min": 1, "max": MAX_STEPS},
+    "eval_every": {"min": 1, "max": MAX_STEPS},
+    "seed": {"min": 0, "max": MAX_SEED},
+    "lr": {"min": 0, "min_exclusive": True, "max": MAX_LR},
+    "momentum": {"min": 0, "max": 1, "max_exclusive": True},
+    "weight_decay": {"min": 0, "max": MAX_WEIGHT_DECAY},
+    "dataset.n_train": {"min": 1, "max": MAX_DATASET_EXAMPLES},
+    "dataset.n_val": {"min": 1, "max": MAX_DATASET_EXAMPLES},
+    "comparison.inits": {"min": 1, "max": MAX_COMPARED_INITS},
+    "probe.depth": {"min": 1, "max": MAX_PROBE_DEPTH},
+    "probe.width": {"min": 1, "max": MAX_PROBE_WIDTH},
+    "probe.kernel": {"min": 1, "max": MAX_PROBE_KERNEL},
+    "probe.size": {"min": MIN_PROBE_SIZE, "max": MAX_PROBE_SIZE},
+    "probe.batch": {"min": 1, "max": MAX_PROBE_BATCH},
+    "probe.repeats": {"min": 1, "max": MAX_PROBE_REPEATS},
+    "probe.inits": {"min": 1, "max": MAX_PROBE_INITS},
+    "kernel.scale": {"min": 0, "min_exclusive": True, "max": MAX_HANDMADE_SCALE},
+}
+
+
+def bounds(field: str) -> dict:
+    """pydantic Field keywords (ge/gt/le/lt, or min_length/max_length for lists) for a FIELD_LIMITS entry."""
+    limit = FIELD_LIMITS[field]
+    if field.endswith(".inits"):
+        return {"min_length": limit["min"], "max_length": limit["max"]}
+    return {("gt" if limit.get("min_exclusive") else "ge"): limit["min"],
+            ("lt" if limit.get("max_exclusive") else "le"): limit["max"]}
+
+
+def check_field(field: str, value, name: str | None = None) -> None:
+    """ValueError("name: must be ..., got value") when `value` is outside FIELD_LIMITS[field]."""
+    limit = FIELD_LIMITS[field]
+    name = name or field
+    low = value > limit["min"] if limit.get("min_exclusive") else value >= limit["min"]
+    high = value < limit["max"] if limit.get("max_exclusive") else value <= limit["max"]
+    if not (low and high):
+        lower = ">" if limit.get("min_exclusive") else ">="
+        upper = "<" if limit.get("max_exclusive") else "at most"
+        raise ValueError(f"{name}: must be {lower} {limit['min']} and {upper} {limit['max']}, got {value}")
 
 
 def _at_most(field: str, value, limit, what: str = "") -> None:
@@ -79,10 +158,8 @@ def _finite_number(field: str, value) -> float:
 
 def check_run_config(config: dict) -> None:
     """Apply every limit to a complete run config (RunConfig.to_dict()); ValueError names field and limit."""
-    _at_most("batch_size", config["batch_size"], MAX_BATCH_SIZE)
-    _at_most("steps", config["steps"], MAX_STEPS)
-    _at_most("snapshot_every", config["snapshot_every"], MAX_STEPS)
-    _at_most("eval_every", config["eval_every"], MAX_STEPS)
+    for field in ("batch_size", "steps", "snapshot_every", "eval_every", "seed"):
+        check_field(field, config[field])
     if config["steps"] // config["snapshot_every"] > MAX_SNAPSHOTS_PER_RUN:
         needed = -(-config["steps"] // MAX_SNAPSHOTS_PER_RUN)
         raise ValueError(
@@ -96,12 +173,12 @@ def check_run_config(config: dict) -> None:
 
 
 def check_optimizer(optimizer: dict) -> None:
-    lr = _finite_number("optimizer.lr", optimizer.get("lr"))
-    if not 0 < lr <= MAX_LR:
-        raise ValueError(f"optimizer.lr: must be > 0 and at most {MAX_LR}, got {lr}")
+    check_field("lr", _finite_number("optimizer.lr", optimizer.get("lr")), "optimizer.lr")
     for key, value in optimizer.items():
         if key != "name" and not isinstance(value, bool):
             _finite_number(f"optimizer.{key}", value)
+            if key in FIELD_LIMITS:
+                check_field(key, value, f"optimizer.{key}")
 
 
 def check_init(field: str, init) -> None:
@@ -166,24 +243,6 @@ def check_dataset(dataset: dict) -> None:
             raise ValueError(
                 f"dataset.n_train: (n_train + n_val) x size^2 must be at most {MAX_DATASET_VALUES} pixels, got {values}"
             )
-        if not 0 <= dataset.get("noise", 0) <= 10:
-            raise ValueError(f"dataset.noise: must be between 0 and 10, got {dataset['noise']}")
-
-
-def dataset_input_shape(dataset: dict) -> list[int] | None:
-    """The (C, H, W) a dataset gives, when known without reading its files."""
-    name = dataset.get("name")
-    if name in GENERATED_DATASETS:
-        return [1, dataset["size"], dataset["size"]]
-    if name in ("mnist", "fashion_mnist"):
-        return [1, 28, 28]
-    if name == "cifar10":
-        return [1 if dataset.get("grayscale") else 3, 32, 32]
-    if name == "sklearn_digits":
-        return [1, 8, 8]
-    if name == "image_folder" and dataset.get("size"):
-        return [3 if dataset.get("color") else 1, dataset["size"], dataset["size"]]
-    return None
 
 
 def check_model(model, dataset: dict, batch_size: int) -> None:
@@ -194,7 +253,7 @@ def check_model(model, dataset: dict, batch_size: int) -> None:
     spec = PRESETS[model] if isinstance(model, str) else model
     layers = spec.get("layers") or []
     _at_most("model.layers", len(layers), MAX_LAYERS, "layers")
-    input_shape = dataset_input_shape(dataset)
+    input_shape, _ = known_shape(dataset)  # the engine states each dataset's shape
     if isinstance(model, dict) and "input" in model:
         input_shape = list(model["input"])
     elif isinstance(model, str) and input_shape is None:

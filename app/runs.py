@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import json
 import multiprocessing
 import os
 import signal
@@ -392,10 +393,6 @@ class RunManager:
     def get_run(self, run_id: str) -> dict:
         return self.store.get_run(run_id)
 
-    def is_active(self, run_id: str) -> bool:
-        with self._lock:
-            return run_id in self._workers or run_id in self._queue
-
     def queue_position(self, run_id: str) -> int | None:
         with self._lock:
             try:
@@ -508,22 +505,29 @@ class RunManager:
         return self.channel(run_id).latest_snapshot_step()
 
     async def stream(self, run_id: str, last_event_id: int | None, keepalive: float = KEEPALIVE_SECONDS):
-        """Async iterator of Events for one viewer (None = a keep-alive), until the run is deleted.
+        """Async iterator of Events for one viewer (None = a keep-alive), until the run has ended.
 
         First the metrics missed since `last_event_id` (from the store), then the
         current status and latest snapshot, then live events as they happen.
-        Each Event's `wire` holds its encoded SSE frame (see `encode`).
+        Each Event's `wire` holds its encoded SSE frame (see `encode`). The
+        stream ends after a status that is not queued, running or paused has
+        been sent (what is left of an ended run, or a live run's last status),
+        and when the run is deleted or the server shuts down.
         """
         channel = self.channel(run_id)
         subscription = Subscription(channel, asyncio.get_running_loop())
         last_sent = last_event_id
+        ended = False
         try:
             resync = True
             while True:
                 if resync:
                     async for event in self._resync(channel, subscription, last_sent):
                         last_sent = event.seq
+                        ended = ended or _ends_stream(event)
                         yield event
+                    if ended:
+                        return
                     resync = False
                 try:
                     await asyncio.wait_for(subscription.wakeup.wait(), keepalive)
@@ -542,7 +546,11 @@ class RunManager:
                             continue
                     last_sent = event.seq
                     encode(event)
+                    if event.kind == "status":
+                        ended = ended or _ends_stream(event)
                     yield event
+                if ended:
+                    return
         finally:
             with channel.lock:
                 channel.subscribers.discard(subscription)
@@ -572,6 +580,11 @@ class RunManager:
             data = channel.snapshot_data(step)
             if data is not None:
                 yield encode(Event(first + 1, "snapshot", data, step=step))
+
+
+def _ends_stream(event: Event) -> bool:
+    """True for a status event whose status is final for now (completed, stopped, failed, ...)."""
+    return event.kind == "status" and json.loads(event.data)["status"] not in ACTIVE_STATUSES
 
 
 def encode(event: Event) -> Event:

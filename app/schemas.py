@@ -1,19 +1,21 @@
 """Pydantic models for every request body and response of the run API.
 
-Bodies forbid unknown fields and carry the same limits as the engine's
-RunConfig, so a bad request is answered with 422 naming the field and the limit
-before anything reaches the engine. The engine still validates the nested parts
-(model spec, init, dataset, optimizer); its "field: problem" ValueErrors become
-422 too (see app/main.py).
+Bodies forbid unknown fields and take their numeric bounds from
+app/limits.py (FIELD_LIMITS), so a bad request is answered with 422 naming the
+field and the limit before anything reaches the engine. Unset fields stay unset:
+the engine's RunConfig fills its defaults. The engine and limits.check_run_config
+still validate the nested parts (model spec, init, dataset, optimizer); their
+"field: problem" ValueErrors become 422 too (app/errors.py).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.limits import MAX_BATCH_SIZE, MAX_NAME_LENGTH, MAX_SEED, MAX_SNAPSHOTS_PER_RUN, MAX_STEPS
+from app.limits import MAX_NAME_LENGTH, bounds
+
 RunStatus = Literal[
     "queued", "running", "paused", "completed", "stopped", "diverged", "failed", "interrupted"
 ]
@@ -38,23 +40,12 @@ class RunCreate(BaseModel):
     optimizer: str | dict[str, Any] | None = Field(
         None, description='{"name": "sgd", "lr": 0.05, "momentum": 0.9} or {"name": "adam", ...}.',
     )
-    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True)
-    steps: int | None = Field(None, ge=0, le=MAX_STEPS, strict=True)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True)
-    snapshot_every: int | None = Field(None, ge=1, le=MAX_STEPS, strict=True)
-    eval_every: int | None = Field(None, ge=1, le=MAX_STEPS, strict=True)
+    batch_size: int | None = Field(None, strict=True, **bounds("batch_size"))
+    steps: int | None = Field(None, strict=True, **bounds("steps"))
+    seed: int | None = Field(None, strict=True, **bounds("seed"))
+    snapshot_every: int | None = Field(None, strict=True, **bounds("snapshot_every"))
+    eval_every: int | None = Field(None, strict=True, **bounds("eval_every"))
     name: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="A label shown in run lists.")
-
-    @model_validator(mode="after")
-    def _bounded_history(self) -> "RunCreate":
-        steps = self.steps if self.steps is not None else 3000
-        every = self.snapshot_every if self.snapshot_every is not None else 10
-        if steps // every > MAX_SNAPSHOTS_PER_RUN:
-            raise ValueError(
-                f"snapshot_every: a run keeps at most {MAX_SNAPSHOTS_PER_RUN} snapshots; "
-                f"with steps={steps} use snapshot_every >= {-(-steps // MAX_SNAPSHOTS_PER_RUN)}"
-            )
-        return self
 
     def engine_config(self) -> dict:
         """The fields the engine's RunConfig takes (unset ones get its defaults)."""
@@ -135,14 +126,49 @@ class PresetList(BaseModel):
     presets: list[PresetInfo]
 
 
-class Defaults(BaseModel):
-    """What `{}` means: the complete default run, and each optimizer's settings when only its name is given."""
+class Demo(BaseModel):
+    base: dict[str, Any] = Field(description="run config fields every run of the demo shares")
+    inits: list[str | dict[str, Any]] = Field(description="one run per init")
 
-    run: dict[str, Any]
-    optimizers: dict[str, dict[str, Any]]
-    demos: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    kernel_bank: list[str] = Field(default_factory=list)
-    limits: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+class Defaults(BaseModel):
+    """What `{}` means and what may be asked: every value read from the engine's and app/limits.py's homes."""
+
+    run: dict[str, Any] = Field(description="the complete default run config (what POST /api/runs {} trains)")
+    optimizers: dict[str, dict[str, Any]] = Field(description="each optimizer's settings when only its name is given")
+    demos: dict[str, Demo] = Field(description="the page's one-button experiments (engine/presets.py DEMOS)")
+    kernel_bank: list[str] = Field(description="the named kernels the `kernel` init uses when none are given")
+    limits: dict[str, dict[str, Any]] = Field(description="range of every numeric field: min, max, min_exclusive?, max_exclusive?")
+
+
+class InitsDescribe(BaseModel):
+    """POST /api/inits/describe: what a run's init draws per layer; each field defaults as for a run."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str | dict[str, Any] | None = Field(None, description="A preset name or a model spec.", examples=["demo"])
+    init: str | dict[str, Any] | None = Field(None, description="The run's init (a layer's own init overrides it).",
+                                              examples=["he_normal"])
+    dataset: str | dict[str, Any] | None = Field(None, description="Gives the input shape and class count.",
+                                                 examples=["shapes"])
+
+
+class LayerInit(BaseModel):
+    index: int = Field(description="spec index of the layer (the key in state-dict names)")
+    label: str = Field(description='"conv1", "conv2", ... "dense1": order among layers of its type')
+    type: str
+    shape: list[int]
+    fan_in: int
+    fan_out: int
+    init: dict[str, Any] = Field(description="the init this layer draws from, with its params filled in")
+    law: str
+    std: float | None = None
+    bound: float | None = None
+    text: str = Field(description="the law with this layer's numbers worked out")
+
+
+class InitsDescribed(BaseModel):
+    layers: list[LayerInit]
 
 
 class Health(BaseModel):

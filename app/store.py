@@ -100,23 +100,20 @@ def write_npz_atomic(path: Path, arrays: dict) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def _finite_or_none(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _clean_for_json(obj):
-    """Replace NaN/inf by None (browsers' JSON.parse rejects them) and numpy scalars by floats."""
+def json_safe(obj):
+    """The value with NaN/inf as None (JSON has no infinity; browsers' JSON.parse rejects it)
+    and numpy arrays and scalars as lists and numbers: the one NaN-to-None cleaner."""
     if isinstance(obj, dict):
-        return {key: _clean_for_json(value) for key, value in obj.items()}
+        return {key: json_safe(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean_for_json(value) for value in obj]
+        return [json_safe(value) for value in obj]
     if isinstance(obj, np.ndarray):
-        return _clean_for_json(obj.tolist())
+        return json_safe(obj.tolist())
     if isinstance(obj, np.generic):
-        return _finite_or_none(obj.item())
-    return _finite_or_none(obj)
+        return json_safe(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def dumps_json(obj) -> str:
@@ -124,7 +121,7 @@ def dumps_json(obj) -> str:
     try:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False)
     except (ValueError, TypeError):
-        return json.dumps(_clean_for_json(obj), separators=(",", ":"), allow_nan=False)
+        return json.dumps(json_safe(obj), separators=(",", ":"), allow_nan=False)
 
 
 # ---------------------------------------------------------------- run folders
@@ -329,12 +326,6 @@ class Store:
             raise RunNotFound(run_id)
         return _row_to_run(row)
 
-    def find_run(self, run_id: str) -> dict | None:
-        try:
-            return self.get_run(run_id)
-        except RunNotFound:
-            return None
-
     def list_runs(self) -> list[dict]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM runs ORDER BY created, id").fetchall()
@@ -391,7 +382,7 @@ class Store:
     def add_metrics(self, run_id: str, points: list[dict], seq: int) -> None:
         """Record a batch of metric points (a later point for the same step replaces it)."""
         rows = [
-            (run_id, int(p["step"]), seq, *(_finite_or_none(_as_float(p.get(name))) for name in METRIC_FIELDS))
+            (run_id, int(p["step"]), seq, *(json_safe(_as_float(p.get(name))) for name in METRIC_FIELDS))
             for p in points
         ]
         with self._lock:

@@ -1,41 +1,28 @@
 """Pydantic models for the teaching routes: comparisons, init probe, fork, kernel overwrite.
 
-Like app/schemas.py, bodies forbid unknown fields and carry limits, so a bad
-request is answered with 422 naming the field before anything reaches the
-engine; the engine still validates nested parts (specs, inits, optimizers).
+Like app/schemas.py, bodies forbid unknown fields and take their bounds from
+app/limits.py, so a bad request is answered with 422 naming the field before
+anything reaches the engine; the engine still validates nested parts (specs,
+inits, optimizers). Default inits come from the engine's demos
+(engine/presets.py DEMOS).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StrictInt
 
-from app.schemas import MAX_STEPS, RunCreate, RunOut
+from app.limits import MAX_NAME_LENGTH, bounds
+from app.schemas import RunCreate, RunOut
+from engine.presets import DEMOS
 
 InitSpec = str | dict[str, Any]
 
-# The comparison a learner gets by default: every question of the page in one set of runs.
-DEFAULT_COMPARISON_INITS: list[InitSpec] = [
-    "zeros",
-    "constant",
-    {"name": "normal", "std": 0.01},
-    "glorot_uniform",
-    "he_normal",
-    {"name": "kernel", "kernels": ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"],
-     "fallback": "he_normal"},
-]
-# The depth-stall demo (He et al. 2015, Fig. 3, at small scale): the 20-layer plain ReLU
-# "deep" preset trained with Adam; He falls within the budget, N(0, 0.01²) stays at chance.
-# benchmarks/deep_init.py measures it; the page starts it as a comparison.
-DEEP_DEMO_BASE = {"model": "deep", "optimizer": {"name": "adam", "lr": 0.001}, "batch_size": 32,
-                  "steps": 300, "snapshot_every": 10, "eval_every": 50}
-DEEP_DEMO_INITS: list[InitSpec] = ["he_normal", "glorot_uniform", {"name": "normal", "std": 0.01}]
-DEFAULT_PROBE_INITS: list[InitSpec] = ["he_normal", "glorot_uniform", {"name": "normal", "std": 0.01}]
-MAX_COMPARED_INITS = 8
-MAX_PROBE_INITS = 8
-MAX_KERNEL_SIDE = 32
-MAX_KERNEL_CHANNELS = 512
+
+def demo_inits(demo: str) -> list[InitSpec]:
+    return copy.deepcopy(DEMOS[demo]["inits"])
 
 
 class ComparisonCreate(BaseModel):
@@ -48,10 +35,10 @@ class ComparisonCreate(BaseModel):
         description="The config every run shares (model, dataset, optimizer, seed, steps...). Its `init` is replaced per run.",
     )
     inits: list[InitSpec] = Field(
-        default_factory=lambda: list(DEFAULT_COMPARISON_INITS), min_length=1, max_length=MAX_COMPARED_INITS,
+        default_factory=lambda: demo_inits("init_comparison"), **bounds("comparison.inits"),
         description="One run per entry: an init name or {\"name\": ..., params}.",
     )
-    name: str | None = Field(None, max_length=200, description="A label for the comparison.")
+    name: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="A label for the comparison.")
 
 
 class ComparisonOut(BaseModel):
@@ -64,26 +51,30 @@ class ComparisonOut(BaseModel):
 
 
 class InitProbeRequest(BaseModel):
-    """POST /api/init-probe: a model (spec or preset) or a plain conv stack of `depth` × `width`."""
+    """POST /api/init-probe: a model (spec or preset) or a plain conv stack of `depth` × `width`.
+
+    With neither, the default run's model on the default dataset is probed, so `{}` works.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    spec: str | dict[str, Any] | None = Field(None, description="A preset name or a spec with 'input'.")
-    depth: int | None = Field(None, ge=1, le=60, description="Plain stack: number of conv layers.")
-    width: int | None = Field(None, ge=1, le=256, description="Plain stack: filters (= input channels) per layer.")
+    spec: str | dict[str, Any] | None = Field(
+        None, description="A preset name or a spec with 'input'. Default: the default run's model "
+                          "(unless depth and width are given).")
+    depth: int | None = Field(None, **bounds("probe.depth"), description="Plain stack: number of conv layers.")
+    width: int | None = Field(None, **bounds("probe.width"),
+                              description="Plain stack: filters (= input channels) per layer.")
     activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "linear"] = "relu"
-    kernel: int = Field(3, ge=1, le=7, description="Plain stack: odd kernel size.")
-    size: int = Field(16, ge=4, le=64, description="Plain stack: height = width of the input.")
-    batch: int = Field(4, ge=1, le=64)
-    seed: int = Field(0, ge=0, le=2**32 - 16)
+    kernel: int = Field(3, **bounds("probe.kernel"), description="Plain stack: odd kernel size.")
+    size: int = Field(16, **bounds("probe.size"), description="Plain stack: height = width of the input.")
+    batch: int = Field(4, **bounds("probe.batch"))
+    seed: int = Field(0, ge=0, le=bounds("seed")["le"] - bounds("probe.repeats")["le"])
     repeats: int = Field(
-        4, ge=1, le=16,
+        4, **bounds("probe.repeats"),
         description="Independent weight draws (seeds seed, seed+1, ...); the variances are averaged. One network "
                     "fluctuates around the theory, which is the average over draws.",
     )
-    inits: list[InitSpec] = Field(
-        default_factory=lambda: list(DEFAULT_PROBE_INITS), min_length=1, max_length=MAX_PROBE_INITS,
-    )
+    inits: list[InitSpec] = Field(default_factory=lambda: demo_inits("depth_stall"), **bounds("probe.inits"))
 
 
 class ForkCreate(BaseModel):
@@ -98,12 +89,12 @@ class ForkCreate(BaseModel):
 
     step: StrictInt | Literal["latest"] = Field("latest", description="A stored snapshot step of the parent, or 'latest'.")
     optimizer: dict[str, Any] | None = Field(None, description='Overrides, e.g. {"lr": 0.01} or {"name": "adam", "lr": 0.001}.')
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Total steps of the fork (it continues from `step`).")
-    batch_size: int | None = Field(None, ge=1, le=4096)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    snapshot_every: int | None = Field(None, ge=1, le=MAX_STEPS)
-    eval_every: int | None = Field(None, ge=1, le=MAX_STEPS)
-    name: str | None = Field(None, max_length=200)
+    steps: int | None = Field(None, **bounds("steps"), description="Total steps of the fork (it continues from `step`).")
+    batch_size: int | None = Field(None, **bounds("batch_size"))
+    seed: int | None = Field(None, **bounds("seed"))
+    snapshot_every: int | None = Field(None, **bounds("snapshot_every"))
+    eval_every: int | None = Field(None, **bounds("eval_every"))
+    name: str | None = Field(None, max_length=MAX_NAME_LENGTH)
     keep_frozen: bool = Field(True, description="Keep the parent's frozen filters frozen in the fork.")
 
 
@@ -120,7 +111,7 @@ class KernelPut(BaseModel):
         ..., description='A named kernel ("x", "plus", "sobel_x", "laplacian", ...) or numbers: [kh][kw] (copied '
                          "into every input channel) or [in][kh][kw].",
     )
-    scale: FiniteFloat = Field(1.0, gt=0, le=1e3, description="Named kernels: unit L2 norm times this.")
+    scale: FiniteFloat = Field(1.0, **bounds("kernel.scale"), description="Named kernels: unit L2 norm times this.")
     frozen: bool = Field(False, description="Keep this kernel bit-identical from now on.")
 
 

@@ -4,7 +4,7 @@ He et al. (2015, Fig. 3) showed a deep plain ReLU network that trains with
 their init and stalls with a smaller one. This script trains kernelscope's
 "deep" preset (20 conv + ReLU layers, 8 filters each) on the generated shapes
 set with the config of the page's depth-stall demo (app/teaching_schemas.py
-DEEP_DEMO_BASE: Adam, lr 0.001, batch 32, 300 steps), once per init, and prints
+DEMOS["depth_stall"]["base"] in engine/presets.py: Adam, lr 0.001, batch 32, 300 steps), once per init, and prints
 the mean training loss over windows of steps and the validation accuracy at the
 end. Every init sees the same data in the same order (same seed).
 
@@ -27,7 +27,9 @@ import numpy as np
 # benchmarks/engine.py would shadow the engine package when this file is run as a script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from app.teaching_schemas import DEEP_DEMO_BASE  # noqa: E402
+from engine.presets import DEMOS  # noqa: E402
+
+BASE = DEMOS["depth_stall"]["base"]
 from engine.trainer import Trainer  # noqa: E402
 
 WINDOW = 20
@@ -41,7 +43,7 @@ def parse_init(text: str):
 
 
 def train(init, steps: int, seed: int) -> dict:
-    trainer = Trainer({**DEEP_DEMO_BASE, "init": init, "steps": steps, "seed": seed})
+    trainer = Trainer({**BASE, "init": init, "steps": steps, "seed": seed})
     started = time.perf_counter()
     losses = [trainer.train_step()["loss"] for _ in range(steps)]
     seconds = time.perf_counter() - started
@@ -53,12 +55,12 @@ def train(init, steps: int, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=DEEP_DEMO_BASE["steps"])
+    parser.add_argument("--steps", type=int, default=BASE["steps"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inits", nargs="+", default=["he_normal", "glorot_uniform", "normal:0.01"])
     parser.add_argument("--json", action="store_true", help="print one JSON object per init instead of a table")
     args = parser.parse_args()
-    print(f"deep preset, {DEEP_DEMO_BASE['optimizer']}, batch {DEEP_DEMO_BASE['batch_size']}, "
+    print(f"deep preset, {BASE['optimizer']}, batch {BASE['batch_size']}, "
           f"{args.steps} steps, seed {args.seed}; mean training loss per {WINDOW} steps")
     for text in args.inits:
         result = train(parse_init(text), args.steps, args.seed)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core import names
+
 SHAPE_CLASSES = (
     "x",
     "plus",
@@ -578,37 +580,44 @@ DATASETS = {
                        "`classes` picks a subset or adds x_marks/plus_marks (three small glyphs a 5x5 kernel sees whole)",
         "loader": load_shapes,
         "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": None},
+        "shape": lambda p: ([1, p["size"], p["size"]], len(p["classes"] or SHAPE_CLASSES)),
     },
     "marks": {
         "description": "Generated small x and + marks, three per image, each small enough for one 5x5 kernel "
                        "to see whole: the set on which first-layer filters become X and plus detectors; no files needed",
         "loader": lambda **params: load_shapes(**params, name="marks"),
         "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": list(EXTRA_SHAPE_CLASSES)},
+        "shape": lambda p: ([1, p["size"], p["size"]], len(p["classes"] or SHAPE_CLASSES)),
     },
     "mnist": {
         "description": "MNIST handwritten digits from IDX files in `path` (raw or .gz)",
         "loader": lambda path=None, limit=None, val_fraction=0.1, seed=0: load_idx_folder(path, "mnist", MNIST_CLASSES, limit, val_fraction, seed),
         "params": {"path": None, "limit": None, "val_fraction": 0.1, "seed": 0},
+        "shape": lambda p: ([1, 28, 28], 10),
     },
     "fashion_mnist": {
         "description": "Fashion-MNIST from IDX files in `path` (raw or .gz)",
         "loader": lambda path=None, limit=None, val_fraction=0.1, seed=0: load_idx_folder(path, "fashion_mnist", FASHION_MNIST_CLASSES, limit, val_fraction, seed),
         "params": {"path": None, "limit": None, "val_fraction": 0.1, "seed": 0},
+        "shape": lambda p: ([1, 28, 28], 10),
     },
     "cifar10": {
         "description": "CIFAR-10 python batches in `path` (data_batch_1..5, test_batch)",
         "loader": load_cifar10,
         "params": {"path": None, "limit": None, "grayscale": False},
+        "shape": lambda p: ([1 if p["grayscale"] else 3, 32, 32], len(CIFAR10_CLASSES)),
     },
     "image_folder": {
         "description": "One sub-folder per class of PNG/JPEG images in `path`",
         "loader": load_image_folder,
         "params": {"path": None, "size": None, "color": False, "val_fraction": 0.2, "seed": 0},
+        "shape": lambda p: ([3 if p["color"] else 1, p["size"], p["size"]] if p["size"] else None, None),
     },
     "sklearn_digits": {
         "description": "scikit-learn's 8x8 digits (needs scikit-learn installed)",
         "loader": load_sklearn_digits,
         "params": {"val_fraction": 0.2, "seed": 0},
+        "shape": lambda p: ([1, 8, 8], 10),
     },
 }
 
@@ -623,7 +632,7 @@ def normalize_dataset_spec(spec) -> dict:
         raise ValueError("dataset: must be a dataset name or an object with a 'name'")
     name = spec.get("name", "shapes")
     if name not in DATASETS:
-        raise ValueError(f"dataset.name: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"dataset.name: {names.unknown('dataset', name, DATASETS, 'choose one of')}")
     defaults = DATASETS[name]["params"]
     unknown = sorted(set(spec) - set(defaults) - {"name"})
     if unknown:
@@ -649,6 +658,13 @@ def normalize_dataset_spec(spec) -> dict:
                 raise ValueError(f"dataset.{error}") from None
             full["classes"] = list(full["classes"])
     return full
+
+
+def known_shape(spec) -> tuple[list[int] | None, int | None]:
+    """(input shape [C, H, W], class count) a dataset gives, each None when only its files can tell;
+    read from its DATASETS entry's `shape`, the one place each dataset states them."""
+    full = normalize_dataset_spec(spec)
+    return DATASETS[full["name"]]["shape"](full)
 
 
 def load_dataset(spec="shapes") -> Dataset:

@@ -1,7 +1,8 @@
-"""Presets: named model specs (architectures) a run can ask for by name.
+"""Presets: named model specs (architectures) a run can ask for by name, and the demos built on them.
 
 "small" and "medium" are the benchmark architectures of the engine (see benchmarks/engine.py):
-small is an MNIST-sized net, medium a CIFAR-sized one.
+small is an MNIST-sized net, medium a CIFAR-sized one. DEMOS are the experiments the page
+starts with one button: a base run config and the inits it is compared under.
 """
 
 PRESETS = {
@@ -55,5 +56,26 @@ PRESETS = {
             {"type": "flatten"},
             {"type": "dense", "units": 10},
         ],
+    },
+}
+
+
+# Each demo: a base run config (RunConfig fields; unset ones take their defaults) and the
+# inits it is run under, one run per init (POST /api/comparisons {"base", "inits"}).
+DEMOS = {
+    # The depth-stall demo (He et al. 2015, Fig. 3, at small scale): the 20-layer plain ReLU
+    # "deep" preset trained with Adam; He falls within the budget, N(0, 0.01²) stays at chance.
+    # benchmarks/deep_init.py measures it; the init probe compares the same inits by default.
+    "depth_stall": {
+        "base": {"model": "deep", "optimizer": {"name": "adam", "lr": 0.001}, "batch_size": 32,
+                 "steps": 300, "snapshot_every": 10, "eval_every": 50},
+        "inits": ["he_normal", "glorot_uniform", {"name": "normal", "std": 0.01}],
+    },
+    # Every question of the page in one set of runs: the default run under each kind of init.
+    "init_comparison": {
+        "base": {},
+        "inits": ["zeros", "constant", {"name": "normal", "std": 0.01}, "glorot_uniform", "he_normal",
+                  {"name": "kernel", "kernels": ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"],
+                   "fallback": "he_normal"}],
     },
 }

@@ -8,14 +8,26 @@ gradient reaching that output. This is how Glorot & Bengio (2010) and He et al.
 (2015) compared initializations: He keeps both flat through a deep ReLU stack,
 Glorot halves the variance at every ReLU layer, a small fixed N(0, 0.01²)
 collapses to zero within a few layers.
+
+Beside the measurement, the theory: `theory_std` predicts each layer's output
+std from the init's law alone, and `describe_layers` gives, for a run's model,
+init and dataset, each weight layer's shape, fans and the init's std or bound
+with its worked numbers (what the page shows; it does no init arithmetic itself).
 """
 
 from __future__ import annotations
 
+import copy
+import math
+from types import SimpleNamespace
+
 import numpy as np
 
 from engine import build_model
+from engine.core.initializers import INITIALIZERS, describe, fans, parse_init
 from engine.core.model import normalize_spec
+from engine.datasets import known_shape, normalize_dataset_spec
+from engine.presets import PRESETS
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "linear")
 MAX_DEPTH = 200
@@ -107,3 +119,116 @@ def init_probe(
             raise ValueError(f"inits: {error}") from None
         results.append({"init": init, "layers": probe_model(model, x, out_grad)})
     return {"spec": normalised, "results": results}
+
+
+# ---------------------------------------------------------------- the theory
+
+def theory_std(layers, init) -> list[float] | None:
+    """Predicted std of each weight layer's output at init, or None where the theory does not apply.
+
+    `layers` are normalised layers (normalize_spec(spec)[1]). For zero-mean weights
+    and zero-mean inputs, Var(out) = fan_in·Var(W)·E[x²] (Glorot & Bengio 2010; He et
+    al. 2015). The input is unit-variance noise (E[x²] = 1); after a ReLU E[x²] =
+    Var(out)/2, after no activation E[x²] = Var(out). So per ReLU layer the variance
+    is multiplied by fan_in·Var(W)/2: 1 for He, fan_in/(fan_in+fan_out) = 1/2 for
+    Glorot when fan_in = fan_out. Only plain stacks of conv/dense with ReLU or no
+    activation are covered; inits without a zero-mean random law (zeros, constant,
+    kernel) give None.
+    """
+    try:
+        name, params = parse_init(init)
+    except ValueError:
+        return None
+    if name in ("zeros", "constant", "kernel"):
+        return None
+    second_moment = 1.0  # E[x²] of the layer's input
+    predicted = []
+    for layer in layers:
+        shapes = layer.param_shapes()
+        if "weight" in shapes:
+            std, _ = INITIALIZERS[name].spread(shapes["weight"], **params)
+            if std is None:
+                return None
+            fan_in, _ = fans(shapes["weight"])
+            variance = fan_in * std**2 * second_moment
+            predicted.append(math.sqrt(variance))
+            second_moment = variance
+        elif layer.kind == "relu":
+            second_moment = second_moment / 2
+        else:
+            return None
+    return predicted
+
+
+# ---------------------------------------------------------------- a run's layers at init
+
+def resolve_spec(model="demo", dataset="shapes") -> dict:
+    """The normalised spec a run of `model` on `dataset` builds, as far as it is known without files.
+
+    A preset takes the dataset's input shape and class count (the trainer's rule,
+    engine.trainer.resolve_model_spec); a spec without "input" takes the dataset's.
+    ValueError("model: ..." or "dataset...: ...") on bad input.
+    """
+    from engine.trainer import resolve_model_spec
+
+    full = normalize_dataset_spec(dataset)
+    input_shape, classes = known_shape(full)
+    if isinstance(model, str) and model not in PRESETS:
+        try:
+            normalize_spec(model)  # the engine's "unknown preset ...; did you mean ..." error
+        except ValueError as error:
+            raise ValueError(f"model: {error}") from None
+    if not isinstance(model, (str, dict)):
+        raise ValueError("model: must be a preset name or a spec object")
+    if input_shape is not None and classes is not None:
+        stand_in = SimpleNamespace(name=full["name"], input_shape=tuple(input_shape), n_classes=classes)
+        return resolve_model_spec(model, stand_in)  # type: ignore[arg-type]  # needs only these three
+    spec = copy.deepcopy(PRESETS[model] if isinstance(model, str) else model)
+    if input_shape is not None:
+        spec["input"] = input_shape
+    if "input" not in spec:
+        raise ValueError(f"model.input: dataset {full['name']} tells its input shape only once loaded; "
+                         "give the spec an 'input' [channels, height, width]")
+    try:
+        return normalize_spec(spec)[0]
+    except ValueError as error:
+        raise ValueError(f"model: {error}") from None
+
+
+def describe_layers(model="demo", init="he_normal", dataset="shapes") -> list[dict]:
+    """Each conv and dense layer of a run's model at init: what its init draws, with the numbers.
+
+    [{"index", "label" ("conv1", "dense1", ...: order among layers of that type), "type",
+      "shape", "fan_in", "fan_out", "init" ({"name", ...params}), "law", "std", "bound",
+      "text"}, ...]. A layer's own "init" overrides the run's `init`, as in build_model.
+    """
+    try:
+        parse_init(init)
+    except ValueError as error:
+        raise ValueError(f"init: {error}") from None
+    spec = resolve_spec(model, dataset)
+    _, layers = normalize_spec(spec)
+    counts: dict[str, int] = {}
+    rows = []
+    for index, (layer_spec, layer) in enumerate(zip(spec["layers"], layers)):
+        shapes = layer.param_shapes()
+        if "weight" not in shapes:
+            continue
+        counts[layer.kind] = counts.get(layer.kind, 0) + 1
+        layer_init = layer_spec["init"] if layer_spec.get("init") is not None else init
+        name, params = parse_init(layer_init)
+        described = describe(layer_init, shapes["weight"])
+        rows.append({
+            "index": index,
+            "label": f"{layer.kind}{counts[layer.kind]}",
+            "type": layer.kind,
+            "shape": [int(size) for size in shapes["weight"]],
+            "fan_in": described["fan_in"],
+            "fan_out": described["fan_out"],
+            "init": {"name": name, **INITIALIZERS[name].defaults, **params},
+            "law": described["law"],
+            "std": described["std"],
+            "bound": described["bound"],
+            "text": described["text"],
+        })
+    return rows

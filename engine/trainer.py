@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from engine import analysis
-from engine.core import initializers
+from engine.core import initializers, names
 from engine.datasets import GENERATED_DATASETS, Dataset, load_dataset, normalize_dataset_spec
 from engine.core.losses import accuracy, softmax_cross_entropy
 from engine import build_model
@@ -101,7 +101,7 @@ class RunConfig:
         model = merged["model"]
         if isinstance(model, str):
             if model not in PRESETS:
-                raise ValueError(f"model: unknown preset {model!r}; choose one of {', '.join(PRESETS)}")
+                raise ValueError(f"model: {names.unknown('preset', model, PRESETS, 'choose one of')}")
         elif not isinstance(model, dict):
             raise ValueError("model: must be a preset name or a spec object")
 

@@ -8,93 +8,28 @@ serving streams meanwhile. Snapshot JSON is served from its file as it is
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse
 
-from app import render
-from app.limits import MAX_IMAGE_PIXELS, MAX_STEPS
-from app.routes import Token, existing_run, get_manager, get_store
-from app.runs import QueueFull, RunConflict, RunManager
+from app import limits, render
+from app.deps import CONFLICT, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out
+from app.errors import InvalidInput
 from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
-from app.store import RunNotFound, Store, dumps_json
+from app.store import Store, dumps_json
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
-
-Manager = Annotated[RunManager, Depends(get_manager)]
-StoreDep = Annotated[Store, Depends(get_store)]
-Run = Annotated[dict, Depends(existing_run)]
-
-CONFLICT = {409: {"description": "the run is not in a state that allows this"}}
-NOT_FOUND = {404: {"description": "no such run (or snapshot)"}}
-
-
-def run_out(manager: RunManager, run: dict) -> dict:
-    """The API view of a stored run."""
-    return {
-        "id": run["id"],
-        "status": run["status"],
-        "config": run["config"],
-        "meta": run["meta"],
-        "step": run["step"],
-        "steps": int(run["config"].get("steps", 0)),
-        "created": run["created"],
-        "updated": run["updated"],
-        "message": run["message"],
-        "metrics": run["metrics"],
-        "latest_snapshot": manager.latest_snapshot_step(run["id"]),
-        "queue_position": manager.queue_position(run["id"]),
-    }
-
-
-def engine_error(error: ValueError, location: str = "body") -> HTTPException:
-    """422 for an engine ValueError about a config field, in FastAPI's detail format.
-
-    The engine says "field: problem" (or "field.sub problem"); the field becomes
-    the error's `loc` and the message always starts with "field: ".
-    """
-    text = str(error)
-    match = re.match(r"^([A-Za-z_][\w\[\]]*(?:\.[\w\[\]]+)*):? (.*)$", text, re.S)
-    root = match and re.split(r"[.\[]", match.group(1))[0]
-    if match and root in RunCreate.model_fields:
-        field = match.group(1)
-        loc = [location, *field.split(".")]
-        text = f"{field}: {match.group(2)}"
-    else:
-        loc = [location]
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"loc": loc, "msg": text, "type": "value_error"}],
-    )
-
-
-def conflict(error: Exception) -> HTTPException:
-    return HTTPException(status.HTTP_409_CONFLICT, detail=str(error))
-
-
-def not_found(error: RunNotFound) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run_id: no run {error.args[0]!r}")
 
 
 # ---------------------------------------------------------------- runs
 
-@router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=RunOut, dependencies=[Token],
-    responses={429: {"description": "every slot is busy and the queue is full"}},
-)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut, responses=QUEUE_FULL)
 def start_run(manager: Manager, body: Annotated[RunCreate | None, Body()] = None) -> dict:
     """Start a run (`{}` = the default demo). It trains at once or waits `queued` for a slot."""
     body = body or RunCreate()
     meta = {"name": body.name} if body.name else {}
-    try:
-        run = manager.create_run(body.engine_config(), meta=meta)
-    except ValueError as error:
-        raise engine_error(error) from None
-    except QueueFull as error:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(error)) from None
-    return run_out(manager, run)
+    return run_out(manager, manager.create_run(body.engine_config(), meta=meta))
 
 
 @router.get("", response_model=RunList)
@@ -107,51 +42,28 @@ async def get_run(manager: Manager, run: Run) -> dict:
     return run_out(manager, run)
 
 
-@router.post("/{run_id}/pause", response_model=RunOut, dependencies=[Token], responses={**NOT_FOUND, **CONFLICT})
+@router.post("/{run_id}/pause", response_model=RunOut, responses={**NOT_FOUND, **CONFLICT})
 def pause_run(manager: Manager, run: Run) -> dict:
     """Pause a running run (its process keeps its state and writes a checkpoint)."""
-    try:
-        return run_out(manager, manager.pause(run["id"]))
-    except RunConflict as error:
-        raise conflict(error) from None
-    except RunNotFound as error:
-        raise not_found(error) from None
+    return run_out(manager, manager.pause(run["id"]))
 
 
-@router.post(
-    "/{run_id}/resume", response_model=RunOut, dependencies=[Token],
-    responses={**NOT_FOUND, **CONFLICT, 429: {"description": "every slot is busy and the queue is full"}},
-)
+@router.post("/{run_id}/resume", response_model=RunOut, responses={**NOT_FOUND, **CONFLICT, **QUEUE_FULL})
 def resume_run(manager: Manager, run: Run) -> dict:
     """Continue a paused run, or restart an interrupted, stopped or failed one from its last checkpoint."""
-    try:
-        return run_out(manager, manager.resume(run["id"]))
-    except RunConflict as error:
-        raise conflict(error) from None
-    except QueueFull as error:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(error)) from None
-    except RunNotFound as error:
-        raise not_found(error) from None
+    return run_out(manager, manager.resume(run["id"]))
 
 
-@router.post("/{run_id}/stop", response_model=RunOut, dependencies=[Token], responses={**NOT_FOUND, **CONFLICT})
+@router.post("/{run_id}/stop", response_model=RunOut, responses={**NOT_FOUND, **CONFLICT})
 def stop_run(manager: Manager, run: Run) -> dict:
     """Stop a queued, running or paused run (it checkpoints first, so it can be resumed)."""
-    try:
-        return run_out(manager, manager.stop(run["id"]))
-    except RunConflict as error:
-        raise conflict(error) from None
-    except RunNotFound as error:
-        raise not_found(error) from None
+    return run_out(manager, manager.stop(run["id"]))
 
 
-@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Token], responses=NOT_FOUND)
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 def delete_run(manager: Manager, run: Run) -> Response:
     """Delete a run: stop its process, remove its rows, snapshots and checkpoint."""
-    try:
-        manager.delete(run["id"])
-    except RunNotFound as error:
-        raise not_found(error) from None
+    manager.delete(run["id"])
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -161,8 +73,8 @@ def delete_run(manager: Manager, run: Run) -> Response:
 def get_metrics(
     store: StoreDep,
     run: Run,
-    since: Annotated[int, Query(ge=-1, le=MAX_STEPS, description="only points with step > since")] = -1,
-    limit: Annotated[int | None, Query(ge=1, le=10_000_000)] = None,
+    since: Annotated[int, Query(ge=-1, le=limits.MAX_STEPS, description="only points with step > since")] = -1,
+    limit: Annotated[int | None, Query(ge=1, le=limits.MAX_METRICS_LIMIT)] = None,
 ) -> dict:
     """Loss and accuracy by step (val_loss/val_acc at evaluation steps)."""
     return {"run_id": run["id"], "points": store.metrics(run["id"], since_step=since, limit=limit)}
@@ -181,11 +93,7 @@ def _snapshot_step(store: Store, run_id: str, step: str) -> int:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
         return latest
     if not (step.isascii() and step.isdigit()) or len(step) > 12:  # not '³': a digit int() refuses
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["path", "step"], "msg": f"step: must be a non-negative integer or 'latest', got {step!r}",
-                     "type": "value_error"}],
-        )
+        raise InvalidInput(["path", "step"], f"step: must be a non-negative integer or 'latest', got {step!r}")
     return int(step)
 
 
@@ -221,9 +129,11 @@ def get_filters_png(
     store: StoreDep,
     run: Run,
     step: StepParam,
-    layer: Annotated[int | None, Query(ge=0, le=10_000, description="spec index of a conv layer; default the first")] = None,
-    scale: Annotated[float | None, Query(gt=0, le=1e6, description="|weight| drawn at full colour; default the layer's max")] = None,
-    pixel: Annotated[int, Query(ge=1, le=64, description="screen pixels per weight")] = 12,
+    layer: Annotated[int | None, Query(ge=0, le=limits.MAX_LAYER_INDEX,
+                                       description="spec index of a conv layer; default the first")] = None,
+    scale: Annotated[float | None, Query(gt=0, le=limits.MAX_PNG_SCALE,
+                                         description="|weight| drawn at full colour; default the layer's max")] = None,
+    pixel: Annotated[int, Query(ge=1, le=limits.MAX_PNG_PIXEL, description="screen pixels per weight")] = 12,
 ) -> Response:
     """The filters of one conv layer drawn with a diverging colormap centred at zero (blue < 0 < red)."""
     import numpy as np
@@ -237,20 +147,13 @@ def get_filters_png(
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="layer: this model has no conv layer")
     index = min(conv_layers) if layer is None else layer
     if index not in conv_layers:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["query", "layer"], "msg": f"layer: {index} is not a conv layer; conv layers are {sorted(conv_layers)}",
-                     "type": "value_error"}],
-        )
+        raise InvalidInput(["query", "layer"], f"layer: {index} is not a conv layer; conv layers are {sorted(conv_layers)}")
     weight = np.asarray(conv_layers[index]["weight"], dtype=np.float64)
-    fitting = render.largest_pixel_within(weight.shape, pixel, MAX_IMAGE_PIXELS)
+    fitting = render.largest_pixel_within(weight.shape, pixel, limits.MAX_IMAGE_PIXELS)
     if fitting is None:
         width, height = render.filter_grid_size(weight.shape, 1)
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["query", "layer"], "msg": f"layer: {list(weight.shape)} is too large to draw "
-                     f"({width * height} pixels; at most {MAX_IMAGE_PIXELS})", "type": "value_error"}],
-        )
+        raise InvalidInput(["query", "layer"], f"layer: {list(weight.shape)} is too large to draw "
+                                               f"({width * height} pixels; at most {limits.MAX_IMAGE_PIXELS})")
     image = render.filter_grid(weight, scale=scale, pixel=fitting)
     # a layer too wide for `pixel` is drawn smaller; the header says with how many pixels per weight
     return Response(render.png_bytes(image), media_type="image/png", headers={"X-Kernelscope-Pixel": str(fitting)})

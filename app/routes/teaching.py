@@ -17,66 +17,34 @@ import csv
 import io
 import json
 import math
-import re
 import tempfile
 import uuid
 import zipfile
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 from PIL import Image, ImageDraw
 
-from app import render
-from app.routes import Token, existing_run, get_manager, get_store
-from app.runs import QueueFull, RunConflict, RunManager
-from app.store import RunNotFound, Store
+from app import limits, render
+from app.deps import CONFLICT, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out
+from app.errors import InvalidInput, field_error
+from app.runs import QueueFull, RunConflict
+from app.store import RunNotFound, Store, json_safe
 from app.teaching_schemas import (
-    ComparisonCreate, ComparisonOut, ForkCreate, InitProbeRequest, KernelOut, KernelPut,
+    ComparisonCreate,
+    ComparisonOut,
+    ForkCreate,
+    InitProbeRequest,
+    KernelOut,
+    KernelPut,
 )
 
 router = APIRouter(prefix="/api", tags=["teaching"])
 
-Manager = Annotated[RunManager, Depends(get_manager)]
-StoreDep = Annotated[Store, Depends(get_store)]
-Run = Annotated[dict, Depends(existing_run)]
-
-# An init probe may multiply-add at most this much per init over all repeats (a 30-layer,
-# 16-wide 3×3 stack on 16×16 inputs, batch 4, 4 repeats is about 1.1e9); beyond, the server would stall.
-MAX_PROBE_MACS = 2_000_000_000
-MAX_GIF_FRAMES = 120
-# A frame is the layer's filter grid; wide layers get fewer screen pixels per weight, and
-# long GIFs fewer frames, so one request never draws more than this many pixels.
-MAX_FRAME_PIXELS = 1_500_000
-MAX_GIF_PIXELS = 60_000_000
 GIF_CAPTION_HEIGHT = 14
 ZIP_SPOOL_BYTES = 32 * 1024 * 1024
-
-# "field: problem" or "field.sub problem", as the engine words its ValueErrors.
-FIELD_MESSAGE = re.compile(r"^([A-Za-z_][\w\[\]]*(?:\.[\w\[\]]+)*):? (.*)$", re.S)
-NOT_FOUND = {404: {"description": "no such run (or snapshot)"}}
-CONFLICT = {409: {"description": "the run is not in a state that allows this"}}
-
-
-# ---------------------------------------------------------------- errors
-
-def unprocessable(location: list, message: str) -> HTTPException:
-    """422 in FastAPI's detail format; `message` starts with the field's name."""
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"loc": location, "msg": message, "type": "value_error"}],
-    )
-
-
-def field_error(error: ValueError, prefix: str, location: str = "body") -> HTTPException:
-    """An engine ValueError ("field: problem") as 422 at `prefix.field`."""
-    text = str(error)
-    match = FIELD_MESSAGE.match(text)
-    named = match and (text[len(match.group(1))] == ":" or "." in match.group(1))
-    field, problem = (match.group(1), match.group(2)) if named else ("", text)
-    path = ".".join(part for part in (prefix, field) if part)
-    return unprocessable([location, *path.split(".")] if path else [location], f"{path or location}: {problem}")
 
 
 def init_label(init) -> str:
@@ -96,16 +64,10 @@ def init_label(init) -> str:
     return name + "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
 
 
-def run_out(manager: RunManager, run: dict) -> dict:
-    from app.routes.runs import run_out as runs_run_out
-
-    return runs_run_out(manager, run)
-
-
 # ---------------------------------------------------------------- comparisons
 
 @router.post(
-    "/comparisons", status_code=status.HTTP_201_CREATED, response_model=ComparisonOut, dependencies=[Token],
+    "/comparisons", status_code=status.HTTP_201_CREATED, response_model=ComparisonOut,
     responses={429: {"description": "not enough free places for every run of the comparison"}},
 )
 def create_comparison(manager: Manager, body: Annotated[ComparisonCreate | None, Body()] = None) -> dict:
@@ -115,7 +77,6 @@ def create_comparison(manager: Manager, body: Annotated[ComparisonCreate | None,
     If the queue fills up midway, the runs already started are deleted and the
     answer is 429.
     """
-    from app import limits
     from engine.trainer import RunConfig
 
     body = body or ComparisonCreate()
@@ -128,7 +89,7 @@ def create_comparison(manager: Manager, body: Annotated[ComparisonCreate | None,
         except ValueError as error:
             field, _, problem = str(error).partition(": ")
             if field == "init":  # the engine names the run's `init`; here it is this entry of `inits`
-                raise unprocessable(["body", "inits", index], f"inits.{index}: {problem}") from None
+                raise InvalidInput(["body", "inits", index], f"inits.{index}: {problem}") from None
             raise field_error(error, "base") from None
         configs.append(config)
 
@@ -142,19 +103,14 @@ def create_comparison(manager: Manager, body: Annotated[ComparisonCreate | None,
             if body.name:
                 meta["comparison_name"] = body.name
             created.append(manager.create_run(config, meta=meta))
-    except QueueFull as error:
+    except (QueueFull, ValueError) as error:  # undo: a comparison starts whole or not at all
         for run in created:
             try:
                 manager.delete(run["id"])
             except RunNotFound:
                 pass
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"inits: a comparison of {len(configs)} runs does not fit: {error}",
-        ) from None
-    except ValueError as error:
-        for run in created:
-            manager.delete(run["id"])
+        if isinstance(error, QueueFull):
+            raise QueueFull(f"inits: a comparison of {len(configs)} runs does not fit: {error}") from None
         raise field_error(error, "base") from None
     runs = [run_out(manager, manager.get_run(run["id"])) for run in created]
     return {"id": comparison_id, "name": body.name, "inits": body.inits, "labels": labels,
@@ -196,43 +152,6 @@ def probe_cost(layers, batch: int) -> int:
     return total * batch
 
 
-def theory_std(spec_layers, init) -> list[float] | None:
-    """Predicted std of each weight layer's output at init, or None where the theory does not apply.
-
-    For zero-mean weights and zero-mean inputs, Var(out) = fan_in·Var(W)·E[x²]
-    (Glorot & Bengio 2010; He et al. 2015). The input is unit-variance noise
-    (E[x²] = 1); after a ReLU E[x²] = Var(out)/2, after no activation E[x²] = Var(out).
-    So per ReLU layer the variance is multiplied by fan_in·Var(W)/2: 1 for He,
-    fan_in/(fan_in+fan_out) = 1/2 for Glorot when fan_in = fan_out. Only plain
-    stacks of conv/dense with ReLU or no activation are covered.
-    """
-    from engine.core.initializers import INITIALIZERS, fans, parse_init
-
-    try:
-        name, params = parse_init(init)
-    except ValueError:
-        return None
-    if name in ("zeros", "constant", "kernel") or name not in INITIALIZERS:
-        return None
-    second_moment = 1.0  # E[x²] of the layer's input
-    predicted = []
-    for layer in spec_layers:
-        shapes = layer.param_shapes()
-        if "weight" in shapes:
-            std, _ = INITIALIZERS[name].spread(shapes["weight"], **params)
-            if std is None:
-                return None
-            fan_in, _ = fans(shapes["weight"])
-            variance = fan_in * std**2 * second_moment
-            predicted.append(math.sqrt(variance))
-            second_moment = variance
-        elif layer.kind == "relu":
-            second_moment = second_moment / 2
-        else:
-            return None
-    return predicted
-
-
 def probe_summary(label: str, layers: list[dict]) -> str:
     """One sentence on what the learner sees for one init."""
     stds = [row["act_std"] for row in layers]
@@ -265,50 +184,59 @@ def average_draws(draws: list[dict]) -> dict:
     return result
 
 
+def probe_spec(body: InitProbeRequest):
+    """The spec to probe: `spec`, else a plain stack of `depth` × `width`, else the default run's model."""
+    from engine.probe import plain_stack_spec, resolve_spec
+    from engine.trainer import RunConfig
+
+    if body.spec is not None:
+        return body.spec
+    if body.depth is None and body.width is None:
+        run = RunConfig.from_dict({}).to_dict()
+        return resolve_spec(run["model"], run["dataset"])
+    if body.depth is None or body.width is None:
+        missing = "depth" if body.depth is None else "width"
+        raise InvalidInput(["body", missing], f"{missing}: a plain conv stack needs both depth and width "
+                                              "(or give `spec`, or neither for the default run's model)")
+    if body.kernel % 2 == 0:
+        raise InvalidInput(["body", "kernel"], f"kernel: must be odd for a plain stack, got {body.kernel}")
+    return plain_stack_spec(body.depth, body.width, body.activation, body.kernel, body.size)
+
+
 @router.post("/init-probe")
 def init_probe(body: Annotated[InitProbeRequest | None, Body()] = None) -> dict:
     """No training: activation and gradient std per weight layer at init, for each init, with the theory.
 
     Give `spec` (a preset name or a spec with `input`) or `depth` and `width`
-    for a plain conv stack. Every init sees the same input noise and the same
-    output gradient.
+    for a plain conv stack; `{}` probes the default run's model under the
+    depth-stall demo's inits. Every init sees the same input noise and the
+    same output gradient.
     """
     from engine.core.initializers import parse_init
     from engine.core.model import normalize_spec
     from engine.probe import init_probe as run_probe
-    from engine.probe import plain_stack_spec
+    from engine.probe import theory_std
 
     body = body or InitProbeRequest()
-    if body.spec is None:
-        if body.depth is None or body.width is None:
-            raise unprocessable(["body", "spec"], "spec: give a model spec or preset, or depth and width for a plain conv stack")
-        if body.kernel % 2 == 0:
-            raise unprocessable(["body", "kernel"], f"kernel: must be odd for a plain stack, got {body.kernel}")
-        spec = plain_stack_spec(body.depth, body.width, body.activation, body.kernel, body.size)
-    else:
-        spec = body.spec
     try:
-        normalised, layers = normalize_spec(spec)
+        normalised, layers = normalize_spec(probe_spec(body))
     except ValueError as error:
-        raise unprocessable(["body", "spec"], f"spec: {error}") from None
+        raise InvalidInput(["body", "spec"], f"spec: {error}") from None
     cost = probe_cost(layers, body.batch) * body.repeats
-    if cost > MAX_PROBE_MACS:
-        raise unprocessable(
+    if cost > limits.MAX_PROBE_MACS:
+        raise InvalidInput(
             ["body", "spec"],
-            f"spec: the probe would need {cost:.3g} multiply-adds per init; at most {MAX_PROBE_MACS:.3g} "
+            f"spec: the probe would need {cost:.3g} multiply-adds per init; at most {limits.MAX_PROBE_MACS:.3g} "
             "(use a smaller model, width or batch)",
         )
     for index, init in enumerate(body.inits):
         try:
             parse_init(init)
         except ValueError as error:
-            raise unprocessable(["body", "inits", index], f"inits.{index}: {error}") from None
-    try:
-        with np.errstate(all="ignore"):  # a huge init overflows; its figures come back as null
-            draws = [run_probe(normalised, inits=body.inits, batch=body.batch, seed=body.seed + r)
-                     for r in range(body.repeats)]
-    except ValueError as error:
-        raise field_error(error, "") from None
+            raise InvalidInput(["body", "inits", index], f"inits.{index}: {error}") from None
+    with np.errstate(all="ignore"):  # a huge init overflows; its figures come back as null
+        draws = [run_probe(normalised, inits=body.inits, batch=body.batch, seed=body.seed + r)
+                 for r in range(body.repeats)]
     result = average_draws(draws)
     for entry in result["results"]:
         label = init_label(entry["init"])
@@ -316,26 +244,21 @@ def init_probe(body: Annotated[InitProbeRequest | None, Body()] = None) -> dict:
         entry["theory_act_std"] = theory_std(layers, entry["init"])
         entry["summary"] = probe_summary(label, entry["layers"])
     result["depth"] = len(result["results"][0]["layers"]) if result["results"] else 0
-    return finite_or_none(result)
-
-
-def finite_or_none(value):
-    """The probe's figures with inf/NaN (a huge init overflows) as null: JSON has no infinity."""
-    if isinstance(value, dict):
-        return {key: finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [finite_or_none(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return json_safe(result)  # a huge init overflows: its inf/NaN figures become null
 
 
 # ---------------------------------------------------------------- fork
 
-def _snapshot_step_of(store: Store, run_id: str, step) -> int:
+def stored_steps(store: Store, run_id: str) -> list[int]:
+    """The run's snapshot steps; none yet is a conflict (409): the run has not made its first step."""
     steps = store.snapshot_steps(run_id)
     if not steps:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"step: run {run_id} has no snapshot yet; wait for its first step")
+        raise RunConflict(f"step: run {run_id} has no snapshot yet; wait for its first step")
+    return steps
+
+
+def _snapshot_step_of(store: Store, run_id: str, step) -> int:
+    steps = stored_steps(store, run_id)
     if step == "latest":
         return steps[-1]
     if step not in steps:
@@ -368,8 +291,8 @@ def fork_config(parent_config: dict, body: ForkCreate, step: int) -> dict:
 
 
 @router.post(
-    "/runs/{run_id}/fork", status_code=status.HTTP_201_CREATED, dependencies=[Token],
-    responses={**NOT_FOUND, **CONFLICT, 429: {"description": "every slot is busy and the queue is full"}},
+    "/runs/{run_id}/fork", status_code=status.HTTP_201_CREATED,
+    responses={**NOT_FOUND, **CONFLICT, **QUEUE_FULL},
 )
 def fork_run(manager: Manager, store: StoreDep, run: Run, body: Annotated[ForkCreate | None, Body()] = None) -> dict:
     """A new run starting from the weights of snapshot `step` of this run, with overrides.
@@ -378,18 +301,14 @@ def fork_run(manager: Manager, store: StoreDep, run: Run, body: Annotated[ForkCr
     optimizer starts fresh (no momentum carried over); the parent's frozen
     filters stay frozen unless keep_frozen is false.
     """
-    from app import limits
     from engine.trainer import RunConfig
 
     body = body or ForkCreate()
     step = _snapshot_step_of(store, run["id"], body.step)
     if body.steps is not None and body.steps <= step:
-        raise unprocessable(["body", "steps"], f"steps: must be greater than the fork's starting step {step}, got {body.steps}")
-    try:
-        config = RunConfig.from_dict(fork_config(run["config"], body, step)).to_dict()
-        limits.check_run_config(config)
-    except ValueError as error:
-        raise field_error(error, "") from None
+        raise InvalidInput(["body", "steps"], f"steps: must be greater than the fork's starting step {step}, got {body.steps}")
+    config = RunConfig.from_dict(fork_config(run["config"], body, step)).to_dict()
+    limits.check_run_config(config)
     params = store.read_snapshot_params(run["id"], step)
     snapshot = store.read_snapshot(run["id"], step, feature_maps=False)
     if params is None or snapshot is None:
@@ -408,13 +327,7 @@ def fork_run(manager: Manager, store: StoreDep, run: Run, body: Annotated[ForkCr
                 checkpoint[f"optimizer/frozen/{layer['index']}.weight"] = np.array(layer["frozen"], dtype=np.int64)
     meta = {"origin": "fork", "parent": run["id"], "parent_step": step,
             "name": body.name or f"fork of {run['meta'].get('name') or run['id']} @ {step}"}
-    try:
-        child = manager.create_run(config, meta=meta, checkpoint=checkpoint)
-    except ValueError as error:
-        raise field_error(error, "") from None
-    except QueueFull as error:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(error)) from None
-    return run_out(manager, child)
+    return run_out(manager, manager.create_run(config, meta=meta, checkpoint=checkpoint))
 
 
 # ---------------------------------------------------------------- kernels
@@ -423,7 +336,7 @@ def _conv_layers(store: Store, run_id: str) -> dict[int, dict]:
     step = store.latest_snapshot_step(run_id)
     snapshot = None if step is None else store.read_snapshot(run_id, step, feature_maps=False)
     if snapshot is None:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id} has no snapshot yet; wait for its first step")
+        raise RunConflict(f"run {run_id} has no snapshot yet; wait for its first step")
     return {entry["index"]: entry for entry in snapshot["layers"] if entry.get("type") == "conv"}
 
 
@@ -434,57 +347,50 @@ def kernel_values(body: KernelPut, shape: list[int]) -> np.ndarray:
     _, in_channels, kh, kw = shape
     if isinstance(body.kernel, str):
         if body.kernel not in NAMED_KERNELS:
-            raise unprocessable(["body", "kernel"],
+            raise InvalidInput(["body", "kernel"],
                                 f"kernel: unknown kernel {body.kernel!r}; valid names: {', '.join(NAMED_KERNELS)}")
         try:
             pattern = named_kernel(body.kernel, (kh, kw))
         except ValueError as error:
-            raise unprocessable(["body", "kernel"], f"kernel: {error}") from None
+            raise InvalidInput(["body", "kernel"], f"kernel: {error}") from None
         pattern = pattern / math.sqrt(in_channels) * body.scale
         return np.broadcast_to(pattern, (in_channels, kh, kw)).copy()
     try:
         values = np.asarray(body.kernel, dtype=np.float64)
     except ValueError:
-        raise unprocessable(["body", "kernel"], "kernel: rows must all have the same length") from None
+        raise InvalidInput(["body", "kernel"], "kernel: rows must all have the same length") from None
     if values.shape == (kh, kw):
         return np.broadcast_to(values, (in_channels, kh, kw)).copy()
     if values.shape != (in_channels, kh, kw):
-        raise unprocessable(["body", "kernel"],
+        raise InvalidInput(["body", "kernel"],
                             f"kernel: must have shape [{kh}, {kw}] or [{in_channels}, {kh}, {kw}], got {list(values.shape)}")
     return values
 
 
 @router.put(
-    "/runs/{run_id}/kernels/{layer}/{filter}", response_model=KernelOut, dependencies=[Token],
+    "/runs/{run_id}/kernels/{layer}/{filter}", response_model=KernelOut,
     responses={**NOT_FOUND, **CONFLICT},
 )
 def put_kernel(
     manager: Manager,
     store: StoreDep,
     run: Run,
-    layer: Annotated[int, Path(ge=0, le=10_000, description="spec index of a conv layer")],
-    filter_index: Annotated[int, Path(ge=0, le=100_000, alias="filter", description="filter (output channel) index")],
+    layer: Annotated[int, Path(ge=0, le=limits.MAX_LAYER_INDEX, description="spec index of a conv layer")],
+    filter_index: Annotated[int, Path(ge=0, le=limits.MAX_FILTER_INDEX, alias="filter",
+                                      description="filter (output channel) index")],
     body: KernelPut,
 ) -> dict:
     """Overwrite one kernel of a running or paused run; `frozen` keeps it bit-identical from then on."""
     conv = _conv_layers(store, run["id"])
     if layer not in conv:
-        raise unprocessable(["path", "layer"], f"layer: {layer} is not a conv layer; conv layers are {sorted(conv)}")
+        raise InvalidInput(["path", "layer"], f"layer: {layer} is not a conv layer; conv layers are {sorted(conv)}")
     shape = conv[layer]["shape"]
     if filter_index >= shape[0]:
-        raise unprocessable(["path", "filter"], f"filter: must be between 0 and {shape[0] - 1} for layer {layer}, got {filter_index}")
+        raise InvalidInput(["path", "filter"], f"filter: must be between 0 and {shape[0] - 1} for layer {layer}, got {filter_index}")
     values = kernel_values(body, shape)
     if run["status"] not in ("running", "paused"):
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            detail=f"run {run['id']} is {run['status']}; kernels can be set on a running or paused run")
-    try:
-        manager.set_kernel(run["id"], layer, filter_index, values.tolist(), frozen=body.frozen)
-    except RunConflict as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
-    except ValueError as error:
-        raise field_error(error, "") from None
-    except RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run_id: no run {run['id']!r}") from None
+        raise RunConflict(f"run {run['id']} is {run['status']}; kernels can be set on a running or paused run")
+    manager.set_kernel(run["id"], layer, filter_index, values.tolist(), frozen=body.frozen)
     return {"run_id": run["id"], "layer": layer, "filter": filter_index, "frozen": body.frozen,
             "kernel": values.astype(np.float32).astype(float).tolist(),
             "step": store.latest_snapshot_step(run["id"])}
@@ -568,9 +474,7 @@ def metrics_csv(points: list[dict]) -> str:
 def export_run(store: StoreDep, run: Run) -> StreamingResponse:
     """A zip with config.json, spec.json, metrics.csv, every snapshot and weights.npz (latest snapshot)."""
     run_id = run["id"]
-    steps = store.snapshot_steps(run_id)
-    if not steps:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"step: run {run_id} has no snapshot yet; wait for its first step")
+    steps = stored_steps(store, run_id)
     latest = steps[-1]
     params = store.read_snapshot_params(run_id, latest)
     snapshot = store.read_snapshot(run_id, latest, feature_maps=False)
@@ -621,14 +525,14 @@ def evenly_spaced(steps: list[int], cap: int) -> list[int]:
 
 
 def fit_gif(shape, pixel: int, frames: int) -> tuple[int, int]:
-    """(pixel, frames) within MAX_FRAME_PIXELS per frame and MAX_GIF_PIXELS in all."""
-    fitting = render.largest_pixel_within(shape, pixel, MAX_FRAME_PIXELS, extra_height=GIF_CAPTION_HEIGHT)
+    """(pixel, frames) within limits.MAX_FRAME_PIXELS per frame and limits.MAX_GIF_PIXELS in all."""
+    fitting = render.largest_pixel_within(shape, pixel, limits.MAX_FRAME_PIXELS, extra_height=GIF_CAPTION_HEIGHT)
     if fitting is None:
         width, height = render.filter_grid_size(shape, 1)
-        raise unprocessable(["query", "layer"], f"layer: {list(shape)} is too large to draw "
-                                                f"({width * (height + GIF_CAPTION_HEIGHT)} pixels per frame; at most {MAX_FRAME_PIXELS})")
+        raise InvalidInput(["query", "layer"], f"layer: {list(shape)} is too large to draw "
+                                                f"({width * (height + GIF_CAPTION_HEIGHT)} pixels per frame; at most {limits.MAX_FRAME_PIXELS})")
     width, height = render.filter_grid_size(shape, fitting)
-    return fitting, max(2, min(frames, MAX_GIF_PIXELS // (width * (height + GIF_CAPTION_HEIGHT))))
+    return fitting, max(2, min(frames, limits.MAX_GIF_PIXELS // (width * (height + GIF_CAPTION_HEIGHT))))
 
 
 def captioned(image: Image.Image, text: str) -> Image.Image:
@@ -646,26 +550,26 @@ def captioned(image: Image.Image, text: str) -> Image.Image:
 def evolution_gif(
     store: StoreDep,
     run: Run,
-    layer: Annotated[int | None, Query(ge=0, le=10_000, description="spec index of a conv layer; default the first")] = None,
-    frames: Annotated[int, Query(ge=2, le=MAX_GIF_FRAMES, description="at most this many frames")] = MAX_GIF_FRAMES,
-    duration: Annotated[int, Query(ge=20, le=5000, description="milliseconds per frame")] = 120,
-    pixel: Annotated[int, Query(ge=1, le=32, description="screen pixels per weight")] = 8,
+    layer: Annotated[int | None, Query(ge=0, le=limits.MAX_LAYER_INDEX,
+                                       description="spec index of a conv layer; default the first")] = None,
+    frames: Annotated[int, Query(ge=2, le=limits.MAX_GIF_FRAMES, description="at most this many frames")] = limits.MAX_GIF_FRAMES,
+    duration: Annotated[int, Query(ge=limits.MIN_GIF_FRAME_MS, le=limits.MAX_GIF_FRAME_MS,
+                                   description="milliseconds per frame")] = 120,
+    pixel: Annotated[int, Query(ge=1, le=limits.MAX_GIF_PIXEL, description="screen pixels per weight")] = 8,
 ) -> Response:
     """One frame per stored snapshot (evenly subsampled beyond `frames`), one colour scale for all frames.
 
     Very wide layers are drawn with fewer pixels per weight and fewer frames
-    (MAX_FRAME_PIXELS, MAX_GIF_PIXELS), so a GIF never takes the server's memory.
+    (limits.MAX_FRAME_PIXELS, limits.MAX_GIF_PIXELS), so a GIF never takes the server's memory.
     """
     run_id = run["id"]
-    steps = store.snapshot_steps(run_id)
-    if not steps:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"step: run {run_id} has no snapshot yet; wait for its first step")
+    steps = stored_steps(store, run_id)
     conv = _conv_layers(store, run_id)
     if not conv:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="layer: this model has no conv layer")
     index = min(conv) if layer is None else layer
     if index not in conv:
-        raise unprocessable(["query", "layer"], f"layer: {index} is not a conv layer; conv layers are {sorted(conv)}")
+        raise InvalidInput(["query", "layer"], f"layer: {index} is not a conv layer; conv layers are {sorted(conv)}")
     pixel, frames = fit_gif(conv[index]["shape"], pixel, frames)
     weights = []
     for step in evenly_spaced(steps, frames):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.core import names
 from engine.core.kernels import PATTERNS, named_kernel
 
 
@@ -197,7 +198,7 @@ def _validate_kernel_params(params):
         raise ValueError("kernels must be a kernel name or a list of names / number grids")
     for index, entry in enumerate(entries):
         if isinstance(entry, str) and entry not in NAMED_KERNELS:
-            raise ValueError(f"kernels[{index}]: unknown kernel {entry!r}; valid names: {', '.join(NAMED_KERNELS)}")
+            raise ValueError(f"kernels[{index}]: {names.unknown('kernel', entry, NAMED_KERNELS)}")
         if not isinstance(entry, str):
             try:
                 numbers = np.asarray(entry, dtype=float)
@@ -359,7 +360,7 @@ def parse_init(init):
     else:
         raise ValueError(f"init must be a name or {{'name': ..., ...}}, got {init!r}")
     if name not in INITIALIZERS:
-        raise ValueError(f"unknown init {name!r}; valid names: {', '.join(sorted(INITIALIZERS))}")
+        raise ValueError(names.unknown("init", name, sorted(INITIALIZERS)))
     entry = INITIALIZERS[name]
     for key, value in params.items():
         if key not in entry.defaults:

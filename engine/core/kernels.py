@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from engine.core import names
+
 
 def _grid(h, w):
     """Centred pixel coordinates (v down the rows, u along the columns), 0 at the centre."""
@@ -117,7 +119,7 @@ DETECTORS = ("vertical_edge", "horizontal_edge", "diagonal_edge", "antidiagonal_
 def pattern(name, h, w):
     """The raw pattern `name` on an h x w grid (float64)."""
     if name not in PATTERNS:
-        raise ValueError(f"unknown kernel {name!r}; valid names: {', '.join(PATTERNS)}")
+        raise ValueError(names.unknown("kernel", name, PATTERNS))
     return np.asarray(PATTERNS[name][0](h, w), dtype=float)
 
 

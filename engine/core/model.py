@@ -11,7 +11,7 @@ back and fills `grads` by state-dict name.
 
 import numpy as np
 
-from engine.core import initializers
+from engine.core import initializers, names
 from engine.core.layers import LAYER_TYPES, make_layer
 from engine.core.losses import check_labels, softmax_cross_entropy
 
@@ -31,7 +31,7 @@ def normalize_spec(spec):
         from engine.presets import PRESETS  # presets are specs; they import nothing from here
 
         if spec not in PRESETS:
-            raise ValueError(f"unknown preset {spec!r}; valid presets: {', '.join(PRESETS)}")
+            raise ValueError(names.unknown("preset", spec, PRESETS, "valid presets"))
         spec = PRESETS[spec]
     if not isinstance(spec, dict):
         raise ValueError(f"model spec must be an object with 'input' and 'layers', got {type(spec).__name__}")
@@ -48,7 +48,7 @@ def normalize_spec(spec):
             raise ValueError(f"layer {index}: must be an object with a 'type'")
         kind = raw["type"]
         if kind not in LAYER_TYPES:
-            raise ValueError(f"layer {index}: unknown type {kind!r}; valid types: {', '.join(LAYER_TYPES)}")
+            raise ValueError(f"layer {index}: {names.unknown('type', kind, LAYER_TYPES, 'valid types')}")
         fields = LAYER_TYPES[kind].fields
         unknown = [key for key in raw if key != "type" and key not in fields]
         if unknown:

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from engine.core import names
+
 
 def _number(config, key, minimum=None, exclusive=False, maximum=None):
     value = config[key]
@@ -218,5 +220,5 @@ def make_optimizer(config):
         raise ValueError(f"optimizer must be a name or an object, got {config!r}")
     name = config.get("name", "sgd")
     if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name: unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
+        raise ValueError(f"optimizer.name: {names.unknown('optimizer', name, OPTIMIZERS)}")
     return OPTIMIZERS[name](**{key: value for key, value in config.items() if key != "name"})

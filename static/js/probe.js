@@ -48,8 +48,8 @@ export function mountProbe(context) {
 
   const form = el("form", { class: "probe-form panel", id: "probe-form" });
   const limits = context.defaults?.limits ?? {};
-  const depth = numberInput("probe-depth", 30, limits["init_probe.depth"]);
-  const width = numberInput("probe-width", 128, limits["init_probe.width"]);
+  const depth = numberInput("probe-depth", 30, limits["probe.depth"]);
+  const width = numberInput("probe-width", 128, limits["probe.width"]);
   const kernel = el("select", { id: "probe-kernel" });
   kernel.append(el("option", { value: "1" }, "1×1"), el("option", { value: "3" }, "3×3"));
   const activation = el("select", { id: "probe-activation" });

@@ -68,7 +68,7 @@ LIMIT_CASES = [
     ({"batch_size": limits.MAX_BATCH_SIZE + 1}, "batch_size", f"less than or equal to {limits.MAX_BATCH_SIZE}"),
     ({"batch_size": 0}, "batch_size", "greater than or equal to 1"),
     ({"steps": limits.MAX_STEPS + 1}, "steps", f"less than or equal to {limits.MAX_STEPS}"),
-    ({"steps": -1}, "steps", "greater than or equal to 0"),
+    ({"steps": 0}, "steps", "greater than or equal to 1"),  # one rule: a run makes at least one step
     ({"snapshot_every": 0}, "snapshot_every", "greater than or equal to 1"),
     ({"steps": limits.MAX_STEPS, "snapshot_every": 1}, "snapshot_every",
      f"at most {limits.MAX_SNAPSHOTS_PER_RUN} snapshots"),

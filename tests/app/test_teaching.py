@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from app.teaching_schemas import DEEP_DEMO_BASE
-from engine.core.initializers import named_kernel
+from engine.core.kernels import named_kernel
+from engine.presets import DEMOS
 from tests.app.conftest import LONG, TINY, make_settings, wait_for, wait_for_step
 
 
@@ -144,7 +144,7 @@ def test_init_probe_takes_a_preset_and_rejects_bad_input_by_field(compared):
     response = client.post("/api/init-probe", json={"spec": "small", "inits": ["he_normal"], "repeats": 1})
     assert response.status_code == 200
     assert [row["index"] for row in response.json()["results"][0]["layers"]] == [0, 3, 7]
-    for body, field in [({}, "spec"), ({"depth": 0, "width": 4}, "depth"), ({"depth": 3, "width": 4, "kernel": 2}, "kernel"),
+    for body, field in [({"depth": 3}, "width"), ({"width": 3}, "depth"), ({"depth": 0, "width": 4}, "depth"), ({"depth": 3, "width": 4, "kernel": 2}, "kernel"),
                         ({"spec": {"layers": []}}, "spec"), ({"depth": 3, "width": 4, "inits": ["bogus"]}, "inits.0"),
                         ({"depth": 3, "width": 4, "inits": []}, "inits"), ({"depth": 3, "width": 4, "colour": 1}, "colour")]:
         bad = client.post("/api/init-probe", json=body)
@@ -159,7 +159,7 @@ def test_deep_preset_trains_with_he_and_stalls_with_small_gaussian():
     from engine.trainer import Trainer
 
     def mean_loss_of_last_steps(init):
-        trainer = Trainer({**DEEP_DEMO_BASE, "init": init, "steps": 80})
+        trainer = Trainer({**DEMOS["depth_stall"]["base"], "init": init, "steps": 80})
         losses = [trainer.train_step()["loss"] for _ in range(80)]
         return float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
 

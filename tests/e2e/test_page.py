@@ -319,8 +319,8 @@ def test_the_form_starts_as_the_default_run_and_optimizer_fields_follow_the_choi
         const state = window.__kernelscope.state;
         return s.toRunRequest(state.config, state.presets);
     }""")
-    started = api.post("/api/runs", json={**body, "steps": 0}).json()["config"]
-    assert started == {**defaults["run"], "steps": 0}
+    started = api.post("/api/runs", json={**body, "steps": 1}).json()["config"]
+    assert started == {**defaults["run"], "steps": 1}
 
     page.select_option("#f-optimizer", "adam")
     assert (form()["lr"], form()["wd"]) == (adam["lr"], adam["weight_decay"])
@@ -342,7 +342,7 @@ def test_a_stored_run_config_put_into_the_form_starts_the_same_run(page, server,
     goto(page, f"{server}/")
     stored = api.post("/api/runs", json={
         "model": "small", "init": {"name": "normal", "std": 0.02}, "dataset": "marks", "batch_size": 16,
-        "optimizer": {"name": "adam", "lr": 0.003, "weight_decay": 0.001}, "seed": 5, "steps": 0,
+        "optimizer": {"name": "adam", "lr": 0.003, "weight_decay": 0.001}, "seed": 5, "steps": 1,
         "snapshot_every": 7}).json()["config"]
     body = page.evaluate("""async (stored) => {
         const s = await import('/static/js/state.js');

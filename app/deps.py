@@ -1,0 +1,62 @@
+"""What the routers share: the objects create_app() puts on app.state, the run lookup, the run view.
+
+`Manager`, `StoreDep` and `Run` are annotated dependencies a route takes as
+parameters; `Run` answers 404 for an unknown run id before a route body (or an
+event stream) starts. They are async because they are quick: a plain `def`
+dependency would cost a thread-pool round trip per request. The token is not
+checked here: security.RequestGuard checks it once, for every state-changing
+request, before any route runs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from app.runs import RunManager
+from app.store import Store
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+NOT_FOUND = {404: {"description": "no such run (or snapshot)"}}
+CONFLICT = {409: {"description": "the run is not in a state that allows this"}}
+QUEUE_FULL = {429: {"description": "every slot is busy and the queue is full"}}
+
+
+async def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+async def get_manager(request: Request) -> RunManager:
+    return request.app.state.manager
+
+
+RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="run id as returned by POST /api/runs")]
+
+
+async def existing_run(run_id: RunId, store: Annotated[Store, Depends(get_store)]) -> dict:
+    """The stored run; an unknown id raises RunNotFound (404, app/errors.py)."""
+    return store.get_run(run_id)
+
+
+Manager = Annotated[RunManager, Depends(get_manager)]
+StoreDep = Annotated[Store, Depends(get_store)]
+Run = Annotated[dict, Depends(existing_run)]
+
+
+def run_out(manager: RunManager, run: dict) -> dict:
+    """The API view of a stored run (RunOut)."""
+    return {
+        "id": run["id"],
+        "status": run["status"],
+        "config": run["config"],
+        "meta": run["meta"],
+        "step": run["step"],
+        "steps": int(run["config"].get("steps", 0)),
+        "created": run["created"],
+        "updated": run["updated"],
+        "message": run["message"],
+        "metrics": run["metrics"],
+        "latest_snapshot": manager.latest_snapshot_step(run["id"]),
+        "queue_position": manager.queue_position(run["id"]),
+    }
