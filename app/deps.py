@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, HTTPException, Path, Request, status
 
+from app.errors import InvalidInput
 from app.runs import RunManager
+from app.settings import Settings
 from app.store import Store
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -31,6 +33,10 @@ async def get_manager(request: Request) -> RunManager:
     return request.app.state.manager
 
 
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
 RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="run id as returned by POST /api/runs")]
 
 
@@ -41,6 +47,7 @@ async def existing_run(run_id: RunId, store: Annotated[Store, Depends(get_store)
 
 Manager = Annotated[RunManager, Depends(get_manager)]
 StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 Run = Annotated[dict, Depends(existing_run)]
 
 
@@ -60,3 +67,15 @@ def run_out(manager: RunManager, run: dict) -> dict:
         "latest_snapshot": manager.latest_snapshot_step(run["id"]),
         "queue_position": manager.queue_position(run["id"]),
     }
+
+
+def snapshot_step(store: Store, run_id: str, step: str) -> int:
+    """A path's `{step}`: a step number, or `latest` (404 while the run has no snapshot)."""
+    if step == "latest":
+        latest = store.latest_snapshot_step(run_id)
+        if latest is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
+        return latest
+    if not (step.isascii() and step.isdigit()) or len(step) > 12:  # not '³': a digit int() refuses
+        raise InvalidInput(["path", "step"], f"step: must be a non-negative integer or 'latest', got {step!r}")
+    return int(step)

@@ -24,16 +24,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 
 from app import render
-from app.routes import existing_run, get_settings, get_store
+from app.deps import Run, SettingsDep, StoreDep, snapshot_step
 from app.settings import Settings
 from app.store import Store
 from engine import explain
 
 router = APIRouter(prefix="/api/runs", tags=["explain"])
 
-StoreDep = Annotated[Store, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-Run = Annotated[dict, Depends(existing_run)]
 
 NOT_FOUND = {404: {"description": "no such run, snapshot, conv layer or filter (the message names what exists)"}}
 PNG = {200: {"content": {"image/png": {}}, "description": "a picture"}, **NOT_FOUND}
@@ -94,21 +91,8 @@ def _steps(store: Store, run_id: str) -> list[int]:
     return steps
 
 
-def _step(steps: list[int], run_id: str, step: str) -> int:
-    if step == "latest":
-        return steps[-1]
-    if not (step.isascii() and step.isdigit()) or len(step) > 12:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[
-                {
-                    "loc": ["path", "step"],
-                    "msg": f"step: must be a non-negative integer or 'latest', got {step!r}",
-                    "type": "value_error",
-                }
-            ],
-        )
-    number = int(step)
+def _step(store: Store, steps: list[int], run_id: str, step: str) -> int:
+    number = snapshot_step(store, run_id, step)
     if number not in steps:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot at step {number}")
     return number
@@ -147,7 +131,7 @@ def explanation(store: Store, settings: Settings, run: dict, step: str, layer: i
     """The JSON answer of the filter route (cached)."""
     run_id = run["id"]
     steps = _steps(store, run_id)
-    number = _step(steps, run_id, step)
+    number = _step(store, steps, run_id, step)
     spec, images, labels, classes = _run_context(settings, run["config"])
     _check(spec, layer, filter)
     key = (run_id, number, layer, filter, len(steps))

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, sta
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse
 
 from app import limits, render
-from app.deps import CONFLICT, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out
+from app.deps import CONFLICT, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out, snapshot_step
 from app.errors import InvalidInput
 from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
 from app.store import Store, dumps_json
@@ -86,17 +86,6 @@ def list_snapshots(store: StoreDep, run: Run) -> dict:
     return {"run_id": run["id"], "steps": store.snapshot_steps(run["id"])}
 
 
-def _snapshot_step(store: Store, run_id: str, step: str) -> int:
-    if step == "latest":
-        latest = store.latest_snapshot_step(run_id)
-        if latest is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
-        return latest
-    if not (step.isascii() and step.isdigit()) or len(step) > 12:  # not '³': a digit int() refuses
-        raise InvalidInput(["path", "step"], f"step: must be a non-negative integer or 'latest', got {step!r}")
-    return int(step)
-
-
 StepParam = Annotated[str, "a step number or 'latest'"]
 SNAPSHOT_JSON = {200: {"content": {"application/json": {}}, "description": "snapshot JSON (docs/ARCHITECTURE.md)"}}
 
@@ -109,7 +98,7 @@ def get_snapshot(
     feature_maps: Annotated[bool, Query(description="include the probe images' feature maps")] = True,
 ) -> Response:
     """One snapshot: kernels, detector analysis, layer statistics and (optionally) feature maps."""
-    number = _snapshot_step(store, run["id"], step)
+    number = snapshot_step(store, run["id"], step)
     if feature_maps:
         snapshot = store.read_snapshot(run["id"], number, feature_maps=True)
         text = None if snapshot is None else dumps_json(snapshot)
@@ -138,7 +127,7 @@ def get_filters_png(
     """The filters of one conv layer drawn with a diverging colormap centred at zero (blue < 0 < red)."""
     import numpy as np
 
-    number = _snapshot_step(store, run["id"], step)
+    number = snapshot_step(store, run["id"], step)
     snapshot = store.read_snapshot(run["id"], number, feature_maps=False)
     if snapshot is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run['id']} has no snapshot at step {number}")
