@@ -43,6 +43,9 @@ class RunCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True)
     snapshot_every: int | None = Field(None, ge=1, le=MAX_STEPS, strict=True)
     eval_every: int | None = Field(None, ge=1, le=MAX_STEPS, strict=True)
+    snapshot_schedule: dict[str, Any] | None = Field(
+        None, description='Dense snapshots at the start: {"dense_steps": int, "growth": number > 1}; defaults in GET /api/defaults.',
+    )
     name: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="A label shown in run lists.")
 
     @model_validator(mode="after")
