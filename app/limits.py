@@ -37,6 +37,7 @@ MAX_FEATURE_MAP_VALUES = 131_072
 MAX_BATCH_SIZE = 512
 MAX_STEPS = 1_000_000
 MAX_SNAPSHOTS_PER_RUN = 20_000  # steps / snapshot_every
+MAX_DENSE_SNAPSHOT_STEPS = 1000 # snapshot_schedule.dense_steps: every step is stored up to this one
 MAX_LR = 10.0                   # learning rate: finite, > 0 and at most this
 MAX_SEED = 2**32 - 1
 
@@ -83,6 +84,8 @@ def check_run_config(config: dict) -> None:
     _at_most("steps", config["steps"], MAX_STEPS)
     _at_most("snapshot_every", config["snapshot_every"], MAX_STEPS)
     _at_most("eval_every", config["eval_every"], MAX_STEPS)
+    if "snapshot_schedule" in config:
+        _at_most("snapshot_schedule.dense_steps", config["snapshot_schedule"]["dense_steps"], MAX_DENSE_SNAPSHOT_STEPS)
     if config["steps"] // config["snapshot_every"] > MAX_SNAPSHOTS_PER_RUN:
         needed = -(-config["steps"] // MAX_SNAPSHOTS_PER_RUN)
         raise ValueError(
