@@ -24,7 +24,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from engine import analysis
-from engine.datasets import GENERATED_DATASETS, Dataset, normalize_dataset_spec, open_dataset
+from engine.datasets import (
+    GENERATED_DATASETS,
+    Dataset,
+    normalize_dataset_spec,
+    open_dataset,
+)
 from engine.initializers import parse_init
 from engine.losses import accuracy, softmax_cross_entropy
 from engine.model import build_model, normalize_spec

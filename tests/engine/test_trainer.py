@@ -9,7 +9,14 @@ import pytest
 
 from engine.analysis import chance_level
 from engine.datasets import load_dataset
-from engine.trainer import Diverged, RunConfig, Trainer, TrainingControl, snapshot_rule, snapshot_steps
+from engine.trainer import (
+    Diverged,
+    RunConfig,
+    Trainer,
+    TrainingControl,
+    snapshot_rule,
+    snapshot_steps,
+)
 
 SMALL_DATA = {"name": "shapes", "n_train": 512, "n_val": 256}
 
@@ -321,7 +328,7 @@ def test_run_pauses_resumes_and_stops_from_another_thread(small_data):
 
 
 def test_a_run_resumed_from_the_loops_checkpoint_ends_bit_identical(small_data, tmp_path):
-    config = dict(steps=30, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9}, eval_every=10)
+    config = {"steps": 30, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "eval_every": 10}
     straight = small_trainer(small_data, **config)
     straight_events = list(straight.events())
 
