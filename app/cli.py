@@ -4,8 +4,9 @@
     kernelscope train [--preset --init --steps --dataset --seed ...]
     kernelscope runs  [--data]
 
-`train` runs the same loop as the server's worker processes (app/worker.py)
-in this process, with a rich progress bar (loss, accuracy, steps/s), and
+`train` runs the engine's one training loop (`Trainer.events`) through the
+same driver as the server's worker processes (app/worker.py `drive_run`) in
+this process, with a rich progress bar (loss, accuracy, steps/s), and
 stores the run in the same data directory, so `kernelscope serve` lists it
 and can resume it. Ctrl+C checkpoints and leaves the run `interrupted`.
 """
@@ -125,7 +126,7 @@ def train(
 
     from app import limits
     from app.store import Store
-    from app.worker import RunRecorder, build_trainer, train_loop
+    from app.worker import RunRecorder, build_trainer, drive_run
 
     settings = _settings(data)
     optimizer_spec = _name_or_json(optimizer, "--optimizer")
@@ -145,14 +146,15 @@ def train(
         "eval_every": eval_every,
     }
     try:
-        config = RunConfig.from_dict({k: v for k, v in request.items() if v is not None}).to_dict()
-        limits.check_run_config(config)
+        run_config = RunConfig.from_dict({k: v for k, v in request.items() if v is not None})
+        limits.check_run_config(run_config.to_dict())
     except ValueError as error:
         error_console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
 
     store = Store(settings.data_dir)
     meta = {"cli": True, **({"name": name} if name else {})}
+    config = run_config.to_dict()
     run = store.create_run(config, status="running", meta=meta, owner_pid=os.getpid())
     run_id = run["id"]
     recorder = RunRecorder(store, run_id)
@@ -166,7 +168,7 @@ def train(
     signal.signal(signal.SIGINT, on_interrupt)
     console.print(f"run [bold]{run_id}[/bold] → {store.run_dir(run_id)}")
     try:
-        trainer = build_trainer(settings.data_dir, run_id, config)
+        trainer = build_trainer(settings.data_dir, run_id, run_config)
     except (ValueError, OSError) as error:
         store.update_run(run_id, status="failed", message=str(error))
         error_console.print(f"[red]error:[/red] {error}")
@@ -198,20 +200,25 @@ def train(
             progress.update(task, completed=point["step"], loss=f"{point.get('loss', float('nan')):.3f}",
                             acc=f"{point.get('acc', float('nan')):.3f}", rate=rate)
 
-    def poll_command(timeout: float):
-        return ("shutdown",) if interrupted["flag"] else None
+    class InterruptControl:
+        """Ctrl+C (a flag set by the signal handler) becomes the loop's shutdown command."""
+
+        def poll(self, timeout: float):
+            if interrupted["flag"]:
+                return ("shutdown", "interrupted with Ctrl+C; resume it from the server")
+            if timeout > 0:
+                time.sleep(timeout)  # paused: never happens here, the CLI sends no pause
+            return None
 
     try:
         with progress:
-            status = train_loop(trainer, config, settings.data_dir, run_id, emit, poll_command,
-                                settings.checkpoint_every)
+            status = drive_run(trainer, settings.data_dir, run_id, emit, InterruptControl(),
+                               settings.checkpoint_every)
     except Exception as error:
         store.update_run(run_id, status="failed", message=f"{type(error).__name__}: {error}")
         raise
     finally:
         signal.signal(signal.SIGINT, previous_handler)
-    if status == "interrupted":
-        store.update_run(run_id, message="interrupted with Ctrl+C; resume it from the server")
     final = store.get_run(run_id)
     metrics = final["metrics"] or {}
     summary = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("loss", "acc", "val_loss", "val_acc")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from engine.datasets import GENERATED_DATASETS, known_shape
+from engine.trainer import MIN_STEPS  # the engine's rule: a run trains at least one step
 
 # ---------------------------------------------------------------- the model
 MAX_LAYERS = 64                 # layers in one model spec
@@ -40,9 +41,10 @@ MAX_FEATURE_MAP_VALUES = 131_072
 
 # ---------------------------------------------------------------- the training
 MAX_BATCH_SIZE = 512
-MIN_STEPS = 1                   # a run of 0 steps would be "completed" having done nothing
 MAX_STEPS = 1_000_000
 MAX_SNAPSHOTS_PER_RUN = 20_000  # steps / snapshot_every
+MAX_DENSE_SNAPSHOT_STEPS = 1000  # snapshot_schedule.dense_steps: every step is stored up to this one
+MAX_SNAPSHOT_GROWTH = 10.0      # snapshot_schedule.growth: how fast the gaps between snapshots grow
 MAX_LR = 10.0                   # learning rate: finite, > 0 and at most this
 MAX_WEIGHT_DECAY = 10.0
 MAX_SEED = 2**32 - 1
@@ -105,6 +107,8 @@ FIELD_LIMITS: dict[str, dict] = {
     "batch_size": {"min": 1, "max": MAX_BATCH_SIZE},
     "snapshot_every": {"min": 1, "max": MAX_STEPS},
     "eval_every": {"min": 1, "max": MAX_STEPS},
+    "snapshot_schedule.dense_steps": {"min": 0, "max": MAX_DENSE_SNAPSHOT_STEPS},
+    "snapshot_schedule.growth": {"min": 1, "min_exclusive": True, "max": MAX_SNAPSHOT_GROWTH},
     "seed": {"min": 0, "max": MAX_SEED},
     "lr": {"min": 0, "min_exclusive": True, "max": MAX_LR},
     "momentum": {"min": 0, "max": 1, "max_exclusive": True},
@@ -160,6 +164,9 @@ def check_run_config(config: dict) -> None:
     """Apply every limit to a complete run config (RunConfig.to_dict()); ValueError names field and limit."""
     for field in ("batch_size", "steps", "snapshot_every", "eval_every", "seed"):
         check_field(field, config[field])
+    if "snapshot_schedule" in config:
+        for key in ("dense_steps", "growth"):
+            check_field(f"snapshot_schedule.{key}", config["snapshot_schedule"][key])
     if config["steps"] // config["snapshot_every"] > MAX_SNAPSHOTS_PER_RUN:
         needed = -(-config["steps"] // MAX_SNAPSHOTS_PER_RUN)
         raise ValueError(

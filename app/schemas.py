@@ -45,6 +45,9 @@ class RunCreate(BaseModel):
     seed: int | None = Field(None, strict=True, **bounds("seed"))
     snapshot_every: int | None = Field(None, strict=True, **bounds("snapshot_every"))
     eval_every: int | None = Field(None, strict=True, **bounds("eval_every"))
+    snapshot_schedule: dict[str, Any] | None = Field(
+        None, description='Dense snapshots at the start: {"dense_steps": int, "growth": number > 1}; defaults in GET /api/defaults.',
+    )
     name: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="A label shown in run lists.")
 
     def engine_config(self) -> dict:

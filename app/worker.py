@@ -1,11 +1,11 @@
 """What a training run executes, and how its messages are recorded.
 
-`train_loop` drives an engine Trainer step by step: it writes snapshots and
-checkpoints to the run folder itself (atomically), batches metrics, obeys
-commands (pause, resume, stop, shutdown, set_kernel) and reports everything as
-small messages through a sink. The server runs it in one process per run
-(`process_main`, talking over two pipes); the CLI runs the very same loop
-in-process with a sink that drives its progress bar.
+The training loop is the engine's (`Trainer.events`, engine/trainer.py): it
+yields events and obeys commands. `drive_run` consumes those events for one
+run: it writes snapshots and checkpoints to the run folder (atomically) and
+turns the events into small messages for a sink. The server runs it in one
+process per run (`process_main`, talking over two pipes); the CLI runs the
+very same `drive_run` in-process with a sink that drives its progress bar.
 
 Messages (plain tuples, picklable):
     ("started", step)                    training (re)starts from `step`
@@ -15,8 +15,8 @@ Messages (plain tuples, picklable):
     ("snapshot", step)                   snapshot files for `step` are on disk
     ("checkpoint", step)                 checkpoint.npz now holds `step`
     ("reply", request_id, error)         answer to a set_kernel command (error None = ok)
-Commands: ("pause",), ("resume",), ("stop",), ("shutdown",),
-          ("set_kernel", request_id, layer, filter, kernel, frozen)
+Commands (engine.trainer.TrainingControl lists them): ("pause",), ("resume",), ("stop",),
+          ("shutdown",), ("set_kernel", request_id, layer, filter, kernel, frozen)
 
 `RunRecorder` is the receiving side: it turns messages into store rows and
 numbered stream events.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +37,13 @@ from app import store as files
 from app.store import Store, dumps_json
 from engine.fast.partner import close_partners
 
-METRICS_FLUSH_SECONDS = 0.05
 # A checkpoint also keeps the latest metric points (at least the last two checkpoint
 # intervals), re-sent when the run restarts from it: points the server had not yet
 # recorded when it was killed are not lost.
 CHECKPOINT_POINTS_KEPT = 2000
-PAUSED_POLL_SECONDS = 0.5
+CHECKPOINT_POINTS_KEY = "recent_metrics"
 TERMINAL_STATUSES = ("completed", "stopped", "diverged", "failed", "interrupted")
+SHUTDOWN_MESSAGE = "server shut down; resume to continue"
 
 
 class ParentGone(Exception):
@@ -53,30 +52,35 @@ class ParentGone(Exception):
 
 # ---------------------------------------------------------------- building a trainer
 
-def build_trainer(data_dir: Path, run_id: str, config: dict, confine_datasets: bool = False):
+def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = False):
     """A Trainer for the run: restored from its checkpoint if it has one, else fresh.
 
-    Snapshots newer than the checkpoint are removed, so the history on disk
-    stays one consistent timeline when a run resumes after a crash. With
-    `confine_datasets` (the server), a dataset path is read only from inside
-    DATA/datasets (app/security.py); the config keeps the relative path.
+    `config` is the run's RunConfig, or its stored dict (parsed here, once); a
+    checkpoint carries its own config, which then wins. Snapshots newer than
+    the checkpoint are removed, so the history on disk stays one consistent
+    timeline when a run resumes after a crash. With `confine_datasets` (the
+    server), a dataset path is read only from inside DATA/datasets
+    (app/security.py); the config keeps the relative path.
     """
-    from engine.datasets import load_dataset
+    from engine.datasets import open_dataset
     from engine.trainer import RunConfig, Trainer
 
+    checkpoint = files.read_checkpoint(data_dir, run_id)
+    if checkpoint is not None:
+        run_config = Trainer.checkpoint_config(checkpoint)
+    else:
+        run_config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     dataset = None
     if confine_datasets:
         from app.security import confined_dataset
 
-        spec = config.get("dataset")
-        confined = confined_dataset(data_dir, spec)
-        if confined is not spec:
-            dataset = load_dataset(confined)
-    checkpoint = files.read_checkpoint(data_dir, run_id)
+        confined = confined_dataset(data_dir, run_config.dataset)
+        if confined is not run_config.dataset:
+            dataset = open_dataset(confined)
     if checkpoint is not None:
-        trainer = Trainer.restore(checkpoint, dataset)
+        trainer = Trainer.restore(checkpoint, dataset, config=run_config)
     else:
-        trainer = Trainer(RunConfig.from_dict(config), dataset)
+        trainer = Trainer(run_config, dataset)
     folder = files.snapshot_dir(data_dir, run_id)
     for step in files.snapshot_steps(data_dir, run_id):
         if step > trainer.step:
@@ -88,137 +92,45 @@ def build_trainer(data_dir: Path, run_id: str, config: dict, confine_datasets: b
     return trainer
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- driving the engine's loop
 
-class _MetricsBuffer:
-    """Collects metric points and hands them to the sink at most every `interval` seconds."""
-
-    def __init__(self, emit, interval: float):
-        self.emit = emit
-        self.interval = interval
-        self.points: list[dict] = []
-        self.first_at = 0.0
-
-    def add(self, point: dict) -> None:
-        if not self.points:
-            self.first_at = time.monotonic()
-        self.points.append(point)
-        if time.monotonic() - self.first_at >= self.interval:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.points:
-            points, self.points = self.points, []
-            self.emit(("metrics", points))
-
-
-def _clean_point(metrics: dict) -> dict:
-    """A metrics point; `time` (unix seconds when the step finished) rides along on live events only."""
-    point = {"step": int(metrics["step"])}
-    for name in ("loss", "acc", "val_loss", "val_acc"):
-        if metrics.get(name) is not None:
-            point[name] = float(metrics[name])
-    point["time"] = round(time.time(), 4)
-    return point
-
-
-def train_loop(trainer, config: dict, data_dir: Path, run_id: str, emit, poll_command,
-               checkpoint_every: int = 100, flush_seconds: float = METRICS_FLUSH_SECONDS) -> str:
-    """Train until done or told to stop; returns the final status.
+def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_every: int = 100) -> str:
+    """Run the engine's loop for one stored run until it ends; returns the final status.
 
     emit(message): receives the messages listed in the module docstring.
-    poll_command(timeout): returns a command tuple or None (may raise ParentGone).
+    control: poll(timeout) -> command or None (may raise ParentGone), as the
+    engine's loop takes it. This function only persists and translates:
+    snapshots and checkpoints go to the run folder, events become messages.
     """
-    from engine import analysis
-    from engine.trainer import Diverged
-
-    total_steps = int(config["steps"])
-    snapshot_every = int(config["snapshot_every"])
-    eval_every = int(config.get("eval_every") or 0)
-    metrics = _MetricsBuffer(emit, flush_seconds)
     recent_points = deque(_checkpoint_points(data_dir, run_id, trainer.step),
                           maxlen=max(CHECKPOINT_POINTS_KEPT, 2 * checkpoint_every))
-
-    def write_snapshot() -> None:
-        metrics.flush()  # before the analysis, so these points are not held back by it
-        snapshot, params = trainer.snapshot(feature_maps=False)
-        maps = analysis.feature_maps(trainer.model, trainer.dataset.probe_x)  # arrays, no lists
-        files.write_snapshot(data_dir, run_id, snapshot, params, feature_maps=maps)
-        emit(("snapshot", int(snapshot["step"])))
-
-    def write_checkpoint() -> None:
-        metrics.flush()
-        state = trainer.checkpoint()
-        state[CHECKPOINT_POINTS_KEY] = np.array(dumps_json(list(recent_points)))
-        files.write_npz_atomic(files.checkpoint_path(data_dir, run_id), state)
-        emit(("checkpoint", trainer.step))
-
-    def finish(status: str, message: str | None = None) -> str:
-        metrics.flush()
-        emit(("status", status, trainer.step, message))
-        return status
-
     emit(("started", trainer.step))
     if recent_points:
         emit(("metrics", list(recent_points)))
-    emit(("status", "running", trainer.step, None))
-    if files.read_snapshot_text(data_dir, run_id, trainer.step) is None and (
-        trainer.step == 0 or trainer.step % snapshot_every == 0
-    ):
-        write_snapshot()
-
-    paused = False
-    while True:
-        command = poll_command(PAUSED_POLL_SECONDS if paused else 0.0)
-        if command is not None:
-            kind = command[0]
-            if kind == "pause" and not paused:
-                paused = True
-                metrics.flush()
-                write_checkpoint()
-                emit(("status", "paused", trainer.step, None))
-            elif kind == "resume" and paused:
-                paused = False
-                emit(("status", "running", trainer.step, None))
-            elif kind == "stop":
-                metrics.flush()
-                write_checkpoint()
-                return finish("stopped", "stopped by request")
-            elif kind == "shutdown":
-                metrics.flush()
-                write_checkpoint()
-                return finish("interrupted", "server shut down; resume to continue")
-            elif kind == "set_kernel":
-                _, request_id, layer, filter_index, kernel, frozen = command
-                try:
-                    trainer.set_kernel(layer, filter_index, np.asarray(kernel, dtype=np.float32), frozen=frozen)
-                except (ValueError, IndexError, KeyError, TypeError) as error:
-                    emit(("reply", request_id, str(error)))
-                else:
-                    write_snapshot()
-                    emit(("reply", request_id, None))
-            continue
-        if paused:
-            continue
-        if trainer.step >= total_steps:
-            write_checkpoint()
-            return finish("completed")
-        try:
-            point = _clean_point(trainer.train_step())
-            step = trainer.step
-            if eval_every and (step % eval_every == 0 or step == total_steps):
-                point.update({k: float(v) for k, v in trainer.evaluate().items()})
-        except Diverged as error:
-            return finish("diverged", str(error))
-        metrics.add(point)
-        recent_points.append(point)
-        if step % snapshot_every == 0 or step == total_steps:
-            write_snapshot()
-        if step % checkpoint_every == 0 and step < total_steps:
-            write_checkpoint()
-
-
-CHECKPOINT_POINTS_KEY = "recent_metrics"
+    have_start_snapshot = files.read_snapshot_text(data_dir, run_id, trainer.step) is not None
+    status = "failed"
+    for event in trainer.events(control, checkpoint_every=checkpoint_every,
+                                snapshot_at_start=not have_start_snapshot):
+        kind = event["type"]
+        if kind == "metrics":
+            recent_points.extend(event["points"])
+            emit(("metrics", event["points"]))
+        elif kind == "snapshot":
+            files.write_snapshot(data_dir, run_id, event["snapshot"], event["params"],
+                                 feature_maps=event["feature_maps"])
+            emit(("snapshot", int(event["step"])))
+        elif kind == "checkpoint":
+            state = trainer.checkpoint()
+            state[CHECKPOINT_POINTS_KEY] = np.array(dumps_json(list(recent_points)))
+            files.write_npz_atomic(files.checkpoint_path(data_dir, run_id), state)
+            emit(("checkpoint", int(event["step"])))
+        elif kind == "status":
+            emit(("status", event["status"], int(event["step"]), event["message"]))
+        elif kind == "reply":
+            emit(("reply", event["request_id"], event["error"]))
+        elif kind == "done":
+            status = event["status"]
+    return status
 
 
 def _checkpoint_points(data_dir: Path, run_id: str, step: int) -> list[dict]:
@@ -233,9 +145,25 @@ def _checkpoint_points(data_dir: Path, run_id: str, step: int) -> list[dict]:
     return [point for point in points if point["step"] <= step]
 
 
+class PipeControl:
+    """The engine loop's control, read from the server's command pipe."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def poll(self, timeout: float):
+        try:
+            if self.conn.poll(timeout):
+                command = self.conn.recv()
+                return ("shutdown", SHUTDOWN_MESSAGE) if command == ("shutdown",) else command
+        except (EOFError, ConnectionResetError, OSError):
+            raise ParentGone() from None
+        return None
+
+
 # ---------------------------------------------------------------- the worker process
 
-def process_main(data_dir: str, run_id: str, config: dict, checkpoint_every: int,
+def process_main(data_dir: str, run_id: str, config, checkpoint_every: int,
                  command_conn, event_conn, nice: int = 0) -> None:
     """Entry point of a run's process (multiprocessing 'spawn').
 
@@ -244,6 +172,7 @@ def process_main(data_dir: str, run_id: str, config: dict, checkpoint_every: int
     the command pipe reports end-of-file and the worker exits without writing.
     `nice` lowers this process's priority (before the engine starts its
     threads, which inherit it), so the API process gets a CPU first.
+    `config` is the run's stored config; build_trainer parses it once.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if nice:
@@ -256,18 +185,10 @@ def process_main(data_dir: str, run_id: str, config: dict, checkpoint_every: int
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
             raise ParentGone() from None
 
-    def poll_command(timeout: float):
-        try:
-            if command_conn.poll(timeout):
-                return command_conn.recv()
-        except (EOFError, ConnectionResetError, OSError):
-            raise ParentGone() from None
-        return None
-
     trainer = None
     try:
         trainer = build_trainer(data_dir, run_id, config, confine_datasets=True)
-        train_loop(trainer, config, data_dir, run_id, emit, poll_command, checkpoint_every)
+        drive_run(trainer, data_dir, run_id, emit, PipeControl(command_conn), checkpoint_every)
     except ParentGone:
         return
     except Exception as error:  # any engine failure ends the run as failed, never silently

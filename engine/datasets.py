@@ -669,6 +669,10 @@ def known_shape(spec) -> tuple[list[int] | None, int | None]:
 
 def load_dataset(spec="shapes") -> Dataset:
     """Load a dataset from its name or spec dict (see DATASETS for the parameters)."""
-    full = normalize_dataset_spec(spec)
+    return open_dataset(normalize_dataset_spec(spec))
+
+
+def open_dataset(full: dict) -> Dataset:
+    """Load a dataset from a spec normalize_dataset_spec already completed (not checked again)."""
     params = {k: v for k, v in full.items() if k != "name"}
     return DATASETS[full["name"]]["loader"](**params)

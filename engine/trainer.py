@@ -1,11 +1,15 @@
-"""Training: a run's config and the step-wise loop a server or CLI drives.
+"""Training: a run's config, its snapshot schedule, and the one training loop.
 
 `RunConfig` is the complete, validated description of a run (every default
-filled in). `Trainer` builds dataset, model and optimizer from it and exposes
-one step at a time (`train_step`, `evaluate`, `snapshot`), checkpoints that
-resume bit-identically, kernel overwrites with optional freezing, and `run`, a
-loop that reports through an `emit` callback (it never prints) and obeys a
-`TrainingControl` (pause / resume / stop) from another thread.
+filled in), parsed once at the boundary and passed down as is. `snapshot_steps`
+says which steps a run stores (dense at first, spaced out geometrically, merged
+with `snapshot_every`). `Trainer` builds dataset, model and optimizer from a
+RunConfig and exposes one step at a time (`train_step`, `evaluate`,
+`snapshot`), checkpoints that resume bit-identically and kernel overwrites.
+`Trainer.events` is THE training loop: a generator of events (status, metrics,
+snapshot, checkpoint requests, replies, done) that obeys commands (pause,
+resume, stop, shutdown, set_kernel) and handles divergence. The server's worker,
+the CLI and the tests all consume it; the engine never prints.
 """
 
 from __future__ import annotations
@@ -13,18 +17,20 @@ from __future__ import annotations
 import copy
 import json
 import math
-import threading
+import queue
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from engine import analysis
-from engine.core import initializers, names
-from engine.datasets import GENERATED_DATASETS, Dataset, load_dataset, normalize_dataset_spec
-from engine.core.losses import accuracy, softmax_cross_entropy
 from engine import build_model
+from engine.core import names
+from engine.core.initializers import parse_init
+from engine.core.losses import accuracy, softmax_cross_entropy
 from engine.core.model import normalize_spec
 from engine.core.optimizers import make_optimizer
+from engine.datasets import GENERATED_DATASETS, Dataset, normalize_dataset_spec, open_dataset
 from engine.presets import PRESETS
 
 DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.02, "momentum": 0.9, "nesterov": False, "weight_decay": 0.01}
@@ -32,8 +38,16 @@ DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.02, "momentum": 0.9, "nesterov": Fal
 # plain "deep" stack stalls under the demo's SGD even with He init, Adam moves it.
 PRESET_OPTIMIZERS = {"deep": {"name": "adam", "lr": 0.001}}
 EVAL_CHUNK = 500
-METRICS_FLUSH_EVERY = 10
 FEATURE_MAP_DIGITS = 4
+METRICS_FLUSH_SECONDS = 0.05  # the loop hands buffered metric points over at most this long after the first
+PAUSED_POLL_SECONDS = 0.5     # while paused, the loop waits this long for each command
+# Snapshots: every step for the first `dense_steps`, then gaps growing by `growth`
+# per snapshot until a gap reaches snapshot_every (see snapshot_steps).
+DEFAULT_SNAPSHOT_SCHEDULE = {"dense_steps": 20, "growth": 1.1}
+# A run trains at least one step. Upper bounds on what a request may ask for (steps, batch,
+# schedule) are the server's and the CLI's, in app/limits.py; the engine states only what
+# makes a config meaningful.
+MIN_STEPS = 1
 
 
 def run_optimizer(model: dict | str, optimizer: dict | None = None) -> dict:
@@ -84,6 +98,7 @@ class RunConfig:
     seed: int = 0
     snapshot_every: int = 10
     eval_every: int = 100
+    snapshot_schedule: dict = field(default_factory=lambda: dict(DEFAULT_SNAPSHOT_SCHEDULE))
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "RunConfig":
@@ -106,18 +121,19 @@ class RunConfig:
             raise ValueError("model: must be a preset name or a spec object")
 
         try:
-            initializers.parse_init(merged["init"])
+            parse_init(merged["init"])
         except ValueError as error:
             raise ValueError(f"init: {error}") from None
 
         dataset = normalize_dataset_spec(merged["dataset"])
 
+        checked_spec = None
         if isinstance(model, dict):
             # check the spec now when its input shape is known without loading files
             known_input = [1, dataset["size"], dataset["size"]] if dataset["name"] in GENERATED_DATASETS else None
             if "input" in model or known_input is not None:
                 try:
-                    normalize_spec(model if "input" in model else {"input": known_input, **model})
+                    checked_spec = normalize_spec(model if "input" in model else {"input": known_input, **model})
                 except ValueError as error:
                     raise ValueError(f"model: {error}") from None
             model = copy.deepcopy(model)
@@ -133,29 +149,95 @@ class RunConfig:
             message = str(error)
             raise ValueError(message if message.startswith("optimizer") else f"optimizer: {message}") from None
 
-        return cls(
+        config = cls(
             model=model,
             init=copy.deepcopy(merged["init"]),
             dataset=dataset,
             optimizer=optimizer,
-            batch_size=_check_int(merged, "batch_size", 1, 4096),
-            steps=_check_int(merged, "steps", 0, 10_000_000),
+            batch_size=_check_int(merged, "batch_size", 1),
+            steps=_check_int(merged, "steps", MIN_STEPS),
             seed=_check_int(merged, "seed", 0, 2**32 - 1),
             snapshot_every=_check_int(merged, "snapshot_every", 1),
             eval_every=_check_int(merged, "eval_every", 1),
+            snapshot_schedule=_check_schedule(merged["snapshot_schedule"]),
         )
+        # the spec as normalize_spec checked it, kept so the Trainer need not check it again
+        config._checked_spec = checked_spec
+        return config
 
     def to_dict(self) -> dict:
         """JSON-able and complete: from_dict(to_dict()) gives the same config."""
         return copy.deepcopy(asdict(self))
 
 
-def resolve_model_spec(model, dataset: Dataset) -> dict:
+def _check_schedule(value) -> dict:
+    """A complete snapshot_schedule: {"dense_steps": int, "growth": number}, defaults filled in."""
+    if not isinstance(value, dict):
+        raise ValueError('snapshot_schedule: must be an object such as {"dense_steps": 20, "growth": 1.1}')
+    unknown = sorted(set(value) - set(DEFAULT_SNAPSHOT_SCHEDULE))
+    if unknown:
+        raise ValueError(f"snapshot_schedule.{unknown[0]}: unknown field; allowed: {', '.join(DEFAULT_SNAPSHOT_SCHEDULE)}")
+    schedule = {**DEFAULT_SNAPSHOT_SCHEDULE, **{k: v for k, v in value.items() if v is not None}}
+    dense = schedule["dense_steps"]
+    if isinstance(dense, bool) or not isinstance(dense, (int, np.integer)) or dense < 0:
+        raise ValueError(f"snapshot_schedule.dense_steps: must be an integer >= 0, got {dense!r}")
+    growth = schedule["growth"]
+    if isinstance(growth, bool) or not isinstance(growth, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(growth) or not growth > 1:
+        raise ValueError(f"snapshot_schedule.growth: must be a number > 1, got {growth!r}")
+    return {"dense_steps": int(dense), "growth": float(growth)}
+
+
+def _early_snapshot_steps(config: RunConfig) -> list[int]:
+    """The schedule's own steps (0..dense_steps, then growing gaps until a gap reaches
+    snapshot_every), up to config.steps."""
+    dense = min(config.snapshot_schedule["dense_steps"], config.steps)
+    growth = config.snapshot_schedule["growth"]
+    steps = list(range(dense + 1))
+    step, gap = dense, 1.0
+    while True:
+        gap *= growth
+        whole = max(1, round(gap))
+        if whole >= config.snapshot_every or step + whole > config.steps:
+            return steps
+        step += whole
+        steps.append(step)
+
+
+def snapshot_rule(config: RunConfig):
+    """step -> bool: whether a run of `config` stores a snapshot at that step.
+
+    The rule of snapshot_steps without listing every step: step 0, the
+    schedule's early steps, every multiple of snapshot_every and the last step.
+    """
+    early = frozenset(_early_snapshot_steps(config))
+    every, last = config.snapshot_every, config.steps
+    return lambda step: step in early or step % every == 0 or step == last
+
+
+def snapshot_steps(config: RunConfig | dict) -> list[int]:
+    """Every step at which a run of `config` stores a snapshot, ascending.
+
+    Every step up to snapshot_schedule.dense_steps; then gaps of 1 growing by
+    the factor snapshot_schedule.growth per snapshot (rounded) until a gap
+    would reach snapshot_every; merged with every multiple of snapshot_every,
+    step 0 and the last step.
+    """
+    config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+    steps = set(_early_snapshot_steps(config))
+    steps.update(range(0, config.steps + 1, config.snapshot_every))
+    steps.add(config.steps)
+    return sorted(steps)
+
+
+def resolve_model_spec(model, dataset: Dataset, checked: tuple | None = None) -> dict:
     """The spec a run trains: a preset adapted to the dataset, or the given spec checked against it.
 
     A preset takes the dataset's input shape and its last dense layer takes the
     dataset's class count. A given spec without "input" takes the dataset's;
     with one, it must match, and its output must have one unit per class.
+    `checked` is normalize_spec's answer for `model` already obtained by
+    RunConfig.from_dict; it is used instead of checking the spec again.
     """
     input_shape = list(dataset.input_shape)
     if isinstance(model, str):
@@ -168,10 +250,13 @@ def resolve_model_spec(model, dataset: Dataset) -> dict:
         spec.setdefault("input", input_shape)
         if list(spec["input"]) != input_shape:
             raise ValueError(f"model.input: the spec expects {list(spec['input'])} but dataset {dataset.name} gives {input_shape}")
-    try:
-        normalised, layers = normalize_spec(spec)
-    except ValueError as error:
-        raise ValueError(f"model: {error}") from None
+    if checked is not None and not isinstance(model, str) and checked[0]["input"] == input_shape:
+        normalised, layers = checked
+    else:
+        try:
+            normalised, layers = normalize_spec(spec)
+        except ValueError as error:
+            raise ValueError(f"model: {error}") from None
     outputs = layers[-1].output_shape
     if tuple(outputs) != (dataset.n_classes,):
         raise ValueError(f"model: the last layer gives output {list(outputs)} but dataset {dataset.name} has {dataset.n_classes} classes")
@@ -179,42 +264,49 @@ def resolve_model_spec(model, dataset: Dataset) -> dict:
 
 
 class TrainingControl:
-    """Pause / resume / stop a run from another thread (threading.Event based)."""
+    """Commands for a running loop, safe to send from any thread (a queue the loop polls).
+
+    The loop only needs `poll(timeout) -> command tuple | None`; a worker
+    process passes its own object with that method (reading a pipe). Commands:
+    ("pause",), ("resume",), ("stop",), ("shutdown",) and
+    ("set_kernel", request_id, layer, filter, kernel, frozen).
+    """
 
     def __init__(self):
-        self._running = threading.Event()
-        self._running.set()
-        self._stopped = threading.Event()
+        self._commands: queue.Queue = queue.Queue()
 
-    def pause(self):
-        self._running.clear()
+    def pause(self) -> None:
+        self._commands.put(("pause",))
 
-    def resume(self):
-        self._running.set()
+    def resume(self) -> None:
+        self._commands.put(("resume",))
 
-    def stop(self):
-        self._stopped.set()
-        self._running.set()
+    def stop(self) -> None:
+        self._commands.put(("stop",))
 
-    def is_paused(self) -> bool:
-        return not self._running.is_set()
+    def shutdown(self) -> None:
+        self._commands.put(("shutdown",))
 
-    def is_stopped(self) -> bool:
-        return self._stopped.is_set()
+    def set_kernel(self, request_id, layer: int, filter: int, kernel, frozen: bool = False) -> None:
+        self._commands.put(("set_kernel", request_id, layer, filter, kernel, frozen))
 
-    def wait_while_paused(self, timeout: float | None = None) -> bool:
-        """Block while paused (up to `timeout` seconds); True when free to continue."""
-        self._running.wait(timeout)
-        return self._running.is_set() and not self._stopped.is_set()
+    def poll(self, timeout: float = 0.0):
+        """The next command, waiting up to `timeout` seconds; None when there is none."""
+        try:
+            return self._commands.get(timeout=timeout) if timeout > 0 else self._commands.get_nowait()
+        except queue.Empty:
+            return None
 
 
 class Trainer:
     """Trains one model on one dataset; see docs/ARCHITECTURE.md (Trainer API)."""
 
     def __init__(self, config: RunConfig | dict | None = None, dataset: Dataset | None = None):
+        """`config`: a RunConfig, used as it is (no second parse); a dict or None is
+        parsed by RunConfig.from_dict (the boundary for scripts)."""
         self.config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
-        self.dataset = dataset if dataset is not None else load_dataset(self.config.dataset)
-        self.spec = resolve_model_spec(self.config.model, self.dataset)
+        self.dataset = dataset if dataset is not None else open_dataset(self.config.dataset)
+        self.spec = resolve_model_spec(self.config.model, self.dataset, getattr(self.config, "_checked_spec", None))
         self.model = build_model(self.spec, init=self.config.init, seed=self.config.seed)
         self.optimizer = make_optimizer(self.config.optimizer)
         self.step = 0
@@ -265,9 +357,10 @@ class Trainer:
         stats = analysis.layer_stats(model, data.monitor_x, data.monitor_y)
         maps = analysis.feature_maps(model, data.probe_x) if feature_maps else {}
         layers = []
-        for index in model.conv_indices:
+        for order, index in enumerate(model.conv_indices, start=1):
             weight = model.params[f"{index}.weight"]
-            entry = {"index": index, "name": str(index), "type": "conv"}
+            # "label" names a conv by its order among convs (conv1, conv2, ...); "index" is its spec index
+            entry = {"index": index, "label": f"conv{order}", "name": str(index), "type": "conv"}
             entry.update(analysis.conv_layer_summary(weight, model.params.get(f"{index}.bias")))
             entry["frozen"] = self.frozen_filters(index)
             if feature_maps:
@@ -351,14 +444,26 @@ class Trainer:
             state[f"optimizer/{key}"] = np.asarray(value).copy()
         return state
 
-    @classmethod
-    def restore(cls, checkpoint, dataset: Dataset | None = None) -> "Trainer":
-        """A Trainer continuing from `checkpoint` (a dict or loaded .npz)."""
+    @staticmethod
+    def checkpoint_config(checkpoint) -> RunConfig:
+        """The RunConfig a checkpoint (a dict or loaded .npz) was written with."""
         try:
-            config = json.loads(str(np.asarray(checkpoint["config"])))
+            return RunConfig.from_dict(json.loads(str(np.asarray(checkpoint["config"]))))
+        except (KeyError, json.JSONDecodeError) as error:
+            raise ValueError(f"checkpoint: missing or unreadable config ({error})") from None
+
+    @classmethod
+    def restore(cls, checkpoint, dataset: Dataset | None = None, config: RunConfig | None = None) -> "Trainer":
+        """A Trainer continuing from `checkpoint` (a dict or loaded .npz).
+
+        `config`: the checkpoint's RunConfig when the caller already read it
+        (checkpoint_config), so it is not parsed twice.
+        """
+        config = config if config is not None else cls.checkpoint_config(checkpoint)
+        try:
             step = int(np.asarray(checkpoint["step"]))
         except (KeyError, ValueError) as error:
-            raise ValueError(f"checkpoint: missing or unreadable config/step ({error})") from None
+            raise ValueError(f"checkpoint: missing or unreadable step ({error})") from None
         trainer = cls(config, dataset)
         keys = list(checkpoint.keys()) if hasattr(checkpoint, "keys") else list(checkpoint.files)
         params = {k.split("/", 1)[1]: np.asarray(checkpoint[k]) for k in keys if k.startswith("params/")}
@@ -374,65 +479,124 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------
 
-    def run(self, emit, control: TrainingControl | None = None) -> str:
-        """Train to config.steps, reporting through emit(event); returns the final status.
+    def events(self, control=None, checkpoint_every: int | None = None,
+               snapshot_at_start: bool = True, flush_seconds: float = METRICS_FLUSH_SECONDS):
+        """THE training loop: train to config.steps, yielding events; see docs/ARCHITECTURE.md.
 
-        Events (dicts, emitted synchronously from this thread, so calling
-        self.checkpoint() inside emit captures exactly that step):
-          {"type": "status", "status": "running"|"paused"|"completed"|"stopped"|"diverged",
-           "step": int, "message": str | None}
-          {"type": "metrics", "points": [{"step", "loss", "acc", "val_loss"?, "val_acc"?}, ...]}
-          {"type": "snapshot", "step": int, "snapshot": dict, "params": {name: array}}
-          {"type": "done", "status": ..., "step": int, "message": str | None}
-        A snapshot is emitted at step 0 (when starting fresh), every
-        snapshot_every steps and at the last step; validation runs every
-        eval_every steps and at the last step. On divergence the model keeps
-        the weights of the last good step and no snapshot of the bad state is made.
+        The server's worker, the CLI and the tests all consume this generator.
+        Events are yielded from the training thread while the loop is suspended,
+        so a consumer that calls self.checkpoint() on a "checkpoint" event
+        captures exactly that step. Events (dicts):
+          {"type": "status", "status": "running"|"paused"|"completed"|"stopped"|"interrupted"|"diverged",
+           "step", "message"}
+          {"type": "metrics", "points": [{"step", "loss", "acc", "val_loss"?, "val_acc"?, "time"}, ...]}
+              buffered, handed over at most every `flush_seconds` and before any other event
+          {"type": "snapshot", "step", "snapshot": dict (no feature-map lists), "params": {name: array},
+           "feature_maps": {conv index: array (probes, out, H, W)}}
+              at every step of snapshot_steps(config) (the start step only if `snapshot_at_start`),
+              and after a kernel is set
+          {"type": "checkpoint", "step"}   a request: persist self.checkpoint() now; every
+              `checkpoint_every` steps (None: never periodically) and on pause, stop, shutdown, completion
+          {"type": "reply", "request_id", "error": str | None}   answer to a set_kernel command
+          {"type": "done", "status", "step", "message"}   last
+        `control`: anything with poll(timeout) -> command | None (TrainingControl;
+        commands listed there). On divergence the weights stay at the last good
+        step and no snapshot of the bad state is made.
         """
         cfg = self.config
-        control = control or TrainingControl()
+        control = control if control is not None else TrainingControl()
+        is_snapshot_step = snapshot_rule(cfg)
         points: list[dict] = []
+        first_buffered = 0.0
 
         def flush():
             if points:
-                emit({"type": "metrics", "points": list(points)})
+                batch = list(points)
                 points.clear()
+                return [{"type": "metrics", "points": batch}]
+            return []
 
-        def finish(status, message=None):
-            flush()
-            emit({"type": "status", "status": status, "step": self.step, "message": message})
-            emit({"type": "done", "status": status, "step": self.step, "message": message})
-            return status
+        def status(name, message=None):
+            return {"type": "status", "status": name, "step": self.step, "message": message}
 
-        emit({"type": "status", "status": "running", "step": self.step, "message": None})
-        if self.step == 0:
-            self._emit_snapshot(emit)
-        while self.step < cfg.steps:
-            if control.is_paused() and not control.is_stopped():
-                flush()
-                emit({"type": "status", "status": "paused", "step": self.step, "message": None})
-                while not control.wait_while_paused(timeout=0.5):
-                    if control.is_stopped():
-                        break
-                if not control.is_stopped():
-                    emit({"type": "status", "status": "running", "step": self.step, "message": None})
-            if control.is_stopped():
-                return finish("stopped")
+        def finish(name, message=None, checkpoint=True):
+            out = flush()
+            if checkpoint:
+                out.append({"type": "checkpoint", "step": self.step})
+            out.append(status(name, message))
+            out.append({"type": "done", "status": name, "step": self.step, "message": message})
+            return out
+
+        yield status("running")
+        if snapshot_at_start and is_snapshot_step(self.step):
+            yield self._snapshot_event()
+        paused = False
+        while True:
+            command = control.poll(PAUSED_POLL_SECONDS if paused else 0.0)
+            if command is not None:
+                kind = command[0]
+                if kind == "pause" and not paused:
+                    paused = True
+                    yield from flush()
+                    yield {"type": "checkpoint", "step": self.step}
+                    yield status("paused")
+                elif kind == "resume" and paused:
+                    paused = False
+                    yield status("running")
+                elif kind == "stop":
+                    yield from finish("stopped", "stopped by request")
+                    return
+                elif kind == "shutdown":
+                    message = command[1] if len(command) > 1 else "interrupted; resume to continue"
+                    yield from finish("interrupted", message)
+                    return
+                elif kind == "set_kernel":
+                    _, request_id, layer, filter_index, kernel, frozen = command
+                    try:
+                        self.set_kernel(layer, filter_index, np.asarray(kernel, dtype=np.float32), frozen=frozen)
+                    except (ValueError, IndexError, KeyError, TypeError) as error:
+                        yield {"type": "reply", "request_id": request_id, "error": str(error)}
+                    else:
+                        yield from flush()
+                        yield self._snapshot_event()
+                        yield {"type": "reply", "request_id": request_id, "error": None}
+                continue
+            if paused:
+                continue
+            if self.step >= cfg.steps:
+                yield from finish("completed")
+                return
             try:
                 point = self.train_step()
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    point.update(self.evaluate())
             except Diverged as error:
-                return finish("diverged", error.message)
-            last = self.step == cfg.steps
-            if self.step % cfg.eval_every == 0 or last:
-                point.update(self.evaluate())
+                yield from finish("diverged", str(error), checkpoint=False)
+                return
+            point = {key: value for key, value in point.items() if value is not None}
+            point["time"] = round(time.time(), 4)  # when the step finished (wall clock, for live latency)
+            if not points:
+                first_buffered = time.monotonic()
             points.append(point)
-            if self.step % cfg.snapshot_every == 0 or last:
-                flush()
-                self._emit_snapshot(emit)
-            elif len(points) >= METRICS_FLUSH_EVERY:
-                flush()
-        return finish("completed")
+            if time.monotonic() - first_buffered >= flush_seconds:
+                yield from flush()
+            if is_snapshot_step(self.step):
+                yield from flush()
+                yield self._snapshot_event()
+            if checkpoint_every and self.step % checkpoint_every == 0 and self.step < cfg.steps:
+                yield from flush()
+                yield {"type": "checkpoint", "step": self.step}
 
-    def _emit_snapshot(self, emit):
-        snapshot, params = self.snapshot()
-        emit({"type": "snapshot", "step": self.step, "snapshot": snapshot, "params": params})
+    def run(self, emit, control=None, **options) -> str:
+        """Consume events() with emit(event); returns the final status (a convenience for scripts)."""
+        status = "failed"
+        for event in self.events(control, **options):
+            emit(event)
+            if event["type"] == "done":
+                status = event["status"]
+        return status
+
+    def _snapshot_event(self) -> dict:
+        snapshot, params = self.snapshot(feature_maps=False)
+        maps = analysis.feature_maps(self.model, self.dataset.probe_x)
+        return {"type": "snapshot", "step": self.step, "snapshot": snapshot, "params": params, "feature_maps": maps}

@@ -110,12 +110,17 @@ def test_metrics_have_every_step_and_validation_at_eval_steps(done):
 
 def test_every_snapshot_is_kept_and_served(done):
     client, run = done
+    from engine.trainer import snapshot_steps
+
     steps = client.get(f"/api/runs/{run['id']}/snapshots").json()["steps"]
-    assert steps == [0, 10, 20, 30]
+    dense = run["config"]["snapshot_schedule"]["dense_steps"]
+    assert steps == snapshot_steps(run["config"]) and steps[: dense + 1] == list(range(dense + 1))
+    assert {0, 10, 20, 30} <= set(steps)
     snapshot = client.get(f"/api/runs/{run['id']}/snapshots/10").json()
     assert snapshot["step"] == 10
     conv = snapshot["layers"][0]
     assert conv["index"] == 0 and conv["shape"] == [8, 1, 3, 3]
+    assert [layer["label"] for layer in snapshot["layers"]] == ["conv1", "conv2"]
     assert np.asarray(conv["weight"]).shape == (8, 1, 3, 3)
     assert len(conv["detectors"]) == 8
     assert np.asarray(conv["feature_maps"]).shape[1] == 8
@@ -240,7 +245,9 @@ def test_malformed_run_id_is_422(done):
 def test_snapshot_errors(done):
     client, run = done
     base = f"/api/runs/{run['id']}/snapshots"
-    assert client.get(f"{base}/7").status_code == 404
+    stored = client.get(base).json()["steps"]
+    unstored = next(step for step in range(run["step"]) if step not in stored)
+    assert client.get(f"{base}/{unstored}").status_code == 404
     bad_step = client.get(f"{base}/seven")
     assert bad_step.status_code == 422 and bad_step.json()["message"].startswith("step")
     assert client.get(f"{base}/-1").status_code == 422

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.main import create_app
 from app.store import Store
+from engine.trainer import snapshot_steps
 from tests.app.conftest import LONG, TINY, make_settings, wait_for, wait_for_step
 
 
@@ -158,7 +159,7 @@ def test_cli_train_stores_a_run_the_server_lists(data_dir):
         (run,) = client.get("/api/runs").json()["runs"]
         assert run["status"] == "completed" and run["step"] == 20
         assert run["config"]["init"] == {"name": "normal", "std": 0.02}
-        assert client.get(f"/api/runs/{run['id']}/snapshots").json()["steps"] == [0, 10, 20]
+        assert client.get(f"/api/runs/{run['id']}/snapshots").json()["steps"] == snapshot_steps(run["config"])
         assert len(client.get(f"/api/runs/{run['id']}/metrics").json()["points"]) == 20
 
 

@@ -1,0 +1,126 @@
+"""The worker side of a run: one parse of the run config, and drive_run persisting the engine loop's events."""
+
+import collections
+
+import numpy as np
+import pytest
+
+import engine.datasets
+import engine.trainer
+from app import store as files
+from app.worker import build_trainer, drive_run
+from engine.trainer import RunConfig, TrainingControl, snapshot_steps
+
+SMALL = {"dataset": {"name": "shapes", "n_train": 128, "n_val": 64}, "batch_size": 8, "steps": 30,
+         "snapshot_every": 10, "eval_every": 10, "snapshot_schedule": {"dense_steps": 3, "growth": 2.0}}
+SPEC = {"layers": [{"type": "conv", "filters": 4, "kernel": 3, "init": {"name": "normal", "std": 0.1}},
+                   {"type": "relu"}, {"type": "flatten"}, {"type": "dense", "units": 10}]}
+
+
+@pytest.fixture
+def parse_counts(monkeypatch):
+    """Count every parse of a run config's parts on the way from the stored dict to a Trainer.
+
+    The run config's parsers as the trainer and the dataset loader call them
+    (engine.model.build_model's own argument check is the model's, not the config's).
+    """
+    counts = collections.Counter()
+
+    def counted(module, name, key=None):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[key or name] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(engine.trainer, "parse_init")
+    counted(engine.trainer, "normalize_spec")
+    counted(engine.trainer, "normalize_dataset_spec")
+    counted(engine.datasets, "normalize_dataset_spec")
+    original_from_dict = RunConfig.from_dict.__func__
+
+    def from_dict(cls, d):
+        counts["RunConfig.from_dict"] += 1
+        return original_from_dict(cls, d)
+
+    monkeypatch.setattr(RunConfig, "from_dict", classmethod(from_dict))
+    return counts
+
+
+@pytest.mark.parametrize("model", ["small", SPEC], ids=["preset", "spec"])
+def test_a_runs_start_parses_its_config_once(tmp_path, parse_counts, model):
+    stored = RunConfig.from_dict({**SMALL, "model": model}).to_dict()  # as the server stores it
+    parse_counts.clear()
+    trainer = build_trainer(tmp_path, "r1", stored, confine_datasets=True)  # what process_main does
+    assert trainer.config.to_dict() == stored
+    assert dict(parse_counts) == {"RunConfig.from_dict": 1, "parse_init": 1, "normalize_dataset_spec": 1,
+                                  "normalize_spec": 1}
+
+
+def test_a_resumed_run_parses_the_checkpoints_config_once(tmp_path, parse_counts):
+    trainer = build_trainer(tmp_path, "r1", RunConfig.from_dict(SMALL))
+    control = TrainingControl()
+    control.stop()
+    assert drive_run(trainer, tmp_path, "r1", lambda message: None, control) == "stopped"
+    stored = RunConfig.from_dict(SMALL).to_dict()
+    parse_counts.clear()
+    resumed = build_trainer(tmp_path, "r1", stored, confine_datasets=True)
+    assert resumed.step == 0
+    assert parse_counts["RunConfig.from_dict"] == 1 and parse_counts["normalize_dataset_spec"] == 1
+
+
+def test_drive_run_persists_what_the_loop_asks_for_and_reports_it(tmp_path):
+    config = RunConfig.from_dict(SMALL)
+    trainer = build_trainer(tmp_path, "r1", config)
+    messages = []
+    control = TrainingControl()
+
+    def emit(message):
+        messages.append(message)
+        if message == ("snapshot", 10):
+            control.pause()
+            control.resume()
+        if message == ("snapshot", 20):
+            control.stop()
+
+    assert drive_run(trainer, tmp_path, "r1", emit, control, checkpoint_every=15) == "stopped"
+    assert messages[:2] == [("started", 0), ("status", "running", 0, None)]
+    statuses = [m[1] for m in messages if m[0] == "status"]
+    assert statuses == ["running", "paused", "running", "stopped"]
+    assert [m[1] for m in messages if m[0] == "checkpoint"] == [10, 15, 20]
+    stored = [s for s in snapshot_steps(config) if s <= 20]
+    assert [m[1] for m in messages if m[0] == "snapshot"] == stored == files.snapshot_steps(tmp_path, "r1")
+    snapshot = files.read_snapshot(tmp_path, "r1", 20, feature_maps=True)
+    assert [layer["label"] for layer in snapshot["layers"]] == ["conv1", "conv2"]
+    assert np.asarray(snapshot["layers"][0]["feature_maps"]).shape[0] == 4
+    checkpoint = files.read_checkpoint(tmp_path, "r1")
+    assert int(checkpoint["step"]) == 20
+    points = [p for m in messages if m[0] == "metrics" for p in m[1]]
+    assert [p["step"] for p in points] == list(range(1, 21)) and all("time" in p for p in points)
+
+    messages.clear()
+    resumed = build_trainer(tmp_path, "r1", config)
+    assert drive_run(resumed, tmp_path, "r1", messages.append, TrainingControl()) == "completed"
+    assert [m[1] for m in messages if m[0] == "snapshot"] == [s for s in snapshot_steps(config) if s > 20]
+    assert files.snapshot_steps(tmp_path, "r1") == snapshot_steps(config)
+
+
+def test_a_kernel_set_through_the_worker_is_answered_and_stored(tmp_path):
+    trainer = build_trainer(tmp_path, "r1", RunConfig.from_dict(SMALL))
+    control = TrainingControl()
+    messages = []
+
+    def emit(message):
+        messages.append(message)
+        if message == ("snapshot", 2):
+            control.set_kernel(1, 0, 1, np.ones((5, 5)).tolist(), True)
+            control.set_kernel(2, 0, 99, np.ones((5, 5)).tolist(), False)
+        if message[0] == "reply" and message[1] == 2:
+            control.stop()
+
+    drive_run(trainer, tmp_path, "r1", emit, control)
+    replies = [m for m in messages if m[0] == "reply"]
+    assert replies[0] == ("reply", 1, None) and replies[1][2].startswith("filter:")
+    assert files.read_snapshot(tmp_path, "r1", 2)["layers"][0]["frozen"] == [1]
