@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the engine package, not benchmarks/engine.py beside this script
 
 from engine import analysis  # noqa: E402
-from engine import trainer as trainer_module
+from engine import trainer as trainer_module  # noqa: E402
 from engine.trainer import RunConfig, Trainer  # noqa: E402
 
 console = Console(width=160)
