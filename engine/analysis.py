@@ -4,9 +4,14 @@ Each conv filter is matched against a bank of canonical detectors (oriented
 edges and lines, X, plus, centre-surround blob) built at the filter's own size,
 scored by |cosine similarity| after removing means. A score means something
 only against chance, so every match carries the 99th percentile of the best
-score reached by random Gaussian kernels of that size. Also here: the symmetry
-meter (mean pairwise cosine of a layer's filters), per-layer activation and
-gradient statistics on a batch, and conv feature maps for probe images.
+score reached by random Gaussian kernels of that size. Not every filter is a
+detector: a dead filter (tiny next to its layer, or never active on the probe
+images) and a brightness filter (most of its energy in its mean) get those
+labels instead, and never count as beating chance. A filter is "born" at the
+first snapshot from which its score stays above chance (`birth_step`). Also
+here: the symmetry meter (mean pairwise cosine of a layer's filters), per-layer
+activation and gradient statistics on a batch, and conv feature maps for probe
+images.
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ CHANCE_PERCENTILE = 99.0
 CHANCE_SAMPLES = 20000
 CHANCE_SEED = 12345
 FLAT_LABEL = "flat"
+DEAD_LABEL = "dead"
+BRIGHTNESS_LABEL = "brightness"
+# A filter whose weight norm is below this fraction of its layer's median filter norm is dead.
+DEAD_NORM_FRACTION = 0.05
+# A filter with more than this share of its energy (sum of squares) in its mean is a brightness filter.
+BRIGHTNESS_MEAN_SHARE = 0.5
+# Snapshots in a row a score must stay above chance for the filter to count as born.
+BIRTH_PERSIST = 3
 
 
 # --------------------------------------------------------------------------
@@ -103,23 +116,97 @@ def spatial_kernels(weight: np.ndarray) -> np.ndarray:
     return weight.sum(axis=1)
 
 
-def detectors(weight: np.ndarray) -> list[dict]:
-    """Per filter: best canonical detector, score, chance level, percentile, beats_chance."""
+def mean_share(kernels: np.ndarray) -> np.ndarray:
+    """Share of each 2-d kernel's energy (sum of squares) held by its mean: n·mean² / Σk².
+
+    1.0 for a uniform kernel, 0.0 for a zero-mean one (every edge, line, X
+    template), about 1/n for a random Gaussian kernel of n weights; 0.0 for
+    an all-zero kernel.
+    """
+    flat = np.asarray(kernels, dtype=np.float64).reshape(len(kernels), -1)
+    energy = np.sum(flat * flat, axis=1)
+    mean_energy = flat.shape[1] * flat.mean(axis=1) ** 2
+    return np.where(energy > 0, mean_energy / np.where(energy > 0, energy, 1.0), 0.0)
+
+
+def dead_filters(weight: np.ndarray, probe_maps: np.ndarray | None = None) -> np.ndarray:
+    """Boolean per filter: dead when its weight norm is below DEAD_NORM_FRACTION of the
+    layer's median filter norm, or (given the layer's probe feature maps (P, out, H, W),
+    i.e. the conv outputs with bias) when it is never positive on any probe image, so a
+    following ReLU never lets it through. A layer whose median norm is 0 (all-zero init)
+    has no reference, so no filter is dead by norm there.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    norms = np.linalg.norm(weight.reshape(len(weight), -1), axis=1)
+    median = float(np.median(norms)) if len(norms) else 0.0
+    dead = norms < DEAD_NORM_FRACTION * median
+    if probe_maps is not None:
+        maps = np.asarray(probe_maps)
+        if maps.ndim != 4 or maps.shape[1] != len(weight):
+            raise ValueError(f"probe_maps: expected shape (P, {len(weight)}, H, W), got {list(maps.shape)}")
+        dead |= ~np.any(maps > 0, axis=(0, 2, 3))
+    return dead
+
+
+def detectors(weight: np.ndarray, probe_maps: np.ndarray | None = None) -> list[dict]:
+    """Per filter: best canonical detector, score, chance level, percentile, beats_chance,
+    mean_share and dead.
+
+    A dead filter (see `dead_filters`) is labelled "dead", a filter with more
+    than BRIGHTNESS_MEAN_SHARE of its energy in its mean "brightness" (it mostly
+    measures local brightness; its pattern score, taken after removing the
+    mean, would call a nearly uniform filter a `blob`). Neither has a detector
+    score (0.0) and neither beats chance. A kernel with no spatial variation and
+    no mean (all zero in a layer of zeros) stays "flat".
+    """
     kernels = spatial_kernels(weight)
     kh, kw = kernels.shape[1:]
     labels, scores = best_matches(kernels)
+    shares = mean_share(kernels)
+    dead = dead_filters(weight, probe_maps)
     chance = chance_level(kh, kw)
     result = []
     for index, (label, score) in enumerate(zip(labels, scores)):
+        score = float(score)
+        if dead[index]:
+            label, score = DEAD_LABEL, 0.0
+        elif shares[index] > BRIGHTNESS_MEAN_SHARE:
+            label, score = BRIGHTNESS_LABEL, 0.0
         result.append({
             "filter": index,
             "label": label,
-            "score": round(float(score), 4),
+            "score": round(score, 4),
             "chance": round(chance, 4),
-            "percentile": round(score_percentile(float(score), kh, kw), 2),
+            "percentile": round(score_percentile(score, kh, kw), 2),
             "beats_chance": bool(score > chance),
+            "mean_share": round(float(shares[index]), 4),
+            "dead": bool(dead[index]),
         })
     return result
+
+
+def birth_step(steps, scores, chance, persist: int = BIRTH_PERSIST) -> int | None:
+    """The step at which a filter is born: the first of `persist` consecutive snapshots
+    whose detector score is above chance (`chance` one number, or one per snapshot).
+
+    `steps` and `scores` run in snapshot order; a missing score (None or NaN, e.g. a
+    dead or brightness snapshot) is not above chance. None when no such run of
+    snapshots exists (including a run above chance cut short by the end of the series).
+    """
+    steps = list(steps)
+    values = np.array([np.nan if s is None else s for s in scores], dtype=np.float64)
+    if len(values) != len(steps):
+        raise ValueError(f"scores: {len(values)} scores for {len(steps)} steps")
+    if isinstance(persist, bool) or not isinstance(persist, (int, np.integer)) or persist < 1:
+        raise ValueError(f"persist: must be an integer >= 1, got {persist!r}")
+    levels = np.broadcast_to(np.asarray(chance, dtype=np.float64), values.shape)
+    above = np.nan_to_num(values, nan=-np.inf) > levels
+    run = 0
+    for index, is_above in enumerate(above):
+        run = run + 1 if is_above else 0
+        if run == persist:
+            return steps[index - persist + 1]
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -147,13 +234,17 @@ def symmetry(weight: np.ndarray) -> float | None:
     return float(cosines[upper].mean())
 
 
-def conv_layer_summary(weight: np.ndarray, bias: np.ndarray | None) -> dict:
-    """Kernels, biases, detectors, symmetry and weight std of one conv layer (JSON-able)."""
+def conv_layer_summary(weight: np.ndarray, bias: np.ndarray | None, probe_maps: np.ndarray | None = None) -> dict:
+    """Kernels, biases, detectors, symmetry and weight std of one conv layer (JSON-able).
+
+    `probe_maps`, the layer's feature maps of the probe images (P, out, H, W), lets
+    a filter that is never active on them count as dead.
+    """
     return {
         "shape": [int(n) for n in weight.shape],
         "weight": rounded(weight),
         "bias": rounded(bias) if bias is not None else None,
-        "detectors": detectors(weight),
+        "detectors": detectors(weight, probe_maps),
         "symmetry": None if (s := symmetry(weight)) is None else round(s, 7),
         "weight_std": _finite_or_none(np.std(weight)),
     }

@@ -36,6 +36,8 @@ SHAPE_CLASSES = (
 EXTRA_SHAPE_CLASSES = ("x_marks", "plus_marks")  # chosen with dataset "classes"
 GENERATED_DATASETS = ("shapes", "marks")  # drawn by generate_shapes: no files, sized by n_train, n_val, size
 MARKS_PER_IMAGE = 3
+MARK_HALF = (2.0, 3.5)  # half-extent of one small mark, in pixels at size 28
+MARK_STROKE = (1.0, 1.5)  # stroke width of the marks, in pixels at size 28
 SHAPES_PROBE_CLASSES = ("x", "plus", "vertical_line", "circle")
 
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
@@ -212,7 +214,8 @@ def generate_shapes(
     """`n` grayscale shape images (n, 1, size, size) in [0, 1] and labels.
 
     Labels index `classes` (names from SHAPE_CLASSES + EXTRA_SHAPE_CLASSES;
-    the "_marks" classes scatter three small glyphs), balanced, in shuffled
+    the "_marks" classes scatter three small glyphs; names joined by "+", such
+    as "circle+x_marks", draw every part into one image), balanced, in shuffled
     order. Each image has a random centre, half-extent (a fraction of `size`
     drawn from `extent`), stroke width (pixels at size 28, drawn from
     `stroke`), small rotation, contrast and Gaussian pixel noise of std up to
@@ -224,7 +227,7 @@ def generate_shapes(
     if size < 8:
         raise ValueError("size: must be >= 8")
     available = SHAPE_CLASSES + EXTRA_SHAPE_CLASSES
-    unknown = [c for c in classes if c not in available]
+    unknown = [c for c in classes if any(part not in available for part in c.split("+"))]
     if unknown:
         raise ValueError(f"classes: unknown shape {unknown[0]!r}; choose from {', '.join(available)}")
     if len(set(classes)) < 2 or len(set(classes)) != len(classes):
@@ -241,10 +244,10 @@ def generate_shapes(
     cy = low + rng.uniform(0, 1, n) * (high - low)
     stroke = rng.uniform(*stroke, n) * scale
     angle = rng.uniform(-0.2, 0.2, n)
-    mark_half = rng.uniform(2.0, 3.5, (MARKS_PER_IMAGE, n)) * scale
+    mark_half = rng.uniform(*MARK_HALF, (MARKS_PER_IMAGE, n)) * scale
     mark_cx = rng.uniform(4.0 * scale, size - 1 - 4.0 * scale, (MARKS_PER_IMAGE, n))
     mark_cy = rng.uniform(4.0 * scale, size - 1 - 4.0 * scale, (MARKS_PER_IMAGE, n))
-    mark_stroke = rng.uniform(1.0, 1.5, n) * scale
+    mark_stroke = rng.uniform(*MARK_STROKE, n) * scale
     contrast = rng.uniform(0.6, 1.0, n)
     noise_std = rng.uniform(0.0, noise, n)
     pixel_noise = rng.standard_normal((n, size, size)).astype(np.float32)
@@ -256,17 +259,20 @@ def generate_shapes(
         if len(idx) == 0:
             continue
         geometry = _Geometry(cx[idx], cy[idx], half[idx], angle[idx], coords)
-        if class_name == "blob":
-            inside = geometry.radius * 0.55 - geometry.distance_to_centre()
-            ink = np.clip(inside + 0.5, 0.0, 1.0)
-        elif class_name in _MARKS:
-            glyph = _SHAPE_DISTANCES[_MARKS[class_name]]
-            marks = [_Geometry(mark_cx[k, idx], mark_cy[k, idx], mark_half[k, idx], angle[idx], coords) for k in range(MARKS_PER_IMAGE)]
-            distance = np.minimum.reduce([glyph(mark) for mark in marks])
-            ink = np.clip(mark_stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
-        else:
-            distance = _SHAPE_DISTANCES[class_name](geometry)
-            ink = np.clip(stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
+        ink = np.zeros((len(idx), size, size), dtype=np.float32)
+        for part in class_name.split("+"):
+            if part == "blob":
+                inside = geometry.radius * 0.55 - geometry.distance_to_centre()
+                part_ink = np.clip(inside + 0.5, 0.0, 1.0)
+            elif part in _MARKS:
+                glyph = _SHAPE_DISTANCES[_MARKS[part]]
+                marks = [_Geometry(mark_cx[k, idx], mark_cy[k, idx], mark_half[k, idx], angle[idx], coords) for k in range(MARKS_PER_IMAGE)]
+                distance = np.minimum.reduce([glyph(mark) for mark in marks])
+                part_ink = np.clip(mark_stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
+            else:
+                distance = _SHAPE_DISTANCES[part](geometry)
+                part_ink = np.clip(stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
+            ink = np.maximum(ink, part_ink)
         images[idx] = ink * contrast[idx, None, None]
     images += pixel_noise * noise_std[:, None, None].astype(np.float32)
     return images[:, None], labels.astype(np.int64)
@@ -577,7 +583,8 @@ def load_sklearn_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
 DATASETS = {
     "shapes": {
         "description": "Generated grayscale shapes (X, plus, circle, square, triangle, lines, blob), no files needed; "
-                       "`classes` picks a subset or adds x_marks/plus_marks (three small glyphs a 5x5 kernel sees whole)",
+                       "`classes` picks a subset or adds x_marks/plus_marks (three small glyphs a 5x5 kernel sees whole); "
+                       "a class such as \"circle+x_marks\" draws its parts into one image",
         "loader": load_shapes,
         "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": None},
         "shape": lambda p: ([1, p["size"], p["size"]], len(p["classes"] or SHAPE_CLASSES)),

@@ -59,6 +59,19 @@ def test_shapes_dataset_can_use_chosen_classes_including_small_marks():
         normalize_dataset_spec({"name": "shapes", "classes": ["x"]})
 
 
+def test_a_class_joined_with_plus_draws_every_part_in_one_image():
+    classes = ("vertical_line", "x_marks", "vertical_line+x_marks")
+    x, y = generate_shapes(300, seed=4, noise=0.0, classes=classes)
+    ink = (x[:, 0] > 0.3).sum(axis=(1, 2))
+    line, marks, both = (ink[y == k].mean() for k in range(3))
+    assert both > line and both > marks  # the line and the marks, not one of them
+    assert both < line + marks + 5  # drawn once each (overlaps only where they cross)
+    tallest_column = (x[:, 0] > 0.3).sum(axis=1).max(axis=1)  # the vertical line's ink column
+    assert tallest_column[y == 2].mean() > tallest_column[y == 1].mean() + 4
+    with pytest.raises(ValueError, match="dataset.classes: unknown shape 'circle\\+star'"):
+        normalize_dataset_spec({"name": "shapes", "classes": ["circle+star", "circle"]})
+
+
 def test_marks_dataset_is_the_small_glyph_shapes_under_its_own_name():
     marks = load_dataset({"name": "marks", "n_train": 40, "n_val": 20})
     same = load_dataset({"name": "shapes", "n_train": 40, "n_val": 20, "classes": ["x_marks", "plus_marks"]})
