@@ -12,7 +12,7 @@ For filter f of conv layer L (spec index) with a model's parameters, this module
 - expanded weights: the kernel projected through the earlier convs into pixel space (Distill,
   "Visualizing Weights"), the nonlinearities taken as identity, max-pools as average pools;
 - trajectory: ||W||, ||W - W0|| / ||W0||, the detector score against chance over snapshots, and the
-  birth step (`birth_step`).
+  birth step (`engine.analysis.birth_step`).
 
 Everything goes through the public engine API (build_model, forward, backward, params) on a
 truncated model: the spec's layers up to and including conv L, parameters copied by state-dict name.
@@ -29,7 +29,6 @@ import engine
 from engine import analysis
 
 TOP_PATCHES = 9
-BIRTH_HOLD = 3  # snapshots in a row above chance that make a detector "born"
 SPECTRUM_MIN_SIZE = 33  # odd, so the frequency grid is symmetric under negation and 90° turns
 SELECTIVITY_CHANCE_SAMPLES = 1000
 SELECTIVITY_CHANCE_SEED = 4321
@@ -430,23 +429,13 @@ def expanded_weights(spec, params: dict, layer: int) -> np.ndarray:
 # history
 
 
-def birth_step(steps, scores, chance: float, hold: int = BIRTH_HOLD) -> int | None:
-    """The first step from which the score is above chance for at least `hold` snapshots in a row."""
-    run = 0
-    for position, score in enumerate(scores):
-        run = run + 1 if score is not None and score > chance else 0
-        if run >= hold:
-            return int(steps[position - hold + 1])
-    return None
-
-
 def trajectory(steps, weights, filter: int) -> dict:
     """||W||, ||W - W0|| / ||W0|| and the detector score of one filter over snapshots.
 
     weights: the layer's weight (out, in, kh, kw) at each of `steps` (ascending); W0 is the first.
     relative_change is None throughout when ||W0|| = 0 (an all-zero start). The score is the
     detector match of engine.analysis (the filter summed over input channels) and chance its 99th
-    percentile for random kernels; birth_step as in `birth_step`.
+    percentile for random kernels; the birth step is engine.analysis.birth_step.
     """
     stacked = np.stack([np.asarray(w[filter], dtype=np.float64) for w in weights])
     norms = np.sqrt((stacked**2).sum(axis=(1, 2, 3)))
@@ -462,7 +451,7 @@ def trajectory(steps, weights, filter: int) -> dict:
         "score": [float(v) for v in scores],
         "label": list(labels),
         "chance": chance,
-        "birth_step": birth_step(steps, scores, chance),
+        "birth_step": analysis.birth_step(steps, scores, chance),
     }
 
 

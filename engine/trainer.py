@@ -355,13 +355,13 @@ class Trainer:
         """(snapshot JSON as in docs/ARCHITECTURE.md, copies of all parameters)."""
         model, data = self.model, self.dataset
         stats = analysis.layer_stats(model, data.monitor_x, data.monitor_y)
-        maps = analysis.feature_maps(model, data.probe_x) if feature_maps else {}
+        maps = analysis.feature_maps(model, data.probe_x)  # 4 images: also tells which filters never fire
         layers = []
         for order, index in enumerate(model.conv_indices, start=1):
             weight = model.params[f"{index}.weight"]
             # "label" names a conv by its order among convs (conv1, conv2, ...); "index" is its spec index
             entry = {"index": index, "label": f"conv{order}", "name": str(index), "type": "conv"}
-            entry.update(analysis.conv_layer_summary(weight, model.params.get(f"{index}.bias")))
+            entry.update(analysis.conv_layer_summary(weight, model.params.get(f"{index}.bias"), maps[index]))
             entry["frozen"] = self.frozen_filters(index)
             if feature_maps:
                 entry["feature_maps"] = analysis.rounded(maps[index], FEATURE_MAP_DIGITS)

@@ -163,14 +163,6 @@ def test_expanded_weights_match_the_impulse_response_of_the_linearized_net(demo)
     np.testing.assert_array_equal(explain.expanded_weights(spec, params, 0), params["0.weight"].astype(np.float64))
 
 
-def test_birth_step_needs_three_snapshots_in_a_row_above_chance():
-    steps = [0, 10, 20, 30, 40, 50, 60]
-    assert explain.birth_step(steps, [0.1, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9], 0.5) == 40
-    assert explain.birth_step(steps, [0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1], 0.5) == 0
-    assert explain.birth_step(steps, [0.1, 0.9, 0.9, 0.1, 0.9, 0.9, 0.1], 0.5) is None
-    assert explain.birth_step(steps, [0.5] * 7, 0.5) is None  # equal to chance is not above it
-
-
 def test_trajectory_norms_and_relative_change():
     w0 = np.zeros((2, 1, 3, 3))
     w0[1, 0] = named_kernel("sobel_x", (3, 3))
