@@ -61,15 +61,24 @@ def test_shell_scripts_parse(script):
     assert result.returncode == 0, result.stderr
 
 
-def fake_venv(tmp_path: Path, pytest_exit_code: int) -> Path:
-    """A stand-in .venv whose `python -m pytest` exits with the given code."""
+HOUSE_CHECKS = ("ruff", "lint-imports", "mypy")
+
+
+def fake_venv(tmp_path: Path, pytest_exit_code: int, failing_check: str | None = None) -> Path:
+    """A stand-in .venv whose `python -m pytest` exits with the given code, and whose house
+    checks (ruff, lint-imports, mypy) pass except `failing_check`."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"
     python.write_text(f"#!/bin/sh\necho \"pytest $*\"\nexit {pytest_exit_code}\n")
     kernelscope = venv / "bin" / "kernelscope"
     kernelscope.write_text("#!/bin/sh\nexit 0\n")
-    for tool in (python, kernelscope):
+    tools = [python, kernelscope]
+    for name in HOUSE_CHECKS:
+        check = venv / "bin" / name
+        check.write_text(f"#!/bin/sh\necho \"{name} $*\"\nexit {1 if name == failing_check else 0}\n")
+        tools.append(check)
+    for tool in tools:
         tool.chmod(0o755)
     stamp = venv / ".installed-test"
     stamp.touch()
@@ -87,6 +96,19 @@ def test_dev_test_fails_when_pytest_fails_or_collects_nothing(tmp_path, pytest_e
     assert result.returncode == expected, result.stderr
     assert "pytest -m pytest -k some" in result.stdout
     assert ("collected no tests" in result.stderr) == (pytest_exit_code == 5)
+    for name in HOUSE_CHECKS:  # the house checks run before the tests
+        assert f"{name} " in result.stdout
+
+
+@pytest.mark.parametrize("failing_check", HOUSE_CHECKS)
+def test_dev_test_fails_when_a_house_check_fails_but_still_runs_the_tests(tmp_path, failing_check):
+    venv = fake_venv(tmp_path, 0, failing_check)
+    env = dict(os.environ, VENV=str(venv), CHROMIUM=sys.executable)
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "dev.sh"), "test"],
+                            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result.stderr
+    assert "pytest -m pytest" in result.stdout
+    assert "FAILED: house checks" in result.stderr
 
 
 @pytest.fixture(scope="module")
