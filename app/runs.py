@@ -27,13 +27,18 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from app import limits, security
 from fastapi.sse import format_sse_event
 
+from app import limits, security
 from app.settings import Settings
 from app.store import ACTIVE_STATUSES, RunNotFound, Store, checkpoint_path, write_npz_atomic
 from app.worker import (
-    TERMINAL_STATUSES, Event, RunRecorder, process_main, snapshot_event_data, status_payload,
+    TERMINAL_STATUSES,
+    Event,
+    RunRecorder,
+    process_main,
+    snapshot_event_data,
+    status_payload,
 )
 
 MAX_PENDING_BATCHES = 64
@@ -59,7 +64,7 @@ class Subscription:
     reader thread that holds the channel lock while it writes to the store.
     """
 
-    def __init__(self, channel: "Channel", loop: asyncio.AbstractEventLoop):
+    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop):
         self.channel = channel
         self.loop = loop
         self.lock = threading.Lock()
@@ -531,7 +536,7 @@ class RunManager:
                     resync = False
                 try:
                     await asyncio.wait_for(subscription.wakeup.wait(), keepalive)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield None
                     continue
                 if channel.closed:

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 STATUSES = (
     "queued", "running", "paused", "completed", "stopped", "diverged", "failed", "interrupted",
 )

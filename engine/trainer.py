@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from engine import analysis
-from engine import build_model
+from engine import analysis, build_model
 from engine.core import names
 from engine.core.initializers import parse_init
 from engine.core.losses import accuracy, softmax_cross_entropy
@@ -101,7 +100,7 @@ class RunConfig:
     snapshot_schedule: dict = field(default_factory=lambda: dict(DEFAULT_SNAPSHOT_SCHEDULE))
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "RunConfig":
+    def from_dict(cls, d: dict | None) -> RunConfig:
         """Validate and fill defaults; ValueError("field: problem") on bad input."""
         d = {} if d is None else d
         if not isinstance(d, dict):
@@ -453,7 +452,7 @@ class Trainer:
             raise ValueError(f"checkpoint: missing or unreadable config ({error})") from None
 
     @classmethod
-    def restore(cls, checkpoint, dataset: Dataset | None = None, config: RunConfig | None = None) -> "Trainer":
+    def restore(cls, checkpoint, dataset: Dataset | None = None, config: RunConfig | None = None) -> Trainer:
         """A Trainer continuing from `checkpoint` (a dict or loaded .npz).
 
         `config`: the checkpoint's RunConfig when the caller already read it

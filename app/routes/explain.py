@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 
 from app import render
 from app.deps import Run, SettingsDep, StoreDep, snapshot_step

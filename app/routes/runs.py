@@ -17,7 +17,7 @@ from app import limits, render
 from app.deps import CONFLICT, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out, snapshot_step
 from app.errors import InvalidInput
 from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
-from app.store import Store, dumps_json
+from app.store import dumps_json
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 

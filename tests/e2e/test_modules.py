@@ -4,7 +4,6 @@ instead of queueing them, and the step-through arithmetic against numpy."""
 
 import numpy as np
 import pytest
-
 from conftest import open_page
 
 

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ARTIFACTS, REPO_ROOT, open_page
 
 SMALL_RUN = {"model": "small", "init": "glorot_uniform", "dataset": "shapes",
