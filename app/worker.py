@@ -277,5 +277,5 @@ def snapshot_event_data(store: Store, run_id: str, step: int) -> str | None:
     text = store.read_snapshot_text(run_id, step)
     if text is None:
         return None
-    return '{"step":%d,"snapshot":%s}' % (step, text)
+    return f'{{"step":{step:d},"snapshot":{text}}}'
 
