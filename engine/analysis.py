@@ -308,7 +308,8 @@ def rounded(array, digits: int = 5) -> list:
     result = np.round(np.where(finite, array, 0.0), decimals)
     if finite.all():
         return result.tolist()
-    return np.where(finite, result, None).tolist()
+    # numpy's stubs take no None as a branch of where; it makes an object array, None where not finite
+    return np.where(finite, result, None).tolist()  # type: ignore[call-overload]
 
 
 def _finite_or_none(value, digits: int = 5):
