@@ -19,7 +19,6 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -74,9 +73,9 @@ def _name_or_json(value: str | None, option: str):
 
 @cli.command()
 def serve(
-    host: Optional[str] = typer.Option(None, help="interface to listen on (default 127.0.0.1)"),
-    port: Optional[int] = typer.Option(None, help="port (default 8000)"),
-    data: Optional[Path] = DataOption,
+    host: str | None = typer.Option(None, help="interface to listen on (default 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="port (default 8000)"),
+    data: Path | None = DataOption,
 ) -> None:
     """Run the web server (the page, the REST API and the event streams)."""
     import uvicorn
@@ -103,30 +102,29 @@ def _run_default(field: str) -> str:
 def train(
     # Every option defaults to the engine's RunConfig default (`kernelscope train` = POST /api/runs {}),
     # and the config is bounded by app/limits.py exactly as the server bounds it.
-    preset: Optional[str] = typer.Option(None, "--preset", "--model", help="preset name, or a model spec as JSON",
+    preset: str | None = typer.Option(None, "--preset", "--model", help="preset name, or a model spec as JSON",
                                          show_default=_run_default("model")),
-    init: Optional[str] = typer.Option(None, help='initializer name, or JSON such as {"name": "normal", "std": 0.02}',
+    init: str | None = typer.Option(None, help='initializer name, or JSON such as {"name": "normal", "std": 0.02}',
                                        show_default=_run_default("init")),
-    steps: Optional[int] = typer.Option(None, help="training steps", show_default=_run_default("steps")),
-    dataset: Optional[str] = typer.Option(None, help='dataset name, or JSON such as {"name": "mnist", "path": "..."}',
+    steps: int | None = typer.Option(None, help="training steps", show_default=_run_default("steps")),
+    dataset: str | None = typer.Option(None, help='dataset name, or JSON such as {"name": "mnist", "path": "..."}',
                                           show_default=_run_default("dataset")),
-    seed: Optional[int] = typer.Option(None, help="seed for init and data order", show_default=_run_default("seed")),
-    batch_size: Optional[int] = typer.Option(None, help="examples per step", show_default=_run_default("batch_size")),
-    optimizer: Optional[str] = typer.Option(None, help='"sgd", "adam", or JSON such as {"name": "sgd", "lr": 0.05}'),
-    lr: Optional[float] = typer.Option(None, help="learning rate (overrides the optimizer's)"),
-    snapshot_every: Optional[int] = typer.Option(None, help="steps between snapshots",
+    seed: int | None = typer.Option(None, help="seed for init and data order", show_default=_run_default("seed")),
+    batch_size: int | None = typer.Option(None, help="examples per step", show_default=_run_default("batch_size")),
+    optimizer: str | None = typer.Option(None, help='"sgd", "adam", or JSON such as {"name": "sgd", "lr": 0.05}'),
+    lr: float | None = typer.Option(None, help="learning rate (overrides the optimizer's)"),
+    snapshot_every: int | None = typer.Option(None, help="steps between snapshots",
                                                  show_default=_run_default("snapshot_every")),
-    eval_every: Optional[int] = typer.Option(None, help="steps between validation passes",
+    eval_every: int | None = typer.Option(None, help="steps between validation passes",
                                              show_default=_run_default("eval_every")),
-    name: Optional[str] = typer.Option(None, help="a label for the run"),
-    data: Optional[Path] = DataOption,
+    name: str | None = typer.Option(None, help="a label for the run"),
+    data: Path | None = DataOption,
 ) -> None:
     """Train one run here with a progress bar; the server shows it afterwards."""
-    from engine.trainer import RunConfig
-
     from app import limits
     from app.store import Store
     from app.worker import RunRecorder, build_trainer, drive_run
+    from engine.trainer import RunConfig
 
     settings = _settings(data)
     optimizer_spec = _name_or_json(optimizer, "--optimizer")
@@ -231,7 +229,7 @@ def train(
 
 
 @cli.command("runs")
-def list_runs(data: Optional[Path] = DataOption) -> None:
+def list_runs(data: Path | None = DataOption) -> None:
     """List the runs stored in the data directory."""
     from app.store import Store
 

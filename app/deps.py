@@ -10,7 +10,7 @@ request, before any route runs.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, status
 
@@ -20,9 +20,12 @@ from app.settings import Settings
 from app.store import Store
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-NOT_FOUND = {404: {"description": "no such run (or snapshot)"}}
-CONFLICT = {409: {"description": "the run is not in a state that allows this"}}
-QUEUE_FULL = {429: {"description": "every slot is busy and the queue is full"}}
+# The `responses=` of a route, as FastAPI types it: status code -> OpenAPI response object.
+Responses = dict[int | str, dict[str, Any]]
+
+NOT_FOUND: Responses = {404: {"description": "no such run (or snapshot)"}}
+CONFLICT: Responses = {409: {"description": "the run is not in a state that allows this"}}
+QUEUE_FULL: Responses = {429: {"description": "every slot is busy and the queue is full"}}
 
 
 async def get_store(request: Request) -> Store:

@@ -26,14 +26,22 @@ import signal
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import cast
 
-from app import limits, security
 from fastapi.sse import format_sse_event
 
+from app import limits, security
 from app.settings import Settings
 from app.store import ACTIVE_STATUSES, RunNotFound, Store, checkpoint_path, write_npz_atomic
 from app.worker import (
-    TERMINAL_STATUSES, Event, RunRecorder, process_main, snapshot_event_data, status_payload,
+    TERMINAL_STATUSES,
+    Event,
+    RunRecorder,
+    process_main,
+    snapshot_event_data,
+    status_payload,
 )
 
 MAX_PENDING_BATCHES = 64
@@ -59,7 +67,7 @@ class Subscription:
     reader thread that holds the channel lock while it writes to the store.
     """
 
-    def __init__(self, channel: "Channel", loop: asyncio.AbstractEventLoop):
+    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop):
         self.channel = channel
         self.loop = loop
         self.lock = threading.Lock()
@@ -162,9 +170,9 @@ class Channel:
 @dataclass
 class WorkerHandle:
     run_id: str
-    process: multiprocessing.Process
-    command_conn: object
-    event_conn: object
+    process: BaseProcess  # a spawn-context process
+    command_conn: Connection
+    event_conn: Connection
     thread: threading.Thread | None = None
     final_status: str | None = None
     deleting: bool = False
@@ -531,7 +539,7 @@ class RunManager:
                     resync = False
                 try:
                     await asyncio.wait_for(subscription.wakeup.wait(), keepalive)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield None
                     continue
                 if channel.closed:
@@ -541,7 +549,7 @@ class RunManager:
                     continue
                 for event in events:
                     if event.kind == "snapshot" and event.data is None:
-                        event.data = channel.snapshot_data(event.step)  # shared: read once for all viewers
+                        event.data = channel.snapshot_data(cast(int, event.step))  # a snapshot event has its step; shared: read once for all viewers
                         if event.data is None:
                             continue
                     last_sent = event.seq
@@ -584,7 +592,7 @@ class RunManager:
 
 def _ends_stream(event: Event) -> bool:
     """True for a status event whose status is final for now (completed, stopped, failed, ...)."""
-    return event.kind == "status" and json.loads(event.data)["status"] not in ACTIVE_STATUSES
+    return event.kind == "status" and json.loads(cast(str, event.data))["status"] not in ACTIVE_STATUSES
 
 
 def encode(event: Event) -> Event:

@@ -66,7 +66,7 @@ def body_problem(body: bytes) -> tuple[list, str] | None:
         return [], "body: must be UTF-8 encoded JSON"
     except json.JSONDecodeError as error:
         return [], f"body: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
-    stack = [(data, [], 0)]
+    stack: list[tuple[object, list, int]] = [(data, [], 0)]
     while stack:
         value, path, depth = stack.pop()
         if isinstance(value, _NotFinite):
@@ -127,7 +127,7 @@ class RequestGuard:
         self.app = app
         self.token = token
         self.max_body_bytes = max_body_bytes
-        self._methods_table = None
+        self._methods_table: list[tuple[re.Pattern, str]] | None = None
 
     def _allow_header(self, scope) -> bytes | None:
         if self._methods_table is None and "app" in scope:
@@ -234,8 +234,9 @@ def check_dataset_path(data_dir: Path, dataset: dict) -> None:
         resolve_dataset_path(data_dir, dataset["path"])
 
 
-def confined_dataset(data_dir: Path, dataset: dict) -> dict:
-    """The dataset spec with its path replaced by the real, confined folder (for loading)."""
+def confined_dataset(data_dir: Path, dataset: dict | str | None) -> dict | str | None:
+    """The dataset spec with its path replaced by the real, confined folder (for loading); a spec
+    without a path (a name, a generated set) comes back as it is."""
     if not isinstance(dataset, dict) or dataset.get("path") is None:
         return dataset
     return {**dataset, "path": str(resolve_dataset_path(data_dir, dataset["path"]))}

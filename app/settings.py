@@ -13,7 +13,6 @@ from pathlib import Path
 
 from app import limits
 
-
 DEFAULT_DATA_DIR = "./kernelscope-data"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -78,7 +77,7 @@ class Settings:
     worker_nice: int = DEFAULT_WORKER_NICE      # niceness added to each training process
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Settings":
+    def from_env(cls, env: dict | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         token = env.get("KERNELSCOPE_TOKEN") or None
         return cls(

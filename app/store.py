@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 STATUSES = (
     "queued", "running", "paused", "completed", "stopped", "diverged", "failed", "interrupted",
 )
@@ -96,7 +95,8 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def write_npz_atomic(path: Path, arrays: dict) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    # mypy takes any **mapping as possibly filling savez's `allow_pickle: bool`; the keys are array names
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})  # type: ignore[arg-type]
     write_bytes_atomic(path, buffer.getvalue())
 
 

@@ -30,6 +30,7 @@ import signal
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -75,8 +76,8 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
         from app.security import confined_dataset
 
         confined = confined_dataset(data_dir, run_config.dataset)
-        if confined is not run_config.dataset:
-            dataset = open_dataset(confined)
+        if confined is not run_config.dataset:  # only a dict spec with a path is replaced
+            dataset = open_dataset(cast(dict, confined))
     if checkpoint is not None:
         trainer = Trainer.restore(checkpoint, dataset, config=run_config)
     else:
@@ -163,7 +164,7 @@ class PipeControl:
 
 # ---------------------------------------------------------------- the worker process
 
-def process_main(data_dir: str, run_id: str, config, checkpoint_every: int,
+def process_main(data_dir: str | Path, run_id: str, config, checkpoint_every: int,
                  command_conn, event_conn, nice: int = 0) -> None:
     """Entry point of a run's process (multiprocessing 'spawn').
 
@@ -277,5 +278,5 @@ def snapshot_event_data(store: Store, run_id: str, step: int) -> str | None:
     text = store.read_snapshot_text(run_id, step)
     if text is None:
         return None
-    return '{"step":%d,"snapshot":%s}' % (step, text)
+    return f'{{"step":{step:d},"snapshot":{text}}}'
 

@@ -194,10 +194,14 @@ def run_deep(steps: int, seed: int) -> None:
     console.print(table)
 
 
+# A module-level option (not a call in the signature) because its default is a computed Path.
+PictureOption = typer.Option(ROOT / "docs" / "learned-filters.png", help="where to save the first seed's filter picture")
+
+
 def main(
     seeds: str = typer.Option("0,1,2,3,4", help="comma-separated run seeds"),
     steps: int = typer.Option(None, help="training steps (default: the run config's)"),
-    picture: Path = typer.Option(ROOT / "docs" / "learned-filters.png", help="where to save the first seed's filter picture"),
+    picture: Path = PictureOption,
     config: str = typer.Option("{}", help="JSON merged into the run config, e.g. a dataset with chosen classes"),
     deep: bool = typer.Option(False, help="also compare He and N(0, 0.01^2) on the deep preset"),
     deep_steps: int = typer.Option(300, help="training steps for each deep run"),

@@ -93,9 +93,11 @@ def main() -> None:
                 time.sleep(3)  # warm-up
 
                 counters = ("snapshotsReceived", "framesDrawn", "featureFramesDrawn", "framesDropped")
-                read = lambda: page.evaluate(
-                    "(() => { const k = window.__kernelscope; return {" + ", ".join(f"{c}: k.{c}" for c in counters)
-                    + ", drawn: k.drawn.step, features: k.features.step, run: k.state.run.step}; })()")
+                def read():
+                    return page.evaluate(
+                        "(() => { const k = window.__kernelscope; return {" + ", ".join(f"{c}: k.{c}" for c in counters)
+                        + ", drawn: k.drawn.step, features: k.features.step, run: k.state.run.step}; })()")
+
                 start, started = read(), time.monotonic()
                 lag_filters, lag_features = [], []
                 while time.monotonic() - started < args.seconds:
@@ -112,7 +114,9 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
 
-    rate = lambda key: (end[key] - start[key]) / elapsed
+    def rate(key):
+        return (end[key] - start[key]) / elapsed
+
     print(f"preset {args.preset}, snapshot every {args.every} steps, {elapsed:.1f} s measured, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"  training steps/s                 {(end['run'] - start['run']) / elapsed:8.1f}")

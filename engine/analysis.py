@@ -16,7 +16,7 @@ images.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def template_bank(kh: int, kw: int | None = None) -> dict[str, np.ndarray]:
     return {name: template for name, template in bank.items() if template is not None}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bank_matrix(kh: int, kw: int) -> tuple[tuple[str, ...], np.ndarray]:
     bank = template_bank(kh, kw)
     names = tuple(bank)
@@ -82,7 +82,7 @@ def best_matches(kernels: np.ndarray) -> tuple[list[str], np.ndarray]:
     return labels, best_scores
 
 
-@lru_cache(maxsize=None)
+@cache
 def chance_scores(kh: int, kw: int) -> np.ndarray:
     """Sorted best-match scores of random Gaussian kernels of size kh×kw (cached per size)."""
     rng = np.random.default_rng(CHANCE_SEED)
@@ -308,7 +308,8 @@ def rounded(array, digits: int = 5) -> list:
     result = np.round(np.where(finite, array, 0.0), decimals)
     if finite.all():
         return result.tolist()
-    return np.where(finite, result, None).tolist()
+    # numpy's stubs take no None as a branch of where; it makes an object array, None where not finite
+    return np.where(finite, result, None).tolist()  # type: ignore[call-overload]
 
 
 def _finite_or_none(value, digits: int = 5):

@@ -16,8 +16,10 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from engine.core import names
 
@@ -79,7 +81,7 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(int(n) for n in self.x_train.shape[1:])
+        return cast(tuple[int, int, int], tuple(int(n) for n in self.x_train.shape[1:]))
 
     @property
     def n_classes(self) -> int:
@@ -94,7 +96,7 @@ class Dataset:
         """
         n = len(self.x_train)
         start = step * batch_size
-        indices = []
+        indices: list[int] = []
         while len(indices) < batch_size:
             epoch, offset = divmod(start, n)
             order = np.random.default_rng([seed, epoch]).permutation(n)
@@ -208,8 +210,8 @@ def generate_shapes(
     seed: int = 0,
     noise: float = 0.25,
     classes=SHAPE_CLASSES,
-    extent=(0.2, 0.38),
-    stroke=(1.4, 2.6),
+    extent: tuple[float, float] = (0.2, 0.38),
+    stroke: tuple[float, float] = (1.4, 2.6),
 ):
     """`n` grayscale shape images (n, 1, size, size) in [0, 1] and labels.
 
@@ -242,7 +244,7 @@ def generate_shapes(
     high = size - 1 - half - margin
     cx = low + rng.uniform(0, 1, n) * (high - low)
     cy = low + rng.uniform(0, 1, n) * (high - low)
-    stroke = rng.uniform(*stroke, n) * scale
+    stroke_width = rng.uniform(*stroke, n) * scale
     angle = rng.uniform(-0.2, 0.2, n)
     mark_half = rng.uniform(*MARK_HALF, (MARKS_PER_IMAGE, n)) * scale
     mark_cx = rng.uniform(4.0 * scale, size - 1 - 4.0 * scale, (MARKS_PER_IMAGE, n))
@@ -271,7 +273,7 @@ def generate_shapes(
                 part_ink = np.clip(mark_stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
             else:
                 distance = _SHAPE_DISTANCES[part](geometry)
-                part_ink = np.clip(stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
+                part_ink = np.clip(stroke_width[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
             ink = np.maximum(ink, part_ink)
         images[idx] = ink * contrast[idx, None, None]
     images += pixel_noise * noise_std[:, None, None].astype(np.float32)
@@ -346,7 +348,7 @@ def load_shapes(n_train: int = 10000, n_val: int = 2000, size: int = 28, noise: 
 # --------------------------------------------------------------------------
 # IDX files (MNIST, Fashion-MNIST)
 
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_TYPES: dict[int, npt.DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path) -> np.ndarray:
@@ -402,6 +404,7 @@ def load_idx_folder(path, name: str = "mnist", classes=MNIST_CLASSES, limit: int
     for stem, found in (("train-images-idx3-ubyte", train_images), ("train-labels-idx1-ubyte", train_labels)):
         if found is None:
             raise DatasetError(f"{folder / stem}: file not found (also tried .gz)")
+    assert train_images is not None and train_labels is not None  # the loop above raised otherwise
     x_train, y_train = _idx_pair(train_images, train_labels)
     test_images = _find_idx(folder, "t10k-images-idx3-ubyte")
     test_labels = _find_idx(folder, "t10k-labels-idx1-ubyte")
@@ -535,15 +538,16 @@ def load_image_folder(path, size: int | None = None, color: bool = False, val_fr
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir())
     if not class_dirs:
         raise DatasetError(f"{folder}: no class sub-folders found")
-    images, labels = [], []
+    images: list[np.ndarray] = []
+    labels: list[int] = []
     for class_index, class_dir in enumerate(class_dirs):
         files = sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DatasetError(f"{class_dir}: no .png/.jpg/.jpeg images in this class folder")
         for file in files:
             try:
-                with Image.open(file) as image:
-                    image = image.convert("RGB" if color else "L")
+                with Image.open(file) as opened:
+                    image = opened.convert("RGB" if color else "L")
                     if size is not None:
                         image = image.resize((size, size))
                     pixels = np.asarray(image, dtype=np.uint8)
@@ -580,7 +584,7 @@ def load_sklearn_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
 # --------------------------------------------------------------------------
 # registry: name -> loader and the parameters it takes
 
-DATASETS = {
+DATASETS: dict[str, dict[str, Any]] = {
     "shapes": {
         "description": "Generated grayscale shapes (X, plus, circle, square, triangle, lines, blob), no files needed; "
                        "`classes` picks a subset or adds x_marks/plus_marks (three small glyphs a 5x5 kernel sees whole); "

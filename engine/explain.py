@@ -356,8 +356,8 @@ def spectrum(kernel: np.ndarray) -> dict:
     channels, kh, kw = kernel.shape
     n = _spectrum_size(kh, kw)
     power = _power(kernel, n)
-    selectivity, vector = _selectivity(power, n)
-    selectivity, vector = float(selectivity), complex(vector)
+    raw_selectivity, raw_vector = _selectivity(power, n)
+    selectivity, vector = float(raw_selectivity), complex(raw_vector)
     fx, fy, _ = _frequency_grid(n)
     off_dc = power.copy()
     off_dc[0, 0] = -1.0

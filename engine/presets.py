@@ -5,7 +5,9 @@ small is an MNIST-sized net, medium a CIFAR-sized one. DEMOS are the experiments
 starts with one button: a base run config and the inits it is compared under.
 """
 
-PRESETS = {
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "input": [1, 28, 28],
         "layers": [
@@ -62,7 +64,7 @@ PRESETS = {
 
 # Each demo: a base run config (RunConfig fields; unset ones take their defaults) and the
 # inits it is run under, one run per init (POST /api/comparisons {"base", "inits"}).
-DEMOS = {
+DEMOS: dict[str, dict[str, Any]] = {
     # The depth-stall demo (He et al. 2015, Fig. 3, at small scale): the 20-layer plain ReLU
     # "deep" preset trained with Adam; He falls within the budget, N(0, 0.01²) stays at chance.
     # benchmarks/deep_init.py measures it; the init probe compares the same inits by default.

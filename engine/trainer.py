@@ -20,11 +20,11 @@ import math
 import queue
 import time
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import numpy as np
 
-from engine import analysis
-from engine import build_model
+from engine import analysis, build_model
 from engine.core import names
 from engine.core.initializers import parse_init
 from engine.core.losses import accuracy, softmax_cross_entropy
@@ -101,7 +101,7 @@ class RunConfig:
     snapshot_schedule: dict = field(default_factory=lambda: dict(DEFAULT_SNAPSHOT_SCHEDULE))
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "RunConfig":
+    def from_dict(cls, d: dict | None) -> RunConfig:
         """Validate and fill defaults; ValueError("field: problem") on bad input."""
         d = {} if d is None else d
         if not isinstance(d, dict):
@@ -161,8 +161,9 @@ class RunConfig:
             eval_every=_check_int(merged, "eval_every", 1),
             snapshot_schedule=_check_schedule(merged["snapshot_schedule"]),
         )
-        # the spec as normalize_spec checked it, kept so the Trainer need not check it again
-        config._checked_spec = checked_spec
+        # the spec as normalize_spec checked it, kept so the Trainer need not check it again; not a
+        # dataclass field, so to_dict/asdict and equality never see it
+        config._checked_spec = checked_spec  # type: ignore[attr-defined]
         return config
 
     def to_dict(self) -> dict:
@@ -272,7 +273,7 @@ class TrainingControl:
     ("set_kernel", request_id, layer, filter, kernel, frozen).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._commands: queue.Queue = queue.Queue()
 
     def pause(self) -> None:
@@ -305,7 +306,7 @@ class Trainer:
         """`config`: a RunConfig, used as it is (no second parse); a dict or None is
         parsed by RunConfig.from_dict (the boundary for scripts)."""
         self.config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
-        self.dataset = dataset if dataset is not None else open_dataset(self.config.dataset)
+        self.dataset = dataset if dataset is not None else open_dataset(cast(dict, self.config.dataset))  # from_dict completed it
         self.spec = resolve_model_spec(self.config.model, self.dataset, getattr(self.config, "_checked_spec", None))
         self.model = build_model(self.spec, init=self.config.init, seed=self.config.seed)
         self.optimizer = make_optimizer(self.config.optimizer)
@@ -453,7 +454,7 @@ class Trainer:
             raise ValueError(f"checkpoint: missing or unreadable config ({error})") from None
 
     @classmethod
-    def restore(cls, checkpoint, dataset: Dataset | None = None, config: RunConfig | None = None) -> "Trainer":
+    def restore(cls, checkpoint, dataset: Dataset | None = None, config: RunConfig | None = None) -> Trainer:
         """A Trainer continuing from `checkpoint` (a dict or loaded .npz).
 
         `config`: the checkpoint's RunConfig when the caller already read it

@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 
 from app import render
-from app.deps import Run, SettingsDep, StoreDep, snapshot_step
+from app.deps import Responses, Run, SettingsDep, StoreDep, snapshot_step
 from app.settings import Settings
 from app.store import Store
 from engine import explain
@@ -32,13 +31,15 @@ from engine import explain
 router = APIRouter(prefix="/api/runs", tags=["explain"])
 
 
-NOT_FOUND = {404: {"description": "no such run, snapshot, conv layer or filter (the message names what exists)"}}
-PNG = {200: {"content": {"image/png": {}}, "description": "a picture"}, **NOT_FOUND}
+NOT_FOUND: Responses = {404: {"description": "no such run, snapshot, conv layer or filter (the message names what exists)"}}
+PNG: Responses = {200: {"content": {"image/png": {}}, "description": "a picture"}, **NOT_FOUND}
 PIXEL = 12  # screen pixels per image pixel or weight in the PNGs
 
 
 class _Lru:
     """A small thread-safe least-recently-used map."""
+
+    items: OrderedDict
 
     def __init__(self, size: int):
         self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, sta
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse
 
 from app import limits, render
-from app.deps import CONFLICT, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out, snapshot_step
+from app.deps import CONFLICT, NOT_FOUND, QUEUE_FULL, Manager, Responses, Run, StoreDep, run_out, snapshot_step
 from app.errors import InvalidInput
 from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
-from app.store import Store, dumps_json
+from app.store import dumps_json
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -87,7 +87,7 @@ def list_snapshots(store: StoreDep, run: Run) -> dict:
 
 
 StepParam = Annotated[str, "a step number or 'latest'"]
-SNAPSHOT_JSON = {200: {"content": {"application/json": {}}, "description": "snapshot JSON (docs/ARCHITECTURE.md)"}}
+SNAPSHOT_JSON: Responses = {200: {"content": {"application/json": {}}, "description": "snapshot JSON (docs/ARCHITECTURE.md)"}}
 
 
 @router.get("/{run_id}/snapshots/{step}", responses={**SNAPSHOT_JSON, **NOT_FOUND}, response_class=Response)
@@ -152,7 +152,7 @@ def get_filters_png(
 
 # Each event as FastAPI documents SSE (OpenAPI 3.2 `itemSchema`), so clients and
 # schemathesis validate events one by one rather than the stream as one string.
-EVENT_STREAM = {200: {"content": {"text/event-stream": {"itemSchema": {
+EVENT_STREAM: Responses = {200: {"content": {"text/event-stream": {"itemSchema": {
     "type": "object",
     "properties": {"event": {"type": "string", "enum": ["status", "metrics", "snapshot"]},
                    "data": {"type": "string", "description": "JSON"},

@@ -13,7 +13,9 @@ and the worked figures of `describe` both come from it.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -304,7 +306,7 @@ def uniform_law(name, law, *about, **extra):
     return Initializer(name, law, _uniform_draw(law), spread, *about, **extra)
 
 
-def _entry(name, function, spread, *about, **extra):
+def _entry(name: str, function: Callable[..., Any], spread: Callable[..., Any], *about: Any, **extra: Any) -> Initializer:
     return Initializer(name, function, function, spread, *about, **extra)
 
 
@@ -336,11 +338,11 @@ _ENTRIES = [
     ),
 ]
 
-INITIALIZERS = {}
-for _entry in _ENTRIES:
-    INITIALIZERS[_entry.name] = _entry
-    for _alias in _entry.aliases:
-        INITIALIZERS[_alias] = _entry
+INITIALIZERS: dict[str, Initializer] = {}
+for _initializer in _ENTRIES:  # not `_entry`, which would shadow the builder above
+    INITIALIZERS[_initializer.name] = _initializer
+    for _alias in _initializer.aliases:
+        INITIALIZERS[_alias] = _initializer
 
 CANONICAL_NAMES = [entry.name for entry in _ENTRIES]
 

@@ -11,6 +11,8 @@ layers.py): im2col unfolds every window into one row of a matrix, so a convoluti
 matrix product, and col2im folds gradients back onto the image.
 """
 
+from typing import Any
+
 import numpy as np
 
 
@@ -71,7 +73,7 @@ class Layer:
     """Base class: a layer type with its spec fields (and defaults) and its shapes."""
 
     kind = ""
-    fields = {}
+    fields: dict[str, Any] = {}
 
     def __init__(self, spec, input_shape):
         self.spec = dict(spec)

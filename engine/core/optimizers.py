@@ -30,7 +30,7 @@ class Optimizer:
     """Base: learning rate, weight decay, frozen parameters/filters and per-name state."""
 
     name = ""
-    defaults = {}
+    defaults: dict[str, float] = {}
 
     def __init__(self, **config):
         config = {**self.defaults, **config}

@@ -564,7 +564,7 @@ def _im2col_weight_grad(padded, dout, weight, kernel, stride, out_hw, scatter):
 # ReLU in place
 # ----------------------------------------------------------------------------------------
 
-_zeros = {}  # dtype -> a read-only zero vector, grown as needed
+_zeros: dict[np.dtype, np.ndarray] = {}  # dtype -> a read-only zero vector, grown as needed
 
 
 def relu_in_place(x):

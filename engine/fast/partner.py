@@ -281,7 +281,7 @@ class Partner:
             self.process.kill()
 
 
-_partners = []
+_partners: list[Partner] = []
 _partners_pid = None
 _partners_lock = threading.Lock()
 _model_keys = itertools.count()

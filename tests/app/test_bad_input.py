@@ -8,13 +8,11 @@ keeps answering.
 from __future__ import annotations
 
 import pytest
-
-from app import limits
-from tests.app.conftest import LONG, make_settings
-
 from fastapi.testclient import TestClient
 
+from app import limits
 from app.main import create_app
+from tests.app.conftest import LONG, make_settings
 
 CONV = {"type": "conv", "filters": 4, "kernel": 3}
 HEAD = [{"type": "flatten"}, {"type": "dense", "units": 7}]

@@ -15,7 +15,6 @@ from app.settings import Settings
 from app.store import RunNotFound, Store, write_bytes_atomic, write_snapshot
 from tests.app.conftest import make_settings
 
-
 # ---------------------------------------------------------------- settings
 
 def test_settings_defaults_and_environment():

@@ -7,7 +7,6 @@ import re
 import time
 
 import numpy as np
-
 from conftest import ARTIFACTS
 
 TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}

@@ -4,7 +4,6 @@ instead of queueing them, and the step-through arithmetic against numpy."""
 
 import numpy as np
 import pytest
-
 from conftest import open_page
 
 
@@ -179,7 +178,7 @@ def test_init_figures_on_the_page_are_the_engines(modules):
         assert rows, "the setup panel lists no conv layers"
         expected = []
         channels = spec["input"][0] if "input" in spec else 1
-        for index, layer in enumerate(spec["layers"]):
+        for layer in spec["layers"]:
             if layer["type"] != "conv":
                 continue
             k = layer.get("kernel", 3)

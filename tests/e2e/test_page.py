@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ARTIFACTS, REPO_ROOT, open_page
 
 SMALL_RUN = {"model": "small", "init": "glorot_uniform", "dataset": "shapes",
@@ -224,7 +223,7 @@ def test_click_feature_map_pixel_steps_through_the_right_sum(page, server, api, 
     page.wait_for_selector("#st-equation")
     shown = page.evaluate("window.__kernelscope.stepThrough")
     snapshot = api.get(f"/api/runs/{run_id}/snapshots/{shown['step']}").json()
-    layer = next(l for l in snapshot["layers"] if l["index"] == convs[0])
+    layer = next(entry for entry in snapshot["layers"] if entry["index"] == convs[0])
     conv = spec["layers"][convs[0]]
     x = np.array(snapshot["probes"][shown["probe"]])
     w = np.array(layer["weight"][shown["filter"]])
@@ -259,7 +258,7 @@ def test_click_feature_map_pixel_steps_through_the_right_sum(page, server, api, 
             s = kind["size"]
             c, h, w_ = maps.shape
             maps = maps[:, :h // s * s, :w_ // s * s].reshape(c, h // s, s, w_ // s, s).max(axis=(2, 4))
-    deep_layer = next(l for l in snapshot["layers"] if l["index"] == convs[1])
+    deep_layer = next(entry for entry in snapshot["layers"] if entry["index"] == convs[1])
     deep_conv = spec["layers"][convs[1]]
     total, _ = conv_pixel(maps, np.array(deep_layer["weight"][0]), 0.0, deep_conv.get("stride", 1),
                           deep_conv.get("padding", 0), deep["y"], deep["x"])

@@ -4,7 +4,6 @@ GET /api/defaults and in the page's form, and the form's bounds are the served l
 import sys
 
 import httpx
-
 from conftest import Server, open_page
 
 # A server whose engine has other run defaults: RunConfig (the one home of the

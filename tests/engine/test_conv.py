@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from engine.fast import conv
 from engine import reference
+from engine.fast import conv
 
 CONV_CASES = [
     # (batch, channels, height, width, filters, kernel, stride, padding)

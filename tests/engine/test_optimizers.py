@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.core.optimizers import Adam, SGD, make_optimizer
+from engine.core.optimizers import SGD, Adam, make_optimizer
 
 
 def problem(seed=0):

@@ -5,9 +5,9 @@ import pytest
 
 import engine
 from engine.fast import conv, phase_conv
+from engine.fast.direct_conv import DirectConvBlock
 from engine.fast.phase_conv import ConvBlock, PhaseGeometry
 from tests.engine.block_checks import assert_block_matches_layer_path, layer_path, value_drawer
-from engine.fast.direct_conv import DirectConvBlock
 
 
 def random_case(rng, ties):
