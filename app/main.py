@@ -31,7 +31,7 @@ from app.store import Store
 from engine.core.optimizers import OPTIMIZERS
 
 # Routers written in other files of the project; included when present.
-OPTIONAL_ROUTERS = ("pages", "teaching", "explain")
+OPTIONAL_ROUTERS = ("pages", "teaching", "explain", "lessons")
 
 
 def _field_of(error: dict) -> str:
