@@ -33,10 +33,11 @@ export function mountLayerSummaries(context) {
   };
   const shown = { run: null, loading: false, last: 0, status: null, layers: null };
   debug.summaries = { run: null, layers: {} };
+  debug.summaryCharts = charts;
 
   function reset(run) {
     for (const chart of Object.values(charts)) { chart.reset(); chart.markStep(null); }
-    Object.assign(shown, { run, last: 0, layers: null });
+    Object.assign(shown, { run, last: 0, layers: null, loaded: false });
     debug.summaries = { run, layers: {} };
   }
 
@@ -53,6 +54,7 @@ export function mountLayerSummaries(context) {
     shown.last = performance.now();
     try {
       const layers = await convLayers(run);
+      shown.loaded = true;
       for (const layer of layers) {
         const s = await api.getJSON(`/api/runs/${encodeURIComponent(run)}/layers/${layer}/summary`);
         if (run !== shown.run) return;
@@ -74,7 +76,9 @@ export function mountLayerSummaries(context) {
   document.addEventListener("kernelscope:view", (event) => {
     const { run, step, mode, status } = event.detail;
     if (!run) return;
-    if (run !== shown.run) { reset(run); load(run); }
+    if (run !== shown.run) reset(run);
+    if (step == null) return;   // no snapshot yet: nothing to summarize
+    if (!shown.loaded) load(run);
     else if (status !== shown.status && !ACTIVE.has(status)) load(run);   // the run ended: its last snapshots
     else if (ACTIVE.has(status) && performance.now() - shown.last > REFRESH_MS) load(run);
     shown.status = status;
