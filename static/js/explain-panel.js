@@ -134,6 +134,7 @@ export function mountExplainPanel(context) {
     debug.explain = { run: shown.run, layer, filter, step: null, loading: true, aborted: 0, drawn: null };
     root.hidden = false;
     document.body.classList.add("explaining");
+    window.dispatchEvent(new Event("resize"));   // the page narrows beside the drawer; plotly charts refit
     title.textContent = `Explain filter ${filter} of layer ${layer}`;
     body.replaceChildren(el("p", "explain-wait", "computing the explanation…"));
     for (const card of document.querySelectorAll(".filter-card.explained")) card.classList.remove("explained");
@@ -146,6 +147,7 @@ export function mountExplainPanel(context) {
     Object.assign(shown, { run: null, inFlight: null, pending: null, controller: null });
     root.hidden = true;
     document.body.classList.remove("explaining");
+    window.dispatchEvent(new Event("resize"));
     for (const card of document.querySelectorAll(".filter-card.explained")) card.classList.remove("explained");
     debug.explain = null;
   }
