@@ -6,8 +6,6 @@ import time
 
 import pytest
 
-from conftest import open_page
-
 RUN = {"model": "demo", "init": "he_normal", "dataset": "shapes",
        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
        "batch_size": 32, "steps": 60, "seed": 3, "snapshot_every": 10}
