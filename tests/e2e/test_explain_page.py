@@ -65,6 +65,10 @@ def test_explain_panel_follows_the_history_slider(server, api, page, trained):
     page.keyboard.press("Escape")
     page.wait_for_selector("#explain-panel", state="hidden")
     assert explained(page) is None
+    # the panel cancels the request of a step the slider left (AbortController): Chromium reports
+    # it as ERR_ABORTED; that one is intended, every other problem still fails the test
+    page.problems.items[:] = [p for p in page.problems.items
+                              if not ("/filters/0/1" in p and p.endswith("ERR_ABORTED"))]
 
 
 def test_conv2_filters_show_expanded_weights_and_close_by_button(server, page, trained):
