@@ -87,8 +87,8 @@ export const DEFAULT_VIEW = Object.freeze({
   run: null,                // the run on screen
   scaling: "layer",         // "layer" or "filter": how heatmaps are normalised
   probe: 0,                 // which probe image the feature maps show
-  lesson: null,             // the guided lesson on screen (lessons.js), `#lesson=<id>`
-  lessonSteps: null,        // `#lesson_steps=N`: a lesson's runs trained for N steps (short runs, tests)
+  // set only from a link: lesson (the guided lesson on screen, lessons.js, `#lesson=<id>`) and
+  // lessonSteps (`#lesson_steps=N`: a lesson's runs trained for N steps; short runs, tests)
 });
 
 export function createState() {
