@@ -21,8 +21,8 @@ export function setToken(value) {
   if (token) localStorage.setItem(TOKEN_KEY, token); else localStorage.removeItem(TOKEN_KEY);
 }
 
-async function request(method, path, body) {
-  const options = { method, headers: { Accept: "application/json" } };
+async function request(method, path, body, signal) {
+  const options = { method, headers: { Accept: "application/json" }, signal };
   if (token && method !== "GET") options.headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
@@ -47,7 +47,7 @@ function errorMessage(data, response) {
   return detail || `${response.status} ${response.statusText}`;
 }
 
-export const getJSON = (path) => request("GET", path);
+export const getJSON = (path, { signal } = {}) => request("GET", path, undefined, signal);
 export const postJSON = (path, body) => request("POST", path, body ?? {});
 export const putJSON = (path, body) => request("PUT", path, body ?? {});
 

@@ -10,6 +10,8 @@
  *                   run-charts.js, stepthrough.js)
  *   run-list.js     the sidebar's list of runs
  *   compare.js, probe.js, kernel-editor.js, fork-export.js   teaching views
+ *   explain-panel.js, layer-summary.js, lessons.js   explain a filter, layer
+ *                   summaries over time, guided lessons (issue 20)
  *
  * window.__kernelscope exposes what was drawn, for the browser tests and for
  * curious learners in the console.
@@ -18,6 +20,9 @@
 import * as api from "./api.js";
 import { mountCompare } from "./compare.js";
 import { showError } from "./dom.js";
+import { mountExplainPanel } from "./explain-panel.js";
+import { mountLayerSummaries } from "./layer-summary.js";
+import { mountLessons } from "./lessons.js";
 import { mountForkExport } from "./fork-export.js";
 import { mountKernelEditor } from "./kernel-editor.js";
 import { mountProbe } from "./probe.js";
@@ -99,6 +104,9 @@ async function main() {
     applyLayerInit: (layer, init) => { state.config.layerInits[String(layer)] = init; views.form.changed(); },
   });
   mountForkExport(shared);
+  mountLayerSummaries(shared);
+  const explain = mountExplainPanel(shared);
+  mountLessons({ ...shared, explain });
 
   await views.list.refresh();
   setInterval(() => { if (!document.hidden) views.list.refresh(); }, 5000);

@@ -87,6 +87,8 @@ export const DEFAULT_VIEW = Object.freeze({
   run: null,                // the run on screen
   scaling: "layer",         // "layer" or "filter": how heatmaps are normalised
   probe: 0,                 // which probe image the feature maps show
+  // set only from a link: lesson (the guided lesson on screen, lessons.js, `#lesson=<id>`) and
+  // lessonSteps (`#lesson_steps=N`: a lesson's runs trained for N steps; short runs, tests)
 });
 
 export function createState() {
@@ -165,6 +167,8 @@ export function configToHash(config, view) {
   if (view.run) p.set("run", view.run);
   if (view.scaling !== DEFAULT_VIEW.scaling) p.set("scale", view.scaling);
   if (view.probe !== DEFAULT_VIEW.probe) p.set("probe", String(view.probe));
+  if (view.lesson) p.set("lesson", view.lesson);
+  if (view.lessonSteps) p.set("lesson_steps", String(view.lessonSteps));
   return "#" + p.toString();
 }
 
@@ -208,6 +212,9 @@ export function hashToConfig(hash, defaults = pageDefaults(null, null)) {
   if (p.get("scale") === "filter") view.scaling = "filter";
   const probe = Number(p.get("probe"));
   if (p.has("probe") && Number.isInteger(probe) && probe >= 0) view.probe = probe;
+  if (p.get("lesson")) view.lesson = p.get("lesson");
+  const lessonSteps = Number(p.get("lesson_steps"));
+  if (Number.isInteger(lessonSteps) && lessonSteps > 0) view.lessonSteps = lessonSteps;
   return { config, view };
 }
 
