@@ -303,8 +303,12 @@ class Trainer:
     """Trains one model on one dataset; see docs/ARCHITECTURE.md (Trainer API)."""
 
     def __init__(self, config: RunConfig | dict | None = None, dataset: Dataset | None = None):
-        """`config`: a RunConfig, used as it is (no second parse); a dict or None is
+        """`config`: a RunConfig made by RunConfig.from_dict, used as it is (no second parse);
+        a dict, None, or a RunConfig built by hand (`RunConfig(steps=50)`, not yet checked) is
         parsed by RunConfig.from_dict (the boundary for scripts)."""
+        checked = isinstance(config, RunConfig) and hasattr(config, "_checked_spec")
+        if isinstance(config, RunConfig) and not checked:
+            config = config.to_dict()
         self.config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
         self.dataset = dataset if dataset is not None else open_dataset(cast(dict, self.config.dataset))  # from_dict completed it
         self.spec = resolve_model_spec(self.config.model, self.dataset, getattr(self.config, "_checked_spec", None))

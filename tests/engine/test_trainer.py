@@ -423,3 +423,12 @@ def test_short_demo_learns_shapes_and_its_first_filters_move_past_chance():
     before = sum(d["beats_chance"] for d in start["layers"][0]["detectors"])
     after = sum(d["beats_chance"] for d in end["layers"][0]["detectors"])
     assert after >= 2 and after > before
+
+
+def test_a_run_config_built_by_hand_is_checked_before_training():
+    """RunConfig(...) skips from_dict; the Trainer then parses it, so the dataset name is resolved
+    and bad values are refused with the field named."""
+    trainer = Trainer(RunConfig(steps=2, dataset={"name": "shapes", "n_train": 64, "n_val": 32}))
+    assert trainer.train_step()["step"] == 1
+    with pytest.raises(ValueError, match="^steps:"):
+        Trainer(RunConfig(steps=0))
