@@ -12,11 +12,15 @@ Each lesson is timed two ways, in fresh processes:
   parallel    two processes at once, the runs dealt between them (the server trains
               DEFAULT_MAX_RUNS = 2 runs at a time and queues the rest), wall time until both end
 
-KERNELSCOPE_SPLIT (always | never | auto) is passed through, so `--split always` measures the
-engine before the adaptive split. The load average is printed with every figure.
+Variants, interleaved round by round:
+  before  the engine as it was before issue 19's changes: the partner split always
+          (KERNELSCOPE_SPLIT=always), polling always (KERNELSCOPE_PARTNER_SPIN=always), no
+          narrow-conv path (engine.fast.conv.NARROW_ROWS = 0)
+  after   the engine as it is (adaptive split, polling only while a core is spare, narrow convs)
+The load average is printed with every figure.
 
-    python benchmarks/lessons.py                       # both lessons, both ways
-    python benchmarks/lessons.py --lessons deep --ways sequential --split always auto --rounds 2
+    python benchmarks/lessons.py                       # both lessons, both ways, before and after
+    python benchmarks/lessons.py --lessons deep --ways sequential --variants after --rounds 2
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ def lesson_configs(lesson: str, steps: int) -> list[dict]:
 CHILD = """
 import sys, time, json
 sys.path.insert(0, {root!r})
+if {before!r}:
+    from engine.fast import conv
+    conv.NARROW_ROWS = 0
 from engine.trainer import RunConfig, Trainer
 totals = {{"train": 0.0, "snapshot": 0.0, "eval": 0.0, "build": 0.0}}
 started = time.perf_counter()
@@ -68,12 +75,16 @@ print(json.dumps(totals))
 """
 
 
+VARIANTS = {"before": {"KERNELSCOPE_SPLIT": "always", "KERNELSCOPE_PARTNER_SPIN": "always"},
+            "after": {"KERNELSCOPE_SPLIT": "auto", "KERNELSCOPE_PARTNER_SPIN": "auto"}}
+
+
 def run_children(groups: list[list[dict]], split: str) -> tuple[float, list[dict]]:
     """Start one process per group of configs (each trains its group one run after the other),
     all at once; (wall seconds, their reports)."""
-    environment = {**os.environ, "KERNELSCOPE_SPLIT": split, "PYTHONPATH": str(ROOT)}
+    environment = {**os.environ, **VARIANTS[split], "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
-    processes = [subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT), configs=group)],
+    processes = [subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT), configs=group, before=split == "before")],
                                   env=environment, stdout=subprocess.PIPE, text=True) for group in groups]
     reports = []
     for process in processes:
@@ -92,27 +103,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lessons", nargs="+", default=["deep", "inits"])
     parser.add_argument("--ways", nargs="+", default=["sequential", "parallel"])
-    parser.add_argument("--split", nargs="+", default=["auto"], help="KERNELSCOPE_SPLIT values to compare")
+    parser.add_argument("--variants", nargs="+", default=["before", "after"], choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
     print(f"load at start {load()} on {os.cpu_count()} CPUs")
-    print("| lesson | way | KERNELSCOPE_SPLIT | wall s (median) | train s | snapshot s | eval s | build s | load per round |")
+    print("| lesson | way | engine | wall s (median) | train s | snapshot s | eval s | build s | load per round |")
     print("|---|---|---|---|---|---|---|---|---|")
     for lesson in args.lessons:
         configs = lesson_configs(lesson, args.steps)
         for way in args.ways:
             groups = [configs] if way == "sequential" else [configs[0::2], configs[1::2]]
-            measured = {split: [] for split in args.split}
-            loads = {split: [] for split in args.split}
+            measured = {split: [] for split in args.variants}
+            loads = {split: [] for split in args.variants}
             for round_number in range(args.rounds):
-                order = args.split[round_number % len(args.split):] + args.split[:round_number % len(args.split)]
+                order = args.variants[round_number % len(args.variants):] + args.variants[:round_number % len(args.variants)]
                 for split in order:
                     loads[split].append(load())
                     measured[split].append(run_children(groups, split))
-            for split in args.split:
+            for split in args.variants:
                 walls = [wall for wall, _ in measured[split]]
                 parts = {key: statistics.median(sum(r[key] for r in reports) for _, reports in measured[split])
                          for key in ("train", "snapshot", "eval", "build")}

@@ -106,7 +106,10 @@ class SplitChooser:
     def _decide(self):
         split = statistics.median(self.probe[SPLIT])
         local = statistics.median(self.probe[LOCAL])
-        self.chosen = SPLIT if split < SPLIT_MARGIN * local else LOCAL
+        # pass k of each mode ran next to each other: the median of their ratios follows a load
+        # that drifts during the probe better than the ratio of the medians
+        ratio = statistics.median(s / l for s, l in zip(self.probe[SPLIT], self.probe[LOCAL]))
+        self.chosen = SPLIT if ratio < SPLIT_MARGIN else LOCAL
         self.reference = split if self.chosen == SPLIT else local
         self.decisions.append((self.passes, self.chosen, split, local))
         self.probing = False

@@ -137,3 +137,16 @@ def test_runnable_processes_reads_the_kernels_count(tmp_path):
     path.write_text("garbage\n")
     assert partner.runnable_processes(str(path)) is None
     assert partner.runnable_processes(str(tmp_path / "missing")) is None
+
+
+def test_the_verdict_follows_pairs_when_the_load_changes_during_the_probe():
+    """Each split pass takes 0.8 of the local pass run next to it, except in one round where a
+    burst of load hit the split pass only; and the load rose for the last round. The medians
+    of each mode alone (80 against 1) would choose local; the median of the rounds' ratios
+    (0.8, 80, 0.8) sees the split win."""
+    assert adaptive.PROBE_ROUNDS == 3
+    timings = {SPLIT: [0.8, 80.0, 80.0], LOCAL: [1.0, 1.0, 100.0]}
+    chooser = SplitChooser(cpus=2)
+    drive(chooser, lambda mode, n: 1.0, adaptive.WARMUP_PASSES)
+    drive(chooser, lambda mode, n: timings[mode][len(chooser.probe[mode])], 2 * adaptive.PROBE_ROUNDS)
+    assert chooser.chosen == SPLIT
