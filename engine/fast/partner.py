@@ -35,6 +35,9 @@ import time
 import numpy as np
 
 _HEADER = struct.Struct("<I")
+# How long close() waits for a partner to end on EOF before killing it: at load 30 on this 2-core
+# machine a fresh partner took more than the 2 s allowed before to start and exit.
+CLOSE_SECONDS = 15
 _ALIGN = 64
 
 
@@ -307,10 +310,11 @@ class Partner:
             self.process.stdin.close()
         except OSError:
             pass
-        try:
-            self.process.wait(timeout=2)
+        try:  # a partner still starting up (importing numpy on a busy machine) needs a while to see EOF
+            self.process.wait(timeout=CLOSE_SECONDS)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
 
 
 _partners = []
