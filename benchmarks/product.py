@@ -286,7 +286,7 @@ def main() -> None:
     print("|---|" + "---|---|" * len(results["rates"]))
     for scenario in scenarios:
         cells = []
-        for condition, rates in results["rates"].items():
+        for rates in results["rates"].values():
             median = statistics.median(rates[scenario])
             ratios = [a / b for a, b in zip(rates[scenario], rates["engine"])] if "engine" in rates else []
             ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-"

@@ -108,7 +108,7 @@ class SplitChooser:
         local = statistics.median(self.probe[LOCAL])
         # pass k of each mode ran next to each other: the median of their ratios follows a load
         # that drifts during the probe better than the ratio of the medians
-        ratio = statistics.median(s / l for s, l in zip(self.probe[SPLIT], self.probe[LOCAL]))
+        ratio = statistics.median(a / b for a, b in zip(self.probe[SPLIT], self.probe[LOCAL]))
         self.chosen = SPLIT if ratio < SPLIT_MARGIN else LOCAL
         self.reference = split if self.chosen == SPLIT else local
         self.decisions.append((self.passes, self.chosen, split, local))
