@@ -299,6 +299,96 @@ def multiply_inner_blocks(left, right):
     return total
 
 
+# ----------------------------------------------------------------------------------------
+# Narrow convs on the flat layout: unfolded along the kernel's columns only
+# ----------------------------------------------------------------------------------------
+
+# A conv with few channels in and out (the deep preset's 8 -> 8 filters) makes products too
+# small for the per-image matmuls above to pay for the full im2col copy (kh*kw*C rows). On the
+# flat layout, kernel row i of every window start of a chunk is the j-unfolded chunk shifted
+# by i rows: the chunk is copied kw times (rows (j, c)) instead of kh*kw times, and the
+# product is kh matmuls of (O x kw*C) @ (kw*C x all the chunk's starts), summed. Measured on
+# the deep preset's conv (8 -> 8, 3x3, padding 1, 16 images of 14x14, BLAS on one thread, CPU
+# time interleaved in one process): 0.55-0.75 of the im2col forward; the deep preset's whole
+# training pass 0.73-0.80 (benchmarks/narrow_ab.py). Used when the unfolded rows and the
+# product's rows are both at most these (the shapes decide, never the data, so a part gives
+# the same bits wherever it runs). With 16 product rows (small's and demo's second conv,
+# 8 -> 16 unpadded) the pass was 1.2-1.3x slower, so those, and medium's 32-filter convs,
+# keep the im2col.
+NARROW_ROWS = 128
+NARROW_OUT_ROWS = 8
+# Images per chunk of the narrow path: about this many floats of unfolded rows and output.
+# Measured on the deep preset's forward of 250 images (CPU time, one process, three rounds):
+# 0.77-0.91 of the im2col path with 160 Ki, level with 448 Ki (CHUNK_ELEMENTS), 0.81-0.91 with 96 Ki.
+NARROW_CHUNK_ELEMENTS = 160 * 1024
+
+
+def _narrow(rows, out_rows):
+    return rows <= NARROW_ROWS and out_rows <= NARROW_OUT_ROWS
+
+
+def _row_chunks(padded, kernel, out_hw, out_rows):
+    """Walk the images of a FlatPadded a chunk at a time: yields (start, count, cols) where the
+    chunk's window starts are grid cells start..start+count-1 (its images' starts up to the
+    last image's last valid one, see starts_per_image) and cols (kw*C, count + (kh-1)*row) is
+    the chunk unfolded along the kernel's columns: cols[(j, c), t] = cell start + t + j of
+    channel c, counted from the layout's first cell. One buffer, reused."""
+    kernel_h, kernel_w = kernel
+    channels, batch = padded.shape[:2]
+    source, image, row = padded.data, padded.image, padded.row
+    span = starts_per_image(padded, out_hw)
+    images = max(1, min(batch, NARROW_CHUNK_ELEMENTS // ((kernel_w * channels + out_rows) * image)))
+    buffer = np.empty(kernel_w * channels * ((images - 1) * image + span + (kernel_h - 1) * row), dtype=source.dtype)
+    for first in range(0, batch, images):
+        last = min(first + images, batch)
+        start = first * image
+        count = (last - first - 1) * image + span
+        width = count + (kernel_h - 1) * row
+        # the reads end at cell (last - 1) * image + span + (kh - 1) * row + kw - 2: inside the
+        # layout, as for _flat_chunks (the closing pad rows hold the last image's windows)
+        shifted = as_strided(source[:, start:], (kernel_w, channels, width),
+                             (source.itemsize, source.strides[0], source.itemsize), writeable=False)
+        cols = buffer[: kernel_w * channels * width].reshape(kernel_w, channels, width)
+        np.copyto(cols, shifted)
+        yield start, count, cols.reshape(kernel_w * channels, width)
+
+
+def _by_kernel_row(matrix, kernel_h):
+    """(O, kh*kw*C) with columns ordered (i, j, c) -> (kh, O, kw*C), one matrix per kernel row."""
+    out_rows, rows = matrix.shape
+    return np.ascontiguousarray(matrix.reshape(out_rows, kernel_h, rows // kernel_h).transpose(1, 0, 2))
+
+
+def _narrow_product(matrices, cols, row, count, out, scratch):
+    """out (O, count) = sum over kernel rows i of matrices[i] @ cols shifted by i rows."""
+    np.matmul(matrices[0], cols[:, :count], out=out)
+    for i in range(1, matrices.shape[0]):
+        np.matmul(matrices[i], cols[:, i * row : i * row + count], out=scratch[:, :count])
+        out += scratch[:, :count]
+
+
+def _narrow_correlate(padded, weight_matrix, kernel, out_hw, grid):
+    """The flat correlation of _correlate for a narrow conv, written into grid (O, N * image)."""
+    matrices = _by_kernel_row(weight_matrix, kernel[0])
+    scratch = None
+    for start, count, cols in _row_chunks(padded, kernel, out_hw, weight_matrix.shape[0]):
+        if scratch is None:
+            scratch = np.empty((weight_matrix.shape[0], count), dtype=grid.dtype)
+        _narrow_product(matrices, cols, padded.row, count, grid[:, start : start + count], scratch)
+
+
+def _narrow_row_grads(cols, other, kernel_h, row, count, total):
+    """total (kh*kw*C', O') += for each kernel row i, cols shifted by i rows @ other[:, :count].T
+    (rows ordered (i, j, c')), chunk after chunk in order; total None starts from zero."""
+    block = cols.shape[0]
+    if total is None:
+        total = np.zeros((kernel_h * block, other.shape[0]), dtype=np.result_type(cols, other))
+    right = other[:, :count].T
+    for i in range(kernel_h):
+        total[i * block : (i + 1) * block] += cols[:, i * row : i * row + count] @ right
+    return total
+
+
 def _correlate(padded, weight_matrix, kernel, stride, out_hw, bias=None, into=None):
     """weight_matrix (O, kh*kw*C) times the unfolded windows of padded (a FlatPadded, or an
     ordinary padded array (C, N, Hp, Wp)), a chunk at a time, plus bias (O,) if given: the
@@ -327,8 +417,11 @@ def _correlate(padded, weight_matrix, kernel, stride, out_hw, bias=None, into=No
         return out
     grid = _output_grid(padded, into, out_channels, dtype)
     span = starts_per_image(padded, out_hw)
-    for first, last, unfolded in _flat_chunks(padded, kernel, out_hw, out_channels):
-        multiply_column_blocks(weight_matrix, unfolded, image_starts(grid, padded.image, span, first, last))
+    if _narrow(rows, out_channels):
+        _narrow_correlate(padded, weight_matrix, kernel, out_hw, grid)
+    else:
+        for first, last, unfolded in _flat_chunks(padded, kernel, out_hw, out_channels):
+            multiply_column_blocks(weight_matrix, unfolded, image_starts(grid, padded.image, span, first, last))
     if into is not None:
         _zero_skipped_starts(grid, padded.image, span)
     out = grid.reshape(out_channels, padded.shape[1], *padded.grid_hw)[:, :, :out_h, :out_w]  # the valid window starts
@@ -404,6 +497,10 @@ def _flat_weight_grad(padded, dout_padded, kernel, out_hw):
     grads = dout_padded.grid()  # dout at each window start q of the input's grid
     span = starts_per_image(padded, out_hw)
     dweight_rows = None
+    if _narrow(padded.shape[0] * kernel[0] * kernel[1], out_rows):
+        for start, count, cols in _row_chunks(padded, kernel, out_hw, out_rows):
+            dweight_rows = _narrow_row_grads(cols, grads[:, start:], kernel[0], padded.row, count, dweight_rows)
+        return dweight_rows
     for first, last, unfolded in _flat_chunks(padded, kernel, out_hw, out_rows):
         dout_starts = image_starts(grads, padded.image, span, first, last).transpose(0, 2, 1)
         dweight_rows = _add_products(dweight_rows, unfolded, dout_starts)
@@ -440,11 +537,21 @@ def _flat_grads_from_dout(padded, dout_padded, flipped_matrix, kernel, x_hw, int
     dx_grid = None if flipped_matrix is None else _output_grid(dout_padded, into, channels, dtype)
     span = starts_per_image(dout_padded, x_hw)
     flipped_rows = None
-    for first, last, unfolded in _flat_chunks(dout_padded, kernel, x_hw, channels):
-        if dx_grid is not None:
-            multiply_column_blocks(flipped_matrix, unfolded, image_starts(dx_grid, padded.image, span, first, last))
-        input_starts = image_starts(inputs, padded.image, span, first, last).transpose(0, 2, 1)
-        flipped_rows = _add_products(flipped_rows, unfolded, input_starts)
+    if _narrow(kernel_h * kernel_w * out_channels, channels):
+        matrices = None if flipped_matrix is None else _by_kernel_row(flipped_matrix, kernel_h)
+        scratch = None
+        for start, count, cols in _row_chunks(dout_padded, kernel, x_hw, channels):
+            if matrices is not None:
+                if scratch is None:
+                    scratch = np.empty((channels, count), dtype=dtype)
+                _narrow_product(matrices, cols, dout_padded.row, count, dx_grid[:, start : start + count], scratch)
+            flipped_rows = _narrow_row_grads(cols, inputs[:, start:], kernel_h, dout_padded.row, count, flipped_rows)
+    else:
+        for first, last, unfolded in _flat_chunks(dout_padded, kernel, x_hw, channels):
+            if dx_grid is not None:
+                multiply_column_blocks(flipped_matrix, unfolded, image_starts(dx_grid, padded.image, span, first, last))
+            input_starts = image_starts(inputs, padded.image, span, first, last).transpose(0, 2, 1)
+            flipped_rows = _add_products(flipped_rows, unfolded, input_starts)
     if into is not None:
         _zero_skipped_starts(dx_grid, padded.image, span)
     dweight = flipped_rows.reshape(kernel_h, kernel_w, out_channels, channels)[::-1, ::-1].transpose(2, 3, 0, 1)

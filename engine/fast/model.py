@@ -9,6 +9,7 @@ results agree to rounding: the products are cut and summed in another order (see
 tests/engine/test_fast_vs_core.py for the promised tolerances).
 """
 
+import time
 import weakref
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from engine.core import model as core
 from engine.core.losses import check_labels, softmax_cross_entropy_sum
 from engine.fast import partner
+from engine.fast.adaptive import SPLIT, SplitChooser, forced_mode
 from engine.fast.layers import fast_layer
 from engine.fast.memory import blas_on_one_thread, keep_freed_memory
 from engine.fast.planner import plan_blocks
@@ -53,6 +55,7 @@ class Model(core.Model):
         self._key = None
         self.ops = [fast_layer(layer) for layer in layers]  # the layer-by-layer path
         self.steps = plan_blocks(layers)  # what a pass without keep_outputs runs (conv blocks)
+        self.split_chooser = SplitChooser(forced=forced_mode())  # partners or not, by measurement
 
     # -- the split of a batch across cores ----------------------------------------------
 
@@ -84,8 +87,11 @@ class Model(core.Model):
                 helper.lock.release()
         return started
 
-    def _partner_parts(self, parts):
-        """{part number: partner} for parts[1:], as far as there are working partners."""
+    def _partner_parts(self, parts, mode):
+        """{part number: partner} for parts[1:], as far as there are working partners; none
+        when `mode` (engine.fast.adaptive) is not SPLIT: every part is then computed here."""
+        if mode != SPLIT or len(parts) < 2:
+            return {}
         return dict(enumerate(partner.partners(len(parts) - 1), start=1))
 
     def _logits_shape(self, part):
@@ -131,7 +137,7 @@ class Model(core.Model):
         dtype = x.dtype
         layer_params = self._layer_params(dtype)
         parts = [slice(0, x.shape[0])] if keep_outputs else self._parts(x.shape[0])
-        remote = self._start(self._partner_parts(parts), lambda number, helper: helper.send_forward(
+        remote = self._start(self._partner_parts(parts, self.split_chooser.current()), lambda number, helper: helper.send_forward(
             self._partner_key(), self.spec, self.params, x[parts[number]], self._logits_shape(parts[number])))
         results = [None] * len(parts)
         with blas_on_one_thread():
@@ -264,7 +270,9 @@ class Model(core.Model):
         labels = check_labels(labels, batch, self.output_shapes[-1][0])
         layer_params = self._layer_params(x.dtype)
         parts = self._parts(batch)
-        started = self._start(self._partner_parts(parts), lambda number, helper: helper.send_train(
+        mode = self.split_chooser.mode() if len(parts) > 1 else None
+        began = time.perf_counter()
+        started = self._start(self._partner_parts(parts, mode), lambda number, helper: helper.send_train(
             self._partner_key(), self.spec, self.params, x[parts[number]], labels[parts[number]],
             self._logits_shape(parts[number]), batch))
         results = [None] * len(parts)
@@ -281,6 +289,8 @@ class Model(core.Model):
                     logits, loss_sum, grads = answer
                     results[number] = (logits, loss_sum, self._grads_by_layer(grads, self.layers))
         self._store_part_grads([grads for _, _, grads in results])
+        if mode is not None:
+            self.split_chooser.record(mode, time.perf_counter() - began)
         self._pending = None
         self.outputs, self.output_grads = [], []
         loss = sum(loss_sum for _, loss_sum, _ in results) / batch

@@ -35,6 +35,9 @@ import time
 import numpy as np
 
 _HEADER = struct.Struct("<I")
+# How long close() waits for a partner to end on EOF before killing it: at load 30 on this 2-core
+# machine a fresh partner took more than the 2 s allowed before to start and exit.
+CLOSE_SECONDS = 15
 _ALIGN = 64
 
 
@@ -51,10 +54,42 @@ def _send(stream, message):
 # (three alternating runs). Once the wait is longer, the blocking read costs no CPU.
 SPIN_SECONDS = 0.002
 
+# Polling pays only while a core is spare: when another process wants the core, each poll is
+# a time slice taken from it (or from the other side of the exchange), so with the default
+# policy "auto" a side polls only when no more threads are runnable than there are CPUs
+# (/proc/loadavg, read before each wait: about 10 microseconds). KERNELSCOPE_PARTNER_SPIN=
+# always|never|auto chooses (benchmarks/contention.py measures the three).
+SPIN_POLICY = os.environ.get("KERNELSCOPE_PARTNER_SPIN", "auto").strip().lower()
+
+
+def runnable_processes(path="/proc/loadavg"):
+    """The number of runnable threads on the machine right now (this one included), or None
+    where the kernel does not say."""
+    try:
+        with open(path, "rb") as source:
+            return int(source.read().split()[3].split(b"/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def spin_allowed(policy, runnable, cpus):
+    """Whether to poll before blocking: always, never, or (auto) when the `runnable` threads
+    (None when unknown), which include this one and the one we wait for, fit on `cpus`."""
+    if policy == "always":
+        return True
+    if policy == "never" or runnable is None:
+        return False
+    return runnable <= cpus
+
+
+_CPUS = os.cpu_count() or 1
+
 
 def _spin_until_readable(stream, seconds):
     """Poll stream's file descriptor until it has data or `seconds` pass. The protocol has at
     most one message in flight, so nothing waits in the stream's own buffer meanwhile."""
+    if not spin_allowed(SPIN_POLICY, None if SPIN_POLICY != "auto" else runnable_processes(), _CPUS):
+        return
     deadline = time.perf_counter() + seconds
     descriptor = stream.fileno()
     while time.perf_counter() < deadline:
@@ -275,10 +310,11 @@ class Partner:
             self.process.stdin.close()
         except OSError:
             pass
-        try:
-            self.process.wait(timeout=2)
+        try:  # a partner still starting up (importing numpy on a busy machine) needs a while to see EOF
+            self.process.wait(timeout=CLOSE_SECONDS)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
 
 
 _partners: list[Partner] = []

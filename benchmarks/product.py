@@ -1,0 +1,308 @@
+"""Benchmark: speed as the learner feels it (issue 19, goal 1), side by side in one run.
+
+Training steps per second of the default run (`{}`: preset demo, He normal, SGD, batch 64,
+snapshot every 10, eval every 100) through each way of training it:
+
+  engine    Trainer.train_step in a loop, in a fresh process: the engine alone, no snapshots
+  cli       `kernelscope train` (the worker loop with snapshots, evaluation and files)
+  server    `kernelscope serve` + POST /api/runs, nobody watching
+  page      the same with the page open on the run in Chromium (/usr/bin/chromium, Playwright)
+
+each quiet (the machine as it is: the load average is printed per round) and busy (a
+`python -c "while True: pass"` neighbour started here and killed after). Rounds run the
+scenarios in rotated order. Steps/s are taken from the run's own progress between step
+`warmup` and the end (polled every 0.25 s for cli/server/page), so start-up is left out.
+
+Then, per phase of a step in the worker, measured in-process with the engine's public API
+the way app/worker.py runs them (train_step; every snapshot_every steps: Trainer.snapshot
+without maps, of which the statistics on the monitor batch and the detector labels; feature
+maps of the probes; writing the snapshot files; every eval_every: evaluate; every 100:
+the checkpoint): ms per call and per training step on average, and the share of training.
+
+    python benchmarks/product.py              # 600 steps, 2 rounds
+    python benchmarks/product.py --quick      # 200 steps, 1 round
+    python benchmarks/product.py --only engine,cli --conditions quiet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT))
+
+SCENARIOS = ("engine", "cli", "server", "page")
+CONDITIONS = ("quiet", "busy")
+WARMUP = 20
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def neighbour() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+# ------------------------------------------------------------------ engine alone
+
+
+ENGINE_CHILD = """
+import sys, time, json
+sys.path.insert(0, {root!r})
+from engine.trainer import Trainer
+trainer = Trainer({config!r})
+marks = []
+for _ in range({steps}):
+    trainer.train_step()
+    marks.append(time.perf_counter())
+w = {warmup}
+print(json.dumps((len(marks) - w) / (marks[-1] - marks[w - 1])))
+"""
+
+
+def engine_rate(config: dict, warmup: int) -> float:
+    code = ENGINE_CHILD.format(root=str(ROOT), config=config, steps=config["steps"], warmup=warmup)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=1800)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ progress polling
+
+
+def rate_from_samples(samples: list[tuple[float, int]], warmup: int, total: int) -> float:
+    """steps/s between the first sample at or past `warmup` and the first at `total`."""
+    start = next((t, s) for t, s in samples if s >= warmup)
+    end = next((t, s) for t, s in samples if s >= total)
+    return (end[1] - start[1]) / (end[0] - start[0])
+
+
+def poll(read_step, total: int, alive, limit: float = 1800.0) -> list[tuple[float, int]]:
+    samples = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        step = read_step()
+        if step is not None:
+            samples.append((time.monotonic(), step))
+            if step >= total:
+                return samples
+        if not alive():
+            step = read_step()
+            if step is not None and step >= total:
+                samples.append((time.monotonic(), step))
+                return samples
+            raise RuntimeError("the training process ended before its last step")
+        time.sleep(0.25)
+    raise RuntimeError("no end of training within the limit")
+
+
+def cli_rate(config: dict, warmup: int) -> float:
+    from app.store import Store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "app.cli", "train", "--steps", str(config["steps"]), "--data", tmp]
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+        store = None
+
+        def read_step():
+            nonlocal store
+            try:
+                if store is None:
+                    store = Store(Path(tmp))
+                runs = store.list_runs()
+                return int(runs[0]["step"]) if runs else None
+            except Exception:  # the database is being created
+                return None
+
+        try:
+            samples = poll(read_step, config["steps"], lambda: process.poll() is None)
+        finally:
+            process.wait(120)
+        return rate_from_samples(samples, warmup, config["steps"])
+
+
+def server_rate(config: dict, warmup: int, page: bool) -> float:
+    import httpx
+
+    Server = serve_harness().Server
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(Path(tmp) / "data")
+        try:
+            run_id = server.start_run(config)
+            read = lambda: server.client.get(f"/api/runs/{run_id}").json()["step"]  # noqa: E731
+            if not page:
+                samples = poll(read, config["steps"], lambda: server.process.poll() is None)
+                return rate_from_samples(samples, warmup, config["steps"])
+            from playwright.sync_api import sync_playwright
+
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+                view = browser.new_page(viewport={"width": 1280, "height": 800})
+                view.goto(f"{server.url}/#run={run_id}")
+                view.wait_for_selector("body[data-ready=true]")
+                samples = poll(read, config["steps"], lambda: server.process.poll() is None)
+                browser.close()
+            httpx.get(f"{server.url}/healthz")
+            return rate_from_samples(samples, warmup, config["steps"])
+        finally:
+            server.stop()
+
+
+def serve_harness():
+    """benchmarks/serve.py as a module (its Server: `kernelscope serve` on a free port)."""
+    import importlib.util
+
+    if "benchmarks_serve" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("benchmarks_serve", ROOT / "benchmarks" / "serve.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["benchmarks_serve"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["benchmarks_serve"]
+
+
+def measure(scenario: str, config: dict, warmup: int) -> float:
+    if scenario == "engine":
+        return engine_rate(config, warmup)
+    if scenario == "cli":
+        return cli_rate(config, warmup)
+    return server_rate(config, warmup, page=scenario == "page")
+
+
+# ------------------------------------------------------------------ phases
+
+
+PHASES = ("train", "snapshot", "  of which stats", "  of which labels", "maps", "eval", "write", "checkpoint")
+
+
+def phases(config: dict) -> dict:
+    """{phase: [seconds per call]} over config["steps"] steps, the way app/worker.py runs them."""
+    import numpy as np
+
+    from app import store as files
+    from engine import analysis
+    from engine.trainer import RunConfig, Trainer
+
+    cfg = RunConfig.from_dict(config)
+    trainer = Trainer(cfg)
+    times = {name: [] for name in PHASES}
+
+    def timed(name, function, *args, **kwargs):
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        times[name].append(time.perf_counter() - started)
+        return result
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        files.run_dir(data_dir, "bench").mkdir(parents=True, exist_ok=True)
+        files.snapshot_dir(data_dir, "bench").mkdir(parents=True, exist_ok=True)
+        model, data = trainer.model, trainer.dataset
+        for _ in range(cfg.steps):
+            timed("train", trainer.train_step)
+            step = trainer.step
+            if step % cfg.eval_every == 0:
+                timed("eval", trainer.evaluate)
+            if step % cfg.snapshot_every == 0:
+                snapshot, params = timed("snapshot", trainer.snapshot, feature_maps=False)
+                timed("  of which stats", analysis.layer_stats, model, data.monitor_x, data.monitor_y)
+                for index in model.conv_indices:
+                    started = time.perf_counter()
+                    analysis.conv_layer_summary(model.params[f"{index}.weight"], model.params.get(f"{index}.bias"))
+                    times["  of which labels"].append(time.perf_counter() - started)
+                maps = timed("maps", analysis.feature_maps, model, data.probe_x)
+                timed("write", files.write_snapshot, data_dir, "bench", snapshot, params, feature_maps=maps)
+            if step % 100 == 0:
+                state = trainer.checkpoint()
+                state["recent_metrics"] = np.array("[]")
+                timed("checkpoint", files.write_npz_atomic, files.checkpoint_path(data_dir, "bench"), state)
+    return times
+
+
+def phase_table(times: dict, steps: int, warmup_steps: int = 10) -> list[str]:
+    train = statistics.median(times["train"][warmup_steps:])
+    lines = ["| phase | calls | ms per call (median) | ms per step | share of train |", "|---|---|---|---|---|"]
+    for name in PHASES:
+        values = times[name]
+        if not values:
+            continue
+        per_call = statistics.median(values) * 1000
+        per_step = sum(values) / steps * 1000 if name != "train" else train * 1000
+        share = per_step / (train * 1000)
+        lines.append(f"| {name} | {len(values)} | {per_call:.2f} | {per_step:.2f} | {share:.0%} |")
+    return lines
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="200 steps, one round")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--only", default=",".join(SCENARIOS))
+    parser.add_argument("--conditions", default=",".join(CONDITIONS))
+    parser.add_argument("--no-phases", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    steps = args.steps or (200 if args.quick else 600)
+    rounds = args.rounds or (1 if args.quick else 2)
+    scenarios = [s for s in args.only.split(",") if s]
+    config = {"steps": steps}
+    results = {"config": config, "rounds": rounds, "rates": {}, "loads": {}}
+    print(f"default run, {steps} steps, warm-up {WARMUP}, {rounds} round(s); load at start {load()} "
+          f"on {os.cpu_count()} CPUs", flush=True)
+    for condition in args.conditions.split(","):
+        rates = {s: [] for s in scenarios}
+        loads = []
+        for round_number in range(rounds):
+            order = scenarios[round_number % len(scenarios):] + scenarios[:round_number % len(scenarios)]
+            busy = neighbour() if condition == "busy" else None
+            try:
+                for scenario in order:
+                    loads.append(load())
+                    rates[scenario].append(measure(scenario, config, WARMUP))
+                    print(f"  {condition} round {round_number + 1} {scenario}: {rates[scenario][-1]:.1f} steps/s "
+                          f"(load {loads[-1]})", flush=True)
+            finally:
+                if busy:
+                    busy.kill()
+                    busy.wait()
+        results["rates"][condition] = rates
+        results["loads"][condition] = loads
+    print("\n| scenario | " + " | ".join(f"{c} steps/s | {c} / engine" for c in results["rates"]) + " |")
+    print("|---|" + "---|---|" * len(results["rates"]))
+    for scenario in scenarios:
+        cells = []
+        for rates in results["rates"].values():
+            median = statistics.median(rates[scenario])
+            ratios = [a / b for a, b in zip(rates[scenario], rates["engine"])] if "engine" in rates else []
+            ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-"
+            cells.append(f"{median:.1f} | {ratio}")
+        print(f"| {scenario} | " + " | ".join(cells) + " |")
+    for condition, loads in results["loads"].items():
+        print(f"load averages ({condition}): {'; '.join(loads)}")
+    if not args.no_phases:
+        times = phases({"steps": steps})
+        table = phase_table(times, steps)
+        print(f"\nper phase, in-process, {steps} steps (load {load()}):")
+        print("\n".join(table))
+        results["phases"] = {name: values for name, values in times.items()}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

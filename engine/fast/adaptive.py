@@ -1,0 +1,121 @@
+"""Whether the partner split pays off right now: a per-model choice between computing the parts
+of a batch in two processes ("split") or all here ("local"), made by measuring both.
+
+The split wins on a quiet two-core machine and loses when another process holds a core (the
+partner then waits for a time slice, and the main process waits for the partner). The parts
+of a batch are fixed by the batch size and `threads` and each part is computed by the same
+code wherever it runs, so the choice changes only the time a step takes, never its result.
+
+SplitChooser holds the decision logic only; it is given the measured seconds of each training
+pass (engine.fast.model.Model.train_gradients times them), so tests can drive it with invented
+timings. The schedule: a few warm-up passes split (they start the partner and lay out its
+arena), then a probe that alternates split and local passes, then the faster mode (the split
+must beat local by SPLIT_MARGIN) until RECHECK_EVERY passes have gone by or the chosen mode
+has become SLOWDOWN times slower than it measured in the probe (a neighbour started), then
+another probe. With a single usable CPU it never splits.
+
+KERNELSCOPE_SPLIT=always|never|auto (default auto) overrides the choice for the whole process
+(benchmarks compare the three).
+"""
+
+import os
+import statistics
+
+SPLIT = "split"
+LOCAL = "local"
+
+WARMUP_PASSES = 2  # split, not measured: the partner starts, the arena is laid out
+PROBE_ROUNDS = 3  # split/local pairs per probe
+SPLIT_MARGIN = 0.92  # the split is chosen when its median is below this fraction of local's
+RECHECK_EVERY = 300  # passes between probes while nothing seems to change
+SLOWDOWN = 1.5  # a chosen mode this much slower than its probe median (over WATCH passes) re-probes
+WATCH = 8
+
+
+def usable_cpus():
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def forced_mode():
+    """SPLIT or LOCAL when KERNELSCOPE_SPLIT forces one, else None."""
+    value = os.environ.get("KERNELSCOPE_SPLIT", "auto").strip().lower()
+    return {"always": SPLIT, "never": LOCAL}.get(value)
+
+
+class SplitChooser:
+    """Chooses SPLIT or LOCAL for each training pass of one model from measured pass times.
+
+    Call mode() before a pass and record(mode, seconds) after it with the mode it ran in.
+    """
+
+    def __init__(self, cpus=None, forced=None):
+        self.cpus = usable_cpus() if cpus is None else cpus
+        self.forced = forced
+        self.passes = 0
+        self.chosen = None  # SPLIT or LOCAL once a probe has decided
+        self.probe = {SPLIT: [], LOCAL: []}
+        self.probing = True
+        self.since_probe = 0
+        self.reference = None  # the chosen mode's probe median
+        self.recent = []
+        self.decisions = []  # (pass number, chosen mode, split median, local median), for reports
+
+    def mode(self):
+        if self.forced is not None:
+            return self.forced
+        if self.cpus < 2:
+            return LOCAL
+        if self.passes < WARMUP_PASSES:
+            return SPLIT
+        if self.probing:
+            split_runs, local_runs = len(self.probe[SPLIT]), len(self.probe[LOCAL])
+            return SPLIT if split_runs <= local_runs else LOCAL
+        return self.chosen
+
+    def current(self):
+        """The mode for a pass that is not measured (a plain forward or backward): the decided
+        one, SPLIT before any decision."""
+        if self.forced is not None:
+            return self.forced
+        if self.cpus < 2:
+            return LOCAL
+        return self.chosen or SPLIT
+
+    def record(self, mode, seconds):
+        """The pass just run in `mode` took `seconds`."""
+        self.passes += 1
+        if self.forced is not None or self.cpus < 2 or self.passes <= WARMUP_PASSES:
+            return
+        if self.probing:
+            self.probe[mode].append(seconds)
+            if min(len(self.probe[SPLIT]), len(self.probe[LOCAL])) >= PROBE_ROUNDS:
+                self._decide()
+            return
+        self.since_probe += 1
+        if mode != self.chosen:
+            return
+        self.recent = (self.recent + [seconds])[-WATCH:]
+        slowed = len(self.recent) == WATCH and statistics.median(self.recent) > SLOWDOWN * self.reference
+        if slowed or self.since_probe >= RECHECK_EVERY:
+            self._start_probe()
+
+    def _decide(self):
+        split = statistics.median(self.probe[SPLIT])
+        local = statistics.median(self.probe[LOCAL])
+        # pass k of each mode ran next to each other: the median of their ratios follows a load
+        # that drifts during the probe better than the ratio of the medians
+        ratio = statistics.median(a / b for a, b in zip(self.probe[SPLIT], self.probe[LOCAL]))
+        self.chosen = SPLIT if ratio < SPLIT_MARGIN else LOCAL
+        self.reference = split if self.chosen == SPLIT else local
+        self.decisions.append((self.passes, self.chosen, split, local))
+        self.probing = False
+        self.since_probe = 0
+        self.recent = []
+
+    def _start_probe(self):
+        self.probe = {SPLIT: [], LOCAL: []}
+        self.probing = True

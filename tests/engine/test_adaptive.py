@@ -1,0 +1,152 @@
+"""The split choice (engine.fast.adaptive) driven by invented timings, and the polling policy:
+the decision logic is tested with injected measurements, never by timing anything."""
+
+import numpy as np
+import pytest
+
+import engine
+from engine.fast import adaptive, partner
+from engine.fast.adaptive import LOCAL, SPLIT, SplitChooser
+
+
+def drive(chooser, seconds_of, passes):
+    """Run `passes` passes, each taking seconds_of(mode, pass number); the modes used."""
+    modes = []
+    for number in range(passes):
+        mode = chooser.mode()
+        chooser.record(mode, seconds_of(mode, number))
+        modes.append(mode)
+    return modes
+
+
+def probe_length():
+    return adaptive.WARMUP_PASSES + 2 * adaptive.PROBE_ROUNDS
+
+
+def test_the_warm_up_splits_then_the_probe_alternates_both_modes():
+    chooser = SplitChooser(cpus=2)
+    modes = drive(chooser, lambda mode, n: 1.0, probe_length())
+    assert modes[: adaptive.WARMUP_PASSES] == [SPLIT] * adaptive.WARMUP_PASSES
+    probe = modes[adaptive.WARMUP_PASSES:]
+    assert probe.count(SPLIT) == probe.count(LOCAL) == adaptive.PROBE_ROUNDS
+
+
+@pytest.mark.parametrize("split_seconds, expected", [(0.5, SPLIT), (0.95, LOCAL), (2.0, LOCAL)])
+def test_the_split_is_kept_only_when_it_beats_local_by_the_margin(split_seconds, expected):
+    chooser = SplitChooser(cpus=2)
+    drive(chooser, lambda mode, n: split_seconds if mode == SPLIT else 1.0, probe_length())
+    assert not chooser.probing and chooser.chosen == expected
+    assert drive(chooser, lambda mode, n: 1.0, 5) == [expected] * 5
+    assert chooser.decisions[-1][1:] == (expected, split_seconds, 1.0)
+
+
+def test_a_slow_warm_up_does_not_count():
+    chooser = SplitChooser(cpus=2)
+    drive(chooser, lambda mode, n: 100.0 if n < adaptive.WARMUP_PASSES else (0.5 if mode == SPLIT else 1.0), probe_length())
+    assert chooser.chosen == SPLIT
+
+
+def test_a_neighbour_that_slows_the_split_down_brings_local_back():
+    chooser = SplitChooser(cpus=2)
+    drive(chooser, lambda mode, n: 0.5 if mode == SPLIT else 1.0, probe_length())
+    assert chooser.chosen == SPLIT
+    # a CPU-bound neighbour starts: the split now takes 3 s, local 1.2 s
+    busy = drive(chooser, lambda mode, n: 3.0 if mode == SPLIT else 1.2, adaptive.WATCH + 2 * adaptive.PROBE_ROUNDS + 4)
+    assert chooser.chosen == LOCAL
+    assert busy[-4:] == [LOCAL] * 4
+    assert busy.count(SPLIT) <= adaptive.WATCH + adaptive.PROBE_ROUNDS  # bounded cost of noticing
+
+
+def test_a_quiet_machine_is_noticed_at_the_next_recheck():
+    chooser = SplitChooser(cpus=2)
+    drive(chooser, lambda mode, n: 3.0 if mode == SPLIT else 1.2, probe_length())
+    assert chooser.chosen == LOCAL
+    drive(chooser, lambda mode, n: 0.5 if mode == SPLIT else 1.0, adaptive.RECHECK_EVERY + 2 * adaptive.PROBE_ROUNDS)
+    assert chooser.chosen == SPLIT and len(chooser.decisions) == 2
+
+
+def test_noise_below_the_slowdown_threshold_does_not_re_probe():
+    chooser = SplitChooser(cpus=2)
+    drive(chooser, lambda mode, n: 0.5 if mode == SPLIT else 1.0, probe_length())
+    modes = drive(chooser, lambda mode, n: 0.5 * (1.4 if n % 2 else 0.9), 100)
+    assert modes == [SPLIT] * 100 and len(chooser.decisions) == 1
+
+
+def test_one_cpu_never_splits_and_a_forced_mode_is_kept():
+    assert set(drive(SplitChooser(cpus=1), lambda mode, n: 0.1 if mode == SPLIT else 1.0, 30)) == {LOCAL}
+    assert SplitChooser(cpus=1).current() == LOCAL
+    forced = SplitChooser(cpus=2, forced=LOCAL)
+    assert set(drive(forced, lambda mode, n: 0.1 if mode == SPLIT else 1.0, 30)) == {LOCAL}
+    assert forced.decisions == []
+
+
+def test_the_environment_forces_a_mode(monkeypatch):
+    for value, expected in [("always", SPLIT), ("never", LOCAL), ("auto", None), ("", None)]:
+        monkeypatch.setenv("KERNELSCOPE_SPLIT", value)
+        assert adaptive.forced_mode() == expected
+
+
+def test_the_split_choice_never_changes_the_result(monkeypatch):
+    """A model whose chooser flips between split and local every pass trains bit-identically
+    to one that never uses a partner (same batch size, same threads)."""
+    rng = np.random.default_rng(3)
+    x, labels = rng.standard_normal((64, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 64)
+
+    def train(model, steps=6):
+        optimizer = engine.make_optimizer({"name": "sgd", "lr": 0.05, "momentum": 0.9})
+        losses = []
+        for _ in range(steps):
+            loss, _ = model.train_gradients(x, labels)
+            optimizer.step(model.params, model.grads)
+            losses.append(loss)
+        return losses
+
+    flipping = engine.build_model("small", seed=4, threads=2)
+    flipping.split_chooser = SplitChooser(cpus=2)  # warm-up, then a probe: both modes are used
+    used = []
+    original = flipping._partner_parts
+
+    def spy(parts, mode):
+        helpers = original(parts, mode)
+        used.append(bool(helpers))
+        return helpers
+
+    monkeypatch.setattr(flipping, "_partner_parts", spy)
+    local = engine.build_model("small", seed=4, threads=2)
+    local.split_chooser = SplitChooser(cpus=2, forced=LOCAL)
+    assert train(flipping) == train(local)
+    assert True in used and False in used  # the partner did some passes and not others
+    for name in local.params:
+        np.testing.assert_array_equal(flipping.params[name], local.params[name], err_msg=name)
+
+
+@pytest.mark.parametrize("policy, runnable, cpus, expected", [
+    ("always", 9, 2, True), ("never", 1, 2, False),
+    ("auto", 2, 2, True),   # this side and the one it waits for: both have a core
+    ("auto", 3, 2, False),  # a neighbour wants a core: polling would take its time slice
+    ("auto", None, 2, False),
+])
+def test_polling_only_while_a_core_is_spare(policy, runnable, cpus, expected):
+    assert partner.spin_allowed(policy, runnable, cpus) is expected
+
+
+def test_runnable_processes_reads_the_kernels_count(tmp_path):
+    path = tmp_path / "loadavg"
+    path.write_text("0.50 0.40 0.30 3/456 789\n")
+    assert partner.runnable_processes(str(path)) == 3
+    path.write_text("garbage\n")
+    assert partner.runnable_processes(str(path)) is None
+    assert partner.runnable_processes(str(tmp_path / "missing")) is None
+
+
+def test_the_verdict_follows_pairs_when_the_load_changes_during_the_probe():
+    """Each split pass takes 0.8 of the local pass run next to it, except in one round where a
+    burst of load hit the split pass only; and the load rose for the last round. The medians
+    of each mode alone (80 against 1) would choose local; the median of the rounds' ratios
+    (0.8, 80, 0.8) sees the split win."""
+    assert adaptive.PROBE_ROUNDS == 3
+    timings = {SPLIT: [0.8, 80.0, 80.0], LOCAL: [1.0, 1.0, 100.0]}
+    chooser = SplitChooser(cpus=2)
+    drive(chooser, lambda mode, n: 1.0, adaptive.WARMUP_PASSES)
+    drive(chooser, lambda mode, n: timings[mode][len(chooser.probe[mode])], 2 * adaptive.PROBE_ROUNDS)
+    assert chooser.chosen == SPLIT

@@ -1,0 +1,55 @@
+"""Narrow convs on the flat layout (engine.fast.conv: unfolded along the kernel's columns only)
+give what the full im2col path gives, over one chunk of images or many, chained or not."""
+
+import numpy as np
+import pytest
+
+from engine.fast import conv
+from engine.fast.direct_conv import DirectConvBlock
+from tests.engine.test_direct_conv import chained_case, fill_new_layouts_with_nan
+
+
+def run_chain(x, weight, bias, padding, next_weight, next_bias, next_padding, out_padding, dout_seed):
+    first = DirectConvBlock((1, 1), padding, relu=True, out_padding=out_padding)
+    second = DirectConvBlock((1, 1), next_padding, relu=True)
+    flat, first_cache = first.forward(x, weight, bias)
+    out, second_cache = second.forward(flat, next_weight, next_bias)
+    dout = np.random.default_rng(dout_seed).standard_normal(out.shape)
+    dmiddle, dnext_weight, dnext_bias = second.backward(dout, second_cache, next_weight)
+    dx, dweight, dbias = first.backward(dmiddle, first_cache, weight)
+    return [np.array(out), np.array(dx.valid() if isinstance(dx, conv.FlatPadded) else dx), dweight, dbias,
+            dnext_weight, dnext_bias]
+
+
+@pytest.mark.parametrize("chunk_elements", [conv.CHUNK_ELEMENTS, 600])  # one chunk; a few images a chunk
+@pytest.mark.parametrize("poisoned", [False, True])
+def test_the_narrow_path_matches_the_im2col_path(chunk_elements, poisoned, monkeypatch):
+    if poisoned:
+        fill_new_layouts_with_nan(monkeypatch)
+    monkeypatch.setattr(conv, "CHUNK_ELEMENTS", chunk_elements)
+    rng = np.random.default_rng(5)
+    compared = 0
+    for case_number in range(40):
+        case = chained_case(rng, ties=False)
+        x, weight, _, padding, next_weight, _, next_padding = case
+        out_padding = conv.flat_chain_padding((x.shape[0], *x.shape[2:]), weight.shape[2:], (1, 1), padding,
+                                              next_weight.shape[2:], (1, 1), next_padding)
+        if out_padding is None:
+            continue
+        assert conv._narrow(x.shape[0] * weight.shape[2] * weight.shape[3], weight.shape[0])  # small: narrow
+        narrow = run_chain(*case, out_padding, case_number)
+        with monkeypatch.context() as wide:
+            wide.setattr(conv, "NARROW_ROWS", 0)
+            reference = run_chain(*case, out_padding, case_number)
+        for got, want in zip(narrow, reference):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-11)
+        compared += 1
+    assert compared > 20
+
+
+def test_which_convs_are_narrow():
+    assert conv._narrow(8 * 3 * 3, 8)  # the deep preset's 8 -> 8 convs (and dx)
+    assert conv._narrow(1 * 3 * 3, 8)  # its first conv
+    assert not conv._narrow(8 * 3 * 3, 16)  # small and demo: 8 -> 16 (measured slower)
+    assert not conv._narrow(3 * 3 * 3, 32)  # medium's first conv: 32 filters
+    assert not conv._narrow(32 * 3 * 3, 32)  # medium's second
