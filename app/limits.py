@@ -91,6 +91,16 @@ MAX_GIF_PIXEL = 32              # ?pixel= of evolution.gif
 MAX_FRAME_PIXELS = 1_500_000
 MAX_GIF_PIXELS = 60_000_000
 
+# ---------------------------------------------------------------- event replays
+# A viewer that reconnects with Last-Event-ID gets every metrics point it missed, read from
+# the store in pages off the event loop. At most MAX_REPLAYS replays read at once (more wait
+# their turn, holding nothing but a coroutine); one client (IP address) may have at most
+# MAX_REPLAYS_PER_CLIENT replays running or waiting, beyond that 429 with Retry-After.
+MAX_REPLAYS = 4
+MAX_REPLAYS_PER_CLIENT = 4
+REPLAY_PAGE_POINTS = 2000       # metric points read from the store per page (and per event at most)
+REPLAY_RETRY_SECONDS = 2        # Retry-After of a refused replay
+
 # ---------------------------------------------------------------- runs at once
 # The server's defaults and the ceilings KERNELSCOPE_MAX_RUNS / KERNELSCOPE_MAX_QUEUED
 # may be set to (app/settings.py); beyond them POST /api/runs answers 429.
