@@ -586,7 +586,10 @@ class RunManager:
             resync = True
             while True:
                 if resync:
-                    async for event in self._resync(channel, subscription, last_sent, ticket):
+                    async for event in self._resync(channel, subscription, last_sent, ticket, keepalive):
+                        if event is None:
+                            yield None
+                            continue
                         last_sent = event.seq
                         ended = ended or _ends_stream(event)
                         yield event
@@ -635,13 +638,21 @@ class RunManager:
         return run
 
     async def _resync(self, channel: Channel, subscription: Subscription, last_sent: int | None,
-                      ticket: ReplayTicket | None = None):
+                      ticket: ReplayTicket | None = None, keepalive: float = KEEPALIVE_SECONDS):
+        """Missed metrics (paged, one of limits.MAX_REPLAYS at a time; None = keep-alive while it
+        waits its turn), then the current status and the latest snapshot."""
         run = await asyncio.to_thread(self._register, channel, subscription)
         newest = run["event_seq"]
         if last_sent is not None and last_sent < newest:
             if self._replay_slots is None:
                 self._replay_slots = asyncio.Semaphore(limits.MAX_REPLAYS)
-            async with self._replay_slots:
+            while True:  # wait for a replay slot, with keep-alives so the viewer knows it is alive
+                try:
+                    await asyncio.wait_for(self._replay_slots.acquire(), keepalive)
+                    break
+                except asyncio.TimeoutError:
+                    yield None
+            try:
                 position = (last_sent, ALL_STEPS)  # every point of event `last_sent` was delivered
                 while True:
                     events, position = await asyncio.to_thread(
@@ -650,6 +661,8 @@ class RunManager:
                         yield event
                     if not events:
                         break
+            finally:
+                self._replay_slots.release()
         if ticket is not None:
             ticket.release()
         # the newest event's spare ids (app/worker.py EVENT_ID_STRIDE)
