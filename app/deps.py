@@ -53,6 +53,7 @@ Run = Annotated[dict, Depends(existing_run)]
 
 def run_out(manager: RunManager, run: dict) -> dict:
     """The API view of a stored run (RunOut)."""
+    run = manager.view(run)
     return {
         "id": run["id"],
         "status": run["status"],

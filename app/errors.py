@@ -7,6 +7,7 @@ Routes raise what went wrong and never translate it themselves:
 - `InvalidInput(location, message)` is 422 at a location the route knows better
   (an entry of `inits`, a query or path parameter);
 - `RunNotFound` is 404, `RunConflict` 409, `QueueFull` 429 (with Retry-After when it says);
+- a full disk (StorageFull, ENOSPC, SQLite's "disk is full") is 507;
 - `DamagedFile` (a stored file that does not read back whole) is 500 naming run, step and file;
 - anything else is a bug: 500, still JSON, naming only the kind of error.
 
@@ -27,7 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.runs import QueueFull, RunConflict
-from app.store import DamagedFile, RunNotFound
+from app.store import DamagedFile, RunNotFound, StorageFull, is_disk_full
 from engine import OPTIMIZERS
 from engine.core.names import closest
 
@@ -104,7 +105,13 @@ async def damaged_file(request: Request, exc: DamagedFile) -> JSONResponse:
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:
-    """Every other exception (Starlette's last resort, after it logs the traceback): JSON, not text."""
+    """Every other exception (Starlette's last resort, after it logs the traceback): JSON, not text.
+    A full disk (StorageFull, ENOSPC, SQLite's 'disk is full') is 507 and says so."""
+    if is_disk_full(exc):
+        message = (str(exc) if str(exc).startswith("storage: ") else
+                   f"storage: the data directory's disk is full ({exc}); reads still work, writes resume "
+                   "once space is freed")
+        return _answer(507, message, message)
     message = f"internal error ({type(exc).__name__}); the server log has the details"
     return _answer(500, message, message)
 
@@ -164,6 +171,7 @@ HANDLERS: dict[type[Exception], Any] = {
     RunConflict: run_conflict,
     QueueFull: queue_full,
     DamagedFile: damaged_file,
+    StorageFull: server_error,
     Exception: server_error,
 }
 

@@ -288,20 +288,108 @@ def check_model(model, dataset: dict, batch_size: int) -> None:
         _, built = normalize_spec({"input": input_shape, "layers": layers})
     except ValueError:
         return  # the engine reports the misfit itself when the run builds its model
-    parameters = step_values = feature_values = 0
-    for layer in built:
-        parameters += sum(math.prod(shape) for shape in layer.param_shapes().values())
-        step_values += math.prod(layer.output_shape)
-        if layer.kind == "conv":
-            patches = layer.input_shape[0] * math.prod(layer.kernel) * math.prod(layer.output_shape[1:])
-            step_values += patches
-            feature_values += math.prod(layer.output_shape)
+    sizes = _layer_sizes(built)
+    parameters, step_values, feature_values = sizes["parameters"], sizes["step_values"], sizes["feature_values"]
     _at_most("model", parameters, MAX_PARAMETERS, "parameters")
     _at_most("model", feature_values, MAX_FEATURE_MAP_VALUES, "feature-map values per image (conv outputs)")
     if step_values * batch_size > MAX_STEP_VALUES:
         raise ValueError(
             f"batch_size: batch_size x values per example ({step_values}) must be at most {MAX_STEP_VALUES}; "
             f"use batch_size <= {max(1, MAX_STEP_VALUES // step_values)} or a smaller model"
+        )
+
+
+def _layer_sizes(built) -> dict:
+    """Counts of a normalised model: parameters, floats of one step per example, conv outputs
+    (feature-map values) per image, conv weights and filters."""
+    sizes = dict.fromkeys(("parameters", "step_values", "feature_values", "conv_weights", "filters", "arrays"), 0)
+    for layer in built:
+        shapes = layer.param_shapes()
+        sizes["parameters"] += sum(math.prod(shape) for shape in shapes.values())
+        sizes["arrays"] += len(shapes)
+        sizes["step_values"] += math.prod(layer.output_shape)
+        if layer.kind == "conv":
+            sizes["step_values"] += layer.input_shape[0] * math.prod(layer.kernel) * math.prod(layer.output_shape[1:])
+            sizes["feature_values"] += math.prod(layer.output_shape)
+            sizes["conv_weights"] += math.prod(shapes["weight"])
+            sizes["filters"] += layer.output_shape[0]
+    return sizes
+
+
+# ---------------------------------------------------------------- storage
+# What one stored snapshot costs, from the model's shapes (measured on the presets, rounded up):
+# params .npz 4 bytes a parameter; feature maps .npz 4 bytes a conv output value for each of the
+# PROBE_IMAGES probe images; the JSON about 14 bytes a conv weight (text), 300 a filter (its
+# analysis), 6 a probe pixel, plus a fixed part. A checkpoint holds the parameters and up to
+# two optimizer states beside them.
+PROBE_IMAGES = 4
+SNAPSHOT_FIXED_BYTES = 8192
+CHECKPOINT_FIXED_BYTES = 256 * 1024   # recent metric points and the config
+# Defaults of the server's settings KERNELSCOPE_MAX_RUN_STORAGE and KERNELSCOPE_MIN_FREE_DISK (bytes):
+MAX_RUN_STORAGE_BYTES = 1 << 30       # one run's snapshots and checkpoint (422 at POST beyond)
+# The disk keeps this much free: a run whose estimate (plus what active runs may still
+# write) does not fit is refused at POST with 507, and /healthz reports `disk_low` below it.
+MIN_FREE_DISK_BYTES = 64 << 20
+DISK_RETRY_SECONDS = 5.0              # after a full disk: how often the server tries to write again
+
+
+def estimate_run_storage(config: dict) -> int | None:
+    """Bytes a run of `config` (RunConfig.to_dict()) stores at most: every scheduled snapshot
+    (engine.trainer.snapshot_steps) and its checkpoint; None when its shapes are unknown here."""
+    from engine.core.model import normalize_spec
+    from engine.presets import PRESETS
+    from engine.trainer import snapshot_steps
+
+    model = config["model"]
+    spec = PRESETS[model] if isinstance(model, str) else model
+    input_shape, _ = known_shape(config["dataset"])
+    if isinstance(model, dict) and "input" in model:
+        input_shape = list(model["input"])
+    elif isinstance(model, str) and input_shape is None:
+        input_shape = list(spec["input"])
+    if input_shape is None:
+        return None
+    try:
+        _, built = normalize_spec({"input": input_shape, "layers": spec.get("layers") or []})
+    except ValueError:
+        return None
+    sizes = _layer_sizes(built)
+    per_snapshot = (SNAPSHOT_FIXED_BYTES + 4 * sizes["parameters"] + 256 * sizes["arrays"]
+                    + 4 * PROBE_IMAGES * sizes["feature_values"]
+                    + 14 * sizes["conv_weights"] + 300 * sizes["filters"]
+                    + 6 * PROBE_IMAGES * math.prod(input_shape))
+    checkpoint = CHECKPOINT_FIXED_BYTES + 3 * 4 * sizes["parameters"]
+    return len(snapshot_steps(config)) * per_snapshot + checkpoint
+
+
+def _mib(count: int) -> str:
+    return f"{count / (1 << 20):.1f} MiB"
+
+
+def check_storage(config: dict, data_dir, active_configs=(), budget: int = MAX_RUN_STORAGE_BYTES,
+                  reserve: int = MIN_FREE_DISK_BYTES) -> None:
+    """A run must fit its own `budget` (ValueError naming snapshot_every, 422) and, together with
+    what the active runs (`active_configs`) may still write, the free disk less `reserve`
+    (StorageFull, 507): the total budget is the disk."""
+    import shutil
+
+    from app.store import StorageFull
+
+    needed = estimate_run_storage(config)
+    if needed is None:
+        return
+    if needed > budget:
+        raise ValueError(
+            f"snapshot_every: this run would store about {_mib(needed)} of snapshots (a run may store at most "
+            f"{_mib(budget)}); store fewer snapshots (larger snapshot_every, smaller "
+            f"snapshot_schedule.dense_steps), fewer steps or a smaller model"
+        )
+    pending = sum(estimate_run_storage(other) or 0 for other in active_configs)
+    free = shutil.disk_usage(data_dir).free
+    if needed + pending + reserve > free:
+        raise StorageFull(
+            f"storage: this run needs about {_mib(needed)} and the active runs up to {_mib(pending)} more, "
+            f"but the data directory's disk has {_mib(free)} free (and keeps {_mib(reserve)} spare)"
         )
 
 

@@ -38,7 +38,7 @@ from fastapi.sse import format_sse_event
 
 from app.settings import Settings
 from app.store import (
-    ACTIVE_STATUSES, DamagedFile, RunNotFound, Store, checkpoint_path, dumps_json, write_npz_atomic,
+    ACTIVE_STATUSES, DamagedFile, RunNotFound, Store, checkpoint_path, dumps_json, is_disk_full, write_npz_atomic,
 )
 from app.worker import (
     TERMINAL_STATUSES, Event, RunRecorder, process_main, snapshot_event_data, status_payload,
@@ -208,6 +208,7 @@ class WorkerHandle:
     thread: threading.Thread | None = None
     final_status: str | None = None
     deleting: bool = False
+    storage_failure: str | None = None  # why the store refused this run's progress (disk full)
     replies: dict = field(default_factory=dict)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -245,12 +246,32 @@ class RunManager:
         self._context = multiprocessing.get_context("spawn")
         self._request_ids = itertools.count(1)
         self._replays_by_client: dict[str, int] = {}
+        # Statuses the store could not take (disk full): shown by `view` and written by
+        # _retry_storage once space returns; a run waiting there keeps no slot.
+        self._unrecorded: dict[str, tuple[str, str]] = {}
+        self._recovered = False
+        self._retry_timer: threading.Timer | None = None
         self._replay_slots: asyncio.Semaphore | None = None
 
     # -- lifecycle
 
     def recover(self) -> list[str]:
-        """Mark runs left queued/running/paused by a previous server as interrupted."""
+        """Mark runs left queued/running/paused by a previous server as interrupted.
+
+        On a full disk the server still starts (reads work); the marks are written,
+        and queued runs started, by _retry_storage once space returns.
+        """
+        try:
+            recovered = self._recover()
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            self._arm_storage_retry()
+            return []
+        self._recovered = True
+        return recovered
+
+    def _recover(self) -> list[str]:
         recovered = []
         for run in self.store.list_runs():
             if run["status"] not in ACTIVE_STATUSES:
@@ -269,10 +290,12 @@ class RunManager:
         """Checkpoint and stop every worker within settings.shutdown_timeout seconds."""
         with self._lock:
             self._closing = True
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
             queued, self._queue = list(self._queue), deque()
             handles = list(self._workers.values())
         for run_id in queued:
-            self._set_status(run_id, "interrupted", "the server shut down before this run started")
+            self._end_unrecorded(run_id, "interrupted", "the server shut down before this run started")
         for handle in handles:
             handle.send(("shutdown",))
         deadline = _deadline(self.settings.shutdown_timeout)
@@ -293,6 +316,58 @@ class RunManager:
             channels = list(self._channels.values())
         for channel in channels:
             channel.close()
+
+    # -- a full disk
+
+    def view(self, run: dict) -> dict:
+        """The run as the API shows it: a status the full disk kept from the store wins."""
+        pending = self._unrecorded.get(run["id"])
+        if pending is None:
+            return run
+        return {**run, "status": pending[0], "message": pending[1]}
+
+    def _end_unrecorded(self, run_id: str, status: str, message: str) -> None:
+        """Set a final status, or keep it in memory until the store can take it."""
+        try:
+            self._set_status(run_id, status, message)
+        except RunNotFound:
+            pass
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            self._unrecorded[run_id] = (status, message)
+            self._arm_storage_retry()
+
+    def _arm_storage_retry(self) -> None:
+        with self._lock:
+            if self._closing or (self._retry_timer is not None and self._retry_timer.is_alive()):
+                return
+            self._retry_timer = threading.Timer(limits.DISK_RETRY_SECONDS, self._retry_storage)
+            self._retry_timer.daemon = True
+            self._retry_timer.start()
+
+    def _retry_storage(self) -> None:
+        """Once the disk takes writes again: recover, record kept statuses, start queued runs."""
+        try:
+            if not self._recovered:
+                self._recover()
+                self._recovered = True
+            for run_id, (status, message) in list(self._unrecorded.items()):
+                try:
+                    self._set_status(run_id, status, message)
+                except RunNotFound:
+                    pass
+                self._unrecorded.pop(run_id, None)
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            with self._lock:
+                self._retry_timer = None
+            self._arm_storage_retry()
+            return
+        with self._lock:
+            self._retry_timer = None
+        self._schedule()
 
     # -- channels and status
 
@@ -332,11 +407,18 @@ class RunManager:
         full_config = RunConfig.from_dict(config).to_dict()
         limits.check_run_config(full_config)
         security.check_dataset_path(self.store.data_dir, full_config["dataset"])
+        active = [run["config"] for run in self.store.list_runs() if run["status"] in ACTIVE_STATUSES]
+        limits.check_storage(full_config, self.store.data_dir, active,
+                             self.settings.max_run_storage, self.settings.min_free_disk)
         with self._lock:
             self._check_capacity()
             run = self.store.create_run(full_config, status="queued", meta=meta, owner_pid=os.getpid())
-            if checkpoint is not None:
-                write_npz_atomic(checkpoint_path(self.store.data_dir, run["id"]), checkpoint)
+            try:
+                if checkpoint is not None:
+                    write_npz_atomic(checkpoint_path(self.store.data_dir, run["id"]), checkpoint)
+            except OSError:
+                self.store.delete_run(run["id"])
+                raise
             self._queue.append(run["id"])
             self._set_status(run["id"], "queued")
             self._schedule()
@@ -360,6 +442,12 @@ class RunManager:
                     self._launch(run_id)
                 except RunNotFound:
                     continue
+                except Exception as error:
+                    if not is_disk_full(error):
+                        raise
+                    self._queue.appendleft(run_id)  # started again once space returns
+                    self._arm_storage_retry()
+                    return
 
     def _launch(self, run_id: str) -> None:
         run = self.store.get_run(run_id)
@@ -404,6 +492,13 @@ class RunManager:
             except RunNotFound:
                 handle.deleting = True
                 continue
+            except Exception as error:  # the store refused the write: end this run, free its slot
+                if message[0] == "status" and message[1] == "failed":
+                    handle.storage_failure = message[3]
+                else:
+                    handle.storage_failure = f"storage: {type(error).__name__}: {error}"
+                handle.process.kill()
+                break
             if message[0] == "status" and message[1] in TERMINAL_STATUSES:
                 handle.final_status = message[1]
         handle.process.join(5.0)
@@ -412,13 +507,15 @@ class RunManager:
         handle.replies.clear()
         if handle.final_status is None and not handle.deleting:
             code = handle.process.exitcode
-            if self._closing:
+            if handle.storage_failure is not None:
+                status, text = "failed", handle.storage_failure
+            elif self._closing:
                 status, text = "interrupted", "the server shut down; resume to continue"
             else:
                 status, text = "failed", f"the training process exited unexpectedly (exit code {code})"
             try:
-                self._set_status(handle.run_id, status, text)
-            except RunNotFound:
+                self._end_unrecorded(handle.run_id, status, text)
+            except Exception:  # never let this thread die before the slot is freed below
                 pass
         try:
             handle.event_conn.close()
@@ -454,7 +551,7 @@ class RunManager:
 
     def resume(self, run_id: str) -> dict:
         """Continue a paused run, or restart an interrupted/stopped/failed one from its checkpoint."""
-        run = self.store.get_run(run_id)
+        run = self.view(self.store.get_run(run_id))
         status = run["status"]
         handle = self._workers.get(run_id)
         if status == "paused" and handle is not None:
@@ -472,6 +569,7 @@ class RunManager:
                 self._check_capacity()
                 self._queue.append(run_id)
                 self._set_status(run_id, "queued", f"resuming from step {start}")
+                self._unrecorded.pop(run_id, None)
                 self._schedule()
             return self.store.get_run(run_id)
         raise RunConflict(
@@ -533,6 +631,7 @@ class RunManager:
         with self._lock:
             if run_id in self._queue:
                 self._queue.remove(run_id)
+            self._unrecorded.pop(run_id, None)
             handle = self._workers.get(run_id)
             if handle is not None:
                 handle.deleting = True

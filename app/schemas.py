@@ -176,6 +176,8 @@ class InitsDescribed(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+    disk_free_bytes: int | None = None
+    disk_low: bool = False  # below limits.MIN_FREE_DISK_BYTES: new runs are refused, running ones may fail
 
 
 class ErrorOut(BaseModel):

@@ -96,8 +96,14 @@ def _load_npz(path: Path, run_id: str, what: str, step: int | None) -> dict[str,
         raise DamagedFile(run_id, what, step, path, f"{type(error).__name__}: {error}") from None
 
 
+class StorageFull(Exception):
+    """The disk cannot take what a request would write (HTTP 507)."""
+
+
 def is_disk_full(error: BaseException) -> bool:
     """True for 'no space left' (or quota) from a file write or from SQLite."""
+    if isinstance(error, StorageFull):
+        return True
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return isinstance(error, sqlite3.OperationalError) and "full" in str(error).lower()

@@ -267,3 +267,88 @@ def test_sigterm_to_the_whole_process_group_leaves_runs_interrupted_and_resumabl
         wait_for_step(server.client, run_ids[0], runs[0]["step"] + 5)
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- a full disk
+
+# Trains for a long time but stores few snapshots, so its storage estimate fits a small disk;
+# checkpoints every 10 steps (KERNELSCOPE_CHECKPOINT_EVERY) keep writing.
+FEW_SNAPSHOTS = {**LONG, "snapshot_every": 50_000, "snapshot_schedule": {"dense_steps": 0, "growth": 10}}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 20 MB tmpfs (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs this test as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder) -> "os.PathLike":
+    """Write a ballast file until the disk refuses another byte."""
+    ballast = folder / "ballast"
+    with open(ballast, "wb", buffering=0) as out:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    out.write(b"\0" * size)
+            except OSError as error:
+                assert error.errno == 28  # ENOSPC
+    return ballast
+
+
+def wait_until(predicate, timeout: float = 90.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.2)
+
+
+def test_a_full_disk_ends_runs_cleanly_keeps_reads_and_recovers_when_space_returns(small_disk):
+    data_dir = small_disk / "data"
+    env = {"KERNELSCOPE_MAX_RUNS": "2", "KERNELSCOPE_MAX_QUEUED": "8", "KERNELSCOPE_MIN_FREE_DISK": str(1 << 20)}
+    server = LiveServer(data_dir, **env)
+    try:
+        run_ids = [server.client.post("/api/runs", json=FEW_SNAPSHOTS).json()["id"] for _ in range(3)]
+        for run_id in run_ids[:2]:
+            wait_for_step(server.client, run_id, 20)
+        ballast = fill(small_disk)
+        # every run ends `failed` naming the disk, and no slot stays taken by a run without a process
+        for run_id in run_ids[:2]:
+            run = wait_until(lambda: (lambda r: r if r["status"] not in ("running", "queued") else None)(
+                server.client.get(f"/api/runs/{run_id}").json()), what=f"run {run_id} ending")
+            assert run["status"] == "failed" and ("space" in run["message"] or "full" in run["message"]), run
+        # the queued run got a freed slot, could not start on the full disk and waits for space
+        assert server.client.get(f"/api/runs/{run_ids[2]}").json()["status"] in ("queued", "failed")
+        assert server.client.get("/api/runs").status_code == 200  # reads keep working
+        health = server.client.get("/healthz").json()
+        assert health["disk_low"] is True
+        refused = server.client.post("/api/runs", json=FEW_SNAPSHOTS)
+        assert refused.status_code == 507 and refused.json()["message"].startswith("storage: ")
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(30)
+    finally:
+        server.stop()
+    server = LiveServer(data_dir, **env)  # starts on the full disk
+    try:
+        assert {run["id"] for run in server.client.get("/api/runs").json()["runs"]} == set(run_ids)
+        ballast.unlink()  # space returns
+        assert server.client.get("/healthz").json()["disk_low"] is False
+        fresh = server.client.post("/api/runs", json={**TINY, "steps": 20})
+        assert fresh.status_code == 201, fresh.text
+        wait_for(server.client, fresh.json()["id"], "completed", timeout=120)
+        for run_id in run_ids:  # the server wrote what the full disk kept from it
+            wait_until(lambda: server.client.get(f"/api/runs/{run_id}").json()["status"] in ("failed", "interrupted"),
+                       what=f"run {run_id} recorded")
+    finally:
+        server.stop()
