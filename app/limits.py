@@ -101,6 +101,13 @@ MAX_REPLAYS_PER_CLIENT = 4
 REPLAY_PAGE_POINTS = 2000       # metric points read from the store per page (and per event at most)
 REPLAY_RETRY_SECONDS = 2        # Retry-After of a refused replay
 
+# ---------------------------------------------------------------- heavy renders
+# filters.png, evolution.gif, export, filter explanations and the init probe share one pool
+# (app/render.py RenderSlots): this many at once, this many more waiting, then 429.
+MAX_RENDERS = 2
+MAX_RENDERS_WAITING = 8
+RENDER_RETRY_SECONDS = 5
+
 # ---------------------------------------------------------------- runs at once
 # The server's defaults and the ceilings KERNELSCOPE_MAX_RUNS / KERNELSCOPE_MAX_QUEUED
 # may be set to (app/settings.py); beyond them POST /api/runs answers 429.

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Resp
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse
 
 from app import limits, render
-from app.deps import CONFLICT, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out, snapshot_step
+from app.deps import CONFLICT, HEAVY, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out, snapshot_step
 from app.errors import InvalidInput
 from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
 from app.store import Store, dumps_json
@@ -112,6 +112,7 @@ def get_snapshot(
 @router.get(
     "/{run_id}/snapshots/{step}/filters.png",
     response_class=Response,
+    dependencies=HEAVY,
     responses={200: {"content": {"image/png": {}}, "description": "the layer's kernels as a picture"}, **NOT_FOUND},
 )
 def get_filters_png(

@@ -352,3 +352,47 @@ def test_a_full_disk_ends_runs_cleanly_keeps_reads_and_recovers_when_space_retur
                        what=f"run {run_id} recorded")
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- heavy renders
+
+def test_the_render_pool_runs_a_few_lets_a_few_wait_and_refuses_the_rest():
+    import asyncio
+
+    from app.render import RenderSlots
+
+    async def scenario():
+        slots = RenderSlots(running=1, waiting=1, retry_after=5)
+        order = []
+        first = slots.slot()
+        await first.__aenter__()
+
+        async def second():
+            async with slots.slot():
+                order.append("second ran")
+
+        waiting = asyncio.create_task(second())
+        await asyncio.sleep(0)  # the second request now waits for the slot
+        with pytest.raises(QueueFull) as refused:
+            async with slots.slot():
+                pass
+        order.append("first done")
+        await first.__aexit__(None, None, None)
+        await waiting
+        return order, refused.value.retry_after
+
+    order, retry_after = asyncio.run(scenario())
+    assert order == ["first done", "second ran"] and retry_after == 5
+
+
+def test_heavy_routes_beyond_the_pool_answer_429_with_retry_after(client):
+    from app.render import RenderSlots
+
+    run_id, steps = completed_run(client)
+    client.app.state.render_slots = RenderSlots(running=0, waiting=0, retry_after=7)  # a pool that is full
+    for path in (f"/api/runs/{run_id}/snapshots/{steps[-1]}/filters.png", f"/api/runs/{run_id}/evolution.gif",
+                 f"/api/runs/{run_id}/export", f"/api/runs/{run_id}/snapshots/{steps[-1]}/filters/0/0"):
+        answer = client.get(path)
+        assert answer.status_code == 429, path
+        assert answer.headers["Retry-After"] == "7" and answer.json()["message"].startswith("render: ")
+    assert client.get(f"/api/runs/{run_id}/snapshots/{steps[-1]}").status_code == 200  # light reads are not pooled
