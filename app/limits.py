@@ -55,9 +55,16 @@ MAX_HANDMADE_KERNEL_SIDE = MAX_KERNEL   # side of one hand-made kernel grid
 
 # ---------------------------------------------------------------- datasets
 DATASETS_FOLDER = "datasets"    # dataset paths are relative to DATA/datasets
+DATASET_PATH_RULE = (
+    f"dataset.path is a folder relative to the data directory's {DATASETS_FOLDER}/ folder "
+    f"(KERNELSCOPE_DATA/{DATASETS_FOLDER}); absolute paths, '..' and symlinks (folders or files) leading "
+    "out of it are refused; hidden files and folders are ignored; an image_folder holds one sub-folder "
+    "of PNG/JPEG images per class"
+)
 MAX_DATASET_EXAMPLES = 100_000  # n_train + n_val of the generated set; `limit` of file sets
 MAX_DATASET_VALUES = 2**26      # examples x pixels of the generated set (256 MiB of float32)
 MAX_PATH_LENGTH = 1024
+DATASET_SCAN_IMAGES = 64        # image_folder: images decoded at POST to check them (spread over the classes)
 
 # ---------------------------------------------------------------- requests
 MAX_BODY_BYTES = 1_048_576      # request body (413 beyond)
@@ -245,7 +252,11 @@ def _check_grid(field: str, grid) -> None:
 
 def check_dataset(dataset: dict) -> None:
     """Bound the size of the generated set and of file sets (`limit`); numbers must be finite."""
+    from engine.datasets import DATASETS, dataset_available
+
     name = dataset.get("name")
+    if name in DATASETS and not dataset_available(name):
+        raise ValueError(f"dataset.name: {name} cannot load on this server ({DATASETS[name]['description']})")
     for key, value in dataset.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             _finite_number(f"dataset.{key}", value)
@@ -267,6 +278,25 @@ def check_dataset(dataset: dict) -> None:
             raise ValueError(
                 f"dataset.n_train: (n_train + n_val) x size^2 must be at most {MAX_DATASET_VALUES} pixels, got {values}"
             )
+
+
+def check_dataset_files(config: dict, real_path: str) -> None:
+    """Look at a file dataset before its run is queued, cheaply: an image folder's class folders,
+    image count, and a bounded sample decoded for damage and size; then bound the model on the
+    shape found. ValueError names dataset.path (or the field the shape breaks)."""
+    from engine.datasets import DatasetError, check_image_folder
+
+    dataset = config["dataset"]
+    if dataset.get("name") != "image_folder":
+        return
+    cap = min(MAX_DATASET_EXAMPLES, dataset.get("limit") or MAX_DATASET_EXAMPLES)
+    try:
+        shape = check_image_folder(real_path, dataset.get("size"), bool(dataset.get("color")), cap,
+                                   MAX_INPUT_SIDE, DATASET_SCAN_IMAGES)
+    except DatasetError as error:
+        text = str(error).replace(str(real_path), repr(dataset["path"]))  # never the server's own path
+        raise ValueError(text if text.startswith("dataset.path: ") else f"dataset.path: {text}") from None
+    check_model(config["model"], {**dataset, "size": max(shape[1:])}, config["batch_size"])
 
 
 def check_model(model, dataset: dict, batch_size: int) -> None:

@@ -407,6 +407,9 @@ class RunManager:
         full_config = RunConfig.from_dict(config).to_dict()
         limits.check_run_config(full_config)
         security.check_dataset_path(self.store.data_dir, full_config["dataset"])
+        confined = security.confined_dataset(self.store.data_dir, full_config["dataset"])
+        if confined.get("path") is not None:
+            limits.check_dataset_files(full_config, confined["path"])
         active = [run["config"] for run in self.store.list_runs() if run["status"] in ACTIVE_STATUSES]
         limits.check_storage(full_config, self.store.data_dir, active,
                              self.settings.max_run_storage, self.settings.min_free_disk)

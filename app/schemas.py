@@ -116,7 +116,8 @@ class DatasetInfo(BaseModel):
 
 
 class DatasetList(BaseModel):
-    datasets: list[DatasetInfo]
+    datasets: list[DatasetInfo]  # only those that can load on this server
+    path_rule: str = ""          # where dataset.path points (app/limits.py DATASET_PATH_RULE)
 
 
 class PresetInfo(BaseModel):

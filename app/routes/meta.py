@@ -68,13 +68,14 @@ def describe_inits(body: Annotated[InitsDescribe | None, Body()] = None) -> dict
 
 @router.get("/api/datasets", response_model=DatasetList)
 def list_datasets() -> dict:
-    from engine.datasets import DATASETS
+    from engine.datasets import DATASETS, dataset_available
 
     return {
         "datasets": [
             DatasetInfo(name=name, description=entry["description"], params=dict(entry["params"]))
-            for name, entry in DATASETS.items()
-        ]
+            for name, entry in DATASETS.items() if dataset_available(name)
+        ],
+        "path_rule": limits.DATASET_PATH_RULE,
     }
 
 

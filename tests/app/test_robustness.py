@@ -396,3 +396,81 @@ def test_heavy_routes_beyond_the_pool_answer_429_with_retry_after(client):
         assert answer.status_code == 429, path
         assert answer.headers["Retry-After"] == "7" and answer.json()["message"].startswith("render: ")
     assert client.get(f"/api/runs/{run_id}/snapshots/{steps[-1]}").status_code == 200  # light reads are not pooled
+
+
+# ---------------------------------------------------------------- dataset folders
+
+def write_png(path, side: int, value: int = 128, height: int | None = None) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((height or side, side), value, dtype=np.uint8)).save(path)
+
+
+def image_folder(root, name: str, side: int = 16, per_class: int = 3):
+    folder = root / name
+    for label in ("a", "b"):
+        for i in range(per_class):
+            write_png(folder / label / f"{i}.png", side, value=40 + 80 * (label == "b") + i)
+    return folder
+
+
+def post_folder(client, path: str, **extra):
+    dataset = {"name": "image_folder", "path": path, **extra}
+    return client.post("/api/runs", json={"model": "small", "dataset": dataset, "batch_size": 2, "steps": 4,
+                                          "snapshot_every": 2, "eval_every": 2})
+
+
+def test_bad_image_folders_are_refused_at_post_naming_the_problem(client, data_dir):
+    root = data_dir / "datasets"
+    image_folder(root, "big", side=600, per_class=1)
+    mixed = image_folder(root, "mixed")
+    write_png(mixed / "a" / "odd.png", 20)
+    broken = image_folder(root, "broken")
+    cut(broken / "b" / "1.png", 0.4)
+    (root / "flat").mkdir()
+    write_png(root / "flat" / "0.png", 16)
+    (root / "a_file.png").write_bytes((root / "flat" / "0.png").read_bytes())
+    outside = data_dir / "secret.png"
+    write_png(outside, 16)
+    leaky = image_folder(root, "leaky")
+    (leaky / "a" / "link.png").symlink_to(outside)
+    cases = {
+        "big": "at most 128 per side",
+        "mixed": "give dataset.size",
+        "broken": "cannot be read as an image",
+        "flat": "no class sub-folders",
+        "a_file.png": "not a folder",
+        "leaky": "symlink leading out",
+    }
+    for path, problem in cases.items():
+        answer = post_folder(client, path)
+        assert answer.status_code == 422, (path, answer.text)
+        message = answer.json()["message"]
+        assert message.startswith("dataset.path: ") and problem in message, (path, message)
+        assert str(data_dir) not in message  # the server's own folders stay private
+    assert post_folder(client, "big", size=28).status_code == 201  # resized, it fits
+
+
+def test_hidden_folders_and_files_are_not_classes_or_images(client, data_dir):
+    from engine.datasets import image_folder_contents
+
+    folder = image_folder(data_dir / "datasets", "notebook")
+    write_png(folder / ".ipynb_checkpoints" / "x.png", 16)
+    write_png(folder / "a" / ".hidden.png", 99)
+    _, classes, files = image_folder_contents(folder)
+    assert [c.name for c in classes] == ["a", "b"] and all(".hidden.png" not in str(f) for f in files[0])
+    run_id = post_folder(client, "notebook").json()["id"]
+    assert wait_for(client, run_id, ("completed", "failed"))["status"] == "completed"
+
+
+def test_api_datasets_states_the_path_rule_and_lists_only_what_can_load(client):
+    import importlib.util
+
+    served = client.get("/api/datasets").json()
+    assert "relative to the data directory's datasets/ folder" in served["path_rule"]
+    names = {entry["name"] for entry in served["datasets"]}
+    assert ("sklearn_digits" in names) == (importlib.util.find_spec("sklearn") is not None)
+    if "sklearn_digits" not in names:
+        refused = client.post("/api/runs", json={"dataset": "sklearn_digits"})
+        assert refused.status_code == 422 and refused.json()["message"].startswith("dataset.name: ")
