@@ -294,7 +294,7 @@ def check_dataset_files(config: dict, real_path: str) -> None:
         shape = check_image_folder(real_path, dataset.get("size"), bool(dataset.get("color")), cap,
                                    MAX_INPUT_SIDE, DATASET_SCAN_IMAGES)
     except DatasetError as error:
-        text = str(error).replace(str(real_path), repr(dataset["path"]))  # never the server's own path
+        text = str(error).replace(str(real_path), str(dataset["path"]))  # never the server's own path
         raise ValueError(text if text.startswith("dataset.path: ") else f"dataset.path: {text}") from None
     check_model(config["model"], {**dataset, "size": max(shape[1:])}, config["batch_size"])
 

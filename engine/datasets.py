@@ -546,21 +546,20 @@ def image_folder_contents(path) -> tuple[Path, list[Path], list[list[Path]]]:
     for entry in sorted(folder.iterdir()):
         if _visible(entry) and entry.is_dir():
             if not confined(entry):
-                raise DatasetError(f"dataset.path: {entry.name}/ is a symlink leading out of the dataset folder")
+                raise DatasetError(f"{entry}: a symlink leading out of the dataset folder")
             class_dirs.append(entry)
     if not class_dirs:
-        raise DatasetError(f"dataset.path: {path} has no class sub-folders (one folder of images per class)")
+        raise DatasetError(f"{folder}: no class sub-folders found (one folder of images per class)")
     files = []
     for class_dir in class_dirs:
         images = []
         for entry in sorted(class_dir.iterdir()):
             if _visible(entry) and entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
                 if not confined(entry):
-                    raise DatasetError(f"dataset.path: {class_dir.name}/{entry.name} is a symlink leading out "
-                                       "of the dataset folder")
+                    raise DatasetError(f"{entry}: a symlink leading out of the dataset folder")
                 images.append(entry)
         if not images:
-            raise DatasetError(f"dataset.path: class folder {class_dir.name}/ has no .png/.jpg/.jpeg images")
+            raise DatasetError(f"{class_dir}: no .png/.jpg/.jpeg images in this class folder")
         files.append(images)
     return folder, class_dirs, files
 
@@ -576,12 +575,12 @@ def check_image_folder(path, size: int | None, color: bool, max_images: int, max
     """
     from PIL import Image
 
-    _, class_dirs, files = image_folder_contents(path)
+    folder, _, files = image_folder_contents(path)
     count = sum(len(images) for images in files)
     if count > max_images:
-        raise DatasetError(f"dataset.path: {count} images; at most {max_images} (dataset.limit) can be trained on")
+        raise DatasetError(f"{folder}: {count} images; at most {max_images} can be trained on")
     if count < 2:
-        raise DatasetError("dataset.path: need at least 2 images for a training and a validation split")
+        raise DatasetError(f"{folder}: need at least 2 images for a training and a validation split")
     per_class = max(1, scan // len(files))
     first = None
     for images in files:
@@ -591,17 +590,16 @@ def check_image_folder(path, size: int | None, color: bool, max_images: int, max
                     image.load()  # decodes: a cut or garbled file fails here
                     shape = (image.height, image.width)
             except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "damaged"
-                raise DatasetError(f"dataset.path: {file.parent.name}/{file.name} cannot be read as an image "
-                                   f"({error})") from None
+                raise DatasetError(f"{file}: cannot be read as an image ({error})") from None
             if size is None:
                 if max(shape) > max_side:
-                    raise DatasetError(f"dataset.path: {file.parent.name}/{file.name} is {shape[1]}x{shape[0]} "
-                                       f"pixels; at most {max_side} per side, or give dataset.size to resize")
+                    raise DatasetError(f"{file}: {shape[1]}x{shape[0]} pixels; at most {max_side} per side, "
+                                       "or give dataset.size to resize")
                 if first is not None and shape != first[0]:
-                    raise DatasetError(f"dataset.path: {file.parent.name}/{file.name} is {shape[1]}x{shape[0]} but "
-                                       f"{first[1]} is {first[0][1]}x{first[0][0]}; give dataset.size to resize all")
+                    raise DatasetError(f"{file}: {shape[1]}x{shape[0]} pixels but {first[1]} is "
+                                       f"{first[0][1]}x{first[0][0]}; give dataset.size to resize all")
                 if first is None:
-                    first = (shape, f"{file.parent.name}/{file.name}")
+                    first = (shape, file.name)
     height, width = (size, size) if size is not None else first[0]
     return [3 if color else 1, height, width]
 
