@@ -25,7 +25,6 @@ import math
 import numpy as np
 from PIL import Image
 
-
 # Anchors of a blue-white-red map (ColorBrewer RdBu, reversed), from -1 to +1.
 _ANCHORS = np.array(
     [

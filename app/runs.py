@@ -33,15 +33,27 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from app import limits, security
 from fastapi.sse import format_sse_event
 
+from app import limits, security
 from app.settings import Settings
 from app.store import (
-    ACTIVE_STATUSES, DamagedFile, RunNotFound, Store, checkpoint_path, dumps_json, is_disk_full, write_npz_atomic,
+    ACTIVE_STATUSES,
+    DamagedFile,
+    RunNotFound,
+    Store,
+    checkpoint_path,
+    dumps_json,
+    is_disk_full,
+    write_npz_atomic,
 )
 from app.worker import (
-    TERMINAL_STATUSES, Event, RunRecorder, process_main, snapshot_event_data, status_payload,
+    TERMINAL_STATUSES,
+    Event,
+    RunRecorder,
+    process_main,
+    snapshot_event_data,
+    status_payload,
 )
 
 MAX_PENDING_BATCHES = 64
@@ -65,7 +77,7 @@ class QueueFull(Exception):
 class ReplayTicket:
     """One client's place among the event replays; released once (by the stream or the route)."""
 
-    def __init__(self, manager: "RunManager", client: str):
+    def __init__(self, manager: RunManager, client: str):
         self.manager, self.client, self.released = manager, client, False
 
     def __del__(self) -> None:  # a stream that never started (client gone first) frees its place too
@@ -92,7 +104,7 @@ class Subscription:
     reader thread that holds the channel lock while it writes to the store.
     """
 
-    def __init__(self, channel: "Channel", loop: asyncio.AbstractEventLoop):
+    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop):
         self.channel = channel
         self.loop = loop
         self.lock = threading.Lock()
@@ -702,7 +714,7 @@ class RunManager:
                     resync = False
                 try:
                     await asyncio.wait_for(subscription.wakeup.wait(), keepalive)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield None
                     continue
                 if channel.closed:
@@ -752,7 +764,7 @@ class RunManager:
                 try:
                     await asyncio.wait_for(self._replay_slots.acquire(), keepalive)
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield None
             try:
                 position = (last_sent, ALL_STEPS)  # every point of event `last_sent` was delivered

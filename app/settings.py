@@ -13,7 +13,6 @@ from pathlib import Path
 
 from app import limits
 
-
 DEFAULT_DATA_DIR = "./kernelscope-data"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -81,7 +80,7 @@ class Settings:
     min_free_disk: int = limits.MIN_FREE_DISK_BYTES      # bytes the data directory's disk keeps free
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Settings":
+    def from_env(cls, env: dict | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         token = env.get("KERNELSCOPE_TOKEN") or None
         return cls(

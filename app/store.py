@@ -21,9 +21,9 @@ server's threads behind a lock; other processes (the CLI) open their own.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
-import errno
 import math
 import os
 import shutil
@@ -35,7 +35,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-
 
 STATUSES = (
     "queued", "running", "paused", "completed", "stopped", "diverged", "failed", "interrupted",

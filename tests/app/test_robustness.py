@@ -7,7 +7,6 @@ group for the signal and the replay storm. Nothing under test is mocked.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from fastapi.testclient import TestClient
 from app import limits
 from app import store as files
 from app.main import create_app
-from app.runs import QueueFull, RunManager
+from app.runs import QueueFull
 from app.store import Store
 from engine.trainer import RunConfig
 from tests.app.conftest import LONG, TINY, make_settings, read_events, wait_for, wait_for_step
@@ -290,7 +289,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def fill(folder) -> "os.PathLike":
+def fill(folder) -> os.PathLike:
     """Write a ballast file until the disk refuses another byte."""
     ballast = folder / "ballast"
     with open(ballast, "wb", buffering=0) as out:
@@ -325,7 +324,7 @@ def test_a_full_disk_ends_runs_cleanly_keeps_reads_and_recovers_when_space_retur
         ballast = fill(small_disk)
         # every run ends `failed` naming the disk, and no slot stays taken by a run without a process
         for run_id in run_ids[:2]:
-            run = wait_until(lambda: (lambda r: r if r["status"] not in ("running", "queued") else None)(
+            run = wait_until(lambda run_id=run_id: (lambda r: r if r["status"] not in ("running", "queued") else None)(
                 server.client.get(f"/api/runs/{run_id}").json()), what=f"run {run_id} ending")
             assert run["status"] == "failed" and ("space" in run["message"] or "full" in run["message"]), run
         # the queued run got a freed slot, could not start on the full disk and waits for space
@@ -348,7 +347,8 @@ def test_a_full_disk_ends_runs_cleanly_keeps_reads_and_recovers_when_space_retur
         assert fresh.status_code == 201, fresh.text
         wait_for(server.client, fresh.json()["id"], "completed", timeout=120)
         for run_id in run_ids:  # the server wrote what the full disk kept from it
-            wait_until(lambda: server.client.get(f"/api/runs/{run_id}").json()["status"] in ("failed", "interrupted"),
+            wait_until(lambda run_id=run_id: server.client.get(f"/api/runs/{run_id}").json()["status"]
+                       in ("failed", "interrupted"),
                        what=f"run {run_id} recorded")
     finally:
         server.stop()
