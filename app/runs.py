@@ -158,7 +158,7 @@ class Channel:
         self.subscribers: set[Subscription] = set()
         self.status_changed = threading.Condition(self.lock)
         self.closed = False
-        self._snapshot_cache: tuple[int, str] | None = None
+        self._snapshot_cache: tuple[int, tuple[str, str]] | None = None
         self._latest_snapshot: int | None = None
         self._latest_known = False
 
@@ -723,7 +723,7 @@ class RunManager:
                 if resync:
                     continue
                 for event in events:
-                    if event.kind == "snapshot" and event.data is None:
+                    if event.kind == "snapshot" and event.data is None and event.step is not None:
                         # shared by every viewer: the file is read (in a thread) once for all
                         answer = await asyncio.to_thread(channel.snapshot_data, event.step)
                         if answer is None:
