@@ -601,6 +601,14 @@ class RunManager:
         """The step a resume starts from; RunConflict (409) when the checkpoint is damaged."""
         try:
             checkpoint = self.store.read_checkpoint(run_id)
+            if checkpoint is not None:
+                from engine.trainer import Trainer
+
+                try:
+                    Trainer.checkpoint_config(checkpoint)
+                except ValueError as error:  # "checkpoint: missing or unreadable config (...)"
+                    raise DamagedFile(run_id, "checkpoint", None, checkpoint_path(self.store.data_dir, run_id),
+                                      str(error).removeprefix("checkpoint: ")) from None
         except DamagedFile as error:
             raise RunConflict(f"{error}; the run cannot resume from it. Fork it from one of its "
                               "snapshots instead (POST /api/runs/{id}/fork)") from None

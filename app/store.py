@@ -277,14 +277,13 @@ def read_snapshot_params(data_dir: Path, run_id: str, step: int) -> dict[str, np
 
 
 def read_checkpoint(data_dir: Path, run_id: str) -> dict[str, np.ndarray] | None:
-    """The run's checkpoint arrays, None without one; DamagedFile when it does not load whole,
-    or lacks the step and config every checkpoint has (Trainer.checkpoint())."""
+    """The run's checkpoint arrays, None without one; DamagedFile when it does not load whole
+    or has no step."""
     path = checkpoint_path(data_dir, run_id)
     checkpoint = _load_npz(path, run_id, "checkpoint", None)
     if checkpoint is not None:
-        missing = [key for key in ("step", "config") if key not in checkpoint]
-        if missing:
-            raise DamagedFile(run_id, "checkpoint", None, path, f"it has no {', '.join(missing)}")
+        if "step" not in checkpoint:
+            raise DamagedFile(run_id, "checkpoint", None, path, "it has no step")
     return checkpoint
 
 
