@@ -48,6 +48,13 @@ async def existing_run(run_id: RunId, store: Annotated[Store, Depends(get_store)
     return store.get_run(run_id)
 
 
+async def render_slot(request: Request):
+    """Hold one slot of the heavy-render pool (app/render.py) for the request; 429 when it is full."""
+    async with request.app.state.render_slots.slot():
+        yield
+
+
+HEAVY = [Depends(render_slot)]  # `dependencies=` of every heavy route
 Manager = Annotated[RunManager, Depends(get_manager)]
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -56,6 +63,7 @@ Run = Annotated[dict, Depends(existing_run)]
 
 def run_out(manager: RunManager, run: dict) -> dict:
     """The API view of a stored run (RunOut)."""
+    run = manager.view(run)
     return {
         "id": run["id"],
         "status": run["status"],

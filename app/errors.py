@@ -6,7 +6,10 @@ Routes raise what went wrong and never translate it themselves:
   input, is 422 with the field as the error's location;
 - `InvalidInput(location, message)` is 422 at a location the route knows better
   (an entry of `inits`, a query or path parameter);
-- `RunNotFound` is 404, `RunConflict` 409, `QueueFull` 429.
+- `RunNotFound` is 404, `RunConflict` 409, `QueueFull` 429 (with Retry-After when it says);
+- a full disk (StorageFull, ENOSPC, SQLite's "disk is full") is 507;
+- `DamagedFile` (a stored file that does not read back whole) is 500 naming run, step and file;
+- anything else is a bug: 500, still JSON, naming only the kind of error.
 
 Every error answer is `{"detail": <FastAPI's detail>, "message": "field: problem"}`.
 Pydantic's own refusals get the same shape, and a value outside a fixed set of
@@ -25,7 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.runs import QueueFull, RunConflict
-from app.store import RunNotFound
+from app.store import DamagedFile, RunNotFound, StorageFull, is_disk_full
 from engine import OPTIMIZERS
 from engine.core.names import closest
 
@@ -92,7 +95,25 @@ async def run_conflict(request: Request, exc: RunConflict) -> JSONResponse:
 
 
 async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-    return _answer(429, str(exc), str(exc))
+    retry = getattr(exc, "retry_after", None)
+    return _answer(429, str(exc), str(exc), None if retry is None else {"Retry-After": str(retry)})
+
+
+async def damaged_file(request: Request, exc: DamagedFile) -> JSONResponse:
+    return _answer(500, {"run_id": exc.run_id, "step": exc.step, "file": exc.path.name, "problem": exc.reason},
+                   str(exc))
+
+
+async def server_error(request: Request, exc: Exception) -> JSONResponse:
+    """Every other exception (Starlette's last resort, after it logs the traceback): JSON, not text.
+    A full disk (StorageFull, ENOSPC, SQLite's 'disk is full') is 507 and says so."""
+    if is_disk_full(exc):
+        message = (str(exc) if str(exc).startswith("storage: ") else
+                   f"storage: the data directory's disk is full ({exc}); reads still work, writes resume "
+                   "once space is freed")
+        return _answer(507, message, message)
+    message = f"internal error ({type(exc).__name__}); the server log has the details"
+    return _answer(500, message, message)
 
 
 # ---------------------------------------------------------------- pydantic's and FastAPI's own errors
@@ -149,6 +170,9 @@ HANDLERS: dict[type[Exception], Any] = {
     RunNotFound: run_not_found,
     RunConflict: run_conflict,
     QueueFull: queue_full,
+    DamagedFile: damaged_file,
+    StorageFull: server_error,
+    Exception: server_error,
 }
 
 

@@ -55,9 +55,16 @@ MAX_HANDMADE_KERNEL_SIDE = MAX_KERNEL   # side of one hand-made kernel grid
 
 # ---------------------------------------------------------------- datasets
 DATASETS_FOLDER = "datasets"    # dataset paths are relative to DATA/datasets
+DATASET_PATH_RULE = (
+    f"dataset.path is a folder relative to the data directory's {DATASETS_FOLDER}/ folder "
+    f"(KERNELSCOPE_DATA/{DATASETS_FOLDER}); absolute paths, '..' and symlinks (folders or files) leading "
+    "out of it are refused; hidden files and folders are ignored; an image_folder holds one sub-folder "
+    "of PNG/JPEG images per class"
+)
 MAX_DATASET_EXAMPLES = 100_000  # n_train + n_val of the generated set; `limit` of file sets
 MAX_DATASET_VALUES = 2**26      # examples x pixels of the generated set (256 MiB of float32)
 MAX_PATH_LENGTH = 1024
+DATASET_SCAN_IMAGES = 64        # image_folder: images decoded at POST to check them (spread over the classes)
 
 # ---------------------------------------------------------------- requests
 MAX_BODY_BYTES = 1_048_576      # request body (413 beyond)
@@ -90,6 +97,23 @@ MAX_GIF_PIXEL = 32              # ?pixel= of evolution.gif
 # long GIFs fewer frames, so one request never draws more than this many pixels.
 MAX_FRAME_PIXELS = 1_500_000
 MAX_GIF_PIXELS = 60_000_000
+
+# ---------------------------------------------------------------- event replays
+# A viewer that reconnects with Last-Event-ID gets every metrics point it missed, read from
+# the store in pages off the event loop. At most MAX_REPLAYS replays read at once (more wait
+# their turn, holding nothing but a coroutine); one client (IP address) may have at most
+# MAX_REPLAYS_PER_CLIENT replays running or waiting, beyond that 429 with Retry-After.
+MAX_REPLAYS = 4
+MAX_REPLAYS_PER_CLIENT = 4
+REPLAY_PAGE_POINTS = 2000       # metric points read from the store per page (and per event at most)
+REPLAY_RETRY_SECONDS = 2        # Retry-After of a refused replay
+
+# ---------------------------------------------------------------- heavy renders
+# filters.png, evolution.gif, export, filter explanations and the init probe share one pool
+# (app/render.py RenderSlots): this many at once, this many more waiting, then 429.
+MAX_RENDERS = 2
+MAX_RENDERS_WAITING = 8
+RENDER_RETRY_SECONDS = 5
 
 # ---------------------------------------------------------------- runs at once
 # The server's defaults and the ceilings KERNELSCOPE_MAX_RUNS / KERNELSCOPE_MAX_QUEUED
@@ -228,7 +252,11 @@ def _check_grid(field: str, grid) -> None:
 
 def check_dataset(dataset: dict) -> None:
     """Bound the size of the generated set and of file sets (`limit`); numbers must be finite."""
+    from engine.datasets import DATASETS, dataset_available
+
     name = dataset.get("name")
+    if name in DATASETS and not dataset_available(name):
+        raise ValueError(f"dataset.name: {name} cannot load on this server ({DATASETS[name]['description']})")
     for key, value in dataset.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             _finite_number(f"dataset.{key}", value)
@@ -250,6 +278,25 @@ def check_dataset(dataset: dict) -> None:
             raise ValueError(
                 f"dataset.n_train: (n_train + n_val) x size^2 must be at most {MAX_DATASET_VALUES} pixels, got {values}"
             )
+
+
+def check_dataset_files(config: dict, real_path: str) -> None:
+    """Look at a file dataset before its run is queued, cheaply: an image folder's class folders,
+    image count, and a bounded sample decoded for damage and size; then bound the model on the
+    shape found. ValueError names dataset.path (or the field the shape breaks)."""
+    from engine.datasets import DatasetError, check_image_folder
+
+    dataset = config["dataset"]
+    if dataset.get("name") != "image_folder":
+        return
+    cap = min(MAX_DATASET_EXAMPLES, dataset.get("limit") or MAX_DATASET_EXAMPLES)
+    try:
+        shape = check_image_folder(real_path, dataset.get("size"), bool(dataset.get("color")), cap,
+                                   MAX_INPUT_SIDE, DATASET_SCAN_IMAGES)
+    except DatasetError as error:
+        text = str(error).replace(str(real_path), str(dataset["path"]))  # never the server's own path
+        raise ValueError(text if text.startswith("dataset.path: ") else f"dataset.path: {text}") from None
+    check_model(config["model"], {**dataset, "size": max(shape[1:])}, config["batch_size"])
 
 
 def check_model(model, dataset: dict, batch_size: int) -> None:
@@ -278,20 +325,108 @@ def check_model(model, dataset: dict, batch_size: int) -> None:
         _, built = normalize_spec({"input": input_shape, "layers": layers})
     except ValueError:
         return  # the engine reports the misfit itself when the run builds its model
-    parameters = step_values = feature_values = 0
-    for layer in built:
-        parameters += sum(math.prod(shape) for shape in layer.param_shapes().values())
-        step_values += math.prod(layer.output_shape)
-        if layer.kind == "conv":
-            patches = layer.input_shape[0] * math.prod(layer.kernel) * math.prod(layer.output_shape[1:])
-            step_values += patches
-            feature_values += math.prod(layer.output_shape)
+    sizes = _layer_sizes(built)
+    parameters, step_values, feature_values = sizes["parameters"], sizes["step_values"], sizes["feature_values"]
     _at_most("model", parameters, MAX_PARAMETERS, "parameters")
     _at_most("model", feature_values, MAX_FEATURE_MAP_VALUES, "feature-map values per image (conv outputs)")
     if step_values * batch_size > MAX_STEP_VALUES:
         raise ValueError(
             f"batch_size: batch_size x values per example ({step_values}) must be at most {MAX_STEP_VALUES}; "
             f"use batch_size <= {max(1, MAX_STEP_VALUES // step_values)} or a smaller model"
+        )
+
+
+def _layer_sizes(built) -> dict:
+    """Counts of a normalised model: parameters, floats of one step per example, conv outputs
+    (feature-map values) per image, conv weights and filters."""
+    sizes = dict.fromkeys(("parameters", "step_values", "feature_values", "conv_weights", "filters", "arrays"), 0)
+    for layer in built:
+        shapes = layer.param_shapes()
+        sizes["parameters"] += sum(math.prod(shape) for shape in shapes.values())
+        sizes["arrays"] += len(shapes)
+        sizes["step_values"] += math.prod(layer.output_shape)
+        if layer.kind == "conv":
+            sizes["step_values"] += layer.input_shape[0] * math.prod(layer.kernel) * math.prod(layer.output_shape[1:])
+            sizes["feature_values"] += math.prod(layer.output_shape)
+            sizes["conv_weights"] += math.prod(shapes["weight"])
+            sizes["filters"] += layer.output_shape[0]
+    return sizes
+
+
+# ---------------------------------------------------------------- storage
+# What one stored snapshot costs, from the model's shapes (measured on the presets, rounded up):
+# params .npz 4 bytes a parameter; feature maps .npz 4 bytes a conv output value for each of the
+# PROBE_IMAGES probe images; the JSON about 14 bytes a conv weight (text), 300 a filter (its
+# analysis), 6 a probe pixel, plus a fixed part. A checkpoint holds the parameters and up to
+# two optimizer states beside them.
+PROBE_IMAGES = 4
+SNAPSHOT_FIXED_BYTES = 8192
+CHECKPOINT_FIXED_BYTES = 256 * 1024   # recent metric points and the config
+# Defaults of the server's settings KERNELSCOPE_MAX_RUN_STORAGE and KERNELSCOPE_MIN_FREE_DISK (bytes):
+MAX_RUN_STORAGE_BYTES = 1 << 30       # one run's snapshots and checkpoint (422 at POST beyond)
+# The disk keeps this much free: a run whose estimate (plus what active runs may still
+# write) does not fit is refused at POST with 507, and /healthz reports `disk_low` below it.
+MIN_FREE_DISK_BYTES = 64 << 20
+DISK_RETRY_SECONDS = 5.0              # after a full disk: how often the server tries to write again
+
+
+def estimate_run_storage(config: dict) -> int | None:
+    """Bytes a run of `config` (RunConfig.to_dict()) stores at most: every scheduled snapshot
+    (engine.trainer.snapshot_steps) and its checkpoint; None when its shapes are unknown here."""
+    from engine.core.model import normalize_spec
+    from engine.presets import PRESETS
+    from engine.trainer import snapshot_steps
+
+    model = config["model"]
+    spec = PRESETS[model] if isinstance(model, str) else model
+    input_shape, _ = known_shape(config["dataset"])
+    if isinstance(model, dict) and "input" in model:
+        input_shape = list(model["input"])
+    elif isinstance(model, str) and input_shape is None:
+        input_shape = list(spec["input"])
+    if input_shape is None:
+        return None
+    try:
+        _, built = normalize_spec({"input": input_shape, "layers": spec.get("layers") or []})
+    except ValueError:
+        return None
+    sizes = _layer_sizes(built)
+    per_snapshot = (SNAPSHOT_FIXED_BYTES + 4 * sizes["parameters"] + 256 * sizes["arrays"]
+                    + 4 * PROBE_IMAGES * sizes["feature_values"]
+                    + 14 * sizes["conv_weights"] + 300 * sizes["filters"]
+                    + 6 * PROBE_IMAGES * math.prod(input_shape))
+    checkpoint = CHECKPOINT_FIXED_BYTES + 3 * 4 * sizes["parameters"]
+    return len(snapshot_steps(config)) * per_snapshot + checkpoint
+
+
+def _mib(count: int) -> str:
+    return f"{count / (1 << 20):.1f} MiB"
+
+
+def check_storage(config: dict, data_dir, active_configs=(), budget: int = MAX_RUN_STORAGE_BYTES,
+                  reserve: int = MIN_FREE_DISK_BYTES) -> None:
+    """A run must fit its own `budget` (ValueError naming snapshot_every, 422) and, together with
+    what the active runs (`active_configs`) may still write, the free disk less `reserve`
+    (StorageFull, 507): the total budget is the disk."""
+    import shutil
+
+    from app.store import StorageFull
+
+    needed = estimate_run_storage(config)
+    if needed is None:
+        return
+    if needed > budget:
+        raise ValueError(
+            f"snapshot_every: this run would store about {_mib(needed)} of snapshots (a run may store at most "
+            f"{_mib(budget)}); store fewer snapshots (larger snapshot_every, smaller "
+            f"snapshot_schedule.dense_steps), fewer steps or a smaller model"
+        )
+    pending = sum(estimate_run_storage(other) or 0 for other in active_configs)
+    free = shutil.disk_usage(data_dir).free
+    if needed + pending + reserve > free:
+        raise StorageFull(
+            f"storage: this run needs about {_mib(needed)} and the active runs up to {_mib(pending)} more, "
+            f"but the data directory's disk has {_mib(free)} free (and keeps {_mib(reserve)} spare)"
         )
 
 

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import errors, security
+from app import errors, limits, render, security
 from app.routes import explain, lessons, meta, pages, runs, teaching
 from app.runs import RunManager, install_shutdown_signal_hook
 from app.settings import Settings
@@ -50,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.render_slots = render.RenderSlots(limits.MAX_RENDERS, limits.MAX_RENDERS_WAITING,
+                                                limits.RENDER_RETRY_SECONDS)
     security.install(app, settings.token, settings.cors_origins)  # the token (once), body limits, CORS if configured
     errors.install(app)  # one handler per domain error
     for module in (meta, runs, teaching, explain, lessons, pages):

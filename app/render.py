@@ -7,10 +7,18 @@ block per filter, the filter's input channels side by side inside its block,
 and returns a Pillow image. `png_bytes(image)` encodes it. The same functions
 draw each frame of the evolution GIF, so a fixed `scale` keeps colours
 comparable across frames.
+
+`RenderSlots` is the one bounded pool every heavy render (filter PNGs, the GIF,
+exports, filter explanations, the init probe) runs under: limits.MAX_RENDERS at
+once, limits.MAX_RENDERS_WAITING more wait their turn, and beyond that the
+request is answered 429 with Retry-After, so a burst of renders cannot take the
+server's memory or both cores.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import math
 
@@ -120,3 +128,33 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
+
+
+class RenderSlots:
+    """A bounded pool of render slots with a bounded wait (see the module docstring)."""
+
+    def __init__(self, running: int, waiting: int, retry_after: int):
+        self.running, self.waiting_limit, self.retry_after = running, waiting, retry_after
+        self.waiting = 0
+        self._semaphore: asyncio.Semaphore | None = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        from app.runs import QueueFull
+
+        if self._semaphore is None:  # made in the serving loop
+            self._semaphore = asyncio.Semaphore(self.running)
+        if self._semaphore.locked():
+            if self.waiting >= self.waiting_limit:
+                raise QueueFull(f"render: {self.running} pictures or exports are being made and "
+                                f"{self.waiting} wait; retry in {self.retry_after} s",
+                                retry_after=self.retry_after)
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._semaphore.release()

@@ -7,7 +7,13 @@ the worker's messages, records them in the store and publishes numbered events
 to the run's Channel. Beyond `max_runs` active runs, new runs wait `queued`
 (at most `max_queued` of them) and start when a slot frees.
 
-Viewers subscribe to a Channel. Each Subscription holds bounded state: status
+Viewers subscribe to a Channel. Subscribing reads and never writes: every
+recorded event reserves EVENT_ID_STRIDE ids (app/worker.py), so the status and
+snapshot a (re)connecting viewer first gets take the two spare ids of the newest
+event and ids still only grow. A reconnecting viewer's missed metrics are read
+from the store in pages off the event loop, a few replays at a time
+(limits.MAX_REPLAYS, MAX_REPLAYS_PER_CLIENT). A damaged snapshot file is skipped
+with a `snapshot_damaged` event that names the step. Each Subscription holds bounded state: status
 and snapshot events coalesce to the latest, metrics batches queue up to
 MAX_PENDING_BATCHES; past that the subscription drops its queue and resyncs
 from the store (missed metrics replayed by sequence number, then the current
@@ -34,7 +40,16 @@ from fastapi.sse import format_sse_event
 
 from app import limits, security
 from app.settings import Settings
-from app.store import ACTIVE_STATUSES, RunNotFound, Store, checkpoint_path, write_npz_atomic
+from app.store import (
+    ACTIVE_STATUSES,
+    DamagedFile,
+    RunNotFound,
+    Store,
+    checkpoint_path,
+    dumps_json,
+    is_disk_full,
+    write_npz_atomic,
+)
 from app.worker import (
     TERMINAL_STATUSES,
     Event,
@@ -46,8 +61,8 @@ from app.worker import (
 
 MAX_PENDING_BATCHES = 64
 KEEPALIVE_SECONDS = 15.0
-REPLAY_CHUNK_POINTS = 1000
 CONTROL_WAIT_SECONDS = 10.0
+ALL_STEPS = 2**62  # a replay position past every step of its event
 
 
 class RunConflict(Exception):
@@ -55,7 +70,32 @@ class RunConflict(Exception):
 
 
 class QueueFull(Exception):
-    """Every slot is busy and the queue is at its limit (HTTP 429)."""
+    """Every slot is busy and the queue is at its limit (HTTP 429, with Retry-After when known)."""
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ReplayTicket:
+    """One client's place among the event replays; released once (by the stream or the route)."""
+
+    def __init__(self, manager: RunManager, client: str):
+        self.manager, self.client, self.released = manager, client, False
+
+    def __del__(self) -> None:  # a stream that never started (client gone first) frees its place too
+        self.release()
+
+    def release(self) -> None:
+        with self.manager._lock:
+            if self.released:
+                return
+            self.released = True
+            count = self.manager._replays_by_client.get(self.client, 0) - 1
+            if count > 0:
+                self.manager._replays_by_client[self.client] = count
+            else:
+                self.manager._replays_by_client.pop(self.client, None)
 
 
 # ---------------------------------------------------------------- event fan-out
@@ -121,7 +161,7 @@ class Channel:
         self.subscribers: set[Subscription] = set()
         self.status_changed = threading.Condition(self.lock)
         self.closed = False
-        self._snapshot_cache: tuple[int, str] | None = None
+        self._snapshot_cache: tuple[int, tuple[str, str]] | None = None
         self._latest_snapshot: int | None = None
         self._latest_known = False
 
@@ -155,14 +195,21 @@ class Channel:
                 subscription._notify()
             self.status_changed.notify_all()
 
-    def snapshot_data(self, step: int) -> str | None:
+    def snapshot_data(self, step: int) -> tuple[str, str] | None:
+        """(event kind, data) for a snapshot event of `step`: ("snapshot", its JSON), or
+        ("snapshot_damaged", {"step", "message"}) when the stored file is damaged; None if absent.
+        Reads a file: call it off the event loop."""
         cached = self._snapshot_cache
         if cached is not None and cached[0] == step:
             return cached[1]
-        data = snapshot_event_data(self.store, self.run_id, step)
-        if data is not None:
-            self._snapshot_cache = (step, data)
-        return data
+        try:
+            data = snapshot_event_data(self.store, self.run_id, step)
+            answer = None if data is None else ("snapshot", data)
+        except DamagedFile as error:
+            answer = ("snapshot_damaged", dumps_json({"step": step, "message": str(error)}))
+        if answer is not None:
+            self._snapshot_cache = (step, answer)
+        return answer
 
 
 # ---------------------------------------------------------------- workers
@@ -176,6 +223,7 @@ class WorkerHandle:
     thread: threading.Thread | None = None
     final_status: str | None = None
     deleting: bool = False
+    storage_failure: str | None = None  # why the store refused this run's progress (disk full)
     replies: dict = field(default_factory=dict)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -212,11 +260,33 @@ class RunManager:
         self._closing = False
         self._context = multiprocessing.get_context("spawn")
         self._request_ids = itertools.count(1)
+        self._replays_by_client: dict[str, int] = {}
+        # Statuses the store could not take (disk full): shown by `view` and written by
+        # _retry_storage once space returns; a run waiting there keeps no slot.
+        self._unrecorded: dict[str, tuple[str, str]] = {}
+        self._recovered = False
+        self._retry_timer: threading.Timer | None = None
+        self._replay_slots: asyncio.Semaphore | None = None
 
     # -- lifecycle
 
     def recover(self) -> list[str]:
-        """Mark runs left queued/running/paused by a previous server as interrupted."""
+        """Mark runs left queued/running/paused by a previous server as interrupted.
+
+        On a full disk the server still starts (reads work); the marks are written,
+        and queued runs started, by _retry_storage once space returns.
+        """
+        try:
+            recovered = self._recover()
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            self._arm_storage_retry()
+            return []
+        self._recovered = True
+        return recovered
+
+    def _recover(self) -> list[str]:
         recovered = []
         for run in self.store.list_runs():
             if run["status"] not in ACTIVE_STATUSES:
@@ -235,10 +305,12 @@ class RunManager:
         """Checkpoint and stop every worker within settings.shutdown_timeout seconds."""
         with self._lock:
             self._closing = True
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
             queued, self._queue = list(self._queue), deque()
             handles = list(self._workers.values())
         for run_id in queued:
-            self._set_status(run_id, "interrupted", "the server shut down before this run started")
+            self._end_unrecorded(run_id, "interrupted", "the server shut down before this run started")
         for handle in handles:
             handle.send(("shutdown",))
         deadline = _deadline(self.settings.shutdown_timeout)
@@ -259,6 +331,58 @@ class RunManager:
             channels = list(self._channels.values())
         for channel in channels:
             channel.close()
+
+    # -- a full disk
+
+    def view(self, run: dict) -> dict:
+        """The run as the API shows it: a status the full disk kept from the store wins."""
+        pending = self._unrecorded.get(run["id"])
+        if pending is None:
+            return run
+        return {**run, "status": pending[0], "message": pending[1]}
+
+    def _end_unrecorded(self, run_id: str, status: str, message: str) -> None:
+        """Set a final status, or keep it in memory until the store can take it."""
+        try:
+            self._set_status(run_id, status, message)
+        except RunNotFound:
+            pass
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            self._unrecorded[run_id] = (status, message)
+            self._arm_storage_retry()
+
+    def _arm_storage_retry(self) -> None:
+        with self._lock:
+            if self._closing or (self._retry_timer is not None and self._retry_timer.is_alive()):
+                return
+            self._retry_timer = threading.Timer(limits.DISK_RETRY_SECONDS, self._retry_storage)
+            self._retry_timer.daemon = True
+            self._retry_timer.start()
+
+    def _retry_storage(self) -> None:
+        """Once the disk takes writes again: recover, record kept statuses, start queued runs."""
+        try:
+            if not self._recovered:
+                self._recover()
+                self._recovered = True
+            for run_id, (status, message) in list(self._unrecorded.items()):
+                try:
+                    self._set_status(run_id, status, message)
+                except RunNotFound:
+                    pass
+                self._unrecorded.pop(run_id, None)
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            with self._lock:
+                self._retry_timer = None
+            self._arm_storage_retry()
+            return
+        with self._lock:
+            self._retry_timer = None
+        self._schedule()
 
     # -- channels and status
 
@@ -298,11 +422,21 @@ class RunManager:
         full_config = RunConfig.from_dict(config).to_dict()
         limits.check_run_config(full_config)
         security.check_dataset_path(self.store.data_dir, full_config["dataset"])
+        confined = security.confined_dataset(self.store.data_dir, full_config["dataset"])
+        if isinstance(confined, dict) and confined.get("path") is not None:
+            limits.check_dataset_files(full_config, confined["path"])
+        active = [run["config"] for run in self.store.list_runs() if run["status"] in ACTIVE_STATUSES]
+        limits.check_storage(full_config, self.store.data_dir, active,
+                             self.settings.max_run_storage, self.settings.min_free_disk)
         with self._lock:
             self._check_capacity()
             run = self.store.create_run(full_config, status="queued", meta=meta, owner_pid=os.getpid())
-            if checkpoint is not None:
-                write_npz_atomic(checkpoint_path(self.store.data_dir, run["id"]), checkpoint)
+            try:
+                if checkpoint is not None:
+                    write_npz_atomic(checkpoint_path(self.store.data_dir, run["id"]), checkpoint)
+            except OSError:
+                self.store.delete_run(run["id"])
+                raise
             self._queue.append(run["id"])
             self._set_status(run["id"], "queued")
             self._schedule()
@@ -326,6 +460,12 @@ class RunManager:
                     self._launch(run_id)
                 except RunNotFound:
                     continue
+                except Exception as error:
+                    if not is_disk_full(error):
+                        raise
+                    self._queue.appendleft(run_id)  # started again once space returns
+                    self._arm_storage_retry()
+                    return
 
     def _launch(self, run_id: str) -> None:
         run = self.store.get_run(run_id)
@@ -370,6 +510,13 @@ class RunManager:
             except RunNotFound:
                 handle.deleting = True
                 continue
+            except Exception as error:  # the store refused the write: end this run, free its slot
+                if message[0] == "status" and message[1] == "failed":
+                    handle.storage_failure = message[3]
+                else:
+                    handle.storage_failure = f"storage: {type(error).__name__}: {error}"
+                handle.process.kill()
+                break
             if message[0] == "status" and message[1] in TERMINAL_STATUSES:
                 handle.final_status = message[1]
         handle.process.join(5.0)
@@ -378,13 +525,15 @@ class RunManager:
         handle.replies.clear()
         if handle.final_status is None and not handle.deleting:
             code = handle.process.exitcode
-            if self._closing:
+            if handle.storage_failure is not None:
+                status, text = "failed", handle.storage_failure
+            elif self._closing:
                 status, text = "interrupted", "the server shut down; resume to continue"
             else:
                 status, text = "failed", f"the training process exited unexpectedly (exit code {code})"
             try:
-                self._set_status(handle.run_id, status, text)
-            except RunNotFound:
+                self._end_unrecorded(handle.run_id, status, text)
+            except Exception:  # never let this thread die before the slot is freed below
                 pass
         try:
             handle.event_conn.close()
@@ -420,7 +569,7 @@ class RunManager:
 
     def resume(self, run_id: str) -> dict:
         """Continue a paused run, or restart an interrupted/stopped/failed one from its checkpoint."""
-        run = self.store.get_run(run_id)
+        run = self.view(self.store.get_run(run_id))
         status = run["status"]
         handle = self._workers.get(run_id)
         if status == "paused" and handle is not None:
@@ -428,6 +577,7 @@ class RunManager:
             return self._wait_for_status(run_id, lambda s: s != "paused")
         if status in ("interrupted", "stopped", "failed", "paused"):
             self._wait_until_exited(run_id)
+            start = self._checkpoint_step(run_id)  # RunConflict for a damaged checkpoint, before any change
             owner = run["owner_pid"]
             if run["meta"].get("cli") and owner != os.getpid() and _process_alive(owner):
                 raise RunConflict(f"run {run_id} is being trained by `kernelscope train` (pid {owner})")
@@ -436,7 +586,8 @@ class RunManager:
                     raise RunConflict(f"run {run_id} is already {status}")
                 self._check_capacity()
                 self._queue.append(run_id)
-                self._set_status(run_id, "queued", f"resuming from step {self._checkpoint_step(run_id)}")
+                self._set_status(run_id, "queued", f"resuming from step {start}")
+                self._unrecorded.pop(run_id, None)
                 self._schedule()
             return self.store.get_run(run_id)
         raise RunConflict(
@@ -450,7 +601,20 @@ class RunManager:
             handle.thread.join(timeout)
 
     def _checkpoint_step(self, run_id: str) -> int:
-        checkpoint = self.store.read_checkpoint(run_id)
+        """The step a resume starts from; RunConflict (409) when the checkpoint is damaged."""
+        try:
+            checkpoint = self.store.read_checkpoint(run_id)
+            if checkpoint is not None:
+                from engine.trainer import Trainer
+
+                try:
+                    Trainer.checkpoint_config(checkpoint)
+                except ValueError as error:  # "checkpoint: missing or unreadable config (...)"
+                    raise DamagedFile(run_id, "checkpoint", None, checkpoint_path(self.store.data_dir, run_id),
+                                      str(error).removeprefix("checkpoint: ")) from None
+        except DamagedFile as error:
+            raise RunConflict(f"{error}; the run cannot resume from it. Fork it from one of its "
+                              "snapshots instead (POST /api/runs/{id}/fork)") from None
         if checkpoint is None or "step" not in checkpoint:
             return 0
         return int(checkpoint["step"])
@@ -493,6 +657,7 @@ class RunManager:
         with self._lock:
             if run_id in self._queue:
                 self._queue.remove(run_id)
+            self._unrecorded.pop(run_id, None)
             handle = self._workers.get(run_id)
             if handle is not None:
                 handle.deleting = True
@@ -512,15 +677,31 @@ class RunManager:
     def latest_snapshot_step(self, run_id: str) -> int | None:
         return self.channel(run_id).latest_snapshot_step()
 
-    async def stream(self, run_id: str, last_event_id: int | None, keepalive: float = KEEPALIVE_SECONDS):
+    def replay_ticket(self, client: str) -> ReplayTicket:
+        """A place for one more replay of `client`; QueueFull (429, Retry-After) beyond its share."""
+        with self._lock:
+            count = self._replays_by_client.get(client, 0)
+            if count >= limits.MAX_REPLAYS_PER_CLIENT:
+                raise QueueFull(
+                    f"Last-Event-ID: this client already replays {count} event streams "
+                    f"(at most {limits.MAX_REPLAYS_PER_CLIENT} at once); retry later",
+                    retry_after=limits.REPLAY_RETRY_SECONDS,
+                )
+            self._replays_by_client[client] = count + 1
+        return ReplayTicket(self, client)
+
+    async def stream(self, run_id: str, last_event_id: int | None, keepalive: float = KEEPALIVE_SECONDS,
+                     ticket: ReplayTicket | None = None):
         """Async iterator of Events for one viewer (None = a keep-alive), until the run has ended.
 
-        First the metrics missed since `last_event_id` (from the store), then the
-        current status and latest snapshot, then live events as they happen.
-        Each Event's `wire` holds its encoded SSE frame (see `encode`). The
-        stream ends after a status that is not queued, running or paused has
+        First the metrics missed since `last_event_id` (from the store, in pages),
+        then the current status and latest snapshot, then live events as they
+        happen. Each Event's `wire` holds its encoded SSE frame (see `encode`).
+        The stream ends after a status that is not queued, running or paused has
         been sent (what is left of an ended run, or a live run's last status),
-        and when the run is deleted or the server shuts down.
+        and when the run is deleted or the server shuts down. `ticket`: this
+        viewer's place among the replays (replay_ticket), released when its
+        replay is done.
         """
         channel = self.channel(run_id)
         subscription = Subscription(channel, asyncio.get_running_loop())
@@ -530,10 +711,15 @@ class RunManager:
             resync = True
             while True:
                 if resync:
-                    async for event in self._resync(channel, subscription, last_sent):
+                    async for event in self._resync(channel, subscription, last_sent, ticket, keepalive):
+                        if event is None:
+                            yield None
+                            continue
                         last_sent = event.seq
                         ended = ended or _ends_stream(event)
                         yield event
+                    if ticket is not None:
+                        ticket.release()
                     if ended:
                         return
                     resync = False
@@ -548,10 +734,12 @@ class RunManager:
                 if resync:
                     continue
                 for event in events:
-                    if event.kind == "snapshot" and event.data is None:
-                        event.data = channel.snapshot_data(cast(int, event.step))  # a snapshot event has its step; shared: read once for all viewers
-                        if event.data is None:
+                    if event.kind == "snapshot" and event.data is None and event.step is not None:
+                        # shared by every viewer: the file is read (in a thread) once for all
+                        answer = await asyncio.to_thread(channel.snapshot_data, event.step)
+                        if answer is None:
                             continue
+                        event.kind, event.data = answer
                     last_sent = event.seq
                     encode(event)
                     if event.kind == "status":
@@ -560,34 +748,73 @@ class RunManager:
                 if ended:
                     return
         finally:
+            if ticket is not None:
+                ticket.release()
             with channel.lock:
                 channel.subscribers.discard(subscription)
 
-    def _register(self, channel: Channel, subscription: Subscription, last_sent: int | None):
-        """Reserve ids for the first events and subscribe, atomically with respect to
-        publishing; returns (first id, run, missed metrics rows)."""
+    def _register(self, channel: Channel, subscription: Subscription) -> dict:
+        """Subscribe and read the run, atomically with respect to publishing; writes nothing.
+        Every event up to run["event_seq"] is in the store, every later one reaches the subscription."""
         with channel.lock:
-            first = self.store.next_seq(channel.run_id, 2)
             run = self.store.get_run(channel.run_id)
             subscription.reset()
             channel.subscribers.add(subscription)
-        rows = []
-        if last_sent is not None and last_sent < first:
-            rows = self.store.metrics_between_seq(channel.run_id, last_sent, first - 1)
-        return first, run, rows
+        return run
 
-    async def _resync(self, channel: Channel, subscription: Subscription, last_sent: int | None):
-        # in a thread: store writes and replay queries stay off the event loop
-        first, run, rows = await asyncio.to_thread(self._register, channel, subscription, last_sent)
-        if rows:
-            for seq, points in _replay_chunks(rows):
-                yield encode(Event(seq, "metrics", _points_json(points)))
-        yield encode(Event(first, "status", status_payload(run)))
-        step = channel.latest_snapshot_step()
+    async def _resync(self, channel: Channel, subscription: Subscription, last_sent: int | None,
+                      ticket: ReplayTicket | None = None, keepalive: float = KEEPALIVE_SECONDS):
+        """Missed metrics (paged, one of limits.MAX_REPLAYS at a time; None = keep-alive while it
+        waits its turn), then the current status and the latest snapshot."""
+        run = await asyncio.to_thread(self._register, channel, subscription)
+        newest = run["event_seq"]
+        if last_sent is not None and last_sent < newest:
+            if self._replay_slots is None:
+                self._replay_slots = asyncio.Semaphore(limits.MAX_REPLAYS)
+            while True:  # wait for a replay slot, with keep-alives so the viewer knows it is alive
+                try:
+                    await asyncio.wait_for(self._replay_slots.acquire(), keepalive)
+                    break
+                except TimeoutError:
+                    yield None
+            try:
+                position = (last_sent, ALL_STEPS)  # every point of event `last_sent` was delivered
+                while True:
+                    events, position = await asyncio.to_thread(
+                        self._replay_page, channel.run_id, position, newest)
+                    for event in events:
+                        yield event
+                    if not events:
+                        break
+            finally:
+                self._replay_slots.release()
+        if ticket is not None:
+            ticket.release()
+        # the newest event's spare ids (app/worker.py EVENT_ID_STRIDE)
+        status_id, snapshot_id = max(newest - 1, 0), newest
+        yield encode(Event(status_id, "status", status_payload(run)))
+        step = await asyncio.to_thread(channel.latest_snapshot_step)
         if step is not None:
-            data = channel.snapshot_data(step)
-            if data is not None:
-                yield encode(Event(first + 1, "snapshot", data, step=step))
+            answer = await asyncio.to_thread(channel.snapshot_data, step)
+            if answer is not None:
+                yield encode(Event(snapshot_id, answer[0], answer[1], step=step))
+
+    def _replay_page(self, run_id: str, position: tuple[int, int], upto: int) -> tuple[list[Event], tuple[int, int]]:
+        """The next page of missed metrics as one encoded event (whole events only, so a viewer
+        cut off midway resumes at the right place), and the position after it. In a thread."""
+        page = limits.REPLAY_PAGE_POINTS
+        rows = self.store.metrics_page(run_id, position, upto, page)
+        if len(rows) == page and rows[0][0] != rows[-1][0]:
+            last = rows[-1][0]
+            rows = [row for row in rows if row[0] != last]  # whole events only: the rest comes next page
+        elif len(rows) == page:  # one event larger than a page: read the rest of it
+            seq = rows[0][0]
+            rows += self.store.metrics_page(run_id, (seq, rows[-1][1]["step"]), seq, limits.MAX_METRICS_LIMIT)
+        if not rows:
+            return [], position
+        # one event for the page, under the id of its last event: every point up to that id is then delivered
+        event = encode(Event(rows[-1][0], "metrics", _points_json([point for _, point in rows])))
+        return [event], (rows[-1][0], rows[-1][1]["step"])
 
 
 def _ends_stream(event: Event) -> bool:
@@ -602,22 +829,7 @@ def encode(event: Event) -> Event:
     return event
 
 
-def _replay_chunks(rows: list[tuple[int, dict]]):
-    """Group (seq, point) rows into chunks of about REPLAY_CHUNK_POINTS, never splitting a seq."""
-    chunk: list[dict] = []
-    for index, (seq, point) in enumerate(rows):
-        chunk.append(point)
-        last_of_seq = index + 1 == len(rows) or rows[index + 1][0] != seq
-        if last_of_seq and len(chunk) >= REPLAY_CHUNK_POINTS:
-            yield seq, chunk
-            chunk = []
-    if chunk:
-        yield rows[-1][0], chunk
-
-
 def _points_json(points: list[dict]) -> str:
-    from app.store import dumps_json
-
     return dumps_json({"points": points})
 
 

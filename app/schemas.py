@@ -116,7 +116,8 @@ class DatasetInfo(BaseModel):
 
 
 class DatasetList(BaseModel):
-    datasets: list[DatasetInfo]
+    datasets: list[DatasetInfo]  # only those that can load on this server
+    path_rule: str = ""          # where dataset.path points (app/limits.py DATASET_PATH_RULE)
 
 
 class PresetInfo(BaseModel):
@@ -176,6 +177,8 @@ class InitsDescribed(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+    disk_free_bytes: int | None = None
+    disk_low: bool = False  # below limits.MIN_FREE_DISK_BYTES: new runs are refused, running ones may fail
 
 
 class ErrorOut(BaseModel):

@@ -75,6 +75,9 @@ class Settings:
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # steps between checkpoints
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT  # seconds to wait for workers
     worker_nice: int = DEFAULT_WORKER_NICE      # niceness added to each training process
+    # the storage budget (app/limits.py has the defaults and what they mean)
+    max_run_storage: int = limits.MAX_RUN_STORAGE_BYTES  # bytes of one run's snapshots + checkpoint
+    min_free_disk: int = limits.MIN_FREE_DISK_BYTES      # bytes the data directory's disk keeps free
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Settings:
@@ -95,4 +98,7 @@ class Settings:
                 env, "KERNELSCOPE_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, 0.1, 600.0
             ),
             worker_nice=_int_from_env(env, "KERNELSCOPE_WORKER_NICE", DEFAULT_WORKER_NICE, 0, 19),
+            max_run_storage=_int_from_env(env, "KERNELSCOPE_MAX_RUN_STORAGE", limits.MAX_RUN_STORAGE_BYTES,
+                                          1 << 20, 1 << 50),
+            min_free_disk=_int_from_env(env, "KERNELSCOPE_MIN_FREE_DISK", limits.MIN_FREE_DISK_BYTES, 0, 1 << 50),
         )

@@ -10,7 +10,10 @@ Layout of the data directory (KERNELSCOPE_DATA):
 
 Every file is written atomically (temp file in the same folder + os.replace), so
 a reader or a restarted server never sees half a file; the server sweeps temp files
-that a killed writer left behind when it starts. Each metrics row carries
+that a killed writer left behind when it starts. Every file is also checked when it
+is read (JSON must parse, an npz must unzip with its CRCs intact): a file damaged
+behind the server's back (a bad disk, a hand edit, a copy cut short) raises
+DamagedFile naming the run, the step and the file, never bad data. Each metrics row carries
 the event sequence number (`seq`) of the stream event that announced it, which
 is how `Last-Event-ID` replays missed metrics. One connection is shared by the
 server's threads behind a lock; other processes (the CLI) open their own.
@@ -18,6 +21,7 @@ server's threads behind a lock; other processes (the CLI) open their own.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -64,6 +68,44 @@ CREATE TABLE IF NOT EXISTS metrics (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS metrics_by_seq ON metrics (run_id, seq);
 """
+
+
+# ---------------------------------------------------------------- damaged files
+
+class DamagedFile(Exception):
+    """A stored file of a run exists but cannot be read as what it should be."""
+
+    def __init__(self, run_id: str, what: str, step: int | None, path: Path, reason: str):
+        self.run_id, self.what, self.step, self.path, self.reason = run_id, what, step, Path(path), reason
+        at = f" step {step}" if step is not None else ""
+        super().__init__(f"{what}: run {run_id}{at}: the stored file {self.path.name} is damaged ({reason})")
+
+
+def _load_npz(path: Path, run_id: str, what: str, step: int | None) -> dict[str, np.ndarray] | None:
+    """Every array of an npz file (None when absent); DamagedFile when it does not load whole.
+
+    Reading each member checks its zip CRC, so a garbled byte is found, not only a cut.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        return None
+    except Exception as error:  # BadZipFile, EOFError, ValueError, zlib.error, OSError: all mean damage
+        raise DamagedFile(run_id, what, step, path, f"{type(error).__name__}: {error}") from None
+
+
+class StorageFull(Exception):
+    """The disk cannot take what a request would write (HTTP 507)."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for 'no space left' (or quota) from a file write or from SQLite."""
+    if isinstance(error, StorageFull):
+        return True
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "full" in str(error).lower()
 
 
 # ---------------------------------------------------------------- atomic files
@@ -188,11 +230,27 @@ def latest_snapshot_step(data_dir: Path, run_id: str) -> int | None:
 
 
 def read_snapshot_text(data_dir: Path, run_id: str, step: int) -> str | None:
-    """The stored snapshot JSON (without feature maps) as text, or None if absent."""
+    """The stored snapshot JSON (without feature maps) as text, or None if absent.
+
+    The text is parsed once to check it (DamagedFile if it is not one whole JSON object).
+    """
+    return _snapshot_json(data_dir, run_id, step)[0]
+
+
+def _snapshot_json(data_dir: Path, run_id: str, step: int) -> tuple[str | None, dict | None]:
+    path = snapshot_dir(data_dir, run_id) / f"{step}.json"
     try:
-        return (snapshot_dir(data_dir, run_id) / f"{step}.json").read_text("utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
-        return None
+        return None, None
+    try:
+        text = raw.decode("utf-8")
+        value = json.loads(text)
+    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DamagedFile(run_id, "snapshot", step, path, f"not valid JSON: {error}") from None
+    if not isinstance(value, dict) or value.get("step") != step or not isinstance(value.get("layers"), list):
+        raise DamagedFile(run_id, "snapshot", step, path, "not a snapshot of this step")
+    return text, value
 
 
 def read_snapshot(data_dir: Path, run_id: str, step: int, feature_maps: bool = True) -> dict | None:
@@ -200,41 +258,34 @@ def read_snapshot(data_dir: Path, run_id: str, step: int, feature_maps: bool = T
 
     Feature maps come back as nested lists rounded like Trainer.snapshot rounds them.
     """
-    text = read_snapshot_text(data_dir, run_id, step)
-    if text is None:
+    text, snapshot = _snapshot_json(data_dir, run_id, step)
+    if snapshot is None:
         return None
-    snapshot = json.loads(text)
     if feature_maps:
         from engine.analysis import rounded
         from engine.trainer import FEATURE_MAP_DIGITS
 
-        maps_path = snapshot_dir(data_dir, run_id) / f"{step}.maps.npz"
-        try:
-            with np.load(maps_path, allow_pickle=False) as maps:
-                for layer in snapshot.get("layers", []):
-                    key = str(layer.get("index"))
-                    if key in maps.files:
-                        layer["feature_maps"] = rounded(maps[key], FEATURE_MAP_DIGITS)
-        except FileNotFoundError:
-            pass
+        maps = _load_npz(snapshot_dir(data_dir, run_id) / f"{step}.maps.npz", run_id, "snapshot", step) or {}
+        for layer in snapshot.get("layers", []):
+            key = str(layer.get("index"))
+            if key in maps:
+                layer["feature_maps"] = rounded(maps[key], FEATURE_MAP_DIGITS)
     return snapshot
 
 
 def read_snapshot_params(data_dir: Path, run_id: str, step: int) -> dict[str, np.ndarray] | None:
-    path = snapshot_dir(data_dir, run_id) / f"{step}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        return None
+    return _load_npz(snapshot_dir(data_dir, run_id) / f"{step}.npz", run_id, "snapshot", step)
 
 
 def read_checkpoint(data_dir: Path, run_id: str) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(checkpoint_path(data_dir, run_id), allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        return None
+    """The run's checkpoint arrays, None without one; DamagedFile when it does not load whole
+    or has no step."""
+    path = checkpoint_path(data_dir, run_id)
+    checkpoint = _load_npz(path, run_id, "checkpoint", None)
+    if checkpoint is not None:
+        if "step" not in checkpoint:
+            raise DamagedFile(run_id, "checkpoint", None, path, "it has no step")
+    return checkpoint
 
 
 # ---------------------------------------------------------------- the database
@@ -420,6 +471,20 @@ class Store:
             rows = self._db.execute(
                 "SELECT * FROM metrics WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq, step",
                 (run_id, after_seq, upto_seq),
+            ).fetchall()
+        return [(row["seq"], _row_to_point(row)) for row in rows]
+
+    def metrics_page(self, run_id: str, after: tuple[int, int], upto_seq: int,
+                     limit: int) -> list[tuple[int, dict]]:
+        """At most `limit` (seq, point) rows after the position `after` = (seq, step), up to
+        upto_seq, in (seq, step) order: one page of an event replay (keyset paging, so a
+        page costs the same early or late in a long run)."""
+        seq, step = after
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM metrics WHERE run_id = ? AND (seq > ? OR (seq = ? AND step > ?)) AND seq <= ?"
+                " ORDER BY seq, step LIMIT ?",
+                (run_id, seq, seq, step, upto_seq, limit),
             ).fetchall()
         return [(row["seq"], _row_to_point(row)) for row in rows]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,12 @@ from engine.fast.partner import close_partners
 CHECKPOINT_POINTS_KEPT = 2000
 CHECKPOINT_POINTS_KEY = "recent_metrics"
 TERMINAL_STATUSES = ("completed", "stopped", "diverged", "failed", "interrupted")
+# Each recorded event reserves this many event ids and takes the first: the two spare ids
+# number the status and snapshot a viewer gets when it (re)connects (app/runs.py), so ids
+# only grow and subscribing never writes.
+EVENT_ID_STRIDE = 3
 SHUTDOWN_MESSAGE = "server shut down; resume to continue"
+SIGTERM_MESSAGE = "the training process was sent SIGTERM; resume to continue"
 
 
 class ParentGone(Exception):
@@ -108,7 +114,11 @@ def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_ev
     emit(("started", trainer.step))
     if recent_points:
         emit(("metrics", list(recent_points)))
-    have_start_snapshot = files.read_snapshot_text(data_dir, run_id, trainer.step) is not None
+    try:
+        have_start_snapshot = files.read_snapshot_text(data_dir, run_id, trainer.step) is not None
+    except files.DamagedFile:
+        have_start_snapshot = False  # written again at the start
+
     status = "failed"
     for event in trainer.events(control, checkpoint_every=checkpoint_every,
                                 snapshot_at_start=not have_start_snapshot):
@@ -143,23 +153,40 @@ def _checkpoint_points(data_dir: Path, run_id: str, step: int) -> list[dict]:
             points = json.loads(str(data[CHECKPOINT_POINTS_KEY]))
     except FileNotFoundError:
         return []
+    except Exception:  # a damaged checkpoint was refused before the run started; no points from it
+        return []
     return [point for point in points if point["step"] <= step]
 
 
+# How often a paused run's wait for a command looks at the SIGTERM flag (seconds).
+SIGNAL_POLL_SECONDS = 0.2
+
+
 class PipeControl:
-    """The engine loop's control, read from the server's command pipe."""
+    """The engine loop's control, read from the server's command pipe.
+
+    A SIGTERM received by the worker (a supervisor signalling the whole process
+    group) reads as the server's "shutdown" command: checkpoint, `interrupted`.
+    """
 
     def __init__(self, conn):
         self.conn = conn
+        self.terminated = False
 
     def poll(self, timeout: float):
-        try:
-            if self.conn.poll(timeout):
-                command = self.conn.recv()
-                return ("shutdown", SHUTDOWN_MESSAGE) if command == ("shutdown",) else command
-        except (EOFError, ConnectionResetError, OSError):
-            raise ParentGone() from None
-        return None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.terminated:
+                self.terminated = False
+                return ("shutdown", SIGTERM_MESSAGE)
+            try:
+                if self.conn.poll(min(SIGNAL_POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
+                    command = self.conn.recv()
+                    return ("shutdown", SHUTDOWN_MESSAGE) if command == ("shutdown",) else command
+            except (EOFError, ConnectionResetError, OSError):
+                raise ParentGone() from None
+            if time.monotonic() >= deadline:
+                return None
 
 
 # ---------------------------------------------------------------- the worker process
@@ -169,13 +196,21 @@ def process_main(data_dir: str | Path, run_id: str, config, checkpoint_every: in
     """Entry point of a run's process (multiprocessing 'spawn').
 
     Ctrl+C in a terminal reaches the whole process group; the worker ignores it
-    and waits for the server's "shutdown" command instead. If the server dies,
+    and waits for the server's "shutdown" command instead. SIGTERM (a supervisor
+    signalling the whole group) is taken as that command at once: the run
+    checkpoints at its step and ends `interrupted`, resumable. If the server dies,
     the command pipe reports end-of-file and the worker exits without writing.
     `nice` lowers this process's priority (before the engine starts its
     threads, which inherit it), so the API process gets a CPU first.
     `config` is the run's stored config; build_trainer parses it once.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    control = PipeControl(command_conn)
+
+    def on_sigterm(signum, frame) -> None:
+        control.terminated = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     if nice:
         os.nice(nice)
     data_dir = Path(data_dir)
@@ -189,11 +224,11 @@ def process_main(data_dir: str | Path, run_id: str, config, checkpoint_every: in
     trainer = None
     try:
         trainer = build_trainer(data_dir, run_id, config, confine_datasets=True)
-        drive_run(trainer, data_dir, run_id, emit, PipeControl(command_conn), checkpoint_every)
+        drive_run(trainer, data_dir, run_id, emit, control, checkpoint_every)
     except ParentGone:
         return
     except Exception as error:  # any engine failure ends the run as failed, never silently
-        step = trainer.step if trainer is not None else 0
+        step = trainer.step if trainer is not None else None  # None: the store keeps the run's step
         try:
             emit(("status", "failed", step, f"{type(error).__name__}: {error}"))
         except ParentGone:
@@ -248,15 +283,18 @@ class RunRecorder:
         if kind == "status":
             _, status, step, text = message
             self.status = status
-            self.store.update_run(run_id, status=status, step=int(step), message=text)
-            seq = self.store.next_seq(run_id)
+            if step is None:  # the worker failed before it knew its step: keep the stored one
+                self.store.update_run(run_id, status=status, message=text)
+            else:
+                self.store.update_run(run_id, status=status, step=int(step), message=text)
+            seq = self.store.next_seq(run_id, EVENT_ID_STRIDE)
             run = self.store.get_run(run_id)
             return [Event(seq, "status", status_payload(run))]
         if kind == "metrics":
             points = message[1]
             if not points:
                 return []
-            seq = self.store.next_seq(run_id)
+            seq = self.store.next_seq(run_id, EVENT_ID_STRIDE)
             self.store.add_metrics(run_id, points, seq)
             latest = dict(points[-1])
             if self.last_point is not None:
@@ -268,7 +306,7 @@ class RunRecorder:
             self.store.update_run(run_id, step=int(latest["step"]), metrics=latest)
             return [Event(seq, "metrics", dumps_json({"points": points}))]
         if kind == "snapshot":
-            seq = self.store.next_seq(run_id)
+            seq = self.store.next_seq(run_id, EVENT_ID_STRIDE)
             return [Event(seq, "snapshot", step=int(message[1]))]
         return []  # "checkpoint" and "reply" change nothing in the store
 

@@ -524,8 +524,96 @@ def load_cifar10(path, limit: int | None = None, grayscale: bool = False) -> Dat
 # image folder and scikit-learn digits
 
 
+def _visible(path: Path) -> bool:
+    """False for hidden entries (".ipynb_checkpoints", ".DS_Store"): never a class or an image."""
+    return not path.name.startswith(".")
+
+
+def image_folder_contents(path) -> tuple[Path, list[Path], list[list[Path]]]:
+    """(folder, class folders, image files of each class) of an image-folder dataset.
+
+    Hidden folders and files are ignored. A class folder or image file that is a
+    symlink must stay inside the dataset folder (DatasetError otherwise), like the
+    folder's own path. Every class folder must hold at least one image.
+    """
+    folder = _existing_folder(path)
+    real = folder.resolve()
+
+    def confined(entry: Path) -> bool:
+        if not entry.is_symlink():
+            return True
+        target = entry.resolve()
+        return target == real or real in target.parents
+
+    class_dirs = []
+    for entry in sorted(folder.iterdir()):
+        if _visible(entry) and entry.is_dir():
+            if not confined(entry):
+                raise DatasetError(f"{entry}: a symlink leading out of the dataset folder")
+            class_dirs.append(entry)
+    if not class_dirs:
+        raise DatasetError(f"{folder}: no class sub-folders found (one folder of images per class)")
+    files = []
+    for class_dir in class_dirs:
+        images = []
+        for entry in sorted(class_dir.iterdir()):
+            if _visible(entry) and entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                if not confined(entry):
+                    raise DatasetError(f"{entry}: a symlink leading out of the dataset folder")
+                images.append(entry)
+        if not images:
+            raise DatasetError(f"{class_dir}: no .png/.jpg/.jpeg images in this class folder")
+        files.append(images)
+    return folder, class_dirs, files
+
+
+def check_image_folder(path, size: int | None, color: bool, max_images: int, max_side: int,
+                       scan: int) -> list[int]:
+    """Check an image folder cheaply before training on it; returns its input shape [C, H, W].
+
+    Counts the images against `max_images`, and on a bounded sample (the first
+    `scan` images, spread over the classes) checks that each one decodes and,
+    without `size`, that they share one size of at most `max_side` pixels per side.
+    DatasetError names the problem.
+    """
+    from PIL import Image
+
+    folder, _, files = image_folder_contents(path)
+    count = sum(len(images) for images in files)
+    if count > max_images:
+        raise DatasetError(f"{folder}: {count} images; at most {max_images} can be trained on")
+    if count < 2:
+        raise DatasetError(f"{folder}: need at least 2 images for a training and a validation split")
+    per_class = max(1, scan // len(files))
+    first = None
+    for images in files:
+        for file in images[:per_class]:
+            try:
+                with Image.open(file) as image:
+                    image.load()  # decodes: a cut or garbled file fails here
+                    shape = (image.height, image.width)
+            except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "damaged"
+                raise DatasetError(f"{file}: cannot be read as an image ({error})") from None
+            if size is None:
+                if max(shape) > max_side:
+                    raise DatasetError(f"{file}: {shape[1]}x{shape[0]} pixels; at most {max_side} per side, "
+                                       "or give dataset.size to resize")
+                if first is not None and shape != first[0]:
+                    raise DatasetError(f"{file}: {shape[1]}x{shape[0]} pixels but {first[1]} is "
+                                       f"{first[0][1]}x{first[0][0]}; give dataset.size to resize all")
+                if first is None:
+                    first = (shape, file.name)
+    if size is not None:
+        height, width = size, size
+    else:
+        assert first is not None  # the sample above holds at least one image, or it raised
+        height, width = first[0]
+    return [3 if color else 1, height, width]
+
+
 def load_image_folder(path, size: int | None = None, color: bool = False, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """Folder with one sub-folder per class holding PNG/JPEG images.
+    """Folder with one sub-folder per class holding PNG/JPEG images (image_folder_contents:
+    hidden entries ignored, symlinks confined to the folder).
 
     Images are read with Pillow as grayscale (or RGB with `color`), resized to
     `size`×`size` when given; otherwise they must all share one size.
@@ -534,16 +622,10 @@ def load_image_folder(path, size: int | None = None, color: bool = False, val_fr
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # pragma: no cover - Pillow is a project dependency
         raise DatasetError("image_folder: Pillow is needed to read images (pip install pillow)") from None
-    folder = _existing_folder(path)
-    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir())
-    if not class_dirs:
-        raise DatasetError(f"{folder}: no class sub-folders found")
+    folder, class_dirs, class_files = image_folder_contents(path)
     images: list[np.ndarray] = []
     labels: list[int] = []
-    for class_index, class_dir in enumerate(class_dirs):
-        files = sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DatasetError(f"{class_dir}: no .png/.jpg/.jpeg images in this class folder")
+    for class_index, files in enumerate(class_files):
         for file in files:
             try:
                 with Image.open(file) as opened:
@@ -627,6 +709,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     "sklearn_digits": {
         "description": "scikit-learn's 8x8 digits (needs scikit-learn installed)",
         "loader": load_sklearn_digits,
+        "needs": "sklearn",
         "params": {"val_fraction": 0.2, "seed": 0},
         "shape": lambda p: ([1, 8, 8], 10),
     },
@@ -669,6 +752,14 @@ def normalize_dataset_spec(spec) -> dict:
                 raise ValueError(f"dataset.{error}") from None
             full["classes"] = list(full["classes"])
     return full
+
+
+def dataset_available(name: str) -> bool:
+    """True when a dataset's loader can run here (an entry's `needs` names an optional module)."""
+    import importlib.util
+
+    needs = DATASETS[name].get("needs")
+    return needs is None or importlib.util.find_spec(needs) is not None
 
 
 def known_shape(spec) -> tuple[list[int] | None, int | None]:

@@ -23,7 +23,7 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Response, status
 
 from app import render
-from app.deps import Responses, Run, SettingsDep, StoreDep, snapshot_step
+from app.deps import HEAVY, Responses, Run, SettingsDep, StoreDep, snapshot_step
 from app.settings import Settings
 from app.store import Store
 from engine import explain
@@ -147,7 +147,7 @@ def explanation(store: Store, settings: Settings, run: dict, step: str, layer: i
     return _explanations.put(key, result)
 
 
-@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}", responses=NOT_FOUND)
+@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}", responses=NOT_FOUND, dependencies=HEAVY)
 def explain_filter(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> dict:
     """Explain one filter at one stored step (`latest` allowed): top patches, activation maximization,
     spectrum and orientation, dead share, expanded weights, trajectory and birth step."""
@@ -184,7 +184,7 @@ def _png(data: bytes) -> Response:
     return Response(data, media_type="image/png")
 
 
-@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/patches.png", response_class=Response, responses=PNG)
+@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/patches.png", response_class=Response, responses=PNG, dependencies=HEAVY)
 def patches_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
     """The top patches, strongest first, in gray (one scale: the data's pixel range)."""
     result = explanation(store, settings, run, step, layer, filter)
@@ -192,7 +192,7 @@ def patches_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, lay
     return _png(_tiles([_gray(np.asarray(p["pixels"]), lo, hi) for p in result["patches"]["items"]]))
 
 
-@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/maximize.png", response_class=Response, responses=PNG)
+@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/maximize.png", response_class=Response, responses=PNG, dependencies=HEAVY)
 def maximize_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
     """The activation-maximizing input, on the same gray scale as the patches."""
     result = explanation(store, settings, run, step, layer, filter)
@@ -200,7 +200,7 @@ def maximize_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, la
     return _png(_tiles([_gray(np.asarray(result["maximize"]["image"]), lo, hi)]))
 
 
-@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/spectrum.png", response_class=Response, responses=PNG)
+@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/spectrum.png", response_class=Response, responses=PNG, dependencies=HEAVY)
 def spectrum_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
     """The Fourier magnitude, zero frequency in the centre, white = the largest."""
     result = explanation(store, settings, run, step, layer, filter)
@@ -209,7 +209,7 @@ def spectrum_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, la
     return _png(_tiles([_gray(magnitude[None], 0.0, peak)], pixel=6))
 
 
-@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/expanded.png", response_class=Response, responses=PNG)
+@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/expanded.png", response_class=Response, responses=PNG, dependencies=HEAVY)
 def expanded_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
     """The expanded weights (input channels side by side), blue < 0 < red."""
     result = explanation(store, settings, run, step, layer, filter)
@@ -220,7 +220,7 @@ def expanded_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, la
 # ---------------------------------------------------------------- layer summary over time
 
 
-@router.get("/{run_id}/layers/{layer}/summary", responses=NOT_FOUND)
+@router.get("/{run_id}/layers/{layer}/summary", responses=NOT_FOUND, dependencies=HEAVY)
 def layer_summary(store: StoreDep, settings: SettingsDep, run: Run, layer: int) -> dict:
     """Per snapshot step: dead filters (never fire on the monitor batch), the share of
     orientation-selective filters, and the mean detector score with its chance level."""

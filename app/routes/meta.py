@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 
 from app import limits
+from app.deps import SettingsDep
 from app.schemas import (
     DatasetInfo,
     DatasetList,
@@ -30,8 +31,16 @@ router = APIRouter(tags=["meta"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> dict:
-    return {"status": "ok"}
+def healthz(settings: SettingsDep) -> dict:
+    """The server answers; `disk_low` when the data directory's disk has less than
+    settings.min_free_disk (KERNELSCOPE_MIN_FREE_DISK) free (reads keep working; writes wait for space)."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(settings.data_dir).free
+    except OSError:
+        return {"status": "ok", "disk_free_bytes": None, "disk_low": True}
+    return {"status": "ok", "disk_free_bytes": free, "disk_low": free < settings.min_free_disk}
 
 
 @router.get("/api/inits", response_model=InitList)
@@ -59,13 +68,14 @@ def describe_inits(body: Annotated[InitsDescribe | None, Body()] = None) -> dict
 
 @router.get("/api/datasets", response_model=DatasetList)
 def list_datasets() -> dict:
-    from engine.datasets import DATASETS
+    from engine.datasets import DATASETS, dataset_available
 
     return {
         "datasets": [
             DatasetInfo(name=name, description=entry["description"], params=dict(entry["params"]))
-            for name, entry in DATASETS.items()
-        ]
+            for name, entry in DATASETS.items() if dataset_available(name)
+        ],
+        "path_rule": limits.DATASET_PATH_RULE,
     }
 
 

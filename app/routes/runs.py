@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response, status
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse
 
 from app import limits, render
-from app.deps import CONFLICT, NOT_FOUND, QUEUE_FULL, Manager, Responses, Run, StoreDep, run_out, snapshot_step
+from app.deps import CONFLICT, HEAVY, NOT_FOUND, QUEUE_FULL, Manager, Responses, Run, StoreDep, run_out, snapshot_step
 from app.errors import InvalidInput
 from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
 from app.store import dumps_json
@@ -112,6 +112,7 @@ def get_snapshot(
 @router.get(
     "/{run_id}/snapshots/{step}/filters.png",
     response_class=Response,
+    dependencies=HEAVY,
     responses={200: {"content": {"image/png": {}}, "description": "the layer's kernels as a picture"}, **NOT_FOUND},
 )
 def get_filters_png(
@@ -154,7 +155,7 @@ def get_filters_png(
 # schemathesis validate events one by one rather than the stream as one string.
 EVENT_STREAM: Responses = {200: {"content": {"text/event-stream": {"itemSchema": {
     "type": "object",
-    "properties": {"event": {"type": "string", "enum": ["status", "metrics", "snapshot"]},
+    "properties": {"event": {"type": "string", "enum": ["status", "metrics", "snapshot", "snapshot_damaged"]},
                    "data": {"type": "string", "description": "JSON"},
                    "id": {"type": "string"}, "retry": {"type": "integer", "minimum": 0}},
 }}}, "description": "status, metrics and snapshot events (docs/ARCHITECTURE.md)"}}
@@ -162,8 +163,9 @@ EVENT_STREAM: Responses = {200: {"content": {"text/event-stream": {"itemSchema":
 
 # Returning an EventSourceResponse (not declaring it as response_class) keeps FastAPI
 # from re-encoding each item per viewer: the frames are already SSE bytes.
-@router.get("/{run_id}/events", responses={**EVENT_STREAM, **NOT_FOUND})
+@router.get("/{run_id}/events", responses={**EVENT_STREAM, **NOT_FOUND, **QUEUE_FULL})
 async def run_events(
+    request: Request,
     manager: Manager,
     run: Run,
     last_event_id: Annotated[int | None, Header(ge=0, description="resume after this event id")] = None,
@@ -176,11 +178,18 @@ async def run_events(
     is sent after 15 s of silence to keep proxies from closing the stream.
 
     Every event is encoded once (fastapi.sse.format_sse_event) and the same
-    bytes go to every viewer, which keeps hundreds of viewers cheap.
+    bytes go to every viewer, which keeps hundreds of viewers cheap. A snapshot
+    whose file is damaged comes as `snapshot_damaged` (`{"step", "message"}`).
+    Replays are read from the store in pages, a few at a time; one client may
+    replay at most limits.MAX_REPLAYS_PER_CLIENT streams at once (429 with
+    Retry-After beyond).
     """
+    ticket = None
+    if last_event_id is not None and last_event_id < run["event_seq"]:
+        ticket = manager.replay_ticket(request.client.host if request.client else "?")
 
     async def frames():
-        async for event in manager.stream(run["id"], last_event_id):
+        async for event in manager.stream(run["id"], last_event_id, ticket=ticket):
             yield KEEPALIVE_COMMENT if event is None else event.wire
 
     return EventSourceResponse(frames(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

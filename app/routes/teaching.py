@@ -28,7 +28,7 @@ from fastapi.responses import StreamingResponse
 from PIL import Image, ImageDraw
 
 from app import limits, render
-from app.deps import CONFLICT, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out
+from app.deps import CONFLICT, HEAVY, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out
 from app.errors import InvalidInput, field_error
 from app.runs import QueueFull, RunConflict
 from app.store import RunNotFound, Store, json_safe
@@ -203,7 +203,7 @@ def probe_spec(body: InitProbeRequest):
     return plain_stack_spec(body.depth, body.width, body.activation, body.kernel, body.size)
 
 
-@router.post("/init-probe")
+@router.post("/init-probe", dependencies=HEAVY)
 def init_probe(body: Annotated[InitProbeRequest | None, Body()] = None) -> dict:
     """No training: activation and gradient std per weight layer at init, for each init, with the theory.
 
@@ -467,7 +467,7 @@ def metrics_csv(points: list[dict]) -> str:
 
 
 @router.get(
-    "/runs/{run_id}/export", response_class=StreamingResponse,
+    "/runs/{run_id}/export", response_class=StreamingResponse, dependencies=HEAVY,
     responses={200: {"content": {"application/zip": {}}, "description": "zip of config, metrics, snapshots, weights"},
                **NOT_FOUND, **CONFLICT},
 )
@@ -544,7 +544,7 @@ def captioned(image: Image.Image, text: str) -> Image.Image:
 
 
 @router.get(
-    "/runs/{run_id}/evolution.gif", response_class=Response,
+    "/runs/{run_id}/evolution.gif", response_class=Response, dependencies=HEAVY,
     responses={200: {"content": {"image/gif": {}}, "description": "the layer's filters over time"}, **NOT_FOUND, **CONFLICT},
 )
 def evolution_gif(

@@ -174,4 +174,4 @@ def test_a_symlink_swapped_in_after_the_check_is_refused_when_the_run_starts(dat
         deadline = time.monotonic() + 10
         while client.get("/healthz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/healthz").json()["status"] == "ok"

@@ -174,7 +174,7 @@ def test_deep_preset_trains_with_he_and_stalls_with_small_gaussian():
 
 def test_a_frozen_x_kernel_is_bit_identical_after_training_while_others_change(tmp_path):
     with TestClient(create_app(make_settings(tmp_path / "data"))) as client:
-        run_id = client.post("/api/runs", json={**LONG, "snapshot_every": 10}).json()["id"]
+        run_id = client.post("/api/runs", json={**LONG, "steps": 20_000, "snapshot_every": 10}).json()["id"]
         wait_for_step(client, run_id, 2)
         paused = client.post(f"/api/runs/{run_id}/pause").json()
         assert paused["status"] == "paused", paused
