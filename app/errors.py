@@ -6,7 +6,9 @@ Routes raise what went wrong and never translate it themselves:
   input, is 422 with the field as the error's location;
 - `InvalidInput(location, message)` is 422 at a location the route knows better
   (an entry of `inits`, a query or path parameter);
-- `RunNotFound` is 404, `RunConflict` 409, `QueueFull` 429.
+- `RunNotFound` is 404, `RunConflict` 409, `QueueFull` 429;
+- classroom: `Forbidden` 403, `BadJoinCode` 401 (after a pause), `QuotaExceeded` 429
+  with Retry-After, `ClassNotFound` 404.
 
 Every error answer is `{"detail": <FastAPI's detail>, "message": "field: problem"}`.
 Pydantic's own refusals get the same shape, and a value outside a fixed set of
@@ -15,6 +17,7 @@ names gets the closest valid one ("did you mean ...", engine/names.py).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -24,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import classroom, limits
 from app.runs import QueueFull, RunConflict
 from app.store import RunNotFound
 from engine import OPTIMIZERS
@@ -95,6 +99,24 @@ async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
     return _answer(429, str(exc), str(exc))
 
 
+# classroom (app/classroom.py): a learner and another's run, a wrong join code, a quota, an unknown class
+async def forbidden(request: Request, exc: classroom.Forbidden) -> JSONResponse:
+    return _answer(403, str(exc), str(exc))
+
+
+async def bad_join_code(request: Request, exc: classroom.BadJoinCode) -> JSONResponse:
+    await asyncio.sleep(limits.JOIN_FAIL_DELAY_SECONDS)  # guessing codes stays slow
+    return _answer(401, str(exc), str(exc))
+
+
+async def quota_exceeded(request: Request, exc: classroom.QuotaExceeded) -> JSONResponse:
+    return _answer(429, str(exc), str(exc), {"Retry-After": str(exc.retry_after)})
+
+
+async def class_not_found(request: Request, exc: classroom.ClassNotFound) -> JSONResponse:
+    return _answer(404, f"class_id: no class {exc.args[0]!r}", f"class_id: no class {exc.args[0]!r}")
+
+
 # ---------------------------------------------------------------- pydantic's and FastAPI's own errors
 
 def _field_of(error: dict) -> str:
@@ -149,6 +171,10 @@ HANDLERS: dict[type[Exception], Any] = {
     RunNotFound: run_not_found,
     RunConflict: run_conflict,
     QueueFull: queue_full,
+    classroom.Forbidden: forbidden,
+    classroom.BadJoinCode: bad_join_code,
+    classroom.QuotaExceeded: quota_exceeded,
+    classroom.ClassNotFound: class_not_found,
 }
 
 

@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import errors, security
-from app.routes import explain, meta, pages, runs, teaching
+from app import classroom, errors, security
+from app.routes import classes, explain, meta, pages, runs, teaching
 from app.runs import RunManager, install_shutdown_signal_hook
 from app.settings import Settings
 from app.store import Store
@@ -33,14 +33,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(store.sweep_temp_files)
         manager = RunManager(settings, store)
         manager.recover()
+        rooms = classroom.ClassroomStore(settings.data_dir)  # classes and learners (app/classroom.py)
+        manager.gate = classroom.QuotaGate(rooms)
         app.state.store = store
         app.state.manager = manager
+        app.state.classroom = rooms
         loop = asyncio.get_running_loop()
         install_shutdown_signal_hook(lambda: loop.call_soon_threadsafe(manager.close_streams))
         try:
             yield
         finally:
             await asyncio.to_thread(manager.shutdown)
+            rooms.close()
             store.close()
 
     app = FastAPI(
@@ -52,6 +56,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     security.install(app, settings.token, settings.cors_origins)  # the token (once), body limits, CORS if configured
     errors.install(app)  # one handler per domain error
-    for module in (meta, runs, teaching, explain, pages):
+    for module in (meta, runs, teaching, explain, classes, pages):
         app.include_router(module.router)
     return app

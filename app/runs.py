@@ -204,6 +204,9 @@ class RunManager:
         self._closing = False
         self._context = multiprocessing.get_context("spawn")
         self._request_ids = itertools.count(1)
+        # classroom: app.classroom.QuotaGate once create_app has a class store; it stamps a
+        # learner's runs with their owner and keeps each learner within the class's quotas
+        self.gate = None
 
     # -- lifecycle
 
@@ -292,6 +295,8 @@ class RunManager:
         security.check_dataset_path(self.store.data_dir, full_config["dataset"])
         with self._lock:
             self._check_capacity()
+            if self.gate is not None:  # classroom: owner + per-learner quota (429), under this lock
+                meta = self.gate.admit(self.store, meta)
             run = self.store.create_run(full_config, status="queued", meta=meta, owner_pid=os.getpid())
             if checkpoint is not None:
                 write_npz_atomic(checkpoint_path(self.store.data_dir, run["id"]), checkpoint)
@@ -313,11 +318,21 @@ class RunManager:
     def _schedule(self) -> None:
         with self._lock:
             while not self._closing and self._queue and len(self._workers) < self.settings.max_runs:
-                run_id = self._queue.popleft()
+                run_id = self._next_startable()
+                if run_id is None:  # classroom: every queued run's learner is at their training quota
+                    return
                 try:
                     self._launch(run_id)
                 except RunNotFound:
                     continue
+
+    def _next_startable(self) -> str | None:
+        """Take the first queued run that may start now (all of them without a class gate)."""
+        for run_id in self._queue:
+            if self.gate is None or self.gate.may_start(self.store, run_id):
+                self._queue.remove(run_id)
+                return run_id
+        return None
 
     def _launch(self, run_id: str) -> None:
         run = self.store.get_run(run_id)

@@ -50,6 +50,7 @@ function errorMessage(data, response) {
 export const getJSON = (path) => request("GET", path);
 export const postJSON = (path, body) => request("POST", path, body ?? {});
 export const putJSON = (path, body) => request("PUT", path, body ?? {});
+export const deleteJSON = (path) => request("DELETE", path);
 
 const runPath = (id) => `/api/runs/${encodeURIComponent(id)}`;
 
