@@ -112,7 +112,7 @@ def list_classes(request: Request) -> dict:
 def who_am_i(request: Request) -> dict:
     """Who the page is: {"role"} and, for a learner, their learner entry and class (with its assignment)."""
     caller = classroom.current()
-    out: dict = {"role": caller.role}
+    out: dict = {"role": caller.role, "classes_exist": _classroom(request).has_classes()}
     if caller.is_learner:
         out["learner"] = {"id": caller.learner["id"], "name": caller.learner["name"]}
         out["class"] = _class_out(request, _classroom(request).get_class(caller.learner["class"]))

@@ -10,6 +10,7 @@
  *                   run-charts.js, stepthrough.js)
  *   run-list.js     the sidebar's list of runs
  *   compare.js, probe.js, kernel-editor.js, fork-export.js   teaching views
+ *   join.js         joining a class, its assignment (the wall is wall.js on /class/{id})
  *
  * window.__kernelscope exposes what was drawn, for the browser tests and for
  * curious learners in the console.
@@ -19,6 +20,7 @@ import * as api from "./api.js";
 import { mountCompare } from "./compare.js";
 import { showError } from "./dom.js";
 import { mountForkExport } from "./fork-export.js";
+import { mountJoin } from "./join.js";
 import { mountKernelEditor } from "./kernel-editor.js";
 import { mountProbe } from "./probe.js";
 import { mountRunList } from "./run-list.js";
@@ -99,6 +101,7 @@ async function main() {
     applyLayerInit: (layer, init) => { state.config.layerInits[String(layer)] = init; views.form.changed(); },
   });
   mountForkExport(shared);
+  mountJoin(shared);  // classroom: the learner's join box and assignment
 
   await views.list.refresh();
   setInterval(() => { if (!document.hidden) views.list.refresh(); }, 5000);
