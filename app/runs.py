@@ -442,6 +442,8 @@ class RunManager:
                 if run_id in self._workers or run_id in self._queue:
                     raise RunConflict(f"run {run_id} is already {status}")
                 self._check_capacity()
+                if self.gate is not None:  # classroom: a learner's resumed run waits within their queue quota
+                    self.gate.admit(self.store, run["meta"])
                 self._queue.append(run_id)
                 self._set_status(run_id, "queued", f"resuming from step {self._checkpoint_step(run_id)}")
                 self._schedule()

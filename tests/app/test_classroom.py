@@ -239,6 +239,10 @@ def test_a_learner_over_quota_gets_429_naming_the_limit_with_retry_after(server)
     # when Ada's first run stops, her queued one starts
     server.post(f"/api/runs/{first['id']}/stop", headers=ada)
     assert wait_for(server, second["id"], "running")["status"] == "running"
+    # resuming counts like starting: Ada fills her queue, then cannot resume the stopped one
+    assert start(server, ada)["status"] == "queued"
+    resumed = server.post(f"/api/runs/{first['id']}/resume", headers=ada)
+    assert resumed.status_code == 429 and "max_queued" in resumed.json()["message"]
     for run in server.get("/api/runs", headers=TEACHER).json()["runs"]:
         if run["status"] in ("running", "queued", "paused"):
             server.post(f"/api/runs/{run['id']}/stop", headers=TEACHER)
@@ -294,3 +298,25 @@ def test_without_a_token_the_server_is_open_as_before_but_learner_tokens_still_b
     run_id = start(client, ada, TINY)["id"]
     assert client.post(f"/api/runs/{run_id}/stop", headers=bob).status_code == 403
     assert client.get(f"/api/runs/{run_id}").status_code == 200
+
+
+def test_the_class_command_creates_lists_and_exports(tmp_path):
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    runner = CliRunner()
+    data = str(tmp_path / "data")
+    created = runner.invoke(cli, ["class", "create", "Kernels 101", "--max-queued", "2", "--data", data])
+    assert created.exit_code == 0, created.output
+    code = created.output.split("join code: ")[1].split()[0]
+    class_id = created.output.split("class ")[1].split(":")[0]
+    listed = runner.invoke(cli, ["class", "list", "--data", data])
+    assert class_id in listed.output and "queued<=2" in listed.output
+    rooms = classroom.ClassroomStore(data)
+    rooms.join(code, "Ada")
+    rooms.close()
+    exported = runner.invoke(cli, ["class", "export", class_id, "--data", data])
+    assert exported.exit_code == 0 and exported.output.splitlines()[1].startswith("Ada,")
+    assert runner.invoke(cli, ["class", "export", "nope", "--data", data]).exit_code == 2
+    assert runner.invoke(cli, ["class", "create", " ", "--data", data]).exit_code == 2

@@ -11,8 +11,8 @@ filters at one colour scale while they train, groups them by init, and the
 import httpx
 import numpy as np
 import pytest
-
 from conftest import Server, open_page
+
 from tests.live_server import uvicorn_command
 
 TOKEN = "teacher-token-for-the-browser-test"
