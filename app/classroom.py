@@ -6,8 +6,8 @@ and gets a learner token `<learner id>.<secret>` (secrets.token_urlsafe,
 limits.LEARNER_TOKEN_BYTES random bytes); only a SHA-256 of the secret is
 stored, compared with hmac.compare_digest. Neither codes nor tokens are logged.
 
-Who is asking (`Caller`) is decided once per request by security.RequestGuard
-(`identify`) and kept in the context variable `CALLER`, so the run lookup
+Who is asking (`Caller`, app/caller.py) is decided once per request by
+security.RequestGuard and kept in the context variable `CALLER`, so the run lookup
 (`check_run_access`, from app/deps.py) and the run manager's `QuotaGate` read
 it without any route passing it along:
 
@@ -27,7 +27,6 @@ The tables live in the server's SQLite file beside the runs (own connection).
 
 from __future__ import annotations
 
-import contextvars
 import csv
 import hashlib
 import hmac
@@ -39,14 +38,13 @@ import threading
 import time
 import unicodedata
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from app import limits
+from app.caller import ANONYMOUS, CALLER, SESSION_COOKIE, TEACHER, Caller, current, identify  # noqa: F401 (re-exported)
 from app.runs import QueueFull
 
 JOIN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # 32 symbols, no 0/O or 1/I look-alikes
-SESSION_COOKIE = "kernelscope_session"  # the bearer token for GETs a browser cannot add a header to (EventSource)
 TRAINING_STATUSES = ("running", "paused")
 
 
@@ -71,45 +69,6 @@ class QuotaExceeded(QueueFull):
 
 class ClassNotFound(KeyError):
     """404: no such class (or not one the caller may see)."""
-
-
-# ---------------------------------------------------------------- who is asking
-
-@dataclass(frozen=True)
-class Caller:
-    role: str                       # "teacher", "learner" or "anonymous"
-    learner: dict = field(default_factory=dict)  # {"id", "class", "name"} for a learner
-
-    @property
-    def is_teacher(self) -> bool:
-        return self.role == "teacher"
-
-    @property
-    def is_learner(self) -> bool:
-        return self.role == "learner"
-
-
-TEACHER = Caller("teacher")
-ANONYMOUS = Caller("anonymous")
-# Code outside a request (the CLI, tests driving the manager) acts as the teacher.
-CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("kernelscope_caller", default=TEACHER)
-
-
-def current() -> Caller:
-    return CALLER.get()
-
-
-def identify(classroom: ClassroomStore | None, server_token: str | None, bearer: str | None,
-             cookie: str | None, safe: bool) -> Caller:
-    """The caller of one request. The cookie counts only for reads (no cross-site writes through it)."""
-    given = bearer if bearer else (cookie if safe else None)
-    if given:
-        if server_token and hmac.compare_digest(given.encode(), server_token.encode()):
-            return TEACHER
-        learner = classroom.learner_for_token(given) if classroom is not None else None
-        if learner is not None:
-            return Caller("learner", learner)
-    return ANONYMOUS if server_token else TEACHER  # no server token: everyone may do everything, as without classes
 
 
 # ---------------------------------------------------------------- access to runs
@@ -296,7 +255,9 @@ class ClassroomStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return self.get_learner(learner_id), f"{learner_id}.{secret}"
+        learner = self.get_learner(learner_id)
+        assert learner is not None  # just written
+        return learner, f"{learner_id}.{secret}"
 
     def get_learner(self, learner_id: str) -> dict | None:
         with self._lock:
@@ -363,7 +324,7 @@ class QuotaGate:
         except KeyError:
             return True  # gone: the scheduler skips it itself
         learner, klass_id = run_learner(run), run_class(run)
-        if learner is None:
+        if learner is None or klass_id is None:
             return True
         try:
             klass = self.classroom.get_class(klass_id)
@@ -401,8 +362,9 @@ def latest_runs(store, class_id: str) -> dict[str, dict]:
     """{learner id: that learner's latest run in the class}."""
     latest: dict[str, dict] = {}
     for run in store.list_runs():  # oldest first: later ones replace
-        if run_class(run) == class_id:
-            latest[run_learner(run)] = run
+        learner = run_learner(run)
+        if learner is not None and run_class(run) == class_id:
+            latest[learner] = run
     return latest
 
 
@@ -452,10 +414,11 @@ CSV_COLUMNS = ["learner", "learner_id", "run_id", "status", "init", "step", "ste
 
 def export_csv(store, classroom: ClassroomStore, class_id: str) -> str:
     """One row per run of each learner (a learner without runs gets one row with empty run fields)."""
-    by_learner: dict[str, list[dict]] = {}
+    by_learner: dict[str, list[dict | None]] = {}
     for run in store.list_runs():
-        if run_class(run) == class_id:
-            by_learner.setdefault(run_learner(run), []).append(run)
+        learner_id = run_learner(run)
+        if learner_id is not None and run_class(run) == class_id:
+            by_learner.setdefault(learner_id, []).append(run)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)

@@ -5,7 +5,7 @@ KERNELSCOPE_TOKEN is set, a request that can change state (any method but
 GET, HEAD and OPTIONS) needs `Authorization: Bearer <token>` (401 otherwise);
 reads stay open. With classes (app/classroom.py) a learner token also opens
 state-changing requests, and the guard records who asks (teacher, learner,
-anonymous) in classroom.CALLER for the run lookup and the quotas; joining a
+anonymous) in caller.CALLER (app/caller.py) for the run lookup and the quotas; joining a
 class (OPEN_PATHS) needs no token. A body larger than limits.MAX_BODY_BYTES is refused with
 413, and a JSON body holding NaN, Infinity (or a number too large for a float),
 text that is not valid Unicode, or nesting deeper than limits.MAX_JSON_DEPTH is
@@ -23,7 +23,8 @@ import math
 import re
 from pathlib import Path
 
-from app import classroom, limits
+from app import caller as callers
+from app import limits
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOKEN_MESSAGE = "authorization: this server needs the header 'Authorization: Bearer <KERNELSCOPE_TOKEN>'"
@@ -108,12 +109,12 @@ def _cookie(header: str, name: str) -> str | None:
     return None
 
 
-def _identify(scope, headers: dict, token: str | None, safe: bool) -> classroom.Caller:
+def _identify(scope, headers: dict, token: str | None, safe: bool) -> callers.Caller:
     """The server token is the teacher; a learner token a learner (app/classroom.py); no token: anonymous."""
     app = scope.get("app")
     store = getattr(getattr(app, "state", None), "classroom", None)
-    return classroom.identify(store, token, _bearer(headers.get("authorization", "")),
-                              _cookie(headers.get("cookie", ""), classroom.SESSION_COOKIE), safe)
+    return callers.identify(store, token, _bearer(headers.get("authorization", "")),
+                            _cookie(headers.get("cookie", ""), callers.SESSION_COOKIE), safe)
 
 
 # ---------------------------------------------------------------- the middleware
@@ -179,7 +180,7 @@ class RequestGuard:
         safe = scope["method"] in SAFE_METHODS
         # classroom: who is asking (teacher, learner, anonymous), kept for the run lookup and quotas
         caller = _identify(scope, headers, self.token, safe)
-        reset = classroom.CALLER.set(caller)
+        reset = callers.CALLER.set(caller)
         try:
             if safe:
                 await self.app(scope, receive, send_with_full_allow)
@@ -190,7 +191,7 @@ class RequestGuard:
                 return
             await self._guarded(scope, receive, send, headers, send_with_full_allow)
         finally:
-            classroom.CALLER.reset(reset)
+            callers.CALLER.reset(reset)
 
     async def _guarded(self, scope, receive, send, headers, send_with_full_allow):
         too_large = f"body: at most {self.max_body_bytes} bytes"
