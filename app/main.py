@@ -38,8 +38,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.manager = manager
         app.state.classroom = rooms
+        app.state.streams_closing = asyncio.Event()  # classroom: the wall streams end when it is set
+
+        def close_streams():
+            manager.close_streams()
+            app.state.streams_closing.set()
+
         loop = asyncio.get_running_loop()
-        install_shutdown_signal_hook(lambda: loop.call_soon_threadsafe(manager.close_streams))
+        install_shutdown_signal_hook(lambda: loop.call_soon_threadsafe(close_streams))
         try:
             yield
         finally:

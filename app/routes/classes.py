@@ -200,9 +200,11 @@ async def wall_events(request: Request, store: StoreDep, class_id: ClassId) -> E
 
     The stream looks at the class's runs every limits.WALL_POLL_SECONDS and sends only the
     tiles that changed, so its cost grows with the learners, not with the viewers' tiles.
+    It ends when the server stops (SIGINT/SIGTERM), like the run streams.
     """
     _visible_class(request, class_id)
     rooms = _classroom(request)
+    closing: asyncio.Event = request.app.state.streams_closing  # set when the server stops
 
     async def frames():
         seen: dict = {}
@@ -217,7 +219,11 @@ async def wall_events(request: Request, store: StoreDep, class_id: ClassId) -> E
             if quiet >= KEEPALIVE_SECONDS:
                 quiet = 0.0
                 yield KEEPALIVE_COMMENT
-            await asyncio.sleep(limits.WALL_POLL_SECONDS)
+            try:
+                await asyncio.wait_for(closing.wait(), limits.WALL_POLL_SECONDS)
+                return  # the server is stopping: end the stream so it need not wait for the viewer
+            except TimeoutError:
+                pass
 
     return EventSourceResponse(frames(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

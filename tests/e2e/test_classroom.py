@@ -26,7 +26,7 @@ def class_server(tmp_path):
     (tmp_path / "data").mkdir()
     running = Server(tmp_path / "data",
                      command=lambda port: ["env", f"KERNELSCOPE_TOKEN={TOKEN}", *uvicorn_command(port)])
-    yield running.base
+    yield running
     running.stop()
 
 
@@ -47,7 +47,7 @@ def join(page, problems, url, code, name):
 
 
 def test_two_learners_and_the_teacher_wall(browser, class_server):
-    base = class_server
+    base = class_server.base
     teacher = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=base, timeout=30) as api:
         klass = api.post("/api/classes", json={"name": "Kernels 101"}, headers=teacher).json()
@@ -123,3 +123,19 @@ def test_two_learners_and_the_teacher_wall(browser, class_server):
     expected = [item for item in wall_problems.items
                 if not (item.startswith("HTTP 404") and item.endswith(klass["id"]) or "404" in item and "console" in item)]
     assert expected == [] and ada_problems.items == [] and bob_problems.items == []
+
+
+def test_the_wall_stream_ends_when_the_server_stops(class_server):
+    """An open wall does not keep a stopping server waiting (like the run streams)."""
+    teacher = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=class_server.base, timeout=60) as api:
+        klass = api.post("/api/classes", json={"name": "stopping"}, headers=teacher).json()
+        api.post("/api/classes/join", json={"code": klass["join_code"], "name": "Ada"})
+        with api.stream("GET", f"/api/classes/{klass['id']}/events", headers=teacher) as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("event:")) == "event: tile"
+            class_server.process.terminate()
+            rest = list(lines)  # returns only because the server ended the stream
+        assert all(not line.startswith("event:") or line == "event: tile" for line in rest)
+    # uvicorn exits by re-raising the SIGTERM it handled once it has shut down
+    assert class_server.process.wait(timeout=60) in (0, -15)
