@@ -21,6 +21,8 @@ export function setToken(value) {
   if (token) localStorage.setItem(TOKEN_KEY, token); else localStorage.removeItem(TOKEN_KEY);
 }
 
+export const hasToken = () => Boolean(token);
+
 async function request(method, path, body) {
   const options = { method, headers: { Accept: "application/json" } };
   if (token && method !== "GET") options.headers.Authorization = `Bearer ${token}`;

@@ -66,7 +66,15 @@ export function mountJoin(context) {
   }
 
   async function load() {
-    const answer = await api.getJSON("/api/classes/me");
+    let answer = await api.getJSON("/api/classes/me");
+    if (answer.role !== "learner" && api.hasToken() && !load.restored) {
+      // a token kept in this browser but no cookie (a new browser session): reads need the cookie again
+      load.restored = true;
+      try {
+        await api.postJSON("/api/classes/session");
+        answer = await api.getJSON("/api/classes/me");
+      } catch { /* a token of another server or class: the join form stays */ }
+    }
     me.role = answer.role;
     me.learner = answer.learner ?? null;
     me.klass = answer.class ?? null;
