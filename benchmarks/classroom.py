@@ -160,7 +160,8 @@ def main() -> None:
                                  headers={"Authorization": f"Bearer {learner['token']}"}).raise_for_status()
                 else:
                     simulated = SimulatedClass(data, klass["id"], learners, args.interval)
-                    threading.Thread(target=simulated.run, daemon=True).start()
+                    writer = threading.Thread(target=simulated.run, daemon=True)
+                    writer.start()
             time.sleep(2.0)
             baseline = measure_cpu(server.pid, args.seconds)
             with sync_playwright() as playwright:
@@ -180,6 +181,8 @@ def main() -> None:
         finally:
             if simulated is not None:
                 simulated.stop.set()
+                writer.join()  # before the data directory goes
+                simulated.store.close()
             server.terminate()
             server.wait(timeout=30)
     mode = "real runs" if args.real else f"simulated runs, one snapshot each per {args.interval:g} s"
