@@ -3,6 +3,7 @@
     kernelscope serve [--host --port --data]
     kernelscope train [--preset --init --steps --dataset --seed ...]
     kernelscope runs  [--data]
+    kernelscope class create NAME | list | export ID   (a class for teaching: app/classroom.py)
 
 `train` runs the engine's one training loop (`Trainer.events`) through the
 same driver as the server's worker processes (app/worker.py `drive_run`) in
@@ -16,15 +17,18 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from app import limits
 from app.settings import Settings
 
 cli = typer.Typer(
@@ -36,6 +40,7 @@ console = Console(soft_wrap=True)  # messages stay one line each when piped (no 
 error_console = Console(stderr=True, soft_wrap=True)
 
 DataOption = typer.Option(None, "--data", help="data directory (default: $KERNELSCOPE_DATA or ./kernelscope-data)")
+OutOption = typer.Option(None, "--out", help="write the CSV here (default: standard output)")
 
 
 def _settings(data: Path | None = None, host: str | None = None, port: int | None = None) -> Settings:
@@ -269,6 +274,83 @@ def _run_row(run) -> tuple:
     return (run["id"], run["status"], f"{run['step']}/{config.get('steps', '?')}", str(model), str(init),
             number("loss"), number("acc"), number("val_acc"),
             datetime.fromtimestamp(run["created"]).strftime("%Y-%m-%d %H:%M"))
+
+
+# ---------------------------------------------------------------- kernelscope class (app/classroom.py)
+
+class_cli = typer.Typer(help="Classes for teaching: create one (a join code for learners), list them, export a CSV.",
+                        no_args_is_help=True)
+cli.add_typer(class_cli, name="class")
+
+
+@class_cli.command("create")
+def class_create(
+    name: str = typer.Argument(..., help="the class's name"),
+    max_training: int = typer.Option(limits.DEFAULT_CLASS_MAX_TRAINING, help="runs one learner may have training",
+                                     min=1, max=limits.MAX_CLASS_MAX_TRAINING),
+    max_queued: int = typer.Option(limits.DEFAULT_CLASS_MAX_QUEUED, help="runs one learner may have queued",
+                                   min=1, max=limits.MAX_CLASS_MAX_QUEUED),
+    data: Path | None = DataOption,
+) -> None:
+    """Create a class; prints its join code (for the learners) and its wall's address (for you)."""
+    from app.classroom import ClassroomStore
+
+    settings = _settings(data)
+    rooms = ClassroomStore(settings.data_dir)
+    try:
+        klass = rooms.create_class(name, max_training, max_queued)
+    except ValueError as error:
+        error_console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        rooms.close()
+    print(f"class {klass['id']}: {klass['name']}")
+    print(f"join code: {klass['join_code']}")
+    print(f"wall: http://{settings.host}:{settings.port}/class/{klass['id']}")
+    if not settings.token:
+        print("note: KERNELSCOPE_TOKEN is not set, so any visitor may act as the teacher; "
+              "start the server with a token for a class")
+
+
+@class_cli.command("list")
+def class_list(data: Path | None = DataOption) -> None:
+    """The classes of the data directory: id, name, join code, learners, quotas."""
+    from app.classroom import ClassroomStore
+
+    rooms = ClassroomStore(_settings(data).data_dir)
+    try:
+        for klass in rooms.list_classes():
+            print("\t".join((klass["id"], klass["name"], klass["join_code"], f"{len(rooms.learners(klass['id']))} learners",
+                             f"training<={klass['max_training']} queued<={klass['max_queued']}")))
+    finally:
+        rooms.close()
+
+
+@class_cli.command("export")
+def class_export(
+    class_id: str = typer.Argument(..., help="the class id (kernelscope class list)"),
+    out: Path | None = OutOption,
+    data: Path | None = DataOption,
+) -> None:
+    """CSV of the class: learners, their runs, inits, final accuracy, conv1 detector counts."""
+    from app.classroom import ClassNotFound, ClassroomStore, export_csv
+    from app.store import Store
+
+    settings = _settings(data)
+    rooms, store = ClassroomStore(settings.data_dir), Store(settings.data_dir)
+    try:
+        rooms.get_class(class_id)
+        text = export_csv(store, rooms, class_id)
+    except ClassNotFound:
+        error_console.print(f"[red]class_id: no class {escape(class_id)!r}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        rooms.close()
+        store.close()
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
 
 
 def main() -> None:

@@ -14,10 +14,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, status
 
+from app import classroom
 from app.errors import InvalidInput
 from app.runs import RunManager
+from app.security import SAFE_METHODS
 from app.settings import Settings
-from app.store import Store
+from app.store import RunNotFound, Store
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # The `responses=` of a route, as FastAPI types it: status code -> OpenAPI response object.
@@ -43,9 +45,15 @@ async def get_settings(request: Request) -> Settings:
 RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="run id as returned by POST /api/runs")]
 
 
-async def existing_run(run_id: RunId, store: Annotated[Store, Depends(get_store)]) -> dict:
-    """The stored run; an unknown id raises RunNotFound (404, app/errors.py)."""
-    return store.get_run(run_id)
+async def existing_run(run_id: RunId, store: Annotated[Store, Depends(get_store)], request: Request) -> dict:
+    """The stored run; an unknown id raises RunNotFound (404, app/errors.py).
+
+    classroom: another class's run is unknown to a learner (404), and a learner may
+    change only their own runs (403); see app/classroom.py.
+    """
+    run = store.get_run(run_id)
+    classroom.check_run_access(classroom.current(), run, request.method not in SAFE_METHODS, RunNotFound(run_id))
+    return run
 
 
 async def render_slot(request: Request):

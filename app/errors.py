@@ -9,6 +9,8 @@ Routes raise what went wrong and never translate it themselves:
 - `RunNotFound` is 404, `RunConflict` 409, `QueueFull` 429 (with Retry-After when it says);
 - a full disk (StorageFull, ENOSPC, SQLite's "disk is full") is 507;
 - `DamagedFile` (a stored file that does not read back whole) is 500 naming run, step and file;
+- classroom: `Forbidden` 403, `BadJoinCode` 401 (after a pause), `QuotaExceeded` 429
+  with Retry-After, `ClassNotFound` 404;
 - anything else is a bug: 500, still JSON, naming only the kind of error.
 
 Every error answer is `{"detail": <FastAPI's detail>, "message": "field: problem"}`.
@@ -18,6 +20,7 @@ names gets the closest valid one ("did you mean ...", engine/names.py).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -27,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import classroom, limits
 from app.runs import QueueFull, RunConflict
 from app.store import DamagedFile, RunNotFound, StorageFull, is_disk_full
 from engine import OPTIMIZERS
@@ -116,6 +120,24 @@ async def server_error(request: Request, exc: Exception) -> JSONResponse:
     return _answer(500, message, message)
 
 
+# classroom (app/classroom.py): a learner and another's run, a wrong join code, a quota, an unknown class
+async def forbidden(request: Request, exc: classroom.Forbidden) -> JSONResponse:
+    return _answer(403, str(exc), str(exc))
+
+
+async def bad_join_code(request: Request, exc: classroom.BadJoinCode) -> JSONResponse:
+    await asyncio.sleep(limits.JOIN_FAIL_DELAY_SECONDS)  # guessing codes stays slow
+    return _answer(401, str(exc), str(exc))
+
+
+async def quota_exceeded(request: Request, exc: classroom.QuotaExceeded) -> JSONResponse:
+    return _answer(429, str(exc), str(exc), {"Retry-After": str(exc.retry_after)})
+
+
+async def class_not_found(request: Request, exc: classroom.ClassNotFound) -> JSONResponse:
+    return _answer(404, f"class_id: no class {exc.args[0]!r}", f"class_id: no class {exc.args[0]!r}")
+
+
 # ---------------------------------------------------------------- pydantic's and FastAPI's own errors
 
 def _field_of(error: dict) -> str:
@@ -170,6 +192,10 @@ HANDLERS: dict[type[Exception], Any] = {
     RunNotFound: run_not_found,
     RunConflict: run_conflict,
     QueueFull: queue_full,
+    classroom.Forbidden: forbidden,
+    classroom.BadJoinCode: bad_join_code,
+    classroom.QuotaExceeded: quota_exceeded,
+    classroom.ClassNotFound: class_not_found,
     DamagedFile: damaged_file,
     StorageFull: server_error,
     Exception: server_error,

@@ -123,6 +123,22 @@ DEFAULT_MAX_QUEUED = 16         # runs waiting for a slot
 MAX_CONCURRENT_RUNS = 64
 MAX_QUEUED_RUNS = 10_000
 
+# ---------------------------------------------------------------- a class (app/classroom.py)
+DEFAULT_CLASS_MAX_TRAINING = 1  # runs one learner may have training (running or paused) at once
+DEFAULT_CLASS_MAX_QUEUED = 3    # runs one learner may have waiting in the queue
+MAX_CLASS_MAX_TRAINING = 16     # the most a teacher may set per class
+MAX_CLASS_MAX_QUEUED = 64
+MAX_CLASS_NAME_LENGTH = 80      # a class's name
+MAX_DISPLAY_NAME_LENGTH = 40    # a learner's display name
+MAX_LEARNERS_PER_CLASS = 500
+MAX_ASSIGNMENT_LENGTH = 4000    # an assignment's URL-hash config (characters)
+MAX_ASSIGNMENT_TITLE_LENGTH = 120
+JOIN_CODE_LENGTH = 10           # characters of a join code (alphabet of 32: 50 bits)
+LEARNER_TOKEN_BYTES = 24        # random bytes of a learner token (192 bits)
+JOIN_FAIL_DELAY_SECONDS = 0.5   # a wrong join code is answered 401 after this pause
+QUOTA_RETRY_AFTER_SECONDS = 30  # Retry-After of a learner's 429 (a run of the demo takes minutes)
+WALL_POLL_SECONDS = 1.0         # the wall's one stream looks at the class's runs this often
+
 
 # The range of every numeric field a form or a command line takes: {"min", "max"} and, where a
 # bound itself is not allowed, "min_exclusive" / "max_exclusive". Served by GET /api/defaults.

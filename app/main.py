@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import errors, limits, render, security
-from app.routes import explain, lessons, meta, pages, runs, teaching
+from app import classroom, errors, limits, render, security
+from app.routes import classes, explain, lessons, meta, pages, runs, teaching
 from app.runs import RunManager, install_shutdown_signal_hook
 from app.settings import Settings
 from app.store import Store
@@ -33,14 +33,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(store.sweep_temp_files)
         manager = RunManager(settings, store)
         manager.recover()
+        rooms = classroom.ClassroomStore(settings.data_dir)  # classes and learners (app/classroom.py)
+        manager.gate = classroom.QuotaGate(rooms)
         app.state.store = store
         app.state.manager = manager
+        app.state.classroom = rooms
+        app.state.streams_closing = asyncio.Event()  # classroom: the wall streams end when it is set
+
+        def close_streams():
+            manager.close_streams()
+            app.state.streams_closing.set()
+
         loop = asyncio.get_running_loop()
-        install_shutdown_signal_hook(lambda: loop.call_soon_threadsafe(manager.close_streams))
+        install_shutdown_signal_hook(lambda: loop.call_soon_threadsafe(close_streams))
         try:
             yield
         finally:
             await asyncio.to_thread(manager.shutdown)
+            rooms.close()
             store.close()
 
     app = FastAPI(
@@ -54,6 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                 limits.RENDER_RETRY_SECONDS)
     security.install(app, settings.token, settings.cors_origins)  # the token (once), body limits, CORS if configured
     errors.install(app)  # one handler per domain error
-    for module in (meta, runs, teaching, explain, lessons, pages):
+    for module in (meta, runs, teaching, explain, lessons, classes, pages):
         app.include_router(module.router)
     return app

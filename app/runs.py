@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from fastapi.sse import format_sse_event
 
@@ -58,6 +58,9 @@ from app.worker import (
     snapshot_event_data,
     status_payload,
 )
+
+if TYPE_CHECKING:  # classroom imports this module; only the annotation needs its gate
+    from app.classroom import QuotaGate
 
 MAX_PENDING_BATCHES = 64
 KEEPALIVE_SECONDS = 15.0
@@ -267,6 +270,9 @@ class RunManager:
         self._recovered = False
         self._retry_timer: threading.Timer | None = None
         self._replay_slots: asyncio.Semaphore | None = None
+        # classroom: app.classroom.QuotaGate once create_app has a class store; it stamps a
+        # learner's runs with their owner and keeps each learner within the class's quotas
+        self.gate: QuotaGate | None = None
 
     # -- lifecycle
 
@@ -430,6 +436,8 @@ class RunManager:
                              self.settings.max_run_storage, self.settings.min_free_disk)
         with self._lock:
             self._check_capacity()
+            if self.gate is not None:  # classroom: owner + per-learner quota (429), under this lock
+                meta = self.gate.admit(self.store, meta)
             run = self.store.create_run(full_config, status="queued", meta=meta, owner_pid=os.getpid())
             try:
                 if checkpoint is not None:
@@ -455,7 +463,9 @@ class RunManager:
     def _schedule(self) -> None:
         with self._lock:
             while not self._closing and self._queue and len(self._workers) < self.settings.max_runs:
-                run_id = self._queue.popleft()
+                run_id = self._next_startable()
+                if run_id is None:  # classroom: every queued run's learner is at their training quota
+                    return
                 try:
                     self._launch(run_id)
                 except RunNotFound:
@@ -466,6 +476,14 @@ class RunManager:
                     self._queue.appendleft(run_id)  # started again once space returns
                     self._arm_storage_retry()
                     return
+
+    def _next_startable(self) -> str | None:
+        """Take the first queued run that may start now (all of them without a class gate)."""
+        for run_id in self._queue:
+            if self.gate is None or self.gate.may_start(self.store, run_id):
+                self._queue.remove(run_id)
+                return run_id
+        return None
 
     def _launch(self, run_id: str) -> None:
         run = self.store.get_run(run_id)
@@ -585,6 +603,8 @@ class RunManager:
                 if run_id in self._workers or run_id in self._queue:
                     raise RunConflict(f"run {run_id} is already {status}")
                 self._check_capacity()
+                if self.gate is not None:  # classroom: a learner's resumed run waits within their queue quota
+                    self.gate.admit(self.store, run["meta"])
                 self._queue.append(run_id)
                 self._set_status(run_id, "queued", f"resuming from step {start}")
                 self._unrecorded.pop(run_id, None)

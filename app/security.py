@@ -3,7 +3,10 @@
 `RequestGuard` is an ASGI middleware in front of every route. When
 KERNELSCOPE_TOKEN is set, a request that can change state (any method but
 GET, HEAD and OPTIONS) needs `Authorization: Bearer <token>` (401 otherwise);
-reads stay open. A body larger than limits.MAX_BODY_BYTES is refused with
+reads stay open. With classes (app/classroom.py) a learner token also opens
+state-changing requests, and the guard records who asks (teacher, learner,
+anonymous) in caller.CALLER (app/caller.py) for the run lookup and the quotas; joining a
+class (OPEN_PATHS) needs no token. A body larger than limits.MAX_BODY_BYTES is refused with
 413, and a JSON body holding NaN, Infinity (or a number too large for a float),
 text that is not valid Unicode, or nesting deeper than limits.MAX_JSON_DEPTH is
 refused with 422 naming the field, before any route sees it.
@@ -15,12 +18,12 @@ guard and, only when KERNELSCOPE_CORS_ORIGINS lists origins, CORS.
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import re
 from pathlib import Path
 
+from app import caller as callers
 from app import limits
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -28,12 +31,6 @@ TOKEN_MESSAGE = "authorization: this server needs the header 'Authorization: Bea
 
 
 # ---------------------------------------------------------------- the token
-
-def token_matches(header: str, token: str) -> bool:
-    """True when an Authorization header value carries exactly `Bearer <token>`."""
-    scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
-
 
 # ---------------------------------------------------------------- JSON bodies
 
@@ -89,6 +86,35 @@ def body_problem(body: bytes) -> tuple[list, str] | None:
                         return path, f"{_path_text(path)}: field names must be valid Unicode text"
                 stack.append((item, [*path, key], depth + 1))
     return None
+
+
+# ---------------------------------------------------------------- the caller (classroom)
+
+# Routes that change state without a token: a learner joining a class with its code.
+OPEN_PATHS = frozenset({"/api/classes/join"})
+
+
+def _bearer(header: str) -> str | None:
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return given.strip() or None
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
+            return value
+    return None
+
+
+def _identify(scope, headers: dict, token: str | None, safe: bool) -> callers.Caller:
+    """The server token is the teacher; a learner token a learner (app/classroom.py); no token: anonymous."""
+    app = scope.get("app")
+    store = getattr(getattr(app, "state", None), "classroom", None)
+    return callers.identify(store, token, _bearer(headers.get("authorization", "")),
+                            _cookie(headers.get("cookie", ""), callers.SESSION_COOKIE), safe)
 
 
 # ---------------------------------------------------------------- the middleware
@@ -150,14 +176,24 @@ class RequestGuard:
                     message = {**message, "headers": [*headers, (b"allow", allow)]}
             await send(message)
 
-        if scope["method"] in SAFE_METHODS:
-            await self.app(scope, receive, send_with_full_allow)
-            return
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        if self.token and not token_matches(headers.get("authorization", ""), self.token):
-            await _send_json(send, 401, {"detail": TOKEN_MESSAGE, "message": TOKEN_MESSAGE},
-                             [(b"www-authenticate", b"Bearer")])
-            return
+        safe = scope["method"] in SAFE_METHODS
+        # classroom: who is asking (teacher, learner, anonymous), kept for the run lookup and quotas
+        caller = _identify(scope, headers, self.token, safe)
+        reset = callers.CALLER.set(caller)
+        try:
+            if safe:
+                await self.app(scope, receive, send_with_full_allow)
+                return
+            if caller.role == "anonymous" and scope["path"] not in OPEN_PATHS:
+                await _send_json(send, 401, {"detail": TOKEN_MESSAGE, "message": TOKEN_MESSAGE},
+                                 [(b"www-authenticate", b"Bearer")])
+                return
+            await self._guarded(scope, receive, send, headers, send_with_full_allow)
+        finally:
+            callers.CALLER.reset(reset)
+
+    async def _guarded(self, scope, receive, send, headers, send_with_full_allow):
         too_large = f"body: at most {self.max_body_bytes} bytes"
         declared = headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:

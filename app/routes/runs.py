@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response, status
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse
 
-from app import limits, render
+from app import classroom, limits, render
 from app.deps import CONFLICT, HEAVY, NOT_FOUND, QUEUE_FULL, Manager, Responses, Run, StoreDep, run_out, snapshot_step
 from app.errors import InvalidInput
 from app.schemas import MetricsOut, RunCreate, RunList, RunOut, SnapshotSteps
@@ -34,7 +34,8 @@ def start_run(manager: Manager, body: Annotated[RunCreate | None, Body()] = None
 
 @router.get("", response_model=RunList)
 async def list_runs(manager: Manager) -> dict:
-    return {"runs": [run_out(manager, run) for run in manager.store.list_runs()]}
+    runs = classroom.visible_runs(classroom.current(), manager.store.list_runs())  # classroom: not other classes'
+    return {"runs": [run_out(manager, run) for run in runs]}
 
 
 @router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)

@@ -21,6 +21,8 @@ export function setToken(value) {
   if (token) localStorage.setItem(TOKEN_KEY, token); else localStorage.removeItem(TOKEN_KEY);
 }
 
+export const hasToken = () => Boolean(token);
+
 async function request(method, path, body, signal) {
   const options = { method, headers: { Accept: "application/json" }, signal };
   if (token && method !== "GET") options.headers.Authorization = `Bearer ${token}`;
@@ -50,6 +52,7 @@ function errorMessage(data, response) {
 export const getJSON = (path, { signal } = {}) => request("GET", path, undefined, signal);
 export const postJSON = (path, body) => request("POST", path, body ?? {});
 export const putJSON = (path, body) => request("PUT", path, body ?? {});
+export const deleteJSON = (path) => request("DELETE", path);
 
 const runPath = (id) => `/api/runs/${encodeURIComponent(id)}`;
 

@@ -12,6 +12,7 @@
  *   compare.js, probe.js, kernel-editor.js, fork-export.js   teaching views
  *   explain-panel.js, layer-summary.js, lessons.js   explain a filter, layer
  *                   summaries over time, guided lessons (issue 20)
+ *   join.js         joining a class, its assignment (the wall is wall.js on /class/{id})
  *
  * window.__kernelscope exposes what was drawn, for the browser tests and for
  * curious learners in the console.
@@ -24,6 +25,7 @@ import { mountExplainPanel } from "./explain-panel.js";
 import { mountLayerSummaries } from "./layer-summary.js";
 import { mountLessons } from "./lessons.js";
 import { mountForkExport } from "./fork-export.js";
+import { mountJoin } from "./join.js";
 import { mountKernelEditor } from "./kernel-editor.js";
 import { mountProbe } from "./probe.js";
 import { mountRunList } from "./run-list.js";
@@ -107,6 +109,7 @@ async function main() {
   mountLayerSummaries(shared);
   const explain = mountExplainPanel(shared);
   mountLessons({ ...shared, explain });
+  mountJoin(shared);  // classroom: the learner's join box and assignment
 
   await views.list.refresh();
   setInterval(() => { if (!document.hidden) views.list.refresh(); }, 5000);

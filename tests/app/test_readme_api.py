@@ -35,7 +35,7 @@ def readme_requests() -> list[tuple[str, str, dict | None]]:
 
 def template(path: str) -> str:
     """/api/runs/RUN/kernels/0/3 -> /api/runs/{}/kernels/{}/{}: the shape of a route path."""
-    return re.sub(r"/(RUN|\d+)(?=/|$)", "/{}", path)
+    return re.sub(r"/(RUN|CLASS|\d+)(?=/|$)", "/{}", path)
 
 
 def test_the_readme_shows_an_example_of_every_post_and_put_route(client):
@@ -52,18 +52,24 @@ def test_every_readme_request_body_works(client):
     assert requests[0][:2] == ("POST", "/api/runs"), "the first example starts the run the others use"
     started = []
     run_id = None
+    klass = {}  # the class the README's classroom examples create: its id (CLASS) and join code (CODE)
     for method, path, body in requests:
         if run_id is not None:
             path = path.replace("RUN", run_id)
+        if klass:
+            path = path.replace("CLASS", klass["id"])
+            body = json.loads(json.dumps(body).replace('"CODE"', json.dumps(klass["join_code"])))
         if path.endswith("/pause"):
             wait_for_step(client, run_id, 1)  # a run can be paused once it trains
         if path.endswith("/fork") or "/kernels/" in path:
             wait_for(client, run_id, {"running", "paused"})
         response = client.request(method, path, json=body)
         assert 200 <= response.status_code < 300, (method, path, body, response.text)
-        answer = response.json()
+        answer = response.json() if response.content else {}  # 204: no body
         if path == "/api/runs":
             run_id = answer["id"]
+        if path == "/api/classes":
+            klass = answer
         started += [answer["id"]] if path.endswith(("/api/runs", "/fork")) else answer.get("run_ids", [])
     for run in started:  # leave nothing training
         client.delete(f"/api/runs/{run}")
