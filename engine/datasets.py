@@ -33,9 +33,10 @@ SHAPE_CLASSES = (
     "antidiagonal_line",
     "blob",
 )
-# Classes of several small glyphs scattered over the image, one "<shape>_marks" per line shape
-# and for X and plus; chosen with dataset "classes".
-EXTRA_SHAPE_CLASSES = ("filled_square", "filled_triangle", "filled_diamond", "horizontal_bar", "x_marks", "plus_marks", "horizontal_line_marks", "vertical_line_marks",
+# Chosen with dataset "classes": solid shapes (borders that are step edges), and classes of
+# several small glyphs scattered over the image ("<shape>_marks": X, plus and line dashes).
+EXTRA_SHAPE_CLASSES = ("filled_square", "filled_triangle", "filled_diamond", "horizontal_bar",
+                       "x_marks", "plus_marks", "horizontal_line_marks", "vertical_line_marks",
                        "diagonal_line_marks", "antidiagonal_line_marks")
 MARKS_CLASSES = ("x_marks", "plus_marks")  # the "marks" dataset
 GENERATED_DATASETS = ("shapes", "marks")  # drawn by generate_shapes: no files, sized by n_train, n_val, size
@@ -384,7 +385,8 @@ _FILLED = {
     "filled_diamond": lambda g: g.convex([(a, b, 0.6) for a in (0.7071, -0.7071) for b in (0.7071, -0.7071)]),
     "horizontal_bar": lambda g: g.convex([(1, 0, 0.95), (-1, 0, 0.95), (0, 1, 0.4), (0, -1, 0.4)]),
 }
-_MARKS = {name: name[: -len("_marks")] for name in EXTRA_SHAPE_CLASSES if name.endswith("_marks")}  # small glyphs a 5x5 kernel can see whole
+# "<shape>_marks" -> the glyph it scatters, small enough for a 5x5 kernel to see whole
+_MARKS = {name: name[: -len("_marks")] for name in EXTRA_SHAPE_CLASSES if name.endswith("_marks")}
 
 
 def load_shapes(n_train: int = 10000, n_val: int = 2000, size: int = 28, noise: float = 0.25, seed: int = 0, classes=None,
