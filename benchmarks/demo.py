@@ -6,9 +6,8 @@ prints, per seed: conv1 filters whose detector score beats chance (the 99th
 percentile of random kernels of their size), the best X-like filter (label `x`
 or `plus`) with its score and that chance level, validation accuracy, the step
 at which conv1 has moved half of its total distance ||W_t - W_0|| (measured
-every step), and how many stored snapshots lie before that step. The snapshot
-steps come from `engine.trainer.snapshot_steps(config)` when the engine has
-that schedule, else from `snapshot_every` (the table says which).
+every step), and how many stored snapshots lie before that step (the stored
+steps are `engine.trainer.snapshot_steps(config)`).
 
 The bar (issue 18, item 5): in at least 4 of the seeds, conv1 has an X-like
 filter above chance and at least half of its filters above chance. Saves the
@@ -38,8 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the engine package, not benchmarks/engine.py beside this script
 
 from engine import analysis  # noqa: E402
-from engine import trainer as trainer_module  # noqa: E402
-from engine.trainer import RunConfig, Trainer  # noqa: E402
+from engine.trainer import RunConfig, Trainer, snapshot_steps  # noqa: E402
 
 console = Console(width=160)
 X_LIKE = ("x", "plus")
@@ -90,14 +88,9 @@ def save_picture(first: dict, last: dict, path: Path, init) -> None:
     picture.save(path)
 
 
-def stored_steps(config: RunConfig) -> tuple[list[int], str]:
-    """Every step a run of `config` stores a snapshot at, and where that list came from."""
-    schedule = getattr(trainer_module, "snapshot_steps", None)
-    if schedule is not None:
-        return sorted(int(s) for s in schedule(config)), "engine.trainer.snapshot_steps"
-    every = config.snapshot_every
-    steps = sorted(set(range(0, config.steps + 1, every)) | {config.steps})
-    return steps, f"snapshot_every={every}"
+def stored_steps(config: RunConfig) -> list[int]:
+    """Every step a run of `config` stores a snapshot at (the engine's schedule)."""
+    return sorted(int(s) for s in snapshot_steps(config))
 
 
 def half_distance_step(distances: list[float]) -> int:
@@ -138,13 +131,13 @@ def run_seed(overrides: dict, seed: int, steps: int | None) -> dict:
     x_like = [d for d in beating if d["label"] in X_LIKE]
     best_x = max(x_like, key=lambda d: d["score"]) if x_like else None
     half = half_distance_step(distances)
-    snapshot_steps, source = stored_steps(config)
+    stored = stored_steps(config)
     return {
         "seed": seed, "config": config, "first": first, "last": last, "seconds": seconds,
         "beating": len(beating), "filters": len(detectors), "chance": detectors[0]["chance"],
         "best_x": best_x, "x_like_cos": x_like_score(trainer.model.params[conv1]),
         "val_acc": last["metrics"].get("val_acc", 0.0), "half_step": half,
-        "snapshots_before_half": sum(1 for s in snapshot_steps if s < half), "schedule": source,
+        "snapshots_before_half": sum(1 for s in stored if s < half),
         "labels": ", ".join(f"{d['label']} {d['score']:.2f}{'*' if d['beats_chance'] else ''}" for d in detectors),
         "passed": best_x is not None and 2 * len(beating) >= len(detectors),
     }
@@ -160,7 +153,7 @@ def run_demo(seeds: list[int], steps: int | None, picture: Path, overrides: dict
     save_picture(results[0]["first"], results[0]["last"], picture, config.init)
 
     title = "default run" if not overrides else f"run with {json.dumps(overrides)}"
-    table = Table(title=f"{title}: dataset {config.dataset['name']}, {config.steps} steps, snapshots from {results[0]['schedule']}")
+    table = Table(title=f"{title}: dataset {config.dataset['name']}, {config.steps} steps, snapshots from engine.trainer.snapshot_steps")
     for column in ("seed", "conv1 above chance", "best X-like (chance)", "x/plus |cos| max", "val acc",
                    "half-distance step", "snapshots before it", "bar"):
         table.add_column(column, justify="right")

@@ -35,9 +35,16 @@ SHAPE_CLASSES = (
     "antidiagonal_line",
     "blob",
 )
-EXTRA_SHAPE_CLASSES = ("x_marks", "plus_marks")  # chosen with dataset "classes"
+# Chosen with dataset "classes": solid shapes (borders that are step edges), and classes of
+# several small glyphs scattered over the image ("<shape>_marks": X, plus and line dashes).
+EXTRA_SHAPE_CLASSES = ("filled_square", "filled_triangle", "filled_diamond", "horizontal_bar",
+                       "x_marks", "plus_marks", "horizontal_line_marks", "vertical_line_marks",
+                       "diagonal_line_marks", "antidiagonal_line_marks")
+MARKS_CLASSES = ("x_marks", "plus_marks")  # the "marks" dataset
 GENERATED_DATASETS = ("shapes", "marks")  # drawn by generate_shapes: no files, sized by n_train, n_val, size
-MARKS_PER_IMAGE = 3
+MARKS_PER_IMAGE = 3  # glyphs per "_marks" part of a class
+MARK_PARTS = 2  # "_marks" parts one class may join with "+"
+MARK_SPACING = 6.0  # least distance between two marks' centres, in pixels at size 28
 MARK_HALF = (2.0, 3.5)  # half-extent of one small mark, in pixels at size 28
 MARK_STROKE = (1.0, 1.5)  # stroke width of the marks, in pixels at size 28
 SHAPES_PROBE_CLASSES = ("x", "plus", "vertical_line", "circle")
@@ -215,9 +222,11 @@ def generate_shapes(
 ):
     """`n` grayscale shape images (n, 1, size, size) in [0, 1] and labels.
 
-    Labels index `classes` (names from SHAPE_CLASSES + EXTRA_SHAPE_CLASSES;
-    the "_marks" classes scatter three small glyphs; names joined by "+", such
-    as "circle+x_marks", draw every part into one image), balanced, in shuffled
+    Labels index `classes` (names from SHAPE_CLASSES + EXTRA_SHAPE_CLASSES:
+    the "filled_" shapes and the bar are solid, their borders step edges; the
+    "_marks" classes scatter three small glyphs; names joined by "+", such as
+    "circle+x_marks", draw every part into one image, a second kind of marks at
+    places of its own, and a mark over ink inverts it), balanced, in shuffled
     order. Each image has a random centre, half-extent (a fraction of `size`
     drawn from `extent`), stroke width (pixels at size 28, drawn from
     `stroke`), small rotation, contrast and Gaussian pixel noise of std up to
@@ -232,6 +241,9 @@ def generate_shapes(
     unknown = [c for c in classes if any(part not in available for part in c.split("+"))]
     if unknown:
         raise ValueError(f"classes: unknown shape {unknown[0]!r}; choose from {', '.join(available)}")
+    crowded = [c for c in classes if sum(part in _MARKS for part in c.split("+")) > MARK_PARTS]
+    if crowded:
+        raise ValueError(f"classes: {crowded[0]!r} joins more than {MARK_PARTS} kinds of marks")
     if len(set(classes)) < 2 or len(set(classes)) != len(classes):
         raise ValueError("classes: give at least two different shapes, each once")
     classes = tuple(classes)
@@ -247,8 +259,7 @@ def generate_shapes(
     stroke_width = rng.uniform(*stroke, n) * scale
     angle = rng.uniform(-0.2, 0.2, n)
     mark_half = rng.uniform(*MARK_HALF, (MARKS_PER_IMAGE, n)) * scale
-    mark_cx = rng.uniform(4.0 * scale, size - 1 - 4.0 * scale, (MARKS_PER_IMAGE, n))
-    mark_cy = rng.uniform(4.0 * scale, size - 1 - 4.0 * scale, (MARKS_PER_IMAGE, n))
+    mark_cx, mark_cy = _mark_places(rng, seed, n, size)
     mark_stroke = rng.uniform(*MARK_STROKE, n) * scale
     contrast = rng.uniform(0.6, 1.0, n)
     noise_std = rng.uniform(0.0, noise, n)
@@ -262,22 +273,52 @@ def generate_shapes(
             continue
         geometry = _Geometry(cx[idx], cy[idx], half[idx], angle[idx], coords)
         ink = np.zeros((len(idx), size, size), dtype=np.float32)
+        mark_parts = [part for part in class_name.split("+") if part in _MARKS]
         for part in class_name.split("+"):
             if part == "blob":
                 inside = geometry.radius * 0.55 - geometry.distance_to_centre()
                 part_ink = np.clip(inside + 0.5, 0.0, 1.0)
+            elif part in _FILLED:
+                part_ink = np.clip(0.5 - _FILLED[part](geometry), 0.0, 1.0)
             elif part in _MARKS:
                 glyph = _SHAPE_DISTANCES[_MARKS[part]]
-                marks = [_Geometry(mark_cx[k, idx], mark_cy[k, idx], mark_half[k, idx], angle[idx], coords) for k in range(MARKS_PER_IMAGE)]
+                slot = mark_parts.index(part)
+                marks = [_Geometry(mark_cx[slot, k, idx], mark_cy[slot, k, idx], mark_half[k, idx], angle[idx], coords)
+                         for k in range(MARKS_PER_IMAGE)]
                 distance = np.minimum.reduce([glyph(mark) for mark in marks])
                 part_ink = np.clip(mark_stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
             else:
                 distance = _SHAPE_DISTANCES[part](geometry)
                 part_ink = np.clip(stroke_width[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
-            ink = np.maximum(ink, part_ink)
+            # a mark drawn over ink inverts it (a dark mark on a filled shape), any other part adds ink
+            ink = np.abs(ink - part_ink) if part in _MARKS else np.maximum(ink, part_ink)
         images[idx] = ink * contrast[idx, None, None]
     images += pixel_noise * noise_std[:, None, None].astype(np.float32)
     return images[:, None], labels.astype(np.int64)
+
+
+def _mark_places(rng, seed: int, n: int, size: int):
+    """Centres (MARK_PARTS, MARKS_PER_IMAGE, n) of the small glyphs. The first "_marks" part
+    of a class takes its places from `rng` (the draws every shapes set makes, so a set
+    without a second kind of marks is unchanged); a second part takes places of its own from
+    a stream of `seed`, each redrawn (a few times at most) while it lies within MARK_SPACING
+    of an earlier mark, so that two kinds rarely touch (crossing dashes would draw an X)."""
+    scale = size / 28.0
+    low, high = 4.0 * scale, size - 1 - 4.0 * scale
+    first_x = rng.uniform(low, high, (MARKS_PER_IMAGE, n))
+    first_y = rng.uniform(low, high, (MARKS_PER_IMAGE, n))
+    extra = np.random.default_rng([seed, 1])
+    xs = [*first_x, *extra.uniform(low, high, ((MARK_PARTS - 1) * MARKS_PER_IMAGE, n))]
+    ys = [*first_y, *extra.uniform(low, high, ((MARK_PARTS - 1) * MARKS_PER_IMAGE, n))]
+    for k in range(MARKS_PER_IMAGE, len(xs)):
+        for _ in range(20):
+            close = (np.hypot(np.array(xs[:k]) - xs[k], np.array(ys[:k]) - ys[k]) < MARK_SPACING * scale).any(axis=0)
+            if not close.any():
+                break
+            xs[k][close] = extra.uniform(low, high, int(close.sum()))
+            ys[k][close] = extra.uniform(low, high, int(close.sum()))
+    shape = (MARK_PARTS, MARKS_PER_IMAGE, n)
+    return np.array(xs).reshape(shape), np.array(ys).reshape(shape)
 
 
 class _Geometry:
@@ -313,6 +354,17 @@ class _Geometry:
     def distance_to_centre(self) -> np.ndarray:
         return np.hypot(self.px - self.cx, self.py - self.cy)
 
+    def local(self):
+        """Each pixel in the shape's own rotated frame, in radii: (u, v)."""
+        dx, dy = self.px - self.cx, self.py - self.cy
+        return (dx * self.cos + dy * self.sin) / self.radius, (dy * self.cos - dx * self.sin) / self.radius
+
+    def convex(self, sides) -> np.ndarray:
+        """Signed distance (pixels, approx.; negative inside) to the convex polygon
+        {p : a·u + b·v <= reach for every side (a, b, reach)}, (a, b) a unit normal, in radii."""
+        u, v = self.local()
+        return np.maximum.reduce([a * u + b * v - reach for a, b, reach in sides]) * self.radius
+
 
 _TRIANGLE = [(0.0, -1.0), (0.87, 0.5), (-0.87, 0.5), (0.0, -1.0)]
 _SQUARE = [(-0.75, -0.75), (0.75, -0.75), (0.75, 0.75), (-0.75, 0.75), (-0.75, -0.75)]
@@ -327,7 +379,16 @@ _SHAPE_DISTANCES = {
     "diagonal_line": lambda g: g.segment(-0.75, -0.75, 0.75, 0.75),
     "antidiagonal_line": lambda g: g.segment(-0.75, 0.75, 0.75, -0.75),
 }
-_MARKS = {"x_marks": "x", "plus_marks": "plus"}  # several small glyphs a 5x5 kernel can see whole
+# Filled shapes: signed distance to their outline; their borders are step edges, not lines.
+# Each is a convex polygon given by its sides' unit normals and distances (in radii).
+_FILLED = {
+    "filled_square": lambda g: g.convex([(1, 0, 0.75), (-1, 0, 0.75), (0, 1, 0.75), (0, -1, 0.75)]),
+    "filled_triangle": lambda g: g.convex([(0, 1, 0.5), (0.866, -0.5, 0.5), (-0.866, -0.5, 0.5)]),
+    "filled_diamond": lambda g: g.convex([(a, b, 0.6) for a in (0.7071, -0.7071) for b in (0.7071, -0.7071)]),
+    "horizontal_bar": lambda g: g.convex([(1, 0, 0.95), (-1, 0, 0.95), (0, 1, 0.4), (0, -1, 0.4)]),
+}
+# "<shape>_marks" -> the glyph it scatters, small enough for a 5x5 kernel to see whole
+_MARKS = {name: name[: -len("_marks")] for name in EXTRA_SHAPE_CLASSES if name.endswith("_marks")}
 
 
 def load_shapes(n_train: int = 10000, n_val: int = 2000, size: int = 28, noise: float = 0.25, seed: int = 0, classes=None,
@@ -669,8 +730,9 @@ def load_sklearn_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
 DATASETS: dict[str, dict[str, Any]] = {
     "shapes": {
         "description": "Generated grayscale shapes (X, plus, circle, square, triangle, lines, blob), no files needed; "
-                       "`classes` picks a subset or adds x_marks/plus_marks (three small glyphs a 5x5 kernel sees whole); "
-                       "a class such as \"circle+x_marks\" draws its parts into one image",
+                       "`classes` picks a subset or adds filled shapes (filled_square, filled_triangle, filled_diamond, "
+                       "horizontal_bar) or small glyphs a 5x5 kernel sees whole (x_marks, plus_marks and the four "
+                       "*_line_marks dashes); a class such as \"circle+x_marks\" draws its parts into one image",
         "loader": load_shapes,
         "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": None},
         "shape": lambda p: ([1, p["size"], p["size"]], len(p["classes"] or SHAPE_CLASSES)),
@@ -679,7 +741,7 @@ DATASETS: dict[str, dict[str, Any]] = {
         "description": "Generated small x and + marks, three per image, each small enough for one 5x5 kernel "
                        "to see whole: the set on which first-layer filters become X and plus detectors; no files needed",
         "loader": lambda **params: load_shapes(**params, name="marks"),
-        "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": list(EXTRA_SHAPE_CLASSES)},
+        "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": list(MARKS_CLASSES)},
         "shape": lambda p: ([1, p["size"], p["size"]], len(p["classes"] or SHAPE_CLASSES)),
     },
     "mnist": {

@@ -72,6 +72,36 @@ def test_a_class_joined_with_plus_draws_every_part_in_one_image():
         normalize_dataset_spec({"name": "shapes", "classes": ["circle+star", "circle"]})
 
 
+def test_two_kinds_of_marks_in_one_class_are_scattered_apart():
+    # a diagonal dash crossing an antidiagonal one would draw an X: the parts keep their distance
+    xs, ys = datasets._mark_places(np.random.default_rng(0), 0, 500, 28)
+    first, second = (xs[0], ys[0]), (xs[1], ys[1])
+    to_first = np.hypot(first[0][:, None] - second[0][None], first[1][:, None] - second[1][None])
+    within = np.hypot(second[0][:, None] - second[0][None], second[1][:, None] - second[1][None])
+    within = within[np.triu_indices(len(second[0]), 1)]
+    assert (to_first < datasets.MARK_SPACING).mean() < 0.01 and (within < datasets.MARK_SPACING).mean() < 0.01
+    classes = ("diagonal_line_marks", "antidiagonal_line_marks", "diagonal_line_marks+antidiagonal_line_marks")
+    x, y = generate_shapes(150, seed=2, noise=0.0, classes=classes)
+    ink = (x[:, 0] > 0.3).sum(axis=(1, 2))
+    assert ink[y == 2].mean() > 1.6 * ink[y == 0].mean()  # both kinds, at places of their own
+    with pytest.raises(ValueError, match="joins more than 2 kinds of marks"):
+        generate_shapes(0, classes=("x_marks+plus_marks+vertical_line_marks", "x_marks"))
+
+
+def test_filled_shapes_are_solid_and_a_mark_on_them_is_dark():
+    x, y = generate_shapes(200, seed=5, noise=0.0, classes=("square", "filled_square"))
+    ink = (x[:, 0] > 0.5).sum(axis=(1, 2))
+    assert ink[y == 1].mean() > 1.5 * ink[y == 0].mean()  # solid, not an outline
+    # the same draws with marks added to the filled class: where a mark lies on the fill it is dark
+    marked, same_y = generate_shapes(200, seed=5, noise=0.0, classes=("square", "filled_square+x_marks"))
+    np.testing.assert_array_equal(y, same_y)
+    plain, drawn = x[y == 1, 0], marked[y == 1, 0]
+    erased = ((plain > 0.5) & (drawn < 0.1)).sum(axis=(1, 2))
+    added = ((plain < 0.1) & (drawn > 0.5)).sum(axis=(1, 2))
+    assert erased.mean() > 3 and added.mean() > 3
+    np.testing.assert_array_equal(x[y == 0], marked[y == 0])
+
+
 def test_marks_dataset_is_the_small_glyph_shapes_under_its_own_name():
     marks = load_dataset({"name": "marks", "n_train": 40, "n_val": 20})
     same = load_dataset({"name": "shapes", "n_train": 40, "n_val": 20, "classes": ["x_marks", "plus_marks"]})
