@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import errors, security
-from app.routes import explain, meta, pages, runs, teaching
+from app.routes import births, explain, meta, pages, runs, teaching
 from app.runs import RunManager, install_shutdown_signal_hook
 from app.settings import Settings
 from app.store import Store
@@ -52,6 +52,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     security.install(app, settings.token, settings.cors_origins)  # the token (once), body limits, CORS if configured
     errors.install(app)  # one handler per domain error
-    for module in (meta, runs, teaching, explain, pages):
+    for module in (meta, runs, teaching, explain, births, pages):
         app.include_router(module.router)
     return app
