@@ -339,6 +339,10 @@ export function mountRunView(context) {
     if (!state.latestSnapshot || snapshot.step >= state.latestSnapshot.step) state.latestSnapshot = snapshot;
     updateSlider();
     refreshBirths();
+    if (shown.autoPlay && state.view.pace !== "live") {
+      shown.autoPlay = false;
+      startPlaying(state.view.pace, { fromStart: true });
+    }
     if (state.mode === "live") scheduleLiveDraw(snapshot);
   }
 
@@ -404,6 +408,7 @@ export function mountRunView(context) {
     shown.initTexts = {};
     shown.births = new Map();
     shown.birthsAt = -Infinity;
+    shown.autoPlay = false;
     filterBoard.clear();
     fmapBoard.clear();
     $("probe-picker").replaceChildren();
@@ -440,7 +445,10 @@ export function mountRunView(context) {
           if (generation === shown.generation && !state.initialSnapshot) { state.initialSnapshot = s; redrawCurrent(); }
         }).catch(() => {});
       }
-      if (state.view.pace !== "live" && ACTIVE.has(run.status)) startPlaying(state.view.pace, { fromStart: true });
+      if (state.view.pace !== "live" && ACTIVE.has(run.status)) {
+        // a training run opens playing from its first snapshot at the chosen pace (once it has one)
+        if (state.steps.length) startPlaying(state.view.pace, { fromStart: true }); else shown.autoPlay = true;
+      }
       else if (!state.latestSnapshot) goLive();
       backfillStats(id, steps, generation);
     } catch (error) {
