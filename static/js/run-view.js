@@ -182,24 +182,36 @@ export function mountRunView(context) {
 
   // ---------------------------------------------------------------- history
 
-  /* One snapshot request in flight; only the newest wanted step is fetched next. */
-  const snapshotFetcher = new api.LatestOnlyFetcher(
-    ({ run, step }) => api.getSnapshot(run, step, true),
+  /*
+   * Two fetchers, each with one request in flight and only the newest wanted step next: the
+   * filters of a history step (a light snapshot, no feature maps), so the player's pace is
+   * not held up by the maps, and the feature maps (the full snapshot), which may skip steps.
+   */
+  const filterFetcher = new api.LatestOnlyFetcher(
+    ({ run, step }) => api.getSnapshot(run, step, false),
     ({ run, step, generation }, snapshot) => {
       if (generation !== shown.generation || run !== state.view.run) return;
-      if (state.mode === "history") {
-        if (step !== state.historyStep) return;
-        drawFilters(snapshot);
-      }
+      if (state.mode === "history" && step === state.historyStep) drawFilters(snapshot);
+    },
+    (key, error) => showError(`snapshot ${key.step}: ${error.message}`),
+  );
+  const snapshotFetcher = new api.LatestOnlyFetcher(
+    ({ run, step }) => api.getSnapshot(run, step, true),
+    ({ run, generation }, snapshot) => {
+      if (generation !== shown.generation || run !== state.view.run) return;
       drawFeatureMaps(snapshot);
     },
     (key, error) => showError(`snapshot ${key.step}: ${error.message}`),
   );
 
   function wantSnapshot(step) {
-    const before = snapshotFetcher.dropped;
-    snapshotFetcher.want({ run: state.view.run, step, generation: shown.generation });
-    debug.framesDropped += snapshotFetcher.dropped - before;
+    const key = { run: state.view.run, step, generation: shown.generation };
+    if (state.mode === "history") {
+      const before = filterFetcher.dropped;
+      filterFetcher.want(key);
+      debug.framesDropped += filterFetcher.dropped - before;
+    }
+    snapshotFetcher.want(key);
   }
 
   /*
@@ -288,7 +300,7 @@ export function mountRunView(context) {
   }
 
   function playTick() {
-    if (snapshotFetcher.busy) { debug.paceWaits += 1; return; }   // the frame on screen first
+    if (filterFetcher.busy) { debug.paceWaits += 1; return; }   // the frame on screen first
     const at = state.steps.indexOf(state.historyStep);
     if (at >= state.steps.length - 1) {
       if (shown.player?.catchUp) { setPace("live"); return; }

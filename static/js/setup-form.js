@@ -111,6 +111,8 @@ export function mountSetupForm(context) {
   }
 
   function showDescription(layers) {
+    // the form's layer names as the server gives them (conv1, conv2, …), for the other views
+    state.formLabels = Object.fromEntries(layers.map((l) => [l.index, l.label]));
     for (const layer of layers) {
       const row = document.querySelector(`#init-table .init-layer[data-layer="${layer.index}"]`);
       if (!row) continue;

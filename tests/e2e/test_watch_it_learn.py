@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ARTIFACTS, open_page
 
 TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}
@@ -39,13 +38,13 @@ def test_default_run_at_a_pace_redraws_conv1_forty_times_before_it_moved_half_wa
     """The default run, played at 10 snapshots/s while it trains: conv1 is redrawn with visibly
     different pixels at least 40 times before the step where it has moved half of its total
     distance ||W_t - W_0|| (measured afterwards from the stored snapshots)."""
-    goto(page, f"{server}/")
-    page.select_option("#pace", "10")
+    goto(page, f"{server}/#pace=10")      # the pace is part of a shared link, like the view's other options
     assert "pace=10" in page.evaluate("location.hash")
     page.evaluate("window.__kernelscope.frameLog = []")
     page.click("#btn-start")
     page.wait_for_function("window.__kernelscope.state.view.run !== null")
     run_id = page.evaluate("window.__kernelscope.state.view.run")
+    assert page.input_value("#pace") == "10"
     # while it trains the page plays stored snapshots, behind live, and says so
     page.wait_for_function("window.__kernelscope.state.mode === 'history' && window.__kernelscope.frameLog.length > 5")
     assert page.eval_on_selector("#btn-play", "b => b.classList.contains('active')")
@@ -195,3 +194,37 @@ def test_at_420_px_the_filters_come_before_the_folded_setup_form(browser, server
     finally:
         page.context.close()
     assert problems.items == []
+
+
+def test_kernel_editor_starts_at_its_layers_size_keeps_its_confirmation_and_names_the_init(page, server, api):
+    goto(page, f"{server}/")
+    page.click('#view-tabs [data-view="kernels"]')
+    demo = api.post("/api/inits/describe", json={"model": "demo", "init": "he_normal"}).json()["layers"]
+    conv1 = demo[0]
+    assert page.input_value("#ke-size") == str(conv1["shape"][2])          # 5×5 for the default model's conv1
+    assert page.locator(".ke-cell").count() == conv1["shape"][2] ** 2
+    page.wait_for_function("document.querySelector('#ke-init-layer option')?.textContent.startsWith('conv1')")
+    page.fill("#ke-init-count", "2")
+    page.locator("#ke-init-count").dispatch_event("input")
+    assert page.text_content("#ke-init-what") == f"conv1: filters 0–1 of its {conv1['shape'][0]} start as this kernel"
+    page.click("#ke-use-init")
+    note = page.text_content("#ke-init-note")
+    assert note.startswith("✓ set: conv1 filters 0–1 start as your kernel")
+    page.wait_for_timeout(2500)   # the editor re-reads the form every second: the confirmation stays
+    assert page.text_content("#ke-init-note") == note
+    # the setup form says the learner's kernel is used, not the bank's names
+    page.click('#view-tabs [data-view="live"]')
+    option = page.eval_on_selector('#init-table .init-layer[data-layer="0"] select[data-param="kernels"]',
+                                   "s => s.selectedOptions[0].textContent")
+    assert option.startswith("your drawn kernel: filters 0–1") and "bank" not in option
+    page.fill("#f-steps", "20")
+    page.locator("#f-steps").dispatch_event("change")
+    page.click("#btn-start")
+    page.wait_for_function("window.__kernelscope.state.run")
+    run_id = page.evaluate("window.__kernelscope.state.run.id")
+    page.wait_for_function(f"document.querySelector('#run-list li[data-run=\"{run_id}\"] .run-meta')")
+    meta = page.text_content(f'#run-list li[data-run="{run_id}"] .run-meta')
+    assert "own kernel in 2 filters, rest he_normal" in meta and "custom" not in meta, meta
+    wait_finished(api, run_id)
+    # the run list updates its status without a reload
+    page.wait_for_function(f"document.querySelector('#run-list li[data-run=\"{run_id}\"] .badge').textContent === 'completed'")
