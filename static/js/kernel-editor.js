@@ -183,7 +183,7 @@ export function mountKernelEditor(context) {
   }
 
   function fill(select, options) {
-    const keys = options.map(([v]) => v).join(",");
+    const keys = options.map(([v, text]) => `${v}:${text}`).join(",");
     if (select.dataset.keys === keys) return;
     const current = select.value;
     select.replaceChildren(...options.map(([value, text]) => el("option", { value: String(value) }, text)));
