@@ -115,11 +115,14 @@ export function mountKernelEditor(context) {
     label("filter ", runFilter), frozenLabel, put, putNote);
   root.append(intro, label("size ", sizeSelect), presets, cells, label("scale ", scale), initBox, runBox);
 
-  sizeSelect.addEventListener("change", () => {
-    size = Number(sizeSelect.value);
+  let shownRun = null;
+  function setSize(k) {
+    size = k;
+    sizeSelect.value = String(k);
     values = pattern("x", size);
     draw();
-  });
+  }
+  sizeSelect.addEventListener("change", () => setSize(Number(sizeSelect.value)));
 
   /* The filter views' colormap (blue < 0 < red), with white digits on the dark ends. */
   function paintCell(cell, v, peak) {
@@ -163,6 +166,12 @@ export function mountKernelEditor(context) {
 
   /* Layer choices: conv layers of the form's spec (for the init) and of the open run (to put into). */
   function syncLayers() {
+    // a newly opened run none of whose conv layers has this size: start at its first conv layer's size
+    const runConvs = (state.latestSnapshot?.layers ?? []).filter((l) => l.type === "conv");
+    if (state.run?.id && state.run.id !== shownRun && runConvs.length) {
+      shownRun = state.run.id;
+      if (!runConvs.some((l) => l.shape?.[2] === size)) { setSize(runConvs[0].shape[2]); return; }
+    }
     const fitting = formLayers().filter((l) => l.kernel[0] === size && l.kernel[1] === size);
     fill(initLayer, fitting.map((l) => [l.index, `${nameOf(l.index)} (${l.filters} filters, ${l.kernel.join("×")})`]));
     useInit.disabled = fitting.length === 0;

@@ -204,9 +204,11 @@ def test_compare_cards_share_one_colour_scale_and_match_the_comparison_on_screen
     checked = page.evaluate("""() => [...document.querySelectorAll('.compare-inits input')].filter(b => b.checked)
         .map(b => b.parentElement.textContent.trim())""")
     assert checked == ["normal(std=0.01)", "he_normal"]
-    # each card states the losses its own run measured
-    loss_texts = page.locator(".compare-card .compare-loss-text").all_text_contents()
-    assert all("measured in this run" in t for t in loss_texts)
+    # each card states the losses its own run measured, up to the slider's step (none at step 0)
+    assert page.locator(".compare-card .compare-loss-text").all_text_contents() == ["no loss measured yet"] * 2
+    page.click("#compare-follow")
+    page.wait_for_function("[...document.querySelectorAll('.compare-card .compare-loss-text')]"
+                           ".every(t => t.textContent.endsWith('at step 20 (measured in this run)'))")
     # the depth demo's comparison: the boxes follow it
     page.click('#view-tabs [data-view="probe"]')
     assert "0.35" not in page.text_content("#probe-view")
