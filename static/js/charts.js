@@ -201,7 +201,7 @@ export function stepMarker(step, log) {
   const x = log ? Math.max(step, 1) : step;
   return {
     shapes: [{ type: "line", x0: x, x1: x, yref: "paper", y0: 0, y1: 1, line: { color: "#dc2626", width: 2 } }],
-    annotations: [{ x: log ? Math.log10(x) : x, yref: "paper", y: 1, yanchor: "bottom", text: `step ${step}`, showarrow: false,
+    annotations: [{ x: log ? Math.log10(x) : x, yref: "paper", y: 1, yanchor: "top", xanchor: "left", text: `step ${step}`, showarrow: false,
                     font: { size: 11, color: "#b91c1c" }, bgcolor: "#ffffff" }],
   };
 }

@@ -184,7 +184,9 @@ export class FilterLayerView {
     const { cols, rows } = tileGrid(shown);
     const cell = shown === 1 ? (kh <= 3 ? 16 : kh <= 5 ? 12 : 8) : (kh <= 3 ? 7 : kh <= 5 ? 5 : 4);
     const small = Math.max(2, Math.round(cell / 2.5));   // css px per weight of the step-0 kernel beside it
-    const cardWidth = Math.max(112, (cols * (kw + 1) - 1) * (cell + small) + 14);
+    // one-channel kernels get the step-0 kernel beside them; tables of channels get it underneath
+    const stacked = shown > 1;
+    const cardWidth = Math.max(112, (cols * (kw + 1) - 1) * (stacked ? cell : cell + small) + 14);
     this.grid.style.gridTemplateColumns = `repeat(auto-fill, minmax(${cardWidth}px, 1fr))`;
     for (let f = 0; f < filters; f++) {
       const card = el("figure", "filter-card");
@@ -197,7 +199,7 @@ export class FilterLayerView {
       initial.style.width = `${(cols * (kw + 1) - 1) * small}px`;
       initial.style.height = `${(rows * (kh + 1) - 1) * small}px`;
       initial.title = `filter ${f} at step 0, same colour scale`;
-      const pair = el("div", "kernel-pair");
+      const pair = el("div", stacked ? "kernel-pair stacked" : "kernel-pair");
       const then = el("div", "kernel-then");
       then.append(initial, el("span", "kernel-then-label", "step 0"));
       pair.append(canvas, then);

@@ -187,8 +187,24 @@ export function mountRunView(context) {
    * filters of a history step (a light snapshot, no feature maps), so the player's pace is
    * not held up by the maps, and the feature maps (the full snapshot), which may skip steps.
    */
+  /* Light snapshots by step, fetched ahead of the player (a few at a time) so a tick draws at once. */
+  const light = new Map();   // "run:step" -> promise of the snapshot without feature maps
+  function lightSnapshot(run, step) {
+    const key = `${run}:${step}`;
+    if (!light.has(key)) {
+      if (light.size > 60) light.delete(light.keys().next().value);
+      const promise = api.getSnapshot(run, step, false);
+      promise.catch(() => light.delete(key));
+      light.set(key, promise);
+    }
+    return light.get(key);
+  }
+  function prefetchAfter(index, count = 6) {
+    for (const step of state.steps.slice(index + 1, index + 1 + count)) lightSnapshot(state.view.run, step);
+  }
+
   const filterFetcher = new api.LatestOnlyFetcher(
-    ({ run, step }) => api.getSnapshot(run, step, false),
+    ({ run, step }) => lightSnapshot(run, step),
     ({ run, step, generation }, snapshot) => {
       if (generation !== shown.generation || run !== state.view.run) return;
       if (state.mode === "history" && step === state.historyStep) drawFilters(snapshot);
@@ -308,6 +324,7 @@ export function mountRunView(context) {
       return;   // a training run: wait here for its next snapshot
     }
     showHistoryIndex(at + 1);
+    prefetchAfter(at + 1);
   }
 
   /* The pace control: "live" follows the run; a number plays stored snapshots at that pace. */
@@ -421,6 +438,7 @@ export function mountRunView(context) {
     shown.births = new Map();
     shown.birthsAt = -Infinity;
     shown.autoPlay = false;
+    light.clear();
     filterBoard.clear();
     fmapBoard.clear();
     $("probe-picker").replaceChildren();
