@@ -16,11 +16,12 @@ import { convLayers } from "./state.js";
  * Positions of the patch outside the input (padding) read as 0.
  */
 /* The number of decimals the numbers of a nested array are stored with (the most any of them
-   needs, up to 12): the precision is read from the data, not assumed. */
+   needs, up to 12; null for only zeros): the precision is read from the data, not assumed. */
 export function storedDecimals(nested) {
-  let most = 0;
+  let most = null;   // null: only zeros, which rounding leaves exact
   for (const v of [nested].flat(Infinity)) {
     if (!Number.isFinite(v) || v === 0) continue;
+    most ??= 0;
     let d = most;
     while (d < 12 && Math.abs(Math.round(v * 10 ** d) / 10 ** d - v) > 1e-12 * Math.max(1, Math.abs(v))) d += 1;
     most = d;
@@ -35,7 +36,7 @@ export function storedDecimals(nested) {
  * server's float32 arithmetic.
  */
 export function agreementTolerance(ctx, r) {
-  const half = (d) => 0.5 * 10 ** -d;
+  const half = (d) => (d === null ? 0 : 0.5 * 10 ** -d);
   const w = [ctx.kernel].flat(Infinity), x = [r.patch].flat(Infinity);
   const sumW = w.reduce((a, v) => a + Math.abs(v), 0), sumX = x.reduce((a, v) => a + Math.abs(v), 0);
   const sumWX = w.reduce((a, v, i) => a + Math.abs(v * x[i]), 0);

@@ -31,13 +31,13 @@ def test_hash_round_trip_keeps_spec_inits_and_numbers(modules):
             init: {name: 'uniform', a: 0.2},
             layerInits: {'0': {name: 'kernel', kernels: 'sobel_x'}},
         });
-        const view = {run: 'abc123', scaling: 'filter', probe: 2};
+        const view = {run: 'abc123', scaling: 'filter', probe: 2, pace: 5, stepAxis: 'linear'};
         const back = s.hashToConfig(s.configToHash(config, view));
         return {same: JSON.stringify(back.config) === JSON.stringify(config), view: back.view,
                 body: s.toRunRequest(config, {})};
     }""")
     assert result["same"]
-    assert result["view"] == {"run": "abc123", "scaling": "filter", "probe": 2}
+    assert result["view"] == {"run": "abc123", "scaling": "filter", "probe": 2, "pace": 5, "stepAxis": "linear"}
     body = result["body"]
     assert body["model"]["layers"][0]["init"] == {"name": "kernel", "kernels": "sobel_x"}
     assert body["init"] == {"name": "uniform", "a": 0.2}
