@@ -86,11 +86,13 @@ export class LineChart {
     const style = this.options.series?.[name] ?? {};
     const color = style.color ?? PALETTE[this.names.length % PALETTE.length];
     const look = seriesStyle(this.names.length);
-    // every series its own dash and marker (a few markers per curve), so overlapping curves stay apart
+    // every series its own dash and marker, so overlapping curves stay apart (a dense series such
+    // as the training loss may ask for a line only: thousands of SVG markers would cost seconds
+    // per redraw, and plotly's maxdisplayed is slower still)
     window.Plotly.addTraces(this.element, {
-      x: [], y: [], name, mode: "lines+markers", type: "scatter",
+      x: [], y: [], name, mode: style.mode ?? "lines+markers", type: "scatter",
       line: { color, width: 1.6, dash: style.dash ?? look.dash },
-      marker: { color, size: 6, symbol: style.symbol ?? look.symbol, maxdisplayed: 14 },
+      marker: { color, size: 5, symbol: style.symbol ?? look.symbol },
     });
     this.names.push(name);
     this.counts.set(name, 0);

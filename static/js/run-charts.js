@@ -28,9 +28,9 @@ export class RunCharts {
   constructor() {
     this.charts = {
       loss: new LineChart($("chart-loss"), { title: "loss", series: {
-        train: { color: "#2563eb", dash: "solid", symbol: "circle" }, validation: { color: "#ea580c", dash: "dash", symbol: "diamond" } } }),
+        train: { color: "#2563eb", dash: "solid", mode: "lines" }, validation: { color: "#ea580c", dash: "dash", symbol: "diamond" } } }),
       acc: new LineChart($("chart-acc"), { title: "accuracy", yRange: [0, 1.02], series: {
-        train: { color: "#2563eb", dash: "solid", symbol: "circle" }, validation: { color: "#ea580c", dash: "dash", symbol: "diamond" } } }),
+        train: { color: "#2563eb", dash: "solid", mode: "lines" }, validation: { color: "#ea580c", dash: "dash", symbol: "diamond" } } }),
       act: new LineChart($("chart-act"), { title: "activation std", yTitle: "log scale", log: true, mode: "lines+markers" }),
       grad: new LineChart($("chart-grad"), { title: "gradient std", yTitle: "log scale", log: true, mode: "lines+markers" }),
     };
@@ -59,8 +59,8 @@ export class RunCharts {
   }
 
   /* Mark the step on screen (history mode), or null to mark none. A plotly relayout of four
-     charts costs tens of milliseconds, so while snapshots play the marker moves at most
-     four times a second (the newest step wins) and the filters keep the main thread. */
+     charts costs tens of milliseconds, so while snapshots play the marker moves at most once a second
+     (the newest step wins) and the filters keep the main thread. */
   markStep(step) {
     this.markWanted = step;
     if (this.markTimer) return;
@@ -69,7 +69,7 @@ export class RunCharts {
       this.markTimer = setTimeout(() => {
         this.markTimer = null;
         if (this.markWanted !== this.charts.loss.marked) this.markStep(this.markWanted);
-      }, 250);
+      }, 1000);
     };
     apply();
   }

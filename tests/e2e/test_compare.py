@@ -63,11 +63,11 @@ def test_compare_constant_vs_he_side_by_side(page, server):
                            " return d.constant.step === 0 && d.he_normal.step === 0; })()")
     assert page.text_content("#compare-step") == "step 0"
     # the loss curves of both runs are overlaid in one chart
-    assert page.evaluate("document.getElementById('compare-loss').data.length") == 2
+    assert page.evaluate("document.getElementById('compare-loss').data.filter(t => t.mode === 'lines').length") == 2
     # one legend names the runs in their chart colours, above all three charts
     legend = page.locator("#compare-legend .compare-legend-entry")
     assert legend.all_text_contents() == ["constant", "he_normal"]
-    colours = page.evaluate("document.getElementById('compare-loss').data.map(t => t.line.color)")
+    colours = page.evaluate("document.getElementById('compare-loss').data.filter(t => t.mode === 'lines').map(t => t.line.color)")
     swatches = legend.locator(".compare-swatch").evaluate_all("ss => ss.map(s => s.style.background)")
     assert len(set(colours)) == 2 and all(c.lower() in {rgb_to_hex(s) for s in swatches} for c in colours)
     ARTIFACTS.mkdir(exist_ok=True)
