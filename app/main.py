@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import classroom, errors, limits, render, security
-from app.routes import classes, explain, lessons, meta, pages, runs, teaching
+from app.routes import births, classes, explain, lessons, meta, pages, runs, teaching
 from app.runs import RunManager, install_shutdown_signal_hook
 from app.settings import Settings
 from app.store import Store
@@ -64,6 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                 limits.RENDER_RETRY_SECONDS)
     security.install(app, settings.token, settings.cors_origins)  # the token (once), body limits, CORS if configured
     errors.install(app)  # one handler per domain error
-    for module in (meta, runs, teaching, explain, lessons, classes, pages):
+    for module in (meta, runs, teaching, explain, births, lessons, classes, pages):
         app.include_router(module.router)
     return app

@@ -1,19 +1,21 @@
-"""Benchmark: how many live updates per second the page draws, and whether it falls behind.
+"""Benchmark: how many redraws per second the page draws, and how many snapshots it drops, live and at each pace.
 
-A real server (uvicorn on 127.0.0.1, temporary data directory) trains a run
-with a snapshot every few steps while Debian's headless Chromium shows it.
-Every 200 ms the script reads, from the page's debug hook, the step of the
-filters on screen and of the feature maps on screen, and from the API the
-newest stored snapshot. Reported (the issue's target in brackets):
+A real server (uvicorn on 127.0.0.1, temporary data directory) trains the
+default run (with more steps, so it outlasts the measurement) while Debian's
+headless Chromium shows it. The page's debug hook records every filter redraw
+(window.__kernelscope.frameLog: step and mode). For each way of watching —
+live, then the pace control at 1, 2, 5, 10 and 20 stored snapshots per second
+(each pace played from step 0 while training goes on) — the script measures
+for `--seconds` and reports:
 
-  snapshot events/s reaching the page, filter redraws/s       [>= 5 when the engine is that fast]
-  feature-map redraws/s (each one a REST fetch, one in flight)
-  lag of the filters and feature maps behind the newest snapshot, in snapshots,
-      median and p95                                           [bounded: frames dropped, never queued]
-  median time of one redraw (ms), filters and feature maps
+  redraws/s             filter redraws per second
+  snapshots dropped     stored snapshots between two consecutive redraws that were never drawn
+                        (live coalesces to the newest; a pace plays every stored snapshot)
+  waits                 pace ticks that waited for the snapshot before to arrive (the player never skips)
+  behind                how many stored snapshots the screen was behind the newest at the end
 
-    python benchmarks/page_live.py                    # small preset, snapshot every 2 steps, 20 s
-    python benchmarks/page_live.py --preset demo --every 5 --seconds 30
+    python benchmarks/page_live.py                 # 6 s per mode
+    python benchmarks/page_live.py --seconds 15
 
 Never calls `playwright install`; needs /usr/bin/chromium.
 """
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,66 +69,67 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def dropped_between(frames: list[dict], stored: list[int]) -> int:
+    """Stored snapshots lying strictly between two consecutive drawn steps (not drawn in between)."""
+    index = {step: i for i, step in enumerate(stored)}
+    drawn = [f["step"] for f in frames if f["step"] in index]
+    return sum(max(0, index[b] - index[a] - 1) for a, b in zip(drawn, drawn[1:]) if b > a)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--every", type=int, default=2, help="snapshot every N steps")
-    parser.add_argument("--seconds", type=float, default=20.0, help="measuring time after warm-up")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per mode")
+    parser.add_argument("--steps", type=int, default=20_000, help="steps of the default run (long enough to outlast it)")
     args = parser.parse_args()
-
+    paces = ["live", "1", "2", "5", "10", "20"]
+    rows = []
     with tempfile.TemporaryDirectory() as data_dir:
         process, base = start_server(data_dir)
         try:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
-                steps = 20_000 * args.every   # the server keeps at most 20,000 snapshots per run
-                page.goto(f"{base}/#preset={args.preset}&steps={steps}&every={args.every}&bs=32")
+                page.goto(f"{base}/")
                 page.wait_for_selector("body[data-ready=true]")
+                page.fill("#f-steps", str(args.steps))
+                page.locator("#f-steps").dispatch_event("change")
                 page.click("#btn-start")
                 page.wait_for_function("window.__kernelscope.state.view.run || document.getElementById('form-error').textContent")
                 if page.text_content("#form-error"):
                     raise SystemExit(f"the server refused the run: {page.text_content('#form-error')}")
-                page.wait_for_function("window.__kernelscope.features !== null", timeout=120_000)
+                page.wait_for_function("window.__kernelscope.drawn !== null", timeout=120_000)
                 run_id = page.evaluate("window.__kernelscope.state.view.run")
-                time.sleep(3)  # warm-up
-
-                counters = ("snapshotsReceived", "framesDrawn", "featureFramesDrawn", "framesDropped")
-                def read():
-                    return page.evaluate(
-                        "(() => { const k = window.__kernelscope; return {" + ", ".join(f"{c}: k.{c}" for c in counters)
-                        + ", drawn: k.drawn.step, features: k.features.step, run: k.state.run.step}; })()")
-
-                start, started = read(), time.monotonic()
-                lag_filters, lag_features = [], []
-                while time.monotonic() - started < args.seconds:
-                    newest = httpx.get(f"{base}/api/runs/{run_id}/snapshots").json()["steps"][-1]
-                    now = read()
-                    lag_filters.append(max(0, newest - now["drawn"]) / args.every)
-                    lag_features.append(max(0, newest - now["features"]) / args.every)
-                    time.sleep(0.2)
-                end, elapsed = read(), time.monotonic() - started
-                draw_ms = page.evaluate("window.__kernelscope.drawMs")
+                for pace in paces:
+                    page.select_option("#pace", pace)   # "live" jumps to live; a pace plays from step 0
+                    page.evaluate("(() => { const k = window.__kernelscope; k.frameLog = []; k.paceWaits = 0; })()")
+                    train_start = httpx.get(f"{base}/api/runs/{run_id}").json()["step"]
+                    started = time.monotonic()
+                    time.sleep(args.seconds)
+                    frames, waits = page.evaluate("[window.__kernelscope.frameLog, window.__kernelscope.paceWaits]")
+                    elapsed = time.monotonic() - started
+                    stored = httpx.get(f"{base}/api/runs/{run_id}/snapshots").json()["steps"]
+                    train_end = httpx.get(f"{base}/api/runs/{run_id}").json()["step"]
+                    shown = frames[-1]["step"] if frames else None
+                    rows.append({
+                        "mode": pace if pace == "live" else f"{pace}/s", "redraws": len(frames) / elapsed,
+                        "dropped": dropped_between(frames, stored), "waits": waits,
+                        "behind": len([s for s in stored if shown is not None and s > shown]),
+                        "steps_per_s": (train_end - train_start) / elapsed,
+                        "first": frames[0]["step"] if frames else None, "last": shown,
+                    })
+                    page.click("#btn-live")
                 httpx.post(f"{base}/api/runs/{run_id}/stop")
                 browser.close()
         finally:
             process.terminate()
             process.wait(timeout=30)
 
-    def rate(key):
-        return (end[key] - start[key]) / elapsed
-
-    print(f"preset {args.preset}, snapshot every {args.every} steps, {elapsed:.1f} s measured, "
+    print(f"default run with {args.steps} steps, {args.seconds:.0f} s per mode, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"  training steps/s                 {(end['run'] - start['run']) / elapsed:8.1f}")
-    print(f"  snapshot events/s at the page    {rate('snapshotsReceived'):8.1f}")
-    print(f"  filter redraws/s                 {rate('framesDrawn'):8.1f}   (target >= 5 when events arrive that fast)")
-    print(f"  feature-map redraws/s            {rate('featureFramesDrawn'):8.1f}")
-    print(f"  live snapshots dropped           {end['framesDropped'] - start['framesDropped']:8d}")
-    print(f"  filters behind newest, snapshots  median {statistics.median(lag_filters):.1f}, p95 {percentile(lag_filters, 95):.1f}")
-    print(f"  feature maps behind, snapshots    median {statistics.median(lag_features):.1f}, p95 {percentile(lag_features, 95):.1f}")
-    print(f"  one redraw, median ms            filters {statistics.median(draw_ms['filters']):.1f}, "
-          f"feature maps {statistics.median(draw_ms['featureMaps']):.1f}")
+    print(f"  {'mode':>6}  {'redraws/s':>9}  {'snapshots dropped':>17}  {'waits':>5}  {'behind':>6}  {'train steps/s':>13}  steps drawn")
+    for r in rows:
+        print(f"  {r['mode']:>6}  {r['redraws']:9.1f}  {r['dropped']:17d}  {r['waits']:5d}  {r['behind']:6d}  "
+              f"{r['steps_per_s']:13.1f}  {r['first']}..{r['last']}")
 
 
 if __name__ == "__main__":

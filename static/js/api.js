@@ -100,6 +100,8 @@ export const getMetrics = async (id) => (await getJSON(`${runPath(id)}/metrics`)
 
 /* -> the steps that have a snapshot, ascending. */
 export const getSnapshotSteps = async (id) => (await getJSON(`${runPath(id)}/snapshots`)).steps;
+/* Each filter's birth step in conv layer `layer` (GET /api/runs/{id}/layers/{layer}/births). */
+export const getBirths = (id, layer) => getJSON(`${runPath(id)}/layers/${layer}/births`);
 
 export const getSnapshot = (id, step, featureMaps = true) =>
   getJSON(`${runPath(id)}/snapshots/${step}${featureMaps ? "" : "?feature_maps=0"}`);

@@ -65,7 +65,7 @@ export class LineChart {
     const layout = {
       title: { text: options.title ?? "", font: { size: 13 }, x: 0.02, xanchor: "left" },
       margin: { l: 48, r: 10, t: 30, b: 30 },
-      xaxis: { title: { text: "step", font: { size: 11 } }, zeroline: false, automargin: true },
+      xaxis: { title: { text: "step", font: { size: 11 } }, zeroline: false, automargin: true, exponentformat: "B" },
       yaxis: { type: options.log ? "log" : "linear", zeroline: false, automargin: true,
                exponentformat: "e", range: options.yRange,
                ...(options.log ? { tickformat: ".0e", dtick: "D2" } : {}) },
@@ -85,10 +85,14 @@ export class LineChart {
     if (index >= 0) return index;
     const style = this.options.series?.[name] ?? {};
     const color = style.color ?? PALETTE[this.names.length % PALETTE.length];
+    const look = seriesStyle(this.names.length);
+    // every series its own dash and marker, so overlapping curves stay apart (a dense series such
+    // as the training loss may ask for a line only: thousands of SVG markers would cost seconds
+    // per redraw, and plotly's maxdisplayed is slower still)
     window.Plotly.addTraces(this.element, {
-      x: [], y: [], name, mode: style.mode ?? this.options.mode ?? "lines", type: "scatter",
-      line: { color, width: 1.6, dash: style.dash ?? "solid" },
-      marker: { color, size: style.mode || !this.options.mode ? 5 : 3 },
+      x: [], y: [], name, mode: style.mode ?? "lines+markers", type: "scatter",
+      line: { color, width: 1.6, dash: style.dash ?? look.dash },
+      marker: { color, size: 5, symbol: style.symbol ?? look.symbol },
     });
     this.names.push(name);
     this.counts.set(name, 0);
@@ -173,10 +177,40 @@ export class LineChart {
 
   /* A vertical marker at the step the history slider shows (null hides it). */
   markStep(step) {
-    const shapes = step == null ? [] : [{
-      type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1,
-      line: { color: "#94a3b8", width: 1, dash: "dot" },
-    }];
-    window.Plotly.relayout(this.element, { shapes });
+    this.marked = step;
+    window.Plotly.relayout(this.element, stepMarker(step, this.logX));
   }
+
+  /* Log or linear step axis; a log axis is labelled at whole decades only (1, 10, 100, …). */
+  setLogX(on) {
+    if (Boolean(on) === Boolean(this.logX)) return;
+    this.logX = Boolean(on);
+    window.Plotly.relayout(this.element, { ...stepAxis(this.logX), ...stepMarker(this.marked ?? null, this.logX) });
+  }
+}
+
+/* Layout of a step axis: on a log axis one labelled tick per decade, written 1, 10, 100, 1000
+   (a step axis spans a few decades, so the labels never crowd); step 0 lies off a log axis. */
+export function stepAxis(log) {
+  return log
+    ? { "xaxis.type": "log", "xaxis.dtick": 1, "xaxis.exponentformat": "none", "xaxis.title.text": "step (log scale)" }
+    : { "xaxis.type": "linear", "xaxis.dtick": null, "xaxis.exponentformat": "B", "xaxis.title.text": "step" };
+}
+
+/* The slider's step as a red line with its number on top (on a log axis step 0 is drawn at step 1). */
+export function stepMarker(step, log) {
+  if (step == null) return { shapes: [], annotations: [] };
+  const x = log ? Math.max(step, 1) : step;
+  return {
+    shapes: [{ type: "line", x0: x, x1: x, yref: "paper", y0: 0, y1: 1, line: { color: "#dc2626", width: 2 } }],
+    annotations: [{ x: log ? Math.log10(x) : x, yref: "paper", y: 1, yanchor: "top", xanchor: "left", text: `step ${step}`, showarrow: false,
+                    font: { size: 11, color: "#b91c1c" }, bgcolor: "#ffffff" }],
+  };
+}
+
+/* Dash and marker of the i-th series, so curves that lie on top of each other stay apart. */
+export const DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"];
+export const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross", "star", "triangle-down"];
+export function seriesStyle(i) {
+  return { dash: DASHES[i % DASHES.length], symbol: SYMBOLS[i % SYMBOLS.length] };
 }

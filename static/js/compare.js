@@ -11,7 +11,8 @@
  */
 
 import { el } from "./dom.js";
-import { divergingColor, maxAbs, paintGrid } from "./filters.js";
+import { seriesStyle, stepAxis, stepMarker } from "./charts.js";
+import { divergingColor, isDetector, maxAbs, paintGrid } from "./filters.js";
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
 const ACTIVE = new Set(["queued", "running", "paused"]);
@@ -29,6 +30,13 @@ export function defaultInits(kernelBank) {
     { label: "he_normal", init: "he_normal" },
     { label: "kernel bank", init: { name: "kernel", kernels: [...kernelBank] } },
   ];
+}
+
+/* An init in one comparable form: a name alone is {name}; the kernel init's fallback is left out. */
+function initKey(init) {
+  const value = typeof init === "string" ? { name: init } : { ...(init ?? {}) };
+  delete value.fallback;
+  return JSON.stringify(Object.keys(value).sort().map((k) => [k, value[k]]));
 }
 
 /* Labels go in legends: "kernel(x, plus, sobel_x, sobel_y, laplacian, identity)" becomes "kernel(x, plus, …)". */
@@ -87,18 +95,39 @@ export function mountCompare(context) {
 
   const controls = el("div", { class: "compare-controls panel" });
   const initBoxes = el("div", { class: "compare-inits" });
-  offered.forEach((entry, i) => {
+  function addBox(entry, i) {
     const box = el("input", { type: "checkbox", "data-index": String(i) });
     box.checked = true;
     const label = el("label", {});
     label.append(box, document.createTextNode(` ${entry.label}`));
     initBoxes.append(label);
-  });
+  }
+  offered.forEach(addBox);
+
+  /* The checkboxes say which inits the comparison on screen has (one it has that is not offered gets its own box). */
+  function matchBoxes(inits, labels) {
+    const wanted = inits.map(initKey);
+    inits.forEach((init, i) => {
+      if (!offered.some((entry) => initKey(entry.init) === wanted[i])) {
+        offered.push({ label: shortLabel(labels[i] ?? initKey(init)), init });
+        addBox(offered[offered.length - 1], offered.length - 1);
+      }
+    });
+    for (const box of initBoxes.querySelectorAll("input")) {
+      box.checked = wanted.includes(initKey(offered[Number(box.dataset.index)].init));
+    }
+  }
+  // the comparison's own number of steps, started from the setup form's (GET /api/defaults' limits apply)
+  const stepsInput = el("input", { type: "number", id: "compare-steps", min: String(context.defaults?.limits?.steps?.min ?? 1),
+                                   max: String(context.defaults?.limits?.steps?.max ?? 1000000), step: "1" });
+  stepsInput.value = String(context.state?.config?.steps ?? context.defaults?.run?.steps ?? "");
+  const stepsLabel = el("label", { class: "compare-label" }, "steps ");
+  stepsLabel.append(stepsInput);
   const startButton = el("button", { type: "button", class: "primary", id: "btn-compare-start" }, "compare these inits");
-  startButton.title = "starts one run per init with the setup form's model, dataset, optimizer, steps and seed";
+  startButton.title = "starts one run per init with the setup form's model, dataset, optimizer and seed, for the steps given here";
   const earlier = el("select", { id: "compare-earlier" });
   const status = el("span", { class: "field-error", id: "compare-status" });
-  controls.append(el("span", { class: "compare-label" }, "inits:"), initBoxes, startButton,
+  controls.append(el("span", { class: "compare-label" }, "inits:"), initBoxes, stepsLabel, startButton,
     el("span", { class: "compare-label" }, "or open"), earlier, status);
 
   const sliderBar = el("div", { class: "history-bar panel" });
@@ -149,7 +178,9 @@ export function mountCompare(context) {
     try {
       const comparison = await api.getJSON(`/api/comparisons/${encodeURIComponent(view.id)}`);
       if (generation !== view.generation) return;
-      view.runs = comparison.runs.map((run, i) => ({ ...run, label: shortLabel(comparison.labels[i]), color: PALETTE[i % PALETTE.length] }));
+      view.runs = comparison.runs.map((run, i) => ({ ...run, label: shortLabel(comparison.labels[i]), color: PALETTE[i % PALETTE.length],
+                                                      ...seriesStyle(i) }));
+      if (view.boxesFor !== view.id) { matchBoxes(comparison.inits ?? [], comparison.labels ?? []); view.boxesFor = view.id; }
       debug.compare.runs = view.runs.map((r) => ({ id: r.id, label: r.label, status: r.status, step: r.step }));
       await Promise.all(view.runs.map(async (run) => {
         const known = view.metrics.get(run.id) ?? [];
@@ -222,49 +253,77 @@ export function mountCompare(context) {
         openButton.addEventListener("click", () => { context.showView("live"); context.openRun(run.id); });
         head.append(swatch, el("b", {}, run.label), el("span", { class: "compare-run-status" }), openButton);
         const canvas = el("canvas", { class: "compare-filters", width: "0", height: "0" });
-        canvas.title = "first conv layer's filters (input channel 0), one colour scale per run: blue < 0 < red";
+        canvas.title = "conv1's filters (input channel 0), one colour scale shared by every card: blue < 0 < red";
         const meter = el("div", { class: "meter" });
         const bar = el("div", { class: "meter-bar" });
         bar.append(el("div", { class: "meter-fill" }));
         meter.append(el("span", { class: "meter-label" }, "symmetry"), bar, el("span", { class: "meter-value" }, "–"));
         meter.title = "mean pairwise cosine similarity of the first conv layer's filters; 1.0 = all filters the same";
-        card.append(head, canvas, meter, el("div", { class: "compare-detectors" }));
+        card.append(head, canvas, el("div", { class: "compare-scale" }), meter, el("div", { class: "compare-loss-text" }),
+          el("div", { class: "compare-detectors" }));
         return card;
       }));
       cards.dataset.keys = keys;
     }
+    // one colour scale for every card: the largest |w| of conv1 across the runs at this step, so a
+    // small init looks as faint beside He as it is
+    const firstConv = snapshots.map((snapshot) => snapshot?.layers?.find((l) => l.type === "conv") ?? null);
+    const peaks = firstConv.map((layer) => (layer ? maxAbs(layer.weight.map((filter) => filter[0])) : 0));
+    const shared = Math.max(0, ...peaks) || 1;
+    debug.compare.sharedScale = shared;
     view.runs.forEach((run, i) => {
       const card = cards.children[i];
       card.querySelector(".compare-run-status").textContent = `${run.status} · step ${run.step}/${run.steps}`;
+      const points = (view.metrics.get(run.id) ?? []).filter((p) => p.loss != null);
+      const upTo = points.filter((p) => step === null || p.step <= step);
+      card.querySelector(".compare-loss-text").textContent = upTo.length
+        ? `loss ${upTo[0].loss.toFixed(3)} at step ${upTo[0].step} → ${upTo[upTo.length - 1].loss.toFixed(3)} at step ${upTo[upTo.length - 1].step} (measured in this run)`
+        : "no loss measured yet";
       const snapshot = snapshots[i];
-      const layer = snapshot?.layers?.find((l) => l.type === "conv");
+      const layer = firstConv[i];
       if (!layer) return;
       const tiles = layer.weight.map((filter) => filter[0]);
-      const scale = maxAbs(tiles) || 1;
-      paintGrid(card.querySelector("canvas"), tiles, (v) => divergingColor(v / scale));
+      paintGrid(card.querySelector("canvas"), tiles, (v) => divergingColor(v / shared));
+      const scaleText = card.querySelector(".compare-scale");
+      scaleText.textContent = `max |w| ${peaks[i].toPrecision(3)} · colour scale ±${shared.toPrecision(3)}, shared`;
+      scaleText.dataset.maxAbs = String(peaks[i]);
       const symmetry = layer.symmetry;
       const fill = card.querySelector(".meter-fill");
       fill.style.width = `${Math.max(0, Math.min(1, symmetry ?? 0)) * 100}%`;
       fill.classList.toggle("stuck", symmetry != null && symmetry > 0.999);
       card.querySelector(".meter-value").textContent = symmetry == null ? "–" : symmetry.toFixed(3);
-      const labels = (layer.detectors ?? []).filter((d) => d.beats_chance).map((d) => d.label.replace(/_/g, " "));
+      const labels = (layer.detectors ?? []).filter((d) => d.beats_chance && isDetector(d)).map((d) => d.label.replace(/_/g, " "));
       card.querySelector(".compare-detectors").textContent = labels.length
         ? `detectors beating chance: ${[...new Set(labels)].join(", ")}` : "no filter beats chance yet";
       debug.compare.drawn[run.label] = { run: run.id, step: snapshot.step, layer: layer.index, weight: layer.weight,
-        symmetry };
+        symmetry, maxAbs: peaks[i], scale: shared };
     });
   }
 
   function drawLoss(step) {
-    const traces = view.runs.map((run) => {
-      const points = view.metrics.get(run.id) ?? [];
-      return { x: points.map((p) => p.step), y: points.map((p) => p.loss), name: run.label, mode: "lines",
-               type: "scatter", line: { color: run.color, width: 1.5 } };
+    // each run its dash, and its marker on about 20 of its points (a second, marker-only trace):
+    // enough to tell runs apart where their curves coincide, few enough to redraw quickly
+    const traces = view.runs.flatMap((run) => {
+      const points = (view.metrics.get(run.id) ?? []).filter((p) => p.loss != null);
+      const every = Math.max(1, Math.round(points.length / 20));
+      const sampled = points.filter((_, i) => i % every === 0);
+      return [
+        { x: points.map((p) => p.step), y: points.map((p) => p.loss), name: run.label, mode: "lines", type: "scatter",
+          line: { color: run.color, width: 1.5, dash: run.dash } },
+        { x: sampled.map((p) => p.step), y: sampled.map((p) => p.loss), name: run.label, mode: "markers", type: "scatter",
+          marker: { color: run.color, symbol: run.symbol, size: 7 }, showlegend: false, hoverinfo: "skip" },
+      ];
     });
-    const shapes = step === null ? [] : [{ type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1,
-                                           line: { color: "#64748b", dash: "dot", width: 1 } }];
+    // the step axis follows the live view's choice: auto is log while the runs are young
+    const mode = context.state?.view?.stepAxis ?? "auto";
+    const young = view.runs.some((run) => run.steps > 0 && run.step < run.steps / 4);
+    const log = mode === "log" || (mode === "auto" && young);
+    const axis = stepAxis(log);
+    const marker = stepMarker(step, log);
     window.Plotly.react(lossDiv, traces, { ...PLOT_LAYOUT, title: { text: "training loss (log)", font: { size: 13 } },
-      xaxis: { title: { text: "step" } }, yaxis: { type: "log" }, shapes }, { displayModeBar: false, responsive: true });
+      xaxis: { type: axis["xaxis.type"], dtick: axis["xaxis.dtick"] ?? undefined, exponentformat: axis["xaxis.exponentformat"],
+               title: { text: axis["xaxis.title.text"] } },
+      yaxis: { type: "log", dtick: 1, exponentformat: "e" }, ...marker }, { displayModeBar: false, responsive: true });
   }
 
   function drawLayerCharts(snapshots) {
@@ -273,10 +332,12 @@ export function mountCompare(context) {
       const snapshot = snapshots[i];
       if (!snapshot) return;
       const stats = (snapshot.stats ?? []).filter((s) => s.type === "conv" || s.type === "dense");
-      act.push({ x: stats.map((s) => `layer ${s.index}`), y: stats.map((s) => Math.max(s.act_std, 1e-12)), name: run.label,
-                 mode: "lines+markers", type: "scatter", line: { color: run.color } });
+      const labels = new Map((snapshot.layers ?? []).map((l) => [l.index, l.label]));
+      act.push({ x: stats.map((s) => labels.get(s.index) ?? `${s.type} ${s.index}`), y: stats.map((s) => Math.max(s.act_std, 1e-12)),
+                 name: run.label, mode: "lines+markers", type: "scatter", line: { color: run.color, dash: run.dash },
+                 marker: { symbol: run.symbol, size: 7 } });
       const conv = (snapshot.layers ?? []).filter((l) => l.type === "conv");
-      sym.push({ x: conv.map((l) => `layer ${l.index}`), y: conv.map((l) => l.symmetry), name: run.label,
+      sym.push({ x: conv.map((l) => l.label ?? `layer ${l.index}`), y: conv.map((l) => l.symmetry), name: run.label,
                  type: "bar", marker: { color: run.color } });
     });
     window.Plotly.react(actDiv, act, { ...PLOT_LAYOUT, title: { text: "activation std per layer (log)", font: { size: 13 } },
@@ -326,6 +387,13 @@ export function mountCompare(context) {
       return;
     }
     delete base.init;
+    const steps = Number(stepsInput.value);
+    if (stepsInput.value.trim() === "") { status.textContent = "steps: required"; return; }
+    if (!Number.isInteger(steps) || steps < Number(stepsInput.min) || steps > Number(stepsInput.max)) {
+      status.textContent = `steps: a whole number from ${stepsInput.min} to ${stepsInput.max}, got ${stepsInput.value}`;
+      return;
+    }
+    base.steps = steps;
     startButton.disabled = true;
     try {
       await start(base, inits);
@@ -348,7 +416,12 @@ export function mountCompare(context) {
     draw(view.generation);
   });
 
-  document.querySelector('#view-tabs [data-view="compare"]')?.addEventListener("click", () => requestAnimationFrame(fitCharts));
+  // until the learner types a number of steps here, the field shows the setup form's
+  stepsInput.addEventListener("input", () => { stepsInput.dataset.touched = "1"; });
+  document.querySelector('#view-tabs [data-view="compare"]')?.addEventListener("click", () => {
+    if (!stepsInput.dataset.touched && context.state?.config?.steps != null) stepsInput.value = String(context.state.config.steps);
+    requestAnimationFrame(fitCharts);
+  });
 
   // After a reload, show the comparison this tab had open (if its runs still exist).
   refreshEarlier().then((seen) => {

@@ -103,11 +103,28 @@ export function drawGray(canvas, grid) {
 
 const MAX_CHANNELS_SHOWN = 16;
 
+/*
+ * A filter's caption from its snapshot entry: a dead filter is "dead" and a brightness filter
+ * (energy mostly in its mean) "brightness" with that share; neither is a detector, so neither
+ * gets a score. Otherwise the best-matching detector and |cos|, with "?" below chance.
+ */
 export function detectorText(det) {
   if (!det) return "";
+  if (det.dead || det.label === "dead") return "dead";
+  if (det.label === "brightness") return `brightness · ${Math.round(Number(det.mean_share ?? 0) * 100)}% mean`;
   const name = String(det.label ?? "").replace(/_/g, " ");
   const score = Number(det.score ?? 0).toFixed(2);
   return det.beats_chance === false ? `${name}? ${score}` : `${name} ${score}`;
+}
+
+/* Is this snapshot entry a detector at all (not dead, not brightness)? */
+export function isDetector(det) {
+  return Boolean(det) && !det.dead && det.label !== "dead" && det.label !== "brightness";
+}
+
+/* The learner-facing name of a conv layer: the API's `label` (conv1, conv2, …). */
+export function layerName(layer) {
+  return layer?.label ?? `layer ${layer?.index}`;
 }
 
 
@@ -123,7 +140,7 @@ export class FilterLayerView {
     this.root.open = open;
     this.root.dataset.layer = String(layer.index);
     const summary = el("summary", "layer-head");
-    summary.append(el("span", "layer-name", `conv layer ${layer.index}`));
+    summary.append(el("span", "layer-name", layerName(layer)));
     summary.append(el("span", "layer-shape", `${filters} filters · ${channels} in · ${kh}×${kw}`));
     this.initNote = el("span", "layer-init", "");
     this.summarySymmetry = el("span", "layer-symmetry", "");
@@ -154,6 +171,10 @@ export class FilterLayerView {
     histBox.append(this.histLegend);
     stats.append(histBox);
     this.root.append(stats);
+    // the layer's timeline: when each filter was born (its score stays above chance from then on)
+    this.timeline = el("div", "birth-timeline");
+    this.timeline.title = "births: the snapshot from which a filter's detector score stays above chance (3 snapshots or more); log step axis";
+    this.root.append(this.timeline);
 
     this.grid = el("div", "filter-grid");
     this.cards = [];
@@ -162,7 +183,10 @@ export class FilterLayerView {
     // single-channel first layers, compact for deep ones
     const { cols, rows } = tileGrid(shown);
     const cell = shown === 1 ? (kh <= 3 ? 16 : kh <= 5 ? 12 : 8) : (kh <= 3 ? 7 : kh <= 5 ? 5 : 4);
-    const cardWidth = Math.max(112, (cols * (kw + 1) - 1) * cell + 8);
+    const small = Math.max(2, Math.round(cell / 2.5));   // css px per weight of the step-0 kernel beside it
+    // one-channel kernels get the step-0 kernel beside them; tables of channels get it underneath
+    const stacked = shown > 1;
+    const cardWidth = Math.max(112, (cols * (kw + 1) - 1) * (stacked ? cell : cell + small) + 14);
     this.grid.style.gridTemplateColumns = `repeat(auto-fill, minmax(${cardWidth}px, 1fr))`;
     for (let f = 0; f < filters; f++) {
       const card = el("figure", "filter-card");
@@ -170,10 +194,21 @@ export class FilterLayerView {
       const canvas = el("canvas", "kernel");
       canvas.style.width = `${(cols * (kw + 1) - 1) * cell}px`;
       canvas.style.height = `${(rows * (kh + 1) - 1) * cell}px`;
+      // the filter at step 0, small, beside the current one, on the same colour scale
+      const initial = el("canvas", "kernel0");
+      initial.style.width = `${(cols * (kw + 1) - 1) * small}px`;
+      initial.style.height = `${(rows * (kh + 1) - 1) * small}px`;
+      initial.title = `filter ${f} at step 0, same colour scale`;
+      const pair = el("div", stacked ? "kernel-pair stacked" : "kernel-pair");
+      const then = el("div", "kernel-then");
+      then.append(initial, el("span", "kernel-then-label", "step 0"));
+      pair.append(canvas, then);
       const label = el("figcaption", "detector-label", "");
-      card.append(canvas, label);
+      const birth = el("span", "birth-label", "");
+      const mark = el("span", "filter-mark", "");
+      card.append(pair, label, birth, mark);
       this.grid.append(card);
-      this.cards.push({ card, canvas, label });
+      this.cards.push({ card, canvas, initial, label, birth, mark });
     }
     if (channels > shown) {
       this.grid.append(el("p", "note", `first ${shown} of ${channels} input channels shown per filter`));
@@ -182,25 +217,43 @@ export class FilterLayerView {
     parent.append(this.root);
   }
 
-  update(layer, { scaling = "layer", initialWeights = null, initText = "" } = {}) {
+  update(layer, { scaling = "layer", initialWeights = null, initText = "", births = null, step = null } = {}) {
     this.initNote.textContent = initText;
     const layerScale = maxAbs(layer.weight);
+    const frozen = new Set(layer.frozen ?? []);
     layer.weight.forEach((filter, f) => {
       const scale = scaling === "filter" ? maxAbs(filter) : layerScale;
       const tiles = filter.slice(0, MAX_CHANNELS_SHOWN);
-      const { canvas, label, card } = this.cards[f];
+      const { canvas, label, card, initial, birth, mark } = this.cards[f];
       paintGrid(canvas, tiles, (v) => divergingColor(scale > 0 ? v / scale : 0));
+      const start = initialWeights?.[f];
+      initial.parentElement.hidden = !start;
+      if (start) paintGrid(initial, start.slice(0, MAX_CHANNELS_SHOWN), (v) => divergingColor(scale > 0 ? v / scale : 0));
+      const born = births?.[f]?.birth_step;
+      birth.textContent = births == null ? "" : born != null && (step == null || born <= step) ? `born at step ${born}` : "not born yet";
+      birth.classList.toggle("born", born != null && (step == null || born <= step));
+      const isFrozen = frozen.has(f);
+      mark.textContent = isFrozen ? "frozen" : "";
+      card.classList.toggle("frozen", isFrozen);
       canvas.title = `filter ${f}: max |w| = ${maxAbs(filter).toPrecision(3)}, bias = ${Number(layer.bias?.[f] ?? 0).toPrecision(3)}`;
       const det = (layer.detectors || []).find((d) => d.filter === f) ?? layer.detectors?.[f];
       label.textContent = detectorText(det);
-      label.classList.toggle("below-chance", det?.beats_chance === false);
+      label.classList.toggle("below-chance", det?.beats_chance === false && isDetector(det));
+      label.classList.toggle("not-detector", Boolean(det) && !isDetector(det));
+      card.classList.toggle("dead", Boolean(det?.dead || det?.label === "dead"));
       label.title = det ? `best match ${det.label}, |cos| = ${Number(det.score).toFixed(3)}`
         + (det.percentile != null ? `, higher than ${det.percentile}% of random kernels of this size` : "")
         + `; chance level ${Number(det.chance ?? NaN).toFixed(3)} (99th percentile)`
         + (det.beats_chance === false ? " — not distinguishable from a random kernel" : "") : "";
-      card.classList.toggle("detector", det?.beats_chance === true);
+      if (det && !isDetector(det)) {
+        label.title = det.label === "brightness"
+          ? `a brightness filter: ${Math.round(Number(det.mean_share) * 100)}% of its energy is its mean — it responds to how bright a patch is, not to a shape, so it is not counted as a detector`
+          : "a dead filter: its weights are tiny beside the layer's, or it never fires on the probe images — no detector label";
+      }
+      card.classList.toggle("detector", det?.beats_chance === true && isDetector(det));
     });
     this.updateMeter(layer.symmetry);
+    this.drawTimeline(births, layer.weight.length);
     this.drawHistogram(layer.weight, initialWeights);
   }
 
@@ -212,6 +265,34 @@ export class FilterLayerView {
     this.summarySymmetry.textContent = Number.isFinite(s) && !this.root.open ? `symmetry ${s.toFixed(3)}` : "";
     this.meterNote.textContent = s >= 0.9999 ? "all filters identical: symmetry never broken" : "";
     this.meter.classList.toggle("stuck", s >= 0.9999);
+  }
+
+  /* The births on a log step axis from step 1 to the newest stored step, one numbered tick per born filter. */
+  drawTimeline(births, filters) {
+    const info = this.birthInfo;
+    if (!births || !info?.last) { this.timeline.replaceChildren(); return; }
+    const key = JSON.stringify([births.map((b) => b.birth_step), info.last, info.step]);
+    if (this.timeline.dataset.key === key) return;
+    this.timeline.dataset.key = key;
+    const at = (step) => `${(100 * Math.log10(1 + step) / Math.log10(1 + info.last)).toFixed(2)}%`;
+    const track = el("div", "birth-track");
+    if (info.step != null) {
+      const now = el("span", "birth-now");
+      now.style.left = at(info.step);
+      now.title = `step ${info.step} on screen`;
+      track.append(now);
+    }
+    const born = births.filter((b) => b.birth_step != null).sort((a, b) => a.birth_step - b.birth_step);
+    for (const b of born) {
+      const tick = el("span", "birth-tick", String(b.filter));
+      tick.style.left = at(b.birth_step);
+      tick.title = `filter ${b.filter} born at step ${b.birth_step}`;
+      track.append(tick);
+    }
+    const text = el("span", "birth-text", born.length
+      ? `births (log steps 1–${info.last}): ${born.length} of ${filters} filters`
+      : `no filter born yet (log steps 1–${info.last})`);
+    this.timeline.replaceChildren(text, track);
   }
 
   drawHistogram(weight, initialWeights) {
@@ -284,8 +365,24 @@ export class FilterBoard {
       const view = this.views.get(layer.index);
       if (!view.root.open) { view.updateMeter(layer.symmetry); continue; }
       const initial = options.initialSnapshot?.layers?.find((l) => l.index === layer.index)?.weight ?? null;
-      view.update(layer, { scaling: options.scaling, initialWeights: initial, initText: options.initText?.(layer.index) ?? "" });
+      const births = options.births?.get(layer.index) ?? null;
+      view.birthInfo = births ? { last: births.last_step, step: snapshot.step } : null;
+      view.update(layer, { scaling: options.scaling, initialWeights: initial, initText: options.initText?.(layer.index) ?? "",
+                           births: births?.births ?? null, step: snapshot.step });
     }
+  }
+
+  /* A short fingerprint of the pixels drawn for one layer's filters (tests count visibly different redraws). */
+  fingerprint(layerIndex) {
+    const view = this.views.get(layerIndex);
+    if (!view) return null;
+    let hash = 2166136261;
+    for (const { canvas } of view.cards) {
+      if (!canvas.width) continue;
+      const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      for (let i = 0; i < data.length; i++) hash = Math.imul(hash ^ data[i], 16777619) >>> 0;
+    }
+    return hash.toString(16);
   }
 }
 
@@ -317,7 +414,7 @@ export class FeatureMapBoard {
       maps.forEach((map, f) => {
         const scale = maxAbs(map);
         drawDiverging(canvases[f], map, scale);
-        canvases[f].title = `layer ${layer.index}, filter ${f}: click a pixel to step through its convolution`;
+        canvases[f].title = `${layerName(layer)}, filter ${f}: click a pixel to step through its convolution`;
       });
     }
     return true;
@@ -330,11 +427,16 @@ export class FeatureMapBoard {
     for (const layer of layers) {
       const row = el("div", "fmap-layer");
       row.dataset.layer = String(layer.index);
-      row.append(el("div", "fmap-title", `conv layer ${layer.index}`));
+      row.append(el("div", "fmap-title", layerName(layer)));
       const grid = el("div", "fmap-grid");
       const maps = layer.feature_maps[p];
       const h = maps[0].length, w = maps[0][0].length;
       const cssPx = Math.max(2, Math.min(4, Math.floor(72 / Math.max(h, w))));
+      // whole rows: as many maps to a row as divide the count and fit the panel
+      const fit = Math.max(1, Math.floor(((this.container.clientWidth || 560) + 4) / (w * cssPx + 4)));
+      let perRow = Math.min(maps.length, fit);
+      while (perRow > 1 && maps.length % perRow !== 0) perRow -= 1;
+      grid.style.gridTemplateColumns = `repeat(${perRow}, max-content)`;
       const list = maps.map((_, f) => {
         const canvas = el("canvas", "fmap");
         canvas.dataset.layer = String(layer.index);

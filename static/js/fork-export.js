@@ -72,7 +72,8 @@ export function mountForkExport(context) {
     const current = layerSelect.value;
     const keys = layers.join(",");
     if (layerSelect.dataset.keys !== keys) {
-      layerSelect.replaceChildren(...layers.map((i) => el("option", { value: String(i) }, `layer ${i}`)));
+      const labels = new Map((state.latestSnapshot?.layers ?? []).map((l) => [l.index, l.label]));
+      layerSelect.replaceChildren(...layers.map((i) => el("option", { value: String(i) }, labels.get(i) ?? `layer ${i}`)));
       layerSelect.dataset.keys = keys;
       if (layers.map(String).includes(current)) layerSelect.value = current;
     }

@@ -65,7 +65,10 @@ export function mountKernelEditor(context) {
   const { api, state } = context;
   const root = document.getElementById("kernel-editor");
   if (!root) return;
-  let size = 3;
+  // the editor starts at the kernel size of the first conv layer of the setup form's model
+  const formLayers = () => context.convLayersOfForm?.() ?? [];
+  const nameOf = (index) => state.formLabels?.[index] ?? `layer ${index}`;
+  let size = formLayers()[0]?.kernel?.[0] ?? 3;
   let values = pattern("x", size);
 
   const intro = el("p", { class: "legend" });
@@ -74,6 +77,7 @@ export function mountKernelEditor(context) {
     + "to see whether training keeps it, bends it, or replaces it.";
   const sizeSelect = el("select", { id: "ke-size" });
   for (const k of [3, 5, 7]) sizeSelect.append(el("option", { value: String(k) }, `${k}×${k}`));
+  sizeSelect.value = String(size);
   const presets = el("div", { class: "ke-presets" });
   for (const name of PATTERN_NAMES) {
     const button = el("button", { type: "button", "data-pattern": name }, name.replace("_", " "));
@@ -91,7 +95,8 @@ export function mountKernelEditor(context) {
   const initLayer = el("select", { id: "ke-init-layer" });
   const initCount = el("input", { id: "ke-init-count", type: "number", min: "1", step: "1", value: "1" });
   const useInit = el("button", { type: "button", id: "ke-use-init" }, "use as init");
-  const initNote = el("span", { class: "ke-note", id: "ke-init-note" });
+  const initWhat = el("p", { class: "ke-note", id: "ke-init-what" });
+  const initNote = el("p", { class: "ke-note ke-confirm", id: "ke-init-note" });
 
   // -- put into the open run
   const runLayer = el("select", { id: "ke-run-layer" });
@@ -101,20 +106,23 @@ export function mountKernelEditor(context) {
   const putNote = el("span", { class: "ke-note", id: "ke-put-note" });
 
   const initBox = el("fieldset", { class: "ke-box" });
-  initBox.append(el("legend", {}, "as the init of a new run"), label("conv layer ", initLayer),
-    label("first filters ", initCount), useInit, initNote);
+  initBox.append(el("legend", {}, "as the init of a new run"), label("layer ", initLayer),
+    label("first filters ", initCount), useInit, initWhat, initNote);
   const runBox = el("fieldset", { class: "ke-box" });
   const frozenLabel = el("label", {}, "");
   frozenLabel.append(frozen, document.createTextNode(" frozen"));
-  runBox.append(el("legend", {}, "into the run on screen"), label("conv layer ", runLayer),
+  runBox.append(el("legend", {}, "into the run on screen"), label("layer ", runLayer),
     label("filter ", runFilter), frozenLabel, put, putNote);
   root.append(intro, label("size ", sizeSelect), presets, cells, label("scale ", scale), initBox, runBox);
 
-  sizeSelect.addEventListener("change", () => {
-    size = Number(sizeSelect.value);
+  let shownRun = null;
+  function setSize(k) {
+    size = k;
+    sizeSelect.value = String(k);
     values = pattern("x", size);
     draw();
-  });
+  }
+  sizeSelect.addEventListener("change", () => setSize(Number(sizeSelect.value)));
 
   /* The filter views' colormap (blue < 0 < red), with white digits on the dark ends. */
   function paintCell(cell, v, peak) {
@@ -134,7 +142,11 @@ export function mountKernelEditor(context) {
       paintCell(cell, v, peak);
       cell.title = "click: +1 → −1 → 0; right-click: type a value";
       cell.addEventListener("click", () => {
-        values[i][j] = v > 0 ? -1 : v < 0 ? 0 : 1;
+        // cycle through the grid's own positive and negative values (±1 on a blank grid), so a
+        // clicked cell matches the preset it edits instead of mixing ±1 into 0.2/−0.25
+        const up = Math.max(0, ...values.flat()) || 1;
+        const down = Math.max(0, ...values.flat().map((u) => -u)) || up;
+        values[i][j] = v > 0 ? -down : v < 0 ? 0 : up;
         draw();
       });
       cell.addEventListener("contextmenu", (event) => {
@@ -154,12 +166,22 @@ export function mountKernelEditor(context) {
 
   /* Layer choices: conv layers of the form's spec (for the init) and of the open run (to put into). */
   function syncLayers() {
-    const formLayers = (context.convLayersOfForm?.() ?? []).filter((l) => l.kernel[0] === size && l.kernel[1] === size);
-    fill(initLayer, formLayers.map((l) => [l.index, `layer ${l.index} (${l.filters} filters)`]));
-    useInit.disabled = formLayers.length === 0;
-    initNote.textContent = formLayers.length ? "" : `no ${size}×${size} conv layer in the setup form's model`;
+    // a newly opened run none of whose conv layers has this size: start at its first conv layer's size
+    const runConvs = (state.latestSnapshot?.layers ?? []).filter((l) => l.type === "conv");
+    if (state.run?.id && state.run.id !== shownRun && runConvs.length) {
+      shownRun = state.run.id;
+      if (!runConvs.some((l) => l.shape?.[2] === size)) { setSize(runConvs[0].shape[2]); return; }
+    }
+    const fitting = formLayers().filter((l) => l.kernel[0] === size && l.kernel[1] === size);
+    fill(initLayer, fitting.map((l) => [l.index, `${nameOf(l.index)} (${l.filters} filters, ${l.kernel.join("×")})`]));
+    useInit.disabled = fitting.length === 0;
+    const target = fitting.find((l) => String(l.index) === initLayer.value);
+    const count = Math.max(1, Math.floor(Number(initCount.value) || 1));
+    initWhat.textContent = target
+      ? `${nameOf(target.index)}: filter${count > 1 ? `s 0–${Math.min(count, target.filters) - 1}` : " 0"} of its ${target.filters} start as this kernel`
+      : `no ${size}×${size} conv layer in the setup form's model (its layers: ${formLayers().map((l) => `${nameOf(l.index)} ${l.kernel.join("×")}`).join(", ")})`;
     const runLayers = (state.latestSnapshot?.layers ?? []).filter((l) => l.type === "conv" && l.shape?.[2] === size);
-    fill(runLayer, runLayers.map((l) => [l.index, `layer ${l.index} (${l.shape[0]} filters)`]));
+    fill(runLayer, runLayers.map((l) => [l.index, `${l.label ?? `layer ${l.index}`} (${l.shape[0]} filters)`]));
     const active = ["running", "paused"].includes(state.run?.status);
     put.disabled = !active || runLayers.length === 0;
     if (!putNote.dataset.sticky) {
@@ -170,7 +192,7 @@ export function mountKernelEditor(context) {
   }
 
   function fill(select, options) {
-    const keys = options.map(([v]) => v).join(",");
+    const keys = options.map(([v, text]) => `${v}:${text}`).join(",");
     if (select.dataset.keys === keys) return;
     const current = select.value;
     select.replaceChildren(...options.map(([value, text]) => el("option", { value: String(value) }, text)));
@@ -189,7 +211,11 @@ export function mountKernelEditor(context) {
     const fallback = Object.keys(base).length === 1 ? base.name : base;
     const kernel = scaled();
     context.applyLayerInit(layer, { name: "kernel", kernels: Array.from({ length: count }, () => kernel), fallback });
-    initNote.textContent = `layer ${layer}: filters 0–${count - 1} start as this kernel, the rest from ${base.name}`;
+    const target = formLayers().find((l) => l.index === layer);
+    const n = Math.min(count, target?.filters ?? count);
+    // stays until the next "use as init": the form redrawing must not wipe it
+    initNote.textContent = `✓ set: ${nameOf(layer)} filter${n > 1 ? `s 0–${n - 1}` : " 0"} start as your kernel, `
+      + `the other ${Math.max(0, (target?.filters ?? n) - n)} from ${base.name}. Start training to use it.`;
   });
 
   put.addEventListener("click", async () => {
@@ -210,6 +236,8 @@ export function mountKernelEditor(context) {
     setTimeout(() => { delete putNote.dataset.sticky; }, 4000);
   });
 
+  initLayer.addEventListener("change", syncLayers);
+  initCount.addEventListener("input", syncLayers);
   draw();
   setInterval(syncLayers, 1000);
 }

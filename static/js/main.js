@@ -42,6 +42,8 @@ const debug = {
   framesDrawn: 0,         // filter redraws
   framesDropped: 0,       // snapshots skipped because a newer one arrived before drawing
   snapshotsReceived: 0,   // snapshot events from the stream
+  paceWaits: 0,           // player ticks that waited for the snapshot on screen to arrive
+  frameLog: null,         // set to [] to record {step, mode, at, conv1 (fingerprint of its drawn pixels)} per redraw
   featureFramesDrawn: 0,  // feature-map redraws
   drawMs: { filters: [], featureMaps: [] },   // time each redraw took
   charts: null,
@@ -111,9 +113,31 @@ async function main() {
   mountLessons({ ...shared, explain });
   mountJoin(shared);  // classroom: the learner's join box and assignment
 
+  // on a narrow screen the run comes first and the setup form folds away while a run is on screen
+  const narrow = window.matchMedia("(max-width: 820px)");
+  if (narrow.matches && state.view.run) document.getElementById("setup-details").open = false;
+
+  // the list keeps its statuses live: every 2 s while a run is active, every 10 s otherwise
   await views.list.refresh();
-  setInterval(() => { if (!document.hidden) views.list.refresh(); }, 5000);
+  const pollList = async () => {
+    if (!document.hidden) await views.list.refresh();
+    setTimeout(pollList, views.list.anyActive() ? 2000 : 10000);
+  };
+  setTimeout(pollList, 2000);
   if (state.view.run) views.run.openRun(state.view.run);
+
+  // a link pasted into this tab opens its run and configuration without a reload
+  window.addEventListener("hashchange", () => {
+    const wanted = hashToConfig(location.hash, state.defaults);
+    const current = configToHash(state.config, state.view);
+    if (location.hash === current) return;
+    Object.assign(state.config, wanted.config);
+    const runChanged = wanted.view.run !== state.view.run;
+    Object.assign(state.view, wanted.view);
+    views.form.render();
+    if (wanted.view.run && runChanged) views.run.openRun(wanted.view.run);
+    else writeHash();
+  });
   document.body.dataset.ready = "true";
 }
 

@@ -76,10 +76,16 @@ export function mountProbe(context) {
   const demo = el("div", { class: "probe-demo panel" });
   const demoButton = el("button", { type: "button", id: "btn-depth-demo" }, "train the deep preset with each init");
   const demoText = el("p", { class: "legend" });
-  demoText.textContent = "The depth-stall demo (He et al. 2015, Fig. 3, small): 20 plain conv + ReLU layers, Adam, "
-    + "300 steps, once with He, Glorot and N(0, 0.01²). He's loss falls from 2.38 to 0.35 (measured on the server's "
-    + "two cores); Glorot and N(0, 0.01²) stay at chance (2.30) for the whole budget. Opens in the comparison view "
-    + "(three runs; two train at a time).";
+  // what the demo is, as the server states it (GET /api/defaults demos.depth_stall); its figures are the
+  // losses the runs on screen measure, shown on their cards in the comparison view — none are quoted here
+  const stall = context.defaults?.demos?.depth_stall;
+  const name = (init) => (typeof init === "string" ? init : `${init.name}(${Object.entries(init).filter(([k]) => k !== "name").map(([k, v]) => `${k}=${v}`).join(", ")})`);
+  demoText.textContent = stall
+    ? `The depth-stall demo (after He et al. 2015, Fig. 3, small): the ${stall.base.model} preset, `
+      + `${stall.base.optimizer?.name ?? "its optimizer"}, ${stall.base.steps} steps, once with each of ${stall.inits.map(name).join(", ")}. `
+      + "It opens in the comparison view, where each card shows the loss its run measured, at its first step and now: "
+      + "watch which init's loss moves away from chance and which stalls."
+    : "The server did not say what the depth-stall demo is.";
   demo.append(demoButton, demoText);
   root.append(intro, form, charts, summary, demo);
 

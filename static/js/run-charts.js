@@ -16,15 +16,21 @@ import { LineChart } from "./charts.js";
  */
 const MAX_TRAIN_POINTS = 2000;
 
-export const statLayers = (snapshot) => (snapshot.stats || []).filter((s) => s.type === "conv" || s.type === "dense");
+/* The conv and dense layers' stats of a snapshot, each with its series name: a conv layer's
+   `label` from the API (conv1, conv2, …), "dense" for the output layer. */
+export function statLayers(snapshot) {
+  const labels = new Map((snapshot.layers || []).map((l) => [l.index, l.label]));
+  return (snapshot.stats || []).filter((s) => s.type === "conv" || s.type === "dense")
+    .map((s) => ({ ...s, name: labels.get(s.index) ?? `${s.type} ${s.index}` }));
+}
 
 export class RunCharts {
   constructor() {
     this.charts = {
       loss: new LineChart($("chart-loss"), { title: "loss", series: {
-        train: { color: "#2563eb" }, validation: { color: "#ea580c", mode: "lines+markers" } } }),
+        train: { color: "#2563eb", dash: "solid", mode: "lines" }, validation: { color: "#ea580c", dash: "dash", symbol: "diamond" } } }),
       acc: new LineChart($("chart-acc"), { title: "accuracy", yRange: [0, 1.02], series: {
-        train: { color: "#2563eb" }, validation: { color: "#ea580c", mode: "lines+markers" } } }),
+        train: { color: "#2563eb", dash: "solid", mode: "lines" }, validation: { color: "#ea580c", dash: "dash", symbol: "diamond" } } }),
       act: new LineChart($("chart-act"), { title: "activation std", yTitle: "log scale", log: true, mode: "lines+markers" }),
       grad: new LineChart($("chart-grad"), { title: "gradient std", yTitle: "log scale", log: true, mode: "lines+markers" }),
     };
@@ -42,9 +48,30 @@ export class RunCharts {
     for (const chart of Object.values(this.charts)) chart.resize();
   }
 
-  /* Mark the step on screen (history mode), or null to mark none. */
+  /*
+   * The step axis: "log", "linear", or "auto" — log while the run is young (before a quarter of
+   * its steps), when the filters change fastest and a linear axis squeezes that into its first pixels.
+   */
+  setStepAxis(mode, step, total) {
+    const log = mode === "log" || (mode === "auto" && total > 0 && step < total / 4);
+    this.logX = log;
+    for (const chart of Object.values(this.charts)) chart.setLogX(log);
+  }
+
+  /* Mark the step on screen (history mode), or null to mark none. A plotly relayout of four
+     charts costs tens of milliseconds, so while snapshots play the marker moves at most once a second
+     (the newest step wins) and the filters keep the main thread. */
   markStep(step) {
-    for (const chart of Object.values(this.charts)) chart.markStep(step);
+    this.markWanted = step;
+    if (this.markTimer) return;
+    const apply = () => {
+      for (const chart of Object.values(this.charts)) chart.markStep(this.markWanted);
+      this.markTimer = setTimeout(() => {
+        this.markTimer = null;
+        if (this.markWanted !== this.charts.loss.marked) this.markStep(this.markWanted);
+      }, 1000);
+    };
+    apply();
   }
 
   /* Loss/accuracy points of a run of `total` steps; points already drawn are skipped by step. */
@@ -69,8 +96,8 @@ export class RunCharts {
   addStatPoints(snapshot) {
     this.liveStats.push({ step: snapshot.step, stats: statLayers(snapshot) });
     for (const s of statLayers(snapshot)) {
-      this.charts.act.addDataPoint(`${s.type} ${s.index}`, snapshot.step, s.act_std);
-      this.charts.grad.addDataPoint(`${s.type} ${s.index}`, snapshot.step, s.grad_std);
+      this.charts.act.addDataPoint(s.name, snapshot.step, s.act_std);
+      this.charts.grad.addDataPoint(s.name, snapshot.step, s.grad_std);
     }
   }
 
@@ -80,7 +107,7 @@ export class RunCharts {
     const series = new Map();
     for (const { step, stats } of all) {
       for (const s of stats) {
-        const name = `${s.type} ${s.index}`;
+        const name = s.name;
         if (!series.has(name)) series.set(name, { x: [], act: [], grad: [] });
         const e = series.get(name);
         e.x.push(step); e.act.push(s.act_std); e.grad.push(s.grad_std);

@@ -6,6 +6,7 @@
 
 import * as api from "./api.js";
 import { $, el, showError } from "./dom.js";
+import { initSummary } from "./state.js";
 
 /* context: {state, openRun(id, {loadConfig}), updateProgress(step)}. Returns {refresh(), markCurrent()}. */
 export function mountRunList(context) {
@@ -20,9 +21,8 @@ export function mountRunList(context) {
     const li = el("li");
     li.dataset.run = String(run.id);
     const button = el("button", { type: "button" });
-    const init = run.config?.init;
-    const initName = typeof init === "string" ? init : init?.name ?? "";
-    const model = typeof run.config?.model === "string" ? run.config.model : "custom";
+    const initName = initSummary(run.config);
+    const model = typeof run.config?.model === "string" ? run.config.model : "own spec";
     const progress = el("span", "run-progress", `${run.step ?? 0}/${run.steps ?? run.config?.steps ?? "?"}`);
     const meta = el("span", "run-meta");
     meta.append(`${model} · ${initName} · `, progress, run.meta?.origin ? ` · ${run.meta.origin}` : "");
@@ -32,9 +32,12 @@ export function mountRunList(context) {
     return li;
   }
 
+  let active = false;
+
   async function refresh() {
     let runs;
     try { runs = await api.listRuns(); } catch (error) { showError(`runs: ${error.message}`); return; }
+    active = runs.some((run) => ["queued", "running", "paused"].includes(run.status));
     list.replaceChildren();
     if (!runs.length) list.append(el("li", "note", "No runs yet. Runs trained from the CLI appear here too."));
     for (const run of [...runs].sort((a, b) => (b.created ?? 0) - (a.created ?? 0))) {
@@ -44,5 +47,5 @@ export function mountRunList(context) {
     markCurrent();
   }
 
-  return { refresh, markCurrent };
+  return { refresh, markCurrent, anyActive: () => active };
 }

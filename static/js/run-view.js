@@ -40,7 +40,10 @@ export function mountRunView(context) {
     liveFrame: null,
     fmapSnapshot: null,  // the full snapshot whose feature maps are on screen
     snapshot: null,      // the snapshot whose filters are on screen
-    replayTimer: null,
+    player: null,        // {pace, catchUp, timer} while stored snapshots play
+    births: new Map(),   // conv layer index -> GET .../layers/{layer}/births
+    birthsAt: -Infinity,
+    birthsBusy: false,
     initTexts: {},       // layer index -> the run's init law and figure (POST /api/inits/describe)
     viewKey: null,       // what "kernelscope:view" last announced
   };
@@ -76,13 +79,17 @@ export function mountRunView(context) {
     filterBoard.update(snapshot, {
       scaling: state.view.scaling,
       initialSnapshot: state.initialSnapshot,
+      births: shown.births,
       initText: (index) => shown.initTexts[index] ?? "",
     });
     const layers = {};
     for (const l of snapshot.layers) if (l.type === "conv" && l.weight) layers[l.index] = l.weight;
     const symmetry = Object.fromEntries(snapshot.layers.filter((l) => l.type === "conv").map((l) => [l.index, l.symmetry]));
     debug.drawn = { step: snapshot.step, layers, symmetry };
+    if (debug.frameLog) debug.frameLog.push({ step: snapshot.step, mode: state.mode, at: performance.now(),
+                                              conv1: filterBoard.fingerprint(snapshot.layers.find((l) => l.type === "conv")?.index) });
     $("filters-step").textContent = `step ${snapshot.step}`;
+    if (!shown.births.size) refreshBirths();
     debug.framesDrawn += 1;
     recordTime(debug.drawMs.filters, performance.now() - started);
   }
@@ -90,6 +97,27 @@ export function mountRunView(context) {
   /* Draw the filters on screen again (new scaling, the step-0 outline or the init figures arrived). */
   function redrawCurrent() {
     if (shown.snapshot) drawFilters(shown.snapshot);
+  }
+
+  /* The births of every conv layer of the open run, asked of the server (at most every few
+     seconds while it trains; the route reads only the snapshots stored since it was last asked). */
+  async function refreshBirths(force = false) {
+    const run = state.view.run, generation = shown.generation;
+    const snapshot = state.latestSnapshot ?? shown.snapshot;
+    if (!run || !snapshot || shown.birthsBusy) return;
+    if (!force && performance.now() - shown.birthsAt < 3000) return;
+    shown.birthsBusy = true;
+    shown.birthsAt = performance.now();
+    try {
+      for (const layer of snapshot.layers.filter((l) => l.type === "conv")) {
+        const answer = await api.getBirths(run, layer.index);
+        if (generation !== shown.generation) return;
+        shown.births.set(layer.index, answer);
+      }
+      redrawCurrent();
+    } catch { /* the cards then show no birth line */ } finally {
+      shown.birthsBusy = false;
+    }
   }
 
   function drawFeatureMaps(snapshot) {
@@ -136,41 +164,70 @@ export function mountRunView(context) {
     const p = Math.min(state.view.probe, (snapshot.probes || []).length - 1);
     const input = layerInput(spec, snapshot, layerIndex, p);
     if (!input || !conv) {
+      const first = snapshot.layers.find((l) => l.type === "conv");
       stepThrough.explainUnavailable(
-        `Step-through of conv layer ${layerIndex} needs the input of that layer. Layer 0 reads the probe image; ` +
-        "a deeper layer reads the previous conv layer's maps after its activation and pooling, which the page " +
-        "rebuilds only when the layers in between are activations or pooling. Pick a map of conv layer " +
-        `${convLayers(spec)[0]?.index ?? 0} to step through.`);
+        `Step-through of ${layer?.label ?? `layer ${layerIndex}`} needs the input of that layer. conv1 reads the probe image; ` +
+        "a deeper conv layer reads the previous one's maps after its activation and pooling, which the page " +
+        "rebuilds only when the layers in between are activations or pooling. Pick a map of " +
+        `${first?.label ?? "conv1"} to step through.`);
       return;
     }
     stepThrough.open({
       input, kernel: layer.weight[filter], bias: Number(layer.bias?.[filter] ?? 0),
       stride: conv.stride, padding: conv.padding, stored: layer.feature_maps[p][filter],
-      layerIndex, filter, probe: p, step: snapshot.step, probeLabel: snapshot.probe_labels?.[p],
+      layerIndex, layerLabel: layer.label, filter, probe: p, step: snapshot.step, probeLabel: snapshot.probe_labels?.[p],
     }, y, x);
     $("stepthrough").scrollIntoView({ block: "nearest", behavior: "smooth" });
   }
 
   // ---------------------------------------------------------------- history
 
-  /* One snapshot request in flight; only the newest wanted step is fetched next. */
-  const snapshotFetcher = new api.LatestOnlyFetcher(
-    ({ run, step }) => api.getSnapshot(run, step, true),
+  /*
+   * Two fetchers, each with one request in flight and only the newest wanted step next: the
+   * filters of a history step (a light snapshot, no feature maps), so the player's pace is
+   * not held up by the maps, and the feature maps (the full snapshot), which may skip steps.
+   */
+  /* Light snapshots by step, fetched ahead of the player (a few at a time) so a tick draws at once. */
+  const light = new Map();   // "run:step" -> promise of the snapshot without feature maps
+  function lightSnapshot(run, step) {
+    const key = `${run}:${step}`;
+    if (!light.has(key)) {
+      if (light.size > 60) light.delete(light.keys().next().value);
+      const promise = api.getSnapshot(run, step, false);
+      promise.catch(() => light.delete(key));
+      light.set(key, promise);
+    }
+    return light.get(key);
+  }
+  function prefetchAfter(index, count = 6) {
+    for (const step of state.steps.slice(index + 1, index + 1 + count)) lightSnapshot(state.view.run, step);
+  }
+
+  const filterFetcher = new api.LatestOnlyFetcher(
+    ({ run, step }) => lightSnapshot(run, step),
     ({ run, step, generation }, snapshot) => {
       if (generation !== shown.generation || run !== state.view.run) return;
-      if (state.mode === "history") {
-        if (step !== state.historyStep) return;
-        drawFilters(snapshot);
-      }
+      if (state.mode === "history" && step === state.historyStep) drawFilters(snapshot);
+    },
+    (key, error) => showError(`snapshot ${key.step}: ${error.message}`),
+  );
+  const snapshotFetcher = new api.LatestOnlyFetcher(
+    ({ run, step }) => api.getSnapshot(run, step, true),
+    ({ run, generation }, snapshot) => {
+      if (generation !== shown.generation || run !== state.view.run) return;
       drawFeatureMaps(snapshot);
     },
     (key, error) => showError(`snapshot ${key.step}: ${error.message}`),
   );
 
   function wantSnapshot(step) {
-    const before = snapshotFetcher.dropped;
-    snapshotFetcher.want({ run: state.view.run, step, generation: shown.generation });
-    debug.framesDropped += snapshotFetcher.dropped - before;
+    const key = { run: state.view.run, step, generation: shown.generation };
+    if (state.mode === "history") {
+      const before = filterFetcher.dropped;
+      filterFetcher.want(key);
+      debug.framesDropped += filterFetcher.dropped - before;
+    }
+    snapshotFetcher.want(key);
   }
 
   /*
@@ -194,7 +251,10 @@ export function mountRunView(context) {
     const step = state.mode === "live" ? state.steps[state.steps.length - 1] : state.historyStep;
     $("history-step").textContent = step == null ? "no snapshots yet"
       : `step ${step} · snapshot ${Number(slider.value) + 1} of ${state.steps.length}`;
+    const behind = state.mode === "live" ? 0 : state.steps.length - 1 - Number(slider.value);
+    $("history-behind").textContent = behind > 0 && ACTIVE.has(state.run?.status) ? `${behind} behind live` : "";
     $("btn-live").classList.toggle("active", state.mode === "live");
+    charts.setStepAxis(state.view.stepAxis, state.run?.step ?? 0, state.run?.steps ?? state.run?.config?.steps ?? 0);
     announceView();
   }
 
@@ -209,7 +269,7 @@ export function mountRunView(context) {
   }
 
   function goLive() {
-    stopReplay();
+    stopPlaying();
     state.mode = "live";
     state.historyStep = null;
     charts.markStep(null);
@@ -226,29 +286,55 @@ export function mountRunView(context) {
     }
   }
 
-  function stopReplay() {
-    if (shown.replayTimer) clearInterval(shown.replayTimer);
-    shown.replayTimer = null;
-    $("btn-play").textContent = "▶ replay";
+  /*
+   * The player: stored snapshots one after the other at `pace` snapshots per
+   * second, while the run trains on. A tick whose previous snapshot is still on
+   * its way waits for it (counted in debug.paceWaits) rather than skipping one,
+   * so every stored snapshot is drawn. At the newest snapshot of a training run
+   * it waits for the next; at the end of an ended run it stops. `catchUp` plays at
+   * the fastest pace and hands over to live once it reaches the newest snapshot.
+   */
+  function stopPlaying() {
+    if (shown.player) clearInterval(shown.player.timer);
+    shown.player = null;
+    $("btn-play").textContent = "▶ play";
+    $("btn-play").classList.remove("active");
+    $("btn-catch-up").classList.remove("active");
   }
 
-  function startReplay() {
+  function startPlaying(pace, { fromStart = false, catchUp = false } = {}) {
     if (!state.steps.length) return;
-    let index = state.mode === "history" ? state.steps.indexOf(state.historyStep) : -1;
-    if (index >= state.steps.length - 1) index = -1;
-    const stride = Math.max(1, Math.round(state.steps.length / 150));
+    stopPlaying();
+    let index = state.mode === "history" && !fromStart ? state.steps.indexOf(state.historyStep) : 0;
+    if (index < 0 || (index >= state.steps.length - 1 && !ACTIVE.has(state.run?.status))) index = 0;
+    shown.player = { pace, catchUp, timer: null };
     $("btn-play").textContent = "❚❚ pause";
-    showHistoryIndex(index + 1);
-    shown.replayTimer = setInterval(() => {
-      if (snapshotFetcher.busy) return;   // wait for the frame on screen rather than queueing
-      const at = state.steps.indexOf(state.historyStep);
-      if (at >= state.steps.length - 1) {
-        stopReplay();
-        if (ACTIVE.has(state.run?.status)) goLive();
-        return;
-      }
-      showHistoryIndex(Math.min(state.steps.length - 1, at + stride));
-    }, 150);
+    $("btn-play").classList.add("active");
+    $("btn-catch-up").classList.toggle("active", catchUp);
+    showHistoryIndex(index);
+    shown.player.timer = setInterval(playTick, 1000 / pace);
+  }
+
+  function playTick() {
+    if (filterFetcher.busy) { debug.paceWaits += 1; return; }   // the frame on screen first
+    const at = state.steps.indexOf(state.historyStep);
+    if (at >= state.steps.length - 1) {
+      if (shown.player?.catchUp) { setPace("live"); return; }
+      if (!ACTIVE.has(state.run?.status)) stopPlaying();
+      return;   // a training run: wait here for its next snapshot
+    }
+    showHistoryIndex(at + 1);
+    prefetchAfter(at + 1);
+  }
+
+  /* The pace control: "live" follows the run; a number plays stored snapshots at that pace. */
+  function setPace(value) {
+    state.view.pace = value === "live" ? "live" : Number(value);
+    $("pace").value = String(state.view.pace);
+    context.writeHash();
+    if (state.view.pace === "live") goLive();
+    else if (shown.player) startPlaying(state.view.pace);
+    else startPlaying(state.view.pace, { fromStart: state.mode === "live" });
   }
 
   // ---------------------------------------------------------------- live stream
@@ -281,6 +367,11 @@ export function mountRunView(context) {
     if (snapshot.step === 0 && !state.initialSnapshot) state.initialSnapshot = snapshot;
     if (!state.latestSnapshot || snapshot.step >= state.latestSnapshot.step) state.latestSnapshot = snapshot;
     updateSlider();
+    refreshBirths();
+    if (shown.autoPlay && state.view.pace !== "live") {
+      shown.autoPlay = false;
+      startPlaying(state.view.pace, { fromStart: true });
+    }
     if (state.mode === "live") scheduleLiveDraw(snapshot);
   }
 
@@ -290,6 +381,7 @@ export function mountRunView(context) {
     if (data.step != null) state.run.step = data.step;
     updateRunHeader(data.message);
     if (!ACTIVE.has(data.status) && shown.closeEvents) {
+      refreshBirths(true);
       shown.closeEvents();
       shown.closeEvents = null;
       context.refreshRunList();
@@ -332,7 +424,7 @@ export function mountRunView(context) {
     shown.generation += 1;
     const generation = shown.generation;
     if (shown.closeEvents) { shown.closeEvents(); shown.closeEvents = null; }
-    stopReplay();
+    stopPlaying();
     stepThrough.close();
     state.view.run = id;
     state.mode = "live";
@@ -343,6 +435,10 @@ export function mountRunView(context) {
     shown.fmapSnapshot = null;
     shown.snapshot = null;
     shown.initTexts = {};
+    shown.births = new Map();
+    shown.birthsAt = -Infinity;
+    shown.autoPlay = false;
+    light.clear();
     filterBoard.clear();
     fmapBoard.clear();
     $("probe-picker").replaceChildren();
@@ -379,7 +475,11 @@ export function mountRunView(context) {
           if (generation === shown.generation && !state.initialSnapshot) { state.initialSnapshot = s; redrawCurrent(); }
         }).catch(() => {});
       }
-      if (!state.latestSnapshot) goLive();
+      if (state.view.pace !== "live" && ACTIVE.has(run.status)) {
+        // a training run opens playing from its first snapshot at the chosen pace (once it has one)
+        if (state.steps.length) startPlaying(state.view.pace, { fromStart: true }); else shown.autoPlay = true;
+      }
+      else if (!state.latestSnapshot) goLive();
       backfillStats(id, steps, generation);
     } catch (error) {
       showError(`run ${id}: ${error.message}`);
@@ -467,12 +567,27 @@ export function mountRunView(context) {
   $("btn-pause").addEventListener("click", () => control("pause"));
   $("btn-resume").addEventListener("click", () => control("resume"));
   $("btn-stop").addEventListener("click", () => control("stop"));
-  $("btn-live").addEventListener("click", goLive);
-  $("btn-play").addEventListener("click", () => (shown.replayTimer ? stopReplay() : startReplay()));
+  $("btn-live").addEventListener("click", () => setPace("live"));
+  $("btn-catch-up").addEventListener("click", () => startPlaying(20, { catchUp: true }));
+  $("pace").value = String(state.view.pace);
+  $("pace").addEventListener("change", () => setPace($("pace").value));
+  $("btn-play").addEventListener("click", () => {
+    if (shown.player) { stopPlaying(); return; }
+    startPlaying(state.view.pace === "live" ? 5 : state.view.pace, { fromStart: state.mode === "live" });
+  });
   $("history-slider").addEventListener("input", (event) => {
-    stopReplay();
+    stopPlaying();
     showHistoryIndex(Number(event.target.value));
   });
+  for (const button of document.querySelectorAll("[data-step-axis]")) {
+    button.classList.toggle("active", button.dataset.stepAxis === state.view.stepAxis);
+    button.addEventListener("click", () => {
+      state.view.stepAxis = button.dataset.stepAxis;
+      for (const b of document.querySelectorAll("[data-step-axis]")) b.classList.toggle("active", b === button);
+      context.writeHash();
+      updateSlider();
+    });
+  }
   for (const button of document.querySelectorAll("[data-scaling]")) {
     button.classList.toggle("active", button.dataset.scaling === state.view.scaling);
     button.addEventListener("click", () => {

@@ -45,9 +45,16 @@ export function mountSetupForm(context) {
     let input;
     if (key === "kernels") {
       input = el("select");
+      const drawn = Array.isArray(init.kernels) && init.kernels.length && Array.isArray(init.kernels[0]);
+      if (drawn) {
+        // the learner's own kernel from the kernel editor: say so, not the bank's names
+        const n = init.kernels.length;
+        const rest = typeof init.fallback === "string" ? init.fallback : init.fallback?.name ?? "the fallback";
+        input.append(new Option(`your drawn kernel: filter${n > 1 ? `s 0–${n - 1}` : " 0"}, the rest ${rest}`, "__drawn__"));
+      }
       input.append(new Option(`bank: ${(state.served?.kernel_bank ?? []).join(", ")}`, ""));
       for (const k of state.namedKernels) input.append(new Option(`${k} in every filter`, k));
-      input.value = typeof init.kernels === "string" ? init.kernels : "";
+      input.value = drawn ? "__drawn__" : typeof init.kernels === "string" ? init.kernels : "";
     } else {
       input = el("input", { type: "number", step: "any" });
       input.value = String(init[key] ?? params[key]);
@@ -57,6 +64,8 @@ export function mountSetupForm(context) {
     input.addEventListener("change", () => {
       const next = { ...init };
       if (key === "kernels") {
+        if (input.value === "__drawn__") return;
+        delete next.fallback;
         if (input.value) next.kernels = input.value; else delete next.kernels;
       } else {
         next[key] = Number(input.value);
@@ -102,10 +111,13 @@ export function mountSetupForm(context) {
   }
 
   function showDescription(layers) {
+    // the form's layer names as the server gives them (conv1, conv2, …), for the other views
+    state.formLabels = Object.fromEntries(layers.map((l) => [l.index, l.label]));
     for (const layer of layers) {
       const row = document.querySelector(`#init-table .init-layer[data-layer="${layer.index}"]`);
       if (!row) continue;
       row.querySelector(".fans").textContent = `fan_in ${layer.fan_in} · fan_out ${layer.fan_out}`;
+      if (layer.label) row.querySelector(".layer-label").textContent = layer.label;
       const law = row.querySelector(".law");
       const [rule, figure] = layer.text.split(" → ");
       law.replaceChildren(el("span", {}, figure ? `${rule} → ` : rule));
@@ -137,10 +149,11 @@ export function mountSetupForm(context) {
       row.dataset.layer = String(layer.index);
       const head = el("div", "init-layer-head");
       const fans = el("span", { class: "fans", title: "fan_in = in_channels·kh·kw, fan_out = out_channels·kh·kw" }, "fan_in … · fan_out …");
-      head.append(el("b", {}, `conv ${layer.index}`), el("span", {}, `${layer.filters}×${layer.inChannels}×${layer.kernel.join("×")}`), fans);
+      const name = el("b", "layer-label", before.get(String(layer.index))?.querySelector(".layer-label")?.textContent ?? `layer ${layer.index}`);
+      head.append(name, el("span", {}, `${layer.filters}×${layer.inChannels}×${layer.kernel.join("×")}`), fans);
       const pick = el("div", "init-layer-pick");
       const sel = initSelect(own?.name ?? "", { allowDefault: true });
-      sel.setAttribute("aria-label", `init of conv layer ${layer.index}`);
+      sel.setAttribute("aria-label", `init of layer ${layer.index}`);
       sel.addEventListener("change", () => {
         if (sel.value) config.layerInits[layer.index] = { name: sel.value };
         else delete config.layerInits[layer.index];

@@ -87,9 +87,15 @@ export const DEFAULT_VIEW = Object.freeze({
   run: null,                // the run on screen
   scaling: "layer",         // "layer" or "filter": how heatmaps are normalised
   probe: 0,                 // which probe image the feature maps show
+  pace: "live",             // "live", or stored snapshots played per second (PACES)
+  stepAxis: "auto",         // "auto" (log while the run is young), "log" or "linear"
   // set only from a link: lesson (the guided lesson on screen, lessons.js, `#lesson=<id>`) and
   // lessonSteps (`#lesson_steps=N`: a lesson's runs trained for N steps; short runs, tests)
 });
+
+/* The paces the live view offers, in snapshots per second. */
+export const PACES = [1, 2, 5, 10, 20];
+export const STEP_AXES = ["auto", "log", "linear"];
 
 export function createState() {
   return {
@@ -169,6 +175,8 @@ export function configToHash(config, view) {
   if (view.probe !== DEFAULT_VIEW.probe) p.set("probe", String(view.probe));
   if (view.lesson) p.set("lesson", view.lesson);
   if (view.lessonSteps) p.set("lesson_steps", String(view.lessonSteps));
+  if (view.pace !== DEFAULT_VIEW.pace) p.set("pace", String(view.pace));
+  if (view.stepAxis !== DEFAULT_VIEW.stepAxis) p.set("axis", view.stepAxis);
   return "#" + p.toString();
 }
 
@@ -215,6 +223,8 @@ export function hashToConfig(hash, defaults = pageDefaults(null, null)) {
   if (p.get("lesson")) view.lesson = p.get("lesson");
   const lessonSteps = Number(p.get("lesson_steps"));
   if (Number.isInteger(lessonSteps) && lessonSteps > 0) view.lessonSteps = lessonSteps;
+  if (PACES.includes(Number(p.get("pace")))) view.pace = Number(p.get("pace"));
+  if (STEP_AXES.includes(p.get("axis"))) view.stepAxis = p.get("axis");
   return { config, view };
 }
 
@@ -279,3 +289,30 @@ export function toRunRequest(config, presets) {
   body.model = model;
   return body;
 }
+
+/*
+ * A run's init in a few words, truthfully: the run's default init, and any layer of its spec that
+ * starts otherwise — a learner's drawn kernel is "own kernel" (with how many filters get it and
+ * what the rest start from), a named one its name. {"init": "he_normal"} -> "he_normal".
+ */
+export function initSummary(config) {
+  const name = (init) => (typeof init === "string" ? init : init?.name ?? "");
+  const own = [];
+  const layers = typeof config?.model === "object" && Array.isArray(config.model?.layers) ? config.model.layers : [];
+  for (const layer of layers) {
+    if (layer.type !== "conv" || layer.init == null) continue;
+    const init = layer.init;
+    if (name(init) === "kernel" && Array.isArray(init.kernels) && Array.isArray(init.kernels[0])) {
+      const n = init.kernels.length;
+      own.push(`own kernel in ${n} filter${n > 1 ? "s" : ""}, rest ${name(init.fallback) || "fallback"}`);
+    } else if (name(init) === "kernel") {
+      own.push(`kernel ${typeof init.kernels === "string" ? init.kernels : "bank"}`);
+    } else {
+      own.push(name(init));
+    }
+  }
+  const base = name(config?.init);
+  if (!own.length) return base;
+  return layers.filter((l) => l.type === "conv").every((l) => l.init != null) ? own.join(" / ") : `${own.join(" / ")}; other layers ${base}`;
+}
+

@@ -15,6 +15,35 @@ import { convLayers } from "./state.js";
  * output position (y, x) -> {patch, product (both C×kh×kw), sum, value}.
  * Positions of the patch outside the input (padding) read as 0.
  */
+/* The number of decimals the numbers of a nested array are stored with (the most any of them
+   needs, up to 12; null for only zeros): the precision is read from the data, not assumed. */
+export function storedDecimals(nested) {
+  let most = null;   // null: only zeros, which rounding leaves exact
+  for (const v of [nested].flat(Infinity)) {
+    if (!Number.isFinite(v) || v === 0) continue;
+    most ??= 0;
+    let d = most;
+    while (d < 12 && Math.abs(Math.round(v * 10 ** d) / 10 ** d - v) > 1e-12 * Math.max(1, Math.abs(v))) d += 1;
+    most = d;
+  }
+  return most;
+}
+
+/*
+ * How far the page's sum may lie from the stored map value when both are right: the map's own
+ * rounding, plus the rounding of the stored inputs and weights the page multiplies (each carried
+ * through the sum by the other factor's magnitude; ReLU and pooling do not widen it), plus the
+ * server's float32 arithmetic.
+ */
+export function agreementTolerance(ctx, r) {
+  const half = (d) => (d === null ? 0 : 0.5 * 10 ** -d);
+  const w = [ctx.kernel].flat(Infinity), x = [r.patch].flat(Infinity);
+  const sumW = w.reduce((a, v) => a + Math.abs(v), 0), sumX = x.reduce((a, v) => a + Math.abs(v), 0);
+  const sumWX = w.reduce((a, v, i) => a + Math.abs(v * x[i]), 0);
+  return half(storedDecimals(ctx.stored)) + sumW * half(storedDecimals(ctx.input)) + sumX * half(storedDecimals(ctx.kernel))
+    + half(storedDecimals([ctx.bias])) + 1e-6 * (sumWX + Math.abs(ctx.bias)) + 1e-9;
+}
+
 export function convolvePixel(input, kernel, bias, stride, padding, y, x) {
   const C = kernel.length, kh = kernel[0].length, kw = kernel[0][0].length;
   const H = input[0].length, W = input[0][0].length;
@@ -215,7 +244,7 @@ export class StepThrough {
     this.panel.replaceChildren(this._head());
     const where = document.createElement("p");
     where.className = "st-where";
-    where.textContent = `step ${ctx.step} · probe ${ctx.probe}${ctx.probeLabel ? ` (${ctx.probeLabel})` : ""} · conv layer ${ctx.layerIndex}, filter ${ctx.filter} · output pixel (row ${y}, col ${x}) · stride ${ctx.stride}, padding ${ctx.padding}`;
+    where.textContent = `step ${ctx.step} · probe ${ctx.probe}${ctx.probeLabel ? ` (${ctx.probeLabel})` : ""} · ${ctx.layerLabel ?? `layer ${ctx.layerIndex}`}, filter ${ctx.filter} · output pixel (row ${y}, col ${x}) · stride ${ctx.stride}, padding ${ctx.padding}`;
     this.panel.append(where);
 
     const row = document.createElement("div");
@@ -280,12 +309,15 @@ export class StepThrough {
     if (stored != null) {
       const span = document.createElement("span");
       span.className = "st-term stored";
-      // the server rounds feature maps to 4 significant digits of the map's largest value
-      const agrees = Math.abs(stored - r.value) <= 2e-3 * Math.max(maxAbs(ctx.stored), 1e-6);
+      // compared at the precision the map, the inputs and the weights are stored with
+      const tolerance = agreementTolerance(ctx, r);
+      const agrees = Math.abs(stored - r.value) <= tolerance;
+      eq.dataset.tolerance = String(tolerance);
+      eq.dataset.agrees = String(agrees);
       // shown as stored (its rounded digits only), not padded out to look as precise as the sum
       span.innerHTML = `<small>feature map holds (rounded)</small><b>${String(Number(stored))}</b>`;
       span.title = agrees
-        ? "matches the feature map the server computed; snapshots round maps and probe images to 4 significant digits of their largest value, so the last digits differ"
+        ? `matches the feature map the server computed, within ±${tolerance.toPrecision(2)}: the rounding of the stored map, inputs and weights`
         : "differs from the server's feature map by more than its rounding";
       span.classList.toggle("mismatch", !agrees);
       eq.append(span);

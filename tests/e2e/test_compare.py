@@ -63,11 +63,11 @@ def test_compare_constant_vs_he_side_by_side(page, server):
                            " return d.constant.step === 0 && d.he_normal.step === 0; })()")
     assert page.text_content("#compare-step") == "step 0"
     # the loss curves of both runs are overlaid in one chart
-    assert page.evaluate("document.getElementById('compare-loss').data.length") == 2
+    assert page.evaluate("document.getElementById('compare-loss').data.filter(t => t.mode === 'lines').length") == 2
     # one legend names the runs in their chart colours, above all three charts
     legend = page.locator("#compare-legend .compare-legend-entry")
     assert legend.all_text_contents() == ["constant", "he_normal"]
-    colours = page.evaluate("document.getElementById('compare-loss').data.map(t => t.line.color)")
+    colours = page.evaluate("document.getElementById('compare-loss').data.filter(t => t.mode === 'lines').map(t => t.line.color)")
     swatches = legend.locator(".compare-swatch").evaluate_all("ss => ss.map(s => s.style.background)")
     assert len(set(colours)) == 2 and all(c.lower() in {rgb_to_hex(s) for s in swatches} for c in colours)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -163,3 +163,61 @@ def test_kernel_editor_seeds_the_first_filters_of_a_new_run(page, server, api):
     assert np.allclose(weight[0, 0], sobel, atol=1e-4) and np.allclose(weight[1, 0], sobel, atol=1e-4)
     assert not np.allclose(weight[2, 0], sobel, atol=1e-2)
     api.post(f"/api/runs/{run_id}/stop")
+
+
+def test_compare_cards_share_one_colour_scale_and_match_the_comparison_on_screen(page, server, api):
+    """N(0, 0.01²) beside He at step 0: one colour scale for both cards, each printing its own max |w|;
+    the comparison's own steps field decides the steps; the checkboxes say which inits are on screen,
+    also after the depth demo opened its comparison."""
+    goto(page, f"{server}/")
+    tiny_form(page)
+    page.click('#view-tabs [data-view="compare"]')
+    assert page.input_value("#compare-steps") == "40"
+    page.fill("#compare-steps", "")
+    page.click("#btn-compare-start")
+    assert page.text_content("#compare-status") == "steps: required"
+    page.fill("#compare-steps", "20")
+    for box in page.locator(".compare-inits input").all():
+        label = box.evaluate("b => b.parentElement.textContent.trim()")
+        if (label in ("normal(std=0.01)", "he_normal")) != box.is_checked():
+            box.click()
+    page.click("#btn-compare-start")
+    page.wait_for_function("(() => { const c = window.__kernelscope.compare; return c && c.runs.length === 2"
+                           " && c.runs.every(r => r.status === 'completed'); })()", timeout=120_000)
+    ids = page.evaluate("window.__kernelscope.compare.runs.map(r => r.id)")
+    assert [api.get(f"/api/runs/{i}").json()["config"]["steps"] for i in ids] == [20, 20]
+    page.locator("#compare-slider").evaluate("s => { s.value = '0'; s.dispatchEvent(new Event('input')); }")
+    page.wait_for_function("(() => { const d = window.__kernelscope.compare.drawn;"
+                           " return d['normal(std=0.01)']?.step === 0 && d.he_normal?.step === 0; })()")
+    drawn = page.evaluate("window.__kernelscope.compare.drawn")
+    small, he = drawn["normal(std=0.01)"], drawn["he_normal"]
+    assert small["scale"] == he["scale"] == he["maxAbs"]
+    assert he["maxAbs"] / small["maxAbs"] > 10      # He's σ is 0.28 for conv1's fan_in of 25: ~28x larger
+    texts = page.locator(".compare-card .compare-scale").all_text_contents()
+    assert texts[0].startswith(f"max |w| {small['maxAbs']:.3g}") and texts[1].startswith(f"max |w| {he['maxAbs']:.3g}")
+    # the faint init is drawn faint: its pixels stay near white on the shared scale
+    spread = page.evaluate("""() => [...document.querySelectorAll('.compare-card canvas')].map(c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let far = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 3]) far = Math.max(far, 247 - Math.min(d[i], d[i + 1], d[i + 2]));
+        return far; })""")
+    assert spread[0] < 25 < spread[1], spread
+    checked = page.evaluate("""() => [...document.querySelectorAll('.compare-inits input')].filter(b => b.checked)
+        .map(b => b.parentElement.textContent.trim())""")
+    assert checked == ["normal(std=0.01)", "he_normal"]
+    # each card states the losses its own run measured, up to the slider's step (none at step 0)
+    assert page.locator(".compare-card .compare-loss-text").all_text_contents() == ["no loss measured yet"] * 2
+    page.click("#compare-follow")
+    page.wait_for_function("[...document.querySelectorAll('.compare-card .compare-loss-text')]"
+                           ".every(t => t.textContent.endsWith('at step 20 (measured in this run)'))")
+    # the depth demo's comparison: the boxes follow it
+    page.click('#view-tabs [data-view="probe"]')
+    assert "0.35" not in page.text_content("#probe-view")
+    page.click("#btn-depth-demo")
+    page.wait_for_function("window.__kernelscope.compare.runs.length === 3")
+    for run in page.evaluate("window.__kernelscope.compare.runs"):
+        api.post(f"/api/runs/{run['id']}/stop")   # only its boxes are looked at; spare the CPU
+    demo = api.get("/api/defaults").json()["demos"]["depth_stall"]["inits"]
+    page.wait_for_function(f"document.querySelectorAll('.compare-inits input:checked').length === {len(demo)}")
+    labels = page.evaluate("""() => [...document.querySelectorAll('.compare-inits input:checked')]
+        .map(b => b.parentElement.textContent.trim())""")
+    assert set(labels) == {"he_normal", "glorot_uniform", "normal(std=0.01)"}

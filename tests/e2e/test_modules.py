@@ -30,13 +30,13 @@ def test_hash_round_trip_keeps_spec_inits_and_numbers(modules):
             init: {name: 'uniform', a: 0.2},
             layerInits: {'0': {name: 'kernel', kernels: 'sobel_x'}},
         });
-        const view = {run: 'abc123', scaling: 'filter', probe: 2};
+        const view = {run: 'abc123', scaling: 'filter', probe: 2, pace: 5, stepAxis: 'linear'};
         const back = s.hashToConfig(s.configToHash(config, view));
         return {same: JSON.stringify(back.config) === JSON.stringify(config), view: back.view,
                 body: s.toRunRequest(config, {})};
     }""")
     assert result["same"]
-    assert result["view"] == {"run": "abc123", "scaling": "filter", "probe": 2}
+    assert result["view"] == {"run": "abc123", "scaling": "filter", "probe": 2, "pace": 5, "stepAxis": "linear"}
     body = result["body"]
     assert body["model"]["layers"][0]["init"] == {"name": "kernel", "kernels": "sobel_x"}
     assert body["init"] == {"name": "uniform", "a": 0.2}
@@ -190,3 +190,26 @@ def test_init_figures_on_the_page_are_the_engines(modules):
             return document.getElementById('init-table').dataset.described === 'true'
                 && laws.length === expected.length && laws.every((text, i) => text === expected[i]);
         }""", arg=expected, timeout=30_000)
+
+
+def test_step_through_tolerance_is_the_stored_precision(modules):
+    """A map stored at 3 decimals from inputs at 4 and weights at 5: the exact sum rounded as stored
+    agrees; a value off by more than the rounding of map, inputs and weights together does not."""
+    rng = np.random.default_rng(0)
+    image = np.round(rng.random((1, 6, 6)), 4)
+    kernel = np.round(rng.normal(0, 0.3, (1, 3, 3)), 5)
+    exact = sum(float((image[0, y:y + 3, x:x + 3] * kernel[0]).sum()) for y, x in [(1, 2)])
+    stored = np.round(rng.normal(0, 1, (4, 4)), 3)
+    stored[1, 2] = round(exact, 3)
+    result = modules.evaluate("""async ([image, kernel, stored]) => {
+        const s = await import('/static/js/stepthrough.js');
+        const r = s.convolvePixel(image, kernel, 0, 1, 0, 1, 2);
+        const ctx = { input: image, kernel, bias: 0, stored };
+        return [s.storedDecimals(stored), s.storedDecimals(image), s.storedDecimals(kernel), r.value,
+                s.agreementTolerance(ctx, r)];
+    }""", [image.tolist(), kernel.tolist(), stored.tolist()])
+    decimals_map, decimals_in, decimals_w, value, tolerance = result
+    assert (decimals_map, decimals_in, decimals_w) == (3, 4, 5)
+    assert abs(stored[1, 2] - value) <= tolerance              # no false "differs"
+    bound = 0.5e-3 + np.abs(kernel).sum() * 0.5e-4 + np.abs(image[0, 1:4, 2:5]).sum() * 0.5e-5
+    assert bound <= tolerance < bound + 1e-4                  # and no wider than the rounding explains
