@@ -19,7 +19,7 @@ SESSION_COOKIE = "kernelscope_session"  # the bearer token for GETs a browser ca
 
 @dataclass(frozen=True)
 class Caller:
-    role: str                       # "teacher", "learner" or "anonymous"
+    role: str  # "teacher", "learner" or "anonymous"
     learner: dict = field(default_factory=dict)  # {"id", "class", "name"} for a learner
 
     @property

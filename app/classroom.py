@@ -50,6 +50,7 @@ TRAINING_STATUSES = ("running", "paused")
 
 # ---------------------------------------------------------------- errors (answered by app/errors.py)
 
+
 class Forbidden(Exception):
     """403: the caller may read this but not change it (a learner and another's run)."""
 
@@ -72,6 +73,7 @@ class ClassNotFound(KeyError):
 
 
 # ---------------------------------------------------------------- access to runs
+
 
 def run_class(run: dict) -> str | None:
     owner = (run.get("meta") or {}).get("owner")
@@ -96,8 +98,10 @@ def check_run_access(caller: Caller, run: dict, changes: bool, not_found) -> Non
     if not can_read(caller, run):
         raise not_found
     if changes and caller.is_learner and run_learner(run) != caller.learner["id"]:
-        raise Forbidden(f"run_id: run {run['id']} is not yours; a learner controls only their own runs "
-                        "(pause, resume, stop, delete, fork, kernel edits) and reads the others'")
+        raise Forbidden(
+            f"run_id: run {run['id']} is not yours; a learner controls only their own runs "
+            "(pause, resume, stop, delete, fork, kernel edits) and reads the others'"
+        )
 
 
 def visible_runs(caller: Caller, runs: list[dict]) -> list[dict]:
@@ -105,6 +109,7 @@ def visible_runs(caller: Caller, runs: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- input
+
 
 def clean_name(field_name: str, value, limit: int) -> str:
     """A display or class name: trimmed, 1..limit characters, no control characters (ValueError naming the field)."""
@@ -126,7 +131,9 @@ def _digest(secret: str) -> str:
 
 def check_quota_values(max_training: int, max_queued: int) -> None:
     if not (isinstance(max_training, int) and 1 <= max_training <= limits.MAX_CLASS_MAX_TRAINING):
-        raise ValueError(f"max_training: must be an integer from 1 to {limits.MAX_CLASS_MAX_TRAINING}, got {max_training!r}")
+        raise ValueError(
+            f"max_training: must be an integer from 1 to {limits.MAX_CLASS_MAX_TRAINING}, got {max_training!r}"
+        )
     if not (isinstance(max_queued, int) and 1 <= max_queued <= limits.MAX_CLASS_MAX_QUEUED):
         raise ValueError(f"max_queued: must be an integer from 1 to {limits.MAX_CLASS_MAX_QUEUED}, got {max_queued!r}")
 
@@ -155,10 +162,15 @@ CREATE INDEX IF NOT EXISTS learners_by_class ON learners (class_id, created);
 
 
 def _class_row(row: sqlite3.Row) -> dict:
-    return {"id": row["id"], "name": row["name"], "join_code": row["join_code"],
-            "max_training": row["max_training"], "max_queued": row["max_queued"],
-            "assignment": json.loads(row["assignment"]) if row["assignment"] else None,
-            "created": row["created"]}
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "join_code": row["join_code"],
+        "max_training": row["max_training"],
+        "max_queued": row["max_queued"],
+        "assignment": json.loads(row["assignment"]) if row["assignment"] else None,
+        "created": row["created"],
+    }
 
 
 def _learner_row(row: sqlite3.Row) -> dict:
@@ -172,8 +184,7 @@ class ClassroomStore:
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path / "kernelscope.db", check_same_thread=False, isolation_level=None,
-                                   timeout=10.0)
+        self._db = sqlite3.connect(path / "kernelscope.db", check_same_thread=False, isolation_level=None, timeout=10.0)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout=10000")
         with self._lock:
@@ -185,8 +196,12 @@ class ClassroomStore:
 
     # -- classes
 
-    def create_class(self, name, max_training: int = limits.DEFAULT_CLASS_MAX_TRAINING,
-                     max_queued: int = limits.DEFAULT_CLASS_MAX_QUEUED) -> dict:
+    def create_class(
+        self,
+        name,
+        max_training: int = limits.DEFAULT_CLASS_MAX_TRAINING,
+        max_queued: int = limits.DEFAULT_CLASS_MAX_QUEUED,
+    ) -> dict:
         name = clean_name("name", name, limits.MAX_CLASS_NAME_LENGTH)
         check_quota_values(max_training, max_queued)
         class_id = uuid.uuid4().hex[:10]
@@ -194,7 +209,8 @@ class ClassroomStore:
         with self._lock:
             self._db.execute(
                 "INSERT INTO classes (id, name, join_code, max_training, max_queued, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (class_id, name, code, max_training, max_queued, time.time()))
+                (class_id, name, code, max_training, max_queued, time.time()),
+            )
         return self.get_class(class_id)
 
     def get_class(self, class_id: str) -> dict:
@@ -216,8 +232,10 @@ class ClassroomStore:
     def set_assignment(self, class_id: str, assignment: dict | None) -> dict:
         self.get_class(class_id)
         with self._lock:
-            self._db.execute("UPDATE classes SET assignment = ? WHERE id = ?",
-                             (json.dumps(assignment) if assignment else None, class_id))
+            self._db.execute(
+                "UPDATE classes SET assignment = ? WHERE id = ?",
+                (json.dumps(assignment) if assignment else None, class_id),
+            )
         return self.get_class(class_id)
 
     # -- learners
@@ -249,8 +267,10 @@ class ClassroomStore:
                     raise ValueError(f"code: this class is full ({limits.MAX_LEARNERS_PER_CLASS} learners at most)")
                 if any(row["name"].casefold() == name.casefold() for row in rows):
                     raise ValueError(f"name: {name!r} is taken in this class; choose another display name")
-                self._db.execute("INSERT INTO learners (id, class_id, name, token_hash, created) VALUES (?, ?, ?, ?, ?)",
-                                 (learner_id, klass["id"], name, _digest(secret), time.time()))
+                self._db.execute(
+                    "INSERT INTO learners (id, class_id, name, token_hash, created) VALUES (?, ?, ?, ?, ?)",
+                    (learner_id, klass["id"], name, _digest(secret), time.time()),
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -276,12 +296,14 @@ class ClassroomStore:
 
     def learners(self, class_id: str) -> list[dict]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM learners WHERE class_id = ? ORDER BY created, id",
-                                    (class_id,)).fetchall()
+            rows = self._db.execute(
+                "SELECT * FROM learners WHERE class_id = ? ORDER BY created, id", (class_id,)
+            ).fetchall()
         return [_learner_row(row) for row in rows]
 
 
 # ---------------------------------------------------------------- quotas
+
 
 class QuotaGate:
     """What RunManager asks (under its lock) when a run is created and when a queued run could start."""
@@ -313,7 +335,8 @@ class QuotaGate:
                 f"quota: you have {counts['training']} run(s) training and {counts['queued']} queued; "
                 f"class {klass['name']!r} allows each learner at most {klass['max_training']} training and "
                 f"{klass['max_queued']} queued (max_queued); retry when one of your runs ends "
-                f"(about {limits.QUOTA_RETRY_AFTER_SECONDS} s), or stop one")
+                f"(about {limits.QUOTA_RETRY_AFTER_SECONDS} s), or stop one"
+            )
         owner = {"class": klass["id"], "learner": caller.learner["id"], "name": caller.learner["name"]}
         return {**(meta or {}), "owner": owner}
 
@@ -334,6 +357,7 @@ class QuotaGate:
 
 
 # ---------------------------------------------------------------- the wall and the export
+
 
 def _conv1(snapshot: dict | None) -> dict | None:
     if not snapshot:
@@ -386,8 +410,13 @@ def wall_tile(store, learner: dict, run: dict | None, step: int | None = None) -
     conv = _conv1(snapshot)
     metrics = run.get("metrics") or {}
     tile["run"] = {
-        "id": run["id"], "status": run["status"], "init": init_name(run["config"]), "step": run["step"],
-        "steps": run["config"].get("steps"), "loss": metrics.get("loss"), "acc": metrics.get("acc"),
+        "id": run["id"],
+        "status": run["status"],
+        "init": init_name(run["config"]),
+        "step": run["step"],
+        "steps": run["config"].get("steps"),
+        "loss": metrics.get("loss"),
+        "acc": metrics.get("acc"),
         "snapshot_step": shown,
         "weight": conv["weight"] if conv else None,
         "symmetry": conv.get("symmetry") if conv else None,
@@ -408,8 +437,19 @@ def _csv_cell(value) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-CSV_COLUMNS = ["learner", "learner_id", "run_id", "status", "init", "step", "steps", "final_acc", "final_val_acc",
-               "conv1_detectors", "conv1_detector_labels"]
+CSV_COLUMNS = [
+    "learner",
+    "learner_id",
+    "run_id",
+    "status",
+    "init",
+    "step",
+    "steps",
+    "final_acc",
+    "final_val_acc",
+    "conv1_detectors",
+    "conv1_detector_labels",
+]
 
 
 def export_csv(store, classroom: ClassroomStore, class_id: str) -> str:
@@ -432,8 +472,22 @@ def export_csv(store, classroom: ClassroomStore, class_id: str) -> str:
             conv = _conv1(store.read_snapshot(run["id"], latest, feature_maps=False)) if latest is not None else None
             counts = detector_counts(conv)
             metrics = run.get("metrics") or {}
-            writer.writerow([_csv_cell(v) for v in (
-                learner["name"], learner["id"], run["id"], run["status"], init_name(run["config"]), run["step"],
-                run["config"].get("steps"), metrics.get("acc"), metrics.get("val_acc"), sum(counts.values()),
-                " ".join(f"{label}:{n}" for label, n in counts.items()))])
+            writer.writerow(
+                [
+                    _csv_cell(v)
+                    for v in (
+                        learner["name"],
+                        learner["id"],
+                        run["id"],
+                        run["status"],
+                        init_name(run["config"]),
+                        run["step"],
+                        run["config"].get("steps"),
+                        metrics.get("acc"),
+                        metrics.get("val_acc"),
+                        sum(counts.values()),
+                        " ".join(f"{label}:{n}" for label, n in counts.items()),
+                    )
+                ]
+            )
     return out.getvalue()

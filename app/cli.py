@@ -107,21 +107,30 @@ def _run_default(field: str) -> str:
 def train(
     # Every option defaults to the engine's RunConfig default (`kernelscope train` = POST /api/runs {}),
     # and the config is bounded by app/limits.py exactly as the server bounds it.
-    preset: str | None = typer.Option(None, "--preset", "--model", help="preset name, or a model spec as JSON",
-                                         show_default=_run_default("model")),
-    init: str | None = typer.Option(None, help='initializer name, or JSON such as {"name": "normal", "std": 0.02}',
-                                       show_default=_run_default("init")),
+    preset: str | None = typer.Option(
+        None, "--preset", "--model", help="preset name, or a model spec as JSON", show_default=_run_default("model")
+    ),
+    init: str | None = typer.Option(
+        None,
+        help='initializer name, or JSON such as {"name": "normal", "std": 0.02}',
+        show_default=_run_default("init"),
+    ),
     steps: int | None = typer.Option(None, help="training steps", show_default=_run_default("steps")),
-    dataset: str | None = typer.Option(None, help='dataset name, or JSON such as {"name": "mnist", "path": "..."}',
-                                          show_default=_run_default("dataset")),
+    dataset: str | None = typer.Option(
+        None,
+        help='dataset name, or JSON such as {"name": "mnist", "path": "..."}',
+        show_default=_run_default("dataset"),
+    ),
     seed: int | None = typer.Option(None, help="seed for init and data order", show_default=_run_default("seed")),
     batch_size: int | None = typer.Option(None, help="examples per step", show_default=_run_default("batch_size")),
     optimizer: str | None = typer.Option(None, help='"sgd", "adam", or JSON such as {"name": "sgd", "lr": 0.05}'),
     lr: float | None = typer.Option(None, help="learning rate (overrides the optimizer's)"),
-    snapshot_every: int | None = typer.Option(None, help="steps between snapshots",
-                                                 show_default=_run_default("snapshot_every")),
-    eval_every: int | None = typer.Option(None, help="steps between validation passes",
-                                             show_default=_run_default("eval_every")),
+    snapshot_every: int | None = typer.Option(
+        None, help="steps between snapshots", show_default=_run_default("snapshot_every")
+    ),
+    eval_every: int | None = typer.Option(
+        None, help="steps between validation passes", show_default=_run_default("eval_every")
+    ),
     name: str | None = typer.Option(None, help="a label for the run"),
     data: Path | None = DataOption,
 ) -> None:
@@ -200,8 +209,13 @@ def train(
                 rate_window.pop(0)
             (t0, s0), (t1, s1) = rate_window[0], rate_window[-1]
             rate = f"{(s1 - s0) / (t1 - t0):.1f}" if t1 > t0 else "-"
-            progress.update(task, completed=point["step"], loss=f"{point.get('loss', float('nan')):.3f}",
-                            acc=f"{point.get('acc', float('nan')):.3f}", rate=rate)
+            progress.update(
+                task,
+                completed=point["step"],
+                loss=f"{point.get('loss', float('nan')):.3f}",
+                acc=f"{point.get('acc', float('nan')):.3f}",
+                rate=rate,
+            )
 
     class InterruptControl:
         """Ctrl+C (a flag set by the signal handler) becomes the loop's shutdown command."""
@@ -215,8 +229,7 @@ def train(
 
     try:
         with progress:
-            status = drive_run(trainer, settings.data_dir, run_id, emit, InterruptControl(),
-                               settings.checkpoint_every)
+            status = drive_run(trainer, settings.data_dir, run_id, emit, InterruptControl(), settings.checkpoint_every)
     except Exception as error:
         store.update_run(run_id, status="failed", message=f"{type(error).__name__}: {error}")
         raise
@@ -224,10 +237,14 @@ def train(
         signal.signal(signal.SIGINT, previous_handler)
     final = store.get_run(run_id)
     metrics = final["metrics"] or {}
-    summary = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("loss", "acc", "val_loss", "val_acc")
-                        if metrics.get(key) is not None)
-    console.print(f"run [bold]{run_id}[/bold] {final['status']} at step {final['step']}"
-                  + (f": {summary}" if summary else "") + (f" ({final['message']})" if final["message"] else ""))
+    summary = ", ".join(
+        f"{key} {metrics[key]:.4f}" for key in ("loss", "acc", "val_loss", "val_acc") if metrics.get(key) is not None
+    )
+    console.print(
+        f"run [bold]{run_id}[/bold] {final['status']} at step {final['step']}"
+        + (f": {summary}" if summary else "")
+        + (f" ({final['message']})" if final["message"] else "")
+    )
     store.close()
     if status not in ("completed", "interrupted", "stopped"):
         raise typer.Exit(1)
@@ -253,8 +270,11 @@ def list_runs(data: Path | None = DataOption) -> None:
         return
     table = Table(title=f"runs in {settings.data_dir}")
     for column in columns:
-        table.add_column(column, justify="right" if column in ("step", "loss", "acc", "val_acc") else "left",
-                         no_wrap=column in ("id", "status", "step"))
+        table.add_column(
+            column,
+            justify="right" if column in ("step", "loss", "acc", "val_acc") else "left",
+            no_wrap=column in ("id", "status", "step"),
+        )
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -271,25 +291,39 @@ def _run_row(run) -> tuple:
         value = metrics.get(key)
         return "-" if value is None else f"{value:.3f}"
 
-    return (run["id"], run["status"], f"{run['step']}/{config.get('steps', '?')}", str(model), str(init),
-            number("loss"), number("acc"), number("val_acc"),
-            datetime.fromtimestamp(run["created"]).strftime("%Y-%m-%d %H:%M"))
+    return (
+        run["id"],
+        run["status"],
+        f"{run['step']}/{config.get('steps', '?')}",
+        str(model),
+        str(init),
+        number("loss"),
+        number("acc"),
+        number("val_acc"),
+        datetime.fromtimestamp(run["created"]).strftime("%Y-%m-%d %H:%M"),
+    )
 
 
 # ---------------------------------------------------------------- kernelscope class (app/classroom.py)
 
-class_cli = typer.Typer(help="Classes for teaching: create one (a join code for learners), list them, export a CSV.",
-                        no_args_is_help=True)
+class_cli = typer.Typer(
+    help="Classes for teaching: create one (a join code for learners), list them, export a CSV.", no_args_is_help=True
+)
 cli.add_typer(class_cli, name="class")
 
 
 @class_cli.command("create")
 def class_create(
     name: str = typer.Argument(..., help="the class's name"),
-    max_training: int = typer.Option(limits.DEFAULT_CLASS_MAX_TRAINING, help="runs one learner may have training",
-                                     min=1, max=limits.MAX_CLASS_MAX_TRAINING),
-    max_queued: int = typer.Option(limits.DEFAULT_CLASS_MAX_QUEUED, help="runs one learner may have queued",
-                                   min=1, max=limits.MAX_CLASS_MAX_QUEUED),
+    max_training: int = typer.Option(
+        limits.DEFAULT_CLASS_MAX_TRAINING,
+        help="runs one learner may have training",
+        min=1,
+        max=limits.MAX_CLASS_MAX_TRAINING,
+    ),
+    max_queued: int = typer.Option(
+        limits.DEFAULT_CLASS_MAX_QUEUED, help="runs one learner may have queued", min=1, max=limits.MAX_CLASS_MAX_QUEUED
+    ),
     data: Path | None = DataOption,
 ) -> None:
     """Create a class; prints its join code (for the learners) and its wall's address (for you)."""
@@ -308,8 +342,10 @@ def class_create(
     print(f"join code: {klass['join_code']}")
     print(f"wall: http://{settings.host}:{settings.port}/class/{klass['id']}")
     if not settings.token:
-        print("note: KERNELSCOPE_TOKEN is not set, so any visitor may act as the teacher; "
-              "start the server with a token for a class")
+        print(
+            "note: KERNELSCOPE_TOKEN is not set, so any visitor may act as the teacher; "
+            "start the server with a token for a class"
+        )
 
 
 @class_cli.command("list")
@@ -320,8 +356,17 @@ def class_list(data: Path | None = DataOption) -> None:
     rooms = ClassroomStore(_settings(data).data_dir)
     try:
         for klass in rooms.list_classes():
-            print("\t".join((klass["id"], klass["name"], klass["join_code"], f"{len(rooms.learners(klass['id']))} learners",
-                             f"training<={klass['max_training']} queued<={klass['max_queued']}")))
+            print(
+                "\t".join(
+                    (
+                        klass["id"],
+                        klass["name"],
+                        klass["join_code"],
+                        f"{len(rooms.learners(klass['id']))} learners",
+                        f"training<={klass['max_training']} queued<={klass['max_queued']}",
+                    )
+                )
+            )
     finally:
         rooms.close()
 

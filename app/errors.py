@@ -104,17 +104,21 @@ async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
 
 
 async def damaged_file(request: Request, exc: DamagedFile) -> JSONResponse:
-    return _answer(500, {"run_id": exc.run_id, "step": exc.step, "file": exc.path.name, "problem": exc.reason},
-                   str(exc))
+    return _answer(
+        500, {"run_id": exc.run_id, "step": exc.step, "file": exc.path.name, "problem": exc.reason}, str(exc)
+    )
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:
     """Every other exception (Starlette's last resort, after it logs the traceback): JSON, not text.
     A full disk (StorageFull, ENOSPC, SQLite's 'disk is full') is 507 and says so."""
     if is_disk_full(exc):
-        message = (str(exc) if str(exc).startswith("storage: ") else
-                   f"storage: the data directory's disk is full ({exc}); reads still work, writes resume "
-                   "once space is freed")
+        message = (
+            str(exc)
+            if str(exc).startswith("storage: ")
+            else f"storage: the data directory's disk is full ({exc}); reads still work, writes resume "
+            "once space is freed"
+        )
         return _answer(507, message, message)
     message = f"internal error ({type(exc).__name__}); the server log has the details"
     return _answer(500, message, message)
@@ -140,6 +144,7 @@ async def class_not_found(request: Request, exc: classroom.ClassNotFound) -> JSO
 
 # ---------------------------------------------------------------- pydantic's and FastAPI's own errors
 
+
 def _field_of(error: dict) -> str:
     loc = [str(part) for part in error.get("loc", ())]
     if loc and loc[0] in ("body", "query", "path", "header"):
@@ -154,7 +159,9 @@ def _readable(error: dict) -> str:
         misplaced = field.rsplit(".", 1)[-1] in OPTIMIZER_SETTINGS
         return f"{field}: not a field here" + (
             ' (an optimizer setting goes inside "optimizer", e.g. {"optimizer": {"name": "sgd", "lr": 0.05}})'
-            if misplaced else "")
+            if misplaced
+            else ""
+        )
     text = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if error.get("type") == "literal_error":
         expected = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))

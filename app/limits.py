@@ -23,16 +23,16 @@ from engine.datasets import GENERATED_DATASETS, known_shape
 from engine.trainer import MIN_STEPS  # the engine's rule: a run trains at least one step
 
 # ---------------------------------------------------------------- the model
-MAX_LAYERS = 64                 # layers in one model spec
-MAX_FILTERS = 256               # filters (output channels) of one conv layer
-MAX_UNITS = 4096                # units of one dense layer
-MAX_KERNEL = 11                 # side of a conv kernel
-MAX_STRIDE = 11                 # conv or pool stride
-MAX_PADDING = 11                # conv zero padding
-MAX_POOL = 16                   # side of a pooling window
-MAX_INPUT_CHANNELS = 16         # channels of the model input
-MAX_INPUT_SIDE = 128            # height and width of the model input
-MAX_PARAMETERS = 5_000_000      # weights + biases of the whole model
+MAX_LAYERS = 64  # layers in one model spec
+MAX_FILTERS = 256  # filters (output channels) of one conv layer
+MAX_UNITS = 4096  # units of one dense layer
+MAX_KERNEL = 11  # side of a conv kernel
+MAX_STRIDE = 11  # conv or pool stride
+MAX_PADDING = 11  # conv zero padding
+MAX_POOL = 16  # side of a pooling window
+MAX_INPUT_CHANNELS = 16  # channels of the model input
+MAX_INPUT_SIDE = 128  # height and width of the model input
+MAX_PARAMETERS = 5_000_000  # weights + biases of the whole model
 # Floats one training step holds (batch x every layer's output and conv patches):
 # 2**27 float32 values are 512 MiB.
 MAX_STEP_VALUES = 2**27
@@ -44,17 +44,17 @@ MAX_BATCH_SIZE = 512
 MAX_STEPS = 1_000_000
 MAX_SNAPSHOTS_PER_RUN = 20_000  # steps / snapshot_every
 MAX_DENSE_SNAPSHOT_STEPS = 1000  # snapshot_schedule.dense_steps: every step is stored up to this one
-MAX_SNAPSHOT_GROWTH = 10.0      # snapshot_schedule.growth: how fast the gaps between snapshots grow
-MAX_LR = 10.0                   # learning rate: finite, > 0 and at most this
+MAX_SNAPSHOT_GROWTH = 10.0  # snapshot_schedule.growth: how fast the gaps between snapshots grow
+MAX_LR = 10.0  # learning rate: finite, > 0 and at most this
 MAX_WEIGHT_DECAY = 10.0
 MAX_SEED = 2**32 - 1
 
 # ---------------------------------------------------------------- hand-made kernels
-MAX_HANDMADE_KERNELS = MAX_FILTERS      # kernels listed in one {"name": "kernel"} init
-MAX_HANDMADE_KERNEL_SIDE = MAX_KERNEL   # side of one hand-made kernel grid
+MAX_HANDMADE_KERNELS = MAX_FILTERS  # kernels listed in one {"name": "kernel"} init
+MAX_HANDMADE_KERNEL_SIDE = MAX_KERNEL  # side of one hand-made kernel grid
 
 # ---------------------------------------------------------------- datasets
-DATASETS_FOLDER = "datasets"    # dataset paths are relative to DATA/datasets
+DATASETS_FOLDER = "datasets"  # dataset paths are relative to DATA/datasets
 DATASET_PATH_RULE = (
     f"dataset.path is a folder relative to the data directory's {DATASETS_FOLDER}/ folder "
     f"(KERNELSCOPE_DATA/{DATASETS_FOLDER}); absolute paths, '..' and symlinks (folders or files) leading "
@@ -62,37 +62,37 @@ DATASET_PATH_RULE = (
     "of PNG/JPEG images per class"
 )
 MAX_DATASET_EXAMPLES = 100_000  # n_train + n_val of the generated set; `limit` of file sets
-MAX_DATASET_VALUES = 2**26      # examples x pixels of the generated set (256 MiB of float32)
+MAX_DATASET_VALUES = 2**26  # examples x pixels of the generated set (256 MiB of float32)
 MAX_PATH_LENGTH = 1024
-DATASET_SCAN_IMAGES = 64        # image_folder: images decoded at POST to check them (spread over the classes)
+DATASET_SCAN_IMAGES = 64  # image_folder: images decoded at POST to check them (spread over the classes)
 
 # ---------------------------------------------------------------- requests
-MAX_BODY_BYTES = 1_048_576      # request body (413 beyond)
-MAX_IMAGE_PIXELS = 4_000_000    # one filters.png (a wider layer is drawn with fewer pixels per weight)
-MAX_JSON_DEPTH = 32             # nesting of objects and arrays in a body
-MAX_NAME_LENGTH = 200           # a run's label (or a comparison's)
+MAX_BODY_BYTES = 1_048_576  # request body (413 beyond)
+MAX_IMAGE_PIXELS = 4_000_000  # one filters.png (a wider layer is drawn with fewer pixels per weight)
+MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a body
+MAX_NAME_LENGTH = 200  # a run's label (or a comparison's)
 MAX_METRICS_LIMIT = 10_000_000  # ?limit= of GET .../metrics
-MAX_LAYER_INDEX = 10_000        # a spec index in a path or query
-MAX_FILTER_INDEX = 100_000      # a filter index in a path
-MAX_PNG_PIXEL = 64              # ?pixel= of filters.png: screen pixels per weight
-MAX_PNG_SCALE = 1e6             # ?scale= of filters.png
+MAX_LAYER_INDEX = 10_000  # a spec index in a path or query
+MAX_FILTER_INDEX = 100_000  # a filter index in a path
+MAX_PNG_PIXEL = 64  # ?pixel= of filters.png: screen pixels per weight
+MAX_PNG_SCALE = 1e6  # ?scale= of filters.png
 
 # ---------------------------------------------------------------- teaching routes
-MAX_COMPARED_INITS = 8          # runs of one comparison
-MAX_PROBE_INITS = 8             # inits of one init probe
-MAX_PROBE_DEPTH = 60            # plain stack of the init probe: conv layers
-MAX_PROBE_WIDTH = 256           # ... filters per layer
-MAX_PROBE_KERNEL = 7            # ... kernel side (odd)
+MAX_COMPARED_INITS = 8  # runs of one comparison
+MAX_PROBE_INITS = 8  # inits of one init probe
+MAX_PROBE_DEPTH = 60  # plain stack of the init probe: conv layers
+MAX_PROBE_WIDTH = 256  # ... filters per layer
+MAX_PROBE_KERNEL = 7  # ... kernel side (odd)
 MIN_PROBE_SIZE, MAX_PROBE_SIZE = 4, 64  # ... input side
 MAX_PROBE_BATCH = 64
-MAX_PROBE_REPEATS = 16          # independent weight draws averaged
+MAX_PROBE_REPEATS = 16  # independent weight draws averaged
 # An init probe may multiply-add at most this much per init over all repeats (a 30-layer,
 # 16-wide 3×3 stack on 16×16 inputs, batch 4, 4 repeats is about 1.1e9); beyond, the server would stall.
 MAX_PROBE_MACS = 2_000_000_000
-MAX_HANDMADE_SCALE = 1e3        # PUT .../kernels: unit-norm named kernel times at most this
+MAX_HANDMADE_SCALE = 1e3  # PUT .../kernels: unit-norm named kernel times at most this
 MAX_GIF_FRAMES = 120
 MIN_GIF_FRAME_MS, MAX_GIF_FRAME_MS = 20, 5000
-MAX_GIF_PIXEL = 32              # ?pixel= of evolution.gif
+MAX_GIF_PIXEL = 32  # ?pixel= of evolution.gif
 # A GIF frame is the layer's filter grid; wide layers get fewer screen pixels per weight, and
 # long GIFs fewer frames, so one request never draws more than this many pixels.
 MAX_FRAME_PIXELS = 1_500_000
@@ -105,8 +105,8 @@ MAX_GIF_PIXELS = 60_000_000
 # MAX_REPLAYS_PER_CLIENT replays running or waiting, beyond that 429 with Retry-After.
 MAX_REPLAYS = 4
 MAX_REPLAYS_PER_CLIENT = 4
-REPLAY_PAGE_POINTS = 2000       # metric points read from the store per page (and per event at most)
-REPLAY_RETRY_SECONDS = 2        # Retry-After of a refused replay
+REPLAY_PAGE_POINTS = 2000  # metric points read from the store per page (and per event at most)
+REPLAY_RETRY_SECONDS = 2  # Retry-After of a refused replay
 
 # ---------------------------------------------------------------- heavy renders
 # filters.png, evolution.gif, export, filter explanations and the init probe share one pool
@@ -118,26 +118,26 @@ RENDER_RETRY_SECONDS = 5
 # ---------------------------------------------------------------- runs at once
 # The server's defaults and the ceilings KERNELSCOPE_MAX_RUNS / KERNELSCOPE_MAX_QUEUED
 # may be set to (app/settings.py); beyond them POST /api/runs answers 429.
-DEFAULT_MAX_RUNS = 2            # runs training at the same time (two cores)
-DEFAULT_MAX_QUEUED = 16         # runs waiting for a slot
+DEFAULT_MAX_RUNS = 2  # runs training at the same time (two cores)
+DEFAULT_MAX_QUEUED = 16  # runs waiting for a slot
 MAX_CONCURRENT_RUNS = 64
 MAX_QUEUED_RUNS = 10_000
 
 # ---------------------------------------------------------------- a class (app/classroom.py)
 DEFAULT_CLASS_MAX_TRAINING = 1  # runs one learner may have training (running or paused) at once
-DEFAULT_CLASS_MAX_QUEUED = 3    # runs one learner may have waiting in the queue
-MAX_CLASS_MAX_TRAINING = 16     # the most a teacher may set per class
+DEFAULT_CLASS_MAX_QUEUED = 3  # runs one learner may have waiting in the queue
+MAX_CLASS_MAX_TRAINING = 16  # the most a teacher may set per class
 MAX_CLASS_MAX_QUEUED = 64
-MAX_CLASS_NAME_LENGTH = 80      # a class's name
-MAX_DISPLAY_NAME_LENGTH = 40    # a learner's display name
+MAX_CLASS_NAME_LENGTH = 80  # a class's name
+MAX_DISPLAY_NAME_LENGTH = 40  # a learner's display name
 MAX_LEARNERS_PER_CLASS = 500
-MAX_ASSIGNMENT_LENGTH = 4000    # an assignment's URL-hash config (characters)
+MAX_ASSIGNMENT_LENGTH = 4000  # an assignment's URL-hash config (characters)
 MAX_ASSIGNMENT_TITLE_LENGTH = 120
-JOIN_CODE_LENGTH = 10           # characters of a join code (alphabet of 32: 50 bits)
-LEARNER_TOKEN_BYTES = 24        # random bytes of a learner token (192 bits)
-JOIN_FAIL_DELAY_SECONDS = 0.5   # a wrong join code is answered 401 after this pause
+JOIN_CODE_LENGTH = 10  # characters of a join code (alphabet of 32: 50 bits)
+LEARNER_TOKEN_BYTES = 24  # random bytes of a learner token (192 bits)
+JOIN_FAIL_DELAY_SECONDS = 0.5  # a wrong join code is answered 401 after this pause
 QUOTA_RETRY_AFTER_SECONDS = 30  # Retry-After of a learner's 429 (a run of the demo takes minutes)
-WALL_POLL_SECONDS = 1.0         # the wall's one stream looks at the class's runs this often
+WALL_POLL_SECONDS = 1.0  # the wall's one stream looks at the class's runs this often
 
 
 # The range of every numeric field a form or a command line takes: {"min", "max"} and, where a
@@ -172,8 +172,10 @@ def bounds(field: str) -> dict:
     limit = FIELD_LIMITS[field]
     if field.endswith(".inits"):
         return {"min_length": limit["min"], "max_length": limit["max"]}
-    return {("gt" if limit.get("min_exclusive") else "ge"): limit["min"],
-            ("lt" if limit.get("max_exclusive") else "le"): limit["max"]}
+    return {
+        ("gt" if limit.get("min_exclusive") else "ge"): limit["min"],
+        ("lt" if limit.get("max_exclusive") else "le"): limit["max"],
+    }
 
 
 def check_field(field: str, value, name: str | None = None) -> None:
@@ -307,8 +309,9 @@ def check_dataset_files(config: dict, real_path: str) -> None:
         return
     cap = min(MAX_DATASET_EXAMPLES, dataset.get("limit") or MAX_DATASET_EXAMPLES)
     try:
-        shape = check_image_folder(real_path, dataset.get("size"), bool(dataset.get("color")), cap,
-                                   MAX_INPUT_SIDE, DATASET_SCAN_IMAGES)
+        shape = check_image_folder(
+            real_path, dataset.get("size"), bool(dataset.get("color")), cap, MAX_INPUT_SIDE, DATASET_SCAN_IMAGES
+        )
     except DatasetError as error:
         text = str(error).replace(str(real_path), str(dataset["path"]))  # never the server's own path
         raise ValueError(text if text.startswith("dataset.path: ") else f"dataset.path: {text}") from None
@@ -377,13 +380,13 @@ def _layer_sizes(built) -> dict:
 # two optimizer states beside them.
 PROBE_IMAGES = 4
 SNAPSHOT_FIXED_BYTES = 8192
-CHECKPOINT_FIXED_BYTES = 256 * 1024   # recent metric points and the config
+CHECKPOINT_FIXED_BYTES = 256 * 1024  # recent metric points and the config
 # Defaults of the server's settings KERNELSCOPE_MAX_RUN_STORAGE and KERNELSCOPE_MIN_FREE_DISK (bytes):
-MAX_RUN_STORAGE_BYTES = 1 << 30       # one run's snapshots and checkpoint (422 at POST beyond)
+MAX_RUN_STORAGE_BYTES = 1 << 30  # one run's snapshots and checkpoint (422 at POST beyond)
 # The disk keeps this much free: a run whose estimate (plus what active runs may still
 # write) does not fit is refused at POST with 507, and /healthz reports `disk_low` below it.
 MIN_FREE_DISK_BYTES = 64 << 20
-DISK_RETRY_SECONDS = 5.0              # after a full disk: how often the server tries to write again
+DISK_RETRY_SECONDS = 5.0  # after a full disk: how often the server tries to write again
 
 
 def estimate_run_storage(config: dict) -> int | None:
@@ -407,10 +410,15 @@ def estimate_run_storage(config: dict) -> int | None:
     except ValueError:
         return None
     sizes = _layer_sizes(built)
-    per_snapshot = (SNAPSHOT_FIXED_BYTES + 4 * sizes["parameters"] + 256 * sizes["arrays"]
-                    + 4 * PROBE_IMAGES * sizes["feature_values"]
-                    + 14 * sizes["conv_weights"] + 300 * sizes["filters"]
-                    + 6 * PROBE_IMAGES * math.prod(input_shape))
+    per_snapshot = (
+        SNAPSHOT_FIXED_BYTES
+        + 4 * sizes["parameters"]
+        + 256 * sizes["arrays"]
+        + 4 * PROBE_IMAGES * sizes["feature_values"]
+        + 14 * sizes["conv_weights"]
+        + 300 * sizes["filters"]
+        + 6 * PROBE_IMAGES * math.prod(input_shape)
+    )
     checkpoint = CHECKPOINT_FIXED_BYTES + 3 * 4 * sizes["parameters"]
     return len(snapshot_steps(config)) * per_snapshot + checkpoint
 
@@ -419,8 +427,9 @@ def _mib(count: int) -> str:
     return f"{count / (1 << 20):.1f} MiB"
 
 
-def check_storage(config: dict, data_dir, active_configs=(), budget: int = MAX_RUN_STORAGE_BYTES,
-                  reserve: int = MIN_FREE_DISK_BYTES) -> None:
+def check_storage(
+    config: dict, data_dir, active_configs=(), budget: int = MAX_RUN_STORAGE_BYTES, reserve: int = MIN_FREE_DISK_BYTES
+) -> None:
     """A run must fit its own `budget` (ValueError naming snapshot_every, 422) and, together with
     what the active runs (`active_configs`) may still write, the free disk less `reserve`
     (StorageFull, 507): the total budget is the disk."""

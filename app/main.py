@@ -60,8 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.render_slots = render.RenderSlots(limits.MAX_RENDERS, limits.MAX_RENDERS_WAITING,
-                                                limits.RENDER_RETRY_SECONDS)
+    app.state.render_slots = render.RenderSlots(
+        limits.MAX_RENDERS, limits.MAX_RENDERS_WAITING, limits.RENDER_RETRY_SECONDS
+    )
     security.install(app, settings.token, settings.cors_origins)  # the token (once), body limits, CORS if configured
     errors.install(app)  # one handler per domain error
     for module in (meta, runs, teaching, explain, births, lessons, classes, pages):

@@ -105,7 +105,7 @@ def filter_grid(weight, scale: float | None = None, pixel: int = 12, gap: int = 
     if gap < 0 or gap > 64:
         raise ValueError(f"gap: must be between 0 and 64, got {gap}")
     scale = auto_scale(weight) if scale is None else float(scale)
-    colors = diverging_rgb(weight, scale)                      # (out, in, kh, kw, 3)
+    colors = diverging_rgb(weight, scale)  # (out, in, kh, kw, 3)
     out_channels, in_channels, kh, kw = weight.shape
     kernel_h, kernel_w = kh * pixel, kw * pixel
     block_w = in_channels * kernel_w + (in_channels - 1) * gap
@@ -120,7 +120,7 @@ def filter_grid(weight, scale: float | None = None, pixel: int = 12, gap: int = 
         for channel in range(in_channels):
             tile = colors[index, channel].repeat(pixel, axis=0).repeat(pixel, axis=1)
             x = left + channel * (kernel_w + gap)
-            canvas[top:top + kernel_h, x:x + kernel_w] = tile
+            canvas[top : top + kernel_h, x : x + kernel_w] = tile
     return Image.fromarray(canvas)
 
 
@@ -146,9 +146,11 @@ class RenderSlots:
             self._semaphore = asyncio.Semaphore(self.running)
         if self._semaphore.locked():
             if self.waiting >= self.waiting_limit:
-                raise QueueFull(f"render: {self.running} pictures or exports are being made and "
-                                f"{self.waiting} wait; retry in {self.retry_after} s",
-                                retry_after=self.retry_after)
+                raise QueueFull(
+                    f"render: {self.running} pictures or exports are being made and "
+                    f"{self.waiting} wait; retry in {self.retry_after} s",
+                    retry_after=self.retry_after,
+                )
         self.waiting += 1
         try:
             await self._semaphore.acquire()

@@ -103,6 +103,7 @@ class ReplayTicket:
 
 # ---------------------------------------------------------------- event fan-out
 
+
 class Subscription:
     """One viewer's bounded queue of events to send.
 
@@ -217,6 +218,7 @@ class Channel:
 
 # ---------------------------------------------------------------- workers
 
+
 @dataclass
 class WorkerHandle:
     run_id: str
@@ -300,10 +302,14 @@ class RunManager:
             owner = run["owner_pid"]
             if owner and owner != os.getpid() and _process_alive(owner) and run["meta"].get("cli"):
                 continue  # a `kernelscope train` process is still training it
-            self.channel(run["id"]).record((
-                "status", "interrupted", run["step"],
-                f"the server stopped while this run was {run['status']}; resume to continue",
-            ))
+            self.channel(run["id"]).record(
+                (
+                    "status",
+                    "interrupted",
+                    run["step"],
+                    f"the server stopped while this run was {run['status']}; resume to continue",
+                )
+            )
             recovered.append(run["id"])
         return recovered
 
@@ -432,8 +438,9 @@ class RunManager:
         if isinstance(confined, dict) and confined.get("path") is not None:
             limits.check_dataset_files(full_config, confined["path"])
         active = [run["config"] for run in self.store.list_runs() if run["status"] in ACTIVE_STATUSES]
-        limits.check_storage(full_config, self.store.data_dir, active,
-                             self.settings.max_run_storage, self.settings.min_free_disk)
+        limits.check_storage(
+            full_config, self.store.data_dir, active, self.settings.max_run_storage, self.settings.min_free_disk
+        )
         with self._lock:
             self._check_capacity()
             if self.gate is not None:  # classroom: owner + per-learner quota (429), under this lock
@@ -491,8 +498,15 @@ class RunManager:
         event_reader, event_writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=process_main,
-            args=(str(self.store.data_dir), run_id, run["config"], self.settings.checkpoint_every,
-                  command_reader, event_writer, self.settings.worker_nice),
+            args=(
+                str(self.store.data_dir),
+                run_id,
+                run["config"],
+                self.settings.checkpoint_every,
+                command_reader,
+                event_writer,
+                self.settings.worker_nice,
+            ),
             name=f"kernelscope-run-{run_id}",
             daemon=True,
         )
@@ -502,9 +516,7 @@ class RunManager:
         command_reader.close()
         event_writer.close()
         handle = WorkerHandle(run_id, process, command_writer, event_reader)
-        handle.thread = threading.Thread(
-            target=self._read_events, args=(handle,), name=f"reader-{run_id}", daemon=True
-        )
+        handle.thread = threading.Thread(target=self._read_events, args=(handle,), name=f"reader-{run_id}", daemon=True)
         self._workers[run_id] = handle
         handle.thread.start()
 
@@ -610,9 +622,7 @@ class RunManager:
                 self._unrecorded.pop(run_id, None)
                 self._schedule()
             return self.store.get_run(run_id)
-        raise RunConflict(
-            f"run {run_id} is {status}; only paused, interrupted, stopped or failed runs can be resumed"
-        )
+        raise RunConflict(f"run {run_id} is {status}; only paused, interrupted, stopped or failed runs can be resumed")
 
     def _wait_until_exited(self, run_id: str, timeout: float = CONTROL_WAIT_SECONDS) -> None:
         """After a terminal status the process still exits and its reader frees the slot; wait for that."""
@@ -630,11 +640,18 @@ class RunManager:
                 try:
                     Trainer.checkpoint_config(checkpoint)
                 except ValueError as error:  # "checkpoint: missing or unreadable config (...)"
-                    raise DamagedFile(run_id, "checkpoint", None, checkpoint_path(self.store.data_dir, run_id),
-                                      str(error).removeprefix("checkpoint: ")) from None
+                    raise DamagedFile(
+                        run_id,
+                        "checkpoint",
+                        None,
+                        checkpoint_path(self.store.data_dir, run_id),
+                        str(error).removeprefix("checkpoint: "),
+                    ) from None
         except DamagedFile as error:
-            raise RunConflict(f"{error}; the run cannot resume from it. Fork it from one of its "
-                              "snapshots instead (POST /api/runs/{id}/fork)") from None
+            raise RunConflict(
+                f"{error}; the run cannot resume from it. Fork it from one of its "
+                "snapshots instead (POST /api/runs/{id}/fork)"
+            ) from None
         if checkpoint is None or "step" not in checkpoint:
             return 0
         return int(checkpoint["step"])
@@ -652,8 +669,15 @@ class RunManager:
         handle.send(("stop",))
         return self._wait_for_status(run_id, lambda status: status in TERMINAL_STATUSES)
 
-    def set_kernel(self, run_id: str, layer: int, filter_index: int, kernel, frozen: bool = False,
-                   timeout: float = CONTROL_WAIT_SECONDS) -> None:
+    def set_kernel(
+        self,
+        run_id: str,
+        layer: int,
+        filter_index: int,
+        kernel,
+        frozen: bool = False,
+        timeout: float = CONTROL_WAIT_SECONDS,
+    ) -> None:
         """Overwrite one kernel of a running or paused run; ValueError names a bad argument."""
         run = self.store.get_run(run_id)
         handle = self._workers.get(run_id)
@@ -710,8 +734,13 @@ class RunManager:
             self._replays_by_client[client] = count + 1
         return ReplayTicket(self, client)
 
-    async def stream(self, run_id: str, last_event_id: int | None, keepalive: float = KEEPALIVE_SECONDS,
-                     ticket: ReplayTicket | None = None):
+    async def stream(
+        self,
+        run_id: str,
+        last_event_id: int | None,
+        keepalive: float = KEEPALIVE_SECONDS,
+        ticket: ReplayTicket | None = None,
+    ):
         """Async iterator of Events for one viewer (None = a keep-alive), until the run has ended.
 
         First the metrics missed since `last_event_id` (from the store, in pages),
@@ -782,8 +811,14 @@ class RunManager:
             channel.subscribers.add(subscription)
         return run
 
-    async def _resync(self, channel: Channel, subscription: Subscription, last_sent: int | None,
-                      ticket: ReplayTicket | None = None, keepalive: float = KEEPALIVE_SECONDS):
+    async def _resync(
+        self,
+        channel: Channel,
+        subscription: Subscription,
+        last_sent: int | None,
+        ticket: ReplayTicket | None = None,
+        keepalive: float = KEEPALIVE_SECONDS,
+    ):
         """Missed metrics (paged, one of limits.MAX_REPLAYS at a time; None = keep-alive while it
         waits its turn), then the current status and the latest snapshot."""
         run = await asyncio.to_thread(self._register, channel, subscription)
@@ -800,8 +835,7 @@ class RunManager:
             try:
                 position = (last_sent, ALL_STEPS)  # every point of event `last_sent` was delivered
                 while True:
-                    events, position = await asyncio.to_thread(
-                        self._replay_page, channel.run_id, position, newest)
+                    events, position = await asyncio.to_thread(self._replay_page, channel.run_id, position, newest)
                     for event in events:
                         yield event
                     if not events:

@@ -16,9 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.limits import MAX_NAME_LENGTH, bounds
 
-RunStatus = Literal[
-    "queued", "running", "paused", "completed", "stopped", "diverged", "failed", "interrupted"
-]
+RunStatus = Literal["queued", "running", "paused", "completed", "stopped", "diverged", "failed", "interrupted"]
 
 
 class RunCreate(BaseModel):
@@ -27,18 +25,23 @@ class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str | dict[str, Any] | None = Field(
-        None, description='A preset name ("small", "demo", ...) or a model spec object.',
+        None,
+        description='A preset name ("small", "demo", ...) or a model spec object.',
         examples=["demo"],
     )
     init: str | dict[str, Any] | None = Field(
-        None, description='Default initializer: a name or {"name": "normal", "std": 0.01}.',
+        None,
+        description='Default initializer: a name or {"name": "normal", "std": 0.01}.',
         examples=["he_normal"],
     )
     dataset: str | dict[str, Any] | None = Field(
-        None, description='"shapes" or {"name": "mnist", "path": ...}.', examples=["shapes"],
+        None,
+        description='"shapes" or {"name": "mnist", "path": ...}.',
+        examples=["shapes"],
     )
     optimizer: str | dict[str, Any] | None = Field(
-        None, description='{"name": "sgd", "lr": 0.05, "momentum": 0.9} or {"name": "adam", ...}.',
+        None,
+        description='{"name": "sgd", "lr": 0.05, "momentum": 0.9} or {"name": "adam", ...}.',
     )
     batch_size: int | None = Field(None, strict=True, **bounds("batch_size"))
     steps: int | None = Field(None, strict=True, **bounds("steps"))
@@ -46,7 +49,8 @@ class RunCreate(BaseModel):
     snapshot_every: int | None = Field(None, strict=True, **bounds("snapshot_every"))
     eval_every: int | None = Field(None, strict=True, **bounds("eval_every"))
     snapshot_schedule: dict[str, Any] | None = Field(
-        None, description='Dense snapshots at the start: {"dense_steps": int, "growth": number > 1}; defaults in GET /api/defaults.',
+        None,
+        description='Dense snapshots at the start: {"dense_steps": int, "growth": number > 1}; defaults in GET /api/defaults.',
     )
     name: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="A label shown in run lists.")
 
@@ -117,13 +121,15 @@ class DatasetInfo(BaseModel):
 
 class DatasetList(BaseModel):
     datasets: list[DatasetInfo]  # only those that can load on this server
-    path_rule: str = ""          # where dataset.path points (app/limits.py DATASET_PATH_RULE)
+    path_rule: str = ""  # where dataset.path points (app/limits.py DATASET_PATH_RULE)
 
 
 class PresetInfo(BaseModel):
     name: str
     spec: dict[str, Any]
-    optimizer: dict[str, Any] = Field(description="what a run of this preset trains with when its config names no optimizer")
+    optimizer: dict[str, Any] = Field(
+        description="what a run of this preset trains with when its config names no optimizer"
+    )
 
 
 class PresetList(BaseModel):
@@ -142,7 +148,9 @@ class Defaults(BaseModel):
     optimizers: dict[str, dict[str, Any]] = Field(description="each optimizer's settings when only its name is given")
     demos: dict[str, Demo] = Field(description="the page's one-button experiments (engine/presets.py DEMOS)")
     kernel_bank: list[str] = Field(description="the named kernels the `kernel` init uses when none are given")
-    limits: dict[str, dict[str, Any]] = Field(description="range of every numeric field: min, max, min_exclusive?, max_exclusive?")
+    limits: dict[str, dict[str, Any]] = Field(
+        description="range of every numeric field: min, max, min_exclusive?, max_exclusive?"
+    )
 
 
 class InitsDescribe(BaseModel):
@@ -151,10 +159,12 @@ class InitsDescribe(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str | dict[str, Any] | None = Field(None, description="A preset name or a model spec.", examples=["demo"])
-    init: str | dict[str, Any] | None = Field(None, description="The run's init (a layer's own init overrides it).",
-                                              examples=["he_normal"])
-    dataset: str | dict[str, Any] | None = Field(None, description="Gives the input shape and class count.",
-                                                 examples=["shapes"])
+    init: str | dict[str, Any] | None = Field(
+        None, description="The run's init (a layer's own init overrides it).", examples=["he_normal"]
+    )
+    dataset: str | dict[str, Any] | None = Field(
+        None, description="Gives the input shape and class count.", examples=["shapes"]
+    )
 
 
 class LayerInit(BaseModel):

@@ -34,6 +34,7 @@ TOKEN_MESSAGE = "authorization: this server needs the header 'Authorization: Bea
 
 # ---------------------------------------------------------------- JSON bodies
 
+
 class _NotFinite:
     """Stands in for a NaN/Infinity literal (or an overflowing number) while a body is checked."""
 
@@ -113,20 +114,31 @@ def _identify(scope, headers: dict, token: str | None, safe: bool) -> callers.Ca
     """The server token is the teacher; a learner token a learner (app/classroom.py); no token: anonymous."""
     app = scope.get("app")
     store = getattr(getattr(app, "state", None), "classroom", None)
-    return callers.identify(store, token, _bearer(headers.get("authorization", "")),
-                            _cookie(headers.get("cookie", ""), callers.SESSION_COOKIE), safe)
+    return callers.identify(
+        store,
+        token,
+        _bearer(headers.get("authorization", "")),
+        _cookie(headers.get("cookie", ""), callers.SESSION_COOKIE),
+        safe,
+    )
 
 
 # ---------------------------------------------------------------- the middleware
 
+
 async def _send_json(send, status: int, content: dict, headers: list | None = None) -> None:
     body = json.dumps(content).encode("utf-8")
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    *(headers or [])],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -186,8 +198,9 @@ class RequestGuard:
                 await self.app(scope, receive, send_with_full_allow)
                 return
             if caller.role == "anonymous" and scope["path"] not in OPEN_PATHS:
-                await _send_json(send, 401, {"detail": TOKEN_MESSAGE, "message": TOKEN_MESSAGE},
-                                 [(b"www-authenticate", b"Bearer")])
+                await _send_json(
+                    send, 401, {"detail": TOKEN_MESSAGE, "message": TOKEN_MESSAGE}, [(b"www-authenticate", b"Bearer")]
+                )
                 return
             await self._guarded(scope, receive, send, headers, send_with_full_allow)
         finally:
@@ -235,6 +248,7 @@ class RequestGuard:
 
 # ---------------------------------------------------------------- dataset paths
 
+
 def datasets_root(data_dir: Path) -> Path:
     return Path(data_dir) / limits.DATASETS_FOLDER
 
@@ -279,6 +293,7 @@ def confined_dataset(data_dir: Path, dataset: dict | str | None) -> dict | str |
 
 
 # ---------------------------------------------------------------- wiring
+
 
 def install(app, token: str | None, cors_origins: tuple[str, ...] = ()) -> None:
     """Put the guard in front of a FastAPI app's routes; add CORS only for the configured origins."""

@@ -68,16 +68,16 @@ class Settings:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    max_runs: int = DEFAULT_MAX_RUNS            # runs training at the same time
-    max_queued: int = DEFAULT_MAX_QUEUED        # runs waiting for a slot
-    token: str | None = None                    # when set, mutating routes need it
-    cors_origins: tuple[str, ...] = ()          # browser origins allowed cross-site; none by default
+    max_runs: int = DEFAULT_MAX_RUNS  # runs training at the same time
+    max_queued: int = DEFAULT_MAX_QUEUED  # runs waiting for a slot
+    token: str | None = None  # when set, mutating routes need it
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed cross-site; none by default
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # steps between checkpoints
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT  # seconds to wait for workers
-    worker_nice: int = DEFAULT_WORKER_NICE      # niceness added to each training process
+    worker_nice: int = DEFAULT_WORKER_NICE  # niceness added to each training process
     # the storage budget (app/limits.py has the defaults and what they mean)
     max_run_storage: int = limits.MAX_RUN_STORAGE_BYTES  # bytes of one run's snapshots + checkpoint
-    min_free_disk: int = limits.MIN_FREE_DISK_BYTES      # bytes the data directory's disk keeps free
+    min_free_disk: int = limits.MIN_FREE_DISK_BYTES  # bytes the data directory's disk keeps free
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Settings:
@@ -91,14 +91,11 @@ class Settings:
             max_queued=_int_from_env(env, "KERNELSCOPE_MAX_QUEUED", DEFAULT_MAX_QUEUED, 0, limits.MAX_QUEUED_RUNS),
             token=token,
             cors_origins=_origins_from_env(env, "KERNELSCOPE_CORS_ORIGINS"),
-            checkpoint_every=_int_from_env(
-                env, "KERNELSCOPE_CHECKPOINT_EVERY", DEFAULT_CHECKPOINT_EVERY, 1, 1_000_000
-            ),
-            shutdown_timeout=_float_from_env(
-                env, "KERNELSCOPE_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, 0.1, 600.0
-            ),
+            checkpoint_every=_int_from_env(env, "KERNELSCOPE_CHECKPOINT_EVERY", DEFAULT_CHECKPOINT_EVERY, 1, 1_000_000),
+            shutdown_timeout=_float_from_env(env, "KERNELSCOPE_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, 0.1, 600.0),
             worker_nice=_int_from_env(env, "KERNELSCOPE_WORKER_NICE", DEFAULT_WORKER_NICE, 0, 19),
-            max_run_storage=_int_from_env(env, "KERNELSCOPE_MAX_RUN_STORAGE", limits.MAX_RUN_STORAGE_BYTES,
-                                          1 << 20, 1 << 50),
+            max_run_storage=_int_from_env(
+                env, "KERNELSCOPE_MAX_RUN_STORAGE", limits.MAX_RUN_STORAGE_BYTES, 1 << 20, 1 << 50
+            ),
             min_free_disk=_int_from_env(env, "KERNELSCOPE_MIN_FREE_DISK", limits.MIN_FREE_DISK_BYTES, 0, 1 << 50),
         )

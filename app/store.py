@@ -37,7 +37,14 @@ from pathlib import Path
 import numpy as np
 
 STATUSES = (
-    "queued", "running", "paused", "completed", "stopped", "diverged", "failed", "interrupted",
+    "queued",
+    "running",
+    "paused",
+    "completed",
+    "stopped",
+    "diverged",
+    "failed",
+    "interrupted",
 )
 ACTIVE_STATUSES = ("queued", "running", "paused")
 METRIC_FIELDS = ("loss", "acc", "val_loss", "val_acc")
@@ -71,6 +78,7 @@ CREATE INDEX IF NOT EXISTS metrics_by_seq ON metrics (run_id, seq);
 
 
 # ---------------------------------------------------------------- damaged files
+
 
 class DamagedFile(Exception):
     """A stored file of a run exists but cannot be read as what it should be."""
@@ -168,6 +176,7 @@ def dumps_json(obj) -> str:
 
 # ---------------------------------------------------------------- run folders
 
+
 def run_dir(data_dir: Path, run_id: str) -> Path:
     return Path(data_dir) / "runs" / run_id
 
@@ -180,8 +189,7 @@ def checkpoint_path(data_dir: Path, run_id: str) -> Path:
     return run_dir(data_dir, run_id) / "checkpoint.npz"
 
 
-def write_snapshot(data_dir: Path, run_id: str, snapshot: dict, params: dict,
-                   feature_maps: dict | None = None) -> int:
+def write_snapshot(data_dir: Path, run_id: str, snapshot: dict, params: dict, feature_maps: dict | None = None) -> int:
     """Store one snapshot: JSON without feature maps, the maps as arrays, params as npz.
 
     feature_maps: {conv layer index: array (probes, out, H, W)}; when None they
@@ -290,6 +298,7 @@ def read_checkpoint(data_dir: Path, run_id: str) -> dict[str, np.ndarray] | None
 
 # ---------------------------------------------------------------- the database
 
+
 def _row_to_run(row: sqlite3.Row) -> dict:
     return {
         "id": row["id"],
@@ -326,9 +335,7 @@ class Store:
         (self.data_dir / "runs").mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "kernelscope.db"
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.db_path, check_same_thread=False, isolation_level=None, timeout=10.0
-        )
+        self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=10.0)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -357,14 +364,14 @@ class Store:
 
     # -- runs
 
-    def create_run(self, config: dict, status: str = "queued", meta: dict | None = None,
-                   owner_pid: int | None = None) -> dict:
+    def create_run(
+        self, config: dict, status: str = "queued", meta: dict | None = None, owner_pid: int | None = None
+    ) -> dict:
         run_id = uuid.uuid4().hex[:12]
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO runs (id, status, config, meta, created, updated, owner_pid)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (id, status, config, meta, created, updated, owner_pid) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (run_id, status, dumps_json(config), dumps_json(meta or {}), now, now, owner_pid),
             )
         run_dir(self.data_dir, run_id).mkdir(parents=True, exist_ok=True)
@@ -396,9 +403,7 @@ class Store:
         values["updated"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in values)
         with self._lock:
-            cursor = self._db.execute(
-                f"UPDATE runs SET {assignments} WHERE id = ?", (*values.values(), run_id)
-            )
+            cursor = self._db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*values.values(), run_id))
         if cursor.rowcount == 0:
             raise RunNotFound(run_id)
 
@@ -474,8 +479,7 @@ class Store:
             ).fetchall()
         return [(row["seq"], _row_to_point(row)) for row in rows]
 
-    def metrics_page(self, run_id: str, after: tuple[int, int], upto_seq: int,
-                     limit: int) -> list[tuple[int, dict]]:
+    def metrics_page(self, run_id: str, after: tuple[int, int], upto_seq: int, limit: int) -> list[tuple[int, dict]]:
         """At most `limit` (seq, point) rows after the position `after` = (seq, step), up to
         upto_seq, in (seq, step) order: one page of an event replay (keyset paging, so a
         page costs the same early or late in a long run)."""

@@ -35,8 +35,9 @@ class ComparisonCreate(BaseModel):
         description="The config every run shares (model, dataset, optimizer, seed, steps...). Its `init` is replaced per run.",
     )
     inits: list[InitSpec] = Field(
-        default_factory=lambda: demo_inits("init_comparison"), **bounds("comparison.inits"),
-        description="One run per entry: an init name or {\"name\": ..., params}.",
+        default_factory=lambda: demo_inits("init_comparison"),
+        **bounds("comparison.inits"),
+        description='One run per entry: an init name or {"name": ..., params}.',
     )
     name: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="A label for the comparison.")
 
@@ -59,20 +60,24 @@ class InitProbeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     spec: str | dict[str, Any] | None = Field(
-        None, description="A preset name or a spec with 'input'. Default: the default run's model "
-                          "(unless depth and width are given).")
+        None,
+        description="A preset name or a spec with 'input'. Default: the default run's model "
+        "(unless depth and width are given).",
+    )
     depth: int | None = Field(None, **bounds("probe.depth"), description="Plain stack: number of conv layers.")
-    width: int | None = Field(None, **bounds("probe.width"),
-                              description="Plain stack: filters (= input channels) per layer.")
+    width: int | None = Field(
+        None, **bounds("probe.width"), description="Plain stack: filters (= input channels) per layer."
+    )
     activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "linear"] = "relu"
     kernel: int = Field(3, **bounds("probe.kernel"), description="Plain stack: odd kernel size.")
     size: int = Field(16, **bounds("probe.size"), description="Plain stack: height = width of the input.")
     batch: int = Field(4, **bounds("probe.batch"))
     seed: int = Field(0, ge=0, le=bounds("seed")["le"] - bounds("probe.repeats")["le"])
     repeats: int = Field(
-        4, **bounds("probe.repeats"),
+        4,
+        **bounds("probe.repeats"),
         description="Independent weight draws (seeds seed, seed+1, ...); the variances are averaged. One network "
-                    "fluctuates around the theory, which is the average over draws.",
+        "fluctuates around the theory, which is the average over draws.",
     )
     inits: list[InitSpec] = Field(default_factory=lambda: demo_inits("depth_stall"), **bounds("probe.inits"))
 
@@ -87,9 +92,15 @@ class ForkCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    step: StrictInt | Literal["latest"] = Field("latest", description="A stored snapshot step of the parent, or 'latest'.")
-    optimizer: dict[str, Any] | None = Field(None, description='Overrides, e.g. {"lr": 0.01} or {"name": "adam", "lr": 0.001}.')
-    steps: int | None = Field(None, **bounds("steps"), description="Total steps of the fork (it continues from `step`).")
+    step: StrictInt | Literal["latest"] = Field(
+        "latest", description="A stored snapshot step of the parent, or 'latest'."
+    )
+    optimizer: dict[str, Any] | None = Field(
+        None, description='Overrides, e.g. {"lr": 0.01} or {"name": "adam", "lr": 0.001}.'
+    )
+    steps: int | None = Field(
+        None, **bounds("steps"), description="Total steps of the fork (it continues from `step`)."
+    )
     batch_size: int | None = Field(None, **bounds("batch_size"))
     seed: int | None = Field(None, **bounds("seed"))
     snapshot_every: int | None = Field(None, **bounds("snapshot_every"))
@@ -108,8 +119,9 @@ class KernelPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kernel: str | KernelRows2 | KernelRows3 = Field(
-        ..., description='A named kernel ("x", "plus", "sobel_x", "laplacian", ...) or numbers: [kh][kw] (copied '
-                         "into every input channel) or [in][kh][kw].",
+        ...,
+        description='A named kernel ("x", "plus", "sobel_x", "laplacian", ...) or numbers: [kh][kw] (copied '
+        "into every input channel) or [in][kh][kw].",
     )
     scale: FiniteFloat = Field(1.0, **bounds("kernel.scale"), description="Named kernels: unit L2 norm times this.")
     frozen: bool = Field(False, description="Keep this kernel bit-identical from now on.")

@@ -59,6 +59,7 @@ class ParentGone(Exception):
 
 # ---------------------------------------------------------------- building a trainer
 
+
 def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = False):
     """A Trainer for the run: restored from its checkpoint if it has one, else fresh.
 
@@ -101,6 +102,7 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
 
 # ---------------------------------------------------------------- driving the engine's loop
 
+
 def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_every: int = 100) -> str:
     """Run the engine's loop for one stored run until it ends; returns the final status.
 
@@ -109,8 +111,9 @@ def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_ev
     engine's loop takes it. This function only persists and translates:
     snapshots and checkpoints go to the run folder, events become messages.
     """
-    recent_points = deque(_checkpoint_points(data_dir, run_id, trainer.step),
-                          maxlen=max(CHECKPOINT_POINTS_KEPT, 2 * checkpoint_every))
+    recent_points = deque(
+        _checkpoint_points(data_dir, run_id, trainer.step), maxlen=max(CHECKPOINT_POINTS_KEPT, 2 * checkpoint_every)
+    )
     emit(("started", trainer.step))
     if recent_points:
         emit(("metrics", list(recent_points)))
@@ -120,15 +123,15 @@ def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_ev
         have_start_snapshot = False  # written again at the start
 
     status = "failed"
-    for event in trainer.events(control, checkpoint_every=checkpoint_every,
-                                snapshot_at_start=not have_start_snapshot):
+    for event in trainer.events(control, checkpoint_every=checkpoint_every, snapshot_at_start=not have_start_snapshot):
         kind = event["type"]
         if kind == "metrics":
             recent_points.extend(event["points"])
             emit(("metrics", event["points"]))
         elif kind == "snapshot":
-            files.write_snapshot(data_dir, run_id, event["snapshot"], event["params"],
-                                 feature_maps=event["feature_maps"])
+            files.write_snapshot(
+                data_dir, run_id, event["snapshot"], event["params"], feature_maps=event["feature_maps"]
+            )
             emit(("snapshot", int(event["step"])))
         elif kind == "checkpoint":
             state = trainer.checkpoint()
@@ -191,8 +194,10 @@ class PipeControl:
 
 # ---------------------------------------------------------------- the worker process
 
-def process_main(data_dir: str | Path, run_id: str, config, checkpoint_every: int,
-                 command_conn, event_conn, nice: int = 0) -> None:
+
+def process_main(
+    data_dir: str | Path, run_id: str, config, checkpoint_every: int, command_conn, event_conn, nice: int = 0
+) -> None:
     """Entry point of a run's process (multiprocessing 'spawn').
 
     Ctrl+C in a terminal reaches the whole process group; the worker ignores it
@@ -246,21 +251,21 @@ def process_main(data_dir: str | Path, run_id: str, config, checkpoint_every: in
 
 # ---------------------------------------------------------------- recording messages
 
+
 @dataclass
 class Event:
     """One numbered stream event. `data` is the JSON text of the SSE data field
     (for snapshot events it is filled from the snapshot file when sent)."""
 
     seq: int
-    kind: str            # "status" | "metrics" | "snapshot"
+    kind: str  # "status" | "metrics" | "snapshot"
     data: str | None = None
     step: int | None = None
     wire: bytes | None = None  # the encoded SSE frame, built once and shared by every viewer
 
 
 def status_payload(run: dict) -> str:
-    return dumps_json({"id": run["id"], "status": run["status"], "step": run["step"],
-                       "message": run["message"]})
+    return dumps_json({"id": run["id"], "status": run["status"], "step": run["step"], "message": run["message"]})
 
 
 class RunRecorder:
@@ -317,4 +322,3 @@ def snapshot_event_data(store: Store, run_id: str, step: int) -> str | None:
     if text is None:
         return None
     return f'{{"step":{step:d},"snapshot":{text}}}'
-

@@ -43,8 +43,14 @@ print(json.dumps({"ms": 1000 * float(np.median(times))}))
 
 def measure(tree: str, preset: str, batch: int, steps: int, warmup: int) -> float:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
-    out = subprocess.run([sys.executable, "-c", MEASURE, preset, str(batch), str(steps), str(warmup)],
-                         env=env, cwd=os.path.abspath(tree), capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, preset, str(batch), str(steps), str(warmup)],
+        env=env,
+        cwd=os.path.abspath(tree),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
 
 
@@ -70,8 +76,10 @@ def main() -> None:
             old.append(got["old"])
             new.append(got["new"])
             ratios.append(got["new"] / got["old"])
-        print(f"| {preset} | {statistics.median(old):.2f} | {statistics.median(new):.2f} | "
-              f"{statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f}) |")
+        print(
+            f"| {preset} | {statistics.median(old):.2f} | {statistics.median(new):.2f} | "
+            f"{statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f}) |"
+        )
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -40,8 +40,14 @@ import numpy as np  # noqa: E402
 
 TOKEN = "benchmark-teacher-token"
 CHROMIUM = "/usr/bin/chromium"
-RUN = {"model": "small", "dataset": {"name": "shapes", "n_train": 512, "n_val": 64}, "batch_size": 16,
-       "steps": 100_000, "snapshot_every": 10, "eval_every": 1000}
+RUN = {
+    "model": "small",
+    "dataset": {"name": "shapes", "n_train": 512, "n_val": 64},
+    "batch_size": 16,
+    "steps": 100_000,
+    "snapshot_every": 10,
+    "eval_every": 1000,
+}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -51,6 +57,7 @@ def cpu_seconds(pid: int) -> float:
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -59,10 +66,29 @@ def free_port() -> int:
 def start_server(data: Path, max_runs: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERNELSCOPE_")}
-    env.update(KERNELSCOPE_DATA=str(data), KERNELSCOPE_TOKEN=TOKEN, KERNELSCOPE_MAX_RUNS=str(max_runs),
-               KERNELSCOPE_MAX_QUEUED="1000")
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host",
-                                "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=REPO, env=env)
+    env.update(
+        KERNELSCOPE_DATA=str(data),
+        KERNELSCOPE_TOKEN=TOKEN,
+        KERNELSCOPE_MAX_RUNS=str(max_runs),
+        KERNELSCOPE_MAX_QUEUED="1000",
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -151,13 +177,18 @@ def main() -> None:
                 klass = api.post("/api/classes", json={"name": "benchmark", "max_queued": 3}, headers=teacher).json()
                 learners = []
                 for index in range(args.learners):
-                    joined = api.post("/api/classes/join", json={"code": klass["join_code"], "name": f"learner {index:02d}"})
+                    joined = api.post(
+                        "/api/classes/join", json={"code": klass["join_code"], "name": f"learner {index:02d}"}
+                    )
                     learners.append({**joined.json()["learner"], "token": joined.json()["token"]})
                 if args.real:
                     inits = ["zeros", "he_normal", "glorot_uniform", "normal"]
                     for index, learner in enumerate(learners):
-                        api.post("/api/runs", json={**RUN, "init": inits[index % 4]},
-                                 headers={"Authorization": f"Bearer {learner['token']}"}).raise_for_status()
+                        api.post(
+                            "/api/runs",
+                            json={**RUN, "init": inits[index % 4]},
+                            headers={"Authorization": f"Bearer {learner['token']}"},
+                        ).raise_for_status()
                 else:
                     simulated = SimulatedClass(data, klass["id"], learners, args.interval)
                     writer = threading.Thread(target=simulated.run, daemon=True)
@@ -171,11 +202,15 @@ def main() -> None:
                 page = context.new_page()
                 page.goto(f"{base}/class/{klass['id']}")
                 page.wait_for_function(f"window.__kernelscope.wall.live.size === {args.learners}", timeout=120_000)
-                before = page.evaluate("({r: window.__kernelscope.wall.redraws, t: window.__kernelscope.wall.tilesReceived})")
+                before = page.evaluate(
+                    "({r: window.__kernelscope.wall.redraws, t: window.__kernelscope.wall.tilesReceived})"
+                )
                 began = time.monotonic()
                 with_wall = measure_cpu(server.pid, args.seconds)
                 elapsed = time.monotonic() - began
-                after = page.evaluate("({r: window.__kernelscope.wall.redraws, t: window.__kernelscope.wall.tilesReceived})")
+                after = page.evaluate(
+                    "({r: window.__kernelscope.wall.redraws, t: window.__kernelscope.wall.tilesReceived})"
+                )
                 drawn = page.locator(".wall-tile canvas").count()
                 browser.close()
         finally:
@@ -188,10 +223,14 @@ def main() -> None:
     mode = "real runs" if args.real else f"simulated runs, one snapshot each per {args.interval:g} s"
     print(f"{args.learners} learners ({mode}); each phase {args.seconds:g} s")
     print(f"server CPU without the wall: {100 * baseline:.1f}% of one core")
-    print(f"server CPU with the wall open: {100 * with_wall:.1f}% of one core "
-          f"(the wall's stream: {100 * (with_wall - baseline):+.1f}%)")
-    print(f"wall page: {(after['r'] - before['r']) / elapsed:.1f} redraws/s, "
-          f"{(after['t'] - before['t']) / elapsed:.1f} tile events/s, {drawn} tiles with filters")
+    print(
+        f"server CPU with the wall open: {100 * with_wall:.1f}% of one core "
+        f"(the wall's stream: {100 * (with_wall - baseline):+.1f}%)"
+    )
+    print(
+        f"wall page: {(after['r'] - before['r']) / elapsed:.1f} redraws/s, "
+        f"{(after['t'] - before['t']) / elapsed:.1f} tile events/s, {drawn} tiles with filters"
+    )
 
 
 if __name__ == "__main__":

@@ -77,15 +77,31 @@ def child(preset: str, batch: int, steps: int, warmup: int) -> None:
     cpu_main = (cpu_seconds(os.getpid()) - cpu_main) / measured
     cpu_partner = ((cpu_seconds(partner_pid) - cpu_partner) / measured) if partner_pid else 0.0
     chooser = model.split_chooser
-    print(json.dumps({"ms": 1000 * statistics.median(times), "mean_ms": 1000 * statistics.fmean(times),
-                      "cpu_main_ms": 1000 * cpu_main, "cpu_partner_ms": 1000 * cpu_partner,
-                      "decisions": [[n, mode, round(1000 * s, 2), round(1000 * loc, 2)] for n, mode, s, loc in chooser.decisions]}))
+    print(
+        json.dumps(
+            {
+                "ms": 1000 * statistics.median(times),
+                "mean_ms": 1000 * statistics.fmean(times),
+                "cpu_main_ms": 1000 * cpu_main,
+                "cpu_partner_ms": 1000 * cpu_partner,
+                "decisions": [
+                    [n, mode, round(1000 * s, 2), round(1000 * loc, 2)] for n, mode, s, loc in chooser.decisions
+                ],
+            }
+        )
+    )
 
 
 def measure(mode: str, preset: str, steps: int, warmup: int) -> dict:
     environment = {**os.environ, **MODES[mode], "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, __file__, "--child", preset, str(BATCH[preset]), str(steps), str(warmup)],
-                         env=environment, capture_output=True, text=True, check=True, timeout=900).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", preset, str(BATCH[preset]), str(steps), str(warmup)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -104,7 +120,7 @@ def run(presets, modes, rounds, steps_for, warmup) -> list[dict]:
             per_mode = {mode: [] for mode in modes}
             loads = []
             for round_number in range(rounds):
-                order = modes[round_number % len(modes):] + modes[:round_number % len(modes)]
+                order = modes[round_number % len(modes) :] + modes[: round_number % len(modes)]
                 busy = neighbour() if condition == "busy" else None
                 try:
                     if busy:
@@ -121,12 +137,20 @@ def run(presets, modes, rounds, steps_for, warmup) -> list[dict]:
                 figures = per_mode[mode]
                 ms = [r["ms"] for r in figures]
                 ratios = [a / b for a, b in zip(ms, local)] if local else []
-                row = {"preset": preset, "batch": BATCH[preset], "condition": condition, "mode": mode,
-                       "ms": statistics.median(ms), "ratio": statistics.median(ratios) if ratios else None,
-                       "ratio_min": min(ratios) if ratios else None, "ratio_max": max(ratios) if ratios else None,
-                       "cpu_main_ms": statistics.median(r["cpu_main_ms"] for r in figures),
-                       "cpu_partner_ms": statistics.median(r["cpu_partner_ms"] for r in figures),
-                       "choices": [d[1] for r in figures for d in r["decisions"]], "load": loads}
+                row = {
+                    "preset": preset,
+                    "batch": BATCH[preset],
+                    "condition": condition,
+                    "mode": mode,
+                    "ms": statistics.median(ms),
+                    "ratio": statistics.median(ratios) if ratios else None,
+                    "ratio_min": min(ratios) if ratios else None,
+                    "ratio_max": max(ratios) if ratios else None,
+                    "cpu_main_ms": statistics.median(r["cpu_main_ms"] for r in figures),
+                    "cpu_partner_ms": statistics.median(r["cpu_partner_ms"] for r in figures),
+                    "choices": [d[1] for r in figures for d in r["decisions"]],
+                    "load": loads,
+                }
                 rows.append(row)
                 print(format_row(row), flush=True)
     return rows
@@ -135,8 +159,10 @@ def run(presets, modes, rounds, steps_for, warmup) -> list[dict]:
 def format_row(row: dict) -> str:
     ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
     choices = ",".join(sorted(set(row["choices"]))) or "-"
-    return (f"| {row['preset']} | {row['batch']} | {row['condition']} | {row['mode']} | {row['ms']:.2f} | {ratio} | "
-            f"{row['cpu_main_ms']:.2f} + {row['cpu_partner_ms']:.2f} | {choices} | {'; '.join(row['load'])} |")
+    return (
+        f"| {row['preset']} | {row['batch']} | {row['condition']} | {row['mode']} | {row['ms']:.2f} | {ratio} | "
+        f"{row['cpu_main_ms']:.2f} + {row['cpu_partner_ms']:.2f} | {choices} | {'; '.join(row['load'])} |"
+    )
 
 
 def main() -> None:
@@ -152,10 +178,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     print(f"load average at start: {load()} on {os.cpu_count()} CPUs")
-    print("| preset | batch | machine | mode | step ms (median) | / local (rounds) | CPU ms/step main + partner | adaptive chose | load avg per round |")
+    print(
+        "| preset | batch | machine | mode | step ms (median) | / local (rounds) | CPU ms/step main + partner | adaptive chose | load avg per round |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    rows = run(args.presets, args.modes, args.rounds,
-               lambda preset: max(args.warmup + 8, args.steps // 4 if preset == "medium" else args.steps), args.warmup)
+    rows = run(
+        args.presets,
+        args.modes,
+        args.rounds,
+        lambda preset: max(args.warmup + 8, args.steps // 4 if preset == "medium" else args.steps),
+        args.warmup,
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

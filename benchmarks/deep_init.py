@@ -48,9 +48,16 @@ def train(init, steps: int, seed: int) -> dict:
     losses = [trainer.train_step()["loss"] for _ in range(steps)]
     seconds = time.perf_counter() - started
     evaluation = trainer.evaluate()
-    windows = [float(np.mean(losses[i:i + WINDOW])) for i in range(0, steps, WINDOW)]
-    return {"init": init, "first_window": windows[0], "last_window": windows[-1], "windows": windows,
-            "val_loss": evaluation["val_loss"], "val_acc": evaluation["val_acc"], "seconds": seconds}
+    windows = [float(np.mean(losses[i : i + WINDOW])) for i in range(0, steps, WINDOW)]
+    return {
+        "init": init,
+        "first_window": windows[0],
+        "last_window": windows[-1],
+        "windows": windows,
+        "val_loss": evaluation["val_loss"],
+        "val_acc": evaluation["val_acc"],
+        "seconds": seconds,
+    }
 
 
 def main() -> None:
@@ -60,17 +67,21 @@ def main() -> None:
     parser.add_argument("--inits", nargs="+", default=["he_normal", "glorot_uniform", "normal:0.01"])
     parser.add_argument("--json", action="store_true", help="print one JSON object per init instead of a table")
     args = parser.parse_args()
-    print(f"deep preset, {BASE['optimizer']}, batch {BASE['batch_size']}, "
-          f"{args.steps} steps, seed {args.seed}; mean training loss per {WINDOW} steps")
+    print(
+        f"deep preset, {BASE['optimizer']}, batch {BASE['batch_size']}, "
+        f"{args.steps} steps, seed {args.seed}; mean training loss per {WINDOW} steps"
+    )
     for text in args.inits:
         result = train(parse_init(text), args.steps, args.seed)
         if args.json:
             print(json.dumps(result))
             continue
         windows = " ".join(f"{w:.2f}" for w in result["windows"])
-        print(f"{text:>16}: loss {result['first_window']:.3f} -> {result['last_window']:.3f} | "
-              f"val_loss {result['val_loss']:.3f} val_acc {result['val_acc']:.3f} | "
-              f"{result['seconds']:.0f} s\n{'':>18}windows: {windows}")
+        print(
+            f"{text:>16}: loss {result['first_window']:.3f} -> {result['last_window']:.3f} | "
+            f"val_loss {result['val_loss']:.3f} val_acc {result['val_acc']:.3f} | "
+            f"{result['seconds']:.0f} s\n{'':>18}windows: {windows}"
+        )
 
 
 if __name__ == "__main__":

@@ -78,9 +78,14 @@ def filter_row(weight: np.ndarray, detectors: list[dict], title: str, pixel: int
 def save_picture(first: dict, last: dict, path: Path, init) -> None:
     layer0, final0 = first["layers"][0], last["layers"][0]
     chance = final0["detectors"][0]["chance"]
-    top = filter_row(np.array(layer0["weight"]), layer0["detectors"], f"conv1, step {first['step']}: init {json.dumps(init)}")
-    bottom = filter_row(np.array(final0["weight"]), final0["detectors"],
-                        f"conv1, step {last['step']}: learned (* = beats 99% of random {final0['shape'][2]}x{final0['shape'][3]} kernels, |cos| > {chance:.2f})")
+    top = filter_row(
+        np.array(layer0["weight"]), layer0["detectors"], f"conv1, step {first['step']}: init {json.dumps(init)}"
+    )
+    bottom = filter_row(
+        np.array(final0["weight"]),
+        final0["detectors"],
+        f"conv1, step {last['step']}: learned (* = beats 99% of random {final0['shape'][2]}x{final0['shape'][3]} kernels, |cos| > {chance:.2f})",
+    )
     picture = Image.new("RGB", (max(top.width, bottom.width), top.height + bottom.height), (40, 40, 40))
     picture.paste(top, (0, 0))
     picture.paste(bottom, (0, top.height))
@@ -133,10 +138,18 @@ def run_seed(overrides: dict, seed: int, steps: int | None) -> dict:
     half = half_distance_step(distances)
     stored = stored_steps(config)
     return {
-        "seed": seed, "config": config, "first": first, "last": last, "seconds": seconds,
-        "beating": len(beating), "filters": len(detectors), "chance": detectors[0]["chance"],
-        "best_x": best_x, "x_like_cos": x_like_score(trainer.model.params[conv1]),
-        "val_acc": last["metrics"].get("val_acc", 0.0), "half_step": half,
+        "seed": seed,
+        "config": config,
+        "first": first,
+        "last": last,
+        "seconds": seconds,
+        "beating": len(beating),
+        "filters": len(detectors),
+        "chance": detectors[0]["chance"],
+        "best_x": best_x,
+        "x_like_cos": x_like_score(trainer.model.params[conv1]),
+        "val_acc": last["metrics"].get("val_acc", 0.0),
+        "half_step": half,
         "snapshots_before_half": sum(1 for s in stored if s < half),
         "labels": ", ".join(f"{d['label']} {d['score']:.2f}{'*' if d['beats_chance'] else ''}" for d in detectors),
         "passed": best_x is not None and 2 * len(beating) >= len(detectors),
@@ -153,20 +166,43 @@ def run_demo(seeds: list[int], steps: int | None, picture: Path, overrides: dict
     save_picture(results[0]["first"], results[0]["last"], picture, config.init)
 
     title = "default run" if not overrides else f"run with {json.dumps(overrides)}"
-    table = Table(title=f"{title}: dataset {config.dataset['name']}, {config.steps} steps, snapshots from engine.trainer.snapshot_steps")
-    for column in ("seed", "conv1 above chance", "best X-like (chance)", "x/plus |cos| max", "val acc",
-                   "half-distance step", "snapshots before it", "bar"):
+    table = Table(
+        title=f"{title}: dataset {config.dataset['name']}, {config.steps} steps, snapshots from engine.trainer.snapshot_steps"
+    )
+    for column in (
+        "seed",
+        "conv1 above chance",
+        "best X-like (chance)",
+        "x/plus |cos| max",
+        "val acc",
+        "half-distance step",
+        "snapshots before it",
+        "bar",
+    ):
         table.add_column(column, justify="right")
     for r in results:
-        best = f"{r['best_x']['label']} {r['best_x']['score']:.2f} ({r['chance']:.2f})" if r["best_x"] else f"none ({r['chance']:.2f})"
-        table.add_row(str(r["seed"]), f"{r['beating']} of {r['filters']}", best, f"{r['x_like_cos']:.2f}",
-                      f"{r['val_acc']:.4f}", str(r["half_step"]), str(r["snapshots_before_half"]),
-                      "PASS" if r["passed"] else "FAIL")
+        best = (
+            f"{r['best_x']['label']} {r['best_x']['score']:.2f} ({r['chance']:.2f})"
+            if r["best_x"]
+            else f"none ({r['chance']:.2f})"
+        )
+        table.add_row(
+            str(r["seed"]),
+            f"{r['beating']} of {r['filters']}",
+            best,
+            f"{r['x_like_cos']:.2f}",
+            f"{r['val_acc']:.4f}",
+            str(r["half_step"]),
+            str(r["snapshots_before_half"]),
+            "PASS" if r["passed"] else "FAIL",
+        )
     console.print(table)
     passing = sum(r["passed"] for r in results)
     needed = min(SEEDS_NEEDED, len(results))
-    console.print(f"seeds with an X-like conv1 filter above chance and half of conv1 above chance: {passing} of "
-                  f"{len(results)} (bar: {needed}) -> {'PASS' if passing >= needed else 'FAIL'}")
+    console.print(
+        f"seeds with an X-like conv1 filter above chance and half of conv1 above chance: {passing} of "
+        f"{len(results)} (bar: {needed}) -> {'PASS' if passing >= needed else 'FAIL'}"
+    )
     console.print(f"picture (seed {results[0]['seed']}): {picture}")
     return passing >= needed
 
@@ -182,13 +218,20 @@ def run_deep(steps: int, seed: int) -> None:
         losses = [trainer.train_step()["loss"] for _ in range(steps)]
         seconds = time.perf_counter() - start
         evaluation = trainer.evaluate()
-        table.add_row(str(init), f"{losses[0]:.4f}", f"{statistics.median(losses[-50:]):.4f}",
-                      f"{evaluation['val_acc']:.3f}", f"{seconds:.1f}")
+        table.add_row(
+            str(init),
+            f"{losses[0]:.4f}",
+            f"{statistics.median(losses[-50:]):.4f}",
+            f"{evaluation['val_acc']:.3f}",
+            f"{seconds:.1f}",
+        )
     console.print(table)
 
 
 # A module-level option (not a call in the signature) because its default is a computed Path.
-PictureOption = typer.Option(ROOT / "docs" / "learned-filters.png", help="where to save the first seed's filter picture")
+PictureOption = typer.Option(
+    ROOT / "docs" / "learned-filters.png", help="where to save the first seed's filter picture"
+)
 
 
 def main(

@@ -64,7 +64,9 @@ def torch_model(model, torch):
     modules = []
     for layer in model.layers:
         if layer.kind == "conv":
-            modules.append(torch.nn.Conv2d(layer.input_shape[0], layer.filters, layer.kernel, layer.stride, layer.padding))
+            modules.append(
+                torch.nn.Conv2d(layer.input_shape[0], layer.filters, layer.kernel, layer.stride, layer.padding)
+            )
         elif layer.kind == "relu":
             modules.append(torch.nn.ReLU())
         elif layer.kind == "maxpool":
@@ -132,7 +134,9 @@ def measure(args):
             model, x, labels = problem(preset, batch)
             if torch is None:
                 model.threads = args.threads
-                step = engine_stepper(model, x, labels, engine.make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}))
+                step = engine_stepper(
+                    model, x, labels, engine.make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9})
+                )
             else:
                 step = torch_stepper(torch_model(model, torch), x, labels, torch, channels_last=args.role == "tuned")
             for _ in range(args.warmup):
@@ -149,9 +153,24 @@ def run_contender(args, role):
         env["KERNELSCOPE_MALLOC_TUNING"] = "0"  # building the engine model must not tune torch's process
     if role == "tuned":
         env["GLIBC_TUNABLES"] = TUNED_GLIBC
-    command = [sys.executable, os.path.abspath(__file__), "--role", role, "--threads", str(args.threads),
-               "--steps", str(args.steps), "--medium-steps", str(args.medium_steps), "--warmup", str(args.warmup),
-               "--presets", *args.presets, "--batches", *map(str, args.batches)]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--role",
+        role,
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+        "--medium-steps",
+        str(args.medium_steps),
+        "--warmup",
+        str(args.warmup),
+        "--presets",
+        *args.presets,
+        "--batches",
+        *map(str, args.batches),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(f"{role} failed: {done.stderr.strip()[-500:]}")
@@ -164,8 +183,11 @@ def blas_description():
         from threadpoolctl import threadpool_info
     except ImportError:
         return "threadpoolctl not installed: BLAS unknown, batch parts run one after the other"
-    rows = [f"{info.get('internal_api')} {info.get('version')} kernel={info.get('architecture')} threads={info.get('num_threads')}"
-            for info in threadpool_info() if info.get("user_api") == "blas"]
+    rows = [
+        f"{info.get('internal_api')} {info.get('version')} kernel={info.get('architecture')} threads={info.get('num_threads')}"
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    ]
     return "; ".join(rows) or "no BLAS found"
 
 
@@ -177,7 +199,9 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 40; --quick 20)")
     parser.add_argument("--medium-steps", type=int, default=None, help="timed steps for medium (default 15; --quick 8)")
     parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=None, help="rounds of engine, torch, tuned (default 5; --quick 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds of engine, torch, tuned (default 5; --quick 3)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", help="also write the results to this file")
@@ -210,16 +234,23 @@ def main():
     roles = ["engine"] + (["torch", "tuned"] if torch is not None else [])
 
     print(f"numpy {np.__version__}; BLAS: {blas_description()}")
-    print(f"cpus: {os.cpu_count()}; threads: {args.threads} each"
-          + (f"; torch {torch.__version__}" if torch else "; torch: not installed"))
-    print(f"{args.rounds} rounds of {', '.join(roles)}, each alone in a fresh process; per round the median of"
-          f" {args.steps} steps ({args.medium_steps} for medium) after {args.warmup} warm-up steps")
-    print("load average before the run: " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
-          + " (figures from a busy machine are not comparable)")
+    print(
+        f"cpus: {os.cpu_count()}; threads: {args.threads} each"
+        + (f"; torch {torch.__version__}" if torch else "; torch: not installed")
+    )
+    print(
+        f"{args.rounds} rounds of {', '.join(roles)}, each alone in a fresh process; per round the median of"
+        f" {args.steps} steps ({args.medium_steps} for medium) after {args.warmup} warm-up steps"
+    )
+    print(
+        "load average before the run: "
+        + ", ".join(f"{value:.2f}" for value in os.getloadavg())
+        + " (figures from a busy machine are not comparable)"
+    )
     print(flush=True)
     rounds = []
     for number in range(args.rounds):
-        order = roles[number % len(roles):] + roles[: number % len(roles)]  # who goes first rotates
+        order = roles[number % len(roles) :] + roles[: number % len(roles)]  # who goes first rotates
         rounds.append({role: run_contender(args, role) for role in order})
 
     def median_of(role, key):
@@ -227,8 +258,11 @@ def main():
         return statistics.median(values) if values else None
 
     def round_ratios(role, key):
-        return [result["engine"][key] / result[role][key] for result in rounds
-                if key in result.get("engine", {}) and key in result.get(role, {})]
+        return [
+            result["engine"][key] / result[role][key]
+            for result in rounds
+            if key in result.get("engine", {}) and key in result.get(role, {})
+        ]
 
     header = f"{'preset':8} {'batch':>5} {'engine ms':>10} {'img/s':>8} {'GFLOP/s':>8}"
     if torch is not None:
@@ -243,9 +277,17 @@ def main():
             if engine_s is None:
                 continue
             flops = step_flops(model) * batch
-            row = {"preset": preset, "batch": batch, "engine_ms": engine_s * 1e3, "images_per_s": batch / engine_s,
-                   "gflops": flops / engine_s / 1e9, "rounds": args.rounds,
-                   "engine_round_ms": [result["engine"][key] * 1e3 for result in rounds if key in result.get("engine", {})]}
+            row = {
+                "preset": preset,
+                "batch": batch,
+                "engine_ms": engine_s * 1e3,
+                "images_per_s": batch / engine_s,
+                "gflops": flops / engine_s / 1e9,
+                "rounds": args.rounds,
+                "engine_round_ms": [
+                    result["engine"][key] * 1e3 for result in rounds if key in result.get("engine", {})
+                ],
+            }
             line = f"{preset:8} {batch:5d} {engine_s * 1e3:10.2f} {batch / engine_s:8.0f} {flops / engine_s / 1e9:8.1f}"
             for role in roles[1:]:
                 seconds, ratios = median_of(role, key), round_ratios(role, key)
@@ -253,15 +295,25 @@ def main():
                     line += f" {'-':>9} {'-':>6} {'':>11}"
                     continue
                 ratio = statistics.median(ratios)
-                row.update({f"{role}_ms": seconds * 1e3, f"{role}_ratio": ratio, f"{role}_round_ratios": ratios,
-                            f"{role}_round_ms": [result[role][key] * 1e3 for result in rounds if key in result.get(role, {})]})
+                row.update(
+                    {
+                        f"{role}_ms": seconds * 1e3,
+                        f"{role}_ratio": ratio,
+                        f"{role}_round_ratios": ratios,
+                        f"{role}_round_ms": [
+                            result[role][key] * 1e3 for result in rounds if key in result.get(role, {})
+                        ],
+                    }
+                )
                 spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
                 line += f" {seconds * 1e3:9.2f} {ratio:6.2f} {spread:>11}"
             print(line, flush=True)
             results.append(row)
     print()
-    print("ratio = median over rounds of (engine step time / torch step time); below 1: the engine is faster;"
-          " (rounds) = the lowest and highest of those per-round ratios.")
+    print(
+        "ratio = median over rounds of (engine step time / torch step time); below 1: the engine is faster;"
+        " (rounds) = the lowest and highest of those per-round ratios."
+    )
     print("torch: PyTorch as installed (NCHW, glibc's default malloc settings), alone in its process.")
     print("tuned: PyTorch with GLIBC_TUNABLES=" + TUNED_GLIBC + " and channels_last.")
     if args.json:

@@ -36,14 +36,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP_INITS = ["he_normal", "glorot_uniform", {"name": "normal", "std": 0.01}]
-SIX_INITS = ["he_normal", "glorot_uniform", "lecun_normal", "orthogonal", {"name": "normal", "std": 0.01},
-             {"name": "uniform", "a": 0.05}]
+SIX_INITS = [
+    "he_normal",
+    "glorot_uniform",
+    "lecun_normal",
+    "orthogonal",
+    {"name": "normal", "std": 0.01},
+    {"name": "uniform", "a": 0.05},
+]
 
 
 def lesson_configs(lesson: str, steps: int) -> list[dict]:
     if lesson == "deep":
-        base = {"model": "deep", "optimizer": {"name": "adam", "lr": 0.001}, "batch_size": 32,
-                "snapshot_every": 10, "eval_every": 50}
+        base = {
+            "model": "deep",
+            "optimizer": {"name": "adam", "lr": 0.001},
+            "batch_size": 32,
+            "snapshot_every": 10,
+            "eval_every": 50,
+        }
         return [{**base, "init": init, "steps": steps} for init in DEEP_INITS]
     return [{"init": init, "steps": steps} for init in SIX_INITS]
 
@@ -75,8 +86,10 @@ print(json.dumps(totals))
 """
 
 
-VARIANTS = {"before": {"KERNELSCOPE_SPLIT": "always", "KERNELSCOPE_PARTNER_SPIN": "always"},
-            "after": {"KERNELSCOPE_SPLIT": "auto", "KERNELSCOPE_PARTNER_SPIN": "auto"}}
+VARIANTS = {
+    "before": {"KERNELSCOPE_SPLIT": "always", "KERNELSCOPE_PARTNER_SPIN": "always"},
+    "after": {"KERNELSCOPE_SPLIT": "auto", "KERNELSCOPE_PARTNER_SPIN": "auto"},
+}
 
 
 def run_children(groups: list[list[dict]], split: str) -> tuple[float, list[dict]]:
@@ -84,8 +97,15 @@ def run_children(groups: list[list[dict]], split: str) -> tuple[float, list[dict
     all at once; (wall seconds, their reports)."""
     environment = {**os.environ, **VARIANTS[split], "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
-    processes = [subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT), configs=group, before=split == "before")],
-                                  env=environment, stdout=subprocess.PIPE, text=True) for group in groups]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD.format(root=str(ROOT), configs=group, before=split == "before")],
+            env=environment,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for group in groups
+    ]
     reports = []
     for process in processes:
         out, _ = process.communicate(timeout=3600)
@@ -119,19 +139,34 @@ def main() -> None:
             measured = {split: [] for split in args.variants}
             loads = {split: [] for split in args.variants}
             for round_number in range(args.rounds):
-                order = args.variants[round_number % len(args.variants):] + args.variants[:round_number % len(args.variants)]
+                order = (
+                    args.variants[round_number % len(args.variants) :]
+                    + args.variants[: round_number % len(args.variants)]
+                )
                 for split in order:
                     loads[split].append(load())
                     measured[split].append(run_children(groups, split))
             for split in args.variants:
                 walls = [wall for wall, _ in measured[split]]
-                parts = {key: statistics.median(sum(r[key] for r in reports) for _, reports in measured[split])
-                         for key in ("train", "snapshot", "eval", "build")}
-                row = {"lesson": lesson, "way": way, "split": split, "wall": statistics.median(walls),
-                       "walls": walls, **parts, "loads": loads[split]}
+                parts = {
+                    key: statistics.median(sum(r[key] for r in reports) for _, reports in measured[split])
+                    for key in ("train", "snapshot", "eval", "build")
+                }
+                row = {
+                    "lesson": lesson,
+                    "way": way,
+                    "split": split,
+                    "wall": statistics.median(walls),
+                    "walls": walls,
+                    **parts,
+                    "loads": loads[split],
+                }
                 rows.append(row)
-                print(f"| {lesson} | {way} | {split} | {row['wall']:.1f} | {parts['train']:.1f} | {parts['snapshot']:.1f} | "
-                      f"{parts['eval']:.1f} | {parts['build']:.1f} | {'; '.join(loads[split])} |", flush=True)
+                print(
+                    f"| {lesson} | {way} | {split} | {row['wall']:.1f} | {parts['train']:.1f} | {parts['snapshot']:.1f} | "
+                    f"{parts['eval']:.1f} | {parts['build']:.1f} | {'; '.join(loads[split])} |",
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

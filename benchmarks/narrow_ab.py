@@ -61,20 +61,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
-    print("| preset | batch | old CPU ms/pass | new CPU ms/pass | new/old CPU (rounds) | new/old wall (rounds) "
-          "| eval 500: new/old CPU (rounds) | load per round |")
+    print(
+        "| preset | batch | old CPU ms/pass | new CPU ms/pass | new/old CPU (rounds) | new/old wall (rounds) "
+        "| eval 500: new/old CPU (rounds) | load per round |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
         old, new, loads = [], [], []
         for round_number in range(args.rounds):
             loads.append(" ".join(Path("/proc/loadavg").read_text().split()[:3]))
-            for narrow in ((False, True) if round_number % 2 == 0 else (True, False)):
+            for narrow in (False, True) if round_number % 2 == 0 else (True, False):
                 (new if narrow else old).append(measure(preset, narrow, args.steps))
         ratio = lambda key, new=new, old=old: [n[key] / o[key] for n, o in zip(new, old)]  # noqa: E731
         fmt = lambda r: f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})"  # noqa: E731
-        print(f"| {preset} | {BATCH[preset]} | {1000 * statistics.median(o['cpu'] for o in old):.2f} | "
-              f"{1000 * statistics.median(n['cpu'] for n in new):.2f} | {fmt(ratio('cpu'))} | {fmt(ratio('wall'))} | "
-              f"{fmt(ratio('eval_cpu'))} | {'; '.join(loads)} |", flush=True)
+        print(
+            f"| {preset} | {BATCH[preset]} | {1000 * statistics.median(o['cpu'] for o in old):.2f} | "
+            f"{1000 * statistics.median(n['cpu'] for n in new):.2f} | {fmt(ratio('cpu'))} | {fmt(ratio('wall'))} | "
+            f"{fmt(ratio('eval_cpu'))} | {'; '.join(loads)} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,16 @@ import httpx
 from playwright.sync_api import sync_playwright
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -49,9 +57,23 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERNELSCOPE_")}
     env["KERNELSCOPE_DATA"] = data_dir
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                               cwd=REPO_ROOT, env=env)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -79,7 +101,9 @@ def dropped_between(frames: list[dict], stored: list[int]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per mode")
-    parser.add_argument("--steps", type=int, default=20_000, help="steps of the default run (long enough to outlast it)")
+    parser.add_argument(
+        "--steps", type=int, default=20_000, help="steps of the default run (long enough to outlast it)"
+    )
     args = parser.parse_args()
     paces = ["live", "1", "2", "5", "10", "20"]
     rows = []
@@ -94,13 +118,15 @@ def main() -> None:
                 page.fill("#f-steps", str(args.steps))
                 page.locator("#f-steps").dispatch_event("change")
                 page.click("#btn-start")
-                page.wait_for_function("window.__kernelscope.state.view.run || document.getElementById('form-error').textContent")
+                page.wait_for_function(
+                    "window.__kernelscope.state.view.run || document.getElementById('form-error').textContent"
+                )
                 if page.text_content("#form-error"):
                     raise SystemExit(f"the server refused the run: {page.text_content('#form-error')}")
                 page.wait_for_function("window.__kernelscope.drawn !== null", timeout=120_000)
                 run_id = page.evaluate("window.__kernelscope.state.view.run")
                 for pace in paces:
-                    page.select_option("#pace", pace)   # "live" jumps to live; a pace plays from step 0
+                    page.select_option("#pace", pace)  # "live" jumps to live; a pace plays from step 0
                     page.evaluate("(() => { const k = window.__kernelscope; k.frameLog = []; k.paceWaits = 0; })()")
                     train_start = httpx.get(f"{base}/api/runs/{run_id}").json()["step"]
                     started = time.monotonic()
@@ -110,13 +136,18 @@ def main() -> None:
                     stored = httpx.get(f"{base}/api/runs/{run_id}/snapshots").json()["steps"]
                     train_end = httpx.get(f"{base}/api/runs/{run_id}").json()["step"]
                     shown = frames[-1]["step"] if frames else None
-                    rows.append({
-                        "mode": pace if pace == "live" else f"{pace}/s", "redraws": len(frames) / elapsed,
-                        "dropped": dropped_between(frames, stored), "waits": waits,
-                        "behind": len([s for s in stored if shown is not None and s > shown]),
-                        "steps_per_s": (train_end - train_start) / elapsed,
-                        "first": frames[0]["step"] if frames else None, "last": shown,
-                    })
+                    rows.append(
+                        {
+                            "mode": pace if pace == "live" else f"{pace}/s",
+                            "redraws": len(frames) / elapsed,
+                            "dropped": dropped_between(frames, stored),
+                            "waits": waits,
+                            "behind": len([s for s in stored if shown is not None and s > shown]),
+                            "steps_per_s": (train_end - train_start) / elapsed,
+                            "first": frames[0]["step"] if frames else None,
+                            "last": shown,
+                        }
+                    )
                     page.click("#btn-live")
                 httpx.post(f"{base}/api/runs/{run_id}/stop")
                 browser.close()
@@ -124,12 +155,18 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
 
-    print(f"default run with {args.steps} steps, {args.seconds:.0f} s per mode, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"  {'mode':>6}  {'redraws/s':>9}  {'snapshots dropped':>17}  {'waits':>5}  {'behind':>6}  {'train steps/s':>13}  steps drawn")
+    print(
+        f"default run with {args.steps} steps, {args.seconds:.0f} s per mode, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"  {'mode':>6}  {'redraws/s':>9}  {'snapshots dropped':>17}  {'waits':>5}  {'behind':>6}  {'train steps/s':>13}  steps drawn"
+    )
     for r in rows:
-        print(f"  {r['mode']:>6}  {r['redraws']:9.1f}  {r['dropped']:17d}  {r['waits']:5d}  {r['behind']:6d}  "
-              f"{r['steps_per_s']:13.1f}  {r['first']}..{r['last']}")
+        print(
+            f"  {r['mode']:>6}  {r['redraws']:9.1f}  {r['dropped']:17d}  {r['waits']:5d}  {r['behind']:6d}  "
+            f"{r['steps_per_s']:13.1f}  {r['first']}..{r['last']}"
+        )
 
 
 if __name__ == "__main__":

@@ -110,8 +110,13 @@ def cli_rate(config: dict, warmup: int) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "app.cli", "train", "--steps", str(config["steps"]), "--data", tmp]
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         store = None
 
         def read_step():
@@ -147,8 +152,9 @@ def server_rate(config: dict, warmup: int, page: bool) -> float:
             from playwright.sync_api import sync_playwright
 
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+                browser = playwright.chromium.launch(
+                    executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-dev-shm-usage"]
+                )
                 view = browser.new_page(viewport={"width": 1280, "height": 800})
                 view.goto(f"{server.url}/#run={run_id}")
                 view.wait_for_selector("body[data-ready=true]")
@@ -262,20 +268,26 @@ def main() -> None:
     scenarios = [s for s in args.only.split(",") if s]
     config = {"steps": steps}
     results = {"config": config, "rounds": rounds, "rates": {}, "loads": {}}
-    print(f"default run, {steps} steps, warm-up {WARMUP}, {rounds} round(s); load at start {load()} "
-          f"on {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"default run, {steps} steps, warm-up {WARMUP}, {rounds} round(s); load at start {load()} "
+        f"on {os.cpu_count()} CPUs",
+        flush=True,
+    )
     for condition in args.conditions.split(","):
         rates = {s: [] for s in scenarios}
         loads = []
         for round_number in range(rounds):
-            order = scenarios[round_number % len(scenarios):] + scenarios[:round_number % len(scenarios)]
+            order = scenarios[round_number % len(scenarios) :] + scenarios[: round_number % len(scenarios)]
             busy = neighbour() if condition == "busy" else None
             try:
                 for scenario in order:
                     loads.append(load())
                     rates[scenario].append(measure(scenario, config, WARMUP))
-                    print(f"  {condition} round {round_number + 1} {scenario}: {rates[scenario][-1]:.1f} steps/s "
-                          f"(load {loads[-1]})", flush=True)
+                    print(
+                        f"  {condition} round {round_number + 1} {scenario}: {rates[scenario][-1]:.1f} steps/s "
+                        f"(load {loads[-1]})",
+                        flush=True,
+                    )
             finally:
                 if busy:
                     busy.kill()

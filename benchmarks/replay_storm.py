@@ -119,10 +119,12 @@ def main() -> None:
             server.wait()
     complete = sum(1 for _, status, received in rows if status == 200 and received == args.points)
     figures = {
-        "clients": args.clients, "points": args.points, "seconds": round(took, 1),
+        "clients": args.clients,
+        "points": args.points,
+        "seconds": round(took, 1),
         "complete_replays": complete,
-        "healthz_ms": {f"p{q}": round(percentile(latencies, q), 1) for q in (50, 90, 99)} | {
-            "max": round(max(latencies), 1), "requests": len(latencies)},
+        "healthz_ms": {f"p{q}": round(percentile(latencies, q), 1) for q in (50, 90, 99)}
+        | {"max": round(max(latencies), 1), "requests": len(latencies)},
         "server_rss_mib": {"idle": round(idle), "peak": round(peak), "after": round(after)},
     }
     print(json.dumps(figures, indent=2))

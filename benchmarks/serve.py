@@ -52,6 +52,7 @@ DEMO = {"model": "demo", "batch_size": 64, "snapshot_every": 10, "eval_every": 1
 
 # ---------------------------------------------------------------- helpers
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -80,8 +81,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, **{k: str(v) for k, v in env.items()}}
         self.started = time.monotonic()
-        self.process = subprocess.Popen(serve_command(self.port, data_dir), env=environment,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            serve_command(self.port, data_dir), env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         self.client = httpx.Client(base_url=self.url, timeout=30.0)
         self.healthz_after = self.wait_for("/healthz")
         self.healthz_cpu = cpu_seconds(self.process.pid)  # independent of other load on the machine
@@ -137,8 +139,13 @@ class Viewer(threading.Thread):
     far by the server and its training processes) at every metrics event.
     """
 
-    def __init__(self, url: str, run_id: str, until_status=("completed", "stopped", "failed", "diverged"),
-                 cpu_of: int | None = None):
+    def __init__(
+        self,
+        url: str,
+        run_id: str,
+        until_status=("completed", "stopped", "failed", "diverged"),
+        cpu_of: int | None = None,
+    ):
         super().__init__(daemon=True)
         self.url, self.run_id, self.until, self.cpu_of = url, run_id, until_status, cpu_of
         self.points: list[tuple[float, dict]] = []
@@ -221,6 +228,7 @@ def is_spawned_worker(pid: int) -> bool:
 
 # ---------------------------------------------------------------- 1 + 2: throughput and latency
 
+
 def _engine_alone_child(config: dict, warmup: int, nice: int, queue) -> None:
     from engine.trainer import RunConfig, Trainer
 
@@ -288,16 +296,21 @@ def bench_throughput(args, results: dict) -> None:
                 server_rates.append(rate)
                 server_cpu.append(cpu)
                 latencies += lat
-                print(f"  round {round_index + 1}: engine {engine_rates[-1]:.1f} steps/s "
-                      f"({engine_cpu[-1] * 1000:.1f} ms CPU/step), server {server_rates[-1]:.1f} steps/s "
-                      f"({server_cpu[-1] * 1000:.1f} ms CPU/step)", flush=True)
+                print(
+                    f"  round {round_index + 1}: engine {engine_rates[-1]:.1f} steps/s "
+                    f"({engine_cpu[-1] * 1000:.1f} ms CPU/step), server {server_rates[-1]:.1f} steps/s "
+                    f"({server_cpu[-1] * 1000:.1f} ms CPU/step)",
+                    flush=True,
+                )
         finally:
             server.stop()
     engine_median, server_median = statistics.median(engine_rates), statistics.median(server_rates)
     engine_cpu_median, server_cpu_median = statistics.median(engine_cpu), statistics.median(server_cpu)
     results["throughput"] = {
-        "config": config, "rounds": rounds,
-        "engine_steps_per_s": round(engine_median, 2), "server_steps_per_s": round(server_median, 2),
+        "config": config,
+        "rounds": rounds,
+        "engine_steps_per_s": round(engine_median, 2),
+        "server_steps_per_s": round(server_median, 2),
         "ratio": round(server_median / engine_median, 3),
         # CPU seconds per step do not depend on what else the machine runs:
         # engine process alone vs the run's worker plus the whole server process
@@ -307,12 +320,14 @@ def bench_throughput(args, results: dict) -> None:
     }
     results["latency"] = {
         "points": len(latencies),
-        "p50_ms": round(percentile(latencies, 50), 1), "p95_ms": round(percentile(latencies, 95), 1),
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p95_ms": round(percentile(latencies, 95), 1),
         "max_ms": round(max(latencies), 1),
     }
 
 
 # ---------------------------------------------------------------- 3: many viewers
+
 
 def _viewer_process(url: str, run_id: str, count: int, seconds: float, ready, report) -> None:
     """`count` SSE viewers in one asyncio process; reports events and bytes received."""
@@ -357,8 +372,9 @@ def bench_viewers(args, results: dict) -> None:
             for run_id in (watched, other):  # both past start-up, so both really train
                 wait_for_step(server, run_id, 20)
             ready, report = context.Event(), context.Queue()
-            viewers = context.Process(target=_viewer_process,
-                                      args=(server.url, watched, count, probe_seconds + 30, ready, report))
+            viewers = context.Process(
+                target=_viewer_process, args=(server.url, watched, count, probe_seconds + 30, ready, report)
+            )
             viewers.start()
             if not ready.wait(60):
                 print("  not every viewer connected within 60 s", flush=True)
@@ -385,17 +401,23 @@ def bench_viewers(args, results: dict) -> None:
         finally:
             server.stop()
     results["viewers"] = {
-        "viewers": count, "connected": received["connected"], "runs_training": 2,
+        "viewers": count,
+        "connected": received["connected"],
+        "runs_training": 2,
         "requests": len(latencies),
-        "p50_ms": round(percentile(latencies, 50), 1), "p99_ms": round(percentile(latencies, 99), 1),
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
         "max_ms": round(max(latencies), 1),
-        "events_received": received["events"], "mb_received": round(received["bytes"] / 1e6, 1),
+        "events_received": received["events"],
+        "mb_received": round(received["bytes"] / 1e6, 1),
         "steps_reached": [step_a, step_b],
-        "server_cpu_cores": cores[0], "worker_cpu_cores": cores[1:],
+        "server_cpu_cores": cores[0],
+        "worker_cpu_cores": cores[1:],
     }
 
 
 # ---------------------------------------------------------------- 4: memory over a long run
+
 
 def bench_memory(args, results: dict) -> None:
     steps = 3000 if args.quick else args.long_steps
@@ -427,17 +449,28 @@ def bench_memory(args, results: dict) -> None:
 
     def spread(index):
         values = [s[index] for s in warm]
-        return {"after_warmup_mb": round(values[0] / 1024, 1), "min_mb": round(min(values) / 1024, 1),
-                "max_mb": round(max(values) / 1024, 1), "max_over_min": round(max(values) / min(values), 3)}
+        return {
+            "after_warmup_mb": round(values[0] / 1024, 1),
+            "min_mb": round(min(values) / 1024, 1),
+            "max_mb": round(max(values) / 1024, 1),
+            "max_over_min": round(max(values) / min(values), 3),
+        }
 
     results["memory"] = {
-        "steps": steps, "reached": final["step"], "status": final["status"], "seconds": round(elapsed, 1),
-        "samples": len(warm), "server": spread(1), "worker": spread(2),
-        "viewer_points": len(viewer.points), "disk_mb": round(disk / 1e6, 1),
+        "steps": steps,
+        "reached": final["step"],
+        "status": final["status"],
+        "seconds": round(elapsed, 1),
+        "samples": len(warm),
+        "server": spread(1),
+        "worker": spread(2),
+        "viewer_points": len(viewer.points),
+        "disk_mb": round(disk / 1e6, 1),
     }
 
 
 # ---------------------------------------------------------------- 5: start-up
+
 
 def bench_startup(args, results: dict) -> None:
     healthz, page, cpu = [], [], []
@@ -451,12 +484,16 @@ def bench_startup(args, results: dict) -> None:
             except RuntimeError:
                 page.append(float("nan"))
             server.stop()
-    results["startup"] = {"runs": 3, "healthz_s": round(statistics.median(healthz), 3),
-                          "page_s": round(statistics.median(page), 3),
-                          "cpu_s_to_healthz": round(statistics.median(cpu), 3)}
+    results["startup"] = {
+        "runs": 3,
+        "healthz_s": round(statistics.median(healthz), 3),
+        "page_s": round(statistics.median(page), 3),
+        "cpu_s_to_healthz": round(statistics.median(cpu), 3),
+    }
 
 
 # ---------------------------------------------------------------- main
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -471,8 +508,12 @@ def main() -> None:
     if unknown:
         parser.error(f"--only: unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     results: dict = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
-    runners = {"throughput": bench_throughput, "viewers": bench_viewers, "memory": bench_memory,
-               "startup": bench_startup}
+    runners = {
+        "throughput": bench_throughput,
+        "viewers": bench_viewers,
+        "memory": bench_memory,
+        "startup": bench_startup,
+    }
     for part in parts:
         print(f"{part} ...", flush=True)
         runners[part](args, results)

@@ -37,11 +37,12 @@ from pathlib import Path
 import httpx
 
 RUN = {"model": "demo", "steps": 200_000, "snapshot_every": 10, "eval_every": 100}
-SLOW_READ_BYTES = 256          # the slow viewer reads this much ...
-SLOW_READ_EVERY = 1.0          # ... every this many seconds, through a 4 KiB receive buffer
+SLOW_READ_BYTES = 256  # the slow viewer reads this much ...
+SLOW_READ_EVERY = 1.0  # ... every this many seconds, through a 4 KiB receive buffer
 
 
 # ---------------------------------------------------------------- the server
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -53,9 +54,25 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "KERNELSCOPE_DATA": str(data_dir), "KERNELSCOPE_MAX_RUNS": "2"}
     env.pop("KERNELSCOPE_TOKEN", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--limit-concurrency", "1000"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(data_dir / "server.log", "wb"),
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--limit-concurrency",
+            "1000",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(data_dir / "server.log", "wb"),
     )
 
 
@@ -86,6 +103,7 @@ def children(pid: int) -> list[int]:
 
 
 # ---------------------------------------------------------------- the viewers (own process)
+
 
 async def _viewer(port: int, run_id: str, counters, index: int) -> None:
     """A normal viewer: reads everything as it comes, counting events."""
@@ -138,6 +156,7 @@ def viewers_main(port: int, run_ids: list[str], viewers: int, counters) -> None:
 
 # ---------------------------------------------------------------- measuring
 
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -160,9 +179,12 @@ class RestProbe:
         run_id = self.run_ids[self.turn % len(self.run_ids)]
         kind = KINDS[self.turn % len(KINDS)]
         self.turn += 1
-        path = {"list": "/api/runs", "run": f"/api/runs/{run_id}",
-                "metrics": f"/api/runs/{run_id}/metrics?since={self.since[run_id]}",
-                "snapshot": f"/api/runs/{run_id}/snapshots/latest?feature_maps=false"}[kind]
+        path = {
+            "list": "/api/runs",
+            "run": f"/api/runs/{run_id}",
+            "metrics": f"/api/runs/{run_id}/metrics?since={self.since[run_id]}",
+            "snapshot": f"/api/runs/{run_id}/snapshots/latest?feature_maps=false",
+        }[kind]
         began = time.perf_counter()
         response = self.client.get(path)
         self.latencies[kind].append((time.perf_counter() - began) * 1000)
@@ -173,10 +195,17 @@ class RestProbe:
 
     def summary(self) -> dict:
         everything = [value for values in self.latencies.values() for value in values]
-        figures = {"requests": len(everything), "p50": round(percentile(everything, 50), 2),
-                   "p99": round(percentile(everything, 99), 2), "max": round(max(everything), 2)}
-        figures["by_kind"] = {kind: {"p50": round(percentile(v, 50), 2), "p99": round(percentile(v, 99), 2)}
-                              for kind, v in self.latencies.items() if v}
+        figures = {
+            "requests": len(everything),
+            "p50": round(percentile(everything, 50), 2),
+            "p99": round(percentile(everything, 99), 2),
+            "max": round(max(everything), 2),
+        }
+        figures["by_kind"] = {
+            kind: {"p50": round(percentile(v, 50), 2), "p99": round(percentile(v, 99), 2)}
+            for kind, v in self.latencies.items()
+            if v
+        }
         return figures
 
 
@@ -185,8 +214,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--viewers", type=int, default=200)
     parser.add_argument("--sample", type=float, default=15.0, help="seconds between memory samples")
-    parser.add_argument("--baseline", type=float, default=60.0,
-                        help="seconds of REST probing with the runs training but no viewer, before the soak")
+    parser.add_argument(
+        "--baseline",
+        type=float,
+        default=60.0,
+        help="seconds of REST probing with the runs training but no viewer, before the soak",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -214,7 +247,9 @@ def main() -> None:
 
         print(f"soak: {args.viewers} viewers (one slow) for {args.minutes} minutes", flush=True)
         counters = {name: multiprocessing.Value("q", 0) for name in ("connected", "events", "bytes", "slow_bytes")}
-        viewers = multiprocessing.Process(target=viewers_main, args=(port, run_ids, args.viewers, counters), daemon=True)
+        viewers = multiprocessing.Process(
+            target=viewers_main, args=(port, run_ids, args.viewers, counters), daemon=True
+        )
         viewers.start()
 
         probe = RestProbe(client, run_ids)
@@ -227,43 +262,58 @@ def main() -> None:
             if now >= next_sample:
                 workers = children(server.pid)
                 steps = [client.get(f"/api/runs/{i}").json()["step"] for i in run_ids]
-                samples.append({
-                    "t": round(now - start, 1),
-                    "server_rss_mib": round(rss_mib(server.pid), 1),
-                    "workers_rss_mib": round(sum(rss_mib(pid) for pid in workers), 1),
-                    "viewers_connected": counters["connected"].value + 1,
-                    "events_received": counters["events"].value,
-                    "slow_viewer_bytes": counters["slow_bytes"].value,
-                    "steps": steps,
-                })
-                print("  t={t:6.1f}s  server RSS {server_rss_mib:7.1f} MiB  workers RSS {workers_rss_mib:7.1f} MiB  "
-                      "viewers {viewers_connected:4d}  events {events_received:9d}  slow viewer {slow_viewer_bytes:7d} B  "
-                      "steps {steps}".format(**samples[-1]), flush=True)
+                samples.append(
+                    {
+                        "t": round(now - start, 1),
+                        "server_rss_mib": round(rss_mib(server.pid), 1),
+                        "workers_rss_mib": round(sum(rss_mib(pid) for pid in workers), 1),
+                        "viewers_connected": counters["connected"].value + 1,
+                        "events_received": counters["events"].value,
+                        "slow_viewer_bytes": counters["slow_bytes"].value,
+                        "steps": steps,
+                    }
+                )
+                print(
+                    "  t={t:6.1f}s  server RSS {server_rss_mib:7.1f} MiB  workers RSS {workers_rss_mib:7.1f} MiB  "
+                    "viewers {viewers_connected:4d}  events {events_received:9d}  slow viewer {slow_viewer_bytes:7d} B  "
+                    "steps {steps}".format(**samples[-1]),
+                    flush=True,
+                )
                 next_sample += args.sample
                 if now >= end:
                     break
             probe.ask()
 
         summary = {
-            "minutes": args.minutes, "viewers": args.viewers,
+            "minutes": args.minutes,
+            "viewers": args.viewers,
             "rest_ms_no_viewers": baseline.summary(),
             "rest_ms": probe.summary(),
             "load_average": os.getloadavg(),
-            "server_rss_mib": {"first": samples[0]["server_rss_mib"], "last": samples[-1]["server_rss_mib"],
-                               "max": max(s["server_rss_mib"] for s in samples)},
+            "server_rss_mib": {
+                "first": samples[0]["server_rss_mib"],
+                "last": samples[-1]["server_rss_mib"],
+                "max": max(s["server_rss_mib"] for s in samples),
+            },
             "samples": samples,
             "runs_status": [client.get(f"/api/runs/{i}").json()["status"] for i in run_ids],
         }
         before, during = summary["rest_ms_no_viewers"], summary["rest_ms"]
         print("REST latency (ms)       requests     p50      p99      max")
         for label, figures in (("no viewer", before), (f"{args.viewers} viewers", during)):
-            print(f"  {label:20s} {figures['requests']:8d} {figures['p50']:8.2f} {figures['p99']:8.2f} {figures['max']:8.2f}")
-        print(f"  ratio with viewers: p50 x{during['p50'] / before['p50']:.2f}, p99 x{during['p99'] / before['p99']:.2f}")
+            print(
+                f"  {label:20s} {figures['requests']:8d} {figures['p50']:8.2f} {figures['p99']:8.2f} {figures['max']:8.2f}"
+            )
+        print(
+            f"  ratio with viewers: p50 x{during['p50'] / before['p50']:.2f}, p99 x{during['p99'] / before['p99']:.2f}"
+        )
         for kind, figures in during["by_kind"].items():
             print(f"  {kind:9s} with viewers: p50 {figures['p50']:8.2f} ms  p99 {figures['p99']:8.2f} ms")
         print(f"load average (1, 5, 15 min) at the end: {summary['load_average']}")
-        print(f"server RSS: first {summary['server_rss_mib']['first']} MiB, last {summary['server_rss_mib']['last']} MiB, "
-              f"max {summary['server_rss_mib']['max']} MiB; runs still {summary['runs_status']}")
+        print(
+            f"server RSS: first {summary['server_rss_mib']['first']} MiB, last {summary['server_rss_mib']['last']} MiB, "
+            f"max {summary['server_rss_mib']['max']} MiB; runs still {summary['runs_status']}"
+        )
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2))
         for run_id in run_ids:

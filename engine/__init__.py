@@ -51,5 +51,14 @@ from engine.datasets import DATASETS, Dataset, DatasetError, load_dataset  # noq
 from engine.probe import init_probe  # noqa: E402
 from engine.trainer import Diverged, RunConfig, Trainer, TrainingControl  # noqa: E402
 
-__all__ += ["DATASETS", "Dataset", "DatasetError", "Diverged", "RunConfig", "Trainer", "TrainingControl",
-            "init_probe", "load_dataset"]
+__all__ += [
+    "DATASETS",
+    "Dataset",
+    "DatasetError",
+    "Diverged",
+    "RunConfig",
+    "Trainer",
+    "TrainingControl",
+    "init_probe",
+    "load_dataset",
+]

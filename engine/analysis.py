@@ -172,16 +172,18 @@ def detectors(weight: np.ndarray, probe_maps: np.ndarray | None = None) -> list[
             label, score = DEAD_LABEL, 0.0
         elif shares[index] > BRIGHTNESS_MEAN_SHARE:
             label, score = BRIGHTNESS_LABEL, 0.0
-        result.append({
-            "filter": index,
-            "label": label,
-            "score": round(score, 4),
-            "chance": round(chance, 4),
-            "percentile": round(score_percentile(score, kh, kw), 2),
-            "beats_chance": bool(score > chance),
-            "mean_share": round(float(shares[index]), 4),
-            "dead": bool(dead[index]),
-        })
+        result.append(
+            {
+                "filter": index,
+                "label": label,
+                "score": round(score, 4),
+                "chance": round(chance, 4),
+                "percentile": round(score_percentile(score, kh, kw), 2),
+                "beats_chance": bool(score > chance),
+                "mean_share": round(float(shares[index]), 4),
+                "dead": bool(dead[index]),
+            }
+        )
     return result
 
 
@@ -272,15 +274,17 @@ def layer_stats(model, x: np.ndarray, labels: np.ndarray) -> list[dict]:
     stats = []
     for index, (output, out_grad) in enumerate(zip(outputs, model.output_grads)):
         weight_grad = model.grads.get(f"{index}.weight")
-        stats.append({
-            "index": index,
-            "type": model.spec["layers"][index]["type"],
-            "act_mean": _finite_or_none(np.mean(output)),
-            "act_std": _finite_or_none(np.std(output)),
-            "dead_fraction": round(float(np.mean(np.all(output <= 0, axis=0))), 6),
-            "grad_std": _finite_or_none(np.std(out_grad)) if out_grad is not None else None,
-            "weight_grad_std": _finite_or_none(np.std(weight_grad)) if weight_grad is not None else None,
-        })
+        stats.append(
+            {
+                "index": index,
+                "type": model.spec["layers"][index]["type"],
+                "act_mean": _finite_or_none(np.mean(output)),
+                "act_std": _finite_or_none(np.std(output)),
+                "dead_fraction": round(float(np.mean(np.all(output <= 0, axis=0))), 6),
+                "grad_std": _finite_or_none(np.std(out_grad)) if out_grad is not None else None,
+                "weight_grad_std": _finite_or_none(np.std(weight_grad)) if weight_grad is not None else None,
+            }
+        )
     return stats
 
 

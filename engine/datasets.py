@@ -37,9 +37,18 @@ SHAPE_CLASSES = (
 )
 # Chosen with dataset "classes": solid shapes (borders that are step edges), and classes of
 # several small glyphs scattered over the image ("<shape>_marks": X, plus and line dashes).
-EXTRA_SHAPE_CLASSES = ("filled_square", "filled_triangle", "filled_diamond", "horizontal_bar",
-                       "x_marks", "plus_marks", "horizontal_line_marks", "vertical_line_marks",
-                       "diagonal_line_marks", "antidiagonal_line_marks")
+EXTRA_SHAPE_CLASSES = (
+    "filled_square",
+    "filled_triangle",
+    "filled_diamond",
+    "horizontal_bar",
+    "x_marks",
+    "plus_marks",
+    "horizontal_line_marks",
+    "vertical_line_marks",
+    "diagonal_line_marks",
+    "antidiagonal_line_marks",
+)
 MARKS_CLASSES = ("x_marks", "plus_marks")  # the "marks" dataset
 GENERATED_DATASETS = ("shapes", "marks")  # drawn by generate_shapes: no files, sized by n_train, n_val, size
 MARKS_PER_IMAGE = 3  # glyphs per "_marks" part of a class
@@ -51,12 +60,28 @@ SHAPES_PROBE_CLASSES = ("x", "plus", "vertical_line", "circle")
 
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 FASHION_MNIST_CLASSES = (
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
 )
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -283,8 +308,10 @@ def generate_shapes(
             elif part in _MARKS:
                 glyph = _SHAPE_DISTANCES[_MARKS[part]]
                 slot = mark_parts.index(part)
-                marks = [_Geometry(mark_cx[slot, k, idx], mark_cy[slot, k, idx], mark_half[k, idx], angle[idx], coords)
-                         for k in range(MARKS_PER_IMAGE)]
+                marks = [
+                    _Geometry(mark_cx[slot, k, idx], mark_cy[slot, k, idx], mark_half[k, idx], angle[idx], coords)
+                    for k in range(MARKS_PER_IMAGE)
+                ]
                 distance = np.minimum.reduce([glyph(mark) for mark in marks])
                 part_ink = np.clip(mark_stroke[idx, None, None] / 2 + 0.5 - distance, 0.0, 1.0)
             else:
@@ -391,8 +418,15 @@ _FILLED = {
 _MARKS = {name: name[: -len("_marks")] for name in EXTRA_SHAPE_CLASSES if name.endswith("_marks")}
 
 
-def load_shapes(n_train: int = 10000, n_val: int = 2000, size: int = 28, noise: float = 0.25, seed: int = 0, classes=None,
-                name: str = "shapes") -> Dataset:
+def load_shapes(
+    n_train: int = 10000,
+    n_val: int = 2000,
+    size: int = 28,
+    noise: float = 0.25,
+    seed: int = 0,
+    classes=None,
+    name: str = "shapes",
+) -> Dataset:
     """The default dataset: generated shapes, train and validation from separate streams.
 
     `classes` picks shapes (default: SHAPE_CLASSES); `name` is what the Dataset is called
@@ -401,15 +435,21 @@ def load_shapes(n_train: int = 10000, n_val: int = 2000, size: int = 28, noise: 
     classes = tuple(classes) if classes else SHAPE_CLASSES
     x_train, y_train = generate_shapes(n_train, size=size, seed=seed * 2 + 1, noise=noise, classes=classes)
     x_val, y_val = generate_shapes(n_val, size=size, seed=seed * 2 + 2, noise=noise, classes=classes)
-    params = {"n_train": n_train, "n_val": n_val, "size": size, "noise": noise, "seed": seed,
-              "classes": list(classes)}
+    params = {"n_train": n_train, "n_val": n_val, "size": size, "noise": noise, "seed": seed, "classes": list(classes)}
     return make_dataset(name, classes, x_train, y_train, x_val, y_val, SHAPES_PROBE_CLASSES, params)
 
 
 # --------------------------------------------------------------------------
 # IDX files (MNIST, Fashion-MNIST)
 
-_IDX_TYPES: dict[int, npt.DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_TYPES: dict[int, npt.DTypeLike] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path) -> np.ndarray:
@@ -433,7 +473,9 @@ def read_idx(path) -> np.ndarray:
     dtype = np.dtype(_IDX_TYPES[type_code])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header < expected:
-        raise DatasetError(f"{path}: truncated: expected {expected} data bytes for shape {shape}, found {len(data) - header}")
+        raise DatasetError(
+            f"{path}: truncated: expected {expected} data bytes for shape {shape}, found {len(data) - header}"
+        )
     return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=header).reshape(shape)
 
 
@@ -452,7 +494,9 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def load_idx_folder(path, name: str = "mnist", classes=MNIST_CLASSES, limit: int | None = None, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+def load_idx_folder(
+    path, name: str = "mnist", classes=MNIST_CLASSES, limit: int | None = None, val_fraction: float = 0.1, seed: int = 0
+) -> Dataset:
     """MNIST-layout folder: train-images-idx3-ubyte, train-labels-idx1-ubyte (raw or .gz).
 
     The t10k-* files, when present, are the validation split; otherwise
@@ -628,8 +672,7 @@ def image_folder_contents(path) -> tuple[Path, list[Path], list[list[Path]]]:
     return folder, class_dirs, files
 
 
-def check_image_folder(path, size: int | None, color: bool, max_images: int, max_side: int,
-                       scan: int) -> list[int]:
+def check_image_folder(path, size: int | None, color: bool, max_images: int, max_side: int, scan: int) -> list[int]:
     """Check an image folder cheaply before training on it; returns its input shape [C, H, W].
 
     Counts the images against `max_images`, and on a bounded sample (the first
@@ -657,11 +700,15 @@ def check_image_folder(path, size: int | None, color: bool, max_images: int, max
                 raise DatasetError(f"{file}: cannot be read as an image ({error})") from None
             if size is None:
                 if max(shape) > max_side:
-                    raise DatasetError(f"{file}: {shape[1]}x{shape[0]} pixels; at most {max_side} per side, "
-                                       "or give dataset.size to resize")
+                    raise DatasetError(
+                        f"{file}: {shape[1]}x{shape[0]} pixels; at most {max_side} per side, "
+                        "or give dataset.size to resize"
+                    )
                 if first is not None and shape != first[0]:
-                    raise DatasetError(f"{file}: {shape[1]}x{shape[0]} pixels but {first[1]} is "
-                                       f"{first[0][1]}x{first[0][0]}; give dataset.size to resize all")
+                    raise DatasetError(
+                        f"{file}: {shape[1]}x{shape[0]} pixels but {first[1]} is "
+                        f"{first[0][1]}x{first[0][0]}; give dataset.size to resize all"
+                    )
                 if first is None:
                     first = (shape, file.name)
     if size is not None:
@@ -672,7 +719,9 @@ def check_image_folder(path, size: int | None, color: bool, max_images: int, max
     return [3 if color else 1, height, width]
 
 
-def load_image_folder(path, size: int | None = None, color: bool = False, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def load_image_folder(
+    path, size: int | None = None, color: bool = False, val_fraction: float = 0.2, seed: int = 0
+) -> Dataset:
     """Folder with one sub-folder per class holding PNG/JPEG images (image_folder_contents:
     hidden entries ignored, symlinks confined to the folder).
 
@@ -697,7 +746,9 @@ def load_image_folder(path, size: int | None = None, color: bool = False, val_fr
             except (UnidentifiedImageError, OSError) as error:
                 raise DatasetError(f"{file}: cannot read image ({error})") from None
             if images and pixels.shape != images[0].shape:
-                raise DatasetError(f"{file}: size {pixels.shape[:2]} differs from {images[0].shape[:2]}; give dataset.size to resize")
+                raise DatasetError(
+                    f"{file}: size {pixels.shape[:2]} differs from {images[0].shape[:2]}; give dataset.size to resize"
+                )
             images.append(pixels)
             labels.append(class_index)
     x = np.stack(images)
@@ -730,29 +781,40 @@ def load_sklearn_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
 DATASETS: dict[str, dict[str, Any]] = {
     "shapes": {
         "description": "Generated grayscale shapes (X, plus, circle, square, triangle, lines, blob), no files needed; "
-                       "`classes` picks a subset or adds filled shapes (filled_square, filled_triangle, filled_diamond, "
-                       "horizontal_bar) or small glyphs a 5x5 kernel sees whole (x_marks, plus_marks and the four "
-                       "*_line_marks dashes); a class such as \"circle+x_marks\" draws its parts into one image",
+        "`classes` picks a subset or adds filled shapes (filled_square, filled_triangle, filled_diamond, "
+        "horizontal_bar) or small glyphs a 5x5 kernel sees whole (x_marks, plus_marks and the four "
+        '*_line_marks dashes); a class such as "circle+x_marks" draws its parts into one image',
         "loader": load_shapes,
         "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": None},
         "shape": lambda p: ([1, p["size"], p["size"]], len(p["classes"] or SHAPE_CLASSES)),
     },
     "marks": {
         "description": "Generated small x and + marks, three per image, each small enough for one 5x5 kernel "
-                       "to see whole: the set on which first-layer filters become X and plus detectors; no files needed",
+        "to see whole: the set on which first-layer filters become X and plus detectors; no files needed",
         "loader": lambda **params: load_shapes(**params, name="marks"),
-        "params": {"n_train": 10000, "n_val": 2000, "size": 28, "noise": 0.25, "seed": 0, "classes": list(MARKS_CLASSES)},
+        "params": {
+            "n_train": 10000,
+            "n_val": 2000,
+            "size": 28,
+            "noise": 0.25,
+            "seed": 0,
+            "classes": list(MARKS_CLASSES),
+        },
         "shape": lambda p: ([1, p["size"], p["size"]], len(p["classes"] or SHAPE_CLASSES)),
     },
     "mnist": {
         "description": "MNIST handwritten digits from IDX files in `path` (raw or .gz)",
-        "loader": lambda path=None, limit=None, val_fraction=0.1, seed=0: load_idx_folder(path, "mnist", MNIST_CLASSES, limit, val_fraction, seed),
+        "loader": lambda path=None, limit=None, val_fraction=0.1, seed=0: load_idx_folder(
+            path, "mnist", MNIST_CLASSES, limit, val_fraction, seed
+        ),
         "params": {"path": None, "limit": None, "val_fraction": 0.1, "seed": 0},
         "shape": lambda p: ([1, 28, 28], 10),
     },
     "fashion_mnist": {
         "description": "Fashion-MNIST from IDX files in `path` (raw or .gz)",
-        "loader": lambda path=None, limit=None, val_fraction=0.1, seed=0: load_idx_folder(path, "fashion_mnist", FASHION_MNIST_CLASSES, limit, val_fraction, seed),
+        "loader": lambda path=None, limit=None, val_fraction=0.1, seed=0: load_idx_folder(
+            path, "fashion_mnist", FASHION_MNIST_CLASSES, limit, val_fraction, seed
+        ),
         "params": {"path": None, "limit": None, "val_fraction": 0.1, "seed": 0},
         "shape": lambda p: ([1, 28, 28], 10),
     },
@@ -803,7 +865,11 @@ def normalize_dataset_spec(spec) -> dict:
     if name in GENERATED_DATASETS:
         if full["size"] < 8:
             raise ValueError("dataset.size: must be >= 8")
-        if not isinstance(full["noise"], (int, float)) or isinstance(full["noise"], bool) or not 0 <= full["noise"] <= 10:
+        if (
+            not isinstance(full["noise"], (int, float))
+            or isinstance(full["noise"], bool)
+            or not 0 <= full["noise"] <= 10
+        ):
             raise ValueError("dataset.noise: must be a number between 0 and 10")
         if full["classes"] is not None:
             if not isinstance(full["classes"], (list, tuple)) or not all(isinstance(c, str) for c in full["classes"]):

@@ -53,7 +53,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "input": [1, 28, 28],
         "layers": [
             {"type": "maxpool", "size": 2},
-            *[layer for _ in range(20) for layer in ({"type": "conv", "filters": 8, "kernel": 3, "padding": 1}, {"type": "relu"})],
+            *[
+                layer
+                for _ in range(20)
+                for layer in ({"type": "conv", "filters": 8, "kernel": 3, "padding": 1}, {"type": "relu"})
+            ],
             {"type": "maxpool", "size": 2},
             {"type": "flatten"},
             {"type": "dense", "units": 10},
@@ -69,15 +73,30 @@ DEMOS: dict[str, dict[str, Any]] = {
     # "deep" preset trained with Adam; He falls within the budget, N(0, 0.01²) stays at chance.
     # benchmarks/deep_init.py measures it; the init probe compares the same inits by default.
     "depth_stall": {
-        "base": {"model": "deep", "optimizer": {"name": "adam", "lr": 0.001}, "batch_size": 32,
-                 "steps": 300, "snapshot_every": 10, "eval_every": 50},
+        "base": {
+            "model": "deep",
+            "optimizer": {"name": "adam", "lr": 0.001},
+            "batch_size": 32,
+            "steps": 300,
+            "snapshot_every": 10,
+            "eval_every": 50,
+        },
         "inits": ["he_normal", "glorot_uniform", {"name": "normal", "std": 0.01}],
     },
     # Every question of the page in one set of runs: the default run under each kind of init.
     "init_comparison": {
         "base": {},
-        "inits": ["zeros", "constant", {"name": "normal", "std": 0.01}, "glorot_uniform", "he_normal",
-                  {"name": "kernel", "kernels": ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"],
-                   "fallback": "he_normal"}],
+        "inits": [
+            "zeros",
+            "constant",
+            {"name": "normal", "std": 0.01},
+            "glorot_uniform",
+            "he_normal",
+            {
+                "name": "kernel",
+                "kernels": ["x", "plus", "sobel_x", "sobel_y", "laplacian", "identity"],
+                "fallback": "he_normal",
+            },
+        ],
     },
 }

@@ -64,14 +64,16 @@ def probe_model(model, x: np.ndarray, out_grad: np.ndarray) -> list[dict]:
     for index, (output, grad) in enumerate(zip(model.outputs, model.output_grads)):
         if f"{index}.weight" not in model.params:
             continue
-        rows.append({
-            "index": index,
-            "type": model.spec["layers"][index]["type"],
-            "act_std": float(np.std(output)),
-            "grad_std": float(np.std(grad)),
-            "weight_grad_std": float(np.std(model.grads[f"{index}.weight"])),
-            "weight_std": float(np.std(model.params[f"{index}.weight"])),
-        })
+        rows.append(
+            {
+                "index": index,
+                "type": model.spec["layers"][index]["type"],
+                "act_std": float(np.std(output)),
+                "grad_std": float(np.std(grad)),
+                "weight_grad_std": float(np.std(model.grads[f"{index}.weight"])),
+                "weight_std": float(np.std(model.params[f"{index}.weight"])),
+            }
+        )
     return rows
 
 
@@ -123,6 +125,7 @@ def init_probe(
 
 # ---------------------------------------------------------------- the theory
 
+
 def theory_std(layers, init) -> list[float] | None:
     """Predicted std of each weight layer's output at init, or None where the theory does not apply.
 
@@ -162,6 +165,7 @@ def theory_std(layers, init) -> list[float] | None:
 
 # ---------------------------------------------------------------- a run's layers at init
 
+
 def resolve_spec(model="demo", dataset="shapes") -> dict:
     """The normalised spec a run of `model` on `dataset` builds, as far as it is known without files.
 
@@ -187,8 +191,10 @@ def resolve_spec(model="demo", dataset="shapes") -> dict:
     if input_shape is not None:
         spec["input"] = input_shape
     if "input" not in spec:
-        raise ValueError(f"model.input: dataset {full['name']} tells its input shape only once loaded; "
-                         "give the spec an 'input' [channels, height, width]")
+        raise ValueError(
+            f"model.input: dataset {full['name']} tells its input shape only once loaded; "
+            "give the spec an 'input' [channels, height, width]"
+        )
     try:
         return normalize_spec(spec)[0]
     except ValueError as error:
@@ -218,17 +224,19 @@ def describe_layers(model="demo", init="he_normal", dataset="shapes") -> list[di
         layer_init = layer_spec["init"] if layer_spec.get("init") is not None else init
         name, params = parse_init(layer_init)
         described = describe(layer_init, shapes["weight"])
-        rows.append({
-            "index": index,
-            "label": f"{layer.kind}{counts[layer.kind]}",
-            "type": layer.kind,
-            "shape": [int(size) for size in shapes["weight"]],
-            "fan_in": described["fan_in"],
-            "fan_out": described["fan_out"],
-            "init": {"name": name, **INITIALIZERS[name].defaults, **params},
-            "law": described["law"],
-            "std": described["std"],
-            "bound": described["bound"],
-            "text": described["text"],
-        })
+        rows.append(
+            {
+                "index": index,
+                "label": f"{layer.kind}{counts[layer.kind]}",
+                "type": layer.kind,
+                "shape": [int(size) for size in shapes["weight"]],
+                "fan_in": described["fan_in"],
+                "fan_out": described["fan_out"],
+                "init": {"name": name, **INITIALIZERS[name].defaults, **params},
+                "law": described["law"],
+                "std": described["std"],
+                "bound": described["bound"],
+                "text": described["text"],
+            }
+        )
     return rows

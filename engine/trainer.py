@@ -40,7 +40,7 @@ PRESET_OPTIMIZERS = {"deep": {"name": "adam", "lr": 0.001}}
 EVAL_CHUNK = 500
 FEATURE_MAP_DIGITS = 4
 METRICS_FLUSH_SECONDS = 0.05  # the loop hands buffered metric points over at most this long after the first
-PAUSED_POLL_SECONDS = 0.5     # while paused, the loop waits this long for each command
+PAUSED_POLL_SECONDS = 0.5  # while paused, the loop waits this long for each command
 # Snapshots: every step for the first `dense_steps`, then gaps growing by `growth`
 # per snapshot until a gap reaches snapshot_every (see snapshot_steps).
 DEFAULT_SNAPSHOT_SCHEDULE = {"dense_steps": 20, "growth": 1.1}
@@ -177,14 +177,20 @@ def _check_schedule(value) -> dict:
         raise ValueError('snapshot_schedule: must be an object such as {"dense_steps": 20, "growth": 1.1}')
     unknown = sorted(set(value) - set(DEFAULT_SNAPSHOT_SCHEDULE))
     if unknown:
-        raise ValueError(f"snapshot_schedule.{unknown[0]}: unknown field; allowed: {', '.join(DEFAULT_SNAPSHOT_SCHEDULE)}")
+        raise ValueError(
+            f"snapshot_schedule.{unknown[0]}: unknown field; allowed: {', '.join(DEFAULT_SNAPSHOT_SCHEDULE)}"
+        )
     schedule = {**DEFAULT_SNAPSHOT_SCHEDULE, **{k: v for k, v in value.items() if v is not None}}
     dense = schedule["dense_steps"]
     if isinstance(dense, bool) or not isinstance(dense, (int, np.integer)) or dense < 0:
         raise ValueError(f"snapshot_schedule.dense_steps: must be an integer >= 0, got {dense!r}")
     growth = schedule["growth"]
-    if isinstance(growth, bool) or not isinstance(growth, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(growth) or not growth > 1:
+    if (
+        isinstance(growth, bool)
+        or not isinstance(growth, (int, float, np.integer, np.floating))
+        or not math.isfinite(growth)
+        or not growth > 1
+    ):
         raise ValueError(f"snapshot_schedule.growth: must be a number > 1, got {growth!r}")
     return {"dense_steps": int(dense), "growth": float(growth)}
 
@@ -250,7 +256,9 @@ def resolve_model_spec(model, dataset: Dataset, checked: tuple | None = None) ->
         spec = copy.deepcopy(model)
         spec.setdefault("input", input_shape)
         if list(spec["input"]) != input_shape:
-            raise ValueError(f"model.input: the spec expects {list(spec['input'])} but dataset {dataset.name} gives {input_shape}")
+            raise ValueError(
+                f"model.input: the spec expects {list(spec['input'])} but dataset {dataset.name} gives {input_shape}"
+            )
     if checked is not None and not isinstance(model, str) and checked[0]["input"] == input_shape:
         normalised, layers = checked
     else:
@@ -260,7 +268,9 @@ def resolve_model_spec(model, dataset: Dataset, checked: tuple | None = None) ->
             raise ValueError(f"model: {error}") from None
     outputs = layers[-1].output_shape
     if tuple(outputs) != (dataset.n_classes,):
-        raise ValueError(f"model: the last layer gives output {list(outputs)} but dataset {dataset.name} has {dataset.n_classes} classes")
+        raise ValueError(
+            f"model: the last layer gives output {list(outputs)} but dataset {dataset.name} has {dataset.n_classes} classes"
+        )
     return normalised
 
 
@@ -310,7 +320,9 @@ class Trainer:
         if isinstance(config, RunConfig) and not checked:
             config = config.to_dict()
         self.config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
-        self.dataset = dataset if dataset is not None else open_dataset(cast(dict, self.config.dataset))  # from_dict completed it
+        self.dataset = (
+            dataset if dataset is not None else open_dataset(cast(dict, self.config.dataset))
+        )  # from_dict completed it
         self.spec = resolve_model_spec(self.config.model, self.dataset, getattr(self.config, "_checked_spec", None))
         self.model = build_model(self.spec, init=self.config.init, seed=self.config.seed)
         self.optimizer = make_optimizer(self.config.optimizer)
@@ -376,8 +388,10 @@ class Trainer:
         else:
             monitor_logits = model.forward(data.monitor_x)
             loss, _ = softmax_cross_entropy(monitor_logits, data.monitor_y)
-            metrics = {"loss": round(loss, 6) if math.isfinite(loss) else None,
-                       "acc": round(accuracy(monitor_logits, data.monitor_y), 6)}
+            metrics = {
+                "loss": round(loss, 6) if math.isfinite(loss) else None,
+                "acc": round(accuracy(monitor_logits, data.monitor_y), 6),
+            }
         metrics.update(self.last_eval)
         snapshot = {
             "step": self.step,
@@ -418,7 +432,9 @@ class Trainer:
         if values.shape == (kh, kw):
             values = np.broadcast_to(values, (in_channels, kh, kw))
         if values.shape != (in_channels, kh, kw):
-            raise ValueError(f"kernel: must have shape [{kh}, {kw}] or [{in_channels}, {kh}, {kw}], got {list(values.shape)}")
+            raise ValueError(
+                f"kernel: must have shape [{kh}, {kw}] or [{in_channels}, {kh}, {kw}], got {list(values.shape)}"
+            )
         if not np.isfinite(values).all():
             raise ValueError("kernel: values must be finite numbers")
         weight[filter] = values
@@ -484,8 +500,13 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------
 
-    def events(self, control=None, checkpoint_every: int | None = None,
-               snapshot_at_start: bool = True, flush_seconds: float = METRICS_FLUSH_SECONDS):
+    def events(
+        self,
+        control=None,
+        checkpoint_every: int | None = None,
+        snapshot_at_start: bool = True,
+        flush_seconds: float = METRICS_FLUSH_SECONDS,
+    ):
         """THE training loop: train to config.steps, yielding events; see docs/ARCHITECTURE.md.
 
         The server's worker, the CLI and the tests all consume this generator.

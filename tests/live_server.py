@@ -24,8 +24,19 @@ def free_port() -> int:
 
 def uvicorn_command(port: int) -> list[str]:
     """The command line of a kernelscope server on 127.0.0.1:port."""
-    return [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float, interval: float = 0.1) -> str | None:

@@ -54,8 +54,9 @@ def test_ci_runs_the_readme_test_command_and_the_docker_check():
     assert re.search(r"^stage docker bash scripts/docker-check.sh$", ci, re.M)
 
 
-@pytest.mark.parametrize("script", ["scripts/dev.sh", "scripts/docker-check.sh",
-                                    "scripts/build-base-image.sh", ".ci/run"])
+@pytest.mark.parametrize(
+    "script", ["scripts/dev.sh", "scripts/docker-check.sh", "scripts/build-base-image.sh", ".ci/run"]
+)
 def test_shell_scripts_parse(script):
     result = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -70,13 +71,13 @@ def fake_venv(tmp_path: Path, pytest_exit_code: int, failing_check: str | None =
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"
-    python.write_text(f"#!/bin/sh\necho \"pytest $*\"\nexit {pytest_exit_code}\n")
+    python.write_text(f'#!/bin/sh\necho "pytest $*"\nexit {pytest_exit_code}\n')
     kernelscope = venv / "bin" / "kernelscope"
     kernelscope.write_text("#!/bin/sh\nexit 0\n")
     tools = [python, kernelscope]
     for name in HOUSE_CHECKS:
         check = venv / "bin" / name
-        check.write_text(f"#!/bin/sh\necho \"{name} $*\"\nexit {1 if name == failing_check else 0}\n")
+        check.write_text(f'#!/bin/sh\necho "{name} $*"\nexit {1 if name == failing_check else 0}\n')
         tools.append(check)
     for tool in tools:
         tool.chmod(0o755)
@@ -91,8 +92,13 @@ def fake_venv(tmp_path: Path, pytest_exit_code: int, failing_check: str | None =
 def test_dev_test_fails_when_pytest_fails_or_collects_nothing(tmp_path, pytest_exit_code, expected):
     venv = fake_venv(tmp_path, pytest_exit_code)
     env = dict(os.environ, VENV=str(venv), CHROMIUM=sys.executable)
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "dev.sh"), "test", "-k", "some"],
-                            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "dev.sh"), "test", "-k", "some"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == expected, result.stderr
     assert "pytest -m pytest -k some" in result.stdout
     assert ("collected no tests" in result.stderr) == (pytest_exit_code == 5)
@@ -104,8 +110,13 @@ def test_dev_test_fails_when_pytest_fails_or_collects_nothing(tmp_path, pytest_e
 def test_dev_test_fails_when_a_house_check_fails_but_still_runs_the_tests(tmp_path, failing_check):
     venv = fake_venv(tmp_path, 0, failing_check)
     env = dict(os.environ, VENV=str(venv), CHROMIUM=sys.executable)
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "dev.sh"), "test"],
-                            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "dev.sh"), "test"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 1, result.stderr
     assert "pytest -m pytest" in result.stdout
     assert "FAILED: house checks" in result.stderr
@@ -121,9 +132,21 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--quiet", "--wheel-dir", str(out), str(source)],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(out),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     (built,) = out.glob("kernelscope-*.whl")
     return built
@@ -131,10 +154,18 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_holds_every_module_and_every_page_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {str(p.relative_to(ROOT)) for package in ("app", "engine")
-                for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
-    expected |= {"app/" + str(p.relative_to(ROOT)) for folder in ("templates", "static")
-                 for p in (ROOT / folder).rglob("*") if p.is_file()}
+    expected = {
+        str(p.relative_to(ROOT))
+        for package in ("app", "engine")
+        for p in (ROOT / package).rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    expected |= {
+        "app/" + str(p.relative_to(ROOT))
+        for folder in ("templates", "static")
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file()
+    }
     assert "app/templates/index.html" in expected
     assert expected - names == set(), "missing from the wheel (add new packages to pyproject.toml)"
 
@@ -159,13 +190,22 @@ def test_torch_is_in_no_dependency_list():
 
 def test_installed_wheel_finds_its_templates_and_static_files(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--target", str(target), str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+    )
     # -S: no site-packages, so the checkout's editable install cannot answer instead.
-    probe = ("from app import paths; t = paths.templates_dir(); s = paths.static_dir();"
-             "print(t); print(s); print((t / 'index.html').is_file())")
-    result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(target)), cwd=tmp_path)
+    probe = (
+        "from app import paths; t = paths.templates_dir(); s = paths.static_dir();"
+        "print(t); print(s); print((t / 'index.html').is_file())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", probe],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(target)),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     templates, static, has_index = result.stdout.split()
     assert templates == str(target / "app" / "templates")
@@ -217,8 +257,9 @@ def test_dockerignore_sends_exactly_what_the_dockerfile_copies():
     copied = set()
     for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
         copied |= set(sources.split())
-    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.startswith("!")}
+    allowed = {
+        line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")
+    }
     assert copied == allowed
     assert (ROOT / ".dockerignore").read_text().splitlines()[1] == "*"
 
@@ -252,11 +293,16 @@ def imported_top_level_modules(folder: Path) -> set[str]:
 def test_every_third_party_import_of_the_product_is_a_declared_dependency():
     from importlib.metadata import packages_distributions
 
-    declared = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower().replace("_", "-")
-                for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    declared = {
+        re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower().replace("_", "-")
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
     providers = packages_distributions()
-    third_party = (imported_top_level_modules(ROOT / "app") | imported_top_level_modules(ROOT / "engine")) \
-        - set(sys.stdlib_module_names) - {"app", "engine", "__future__"}
+    third_party = (
+        (imported_top_level_modules(ROOT / "app") | imported_top_level_modules(ROOT / "engine"))
+        - set(sys.stdlib_module_names)
+        - {"app", "engine", "__future__"}
+    )
     undeclared = {}
     for module in sorted(third_party):
         distributions = {d.lower().replace("_", "-") for d in providers.get(module, [module])}
@@ -274,8 +320,12 @@ def test_every_route_the_readme_shows_exists_in_the_app(tmp_path):
 
     # every route of the OpenAPI schema, and the pages left out of it (the teacher's wall)
     paths = [(path, method) for path, operations in app.openapi()["paths"].items() for method in operations]
-    paths += [(route.path, method) for module in (pages, classes) for route in module.router.routes
-              for method in getattr(route, "methods", None) or ()]
+    paths += [
+        (route.path, method)
+        for module in (pages, classes)
+        for route in module.router.routes
+        for method in getattr(route, "methods", None) or ()
+    ]
     served = [(method.upper(), re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))) for path, method in paths]
     api = (ROOT / "README.md").read_text().split("## API", 1)[1].split("\n## ", 1)[0]
     shown = set()

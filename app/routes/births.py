@@ -23,7 +23,7 @@ router = APIRouter(prefix="/api/runs", tags=["explain"])
 
 NOT_DETECTORS = {"dead", "brightness"}
 _lock = threading.Lock()
-_cache: dict[tuple[str, int], dict] = {}   # (run, layer) -> {"label", "filters", "rows": {step: (scores, chances)}}
+_cache: dict[tuple[str, int], dict] = {}  # (run, layer) -> {"label", "filters", "rows": {step: (scores, chances)}}
 _CACHE_RUNS = 64
 
 
@@ -37,8 +37,10 @@ def _layer_row(snapshot: dict, layer: int) -> tuple[str, list, list] | None:
     return None
 
 
-@router.get("/{run_id}/layers/{layer}/births",
-            responses={404: {"description": "no such run, no snapshot yet, or no such conv layer"}})
+@router.get(
+    "/{run_id}/layers/{layer}/births",
+    responses={404: {"description": "no such run, no snapshot yet, or no such conv layer"}},
+)
 def layer_births(store: StoreDep, run: Run, layer: int) -> dict:
     """Per filter of conv layer `layer`: its birth step (engine.analysis.birth_step over the
     detector scores of every stored snapshot), or null while it has none."""
@@ -70,7 +72,15 @@ def layer_births(store: StoreDep, run: Run, layer: int) -> dict:
     births = []
     for f in range(filters):
         scores = [rows[s][0][f] if f < len(rows[s][0]) else None for s in ordered]
-        chances = [rows[s][1][f] if f < len(rows[s][1]) and rows[s][1][f] is not None else float("inf") for s in ordered]
+        chances = [
+            rows[s][1][f] if f < len(rows[s][1]) and rows[s][1][f] is not None else float("inf") for s in ordered
+        ]
         births.append({"filter": f, "birth_step": analysis.birth_step(ordered, scores, chances)})
-    return {"run_id": run_id, "layer": layer, "label": label, "persist": analysis.BIRTH_PERSIST,
-            "last_step": ordered[-1] if ordered else None, "births": births}
+    return {
+        "run_id": run_id,
+        "layer": layer,
+        "label": label,
+        "persist": analysis.BIRTH_PERSIST,
+        "last_step": ordered[-1] if ordered else None,
+        "births": births,
+    }

@@ -25,17 +25,27 @@ from app.store import dumps_json
 router = APIRouter(tags=["classes"])
 templates = Jinja2Templates(directory=str(paths.templates_dir()))
 
-ClassId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="class id as returned by POST /api/classes")]
+ClassId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="class id as returned by POST /api/classes")
+]
 KEEPALIVE_SECONDS = 15.0
 
 
 class ClassCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=limits.MAX_CLASS_NAME_LENGTH)
-    max_training: int = Field(limits.DEFAULT_CLASS_MAX_TRAINING, ge=1, le=limits.MAX_CLASS_MAX_TRAINING,
-                              description="runs one learner may have training (running or paused)")
-    max_queued: int = Field(limits.DEFAULT_CLASS_MAX_QUEUED, ge=1, le=limits.MAX_CLASS_MAX_QUEUED,
-                            description="runs one learner may have waiting in the queue")
+    max_training: int = Field(
+        limits.DEFAULT_CLASS_MAX_TRAINING,
+        ge=1,
+        le=limits.MAX_CLASS_MAX_TRAINING,
+        description="runs one learner may have training (running or paused)",
+    )
+    max_queued: int = Field(
+        limits.DEFAULT_CLASS_MAX_QUEUED,
+        ge=1,
+        le=limits.MAX_CLASS_MAX_QUEUED,
+        description="runs one learner may have waiting in the queue",
+    )
 
 
 class JoinBody(BaseModel):
@@ -47,8 +57,11 @@ class JoinBody(BaseModel):
 class AssignmentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     title: str = Field("", max_length=limits.MAX_ASSIGNMENT_TITLE_LENGTH)
-    hash: str = Field(min_length=1, max_length=limits.MAX_ASSIGNMENT_LENGTH,
-                      description="the page's URL-hash config (what the address bar shows after #)")
+    hash: str = Field(
+        min_length=1,
+        max_length=limits.MAX_ASSIGNMENT_LENGTH,
+        description="the page's URL-hash config (what the address bar shows after #)",
+    )
 
 
 def _classroom(request: Request) -> classroom.ClassroomStore:
@@ -71,8 +84,9 @@ def _visible_class(request: Request, class_id: str) -> dict:
 
 def _class_out(request: Request, klass: dict) -> dict:
     out = {key: klass[key] for key in ("id", "name", "max_training", "max_queued", "assignment", "created")}
-    out["learners"] = [{"id": learner["id"], "name": learner["name"]}
-                       for learner in _classroom(request).learners(klass["id"])]
+    out["learners"] = [
+        {"id": learner["id"], "name": learner["name"]} for learner in _classroom(request).learners(klass["id"])
+    ]
     out["wall_url"] = f"/class/{klass['id']}"
     if classroom.current().is_teacher:
         out["join_code"] = klass["join_code"]
@@ -85,6 +99,7 @@ def _session_cookie(response: Response, token: str) -> None:
 
 
 # ---------------------------------------------------------------- classes and learners
+
 
 @router.post("/api/classes", status_code=status.HTTP_201_CREATED)
 def create_class(request: Request, body: ClassCreate) -> dict:
@@ -119,15 +134,21 @@ def who_am_i(request: Request) -> dict:
     return out
 
 
-@router.post("/api/classes/join", status_code=status.HTTP_201_CREATED,
-             responses={401: {"description": "no class has this join code"}})
+@router.post(
+    "/api/classes/join",
+    status_code=status.HTTP_201_CREATED,
+    responses={401: {"description": "no class has this join code"}},
+)
 def join_class(request: Request, response: Response, body: JoinBody) -> dict:
     """A learner joins with the join code and a display name; the answer carries their token (keep it)."""
     learner, token = _classroom(request).join(body.code, body.name)
     _session_cookie(response, token)
     klass = _classroom(request).get_class(learner["class"])
-    return {"token": token, "learner": {"id": learner["id"], "name": learner["name"]},
-            "class": {"id": klass["id"], "name": klass["name"], "assignment": klass["assignment"]}}
+    return {
+        "token": token,
+        "learner": {"id": learner["id"], "name": learner["name"]},
+        "class": {"id": klass["id"], "name": klass["name"], "assignment": klass["assignment"]},
+    }
 
 
 @router.post("/api/classes/session", status_code=status.HTTP_204_NO_CONTENT)
@@ -169,11 +190,16 @@ def clear_assignment(request: Request, class_id: ClassId) -> dict:
 
 # ---------------------------------------------------------------- the wall
 
+
 @router.get("/api/classes/{class_id}/wall")
 def get_wall(
-    request: Request, store: StoreDep, class_id: ClassId,
-    step: Annotated[int | None, Query(ge=0, le=limits.MAX_STEPS,
-                                      description="show every tile at its run's snapshot at or before this step")] = None,
+    request: Request,
+    store: StoreDep,
+    class_id: ClassId,
+    step: Annotated[
+        int | None,
+        Query(ge=0, le=limits.MAX_STEPS, description="show every tile at its run's snapshot at or before this step"),
+    ] = None,
 ) -> dict:
     """One tile per learner: the conv1 filters of their latest run (latest snapshot, or at `step`)."""
     _visible_class(request, class_id)
@@ -186,8 +212,17 @@ def _changed_tiles(store, rooms: classroom.ClassroomStore, class_id: str, seen: 
     changed = []
     for learner in rooms.learners(class_id):
         run = latest.get(learner["id"])
-        mark = None if run is None else (run["id"], run["status"], run["step"], dumps_json(run["metrics"]),
-                                         store.latest_snapshot_step(run["id"]))
+        mark = (
+            None
+            if run is None
+            else (
+                run["id"],
+                run["status"],
+                run["step"],
+                dumps_json(run["metrics"]),
+                store.latest_snapshot_step(run["id"]),
+            )
+        )
         if learner["id"] not in seen or seen[learner["id"]] != mark:
             seen[learner["id"]] = mark
             changed.append(classroom.wall_tile(store, learner, run))
@@ -228,15 +263,21 @@ async def wall_events(request: Request, store: StoreDep, class_id: ClassId) -> E
     return EventSourceResponse(frames(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/api/classes/{class_id}/export.csv", response_class=Response,
-            responses={200: {"content": {"text/csv": {}}, "description": "learners, runs, inits, accuracy, detectors"}})
+@router.get(
+    "/api/classes/{class_id}/export.csv",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}, "description": "learners, runs, inits, accuracy, detectors"}},
+)
 def export_class(request: Request, store: StoreDep, class_id: ClassId) -> Response:
     """The teacher's CSV: one row per learner's run (learner, run, status, init, step, accuracy, detector counts)."""
     _teacher_only("export")
     _classroom(request).get_class(class_id)
     text = classroom.export_csv(store, _classroom(request), class_id)
-    return Response(text, media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="class-{class_id}.csv"'})
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="class-{class_id}.csv"'},
+    )
 
 
 @router.get("/class/{class_id}", response_class=HTMLResponse, include_in_schema=False)

@@ -31,7 +31,9 @@ from engine import explain
 router = APIRouter(prefix="/api/runs", tags=["explain"])
 
 
-NOT_FOUND: Responses = {404: {"description": "no such run, snapshot, conv layer or filter (the message names what exists)"}}
+NOT_FOUND: Responses = {
+    404: {"description": "no such run, snapshot, conv layer or filter (the message names what exists)"}
+}
 PNG: Responses = {200: {"content": {"image/png": {}}, "description": "a picture"}, **NOT_FOUND}
 PIXEL = 12  # screen pixels per image pixel or weight in the PNGs
 
@@ -184,7 +186,12 @@ def _png(data: bytes) -> Response:
     return Response(data, media_type="image/png")
 
 
-@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/patches.png", response_class=Response, responses=PNG, dependencies=HEAVY)
+@router.get(
+    "/{run_id}/snapshots/{step}/filters/{layer}/{filter}/patches.png",
+    response_class=Response,
+    responses=PNG,
+    dependencies=HEAVY,
+)
 def patches_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
     """The top patches, strongest first, in gray (one scale: the data's pixel range)."""
     result = explanation(store, settings, run, step, layer, filter)
@@ -192,7 +199,12 @@ def patches_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, lay
     return _png(_tiles([_gray(np.asarray(p["pixels"]), lo, hi) for p in result["patches"]["items"]]))
 
 
-@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/maximize.png", response_class=Response, responses=PNG, dependencies=HEAVY)
+@router.get(
+    "/{run_id}/snapshots/{step}/filters/{layer}/{filter}/maximize.png",
+    response_class=Response,
+    responses=PNG,
+    dependencies=HEAVY,
+)
 def maximize_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
     """The activation-maximizing input, on the same gray scale as the patches."""
     result = explanation(store, settings, run, step, layer, filter)
@@ -200,7 +212,12 @@ def maximize_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, la
     return _png(_tiles([_gray(np.asarray(result["maximize"]["image"]), lo, hi)]))
 
 
-@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/spectrum.png", response_class=Response, responses=PNG, dependencies=HEAVY)
+@router.get(
+    "/{run_id}/snapshots/{step}/filters/{layer}/{filter}/spectrum.png",
+    response_class=Response,
+    responses=PNG,
+    dependencies=HEAVY,
+)
 def spectrum_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
     """The Fourier magnitude, zero frequency in the centre, white = the largest."""
     result = explanation(store, settings, run, step, layer, filter)
@@ -209,7 +226,12 @@ def spectrum_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, la
     return _png(_tiles([_gray(magnitude[None], 0.0, peak)], pixel=6))
 
 
-@router.get("/{run_id}/snapshots/{step}/filters/{layer}/{filter}/expanded.png", response_class=Response, responses=PNG, dependencies=HEAVY)
+@router.get(
+    "/{run_id}/snapshots/{step}/filters/{layer}/{filter}/expanded.png",
+    response_class=Response,
+    responses=PNG,
+    dependencies=HEAVY,
+)
 def expanded_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, layer: int, filter: int) -> Response:
     """The expanded weights (input channels side by side), blue < 0 < red."""
     result = explanation(store, settings, run, step, layer, filter)

@@ -19,6 +19,7 @@ from engine.presets import DEMOS
 
 router = APIRouter(prefix="/api/lessons", tags=["lessons"])
 
+
 def lesson_out(lesson: dict) -> dict:
     """A lesson with its runs resolved and the comparison request that starts them."""
     out = copy.deepcopy(lesson)
@@ -44,5 +45,6 @@ def get_lesson(lesson_id: str) -> dict:
     for lesson in LESSONS:
         if lesson["id"] == lesson_id:
             return lesson_out(lesson)
-    raise HTTPException(status.HTTP_404_NOT_FOUND,
-                        detail=f"lesson: no lesson {lesson_id[:64]!r}; lessons are {', '.join(LESSON_IDS)}")
+    raise HTTPException(
+        status.HTTP_404_NOT_FOUND, detail=f"lesson: no lesson {lesson_id[:64]!r}; lessons are {', '.join(LESSON_IDS)}"
+    )

@@ -73,7 +73,8 @@ def list_datasets() -> dict:
     return {
         "datasets": [
             DatasetInfo(name=name, description=entry["description"], params=dict(entry["params"]))
-            for name, entry in DATASETS.items() if dataset_available(name)
+            for name, entry in DATASETS.items()
+            if dataset_available(name)
         ],
         "path_rule": limits.DATASET_PATH_RULE,
     }
@@ -84,7 +85,9 @@ def list_presets() -> dict:
     from engine import PRESETS
     from engine.trainer import run_optimizer
 
-    return {"presets": [PresetInfo(name=name, spec=spec, optimizer=run_optimizer(name)) for name, spec in PRESETS.items()]}
+    return {
+        "presets": [PresetInfo(name=name, spec=spec, optimizer=run_optimizer(name)) for name, spec in PRESETS.items()]
+    }
 
 
 @router.get("/api/defaults", response_model=Defaults)

@@ -23,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 def _asset_dirs() -> tuple[Path, Path]:
     """(templates_dir, static_dir): the checkout's folders or the installed copies (app/paths.py)."""
     from app import paths
+
     return paths.templates_dir(), paths.static_dir()
 
 
@@ -39,6 +40,7 @@ def plotly_js_path() -> Path:
 def _app_version() -> str:
     try:
         from importlib.metadata import version
+
         return version("kernelscope")
     except Exception:  # not installed: the page still works, only cache-busting is lost
         return "dev"
@@ -59,8 +61,7 @@ def plotly_js():
     path = plotly_js_path()
     if not path.is_file():
         raise HTTPException(status_code=404, detail=f"plotly.min.js not found in the plotly package at {path}")
-    return FileResponse(path, media_type="text/javascript",
-                        headers={"Cache-Control": "public, max-age=86400"})
+    return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
 
 
 class RevalidatedStaticFiles(StaticFiles):

@@ -24,6 +24,7 @@ router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 # ---------------------------------------------------------------- runs
 
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut, responses=QUEUE_FULL)
 def start_run(manager: Manager, body: Annotated[RunCreate | None, Body()] = None) -> dict:
     """Start a run (`{}` = the default demo). It trains at once or waits `queued` for a slot."""
@@ -70,6 +71,7 @@ def delete_run(manager: Manager, run: Run) -> Response:
 
 # ---------------------------------------------------------------- history
 
+
 @router.get("/{run_id}/metrics", response_model=MetricsOut, response_model_exclude_none=True, responses=NOT_FOUND)
 def get_metrics(
     store: StoreDep,
@@ -88,7 +90,9 @@ def list_snapshots(store: StoreDep, run: Run) -> dict:
 
 
 StepParam = Annotated[str, "a step number or 'latest'"]
-SNAPSHOT_JSON: Responses = {200: {"content": {"application/json": {}}, "description": "snapshot JSON (docs/ARCHITECTURE.md)"}}
+SNAPSHOT_JSON: Responses = {
+    200: {"content": {"application/json": {}}, "description": "snapshot JSON (docs/ARCHITECTURE.md)"}
+}
 
 
 @router.get("/{run_id}/snapshots/{step}", responses={**SNAPSHOT_JSON, **NOT_FOUND}, response_class=Response)
@@ -120,10 +124,13 @@ def get_filters_png(
     store: StoreDep,
     run: Run,
     step: StepParam,
-    layer: Annotated[int | None, Query(ge=0, le=limits.MAX_LAYER_INDEX,
-                                       description="spec index of a conv layer; default the first")] = None,
-    scale: Annotated[float | None, Query(gt=0, le=limits.MAX_PNG_SCALE,
-                                         description="|weight| drawn at full colour; default the layer's max")] = None,
+    layer: Annotated[
+        int | None, Query(ge=0, le=limits.MAX_LAYER_INDEX, description="spec index of a conv layer; default the first")
+    ] = None,
+    scale: Annotated[
+        float | None,
+        Query(gt=0, le=limits.MAX_PNG_SCALE, description="|weight| drawn at full colour; default the layer's max"),
+    ] = None,
     pixel: Annotated[int, Query(ge=1, le=limits.MAX_PNG_PIXEL, description="screen pixels per weight")] = 12,
 ) -> Response:
     """The filters of one conv layer drawn with a diverging colormap centred at zero (blue < 0 < red)."""
@@ -138,13 +145,18 @@ def get_filters_png(
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="layer: this model has no conv layer")
     index = min(conv_layers) if layer is None else layer
     if index not in conv_layers:
-        raise InvalidInput(["query", "layer"], f"layer: {index} is not a conv layer; conv layers are {sorted(conv_layers)}")
+        raise InvalidInput(
+            ["query", "layer"], f"layer: {index} is not a conv layer; conv layers are {sorted(conv_layers)}"
+        )
     weight = np.asarray(conv_layers[index]["weight"], dtype=np.float64)
     fitting = render.largest_pixel_within(weight.shape, pixel, limits.MAX_IMAGE_PIXELS)
     if fitting is None:
         width, height = render.filter_grid_size(weight.shape, 1)
-        raise InvalidInput(["query", "layer"], f"layer: {list(weight.shape)} is too large to draw "
-                                               f"({width * height} pixels; at most {limits.MAX_IMAGE_PIXELS})")
+        raise InvalidInput(
+            ["query", "layer"],
+            f"layer: {list(weight.shape)} is too large to draw "
+            f"({width * height} pixels; at most {limits.MAX_IMAGE_PIXELS})",
+        )
     image = render.filter_grid(weight, scale=scale, pixel=fitting)
     # a layer too wide for `pixel` is drawn smaller; the header says with how many pixels per weight
     return Response(render.png_bytes(image), media_type="image/png", headers={"X-Kernelscope-Pixel": str(fitting)})
@@ -154,12 +166,24 @@ def get_filters_png(
 
 # Each event as FastAPI documents SSE (OpenAPI 3.2 `itemSchema`), so clients and
 # schemathesis validate events one by one rather than the stream as one string.
-EVENT_STREAM: Responses = {200: {"content": {"text/event-stream": {"itemSchema": {
-    "type": "object",
-    "properties": {"event": {"type": "string", "enum": ["status", "metrics", "snapshot", "snapshot_damaged"]},
-                   "data": {"type": "string", "description": "JSON"},
-                   "id": {"type": "string"}, "retry": {"type": "integer", "minimum": 0}},
-}}}, "description": "status, metrics and snapshot events (docs/ARCHITECTURE.md)"}}
+EVENT_STREAM: Responses = {
+    200: {
+        "content": {
+            "text/event-stream": {
+                "itemSchema": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"type": "string", "enum": ["status", "metrics", "snapshot", "snapshot_damaged"]},
+                        "data": {"type": "string", "description": "JSON"},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer", "minimum": 0},
+                    },
+                }
+            }
+        },
+        "description": "status, metrics and snapshot events (docs/ARCHITECTURE.md)",
+    }
+}
 
 
 # Returning an EventSourceResponse (not declaring it as response_class) keeps FastAPI

@@ -66,8 +66,11 @@ def init_label(init) -> str:
 
 # ---------------------------------------------------------------- comparisons
 
+
 @router.post(
-    "/comparisons", status_code=status.HTTP_201_CREATED, response_model=ComparisonOut,
+    "/comparisons",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ComparisonOut,
     responses={429: {"description": "not enough free places for every run of the comparison"}},
 )
 def create_comparison(manager: Manager, body: Annotated[ComparisonCreate | None, Body()] = None) -> dict:
@@ -98,8 +101,12 @@ def create_comparison(manager: Manager, body: Annotated[ComparisonCreate | None,
     created: list[dict] = []
     try:
         for index, config in enumerate(configs):
-            meta = {"origin": "comparison", "comparison": comparison_id, "comparison_index": index,
-                    "name": labels[index]}
+            meta = {
+                "origin": "comparison",
+                "comparison": comparison_id,
+                "comparison_index": index,
+                "name": labels[index],
+            }
             if body.name:
                 meta["comparison_name"] = body.name
             created.append(manager.create_run(config, meta=meta))
@@ -113,12 +120,19 @@ def create_comparison(manager: Manager, body: Annotated[ComparisonCreate | None,
             raise QueueFull(f"inits: a comparison of {len(configs)} runs does not fit: {error}") from None
         raise field_error(error, "base") from None
     runs = [run_out(manager, manager.get_run(run["id"])) for run in created]
-    return {"id": comparison_id, "name": body.name, "inits": body.inits, "labels": labels,
-            "run_ids": [run["id"] for run in runs], "runs": runs}
+    return {
+        "id": comparison_id,
+        "name": body.name,
+        "inits": body.inits,
+        "labels": labels,
+        "run_ids": [run["id"] for run in runs],
+        "runs": runs,
+    }
 
 
-@router.get("/comparisons/{comparison_id}", response_model=ComparisonOut,
-            responses={404: {"description": "no such comparison"}})
+@router.get(
+    "/comparisons/{comparison_id}", response_model=ComparisonOut, responses={404: {"description": "no such comparison"}}
+)
 def get_comparison(
     manager: Manager,
     comparison_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")],
@@ -140,6 +154,7 @@ def get_comparison(
 
 # ---------------------------------------------------------------- init probe
 
+
 def probe_cost(layers, batch: int) -> int:
     """Multiply-adds of one forward pass of the normalised layers for `batch` inputs."""
     total = 0
@@ -160,17 +175,23 @@ def probe_summary(label: str, layers: list[dict]) -> str:
     first, last = stds[0], stds[-1]
     depth = len(stds)
     if first == 0 or last == 0:
-        return (f"{label}: the signal is exactly 0 after layer {next(i for i, s in enumerate(stds) if s == 0) + 1}; "
-                "no input can reach the output and no gradient can flow back: nothing can be learned.")
+        return (
+            f"{label}: the signal is exactly 0 after layer {next(i for i, s in enumerate(stds) if s == 0) + 1}; "
+            "no input can reach the output and no gradient can flow back: nothing can be learned."
+        )
     ratio = last / first
     per_layer = ratio ** (1 / max(1, depth - 1))
     if 0.5 <= ratio <= 2:
-        return (f"{label}: the activation std stays within ×{max(ratio, 1 / ratio):.2g} of its first-layer value "
-                f"over {depth} layers, so signals and gradients keep their scale and deep layers can learn.")
+        return (
+            f"{label}: the activation std stays within ×{max(ratio, 1 / ratio):.2g} of its first-layer value "
+            f"over {depth} layers, so signals and gradients keep their scale and deep layers can learn."
+        )
     trend = "shrinks" if ratio < 1 else "grows"
-    return (f"{label}: the activation std {trend} by ×{per_layer:.3g} per layer, from {first:.3g} to {last:.3g} "
-            f"at layer {depth}; the last layers see {'almost nothing' if ratio < 1 else 'huge values'}, "
-            "so a deep network barely trains.")
+    return (
+        f"{label}: the activation std {trend} by ×{per_layer:.3g} per layer, from {first:.3g} to {last:.3g} "
+        f"at layer {depth}; the last layers see {'almost nothing' if ratio < 1 else 'huge values'}, "
+        "so a deep network barely trains."
+    )
 
 
 def average_draws(draws: list[dict]) -> dict:
@@ -196,8 +217,11 @@ def probe_spec(body: InitProbeRequest):
         return resolve_spec(run["model"], run["dataset"])
     if body.depth is None or body.width is None:
         missing = "depth" if body.depth is None else "width"
-        raise InvalidInput(["body", missing], f"{missing}: a plain conv stack needs both depth and width "
-                                              "(or give `spec`, or neither for the default run's model)")
+        raise InvalidInput(
+            ["body", missing],
+            f"{missing}: a plain conv stack needs both depth and width "
+            "(or give `spec`, or neither for the default run's model)",
+        )
     if body.kernel % 2 == 0:
         raise InvalidInput(["body", "kernel"], f"kernel: must be odd for a plain stack, got {body.kernel}")
     return plain_stack_spec(body.depth, body.width, body.activation, body.kernel, body.size)
@@ -235,8 +259,9 @@ def init_probe(body: Annotated[InitProbeRequest | None, Body()] = None) -> dict:
         except ValueError as error:
             raise InvalidInput(["body", "inits", index], f"inits.{index}: {error}") from None
     with np.errstate(all="ignore"):  # a huge init overflows; its figures come back as null
-        draws = [run_probe(normalised, inits=body.inits, batch=body.batch, seed=body.seed + r)
-                 for r in range(body.repeats)]
+        draws = [
+            run_probe(normalised, inits=body.inits, batch=body.batch, seed=body.seed + r) for r in range(body.repeats)
+        ]
     result = average_draws(draws)
     for entry in result["results"]:
         label = init_label(entry["init"])
@@ -248,6 +273,7 @@ def init_probe(body: Annotated[InitProbeRequest | None, Body()] = None) -> dict:
 
 
 # ---------------------------------------------------------------- fork
+
 
 def stored_steps(store: Store, run_id: str) -> list[int]:
     """The run's snapshot steps; none yet is a conflict (409): the run has not made its first step."""
@@ -291,7 +317,8 @@ def fork_config(parent_config: dict, body: ForkCreate, step: int) -> dict:
 
 
 @router.post(
-    "/runs/{run_id}/fork", status_code=status.HTTP_201_CREATED,
+    "/runs/{run_id}/fork",
+    status_code=status.HTTP_201_CREATED,
     responses={**NOT_FOUND, **CONFLICT, **QUEUE_FULL},
 )
 def fork_run(manager: Manager, store: StoreDep, run: Run, body: Annotated[ForkCreate | None, Body()] = None) -> dict:
@@ -306,7 +333,9 @@ def fork_run(manager: Manager, store: StoreDep, run: Run, body: Annotated[ForkCr
     body = body or ForkCreate()
     step = _snapshot_step_of(store, run["id"], body.step)
     if body.steps is not None and body.steps <= step:
-        raise InvalidInput(["body", "steps"], f"steps: must be greater than the fork's starting step {step}, got {body.steps}")
+        raise InvalidInput(
+            ["body", "steps"], f"steps: must be greater than the fork's starting step {step}, got {body.steps}"
+        )
     config = RunConfig.from_dict(fork_config(run["config"], body, step)).to_dict()
     limits.check_run_config(config)
     params = store.read_snapshot_params(run["id"], step)
@@ -325,12 +354,17 @@ def fork_run(manager: Manager, store: StoreDep, run: Run, body: Annotated[ForkCr
         for layer in snapshot.get("layers", []):
             if layer.get("frozen"):
                 checkpoint[f"optimizer/frozen/{layer['index']}.weight"] = np.array(layer["frozen"], dtype=np.int64)
-    meta = {"origin": "fork", "parent": run["id"], "parent_step": step,
-            "name": body.name or f"fork of {run['meta'].get('name') or run['id']} @ {step}"}
+    meta = {
+        "origin": "fork",
+        "parent": run["id"],
+        "parent_step": step,
+        "name": body.name or f"fork of {run['meta'].get('name') or run['id']} @ {step}",
+    }
     return run_out(manager, manager.create_run(config, meta=meta, checkpoint=checkpoint))
 
 
 # ---------------------------------------------------------------- kernels
+
 
 def _conv_layers(store: Store, run_id: str) -> dict[int, dict]:
     step = store.latest_snapshot_step(run_id)
@@ -347,8 +381,9 @@ def kernel_values(body: KernelPut, shape: list[int]) -> np.ndarray:
     _, in_channels, kh, kw = shape
     if isinstance(body.kernel, str):
         if body.kernel not in NAMED_KERNELS:
-            raise InvalidInput(["body", "kernel"],
-                                f"kernel: unknown kernel {body.kernel!r}; valid names: {', '.join(NAMED_KERNELS)}")
+            raise InvalidInput(
+                ["body", "kernel"], f"kernel: unknown kernel {body.kernel!r}; valid names: {', '.join(NAMED_KERNELS)}"
+            )
         try:
             pattern = named_kernel(body.kernel, (kh, kw))
         except ValueError as error:
@@ -362,13 +397,16 @@ def kernel_values(body: KernelPut, shape: list[int]) -> np.ndarray:
     if values.shape == (kh, kw):
         return np.broadcast_to(values, (in_channels, kh, kw)).copy()
     if values.shape != (in_channels, kh, kw):
-        raise InvalidInput(["body", "kernel"],
-                            f"kernel: must have shape [{kh}, {kw}] or [{in_channels}, {kh}, {kw}], got {list(values.shape)}")
+        raise InvalidInput(
+            ["body", "kernel"],
+            f"kernel: must have shape [{kh}, {kw}] or [{in_channels}, {kh}, {kw}], got {list(values.shape)}",
+        )
     return values
 
 
 @router.put(
-    "/runs/{run_id}/kernels/{layer}/{filter}", response_model=KernelOut,
+    "/runs/{run_id}/kernels/{layer}/{filter}",
+    response_model=KernelOut,
     responses={**NOT_FOUND, **CONFLICT},
 )
 def put_kernel(
@@ -376,8 +414,9 @@ def put_kernel(
     store: StoreDep,
     run: Run,
     layer: Annotated[int, Path(ge=0, le=limits.MAX_LAYER_INDEX, description="spec index of a conv layer")],
-    filter_index: Annotated[int, Path(ge=0, le=limits.MAX_FILTER_INDEX, alias="filter",
-                                      description="filter (output channel) index")],
+    filter_index: Annotated[
+        int, Path(ge=0, le=limits.MAX_FILTER_INDEX, alias="filter", description="filter (output channel) index")
+    ],
     body: KernelPut,
 ) -> dict:
     """Overwrite one kernel of a running or paused run; `frozen` keeps it bit-identical from then on."""
@@ -386,17 +425,25 @@ def put_kernel(
         raise InvalidInput(["path", "layer"], f"layer: {layer} is not a conv layer; conv layers are {sorted(conv)}")
     shape = conv[layer]["shape"]
     if filter_index >= shape[0]:
-        raise InvalidInput(["path", "filter"], f"filter: must be between 0 and {shape[0] - 1} for layer {layer}, got {filter_index}")
+        raise InvalidInput(
+            ["path", "filter"], f"filter: must be between 0 and {shape[0] - 1} for layer {layer}, got {filter_index}"
+        )
     values = kernel_values(body, shape)
     if run["status"] not in ("running", "paused"):
         raise RunConflict(f"run {run['id']} is {run['status']}; kernels can be set on a running or paused run")
     manager.set_kernel(run["id"], layer, filter_index, values.tolist(), frozen=body.frozen)
-    return {"run_id": run["id"], "layer": layer, "filter": filter_index, "frozen": body.frozen,
-            "kernel": values.astype(np.float32).astype(float).tolist(),
-            "step": store.latest_snapshot_step(run["id"])}
+    return {
+        "run_id": run["id"],
+        "layer": layer,
+        "filter": filter_index,
+        "frozen": body.frozen,
+        "kernel": values.astype(np.float32).astype(float).tolist(),
+        "step": store.latest_snapshot_step(run["id"]),
+    }
 
 
 # ---------------------------------------------------------------- exports
+
 
 def resolved_spec(config: dict, snapshot: dict, params: dict) -> dict:
     """The spec the run trained, as built by the engine (input and class count filled in).
@@ -467,9 +514,14 @@ def metrics_csv(points: list[dict]) -> str:
 
 
 @router.get(
-    "/runs/{run_id}/export", response_class=StreamingResponse, dependencies=HEAVY,
-    responses={200: {"content": {"application/zip": {}}, "description": "zip of config, metrics, snapshots, weights"},
-               **NOT_FOUND, **CONFLICT},
+    "/runs/{run_id}/export",
+    response_class=StreamingResponse,
+    dependencies=HEAVY,
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "zip of config, metrics, snapshots, weights"},
+        **NOT_FOUND,
+        **CONFLICT,
+    },
 )
 def export_run(store: StoreDep, run: Run) -> StreamingResponse:
     """A zip with config.json, spec.json, metrics.csv, every snapshot and weights.npz (latest snapshot)."""
@@ -486,7 +538,9 @@ def export_run(store: StoreDep, run: Run) -> StreamingResponse:
     with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         archive.writestr("README.txt", TORCH_README.format(run_id=run_id, step=latest))
         described = {key: run[key] for key in ("id", "status", "step", "meta", "created", "updated", "message")}
-        archive.writestr("config.json", json.dumps({**described, "config": run["config"], "weights_step": latest}, indent=2))
+        archive.writestr(
+            "config.json", json.dumps({**described, "config": run["config"], "weights_step": latest}, indent=2)
+        )
         archive.writestr("spec.json", json.dumps(spec, indent=2))
         archive.writestr("metrics.csv", metrics_csv(store.metrics(run_id)))
         for step in steps:
@@ -511,8 +565,12 @@ def export_run(store: StoreDep, run: Run) -> StreamingResponse:
             spool.close()
 
     return StreamingResponse(
-        chunks(), media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="kernelscope-{run_id}.zip"', "Content-Length": str(size)},
+        chunks(),
+        media_type="application/zip",
+        headers={
+            "Content-Disposition": f'attachment; filename="kernelscope-{run_id}.zip"',
+            "Content-Length": str(size),
+        },
     )
 
 
@@ -529,8 +587,11 @@ def fit_gif(shape, pixel: int, frames: int) -> tuple[int, int]:
     fitting = render.largest_pixel_within(shape, pixel, limits.MAX_FRAME_PIXELS, extra_height=GIF_CAPTION_HEIGHT)
     if fitting is None:
         width, height = render.filter_grid_size(shape, 1)
-        raise InvalidInput(["query", "layer"], f"layer: {list(shape)} is too large to draw "
-                                                f"({width * (height + GIF_CAPTION_HEIGHT)} pixels per frame; at most {limits.MAX_FRAME_PIXELS})")
+        raise InvalidInput(
+            ["query", "layer"],
+            f"layer: {list(shape)} is too large to draw "
+            f"({width * (height + GIF_CAPTION_HEIGHT)} pixels per frame; at most {limits.MAX_FRAME_PIXELS})",
+        )
     width, height = render.filter_grid_size(shape, fitting)
     return fitting, max(2, min(frames, limits.MAX_GIF_PIXELS // (width * (height + GIF_CAPTION_HEIGHT))))
 
@@ -544,17 +605,27 @@ def captioned(image: Image.Image, text: str) -> Image.Image:
 
 
 @router.get(
-    "/runs/{run_id}/evolution.gif", response_class=Response, dependencies=HEAVY,
-    responses={200: {"content": {"image/gif": {}}, "description": "the layer's filters over time"}, **NOT_FOUND, **CONFLICT},
+    "/runs/{run_id}/evolution.gif",
+    response_class=Response,
+    dependencies=HEAVY,
+    responses={
+        200: {"content": {"image/gif": {}}, "description": "the layer's filters over time"},
+        **NOT_FOUND,
+        **CONFLICT,
+    },
 )
 def evolution_gif(
     store: StoreDep,
     run: Run,
-    layer: Annotated[int | None, Query(ge=0, le=limits.MAX_LAYER_INDEX,
-                                       description="spec index of a conv layer; default the first")] = None,
-    frames: Annotated[int, Query(ge=2, le=limits.MAX_GIF_FRAMES, description="at most this many frames")] = limits.MAX_GIF_FRAMES,
-    duration: Annotated[int, Query(ge=limits.MIN_GIF_FRAME_MS, le=limits.MAX_GIF_FRAME_MS,
-                                   description="milliseconds per frame")] = 120,
+    layer: Annotated[
+        int | None, Query(ge=0, le=limits.MAX_LAYER_INDEX, description="spec index of a conv layer; default the first")
+    ] = None,
+    frames: Annotated[
+        int, Query(ge=2, le=limits.MAX_GIF_FRAMES, description="at most this many frames")
+    ] = limits.MAX_GIF_FRAMES,
+    duration: Annotated[
+        int, Query(ge=limits.MIN_GIF_FRAME_MS, le=limits.MAX_GIF_FRAME_MS, description="milliseconds per frame")
+    ] = 120,
     pixel: Annotated[int, Query(ge=1, le=limits.MAX_GIF_PIXEL, description="screen pixels per weight")] = 8,
 ) -> Response:
     """One frame per stored snapshot (evenly subsampled beyond `frames`), one colour scale for all frames.
@@ -579,8 +650,13 @@ def evolution_gif(
     if not weights:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no stored weights")
     scale = max(render.auto_scale(weight) for _, weight in weights)
-    images = [captioned(render.filter_grid(weight, scale=scale, pixel=pixel), f"step {step}") for step, weight in weights]
+    images = [
+        captioned(render.filter_grid(weight, scale=scale, pixel=pixel), f"step {step}") for step, weight in weights
+    ]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
-    return Response(buffer.getvalue(), media_type="image/gif",
-                    headers={"Content-Disposition": f'inline; filename="kernelscope-{run_id}-layer{index}.gif"'})
+    return Response(
+        buffer.getvalue(),
+        media_type="image/gif",
+        headers={"Content-Disposition": f'inline; filename="kernelscope-{run_id}-layer{index}.gif"'},
+    )

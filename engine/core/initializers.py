@@ -306,32 +306,64 @@ def uniform_law(name, law, *about, **extra):
     return Initializer(name, law, _uniform_draw(law), spread, *about, **extra)
 
 
-def _entry(name: str, function: Callable[..., Any], spread: Callable[..., Any], *about: Any, **extra: Any) -> Initializer:
+def _entry(
+    name: str, function: Callable[..., Any], spread: Callable[..., Any], *about: Any, **extra: Any
+) -> Initializer:
     return Initializer(name, function, function, spread, *about, **extra)
 
 
 _ENTRIES = [
     _entry("zeros", zeros, lambda shape: (0.0, 0.0), "Zeros", "0", "—"),
-    _entry("constant", constant, lambda shape, value: (0.0, abs(float(value))), "Constant", "value", "—", {"value": 0.1}),
-    gaussian("normal", normal, "Small Gaussian", "N(0, std²)", "Krizhevsky, Sutskever & Hinton, NeurIPS 2012", {"std": 0.01}),
-    uniform_law("uniform", uniform, "Small uniform", "U(-a, a)", "—", {"a": 0.05}),
-    uniform_law(
-        "glorot_uniform", glorot_uniform, "Glorot/Xavier uniform", "U(±√(6/(fan_in+fan_out)))",
-        "Glorot & Bengio, AISTATS 2010", {"gain": 1.0}, ("xavier_uniform",),
+    _entry(
+        "constant", constant, lambda shape, value: (0.0, abs(float(value))), "Constant", "value", "—", {"value": 0.1}
     ),
     gaussian(
-        "glorot_normal", glorot_normal, "Glorot/Xavier normal", "N(0, 2/(fan_in+fan_out))",
-        "Glorot & Bengio, AISTATS 2010", {"gain": 1.0}, ("xavier_normal",),
+        "normal", normal, "Small Gaussian", "N(0, std²)", "Krizhevsky, Sutskever & Hinton, NeurIPS 2012", {"std": 0.01}
+    ),
+    uniform_law("uniform", uniform, "Small uniform", "U(-a, a)", "—", {"a": 0.05}),
+    uniform_law(
+        "glorot_uniform",
+        glorot_uniform,
+        "Glorot/Xavier uniform",
+        "U(±√(6/(fan_in+fan_out)))",
+        "Glorot & Bengio, AISTATS 2010",
+        {"gain": 1.0},
+        ("xavier_uniform",),
+    ),
+    gaussian(
+        "glorot_normal",
+        glorot_normal,
+        "Glorot/Xavier normal",
+        "N(0, 2/(fan_in+fan_out))",
+        "Glorot & Bengio, AISTATS 2010",
+        {"gain": 1.0},
+        ("xavier_normal",),
     ),
     gaussian("he_normal", he_normal, "He normal", "N(0, 2/fan_in)", "He et al., ICCV 2015", {}, ("kaiming_normal",)),
-    uniform_law("he_uniform", he_uniform, "He uniform", "U(±√(6/fan_in))", "He et al., ICCV 2015", {}, ("kaiming_uniform",)),
-    gaussian("lecun_normal", lecun_normal, "LeCun normal", "N(0, 1/fan_in)", "LeCun, Bottou, Orr & Müller, Efficient BackProp, 1998"),
-    _entry(
-        "orthogonal", orthogonal, _orthogonal_spread, "Orthogonal", "gain · orthonormal rows of the (out, fan_in) matrix",
-        "Saxe, McClelland & Ganguli, ICLR 2014", {"gain": 1.0},
+    uniform_law(
+        "he_uniform", he_uniform, "He uniform", "U(±√(6/fan_in))", "He et al., ICCV 2015", {}, ("kaiming_uniform",)
+    ),
+    gaussian(
+        "lecun_normal",
+        lecun_normal,
+        "LeCun normal",
+        "N(0, 1/fan_in)",
+        "LeCun, Bottou, Orr & Müller, Efficient BackProp, 1998",
     ),
     _entry(
-        "kernel", kernel, lambda shape, **params: (None, None), "Hand-made kernels",
+        "orthogonal",
+        orthogonal,
+        _orthogonal_spread,
+        "Orthogonal",
+        "gain · orthonormal rows of the (out, fan_in) matrix",
+        "Saxe, McClelland & Ganguli, ICLR 2014",
+        {"gain": 1.0},
+    ),
+    _entry(
+        "kernel",
+        kernel,
+        lambda shape, **params: (None, None),
+        "Hand-made kernels",
         "named or given kernels in the first filters, the rest from the fallback",
         "engineered filters, e.g. Sobel & Feldman, 1968",
         {"kernels": None, "fallback": "he_normal", "scale": 1.0},

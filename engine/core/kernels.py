@@ -84,20 +84,31 @@ def _gaussian(h, w, spread):
 
 
 PATTERNS = {
-    "x": (lambda h, w: np.maximum(_line(h, w, "diagonal"), _line(h, w, "antidiagonal")),
-          "+1 on both diagonals, -1 elsewhere: an X detector"),
-    "plus": (lambda h, w: np.maximum(_line(h, w, "vertical"), _line(h, w, "horizontal")),
-             "+1 on the middle row and column, -1 elsewhere: a + detector"),
-    "sobel_x": (lambda h, w: np.outer(_smoothing(h), _derivative(w)),
-                "Sobel: smoothing down the rows times a left-to-right difference; finds vertical edges"),
-    "sobel_y": (lambda h, w: np.outer(_derivative(h), _smoothing(w)),
-                "Sobel: a top-to-bottom difference times smoothing along the columns; finds horizontal edges"),
+    "x": (
+        lambda h, w: np.maximum(_line(h, w, "diagonal"), _line(h, w, "antidiagonal")),
+        "+1 on both diagonals, -1 elsewhere: an X detector",
+    ),
+    "plus": (
+        lambda h, w: np.maximum(_line(h, w, "vertical"), _line(h, w, "horizontal")),
+        "+1 on the middle row and column, -1 elsewhere: a + detector",
+    ),
+    "sobel_x": (
+        lambda h, w: np.outer(_smoothing(h), _derivative(w)),
+        "Sobel: smoothing down the rows times a left-to-right difference; finds vertical edges",
+    ),
+    "sobel_y": (
+        lambda h, w: np.outer(_derivative(h), _smoothing(w)),
+        "Sobel: a top-to-bottom difference times smoothing along the columns; finds horizontal edges",
+    ),
     "laplacian": (_laplacian, "the 4-neighbour Laplacian: responds to blobs and corners, not to flat regions"),
     "identity": (_identity, "1 at the centre: passes the input through"),
     "vertical_edge": (lambda h, w: np.sign(_grid(h, w)[1]), "-1 on the left half, +1 on the right half"),
     "horizontal_edge": (lambda h, w: np.sign(_grid(h, w)[0]), "-1 on the top half, +1 on the bottom half"),
     "diagonal_edge": (lambda h, w: np.sign(_grid(h, w)[1] - _grid(h, w)[0]), "-1 below the main diagonal, +1 above it"),
-    "antidiagonal_edge": (lambda h, w: np.sign(_grid(h, w)[1] + _grid(h, w)[0]), "-1 above the anti-diagonal, +1 below it"),
+    "antidiagonal_edge": (
+        lambda h, w: np.sign(_grid(h, w)[1] + _grid(h, w)[0]),
+        "-1 above the anti-diagonal, +1 below it",
+    ),
     "vertical_line": (lambda h, w: _line(h, w, "vertical"), "+1 on the middle column, -1 elsewhere"),
     "horizontal_line": (lambda h, w: _line(h, w, "horizontal"), "+1 on the middle row, -1 elsewhere"),
     "diagonal_line": (lambda h, w: _line(h, w, "diagonal"), "+1 on the main diagonal, -1 elsewhere"),
@@ -112,8 +123,19 @@ PATTERNS = {
 LINES = ("x", "plus", "vertical_line", "horizontal_line", "diagonal_line", "antidiagonal_line")
 
 # The canonical detectors a learned filter is matched against (engine.analysis).
-DETECTORS = ("vertical_edge", "horizontal_edge", "diagonal_edge", "antidiagonal_edge", "vertical_line",
-             "horizontal_line", "diagonal_line", "antidiagonal_line", "x", "plus", "blob")
+DETECTORS = (
+    "vertical_edge",
+    "horizontal_edge",
+    "diagonal_edge",
+    "antidiagonal_edge",
+    "vertical_line",
+    "horizontal_line",
+    "diagonal_line",
+    "antidiagonal_line",
+    "x",
+    "plus",
+    "blob",
+)
 
 
 def pattern(name, h, w):

@@ -118,7 +118,9 @@ class Conv2D(Layer):
         channels, height, width = self.input_shape
         padded_h, padded_w = height + 2 * self.padding[0], width + 2 * self.padding[1]
         if self.kernel[0] > padded_h or self.kernel[1] > padded_w:
-            kernel_text = f"{self.kernel[0]}" if self.kernel[0] == self.kernel[1] else f"{self.kernel[0]}x{self.kernel[1]}"
+            kernel_text = (
+                f"{self.kernel[0]}" if self.kernel[0] == self.kernel[1] else f"{self.kernel[0]}x{self.kernel[1]}"
+            )
             raise ValueError(f"kernel {kernel_text} larger than input {padded_h}x{padded_w}")
         out_h = output_size(height, self.kernel[0], self.stride[0], self.padding[0])
         out_w = output_size(width, self.kernel[1], self.stride[1], self.padding[1])

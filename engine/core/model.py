@@ -93,8 +93,12 @@ def initial_params(spec, init="he_normal", seed=0, dtype=np.float32):
         weight_init = layer_spec["init"] if layer_spec.get("init") is not None else init
         bias_init = layer_spec["bias_init"] if layer_spec.get("bias_init") is not None else "zeros"
         try:
-            params[f"{index}.weight"] = initializers.initialize(weight_init, shapes["weight"], _layer_rng(seed, index, 0), dtype)
-            params[f"{index}.bias"] = initializers.initialize(bias_init, shapes["bias"], _layer_rng(seed, index, 1), dtype)
+            params[f"{index}.weight"] = initializers.initialize(
+                weight_init, shapes["weight"], _layer_rng(seed, index, 0), dtype
+            )
+            params[f"{index}.bias"] = initializers.initialize(
+                bias_init, shapes["bias"], _layer_rng(seed, index, 1), dtype
+            )
         except ValueError as error:
             raise ValueError(f"layer {index} ({layer.kind}): {error}") from None
     return normalised, layers, params
@@ -126,8 +130,10 @@ class Model:
 
     def _layer_params(self, dtype):
         """Per layer, {"weight": ..., "bias": ...} in the dtype of the batch (float64 checks)."""
-        return [{name.split(".", 1)[1]: self.params[name].astype(dtype, copy=False) for name in self.param_names(index)}
-                for index in range(len(self.layers))]
+        return [
+            {name.split(".", 1)[1]: self.params[name].astype(dtype, copy=False) for name in self.param_names(index)}
+            for index in range(len(self.layers))
+        ]
 
     def _check_input(self, x):
         x = np.asarray(x)
@@ -221,7 +227,9 @@ class Model:
         for name, value in state.items():
             value = np.asarray(value)
             if value.shape != self.params[name].shape:
-                raise ValueError(f"parameter {name!r} has shape {list(value.shape)}, model expects {list(self.params[name].shape)}")
+                raise ValueError(
+                    f"parameter {name!r} has shape {list(value.shape)}, model expects {list(self.params[name].shape)}"
+                )
         for name, value in state.items():
             np.copyto(self.params[name], np.asarray(value), casting="same_kind")
 

@@ -29,7 +29,7 @@ def closest(name, choices: Iterable[str]) -> str | None:
 
 
 def unknown(what: str, name, choices: Iterable[str], listed: str = "valid names") -> str:
-    """"unknown init 'He_Normal'; did you mean 'he_normal'? valid names: ..." for one unknown name."""
+    """ "unknown init 'He_Normal'; did you mean 'he_normal'? valid names: ..." for one unknown name."""
     choices = [str(choice) for choice in choices]
     guess = closest(name, choices)
     hint = f"; did you mean {guess!r}?" if guess is not None else ";"

@@ -36,7 +36,9 @@ class Optimizer:
         config = {**self.defaults, **config}
         unknown = sorted(set(config) - set(self.defaults))
         if unknown:
-            raise ValueError(f"optimizer.{unknown[0]}: unknown field for {self.name}; valid fields: {', '.join(self.defaults)}")
+            raise ValueError(
+                f"optimizer.{unknown[0]}: unknown field for {self.name}; valid fields: {', '.join(self.defaults)}"
+            )
         self.lr = _number(config, "lr", 0.0, exclusive=True)
         self.weight_decay = _number(config, "weight_decay", 0.0)
         self.frozen = {}  # name -> None (whole parameter) or sorted list of filter indices
@@ -153,8 +155,13 @@ class SGD(Optimizer):
             raise ValueError("optimizer.nesterov needs optimizer.momentum > 0")
 
     def config(self):
-        return {"name": self.name, "lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay}
+        return {
+            "name": self.name,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay,
+        }
 
     def _update(self, name, param, grad):
         lr = param.dtype.type(self.lr)
@@ -189,8 +196,14 @@ class Adam(Optimizer):
         self.eps = _number(merged, "eps", 0.0, exclusive=True)
 
     def config(self):
-        return {"name": self.name, "lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
-                "weight_decay": self.weight_decay}
+        return {
+            "name": self.name,
+            "lr": self.lr,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
 
     def _update(self, name, param, grad):
         first = self._slot(name, "m", param)

@@ -124,8 +124,12 @@ class FlatPadded:
 def _fits_flat(shape, kernel, stride, padding, out_hw):
     """Whether stride-1 windows run on the shared-border flat layout (FlatPadded)."""
     height, width = shape[2], shape[3]
-    return (stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]
-            and FlatPadded.waste(height, width, *padding, out_hw) <= FLAT_MAX_WASTE)
+    return (
+        stride == (1, 1)
+        and padding[0] < kernel[0]
+        and padding[1] < kernel[1]
+        and FlatPadded.waste(height, width, *padding, out_hw) <= FLAT_MAX_WASTE
+    )
 
 
 def flat_chain_padding(in_shape, kernel, stride, padding, next_kernel, next_stride, next_padding):
@@ -140,11 +144,16 @@ def flat_chain_padding(in_shape, kernel, stride, padding, next_kernel, next_stri
         return None
     height, width = in_shape[1], in_shape[2]
     out_hw = (output_size(height, kernel[0], 1, padding[0]), output_size(width, kernel[1], 1, padding[1]))
-    next_hw = (output_size(out_hw[0], next_kernel[0], 1, next_padding[0]), output_size(out_hw[1], next_kernel[1], 1, next_padding[1]))
+    next_hw = (
+        output_size(out_hw[0], next_kernel[0], 1, next_padding[0]),
+        output_size(out_hw[1], next_kernel[1], 1, next_padding[1]),
+    )
     if min(*out_hw, *next_hw) < 1:
         return None
-    if not (_fits_flat((0, 0, height, width), kernel, stride, padding, out_hw)
-            and _fits_flat((0, 0, *out_hw), next_kernel, next_stride, next_padding, next_hw)):
+    if not (
+        _fits_flat((0, 0, height, width), kernel, stride, padding, out_hw)
+        and _fits_flat((0, 0, *out_hw), next_kernel, next_stride, next_padding, next_hw)
+    ):
         return None
     return tuple(next_padding)
 
@@ -206,8 +215,9 @@ def _flat_chunks(padded, kernel, out_hw, out_rows):
     cols = np.empty(images * rows * span, dtype=source.dtype)
     reach = (kernel_h - 1) * padded.row + kernel_w - 1 + span  # what one image's windows read
     # (C, N, reach): image n's cells from its first window start on, overlapping the next image
-    by_image = as_strided(source, (channels, batch, reach), (source.strides[0], image * source.itemsize, source.itemsize),
-                          writeable=False).transpose(1, 0, 2)
+    by_image = as_strided(
+        source, (channels, batch, reach), (source.strides[0], image * source.itemsize, source.itemsize), writeable=False
+    ).transpose(1, 0, 2)
     for first in range(0, batch, images):
         last = min(first + images, batch)
         unfolded = cols[: (last - first) * rows * span].reshape(last - first, kernel_h, kernel_w, channels, span)
@@ -251,8 +261,11 @@ def multiply_column_blocks(weight_matrix, unfolded, out):
         np.matmul(weight_matrix, unfolded, out=out)
         return
     head = blocks * width
-    np.matmul(weight_matrix, unfolded[:, :, :head].reshape(images, rows, blocks, width).transpose(0, 2, 1, 3),
-              out=out[:, :, :head].reshape(images, out_rows, blocks, width).transpose(0, 2, 1, 3))
+    np.matmul(
+        weight_matrix,
+        unfolded[:, :, :head].reshape(images, rows, blocks, width).transpose(0, 2, 1, 3),
+        out=out[:, :, :head].reshape(images, out_rows, blocks, width).transpose(0, 2, 1, 3),
+    )
     if head < span:
         np.matmul(weight_matrix, unfolded[:, :, head:], out=out[:, :, head:])
 
@@ -269,13 +282,18 @@ def multiply_row_blocks(unfolded, other):
     rows of the result are independent, so nothing has to be summed afterwards."""
     images, rows, span = unfolded.shape
     out_rows = other.shape[2]
-    blocks, height = _blocks_along(rows, min(SMALL_PRODUCT // (out_rows * span), SMALL_TRANSPOSED_RESULT // out_rows), 8)
+    blocks, height = _blocks_along(
+        rows, min(SMALL_PRODUCT // (out_rows * span), SMALL_TRANSPOSED_RESULT // out_rows), 8
+    )
     if not blocks:
         return np.matmul(unfolded, other)
     products = np.empty((images, rows, out_rows), dtype=np.result_type(unfolded, other))
     head = blocks * height
-    np.matmul(unfolded[:, :head].reshape(images, blocks, height, span), other[:, None],
-              out=products[:, :head].reshape(images, blocks, height, out_rows))
+    np.matmul(
+        unfolded[:, :head].reshape(images, blocks, height, span),
+        other[:, None],
+        out=products[:, :head].reshape(images, blocks, height, out_rows),
+    )
     if head < rows:
         np.matmul(unfolded[:, head:], other, out=products[:, head:])
     return products
@@ -292,8 +310,10 @@ def multiply_inner_blocks(left, right):
     if not blocks:
         return left @ right.T
     head = blocks * width
-    total = np.matmul(left[:, :head].reshape(rows, blocks, width).transpose(1, 0, 2),
-                      right[:, :head].reshape(out_rows, blocks, width).transpose(1, 2, 0)).sum(axis=0)
+    total = np.matmul(
+        left[:, :head].reshape(rows, blocks, width).transpose(1, 0, 2),
+        right[:, :head].reshape(out_rows, blocks, width).transpose(1, 2, 0),
+    ).sum(axis=0)
     if head < length:
         total += left[:, head:] @ right[:, head:].T
     return total
@@ -346,8 +366,12 @@ def _row_chunks(padded, kernel, out_hw, out_rows):
         width = count + (kernel_h - 1) * row
         # the reads end at cell (last - 1) * image + span + (kh - 1) * row + kw - 2: inside the
         # layout, as for _flat_chunks (the closing pad rows hold the last image's windows)
-        shifted = as_strided(source[:, start:], (kernel_w, channels, width),
-                             (source.itemsize, source.strides[0], source.itemsize), writeable=False)
+        shifted = as_strided(
+            source[:, start:],
+            (kernel_w, channels, width),
+            (source.itemsize, source.strides[0], source.itemsize),
+            writeable=False,
+        )
         cols = buffer[: kernel_w * channels * width].reshape(kernel_w, channels, width)
         np.copyto(cols, shifted)
         yield start, count, cols.reshape(kernel_w * channels, width)
@@ -442,8 +466,14 @@ def _output_grid(padded, into, channels, dtype):
 
 def conv_output_shape(x_shape, weight_shape, stride, padding):
     """(O, N, Ho, Wo): the shape of a conv's output for x (C, N, H, W) and weight (O, C, kh, kw)."""
-    return (weight_shape[0], x_shape[1], *(output_size(size, kernel, step, pad) for size, kernel, step, pad
-                                           in zip(x_shape[2:], weight_shape[2:], stride, padding)))
+    return (
+        weight_shape[0],
+        x_shape[1],
+        *(
+            output_size(size, kernel, step, pad)
+            for size, kernel, step, pad in zip(x_shape[2:], weight_shape[2:], stride, padding)
+        ),
+    )
 
 
 def _pad_for_windows(x, kernel, stride, padding, out_hw):
@@ -451,7 +481,9 @@ def _pad_for_windows(x, kernel, stride, padding, out_hw):
     itself when it is one already, padded as the conv wants), else an ordinary padded array."""
     if isinstance(x, FlatPadded):
         if x.padding != tuple(padding) or not _fits_flat(x.shape, kernel, stride, padding, out_hw):
-            raise ValueError(f"a conv with stride {tuple(stride)} and padding {tuple(padding)} cannot read this flat layout")
+            raise ValueError(
+                f"a conv with stride {tuple(stride)} and padding {tuple(padding)} cannot read this flat layout"
+            )
         return x
     if _fits_flat(x.shape, kernel, stride, padding, out_hw):
         return FlatPadded(x, *padding)
@@ -608,7 +640,9 @@ def conv2d_backward(dout, cache, weight, need_input_grad=True, need_bias_grad=Tr
         dweight_rows, dpadded = _im2col_weight_grad(padded, dout, weight, kernel, stride, (out_h, out_w), scatter)
         if scatter:
             dx = np.ascontiguousarray(dpadded[:, :, padding[0] : padding[0] + height, padding[1] : padding[1] + width])
-    dweight = np.ascontiguousarray(dweight_rows.T.reshape(out_channels, kernel_h, kernel_w, channels).transpose(0, 3, 1, 2))
+    dweight = np.ascontiguousarray(
+        dweight_rows.T.reshape(out_channels, kernel_h, kernel_w, channels).transpose(0, 3, 1, 2)
+    )
     return (dx if need_input_grad else None), dweight, dbias
 
 
@@ -624,7 +658,9 @@ def output_gradient_layout(cache, weight, dtype):
     padded, x_shape, stride, padding, out_hw, _ = cache
     if not isinstance(padded, FlatPadded):
         return None
-    return FlatPadded.for_output((weight.shape[0], x_shape[1], *out_hw), _full_padding(weight.shape[2:], padding), dtype)
+    return FlatPadded.for_output(
+        (weight.shape[0], x_shape[1], *out_hw), _full_padding(weight.shape[2:], padding), dtype
+    )
 
 
 def _flat_dout(dout, full_padding):

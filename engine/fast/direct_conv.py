@@ -70,8 +70,9 @@ class DirectConvBlock:
         return out, (conv_cache, pool_cache, out)
 
     def _forward_chained(self, x, weight, bias):
-        out = FlatPadded.for_output(conv_output_shape(x.shape, weight.shape, self.stride, self.padding),
-                                    self.out_padding, x.dtype)
+        out = FlatPadded.for_output(
+            conv_output_shape(x.shape, weight.shape, self.stride, self.padding), self.out_padding, x.dtype
+        )
         _, conv_cache = conv2d_forward(x, weight, None, self.stride, self.padding, into=out)
         out.data += bias.astype(x.dtype, copy=False).reshape(-1, 1)
         relu_in_place(out.data)
@@ -107,6 +108,13 @@ def chain_blocks(steps, layers):
         if not block.relu or block.pool_size is not None:
             continue
         conv, next_conv = layers[first], layers[next_first]
-        block.out_padding = flat_chain_padding(conv.input_shape, conv.kernel, conv.stride, conv.padding,
-                                               next_conv.kernel, next_conv.stride, next_conv.padding)
+        block.out_padding = flat_chain_padding(
+            conv.input_shape,
+            conv.kernel,
+            conv.stride,
+            conv.padding,
+            next_conv.kernel,
+            next_conv.stride,
+            next_conv.padding,
+        )
     return steps

@@ -137,8 +137,12 @@ class Model(core.Model):
         dtype = x.dtype
         layer_params = self._layer_params(dtype)
         parts = [slice(0, x.shape[0])] if keep_outputs else self._parts(x.shape[0])
-        remote = self._start(self._partner_parts(parts, self.split_chooser.current()), lambda number, helper: helper.send_forward(
-            self._partner_key(), self.spec, self.params, x[parts[number]], self._logits_shape(parts[number])))
+        remote = self._start(
+            self._partner_parts(parts, self.split_chooser.current()),
+            lambda number, helper: helper.send_forward(
+                self._partner_key(), self.spec, self.params, x[parts[number]], self._logits_shape(parts[number])
+            ),
+        )
         results = [None] * len(parts)
         with blas_on_one_thread():
             for number, part in enumerate(parts):
@@ -187,8 +191,10 @@ class Model(core.Model):
             raise RuntimeError("backward needs a forward first")
         x, parts, remote, caches, layer_params, keep_outputs = self._pending
         dlogits = self._check_dlogits(dlogits, parts[-1].stop)
-        started = self._start(remote, lambda number, helper: helper.send_backward(
-            self._partner_key(), dlogits[parts[number]], need_input_grad))
+        started = self._start(
+            remote,
+            lambda number, helper: helper.send_backward(self._partner_key(), dlogits[parts[number]], need_input_grad),
+        )
         results = [None] * len(parts)
 
         def local(number):
@@ -208,7 +214,11 @@ class Model(core.Model):
                     results[number] = local(number)
                 else:
                     grads, dx = answer
-                    results[number] = (None if dx is None else _to_internal(dx), self._grads_by_layer(grads, self.layers), [])
+                    results[number] = (
+                        None if dx is None else _to_internal(dx),
+                        self._grads_by_layer(grads, self.layers),
+                        [],
+                    )
         self._store_part_grads([grads for _, grads, _ in results])
         if keep_outputs:
             self.output_grads = [None if g is None else _to_public(g) for g in results[0][2]]
@@ -272,9 +282,18 @@ class Model(core.Model):
         parts = self._parts(batch)
         mode = self.split_chooser.mode() if len(parts) > 1 else None
         began = time.perf_counter()
-        started = self._start(self._partner_parts(parts, mode), lambda number, helper: helper.send_train(
-            self._partner_key(), self.spec, self.params, x[parts[number]], labels[parts[number]],
-            self._logits_shape(parts[number]), batch))
+        started = self._start(
+            self._partner_parts(parts, mode),
+            lambda number, helper: helper.send_train(
+                self._partner_key(),
+                self.spec,
+                self.params,
+                x[parts[number]],
+                labels[parts[number]],
+                self._logits_shape(parts[number]),
+                batch,
+            ),
+        )
         results = [None] * len(parts)
         with blas_on_one_thread():
             for number, part in enumerate(parts):

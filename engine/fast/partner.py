@@ -303,7 +303,11 @@ class Partner:
 
     def _grads(self):
         entries = self._current.entries
-        return {name.split(":", 1)[1]: self.arena.view(entry).copy() for name, entry in entries.items() if name.startswith("grad:")}
+        return {
+            name.split(":", 1)[1]: self.arena.view(entry).copy()
+            for name, entry in entries.items()
+            if name.startswith("grad:")
+        }
 
     def close(self):
         try:
@@ -400,7 +404,11 @@ def serve(commands, replies, build_model):
             elif kind in ("forward", "train"):
                 key, entries = message[1], layouts[message[2]][1]
                 model = models[key]
-                model.params = {name.split(":", 1)[1]: arena.view(entry).copy() for name, entry in entries.items() if name.startswith("param:")}
+                model.params = {
+                    name.split(":", 1)[1]: arena.view(entry).copy()
+                    for name, entry in entries.items()
+                    if name.startswith("param:")
+                }
                 x = arena.view(entries["x"]).copy()
                 if kind == "forward":
                     np.copyto(arena.view(entries["logits"]), model.forward(x))

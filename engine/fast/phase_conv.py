@@ -77,7 +77,10 @@ class PhaseGeometry:
         # (source phase, flat shift) for output phase d = (di, dj) and kernel offset k = (i, j)
         self.sources = [
             [
-                (((di + i) % pool_h) * pool_w + (dj + j) % pool_w, ((di + i) // pool_h) * self.grid_hw[1] + (dj + j) // pool_w)
+                (
+                    ((di + i) % pool_h) * pool_w + (dj + j) % pool_w,
+                    ((di + i) // pool_h) * self.grid_hw[1] + (dj + j) // pool_w,
+                )
                 for i in range(kernel_h)
                 for j in range(kernel_w)
             ]
@@ -102,7 +105,9 @@ class PhaseGeometry:
             base_source, base_shift = self.sources[0][k]
             down = self.sources[pool_w][k] if pool_h == 2 else (base_source, base_shift)
             right = self.sources[1][k] if pool_w == 2 else (base_source, base_shift)
-            steps.append(((down[0] - base_source, down[1] - base_shift), (right[0] - base_source, right[1] - base_shift)))
+            steps.append(
+                ((down[0] - base_source, down[1] - base_shift), (right[0] - base_source, right[1] - base_shift))
+            )
         return steps
 
     def waste(self):
@@ -146,9 +151,15 @@ class PhaseGeometry:
         views = []
         for k, ((down_phase, down_shift), (right_phase, right_shift)) in enumerate(self.steps):
             source, shift = self.sources[0][k]
-            strides = ((down_phase * phase_size + down_shift) * item, (right_phase * phase_size + right_shift) * item,
-                       length * item, item)
-            view = np.ndarray((pool_h, pool_w, channels, cells), phases.dtype, phases, (source * phase_size + shift) * item, strides)
+            strides = (
+                (down_phase * phase_size + down_shift) * item,
+                (right_phase * phase_size + right_shift) * item,
+                length * item,
+                item,
+            )
+            view = np.ndarray(
+                (pool_h, pool_w, channels, cells), phases.dtype, phases, (source * phase_size + shift) * item, strides
+            )
             views.append((k, view))
         return views
 
@@ -232,7 +243,9 @@ class ConvBlock:
         phases = np.zeros((g.phases, channels, batch * g.cells + g.tail), dtype=dtype)
         for cells, (row_slice, col_slice) in g.phase_views(phases, batch):
             cells[...] = x[:, :, row_slice, col_slice]
-        weight_matrix = np.ascontiguousarray(weight.astype(dtype, copy=False).transpose(0, 2, 3, 1).reshape(out_channels, rows))
+        weight_matrix = np.ascontiguousarray(
+            weight.astype(dtype, copy=False).transpose(0, 2, 3, 1).reshape(out_channels, rows)
+        )
         out_h, out_w = g.out_hw
         out = np.empty((out_channels, batch, out_h, out_w), dtype=dtype)
         chunk = g.images_per_chunk(batch)
@@ -242,7 +255,9 @@ class ConvBlock:
         conv_chunks = []  # (conv output, window maxima) per chunk, when keep_conv
         reads = g.reads(phases)
         product = None if keep_conv else np.empty(out_channels * g.phases * chunk * g.cells, dtype=dtype)
-        averaged = np.empty((out_channels, chunk * g.cells), dtype=dtype) if self.pool_kind == "avg" and g.phases > 1 else None
+        averaged = (
+            np.empty((out_channels, chunk * g.cells), dtype=dtype) if self.pool_kind == "avg" and g.phases > 1 else None
+        )
         bias_column = bias.astype(dtype, copy=False).reshape(out_channels, 1, 1, 1)
         for first in range(0, batch, chunk):
             last = min(first + chunk, batch)
@@ -256,7 +271,9 @@ class ConvBlock:
                 conv_chunks.append((conv, result))
             else:
                 conv = product[: out_channels * g.phases * width].reshape(out_channels, g.phases, width)
-            multiply_column_blocks(weight_matrix, unfolded.reshape(1, rows, g.phases * width), conv.reshape(1, out_channels, -1))
+            multiply_column_blocks(
+                weight_matrix, unfolded.reshape(1, rows, g.phases * width), conv.reshape(1, out_channels, -1)
+            )
             if g.phases == 1:
                 result = conv[:, 0]
             elif self.pool_kind == "max":
@@ -300,7 +317,9 @@ class ConvBlock:
             first_cell = first * g.cells
             if kept_columns is not None:
                 offset = rows * g.phases * first_cell
-                unfolded = kept_columns[offset : offset + rows * g.phases * width].reshape(g.offsets, channels, g.phases, width)
+                unfolded = kept_columns[offset : offset + rows * g.phases * width].reshape(
+                    g.offsets, channels, g.phases, width
+                )
             else:
                 unfolded = columns[: rows * g.phases * width].reshape(g.offsets, channels, g.phases, width)
                 self._unfold(reads, first_cell, width, unfolded)
@@ -320,7 +339,9 @@ class ConvBlock:
                 np.matmul(weight_matrix_t, dconv, out=dcols)
                 self._fold(dcols.reshape(g.offsets, channels, g.phases, width), writes, first_cell, width)
         kernel_h, kernel_w = g.kernel
-        dweight = np.ascontiguousarray(dweight_rows.T.reshape(out_channels, kernel_h, kernel_w, channels).transpose(0, 3, 1, 2))
+        dweight = np.ascontiguousarray(
+            dweight_rows.T.reshape(out_channels, kernel_h, kernel_w, channels).transpose(0, 3, 1, 2)
+        )
         if not need_input_grad:
             return None, dweight, dbias
         dx = np.empty(x_shape, dtype=dtype)

@@ -38,7 +38,9 @@ def plan_blocks(layers):
             steps.append((index, last, ConvBlock(geometry, relu=relu, pool_kind=pool_kind)))
         elif pool_kind == "max":
             last += 1
-            steps.append((index, last, DirectConvBlock(layer.stride, layer.padding, relu, following.size, following.stride)))
+            steps.append(
+                (index, last, DirectConvBlock(layer.stride, layer.padding, relu, following.size, following.stride))
+            )
         else:  # no pool to absorb (or an average pool the grid does not take): conv and relu
             steps.append((index, last, DirectConvBlock(layer.stride, layer.padding, relu)))
         index = last + 1

@@ -12,8 +12,7 @@ from app.settings import Settings
 
 # A run that trains in about a second: small net, small shapes set, small batches.
 TINY_DATASET = {"name": "shapes", "n_train": 256, "n_val": 64}
-TINY = {"model": "small", "dataset": TINY_DATASET, "batch_size": 8, "steps": 30,
-        "snapshot_every": 10, "eval_every": 15}
+TINY = {"model": "small", "dataset": TINY_DATASET, "batch_size": 8, "steps": 30, "snapshot_every": 10, "eval_every": 15}
 # A run long enough to pause, resume and stop while it trains.
 LONG = {**TINY, "steps": 100_000, "snapshot_every": 50, "eval_every": 1000}
 
@@ -21,8 +20,7 @@ TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}
 
 
 def make_settings(data_dir, **overrides) -> Settings:
-    values = {"data_dir": data_dir, "max_runs": 2, "max_queued": 4, "checkpoint_every": 20,
-              "shutdown_timeout": 5.0}
+    values = {"data_dir": data_dir, "max_runs": 2, "max_queued": 4, "checkpoint_every": 20, "shutdown_timeout": 5.0}
     values.update(overrides)
     return Settings(**values)
 

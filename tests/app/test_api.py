@@ -27,6 +27,7 @@ def done(tmp_path_factory):
 
 # ---------------------------------------------------------------- meta routes
 
+
 def test_healthz_says_ok(done):
     client, _ = done
     assert client.get("/healthz").json()["status"] == "ok"
@@ -36,8 +37,19 @@ def test_inits_lists_every_law_of_the_design_card(done):
     client, _ = done
     body = client.get("/api/inits").json()
     inits = {entry["name"]: entry for entry in body["inits"]}
-    for name in ("zeros", "constant", "normal", "uniform", "glorot_uniform", "glorot_normal",
-                 "he_normal", "he_uniform", "lecun_normal", "orthogonal", "kernel"):
+    for name in (
+        "zeros",
+        "constant",
+        "normal",
+        "uniform",
+        "glorot_uniform",
+        "glorot_normal",
+        "he_normal",
+        "he_uniform",
+        "lecun_normal",
+        "orthogonal",
+        "kernel",
+    ):
         assert name in inits
     assert inits["he_normal"]["law"] == "N(0, 2/fan_in)"
     assert inits["normal"]["params"] == {"std": 0.01}
@@ -74,16 +86,29 @@ def test_defaults_are_what_a_run_that_names_nothing_trains_with(tmp_path):
 def test_openapi_documents_every_run_route(done):
     client, _ = done
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/pause", "/api/runs/{run_id}/resume",
-                 "/api/runs/{run_id}/stop", "/api/runs/{run_id}/metrics", "/api/runs/{run_id}/snapshots",
-                 "/api/runs/{run_id}/snapshots/{step}", "/api/runs/{run_id}/snapshots/{step}/filters.png",
-                 "/api/runs/{run_id}/events", "/healthz", "/api/inits", "/api/datasets", "/api/presets",
-                 "/api/defaults"):
+    for path in (
+        "/api/runs",
+        "/api/runs/{run_id}",
+        "/api/runs/{run_id}/pause",
+        "/api/runs/{run_id}/resume",
+        "/api/runs/{run_id}/stop",
+        "/api/runs/{run_id}/metrics",
+        "/api/runs/{run_id}/snapshots",
+        "/api/runs/{run_id}/snapshots/{step}",
+        "/api/runs/{run_id}/snapshots/{step}/filters.png",
+        "/api/runs/{run_id}/events",
+        "/healthz",
+        "/api/inits",
+        "/api/datasets",
+        "/api/presets",
+        "/api/defaults",
+    ):
         assert path in paths, path
     assert client.get("/docs").status_code == 200
 
 
 # ---------------------------------------------------------------- a finished run
+
 
 def test_created_run_is_complete_and_listed(done):
     client, run = done
@@ -183,23 +208,27 @@ def test_filters_png_is_a_grid_in_a_diverging_colormap(done):
 
 # ---------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("body, field, words", [
-    ({"batch_size": 0}, "batch_size", "greater than or equal to 1"),
-    ({"batch_size": 100000}, "batch_size", "less than or equal to 512"),
-    ({"steps": 0}, "steps", "greater than or equal to 1"),  # one rule: a run makes at least one step
-    ({"seed": "abc"}, "seed", "integer"),
-    ({"snapshot_every": 0}, "snapshot_every", "greater than or equal to 1"),
-    ({"steps": 1_000_000, "snapshot_every": 1}, "snapshot_every", "at most 20000 snapshots"),
-    ({"colour": "red"}, "colour", "not a field here"),
-    ({"lr": 0.1}, "lr", 'not a field here (an optimizer setting goes inside "optimizer"'),
-    ({"model": "nope"}, "model", "unknown preset"),
-    ({"model": {"layers": [{"type": "wobble"}]}}, "model", "wobble"),
-    ({"init": "bogus"}, "init", "unknown init"),
-    ({"init": {"name": "normal", "std": -1}}, "init", ">= 0"),
-    ({"dataset": "imagenet"}, "dataset.name", "unknown dataset"),
-    ({"dataset": {"name": "mnist"}}, "dataset.path", "required"),
-    ({"optimizer": {"name": "sgd", "lr": -1}}, "optimizer", "lr"),
-])
+
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        ({"batch_size": 0}, "batch_size", "greater than or equal to 1"),
+        ({"batch_size": 100000}, "batch_size", "less than or equal to 512"),
+        ({"steps": 0}, "steps", "greater than or equal to 1"),  # one rule: a run makes at least one step
+        ({"seed": "abc"}, "seed", "integer"),
+        ({"snapshot_every": 0}, "snapshot_every", "greater than or equal to 1"),
+        ({"steps": 1_000_000, "snapshot_every": 1}, "snapshot_every", "at most 20000 snapshots"),
+        ({"colour": "red"}, "colour", "not a field here"),
+        ({"lr": 0.1}, "lr", 'not a field here (an optimizer setting goes inside "optimizer"'),
+        ({"model": "nope"}, "model", "unknown preset"),
+        ({"model": {"layers": [{"type": "wobble"}]}}, "model", "wobble"),
+        ({"init": "bogus"}, "init", "unknown init"),
+        ({"init": {"name": "normal", "std": -1}}, "init", ">= 0"),
+        ({"dataset": "imagenet"}, "dataset.name", "unknown dataset"),
+        ({"dataset": {"name": "mnist"}}, "dataset.path", "required"),
+        ({"optimizer": {"name": "sgd", "lr": -1}}, "optimizer", "lr"),
+    ],
+)
 def test_bad_run_config_is_422_naming_the_field(done, body, field, words):
     client, _ = done
     response = client.post("/api/runs", json=body)
@@ -217,11 +246,17 @@ def test_body_that_is_not_json_is_422(done):
     assert "message" in response.json()
 
 
-@pytest.mark.parametrize("path", [
-    "/api/runs/{missing}", "/api/runs/{missing}/metrics", "/api/runs/{missing}/snapshots",
-    "/api/runs/{missing}/snapshots/0", "/api/runs/{missing}/snapshots/latest/filters.png",
-    "/api/runs/{missing}/events",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/runs/{missing}",
+        "/api/runs/{missing}/metrics",
+        "/api/runs/{missing}/snapshots",
+        "/api/runs/{missing}/snapshots/0",
+        "/api/runs/{missing}/snapshots/latest/filters.png",
+        "/api/runs/{missing}/events",
+    ],
+)
 def test_unknown_run_is_404_naming_it(done, path):
     client, _ = done
     response = client.get(path.format(missing="abc123"))
@@ -269,6 +304,7 @@ def test_control_of_a_completed_run_is_409(done, action):
 
 
 # ---------------------------------------------------------------- tokens
+
 
 def test_token_guards_every_state_changing_route(data_dir):
     with TestClient(create_app(make_settings(data_dir, token="s3cret"))) as client:

@@ -31,55 +31,123 @@ def grid(side: int) -> list[list[float]]:
 
 # (body, field the message starts with, words it must contain)
 LIMIT_CASES = [
-    ({"model": {"layers": [{"type": "relu"}] * (limits.MAX_LAYERS + 1)}},
-     "model.layers", f"at most {limits.MAX_LAYERS} layers"),
-    ({"model": spec({**CONV, "filters": limits.MAX_FILTERS + 1})},
-     "model.layers[0].filters", f"at most {limits.MAX_FILTERS}"),
-    ({"model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": limits.MAX_UNITS + 1},
-                           {"type": "dense", "units": 7}]}},
-     "model.layers[1].units", f"at most {limits.MAX_UNITS}"),
-    ({"model": spec({**CONV, "kernel": limits.MAX_KERNEL + 1})},
-     "model.layers[0].kernel", f"at most {limits.MAX_KERNEL}"),
-    ({"model": spec({**CONV, "kernel": [3, limits.MAX_KERNEL + 2]})},
-     "model.layers[0].kernel", f"at most {limits.MAX_KERNEL}"),
-    ({"model": spec({**CONV, "padding": limits.MAX_PADDING + 1})},
-     "model.layers[0].padding", f"at most {limits.MAX_PADDING}"),
-    ({"model": spec({**CONV, "stride": limits.MAX_STRIDE + 1})},
-     "model.layers[0].stride", f"at most {limits.MAX_STRIDE}"),
-    ({"model": spec(CONV, input_shape=[1, limits.MAX_INPUT_SIDE + 1, 28])},
-     "model.input", f"at most {limits.MAX_INPUT_SIDE}"),
-    ({"model": spec(CONV, input_shape=[limits.MAX_INPUT_CHANNELS + 1, 28, 28])},
-     "model.input", f"at most {limits.MAX_INPUT_CHANNELS} channels"),
-    ({"dataset": {"name": "shapes", "size": limits.MAX_INPUT_SIDE + 1}},
-     "dataset.size", f"at most {limits.MAX_INPUT_SIDE}"),
-    ({"dataset": {"name": "shapes", "n_train": limits.MAX_DATASET_EXAMPLES}},
-     "dataset.n_train", f"at most {limits.MAX_DATASET_EXAMPLES}"),
-    ({"dataset": {"name": "marks", "n_train": limits.MAX_DATASET_EXAMPLES}},  # generated the same way
-     "dataset.n_train", f"at most {limits.MAX_DATASET_EXAMPLES}"),
-    ({"model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 4096}, {"type": "dense", "units": 4096},
-                           {"type": "dense", "units": 7}]}},
-     "model", f"at most {limits.MAX_PARAMETERS} parameters"),
-    ({"model": "medium", "batch_size": limits.MAX_BATCH_SIZE},
-     "batch_size", f"at most {limits.MAX_STEP_VALUES}"),
-    ({"model": spec({**CONV, "filters": 256, "padding": 5}, {"type": "conv", "filters": 256, "kernel": 3})},
-     "model", f"at most {limits.MAX_FEATURE_MAP_VALUES} feature-map values"),
+    (
+        {"model": {"layers": [{"type": "relu"}] * (limits.MAX_LAYERS + 1)}},
+        "model.layers",
+        f"at most {limits.MAX_LAYERS} layers",
+    ),
+    (
+        {"model": spec({**CONV, "filters": limits.MAX_FILTERS + 1})},
+        "model.layers[0].filters",
+        f"at most {limits.MAX_FILTERS}",
+    ),
+    (
+        {
+            "model": {
+                "layers": [
+                    {"type": "flatten"},
+                    {"type": "dense", "units": limits.MAX_UNITS + 1},
+                    {"type": "dense", "units": 7},
+                ]
+            }
+        },
+        "model.layers[1].units",
+        f"at most {limits.MAX_UNITS}",
+    ),
+    (
+        {"model": spec({**CONV, "kernel": limits.MAX_KERNEL + 1})},
+        "model.layers[0].kernel",
+        f"at most {limits.MAX_KERNEL}",
+    ),
+    (
+        {"model": spec({**CONV, "kernel": [3, limits.MAX_KERNEL + 2]})},
+        "model.layers[0].kernel",
+        f"at most {limits.MAX_KERNEL}",
+    ),
+    (
+        {"model": spec({**CONV, "padding": limits.MAX_PADDING + 1})},
+        "model.layers[0].padding",
+        f"at most {limits.MAX_PADDING}",
+    ),
+    (
+        {"model": spec({**CONV, "stride": limits.MAX_STRIDE + 1})},
+        "model.layers[0].stride",
+        f"at most {limits.MAX_STRIDE}",
+    ),
+    (
+        {"model": spec(CONV, input_shape=[1, limits.MAX_INPUT_SIDE + 1, 28])},
+        "model.input",
+        f"at most {limits.MAX_INPUT_SIDE}",
+    ),
+    (
+        {"model": spec(CONV, input_shape=[limits.MAX_INPUT_CHANNELS + 1, 28, 28])},
+        "model.input",
+        f"at most {limits.MAX_INPUT_CHANNELS} channels",
+    ),
+    (
+        {"dataset": {"name": "shapes", "size": limits.MAX_INPUT_SIDE + 1}},
+        "dataset.size",
+        f"at most {limits.MAX_INPUT_SIDE}",
+    ),
+    (
+        {"dataset": {"name": "shapes", "n_train": limits.MAX_DATASET_EXAMPLES}},
+        "dataset.n_train",
+        f"at most {limits.MAX_DATASET_EXAMPLES}",
+    ),
+    (
+        {"dataset": {"name": "marks", "n_train": limits.MAX_DATASET_EXAMPLES}},  # generated the same way
+        "dataset.n_train",
+        f"at most {limits.MAX_DATASET_EXAMPLES}",
+    ),
+    (
+        {
+            "model": {
+                "layers": [
+                    {"type": "flatten"},
+                    {"type": "dense", "units": 4096},
+                    {"type": "dense", "units": 4096},
+                    {"type": "dense", "units": 7},
+                ]
+            }
+        },
+        "model",
+        f"at most {limits.MAX_PARAMETERS} parameters",
+    ),
+    ({"model": "medium", "batch_size": limits.MAX_BATCH_SIZE}, "batch_size", f"at most {limits.MAX_STEP_VALUES}"),
+    (
+        {"model": spec({**CONV, "filters": 256, "padding": 5}, {"type": "conv", "filters": 256, "kernel": 3})},
+        "model",
+        f"at most {limits.MAX_FEATURE_MAP_VALUES} feature-map values",
+    ),
     ({"batch_size": limits.MAX_BATCH_SIZE + 1}, "batch_size", f"less than or equal to {limits.MAX_BATCH_SIZE}"),
     ({"batch_size": 0}, "batch_size", "greater than or equal to 1"),
     ({"steps": limits.MAX_STEPS + 1}, "steps", f"less than or equal to {limits.MAX_STEPS}"),
     ({"steps": 0}, "steps", "greater than or equal to 1"),  # one rule: a run makes at least one step
     ({"snapshot_every": 0}, "snapshot_every", "greater than or equal to 1"),
-    ({"steps": limits.MAX_STEPS, "snapshot_every": 1}, "snapshot_every",
-     f"at most {limits.MAX_SNAPSHOTS_PER_RUN} snapshots"),
+    (
+        {"steps": limits.MAX_STEPS, "snapshot_every": 1},
+        "snapshot_every",
+        f"at most {limits.MAX_SNAPSHOTS_PER_RUN} snapshots",
+    ),
     ({"eval_every": limits.MAX_STEPS + 1}, "eval_every", f"less than or equal to {limits.MAX_STEPS}"),
     ({"optimizer": {"name": "sgd", "lr": limits.MAX_LR * 2}}, "optimizer.lr", f"at most {limits.MAX_LR}"),
     ({"optimizer": {"name": "adam", "lr": 0}}, "optimizer.lr", "> 0"),
     ({"optimizer": {"name": "sgd", "lr": -0.1}}, "optimizer.lr", "> 0"),
-    ({"init": {"name": "kernel", "kernels": [grid(limits.MAX_HANDMADE_KERNEL_SIDE + 1)]}},
-     "init.kernels[0]", f"at most {limits.MAX_HANDMADE_KERNEL_SIDE} rows"),
-    ({"init": {"name": "kernel", "kernels": ["x"] * (limits.MAX_HANDMADE_KERNELS + 1)}},
-     "init.kernels", f"at most {limits.MAX_HANDMADE_KERNELS} kernels"),
-    ({"model": spec({**CONV, "init": {"name": "kernel", "kernels": [[[0.0] * 12] * 3]}})},
-     "model.layers[0].init.kernels[0]", f"at most {limits.MAX_HANDMADE_KERNEL_SIDE} columns"),
+    (
+        {"init": {"name": "kernel", "kernels": [grid(limits.MAX_HANDMADE_KERNEL_SIDE + 1)]}},
+        "init.kernels[0]",
+        f"at most {limits.MAX_HANDMADE_KERNEL_SIDE} rows",
+    ),
+    (
+        {"init": {"name": "kernel", "kernels": ["x"] * (limits.MAX_HANDMADE_KERNELS + 1)}},
+        "init.kernels",
+        f"at most {limits.MAX_HANDMADE_KERNELS} kernels",
+    ),
+    (
+        {"model": spec({**CONV, "init": {"name": "kernel", "kernels": [[[0.0] * 12] * 3]}})},
+        "model.layers[0].init.kernels[0]",
+        f"at most {limits.MAX_HANDMADE_KERNEL_SIDE} columns",
+    ),
     ({"name": "n" * (limits.MAX_NAME_LENGTH + 1)}, "name", f"at most {limits.MAX_NAME_LENGTH} characters"),
 ]
 
@@ -116,14 +184,17 @@ def test_limits_leave_the_presets_and_defaults_usable():
     limits.check_run_config(RunConfig.from_dict({"optimizer": {"name": "sgd", "lr": limits.MAX_LR}}).to_dict())
 
 
-@pytest.mark.parametrize("body,field,valid", [
-    ({"init": "kaiming_sideways"}, "init", ["he_normal", "glorot_uniform", "zeros", "kernel"]),
-    ({"init": {"name": "kernel", "kernels": ["x", "star"]}}, "init", ["sobel_x", "plus", "laplacian"]),
-    ({"dataset": "imagenet"}, "dataset.name", ["shapes", "mnist", "cifar10"]),
-    ({"model": "resnet152"}, "model", ["small", "demo", "medium"]),
-    ({"model": {"layers": [{"type": "attention"}]}}, "model", ["conv", "maxpool", "dense", "leaky_relu"]),
-    ({"optimizer": {"name": "lbfgs"}}, "optimizer.name", ["sgd", "adam"]),
-])
+@pytest.mark.parametrize(
+    "body,field,valid",
+    [
+        ({"init": "kaiming_sideways"}, "init", ["he_normal", "glorot_uniform", "zeros", "kernel"]),
+        ({"init": {"name": "kernel", "kernels": ["x", "star"]}}, "init", ["sobel_x", "plus", "laplacian"]),
+        ({"dataset": "imagenet"}, "dataset.name", ["shapes", "mnist", "cifar10"]),
+        ({"model": "resnet152"}, "model", ["small", "demo", "medium"]),
+        ({"model": {"layers": [{"type": "attention"}]}}, "model", ["conv", "maxpool", "dense", "leaky_relu"]),
+        ({"optimizer": {"name": "lbfgs"}}, "optimizer.name", ["sgd", "adam"]),
+    ],
+)
 def test_unknown_names_are_refused_with_the_valid_names(client, body, field, valid):
     response = client.post("/api/runs", json=body)
     assert response.status_code == 422, response.text
@@ -138,15 +209,20 @@ NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e400"]
 
 
 @pytest.mark.parametrize("literal", NON_FINITE)
-@pytest.mark.parametrize("template,field", [
-    ('{"optimizer": {"name": "sgd", "lr": %s}}', "optimizer.lr"),
-    ('{"init": {"name": "normal", "std": %s}}', "init.std"),
-    ('{"model": {"layers": [{"type": "leaky_relu", "slope": %s}, {"type": "flatten"}, {"type": "dense", "units": 7}]}}',
-     "model.layers[0].slope"),
-    ('{"dataset": {"name": "shapes", "noise": %s}}', "dataset.noise"),
-    ('{"steps": %s}', "steps"),
-    ('{"init": {"name": "kernel", "kernels": [[[0, 1], [1, %s]]]}}', "init.kernels[0][1][1]"),
-])
+@pytest.mark.parametrize(
+    "template,field",
+    [
+        ('{"optimizer": {"name": "sgd", "lr": %s}}', "optimizer.lr"),
+        ('{"init": {"name": "normal", "std": %s}}', "init.std"),
+        (
+            '{"model": {"layers": [{"type": "leaky_relu", "slope": %s}, {"type": "flatten"}, {"type": "dense", "units": 7}]}}',
+            "model.layers[0].slope",
+        ),
+        ('{"dataset": {"name": "shapes", "noise": %s}}', "dataset.noise"),
+        ('{"steps": %s}', "steps"),
+        ('{"init": {"name": "kernel", "kernels": [[[0, 1], [1, %s]]]}}', "init.kernels[0][1][1]"),
+    ],
+)
 def test_nan_and_infinity_are_refused_wherever_a_number_is_taken(client, template, field, literal):
     """Python's json.dumps writes NaN/Infinity literals; they must be a 422, never a 500 or a run."""
     response = client.post("/api/runs", content=template % literal, headers={"content-type": "application/json"})
@@ -162,21 +238,24 @@ def test_non_finite_numbers_in_query_parameters_are_refused(client):
         assert response.json()["message"].startswith("scale"), response.text
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"batch_size": "ten"}, "batch_size"),
-    ({"batch_size": 8.5}, "batch_size"),
-    ({"steps": True}, "steps"),
-    ({"steps": [10]}, "steps"),
-    ({"model": 5}, "model"),
-    ({"model": {"layers": "conv"}}, "model"),
-    ({"model": spec({**CONV, "filters": "8"})}, "model"),
-    ({"init": 3}, "init"),
-    ({"dataset": ["shapes"]}, "dataset"),
-    ({"dataset": {"name": "shapes", "n_train": "all"}}, "dataset.n_train"),
-    ({"optimizer": {"name": "sgd", "lr": "fast"}}, "optimizer.lr"),
-    ({"name": 42}, "name"),
-    ({"colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"batch_size": "ten"}, "batch_size"),
+        ({"batch_size": 8.5}, "batch_size"),
+        ({"steps": True}, "steps"),
+        ({"steps": [10]}, "steps"),
+        ({"model": 5}, "model"),
+        ({"model": {"layers": "conv"}}, "model"),
+        ({"model": spec({**CONV, "filters": "8"})}, "model"),
+        ({"init": 3}, "init"),
+        ({"dataset": ["shapes"]}, "dataset"),
+        ({"dataset": {"name": "shapes", "n_train": "all"}}, "dataset.n_train"),
+        ({"optimizer": {"name": "sgd", "lr": "fast"}}, "optimizer.lr"),
+        ({"name": 42}, "name"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
 def test_wrong_types_are_422_naming_the_field(client, body, field):
     response = client.post("/api/runs", json=body)
     assert response.status_code == 422, response.text
@@ -193,13 +272,22 @@ def test_malformed_json_is_422_saying_where(client, text):
 
 def test_deep_nesting_and_lone_surrogates_are_422(client):
     deep = '{"init": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    assert_refused(client.post("/api/runs", content=deep, headers={"content-type": "application/json"}),
-                   "body", f"more than {limits.MAX_JSON_DEPTH} levels")
+    assert_refused(
+        client.post("/api/runs", content=deep, headers={"content-type": "application/json"}),
+        "body",
+        f"more than {limits.MAX_JSON_DEPTH} levels",
+    )
     shallow_but_deep = '{"init": ' + "[" * (limits.MAX_JSON_DEPTH + 2) + "]" * (limits.MAX_JSON_DEPTH + 2) + "}"
-    assert_refused(client.post("/api/runs", content=shallow_but_deep, headers={"content-type": "application/json"}),
-                   "init", f"more than {limits.MAX_JSON_DEPTH} levels")
-    assert_refused(client.post("/api/runs", content='{"name": "\\ud800"}', headers={"content-type": "application/json"}),
-                   "name", "valid Unicode")
+    assert_refused(
+        client.post("/api/runs", content=shallow_but_deep, headers={"content-type": "application/json"}),
+        "init",
+        f"more than {limits.MAX_JSON_DEPTH} levels",
+    )
+    assert_refused(
+        client.post("/api/runs", content='{"name": "\\ud800"}', headers={"content-type": "application/json"}),
+        "name",
+        "valid Unicode",
+    )
     assert_no_run_started(client)
 
 
@@ -225,10 +313,17 @@ def test_dataset_paths_cannot_leave_the_datasets_folder(client, path):
     assert_no_run_started(client)
 
 
-@pytest.mark.parametrize("url", [
-    "/api/runs/..%2F..%2Fetc", "/api/runs/../../etc/passwd", "/api/runs/%2e%2e/snapshots",
-    "/api/runs/abc/snapshots/..%2F1", "/api/runs/abc/snapshots/-1", "/api/runs/" + "a" * 65,
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/runs/..%2F..%2Fetc",
+        "/api/runs/../../etc/passwd",
+        "/api/runs/%2e%2e/snapshots",
+        "/api/runs/abc/snapshots/..%2F1",
+        "/api/runs/abc/snapshots/-1",
+        "/api/runs/" + "a" * 65,
+    ],
+)
 def test_traversal_in_urls_is_404_or_422(client, url):
     assert client.get(url).status_code in (404, 422)
 

@@ -36,9 +36,9 @@ def test_births_are_birth_step_of_the_stored_scores(finished):
         scores = [None if e["dead"] or e["label"] in ("dead", "brightness") else e["score"] for e in entries]
         expected = analysis.birth_step(steps, scores, [e["chance"] for e in entries])
         assert body["births"][f]["birth_step"] == expected
-        if expected is not None:   # born: above chance at that snapshot and the two after it
+        if expected is not None:  # born: above chance at that snapshot and the two after it
             at = steps.index(expected)
-            assert all(e["beats_chance"] for e in entries[at:at + 3])
+            assert all(e["beats_chance"] for e in entries[at : at + 3])
     # asked again (cached), the same answer
     assert client.get(f"/api/runs/{run_id}/layers/0/births").json() == body
 

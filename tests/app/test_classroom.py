@@ -58,8 +58,9 @@ def wait_until(client, run_id: str, done, timeout: float = 120.0) -> dict:
 
 
 def wait_for(client, run_id: str, status: str) -> dict:
-    return wait_until(client, run_id, lambda run: run["status"] == status or (
-        run["status"] in TERMINAL and status not in TERMINAL))
+    return wait_until(
+        client, run_id, lambda run: run["status"] == status or (run["status"] in TERMINAL and status not in TERMINAL)
+    )
 
 
 def start(client, token_headers, config=LONG) -> dict:
@@ -69,6 +70,7 @@ def start(client, token_headers, config=LONG) -> dict:
 
 
 # ---------------------------------------------------------------- join codes and tokens
+
 
 def test_a_learner_joins_with_the_code_and_gets_a_long_random_token(server):
     klass = make_class(server)
@@ -143,6 +145,7 @@ def test_a_bogus_bearer_token_is_401_on_a_server_with_a_token(server):
 
 # ---------------------------------------------------------------- ownership
 
+
 def test_learners_control_only_their_own_runs_and_the_teacher_controls_all(server):
     klass = make_class(server, max_training=2, max_queued=3)
     ada = bearer(join(server, klass["join_code"], "Ada")["token"])
@@ -189,8 +192,12 @@ def test_a_learner_cannot_reach_another_class_runs_by_id(server):
     cleo = bearer(join(server, second["join_code"], "Cleo")["token"])
     run_id = start(server, ada, TINY)["id"]
     teachers_run = start(server, TEACHER, TINY)["id"]  # no class: everyone reads it
-    for path in (f"/api/runs/{run_id}", f"/api/runs/{run_id}/metrics", f"/api/runs/{run_id}/snapshots",
-                 f"/api/runs/{run_id}/events"):
+    for path in (
+        f"/api/runs/{run_id}",
+        f"/api/runs/{run_id}/metrics",
+        f"/api/runs/{run_id}/snapshots",
+        f"/api/runs/{run_id}/events",
+    ):
         assert server.get(path, headers=cleo).status_code == 404, path
     assert server.post(f"/api/runs/{run_id}/stop", headers=cleo).status_code == 404
     listed = [r["id"] for r in server.get("/api/runs", headers=cleo).json()["runs"]]
@@ -218,6 +225,7 @@ def test_the_session_cookie_reads_as_the_learner_but_never_writes(server):
 
 
 # ---------------------------------------------------------------- quotas
+
 
 def test_a_learner_over_quota_gets_429_naming_the_limit_with_retry_after(server):
     klass = make_class(server, max_training=1, max_queued=1)
@@ -249,6 +257,7 @@ def test_a_learner_over_quota_gets_429_naming_the_limit_with_retry_after(server)
 
 
 # ---------------------------------------------------------------- the wall and the export
+
 
 def test_the_wall_has_one_tile_per_learner_with_conv1_and_the_same_step(server):
     klass = make_class(server)

@@ -82,23 +82,36 @@ def test_describe_gives_each_weight_layer_of_the_default_run(client):
 
 
 def test_describe_follows_model_init_dataset_and_a_layers_own_init(client):
-    spec = {"layers": [{"type": "conv", "filters": 4, "kernel": 3, "init": {"name": "normal", "std": 0.05}},
-                       {"type": "relu"}, {"type": "flatten"}, {"type": "dense", "units": 10}]}
+    spec = {
+        "layers": [
+            {"type": "conv", "filters": 4, "kernel": 3, "init": {"name": "normal", "std": 0.05}},
+            {"type": "relu"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 10},
+        ]
+    }
     body = {"model": spec, "init": "glorot_uniform", "dataset": "sklearn_digits"}
     conv, dense = client.post("/api/inits/describe", json=body).json()["layers"]
     assert conv["shape"] == [4, 1, 3, 3] and conv["init"] == {"name": "normal", "std": 0.05}
     assert math.isclose(conv["std"], 0.05)
     assert dense["shape"] == [10, 4 * 6 * 6] and dense["init"]["name"] == "glorot_uniform"
     assert math.isclose(dense["bound"], math.sqrt(6 / (144 + 10)), rel_tol=1e-5)
-    cifar = client.post("/api/inits/describe",
-                        json={"model": "small", "dataset": {"name": "cifar10", "path": "anywhere"}}).json()
+    cifar = client.post(
+        "/api/inits/describe", json={"model": "small", "dataset": {"name": "cifar10", "path": "anywhere"}}
+    ).json()
     assert cifar["layers"][0]["shape"] == [8, 3, 3, 3] and cifar["layers"][0]["fan_in"] == 27
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"init": "He_Normal"}, "init"), ({"model": "Small"}, "model"), ({"dataset": "imagenet"}, "dataset.name"),
-    ({"model": {"layers": [{"type": "conv", "filters": 0}]}}, "model"), ({"colour": 1}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"init": "He_Normal"}, "init"),
+        ({"model": "Small"}, "model"),
+        ({"dataset": "imagenet"}, "dataset.name"),
+        ({"model": {"layers": [{"type": "conv", "filters": 0}]}}, "model"),
+        ({"colour": 1}, "colour"),
+    ],
+)
 def test_describe_refuses_bad_input_naming_the_field(client, body, field):
     response = client.post("/api/inits/describe", json=body)
     assert response.status_code == 422, response.text
@@ -108,16 +121,19 @@ def test_describe_refuses_bad_input_naming_the_field(client, body, field):
 # ---------------------------------------------------------------- validation that helps
 
 
-@pytest.mark.parametrize("url,body,field,meant", [
-    ("/api/runs", {"init": "He_Normal"}, "init", "he_normal"),
-    ("/api/runs", {"init": {"name": "kernel", "kernels": ["x", "sobelx"]}}, "init", "sobel_x"),
-    ("/api/runs", {"dataset": "Shapes"}, "dataset.name", "shapes"),
-    ("/api/runs", {"model": "smal"}, "model", "small"),
-    ("/api/runs", {"optimizer": {"name": "Adam"}}, "optimizer.name", "adam"),
-    ("/api/runs", {"model": {"layers": [{"type": "Conv", "filters": 2}]}}, "model", "conv"),
-    ("/api/init-probe", {"depth": 3, "width": 4, "activation": "Relu"}, "activation", "relu"),
-    ("/api/comparisons", {"inits": ["zeros", "glorot_uniformm"]}, "inits.1", "glorot_uniform"),
-])
+@pytest.mark.parametrize(
+    "url,body,field,meant",
+    [
+        ("/api/runs", {"init": "He_Normal"}, "init", "he_normal"),
+        ("/api/runs", {"init": {"name": "kernel", "kernels": ["x", "sobelx"]}}, "init", "sobel_x"),
+        ("/api/runs", {"dataset": "Shapes"}, "dataset.name", "shapes"),
+        ("/api/runs", {"model": "smal"}, "model", "small"),
+        ("/api/runs", {"optimizer": {"name": "Adam"}}, "optimizer.name", "adam"),
+        ("/api/runs", {"model": {"layers": [{"type": "Conv", "filters": 2}]}}, "model", "conv"),
+        ("/api/init-probe", {"depth": 3, "width": 4, "activation": "Relu"}, "activation", "relu"),
+        ("/api/comparisons", {"inits": ["zeros", "glorot_uniformm"]}, "inits.1", "glorot_uniform"),
+    ],
+)
 def test_an_unknown_name_gets_the_closest_valid_one(client, url, body, field, meant):
     response = client.post(url, json=body)
     assert response.status_code == 422, response.text
@@ -136,8 +152,11 @@ def test_init_probe_of_nothing_probes_the_default_model(client):
 def test_zero_steps_are_refused_by_the_api_and_the_cli_alike(client, data_dir):
     response = client.post("/api/runs", json={"steps": 0})
     assert response.status_code == 422 and response.json()["message"].startswith("steps:")
-    for option, value in (("--steps", "0"), ("--batch-size", str(limits.MAX_BATCH_SIZE + 1)),
-                          ("--steps", str(limits.MAX_STEPS + 1))):
+    for option, value in (
+        ("--steps", "0"),
+        ("--batch-size", str(limits.MAX_BATCH_SIZE + 1)),
+        ("--steps", str(limits.MAX_STEPS + 1)),
+    ):
         result = CliRunner().invoke(cli, ["train", option, value, "--data", str(data_dir)])
         assert result.exit_code == 2, result.output
         assert option.removeprefix("--").replace("-", "_") in result.output, result.output

@@ -32,8 +32,14 @@ from tests.live_server import free_port, uvicorn_command, wait_until_healthy
 STEPS = 40
 SNAPSHOT_EVERY = 5
 MAX_RUNS_CREATED = 5
-RUN = {"model": "small", "dataset": {"name": "shapes", "n_train": 256, "n_val": 64}, "batch_size": 8,
-       "steps": STEPS, "snapshot_every": SNAPSHOT_EVERY, "eval_every": 30}
+RUN = {
+    "model": "small",
+    "dataset": {"name": "shapes", "n_train": 256, "n_val": 64},
+    "batch_size": 8,
+    "steps": STEPS,
+    "snapshot_every": SNAPSHOT_EVERY,
+    "eval_every": 30,
+}
 KILLS = 10
 
 
@@ -42,11 +48,20 @@ class Server:
 
     def __init__(self, data_dir):
         self.port = free_port()
-        env = {**os.environ, "KERNELSCOPE_DATA": str(data_dir), "KERNELSCOPE_CHECKPOINT_EVERY": "10",
-               "KERNELSCOPE_MAX_RUNS": "2", "KERNELSCOPE_MAX_QUEUED": "32"}
+        env = {
+            **os.environ,
+            "KERNELSCOPE_DATA": str(data_dir),
+            "KERNELSCOPE_CHECKPOINT_EVERY": "10",
+            "KERNELSCOPE_MAX_RUNS": "2",
+            "KERNELSCOPE_MAX_QUEUED": "32",
+        }
         env.pop("KERNELSCOPE_TOKEN", None)
         self.process = subprocess.Popen(
-            uvicorn_command(self.port), env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            uvicorn_command(self.port),
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = httpx.Client(base_url=self.url, timeout=10.0)
@@ -164,7 +179,11 @@ def test_sigkill_at_random_moments_loses_no_run_and_every_run_resumes(tmp_path):
             assert client.post(f"/api/runs/{run_id}/resume").status_code == 200
         runs = _wait_all_done(client, list(listed))
         for run_id in listed:
-            assert runs[run_id]["status"] == "completed", (runs[run_id]["status"], runs[run_id]["message"], runs[run_id]["step"])
+            assert runs[run_id]["status"] == "completed", (
+                runs[run_id]["status"],
+                runs[run_id]["message"],
+                runs[run_id]["step"],
+            )
             assert runs[run_id]["step"] == STEPS
             steps = client.get(f"/api/runs/{run_id}/snapshots").json()["steps"]
             assert steps == snapshot_steps(runs[run_id]["config"]), (run_id, steps)
@@ -203,8 +222,7 @@ def test_kill_during_atomic_writes_leaves_only_whole_files(tmp_path, seed):
     """A process killed while it writes checkpoints and snapshots leaves only complete, loadable files."""
     rng = random.Random(seed)
     data_dir, run_id = tmp_path / "data", "r1"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(data_dir), run_id],
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(data_dir), run_id], stdout=subprocess.PIPE, text=True)
     try:
         for _ in range(rng.randint(2, 5)):  # let it finish a few rounds, then kill mid-way through one
             writer.stdout.readline()

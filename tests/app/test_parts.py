@@ -17,27 +17,38 @@ from tests.app.conftest import make_settings
 
 # ---------------------------------------------------------------- settings
 
+
 def test_settings_defaults_and_environment():
     assert Settings.from_env({}) == Settings()
     assert (Settings().host, Settings().port) == ("127.0.0.1", 8000)
-    settings = Settings.from_env({"KERNELSCOPE_DATA": "/tmp/x", "KERNELSCOPE_PORT": "9000",
-                                  "KERNELSCOPE_MAX_RUNS": "3", "KERNELSCOPE_TOKEN": "t"})
+    settings = Settings.from_env(
+        {
+            "KERNELSCOPE_DATA": "/tmp/x",
+            "KERNELSCOPE_PORT": "9000",
+            "KERNELSCOPE_MAX_RUNS": "3",
+            "KERNELSCOPE_TOKEN": "t",
+        }
+    )
     assert (str(settings.data_dir), settings.port, settings.max_runs, settings.token) == ("/tmp/x", 9000, 3, "t")
     assert Settings().worker_nice == 10 and Settings.from_env({"KERNELSCOPE_WORKER_NICE": "0"}).worker_nice == 0
 
 
-@pytest.mark.parametrize("name, value, words", [
-    ("KERNELSCOPE_PORT", "http", "expected an integer"),
-    ("KERNELSCOPE_PORT", "70000", "between 0 and 65535"),
-    ("KERNELSCOPE_MAX_RUNS", "0", "between 1 and"),
-    ("KERNELSCOPE_WORKER_NICE", "20", "between 0 and 19"),
-])
+@pytest.mark.parametrize(
+    "name, value, words",
+    [
+        ("KERNELSCOPE_PORT", "http", "expected an integer"),
+        ("KERNELSCOPE_PORT", "70000", "between 0 and 65535"),
+        ("KERNELSCOPE_MAX_RUNS", "0", "between 1 and"),
+        ("KERNELSCOPE_WORKER_NICE", "20", "between 0 and 19"),
+    ],
+)
 def test_bad_setting_names_the_variable(name, value, words):
     with pytest.raises(ValueError, match=f"{name}: .*{words}"):
         Settings.from_env({name: value})
 
 
 # ---------------------------------------------------------------- store
+
 
 def test_store_runs_round_trip_and_survive_reopening(tmp_path):
     store = Store(tmp_path)
@@ -46,7 +57,12 @@ def test_store_runs_round_trip_and_survive_reopening(tmp_path):
     store.close()
     again = Store(tmp_path)
     stored = again.get_run(run["id"])
-    assert (stored["status"], stored["step"], stored["metrics"]["loss"], stored["meta"]) == ("running", 3, 1.5, {"name": "a"})
+    assert (stored["status"], stored["step"], stored["metrics"]["loss"], stored["meta"]) == (
+        "running",
+        3,
+        1.5,
+        {"name": "a"},
+    )
     assert again._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(ValueError, match="status"):
         again.update_run(run["id"], status="sleeping")
@@ -69,8 +85,11 @@ def test_metrics_replace_a_retrained_step_and_replay_by_sequence(tmp_path):
     store.add_metrics(run_id, [{"step": 3, "loss": float("nan"), "acc": 0.3, "val_acc": 0.25}], seq=8)
     store.truncate_metrics(run_id, after_step=2)  # a resume from the step-2 checkpoint
     store.add_metrics(run_id, [{"step": 3, "loss": 1.7, "acc": 0.3}], seq=9)
-    assert store.metrics(run_id) == [{"step": 1, "loss": 2.0, "acc": 0.1}, {"step": 2, "loss": 1.9, "acc": 0.2},
-                                     {"step": 3, "loss": 1.7, "acc": 0.3}]
+    assert store.metrics(run_id) == [
+        {"step": 1, "loss": 2.0, "acc": 0.1},
+        {"step": 2, "loss": 1.9, "acc": 0.2},
+        {"step": 3, "loss": 1.7, "acc": 0.3},
+    ]
     assert [seq for seq, _ in store.metrics_between_seq(run_id, 5, 100)] == [9]
 
 
@@ -109,6 +128,7 @@ def test_delete_run_removes_rows_and_folder(tmp_path):
 
 # ---------------------------------------------------------------- renderer
 
+
 def test_colormap_is_white_at_zero_and_diverges_by_sign():
     colours = render.diverging_rgb(np.array([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0]), scale=1.0)
     assert tuple(colours[2]) == (247, 247, 247)
@@ -142,6 +162,7 @@ def test_all_zero_layer_draws_white_not_nan():
 
 
 # ---------------------------------------------------------------- event fan-out
+
 
 def test_a_slow_viewer_has_bounded_state_and_still_gets_every_point(tmp_path):
     store = Store(tmp_path)

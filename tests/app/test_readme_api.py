@@ -17,8 +17,8 @@ BASE = "http://127.0.0.1:8000"
 def readme_requests() -> list[tuple[str, str, dict | None]]:
     """(method, path, body) of every `curl -X POST|PUT` in the README's API section, in order."""
     text = README.read_text()
-    section = text[text.index("## API\n"):]
-    section = section[:section.index("\n## ", 1)]
+    section = text[text.index("## API\n") :]
+    section = section[: section.index("\n## ", 1)]
     commands = re.sub(r"\\\n\s*", " ", section)  # join continued lines
     requests = []
     for line in commands.splitlines():
@@ -29,7 +29,7 @@ def readme_requests() -> list[tuple[str, str, dict | None]]:
         method = words[words.index("-X") + 1]
         url = next(word for word in words if word.startswith(BASE))
         body = json.loads(words[words.index("-d") + 1]) if "-d" in words else None
-        requests.append((method, url[len(BASE):], body))
+        requests.append((method, url[len(BASE) :], body))
     return requests
 
 

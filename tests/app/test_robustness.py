@@ -58,6 +58,7 @@ def completed_run(client) -> tuple[str, list[int]]:
 
 # ---------------------------------------------------------------- damaged files
 
+
 @pytest.mark.parametrize("damage", [cut, garble])
 def test_a_damaged_snapshot_json_is_a_json_error_naming_run_and_step(lenient, data_dir, damage):
     run_id, steps = completed_run(lenient)
@@ -136,6 +137,7 @@ def test_an_unexpected_error_is_still_a_json_500(lenient, data_dir):
 
 # ---------------------------------------------------------------- replays
 
+
 def test_reading_events_never_writes(client):
     run_id, _ = completed_run(client)
     before = client.app.state.store.get_run(run_id)
@@ -183,11 +185,15 @@ class LiveServer:
 
     def __init__(self, data_dir, **env):
         self.port = free_port()
-        environment = {**os.environ, "KERNELSCOPE_DATA": str(data_dir), "KERNELSCOPE_CHECKPOINT_EVERY": "10",
-                       **env}
+        environment = {**os.environ, "KERNELSCOPE_DATA": str(data_dir), "KERNELSCOPE_CHECKPOINT_EVERY": "10", **env}
         environment.pop("KERNELSCOPE_TOKEN", None)
-        self.process = subprocess.Popen(uvicorn_command(self.port), env=environment, start_new_session=True,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            uvicorn_command(self.port),
+            env=environment,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = httpx.Client(base_url=self.url, timeout=30.0)
         if wait_until_healthy(self.url, self.process, timeout=60) is not None:
@@ -242,6 +248,7 @@ def test_forty_replaying_clients_get_everything_and_healthz_keeps_answering(tmp_
 
 
 # ---------------------------------------------------------------- signals
+
 
 def test_sigterm_to_the_whole_process_group_leaves_runs_interrupted_and_resumable(tmp_path):
     data_dir = tmp_path / "data"
@@ -324,8 +331,12 @@ def test_a_full_disk_ends_runs_cleanly_keeps_reads_and_recovers_when_space_retur
         ballast = fill(small_disk)
         # every run ends `failed` naming the disk, and no slot stays taken by a run without a process
         for run_id in run_ids[:2]:
-            run = wait_until(lambda run_id=run_id: (lambda r: r if r["status"] not in ("running", "queued") else None)(
-                server.client.get(f"/api/runs/{run_id}").json()), what=f"run {run_id} ending")
+            run = wait_until(
+                lambda run_id=run_id: (lambda r: r if r["status"] not in ("running", "queued") else None)(
+                    server.client.get(f"/api/runs/{run_id}").json()
+                ),
+                what=f"run {run_id} ending",
+            )
             assert run["status"] == "failed" and ("space" in run["message"] or "full" in run["message"]), run
         # the queued run got a freed slot, could not start on the full disk and waits for space
         assert server.client.get(f"/api/runs/{run_ids[2]}").json()["status"] in ("queued", "failed")
@@ -347,14 +358,18 @@ def test_a_full_disk_ends_runs_cleanly_keeps_reads_and_recovers_when_space_retur
         assert fresh.status_code == 201, fresh.text
         wait_for(server.client, fresh.json()["id"], "completed", timeout=120)
         for run_id in run_ids:  # the server wrote what the full disk kept from it
-            wait_until(lambda run_id=run_id: server.client.get(f"/api/runs/{run_id}").json()["status"]
-                       in ("failed", "interrupted"),
-                       what=f"run {run_id} recorded")
+            wait_until(
+                lambda run_id=run_id: (
+                    server.client.get(f"/api/runs/{run_id}").json()["status"] in ("failed", "interrupted")
+                ),
+                what=f"run {run_id} recorded",
+            )
     finally:
         server.stop()
 
 
 # ---------------------------------------------------------------- heavy renders
+
 
 def test_the_render_pool_runs_a_few_lets_a_few_wait_and_refuses_the_rest():
     import asyncio
@@ -390,8 +405,12 @@ def test_heavy_routes_beyond_the_pool_answer_429_with_retry_after(client):
 
     run_id, steps = completed_run(client)
     client.app.state.render_slots = RenderSlots(running=0, waiting=0, retry_after=7)  # a pool that is full
-    for path in (f"/api/runs/{run_id}/snapshots/{steps[-1]}/filters.png", f"/api/runs/{run_id}/evolution.gif",
-                 f"/api/runs/{run_id}/export", f"/api/runs/{run_id}/snapshots/{steps[-1]}/filters/0/0"):
+    for path in (
+        f"/api/runs/{run_id}/snapshots/{steps[-1]}/filters.png",
+        f"/api/runs/{run_id}/evolution.gif",
+        f"/api/runs/{run_id}/export",
+        f"/api/runs/{run_id}/snapshots/{steps[-1]}/filters/0/0",
+    ):
         answer = client.get(path)
         assert answer.status_code == 429, path
         assert answer.headers["Retry-After"] == "7" and answer.json()["message"].startswith("render: ")
@@ -399,6 +418,7 @@ def test_heavy_routes_beyond_the_pool_answer_429_with_retry_after(client):
 
 
 # ---------------------------------------------------------------- dataset folders
+
 
 def write_png(path, side: int, value: int = 128, height: int | None = None) -> None:
     from PIL import Image
@@ -417,8 +437,10 @@ def image_folder(root, name: str, side: int = 16, per_class: int = 3):
 
 def post_folder(client, path: str, **extra):
     dataset = {"name": "image_folder", "path": path, **extra}
-    return client.post("/api/runs", json={"model": "small", "dataset": dataset, "batch_size": 2, "steps": 4,
-                                          "snapshot_every": 2, "eval_every": 2})
+    return client.post(
+        "/api/runs",
+        json={"model": "small", "dataset": dataset, "batch_size": 2, "steps": 4, "snapshot_every": 2, "eval_every": 2},
+    )
 
 
 def test_bad_image_folders_are_refused_at_post_naming_the_problem(client, data_dir):

@@ -143,9 +143,26 @@ def test_runs_left_running_by_a_dead_server_are_interrupted_at_startup(data_dir)
 
 def test_cli_train_stores_a_run_the_server_lists(data_dir):
     runner = CliRunner()
-    result = runner.invoke(cli, ["train", "--preset", "small", "--steps", "20", "--batch-size", "8",
-                                 "--snapshot-every", "10", "--dataset", '{"name": "shapes", "n_train": 256, "n_val": 64}',
-                                 "--init", '{"name": "normal", "std": 0.02}', "--data", str(data_dir)])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            "--preset",
+            "small",
+            "--steps",
+            "20",
+            "--batch-size",
+            "8",
+            "--snapshot-every",
+            "10",
+            "--dataset",
+            '{"name": "shapes", "n_train": 256, "n_val": 64}',
+            "--init",
+            '{"name": "normal", "std": 0.02}',
+            "--data",
+            str(data_dir),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "completed at step 20" in result.output
     listed = runner.invoke(cli, ["runs", "--data", str(data_dir)])

@@ -43,8 +43,13 @@ def test_every_state_changing_route_needs_the_bearer_token(guarded):
     routes = state_changing_routes(guarded.app)
     assert ("POST", "/api/runs") in routes and ("DELETE", "/api/runs/0") in routes and len(routes) >= 8
     for method, path in routes:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                        {"Authorization": TOKEN}, {"Authorization": f"Bearer {TOKEN}x"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Bearer {TOKEN}x"},
+        ):
             response = guarded.request(method, path, json={}, headers=headers)
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.headers["www-authenticate"] == "Bearer"
@@ -60,8 +65,16 @@ def test_with_the_token_a_run_is_started_and_controlled_while_reads_stay_open(gu
     created = guarded.post("/api/runs", json=LONG, headers=auth)
     assert created.status_code == 201, created.text
     run_id = created.json()["id"]
-    for path in ("/healthz", "/api/inits", "/api/datasets", "/api/presets", "/api/runs",
-                 f"/api/runs/{run_id}", f"/api/runs/{run_id}/metrics", f"/api/runs/{run_id}/snapshots"):
+    for path in (
+        "/healthz",
+        "/api/inits",
+        "/api/datasets",
+        "/api/presets",
+        "/api/runs",
+        f"/api/runs/{run_id}",
+        f"/api/runs/{run_id}/metrics",
+        f"/api/runs/{run_id}/snapshots",
+    ):
         assert guarded.get(path).status_code == 200, path
     assert guarded.post(f"/api/runs/{run_id}/stop").status_code == 401
     assert guarded.post(f"/api/runs/{run_id}/stop", headers=auth).status_code == 200
@@ -86,8 +99,14 @@ def test_cors_answers_only_the_configured_origins(data_dir):
         good = {"Origin": "http://classroom.example:8080"}
         response = client.get("/api/runs", headers=good)
         assert response.headers["access-control-allow-origin"] == "http://classroom.example:8080"
-        preflight = client.options("/api/runs", headers={**good, "Access-Control-Request-Method": "POST",
-                                                         "Access-Control-Request-Headers": "authorization"})
+        preflight = client.options(
+            "/api/runs",
+            headers={
+                **good,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
         assert preflight.status_code == 200
         assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
         refused = client.post("/api/runs", json={}, headers=good)  # the browser can read the 401
@@ -119,6 +138,7 @@ def test_cli_serve_binds_loopback_unless_told_otherwise(monkeypatch):
 
 # ---------------------------------------------------------------- dataset paths
 
+
 def make_image_folder(folder, classes=("a", "b"), per_class=12, size=12):
     rng = np.random.default_rng(0)
     for name in classes:
@@ -139,9 +159,18 @@ def test_resolve_dataset_path_confines_to_the_datasets_folder(tmp_path):
     assert resolve_dataset_path(data_dir, "mnist") == (root / "mnist").resolve()
     assert resolve_dataset_path(data_dir, "mnist/raw") == (root / "mnist" / "raw").resolve()
     assert resolve_dataset_path(data_dir, "alias") == (root / "mnist").resolve()  # a link that stays inside
-    for bad, words in [("../secret", "'..'"), ("mnist/../../secret", "'..'"), (str(outside), "absolute"),
-                       ("/etc/passwd", "absolute"), ("escape", "leads out"), ("escape/x", "leads out"),
-                       ("missing", "does not exist"), ("", "folder name"), (None, "folder name"), (3, "folder name")]:
+    for bad, words in [
+        ("../secret", "'..'"),
+        ("mnist/../../secret", "'..'"),
+        (str(outside), "absolute"),
+        ("/etc/passwd", "absolute"),
+        ("escape", "leads out"),
+        ("escape/x", "leads out"),
+        ("missing", "does not exist"),
+        ("", "folder name"),
+        (None, "folder name"),
+        (3, "folder name"),
+    ]:
         with pytest.raises(ValueError, match="dataset.path") as error:
             resolve_dataset_path(data_dir, bad)
         assert words in str(error.value), (bad, str(error.value))

@@ -26,7 +26,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, "KERNELSCOPE_DATA": str(data_dir), "KERNELSCOPE_CHECKPOINT_EVERY": "10", **env}
         self.process = subprocess.Popen(
-            uvicorn_command(self.port), env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            uvicorn_command(self.port),
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         self.client = httpx.Client(base_url=self.url, timeout=STREAM_TIMEOUT)
         problem = wait_until_healthy(self.url, self.process, timeout=60, interval=0.05)
@@ -142,7 +145,7 @@ def test_pause_resume_stop_are_seen_on_the_event_stream(server):
                         request("stop")
     assert statuses[0] == "running"
     assert statuses.index("paused") < statuses.index("stopped")
-    assert "running" in statuses[statuses.index("paused"):]
+    assert "running" in statuses[statuses.index("paused") :]
     assert steps_after_pause and min(steps_after_pause) > paused_at  # training went on from where it paused
 
 
@@ -158,8 +161,7 @@ def test_last_event_id_replays_missed_metrics_without_gaps(server):
                 if steps[-1] >= 10:
                     break
     time.sleep(0.5)  # the run goes on while this viewer is away
-    with server.client.stream("GET", f"/api/runs/{run_id}/events",
-                              headers={"Last-Event-ID": str(last_id)}) as response:
+    with server.client.stream("GET", f"/api/runs/{run_id}/events", headers={"Last-Event-ID": str(last_id)}) as response:
         ids = []
         for event in read_events(response):
             ids.append(event["id"])
@@ -212,7 +214,8 @@ def test_kernelscope_serve_answers_and_ctrl_c_stops_it(tmp_path):
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data", str(tmp_path / "data")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         assert wait_until_healthy(f"http://127.0.0.1:{port}", process, timeout=60, interval=0.05) is None
@@ -226,10 +229,26 @@ def test_kernelscope_serve_answers_and_ctrl_c_stops_it(tmp_path):
 def test_ctrl_c_in_kernelscope_train_leaves_a_run_the_server_resumes(tmp_path):
     data_dir = tmp_path / "data"
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "train", "--preset", "small", "--steps", "100000", "--batch-size", "8",
-         "--snapshot-every", "50", "--dataset", '{"name": "shapes", "n_train": 256, "n_val": 64}',
-         "--data", str(data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "train",
+            "--preset",
+            "small",
+            "--steps",
+            "100000",
+            "--batch-size",
+            "8",
+            "--snapshot-every",
+            "50",
+            "--dataset",
+            '{"name": "shapes", "n_train": 256, "n_val": 64}',
+            "--data",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     from app.store import Store
 

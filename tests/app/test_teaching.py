@@ -44,6 +44,7 @@ def message_of(response) -> str:
 
 # ---------------------------------------------------------------- comparisons
 
+
 def test_comparison_runs_differ_only_in_init(compared):
     client, comparison = compared
     assert comparison["labels"] == ["constant", "he_normal"]
@@ -66,9 +67,13 @@ def test_constant_filters_stay_identical_while_he_filters_diverge(compared):
     he = conv_weight(client, he_id, final)
     spread = np.abs(he - he.mean(axis=0, keepdims=True)).max()
     assert spread > 0.05
-    layers = {e["index"]: e for e in client.get(f"/api/runs/{constant_id}/snapshots/{final}?feature_maps=0").json()["layers"]}
+    layers = {
+        e["index"]: e for e in client.get(f"/api/runs/{constant_id}/snapshots/{final}?feature_maps=0").json()["layers"]
+    }
     assert layers[0]["symmetry"] == pytest.approx(1.0, abs=1e-5)
-    he_layers = {e["index"]: e for e in client.get(f"/api/runs/{he_id}/snapshots/{final}?feature_maps=0").json()["layers"]}
+    he_layers = {
+        e["index"]: e for e in client.get(f"/api/runs/{he_id}/snapshots/{final}?feature_maps=0").json()["layers"]
+    }
     assert he_layers[0]["symmetry"] < 0.5
 
 
@@ -89,9 +94,13 @@ def test_default_comparison_covers_the_six_inits_and_a_bad_init_starts_nothing(t
 
 def test_comparison_bad_input_names_the_field(compared):
     client, _ = compared
-    for body, field in [({"base": {"steps": -1}}, "base.steps"), ({"inits": []}, "inits"),
-                        ({"base": {"model": "nonsense"}}, "base.model"), ({"inits": ["he_normal"], "colour": 1}, "colour"),
-                        ({"inits": [{"name": "normal", "std": "big"}]}, "inits.0")]:
+    for body, field in [
+        ({"base": {"steps": -1}}, "base.steps"),
+        ({"inits": []}, "inits"),
+        ({"base": {"model": "nonsense"}}, "base.model"),
+        ({"inits": ["he_normal"], "colour": 1}, "colour"),
+        ({"inits": [{"name": "normal", "std": "big"}]}, "inits.0"),
+    ]:
         bad = client.post("/api/comparisons", json=body)
         assert bad.status_code == 422, (body, bad.text)
         assert message_of(bad).startswith(field), (body, message_of(bad))
@@ -108,10 +117,20 @@ def test_a_comparison_that_does_not_fit_the_queue_is_refused_whole(tmp_path):
 
 # ---------------------------------------------------------------- init probe
 
+
 def test_init_probe_matches_the_theory_over_30_layers(compared):
     client, _ = compared
-    response = client.post("/api/init-probe", json={
-        "depth": 30, "width": 128, "kernel": 1, "size": 4, "repeats": 4, "inits": ["he_normal", "glorot_uniform"]})
+    response = client.post(
+        "/api/init-probe",
+        json={
+            "depth": 30,
+            "width": 128,
+            "kernel": 1,
+            "size": 4,
+            "repeats": 4,
+            "inits": ["he_normal", "glorot_uniform"],
+        },
+    )
     assert response.status_code == 200, response.text
     he, glorot = response.json()["results"]
     he_std = np.array([row["act_std"] for row in he["layers"]])
@@ -126,15 +145,17 @@ def test_init_probe_matches_the_theory_over_30_layers(compared):
     assert np.allclose(np.array(glorot["theory_act_std"]) / glorot["theory_act_std"][0], 2.0 ** (-np.arange(30) / 2))
     assert "shrinks" in glorot["summary"] and "stays within" in he["summary"]
     # N(0, 0.01²): gone within a few layers.
-    small = client.post("/api/init-probe", json={"depth": 8, "width": 8, "repeats": 1,
-                                                 "inits": [{"name": "normal", "std": 0.01}]}).json()["results"][0]
+    small = client.post(
+        "/api/init-probe", json={"depth": 8, "width": 8, "repeats": 1, "inits": [{"name": "normal", "std": 0.01}]}
+    ).json()["results"][0]
     assert small["layers"][5]["act_std"] < 1e-6 and small["label"] == "normal(std=0.01)"
 
 
 def test_init_probe_reports_an_overflowing_init_as_null(compared):
     client, _ = compared
-    response = client.post("/api/init-probe", json={"depth": 40, "width": 8, "repeats": 1,
-                                                    "inits": [{"name": "constant", "value": 1000}]})
+    response = client.post(
+        "/api/init-probe", json={"depth": 40, "width": 8, "repeats": 1, "inits": [{"name": "constant", "value": 1000}]}
+    )
     assert response.status_code == 200, response.text
     stds = [row["act_std"] for row in response.json()["results"][0]["layers"]]
     assert stds[0] > 100 and stds[-1] is None
@@ -145,15 +166,23 @@ def test_init_probe_takes_a_preset_and_rejects_bad_input_by_field(compared):
     response = client.post("/api/init-probe", json={"spec": "small", "inits": ["he_normal"], "repeats": 1})
     assert response.status_code == 200
     assert [row["index"] for row in response.json()["results"][0]["layers"]] == [0, 3, 7]
-    for body, field in [({"depth": 3}, "width"), ({"width": 3}, "depth"), ({"depth": 0, "width": 4}, "depth"), ({"depth": 3, "width": 4, "kernel": 2}, "kernel"),
-                        ({"spec": {"layers": []}}, "spec"), ({"depth": 3, "width": 4, "inits": ["bogus"]}, "inits.0"),
-                        ({"depth": 3, "width": 4, "inits": []}, "inits"), ({"depth": 3, "width": 4, "colour": 1}, "colour")]:
+    for body, field in [
+        ({"depth": 3}, "width"),
+        ({"width": 3}, "depth"),
+        ({"depth": 0, "width": 4}, "depth"),
+        ({"depth": 3, "width": 4, "kernel": 2}, "kernel"),
+        ({"spec": {"layers": []}}, "spec"),
+        ({"depth": 3, "width": 4, "inits": ["bogus"]}, "inits.0"),
+        ({"depth": 3, "width": 4, "inits": []}, "inits"),
+        ({"depth": 3, "width": 4, "colour": 1}, "colour"),
+    ]:
         bad = client.post("/api/init-probe", json=body)
         assert bad.status_code == 422, (body, bad.text)
         assert message_of(bad).startswith(field), (body, message_of(bad))
 
 
 # ---------------------------------------------------------------- the deep preset
+
 
 def test_deep_preset_trains_with_he_and_stalls_with_small_gaussian():
     """Short version of benchmarks/deep_init.py: the first 80 of its 300 Adam steps on the 20-layer ReLU stack."""
@@ -171,6 +200,7 @@ def test_deep_preset_trains_with_he_and_stalls_with_small_gaussian():
 
 
 # ---------------------------------------------------------------- kernels
+
 
 def test_a_frozen_x_kernel_is_bit_identical_after_training_while_others_change(tmp_path):
     with TestClient(create_app(make_settings(tmp_path / "data"))) as client:
@@ -204,8 +234,13 @@ def test_kernel_put_rejects_bad_input_by_field(compared):
     run_id = comparison["run_ids"][0]
     finished = client.put(f"/api/runs/{run_id}/kernels/0/0", json={"kernel": "x"})
     assert finished.status_code == 409 and "completed" in message_of(finished)
-    for body, field in [({"kernel": "nonsense"}, "kernel"), ({"kernel": [[1, 2], [3]]}, "kernel"),
-                        ({}, "kernel"), ({"kernel": "x", "scale": -1}, "scale"), ({"kernel": "x", "frozen": "maybe"}, "frozen")]:
+    for body, field in [
+        ({"kernel": "nonsense"}, "kernel"),
+        ({"kernel": [[1, 2], [3]]}, "kernel"),
+        ({}, "kernel"),
+        ({"kernel": "x", "scale": -1}, "scale"),
+        ({"kernel": "x", "frozen": "maybe"}, "frozen"),
+    ]:
         bad = client.put(f"/api/runs/{run_id}/kernels/0/0", json=body)
         assert bad.status_code == 422, (body, bad.text)
         assert message_of(bad).startswith(field), (body, message_of(bad))
@@ -217,8 +252,12 @@ def test_kernel_put_on_a_live_run_names_layer_filter_and_shape(tmp_path):
         run_id = client.post("/api/runs", json=LONG).json()["id"]
         wait_for_step(client, run_id, 1)
         client.post(f"/api/runs/{run_id}/pause")
-        for path, body, field in [("1/0", {"kernel": "x"}, "layer"), ("0/8", {"kernel": "x"}, "filter"),
-                                  ("0/0", {"kernel": [[1, 2], [3, 4]]}, "kernel"), ("x/0", {"kernel": "x"}, "layer")]:
+        for path, body, field in [
+            ("1/0", {"kernel": "x"}, "layer"),
+            ("0/8", {"kernel": "x"}, "filter"),
+            ("0/0", {"kernel": [[1, 2], [3, 4]]}, "kernel"),
+            ("x/0", {"kernel": "x"}, "layer"),
+        ]:
             bad = client.put(f"/api/runs/{run_id}/kernels/{path}", json=body)
             assert bad.status_code == 422, (path, bad.text)
             assert message_of(bad).startswith(field), (path, message_of(bad))
@@ -226,6 +265,7 @@ def test_kernel_put_on_a_live_run_names_layer_filter_and_shape(tmp_path):
 
 
 # ---------------------------------------------------------------- fork
+
 
 def test_a_fork_starts_from_exactly_the_forked_snapshots_weights(compared):
     client, comparison = compared
@@ -238,7 +278,8 @@ def test_a_fork_starts_from_exactly_the_forked_snapshots_weights(compared):
     assert fork["config"]["optimizer"]["momentum"] == 0.9
     wait_for(client, fork["id"], "completed")
     assert client.get(f"/api/runs/{fork['id']}/snapshots").json()["steps"] == [
-        step for step in snapshot_steps(fork["config"]) if step >= 10]
+        step for step in snapshot_steps(fork["config"]) if step >= 10
+    ]
     parent_zip, fork_zip = export_zip(client, parent_id), export_zip(client, fork["id"])
     parent_10 = np.load(io.BytesIO(parent_zip.read("snapshots/10.npz")))
     fork_10 = np.load(io.BytesIO(fork_zip.read("snapshots/10.npz")))
@@ -258,9 +299,13 @@ def test_fork_rejects_bad_input_by_field(compared):
     parent = comparison["run_ids"][1]
     stored = client.get(f"/api/runs/{parent}/snapshots").json()["steps"]
     unstored = next(step for step in range(stored[-1]) if step not in stored)
-    for body, code, field in [({"step": unstored}, 404, "step"), ({"step": 10, "steps": 10}, 422, "steps"),
-                              ({"optimizer": {"lr": -1}}, 422, "optimizer"), ({"model": "deep"}, 422, "model"),
-                              ({"step": "first"}, 422, "step")]:
+    for body, code, field in [
+        ({"step": unstored}, 404, "step"),
+        ({"step": 10, "steps": 10}, 422, "steps"),
+        ({"optimizer": {"lr": -1}}, 422, "optimizer"),
+        ({"model": "deep"}, 422, "model"),
+        ({"step": "first"}, 422, "step"),
+    ]:
         bad = client.post(f"/api/runs/{parent}/fork", json=body)
         assert bad.status_code == code, (body, bad.text)
         assert message_of(bad).startswith(field), (body, message_of(bad))
@@ -268,6 +313,7 @@ def test_fork_rejects_bad_input_by_field(compared):
 
 
 # ---------------------------------------------------------------- exports
+
 
 def export_zip(client, run_id) -> zipfile.ZipFile:
     response = client.get(f"/api/runs/{run_id}/export")

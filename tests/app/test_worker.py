@@ -11,10 +11,22 @@ from app import store as files
 from app.worker import build_trainer, drive_run
 from engine.trainer import RunConfig, TrainingControl, snapshot_steps
 
-SMALL = {"dataset": {"name": "shapes", "n_train": 128, "n_val": 64}, "batch_size": 8, "steps": 30,
-         "snapshot_every": 10, "eval_every": 10, "snapshot_schedule": {"dense_steps": 3, "growth": 2.0}}
-SPEC = {"layers": [{"type": "conv", "filters": 4, "kernel": 3, "init": {"name": "normal", "std": 0.1}},
-                   {"type": "relu"}, {"type": "flatten"}, {"type": "dense", "units": 10}]}
+SMALL = {
+    "dataset": {"name": "shapes", "n_train": 128, "n_val": 64},
+    "batch_size": 8,
+    "steps": 30,
+    "snapshot_every": 10,
+    "eval_every": 10,
+    "snapshot_schedule": {"dense_steps": 3, "growth": 2.0},
+}
+SPEC = {
+    "layers": [
+        {"type": "conv", "filters": 4, "kernel": 3, "init": {"name": "normal", "std": 0.1}},
+        {"type": "relu"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10},
+    ]
+}
 
 
 @pytest.fixture
@@ -55,8 +67,12 @@ def test_a_runs_start_parses_its_config_once(tmp_path, parse_counts, model):
     parse_counts.clear()
     trainer = build_trainer(tmp_path, "r1", stored, confine_datasets=True)  # what process_main does
     assert trainer.config.to_dict() == stored
-    assert dict(parse_counts) == {"RunConfig.from_dict": 1, "parse_init": 1, "normalize_dataset_spec": 1,
-                                  "normalize_spec": 1}
+    assert dict(parse_counts) == {
+        "RunConfig.from_dict": 1,
+        "parse_init": 1,
+        "normalize_dataset_spec": 1,
+        "normalize_spec": 1,
+    }
 
 
 def test_a_resumed_run_parses_the_checkpoints_config_once(tmp_path, parse_counts):

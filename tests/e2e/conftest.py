@@ -19,8 +19,16 @@ import pytest
 from tests.live_server import free_port, uvicorn_command, wait_until_healthy
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
@@ -39,7 +47,8 @@ class Server:
         self.log_path = self.data_dir / f"server-{self.port}.log"
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            (command or uvicorn_command)(self.port), cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            (command or uvicorn_command)(self.port), cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         if wait_until_healthy(self.base, self.process, timeout=30, interval=0.2) is not None:
             self.kill()
             pytest.fail(f"the server did not start; its log:\n{self.log_path.read_text()}")
@@ -79,8 +88,10 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("the browser tests need the Python package playwright (pip install playwright); "
-                    "they drive Debian's chromium and never download a browser")
+        pytest.fail(
+            "the browser tests need the Python package playwright (pip install playwright); "
+            "they drive Debian's chromium and never download a browser"
+        )
     if not Path(CHROMIUM).exists():
         pytest.fail(f"the browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
     with sync_playwright() as playwright:

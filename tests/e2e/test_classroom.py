@@ -24,8 +24,9 @@ SCRIPT_NAME = "<script>window.__pwned=1</script>"
 @pytest.fixture
 def class_server(tmp_path):
     (tmp_path / "data").mkdir()
-    running = Server(tmp_path / "data",
-                     command=lambda port: ["env", f"KERNELSCOPE_TOKEN={TOKEN}", *uvicorn_command(port)])
+    running = Server(
+        tmp_path / "data", command=lambda port: ["env", f"KERNELSCOPE_TOKEN={TOKEN}", *uvicorn_command(port)]
+    )
     yield running
     running.stop()
 
@@ -51,8 +52,14 @@ def test_two_learners_and_the_teacher_wall(browser, class_server):
     teacher = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=base, timeout=30) as api:
         klass = api.post("/api/classes", json={"name": "Kernels 101"}, headers=teacher).json()
-        assert api.put(f"/api/classes/{klass['id']}/assignment", headers=teacher,
-                       json={"title": "zeros", "hash": "#" + ASSIGNMENT}).status_code == 200
+        assert (
+            api.put(
+                f"/api/classes/{klass['id']}/assignment",
+                headers=teacher,
+                json={"title": "zeros", "hash": "#" + ASSIGNMENT},
+            ).status_code
+            == 200
+        )
 
     wall, wall_problems = open_page(browser)
     ada, ada_problems = open_page(browser)
@@ -71,14 +78,22 @@ def test_two_learners_and_the_teacher_wall(browser, class_server):
         join(ada, ada_problems, f"{base}/", klass["join_code"], "Ada")
         ada.wait_for_selector("#assignment-button")
         ada.click("#assignment-button")
-        join(bob, bob_problems, f"{base}/#preset=small&init=he_normal&bs=16&steps={STEPS}&every=10", klass["join_code"], SCRIPT_NAME)
+        join(
+            bob,
+            bob_problems,
+            f"{base}/#preset=small&init=he_normal&bs=16&steps={STEPS}&every=10",
+            klass["join_code"],
+            SCRIPT_NAME,
+        )
         bob.click("#btn-start")
 
         # the wall's one stream brings both tiles, live, to the end of their runs
         wall.wait_for_function(
             f"""(() => {{ const t = [...window.__kernelscope.wall.live.values()];
                 return t.length === 2 && t.every(x => x.run && x.run.weight && x.run.status === 'completed'
-                    && x.run.snapshot_step === {STEPS}); }})()""", timeout=240_000)
+                    && x.run.snapshot_step === {STEPS}); }})()""",
+            timeout=240_000,
+        )
         state = wall.evaluate("""(() => { const w = window.__kernelscope.wall;
             return {received: w.tilesReceived, scale: w.scale,
                     tiles: [...w.live.values()].map(t => ({name: t.name, init: t.run.init, weight: t.run.weight}))}; })()""")
@@ -120,8 +135,11 @@ def test_two_learners_and_the_teacher_wall(browser, class_server):
         for page in (wall, ada, bob):
             page.context.close()
     # the wall's first look (before the token) is the one expected refusal
-    expected = [item for item in wall_problems.items
-                if not (item.startswith("HTTP 404") and item.endswith(klass["id"]) or "404" in item and "console" in item)]
+    expected = [
+        item
+        for item in wall_problems.items
+        if not (item.startswith("HTTP 404") and item.endswith(klass["id"]) or "404" in item and "console" in item)
+    ]
     assert expected == [] and ada_problems.items == [] and bob_problems.items == []
 
 

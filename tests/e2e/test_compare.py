@@ -47,7 +47,8 @@ def test_compare_constant_vs_he_side_by_side(page, server):
         "(() => { const c = window.__kernelscope.compare; return c && c.runs.length === 2"
         " && c.runs.every(r => r.status === 'completed') && c.step === 40"
         " && ['constant', 'he_normal'].every(l => c.drawn[l] && c.drawn[l].step === 40); })()",
-        timeout=120_000)
+        timeout=120_000,
+    )
     drawn = page.evaluate("window.__kernelscope.compare.drawn")
     constant = np.asarray(drawn["constant"]["weight"])
     he = np.asarray(drawn["he_normal"]["weight"])
@@ -59,15 +60,19 @@ def test_compare_constant_vs_he_side_by_side(page, server):
     # one shared slider: back to step 0 shows both runs at step 0
     slider = page.locator("#compare-slider")
     slider.evaluate("s => { s.value = '0'; s.dispatchEvent(new Event('input')); }")
-    page.wait_for_function("(() => { const d = window.__kernelscope.compare.drawn;"
-                           " return d.constant.step === 0 && d.he_normal.step === 0; })()")
+    page.wait_for_function(
+        "(() => { const d = window.__kernelscope.compare.drawn;"
+        " return d.constant.step === 0 && d.he_normal.step === 0; })()"
+    )
     assert page.text_content("#compare-step") == "step 0"
     # the loss curves of both runs are overlaid in one chart
     assert page.evaluate("document.getElementById('compare-loss').data.filter(t => t.mode === 'lines').length") == 2
     # one legend names the runs in their chart colours, above all three charts
     legend = page.locator("#compare-legend .compare-legend-entry")
     assert legend.all_text_contents() == ["constant", "he_normal"]
-    colours = page.evaluate("document.getElementById('compare-loss').data.filter(t => t.mode === 'lines').map(t => t.line.color)")
+    colours = page.evaluate(
+        "document.getElementById('compare-loss').data.filter(t => t.mode === 'lines').map(t => t.line.color)"
+    )
     swatches = legend.locator(".compare-swatch").evaluate_all("ss => ss.map(s => s.style.background)")
     assert len(set(colours)) == 2 and all(c.lower() in {rgb_to_hex(s) for s in swatches} for c in colours)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -91,8 +96,16 @@ def test_init_probe_plots_measured_std_beside_the_theory(page, server):
 
 
 def test_kernel_editor_puts_a_frozen_x_into_a_paused_run_and_fork_starts_from_the_step(page, server, api):
-    run = api.post("/api/runs", json={"model": "small", "dataset": {"name": "shapes", "n_train": 256, "n_val": 64},
-                                      "batch_size": 8, "steps": 100000, "snapshot_every": 10}).json()
+    run = api.post(
+        "/api/runs",
+        json={
+            "model": "small",
+            "dataset": {"name": "shapes", "n_train": 256, "n_val": 64},
+            "batch_size": 8,
+            "steps": 100000,
+            "snapshot_every": 10,
+        },
+    ).json()
     try:
         deadline = time.monotonic() + 60
         while api.get(f"/api/runs/{run['id']}").json()["step"] < 2 and time.monotonic() < deadline:
@@ -121,8 +134,9 @@ def test_kernel_editor_puts_a_frozen_x_into_a_paused_run_and_fork_starts_from_th
         set_field(page, "#fork-lr", "0.01")
         set_field(page, "#fork-steps", str(latest["step"] + 20))
         page.click("#btn-fork-start")
-        page.wait_for_function(f"window.__kernelscope.state.run && window.__kernelscope.state.run.id !== '{run['id']}'",
-                               timeout=30_000)
+        page.wait_for_function(
+            f"window.__kernelscope.state.run && window.__kernelscope.state.run.id !== '{run['id']}'", timeout=30_000
+        )
         child = page.evaluate("window.__kernelscope.state.run")
         assert child["meta"]["parent"] == run["id"]
         assert child["config"]["optimizer"]["lr"] == 0.01
@@ -135,7 +149,9 @@ def test_kernel_editor_puts_a_frozen_x_into_a_paused_run_and_fork_starts_from_th
         page.wait_for_function("window.__kernelscope.state.steps.length > 0", timeout=30_000)
         # (a click that sets the links, then cancelled: the test reads them instead of downloading)
         for link in ("#btn-export", "#btn-gif"):
-            page.eval_on_selector(link, "a => { a.addEventListener('click', e => e.preventDefault(), {once: true}); a.click(); }")
+            page.eval_on_selector(
+                link, "a => { a.addEventListener('click', e => e.preventDefault(), {once: true}); a.click(); }"
+            )
         href = page.get_attribute("#btn-export", "href")
         assert href == f"/api/runs/{child['id']}/export"
         assert api.get(href).headers["content-type"] == "application/zip"
@@ -182,17 +198,22 @@ def test_compare_cards_share_one_colour_scale_and_match_the_comparison_on_screen
         if (label in ("normal(std=0.01)", "he_normal")) != box.is_checked():
             box.click()
     page.click("#btn-compare-start")
-    page.wait_for_function("(() => { const c = window.__kernelscope.compare; return c && c.runs.length === 2"
-                           " && c.runs.every(r => r.status === 'completed'); })()", timeout=120_000)
+    page.wait_for_function(
+        "(() => { const c = window.__kernelscope.compare; return c && c.runs.length === 2"
+        " && c.runs.every(r => r.status === 'completed'); })()",
+        timeout=120_000,
+    )
     ids = page.evaluate("window.__kernelscope.compare.runs.map(r => r.id)")
     assert [api.get(f"/api/runs/{i}").json()["config"]["steps"] for i in ids] == [20, 20]
     page.locator("#compare-slider").evaluate("s => { s.value = '0'; s.dispatchEvent(new Event('input')); }")
-    page.wait_for_function("(() => { const d = window.__kernelscope.compare.drawn;"
-                           " return d['normal(std=0.01)']?.step === 0 && d.he_normal?.step === 0; })()")
+    page.wait_for_function(
+        "(() => { const d = window.__kernelscope.compare.drawn;"
+        " return d['normal(std=0.01)']?.step === 0 && d.he_normal?.step === 0; })()"
+    )
     drawn = page.evaluate("window.__kernelscope.compare.drawn")
     small, he = drawn["normal(std=0.01)"], drawn["he_normal"]
     assert small["scale"] == he["scale"] == he["maxAbs"]
-    assert he["maxAbs"] / small["maxAbs"] > 10      # He's σ is 0.28 for conv1's fan_in of 25: ~28x larger
+    assert he["maxAbs"] / small["maxAbs"] > 10  # He's σ is 0.28 for conv1's fan_in of 25: ~28x larger
     texts = page.locator(".compare-card .compare-scale").all_text_contents()
     assert texts[0].startswith(f"max |w| {small['maxAbs']:.3g}") and texts[1].startswith(f"max |w| {he['maxAbs']:.3g}")
     # the faint init is drawn faint: its pixels stay near white on the shared scale
@@ -207,15 +228,17 @@ def test_compare_cards_share_one_colour_scale_and_match_the_comparison_on_screen
     # each card states the losses its own run measured, up to the slider's step (none at step 0)
     assert page.locator(".compare-card .compare-loss-text").all_text_contents() == ["no loss measured yet"] * 2
     page.click("#compare-follow")
-    page.wait_for_function("[...document.querySelectorAll('.compare-card .compare-loss-text')]"
-                           ".every(t => t.textContent.endsWith('at step 20 (measured in this run)'))")
+    page.wait_for_function(
+        "[...document.querySelectorAll('.compare-card .compare-loss-text')]"
+        ".every(t => t.textContent.endsWith('at step 20 (measured in this run)'))"
+    )
     # the depth demo's comparison: the boxes follow it
     page.click('#view-tabs [data-view="probe"]')
     assert "0.35" not in page.text_content("#probe-view")
     page.click("#btn-depth-demo")
     page.wait_for_function("window.__kernelscope.compare.runs.length === 3")
     for run in page.evaluate("window.__kernelscope.compare.runs"):
-        api.post(f"/api/runs/{run['id']}/stop")   # only its boxes are looked at; spare the CPU
+        api.post(f"/api/runs/{run['id']}/stop")  # only its boxes are looked at; spare the CPU
     demo = api.get("/api/defaults").json()["demos"]["depth_stall"]["inits"]
     page.wait_for_function(f"document.querySelectorAll('.compare-inits input:checked').length === {len(demo)}")
     labels = page.evaluate("""() => [...document.querySelectorAll('.compare-inits input:checked')]

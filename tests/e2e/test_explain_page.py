@@ -6,9 +6,16 @@ import time
 
 import pytest
 
-RUN = {"model": "demo", "init": "he_normal", "dataset": "shapes",
-       "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-       "batch_size": 32, "steps": 60, "seed": 3, "snapshot_every": 10}
+RUN = {
+    "model": "demo",
+    "init": "he_normal",
+    "dataset": "shapes",
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "batch_size": 32,
+    "steps": 60,
+    "seed": 3,
+    "snapshot_every": 10,
+}
 TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}
 
 
@@ -28,8 +35,7 @@ def explained(page):
 
 
 def slide_to(page, index):
-    page.eval_on_selector("#history-slider",
-                          f"(s) => {{ s.value = '{index}'; s.dispatchEvent(new Event('input')); }}")
+    page.eval_on_selector("#history-slider", f"(s) => {{ s.value = '{index}'; s.dispatchEvent(new Event('input')); }}")
 
 
 def test_explain_panel_follows_the_history_slider(server, api, page, trained):
@@ -55,7 +61,9 @@ def test_explain_panel_follows_the_history_slider(server, api, page, trained):
     # two quick moves: the panel ends on the step the slider shows, not on the one in between
     slide_to(page, 2)
     slide_to(page, 1)
-    page.wait_for_function(f"window.__kernelscope.explain.drawn.step === {steps[1]} && !window.__kernelscope.explain.loading")
+    page.wait_for_function(
+        f"window.__kernelscope.explain.drawn.step === {steps[1]} && !window.__kernelscope.explain.loading"
+    )
     second = explained(page)
     expected = api.get(f"/api/runs/{run_id}/snapshots/{steps[1]}/filters/0/1").json()
     assert second["drawn"]["weight"] == expected["weight"]
@@ -67,8 +75,7 @@ def test_explain_panel_follows_the_history_slider(server, api, page, trained):
     assert explained(page) is None
     # the panel cancels the request of a step the slider left (AbortController): Chromium reports
     # it as ERR_ABORTED; that one is intended, every other problem still fails the test
-    page.problems.items[:] = [p for p in page.problems.items
-                              if not ("/filters/0/1" in p and p.endswith("ERR_ABORTED"))]
+    page.problems.items[:] = [p for p in page.problems.items if not ("/filters/0/1" in p and p.endswith("ERR_ABORTED"))]
 
 
 def test_conv2_filters_show_expanded_weights_and_close_by_button(server, page, trained):

@@ -52,11 +52,11 @@ def test_malformed_hash_falls_back_to_defaults(modules):
         return [s.hashToConfig('#preset=custom&spec=%7Bnot-json&init=%7B%22x%22%3A1%7D&lr=abc&steps=12', defaults).config,
                 s.hashToConfig('#opt=adam', defaults).config];
     }""")
-    assert config[0]["preset"] == "demo"          # custom without a readable spec
-    assert config[0]["init"] == {"name": "glorot_normal"}   # the server's default, not one of the page's own
-    assert (config[0]["lr"], config[0]["weightDecay"]) == (0.125, 0.5)   # the server's defaults
+    assert config[0]["preset"] == "demo"  # custom without a readable spec
+    assert config[0]["init"] == {"name": "glorot_normal"}  # the server's default, not one of the page's own
+    assert (config[0]["lr"], config[0]["weightDecay"]) == (0.125, 0.5)  # the server's defaults
     assert config[0]["steps"] == 12
-    assert config[1]["weightDecay"] == 0     # a link from before the weight decay field: its optimizer's default
+    assert config[1]["weightDecay"] == 0  # a link from before the weight decay field: its optimizer's default
 
 
 def test_latest_only_fetcher_keeps_one_request_and_drops_the_middle(modules):
@@ -87,7 +87,8 @@ def test_convolve_pixel_matches_numpy(modules, stride, padding):
     w = rng.normal(size=(2, 3, 3)).round(4)
     out_h = (7 + 2 * padding - 3) // stride + 1
     out_w = (6 + 2 * padding - 3) // stride + 1
-    got = modules.evaluate("""async ([x, w, stride, padding, outH, outW]) => {
+    got = modules.evaluate(
+        """async ([x, w, stride, padding, outH, outW]) => {
         const { convolvePixel, outputSize } = await import('/static/js/stepthrough.js');
         const out = [];
         for (let y = 0; y < outH; y++) {
@@ -96,10 +97,16 @@ def test_convolve_pixel_matches_numpy(modules, stride, padding):
             out.push(row);
         }
         return {out, h: outputSize(7, 3, stride, padding), w: outputSize(6, 3, stride, padding)};
-    }""", [x.tolist(), w.tolist(), stride, padding, out_h, out_w])
+    }""",
+        [x.tolist(), w.tolist(), stride, padding, out_h, out_w],
+    )
     xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))
-    expected = np.array([[(xp[:, i * stride:i * stride + 3, j * stride:j * stride + 3] * w).sum() + 0.25
-                          for j in range(out_w)] for i in range(out_h)])
+    expected = np.array(
+        [
+            [(xp[:, i * stride : i * stride + 3, j * stride : j * stride + 3] * w).sum() + 0.25 for j in range(out_w)]
+            for i in range(out_h)
+        ]
+    )
     assert (got["h"], got["w"]) == (out_h, out_w)
     np.testing.assert_allclose(np.array(got["out"]), expected, rtol=1e-12, atol=1e-12)
 
@@ -110,9 +117,9 @@ def test_diverging_colormap_is_white_at_zero_and_symmetric(modules):
         return [-2, -1, -0.5, 0, 0.5, 1, 2].map(divergingColor);
     }""")
     assert colors[3] == [247, 247, 247]
-    assert colors[0] == colors[1] == [33, 102, 172]     # clipped beyond the scale
+    assert colors[0] == colors[1] == [33, 102, 172]  # clipped beyond the scale
     assert colors[5] == colors[6] == [178, 24, 43]
-    assert colors[2][2] > colors[2][0] and colors[4][0] > colors[4][2]   # blue below zero, red above
+    assert colors[2][2] > colors[2][0] and colors[4][0] > colors[4][2]  # blue below zero, red above
 
 
 def test_a_filters_input_channels_are_drawn_as_a_table_of_kernels(modules):
@@ -129,7 +136,12 @@ def test_a_filters_input_channels_are_drawn_as_a_table_of_kernels(modules):
                 gap: pixel(3, 0), rowGap: pixel(0, 3), plain: pixel(0, 0)};
     }""")
     assert got["size"] == [4 * 4 - 1, 2 * 4 - 1]
-    assert got["grids"] == [{"cols": 1, "rows": 1}, {"cols": 3, "rows": 1}, {"cols": 4, "rows": 2}, {"cols": 6, "rows": 3}]
+    assert got["grids"] == [
+        {"cols": 1, "rows": 1},
+        {"cols": 3, "rows": 1},
+        {"cols": 4, "rows": 2},
+        {"cols": 6, "rows": 3},
+    ]
     assert got["marked"] == [[0, 0, 255, 255] if t % 2 else [255, 0, 0, 255] for t in range(8)]
     assert got["gap"][3] == 0 and got["rowGap"][3] == 0
     assert got["plain"] == [0, 0, 0, 255]
@@ -166,8 +178,16 @@ def test_init_figures_on_the_page_are_the_engines(modules):
     layer's shape and the init's parameters (POST /api/inits/describe); the page computes none."""
     from engine.core.initializers import INITIALIZERS
 
-    cases = [("normal", {"std": 0.03}), ("uniform", {"a": 0.2}), ("glorot_uniform", {}), ("glorot_normal", {}),
-             ("he_normal", {}), ("he_uniform", {}), ("lecun_normal", {}), ("orthogonal", {"gain": 2.0})]
+    cases = [
+        ("normal", {"std": 0.03}),
+        ("uniform", {"a": 0.2}),
+        ("glorot_uniform", {}),
+        ("glorot_normal", {}),
+        ("he_normal", {}),
+        ("he_uniform", {}),
+        ("lecun_normal", {}),
+        ("orthogonal", {"gain": 2.0}),
+    ]
     for name, params in cases:
         modules.select_option("#f-init", name)
         for key, value in params.items():
@@ -185,11 +205,15 @@ def test_init_figures_on_the_page_are_the_engines(modules):
             shape = (layer["filters"], channels, k, k)
             channels = layer["filters"]
             expected.append(INITIALIZERS[name].describe(shape, **params)["text"])
-        modules.wait_for_function("""(expected) => {
+        modules.wait_for_function(
+            """(expected) => {
             const laws = [...document.querySelectorAll('#init-table .law')].map(l => l.textContent);
             return document.getElementById('init-table').dataset.described === 'true'
                 && laws.length === expected.length && laws.every((text, i) => text === expected[i]);
-        }""", arg=expected, timeout=30_000)
+        }""",
+            arg=expected,
+            timeout=30_000,
+        )
 
 
 def test_step_through_tolerance_is_the_stored_precision(modules):
@@ -198,18 +222,21 @@ def test_step_through_tolerance_is_the_stored_precision(modules):
     rng = np.random.default_rng(0)
     image = np.round(rng.random((1, 6, 6)), 4)
     kernel = np.round(rng.normal(0, 0.3, (1, 3, 3)), 5)
-    exact = sum(float((image[0, y:y + 3, x:x + 3] * kernel[0]).sum()) for y, x in [(1, 2)])
+    exact = sum(float((image[0, y : y + 3, x : x + 3] * kernel[0]).sum()) for y, x in [(1, 2)])
     stored = np.round(rng.normal(0, 1, (4, 4)), 3)
     stored[1, 2] = round(exact, 3)
-    result = modules.evaluate("""async ([image, kernel, stored]) => {
+    result = modules.evaluate(
+        """async ([image, kernel, stored]) => {
         const s = await import('/static/js/stepthrough.js');
         const r = s.convolvePixel(image, kernel, 0, 1, 0, 1, 2);
         const ctx = { input: image, kernel, bias: 0, stored };
         return [s.storedDecimals(stored), s.storedDecimals(image), s.storedDecimals(kernel), r.value,
                 s.agreementTolerance(ctx, r)];
-    }""", [image.tolist(), kernel.tolist(), stored.tolist()])
+    }""",
+        [image.tolist(), kernel.tolist(), stored.tolist()],
+    )
     decimals_map, decimals_in, decimals_w, value, tolerance = result
     assert (decimals_map, decimals_in, decimals_w) == (3, 4, 5)
-    assert abs(stored[1, 2] - value) <= tolerance              # no false "differs"
+    assert abs(stored[1, 2] - value) <= tolerance  # no false "differs"
     bound = 0.5e-3 + np.abs(kernel).sum() * 0.5e-4 + np.abs(image[0, 1:4, 2:5]).sum() * 0.5e-5
-    assert bound <= tolerance < bound + 1e-4                  # and no wider than the rounding explains
+    assert bound <= tolerance < bound + 1e-4  # and no wider than the rounding explains

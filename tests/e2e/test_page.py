@@ -12,9 +12,16 @@ import numpy as np
 import pytest
 from conftest import ARTIFACTS, REPO_ROOT, open_page
 
-SMALL_RUN = {"model": "small", "init": "glorot_uniform", "dataset": "shapes",
-             "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-             "batch_size": 32, "steps": 120, "seed": 1, "snapshot_every": 10}
+SMALL_RUN = {
+    "model": "small",
+    "init": "glorot_uniform",
+    "dataset": "shapes",
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "batch_size": 32,
+    "steps": 120,
+    "seed": 1,
+    "snapshot_every": 10,
+}
 TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}
 
 
@@ -49,13 +56,16 @@ def drawn(page):
 
 def wait_drawn(page, condition, timeout=120_000):
     """Wait until the filters on screen satisfy a JS condition on `d` (the drawn record)."""
-    page.wait_for_function(f"(() => {{ const d = window.__kernelscope.drawn; return d !== null && ({condition}); }})()",
-                           timeout=timeout)
+    page.wait_for_function(
+        f"(() => {{ const d = window.__kernelscope.drawn; return d !== null && ({condition}); }})()", timeout=timeout
+    )
     return drawn(page)
 
 
 def kernel_images(page, layer):
-    return page.eval_on_selector_all(f'.layer-panel[data-layer="{layer}"] canvas.kernel', "cs => cs.map(c => c.toDataURL())")
+    return page.eval_on_selector_all(
+        f'.layer-panel[data-layer="{layer}"] canvas.kernel', "cs => cs.map(c => c.toDataURL())"
+    )
 
 
 def kernel_pixel(shape, c, i, j):
@@ -88,7 +98,7 @@ def conv_pixel(x, w, b, stride, padding, y0, x0):
     """One output pixel of PyTorch-style conv2d (cross-correlation) with numpy."""
     xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))
     kh, kw = w.shape[1:]
-    patch = xp[:, y0 * stride:y0 * stride + kh, x0 * stride:x0 * stride + kw]
+    patch = xp[:, y0 * stride : y0 * stride + kh, x0 * stride : x0 * stride + kw]
     return float((patch * w).sum()), float((patch * w).sum() + b)
 
 
@@ -110,18 +120,23 @@ def test_start_run_from_page_filters_move_labels_appear_loss_grows(page, server,
     later = wait_drawn(page, f"d.step >= {first['step'] + 100}")
     assert later["layers"]["0"] != first["layers"]["0"], "the drawn weights did not change"
     later_images = kernel_images(page, 0)
-    assert sum(a != b for a, b in zip(first_images, later_images)) >= len(first_images) // 2, \
+    assert sum(a != b for a, b in zip(first_images, later_images)) >= len(first_images) // 2, (
         "most filter canvases should look different after 100 steps"
+    )
 
     # the run list is polled every few seconds, but the open run's line keeps up with the stream
     page.wait_for_selector("#run-list li.current .run-progress")
     for _ in range(3):
-        listed, header = page.evaluate("""() => [document.querySelector('#run-list li.current .run-progress').textContent,
+        listed, header = (
+            page.evaluate("""() => [document.querySelector('#run-list li.current .run-progress').textContent,
                                                 document.getElementById('progress-text').textContent.replace(/ /g, '')]""")
+        )
         assert listed == header
         page.wait_for_timeout(400)
 
-    labels = page.eval_on_selector_all('.layer-panel[data-layer="0"] .detector-label', "ls => ls.map(l => l.textContent)")
+    labels = page.eval_on_selector_all(
+        '.layer-panel[data-layer="0"] .detector-label', "ls => ls.map(l => l.textContent)"
+    )
     assert len(labels) == 8 and all(re.fullmatch(r"[a-z_ ]+\?? \d\.\d\d", text) for text in labels), labels
     page.wait_for_function(f"window.__kernelscope.charts.loss.pointCount('train') > {points_before + 50}")
 
@@ -164,7 +179,8 @@ def test_history_slider_step_zero_equals_rest_snapshot(page, server, api, traine
     x, y = kernel_pixel(weight.shape, c, i, j)
     pixel = page.eval_on_selector(
         f'.layer-panel[data-layer="{rest["layers"][0]["index"]}"] .filter-card[data-filter="{f}"] canvas.kernel',
-        f"c => Array.from(c.getContext('2d').getImageData({x}, {y}, 1, 1).data.slice(0, 3))")
+        f"c => Array.from(c.getContext('2d').getImageData({x}, {y}, 1, 1).data.slice(0, 3))",
+    )
     assert pixel == ([178, 24, 43] if weight[f, c, i, j] > 0 else [33, 102, 172])
 
     # per-filter scaling: every filter's own largest |weight| reaches the end colour
@@ -175,7 +191,8 @@ def test_history_slider_step_zero_equals_rest_snapshot(page, server, api, traine
         x, y = kernel_pixel(weight.shape, c, i, j)
         pixel = page.eval_on_selector(
             f'.layer-panel[data-layer="{rest["layers"][0]["index"]}"] .filter-card[data-filter="{f}"] canvas.kernel',
-            f"c => Array.from(c.getContext('2d').getImageData({x}, {y}, 1, 1).data.slice(0, 3))")
+            f"c => Array.from(c.getContext('2d').getImageData({x}, {y}, 1, 1).data.slice(0, 3))",
+        )
         assert pixel == ([178, 24, 43] if weight[f, c, i, j] > 0 else [33, 102, 172]), f"filter {f}"
     page.click('[data-scaling="layer"]')
 
@@ -227,8 +244,9 @@ def test_click_feature_map_pixel_steps_through_the_right_sum(page, server, api, 
     conv = spec["layers"][convs[0]]
     x = np.array(snapshot["probes"][shown["probe"]])
     w = np.array(layer["weight"][shown["filter"]])
-    total, value = conv_pixel(x, w, layer["bias"][shown["filter"]], conv.get("stride", 1), conv.get("padding", 0),
-                              shown["y"], shown["x"])
+    total, value = conv_pixel(
+        x, w, layer["bias"][shown["filter"]], conv.get("stride", 1), conv.get("padding", 0), shown["y"], shown["x"]
+    )
     assert shown["filter"] == 2 and shown["layer"] == convs[0]
     assert shown["sum"] == pytest.approx(total, rel=1e-9, abs=1e-12)
     assert shown["value"] == pytest.approx(value, rel=1e-9, abs=1e-12)
@@ -244,24 +262,33 @@ def test_click_feature_map_pixel_steps_through_the_right_sum(page, server, api, 
     # the next position slides the window one pixel to the right
     page.click("#st-next")
     moved = page.evaluate("window.__kernelscope.stepThrough")
-    assert (moved["y"], moved["x"]) == ((shown["y"], shown["x"] + 1) if shown["x"] + 1 < stored.shape[1] else (shown["y"] + 1, 0))
+    assert (moved["y"], moved["x"]) == (
+        (shown["y"], shown["x"] + 1) if shown["x"] + 1 < stored.shape[1] else (shown["y"] + 1, 0)
+    )
 
     # a deeper layer reads layer 0's maps after ReLU and max-pooling
     page.locator(f'canvas.fmap[data-layer="{convs[1]}"][data-filter="0"]').click(position={"x": 5, "y": 5})
     deep = page.evaluate("window.__kernelscope.stepThrough")
     assert deep["layer"] == convs[1]
     maps = np.array(layer["feature_maps"][deep["probe"]])
-    for kind in spec["layers"][convs[0] + 1:convs[1]]:
+    for kind in spec["layers"][convs[0] + 1 : convs[1]]:
         if kind["type"] == "relu":
             maps = np.maximum(maps, 0)
         elif kind["type"] == "maxpool":
             s = kind["size"]
             c, h, w_ = maps.shape
-            maps = maps[:, :h // s * s, :w_ // s * s].reshape(c, h // s, s, w_ // s, s).max(axis=(2, 4))
+            maps = maps[:, : h // s * s, : w_ // s * s].reshape(c, h // s, s, w_ // s, s).max(axis=(2, 4))
     deep_layer = next(entry for entry in snapshot["layers"] if entry["index"] == convs[1])
     deep_conv = spec["layers"][convs[1]]
-    total, _ = conv_pixel(maps, np.array(deep_layer["weight"][0]), 0.0, deep_conv.get("stride", 1),
-                          deep_conv.get("padding", 0), deep["y"], deep["x"])
+    total, _ = conv_pixel(
+        maps,
+        np.array(deep_layer["weight"][0]),
+        0.0,
+        deep_conv.get("stride", 1),
+        deep_conv.get("padding", 0),
+        deep["y"],
+        deep["x"],
+    )
     assert deep["sum"] == pytest.approx(total, rel=1e-9, abs=1e-12)
 
 
@@ -274,15 +301,27 @@ def test_reload_with_url_hash_restores_the_configuration(page, server, browser):
     row = page.locator('.init-layer[data-layer="3"]')
     row.locator("select").first.select_option("kernel")
     row.locator("select[data-param=kernels]").select_option("x")
-    for selector, value in (("#f-lr", "0.03"), ("#f-wd", "0.002"), ("#f-batch", "32"), ("#f-steps", "123"), ("#f-seed", "7")):
+    for selector, value in (
+        ("#f-lr", "0.03"),
+        ("#f-wd", "0.002"),
+        ("#f-batch", "32"),
+        ("#f-steps", "123"),
+        ("#f-seed", "7"),
+    ):
         page.fill(selector, value)
         page.locator(selector).dispatch_event("change")
     page.select_option("#f-optimizer", "adam")  # edited fields stay as the learner set them
     config = page.evaluate("window.__kernelscope.state.config")
     assert config["init"] == {"name": "normal", "std": 0.02}
     assert config["layerInits"] == {"3": {"name": "kernel", "kernels": "x"}}
-    assert (config["lr"], config["weightDecay"], config["batchSize"], config["steps"], config["seed"],
-            config["optimizer"]) == (0.03, 0.002, 32, 123, 7, "adam")
+    assert (
+        config["lr"],
+        config["weightDecay"],
+        config["batchSize"],
+        config["steps"],
+        config["seed"],
+        config["optimizer"],
+    ) == (0.03, 0.002, 32, 123, 7, "adam")
     # the law and its figure for each layer's fans, as the engine states them: N(0, std²) → σ = 0.02 on layer 0
     page.wait_for_selector("#init-table[data-described=true]")
     assert "σ = 0.02" in page.text_content('.init-layer[data-layer="0"] .law')
@@ -307,12 +346,21 @@ def test_the_form_starts_as_the_default_run_and_optimizer_fields_follow_the_choi
     or to the deep preset brings their own learning rate unless the learner set one."""
     goto(page, f"{server}/")
     defaults = api.get("/api/defaults").json()
+
     def form():
-        return {"optimizer": page.input_value("#f-optimizer"),
-                **{key: float(page.input_value(f"#f-{key}")) for key in ("lr", "momentum", "wd", "steps")}}
+        return {
+            "optimizer": page.input_value("#f-optimizer"),
+            **{key: float(page.input_value(f"#f-{key}")) for key in ("lr", "momentum", "wd", "steps")},
+        }
+
     sgd, adam = defaults["optimizers"]["sgd"], defaults["optimizers"]["adam"]
-    assert form() == {"optimizer": "sgd", "lr": sgd["lr"], "momentum": sgd["momentum"],
-                      "wd": sgd["weight_decay"], "steps": defaults["run"]["steps"]}
+    assert form() == {
+        "optimizer": "sgd",
+        "lr": sgd["lr"],
+        "momentum": sgd["momentum"],
+        "wd": sgd["weight_decay"],
+        "steps": defaults["run"]["steps"],
+    }
     body = page.evaluate("""async () => {
         const s = await import('/static/js/state.js');
         const state = window.__kernelscope.state;
@@ -339,15 +387,27 @@ def test_a_stored_run_config_put_into_the_form_starts_the_same_run(page, server,
     """Opening a run fills the form with its config (applyRunConfig); started again from
     there, the server must store the same config."""
     goto(page, f"{server}/")
-    stored = api.post("/api/runs", json={
-        "model": "small", "init": {"name": "normal", "std": 0.02}, "dataset": "marks", "batch_size": 16,
-        "optimizer": {"name": "adam", "lr": 0.003, "weight_decay": 0.001}, "seed": 5, "steps": 1,
-        "snapshot_every": 7}).json()["config"]
-    body = page.evaluate("""async (stored) => {
+    stored = api.post(
+        "/api/runs",
+        json={
+            "model": "small",
+            "init": {"name": "normal", "std": 0.02},
+            "dataset": "marks",
+            "batch_size": 16,
+            "optimizer": {"name": "adam", "lr": 0.003, "weight_decay": 0.001},
+            "seed": 5,
+            "steps": 1,
+            "snapshot_every": 7,
+        },
+    ).json()["config"]
+    body = page.evaluate(
+        """async (stored) => {
         const s = await import('/static/js/state.js');
         const config = s.applyRunConfig(s.cloneConfig(s.BLANK_CONFIG), stored);
         return s.toRunRequest(config, window.__kernelscope.state.presets);
-    }""", stored)
+    }""",
+        stored,
+    )
     assert api.post("/api/runs", json=body).json()["config"] == stored
 
 

@@ -28,7 +28,7 @@ def test_index_loads_plotly_and_the_entry_module_from_this_server(client):
     html = response.text
     assert '<script src="/static/vendor/plotly.min.js' in html
     assert '<script type="module" src="/static/js/main.js' in html
-    assert "http://" not in html and "https://" not in html   # nothing from a CDN
+    assert "http://" not in html and "https://" not in html  # nothing from a CDN
 
 
 def test_plotly_comes_from_the_installed_package(client):
@@ -38,8 +38,10 @@ def test_plotly_comes_from_the_installed_package(client):
     assert response.content == plotly_js_path().read_bytes()
 
 
-@pytest.mark.parametrize("path", ["js/main.js", "js/state.js", "js/api.js", "js/charts.js", "js/filters.js",
-                                  "js/stepthrough.js", "css/app.css"])
+@pytest.mark.parametrize(
+    "path",
+    ["js/main.js", "js/state.js", "js/api.js", "js/charts.js", "js/filters.js", "js/stepthrough.js", "css/app.css"],
+)
 def test_modules_are_served_and_revalidated(client, path):
     response = client.get(f"/static/{path}")
     assert response.status_code == 200

@@ -14,14 +14,37 @@ def test_cli_run_and_interrupted_run_open_and_resume_from_the_page(browser, tmp_
     data = tmp_path / "data"
     data.mkdir()
     cli = subprocess.run(
-        [sys.executable, "-m", "app.cli", "train", "--preset", "small", "--init", "lecun_normal", "--steps", "20",
-         "--snapshot-every", "10", "--batch-size", "16", "--name", "from the terminal", "--data", str(data)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "train",
+            "--preset",
+            "small",
+            "--init",
+            "lecun_normal",
+            "--steps",
+            "20",
+            "--snapshot-every",
+            "10",
+            "--batch-size",
+            "16",
+            "--name",
+            "from the terminal",
+            "--data",
+            str(data),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stdout + cli.stderr
 
     first = Server(data)
-    run = httpx.post(f"{first.base}/api/runs", json={"model": "small", "steps": 100000, "batch_size": 16,
-                                                      "snapshot_every": 5}).json()
+    run = httpx.post(
+        f"{first.base}/api/runs", json={"model": "small", "steps": 100000, "batch_size": 16, "snapshot_every": 5}
+    ).json()
     deadline = time.monotonic() + 120
     while httpx.get(f"{first.base}/api/runs/{run['id']}/snapshots").json()["steps"][-1:] < [10]:
         assert time.monotonic() < deadline, "the run made no snapshots"
@@ -41,7 +64,7 @@ def test_cli_run_and_interrupted_run_open_and_resume_from_the_page(browser, tmp_
 
         page.locator(f'#run-list li[data-run="{cli_run["id"]}"] button').click()
         page.wait_for_function("window.__kernelscope.drawn && window.__kernelscope.drawn.step === 20")
-        assert page.input_value("#f-init") == "lecun_normal"     # its config is loaded into the form
+        assert page.input_value("#f-init") == "lecun_normal"  # its config is loaded into the form
 
         item.locator("button").click()
         stored = httpx.get(f"{second.base}/api/runs/{run['id']}/snapshots").json()["steps"]

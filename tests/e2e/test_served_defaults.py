@@ -15,9 +15,9 @@ import engine.trainer as trainer
 
 @dataclasses.dataclass
 class ChangedDefaults(trainer.RunConfig):
-    steps: int = {CHANGED['steps']}
-    snapshot_every: int = {CHANGED['snapshot_every']}
-    init: dict | str = {CHANGED['init']!r}
+    steps: int = {CHANGED["steps"]}
+    snapshot_every: int = {CHANGED["snapshot_every"]}
+    init: dict | str = {CHANGED["init"]!r}
 
 trainer.RunConfig = ChangedDefaults
 import uvicorn
@@ -56,8 +56,15 @@ def test_the_forms_bounds_are_the_served_limits(page, server, api):
     limits = api.get("/api/defaults").json()["limits"]
     page.goto(f"{server}/")
     page.wait_for_selector("body[data-ready=true]")
-    fields = {"f-lr": "lr", "f-momentum": "momentum", "f-wd": "weight_decay", "f-batch": "batch_size",
-              "f-steps": "steps", "f-seed": "seed", "f-every": "snapshot_every"}
+    fields = {
+        "f-lr": "lr",
+        "f-momentum": "momentum",
+        "f-wd": "weight_decay",
+        "f-batch": "batch_size",
+        "f-steps": "steps",
+        "f-seed": "seed",
+        "f-every": "snapshot_every",
+    }
     for element, key in fields.items():
         bound = limits.get(key, {})
         for side in ("min", "max"):

@@ -30,17 +30,24 @@ def wait_finished(api, run_id, timeout=900):
 
 
 def conv1_weights(api, run_id, steps):
-    return {s: np.asarray(api.get(f"/api/runs/{run_id}/snapshots/{s}", params={"feature_maps": 0}).json()
-                          ["layers"][0]["weight"], dtype=np.float64) for s in steps}
+    return {
+        s: np.asarray(
+            api.get(f"/api/runs/{run_id}/snapshots/{s}", params={"feature_maps": 0}).json()["layers"][0]["weight"],
+            dtype=np.float64,
+        )
+        for s in steps
+    }
 
 
-@pytest.mark.skip(reason="known bug, issue 18 item 2 still open: once the run ends the page's main thread "
-                         "blocks for seconds at a time and the player stalls before 40 redraws")
+@pytest.mark.skip(
+    reason="known bug, issue 18 item 2 still open: once the run ends the page's main thread "
+    "blocks for seconds at a time and the player stalls before 40 redraws"
+)
 def test_default_run_at_a_pace_redraws_conv1_forty_times_before_it_moved_half_way(page, server, api):
     """The default run, played at 10 snapshots/s while it trains: conv1 is redrawn with visibly
     different pixels at least 40 times before the step where it has moved half of its total
     distance ||W_t - W_0|| (measured afterwards from the stored snapshots)."""
-    goto(page, f"{server}/#pace=10")      # the pace is part of a shared link, like the view's other options
+    goto(page, f"{server}/#pace=10")  # the pace is part of a shared link, like the view's other options
     assert "pace=10" in page.evaluate("location.hash")
     page.evaluate("window.__kernelscope.frameLog = []")
     page.click("#btn-start")
@@ -78,8 +85,16 @@ def test_default_run_at_a_pace_redraws_conv1_forty_times_before_it_moved_half_wa
 @pytest.fixture(scope="module")
 def young_run(api):
     """A run stopped early: still young, so its charts default to a log step axis."""
-    response = api.post("/api/runs", json={"model": "small", "dataset": {"name": "shapes", "n_train": 512, "n_val": 64},
-                                           "steps": 2000, "batch_size": 16, "seed": 3})
+    response = api.post(
+        "/api/runs",
+        json={
+            "model": "small",
+            "dataset": {"name": "shapes", "n_train": 512, "n_val": 64},
+            "steps": 2000,
+            "batch_size": 16,
+            "seed": 3,
+        },
+    )
     assert response.status_code == 201, response.text
     run_id = response.json()["id"]
     deadline = time.monotonic() + 300
@@ -122,10 +137,15 @@ def test_cards_show_the_step0_kernel_births_and_honest_labels(page, server, api,
     assert page.eval_on_selector_all(".fmap-title", "ns => ns.map(n => n.textContent)")[:2] == ["conv1", "conv2"]
     # the step-0 kernel beside each card, as stored at step 0
     page.wait_for_selector('.layer-panel[data-layer="0"] canvas.kernel0')
-    assert page.eval_on_selector_all('.layer-panel[data-layer="0"] .kernel-then', "ts => ts.filter(t => !t.hidden).length") == 8
+    assert (
+        page.eval_on_selector_all('.layer-panel[data-layer="0"] .kernel-then', "ts => ts.filter(t => !t.hidden).length")
+        == 8
+    )
     # births as the server states them, on the cards and on the layer's timeline
     births = api.get(f"/api/runs/{run_id}/layers/0/births").json()["births"]
-    page.wait_for_function("document.querySelectorAll('.layer-panel[data-layer=\"0\"] .birth-label')[0].textContent !== ''")
+    page.wait_for_function(
+        "document.querySelectorAll('.layer-panel[data-layer=\"0\"] .birth-label')[0].textContent !== ''"
+    )
     shown = page.eval_on_selector_all('.layer-panel[data-layer="0"] .birth-label', "ls => ls.map(l => l.textContent)")
     expected = [f"born at step {b['birth_step']}" if b["birth_step"] is not None else "not born yet" for b in births]
     assert shown == expected
@@ -134,8 +154,9 @@ def test_cards_show_the_step0_kernel_births_and_honest_labels(page, server, api,
     # captions: dead filters say dead, brightness filters their mean share, no score for either
     snapshot = api.get(f"/api/runs/{run_id}/snapshots/latest", params={"feature_maps": 0}).json()
     for layer in snapshot["layers"]:
-        captions = page.eval_on_selector_all(f'.layer-panel[data-layer="{layer["index"]}"] .detector-label',
-                                             "ls => ls.map(l => l.textContent)")
+        captions = page.eval_on_selector_all(
+            f'.layer-panel[data-layer="{layer["index"]}"] .detector-label', "ls => ls.map(l => l.textContent)"
+        )
         for det, caption in zip(layer["detectors"], captions):
             if det["dead"]:
                 assert caption == "dead"
@@ -167,8 +188,16 @@ def test_step_through_agrees_with_every_stored_pixel_it_shows(page, server, youn
 
 
 def test_pasting_a_link_into_the_same_tab_opens_that_run(page, server, young_run, api):
-    other = api.post("/api/runs", json={"model": "small", "dataset": {"name": "shapes", "n_train": 256, "n_val": 64},
-                                        "steps": 20, "batch_size": 8, "seed": 5}).json()["id"]
+    other = api.post(
+        "/api/runs",
+        json={
+            "model": "small",
+            "dataset": {"name": "shapes", "n_train": 256, "n_val": 64},
+            "steps": 20,
+            "batch_size": 8,
+            "seed": 5,
+        },
+    ).json()["id"]
     wait_finished(api, other)
     goto(page, f"{server}/#run={young_run['id']}")
     page.wait_for_function(f"window.__kernelscope.state.run?.id === '{young_run['id']}'")
@@ -203,7 +232,7 @@ def test_kernel_editor_starts_at_its_layers_size_keeps_its_confirmation_and_name
     page.click('#view-tabs [data-view="kernels"]')
     demo = api.post("/api/inits/describe", json={"model": "demo", "init": "he_normal"}).json()["layers"]
     conv1 = demo[0]
-    assert page.input_value("#ke-size") == str(conv1["shape"][2])          # 5×5 for the default model's conv1
+    assert page.input_value("#ke-size") == str(conv1["shape"][2])  # 5×5 for the default model's conv1
     assert page.locator(".ke-cell").count() == conv1["shape"][2] ** 2
     page.wait_for_function("document.querySelector('#ke-init-layer option')?.textContent.startsWith('conv1')")
     page.fill("#ke-init-count", "2")
@@ -212,12 +241,13 @@ def test_kernel_editor_starts_at_its_layers_size_keeps_its_confirmation_and_name
     page.click("#ke-use-init")
     note = page.text_content("#ke-init-note")
     assert note.startswith("✓ set: conv1 filters 0–1 start as your kernel")
-    page.wait_for_timeout(2500)   # the editor re-reads the form every second: the confirmation stays
+    page.wait_for_timeout(2500)  # the editor re-reads the form every second: the confirmation stays
     assert page.text_content("#ke-init-note") == note
     # the setup form says the learner's kernel is used, not the bank's names
     page.click('#view-tabs [data-view="live"]')
-    option = page.eval_on_selector('#init-table .init-layer[data-layer="0"] select[data-param="kernels"]',
-                                   "s => s.selectedOptions[0].textContent")
+    option = page.eval_on_selector(
+        '#init-table .init-layer[data-layer="0"] select[data-param="kernels"]', "s => s.selectedOptions[0].textContent"
+    )
     assert option.startswith("your drawn kernel: filters 0–1") and "bank" not in option
     page.fill("#f-steps", "20")
     page.locator("#f-steps").dispatch_event("change")
@@ -229,4 +259,6 @@ def test_kernel_editor_starts_at_its_layers_size_keeps_its_confirmation_and_name
     assert "own kernel in 2 filters, rest he_normal" in meta and "custom" not in meta, meta
     wait_finished(api, run_id)
     # the run list updates its status without a reload
-    page.wait_for_function(f"document.querySelector('#run-list li[data-run=\"{run_id}\"] .badge').textContent === 'completed'")
+    page.wait_for_function(
+        f"document.querySelector('#run-list li[data-run=\"{run_id}\"] .badge').textContent === 'completed'"
+    )

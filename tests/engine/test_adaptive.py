@@ -27,7 +27,7 @@ def test_the_warm_up_splits_then_the_probe_alternates_both_modes():
     chooser = SplitChooser(cpus=2)
     modes = drive(chooser, lambda mode, n: 1.0, probe_length())
     assert modes[: adaptive.WARMUP_PASSES] == [SPLIT] * adaptive.WARMUP_PASSES
-    probe = modes[adaptive.WARMUP_PASSES:]
+    probe = modes[adaptive.WARMUP_PASSES :]
     assert probe.count(SPLIT) == probe.count(LOCAL) == adaptive.PROBE_ROUNDS
 
 
@@ -42,7 +42,11 @@ def test_the_split_is_kept_only_when_it_beats_local_by_the_margin(split_seconds,
 
 def test_a_slow_warm_up_does_not_count():
     chooser = SplitChooser(cpus=2)
-    drive(chooser, lambda mode, n: 100.0 if n < adaptive.WARMUP_PASSES else (0.5 if mode == SPLIT else 1.0), probe_length())
+    drive(
+        chooser,
+        lambda mode, n: 100.0 if n < adaptive.WARMUP_PASSES else (0.5 if mode == SPLIT else 1.0),
+        probe_length(),
+    )
     assert chooser.chosen == SPLIT
 
 
@@ -120,12 +124,16 @@ def test_the_split_choice_never_changes_the_result(monkeypatch):
         np.testing.assert_array_equal(flipping.params[name], local.params[name], err_msg=name)
 
 
-@pytest.mark.parametrize("policy, runnable, cpus, expected", [
-    ("always", 9, 2, True), ("never", 1, 2, False),
-    ("auto", 2, 2, True),   # this side and the one it waits for: both have a core
-    ("auto", 3, 2, False),  # a neighbour wants a core: polling would take its time slice
-    ("auto", None, 2, False),
-])
+@pytest.mark.parametrize(
+    "policy, runnable, cpus, expected",
+    [
+        ("always", 9, 2, True),
+        ("never", 1, 2, False),
+        ("auto", 2, 2, True),  # this side and the one it waits for: both have a core
+        ("auto", 3, 2, False),  # a neighbour wants a core: polling would take its time slice
+        ("auto", None, 2, False),
+    ],
+)
 def test_polling_only_while_a_core_is_spare(policy, runnable, cpus, expected):
     assert partner.spin_allowed(policy, runnable, cpus) is expected
 

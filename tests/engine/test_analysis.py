@@ -18,8 +18,13 @@ def test_every_template_is_recognised_as_itself(size):
 
 
 def test_hand_made_kernels_get_their_canonical_labels():
-    cases = {"sobel_x": "vertical_edge", "sobel_y": "horizontal_edge", "x": "x", "plus": "plus",
-             "vertical_line": "vertical_line"}
+    cases = {
+        "sobel_x": "vertical_edge",
+        "sobel_y": "horizontal_edge",
+        "x": "x",
+        "plus": "plus",
+        "vertical_line": "vertical_line",
+    }
     for kernel_name, label in cases.items():
         kernel = named_kernel(kernel_name, (5, 5))
         labels, scores = analysis.best_matches(kernel[None])
@@ -170,9 +175,15 @@ def test_symmetry_meter():
 
 
 def _tiny_model():
-    spec = {"input": [1, 8, 8], "layers": [
-        {"type": "conv", "filters": 4, "kernel": 3}, {"type": "relu"},
-        {"type": "flatten"}, {"type": "dense", "units": 3}]}
+    spec = {
+        "input": [1, 8, 8],
+        "layers": [
+            {"type": "conv", "filters": 4, "kernel": 3},
+            {"type": "relu"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 3},
+        ],
+    }
     return engine.build_model(spec, init="he_normal", seed=0)
 
 

@@ -143,7 +143,6 @@ def test_flat_layout_windows_are_the_padded_windows(seed):
             np.testing.assert_array_equal(starts[i, j], padded[:, :, i : i + out_hw[0], j : j + out_hw[1]])
 
 
-
 def test_a_conv_writes_into_the_next_convs_padded_layout():
     """The chained layout (see engine.fast.direct_conv): a same-padded 3x3 conv's window-start grid
     is the next 3x3 conv's padded input, cell for cell; pixels land where FlatPadded puts them."""
@@ -160,13 +159,16 @@ def test_a_conv_writes_into_the_next_convs_padded_layout():
     np.testing.assert_array_equal(into.data, conv.FlatPadded(into.valid().copy(), 1, 1).data)
 
 
-@pytest.mark.parametrize("first, second, chains", [
-    (((3, 3), (1, 1), (1, 1)), ((3, 3), (1, 1), (1, 1)), True),
-    (((5, 5), (1, 1), (1, 1)), ((5, 5), (1, 1), (3, 3)), True),  # k1 - 1 - p1 = 3, as the second pads
-    (((3, 3), (1, 1), (1, 1)), ((3, 3), (1, 1), (0, 0)), False),  # padding 0 after padding 1
-    (((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), False),  # strided first conv
-    (((3, 3), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1)), False),  # strided second conv
-])
+@pytest.mark.parametrize(
+    "first, second, chains",
+    [
+        (((3, 3), (1, 1), (1, 1)), ((3, 3), (1, 1), (1, 1)), True),
+        (((5, 5), (1, 1), (1, 1)), ((5, 5), (1, 1), (3, 3)), True),  # k1 - 1 - p1 = 3, as the second pads
+        (((3, 3), (1, 1), (1, 1)), ((3, 3), (1, 1), (0, 0)), False),  # padding 0 after padding 1
+        (((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), False),  # strided first conv
+        (((3, 3), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1)), False),  # strided second conv
+    ],
+)
 def test_which_convs_chain(first, second, chains):
     padding = conv.flat_chain_padding((4, 16, 16), *first, *second)
     assert padding == (second[2] if chains else None)
@@ -201,7 +203,9 @@ def test_fast_maxpool_matches_loop_reference(shape, size, stride):
     np.testing.assert_array_equal(to_public(out), reference.maxpool_reference(x, size, stride))
     dout = rng.standard_normal(out.shape)
     dx = conv.maxpool_backward(dout, cache)
-    np.testing.assert_allclose(to_public(dx), reference.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
+    np.testing.assert_allclose(
+        to_public(dx), reference.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("shape, size, stride", POOL_CASES)
@@ -211,7 +215,9 @@ def test_maxpool_ties_send_the_gradient_to_the_first_maximum_like_pytorch(shape,
     out, cache = conv.maxpool_forward(to_internal(x), size, stride)
     dout = rng.standard_normal(out.shape)
     dx = conv.maxpool_backward(dout, cache)
-    np.testing.assert_allclose(to_public(dx), reference.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
+    np.testing.assert_allclose(
+        to_public(dx), reference.maxpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("shape", [(4, 4), (7, 5), (5, 8)])
@@ -238,7 +244,9 @@ def test_fast_avgpool_matches_loop_reference(shape, size, stride):
     np.testing.assert_allclose(to_public(out), reference.avgpool_reference(x, size, stride), atol=1e-12)
     dout = rng.standard_normal(out.shape)
     dx = conv.avgpool_backward(dout, cache)
-    np.testing.assert_allclose(to_public(dx), reference.avgpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12)
+    np.testing.assert_allclose(
+        to_public(dx), reference.avgpool_backward_reference(x, to_public(dout), size, stride), atol=1e-12
+    )
 
 
 def test_reference_conv_is_cross_correlation_like_pytorch():

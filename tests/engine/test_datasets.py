@@ -42,8 +42,17 @@ def test_shapes_have_every_class_balanced_with_the_requested_size():
     assert x.shape == (n, 1, 32, 32) and x.dtype == np.float32
     assert np.isfinite(x).all()
     assert np.bincount(y, minlength=len(SHAPE_CLASSES)).tolist() == [100] * len(SHAPE_CLASSES)
-    assert {"x", "plus", "circle", "square", "triangle", "horizontal_line", "vertical_line",
-            "diagonal_line", "antidiagonal_line"} <= set(SHAPE_CLASSES)
+    assert {
+        "x",
+        "plus",
+        "circle",
+        "square",
+        "triangle",
+        "horizontal_line",
+        "vertical_line",
+        "diagonal_line",
+        "antidiagonal_line",
+    } <= set(SHAPE_CLASSES)
 
 
 def test_shapes_dataset_can_use_chosen_classes_including_small_marks():

@@ -19,8 +19,16 @@ def random_case(rng, ties):
     height, width = (int(v) for v in rng.integers(max(kernel) + 4, 14, 2))
     shape = (channels, batch, height, width)
     draw = value_drawer(rng, ties)
-    return dict(x=draw(shape), weight=draw((filters, channels, *kernel)), bias=draw(filters), stride=stride,
-                padding=padding, pool_size=pool_size, pool_stride=pool_stride, relu=bool(rng.integers(0, 2)))
+    return dict(
+        x=draw(shape),
+        weight=draw((filters, channels, *kernel)),
+        bias=draw(filters),
+        stride=stride,
+        padding=padding,
+        pool_size=pool_size,
+        pool_stride=pool_stride,
+        relu=bool(rng.integers(0, 2)),
+    )
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -35,8 +43,17 @@ def test_direct_block_matches_the_layer_path_forward_and_backward(ties):
         if case["pool_size"] is not None and (conv_h < case["pool_size"][0] or conv_w < case["pool_size"][1]):
             continue
         block = DirectConvBlock(case["stride"], case["padding"], case["relu"], case["pool_size"], case["pool_stride"])
-        expected, backward = layer_path(x, weight, bias, case["stride"], case["padding"], case["relu"],
-                                        "max" if case["pool_size"] else None, case["pool_size"], case["pool_stride"])
+        expected, backward = layer_path(
+            x,
+            weight,
+            bias,
+            case["stride"],
+            case["padding"],
+            case["relu"],
+            "max" if case["pool_size"] else None,
+            case["pool_size"],
+            case["pool_stride"],
+        )
         assert_block_matches_layer_path(block, x, weight, bias, expected, backward, rng)
         checked += 1
     assert checked > 80
@@ -67,8 +84,15 @@ def chained_case(rng, ties):
     next_kernel = tuple(int(rng.integers(p + 1, p + 4)) for p in next_padding)
     height, width = (int(v) for v in rng.integers(max(kernel) + max(next_kernel), 14, 2))
     draw = value_drawer(rng, ties)
-    return (draw((channels, batch, height, width)), draw((middle, channels, *kernel)), draw(middle), padding,
-            draw((filters, middle, *next_kernel)), draw(filters), next_padding)
+    return (
+        draw((channels, batch, height, width)),
+        draw((middle, channels, *kernel)),
+        draw(middle),
+        padding,
+        draw((filters, middle, *next_kernel)),
+        draw(filters),
+        next_padding,
+    )
 
 
 def fill_new_layouts_with_nan(monkeypatch):
@@ -95,16 +119,18 @@ def test_chained_blocks_match_the_layer_path(ties, poisoned, monkeypatch):
     chained = 0
     for _ in range(60):
         x, weight, bias, padding, next_weight, next_bias, next_padding = chained_case(rng, ties)
-        out_padding = conv.flat_chain_padding((x.shape[0], *x.shape[2:]), weight.shape[2:], (1, 1), padding,
-                                              next_weight.shape[2:], (1, 1), next_padding)
+        out_padding = conv.flat_chain_padding(
+            (x.shape[0], *x.shape[2:]), weight.shape[2:], (1, 1), padding, next_weight.shape[2:], (1, 1), next_padding
+        )
         if out_padding is None:  # the flat layout would waste too much on these sizes
             continue
         first = DirectConvBlock((1, 1), padding, relu=True, out_padding=out_padding)
         pool = (2, 2) if rng.integers(0, 2) else None
         second = DirectConvBlock((1, 1), next_padding, relu=bool(rng.integers(0, 2)), pool_size=pool, pool_stride=pool)
         middle, first_backward = layer_path(x, weight, bias, (1, 1), padding, relu=True)
-        expected, second_backward = layer_path(middle, next_weight, next_bias, (1, 1), next_padding, second.relu,
-                                               "max" if pool else None, pool, pool)
+        expected, second_backward = layer_path(
+            middle, next_weight, next_bias, (1, 1), next_padding, second.relu, "max" if pool else None, pool, pool
+        )
         flat, first_cache = first.forward(x, weight, bias)
         assert isinstance(flat, conv.FlatPadded) and flat.padding == out_padding
         np.testing.assert_allclose(flat.valid(), middle, atol=1e-12)
@@ -119,8 +145,13 @@ def test_chained_blocks_match_the_layer_path(ties, poisoned, monkeypatch):
         dx, dweight, dbias = first.backward(dmiddle, first_cache, weight)
         ref_dmiddle, ref_dnext_weight, ref_dnext_bias = second_backward(dout)
         ref_dx, ref_dweight, ref_dbias = first_backward(ref_dmiddle)
-        for got, want in ((dnext_weight, ref_dnext_weight), (dnext_bias, ref_dnext_bias), (dx, ref_dx),
-                          (dweight, ref_dweight), (dbias, ref_dbias)):
+        for got, want in (
+            (dnext_weight, ref_dnext_weight),
+            (dnext_bias, ref_dnext_bias),
+            (dx, ref_dx),
+            (dweight, ref_dweight),
+            (dbias, ref_dbias),
+        ):
             np.testing.assert_allclose(got, want, atol=1e-11)
         chained += 1
     assert chained > 30

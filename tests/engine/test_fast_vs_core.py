@@ -72,10 +72,19 @@ def test_fast_training_steps_match_the_core(preset):
 # rows of a product that fall in an edge tile in another order than the others, so identical
 # filters there can come out of a product 1 ulp apart (presets with 8/16/32 filters stayed
 # bit-identical on the machine this was measured on, 600 steps; the 5/17 net drifted to 3e-7).
-ODD_FILTERS = {"input": [1, 16, 16], "layers": [
-    {"type": "conv", "filters": 5, "kernel": 3}, {"type": "relu"}, {"type": "maxpool", "size": 2},
-    {"type": "conv", "filters": 17, "kernel": 3, "padding": 1}, {"type": "relu"}, {"type": "maxpool", "size": 2},
-    {"type": "flatten"}, {"type": "dense", "units": 4}]}
+ODD_FILTERS = {
+    "input": [1, 16, 16],
+    "layers": [
+        {"type": "conv", "filters": 5, "kernel": 3},
+        {"type": "relu"},
+        {"type": "maxpool", "size": 2},
+        {"type": "conv", "filters": 17, "kernel": 3, "padding": 1},
+        {"type": "relu"},
+        {"type": "maxpool", "size": 2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 4},
+    ],
+}
 # The promise for identical filters (a zeros or constant init), in every path: they stay equal to
 # within this fraction of the layer's largest weight. Identical rows are not computed
 # identically by the BLAS, so bit-identity cannot be promised without deduplicating every product.

@@ -83,8 +83,14 @@ def test_same_generator_seed_gives_identical_values_and_dtype_follows_request():
 
 def test_describe_gives_law_fans_and_sigma():
     assert describe("he_normal", (8, 1, 5, 5)) == {
-        "name": "he_normal", "law": "N(0, 2/fan_in)", "fan_in": 25, "fan_out": 200, "std": 0.282843,
-        "bound": None, "text": "He normal: N(0, 2/fan_in); fan_in = 1·5·5 = 25 → σ = 0.283"}
+        "name": "he_normal",
+        "law": "N(0, 2/fan_in)",
+        "fan_in": 25,
+        "fan_out": 200,
+        "std": 0.282843,
+        "bound": None,
+        "text": "He normal: N(0, 2/fan_in); fan_in = 1·5·5 = 25 → σ = 0.283",
+    }
     glorot = describe("xavier_uniform", (8, 1, 5, 5))
     assert glorot["name"] == "glorot_uniform"
     assert glorot["bound"] == pytest.approx(math.sqrt(6 / 225), abs=1e-6)
@@ -99,9 +105,19 @@ def test_registry_entries_have_law_paper_defaults_and_documented_functions():
         summary = entry.to_dict()
         assert summary["name"] == name and summary["law"] and summary["paper"]
         assert entry.function.__doc__ and len(entry.function.__doc__) > 20
-    assert set(initializers.CANONICAL_NAMES) >= {"zeros", "constant", "normal", "uniform", "glorot_uniform",
-                                                 "glorot_normal", "he_normal", "he_uniform", "lecun_normal",
-                                                 "orthogonal", "kernel"}
+    assert set(initializers.CANONICAL_NAMES) >= {
+        "zeros",
+        "constant",
+        "normal",
+        "uniform",
+        "glorot_uniform",
+        "glorot_normal",
+        "he_normal",
+        "he_uniform",
+        "lecun_normal",
+        "orthogonal",
+        "kernel",
+    }
     assert INITIALIZERS["xavier_uniform"] is INITIALIZERS["glorot_uniform"]
     assert INITIALIZERS["kaiming_normal"] is INITIALIZERS["he_normal"]
     assert engine.INITIALIZERS is INITIALIZERS
@@ -163,8 +179,12 @@ def test_x_kernel_at_5x5_marks_both_diagonals():
 def test_kernel_init_places_named_and_explicit_kernels_then_the_fallback():
     shape = (5, 2, 3, 3)
     custom = [[0, 1, 0], [0, 1, 0], [0, 1, 0]]
-    values = initialize({"name": "kernel", "kernels": ["sobel_x", custom], "fallback": "zeros"}, shape,
-                        np.random.default_rng(0), dtype=np.float64)
+    values = initialize(
+        {"name": "kernel", "kernels": ["sobel_x", custom], "fallback": "zeros"},
+        shape,
+        np.random.default_rng(0),
+        dtype=np.float64,
+    )
     sobel = initializers.named_kernel("sobel_x", (3, 3)) / math.sqrt(2)
     np.testing.assert_allclose(values[0, 0], sobel)
     np.testing.assert_allclose(values[0, 1], sobel)
@@ -175,8 +195,9 @@ def test_kernel_init_places_named_and_explicit_kernels_then_the_fallback():
 
 
 def test_kernel_init_single_name_fills_every_filter_and_scale_applies():
-    values = initialize({"name": "kernel", "kernels": "x", "scale": 2.0}, (4, 1, 5, 5), np.random.default_rng(0),
-                        dtype=np.float64)
+    values = initialize(
+        {"name": "kernel", "kernels": "x", "scale": 2.0}, (4, 1, 5, 5), np.random.default_rng(0), dtype=np.float64
+    )
     for f in range(4):
         np.testing.assert_allclose(values[f, 0], 2.0 * initializers.named_kernel("x", (5, 5)))
 

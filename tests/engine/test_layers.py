@@ -75,8 +75,10 @@ def test_activation_gradients(kind):
 
 
 @pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
-@pytest.mark.parametrize("size, stride, shape", [(2, None, [2, 6, 6]), (2, None, [2, 7, 5]), (3, 2, [1, 9, 8]),
-                                                 ([2, 3], [1, 2], [2, 6, 7]), (3, 3, [2, 8, 8])])
+@pytest.mark.parametrize(
+    "size, stride, shape",
+    [(2, None, [2, 6, 6]), (2, None, [2, 7, 5]), (3, 2, [1, 9, 8]), ([2, 3], [1, 2], [2, 6, 7]), (3, 3, [2, 8, 8])],
+)
 def test_pool_gradients(kind, size, stride, shape):
     layer = {"type": kind, "size": size}
     if stride is not None:
@@ -86,20 +88,39 @@ def test_pool_gradients(kind, size, stride, shape):
 
 def test_flatten_and_dense_gradients():
     check_model_gradients({"input": [3, 4, 5], "layers": [{"type": "flatten"}, {"type": "dense", "units": 6}]})
-    check_model_gradients({"input": [7], "layers": [{"type": "dense", "units": 4}, {"type": "tanh"},
-                                                    {"type": "dense", "units": 3}]})
+    check_model_gradients(
+        {"input": [7], "layers": [{"type": "dense", "units": 4}, {"type": "tanh"}, {"type": "dense", "units": 3}]}
+    )
 
 
 WHOLE_MODELS = [
-    {"input": [1, 12, 12], "layers": [
-        {"type": "conv", "filters": 4, "kernel": 3}, {"type": "relu"}, {"type": "maxpool", "size": 2},
-        {"type": "conv", "filters": 5, "kernel": 3, "padding": 1}, {"type": "leaky_relu", "slope": 0.1},
-        {"type": "avgpool", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 8}, {"type": "sigmoid"},
-        {"type": "dense", "units": 3}]},
-    {"input": [3, 11, 9], "layers": [
-        {"type": "conv", "filters": 4, "kernel": 5, "stride": 2, "padding": 2}, {"type": "tanh"},
-        {"type": "conv", "filters": 3, "kernel": 3, "stride": 2}, {"type": "relu"},
-        {"type": "maxpool", "size": 2, "stride": 1}, {"type": "flatten"}, {"type": "dense", "units": 4}]},
+    {
+        "input": [1, 12, 12],
+        "layers": [
+            {"type": "conv", "filters": 4, "kernel": 3},
+            {"type": "relu"},
+            {"type": "maxpool", "size": 2},
+            {"type": "conv", "filters": 5, "kernel": 3, "padding": 1},
+            {"type": "leaky_relu", "slope": 0.1},
+            {"type": "avgpool", "size": 2},
+            {"type": "flatten"},
+            {"type": "dense", "units": 8},
+            {"type": "sigmoid"},
+            {"type": "dense", "units": 3},
+        ],
+    },
+    {
+        "input": [3, 11, 9],
+        "layers": [
+            {"type": "conv", "filters": 4, "kernel": 5, "stride": 2, "padding": 2},
+            {"type": "tanh"},
+            {"type": "conv", "filters": 3, "kernel": 3, "stride": 2},
+            {"type": "relu"},
+            {"type": "maxpool", "size": 2, "stride": 1},
+            {"type": "flatten"},
+            {"type": "dense", "units": 4},
+        ],
+    },
 ]
 
 
@@ -172,7 +193,9 @@ def test_softmax_cross_entropy_gradient_and_stability():
 def test_core_conv_matches_the_loop_reference(stride, padding):
     rng = np.random.default_rng(4)
     x, weight, bias = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
-    layer = make_layer({"type": "conv", "filters": 4, "kernel": [3, 2], "stride": stride, "padding": padding}, (3, 7, 6))
+    layer = make_layer(
+        {"type": "conv", "filters": 4, "kernel": [3, 2], "stride": stride, "padding": padding}, (3, 7, 6)
+    )
     out, cache = layer.forward(x, {"weight": weight, "bias": bias})
     np.testing.assert_allclose(out, reference.conv2d_reference(x, weight, bias, stride, padding), atol=1e-12)
     dout = rng.standard_normal(out.shape)
@@ -191,7 +214,10 @@ def test_core_pools_match_the_loop_references(kind):
     out, cache = layer.forward(x, {})
     dout = rng.standard_normal(out.shape)
     dx, _ = layer.backward(dout, cache, {})
-    forward, backward = ((reference.maxpool_reference, reference.maxpool_backward_reference) if kind == "maxpool"
-                         else (reference.avgpool_reference, reference.avgpool_backward_reference))
+    forward, backward = (
+        (reference.maxpool_reference, reference.maxpool_backward_reference)
+        if kind == "maxpool"
+        else (reference.avgpool_reference, reference.avgpool_backward_reference)
+    )
     np.testing.assert_allclose(out, forward(x, (3, 3), (2, 2)), atol=1e-12)
     np.testing.assert_allclose(dx, backward(x, dout, (3, 3), (2, 2)), atol=1e-12)

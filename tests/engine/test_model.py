@@ -25,35 +25,67 @@ SPEC = {
 def test_design_example_builds_with_inferred_shapes_and_state_dict_names():
     model = engine.build_model(SPEC, init="he_normal", seed=0)
     assert model.input_shape == (1, 28, 28)
-    assert model.output_shapes == [(8, 24, 24), (8, 24, 24), (8, 12, 12), (16, 10, 10), (16, 10, 10),
-                                   (16, 5, 5), (400,), (10,)]
+    assert model.output_shapes == [
+        (8, 24, 24),
+        (8, 24, 24),
+        (8, 12, 12),
+        (16, 10, 10),
+        (16, 10, 10),
+        (16, 5, 5),
+        (400,),
+        (10,),
+    ]
     assert model.conv_indices == [0, 3]
     assert list(model.params) == ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias"]
     assert model.params["0.weight"].shape == (8, 1, 5, 5)
     assert model.params["7.weight"].shape == (10, 400)
     assert model.params["0.weight"].dtype == np.float32
-    assert model.spec["layers"][3] == {"type": "conv", "filters": 16, "kernel": 3, "stride": 1, "padding": 0,
-                                       "init": None, "bias_init": None}
+    assert model.spec["layers"][3] == {
+        "type": "conv",
+        "filters": 16,
+        "kernel": 3,
+        "stride": 1,
+        "padding": 0,
+        "init": None,
+        "bias_init": None,
+    }
     logits = model.forward(np.zeros((2, 1, 28, 28), dtype=np.float32))
     assert logits.shape == (2, 10) and logits.dtype == np.float32
 
 
-@pytest.mark.parametrize("layers, message", [
-    ([{"type": "conv", "filters": 2, "kernel": 3}, {"type": "maxpool", "size": 2}, {"type": "relu"},
-      {"type": "conv", "filters": 2, "kernel": 5}], "layer 3 (conv): kernel 5 larger than input 4x4"),
-    ([{"type": "convolution", "filters": 2}], "layer 0: unknown type 'convolution'; valid types: conv, relu"),
-    ([{"type": "conv", "filters": -3, "kernel": 3}], "layer 0 (conv): filters must be an integer >= 1, got -3"),
-    ([{"type": "conv", "filters": 2, "kernel": 3, "padding": -1}], "layer 0 (conv): padding must be an integer >= 0"),
-    ([{"type": "conv", "filters": 2, "kernel": 3}, {"type": "dense", "units": 4}],
-     "layer 1 (dense): dense needs a flat vector but gets 2x8x8 feature maps; add a flatten layer before it"),
-    ([{"type": "flatten"}, {"type": "conv", "filters": 2}],
-     "layer 1 (conv): conv needs feature maps \\(C, H, W\\) but gets a flat vector of 100 features"),
-    ([{"type": "conv", "filter": 2}], "layer 0 (conv): unknown field 'filter'; valid fields: filters"),
-    ([{"type": "conv"}], "layer 0 (conv): filters is required"),
-    ([{"type": "maxpool", "size": 11}], "layer 0 \\(maxpool\\): pool size 11x11 larger than input 10x10"),
-    ([{"type": "conv", "filters": 2, "init": "kaiming"}], "layer 0 \\(conv\\): unknown init 'kaiming'"),
-    ([], "non-empty list"),
-])
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        (
+            [
+                {"type": "conv", "filters": 2, "kernel": 3},
+                {"type": "maxpool", "size": 2},
+                {"type": "relu"},
+                {"type": "conv", "filters": 2, "kernel": 5},
+            ],
+            "layer 3 (conv): kernel 5 larger than input 4x4",
+        ),
+        ([{"type": "convolution", "filters": 2}], "layer 0: unknown type 'convolution'; valid types: conv, relu"),
+        ([{"type": "conv", "filters": -3, "kernel": 3}], "layer 0 (conv): filters must be an integer >= 1, got -3"),
+        (
+            [{"type": "conv", "filters": 2, "kernel": 3, "padding": -1}],
+            "layer 0 (conv): padding must be an integer >= 0",
+        ),
+        (
+            [{"type": "conv", "filters": 2, "kernel": 3}, {"type": "dense", "units": 4}],
+            "layer 1 (dense): dense needs a flat vector but gets 2x8x8 feature maps; add a flatten layer before it",
+        ),
+        (
+            [{"type": "flatten"}, {"type": "conv", "filters": 2}],
+            "layer 1 (conv): conv needs feature maps \\(C, H, W\\) but gets a flat vector of 100 features",
+        ),
+        ([{"type": "conv", "filter": 2}], "layer 0 (conv): unknown field 'filter'; valid fields: filters"),
+        ([{"type": "conv"}], "layer 0 (conv): filters is required"),
+        ([{"type": "maxpool", "size": 11}], "layer 0 \\(maxpool\\): pool size 11x11 larger than input 10x10"),
+        ([{"type": "conv", "filters": 2, "init": "kaiming"}], "layer 0 \\(conv\\): unknown init 'kaiming'"),
+        ([], "non-empty list"),
+    ],
+)
 def test_bad_specs_name_the_layer_and_the_problem(layers, message):
     with pytest.raises(ValueError, match=message.replace("(conv)", "\\(conv\\)").replace("(dense)", "\\(dense\\)")):
         engine.build_model({"input": [1, 10, 10], "layers": layers})
@@ -102,12 +134,18 @@ def test_adding_a_layer_does_not_change_the_weights_of_earlier_layers():
 
 
 def test_per_layer_init_overrides_the_default_and_biases_start_at_zero():
-    spec = {"input": [1, 8, 8], "layers": [
-        {"type": "conv", "filters": 2, "kernel": 3, "init": {"name": "kernel", "kernels": ["x", "sobel_x"]}},
-        {"type": "conv", "filters": 3, "kernel": 3, "bias_init": {"name": "constant", "value": 0.5}},
-        {"type": "flatten"}, {"type": "dense", "units": 2}]}
+    spec = {
+        "input": [1, 8, 8],
+        "layers": [
+            {"type": "conv", "filters": 2, "kernel": 3, "init": {"name": "kernel", "kernels": ["x", "sobel_x"]}},
+            {"type": "conv", "filters": 3, "kernel": 3, "bias_init": {"name": "constant", "value": 0.5}},
+            {"type": "flatten"},
+            {"type": "dense", "units": 2},
+        ],
+    }
     model = engine.build_model(spec, init="zeros", seed=0)
     from engine.core.initializers import named_kernel
+
     np.testing.assert_allclose(model.params["0.weight"][0, 0], named_kernel("x", (3, 3)), rtol=1e-6)
     assert np.all(model.params["1.weight"] == 0) and np.all(model.params["3.weight"] == 0)
     assert np.all(model.params["0.bias"] == 0) and np.all(model.params["1.bias"] == 0.5)
@@ -163,8 +201,16 @@ def test_state_dict_and_npz_round_trip(tmp_path):
 
 def test_presets_small_and_medium_match_the_issue():
     small = engine.build_model("small")
-    assert small.output_shapes == [(8, 26, 26), (8, 26, 26), (8, 13, 13), (16, 11, 11), (16, 11, 11),
-                                   (16, 5, 5), (400,), (10,)]
+    assert small.output_shapes == [
+        (8, 26, 26),
+        (8, 26, 26),
+        (8, 13, 13),
+        (16, 11, 11),
+        (16, 11, 11),
+        (16, 5, 5),
+        (400,),
+        (10,),
+    ]
     medium = engine.build_model("medium")
     assert medium.output_shapes[-3:] == [(64, 8, 8), (4096,), (10,)]
     assert medium.conv_indices == [0, 2, 5]
@@ -178,9 +224,19 @@ def test_engine_learns_a_tiny_problem():
     x[labels == 0, 0, :, 3:5] = 1.0  # vertical bar
     x[labels == 1, 0, 3:5, :] = 1.0  # horizontal bar
     x += rng.normal(0, 0.1, x.shape).astype(np.float32)
-    model = engine.build_model({"input": [1, 8, 8], "layers": [
-        {"type": "conv", "filters": 4, "kernel": 3}, {"type": "relu"}, {"type": "maxpool", "size": 2},
-        {"type": "flatten"}, {"type": "dense", "units": 2}]}, seed=0)
+    model = engine.build_model(
+        {
+            "input": [1, 8, 8],
+            "layers": [
+                {"type": "conv", "filters": 4, "kernel": 3},
+                {"type": "relu"},
+                {"type": "maxpool", "size": 2},
+                {"type": "flatten"},
+                {"type": "dense", "units": 2},
+            ],
+        },
+        seed=0,
+    )
     opt = engine.make_optimizer({"name": "sgd", "lr": 0.1, "momentum": 0.9})
     for _ in range(60):
         loss, dlogits = engine.softmax_cross_entropy(model.forward(x), labels)

@@ -17,8 +17,14 @@ def run_chain(x, weight, bias, padding, next_weight, next_bias, next_padding, ou
     dout = np.random.default_rng(dout_seed).standard_normal(out.shape)
     dmiddle, dnext_weight, dnext_bias = second.backward(dout, second_cache, next_weight)
     dx, dweight, dbias = first.backward(dmiddle, first_cache, weight)
-    return [np.array(out), np.array(dx.valid() if isinstance(dx, conv.FlatPadded) else dx), dweight, dbias,
-            dnext_weight, dnext_bias]
+    return [
+        np.array(out),
+        np.array(dx.valid() if isinstance(dx, conv.FlatPadded) else dx),
+        dweight,
+        dbias,
+        dnext_weight,
+        dnext_bias,
+    ]
 
 
 @pytest.mark.parametrize("chunk_elements", [conv.CHUNK_ELEMENTS, 600])  # one chunk; a few images a chunk
@@ -32,8 +38,9 @@ def test_the_narrow_path_matches_the_im2col_path(chunk_elements, poisoned, monke
     for case_number in range(40):
         case = chained_case(rng, ties=False)
         x, weight, _, padding, next_weight, _, next_padding = case
-        out_padding = conv.flat_chain_padding((x.shape[0], *x.shape[2:]), weight.shape[2:], (1, 1), padding,
-                                              next_weight.shape[2:], (1, 1), next_padding)
+        out_padding = conv.flat_chain_padding(
+            (x.shape[0], *x.shape[2:]), weight.shape[2:], (1, 1), padding, next_weight.shape[2:], (1, 1), next_padding
+        )
         if out_padding is None:
             continue
         assert conv._narrow(x.shape[0] * weight.shape[2] * weight.shape[3], weight.shape[0])  # small: narrow

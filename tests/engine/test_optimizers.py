@@ -62,8 +62,13 @@ def test_weight_decay_shrinks_weights_without_gradient():
     np.testing.assert_allclose(params["w"], 0.9)
 
 
-@pytest.mark.parametrize("config", [{"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.1},
-                                    {"name": "adam", "lr": 0.1, "weight_decay": 0.1}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.1},
+        {"name": "adam", "lr": 0.1, "weight_decay": 0.1},
+    ],
+)
 def test_frozen_filters_stay_bit_identical_and_others_train(config):
     params, grads = problem()
     start = {name: value.copy() for name, value in params.items()}
@@ -96,8 +101,9 @@ def test_unfrozen_filter_restarts_without_stale_momentum():
     np.testing.assert_allclose(params["w"][:, 0], [-1.0, -1.0 - 1.9])
 
 
-@pytest.mark.parametrize("config", [{"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True},
-                                    {"name": "adam", "lr": 0.01}])
+@pytest.mark.parametrize(
+    "config", [{"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True}, {"name": "adam", "lr": 0.01}]
+)
 def test_state_dict_round_trip_continues_identically(config):
     params, grads = problem()
     opt = make_optimizer(config)

@@ -124,8 +124,13 @@ def test_a_partner_whose_main_process_dies_mid_exchange_exits_quietly():
     """A run killed while its partner computes: the partner's answer finds no reader. It must
     end with nothing on stderr, which is the server's log (a traceback there is a failure)."""
     environment = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__))))
-    process = subprocess.Popen([sys.executable, "-c", "from engine.fast.partner_main import main; main()"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from engine.fast.partner_main import main; main()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment,
+    )
     process.stdout.close()  # the main process's end of the answers is gone
     partner._send(process.stdin, ("drop", 0))  # the partner answers "ok" into the broken pipe
     process.stdin.close()

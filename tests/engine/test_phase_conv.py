@@ -20,8 +20,15 @@ def random_case(rng, ties):
     pool = (1, 1) if pool_kind is None else tuple(int(v) for v in rng.integers(1, 4, 2))
     shape = (channels, batch, height, width)
     draw = value_drawer(rng, ties)
-    return dict(x=draw(shape), weight=draw((filters, channels, *kernel)), bias=draw(filters),
-                padding=padding, pool=pool, pool_kind=pool_kind, relu=relu)
+    return dict(
+        x=draw(shape),
+        weight=draw((filters, channels, *kernel)),
+        bias=draw(filters),
+        padding=padding,
+        pool=pool,
+        pool_kind=pool_kind,
+        relu=relu,
+    )
 
 
 @pytest.mark.parametrize("ties, blocks", [(False, False), (True, False), (False, True)])
@@ -35,12 +42,15 @@ def test_block_matches_the_layer_path_forward_and_backward(ties, blocks, monkeyp
         x, weight, bias = case["x"], case["weight"], case["bias"]
         if blocks:
             monkeypatch.setattr(conv, "SMALL_PRODUCT", 16 * weight.size)
-        geometry = PhaseGeometry(x.shape[:1] + x.shape[2:], weight.shape[0], weight.shape[2:], case["padding"], case["pool"])
+        geometry = PhaseGeometry(
+            x.shape[:1] + x.shape[2:], weight.shape[0], weight.shape[2:], case["padding"], case["pool"]
+        )
         if min(geometry.out_hw) < 1:
             continue
         block = ConvBlock(geometry, relu=case["relu"], pool_kind=case["pool_kind"])
-        expected, backward = layer_path(x, weight, bias, (1, 1), case["padding"], case["relu"], case["pool_kind"],
-                                        case["pool"], case["pool"])
+        expected, backward = layer_path(
+            x, weight, bias, (1, 1), case["padding"], case["relu"], case["pool_kind"], case["pool"], case["pool"]
+        )
         assert_block_matches_layer_path(block, x, weight, bias, expected, backward, rng)
         checked += 1
     assert checked > 100
@@ -67,17 +77,24 @@ def test_chunks_and_kept_columns_do_not_change_the_result(monkeypatch):
 def test_plan_fuses_conv_relu_maxpool_and_leaves_the_rest_alone():
     small = engine.build_model("small")
     assert [(first, last, block is not None) for first, last, block in small.steps] == [
-        (0, 2, True), (3, 5, True), (6, 6, False), (7, 7, False)]
-    spec = {"input": [2, 12, 12], "layers": [
-        {"type": "conv", "filters": 3, "kernel": 3, "padding": 1},
-        {"type": "relu"},
-        {"type": "avgpool", "size": 2},  # a mean does not commute with relu: conv+relu only
-        {"type": "conv", "filters": 3, "kernel": 3, "stride": 2},  # strided: unfused
-        {"type": "relu"},
-        {"type": "maxpool", "size": 2, "stride": 1},  # overlapping windows: not absorbed
-        {"type": "flatten"},
-        {"type": "dense", "units": 2},
-    ]}
+        (0, 2, True),
+        (3, 5, True),
+        (6, 6, False),
+        (7, 7, False),
+    ]
+    spec = {
+        "input": [2, 12, 12],
+        "layers": [
+            {"type": "conv", "filters": 3, "kernel": 3, "padding": 1},
+            {"type": "relu"},
+            {"type": "avgpool", "size": 2},  # a mean does not commute with relu: conv+relu only
+            {"type": "conv", "filters": 3, "kernel": 3, "stride": 2},  # strided: unfused
+            {"type": "relu"},
+            {"type": "maxpool", "size": 2, "stride": 1},  # overlapping windows: not absorbed
+            {"type": "flatten"},
+            {"type": "dense", "units": 2},
+        ],
+    }
     steps = engine.build_model(spec).steps
     assert [(first, last) for first, last, _ in steps] == [(0, 1), (2, 2), (3, 5), (6, 6), (7, 7)]
     # no pool to absorb: the direct conv with its relu in place
@@ -88,7 +105,10 @@ def test_plan_fuses_conv_relu_maxpool_and_leaves_the_rest_alone():
     assert steps[0][2].out_padding is None  # an average pool follows: nothing to chain into
     medium = engine.build_model("medium")
     assert [(first, last, type(block).__name__) for first, last, block in medium.steps][:3] == [
-        (0, 1, "DirectConvBlock"), (2, 4, "DirectConvBlock"), (5, 7, "DirectConvBlock")]
+        (0, 1, "DirectConvBlock"),
+        (2, 4, "DirectConvBlock"),
+        (5, 7, "DirectConvBlock"),
+    ]
     # conv 3x3 pad 1 -> relu -> conv 3x3 pad 1: the first writes into the second's padded layout
     assert [block.out_padding for _, _, block in medium.steps[:3]] == [(1, 1), None, None]
 

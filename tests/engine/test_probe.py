@@ -50,8 +50,15 @@ def test_small_fixed_normal_collapses_within_ten_layers(deep_relu_probe):
 
 
 def test_probe_takes_a_spec_and_names_bad_arguments():
-    spec = {"input": [1, 12, 12], "layers": [{"type": "conv", "filters": 4, "kernel": 3}, {"type": "tanh"},
-                                             {"type": "flatten"}, {"type": "dense", "units": 5}]}
+    spec = {
+        "input": [1, 12, 12],
+        "layers": [
+            {"type": "conv", "filters": 4, "kernel": 3},
+            {"type": "tanh"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 5},
+        ],
+    }
     probe = init_probe(spec, inits="lecun_normal")
     assert [row["type"] for row in probe["results"][0]["layers"]] == ["conv", "dense"]
     with pytest.raises(ValueError, match="depth"):

@@ -53,28 +53,36 @@ def test_describe_layers_gives_the_law_with_each_layers_numbers():
 
 
 def test_resolve_spec_adapts_a_preset_to_the_dataset():
-    assert resolve_spec({"layers": [{"type": "flatten"}, {"type": "dense", "units": 10}]}, "sklearn_digits")["input"] == [1, 8, 8]
+    assert resolve_spec({"layers": [{"type": "flatten"}, {"type": "dense", "units": 10}]}, "sklearn_digits")[
+        "input"
+    ] == [1, 8, 8]
     assert resolve_spec("small", {"name": "shapes", "size": 32})["input"] == [1, 32, 32]
     with pytest.raises(ValueError, match=r"^model\.input: "):
-        resolve_spec({"layers": [{"type": "flatten"}, {"type": "dense", "units": 3}]},
-                     {"name": "image_folder", "path": "somewhere"})
+        resolve_spec(
+            {"layers": [{"type": "flatten"}, {"type": "dense", "units": 3}]},
+            {"name": "image_folder", "path": "somewhere"},
+        )
     with pytest.raises(ValueError, match=r"^model: .*did you mean 'deep'"):
         resolve_spec("Deep")
 
 
-@pytest.mark.parametrize("name,choices,meant", [
-    ("He_Normal", ["he_normal", "glorot_uniform"], "he_normal"),
-    ("he-normal", ["he_normal", "glorot_uniform"], "he_normal"),
-    ("sobelx", ["sobel_x", "sobel_y", "x"], "sobel_x"),
-    ("adma", ["sgd", "adam"], "adam"),
-    ("resnet152", ["small", "demo", "medium", "deep"], None),
-    (3, ["small"], None),
-])
+@pytest.mark.parametrize(
+    "name,choices,meant",
+    [
+        ("He_Normal", ["he_normal", "glorot_uniform"], "he_normal"),
+        ("he-normal", ["he_normal", "glorot_uniform"], "he_normal"),
+        ("sobelx", ["sobel_x", "sobel_y", "x"], "sobel_x"),
+        ("adma", ["sgd", "adam"], "adam"),
+        ("resnet152", ["small", "demo", "medium", "deep"], None),
+        (3, ["small"], None),
+    ],
+)
 def test_closest_names_the_valid_name_meant(name, choices, meant):
     assert closest(name, choices) == meant
 
 
 def test_unknown_lists_the_valid_names_with_the_guess_first():
     assert unknown("init", "He_Normal", ["zeros", "he_normal"]) == (
-        "unknown init 'He_Normal'; did you mean 'he_normal'? valid names: zeros, he_normal")
+        "unknown init 'He_Normal'; did you mean 'he_normal'? valid names: zeros, he_normal"
+    )
     assert unknown("preset", "resnet", ["small"], "valid presets") == "unknown preset 'resnet'; valid presets: small"

@@ -14,7 +14,9 @@ def torch_twin(model):
     for layer in model.layers:
         kind = layer.kind
         if kind == "conv":
-            modules.append(torch.nn.Conv2d(layer.input_shape[0], layer.filters, layer.kernel, layer.stride, layer.padding))
+            modules.append(
+                torch.nn.Conv2d(layer.input_shape[0], layer.filters, layer.kernel, layer.stride, layer.padding)
+            )
         elif kind == "dense":
             modules.append(torch.nn.Linear(layer.input_shape[0], layer.units))
         elif kind == "maxpool":
@@ -46,8 +48,9 @@ def random_spec(rng):
         kernel = int(rng.integers(1, min(5, height, width) + 1))
         padding = int(rng.integers(0, kernel // 2 + 2))
         stride = int(rng.integers(1, 3))
-        layers.append({"type": "conv", "filters": int(rng.integers(1, 6)), "kernel": kernel, "stride": stride,
-                       "padding": padding})
+        layers.append(
+            {"type": "conv", "filters": int(rng.integers(1, 6)), "kernel": kernel, "stride": stride, "padding": padding}
+        )
         height = (height + 2 * padding - kernel) // stride + 1
         width = (width + 2 * padding - kernel) // stride + 1
         layers.append({"type": str(rng.choice(["relu", "leaky_relu", "tanh", "sigmoid"]))})
@@ -98,12 +101,20 @@ def test_random_specs_match_pytorch(seed):
 def test_chained_convs_match_pytorch():
     """Convs that hand their output over in the next conv's padded layout (conv -> relu -> conv
     padded by k - 1 - p; see engine.fast.direct_conv), with different kernels, then a max pool."""
-    spec = {"input": [2, 11, 13], "layers": [
-        {"type": "conv", "filters": 4, "kernel": 3, "padding": 1}, {"type": "relu"},
-        {"type": "conv", "filters": 5, "kernel": [5, 3], "padding": 1}, {"type": "relu"},  # 3 - 1 - 1 = 1
-        {"type": "conv", "filters": 3, "kernel": 4, "padding": [3, 1]}, {"type": "relu"},  # (5 - 1 - 1, 3 - 1 - 1)
-        {"type": "maxpool", "size": 2},
-        {"type": "flatten"}, {"type": "dense", "units": 4}]}
+    spec = {
+        "input": [2, 11, 13],
+        "layers": [
+            {"type": "conv", "filters": 4, "kernel": 3, "padding": 1},
+            {"type": "relu"},
+            {"type": "conv", "filters": 5, "kernel": [5, 3], "padding": 1},
+            {"type": "relu"},  # 3 - 1 - 1 = 1
+            {"type": "conv", "filters": 3, "kernel": 4, "padding": [3, 1]},
+            {"type": "relu"},  # (5 - 1 - 1, 3 - 1 - 1)
+            {"type": "maxpool", "size": 2},
+            {"type": "flatten"},
+            {"type": "dense", "units": 4},
+        ],
+    }
     model = engine.build_model(spec, seed=3, dtype=np.float64)
     assert [block.out_padding for _, _, block in model.steps[:3]] == [(1, 1), (3, 1), None]
     net = torch_twin(model)

@@ -48,23 +48,26 @@ def test_deep_preset_brings_its_own_optimizer_unless_one_is_given():
     assert given["name"] == "sgd" and given["lr"] == 0.003 and given["momentum"] == 0.9
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"batch_size": 0}, "batch_size"),
-    ({"steps": "many"}, "steps"),
-    ({"seed": -1}, "seed"),
-    ({"model": "huge"}, "model"),
-    ({"model": {"layers": [{"type": "conv", "filters": 0, "kernel": 3}]}}, "model"),
-    ({"init": "random"}, "init"),
-    ({"optimizer": {"name": "sgd", "lr": -1}}, "optimizer.lr"),
-    ({"dataset": "imagenet"}, "dataset.name"),
-    ({"learning_rate": 0.1}, "learning_rate"),
-    ({"snapshot_schedule": {"dense_steps": -1}}, "snapshot_schedule.dense_steps"),
-    ({"snapshot_schedule": {"dense_steps": 2.5}}, "snapshot_schedule.dense_steps"),
-    ({"snapshot_schedule": {"growth": 1.0}}, "snapshot_schedule.growth"),
-    ({"snapshot_schedule": {"growth": "fast"}}, "snapshot_schedule.growth"),
-    ({"snapshot_schedule": {"ratio": 2}}, "snapshot_schedule.ratio"),
-    ({"snapshot_schedule": [1, 2]}, "snapshot_schedule"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"steps": "many"}, "steps"),
+        ({"seed": -1}, "seed"),
+        ({"model": "huge"}, "model"),
+        ({"model": {"layers": [{"type": "conv", "filters": 0, "kernel": 3}]}}, "model"),
+        ({"init": "random"}, "init"),
+        ({"optimizer": {"name": "sgd", "lr": -1}}, "optimizer.lr"),
+        ({"dataset": "imagenet"}, "dataset.name"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+        ({"snapshot_schedule": {"dense_steps": -1}}, "snapshot_schedule.dense_steps"),
+        ({"snapshot_schedule": {"dense_steps": 2.5}}, "snapshot_schedule.dense_steps"),
+        ({"snapshot_schedule": {"growth": 1.0}}, "snapshot_schedule.growth"),
+        ({"snapshot_schedule": {"growth": "fast"}}, "snapshot_schedule.growth"),
+        ({"snapshot_schedule": {"ratio": 2}}, "snapshot_schedule.ratio"),
+        ({"snapshot_schedule": [1, 2]}, "snapshot_schedule"),
+    ],
+)
 def test_bad_config_names_the_field(bad, field):
     with pytest.raises(ValueError, match=f"^{field}"):
         RunConfig.from_dict(bad)
@@ -151,8 +154,9 @@ def test_snapshot_follows_the_documented_json_shape(small_data):
 
 
 def test_constant_init_never_breaks_symmetry(small_data):
-    trainer = small_trainer(small_data, init={"name": "constant", "value": 0.1},
-                            optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9})
+    trainer = small_trainer(
+        small_data, init={"name": "constant", "value": 0.1}, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9}
+    )
     for _ in range(300):
         trainer.train_step()
     snapshot, params = trainer.snapshot(feature_maps=False)
@@ -263,7 +267,9 @@ def test_run_emits_snapshots_metrics_and_done_in_order(small_data):
 
 
 def test_the_loop_stores_a_snapshot_at_every_scheduled_step(small_data):
-    trainer = small_trainer(small_data, steps=60, snapshot_every=10, snapshot_schedule={"dense_steps": 5, "growth": 1.5})
+    trainer = small_trainer(
+        small_data, steps=60, snapshot_every=10, snapshot_schedule={"dense_steps": 5, "growth": 1.5}
+    )
     events = list(trainer.events(checkpoint_every=25))
     assert [e["step"] for e in events if e["type"] == "snapshot"] == snapshot_steps(trainer.config)
     assert [e["step"] for e in events if e["type"] == "checkpoint"] == [25, 50, 60]
@@ -295,8 +301,12 @@ def test_a_shutdown_ends_the_run_interrupted_with_the_given_message(small_data):
     control = TrainingControl()
     control._commands.put(("shutdown", "server shut down; resume to continue"))
     events = list(trainer.events(control))
-    assert events[-1] == {"type": "done", "status": "interrupted", "step": 0,
-                          "message": "server shut down; resume to continue"}
+    assert events[-1] == {
+        "type": "done",
+        "status": "interrupted",
+        "step": 0,
+        "message": "server shut down; resume to continue",
+    }
     assert [e["type"] for e in events[-3:]] == ["checkpoint", "status", "done"]
 
 
@@ -368,12 +378,15 @@ def test_the_default_schedule_is_dense_at_first_and_served_in_the_config():
     assert set(range(0, config.steps + 1, config.snapshot_every)) <= set(steps)
     assert len(steps) < 1.25 * (config.steps // config.snapshot_every + 1)  # storage stays modest
     assert RunConfig.from_dict({"snapshot_schedule": {"growth": 1.5}}).snapshot_schedule == {
-        "dense_steps": dense, "growth": 1.5}
+        "dense_steps": dense,
+        "growth": 1.5,
+    }
 
 
 def test_schedule_gaps_grow_geometrically_until_they_reach_snapshot_every():
-    config = RunConfig.from_dict({"steps": 1000, "snapshot_every": 50,
-                                  "snapshot_schedule": {"dense_steps": 10, "growth": 1.5}})
+    config = RunConfig.from_dict(
+        {"steps": 1000, "snapshot_every": 50, "snapshot_schedule": {"dense_steps": 10, "growth": 1.5}}
+    )
     steps = snapshot_steps(config)
     early = [s for s in steps if s % 50 != 0 or s == 0]
     gaps = np.diff(early).tolist()
