@@ -357,3 +357,10 @@ def test_every_route_the_readme_shows_exists_in_the_app(tmp_path):
         if not any(m == method and re.fullmatch(p, concrete) for m, p in served):
             missing.append(f"{method} {path}")
     assert missing == [], "README shows routes the app does not serve"
+
+
+def test_test_files_have_unique_names():
+    """tests/ has no __init__.py files, so pytest imports each test module by its bare name: two
+    files called the same in different folders stop the whole run at collection."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []

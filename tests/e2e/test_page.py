@@ -217,13 +217,23 @@ def test_constant_init_gives_identical_filters_and_symmetry_one(page, server):
     page.click("#btn-start")
     d = wait_drawn(page, "d.step >= 30")
     for index, weight in d["layers"].items():
-        assert all(f == weight[0] for f in weight), f"filters of conv layer {index} are not identical"
+        # the engine's promise (tests/engine/test_fast_vs_core.py): identical filters stay identical
+        # to 1e-6 of the layer's largest weight (BLAS may round identical rows of an edge tile apart)
+        spread = np.abs(np.array(weight) - np.array(weight[0])).max()
+        assert spread <= 1e-6 * np.abs(np.array(weight)).max(), f"filters of conv layer {index} differ by {spread}"
         meter = page.locator(f'.layer-panel[data-layer="{index}"] .meter')
         assert float(meter.get_attribute("data-symmetry")) == pytest.approx(1.0, abs=1e-6)
         assert meter.locator(".meter-value").text_content() == "1.000"
         assert "symmetry never broken" in meter.locator(".meter-note").text_content()
-    images = kernel_images(page, 0)
-    assert len(set(images)) == 1, "constant-init filters should be drawn identically"
+    largest_pixel_difference = page.eval_on_selector_all(
+        '.layer-panel[data-layer="0"] canvas.kernel',
+        """cs => {
+            const pixels = cs.map(c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
+            return Math.max(...pixels.map(p => p.length !== pixels[0].length ? 255
+                : Math.max(...p.map((v, i) => Math.abs(v - pixels[0][i])))));
+        }""",
+    )
+    assert largest_pixel_difference <= 1, "constant-init filters should be drawn identically"
     page.wait_for_selector("#run-badge.status-completed", timeout=240_000)
 
 
