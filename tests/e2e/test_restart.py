@@ -43,7 +43,7 @@ def test_cli_run_and_interrupted_run_open_and_resume_from_the_page(browser, tmp_
 
     first = Server(data)
     run = httpx.post(
-        f"{first.base}/api/runs", json={"model": "small", "steps": 100000, "batch_size": 16, "snapshot_every": 5}
+        f"{first.base}/api/runs", json={"model": "small", "steps": 100000, "batch_size": 16, "snapshot_every": 1000}
     ).json()
     deadline = time.monotonic() + 120
     while httpx.get(f"{first.base}/api/runs/{run['id']}/snapshots").json()["steps"][-1:] < [10]:
