@@ -22,7 +22,8 @@ from app.classroom import ClassNotFound, Forbidden
 from app.deps import StoreDep
 from app.store import dumps_json
 
-router = APIRouter(tags=["classes"])
+# a class id that does not exist (or a learner of another class asking) is 404 on every class route
+router = APIRouter(tags=["classes"], responses={404: {"description": "no such class"}})
 templates = Jinja2Templates(directory=str(paths.templates_dir()))
 
 ClassId = Annotated[

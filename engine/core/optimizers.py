@@ -38,6 +38,8 @@ class Optimizer:
         if unknown:
             raise ValueError(
                 f"optimizer.{unknown[0]}: unknown field for {self.name}; valid fields: {', '.join(self.defaults)}"
+                if str(unknown[0]).isidentifier()
+                else f"optimizer: unknown field {unknown[0]!r} for {self.name}; valid fields: {', '.join(self.defaults)}"
             )
         self.lr = _number(config, "lr", 0.0, exclusive=True)
         self.weight_decay = _number(config, "weight_decay", 0.0)

@@ -144,3 +144,9 @@ def test_float32_parameters_stay_float32():
         opt = make_optimizer(config)
         opt.step(params, {"w": np.full(4, 0.5, dtype=np.float32)})
         assert params["w"].dtype == np.float32
+
+
+def test_an_optimizer_field_that_is_no_name_is_refused_naming_the_optimizer():
+    """A body key such as "" cannot become "optimizer.": the message still starts with its field."""
+    with pytest.raises(ValueError, match=r"^optimizer: unknown field '' for sgd"):
+        make_optimizer({"name": "sgd", "": 1})
