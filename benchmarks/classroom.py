@@ -38,6 +38,8 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tests.live_server import uvicorn_command  # noqa: E402  (the one server command line)
+
 TOKEN = "benchmark-teacher-token"
 CHROMIUM = "/usr/bin/chromium"
 RUN = {
@@ -73,19 +75,7 @@ def start_server(data: Path, max_runs: int) -> tuple[subprocess.Popen, str]:
         KERNELSCOPE_MAX_QUEUED="1000",
     )
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command(port),
         cwd=REPO,
         env=env,
     )

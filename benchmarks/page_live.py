@@ -34,6 +34,9 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import sync_playwright
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/
+from tests.live_server import uvicorn_command  # noqa: E402  (the one server command line)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -58,19 +61,7 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERNELSCOPE_")}
     env["KERNELSCOPE_DATA"] = data_dir
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command(port),
         cwd=REPO_ROOT,
         env=env,
     )

@@ -36,6 +36,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/
+from tests.live_server import uvicorn_command  # noqa: E402  (the one server command line)
+
 RUN = {"model": "demo", "steps": 200_000, "snapshot_every": 10, "eval_every": 100}
 SLOW_READ_BYTES = 256  # the slow viewer reads this much ...
 SLOW_READ_EVERY = 1.0  # ... every this many seconds, through a 4 KiB receive buffer
@@ -54,21 +57,7 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "KERNELSCOPE_DATA": str(data_dir), "KERNELSCOPE_MAX_RUNS": "2"}
     env.pop("KERNELSCOPE_TOKEN", None)
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--limit-concurrency",
-            "1000",
-        ],
+        uvicorn_command(port) + ["--limit-concurrency", "1000"],
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
