@@ -2,8 +2,9 @@
 # One-command setup for a fresh clone: a project venv (.venv), then run the app or the tests.
 #
 #   scripts/dev.sh run     install kernelscope into .venv and serve it on http://127.0.0.1:8000
-#   scripts/dev.sh test    install kernelscope with its test extra, make sure Debian's chromium
-#                          is there (apt-get, as root or through sudo), run the whole test suite
+#   scripts/dev.sh test    install kernelscope with its test extra, make sure Debian's chromium,
+#                          redis-server and postgresql are there (apt-get, as root or through
+#                          sudo), run the whole test suite
 #   scripts/dev.sh check   only the house checks: ruff, ruff format, import contracts, mypy
 #   scripts/dev.sh setup [test]   only the install step
 #
@@ -64,16 +65,26 @@ setup() {
   touch "$stamp"
 }
 
-ensure_chromium() {
-  if [ -x "$CHROMIUM" ]; then return 0; fi
-  log "$CHROMIUM is missing: installing Debian's chromium for the browser tests"
+# What the tests start for real: Debian's chromium (the e2e tests), redis-server and PostgreSQL
+# (the distributed-mode tests start their own servers on loopback ports, data in a temp folder).
+# Each is installed with apt-get only when missing.
+ensure_test_services() {
+  local missing=()
+  [ -x "$CHROMIUM" ] || missing+=(chromium fonts-dejavu-core)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  log "missing for the tests: ${missing[*]}: installing them with apt-get"
   if ! command -v apt-get >/dev/null 2>&1; then
-    log "no apt-get here: install chromium so that $CHROMIUM exists, then run again"; exit 1
+    log "no apt-get here: install ${missing[*]}, then run again"; exit 1
   fi
   as_root apt-get update -qq \
     && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-         chromium fonts-dejavu-core >/dev/null \
-    || { log "could not install chromium (need root or sudo): install it, then run again"; exit 1; }
+         "${missing[@]}" >/dev/null \
+    || { log "could not install ${missing[*]} (need root or sudo): install them, then run again"; exit 1; }
+  # Debian starts the packaged services at install; the tests start their own instances.
+  as_root service redis-server stop >/dev/null 2>&1 || true
+  as_root service postgresql stop >/dev/null 2>&1 || true
 }
 
 # The house checks (issue 17): lint, format, import contracts, types. Their configuration
@@ -105,7 +116,7 @@ shift || true
 case "$command" in
   setup) setup "${1:-}" ;;
   run) setup; exec "$VENV/bin/kernelscope" serve "$@" ;;
-  test) setup test; ensure_chromium; run_tests "$@" ;;
+  test) setup test; ensure_test_services; run_tests "$@" ;;
   check) setup test; run_checks ;;
   *) echo "usage: scripts/dev.sh run | test [pytest args] | check | setup [test]" >&2; exit 2 ;;
 esac
