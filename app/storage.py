@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +48,10 @@ LEGACY_SUFFIXES = (".json", ".maps.npz", ".npz")  # the earlier format's three f
 FORMAT = 2  # the compact snapshot format (1: the earlier three files)
 # A temp file of an atomic write older than this (seconds) was left by a killed writer.
 TEMP_FILE_MAX_AGE = 3600.0
+CONTEXTS_CACHED = 64  # runs whose probe images a process keeps decoded
+PROBES_PLACEHOLDER = "\u0000probe images\u0000"  # stands for the probe images' text while a snapshot is encoded
+_CONTEXTS: dict[str, tuple[tuple, tuple[SnapshotContext, str]]] = {}
+_CONTEXT_LOCK = threading.Lock()
 _EXACT_INTEGERS = 2.0**53  # codes beyond this are no longer exact in float64: such a map is kept as float32
 
 
@@ -225,10 +230,9 @@ def decode_map(parts: dict[str, np.ndarray], predicted: np.ndarray | None) -> li
     result = codes / scale
     if "nonfinite" not in parts:
         return result.tolist()
-    keep = np.ones(result.size, dtype=bool)
-    keep[parts["nonfinite"]] = False
-    # numpy's stubs take no None as a branch of where; it makes an object array, None where not finite
-    return np.where(keep.reshape(result.shape), result, None).tolist()  # type: ignore[call-overload]
+    served = result.astype(object)  # None where the value was not finite, as rounded gives it
+    served.reshape(-1)[parts["nonfinite"]] = None
+    return served.tolist()
 
 
 def _params(members: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -420,14 +424,35 @@ class LocalStorage:
     def read_context(self, run_id: str, step: int | None = None) -> SnapshotContext | None:
         """The run's probe images and model spec (None without them); a damage names `step`,
         the snapshot being read."""
+        found = self._cached_context(run_id, step)
+        return None if found is None else found[0]
+
+    def _cached_context(self, run_id: str, step: int | None) -> tuple[SnapshotContext, str] | None:
+        """(the run's context, its probe images as the snapshot JSON's text), read once per
+        version of the file by this process (every snapshot read needs them)."""
         path = self.context_path(run_id)
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        key, version = str(path), (info.st_ino, info.st_mtime_ns, info.st_size)
+        with _CONTEXT_LOCK:
+            cached = _CONTEXTS.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         arrays = load_npz(path, run_id, "snapshot", step)
         if arrays is None:
             return None
         try:
-            return SnapshotContext(json.loads(arrays["spec.json"].tobytes().decode("utf-8")), arrays["probes"])
+            context = SnapshotContext(json.loads(arrays["spec.json"].tobytes().decode("utf-8")), arrays["probes"])
         except (KeyError, ValueError) as error:
             raise DamagedFile(run_id, "snapshot", step, path, f"{type(error).__name__}: {error}") from None
+        found = (context, dumps_json(rounded(context.probes, FEATURE_MAP_DIGITS)))
+        with _CONTEXT_LOCK:
+            _CONTEXTS[key] = (version, found)
+            while len(_CONTEXTS) > CONTEXTS_CACHED:
+                _CONTEXTS.pop(next(iter(_CONTEXTS)))
+        return found
 
     def _read_compact(self, run_id: str, step: int) -> tuple[dict, dict[str, np.ndarray]] | None:
         """(the stored JSON, every member) of a compact snapshot, each member checked; None if absent."""
@@ -448,18 +473,25 @@ class LocalStorage:
             raise DamagedFile(run_id, "snapshot", step, path, "not a snapshot of this step")
         return value, members
 
-    def _complete(self, run_id: str, step: int, value: dict, members: dict) -> tuple[dict, SnapshotContext | None]:
-        """The stored JSON with what was left out put back (in place); and the run's context if needed."""
+    def _complete(
+        self, run_id: str, step: int, value: dict, members: dict, as_text: bool = False
+    ) -> tuple[dict, SnapshotContext | None, str | None]:
+        """The stored JSON with what was left out put back (in place), the run's context if
+        needed, and with `as_text` the probe images' JSON text, for which value["probes"] then
+        holds PROBES_PLACEHOLDER."""
         stored = value.pop("stored")
         params = _params(members)
         needs_context = stored.get("probes") or stored.get("maps") == "recomputed"
-        context = self.read_context(run_id, step) if needs_context else None
+        found = self._cached_context(run_id, step) if needs_context else None
+        context, probes_text = (None, None) if found is None else found
         if stored.get("probes"):
-            if context is None:
+            if probes_text is None:
                 raise DamagedFile(
                     run_id, "snapshot", step, self.context_path(run_id), "the run's probe images are missing"
                 )
-            value["probes"] = rounded(context.probes, FEATURE_MAP_DIGITS)
+            value["probes"] = PROBES_PLACEHOLDER if as_text else json.loads(probes_text)
+        else:
+            probes_text = None
         recomputed = set(stored.get("weights", []))
         for layer in value["layers"]:
             if layer.get("index") in recomputed:
@@ -469,7 +501,7 @@ class LocalStorage:
                 except KeyError as error:
                     path = self.snapshot_path(run_id, step)
                     raise DamagedFile(run_id, "snapshot", step, path, f"no parameter {error}") from None
-        return value, context
+        return value, context, probes_text
 
     def read_snapshot(self, run_id: str, step: int, feature_maps: bool = True) -> dict | None:
         """One snapshot as a dict (the engine's snapshot JSON), or None if absent.
@@ -481,7 +513,7 @@ class LocalStorage:
             return self._read_legacy(run_id, step, feature_maps)
         value, members = compact
         mode = value["stored"].get("maps")
-        snapshot, context = self._complete(run_id, step, value, members)
+        snapshot, context, _ = self._complete(run_id, step, value, members)
         if not feature_maps:
             return snapshot
         predicted: dict[int, np.ndarray] = {}
@@ -512,7 +544,15 @@ class LocalStorage:
         compact = self._read_compact(run_id, step)
         if compact is None:
             return self._legacy_json(run_id, step)[0]
-        return dumps_json(self._complete(run_id, step, *compact)[0])
+        value, _, probes_text = self._complete(run_id, step, *compact, as_text=True)
+        text = dumps_json(value)
+        if probes_text is None:
+            return text
+        marker = json.dumps(PROBES_PLACEHOLDER)
+        if text.count(marker) != 1:  # the snapshot's own text holds the marker: no splicing
+            value["probes"] = json.loads(probes_text)
+            return dumps_json(value)
+        return text.replace(marker, probes_text)
 
     def read_snapshot_params(self, run_id: str, step: int) -> dict[str, np.ndarray] | None:
         compact = self._read_compact(run_id, step)
