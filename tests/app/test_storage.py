@@ -270,25 +270,29 @@ def test_damaged_probe_images_name_the_snapshot_being_read(compact_run):
 MAX_DEFAULT_RUN_BYTES = 10_000_000  # issue 21: the default run stores 10 MB or less
 
 
-def test_the_default_run_stores_at_most_10_mb_and_its_estimate_covers_it(tmp_path):
-    """The default config, shortened to 30 steps (the full 3000 take minutes here): its largest
-    snapshot file times the default schedule's snapshot count (337), plus the context and the
-    checkpoint (with room for the 2000 metric points it keeps at the end), stays <= 10 MB; and
-    app/limits.py's estimate for the full default run is above that and within 10 MB too.
-    Snapshots of a longer run hold the same arrays (its parameters change, not their count)."""
-    default = RunConfig()
-    short = RunConfig.from_dict({"steps": 30})
+@pytest.mark.parametrize("model", ["demo", "medium"])
+def test_the_default_run_stores_at_most_10_mb_and_the_estimate_follows_the_real_size(tmp_path, model):
+    """The default config (model "demo") and the wider "medium" preset, shortened to 10 steps
+    (the full 3000 take minutes here): the largest snapshot file times the default schedule's
+    snapshot count (337), plus the probe images and the checkpoint (with room for the 2000
+    metric points it keeps at the end), is the full run's size. Snapshots of a longer run hold
+    the same arrays (their values change, not their count). For the default run it is <= 10 MB;
+    app/limits.py's estimate at POST is above it, by less than a third."""
+    full = RunConfig.from_dict({"model": model})
+    short = RunConfig.from_dict({"model": model, "steps": 10})
     trainer = build_trainer(tmp_path, "r", short)
     assert (
-        drive_run(trainer, tmp_path, "r", lambda message: None, TrainingControl(), checkpoint_every=30) == "completed"
+        drive_run(trainer, tmp_path, "r", lambda message: None, TrainingControl(), checkpoint_every=10) == "completed"
     )
     storage = LocalStorage(tmp_path)
     assert storage.snapshot_steps("r") == snapshot_steps(short)
     largest = max(storage.snapshot_path("r", step).stat().st_size for step in storage.snapshot_steps("r"))
     sizes = storage.sizes("r")
-    recent_points = 2000 * 120  # CHECKPOINT_POINTS_KEPT points of about 120 bytes, before deflate
-    projected = largest * len(snapshot_steps(default)) + sizes["context"] + sizes["checkpoint"] + recent_points
     assert sizes["legacy_snapshots"] == sizes["other"] == 0
-    assert projected <= MAX_DEFAULT_RUN_BYTES
-    estimate = limits.estimate_run_storage(default.to_dict())
-    assert projected <= estimate <= MAX_DEFAULT_RUN_BYTES
+    recent_points = 2000 * 120  # CHECKPOINT_POINTS_KEPT points of about 120 bytes, before deflate
+    projected = largest * len(snapshot_steps(full)) + sizes["context"] + sizes["checkpoint"] + recent_points
+    if model == "demo":
+        assert full.to_dict() == RunConfig.from_dict({}).to_dict()
+        assert projected <= MAX_DEFAULT_RUN_BYTES
+    estimate = limits.estimate_run_storage(full.to_dict())
+    assert projected <= estimate <= 4 / 3 * projected
