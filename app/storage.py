@@ -406,11 +406,10 @@ class LocalStorage:
         """Delete every snapshot newer than `step` (a run resumed from an older checkpoint)."""
         for later in self.snapshot_steps(run_id):
             if later > step:
-                for path in (self.snapshot_path(run_id, later),):
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        pass
+                try:
+                    os.unlink(self.snapshot_path(run_id, later))
+                except FileNotFoundError:
+                    pass
                 self._remove_legacy(run_id, later)
 
     def write_checkpoint(self, run_id: str, arrays: dict) -> None:
