@@ -357,8 +357,10 @@ def check_model(model, dataset: dict, batch_size: int) -> None:
 
 def _layer_sizes(built) -> dict:
     """Counts of a normalised model: parameters, floats of one step per example, conv outputs
-    (feature-map values) per image, conv weights and filters."""
-    sizes = dict.fromkeys(("parameters", "step_values", "feature_values", "conv_weights", "filters", "arrays"), 0)
+    (feature-map values) per image, conv weights, filters, parameter arrays and conv layers."""
+    sizes = dict.fromkeys(
+        ("parameters", "step_values", "feature_values", "conv_weights", "filters", "arrays", "convs"), 0
+    )
     for layer in built:
         shapes = layer.param_shapes()
         sizes["parameters"] += sum(math.prod(shape) for shape in shapes.values())
@@ -369,17 +371,24 @@ def _layer_sizes(built) -> dict:
             sizes["feature_values"] += math.prod(layer.output_shape)
             sizes["conv_weights"] += math.prod(shapes["weight"])
             sizes["filters"] += layer.output_shape[0]
+            sizes["convs"] += 1
     return sizes
 
 
 # ---------------------------------------------------------------- storage
-# What one stored snapshot costs, from the model's shapes (measured on the presets, rounded up):
-# params .npz 4 bytes a parameter; feature maps .npz 4 bytes a conv output value for each of the
-# PROBE_IMAGES probe images; the JSON about 14 bytes a conv weight (text), 300 a filter (its
-# analysis), 6 a probe pixel, plus a fixed part. A checkpoint holds the parameters and up to
-# two optimizer states beside them.
+# What one stored snapshot costs, from the model's shapes (the compact format of app/storage.py,
+# measured on the demo and medium presets, rounded up): the parameters 4 bytes each (float32,
+# deflated: weights hardly compress), a zip entry per array (the parameters and up to three
+# per conv layer), the JSON about 60 bytes a filter (its analysis, deflated) plus a fixed part,
+# and the feature maps 0.05 bytes a conv output value of each probe image (stored as their
+# difference from their recomputation, almost all zeros). The probe images are kept once per
+# run (4 bytes a pixel); a checkpoint holds the parameters and up to two optimizer states
+# beside them, with the recent metric points.
 PROBE_IMAGES = 4
-SNAPSHOT_FIXED_BYTES = 8192
+SNAPSHOT_FIXED_BYTES = 1024
+SNAPSHOT_ARRAY_BYTES = 150  # zip entry and .npy header of one stored array
+SNAPSHOT_FILTER_BYTES = 60
+SNAPSHOT_MAP_VALUE_BYTES = 0.05
 CHECKPOINT_FIXED_BYTES = 256 * 1024  # recent metric points and the config
 # Defaults of the server's settings KERNELSCOPE_MAX_RUN_STORAGE and KERNELSCOPE_MIN_FREE_DISK (bytes):
 MAX_RUN_STORAGE_BYTES = 1 << 30  # one run's snapshots and checkpoint (422 at POST beyond)
@@ -413,14 +422,13 @@ def estimate_run_storage(config: dict) -> int | None:
     per_snapshot = (
         SNAPSHOT_FIXED_BYTES
         + 4 * sizes["parameters"]
-        + 256 * sizes["arrays"]
-        + 4 * PROBE_IMAGES * sizes["feature_values"]
-        + 14 * sizes["conv_weights"]
-        + 300 * sizes["filters"]
-        + 6 * PROBE_IMAGES * math.prod(input_shape)
+        + SNAPSHOT_ARRAY_BYTES * (sizes["arrays"] + 3 * sizes["convs"])
+        + SNAPSHOT_FILTER_BYTES * sizes["filters"]
+        + math.ceil(SNAPSHOT_MAP_VALUE_BYTES * PROBE_IMAGES * sizes["feature_values"])
     )
+    probe_images = 4 * PROBE_IMAGES * math.prod(input_shape)
     checkpoint = CHECKPOINT_FIXED_BYTES + 3 * 4 * sizes["parameters"]
-    return len(snapshot_steps(config)) * per_snapshot + checkpoint
+    return len(snapshot_steps(config)) * per_snapshot + probe_images + checkpoint
 
 
 def _mib(count: int) -> str:

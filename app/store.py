@@ -2,18 +2,16 @@
 
 Layout of the data directory (KERNELSCOPE_DATA):
 
-    kernelscope.db                       runs + metrics (SQLite, WAL mode)
-    runs/<id>/snapshots/<step>.json      snapshot JSON without feature maps
-    runs/<id>/snapshots/<step>.maps.npz  feature maps of that snapshot, one array per conv layer index
-    runs/<id>/snapshots/<step>.npz       model parameters at that step (state-dict names)
-    runs/<id>/checkpoint.npz             latest Trainer.checkpoint()
+    kernelscope.db                              runs + metrics (SQLite, WAL mode)
+    runs/<id>/snapshots/<step>.snapshot.npz     one snapshot, compact (app/storage.py says what it holds)
+    runs/<id>/snapshot_context.npz              the run's probe images and model spec, once
+    runs/<id>/checkpoint.npz                    latest Trainer.checkpoint()
 
-Every file is written atomically (temp file in the same folder + os.replace), so
-a reader or a restarted server never sees half a file; the server sweeps temp files
-that a killed writer left behind when it starts. Every file is also checked when it
-is read (JSON must parse, an npz must unzip with its CRCs intact): a file damaged
-behind the server's back (a bad disk, a hand edit, a copy cut short) raises
-DamagedFile naming the run, the step and the file, never bad data. Each metrics row carries
+The files are app/storage.py's (LocalStorage: atomic writes, checked on read, DamagedFile
+naming the run, the step and the file when one does not read back whole; snapshots of the
+earlier three-file format are still read); the file functions below are its old names,
+kept importable from here. The server sweeps temp files that a killed writer left behind
+when it starts. Each metrics row carries
 the event sequence number (`seq`) of the stream event that announced it, which
 is how `Last-Event-ID` replays missed metrics. One connection is shared by the
 server's threads behind a lock; other processes (the CLI) open their own.
@@ -22,19 +20,27 @@ server's threads behind a lock; other processes (the CLI) open their own.
 from __future__ import annotations
 
 import errno
-import io
 import json
-import math
-import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+
+from app.storage import (  # noqa: F401  (re-exported: the names callers import from app.store)
+    TEMP_FILE_MAX_AGE,
+    DamagedFile,
+    LocalStorage,
+    SnapshotContext,
+    dumps_json,
+    json_safe,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_npz_atomic,
+)
 
 STATUSES = (
     "queued",
@@ -77,30 +83,7 @@ CREATE INDEX IF NOT EXISTS metrics_by_seq ON metrics (run_id, seq);
 """
 
 
-# ---------------------------------------------------------------- damaged files
-
-
-class DamagedFile(Exception):
-    """A stored file of a run exists but cannot be read as what it should be."""
-
-    def __init__(self, run_id: str, what: str, step: int | None, path: Path, reason: str):
-        self.run_id, self.what, self.step, self.path, self.reason = run_id, what, step, Path(path), reason
-        at = f" step {step}" if step is not None else ""
-        super().__init__(f"{what}: run {run_id}{at}: the stored file {self.path.name} is damaged ({reason})")
-
-
-def _load_npz(path: Path, run_id: str, what: str, step: int | None) -> dict[str, np.ndarray] | None:
-    """Every array of an npz file (None when absent); DamagedFile when it does not load whole.
-
-    Reading each member checks its zip CRC, so a garbled byte is found, not only a cut.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        return None
-    except Exception as error:  # BadZipFile, EOFError, ValueError, zlib.error, OSError: all mean damage
-        raise DamagedFile(run_id, what, step, path, f"{type(error).__name__}: {error}") from None
+# ---------------------------------------------------------------- a full disk
 
 
 class StorageFull(Exception):
@@ -116,184 +99,56 @@ def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, sqlite3.OperationalError) and "full" in str(error).lower()
 
 
-# ---------------------------------------------------------------- atomic files
-
-# A temp file of an atomic write older than this (seconds) was left by a killed writer.
-TEMP_FILE_MAX_AGE = 3600.0
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see either the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_bytes_atomic(path, dumps_json(obj).encode("utf-8"))
-
-
-def write_npz_atomic(path: Path, arrays: dict) -> None:
-    buffer = io.BytesIO()
-    # mypy takes any **mapping as possibly filling savez's `allow_pickle: bool`; the keys are array names
-    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})  # type: ignore[arg-type]
-    write_bytes_atomic(path, buffer.getvalue())
-
-
-def json_safe(obj):
-    """The value with NaN/inf as None (JSON has no infinity; browsers' JSON.parse rejects it)
-    and numpy arrays and scalars as lists and numbers: the one NaN-to-None cleaner."""
-    if isinstance(obj, dict):
-        return {key: json_safe(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(value) for value in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return json_safe(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def dumps_json(obj) -> str:
-    """Compact JSON; falls back to cleaning NaN/inf/numpy values only when needed."""
-    try:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
-    except (ValueError, TypeError):
-        return json.dumps(json_safe(obj), separators=(",", ":"), allow_nan=False)
-
-
-# ---------------------------------------------------------------- run folders
+# ---------------------------------------------------------------- files (app/storage.py)
+# The file layer lives in app/storage.py (LocalStorage); these names stay importable from
+# here, with the data directory as first argument, so callers need not change.
 
 
 def run_dir(data_dir: Path, run_id: str) -> Path:
-    return Path(data_dir) / "runs" / run_id
+    return LocalStorage(data_dir).run_dir(run_id)
 
 
 def snapshot_dir(data_dir: Path, run_id: str) -> Path:
-    return run_dir(data_dir, run_id) / "snapshots"
+    return LocalStorage(data_dir).snapshot_dir(run_id)
 
 
 def checkpoint_path(data_dir: Path, run_id: str) -> Path:
-    return run_dir(data_dir, run_id) / "checkpoint.npz"
+    return LocalStorage(data_dir).checkpoint_path(run_id)
 
 
-def write_snapshot(data_dir: Path, run_id: str, snapshot: dict, params: dict, feature_maps: dict | None = None) -> int:
-    """Store one snapshot: JSON without feature maps, the maps as arrays, params as npz.
-
-    feature_maps: {conv layer index: array (probes, out, H, W)}; when None they
-    are taken from the snapshot's layers (nested lists, as Trainer.snapshot gives).
-    Arrays are stored rather than JSON because encoding the maps as text cost
-    the training process more than the rest of the snapshot together.
-    The params and maps are written first and the main JSON last, so a step
-    is listed only once all its files exist.
-    """
-    folder = snapshot_dir(data_dir, run_id)
-    step = int(snapshot["step"])
-    light = dict(snapshot)
-    light_layers = []
-    maps = {} if feature_maps is None else {str(k): np.asarray(v, np.float32) for k, v in feature_maps.items()}
-    for layer in snapshot.get("layers", []):
-        layer = dict(layer)
-        if "feature_maps" in layer:
-            values = layer.pop("feature_maps")
-            maps.setdefault(str(layer.get("index")), np.asarray(values, dtype=np.float32))
-        light_layers.append(layer)
-    light["layers"] = light_layers
-    write_npz_atomic(folder / f"{step}.npz", params)
-    write_npz_atomic(folder / f"{step}.maps.npz", maps)
-    write_json_atomic(folder / f"{step}.json", light)
-    return step
+def write_snapshot(
+    data_dir: Path,
+    run_id: str,
+    snapshot: dict,
+    params: dict,
+    feature_maps: dict | None = None,
+    context: SnapshotContext | None = None,
+) -> int:
+    return LocalStorage(data_dir).write_snapshot(run_id, snapshot, params, feature_maps, context)
 
 
 def snapshot_steps(data_dir: Path, run_id: str) -> list[int]:
-    folder = snapshot_dir(data_dir, run_id)
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    steps = []
-    for name in names:
-        stem, dot, ext = name.partition(".")
-        if ext == "json" and stem.isascii() and stem.isdigit():
-            steps.append(int(stem))
-    steps.sort()
-    return steps
+    return LocalStorage(data_dir).snapshot_steps(run_id)
 
 
 def latest_snapshot_step(data_dir: Path, run_id: str) -> int | None:
-    steps = snapshot_steps(data_dir, run_id)
-    return steps[-1] if steps else None
+    return LocalStorage(data_dir).latest_snapshot_step(run_id)
 
 
 def read_snapshot_text(data_dir: Path, run_id: str, step: int) -> str | None:
-    """The stored snapshot JSON (without feature maps) as text, or None if absent.
-
-    The text is parsed once to check it (DamagedFile if it is not one whole JSON object).
-    """
-    return _snapshot_json(data_dir, run_id, step)[0]
-
-
-def _snapshot_json(data_dir: Path, run_id: str, step: int) -> tuple[str | None, dict | None]:
-    path = snapshot_dir(data_dir, run_id) / f"{step}.json"
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None, None
-    try:
-        text = raw.decode("utf-8")
-        value = json.loads(text)
-    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise DamagedFile(run_id, "snapshot", step, path, f"not valid JSON: {error}") from None
-    if not isinstance(value, dict) or value.get("step") != step or not isinstance(value.get("layers"), list):
-        raise DamagedFile(run_id, "snapshot", step, path, "not a snapshot of this step")
-    return text, value
+    return LocalStorage(data_dir).read_snapshot_text(run_id, step)
 
 
 def read_snapshot(data_dir: Path, run_id: str, step: int, feature_maps: bool = True) -> dict | None:
-    """One snapshot as a dict (the engine's snapshot JSON), or None if absent.
-
-    Feature maps come back as nested lists rounded like Trainer.snapshot rounds them.
-    """
-    text, snapshot = _snapshot_json(data_dir, run_id, step)
-    if snapshot is None:
-        return None
-    if feature_maps:
-        from engine.analysis import rounded
-        from engine.trainer import FEATURE_MAP_DIGITS
-
-        maps = _load_npz(snapshot_dir(data_dir, run_id) / f"{step}.maps.npz", run_id, "snapshot", step) or {}
-        for layer in snapshot.get("layers", []):
-            key = str(layer.get("index"))
-            if key in maps:
-                layer["feature_maps"] = rounded(maps[key], FEATURE_MAP_DIGITS)
-    return snapshot
+    return LocalStorage(data_dir).read_snapshot(run_id, step, feature_maps)
 
 
 def read_snapshot_params(data_dir: Path, run_id: str, step: int) -> dict[str, np.ndarray] | None:
-    return _load_npz(snapshot_dir(data_dir, run_id) / f"{step}.npz", run_id, "snapshot", step)
+    return LocalStorage(data_dir).read_snapshot_params(run_id, step)
 
 
 def read_checkpoint(data_dir: Path, run_id: str) -> dict[str, np.ndarray] | None:
-    """The run's checkpoint arrays, None without one; DamagedFile when it does not load whole
-    or has no step."""
-    path = checkpoint_path(data_dir, run_id)
-    checkpoint = _load_npz(path, run_id, "checkpoint", None)
-    if checkpoint is not None:
-        if "step" not in checkpoint:
-            raise DamagedFile(run_id, "checkpoint", None, path, "it has no step")
-    return checkpoint
+    return LocalStorage(data_dir).read_checkpoint(run_id)
 
 
 # ---------------------------------------------------------------- the database

@@ -89,14 +89,7 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
         trainer = Trainer.restore(checkpoint, dataset, config=run_config)
     else:
         trainer = Trainer(run_config, dataset)
-    folder = files.snapshot_dir(data_dir, run_id)
-    for step in files.snapshot_steps(data_dir, run_id):
-        if step > trainer.step:
-            for suffix in (".json", ".maps.npz", ".npz"):
-                try:
-                    os.unlink(folder / f"{step}{suffix}")
-                except FileNotFoundError:
-                    pass
+    files.LocalStorage(data_dir).remove_snapshots_after(run_id, trainer.step)
     return trainer
 
 
@@ -122,6 +115,8 @@ def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_ev
     except files.DamagedFile:
         have_start_snapshot = False  # written again at the start
 
+    storage = files.LocalStorage(data_dir)
+    context = files.SnapshotContext(trainer.spec, trainer.dataset.probe_x)  # kept once: every snapshot shares it
     status = "failed"
     for event in trainer.events(control, checkpoint_every=checkpoint_every, snapshot_at_start=not have_start_snapshot):
         kind = event["type"]
@@ -129,14 +124,12 @@ def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_ev
             recent_points.extend(event["points"])
             emit(("metrics", event["points"]))
         elif kind == "snapshot":
-            files.write_snapshot(
-                data_dir, run_id, event["snapshot"], event["params"], feature_maps=event["feature_maps"]
-            )
+            storage.write_snapshot(run_id, event["snapshot"], event["params"], event["feature_maps"], context)
             emit(("snapshot", int(event["step"])))
         elif kind == "checkpoint":
             state = trainer.checkpoint()
             state[CHECKPOINT_POINTS_KEY] = np.array(dumps_json(list(recent_points)))
-            files.write_npz_atomic(files.checkpoint_path(data_dir, run_id), state)
+            storage.write_checkpoint(run_id, state)
             emit(("checkpoint", int(event["step"])))
         elif kind == "status":
             emit(("status", event["status"], int(event["step"]), event["message"]))

@@ -307,13 +307,19 @@ def rounded(array, digits: int = 5) -> list:
     """
     array = np.asarray(array, dtype=np.float64)
     finite = np.isfinite(array)
-    largest = float(np.max(np.abs(array[finite]))) if finite.any() else 0.0
-    decimals = 0 if largest == 0 else int(np.clip(digits - 1 - np.floor(np.log10(largest)), 0, 12))
+    decimals = rounding_decimals(array, finite, digits)
     result = np.round(np.where(finite, array, 0.0), decimals)
     if finite.all():
         return result.tolist()
     # numpy's stubs take no None as a branch of where; it makes an object array, None where not finite
     return np.where(finite, result, None).tolist()  # type: ignore[call-overload]
+
+
+def rounding_decimals(array: np.ndarray, finite: np.ndarray, digits: int) -> int:
+    """The one number of decimals `rounded` keeps for `array` (float64; `finite` its isfinite):
+    `digits` significant digits of its largest finite magnitude, between 0 and 12."""
+    largest = float(np.max(np.abs(array[finite]))) if finite.any() else 0.0
+    return 0 if largest == 0 else int(np.clip(digits - 1 - np.floor(np.log10(largest)), 0, 12))
 
 
 def _finite_or_none(value, digits: int = 5):

@@ -31,6 +31,7 @@ from app import limits, render
 from app.deps import CONFLICT, HEAVY, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out
 from app.errors import InvalidInput, field_error
 from app.runs import QueueFull, RunConflict
+from app.storage import LocalStorage
 from app.store import RunNotFound, Store, json_safe
 from app.teaching_schemas import (
     ComparisonCreate,
@@ -533,7 +534,6 @@ def export_run(store: StoreDep, run: Run) -> StreamingResponse:
     if params is None or snapshot is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot at step {latest}")
     spec = resolved_spec(run["config"], snapshot, params)
-    folder = store.run_dir(run_id) / "snapshots"
     spool = tempfile.SpooledTemporaryFile(max_size=ZIP_SPOOL_BYTES)
     with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         archive.writestr("README.txt", TORCH_README.format(run_id=run_id, step=latest))
@@ -543,11 +543,10 @@ def export_run(store: StoreDep, run: Run) -> StreamingResponse:
         )
         archive.writestr("spec.json", json.dumps(spec, indent=2))
         archive.writestr("metrics.csv", metrics_csv(store.metrics(run_id)))
-        for step in steps:
-            for suffix in (".json", ".maps.npz", ".npz"):
-                path = folder / f"{step}{suffix}"
-                if path.exists():
-                    archive.write(path, f"snapshots/{step}{suffix}")
+        storage = LocalStorage(store.data_dir)
+        for step in steps:  # in the layout of the earlier files, whatever the stored format
+            for name, data in storage.snapshot_files(run_id, step).items():
+                archive.writestr(f"snapshots/{name}", data)
         buffer = io.BytesIO()
         np.savez(buffer, **params)
         archive.writestr("weights.npz", buffer.getvalue())

@@ -329,5 +329,6 @@ def test_run_records_are_json_files_and_rows(done):
     client, run = done
     folder = client.app.state.store.run_dir(run["id"])
     assert (folder / "checkpoint.npz").is_file()
-    assert json.loads((folder / "snapshots" / "0.json").read_text())["step"] == 0
+    with np.load(folder / "snapshots" / "0.snapshot.npz") as stored:  # one compact file a step (app/storage.py)
+        assert json.loads(stored["snapshot.json"].tobytes())["step"] == 0
     assert not list(folder.rglob("*.tmp"))

@@ -63,27 +63,37 @@ def completed_run(client) -> tuple[str, list[int]]:
 def test_a_damaged_snapshot_json_is_a_json_error_naming_run_and_step(lenient, data_dir, damage):
     run_id, steps = completed_run(lenient)
     step = steps[1]
-    damage(files.snapshot_dir(data_dir, run_id) / f"{step}.json")
+    damage(files.snapshot_dir(data_dir, run_id) / f"{step}.snapshot.npz")
     for query in ("?feature_maps=false", "?feature_maps=true", "/filters.png"):
         answer = lenient.get(f"/api/runs/{run_id}/snapshots/{step}{query}")
         assert answer.status_code == 500, query
         body = answer.json()  # never text, never 200 with bad data
         assert run_id in body["message"] and f"step {step}" in body["message"] and "damaged" in body["message"]
-        assert body["detail"]["step"] == step and body["detail"]["file"] == f"{step}.json"
+        assert body["detail"]["step"] == step and body["detail"]["file"] == f"{step}.snapshot.npz"
     assert lenient.get(f"/api/runs/{run_id}/snapshots/{steps[0]}").status_code == 200  # the others still serve
 
 
-@pytest.mark.parametrize("suffix", [".maps.npz", ".npz"])
-def test_a_damaged_npz_is_a_json_error_naming_run_and_step(lenient, data_dir, suffix):
+@pytest.mark.parametrize(
+    "name, ask",
+    [
+        ("snapshots/{step}.snapshot.npz", "snapshot"),
+        ("snapshots/{step}.snapshot.npz", "fork"),
+        ("snapshot_context.npz", "snapshot"),
+    ],
+)
+def test_a_damaged_npz_is_a_json_error_naming_run_and_step(lenient, data_dir, name, ask):
+    """The snapshot's own file (its parameters: a fork), or the run's probe images its feature
+    maps are recomputed with."""
     run_id, steps = completed_run(lenient)
     step = steps[-1]
-    cut(files.snapshot_dir(data_dir, run_id) / f"{step}{suffix}")
-    if suffix == ".maps.npz":
+    path = files.run_dir(data_dir, run_id) / name.format(step=step)
+    cut(path)
+    if ask == "snapshot":
         answer = lenient.get(f"/api/runs/{run_id}/snapshots/{step}")
     else:
         answer = lenient.post(f"/api/runs/{run_id}/fork", json={"step": step})
     assert answer.status_code == 500
-    assert f"run {run_id} step {step}" in answer.json()["message"] and f"{step}{suffix}" in answer.json()["message"]
+    assert f"run {run_id} step {step}" in answer.json()["message"] and path.name in answer.json()["message"]
 
 
 def test_a_garbled_npz_is_found_by_its_checksums(data_dir):
@@ -99,7 +109,7 @@ def test_a_garbled_npz_is_found_by_its_checksums(data_dir):
 
 def test_the_event_stream_skips_a_damaged_snapshot_with_an_event_saying_so(client, data_dir):
     run_id, steps = completed_run(client)
-    garble(files.snapshot_dir(data_dir, run_id) / f"{steps[-1]}.json")
+    garble(files.snapshot_dir(data_dir, run_id) / f"{steps[-1]}.snapshot.npz")
     for _ in range(2):  # every reconnect, not only the first, gets to the end
         with client.stream("GET", f"/api/runs/{run_id}/events") as response:
             events = list(read_events(response))
