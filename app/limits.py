@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from engine.datasets import GENERATED_DATASETS, known_shape
+from engine.datasets import GENERATED_DATASETS, MONITOR_SIZE, known_shape
 from engine.trainer import MIN_STEPS  # the engine's rule: a run trains at least one step
 
 # ---------------------------------------------------------------- the model
@@ -114,6 +114,11 @@ REPLAY_RETRY_SECONDS = 2  # Retry-After of a refused replay
 MAX_RENDERS = 2
 MAX_RENDERS_WAITING = 8
 RENDER_RETRY_SECONDS = 5
+# GET .../layers/{layer}/summary summarizes snapshots not summarized before for about this long
+# (at least one), then answers with the steps done so far and how many are still pending: a long
+# run's first summary arrives in parts the page draws as they come, and no request holds a
+# render slot for long.
+SUMMARY_SECONDS = 1.0
 
 # ---------------------------------------------------------------- runs at once
 # The server's defaults and the ceilings KERNELSCOPE_MAX_RUNS / KERNELSCOPE_MAX_QUEUED
@@ -377,7 +382,8 @@ def _layer_sizes(built) -> dict:
 # params .npz 4 bytes a parameter; feature maps .npz 4 bytes a conv output value for each of the
 # PROBE_IMAGES probe images; the JSON about 14 bytes a conv weight (text), 300 a filter (its
 # analysis), 6 a probe pixel, plus a fixed part. A checkpoint holds the parameters and up to
-# two optimizer states beside them.
+# two optimizer states beside them. The run's monitor file (app/store.py) holds the dataset's
+# monitor batch (at most engine.datasets.MONITOR_SIZE images, 4 bytes a pixel), labels and spec.
 PROBE_IMAGES = 4
 SNAPSHOT_FIXED_BYTES = 8192
 CHECKPOINT_FIXED_BYTES = 256 * 1024  # recent metric points and the config
@@ -420,7 +426,8 @@ def estimate_run_storage(config: dict) -> int | None:
         + 6 * PROBE_IMAGES * math.prod(input_shape)
     )
     checkpoint = CHECKPOINT_FIXED_BYTES + 3 * 4 * sizes["parameters"]
-    return len(snapshot_steps(config)) * per_snapshot + checkpoint
+    monitor = SNAPSHOT_FIXED_BYTES + MONITOR_SIZE * (4 * math.prod(input_shape) + 8)
+    return len(snapshot_steps(config)) * per_snapshot + checkpoint + monitor
 
 
 def _mib(count: int) -> str:

@@ -7,6 +7,9 @@ Layout of the data directory (KERNELSCOPE_DATA):
     runs/<id>/snapshots/<step>.maps.npz  feature maps of that snapshot, one array per conv layer index
     runs/<id>/snapshots/<step>.npz       model parameters at that step (state-dict names)
     runs/<id>/checkpoint.npz             latest Trainer.checkpoint()
+    runs/<id>/monitor.npz                the run's monitor batch (images, labels, class names) and
+                                         model spec, written when training starts; explanations
+                                         read it instead of loading the dataset
 
 Every file is written atomically (temp file in the same folder + os.replace), so
 a reader or a restarted server never sees half a file; the server sweeps temp files
@@ -89,14 +92,15 @@ class DamagedFile(Exception):
         super().__init__(f"{what}: run {run_id}{at}: the stored file {self.path.name} is damaged ({reason})")
 
 
-def _load_npz(path: Path, run_id: str, what: str, step: int | None) -> dict[str, np.ndarray] | None:
-    """Every array of an npz file (None when absent); DamagedFile when it does not load whole.
+def _load_npz(path: Path, run_id: str, what: str, step: int | None, names=None) -> dict[str, np.ndarray] | None:
+    """Every array of an npz file, or only those of `names` it has (None when the file is absent);
+    DamagedFile when what is read does not load whole.
 
     Reading each member checks its zip CRC, so a garbled byte is found, not only a cut.
     """
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+            return {name: data[name] for name in (data.files if names is None else names) if name in data.files}
     except FileNotFoundError:
         return None
     except Exception as error:  # BadZipFile, EOFError, ValueError, zlib.error, OSError: all mean damage
@@ -187,6 +191,56 @@ def snapshot_dir(data_dir: Path, run_id: str) -> Path:
 
 def checkpoint_path(data_dir: Path, run_id: str) -> Path:
     return run_dir(data_dir, run_id) / "checkpoint.npz"
+
+
+def monitor_path(data_dir: Path, run_id: str) -> Path:
+    return run_dir(data_dir, run_id) / "monitor.npz"
+
+
+def write_monitor(data_dir: Path, run_id: str, x, y, classes, spec: dict) -> None:
+    """Store the run's monitor batch: images x (N, C, H, W) in the model's input scale, labels y
+    (N,), the class names and the model spec the run trains (JSON text)."""
+    write_npz_atomic(
+        monitor_path(data_dir, run_id),
+        {
+            "x": np.asarray(x, dtype=np.float32),
+            "y": np.asarray(y, dtype=np.int64),
+            "classes": np.asarray([str(name) for name in classes], dtype=str),
+            "spec": np.array(json.dumps(spec, sort_keys=True)),
+        },
+    )
+
+
+def read_monitor(data_dir: Path, run_id: str) -> dict | None:
+    """{"x", "y", "classes" (list of str), "spec" (dict)} of the run's monitor batch; None when the
+    run has none; DamagedFile when it does not load whole or its arrays do not fit together."""
+    path = monitor_path(data_dir, run_id)
+    arrays = _load_npz(path, run_id, "monitor batch", None)
+    if arrays is None:
+        return None
+
+    def damaged(reason: str) -> DamagedFile:
+        return DamagedFile(run_id, "monitor batch", None, path, reason)
+
+    missing = [name for name in ("x", "y", "classes", "spec") if name not in arrays]
+    if missing:
+        raise damaged(f"it has no {', '.join(missing)}")
+    x, y, classes = arrays["x"], arrays["y"], arrays["classes"]
+    if x.ndim != 4 or x.dtype != np.float32 or not np.all(np.isfinite(x)):
+        raise damaged(f"x is not finite float32 images (N, C, H, W): {x.dtype} {x.shape}")
+    if y.shape != (len(x),) or y.dtype.kind != "i":
+        raise damaged(f"y is not one integer label per image: {y.dtype} {y.shape}")
+    if classes.ndim != 1 or classes.dtype.kind != "U" or len(classes) == 0:
+        raise damaged(f"classes is not a list of names: {classes.dtype} {classes.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+        raise damaged(f"a label lies outside 0..{len(classes) - 1}")
+    try:
+        spec = json.loads(str(arrays["spec"]))
+    except ValueError as error:
+        raise damaged(f"spec is not JSON: {error}") from None
+    if not isinstance(spec, dict) or list(spec.get("input") or []) != list(x.shape[1:]):
+        raise damaged("spec is not a model spec for these images")
+    return {"x": x, "y": y, "classes": [str(name) for name in classes], "spec": spec}
 
 
 def write_snapshot(data_dir: Path, run_id: str, snapshot: dict, params: dict, feature_maps: dict | None = None) -> int:
@@ -283,6 +337,12 @@ def read_snapshot(data_dir: Path, run_id: str, step: int, feature_maps: bool = T
 
 def read_snapshot_params(data_dir: Path, run_id: str, step: int) -> dict[str, np.ndarray] | None:
     return _load_npz(snapshot_dir(data_dir, run_id) / f"{step}.npz", run_id, "snapshot", step)
+
+
+def read_snapshot_arrays(data_dir: Path, run_id: str, step: int, names) -> dict[str, np.ndarray] | None:
+    """Only the named parameter arrays of one snapshot (those it has), each checked like
+    read_snapshot_params checks every array: a reader that needs a few layers skips the rest."""
+    return _load_npz(snapshot_dir(data_dir, run_id) / f"{step}.npz", run_id, "snapshot", step, list(names))
 
 
 def read_checkpoint(data_dir: Path, run_id: str) -> dict[str, np.ndarray] | None:
@@ -512,8 +572,17 @@ class Store:
     def read_snapshot_params(self, run_id: str, step: int) -> dict | None:
         return read_snapshot_params(self.data_dir, run_id, step)
 
+    def read_snapshot_arrays(self, run_id: str, step: int, names) -> dict | None:
+        return read_snapshot_arrays(self.data_dir, run_id, step, names)
+
     def read_checkpoint(self, run_id: str) -> dict | None:
         return read_checkpoint(self.data_dir, run_id)
+
+    def read_monitor(self, run_id: str) -> dict | None:
+        return read_monitor(self.data_dir, run_id)
+
+    def write_monitor(self, run_id: str, x, y, classes, spec: dict) -> None:
+        write_monitor(self.data_dir, run_id, x, y, classes, spec)
 
 
 def _as_float(value):
