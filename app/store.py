@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -99,12 +100,39 @@ def _load_npz(path: Path, run_id: str, what: str, step: int | None, names=None) 
     Reading each member checks its zip CRC, so a garbled byte is found, not only a cut.
     """
     try:
+        if names is not None:
+            return _npz_members(path, names)
         with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in (data.files if names is None else names) if name in data.files}
+            return {name: data[name] for name in data.files}
     except FileNotFoundError:
         return None
     except Exception as error:  # BadZipFile, EOFError, ValueError, zlib.error, OSError: all mean damage
         raise DamagedFile(run_id, what, step, path, f"{type(error).__name__}: {error}") from None
+
+
+def _npz_members(path: Path, names) -> dict[str, np.ndarray]:
+    """The arrays `names` of an npz file that has them, read with zipfile and numpy's .npy header
+    reader: what np.load gives (zip CRC checked, no pickles), at about half its cost per file,
+    which counts when a trajectory reads one array of every snapshot."""
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        members = set(archive.namelist())
+        for name in names:
+            if f"{name}.npy" not in members:
+                continue
+            raw = archive.read(f"{name}.npy")  # checks the CRC
+            header = io.BytesIO(raw)
+            version = np.lib.format.read_magic(header)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+            if dtype.hasobject:
+                raise ValueError(f"{name}: object arrays are not allowed")
+            count = math.prod(shape)
+            flat = np.frombuffer(raw, dtype=dtype, count=count, offset=header.tell())
+            arrays[name] = flat.reshape(shape, order="F" if fortran else "C").copy()
+    return arrays
 
 
 class StorageFull(Exception):

@@ -250,3 +250,35 @@ def test_a_summary_in_parts_has_the_numbers_of_one_computed_per_snapshot(second,
         assert body["score_chance"] == pytest.approx(expected["score_chance"])
         again, parts = full_summary(client, run_id, layer)
         assert parts == 1 and again["points"] == body["points"]
+
+
+def test_reading_some_arrays_of_a_snapshot_checks_them_like_reading_all(tmp_path):
+    """read_snapshot_arrays gives exactly the arrays read_snapshot_params gives (dtype, shape,
+    values) and finds a garbled byte or a cut file as a DamagedFile naming the file."""
+    from app.store import read_snapshot_arrays, read_snapshot_params, snapshot_dir, write_npz_atomic
+
+    rng = np.random.default_rng(2)
+    params = {
+        "0.weight": rng.standard_normal((8, 1, 5, 5)).astype(np.float32),
+        "0.bias": np.zeros(8, dtype=np.float32),
+        "3.weight": np.asfortranarray(rng.standard_normal((4, 3))),
+        "count": np.array(7),
+    }
+    path = snapshot_dir(tmp_path, "r1") / "10.npz"
+    write_npz_atomic(path, params)
+    whole = read_snapshot_params(tmp_path, "r1", 10)
+    some = read_snapshot_arrays(tmp_path, "r1", 10, ["3.weight", "0.weight", "count", "absent"])
+    assert sorted(some) == ["0.weight", "3.weight", "count"]
+    for name, value in some.items():
+        assert value.dtype == whole[name].dtype and value.shape == whole[name].shape
+        np.testing.assert_array_equal(value, whole[name])
+    assert read_snapshot_arrays(tmp_path, "r1", 20, ["0.weight"]) is None
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).index(params["0.weight"].tobytes()[:16]) + 40  # inside 0.weight's data
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DamagedFile, match="10.npz"):
+        read_snapshot_arrays(tmp_path, "r1", 10, ["0.weight"])
+    path.write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.raises(DamagedFile, match="10.npz"):
+        read_snapshot_arrays(tmp_path, "r1", 10, ["count"])
