@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from app.main import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
-console = Console()
+console = Console(width=150)  # the table unwrapped, also when piped
 
 
 def timed(client: TestClient, url: str) -> tuple[float, float]:
