@@ -83,13 +83,16 @@ export function mountLayerSummaries(context) {
       for (const [i, layer] of layers.entries()) {
         const label = `conv${i + 1}`;
         if (!debug.summaries.layers[layer]) setProgress({ label, done: 0, total: null });
-        for (;;) {   // parts until nothing is pending
-          const s = await api.getJSON(`/api/runs/${encodeURIComponent(run)}/layers/${layer}/summary`);
-          if (run !== shown.run) return;
-          drawLayer(s);
-          if (!s.pending) { debug.summaries.layers[layer] = s; break; }
-          setProgress({ label: s.label, done: s.points.length, total: s.points.length + s.pending });
-        }
+        const s = await api.getLayerSummary(run, layer, {
+          stillWanted: () => run === shown.run,
+          onPart: (part) => {
+            drawLayer(part);
+            setProgress({ label: part.label, done: part.points.length, total: part.points.length + part.pending });
+          },
+        });
+        if (s === null) return;
+        drawLayer(s);
+        debug.summaries.layers[layer] = s;
       }
     } catch { /* a run without snapshots yet: the next view change tries again */ } finally {
       shown.loading = false;
