@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from engine.datasets import GENERATED_DATASETS, known_shape
+from engine.datasets import GENERATED_DATASETS, MONITOR_SIZE, known_shape
 from engine.trainer import MIN_STEPS  # the engine's rule: a run trains at least one step
 
 # ---------------------------------------------------------------- the model
@@ -114,6 +114,11 @@ REPLAY_RETRY_SECONDS = 2  # Retry-After of a refused replay
 MAX_RENDERS = 2
 MAX_RENDERS_WAITING = 8
 RENDER_RETRY_SECONDS = 5
+# GET .../layers/{layer}/summary summarizes snapshots not summarized before for about this long
+# (at least one), then answers with the steps done so far and how many are still pending: a long
+# run's first summary arrives in parts the page draws as they come, and no request holds a
+# render slot for long.
+SUMMARY_SECONDS = 1.0
 
 # ---------------------------------------------------------------- runs at once
 # The server's defaults and the ceilings KERNELSCOPE_MAX_RUNS / KERNELSCOPE_MAX_QUEUED
@@ -383,7 +388,8 @@ def _layer_sizes(built) -> dict:
 # and the feature maps 0.05 bytes a conv output value of each probe image (stored as their
 # difference from their recomputation, almost all zeros). The probe images are kept once per
 # run (4 bytes a pixel); a checkpoint holds the parameters and up to two optimizer states
-# beside them, with the recent metric points.
+# beside them, with the recent metric points. The run's monitor file (app/storage.py) holds the
+# dataset's monitor batch (at most engine.datasets.MONITOR_SIZE images, 4 bytes a pixel), labels and spec.
 PROBE_IMAGES = 4
 SNAPSHOT_FIXED_BYTES = 1024
 SNAPSHOT_ARRAY_BYTES = 150  # zip entry and .npy header of one stored array
@@ -428,7 +434,8 @@ def estimate_run_storage(config: dict) -> int | None:
     )
     probe_images = 4 * PROBE_IMAGES * math.prod(input_shape)
     checkpoint = CHECKPOINT_FIXED_BYTES + 3 * 4 * sizes["parameters"]
-    return len(snapshot_steps(config)) * per_snapshot + probe_images + checkpoint
+    monitor = SNAPSHOT_FIXED_BYTES + MONITOR_SIZE * (4 * math.prod(input_shape) + 8)
+    return len(snapshot_steps(config)) * per_snapshot + probe_images + checkpoint + monitor
 
 
 def _mib(count: int) -> str:

@@ -6,6 +6,9 @@ Layout of the data directory (KERNELSCOPE_DATA):
     runs/<id>/snapshots/<step>.snapshot.npz     one snapshot, compact (app/storage.py says what it holds)
     runs/<id>/snapshot_context.npz              the run's probe images and model spec, once
     runs/<id>/checkpoint.npz                    latest Trainer.checkpoint()
+    runs/<id>/monitor.npz                       the run's monitor batch (images, labels, class names) and
+                                                model spec, written when training starts; explanations
+                                                read it instead of loading the dataset
 
 The files are app/storage.py's (LocalStorage: atomic writes, checked on read, DamagedFile
 naming the run, the step and the file when one does not read back whole; snapshots of the
@@ -127,6 +130,18 @@ def write_snapshot(
     return LocalStorage(data_dir).write_snapshot(run_id, snapshot, params, feature_maps, context)
 
 
+def monitor_path(data_dir: Path, run_id: str) -> Path:
+    return LocalStorage(data_dir).monitor_path(run_id)
+
+
+def write_monitor(data_dir: Path, run_id: str, x, y, classes, spec: dict) -> None:
+    LocalStorage(data_dir).write_monitor(run_id, x, y, classes, spec)
+
+
+def read_monitor(data_dir: Path, run_id: str) -> dict | None:
+    return LocalStorage(data_dir).read_monitor(run_id)
+
+
 def snapshot_steps(data_dir: Path, run_id: str) -> list[int]:
     return LocalStorage(data_dir).snapshot_steps(run_id)
 
@@ -145,6 +160,10 @@ def read_snapshot(data_dir: Path, run_id: str, step: int, feature_maps: bool = T
 
 def read_snapshot_params(data_dir: Path, run_id: str, step: int) -> dict[str, np.ndarray] | None:
     return LocalStorage(data_dir).read_snapshot_params(run_id, step)
+
+
+def read_snapshot_arrays(data_dir: Path, run_id: str, step: int, names) -> dict[str, np.ndarray] | None:
+    return LocalStorage(data_dir).read_snapshot_arrays(run_id, step, names)
 
 
 def read_checkpoint(data_dir: Path, run_id: str) -> dict[str, np.ndarray] | None:
@@ -367,8 +386,17 @@ class Store:
     def read_snapshot_params(self, run_id: str, step: int) -> dict | None:
         return read_snapshot_params(self.data_dir, run_id, step)
 
+    def read_snapshot_arrays(self, run_id: str, step: int, names) -> dict | None:
+        return read_snapshot_arrays(self.data_dir, run_id, step, names)
+
     def read_checkpoint(self, run_id: str) -> dict | None:
         return read_checkpoint(self.data_dir, run_id)
+
+    def read_monitor(self, run_id: str) -> dict | None:
+        return read_monitor(self.data_dir, run_id)
+
+    def write_monitor(self, run_id: str, x, y, classes, spec: dict) -> None:
+        write_monitor(self.data_dir, run_id, x, y, classes, spec)
 
 
 def _as_float(value):

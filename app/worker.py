@@ -102,11 +102,12 @@ def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_ev
     emit(message): receives the messages listed in the module docstring.
     control: poll(timeout) -> command or None (may raise ParentGone), as the
     engine's loop takes it. This function only persists and translates:
-    snapshots and checkpoints go to the run folder, events become messages.
+    the monitor batch (once), snapshots and checkpoints go to the run folder, events become messages.
     """
     recent_points = deque(
         _checkpoint_points(data_dir, run_id, trainer.step), maxlen=max(CHECKPOINT_POINTS_KEPT, 2 * checkpoint_every)
     )
+    _store_monitor(trainer, data_dir, run_id)
     emit(("started", trainer.step))
     if recent_points:
         emit(("metrics", list(recent_points)))
@@ -138,6 +139,18 @@ def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_ev
         elif kind == "done":
             status = event["status"]
     return status
+
+
+def _store_monitor(trainer, data_dir: Path, run_id: str) -> None:
+    """Write the run's monitor batch and model spec (app/store.py `write_monitor`) unless a whole
+    one is there: explanations read it instead of loading the dataset again."""
+    try:
+        if files.read_monitor(data_dir, run_id) is not None:
+            return
+    except files.DamagedFile:
+        pass  # written again
+    data = trainer.dataset
+    files.write_monitor(data_dir, run_id, data.monitor_x, data.monitor_y, data.classes, trainer.spec)
 
 
 def _checkpoint_points(data_dir: Path, run_id: str, step: int) -> list[dict]:

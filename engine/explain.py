@@ -317,6 +317,43 @@ def _selectivity(power: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(total > 0, np.abs(vector), 0.0), vector
 
 
+def _autocorrelation(kernels: np.ndarray) -> np.ndarray:
+    """A(d) = Σ_c Σ_v k_c(v + d) k_c(v) for every lag d: (..., in, kh, kw) -> (..., 2kh-1, 2kw-1),
+    lag (0, 0) in the centre. Its DFT is the power spectrum that `_power` sums over channels."""
+    kh, kw = kernels.shape[-2:]
+    out = np.empty((*kernels.shape[:-3], 2 * kh - 1, 2 * kw - 1))
+    for dy in range(1 - kh, kh):
+        for dx in range(1 - kw, kw):
+            shifted = kernels[..., max(dy, 0) : kh + min(dy, 0), max(dx, 0) : kw + min(dx, 0)]
+            base = kernels[..., max(-dy, 0) : kh - max(dy, 0), max(-dx, 0) : kw - max(dx, 0)]
+            out[..., dy + kh - 1, dx + kw - 1] = (shifted * base).sum(axis=(-3, -2, -1))
+    return out
+
+
+@cache
+def _lag_weights(n: int, kh: int, kw: int) -> tuple[np.ndarray, np.ndarray]:
+    """The DFTs of the Nyquist-disc mask (DC left out) and of its doubled-angle rotor, at the lags
+    of a kh×kw kernel's autocorrelation: Σ_f w(f) P(f) = Σ_d A(d) ŵ(d) for any weighting w."""
+    _, _, rotor = _frequency_grid(n)
+    rows, cols = np.arange(1 - kh, kh) % n, np.arange(1 - kw, kw) % n
+    mask = np.fft.fft2((rotor != 0).astype(np.float64))[np.ix_(rows, cols)].real
+    return mask, np.fft.fft2(rotor)[np.ix_(rows, cols)]
+
+
+def _selectivity_of(kernels: np.ndarray) -> np.ndarray:
+    """The selectivity index of kernels (..., in, kh, kw): what `_selectivity(_power(k, n), n)`
+    gives (equal up to rounding), computed from the autocorrelation at (2kh-1)(2kw-1) lags
+    instead of an n×n FFT per channel, so a layer or a thousand random kernels cost little."""
+    kernels = np.asarray(kernels, dtype=np.float64)
+    kh, kw = kernels.shape[-2:]
+    mask, rotor = _lag_weights(_spectrum_size(kh, kw), kh, kw)
+    lags = _autocorrelation(kernels)
+    total = (lags * mask).sum(axis=(-2, -1))
+    vector = (lags * rotor).sum(axis=(-2, -1))
+    positive = total > 1e-12 * np.maximum(np.abs(lags).max(axis=(-2, -1)), 1e-300)
+    return np.where(positive, np.abs(vector) / np.where(positive, total, 1.0), 0.0)
+
+
 @cache
 def selectivity_chance(channels: int, kh: int, kw: int) -> float:
     """95th percentile of the selectivity index of random Gaussian kernels (channels, kh, kw).
@@ -326,12 +363,8 @@ def selectivity_chance(channels: int, kh: int, kw: int) -> float:
     against 0.41): the index tells most for kernels of 5×5 and more.
     """
     rng = np.random.default_rng(SELECTIVITY_CHANCE_SEED)
-    n = _spectrum_size(kh, kw)
-    values = []
-    for start in range(0, SELECTIVITY_CHANCE_SAMPLES, 100):
-        count = min(100, SELECTIVITY_CHANCE_SAMPLES - start)
-        values.append(_selectivity(_power(rng.standard_normal((count, channels, kh, kw)), n), n)[0])
-    return float(np.percentile(np.concatenate(values), SELECTIVITY_PERCENTILE))
+    values = _selectivity_of(rng.standard_normal((SELECTIVITY_CHANCE_SAMPLES, channels, kh, kw)))
+    return float(np.percentile(values, SELECTIVITY_PERCENTILE))
 
 
 def spectrum(kernel: np.ndarray) -> dict:
@@ -516,14 +549,31 @@ def explain_filter(
     return result
 
 
-def layer_summary(spec, params: dict, layer: int, images: np.ndarray) -> dict:
-    """One conv layer at one snapshot: dead filters on `images`, orientation-selective share, detector scores."""
+def layer_param_names(spec, layer: int) -> list[str]:
+    """The state-dict names of the parameters conv `layer`'s output depends on (layers 0..layer):
+    all a reader of a snapshot needs for `layer_summary` or `truncated_model`."""
+    check_filter(spec, layer)
+    full = normalized_spec(spec)
+    sub = {"input": full["input"], "layers": full["layers"][: layer + 1]}
+    return sorted(engine.build_model(sub, seed=0, threads=1).params)
+
+
+def layer_summary(spec, params: dict, layer: int, images: np.ndarray, model=None) -> dict:
+    """One conv layer at one snapshot: dead filters on `images`, orientation-selective share, detector scores.
+
+    model: a truncated_model(spec, ..., layer) to reuse (its parameters are overwritten with
+    `params`), so a summary over many snapshots builds the model once.
+    """
     check_filter(spec, layer)
     weight = np.asarray(params[f"{layer}.weight"], dtype=np.float64)
-    responses = conv_responses(truncated_model(spec, params, layer), images)
+    if model is None:
+        model = truncated_model(spec, params, layer)
+    else:
+        for name, value in model.params.items():
+            value[...] = params[name]
+    responses = conv_responses(model, images)
     dead = np.all(responses <= 0, axis=(0, 2, 3))
-    n = _spectrum_size(*weight.shape[2:])
-    selectivity, _ = _selectivity(_power(weight, n), n)
+    selectivity = _selectivity_of(weight)
     chance = selectivity_chance(*weight.shape[1:])
     found = analysis.detectors(weight)
     return {

@@ -6,23 +6,25 @@ filter's trajectory over every stored snapshot; `.../patches.png`, `maximize.png
 and `expanded.png` draw its pictures. GET /api/runs/{id}/layers/{layer}/summary gives, per
 snapshot step, dead filters, the orientation-selective share and the mean detector score.
 
-The measures are computed here, in the server process, from stored snapshots (read through the
-Store's public methods). Three small in-process caches keep repeated requests cheap: the run's
-dataset batch and model spec, each (run, layer)'s weight history, and finished explanations per
-(run, step, layer, filter, snapshot count). Route functions are plain `def`: FastAPI runs them in
-its thread pool, so a computation never blocks the event loop.
+The measures are computed here, in the server process, from stored files read through the
+Store's public methods: the run's monitor batch and model spec come from its monitor file
+(written when training starts, so no dataset is loaded here), and of each snapshot only the
+arrays a measure needs are read. Three small in-process caches keep repeated requests cheap:
+each (run, layer)'s weight history, finished explanations per (run, step, layer, filter,
+snapshot count), and each (run, layer)'s summary rows per step. Route functions are plain `def`:
+FastAPI runs them in its thread pool, so a computation never blocks the event loop.
 """
 
 from __future__ import annotations
 
-import json
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Response, status
 
-from app import render
+from app import limits, render
 from app.deps import HEAVY, Responses, Run, SettingsDep, StoreDep, snapshot_step
 from app.settings import Settings
 from app.store import Store
@@ -62,29 +64,27 @@ class _Lru:
         return value
 
 
-_contexts = _Lru(8)  # (data dir, dataset, model) -> (spec, monitor x, monitor y, classes)
-_histories = _Lru(32)  # (run, layer) -> {step: layer weight}
+_histories = _Lru(32)  # (run, conv layer) -> {step: layer weight}
 _explanations = _Lru(256)  # (run, step, layer, filter, snapshot count) -> explanation
 _summaries = _Lru(64)  # (run, layer) -> {step: summary row}
 
 
-def _run_context(settings: Settings, config: dict) -> tuple[dict, np.ndarray, np.ndarray, list]:
-    """The run's model spec and monitor batch (dataset loaded once per dataset and model)."""
-    key = (
-        str(settings.data_dir),
-        json.dumps(config.get("dataset"), sort_keys=True),
-        json.dumps(config.get("model"), sort_keys=True),
-    )
-    found = _contexts.get(key)
-    if found is not None:
-        return found
-    from app.security import confined_dataset
-    from engine.datasets import load_dataset
-    from engine.trainer import resolve_model_spec
+def _run_context(store: Store, settings: Settings, run: dict) -> tuple[dict, np.ndarray, np.ndarray, list]:
+    """The run's model spec and monitor batch (images, labels, class names), read from the run's
+    monitor file (app/store.py `read_monitor`; a damaged one is a 500 naming it). A run stored
+    before runs kept that file gets it here, built once from its dataset."""
+    monitor = store.read_monitor(run["id"])
+    if monitor is None:
+        from app.security import confined_dataset
+        from engine.datasets import load_dataset
+        from engine.trainer import resolve_model_spec
 
-    dataset = load_dataset(confined_dataset(settings.data_dir, config.get("dataset")))
-    spec = resolve_model_spec(config.get("model"), dataset)
-    return _contexts.put(key, (spec, dataset.monitor_x, dataset.monitor_y, list(dataset.classes)))
+        config = run["config"]
+        dataset = load_dataset(confined_dataset(settings.data_dir, config.get("dataset")))
+        spec = resolve_model_spec(config.get("model"), dataset)
+        store.write_monitor(run["id"], dataset.monitor_x, dataset.monitor_y, dataset.classes, spec)
+        monitor = {"spec": spec, "x": dataset.monitor_x, "y": dataset.monitor_y, "classes": list(dataset.classes)}
+    return monitor["spec"], monitor["x"], monitor["y"], monitor["classes"]
 
 
 def _steps(store: Store, run_id: str) -> list[int]:
@@ -116,16 +116,22 @@ def _check(spec: dict, layer: int, filter: int | None) -> str:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{field}: {error}") from None
 
 
-def _history(store: Store, run_id: str, layer: int, steps: list[int]) -> tuple[list[int], list[np.ndarray]]:
-    """The layer's weight at every stored step; only steps not seen before are read."""
-    known = _histories.get((run_id, layer)) or {}
-    known = dict(known)
-    for step in steps:
-        if step not in known:
-            params = store.read_snapshot_params(run_id, step)
-            if params is not None and f"{layer}.weight" in params:
-                known[step] = np.asarray(params[f"{layer}.weight"])
-    _histories.put((run_id, layer), known)
+def _history(store: Store, spec: dict, run_id: str, layer: int, steps: list[int]) -> tuple[list[int], list]:
+    """The layer's weight at every stored step. Only steps not seen before are read, and of each
+    only the conv weights: those of every conv layer at once (one opening of each snapshot file
+    serves the trajectories of all layers)."""
+    convs = [entry["index"] for entry in explain.conv_layers(spec)]
+    histories = {index: dict(_histories.get((run_id, index)) or {}) for index in convs}
+    missing = [step for step in steps if any(step not in histories[index] for index in convs)]
+    for step in missing:
+        arrays = store.read_snapshot_arrays(run_id, step, [f"{index}.weight" for index in convs])
+        for index in convs:
+            if arrays is not None and f"{index}.weight" in arrays:
+                histories[index][step] = arrays[f"{index}.weight"]
+    if missing:
+        for index in convs:
+            _histories.put((run_id, index), histories[index])
+    known = histories[layer]
     kept = [step for step in steps if step in known]
     return kept, [known[step] for step in kept]
 
@@ -135,7 +141,7 @@ def explanation(store: Store, settings: Settings, run: dict, step: str, layer: i
     run_id = run["id"]
     steps = _steps(store, run_id)
     number = _step(store, steps, run_id, step)
-    spec, images, labels, classes = _run_context(settings, run["config"])
+    spec, images, labels, classes = _run_context(store, settings, run)
     _check(spec, layer, filter)
     key = (run_id, number, layer, filter, len(steps))
     found = _explanations.get(key)
@@ -143,7 +149,7 @@ def explanation(store: Store, settings: Settings, run: dict, step: str, layer: i
         return found
     params = _params(store, run_id, number)
     result = explain.explain_filter(
-        spec, params, layer, filter, images, labels, classes, history=_history(store, run_id, layer, steps)
+        spec, params, layer, filter, images, labels, classes, history=_history(store, spec, run_id, layer, steps)
     )
     result = {"run_id": run_id, "step": number, **result}
     return _explanations.put(key, result)
@@ -242,21 +248,42 @@ def expanded_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, la
 # ---------------------------------------------------------------- layer summary over time
 
 
+def summary_rows(store: Store, spec: dict, run_id: str, layer: int, images: np.ndarray, steps, seconds: float):
+    """{step: summary row} of the steps summarized so far (cached per (run, layer)), after
+    summarizing missing steps in step order for about `seconds` (at least one step). Of each
+    snapshot only the parameters of layers 0..layer are read, and one model is built."""
+    known = dict(_summaries.get((run_id, layer)) or {})
+    missing = [step for step in steps if step not in known]
+    if missing:
+        names = explain.layer_param_names(spec, layer)
+        model = None
+        deadline = time.monotonic() + seconds
+        for step in missing:
+            params = store.read_snapshot_arrays(run_id, step, names)
+            if params is None:  # removed meanwhile (a resumed run drops snapshots past its checkpoint)
+                continue
+            if model is None:
+                model = explain.truncated_model(spec, params, layer)
+            known[step] = explain.layer_summary(spec, params, layer, images, model=model)
+            if time.monotonic() >= deadline:
+                break
+        _summaries.put((run_id, layer), known)
+    return known
+
+
 @router.get("/{run_id}/layers/{layer}/summary", responses=NOT_FOUND, dependencies=HEAVY)
 def layer_summary(store: StoreDep, settings: SettingsDep, run: Run, layer: int) -> dict:
     """Per snapshot step: dead filters (never fire on the monitor batch), the share of
-    orientation-selective filters, and the mean detector score with its chance level."""
+    orientation-selective filters, and the mean detector score with its chance level.
+
+    Steps not summarized before are computed for about app/limits.py SUMMARY_SECONDS per
+    request: `points` holds the steps done so far and `pending` counts those still to do (ask
+    again until it is 0)."""
     run_id = run["id"]
     steps = _steps(store, run_id)
-    spec, images, _, _ = _run_context(settings, run["config"])
+    spec, images, _, _ = _run_context(store, settings, run)
     label = _check(spec, layer, None)
-    known = dict(_summaries.get((run_id, layer)) or {})
-    for step in steps:
-        if step not in known:
-            params = store.read_snapshot_params(run_id, step)
-            if params is not None:
-                known[step] = explain.layer_summary(spec, params, layer, images)
-    _summaries.put((run_id, layer), known)
+    known = summary_rows(store, spec, run_id, layer, images, steps, limits.SUMMARY_SECONDS)
     rows = [{"step": step, **known[step]} for step in steps if step in known]
     first = rows[0] if rows else {}
     return {
@@ -266,6 +293,7 @@ def layer_summary(store: StoreDep, settings: SettingsDep, run: Run, layer: int) 
         "filters": first.get("filters"),
         "selectivity_chance": first.get("selectivity_chance"),
         "score_chance": first.get("score_chance"),
+        "pending": len(steps) - len(rows),
         "points": [
             {key: row[key] for key in ("step", "dead_filters", "selective_share", "mean_score", "detector_share")}
             for row in rows

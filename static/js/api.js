@@ -103,6 +103,21 @@ export const getSnapshotSteps = async (id) => (await getJSON(`${runPath(id)}/sna
 /* Each filter's birth step in conv layer `layer` (GET /api/runs/{id}/layers/{layer}/births). */
 export const getBirths = (id, layer) => getJSON(`${runPath(id)}/layers/${layer}/births`);
 
+/*
+ * Conv layer `layer`'s summary over every snapshot (GET /api/runs/{id}/layers/{layer}/summary).
+ * The server summarizes a long run in parts: while its answer has `pending` steps this asks
+ * again, handing each partial answer to `onPart` (if given); resolves to the complete answer.
+ * `stillWanted()` false stops early (resolving to null).
+ */
+export async function getLayerSummary(id, layer, { onPart, stillWanted } = {}) {
+  for (;;) {
+    const summary = await getJSON(`${runPath(id)}/layers/${layer}/summary`);
+    if (stillWanted && !stillWanted()) return null;
+    if (!summary.pending) return summary;
+    onPart?.(summary);
+  }
+}
+
 export const getSnapshot = (id, step, featureMaps = true) =>
   getJSON(`${runPath(id)}/snapshots/${step}${featureMaps ? "" : "?feature_maps=0"}`);
 

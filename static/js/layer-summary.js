@@ -7,7 +7,9 @@
  * The summary covers every stored snapshot, so it is fetched when a run is opened, again at
  * most every REFRESH_MS while the run trains, and once more when it ends; the history
  * slider's step is marked on the charts. One fetch round at a time; a round for a run no longer
- * on screen is dropped.
+ * on screen is dropped. The server summarizes a long run's snapshots in parts (its answer says
+ * how many steps are still `pending`): the charts grow as the parts come, and a status line
+ * above them says which layer is being summarized and how far it got.
  */
 
 import { el } from "./dom.js";
@@ -25,6 +27,8 @@ export function mountLayerSummaries(context) {
   const { api, debug } = context;
   const panel = document.querySelector(".charts-panel");
   if (!panel) return {};
+  const status = el("p", { id: "summary-status", class: "summary-status", role: "status", hidden: "" });
+  panel.append(status);
   const box = (id) => { const d = el("div", { class: "chart summary-chart", id }); panel.append(d); return d; };
   const charts = {
     dead: new LineChart(box("chart-dead"), { title: "dead filters", yTitle: "never fire", series: SERIES }),
@@ -32,13 +36,34 @@ export function mountLayerSummaries(context) {
     score: new LineChart(box("chart-score"), { title: "detector score", yTitle: "mean (- - chance)", series: SERIES }),
   };
   const shown = { run: null, loading: false, last: 0, status: null, layers: null };
-  debug.summaries = { run: null, layers: {} };
+  debug.summaries = { run: null, layers: {}, progress: null };
   debug.summaryCharts = charts;
+
+  /* The status line: null hides it; else {label, done, total} of the layer being summarized. */
+  function setProgress(progress) {
+    debug.summaries.progress = progress;
+    status.hidden = progress === null;
+    status.textContent = progress === null ? ""
+      : progress.total === null ? `summarizing ${progress.label}…`
+      : `summarizing ${progress.label}: ${progress.done} of ${progress.total} snapshots…`;
+  }
 
   function reset(run) {
     for (const chart of Object.values(charts)) { chart.reset(); chart.markStep(null); }
     Object.assign(shown, { run, last: 0, layers: null, loaded: false });
-    debug.summaries = { run, layers: {} };
+    debug.summaries = { run, layers: {}, progress: null };
+    setProgress(null);
+  }
+
+  function drawLayer(s) {
+    const steps = s.points.map((p) => p.step);
+    const name = s.label;
+    charts.dead.setSeries(name, steps, s.points.map((p) => p.dead_filters));
+    charts.selective.setSeries(name, steps, s.points.map((p) => p.selective_share));
+    charts.score.setSeries(name, steps, s.points.map((p) => p.mean_score));
+    if (steps.length) {
+      charts.score.setSeries(`${name} chance`, [steps[0], steps[steps.length - 1]], [s.score_chance, s.score_chance]);
+    }
   }
 
   async function convLayers(run) {
@@ -55,21 +80,23 @@ export function mountLayerSummaries(context) {
     try {
       const layers = await convLayers(run);
       shown.loaded = true;
-      for (const layer of layers) {
-        const s = await api.getJSON(`/api/runs/${encodeURIComponent(run)}/layers/${layer}/summary`);
-        if (run !== shown.run) return;
-        const steps = s.points.map((p) => p.step);
-        const name = s.label;
-        charts.dead.setSeries(name, steps, s.points.map((p) => p.dead_filters));
-        charts.selective.setSeries(name, steps, s.points.map((p) => p.selective_share));
-        charts.score.setSeries(name, steps, s.points.map((p) => p.mean_score));
-        if (steps.length) {
-          charts.score.setSeries(`${name} chance`, [steps[0], steps[steps.length - 1]], [s.score_chance, s.score_chance]);
-        }
+      for (const [i, layer] of layers.entries()) {
+        const label = `conv${i + 1}`;
+        if (!debug.summaries.layers[layer]) setProgress({ label, done: 0, total: null });
+        const s = await api.getLayerSummary(run, layer, {
+          stillWanted: () => run === shown.run,
+          onPart: (part) => {
+            drawLayer(part);
+            setProgress({ label: part.label, done: part.points.length, total: part.points.length + part.pending });
+          },
+        });
+        if (s === null) return;
+        drawLayer(s);
         debug.summaries.layers[layer] = s;
       }
     } catch { /* a run without snapshots yet: the next view change tries again */ } finally {
       shown.loading = false;
+      if (run === shown.run) setProgress(null);
     }
   }
 

@@ -194,7 +194,7 @@ export function mountLessons(context) {
     },
     async detector_share(run, m) {
       const { index } = await convIndex(run.id, m.layer);
-      const s = await api.getJSON(`/api/runs/${encodeURIComponent(run.id)}/layers/${index}/summary`);
+      const s = await api.getLayerSummary(run.id, index);   // every part: the last point is the run's end
       const first = s.points[0], last = s.points[s.points.length - 1];
       return { value: last.detector_share, cells: [fmt(first.detector_share), fmt(last.detector_share), fmt(last.mean_score), fmt(s.score_chance)] };
     },

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app import limits
 from app.main import create_app
+from app.store import DamagedFile, Store, dumps_json, monitor_path, read_monitor, write_monitor
+from engine import explain
+from engine.datasets import load_dataset
+from engine.trainer import resolve_model_spec
 from tests.app.conftest import TINY, make_settings, wait_for
 
 RUN = {**TINY, "model": "demo", "steps": 30, "snapshot_every": 10}
@@ -20,6 +27,28 @@ def finished(tmp_path_factory):
         run_id = client.post("/api/runs", json=RUN).json()["id"]
         wait_for(client, run_id, "completed")
         yield client, run_id
+
+
+@pytest.fixture(scope="module")
+def second(finished):
+    """Another completed run on the same server (its caches untouched by the other tests), with
+    its store and the monitor batch computed from its dataset, as runs had it before the monitor file."""
+    client, _ = finished
+    run_id = client.post("/api/runs", json={**RUN, "seed": 7}).json()["id"]
+    wait_for(client, run_id, "completed")
+    store: Store = client.app.state.store
+    dataset = load_dataset(RUN["dataset"])
+    return client, run_id, store, dataset, resolve_model_spec(RUN["model"], dataset)
+
+
+def full_summary(client, run_id: str, layer: int) -> tuple[dict, int]:
+    """The layer summary once nothing is pending, and how many requests it took."""
+    for parts in range(1, 1000):
+        body = client.get(f"/api/runs/{run_id}/layers/{layer}/summary").json()
+        assert body["pending"] >= 0
+        if body["pending"] == 0:
+            return body, parts
+    raise AssertionError("the summary never finished")
 
 
 def test_filter_explanation_json(finished):
@@ -81,7 +110,7 @@ def test_bad_layer_filter_and_step_name_what_exists(finished):
 def test_layer_summary_over_time(finished):
     client, run_id = finished
     steps = client.get(f"/api/runs/{run_id}/snapshots").json()["steps"]
-    body = client.get(f"/api/runs/{run_id}/layers/0/summary").json()
+    body, _ = full_summary(client, run_id, 0)
     assert (body["layer"], body["label"], body["filters"]) == (0, "conv1", 8)
     assert [p["step"] for p in body["points"]] == steps
     for point in body["points"]:
@@ -94,3 +123,162 @@ def test_layer_summary_over_time(finished):
         client.get(f"/api/runs/{run_id}/snapshots/{steps[-1]}/filters/0/{f}").json()["dead"]["dead"] for f in range(8)
     )
     assert body["points"][-1]["dead_filters"] == dead
+
+
+# ---------------------------------------------------------------- the stored monitor batch
+
+
+def test_the_monitor_batch_is_stored_when_the_run_starts(second):
+    _, run_id, store, dataset, spec = second
+    assert monitor_path(store.data_dir, run_id).is_file()
+    monitor = store.read_monitor(run_id)
+    np.testing.assert_array_equal(monitor["x"], dataset.monitor_x)
+    np.testing.assert_array_equal(monitor["y"], dataset.monitor_y)
+    assert monitor["classes"] == list(dataset.classes) and monitor["spec"] == spec
+
+
+def _same(a, b, path="") -> None:
+    """Nested JSON values equal: numbers to 1e-9 relative (same inputs, same computation)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for key in a:
+            _same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, (int, float)):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize(("layer", "filter"), [(0, 6), (3, 11)])
+def test_explanations_from_the_stored_batch_equal_those_from_the_dataset(second, layer, filter):
+    client, run_id, store, dataset, spec = second
+    steps = store.snapshot_steps(run_id)
+    answer = client.get(f"/api/runs/{run_id}/snapshots/{steps[-2]}/filters/{layer}/{filter}").json()
+    history = (steps, [store.read_snapshot_params(run_id, step)[f"{layer}.weight"] for step in steps])
+    expected = explain.explain_filter(
+        spec,
+        store.read_snapshot_params(run_id, steps[-2]),
+        layer,
+        filter,
+        dataset.monitor_x,
+        dataset.monitor_y,
+        dataset.classes,
+        history=history,
+    )
+    expected = {"run_id": run_id, "step": steps[-2], **expected}
+    _same(answer, json.loads(dumps_json(expected)))
+
+
+def test_a_damaged_monitor_file_is_a_500_naming_it(second, tmp_path):
+    client, run_id, store, _, _ = second
+    path = monitor_path(store.data_dir, run_id)
+    whole = path.read_bytes()
+    try:
+        path.write_bytes(whole[: len(whole) // 2])  # cut short
+        for url in (f"/api/runs/{run_id}/snapshots/10/filters/0/3", f"/api/runs/{run_id}/layers/0/summary"):
+            answer = client.get(url)
+            assert answer.status_code == 500, url
+            assert answer.json()["detail"]["file"] == "monitor.npz"
+            assert answer.json()["message"].startswith(f"monitor batch: run {run_id}: the stored file monitor.npz")
+    finally:
+        path.write_bytes(whole)
+    assert client.get(f"/api/runs/{run_id}/snapshots/10/filters/0/3").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda a: a.pop("spec"), "it has no spec"),
+        (lambda a: a.update(y=a["y"][:-1]), "y is not one integer label per image"),
+        (lambda a: a.update(y=a["y"] + 100), "a label lies outside"),
+        (lambda a: a.update(x=a["x"][:, :, :5]), "spec is not a model spec for these images"),
+        (lambda a: a.update(spec=np.array("{not json")), "spec is not JSON"),
+    ],
+)
+def test_a_monitor_file_whose_arrays_do_not_fit_is_damaged(tmp_path, change, reason):
+    from app.store import write_npz_atomic
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 1, 8, 8)).astype(np.float32), np.arange(6) % 3
+    write_monitor(tmp_path, "r1", x, y, ["a", "b", "c"], {"input": [1, 8, 8], "layers": []})
+    monitor = read_monitor(tmp_path, "r1")
+    np.testing.assert_array_equal(monitor["x"], x)
+    assert monitor["classes"] == ["a", "b", "c"] and monitor["spec"] == {"input": [1, 8, 8], "layers": []}
+    with np.load(monitor_path(tmp_path, "r1")) as data:
+        arrays = {name: data[name] for name in data.files}
+    change(arrays)
+    write_npz_atomic(monitor_path(tmp_path, "r1"), arrays)
+    with pytest.raises(DamagedFile, match=reason):
+        read_monitor(tmp_path, "r1")
+    assert read_monitor(tmp_path, "no-such-run") is None
+
+
+def test_a_run_stored_without_a_monitor_file_gets_one_built_from_its_dataset(second):
+    client, run_id, store, dataset, spec = second
+    path = monitor_path(store.data_dir, run_id)
+    path.unlink()
+    assert client.get(f"/api/runs/{run_id}/snapshots/20/filters/3/2").status_code == 200
+    monitor = store.read_monitor(run_id)
+    np.testing.assert_array_equal(monitor["x"], dataset.monitor_x)
+    assert monitor["spec"] == spec
+
+
+def test_a_summary_in_parts_has_the_numbers_of_one_computed_per_snapshot(second, monkeypatch):
+    """With no time to spare each request summarizes one snapshot: `pending` counts down, every
+    part's points are a prefix of the steps, and the rows (one model reused, only the layers'
+    own arrays read) are what engine.explain.layer_summary gives on each whole snapshot."""
+    client, run_id, store, dataset, spec = second
+    monkeypatch.setattr(limits, "SUMMARY_SECONDS", 0.0)
+    steps = store.snapshot_steps(run_id)
+    for layer in (0, 3):
+        pending = []
+        for _ in steps:
+            body = client.get(f"/api/runs/{run_id}/layers/{layer}/summary").json()
+            pending.append(body["pending"])
+            assert [p["step"] for p in body["points"]] == steps[: len(steps) - body["pending"]]
+        assert pending == list(range(len(steps) - 1, -1, -1))
+        for point in body["points"]:
+            expected = explain.layer_summary(
+                spec, store.read_snapshot_params(run_id, point["step"]), layer, dataset.monitor_x
+            )
+            for key in ("dead_filters", "selective_share", "mean_score", "detector_share"):
+                assert point[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12), (layer, point["step"], key)
+        assert body["score_chance"] == pytest.approx(expected["score_chance"])
+        again, parts = full_summary(client, run_id, layer)
+        assert parts == 1 and again["points"] == body["points"]
+
+
+def test_reading_some_arrays_of_a_snapshot_checks_them_like_reading_all(tmp_path):
+    """read_snapshot_arrays gives exactly the arrays read_snapshot_params gives (dtype, shape,
+    values) and finds a garbled byte or a cut file as a DamagedFile naming the file."""
+    from app.store import read_snapshot_arrays, read_snapshot_params, snapshot_dir, write_npz_atomic
+
+    rng = np.random.default_rng(2)
+    params = {
+        "0.weight": rng.standard_normal((8, 1, 5, 5)).astype(np.float32),
+        "0.bias": np.zeros(8, dtype=np.float32),
+        "3.weight": np.asfortranarray(rng.standard_normal((4, 3))),
+        "count": np.array(7),
+    }
+    path = snapshot_dir(tmp_path, "r1") / "10.npz"
+    write_npz_atomic(path, params)
+    whole = read_snapshot_params(tmp_path, "r1", 10)
+    some = read_snapshot_arrays(tmp_path, "r1", 10, ["3.weight", "0.weight", "count", "absent"])
+    assert sorted(some) == ["0.weight", "3.weight", "count"]
+    for name, value in some.items():
+        assert value.dtype == whole[name].dtype and value.shape == whole[name].shape
+        np.testing.assert_array_equal(value, whole[name])
+    assert read_snapshot_arrays(tmp_path, "r1", 20, ["0.weight"]) is None
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).index(params["0.weight"].tobytes()[:16]) + 40  # inside 0.weight's data
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DamagedFile, match="10.npz"):
+        read_snapshot_arrays(tmp_path, "r1", 10, ["0.weight"])
+    path.write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.raises(DamagedFile, match="10.npz"):
+        read_snapshot_arrays(tmp_path, "r1", 10, ["count"])

@@ -92,15 +92,91 @@ def test_conv2_filters_show_expanded_weights_and_close_by_button(server, page, t
     page.wait_for_selector("#explain-panel", state="hidden")
 
 
+def full_summary(api, run_id: str, layer: int) -> dict:
+    """GET the layer summary until nothing is pending (a first summary comes in parts)."""
+    while (summary := api.get(f"/api/runs/{run_id}/layers/{layer}/summary").json())["pending"]:
+        pass
+    return summary
+
+
 def test_layer_summaries_are_drawn_beside_the_charts(server, api, page, trained):
     run_id, steps = trained
     page.goto(f"{server}/#run={run_id}")
     page.wait_for_selector("body[data-ready=true]")
     page.wait_for_function("Object.keys(window.__kernelscope.summaries.layers).length === 2")
     for layer, label in ((0, "conv1"), (3, "conv2")):
-        summary = api.get(f"/api/runs/{run_id}/layers/{layer}/summary").json()
+        summary = full_summary(api, run_id, layer)
         assert [p["step"] for p in summary["points"]] == steps
         for chart in ("dead", "selective", "score"):
             count = page.evaluate(f"window.__kernelscope.summaryCharts.{chart}.pointCount('{label}')")
             assert count == len(steps), (chart, label)
     assert page.locator(".charts-panel #chart-dead").count() == 1
+
+
+def wait_until_held(page, held: list) -> None:
+    """Let Playwright run its route handlers until the held-back request has arrived."""
+    while not held:
+        page.wait_for_timeout(50)
+
+
+def test_the_explain_panel_says_it_is_computing_until_the_answer_comes(server, page, trained):
+    """The explanation request is held back (page.route) while the test looks: the panel shows
+    its progress state, then the explanation once the request goes on."""
+    run_id, steps = trained
+    held = []
+    page.route("**/filters/0/2", lambda route: held.append(route))
+    page.goto(f"{server}/#run={run_id}")
+    page.wait_for_selector("body[data-ready=true]")
+    page.click('.layer-panel[data-layer="0"] .filter-card[data-filter="2"]')
+    page.wait_for_selector("#explain-panel.loading")
+    assert page.inner_text("#explain-panel .explain-status") == f"computing step {steps[-1]}…"
+    assert "computing the explanation" in page.inner_text("#explain-panel .explain-body")
+    assert explained(page)["loading"] is True and explained(page)["drawn"] is None
+    wait_until_held(page, held)
+    held[0].continue_()
+    page.wait_for_function("window.__kernelscope.explain.drawn !== null && !window.__kernelscope.explain.loading")
+    assert page.locator("#explain-panel.loading").count() == 0
+    assert page.inner_text("#explain-panel .explain-status") == f"step {steps[-1]}"
+    assert page.locator("#explain-panel .explain-patch").count() == 9
+
+
+def test_a_summary_in_parts_shows_its_progress_and_then_every_step(server, api, page, trained):
+    """The server's first summary of conv1 is made to come in two parts (its first answer cut to
+    two steps, `pending` the rest) and the second part is held back: meanwhile the page says how
+    far the summary got and has drawn the first part; then it draws every step and the status goes."""
+    run_id, steps = trained
+    held, parts = [], []
+
+    def summary(route):
+        parts.append(route.request.url)
+        if len(parts) == 1:
+            response = route.fetch()  # the whole summary (computed before the page opened) ...
+            body = response.json()
+            body["pending"], body["points"] = len(body["points"]) - 2, body["points"][:2]  # ... cut to two steps
+            route.fulfill(response=response, json=body)
+        elif len(parts) == 2:
+            held.append(route)
+        else:
+            route.continue_()
+
+    full_summary(api, run_id, 0)
+    page.route("**/layers/0/summary", summary)
+    page.goto(f"{server}/#run={run_id}")
+    page.wait_for_selector("body[data-ready=true]")
+    page.wait_for_selector("#summary-status:not([hidden])")
+    page.wait_for_function(
+        f"document.querySelector('#summary-status').textContent === 'summarizing conv1: 2 of {len(steps)} snapshots…'"
+    )
+    assert page.evaluate("window.__kernelscope.summaryCharts.dead.pointCount('conv1')") == 2
+    assert page.evaluate("window.__kernelscope.summaries.progress") == {
+        "label": "conv1",
+        "done": 2,
+        "total": len(steps),
+    }
+    wait_until_held(page, held)
+    held[0].continue_()
+    page.wait_for_function("Object.keys(window.__kernelscope.summaries.layers).length === 2")
+    page.wait_for_selector("#summary-status", state="hidden")
+    assert page.evaluate("window.__kernelscope.summaries.progress") is None
+    for chart in ("dead", "selective", "score"):
+        assert page.evaluate(f"window.__kernelscope.summaryCharts.{chart}.pointCount('conv1')") == len(steps)

@@ -193,3 +193,57 @@ def test_explain_filter_and_layer_summary_are_json_shaped(demo):
     summary = explain.layer_summary(spec, params, 0, images)
     json.dumps(summary)
     assert summary["filters"] == 8 and 0 <= summary["selective_share"] <= 1
+
+
+def test_layer_param_names_are_the_parameters_up_to_the_layer(demo):
+    spec, params, _, _ = demo
+    assert explain.layer_param_names(spec, 0) == ["0.bias", "0.weight"]
+    assert explain.layer_param_names(spec, 3) == ["0.bias", "0.weight", "3.bias", "3.weight"]
+    assert set(explain.layer_param_names(spec, 3)) < set(params)  # the dense layer's are left out
+    with pytest.raises(explain.NotAFilter):
+        explain.layer_param_names(spec, 1)
+
+
+def test_layer_summary_with_a_reused_model_equals_a_fresh_one(demo):
+    """Summaries over several snapshots reuse one model (its parameters overwritten): each row is
+    what a model built for that snapshot alone gives, and only the layers' own arrays are needed."""
+    spec, params, images, _ = demo
+    rng = np.random.default_rng(5)
+    snapshots = [params]
+    for scale in (0.5, -1.0, 3.0):  # other weights: some filters die, orientations change
+        changed = {name: value.copy() for name, value in params.items()}
+        changed["0.weight"] = (changed["0.weight"] * scale + rng.normal(0, 0.1, changed["0.weight"].shape)).astype(
+            np.float32
+        )
+        changed["0.bias"] = (changed["0.bias"] + scale).astype(np.float32)
+        changed["0.bias"][: int(abs(scale)) + 1] = -1e3  # these never fire
+        snapshots.append(changed)
+    for layer in (0, 3):
+        names = explain.layer_param_names(spec, layer)
+        model = None
+        for snapshot in snapshots:
+            needed = {name: snapshot[name] for name in names}
+            if model is None:
+                model = explain.truncated_model(spec, needed, layer)
+            reused = explain.layer_summary(spec, needed, layer, images, model=model)
+            fresh = explain.layer_summary(spec, snapshot, layer, images)
+            assert reused.keys() == fresh.keys()
+            for key, value in fresh.items():
+                assert reused[key] == pytest.approx(value, rel=1e-12, abs=1e-12), (layer, key)
+    dead_counts = [explain.layer_summary(spec, s, 0, images)["dead_filters"] for s in snapshots]
+    assert len(set(dead_counts)) > 1  # the snapshots differ where it matters: the check can fail
+
+
+def test_selectivity_from_the_autocorrelation_equals_the_fourier_one():
+    """Layer summaries and the chance level take the selectivity index from the kernels'
+    autocorrelation; `spectrum` takes it from the zero-padded FFT: the same number."""
+    rng = np.random.default_rng(11)
+    kernels = [rng.standard_normal(shape) for shape in [(1, 5, 5), (8, 3, 3), (3, 7, 7), (2, 4, 6)]]
+    kernels += [named_kernel(name, (5, 5))[None] for name in ("x", "sobel_x", "vertical_edge", "laplacian")]
+    kernels += [np.ones((1, 3, 3)), np.zeros((2, 3, 3))]
+    for kernel in kernels:
+        assert explain._selectivity_of(kernel) == pytest.approx(explain.spectrum(kernel)["selectivity"], abs=1e-12)
+    batch = rng.standard_normal((6, 4, 3, 3))
+    np.testing.assert_allclose(
+        explain._selectivity_of(batch), [explain.spectrum(k)["selectivity"] for k in batch], atol=1e-12
+    )
