@@ -320,8 +320,8 @@ class LocalStorage:
         return steps[-1] if steps else None
 
     def sizes(self, run_id: str) -> dict[str, int]:
-        """Bytes stored for the run by kind: snapshots, legacy_snapshots, context, checkpoint, other."""
-        totals = dict.fromkeys(("snapshots", "legacy_snapshots", "context", "checkpoint", "other"), 0)
+        """Bytes stored for the run by kind: snapshots, legacy_snapshots, context, checkpoint, monitor, other."""
+        totals = dict.fromkeys(("snapshots", "legacy_snapshots", "context", "checkpoint", "monitor", "other"), 0)
         for folder, _, names in os.walk(self.run_dir(run_id)):
             for name in names:
                 try:
@@ -336,6 +336,8 @@ class LocalStorage:
                     kind = "context"
                 elif name == CHECKPOINT_FILE:
                     kind = "checkpoint"
+                elif name == MONITOR_FILE:
+                    kind = "monitor"
                 else:
                     kind = "other"
                 totals[kind] += size

@@ -274,7 +274,7 @@ MAX_DEFAULT_RUN_BYTES = 10_000_000  # issue 21: the default run stores 10 MB or 
 def test_the_default_run_stores_at_most_10_mb_and_the_estimate_follows_the_real_size(tmp_path, model):
     """The default config (model "demo") and the wider "medium" preset, shortened to 10 steps
     (the full 3000 take minutes here): the largest snapshot file times the default schedule's
-    snapshot count (337), plus the probe images and the checkpoint (with room for the 2000
+    snapshot count (337), plus the probe images, the monitor batch and the checkpoint (with room for the 2000
     metric points it keeps at the end), is the full run's size. Snapshots of a longer run hold
     the same arrays (their values change, not their count). For the default run it is <= 10 MB;
     app/limits.py's estimate at POST is above it, by less than a third."""
@@ -290,7 +290,8 @@ def test_the_default_run_stores_at_most_10_mb_and_the_estimate_follows_the_real_
     sizes = storage.sizes("r")
     assert sizes["legacy_snapshots"] == sizes["other"] == 0
     recent_points = 2000 * 120  # CHECKPOINT_POINTS_KEPT points of about 120 bytes, before deflate
-    projected = largest * len(snapshot_steps(full)) + sizes["context"] + sizes["checkpoint"] + recent_points
+    projected = largest * len(snapshot_steps(full)) + sizes["context"] + sizes["monitor"] + sizes["checkpoint"]
+    projected += recent_points
     if model == "demo":
         assert full.to_dict() == RunConfig.from_dict({}).to_dict()
         assert projected <= MAX_DEFAULT_RUN_BYTES
