@@ -126,12 +126,12 @@ class ReplayPages:
             if page is not None:
                 self.pages.move_to_end(key)
                 return page
-            future = self.reading.get(key)
-            mine = future is None
-            if mine:
-                future = self.reading[key] = concurrent.futures.Future()
-        if not mine:
-            return future.result()
+            waiting = self.reading.get(key)
+            if waiting is None:
+                future: concurrent.futures.Future = concurrent.futures.Future()
+                self.reading[key] = future
+        if waiting is not None:
+            return waiting.result()
         try:
             page = read()
         except BaseException as error:

@@ -6,7 +6,7 @@ uses), starts `uvicorn app.main:create_app` on loopback, fires the renders (each
 asked again after its Retry-After when the render pool answers 429) and meanwhile
 asks `/healthz` one request at a time. Prints the server's resident memory (idle,
 peak as the kernel's high-water mark VmHWM, right after the storm and a few seconds
-later), /healthz latency percentiles, how long the storm took and what it received;
+later), /healthz latency percentiles (and over `--baseline` seconds before the storm), how long the storm took and what it received;
 `--json PATH` writes the same figures.
 
     python benchmarks/render_storm.py
@@ -33,6 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.append(str(Path(__file__).resolve().parent))  # after the root: benchmarks/engine.py is not the engine
 
+from replay_storm import healthz_latencies, summary  # noqa: E402
 from soak import free_port, percentile, start_server  # noqa: E402
 
 from tests import storms  # noqa: E402
@@ -69,6 +70,9 @@ def main() -> None:
     parser.add_argument("--exports", type=int, default=4)
     parser.add_argument("--snapshots", type=int, default=40)
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait before the last memory reading")
+    parser.add_argument(
+        "--baseline", type=float, default=10.0, help="seconds of /healthz before the storm (this machine's noise)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kernelscope-render-") as folder:
@@ -81,6 +85,7 @@ def main() -> None:
             if wait_until_healthy(url, server, timeout=60) is not None:
                 raise SystemExit("server did not start")
             idle = storms.memory_mib(server.pid)["VmRSS"]
+            quiet = healthz_latencies(url, time.monotonic() + args.baseline)
             answers: list = []
             renders = threading.Thread(target=storm, args=(url, run_id, args.gifs, args.exports, answers))
             started = time.monotonic()
@@ -107,6 +112,7 @@ def main() -> None:
         "answers": sorted(f"{kind} {status}" for kind, status, _, _ in answers),
         "refused_429_then_retried": sum(refused for *_, refused in answers),
         "megabytes_sent": round(sum(size for _, _, size, _ in answers) / 2**20, 1),
+        "healthz_ms_no_storm": summary(quiet),
         "healthz_ms": {f"p{q}": round(percentile(latencies, q), 1) for q in (50, 90, 99)}
         | {"max": round(max(latencies), 1), "requests": len(latencies)},
         "server_rss_mib": {

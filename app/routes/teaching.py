@@ -653,9 +653,9 @@ def evolution_gif(
     scale = max(render.auto_scale(weight) for _, weight in weights)
     # frames drawn as the encoder takes them, as palette indices: it keeps one byte per pixel of
     # each frame (to compare neighbours), never every frame in RGB at once, and quantizes nothing
-    frames = (captioned(render.filter_grid_indexed(w, scale=scale, pixel=pixel), f"step {s}") for s, w in weights)
+    drawn = (captioned(render.filter_grid_indexed(w, scale=scale, pixel=pixel), f"step {s}") for s, w in weights)
     buffer = io.BytesIO()
-    next(frames).save(buffer, format="GIF", save_all=True, append_images=frames, duration=duration, loop=0)
+    next(drawn).save(buffer, format="GIF", save_all=True, append_images=drawn, duration=duration, loop=0)
     return Response(
         buffer.getvalue(),
         media_type="image/gif",
