@@ -107,6 +107,10 @@ MAX_REPLAYS = 4
 MAX_REPLAYS_PER_CLIENT = 4
 REPLAY_PAGE_POINTS = 2000  # metric points read from the store per page (and per event at most)
 REPLAY_RETRY_SECONDS = 2  # Retry-After of a refused replay
+# Encoded replay pages are shared: viewers replaying the same stretch of a run (a storm of
+# reconnects after a network blip) read and encode each page once. At most this many bytes of
+# pages are kept, the least recently used going first.
+REPLAY_CACHE_BYTES = 16 * 1024 * 1024
 
 # ---------------------------------------------------------------- heavy renders
 # filters.png, evolution.gif, export, filter explanations and the init probe share one pool

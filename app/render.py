@@ -4,15 +4,18 @@
 white, positive red; |value| >= scale saturates). `filter_grid(weight, scale)`
 lays out a conv layer's kernels (out, in, kh, kw) as a grid of blocks, one
 block per filter, the filter's input channels side by side inside its block,
-and returns a Pillow image. `png_bytes(image)` encodes it. The same functions
-draw each frame of the evolution GIF, so a fixed `scale` keeps colours
-comparable across frames.
+and returns a Pillow image. `png_bytes(image)` encodes it. `filter_grid_indexed`
+draws the same picture as palette indices (one byte per pixel, the map in
+PALETTE_LEVELS steps): the frames of the evolution GIF, which then need no
+colour quantization, so a GIF costs a fraction of the memory and time; a fixed
+`scale` keeps colours comparable across frames.
 
 `RenderSlots` is the one bounded pool every heavy render (filter PNGs, the GIF,
 exports, filter explanations, the init probe) runs under: limits.MAX_RENDERS at
 once, limits.MAX_RENDERS_WAITING more wait their turn, and beyond that the
 request is answered 429 with Retry-After, so a burst of renders cannot take the
-server's memory or both cores.
+server's memory or both cores. When the last render of a burst is done, the memory the
+renders freed is given back to the system (malloc_trim), not kept for the next burst.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import math
 
 import numpy as np
 from PIL import Image
+
+from engine.fast.memory import return_freed_memory
 
 # Anchors of a blue-white-red map (ColorBrewer RdBu, reversed), from -1 to +1.
 _ANCHORS = np.array(
@@ -44,6 +49,11 @@ _ANCHORS = np.array(
 )
 _ANCHOR_POSITIONS = np.linspace(-1.0, 1.0, len(_ANCHORS))
 BACKGROUND = (40, 40, 40)
+CAPTION = (235, 235, 235)
+# An indexed picture: indices 0 .. PALETTE_LEVELS-1 are the map from -scale to +scale (an odd
+# count, so zero has its own white), then the background and the caption text.
+PALETTE_LEVELS = 253
+BACKGROUND_INDEX, CAPTION_INDEX = PALETTE_LEVELS, PALETTE_LEVELS + 1
 
 
 def auto_scale(weight: np.ndarray) -> float:
@@ -89,12 +99,7 @@ def largest_pixel_within(shape, pixel: int, max_pixels: int, extra_height: int =
     return None
 
 
-def filter_grid(weight, scale: float | None = None, pixel: int = 12, gap: int = 2) -> Image.Image:
-    """Picture of a conv layer's kernels, shape (out, in, kh, kw).
-
-    pixel: screen pixels per kernel weight (nearest-neighbour, so weights stay crisp).
-    gap: background pixels between kernels and around the grid.
-    """
+def _checked_weight(weight, pixel: int, gap: int) -> np.ndarray:
     weight = np.asarray(weight, dtype=np.float64)
     if weight.ndim == 2:
         weight = weight[None, None]
@@ -104,24 +109,66 @@ def filter_grid(weight, scale: float | None = None, pixel: int = 12, gap: int = 
         raise ValueError(f"pixel: must be between 1 and 64, got {pixel}")
     if gap < 0 or gap > 64:
         raise ValueError(f"gap: must be between 0 and 64, got {gap}")
-    scale = auto_scale(weight) if scale is None else float(scale)
-    colors = diverging_rgb(weight, scale)  # (out, in, kh, kw, 3)
-    out_channels, in_channels, kh, kw = weight.shape
+    return weight
+
+
+def _layout(cells: np.ndarray, background, pixel: int, gap: int) -> np.ndarray:
+    """The grid canvas of per-weight cells (out, in, kh, kw, *colour): blocks of pixel×pixel."""
+    out_channels, in_channels, kh, kw = cells.shape[:4]
     kernel_h, kernel_w = kh * pixel, kw * pixel
     block_w = in_channels * kernel_w + (in_channels - 1) * gap
-    rows, cols = grid_shape(out_channels)
-    width, height = filter_grid_size(weight.shape, pixel, gap)
-    canvas = np.empty((height, width, 3), dtype=np.uint8)
-    canvas[:] = BACKGROUND
+    _, cols = grid_shape(out_channels)
+    width, height = filter_grid_size(cells.shape[:4], pixel, gap)
+    canvas = np.empty((height, width, *cells.shape[4:]), dtype=np.uint8)
+    canvas[:] = background
+    # every kernel enlarged at once, then each filter's input channels side by side with `gap` between
+    tiles = cells.repeat(pixel, axis=2).repeat(pixel, axis=3)  # (out, in, kernel_h, kernel_w, *colour)
+    padded = np.empty((out_channels, in_channels, kernel_h, kernel_w + gap, *cells.shape[4:]), dtype=np.uint8)
+    padded[:] = background
+    padded[:, :, :, :kernel_w] = tiles
+    order = (0, 2, 1, 3, *range(4, padded.ndim))
+    blocks = padded.transpose(order).reshape(out_channels, kernel_h, -1, *cells.shape[4:])[:, :, :block_w]
     for index in range(out_channels):
         row, col = divmod(index, cols)
         top = 2 * gap + row * (kernel_h + 2 * gap)
         left = 2 * gap + col * (block_w + 2 * gap)
-        for channel in range(in_channels):
-            tile = colors[index, channel].repeat(pixel, axis=0).repeat(pixel, axis=1)
-            x = left + channel * (kernel_w + gap)
-            canvas[top : top + kernel_h, x : x + kernel_w] = tile
-    return Image.fromarray(canvas)
+        canvas[top : top + kernel_h, left : left + block_w] = blocks[index]
+    return canvas
+
+
+def filter_grid(weight, scale: float | None = None, pixel: int = 12, gap: int = 2) -> Image.Image:
+    """Picture of a conv layer's kernels, shape (out, in, kh, kw).
+
+    pixel: screen pixels per kernel weight (nearest-neighbour, so weights stay crisp).
+    gap: background pixels between kernels and around the grid.
+    """
+    weight = _checked_weight(weight, pixel, gap)
+    scale = auto_scale(weight) if scale is None else float(scale)
+    return Image.fromarray(_layout(diverging_rgb(weight, scale), BACKGROUND, pixel, gap))
+
+
+def palette() -> list[int]:
+    """The flat RGB palette of an indexed picture (see PALETTE_LEVELS)."""
+    levels = diverging_rgb(np.linspace(-1.0, 1.0, PALETTE_LEVELS), 1.0)
+    return [int(v) for v in levels.ravel()] + [*BACKGROUND, *CAPTION]
+
+
+def diverging_index(values: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 palette indices of values.shape: 0 is -scale (or below), PALETTE_LEVELS // 2 zero."""
+    if not scale > 0:
+        raise ValueError(f"scale: must be > 0, got {scale}")
+    t = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64) / scale, nan=0.0), -1.0, 1.0)
+    return np.round((t + 1.0) * ((PALETTE_LEVELS - 1) / 2)).astype(np.uint8)
+
+
+def filter_grid_indexed(weight, scale: float | None = None, pixel: int = 12, gap: int = 2) -> Image.Image:
+    """filter_grid as a palette ("P") image: one byte per pixel, colours from palette()."""
+    weight = _checked_weight(weight, pixel, gap)
+    scale = auto_scale(weight) if scale is None else float(scale)
+    indices = _layout(diverging_index(weight, scale), BACKGROUND_INDEX, pixel, gap)
+    image = Image.frombytes("P", (indices.shape[1], indices.shape[0]), indices.tobytes())
+    image.putpalette(palette())
+    return image
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -136,6 +183,7 @@ class RenderSlots:
     def __init__(self, running: int, waiting: int, retry_after: int):
         self.running, self.waiting_limit, self.retry_after = running, waiting, retry_after
         self.waiting = 0
+        self.active = 0
         self._semaphore: asyncio.Semaphore | None = None
 
     @contextlib.asynccontextmanager
@@ -156,7 +204,11 @@ class RenderSlots:
             await self._semaphore.acquire()
         finally:
             self.waiting -= 1
+        self.active += 1
         try:
             yield
         finally:
+            self.active -= 1
             self._semaphore.release()
+            if self.active == 0 and self.waiting == 0:
+                await asyncio.to_thread(return_freed_memory)

@@ -12,7 +12,8 @@ recorded event reserves EVENT_ID_STRIDE ids (app/worker.py), so the status and
 snapshot a (re)connecting viewer first gets take the two spare ids of the newest
 event and ids still only grow. A reconnecting viewer's missed metrics are read
 from the store in pages off the event loop, a few replays at a time
-(limits.MAX_REPLAYS, MAX_REPLAYS_PER_CLIENT). A damaged snapshot file is skipped
+(limits.MAX_REPLAYS, MAX_REPLAYS_PER_CLIENT); viewers replaying the same stretch share
+each encoded page (ReplayPages). A damaged snapshot file is skipped
 with a `snapshot_damaged` event that names the step. Each Subscription holds bounded state: status
 and snapshot events coalesce to the latest, metrics batches queue up to
 MAX_PENDING_BATCHES; past that the subscription drops its queue and resyncs
@@ -30,7 +31,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -99,6 +100,63 @@ class ReplayTicket:
                 self.manager._replays_by_client[self.client] = count
             else:
                 self.manager._replays_by_client.pop(self.client, None)
+
+
+class ReplayPages:
+    """Encoded replay pages, shared by every viewer that replays the same stretch of a run.
+
+    A page is keyed by (run, position, newest event id), which fixes its content. A page
+    another thread is reading is waited for, not read again, so viewers that reconnect
+    together (every viewer of a long run after a network blip) cost one read and one
+    encoding per page. At most `capacity` bytes are kept, least recently used first out.
+    Called from replay threads, never from the event loop (a wait blocks).
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.size = 0
+        self.lock = threading.Lock()
+        self.pages: OrderedDict[tuple, tuple[list[Event], tuple[int, int]]] = OrderedDict()
+        self.reading: dict[tuple, concurrent.futures.Future] = {}
+
+    def get(self, key: tuple, read) -> tuple[list[Event], tuple[int, int]]:
+        """The page for `key`: kept, being read by another thread, or `read()` now."""
+        with self.lock:
+            page = self.pages.get(key)
+            if page is not None:
+                self.pages.move_to_end(key)
+                return page
+            waiting = self.reading.get(key)
+            if waiting is None:
+                future: concurrent.futures.Future = concurrent.futures.Future()
+                self.reading[key] = future
+        if waiting is not None:
+            return waiting.result()
+        try:
+            page = read()
+        except BaseException as error:
+            with self.lock:
+                self.reading.pop(key, None)
+            future.set_exception(error)
+            raise
+        size = sum(len(event.wire or b"") for event in page[0])
+        with self.lock:
+            self.reading.pop(key, None)
+            if size <= self.capacity and key not in self.pages:
+                self.pages[key] = page
+                self.size += size
+                while self.size > self.capacity:
+                    _, (events, _) = self.pages.popitem(last=False)
+                    self.size -= sum(len(event.wire or b"") for event in events)
+        future.set_result(page)
+        return page
+
+    def forget(self, run_id: str) -> None:
+        """Drop a deleted run's pages."""
+        with self.lock:
+            for key in [key for key in self.pages if key[0] == run_id]:
+                events, _ = self.pages.pop(key)
+                self.size -= sum(len(event.wire or b"") for event in events)
 
 
 # ---------------------------------------------------------------- event fan-out
@@ -272,6 +330,7 @@ class RunManager:
         self._recovered = False
         self._retry_timer: threading.Timer | None = None
         self._replay_slots: asyncio.Semaphore | None = None
+        self._replay_pages = ReplayPages(limits.REPLAY_CACHE_BYTES)
         # classroom: app.classroom.QuotaGate once create_app has a class store; it stamps a
         # learner's runs with their owner and keeps each learner within the class's quotas
         self.gate: QuotaGate | None = None
@@ -711,6 +770,7 @@ class RunManager:
             if handle.thread is not None:
                 handle.thread.join(5.0)
         self.store.delete_run(run_id)
+        self._replay_pages.forget(run_id)
         with self._lock:
             channel = self._channels.pop(run_id, None)
         if channel is not None:
@@ -835,7 +895,9 @@ class RunManager:
             try:
                 position = (last_sent, ALL_STEPS)  # every point of event `last_sent` was delivered
                 while True:
-                    events, position = await asyncio.to_thread(self._replay_page, channel.run_id, position, newest)
+                    events, position = await asyncio.to_thread(
+                        self._shared_replay_page, channel.run_id, position, newest
+                    )
                     for event in events:
                         yield event
                     if not events:
@@ -852,6 +914,10 @@ class RunManager:
             answer = await asyncio.to_thread(channel.snapshot_data, step)
             if answer is not None:
                 yield encode(Event(snapshot_id, answer[0], answer[1], step=step))
+
+    def _shared_replay_page(self, run_id: str, position: tuple[int, int], upto: int):
+        """_replay_page, read once for every viewer replaying the same stretch (ReplayPages). In a thread."""
+        return self._replay_pages.get((run_id, position, upto), lambda: self._replay_page(run_id, position, upto))
 
     def _replay_page(self, run_id: str, position: tuple[int, int], upto: int) -> tuple[list[Event], tuple[int, int]]:
         """The next page of missed metrics as one encoded event (whole events only, so a viewer

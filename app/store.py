@@ -17,7 +17,11 @@ kept importable from here. The server sweeps temp files that a killed writer lef
 when it starts. Each metrics row carries
 the event sequence number (`seq`) of the stream event that announced it, which
 is how `Last-Event-ID` replays missed metrics. One connection is shared by the
-server's threads behind a lock; other processes (the CLI) open their own.
+server's threads behind a lock for writes and quick lookups (the event loop's run
+lookup waits for that lock); bulk reads of metrics (replay pages, GET .../metrics)
+use a read-only connection of their own thread, so a long read never holds the lock
+(WAL: readers and the writer do not block each other). Other processes (the CLI)
+open their own.
 """
 
 from __future__ import annotations
@@ -216,10 +220,33 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=10000")
         with self._lock:
             self._db.executescript(_SCHEMA)
+        self._readers: dict[int, sqlite3.Connection] = {}  # thread id -> its read connection
+        self._readers_lock = threading.Lock()  # not self._lock: a read never waits for the writer
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._readers_lock:
+            readers, self._readers = list(self._readers.values()), {}
+        for connection in readers:
+            connection.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (made on first use; those of ended threads are closed)."""
+        ident = threading.get_ident()
+        connection = self._readers.get(ident)
+        if connection is not None:
+            return connection
+        connection = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA busy_timeout=10000")
+        connection.execute("PRAGMA query_only=1")
+        with self._readers_lock:
+            alive = {thread.ident for thread in threading.enumerate()}
+            for gone in [key for key in self._readers if key not in alive]:
+                self._readers.pop(gone).close()
+            self._readers[ident] = connection
+        return connection
 
     def sweep_temp_files(self, older_than: float = TEMP_FILE_MAX_AGE) -> int:
         """Delete the temp files of atomic writes that never finished (a writer killed between
@@ -340,17 +367,19 @@ class Store:
         if limit is not None:
             query += " LIMIT ?"
             args += (limit,)
-        with self._lock:
-            rows = self._db.execute(query, args).fetchall()
+        rows = self._reader().execute(query, args).fetchall()
         return [_row_to_point(row) for row in rows]
 
     def metrics_between_seq(self, run_id: str, after_seq: int, upto_seq: int) -> list[tuple[int, dict]]:
         """(seq, point) for points announced by events after_seq < seq <= upto_seq, in seq order."""
-        with self._lock:
-            rows = self._db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 "SELECT * FROM metrics WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq, step",
                 (run_id, after_seq, upto_seq),
-            ).fetchall()
+            )
+            .fetchall()
+        )
         return [(row["seq"], _row_to_point(row)) for row in rows]
 
     def metrics_page(self, run_id: str, after: tuple[int, int], upto_seq: int, limit: int) -> list[tuple[int, dict]]:
@@ -358,12 +387,15 @@ class Store:
         upto_seq, in (seq, step) order: one page of an event replay (keyset paging, so a
         page costs the same early or late in a long run)."""
         seq, step = after
-        with self._lock:
-            rows = self._db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 "SELECT * FROM metrics WHERE run_id = ? AND (seq > ? OR (seq = ? AND step > ?)) AND seq <= ?"
                 " ORDER BY seq, step LIMIT ?",
                 (run_id, seq, seq, step, upto_seq, limit),
-            ).fetchall()
+            )
+            .fetchall()
+        )
         return [(row["seq"], _row_to_point(row)) for row in rows]
 
     # -- run folders (bound to this store's data directory)

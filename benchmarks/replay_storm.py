@@ -74,10 +74,32 @@ def viewers_main(url: str, run_id: str, clients: int, results) -> None:
         thread.join()
 
 
+def healthz_latencies(url: str, until: float) -> list[float]:
+    """/healthz latencies (ms), one request at a time every 50 ms, until `until` (time.monotonic)."""
+    latencies = []
+    with httpx.Client(base_url=url, timeout=60.0) as probe:
+        while time.monotonic() < until:
+            begin = time.perf_counter()
+            probe.get("/healthz")
+            latencies.append((time.perf_counter() - begin) * 1000)
+            time.sleep(0.05)
+    return latencies
+
+
+def summary(latencies: list[float]) -> dict:
+    return {f"p{q}": round(percentile(latencies, q), 1) for q in (50, 90, 99)} | {
+        "max": round(max(latencies), 1),
+        "requests": len(latencies),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=40)
     parser.add_argument("--points", type=int, default=200_000)
+    parser.add_argument(
+        "--baseline", type=float, default=10.0, help="seconds of /healthz before the storm (this machine's noise)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kernelscope-replay-") as folder:
@@ -98,6 +120,7 @@ def main() -> None:
                     raise SystemExit("server did not start")
                 time.sleep(0.1)
             idle = rss_mib(server.pid)
+            quiet = healthz_latencies(url, time.monotonic() + args.baseline)
             manager = multiprocessing.Manager()
             results = manager.list()
             viewers = multiprocessing.Process(target=viewers_main, args=(url, run_id, args.clients, results))
@@ -123,9 +146,11 @@ def main() -> None:
         "points": args.points,
         "seconds": round(took, 1),
         "complete_replays": complete,
+        "healthz_ms_no_storm": summary(quiet),
         "healthz_ms": {f"p{q}": round(percentile(latencies, q), 1) for q in (50, 90, 99)}
         | {"max": round(max(latencies), 1), "requests": len(latencies)},
         "server_rss_mib": {"idle": round(idle), "peak": round(peak), "after": round(after)},
+        "load_average": os.getloadavg(),
     }
     print(json.dumps(figures, indent=2))
     if args.json:

@@ -761,18 +761,49 @@ def load_image_folder(
     return make_dataset("image_folder", [d.name for d in class_dirs], x_train, y_train, x_val, y_val, params=params)
 
 
+DIGITS_SIZE = 28  # sklearn_digits' 8×8 images are upscaled to this side, the size the default model expects
+
+
+def upscale_bilinear(x: np.ndarray, size: int) -> np.ndarray:
+    """Images (N, C, h, w) resized to (N, C, size, size) by bilinear interpolation between pixel
+    centres, so a digit keeps its place and its range of values."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"images: expected shape (N, C, h, w), got {x.shape}")
+
+    def weights(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        centres = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+        low = np.floor(centres).astype(np.int64)
+        high = np.minimum(low + 1, n_in - 1)
+        return low, high, (centres - low).astype(np.float32)
+
+    top, bottom, fy = weights(x.shape[2])
+    left, right, fx = weights(x.shape[3])
+    rows = x[:, :, top] * (1 - fy)[:, None] + x[:, :, bottom] * fy[:, None]
+    return rows[..., left] * (1 - fx) + rows[..., right] * fx
+
+
+def digits_dataset(images, target, val_fraction: float = 0.2, seed: int = 0, size: int = DIGITS_SIZE) -> Dataset:
+    """The sklearn_digits Dataset from load_digits()'s `images` (N, 8, 8, values 0..16) and `target`:
+    scaled to 0..1 and upscaled to size×size."""
+    x = upscale_bilinear(np.asarray(images, dtype=np.float32)[:, None] / 16.0, size)
+    y = np.asarray(target, dtype=np.int64)
+    x_train, y_train, x_val, y_val = _holdout(x, y, val_fraction, seed)
+    params = {"val_fraction": val_fraction, "size": size}
+    return make_dataset("sklearn_digits", MNIST_CLASSES, x_train, y_train, x_val, y_val, params=params)
+
+
 def load_sklearn_digits(val_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """scikit-learn's 8×8 digits (1797 images), when scikit-learn is installed."""
+    """scikit-learn's 8×8 digits (1797 images) upscaled to 28×28, when scikit-learn is installed
+    (the `sklearn` extra: pip install 'kernelscope[sklearn]')."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DatasetError("sklearn_digits: scikit-learn is not installed (pip install scikit-learn)") from None
+        raise DatasetError(
+            "sklearn_digits: scikit-learn is not installed (pip install 'kernelscope[sklearn]')"
+        ) from None
     digits = load_digits()
-    x = np.asarray(digits.images, dtype=np.float32)[:, None] / 16.0
-    y = np.asarray(digits.target, dtype=np.int64)
-    x_train, y_train, x_val, y_val = _holdout(x, y, val_fraction, seed)
-    params = {"val_fraction": val_fraction}
-    return make_dataset("sklearn_digits", MNIST_CLASSES, x_train, y_train, x_val, y_val, params=params)
+    return digits_dataset(digits.images, digits.target, val_fraction, seed)
 
 
 # --------------------------------------------------------------------------
@@ -831,11 +862,12 @@ DATASETS: dict[str, dict[str, Any]] = {
         "shape": lambda p: ([3 if p["color"] else 1, p["size"], p["size"]] if p["size"] else None, None),
     },
     "sklearn_digits": {
-        "description": "scikit-learn's 8x8 digits (needs scikit-learn installed)",
+        "description": f"scikit-learn's 8x8 digits (1797 images) upscaled to {DIGITS_SIZE}x{DIGITS_SIZE}; "
+        "listed only where scikit-learn is installed (the `sklearn` extra)",
         "loader": load_sklearn_digits,
         "needs": "sklearn",
         "params": {"val_fraction": 0.2, "seed": 0},
-        "shape": lambda p: ([1, 8, 8], 10),
+        "shape": lambda p: ([1, DIGITS_SIZE, DIGITS_SIZE], 10),
     },
 }
 

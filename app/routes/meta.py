@@ -31,9 +31,10 @@ router = APIRouter(tags=["meta"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz(settings: SettingsDep) -> dict:
+async def healthz(settings: SettingsDep) -> dict:
     """The server answers; `disk_low` when the data directory's disk has less than
-    settings.min_free_disk (KERNELSCOPE_MIN_FREE_DISK) free (reads keep working; writes wait for space)."""
+    settings.min_free_disk (KERNELSCOPE_MIN_FREE_DISK) free (reads keep working; writes wait for space).
+    Answered on the event loop (one statvfs call): no thread-pool round trip, so it measures the loop."""
     import shutil
 
     try:

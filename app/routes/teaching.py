@@ -596,10 +596,11 @@ def fit_gif(shape, pixel: int, frames: int) -> tuple[int, int]:
 
 
 def captioned(image: Image.Image, text: str) -> Image.Image:
-    """The image with a dark band on top holding `text`."""
-    frame = Image.new("RGB", (max(image.width, 80), image.height + GIF_CAPTION_HEIGHT), render.BACKGROUND)
+    """The indexed image (render.filter_grid_indexed) with a dark band on top holding `text`."""
+    frame = Image.new("P", (max(image.width, 80), image.height + GIF_CAPTION_HEIGHT), render.BACKGROUND_INDEX)
+    frame.putpalette(render.palette())
     frame.paste(image, (0, GIF_CAPTION_HEIGHT))
-    ImageDraw.Draw(frame).text((3, 1), text, fill=(235, 235, 235))
+    ImageDraw.Draw(frame).text((3, 1), text, fill=render.CAPTION_INDEX)
     return frame
 
 
@@ -649,11 +650,11 @@ def evolution_gif(
     if not weights:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no stored weights")
     scale = max(render.auto_scale(weight) for _, weight in weights)
-    images = [
-        captioned(render.filter_grid(weight, scale=scale, pixel=pixel), f"step {step}") for step, weight in weights
-    ]
+    # frames drawn as the encoder takes them, as palette indices: it keeps one byte per pixel of
+    # each frame (to compare neighbours), never every frame in RGB at once, and quantizes nothing
+    drawn = (captioned(render.filter_grid_indexed(w, scale=scale, pixel=pixel), f"step {s}") for s, w in weights)
     buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+    next(drawn).save(buffer, format="GIF", save_all=True, append_images=drawn, duration=duration, loop=0)
     return Response(
         buffer.getvalue(),
         media_type="image/gif",

@@ -1,5 +1,6 @@
 """Memory and BLAS tuning for the fast path: glibc malloc keeps freed memory for the next
 step, and numpy's BLAS runs on one thread while the parts of a batch run on separate cores.
+The other way round for a long-lived server: return_freed_memory gives it back after a burst.
 """
 
 import ctypes
@@ -53,3 +54,20 @@ class _NoLimit:
 
     def __exit__(self, *exc):
         return False
+
+
+def return_freed_memory():
+    """Give the memory glibc holds in its free lists back to the OS (malloc_trim(0)).
+
+    A long-lived process that made something big once (a server that drew a large GIF or
+    zipped an export on a thread-pool thread) otherwise keeps those pages, in every thread's
+    arena, until it needs them again. Linux with glibc only (elsewhere nothing happens).
+    Returns True when some memory was released.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(malloc_trim(0))

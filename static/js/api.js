@@ -62,9 +62,10 @@ export async function fetchInits() {
   return { inits: data.inits, namedKernels: data.named_kernels ?? null };
 }
 
-/* GET /api/datasets -> [name]. */
+/* GET /api/datasets -> {names: [name], pathRule: where dataset.path points, as the server states it}. */
 export async function fetchDatasets() {
-  return (await getJSON("/api/datasets")).datasets.map((d) => d.name);
+  const data = await getJSON("/api/datasets");
+  return { names: data.datasets.map((d) => d.name), pathRule: data.path_rule ?? "" };
 }
 
 /* GET /api/presets -> {specs: {name: spec}, optimizers: {name: the optimizer its runs default to}}. */

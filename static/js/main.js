@@ -71,7 +71,10 @@ async function loadServerFacts() {
     state.inits = inits.value.inits;
     state.namedKernels = inits.value.namedKernels ?? [];
   }
-  if (datasets.status === "fulfilled") state.datasets = datasets.value;
+  if (datasets.status === "fulfilled") {
+    state.datasets = datasets.value.names;
+    state.datasetPathRule = datasets.value.pathRule;
+  }
   state.served = defaults.value ?? null;
   state.defaults = pageDefaults(state.served, presets.value?.optimizers ?? null);
   Object.assign(state, hashToConfig(location.hash, state.defaults));

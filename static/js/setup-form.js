@@ -197,6 +197,7 @@ export function mountSetupForm(context) {
     dataset.replaceChildren();
     for (const name of new Set([...state.datasets, c.dataset])) dataset.append(new Option(name, name));
     dataset.value = c.dataset;
+    $("f-dataset-rule").textContent = state.datasetPathRule;
     applyLimits();
     writeOptimizerFields();
     for (const field of NUMBER_FIELDS.slice(3)) $(field.id).value = String(c[field.key]);

@@ -106,7 +106,8 @@ export function createState() {
     presets: {},            // name -> spec (from GET /api/presets)
     inits: [],              // [{name, law, params, aliases}] (from GET /api/inits)
     namedKernels: [],       // the engine's hand-made kernels (GET /api/inits named_kernels)
-    datasets: [],           // [name]
+    datasets: [],           // [name] (GET /api/datasets: only those that can load here)
+    datasetPathRule: "",    // where dataset.path points (GET /api/datasets path_rule)
     run: null,              // the run record on screen (GET /api/runs/{id})
     steps: [],              // snapshot steps stored for the run, ascending
     mode: "live",           // "live" follows the stream, "history" shows `historyStep`

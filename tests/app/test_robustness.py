@@ -24,6 +24,7 @@ from app.main import create_app
 from app.runs import QueueFull
 from app.store import Store
 from engine.trainer import RunConfig
+from tests import storms
 from tests.app.conftest import LONG, TINY, make_settings, read_events, wait_for, wait_for_step
 from tests.live_server import free_port, uvicorn_command, wait_until_healthy
 
@@ -158,6 +159,66 @@ def test_reading_events_never_writes(client):
                 list(read_events(response))
     after = client.app.state.store.get_run(run_id)
     assert (after["event_seq"], after["updated"]) == (before["event_seq"], before["updated"])
+
+
+def test_a_replay_page_is_read_while_another_thread_holds_the_store_lock(tmp_path):
+    """The event loop's run lookup waits for the store's lock; a long replay read must not hold it."""
+    run_id = seed_long_run(tmp_path, 5000)
+    store = Store(tmp_path)
+    pages: list = []
+    try:
+        with store._lock:  # as a writer (or anything else) holding the shared connection would
+            reader = threading.Thread(target=lambda: pages.append(store.metrics_page(run_id, (0, 0), 10**9, 2000)))
+            reader.start()
+            reader.join(30)
+            assert not reader.is_alive()
+        assert [point["step"] for _, point in pages[0]] == list(range(1, 2001))
+        assert store.metrics(run_id, since_step=4990) == [
+            {"step": s, "loss": 1.0 / s, "acc": 0.5} for s in range(4991, 5001)
+        ]
+    finally:
+        store.close()
+
+
+def test_viewers_replaying_the_same_stretch_share_one_read_of_each_page():
+    from app.runs import ReplayPages
+    from app.worker import Event
+
+    pages = ReplayPages(capacity=1000)
+    reads: list[tuple] = []
+    started, release = threading.Event(), threading.Event()
+
+    def read(key):
+        def reader():
+            reads.append(key)
+            started.set()
+            release.wait(10)
+            event = Event(key[2], "metrics", "{}")
+            event.wire = b"x" * 400
+            return [event], (key[2], 0)
+
+        return reader
+
+    results: list = []
+    first = threading.Thread(target=lambda: results.append(pages.get(("run", (0, 0), 7), read(("run", (0, 0), 7)))))
+    first.start()
+    started.wait(10)
+    second = threading.Thread(target=lambda: results.append(pages.get(("run", (0, 0), 7), read(("run", (0, 0), 7)))))
+    second.start()  # asks while the first still reads: it waits for that read
+    time.sleep(0.2)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(reads) == 1 and len(results) == 2 and results[0] is results[1]
+    assert pages.get(("run", (0, 0), 7), read(("run", (0, 0), 7))) is results[0] and len(reads) == 1  # kept
+    pages.get(("run", (7, 0), 9), read(("run", (7, 0), 9)))
+    pages.get(("other", (0, 0), 7), read(("other", (0, 0), 7)))  # 1200 bytes > 1000: the oldest goes
+    assert pages.size <= 1000 and ("run", (0, 0), 7) not in pages.pages
+    pages.forget("run")
+    assert list(pages.pages) == [("other", (0, 0), 7)] and pages.size == 400
+    with pytest.raises(ZeroDivisionError):  # a failed read is not kept
+        pages.get(("run", (1, 0), 2), lambda: 1 / 0)
+    assert ("run", (1, 0), 2) not in pages.pages and not pages.reading
 
 
 def test_one_client_has_a_bounded_share_of_replays_then_429_with_retry_after(client):
@@ -425,6 +486,50 @@ def test_heavy_routes_beyond_the_pool_answer_429_with_retry_after(client):
         assert answer.status_code == 429, path
         assert answer.headers["Retry-After"] == "7" and answer.json()["message"].startswith("render: ")
     assert client.get(f"/api/runs/{run_id}/snapshots/{steps[-1]}").status_code == 200  # light reads are not pooled
+
+
+def render_storm(url: str, run_id: str, gifs: int = 8, exports: int = 4) -> list[tuple[str, int, bytes]]:
+    """`gifs` evolution GIFs of the wide layer and `exports` exports asked at once, each
+    asked again after its Retry-After when the render pool answers 429; (kind, status, body)."""
+    paths = [f"/api/runs/{run_id}/evolution.gif?layer={storms.WIDE_LAYER}"] * gifs + [
+        f"/api/runs/{run_id}/export"
+    ] * exports
+    answers: list[tuple[str, int, bytes]] = []
+
+    def ask(path: str) -> None:
+        with httpx.Client(base_url=url, timeout=300.0) as one:
+            while True:
+                answer = one.get(path)
+                if answer.status_code != 429:
+                    answers.append((path.rsplit("/", 1)[-1].split("?")[0], answer.status_code, answer.content))
+                    return
+                time.sleep(float(answer.headers["Retry-After"]))
+
+    threads = [threading.Thread(target=ask, args=(path,)) for path in paths]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_eight_gifs_and_four_exports_at_once_stay_under_a_gigabyte_and_give_the_memory_back(tmp_path):
+    run_id = storms.seed_wide_run(tmp_path / "data", snapshots=40)
+    server = LiveServer(tmp_path / "data")
+    try:
+        idle = storms.memory_mib(server.process.pid)["VmRSS"]
+        answers = render_storm(server.url, run_id)
+        after = storms.memory_mib(server.process.pid)
+    finally:
+        server.stop()
+    assert sorted((kind, status) for kind, status, _ in answers) == [("evolution.gif", 200)] * 8 + [("export", 200)] * 4
+    assert all(body.startswith(b"GIF89a" if kind == "evolution.gif" else b"PK") for kind, _, body in answers)
+    peak = after["VmHWM"]  # the kernel's high-water mark of the server's resident memory
+    assert peak < 1024, f"peak {peak:.0f} MiB (idle {idle:.0f} MiB)"
+    # what the renders took is given back once they are done (not held for the next burst)
+    assert after["VmRSS"] - idle < (peak - idle) / 3, (
+        f"after {after['VmRSS']:.0f} MiB, peak {peak:.0f}, idle {idle:.0f}"
+    )
 
 
 # ---------------------------------------------------------------- dataset folders

@@ -451,3 +451,17 @@ def test_run_list_opens_a_run_and_the_page_fits_the_window(browser, server, trai
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), "the page scrolls sideways"
     page.context.close()
     assert problems.items == []
+
+
+def test_the_dataset_form_states_the_path_rule_the_api_serves(page, server, api):
+    """The rule for dataset.path has one home, /api/datasets; the form shows it as served and
+    offers only the datasets the server lists (those that can load here)."""
+    from pathlib import Path
+
+    goto(page, f"{server}/")
+    served = api.get("/api/datasets").json()
+    assert served["path_rule"] and page.text_content("#f-dataset-rule") == served["path_rule"]
+    offered = page.eval_on_selector_all("#f-dataset option", "options => options.map(o => o.value)")
+    assert set(offered) <= {d["name"] for d in served["datasets"]}
+    scripts = Path(__file__).resolve().parents[2] / "static" / "js"
+    assert not [p.name for p in scripts.glob("*.js") if "relative to the data directory" in p.read_text()]

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import datasets
+from engine import build_model, datasets
 from engine.datasets import (
     SHAPE_CLASSES,
     DatasetError,
+    digits_dataset,
     generate_shapes,
+    known_shape,
     load_cifar10,
     load_dataset,
     load_idx_folder,
@@ -23,6 +25,7 @@ from engine.datasets import (
     make_dataset,
     normalize_dataset_spec,
     read_idx,
+    upscale_bilinear,
 )
 
 # ---------------------------------------------------------------- shapes
@@ -362,16 +365,41 @@ def test_image_folder_mixed_sizes_ask_for_a_size(tmp_path):
 # ---------------------------------------------------------------- sklearn digits
 
 
-def test_sklearn_digits_are_scaled_from_their_0_to_16_range(monkeypatch):
+def test_sklearn_digits_are_scaled_from_their_0_to_16_range_and_upscaled_to_28(monkeypatch):
     images = np.tile(np.arange(64, dtype=float).reshape(8, 8) % 17, (20, 1, 1))
     fake = types.ModuleType("sklearn.datasets")
     fake.load_digits = lambda: types.SimpleNamespace(images=images, target=np.arange(20) % 10)
     monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
     monkeypatch.setitem(sys.modules, "sklearn.datasets", fake)
     data = load_sklearn_digits()
-    assert data.input_shape == (1, 8, 8) and len(data.x_train) == 16 and len(data.x_val) == 4
+    assert data.input_shape == (1, 28, 28) and len(data.x_train) == 16 and len(data.x_val) == 4
     restored = data.x_train[0, 0] * data.std[0] + data.mean[0]
-    assert np.allclose(restored, images[0] / 16.0, atol=1e-5)
+    assert restored.min() >= -1e-5 and restored.max() <= 16 / 16 + 1e-5
+    expected = upscale_bilinear(images[:1, None] / 16.0, 28)[0, 0]
+    assert np.allclose(restored, expected, atol=1e-5)
+
+
+def test_digits_upscaling_keeps_each_pixel_in_its_place_and_the_default_model_takes_it():
+    images = np.zeros((10, 8, 8))
+    images[:, 0, 0] = 16  # a bright top-left pixel ...
+    images[:, 5, 6] = 8  # ... and a half-bright one lower right
+    data = digits_dataset(images, np.arange(10), val_fraction=0.2)
+    assert data.input_shape == (1, 28, 28) and data.n_classes == 10
+    big = upscale_bilinear(images[:1, None] / 16.0, 28)[0, 0]
+    assert big.shape == (28, 28) and big.min() >= 0 and np.isclose(big.max(), 1.0)
+    assert np.unravel_index(np.argmax(big), big.shape) == (0, 0)  # 28/8 = 3.5 pixels per source pixel
+    lower = big[10:, 10:]  # source pixel (5, 6) has its centre at (5.5 * 3.5 - 0.5, 6.5 * 3.5 - 0.5) = (18.75, 22.25)
+    assert np.unravel_index(np.argmax(lower), lower.shape) == (19 - 10, 22 - 10) and 0.4 < lower.max() <= 0.5
+    assert big[14, 2] == 0.0  # far from both bright pixels nothing bleeds in
+    flat = upscale_bilinear(np.full((2, 1, 8, 8), 0.25), 28)
+    assert np.allclose(flat, 0.25)
+    assert known_shape("sklearn_digits") == ([1, 28, 28], 10)
+    from engine.trainer import RunConfig
+
+    model = build_model(RunConfig.from_dict({}).model, fast=False)
+    assert model.forward(data.x_train[:2]).shape == (2, 10)
+    with pytest.raises(ValueError, match="images: expected shape"):
+        upscale_bilinear(np.zeros((8, 8)), 28)
 
 
 def test_sklearn_digits_without_scikit_learn_says_so(monkeypatch):
