@@ -414,8 +414,10 @@ class Store:
         self._raw: sqlite3.Connection | None = None  # its sqlite3 connection (the event path's fast lane)
         if self.sqlite:
             self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._raw = self._conn.connection.driver_connection  # type: ignore[assignment]
-            self._raw.row_factory = sqlite3.Row
+            raw = self._conn.connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            raw.row_factory = sqlite3.Row
+            self._raw = raw
         self._upsert_metrics = _UPSERT_METRICS_SQLITE if self.sqlite else _UPSERT_METRICS_POSTGRESQL
 
     def close(self) -> None:
@@ -544,7 +546,7 @@ class Store:
             rows = session.rows(_NEXT_SEQ, {"p_id": run_id, "p_count": count})
         if not rows:
             raise RunNotFound(run_id)
-        return rows[0][0] - count + 1
+        return rows[0]["event_seq"] - count + 1
 
     # -- metrics
 
