@@ -398,7 +398,8 @@ class Store:
     On SQLite one connection is shared by the process's threads behind a lock, in autocommit,
     with explicit `BEGIN IMMEDIATE` around writes of more than one statement (as before
     migrations: the event path stays as fast). On PostgreSQL each call takes a pooled
-    connection and is one transaction; a lost server is DatabaseUnavailable."""
+    connection: one statement runs in autocommit, several in one transaction, so a call
+    writes all or nothing either way; a lost server is DatabaseUnavailable."""
 
     def __init__(self, data_dir: Path | str, database_url: str | None = None):
         self.data_dir = Path(data_dir)
@@ -418,6 +419,7 @@ class Store:
             assert isinstance(raw, sqlite3.Connection)
             raw.row_factory = sqlite3.Row
             self._raw = raw
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")  # the same pool
         self._upsert_metrics = _UPSERT_METRICS_SQLITE if self.sqlite else _UPSERT_METRICS_POSTGRESQL
 
     def close(self) -> None:
@@ -449,7 +451,8 @@ class Store:
     def _session(self, transaction: bool = False) -> Iterator[_SQLSession | _SQLiteSession]:
         """Where to run statements: on SQLite the shared connection under the lock, in
         autocommit unless `transaction` (then BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error);
-        on PostgreSQL a pooled connection, one transaction in every case."""
+        on PostgreSQL a pooled connection, likewise in autocommit for one statement (atomic by
+        itself) and in one transaction for several."""
         if self._raw is not None:
             with self._lock:
                 if not transaction:
@@ -462,6 +465,10 @@ class Store:
                     self._raw.execute("ROLLBACK")
                     raise
                 self._raw.execute("COMMIT")
+            return
+        if not transaction:  # one statement is atomic by itself: no BEGIN and COMMIT round trips
+            with self._guard(), self._autocommit.connect() as connection:
+                yield _SQLSession(connection)
             return
         with self._guard(), self._engine.begin() as connection:
             yield _SQLSession(connection)
