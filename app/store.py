@@ -103,6 +103,12 @@ def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, sqlite3.OperationalError) and "full" in str(error).lower()
 
 
+def write_may_succeed_later(error: BaseException) -> bool:
+    """True when the store refused a write for a reason that passes (a full disk, a database
+    that is away): the run manager keeps what it could not write and tries again."""
+    return is_disk_full(error) or isinstance(error, DatabaseUnavailable)
+
+
 # ---------------------------------------------------------------- atomic files
 
 # A temp file of an atomic write older than this (seconds) was left by a killed writer.

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from app import database
 from app.main import create_app
 from app.store import DatabaseUnavailable, RunNotFound, Store
-from tests.app.conftest import TINY, make_settings
+from tests.app.conftest import LONG, TINY, make_settings, wait_for, wait_for_step
 from tests.live_server import free_port, uvicorn_command, wait_until_healthy
 from tests.services_pg import postgres_server, wait_until_stopped
 
@@ -310,6 +310,8 @@ def test_postgresql_stopped_is_503_naming_the_database_and_nothing_is_half_writt
         settings = make_settings(tmp_path / "data", database_url=server.url)
         with TestClient(create_app(settings)) as client:
             kept = client.post("/api/runs", json={**TINY, "steps": 1}).json()["id"]
+            training = client.post("/api/runs", json=LONG).json()["id"]
+            wait_for_step(client, training, 5)
             store = client.app.state.store
             before = store.metrics(kept)
             server.stop()
@@ -334,7 +336,15 @@ def test_postgresql_stopped_is_503_naming_the_database_and_nothing_is_half_writt
             assert runs.status_code == 200, runs.text
             listed = runs.json()
             ids = [run["id"] for run in (listed["runs"] if isinstance(listed, dict) else listed)]
-            assert ids == [kept]  # the POST during the outage left no run behind
+            assert ids == [kept, training]  # the POST during the outage left no run behind
             assert store.metrics(kept) == before  # nor any point of the refused batch
+            # the run that trained through the outage could not record its steps: it ended, and its
+            # final status, kept in memory meanwhile, reaches the database once it is back
+            ended = wait_for(client, training, "failed")
+            assert "DatabaseUnavailable" in ended["message"], ended
+            deadline = time.monotonic() + 60  # the manager retries every limits.DISK_RETRY_SECONDS
+            while store.get_run(training)["status"] != "failed":
+                assert time.monotonic() < deadline, store.get_run(training)
+                time.sleep(0.2)
     finally:
         server.remove()
