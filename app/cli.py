@@ -399,7 +399,13 @@ def class_export(
 
 
 def main() -> None:
-    cli()
+    from app.store import DatabaseUnavailable
+
+    try:
+        cli()
+    except DatabaseUnavailable as error:  # distributed mode: PostgreSQL is down or unreachable
+        error_console.print(f"[red]error:[/red] {error}")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

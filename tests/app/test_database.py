@@ -11,6 +11,7 @@ import contextlib
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 
 import httpx
@@ -302,6 +303,21 @@ def test_a_real_server_on_postgresql_trains_a_run_and_reads_it_back(postgres, tm
 
 
 # ---------------------------------------------------------------- PostgreSQL stopped
+
+
+def test_the_cli_names_an_unreachable_database_instead_of_a_traceback(tmp_path):
+    port = free_port()  # nothing listens there
+    env = {
+        **os.environ,
+        "KERNELSCOPE_DATA": str(tmp_path),
+        "KERNELSCOPE_DATABASE_URL": f"postgresql://kernelscope@127.0.0.1:{port}/kernelscope",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "runs"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"database: PostgreSQL 127.0.0.1:{port}/kernelscope is unreachable" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
 
 
 def test_postgresql_stopped_is_503_naming_the_database_and_nothing_is_half_written(tmp_path):
