@@ -105,8 +105,10 @@ class PostgresServer:
         if (self.data / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
 
-    def create_database(self) -> None:
-        self._run("createdb", "-h", str(self.sockets), "-p", str(self.port), "-U", SUPERUSER, DATABASE)
+    def create_database(self, name: str = DATABASE) -> str:
+        """Create database `name`; returns its URL."""
+        self._run("createdb", "-h", str(self.sockets), "-p", str(self.port), "-U", SUPERUSER, name)
+        return self.url.rsplit("/", 1)[0] + "/" + name
 
     def remove(self) -> None:
         self.stop()

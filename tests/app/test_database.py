@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -251,6 +252,30 @@ def test_postgresql_gets_the_same_tables_from_the_same_history(postgres, tmp_pat
     )
     assert [c for t, c in columns if t == "runs"] == list(database.runs.c.keys())
     assert [c for t, c in columns if t == "metrics"] == list(database.metrics.c.keys())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_starting_together_on_a_new_database_migrate_it_once(backend, request, tmp_path):
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres").create_database("kernelscope_race")
+        target = database.database_url("", url)
+    else:
+        target = database.database_url(tmp_path, None)
+    engines = [database.make_engine(target) for _ in range(4)]
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda e=engine: results.append(database.migrate(e))) for engine in engines]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        for engine in engines:
+            engine.dispose()
+    assert sorted(results) == ["current", "current", "current", "upgraded"]
+    with engines[0].connect() as connection:
+        assert database.current_revision(connection) == database.head_revision()
+    engines[0].dispose()
 
 
 def test_a_database_url_that_is_not_postgresql_is_refused_naming_the_variable():
