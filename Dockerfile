@@ -17,9 +17,14 @@ COPY static ./static
 # dumb-init (PyPI) runs as PID 1: it reaps orphans, such as the engine's partner process of a
 # run whose process the server had to kill, and passes signals to the server alone
 # (--single-child), which then stops its runs gracefully as it does outside Docker.
+# EXTRAS: optional extras of the wheel; deploy/compose.yaml builds with EXTRAS=distributed
+# (PostgreSQL driver, Dramatiq and Redis for distributed mode). Empty: the embedded image.
+ARG EXTRAS=""
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install /wheels/kernelscope-*.whl "dumb-init==1.2.5.post1" \
+ && for wheel in /wheels/kernelscope-*.whl; do \
+      /opt/venv/bin/pip install "${wheel}${EXTRAS:+[$EXTRAS]}" "dumb-init==1.2.5.post1"; \
+    done \
  && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # Stage 2: the runtime image: the venv only (without pip), no sources, compilers or test tools.

@@ -164,7 +164,7 @@ def train(
         error_console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
 
-    store = Store(settings.data_dir)
+    store = Store(settings.data_dir, settings.database_url)
     meta = {"cli": True, **({"name": name} if name else {})}
     config = run_config.to_dict()
     run = store.create_run(config, status="running", meta=meta, owner_pid=os.getpid())
@@ -256,7 +256,7 @@ def list_runs(data: Path | None = DataOption) -> None:
     from app.store import Store
 
     settings = _settings(data)
-    store = Store(settings.data_dir)
+    store = Store(settings.data_dir, settings.database_url)
     runs = store.list_runs()
     store.close()
     if not runs:
@@ -382,7 +382,7 @@ def class_export(
     from app.store import Store
 
     settings = _settings(data)
-    rooms, store = ClassroomStore(settings.data_dir), Store(settings.data_dir)
+    rooms, store = ClassroomStore(settings.data_dir), Store(settings.data_dir, settings.database_url)
     try:
         rooms.get_class(class_id)
         text = export_csv(store, rooms, class_id)
@@ -399,7 +399,13 @@ def class_export(
 
 
 def main() -> None:
-    cli()
+    from app.store import DatabaseUnavailable
+
+    try:
+        cli()
+    except DatabaseUnavailable as error:  # distributed mode: PostgreSQL is down or unreachable
+        error_console.print(f"[red]error:[/red] {error}")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Routes raise what went wrong and never translate it themselves:
 - `RunNotFound` is 404, `RunConflict` 409, `QueueFull` 429 (with Retry-After when it says);
 - a full disk (StorageFull, ENOSPC, SQLite's "disk is full") is 507;
 - `DamagedFile` (a stored file that does not read back whole) is 500 naming run, step and file;
+- `DatabaseUnavailable` (PostgreSQL down or unreachable, distributed mode) is 503 naming the
+  database, with Retry-After; nothing of the request was written;
 - classroom: `Forbidden` 403, `BadJoinCode` 401 (after a pause), `QuotaExceeded` 429
   with Retry-After, `ClassNotFound` 404;
 - anything else is a bug: 500, still JSON, naming only the kind of error.
@@ -32,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import classroom, limits
 from app.runs import QueueFull, RunConflict
-from app.store import DamagedFile, RunNotFound, StorageFull, is_disk_full
+from app.store import DamagedFile, DatabaseUnavailable, RunNotFound, StorageFull, is_disk_full
 from engine import OPTIMIZERS
 from engine.core.names import closest
 
@@ -106,6 +108,15 @@ async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
 async def damaged_file(request: Request, exc: DamagedFile) -> JSONResponse:
     return _answer(
         500, {"run_id": exc.run_id, "step": exc.step, "file": exc.path.name, "problem": exc.reason}, str(exc)
+    )
+
+
+async def database_unavailable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+    return _answer(
+        503,
+        {"database": exc.database, "problem": exc.reason},
+        str(exc),
+        {"Retry-After": str(limits.DATABASE_RETRY_SECONDS)},
     )
 
 
@@ -204,6 +215,7 @@ HANDLERS: dict[type[Exception], Any] = {
     classroom.QuotaExceeded: quota_exceeded,
     classroom.ClassNotFound: class_not_found,
     DamagedFile: damaged_file,
+    DatabaseUnavailable: database_unavailable,
     StorageFull: server_error,
     Exception: server_error,
 }

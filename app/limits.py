@@ -124,6 +124,11 @@ RENDER_RETRY_SECONDS = 5
 # render slot for long.
 SUMMARY_SECONDS = 1.0
 
+# ---------------------------------------------------------------- the database (distributed mode)
+# A PostgreSQL that does not answer: the store gives up on a connection attempt after
+# app/database.CONNECT_TIMEOUT_SECONDS and the API answers 503 with this Retry-After.
+DATABASE_RETRY_SECONDS = 5
+
 # ---------------------------------------------------------------- runs at once
 # The server's defaults and the ceilings KERNELSCOPE_MAX_RUNS / KERNELSCOPE_MAX_QUEUED
 # may be set to (app/settings.py); beyond them POST /api/runs answers 429.

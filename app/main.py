@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        store = Store(settings.data_dir)
+        store = await asyncio.to_thread(Store, settings.data_dir, settings.database_url)
         await asyncio.to_thread(store.sweep_temp_files)
         manager = RunManager(settings, store)
         manager.recover()

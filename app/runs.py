@@ -48,7 +48,7 @@ from app.store import (
     Store,
     checkpoint_path,
     dumps_json,
-    is_disk_full,
+    write_may_succeed_later,
     write_npz_atomic,
 )
 from app.worker import (
@@ -346,7 +346,7 @@ class RunManager:
         try:
             recovered = self._recover()
         except Exception as error:
-            if not is_disk_full(error):
+            if not write_may_succeed_later(error):
                 raise
             self._arm_storage_retry()
             return []
@@ -419,7 +419,7 @@ class RunManager:
         except RunNotFound:
             pass
         except Exception as error:
-            if not is_disk_full(error):
+            if not write_may_succeed_later(error):
                 raise
             self._unrecorded[run_id] = (status, message)
             self._arm_storage_retry()
@@ -445,7 +445,7 @@ class RunManager:
                     pass
                 self._unrecorded.pop(run_id, None)
         except Exception as error:
-            if not is_disk_full(error):
+            if not write_may_succeed_later(error):
                 raise
             with self._lock:
                 self._retry_timer = None
@@ -537,7 +537,7 @@ class RunManager:
                 except RunNotFound:
                     continue
                 except Exception as error:
-                    if not is_disk_full(error):
+                    if not write_may_succeed_later(error):
                         raise
                     self._queue.appendleft(run_id)  # started again once space returns
                     self._arm_storage_retry()

@@ -61,6 +61,17 @@ def _origins_from_env(env: dict, name: str) -> tuple[str, ...]:
     return origins
 
 
+def _database_url_from_env(env: dict, name: str) -> str | None:
+    """A postgresql:// (or postgres://, postgresql+psycopg://) URL; unset or empty = SQLite in the data directory."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        scheme = raw.split("://", 1)[0] if "://" in raw else raw[:20]
+        raise ValueError(f"{name}: expected a postgresql:// URL, got {scheme!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server reads from its environment."""
@@ -78,6 +89,8 @@ class Settings:
     # the storage budget (app/limits.py has the defaults and what they mean)
     max_run_storage: int = limits.MAX_RUN_STORAGE_BYTES  # bytes of one run's snapshots + checkpoint
     min_free_disk: int = limits.MIN_FREE_DISK_BYTES  # bytes the data directory's disk keeps free
+    # distributed mode (issue 21): runs and metrics in PostgreSQL; None = the SQLite file in data_dir
+    database_url: str | None = None
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Settings:
@@ -98,4 +111,5 @@ class Settings:
                 env, "KERNELSCOPE_MAX_RUN_STORAGE", limits.MAX_RUN_STORAGE_BYTES, 1 << 20, 1 << 50
             ),
             min_free_disk=_int_from_env(env, "KERNELSCOPE_MIN_FREE_DISK", limits.MIN_FREE_DISK_BYTES, 0, 1 << 50),
+            database_url=_database_url_from_env(env, "KERNELSCOPE_DATABASE_URL"),
         )

@@ -166,7 +166,9 @@ def test_wheel_holds_every_module_and_every_page_file(wheel):
         for p in (ROOT / folder).rglob("*")
         if p.is_file()
     }
+    expected.add("app/migrations/script.py.mako")  # Alembic's revision template, beside its versions/
     assert "app/templates/index.html" in expected
+    assert "app/migrations/env.py" in expected
     assert expected - names == set(), "missing from the wheel (add new packages to pyproject.toml)"
 
 
@@ -177,7 +179,8 @@ def test_wheel_declares_the_console_script_and_runtime_dependencies(wheel):
     metadata = archive.read("kernelscope-0.1.0.dist-info/METADATA").decode()
     requires = re.findall(r"^Requires-Dist: ([A-Za-z0-9_.-]+)(.*)$", metadata, re.M)
     runtime = {name.lower() for name, rest in requires if "extra ==" not in rest}
-    assert {"fastapi", "uvicorn", "numpy", "jinja2", "plotly", "pillow", "typer"} <= runtime
+    assert {"fastapi", "uvicorn", "numpy", "jinja2", "plotly", "pillow", "typer", "sqlalchemy", "alembic"} <= runtime
+    assert not runtime & {"psycopg", "dramatiq", "redis"}  # distributed mode's extra, not the embedded default
     assert not runtime & {"pytest", "playwright", "torch"}
     assert "Requires-Python: >=3.11" in metadata
 

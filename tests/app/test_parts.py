@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import sqlite3
 
 import numpy as np
 import pytest
@@ -63,7 +65,8 @@ def test_store_runs_round_trip_and_survive_reopening(tmp_path):
         1.5,
         {"name": "a"},
     )
-    assert again._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with contextlib.closing(sqlite3.connect(tmp_path / "kernelscope.db")) as db:  # WAL is kept in the file
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(ValueError, match="status"):
         again.update_run(run["id"], status="sleeping")
     with pytest.raises(RunNotFound):
