@@ -61,6 +61,16 @@ def _origins_from_env(env: dict, name: str) -> tuple[str, ...]:
     return origins
 
 
+def _broker_url_from_env(env: dict, name: str) -> str | None:
+    """A Redis URL (redis://, rediss:// or unix://); unset or empty = embedded mode."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{name}: expected a Redis URL (redis://host:port/db), got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server reads from its environment."""
@@ -78,6 +88,10 @@ class Settings:
     # the storage budget (app/limits.py has the defaults and what they mean)
     max_run_storage: int = limits.MAX_RUN_STORAGE_BYTES  # bytes of one run's snapshots + checkpoint
     min_free_disk: int = limits.MIN_FREE_DISK_BYTES  # bytes the data directory's disk keeps free
+    # distributed mode: a Redis URL; None = embedded (local processes, as `make run`)
+    broker_url: str | None = None
+    worker_heartbeat: float = limits.WORKER_HEARTBEAT_SECONDS  # seconds before a silent worker's run is requeued
+    stream_maxlen: int = limits.DEFAULT_STREAM_MAXLEN  # events each run's Redis Stream keeps
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Settings:
@@ -98,4 +112,15 @@ class Settings:
                 env, "KERNELSCOPE_MAX_RUN_STORAGE", limits.MAX_RUN_STORAGE_BYTES, 1 << 20, 1 << 50
             ),
             min_free_disk=_int_from_env(env, "KERNELSCOPE_MIN_FREE_DISK", limits.MIN_FREE_DISK_BYTES, 0, 1 << 50),
+            broker_url=_broker_url_from_env(env, "KERNELSCOPE_BROKER_URL"),
+            worker_heartbeat=_float_from_env(
+                env, "KERNELSCOPE_WORKER_HEARTBEAT", limits.WORKER_HEARTBEAT_SECONDS, 1.0, 600.0
+            ),
+            stream_maxlen=_int_from_env(
+                env,
+                "KERNELSCOPE_STREAM_MAXLEN",
+                limits.DEFAULT_STREAM_MAXLEN,
+                limits.MIN_STREAM_MAXLEN,
+                limits.MAX_STREAM_MAXLEN,
+            ),
         )

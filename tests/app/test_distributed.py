@@ -1,0 +1,280 @@
+"""Distributed mode for real: a redis-server, two web processes and two `kernelscope worker`s.
+
+Every process is separate and shares one data directory (snapshots, checkpoints) and one
+database (`database_env`: the SQLite file in the data directory; a PostgreSQL URL goes there).
+The cases: a run trains on a worker and its events, read from web A, resume on web B with
+Last-Event-ID missing nothing; control through the other web process; a worker killed with
+SIGKILL mid-run (the other worker finishes it); Redis restarted mid-run; a web process killed
+(its viewer reconnects to the other). No timed assertions: waits are generous deadlines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.app.conftest import LONG, TINY, read_events
+from tests.live_server import free_port, uvicorn_command, wait_until_healthy
+from tests.services_redis import start_redis
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="needs Debian's redis-server")
+
+TIMEOUT = httpx.Timeout(120.0)
+DEADLINE = 180.0  # seconds a wait may take on a busy machine before the test fails
+HEARTBEAT = "3"  # seconds before a silent worker's run goes to another worker (KERNELSCOPE_WORKER_HEARTBEAT)
+MID = {**TINY, "steps": 400, "snapshot_every": 50, "eval_every": 100}  # long enough to act on mid-run
+
+
+def database_env(tmp_path: Path) -> dict[str, str]:
+    """The shared database of every process: the one place to switch these tests to PostgreSQL
+    (return {"KERNELSCOPE_DATABASE_URL": url} with url from tests/services_pg.start_postgres)."""
+    return {}
+
+
+class Process:
+    """One web or worker process with its log in a file."""
+
+    def __init__(self, name: str, command: list[str], env: dict, log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Cluster:
+    """redis + 2 web + 2 workers over one data directory."""
+
+    def __init__(self, tmp_path: Path, workers: int = 2):
+        self.tmp_path = tmp_path
+        self.redis_url, self.redis = start_redis(tmp_path)
+        self.logs = tmp_path / "logs"
+        self.logs.mkdir()
+        self.env = {
+            **os.environ,
+            "KERNELSCOPE_DATA": str(tmp_path / "data"),
+            "KERNELSCOPE_BROKER_URL": self.redis_url,
+            "KERNELSCOPE_CHECKPOINT_EVERY": "20",
+            "KERNELSCOPE_WORKER_HEARTBEAT": HEARTBEAT,
+            **database_env(tmp_path),
+        }
+        self.webs: list[tuple[Process, str]] = []
+        self.workers: list[Process] = []
+        for index in range(2):
+            self.webs.append(self._start_web(f"web{index}"))
+        for index in range(workers):
+            self.workers.append(self.start_worker(f"worker{index}"))
+
+    def _start_web(self, name: str) -> tuple[Process, str]:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = Process(name, uvicorn_command(port), self.env, self.logs)
+        problem = wait_until_healthy(url, process.process, timeout=90, interval=0.1)
+        assert problem is None, f"{name} did not start ({problem}): {process.text()}"
+        return process, url
+
+    def start_worker(self, name: str) -> Process:
+        command = [sys.executable, "-m", "app.cli", "worker"]
+        worker = Process(name, command, self.env, self.logs)
+        deadline = time.monotonic() + 90
+        while "ready" not in worker.text():
+            assert worker.alive(), f"{name} exited: {worker.text()}"
+            assert time.monotonic() < deadline, f"{name} did not start: {worker.text()}"
+            time.sleep(0.1)
+        return worker
+
+    def client(self, index: int) -> httpx.Client:
+        return httpx.Client(base_url=self.webs[index][1], timeout=TIMEOUT)
+
+    def close(self) -> None:
+        for process in [*self.workers, *(web for web, _ in self.webs)]:
+            process.stop()
+        self.redis.stop()
+
+    def logs_text(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.text()[-3000:]}" for p in [*self.workers, *(w for w, _ in self.webs)])
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    running = Cluster(tmp_path)
+    yield running
+    running.close()
+
+
+def wait_for(predicate, what: str, cluster: Cluster, deadline: float = DEADLINE):
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < end, f"timed out waiting for {what}\n{cluster.logs_text()}"
+        time.sleep(0.1)
+
+
+def follow(client: httpx.Client, run_id: str, last_event_id: int | None, events: list, until) -> None:
+    """Read the run's events into `events` until until(events) or the stream ends."""
+    headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+    with client.stream("GET", f"/api/runs/{run_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        for event in read_events(response):
+            events.append(event)
+            if until(events):
+                return
+
+
+def metric_steps(events: list) -> list[int]:
+    return [point["step"] for event in events if event["event"] == "metrics" for point in event["data"]["points"]]
+
+
+def last_status(events: list) -> str | None:
+    statuses = [event["data"]["status"] for event in events if event["event"] == "status"]
+    return statuses[-1] if statuses else None
+
+
+def test_a_run_trains_on_a_worker_and_its_stream_resumes_on_the_other_web_process(cluster):
+    a, b = cluster.client(0), cluster.client(1)
+    run = a.post("/api/runs", json={**TINY, "steps": 120}).json()
+    assert run["status"] == "queued"
+    first: list = []
+    follow(a, run["id"], None, first, lambda events: metric_steps(events) and metric_steps(events)[-1] >= 30)
+    ids = [event["id"] for event in first]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    # web B, with web A's last id: the rest of the run, nothing missed, nothing twice
+    rest: list = []
+    follow(b, run["id"], ids[-1], rest, lambda events: last_status(events) == "completed")
+    assert [event["id"] for event in rest] == sorted(event["id"] for event in rest)
+    assert rest[0]["id"] > ids[-1]
+    steps = metric_steps(first) + metric_steps(rest)
+    assert steps == list(range(1, 121))
+    stored = b.get(f"/api/runs/{run['id']}").json()
+    assert stored["status"] == "completed" and stored["step"] == 120
+    assert len(b.get(f"/api/runs/{run['id']}/metrics").json()["points"]) == 120
+    assert b.get(f"/api/runs/{run['id']}/snapshots").json()["steps"][-1] == 120
+    # a viewer arriving after the end gets the status, then the latest snapshot, from either web process
+    late: list = []
+    follow(a, run["id"], None, late, lambda events: False)
+    assert [event["event"] for event in late] == ["status", "snapshot"]
+    assert late[0]["data"]["status"] == "completed" and late[1]["data"]["step"] == 120
+
+
+def test_pause_resume_stop_and_kernel_edits_through_the_other_web_process(cluster):
+    a, b = cluster.client(0), cluster.client(1)
+    run_id = a.post("/api/runs", json=LONG).json()["id"]
+    wait_for(lambda: b.get(f"/api/runs/{run_id}").json()["step"] >= 5, "training to start", cluster)
+    paused = b.post(f"/api/runs/{run_id}/pause").json()
+    assert paused["status"] == "paused", paused
+    step = paused["step"]
+    kernel = [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]
+    edit = b.put(f"/api/runs/{run_id}/kernels/0/0", json={"kernel": kernel})
+    assert edit.status_code == 200, edit.text
+    assert a.get(f"/api/runs/{run_id}").json()["step"] == step  # paused: no training
+    resumed = a.post(f"/api/runs/{run_id}/resume").json()
+    assert resumed["status"] == "running", resumed
+    wait_for(lambda: b.get(f"/api/runs/{run_id}").json()["step"] > step, "training to go on", cluster)
+    stopped = b.post(f"/api/runs/{run_id}/stop").json()
+    assert stopped["status"] == "stopped", stopped
+    events: list = []
+    follow(a, run_id, None, events, lambda events: False)
+    assert events[0]["data"]["status"] == "stopped"
+    # resumed from its checkpoint on whichever worker is free, then stopped again
+    again = a.post(f"/api/runs/{run_id}/resume").json()
+    assert again["status"] == "queued" and "resuming from step" in again["message"]
+    wait_for(lambda: b.get(f"/api/runs/{run_id}").json()["status"] == "running", "the run to restart", cluster)
+    assert b.post(f"/api/runs/{run_id}/stop").json()["status"] == "stopped"
+    assert b.delete(f"/api/runs/{run_id}").status_code == 204
+    assert a.get(f"/api/runs/{run_id}").status_code == 404
+
+
+def _worker_holding(cluster: Cluster, run_id: str) -> Process:
+    def holder():
+        for worker in cluster.workers:
+            if f"run {run_id}" in worker.text() or run_id in worker.text():
+                return worker
+        return None
+
+    return wait_for(holder, "a worker to log the run", cluster)
+
+
+def test_a_worker_killed_mid_run_the_other_worker_finishes_it(cluster):
+    a, b = cluster.client(0), cluster.client(1)
+    run_id = a.post("/api/runs", json=MID).json()["id"]
+    wait_for(lambda: a.get(f"/api/runs/{run_id}").json()["step"] >= 60, "a checkpoint past step 40", cluster)
+    owner = _worker_holding(cluster, run_id)
+    events: list = []
+    follow(a, run_id, None, events, lambda events: True)  # a viewer's place before the kill
+    owner.kill()
+    follow(b, run_id, events[-1]["id"], events, lambda events: last_status(events) == "completed")
+    ids = [event["id"] for event in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)  # ids continuous and increasing
+    messages = [event["data"]["message"] or "" for event in events if event["event"] == "status"]
+    assert any("requeued" in message for message in messages), messages
+    run = b.get(f"/api/runs/{run_id}").json()
+    assert run["status"] == "completed" and run["step"] == MID["steps"]
+    stored = [point["step"] for point in b.get(f"/api/runs/{run_id}/metrics").json()["points"]]
+    assert stored == list(range(1, MID["steps"] + 1))  # no step counted twice, none missing
+    assert set(metric_steps(events)) >= set(range(events[0]["data"]["step"] + 1, MID["steps"] + 1))
+    steps = b.get(f"/api/runs/{run_id}/snapshots").json()["steps"]
+    assert steps == sorted(set(steps)) and steps[-1] == MID["steps"]
+
+
+def test_redis_restarted_mid_run_the_run_completes_and_the_stream_resumes(cluster):
+    a, b = cluster.client(0), cluster.client(1)
+    run_id = a.post("/api/runs", json=MID).json()["id"]
+    events: list = []
+    follow(a, run_id, None, events, lambda events: metric_steps(events) and metric_steps(events)[-1] >= 40)
+    cluster.redis.restart(down_seconds=2.0)
+    # writes while Redis is away wait for it; a request answers 503 or succeeds, never half-done
+    follow(b, run_id, events[-1]["id"], events, lambda events: last_status(events) == "completed")
+    ids = [event["id"] for event in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert set(metric_steps(events)) == set(range(1, MID["steps"] + 1))
+    run = a.get(f"/api/runs/{run_id}").json()
+    assert run["status"] == "completed"
+    stored = [point["step"] for point in a.get(f"/api/runs/{run_id}/metrics").json()["points"]]
+    assert stored == list(range(1, MID["steps"] + 1))
+    # and the cluster still takes new runs after the restart
+    second = b.post("/api/runs", json=TINY).json()["id"]
+    wait_for(lambda: a.get(f"/api/runs/{second}").json()["status"] == "completed", "a new run after", cluster)
+
+
+def test_a_web_process_killed_its_viewer_reconnects_to_the_other_and_misses_nothing(cluster):
+    a, b = cluster.client(0), cluster.client(1)
+    run_id = a.post("/api/runs", json=MID).json()["id"]
+    events: list = []
+    with pytest.raises(httpx.HTTPError):  # the connection breaks when web A dies
+        with a.stream("GET", f"/api/runs/{run_id}/events") as response:
+            for event in read_events(response):
+                events.append(event)
+                if metric_steps(events) and metric_steps(events)[-1] >= 40 and cluster.webs[0][0].alive():
+                    cluster.webs[0][0].kill()
+    follow(b, run_id, events[-1]["id"], events, lambda events: last_status(events) == "completed")
+    ids = [event["id"] for event in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert metric_steps(events) == list(range(1, MID["steps"] + 1))
