@@ -37,7 +37,7 @@ from app.runs import (
     encode,
 )
 from app.settings import Settings
-from app.store import Store
+from app.store import ACTIVE_STATUSES, Store
 from app.worker import EVENT_ID_STRIDE, TERMINAL_STATUSES, Event, RunRecorder, status_payload
 
 log = logging.getLogger("kernelscope.distributed")
@@ -214,6 +214,9 @@ class DistributedRunManager(RunManager):
                     if event is None:
                         yield None
                         continue
+                    if event.kind == "ended":
+                        ended = True
+                        continue
                     last_sent = event.seq
                     ended = ended or _ends_stream(event)
                     yield event
@@ -272,10 +275,14 @@ class DistributedRunManager(RunManager):
                     yield event
         if ticket is not None:
             ticket.release()
+        # ids only grow for a viewer: what it already has (its last id at or past these) is not re-sent
         run = await asyncio.to_thread(self.store.get_run, run_id)
-        yield encode(Event(max(newest - 1, 0), "status", status_payload(run)))
+        if last_sent is None or max(newest - 1, 0) > last_sent:
+            yield encode(Event(max(newest - 1, 0), "status", status_payload(run)))
+        elif run["status"] not in ACTIVE_STATUSES:
+            yield Event(last_sent, "ended")  # the viewer has the run's final status already
         step = await asyncio.to_thread(self.store.latest_snapshot_step, run_id)
-        if step is not None:
+        if step is not None and (last_sent is None or newest > last_sent):
             answer = await asyncio.to_thread(channel.snapshot_data, step)
             if answer is not None:
                 yield encode(Event(newest, answer[0], answer[1], step=step))

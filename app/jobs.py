@@ -143,6 +143,7 @@ class WorkerContext:
         try:
             trainer = build_trainer(Path(settings.data_dir), run_id, run["config"], confine_datasets=True)
             text = (LOST_WORKER_MESSAGE if redelivered else "starting").format(step=trainer.step)
+            log.info("run %s: training from step %d (%s)", run_id, trainer.step, text)
             emit(("status", "running", trainer.step, text))
             drive_run(trainer, Path(settings.data_dir), run_id, emit, control, settings.checkpoint_every)
         except ParentGone:

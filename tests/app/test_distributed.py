@@ -215,7 +215,7 @@ def test_pause_resume_stop_and_kernel_edits_through_the_other_web_process(cluste
 def _worker_holding(cluster: Cluster, run_id: str) -> Process:
     def holder():
         for worker in cluster.workers:
-            if f"run {run_id}" in worker.text() or run_id in worker.text():
+            if f"run {run_id}: training from step" in worker.text():
                 return worker
         return None
 
