@@ -20,11 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.settings import Settings
 from tests.app.conftest import LONG, TINY, read_events
 from tests.live_server import free_port, uvicorn_command, wait_until_healthy
-from tests.services_redis import start_redis
+from tests.services_redis import REDIS_SERVER, start_redis
 
-pytestmark = pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="needs Debian's redis-server")
+needs_redis = pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs Debian's redis-server")
 
 TIMEOUT = httpx.Timeout(120.0)
 DEADLINE = 180.0  # seconds a wait may take on a busy machine before the test fails
@@ -158,6 +159,7 @@ def last_status(events: list) -> str | None:
     return statuses[-1] if statuses else None
 
 
+@needs_redis
 def test_a_run_trains_on_a_worker_and_its_stream_resumes_on_the_other_web_process(cluster):
     a, b = cluster.client(0), cluster.client(1)
     run = a.post("/api/runs", json={**TINY, "steps": 120}).json()
@@ -184,6 +186,7 @@ def test_a_run_trains_on_a_worker_and_its_stream_resumes_on_the_other_web_proces
     assert late[0]["data"]["status"] == "completed" and late[1]["data"]["step"] == 120
 
 
+@needs_redis
 def test_pause_resume_stop_and_kernel_edits_through_the_other_web_process(cluster):
     a, b = cluster.client(0), cluster.client(1)
     run_id = a.post("/api/runs", json=LONG).json()["id"]
@@ -222,6 +225,7 @@ def _worker_holding(cluster: Cluster, run_id: str) -> Process:
     return wait_for(holder, "a worker to log the run", cluster)
 
 
+@needs_redis
 def test_a_worker_killed_mid_run_the_other_worker_finishes_it(cluster):
     a, b = cluster.client(0), cluster.client(1)
     run_id = a.post("/api/runs", json=MID).json()["id"]
@@ -244,13 +248,19 @@ def test_a_worker_killed_mid_run_the_other_worker_finishes_it(cluster):
     assert steps == sorted(set(steps)) and steps[-1] == MID["steps"]
 
 
+@needs_redis
 def test_redis_restarted_mid_run_the_run_completes_and_the_stream_resumes(cluster):
     a, b = cluster.client(0), cluster.client(1)
     run_id = a.post("/api/runs", json=MID).json()["id"]
     events: list = []
     follow(a, run_id, None, events, lambda events: metric_steps(events) and metric_steps(events)[-1] >= 40)
-    cluster.redis.restart(down_seconds=2.0)
-    # writes while Redis is away wait for it; a request answers 503 or succeeds, never half-done
+    cluster.redis.stop()
+    # while Redis is away the workers wait for it; a new run is refused with 503, nothing half-written
+    refused = b.post("/api/runs", json=TINY)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["message"].startswith("broker: Redis cannot be reached")
+    assert [run["id"] for run in b.get("/api/runs").json()["runs"]] == [run_id]
+    cluster.redis.start()
     follow(b, run_id, events[-1]["id"], events, lambda events: last_status(events) == "completed")
     ids = [event["id"] for event in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
@@ -264,6 +274,7 @@ def test_redis_restarted_mid_run_the_run_completes_and_the_stream_resumes(cluste
     wait_for(lambda: a.get(f"/api/runs/{second}").json()["status"] == "completed", "a new run after", cluster)
 
 
+@needs_redis
 def test_a_web_process_killed_its_viewer_reconnects_to_the_other_and_misses_nothing(cluster):
     a, b = cluster.client(0), cluster.client(1)
     run_id = a.post("/api/runs", json=MID).json()["id"]
@@ -278,3 +289,26 @@ def test_a_web_process_killed_its_viewer_reconnects_to_the_other_and_misses_noth
     ids = [event["id"] for event in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert metric_steps(events) == list(range(1, MID["steps"] + 1))
+
+
+def test_the_broker_url_is_a_redis_url_or_unset_for_embedded_mode():
+    assert Settings.from_env({}).broker_url is None
+    assert Settings.from_env({"KERNELSCOPE_BROKER_URL": " "}).broker_url is None
+    assert Settings.from_env({"KERNELSCOPE_BROKER_URL": "redis://h:6379/0"}).broker_url == "redis://h:6379/0"
+    with pytest.raises(ValueError, match="KERNELSCOPE_BROKER_URL: expected a Redis URL"):
+        Settings.from_env({"KERNELSCOPE_BROKER_URL": "http://h:6379"})
+    with pytest.raises(ValueError, match="KERNELSCOPE_WORKER_HEARTBEAT"):
+        Settings.from_env({"KERNELSCOPE_WORKER_HEARTBEAT": "0"})
+
+
+def test_kernelscope_worker_without_a_broker_url_says_what_to_set(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "KERNELSCOPE_BROKER_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker", "--data", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "KERNELSCOPE_BROKER_URL" in done.stderr
