@@ -10,6 +10,7 @@ SIGKILL mid-run (the other worker finishes it); Redis restarted mid-run; a web p
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from app.settings import Settings
 from tests.app.conftest import LONG, TINY, read_events
@@ -72,7 +74,7 @@ class Process:
 class Cluster:
     """redis + 2 web + 2 workers over one data directory."""
 
-    def __init__(self, tmp_path: Path, workers: int = 2):
+    def __init__(self, tmp_path: Path, workers: int = 2, **env: str):
         self.tmp_path = tmp_path
         self.redis_url, self.redis = start_redis(tmp_path)
         self.logs = tmp_path / "logs"
@@ -84,6 +86,7 @@ class Cluster:
             "KERNELSCOPE_CHECKPOINT_EVERY": "20",
             "KERNELSCOPE_WORKER_HEARTBEAT": HEARTBEAT,
             **database_env(tmp_path),
+            **env,
         }
         self.webs: list[tuple[Process, str]] = []
         self.workers: list[Process] = []
@@ -312,3 +315,44 @@ def test_kernelscope_worker_without_a_broker_url_says_what_to_set(tmp_path):
     )
     assert done.returncode == 2
     assert "KERNELSCOPE_BROKER_URL" in done.stderr
+
+
+@needs_redis
+def test_a_worker_sent_sigterm_checkpoints_and_its_run_continues_on_the_other_worker(cluster):
+    a = cluster.client(0)
+    run_id = a.post("/api/runs", json=MID).json()["id"]
+    wait_for(lambda: a.get(f"/api/runs/{run_id}").json()["step"] >= 30, "training to start", cluster)
+    owner = _worker_holding(cluster, run_id)
+    owner.stop()  # SIGTERM, as a supervisor stopping the machine sends
+    assert owner.process.returncode == 0, owner.text()
+    events: list = []
+    follow(cluster.client(1), run_id, 0, events, lambda events: last_status(events) == "completed")
+    assert last_status(events) == "completed"
+    entries = redis.Redis.from_url(cluster.redis_url).xrange(f"kernelscope:run:{run_id}:events")
+    statuses = [json.loads(fields[b"data"]) for _, fields in entries if fields[b"kind"] == b"status"]
+    requeued = [
+        s for s in statuses if s["status"] == "queued" and (s["message"] or "").startswith("requeued: its worker")
+    ]
+    assert requeued, statuses  # the run went back to the queue, then ran on again
+    assert statuses.index(requeued[0]) < len(statuses) - 2 and statuses[-1]["status"] == "completed"
+    stored = [point["step"] for point in a.get(f"/api/runs/{run_id}/metrics").json()["points"]]
+    assert stored == list(range(1, MID["steps"] + 1))
+
+
+@needs_redis
+def test_history_older_than_the_trimmed_stream_is_replayed_from_the_store(tmp_path):
+    cluster = Cluster(tmp_path, workers=1, KERNELSCOPE_STREAM_MAXLEN="100")
+    try:
+        a, b = cluster.client(0), cluster.client(1)
+        run_id = a.post("/api/runs", json={**MID, "steps": 1200, "snapshot_every": 400}).json()["id"]
+        wait_for(lambda: a.get(f"/api/runs/{run_id}").json()["status"] == "completed", "the run to end", cluster)
+        oldest = redis.Redis.from_url(cluster.redis_url).xrange(f"kernelscope:run:{run_id}:events", count=1)
+        assert oldest and int(oldest[0][0].split(b"-")[0]) > 100  # the stream no longer holds the start
+        events: list = []
+        follow(b, run_id, 1, events, lambda events: False)  # from the very first event on
+        ids = [event["id"] for event in events]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        assert metric_steps(events) == list(range(1, 1201))  # store, then stream: each step once
+        assert [event["event"] for event in events[-2:]] == ["status", "snapshot"]
+    finally:
+        cluster.close()
