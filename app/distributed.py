@@ -265,6 +265,8 @@ class DistributedRunManager(RunManager):
         else:
             newest = position = run["event_seq"]
         oldest = rb.seq_of(oldest_entry[0][0]) if oldest_entry else None
+        if last_sent is not None:
+            position = max(position, last_sent)  # never an id the viewer has (a stream Redis lost)
         if last_sent is not None and last_sent < newest:
             store_upto = newest if oldest is None else min(newest, oldest - 1)
             if last_sent < store_upto:
