@@ -24,6 +24,7 @@ import time
 import redis
 
 from app import broker as rb
+from app import limits
 from app.runs import (
     ALL_STEPS,
     CONTROL_WAIT_SECONDS,
@@ -292,8 +293,6 @@ class DistributedRunManager(RunManager):
 
     async def _replay_from_store(self, run_id: str, last_sent: int, upto: int, keepalive: float):
         if self._replay_slots is None:
-            from app import limits
-
             self._replay_slots = asyncio.Semaphore(limits.MAX_REPLAYS)
         while True:
             try:

@@ -27,7 +27,11 @@ from tests.app.conftest import LONG, TINY, read_events
 from tests.live_server import free_port, uvicorn_command, wait_until_healthy
 from tests.services_redis import REDIS_SERVER, start_redis
 
-needs_redis = pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs Debian's redis-server")
+# Skipped without Debian's redis-server on a developer's machine (`make test` needs nothing more);
+# in CI (CI set) a missing redis-server fails these tests instead of skipping them.
+needs_redis = pytest.mark.skipif(
+    not Path(REDIS_SERVER).exists() and not os.environ.get("CI"), reason="needs Debian's redis-server"
+)
 
 TIMEOUT = httpx.Timeout(120.0)
 DEADLINE = 180.0  # seconds a wait may take on a busy machine before the test fails
