@@ -220,6 +220,19 @@ def test_pause_resume_stop_and_kernel_edits_through_the_other_web_process(cluste
     assert b.post(f"/api/runs/{run_id}/stop").json()["status"] == "stopped"
     assert b.delete(f"/api/runs/{run_id}").status_code == 204
     assert a.get(f"/api/runs/{run_id}").status_code == 404
+    # deleting a run while a worker trains it: the worker lets go without writing, then takes new runs
+    doomed = a.post("/api/runs", json=LONG).json()["id"]
+    wait_for(lambda: b.get(f"/api/runs/{doomed}").json()["step"] >= 5, "the second run to train", cluster)
+    assert b.delete(f"/api/runs/{doomed}").status_code == 204
+    wait_for(
+        lambda: any(f"run {doomed}: stopped without writing" in worker.text() for worker in cluster.workers),
+        "the worker to let go",
+        cluster,
+    )
+    assert not (cluster.tmp_path / "data" / "runs" / doomed).exists()
+    assert a.get(f"/api/runs/{doomed}").status_code == 404
+    after = a.post("/api/runs", json=TINY).json()["id"]
+    wait_for(lambda: b.get(f"/api/runs/{after}").json()["status"] == "completed", "a run after the delete", cluster)
 
 
 def _worker_holding(cluster: Cluster, run_id: str) -> Process:
