@@ -1,6 +1,7 @@
 """The `kernelscope` command: serve the app, train in the terminal, list runs.
 
     kernelscope serve [--host --port --data]
+    kernelscope worker [--data]   (distributed mode: trains queued runs; app/jobs.py)
     kernelscope train [--preset --init --steps --dataset --seed ...]
     kernelscope runs  [--data]
     kernelscope class create NAME | list | export ID   (a class for teaching: app/classroom.py)
@@ -94,6 +95,18 @@ def serve(
         timeout_graceful_shutdown=3,
         log_level="info",
     )
+
+
+@cli.command()
+def worker(data: Path | None = DataOption) -> None:
+    """Train distributed mode's runs (KERNELSCOPE_BROKER_URL): one at a time, until SIGTERM/Ctrl+C."""
+    settings = _settings(data)
+    if settings.broker_url is None:
+        error_console.print("[red]error:[/red] KERNELSCOPE_BROKER_URL: set it to the Redis URL the web servers use")
+        raise typer.Exit(2)
+    from app.jobs import run_worker
+
+    run_worker(settings)
 
 
 def _run_default(field: str) -> str:

@@ -7,6 +7,7 @@ Routes raise what went wrong and never translate it themselves:
 - `InvalidInput(location, message)` is 422 at a location the route knows better
   (an entry of `inits`, a query or path parameter);
 - `RunNotFound` is 404, `RunConflict` 409, `QueueFull` 429 (with Retry-After when it says);
+- distributed mode's Redis unreachable (`BrokerUnavailable`) is 503 with Retry-After;
 - a full disk (StorageFull, ENOSPC, SQLite's "disk is full") is 507;
 - `DamagedFile` (a stored file that does not read back whole) is 500 naming run, step and file;
 - `DatabaseUnavailable` (PostgreSQL down or unreachable, distributed mode) is 503 naming the
@@ -33,6 +34,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import classroom, limits
+from app.broker import BrokerUnavailable
 from app.runs import QueueFull, RunConflict
 from app.store import DamagedFile, DatabaseUnavailable, RunNotFound, StorageFull, is_disk_full
 from engine import OPTIMIZERS
@@ -135,6 +137,11 @@ async def server_error(request: Request, exc: Exception) -> JSONResponse:
     return _answer(500, message, message)
 
 
+async def broker_unavailable(request: Request, exc: BrokerUnavailable) -> JSONResponse:
+    """Distributed mode: Redis cannot be reached (it restarts); nothing was half-done, retry shortly."""
+    return _answer(503, str(exc), str(exc), {"Retry-After": "2"})
+
+
 # classroom (app/classroom.py): a learner and another's run, a wrong join code, a quota, an unknown class
 async def forbidden(request: Request, exc: classroom.Forbidden) -> JSONResponse:
     return _answer(403, str(exc), str(exc))
@@ -216,6 +223,7 @@ HANDLERS: dict[type[Exception], Any] = {
     classroom.ClassNotFound: class_not_found,
     DamagedFile: damaged_file,
     DatabaseUnavailable: database_unavailable,
+    BrokerUnavailable: broker_unavailable,
     StorageFull: server_error,
     Exception: server_error,
 }

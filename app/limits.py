@@ -137,6 +137,15 @@ DEFAULT_MAX_QUEUED = 16  # runs waiting for a slot
 MAX_CONCURRENT_RUNS = 64
 MAX_QUEUED_RUNS = 10_000
 
+# Distributed mode (app/distributed.py, app/jobs.py): each run's Redis Stream keeps about this
+# many newest events (older ones are read from the store); an ended run's stream expires after
+# STREAM_TTL_SECONDS. A worker silent for WORKER_HEARTBEAT_SECONDS is taken for dead: its run is
+# redelivered to another worker (KERNELSCOPE_WORKER_HEARTBEAT may set 1..600 s).
+DEFAULT_STREAM_MAXLEN = 10_000
+MIN_STREAM_MAXLEN, MAX_STREAM_MAXLEN = 100, 10_000_000
+STREAM_TTL_SECONDS = 24 * 3600
+WORKER_HEARTBEAT_SECONDS = 10.0
+
 # ---------------------------------------------------------------- a class (app/classroom.py)
 DEFAULT_CLASS_MAX_TRAINING = 1  # runs one learner may have training (running or paused) at once
 DEFAULT_CLASS_MAX_QUEUED = 3  # runs one learner may have waiting in the queue

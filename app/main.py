@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import classroom, errors, limits, render, security
+from app.distributed import DistributedRunManager
 from app.routes import births, classes, explain, lessons, meta, pages, runs, teaching
 from app.runs import RunManager, install_shutdown_signal_hook
 from app.settings import Settings
@@ -31,7 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         store = await asyncio.to_thread(Store, settings.data_dir, settings.database_url)
         await asyncio.to_thread(store.sweep_temp_files)
-        manager = RunManager(settings, store)
+        # the executor: local processes (embedded) or Dramatiq workers with Redis Streams (distributed)
+        manager = RunManager(settings, store) if settings.broker_url is None else DistributedRunManager(settings, store)
         manager.recover()
         rooms = classroom.ClassroomStore(settings.data_dir)  # classes and learners (app/classroom.py)
         manager.gate = classroom.QuotaGate(rooms)

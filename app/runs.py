@@ -511,10 +511,14 @@ class RunManager:
             except OSError:
                 self.store.delete_run(run["id"])
                 raise
-            self._queue.append(run["id"])
-            self._set_status(run["id"], "queued")
-            self._schedule()
+            self._enqueue(run["id"])
         return self.store.get_run(run["id"])
+
+    def _enqueue(self, run_id: str) -> None:
+        """Queue a new run (with self._lock held): it starts when a slot is free."""
+        self._queue.append(run_id)
+        self._set_status(run_id, "queued")
+        self._schedule()
 
     def _check_capacity(self) -> None:
         if self._closing:

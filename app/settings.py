@@ -72,6 +72,17 @@ def _database_url_from_env(env: dict, name: str) -> str | None:
     return raw
 
 
+def _broker_url_from_env(env: dict, name: str) -> str | None:
+    """A Redis URL (redis://, rediss:// or unix://); unset or empty = embedded mode."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        scheme = raw.split("://", 1)[0] if "://" in raw else raw[:20]
+        raise ValueError(f"{name}: expected a Redis URL (redis://host:port/db), got {scheme!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server reads from its environment."""
@@ -91,6 +102,10 @@ class Settings:
     min_free_disk: int = limits.MIN_FREE_DISK_BYTES  # bytes the data directory's disk keeps free
     # distributed mode (issue 21): runs and metrics in PostgreSQL; None = the SQLite file in data_dir
     database_url: str | None = None
+    # distributed mode: a Redis URL; None = embedded (local processes, as `make run`)
+    broker_url: str | None = None
+    worker_heartbeat: float = limits.WORKER_HEARTBEAT_SECONDS  # seconds before a silent worker's run is requeued
+    stream_maxlen: int = limits.DEFAULT_STREAM_MAXLEN  # events each run's Redis Stream keeps
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Settings:
@@ -112,4 +127,15 @@ class Settings:
             ),
             min_free_disk=_int_from_env(env, "KERNELSCOPE_MIN_FREE_DISK", limits.MIN_FREE_DISK_BYTES, 0, 1 << 50),
             database_url=_database_url_from_env(env, "KERNELSCOPE_DATABASE_URL"),
+            broker_url=_broker_url_from_env(env, "KERNELSCOPE_BROKER_URL"),
+            worker_heartbeat=_float_from_env(
+                env, "KERNELSCOPE_WORKER_HEARTBEAT", limits.WORKER_HEARTBEAT_SECONDS, 1.0, 600.0
+            ),
+            stream_maxlen=_int_from_env(
+                env,
+                "KERNELSCOPE_STREAM_MAXLEN",
+                limits.DEFAULT_STREAM_MAXLEN,
+                limits.MIN_STREAM_MAXLEN,
+                limits.MAX_STREAM_MAXLEN,
+            ),
         )

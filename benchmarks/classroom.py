@@ -17,6 +17,17 @@ Measured, each over `--seconds`:
 
     python benchmarks/classroom.py                    # 60 simulated learners, 20 s per phase
     python benchmarks/classroom.py --learners 30 --real --max-runs 2
+
+Distributed mode (issue 21), `--distributed`: a real redis-server, one web process and W
+`kernelscope worker`s (each of `--workers`, default "1,2"). Each learner starts the default run
+(`POST /api/runs {}`, or `--steps N` shorter) and follows its event stream to the end.
+Reported per W: runs per minute, queue wait p50/p95 (POST answered -> the `running` status
+event), step-to-event latency p95 at the viewer (receive time - the point's wall-clock `time`),
+events lost (metric steps never seen, plus ids that did not increase: must be 0), and the
+scaling from the first W to the last.
+
+    python benchmarks/classroom.py --distributed --learners 60 --workers 1,2
+    python benchmarks/classroom.py --distributed --learners 3 --steps 200   # a smoke run
 """
 
 from __future__ import annotations
@@ -146,6 +157,131 @@ def measure_cpu(pid: int, seconds: float) -> float:
     return (cpu_seconds(pid) - cpu) / (time.monotonic() - began)
 
 
+# ---------------------------------------------------------------- distributed mode
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _learner(base: str, body: dict, result: dict) -> None:
+    """Start a run, follow its events to the end; fill `result` with what was seen."""
+    import json
+
+    with httpx.Client(base_url=base, timeout=httpx.Timeout(600.0)) as client:
+        posted = client.post("/api/runs", json=body)
+        posted.raise_for_status()
+        run = posted.json()
+        result.update(posted=time.time(), run_id=run["id"], steps=run["steps"], seen=set(), latencies=[], ids=[])
+        result["bad_ids"] = 0
+        last_id = None
+        while True:  # reconnect with Last-Event-ID if the stream breaks
+            headers = {} if last_id is None else {"Last-Event-ID": str(last_id)}
+            try:
+                with client.stream("GET", f"/api/runs/{run['id']}/events", headers=headers) as response:
+                    kind, data, event_id = None, [], None
+                    for line in response.iter_lines():
+                        if line.startswith("id:"):
+                            event_id = int(line[3:].strip())
+                        elif line.startswith("event:"):
+                            kind = line[6:].strip()
+                        elif line.startswith("data:"):
+                            data.append(line[5:].strip())
+                        elif line == "" and data:
+                            now = time.time()
+                            payload = json.loads("\n".join(data))
+                            if event_id is not None:
+                                if last_id is not None and event_id <= last_id:
+                                    result["bad_ids"] += 1
+                                last_id = event_id
+                            if kind == "metrics":
+                                for point in payload["points"]:
+                                    result["seen"].add(point["step"])
+                                    if "time" in point:
+                                        result["latencies"].append(now - point["time"])
+                            elif kind == "status":
+                                if payload["status"] == "running" and "running" not in result:
+                                    result["running"] = now
+                                if payload["status"] not in ("queued", "running", "paused"):
+                                    result["final"], result["done"] = payload["status"], now
+                                    return
+                            kind, data, event_id = None, [], None
+            except httpx.HTTPError:
+                time.sleep(0.5)
+
+
+def distributed_main(args) -> None:
+    from tests.services_redis import start_redis
+
+    body = {} if args.steps is None else {"steps": args.steps}
+    rows = []
+    for workers in [int(part) for part in args.workers.split(",")]:
+        with tempfile.TemporaryDirectory() as folder:
+            redis_url, redis = start_redis(Path(folder))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("KERNELSCOPE_")}
+            env.update(
+                KERNELSCOPE_DATA=str(Path(folder) / "data"),
+                KERNELSCOPE_BROKER_URL=redis_url,
+                PYTHONPATH=str(REPO),
+            )
+            port = free_port()
+            web = subprocess.Popen(uvicorn_command(port), cwd=REPO, env=env)
+            started = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "app.cli", "worker"],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for _ in range(workers)
+            ]
+            base = f"http://127.0.0.1:{port}"
+            try:
+                for _ in range(600):
+                    try:
+                        if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.1)
+                time.sleep(3.0)  # the workers import the engine and connect
+                results: list[dict] = [{} for _ in range(args.learners)]
+                threads = [
+                    threading.Thread(target=_learner, args=(base, body, result), daemon=True) for result in results
+                ]
+                began = time.time()
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            finally:
+                for process in [*started, web]:
+                    process.terminate()
+                for process in [*started, web]:
+                    try:
+                        process.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                redis.stop()
+        span = max(result["done"] for result in results) - began
+        waits = [result["running"] - result["posted"] for result in results if "running" in result]
+        latencies = [value for result in results for value in result["latencies"]]
+        lost = sum(result["steps"] - len(result["seen"] & set(range(1, result["steps"] + 1))) for result in results)
+        lost += sum(result["bad_ids"] for result in results)
+        failed = sum(result.get("final") != "completed" for result in results)
+        rows.append((workers, 60 * len(results) / span, waits, latencies, lost, failed))
+    print(f"{args.learners} learners, run {body or 'default'}; 1 web process, redis-server on loopback")
+    print("workers | runs/min | queue wait p50 / p95 (s) | step-to-event p95 (s) | events lost | not completed")
+    for workers, rate, waits, latencies, lost, failed in rows:
+        print(
+            f"{workers:7d} | {rate:8.2f} | {_percentile(waits, 50):10.1f} / {_percentile(waits, 95):6.1f} | "
+            f"{_percentile(latencies, 95):21.2f} | {lost:11d} | {failed}"
+        )
+    if len(rows) > 1:
+        print(f"scaling {rows[0][0]} -> {rows[-1][0]} workers: {rows[-1][1] / rows[0][1]:.2f}x runs/min")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--learners", type=int, default=60)
@@ -153,7 +289,13 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="simulated runs: seconds between snapshots")
     parser.add_argument("--real", action="store_true", help="real training runs through the API")
     parser.add_argument("--max-runs", type=int, default=2, help="with --real: runs the server trains at once")
+    parser.add_argument("--distributed", action="store_true", help="runs on Dramatiq workers (see above)")
+    parser.add_argument("--workers", default="1,2", help="with --distributed: worker counts to compare")
+    parser.add_argument("--steps", type=int, default=None, help="with --distributed: steps per run (default run's)")
     args = parser.parse_args()
+    if args.distributed:
+        distributed_main(args)
+        return
 
     from playwright.sync_api import sync_playwright
 
