@@ -18,7 +18,7 @@ Measured, each over `--seconds`:
     python benchmarks/classroom.py                    # 60 simulated learners, 20 s per phase
     python benchmarks/classroom.py --learners 30 --real --max-runs 2
 
-Distributed mode (issue 21), `--distributed`: a real redis-server, one web process and W
+Distributed mode (issue 21), `--distributed`: a real redis-server and PostgreSQL, one web process and W
 `kernelscope worker`s (each of `--workers`, default "1,2"). Each learner starts the default run
 (`POST /api/runs {}`, or `--steps N` shorter) and follows its event stream to the end.
 Reported per W: runs per minute, queue wait p50/p95 (POST answered -> the `running` status
@@ -211,6 +211,7 @@ def _learner(base: str, body: dict, result: dict) -> None:
 
 
 def distributed_main(args) -> None:
+    from tests.services_pg import start_postgres
     from tests.services_redis import start_redis
 
     body = {} if args.steps is None else {"steps": args.steps}
@@ -218,10 +219,12 @@ def distributed_main(args) -> None:
     for workers in [int(part) for part in args.workers.split(",")]:
         with tempfile.TemporaryDirectory() as folder:
             redis_url, redis = start_redis(Path(folder))
+            database_url, stop_postgres = start_postgres(Path(folder))
             env = {k: v for k, v in os.environ.items() if not k.startswith("KERNELSCOPE_")}
             env.update(
                 KERNELSCOPE_DATA=str(Path(folder) / "data"),
                 KERNELSCOPE_BROKER_URL=redis_url,
+                KERNELSCOPE_DATABASE_URL=database_url,
                 PYTHONPATH=str(REPO),
             )
             port = free_port()
@@ -264,6 +267,7 @@ def distributed_main(args) -> None:
                     except subprocess.TimeoutExpired:
                         process.kill()
                 redis.stop()
+                stop_postgres()
         span = max(result["done"] for result in results) - began
         waits = [result["running"] - result["posted"] for result in results if "running" in result]
         latencies = [value for result in results for value in result["latencies"]]
@@ -271,7 +275,7 @@ def distributed_main(args) -> None:
         lost += sum(result["bad_ids"] for result in results)
         failed = sum(result.get("final") != "completed" for result in results)
         rows.append((workers, 60 * len(results) / span, waits, latencies, lost, failed))
-    print(f"{args.learners} learners, run {body or 'default'}; 1 web process, redis-server on loopback")
+    print(f"{args.learners} learners, run {body or 'default'}; 1 web process, redis-server and PostgreSQL on loopback")
     print("workers | runs/min | queue wait p50 / p95 (s) | step-to-event p95 (s) | events lost | not completed")
     for workers, rate, waits, latencies, lost, failed in rows:
         print(
