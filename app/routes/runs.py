@@ -41,7 +41,24 @@ async def list_runs(manager: Manager) -> dict:
 
 @router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
 async def get_run(manager: Manager, run: Run) -> dict:
-    return run_out(manager, run)
+    """One run, with `model_spec`: its model as the engine normalises it (the page replays the layers
+    between two convs from it, and reads kernel sizes, strides and slopes there, not from JS copies)."""
+    return {**run_out(manager, run), "model_spec": normalised_model(run["config"])}
+
+
+def normalised_model(config: dict) -> dict | None:
+    """The run's model spec with every default filled in (engine.probe.resolve_spec: a preset takes
+    the dataset's input shape and class count), or None when only the dataset's files could tell."""
+    from engine.datasets import known_shape
+    from engine.probe import resolve_spec
+
+    try:
+        shape, classes = known_shape(config["dataset"])
+        if shape is None or classes is None:
+            return None
+        return resolve_spec(config["model"], config["dataset"])
+    except (KeyError, ValueError):
+        return None
 
 
 @router.post("/{run_id}/pause", response_model=RunOut, responses={**NOT_FOUND, **CONFLICT})
