@@ -68,7 +68,9 @@ export class LineChart {
       xaxis: { title: { text: "step", font: { size: 11 } }, zeroline: false, automargin: true, exponentformat: "B" },
       yaxis: { type: options.log ? "log" : "linear", zeroline: false, automargin: true,
                exponentformat: "e", range: options.yRange,
-               ...(options.log ? { tickformat: ".0e", dtick: "D2" } : {}) },
+               // decades until the data says how many it spans (_fitLogTicks): an empty log axis spans
+               // several, and 1-2-5 ticks there pile up into an unreadable column
+               ...(options.log ? { tickformat: ".0e", dtick: 1 } : {}) },
       legend: { orientation: "h", y: 1.02, x: 1, xanchor: "right", yanchor: "bottom", font: { size: 10 } },
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "#ffffff",
