@@ -74,6 +74,12 @@ class RunOut(BaseModel):
     metrics: dict[str, Any] | None = Field(None, description="latest step, loss, acc (and val_loss, val_acc)")
     latest_snapshot: int | None = None
     queue_position: int | None = None
+    model_spec: dict[str, Any] | None = Field(
+        None,
+        description="GET /api/runs/{id} only: the model the run trains as the engine normalises it (a preset "
+        "adapted to the dataset, every layer's defaults filled in: kernel, stride, padding, slope, pool size), "
+        "so a client need not know the engine's defaults; null when the dataset's shape is known only from its files",
+    )
 
 
 class RunList(BaseModel):

@@ -8,6 +8,9 @@ serving streams meanwhile. Snapshot JSON is served from its file as it is
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response, status
@@ -41,7 +44,36 @@ async def list_runs(manager: Manager) -> dict:
 
 @router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
 async def get_run(manager: Manager, run: Run) -> dict:
-    return run_out(manager, run)
+    """One run, with `model_spec`: its model as the engine normalises it (the page replays the layers
+    between two convs from it, and reads kernel sizes, strides and slopes there, not from JS copies)."""
+    return {**run_out(manager, run), "model_spec": normalised_model(run["config"])}
+
+
+def normalised_model(config: dict) -> dict | None:
+    """The run's model spec with every default filled in (engine.probe.resolve_spec: a preset takes
+    the dataset's input shape and class count), or None when only the dataset's files could tell.
+    Cached by (model, dataset): this route is polled by many viewers and the answer never changes."""
+    try:
+        key = json.dumps([config["model"], config["dataset"]], sort_keys=True)
+    except (KeyError, TypeError):
+        return None
+    spec = _normalised_model(key)
+    return copy.deepcopy(spec) if spec is not None else None
+
+
+@functools.lru_cache(maxsize=64)
+def _normalised_model(key: str) -> dict | None:
+    from engine.datasets import known_shape
+    from engine.probe import resolve_spec
+
+    model, dataset = json.loads(key)
+    try:
+        shape, classes = known_shape(dataset)
+        if shape is None or classes is None:
+            return None
+        return resolve_spec(model, dataset)
+    except ValueError:
+        return None
 
 
 @router.post("/{run_id}/pause", response_model=RunOut, responses={**NOT_FOUND, **CONFLICT})

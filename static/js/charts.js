@@ -68,7 +68,9 @@ export class LineChart {
       xaxis: { title: { text: "step", font: { size: 11 } }, zeroline: false, automargin: true, exponentformat: "B" },
       yaxis: { type: options.log ? "log" : "linear", zeroline: false, automargin: true,
                exponentformat: "e", range: options.yRange,
-               ...(options.log ? { tickformat: ".0e", dtick: "D2" } : {}) },
+               // decades until the data says how many it spans (_fitLogTicks): an empty log axis spans
+               // several, and 1-2-5 ticks there pile up into an unreadable column
+               ...(options.log ? { tickformat: ".0e", dtick: 1 } : {}) },
       legend: { orientation: "h", y: 1.02, x: 1, xanchor: "right", yanchor: "bottom", font: { size: 10 } },
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "#ffffff",
@@ -175,35 +177,83 @@ export class LineChart {
     window.Plotly.Plots.resize(this.element);
   }
 
-  /* A vertical marker at the step the history slider shows (null hides it). */
+  /*
+   * A vertical marker at the step the history slider shows (null hides it): a red line with
+   * "step N" on top, an element laid over the plot rather than a plotly shape — a shape's
+   * relayout redraws every point of the chart (hundreds of milliseconds each on a busy machine,
+   * several times a second while snapshots play); the overlay costs a style change. It is placed
+   * again whenever plotly redraws (new points widen the axis, the chart is resized).
+   */
   markStep(step) {
     this.marked = step;
-    window.Plotly.relayout(this.element, stepMarker(step, this.logX));
+    if (!this.marker) {
+      this.marker = document.createElement("div");
+      this.marker.className = "step-marker";
+      this.marker.hidden = true;
+      this.marker.append(document.createElement("span"));
+      if (getComputedStyle(this.element).position === "static") this.element.style.position = "relative";
+      this.element.append(this.marker);
+      const place = () => this._placeMarker();
+      this.element.on?.("plotly_afterplot", place);
+      this.element.on?.("plotly_relayout", place);
+    }
+    this._placeMarker();
+  }
+
+  _placeMarker() {
+    const marker = this.marker;
+    if (!marker) return;
+    const step = this.marked;
+    const xa = this.element._fullLayout?.xaxis, ya = this.element._fullLayout?.yaxis;
+    const at = step == null ? null : stepMarker(step, this.logX);
+    if (!at || !xa?.range || !ya) { marker.hidden = true; delete marker.dataset.step; return; }
+    const [low, high] = xa.range;
+    const fraction = (at.axisValue - low) / (high - low);
+    marker.hidden = !(fraction >= 0 && fraction <= 1);
+    marker.dataset.step = String(step);
+    marker.style.left = `${xa._offset + fraction * xa._length}px`;
+    marker.style.top = `${ya._offset}px`;
+    marker.style.height = `${ya._length}px`;
+    marker.firstChild.textContent = at.text;
   }
 
   /* Log or linear step axis; a log axis is labelled at whole decades only (1, 10, 100, …). */
   setLogX(on) {
     if (Boolean(on) === Boolean(this.logX)) return;
     this.logX = Boolean(on);
-    window.Plotly.relayout(this.element, { ...stepAxis(this.logX), ...stepMarker(this.marked ?? null, this.logX) });
+    window.Plotly.relayout(this.element, stepAxis(this.logX));
+    this._placeMarker();
   }
 }
 
 /* Layout of a step axis: on a log axis one labelled tick per decade, written 1, 10, 100, 1000
-   (a step axis spans a few decades, so the labels never crowd); step 0 lies off a log axis. */
+   (a step axis spans a few decades, so the labels never crowd); step 0 lies off a log axis.
+   The linear axis names tickmode "auto" itself: plotly records tickmode "linear" once a dtick
+   was given, and clearing the dtick alone then leaves a labelled tick at every single step
+   (3,000 labels for the default run, which plotly measures one by one for minutes). */
 export function stepAxis(log) {
   return log
-    ? { "xaxis.type": "log", "xaxis.dtick": 1, "xaxis.exponentformat": "none", "xaxis.title.text": "step (log scale)" }
-    : { "xaxis.type": "linear", "xaxis.dtick": null, "xaxis.exponentformat": "B", "xaxis.title.text": "step" };
+    ? { "xaxis.type": "log", "xaxis.tickmode": "linear", "xaxis.dtick": 1, "xaxis.exponentformat": "none",
+        "xaxis.title.text": "step (log scale)" }
+    : { "xaxis.type": "linear", "xaxis.tickmode": "auto", "xaxis.dtick": null, "xaxis.tick0": null,
+        "xaxis.exponentformat": "B", "xaxis.title.text": "step" };
 }
 
-/* The slider's step as a red line with its number on top (on a log axis step 0 is drawn at step 1). */
+/* Where the slider's step lies on a step axis: {step, x (on a log axis step 0 is drawn at step 1),
+   axisValue (x in the axis's own units: its log10 on a log axis), text}. */
 export function stepMarker(step, log) {
-  if (step == null) return { shapes: [], annotations: [] };
   const x = log ? Math.max(step, 1) : step;
+  return { step, x, axisValue: log ? Math.log10(x) : x, text: `step ${step}` };
+}
+
+/* The same marker as plotly layout (a shape and an annotation), for a chart that is redrawn
+   whole anyway (Plotly.react in the compare view). null hides it. */
+export function stepMarkerLayout(step, log) {
+  if (step == null) return { shapes: [], annotations: [] };
+  const { x, axisValue, text } = stepMarker(step, log);
   return {
     shapes: [{ type: "line", x0: x, x1: x, yref: "paper", y0: 0, y1: 1, line: { color: "#dc2626", width: 2 } }],
-    annotations: [{ x: log ? Math.log10(x) : x, yref: "paper", y: 1, yanchor: "top", xanchor: "left", text: `step ${step}`, showarrow: false,
+    annotations: [{ x: axisValue, yref: "paper", y: 1, yanchor: "top", xanchor: "left", text, showarrow: false,
                     font: { size: 11, color: "#b91c1c" }, bgcolor: "#ffffff" }],
   };
 }

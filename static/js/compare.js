@@ -11,7 +11,7 @@
  */
 
 import { el } from "./dom.js";
-import { seriesStyle, stepAxis, stepMarker } from "./charts.js";
+import { seriesStyle, stepAxis, stepMarkerLayout } from "./charts.js";
 import { divergingColor, isDetector, maxAbs, paintGrid } from "./filters.js";
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
@@ -319,7 +319,7 @@ export function mountCompare(context) {
     const young = view.runs.some((run) => run.steps > 0 && run.step < run.steps / 4);
     const log = mode === "log" || (mode === "auto" && young);
     const axis = stepAxis(log);
-    const marker = stepMarker(step, log);
+    const marker = stepMarkerLayout(step, log);
     window.Plotly.react(lossDiv, traces, { ...PLOT_LAYOUT, title: { text: "training loss (log)", font: { size: 13 } },
       xaxis: { type: axis["xaxis.type"], dtick: axis["xaxis.dtick"] ?? undefined, exponentformat: axis["xaxis.exponentformat"],
                title: { text: axis["xaxis.title.text"] } },

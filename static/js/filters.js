@@ -102,6 +102,7 @@ export function drawGray(canvas, grid) {
 }
 
 const MAX_CHANNELS_SHOWN = 16;
+const ROW_PX = 15;   // height of one row of birth ticks on a layer's timeline
 
 /*
  * A filter's caption from its snapshot entry: a dead filter is "dead" and a brightness filter
@@ -267,32 +268,59 @@ export class FilterLayerView {
     this.meter.classList.toggle("stuck", s >= 0.9999);
   }
 
-  /* The births on a log step axis from step 1 to the newest stored step, one numbered tick per born filter. */
+  /*
+   * The births on a log step axis from step 1 to the newest stored step. Filters born at the same
+   * step share one tick (their numbers, or "N filters" past three; data-filters lists them); ticks
+   * that would touch are stacked in rows, each in the lowest row where it fits, so none covers another.
+   */
   drawTimeline(births, filters) {
     const info = this.birthInfo;
     if (!births || !info?.last) { this.timeline.replaceChildren(); return; }
     const key = JSON.stringify([births.map((b) => b.birth_step), info.last, info.step]);
     if (this.timeline.dataset.key === key) return;
     this.timeline.dataset.key = key;
-    const at = (step) => `${(100 * Math.log10(1 + step) / Math.log10(1 + info.last)).toFixed(2)}%`;
+    const fraction = (step) => Math.log10(1 + step) / Math.log10(1 + info.last);
     const track = el("div", "birth-track");
-    if (info.step != null) {
-      const now = el("span", "birth-now");
-      now.style.left = at(info.step);
-      now.title = `step ${info.step} on screen`;
-      track.append(now);
-    }
-    const born = births.filter((b) => b.birth_step != null).sort((a, b) => a.birth_step - b.birth_step);
-    for (const b of born) {
-      const tick = el("span", "birth-tick", String(b.filter));
-      tick.style.left = at(b.birth_step);
-      tick.title = `filter ${b.filter} born at step ${b.birth_step}`;
-      track.append(tick);
-    }
+    const born = births.filter((b) => b.birth_step != null).sort((a, b) => a.birth_step - b.birth_step || a.filter - b.filter);
     const text = el("span", "birth-text", born.length
       ? `births (log steps 1–${info.last}): ${born.length} of ${filters} filters`
       : `no filter born yet (log steps 1–${info.last})`);
     this.timeline.replaceChildren(text, track);
+    const groups = [];
+    for (const b of born) {
+      const last = groups[groups.length - 1];
+      if (last && last.step === b.birth_step) last.filters.push(b.filter); else groups.push({ step: b.birth_step, filters: [b.filter] });
+    }
+    const ticks = groups.map(({ step, filters: fs }) => {
+      const tick = el("span", "birth-tick", fs.length <= 3 ? fs.join(",") : `${fs.length} filters`);
+      tick.dataset.filters = fs.join(",");
+      tick.dataset.step = String(step);
+      tick.style.left = `${(100 * fraction(step)).toFixed(2)}%`;
+      tick.title = `${fs.length > 1 ? `filters ${fs.join(", ")}` : `filter ${fs[0]}`} born at step ${step}`;
+      track.append(tick);
+      return tick;
+    });
+    // stack: measure the ticks as drawn (the panel is open: closed panels are not updated)
+    const width = track.clientWidth;
+    const rowEnds = [];   // right edge (px) of the last tick in each row
+    const GAP = 2;
+    for (const tick of ticks) {
+      const w = tick.offsetWidth;
+      const x = fraction(Number(tick.dataset.step)) * width;
+      const leftEdge = x - w / 2;
+      let row = rowEnds.findIndex((end) => end + GAP <= leftEdge);
+      if (row < 0) { row = rowEnds.length; rowEnds.push(0); }
+      rowEnds[row] = x + w / 2;
+      tick.style.bottom = `${row * ROW_PX}px`;
+      tick.dataset.row = String(row);
+    }
+    track.style.height = `${Math.max(1, rowEnds.length) * ROW_PX + 2}px`;
+    if (info.step != null) {
+      const now = el("span", "birth-now");
+      now.style.left = `${(100 * fraction(info.step)).toFixed(2)}%`;
+      now.title = `step ${info.step} on screen`;
+      track.prepend(now);
+    }
   }
 
   drawHistogram(weight, initialWeights) {

@@ -68,7 +68,10 @@ export function mountKernelEditor(context) {
   // the editor starts at the kernel size of the first conv layer of the setup form's model
   const formLayers = () => context.convLayersOfForm?.() ?? [];
   const nameOf = (index) => state.formLabels?.[index] ?? `layer ${index}`;
-  let size = formLayers()[0]?.kernel?.[0] ?? 3;
+  const SIZES = [3, 5, 7];
+  // until the server has described the form's model, the smallest size the editor offers
+  let size = formLayers()[0]?.kernel?.[0] ?? SIZES[0];
+  let sizePicked = false;   // the learner chose a size: the form's model no longer sets it
   let values = pattern("x", size);
 
   const intro = el("p", { class: "legend" });
@@ -76,7 +79,7 @@ export function mountKernelEditor(context) {
     + "value of chosen filters, or put it into the run on screen — frozen, to keep it exactly as drawn, or free, "
     + "to see whether training keeps it, bends it, or replaces it.";
   const sizeSelect = el("select", { id: "ke-size" });
-  for (const k of [3, 5, 7]) sizeSelect.append(el("option", { value: String(k) }, `${k}×${k}`));
+  for (const k of SIZES) sizeSelect.append(el("option", { value: String(k) }, `${k}×${k}`));
   sizeSelect.value = String(size);
   const presets = el("div", { class: "ke-presets" });
   for (const name of PATTERN_NAMES) {
@@ -122,7 +125,12 @@ export function mountKernelEditor(context) {
     values = pattern("x", size);
     draw();
   }
-  sizeSelect.addEventListener("change", () => setSize(Number(sizeSelect.value)));
+  sizeSelect.addEventListener("change", () => { sizePicked = true; setSize(Number(sizeSelect.value)); });
+  // the editor starts at the size of the form's first conv layer, once the server has described it
+  document.addEventListener("kernelscope:form-layers", (event) => {
+    const first = event.detail[0]?.kernel?.[0];
+    if (!sizePicked && first && first !== size && SIZES.includes(first)) setSize(first);
+  });
 
   /* The filter views' colormap (blue < 0 < red), with white digits on the dark ends. */
   function paintCell(cell, v, peak) {

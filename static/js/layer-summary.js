@@ -49,7 +49,8 @@ export function mountLayerSummaries(context) {
   }
 
   function reset(run) {
-    for (const chart of Object.values(charts)) { chart.reset(); chart.markStep(null); }
+    // fit the charts to the panel, now on screen (they were made while it was hidden, at plotly's default width)
+    for (const chart of Object.values(charts)) { chart.reset(); chart.resize(); chart.markStep(null); }
     Object.assign(shown, { run, last: 0, layers: null, loaded: false });
     debug.summaries = { run, layers: {}, progress: null };
     setProgress(null);

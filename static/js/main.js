@@ -31,7 +31,7 @@ import { mountProbe } from "./probe.js";
 import { mountRunList } from "./run-list.js";
 import { mountRunView } from "./run-view.js";
 import { mountSetupForm } from "./setup-form.js";
-import { baseSpec, configToHash, convLayers, createState, hashToConfig, pageDefaults, toRunRequest } from "./state.js";
+import { configToHash, createState, hashToConfig, pageDefaults, toRunRequest } from "./state.js";
 
 const state = createState();
 const debug = {
@@ -107,7 +107,7 @@ async function main() {
   mountProbe({ ...shared, startComparison: compare.start });
   mountKernelEditor({
     ...shared,
-    convLayersOfForm: () => convLayers(baseSpec(state.config, state.presets)),
+    convLayersOfForm: () => state.formLayers ?? [],   // as the server described the form's model
     applyLayerInit: (layer, init) => { state.config.layerInits[String(layer)] = init; views.form.changed(); },
   });
   mountForkExport(shared);

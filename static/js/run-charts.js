@@ -58,20 +58,10 @@ export class RunCharts {
     for (const chart of Object.values(this.charts)) chart.setLogX(log);
   }
 
-  /* Mark the step on screen (history mode), or null to mark none. A plotly relayout of four
-     charts costs tens of milliseconds, so while snapshots play the marker moves at most once a second
-     (the newest step wins) and the filters keep the main thread. */
+  /* Mark the step on screen (history mode), or null to mark none: a line laid over each chart,
+     so it follows every snapshot the player draws without redrawing the charts (charts.js). */
   markStep(step) {
-    this.markWanted = step;
-    if (this.markTimer) return;
-    const apply = () => {
-      for (const chart of Object.values(this.charts)) chart.markStep(this.markWanted);
-      this.markTimer = setTimeout(() => {
-        this.markTimer = null;
-        if (this.markWanted !== this.charts.loss.marked) this.markStep(this.markWanted);
-      }, 1000);
-    };
-    apply();
+    for (const chart of Object.values(this.charts)) chart.markStep(step);
   }
 
   /* Loss/accuracy points of a run of `total` steps; points already drawn are skipped by step. */

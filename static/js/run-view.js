@@ -41,6 +41,9 @@ export function mountRunView(context) {
     fmapSnapshot: null,  // the full snapshot whose feature maps are on screen
     snapshot: null,      // the snapshot whose filters are on screen
     player: null,        // {pace, catchUp, timer} while stored snapshots play
+    stepsListedUpTo: -1, // newest step of the last stored-steps list read (GET .../snapshots)
+    stepsAt: -Infinity,  // when that list was last asked for
+    stepsBusy: false,
     births: new Map(),   // conv layer index -> GET .../layers/{layer}/births
     birthsAt: -Infinity,
     birthsBusy: false,
@@ -56,11 +59,10 @@ export function mountRunView(context) {
 
   // ---------------------------------------------------------------- drawing
 
+  /* The open run's model as the engine normalised it (GET /api/runs/{id} model_spec; null when
+     only the dataset's files could tell its shape): every kernel, stride and slope stated there. */
   function runSpec() {
-    const model = state.run?.config?.model;
-    if (model && typeof model === "object") return model;
-    if (typeof model === "string") return state.presets[model] ?? null;
-    return null;
+    return state.run?.model_spec ?? null;
   }
 
   /* The init law and figures of the open run's layers, as the engine states them. */
@@ -163,7 +165,10 @@ export function mountRunView(context) {
     const conv = convLayers(spec).find((l) => l.index === layerIndex);
     const p = Math.min(state.view.probe, (snapshot.probes || []).length - 1);
     const input = layerInput(spec, snapshot, layerIndex, p);
-    if (!input || !conv) {
+    // the step-through slides one square step: a layer whose stride or padding differs by axis is not shown
+    const square = (v) => (Array.isArray(v) ? (v[0] === v[1] ? v[0] : null) : v);
+    const stride = conv ? square(conv.stride) : null, padding = conv ? square(conv.padding) : null;
+    if (!input || !conv || stride === null || padding === null) {
       const first = snapshot.layers.find((l) => l.type === "conv");
       stepThrough.explainUnavailable(
         `Step-through of ${layer?.label ?? `layer ${layerIndex}`} needs the input of that layer. conv1 reads the probe image; ` +
@@ -174,7 +179,7 @@ export function mountRunView(context) {
     }
     stepThrough.open({
       input, kernel: layer.weight[filter], bias: Number(layer.bias?.[filter] ?? 0),
-      stride: conv.stride, padding: conv.padding, stored: layer.feature_maps[p][filter],
+      stride, padding, stored: layer.feature_maps[p][filter],
       layerIndex, layerLabel: layer.label, filter, probe: p, step: snapshot.step, probeLabel: snapshot.probe_labels?.[p],
     }, y, x);
     $("stepthrough").scrollIntoView({ block: "nearest", behavior: "smooth" });
@@ -318,6 +323,13 @@ export function mountRunView(context) {
   function playTick() {
     if (filterFetcher.busy) { debug.paceWaits += 1; return; }   // the frame on screen first
     const at = state.steps.indexOf(state.historyStep);
+    // a step known only from the event stream may follow stored ones the stream coalesced away
+    // (a busy viewer gets the newest snapshot event only): read the stored steps before playing it
+    if (at + 1 < state.steps.length && state.steps[at + 1] > shown.stepsListedUpTo) {
+      debug.paceWaits += 1;
+      refreshSteps();
+      return;
+    }
     if (at >= state.steps.length - 1) {
       if (shown.player?.catchUp) { setPace("live"); return; }
       if (!ACTIVE.has(state.run?.status)) stopPlaying();
@@ -354,6 +366,35 @@ export function mountRunView(context) {
     });
   }
 
+  /*
+   * The run's stored steps, read again (GET .../snapshots, a list of numbers): snapshot events
+   * coalesce to the newest for a viewer that falls behind, so the stream alone may miss stored
+   * steps. One request at a time; `stepsListedUpTo` is the newest step such a list held.
+   */
+  async function refreshSteps() {
+    const run = state.view.run, generation = shown.generation;
+    if (!run || shown.stepsBusy) return;
+    shown.stepsBusy = true;
+    shown.stepsAt = performance.now();
+    try {
+      const steps = await api.getSnapshotSteps(run);
+      if (generation !== shown.generation) return;
+      mergeSteps(steps);
+      if (steps.length) shown.stepsListedUpTo = Math.max(shown.stepsListedUpTo, steps[steps.length - 1]);
+      updateSlider();
+    } catch { /* the next tick asks again */ } finally {
+      shown.stepsBusy = false;
+    }
+  }
+
+  function mergeSteps(steps) {
+    const known = new Set(state.steps);
+    const added = steps.filter((s) => !known.has(s));
+    if (!added.length) return;
+    state.steps.push(...added);
+    state.steps.sort((a, b) => a - b);
+  }
+
   function onSnapshotEvent(data, generation) {
     if (generation !== shown.generation) return;
     debug.snapshotsReceived += 1;
@@ -368,6 +409,7 @@ export function mountRunView(context) {
     if (!state.latestSnapshot || snapshot.step >= state.latestSnapshot.step) state.latestSnapshot = snapshot;
     updateSlider();
     refreshBirths();
+    if (performance.now() - shown.stepsAt > 3000) refreshSteps();   // the slider learns of coalesced steps too
     if (shown.autoPlay && state.view.pace !== "live") {
       shown.autoPlay = false;
       startPlaying(state.view.pace, { fromStart: true });
@@ -438,6 +480,8 @@ export function mountRunView(context) {
     shown.births = new Map();
     shown.birthsAt = -Infinity;
     shown.autoPlay = false;
+    shown.stepsListedUpTo = -1;
+    shown.stepsAt = -Infinity;
     light.clear();
     filterBoard.clear();
     fmapBoard.clear();
@@ -466,8 +510,8 @@ export function mountRunView(context) {
       const [points, steps] = await Promise.all([api.getMetrics(id), api.getSnapshotSteps(id)]);
       if (generation !== shown.generation) return;
       addMetricPoints(points);
-      for (const s of steps) if (!state.steps.includes(s)) state.steps.push(s);
-      state.steps.sort((a, b) => a - b);
+      mergeSteps(steps);
+      if (steps.length) shown.stepsListedUpTo = Math.max(shown.stepsListedUpTo, steps[steps.length - 1]);
       updateSlider();
       if (stream) stream.release();
       if (state.steps.includes(0) && !state.initialSnapshot) {

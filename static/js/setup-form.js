@@ -11,7 +11,7 @@
 import * as api from "./api.js";
 import { $, bounded, el } from "./dom.js";
 import {
-  applyRunConfig, baseSpec, compactInit, convLayers, followOptimizerDefaults, optimizerDefaults, toRunRequest,
+  applyRunConfig, baseSpec, compactInit, describedConvLayers, followOptimizerDefaults, optimizerDefaults, toRunRequest,
 } from "./state.js";
 
 /* The number fields: input id, the name in messages, the key in state.config, the key in defaults.limits. */
@@ -37,7 +37,7 @@ export function mountSetupForm(context) {
   // ---------------------------------------------------------------- init controls
 
   /* The parameter the form offers for an init: its first one in GET /api/inits (std, a, value, gain, kernels). */
-  function initParamControl(init, onChange) {
+  function initParamControl(init, onChange, what) {
     const span = el("span", "init-param");
     const params = initInfo(init.name)?.params ?? {};
     const key = Object.keys(params)[0];
@@ -61,8 +61,10 @@ export function mountSetupForm(context) {
     }
     input.setAttribute("aria-label", key);
     input.dataset.param = key;
+    input.dataset.what = `${what} ${key}`;   // the field's name in the form's messages
     input.addEventListener("change", () => {
       const next = { ...init };
+      if (input.type === "number" && emptyOrBad(input)) { showProblems(); return; }   // kept empty, named
       if (key === "kernels") {
         if (input.value === "__drawn__") return;
         delete next.fallback;
@@ -111,11 +113,15 @@ export function mountSetupForm(context) {
   }
 
   function showDescription(layers) {
-    // the form's layer names as the server gives them (conv1, conv2, …), for the other views
+    // the form's layer names and conv shapes as the server gives them (conv1, conv2, …; kernel
+    // sizes from the engine's normalised spec), for the other views
     state.formLabels = Object.fromEntries(layers.map((l) => [l.index, l.label]));
+    state.formLayers = describedConvLayers(layers);
+    document.dispatchEvent(new CustomEvent("kernelscope:form-layers", { detail: state.formLayers }));
     for (const layer of layers) {
       const row = document.querySelector(`#init-table .init-layer[data-layer="${layer.index}"]`);
       if (!row) continue;
+      row.querySelector(".layer-shape").textContent = layer.shape.join("×");
       row.querySelector(".fans").textContent = `fan_in ${layer.fan_in} · fan_out ${layer.fan_out}`;
       if (layer.label) row.querySelector(".layer-label").textContent = layer.label;
       const law = row.querySelector(".law");
@@ -126,15 +132,23 @@ export function mountSetupForm(context) {
     $("init-table").dataset.described = "true";
   }
 
+  /* What the init controls show depends on: the model, the inits and the dataset (describe's figures). */
+  const initControlsKey = () => {
+    const c = state.config;
+    return JSON.stringify([c.preset, c.preset === "custom" ? c.spec : null, c.init, c.layerInits, c.dataset]);
+  };
+  let renderedInitKey = null;
+
   function renderInitControls() {
     const config = state.config;
+    renderedInitKey = initControlsKey();
     if (!config.init) return;   // GET /api/defaults could not be read (the banner says so)
     const select = $("f-init");
     select.replaceChildren(...initSelect(config.init.name).children);
     select.value = config.init.name;
     $("f-init-param").replaceWith(Object.assign(initParamControl(config.init, (init) => {
       config.init = init; changed();
-    }), { id: "f-init-param" }));
+    }, "init"), { id: "f-init-param" }));
 
     // until the server's figures for this form arrive, each row keeps the ones it had,
     // so the form does not jump under the learner's pointer
@@ -142,7 +156,9 @@ export function mountSetupForm(context) {
     const before = new Map([...box.querySelectorAll(".init-layer")].map((row) => [row.dataset.layer, row]));
     box.replaceChildren();
     wantedDescription = null;
-    const layers = convLayers(baseSpec(config, state.presets));
+    // the conv layers of the spec as written; their shapes come with the server's description
+    const layers = (baseSpec(config, state.presets)?.layers ?? []).map((layer, index) => ({ ...layer, index }))
+      .filter((layer) => layer.type === "conv");
     for (const layer of layers) {
       const own = config.layerInits[layer.index] ?? null;
       const row = el("div", "init-layer");
@@ -150,7 +166,8 @@ export function mountSetupForm(context) {
       const head = el("div", "init-layer-head");
       const fans = el("span", { class: "fans", title: "fan_in = in_channels·kh·kw, fan_out = out_channels·kh·kw" }, "fan_in … · fan_out …");
       const name = el("b", "layer-label", before.get(String(layer.index))?.querySelector(".layer-label")?.textContent ?? `layer ${layer.index}`);
-      head.append(name, el("span", {}, `${layer.filters}×${layer.inChannels}×${layer.kernel.join("×")}`), fans);
+      const shape = el("span", "layer-shape", before.get(String(layer.index))?.querySelector(".layer-shape")?.textContent ?? "…");
+      head.append(name, shape, fans);
       const pick = el("div", "init-layer-pick");
       const sel = initSelect(own?.name ?? "", { allowDefault: true });
       sel.setAttribute("aria-label", `init of layer ${layer.index}`);
@@ -160,7 +177,10 @@ export function mountSetupForm(context) {
         changed();
       });
       pick.append(sel);
-      if (own) pick.append(initParamControl(own, (init) => { config.layerInits[layer.index] = init; changed(); }));
+      if (own) {
+        pick.append(initParamControl(own, (init) => { config.layerInits[layer.index] = init; changed(); },
+          `${state.formLabels?.[layer.index] ?? `layer ${layer.index}`} init`));
+      }
       const law = el("div", "law", "…");
       const previous = before.get(String(layer.index));
       if (previous) {
@@ -212,16 +232,25 @@ export function mountSetupForm(context) {
     $("momentum-label").hidden = c.optimizer !== "sgd";
   }
 
+  /* What is wrong with a number input that holds no number: "required" when it is empty, "not a
+     number" when the browser could not read what was typed (its value then reads ""); else null. */
+  function emptyOrBad(input) {
+    if (input.validity?.badInput) return "not a number";
+    return input.value.trim() === "" ? "required" : null;
+  }
+
   /* A number field's value within its served bounds; an integer where the field steps by 1. */
   function readNumber(field) {
     const input = $(field.id);
-    const { min = null, max = null, min_exclusive: exclusive = false } = limits()[field.limit] ?? {};
+    const { min = null, max = null, min_exclusive: lowOpen = false, max_exclusive: highOpen = false } = limits()[field.limit] ?? {};
     const integer = input.step === "1";
     const value = Number(input.value);
-    if (input.value.trim() === "") throw new Error(`${field.label}: required`);
-    const low = min != null && (exclusive ? value <= min : value < min);
-    if (!Number.isFinite(value) || low || (max != null && value > max) || (integer && !Number.isInteger(value))) {
-      const bounds = [min != null ? `${exclusive ? ">" : "≥"} ${min}` : "", max != null ? `≤ ${max}` : ""].filter(Boolean);
+    const missing = emptyOrBad(input);
+    if (missing) throw new Error(`${field.label}: ${missing}`);
+    const low = min != null && (lowOpen ? value <= min : value < min);
+    const high = max != null && (highOpen ? value >= max : value > max);
+    if (!Number.isFinite(value) || low || high || (integer && !Number.isInteger(value))) {
+      const bounds = [min != null ? `${lowOpen ? ">" : "≥"} ${min}` : "", max != null ? `${highOpen ? "<" : "≤"} ${max}` : ""].filter(Boolean);
       throw new Error(`${field.label}: expected ${integer ? "an integer" : "a number"}${bounds.length ? ` ${bounds.join(" and ")}` : ""}, got ${input.value}`);
     }
     return value;
@@ -235,18 +264,31 @@ export function mountSetupForm(context) {
     for (const field of NUMBER_FIELDS) {
       try { c[field.key] = readNumber(field); } catch (error) { problems.push(error.message); }
     }
+    // an init's parameter: its bounds are the engine's (the server names them); empty is the form's to say
+    for (const input of document.querySelectorAll("#setup-form .init-param input[type=number]")) {
+      const missing = emptyOrBad(input);
+      if (missing) problems.push(`${input.dataset.what}: ${missing}`);
+    }
     if (problems.length) throw new Error(problems.join("; "));
   }
 
   let initRenderQueued = false;
 
-  function changed() {
+  /* Read the form into state.config and say what is wrong with it, if anything. */
+  function showProblems() {
     $("form-error").textContent = "";
     try { readForm(); } catch (error) { $("form-error").textContent = error.message; }
+  }
+
+  function changed() {
+    showProblems();
     $("momentum-label").hidden = state.config.optimizer !== "sgd";
     context.writeHash();
     // Rebuild the init controls after this event: rebuilding removes the focused
     // control, whose blur may fire another change while the DOM is being replaced.
+    // Only when what they show changed: a number field's change must not replace the init
+    // field the learner is moving into (it would take the focus and what was typed there).
+    if (initControlsKey() === renderedInitKey) return;
     if (initRenderQueued) return;
     initRenderQueued = true;
     queueMicrotask(() => { initRenderQueued = false; renderInitControls(); });

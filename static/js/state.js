@@ -237,27 +237,43 @@ export function baseSpec(config, presets) {
   return presets[config.preset] ?? null;
 }
 
+/* A size the engine states as n or [h, w] -> [h, w]. */
+export const pair = (value) => (Array.isArray(value) ? [value[0], value[1]] : [value, value]);
+
 /*
- * Conv layers of a spec: [{index, filters, kernel, inChannels, stride, padding,
- * init}] where `init` is the layer's own init from the spec (or null when it
- * follows the run default). Their fans and init figures come from the server.
+ * Conv layers of a normalised spec — the engine's, with every default filled in (GET
+ * /api/runs/{id} model_spec): [{index, label, filters, kernel: [kh, kw], inChannels, stride,
+ * padding, init}], stride and padding as the spec states them (n or [h, w]), `init` the layer's
+ * own init (null when it follows the run default). No default of the engine is assumed here: a
+ * spec that lacks one is not normalised, and is refused.
  */
 export function convLayers(spec) {
-  if (!spec || !Array.isArray(spec.layers)) return [];
-  let channels = Array.isArray(spec.input) ? spec.input[0] : 1;
+  if (!spec || !Array.isArray(spec.layers) || !Array.isArray(spec.input)) return [];
+  let channels = spec.input[0];
   const out = [];
   spec.layers.forEach((layer, index) => {
     if (layer.type !== "conv") return;
-    const k = Array.isArray(layer.kernel) ? layer.kernel : [layer.kernel ?? 3, layer.kernel ?? 3];
-    const filters = layer.filters;
+    for (const key of ["filters", "kernel", "stride", "padding"]) {
+      if (layer[key] == null) throw new Error(`layer ${index}: "${key}" missing; convLayers reads a normalised spec (the run's model_spec)`);
+    }
     out.push({
-      index, filters, kernel: k, inChannels: channels,
-      stride: layer.stride ?? 1, padding: layer.padding ?? 0,
+      index, filters: layer.filters, kernel: pair(layer.kernel), inChannels: channels,
+      stride: layer.stride, padding: layer.padding,
       init: layer.init != null ? normaliseInit(layer.init) : null,
     });
-    channels = filters;
+    channels = layer.filters;
   });
   return out;
+}
+
+/*
+ * The conv layers of the setup form's model as POST /api/inits/describe states them (the engine
+ * normalises the spec: kernel sizes and input channels are its): [{index, label, filters, kernel,
+ * inChannels}]. `described` is that answer's `layers`.
+ */
+export function describedConvLayers(described) {
+  return (described ?? []).filter((l) => l.type === "conv")
+    .map((l) => ({ index: l.index, label: l.label, filters: l.shape[0], inChannels: l.shape[1], kernel: [l.shape[2], l.shape[3]] }));
 }
 
 /* The JSON body of POST /api/runs for this config. */

@@ -8,7 +8,7 @@
  */
 
 import { divergingColor, drawGray, maxAbs, paintTiles } from "./filters.js";
-import { convLayers } from "./state.js";
+import { convLayers, pair } from "./state.js";
 
 /*
  * input (C, H, W), kernel (C, kh, kw), bias: number, stride, padding, and the
@@ -70,27 +70,26 @@ export function convolvePixel(input, kernel, bias, stride, padding, y, x) {
   return { patch, product, sum, value: sum + bias };
 }
 
-/* Layers the page can replay between two conv layers, on (C, H, W) maps. */
+/* Layers the page can replay between two conv layers, on (C, H, W) maps; their settings are
+   read from the normalised spec (GET /api/runs/{id} model_spec), which states every one. */
 const ELEMENTWISE = {
   relu: () => (v) => Math.max(0, v),
-  leaky_relu: (layer) => {
-    const slope = layer.slope ?? layer.negative_slope ?? layer.alpha ?? 0.01;
-    return (v) => (v > 0 ? v : slope * v);
-  },
+  leaky_relu: (layer) => (v) => (v > 0 ? v : layer.slope * v),
   tanh: () => Math.tanh,
   sigmoid: () => (v) => 1 / (1 + Math.exp(-v)),
 };
 
+/* A pool of a normalised spec: `size` n or [h, w]; `stride` null means windows side by side
+   (the stride is the size: the engine's meaning of null, stated in its spec). */
 function pool(maps, layer, reduce) {
-  const size = layer.size ?? layer.kernel ?? 2;
-  const stride = layer.stride ?? size;
-  if (layer.padding) return null;
+  const [sh, sw] = pair(layer.size);
+  const [th, tw] = layer.stride == null ? [sh, sw] : pair(layer.stride);
   return maps.map((map) => {
-    const outH = Math.floor((map.length - size) / stride) + 1;
-    const outW = Math.floor((map[0].length - size) / stride) + 1;
+    const outH = Math.floor((map.length - sh) / th) + 1;
+    const outW = Math.floor((map[0].length - sw) / tw) + 1;
     return Array.from({ length: outH }, (_, y) => Array.from({ length: outW }, (_, x) => {
       const window = [];
-      for (let i = 0; i < size; i++) for (let j = 0; j < size; j++) window.push(map[y * stride + i][x * stride + j]);
+      for (let i = 0; i < sh; i++) for (let j = 0; j < sw; j++) window.push(map[y * th + i][x * tw + j]);
       return reduce(window);
     }));
   });

@@ -123,6 +123,29 @@ def test_created_run_is_complete_and_listed(done):
     assert [r["id"] for r in listed] == [run["id"]]
 
 
+def test_a_run_states_its_normalised_model_so_clients_need_no_engine_defaults(done):
+    """GET /api/runs/{id} serves the model the run trains with every default filled in (the page reads
+    kernel sizes, strides, paddings, pool sizes and slopes there); the list stays lean."""
+    from engine import PRESETS
+    from engine.core.model import normalize_spec
+    from engine.datasets import known_shape
+
+    client, run = done
+    spec = client.get(f"/api/runs/{run['id']}").json()["model_spec"]
+    raw = PRESETS["small"]
+    assert [layer["type"] for layer in spec["layers"]] == [layer["type"] for layer in raw["layers"]]
+    shape, classes = known_shape(run["config"]["dataset"])
+    assert spec["input"] == shape
+    for layer in spec["layers"]:
+        if layer["type"] == "conv":
+            assert {"kernel", "stride", "padding", "init", "bias_init"} <= set(layer)
+        if layer["type"] == "maxpool":
+            assert {"size", "stride"} <= set(layer)
+    assert spec["layers"][-1]["units"] == classes
+    assert normalize_spec(spec)[0] == spec  # already normalised: normalising again changes nothing
+    assert all(listed.get("model_spec") is None for listed in client.get("/api/runs").json()["runs"])
+
+
 def test_metrics_have_every_step_and_validation_at_eval_steps(done):
     client, run = done
     points = client.get(f"/api/runs/{run['id']}/metrics").json()["points"]

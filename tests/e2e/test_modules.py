@@ -240,3 +240,73 @@ def test_step_through_tolerance_is_the_stored_precision(modules):
     assert abs(stored[1, 2] - value) <= tolerance  # no false "differs"
     bound = 0.5e-3 + np.abs(kernel).sum() * 0.5e-4 + np.abs(image[0, 1:4, 2:5]).sum() * 0.5e-5
     assert bound <= tolerance < bound + 1e-4  # and no wider than the rounding explains
+
+
+def test_birth_ticks_born_at_nearby_steps_never_cover_each_other(modules):
+    """A conv layer's timeline with births crowded together (the usual case: many filters are born
+    within a few snapshots of each other): each tick lies at its step on the log axis, filters born
+    at the same step share a tick that lists them, and no two ticks' boxes overlap."""
+    got = modules.evaluate("""async () => {
+        const { FilterLayerView } = await import('/static/js/filters.js');
+        const box = document.createElement('div');
+        box.style.width = '420px';
+        document.body.prepend(box);
+        const weight = Array.from({length: 16}, (_, f) => [[[f, 0, 0], [0, 1, 0], [0, 0, -f]]]);
+        const layer = {index: 0, label: 'conv1', type: 'conv', shape: [16, 1, 3, 3], weight, symmetry: 0.1, detectors: []};
+        const steps = [12, 13, 13, 14, 15, 15, 15, 15, 16, 40, 41, 2900, 2950, null, null, 3000];
+        const births = steps.map((s, f) => ({filter: f, birth_step: s}));
+        const view = new FilterLayerView(box, layer);
+        view.birthInfo = {last: 3000, step: 15};
+        view.update(layer, {births, step: 15});
+        const track = box.querySelector('.birth-track').getBoundingClientRect();
+        const ticks = [...box.querySelectorAll('.birth-tick')].map((t) => {
+            const r = t.getBoundingClientRect();
+            return {filters: t.dataset.filters, step: Number(t.dataset.step), text: t.textContent,
+                    left: r.left, right: r.right, top: r.top, bottom: r.bottom,
+                    centre: (r.left + r.right) / 2 - track.left, inside: r.top >= track.top - 0.5 && r.bottom <= track.bottom + 0.5};
+        });
+        box.remove();
+        return {ticks, width: track.width};
+    }""")
+    ticks = got["ticks"]
+    born = sorted(f for t in ticks for f in map(int, t["filters"].split(",")))
+    assert born == [f for f in range(16) if f not in (13, 14)]
+    assert {t["step"] for t in ticks} == {12, 13, 14, 15, 16, 40, 41, 2900, 2950, 3000}
+    assert next(t for t in ticks if t["step"] == 15)["text"] == "4 filters"
+    assert next(t for t in ticks if t["step"] == 13)["text"] == "1,2"
+    for t in ticks:  # at its step on the log axis from 1 to the newest step
+        assert abs(t["centre"] - got["width"] * np.log10(1 + t["step"]) / np.log10(3001)) < 1.5
+        assert t["inside"]
+    for i, a in enumerate(ticks):
+        for b in ticks[i + 1 :]:
+            apart = (
+                a["right"] <= b["left"] or b["right"] <= a["left"] or a["bottom"] <= b["top"] or b["bottom"] <= a["top"]
+            )
+            assert apart, (a, b)
+
+
+def test_the_step_through_replays_layers_as_the_normalised_spec_states_them(modules):
+    """The layers between two convs are replayed from the run's normalised spec (GET /api/runs/{id}
+    model_spec): the leaky slope and the pool size it states, no default of the page's own; a spec
+    that lacks a conv's kernel is not normalised and is refused rather than guessed."""
+    rng = np.random.default_rng(4)
+    maps = rng.normal(size=(2, 6, 6)).round(4)
+    got = modules.evaluate(
+        """async (maps) => {
+        const { convLayers } = await import('/static/js/state.js');
+        const { layerInput } = await import('/static/js/stepthrough.js');
+        const conv = (filters, kernel, padding) => ({type: 'conv', filters, kernel, stride: 1, padding, init: null, bias_init: null});
+        const spec = {input: [1, 6, 6], layers: [conv(2, [3, 3], 1), {type: 'leaky_relu', slope: 0.25},
+                      {type: 'maxpool', size: [2, 3], stride: null}, conv(1, 1, 0)]};
+        const snapshot = {probes: [[maps[0]]], layers: [{index: 0, feature_maps: [maps]}]};
+        let refused = null;
+        try { convLayers({input: [1, 6, 6], layers: [{type: 'conv', filters: 2}]}); } catch (e) { refused = e.message; }
+        return {input: layerInput(spec, snapshot, 3, 0), layers: convLayers(spec), refused};
+    }""",
+        maps.tolist(),
+    )
+    leaky = np.where(maps > 0, maps, 0.25 * maps)
+    pooled = leaky.reshape(2, 3, 2, 2, 3).max(axis=(2, 4))  # 2x3 windows side by side (stride null)
+    assert np.allclose(np.asarray(got["input"]), pooled)
+    assert [(c["index"], c["kernel"], c["inChannels"]) for c in got["layers"]] == [(0, [3, 3], 1), (3, [1, 1], 2)]
+    assert got["refused"] and '"kernel" missing' in got["refused"]

@@ -82,3 +82,48 @@ def test_the_forms_bounds_are_the_served_limits(page, server, api):
     page.fill("#f-steps", "")
     page.locator("#f-steps").dispatch_event("change")
     assert "required" in page.text_content("#form-error")
+
+
+def test_an_empty_number_field_says_required_and_starts_nothing(page, server, api):
+    """Every number of the setup form, the init's own parameter included: emptied, the form names
+    the field and says "required" (not the server's "must be > 0.0, got 0" for a 0 read from
+    nothing), and "start training" sends no run; an exclusive served bound is written as one."""
+    limits = api.get("/api/defaults").json()["limits"]
+    page.goto(f"{server}/")
+    page.wait_for_selector("body[data-ready=true]")
+    posted = []
+    page.on("request", lambda r: r.method == "POST" and r.url.endswith("/api/runs") and posted.append(r.url))
+    page.select_option("#f-optimizer", "sgd")
+    page.select_option("#f-init", "normal")  # an init with a number parameter (std)
+    page.wait_for_selector('#f-init-param input[data-param="std"]')
+    fields = {
+        "#f-lr": "learning rate",
+        "#f-momentum": "momentum",
+        "#f-wd": "weight decay",
+        "#f-batch": "batch size",
+        "#f-steps": "steps",
+        "#f-seed": "seed",
+        "#f-every": "snapshot every",
+        '#f-init-param input[data-param="std"]': "init std",
+    }
+    for selector, label in fields.items():
+        before = page.input_value(selector)
+        page.fill(selector, "")
+        page.locator(selector).dispatch_event("change")
+        error = page.text_content("#form-error")
+        assert f"{label}: required" in error and "must be" not in error, (selector, error)
+        assert page.input_value(selector) == ""  # the form keeps what the learner left, and says so
+        page.click("#btn-start")
+        assert f"{label}: required" in page.text_content("#form-error")
+        page.fill(selector, before)
+        page.locator(selector).dispatch_event("change")
+        assert page.text_content("#form-error") == "", (selector, page.text_content("#form-error"))
+    assert posted == []
+    # momentum's served bound is exclusive at the top: its maximum itself is refused, as "<"
+    top = limits["momentum"]["max"]
+    assert limits["momentum"].get("max_exclusive") is True
+    page.fill("#f-momentum", str(top))
+    page.locator("#f-momentum").dispatch_event("change")
+    assert f"momentum: expected a number ≥ {limits['momentum']['min']} and < {top}, got {top}" in page.text_content(
+        "#form-error"
+    )
