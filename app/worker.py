@@ -29,6 +29,7 @@ import os
 import signal
 import time
 from collections import deque
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -123,27 +124,34 @@ def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_ev
         have_start_snapshot = False  # written again at the start
 
     status = "failed"
-    for event in trainer.events(control, checkpoint_every=checkpoint_every, snapshot_at_start=not have_start_snapshot):
-        kind = event["type"]
-        if kind == "metrics":
-            recent_points.extend(event["points"])
-            emit(("metrics", event["points"]))
-        elif kind == "snapshot":
-            files.write_snapshot(
-                data_dir, run_id, event["snapshot"], event["params"], feature_maps=event["feature_maps"]
-            )
-            emit(("snapshot", int(event["step"])))
-        elif kind == "checkpoint":
-            state = trainer.checkpoint()
-            state[CHECKPOINT_POINTS_KEY] = np.array(dumps_json(list(recent_points)))
-            files.write_npz_atomic(files.checkpoint_path(data_dir, run_id), state)
-            emit(("checkpoint", int(event["step"])))
-        elif kind == "status":
-            emit(("status", event["status"], int(event["step"]), event["message"]))
-        elif kind == "reply":
-            emit(("reply", event["request_id"], event["error"]))
-        elif kind == "done":
-            status = event["status"]
+    events = trainer.events(
+        control,
+        checkpoint_every=checkpoint_every,
+        snapshot_at_start=not have_start_snapshot,
+        analyst_mode="auto",  # snapshots and evaluations off the training path (engine/analyst.py)
+    )
+    with closing(events):  # the analyst process ends with the loop, however drive_run ends
+        for event in events:
+            kind = event["type"]
+            if kind == "metrics":
+                recent_points.extend(event["points"])
+                emit(("metrics", event["points"]))
+            elif kind == "snapshot":
+                files.write_snapshot(
+                    data_dir, run_id, event["snapshot"], event["params"], feature_maps=event["feature_maps"]
+                )
+                emit(("snapshot", int(event["step"])))
+            elif kind == "checkpoint":
+                state = trainer.checkpoint()
+                state[CHECKPOINT_POINTS_KEY] = np.array(dumps_json(list(recent_points)))
+                files.write_npz_atomic(files.checkpoint_path(data_dir, run_id), state)
+                emit(("checkpoint", int(event["step"])))
+            elif kind == "status":
+                emit(("status", event["status"], int(event["step"]), event["message"]))
+            elif kind == "reply":
+                emit(("reply", event["request_id"], event["error"]))
+            elif kind == "done":
+                status = event["status"]
     return status
 
 

@@ -1,0 +1,376 @@
+"""A run's side work: what a snapshot stores and what an evaluation measures, from a copy of the weights.
+
+`snapshot_content` and `evaluation` are the one home of a snapshot's content (statistics on the
+monitor batch, detector labels, feature maps of the probes, metrics) and of a validation pass;
+Trainer.snapshot and Trainer.evaluate run them on the live model. Trainer.events (the one training
+loop) hands them to an analyst as `Job`s: at a snapshot or evaluation step it captures what the
+job needs (a copy of the weights, the frozen filters, the step's metrics) and trains on.
+
+  InlineAnalyst    computes each job on the live model as it is submitted: the loop's order of
+                   events and its timing as they always were (the default of Trainer.events).
+  ProcessAnalyst   computes the jobs in another process (`serve`, run with this python) from the
+                   copies, while the loop trains: the side work leaves the training path and takes
+                   the CPU the training leaves free. Results come back in job order. Its model is
+                   built from the same spec, loads the captured weights and computes every pass in
+                   the same fixed parts of the batch (engine.fast.model) in its own process, so the
+                   values are the ones InlineAnalyst stores (tests/engine/test_analyst.py). If the
+                   process cannot start, dies or fails a job, that job and every later one are
+                   computed in this process from their copies (a failure the job itself causes is
+                   then raised here, as inline).
+
+`make_analyst(trainer, mode)` chooses: "inline", "process", or "auto" (a process when this
+process may use more than one CPU; KERNELSCOPE_ANALYST=inline|process|auto overrides "auto").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine import analysis
+from engine.core.losses import accuracy, softmax_cross_entropy
+
+EVAL_CHUNK = 500
+FEATURE_MAP_DIGITS = 4
+# At most this many jobs wait for the analyst process; the loop then waits for the oldest, so
+# snapshots never fall far behind the training and the weight copies held stay few.
+MAX_PENDING_JOBS = 4
+# How long close() waits for the analyst process to end after its input is closed.
+CLOSE_SECONDS = 10
+ANALYST_MODES = ("inline", "process", "auto")
+
+
+@dataclass
+class SnapshotInputs:
+    """The fixed images side work runs on (a Dataset's monitor batch, probes and validation split)."""
+
+    monitor_x: np.ndarray
+    monitor_y: np.ndarray
+    probe_x: np.ndarray
+    probe_labels: list[str]
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+    @classmethod
+    def of(cls, dataset) -> SnapshotInputs:
+        return cls(
+            dataset.monitor_x,
+            dataset.monitor_y,
+            dataset.probe_x,
+            list(dataset.probe_labels),
+            dataset.x_val,
+            dataset.y_val,
+        )
+
+
+@dataclass
+class Job:
+    """Side work of one step: evaluate and/or snapshot the weights `params` (None: the live model's)."""
+
+    step: int
+    evaluate: bool
+    snapshot: bool
+    params: dict[str, np.ndarray] | None
+    frozen: dict[int, list[int]] = field(default_factory=dict)
+    last_metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    step: int
+    eval: dict | None = None
+    snapshot: dict | None = None
+    feature_maps: dict[int, np.ndarray] | None = None
+
+
+# ------------------------------------------------------------------ the side work itself
+
+
+def evaluation(model, x_val: np.ndarray, y_val: np.ndarray) -> dict:
+    """Loss and accuracy of `model` on the whole validation split, EVAL_CHUNK images at a time."""
+    total_loss = 0.0
+    correct = 0.0
+    for start in range(0, len(x_val), EVAL_CHUNK):
+        logits = model.forward(x_val[start : start + EVAL_CHUNK])
+        labels = y_val[start : start + EVAL_CHUNK]
+        loss, _ = softmax_cross_entropy(logits, labels)
+        total_loss += loss * len(labels)
+        correct += accuracy(logits, labels) * len(labels)
+    val_loss = total_loss / len(x_val)
+    return {
+        "val_loss": round(val_loss, 6) if math.isfinite(val_loss) else None,
+        "val_acc": round(correct / len(x_val), 6),
+    }
+
+
+def snapshot_content(
+    model,
+    inputs: SnapshotInputs,
+    step: int,
+    frozen: dict[int, list[int]],
+    last_metrics: dict,
+    last_eval: dict,
+    feature_maps: bool = True,
+) -> tuple[dict, dict[int, np.ndarray]]:
+    """(snapshot JSON as in docs/ARCHITECTURE.md, {conv index: probe feature maps (P, out, H, W)}).
+
+    The feature maps are computed once: they tell which filters never fire (the detector
+    labels) and are what a snapshot event carries; with `feature_maps` the JSON has them too.
+    """
+    stats = analysis.layer_stats(model, inputs.monitor_x, inputs.monitor_y)
+    maps = analysis.feature_maps(model, inputs.probe_x)
+    layers = []
+    for order, index in enumerate(model.conv_indices, start=1):
+        weight = model.params[f"{index}.weight"]
+        # "label" names a conv by its order among convs (conv1, conv2, ...); "index" is its spec index
+        entry = {"index": index, "label": f"conv{order}", "name": str(index), "type": "conv"}
+        entry.update(analysis.conv_layer_summary(weight, model.params.get(f"{index}.bias"), maps[index]))
+        entry["frozen"] = list(frozen.get(index, []))
+        if feature_maps:
+            entry["feature_maps"] = analysis.rounded(maps[index], FEATURE_MAP_DIGITS)
+        layers.append(entry)
+    if last_metrics:
+        metrics = {"loss": last_metrics["loss"], "acc": last_metrics["acc"]}
+    else:
+        monitor_logits = model.forward(inputs.monitor_x)
+        loss, _ = softmax_cross_entropy(monitor_logits, inputs.monitor_y)
+        metrics = {
+            "loss": round(loss, 6) if math.isfinite(loss) else None,
+            "acc": round(accuracy(monitor_logits, inputs.monitor_y), 6),
+        }
+    metrics.update(last_eval)
+    snapshot = {
+        "step": step,
+        "layers": layers,
+        "stats": stats,
+        "probes": analysis.rounded(inputs.probe_x, FEATURE_MAP_DIGITS),
+        "probe_labels": list(inputs.probe_labels),
+        "metrics": metrics,
+    }
+    return snapshot, maps
+
+
+class JobRunner:
+    """Runs jobs in order on one model, keeping the latest evaluation (a snapshot's metrics show it)."""
+
+    def __init__(self, model, inputs: SnapshotInputs, last_eval: dict):
+        self.model = model
+        self.inputs = inputs
+        self.last_eval = dict(last_eval)
+
+    def run(self, job: Job) -> Result:
+        if job.params is not None:
+            self.model.load_state_dict(job.params)
+        result = Result(job.step)
+        if job.evaluate:
+            result.eval = evaluation(self.model, self.inputs.x_val, self.inputs.y_val)
+            self.last_eval = dict(result.eval)
+        if job.snapshot:
+            result.snapshot, result.feature_maps = snapshot_content(
+                self.model, self.inputs, job.step, job.frozen, job.last_metrics, self.last_eval, feature_maps=False
+            )
+        return result
+
+
+# ------------------------------------------------------------------ analysts
+
+
+class InlineAnalyst:
+    """Computes each job on the trainer's live model when it is submitted."""
+
+    copies_weights = False
+
+    def __init__(self, trainer):
+        self.runner = JobRunner(trainer.model, SnapshotInputs.of(trainer.dataset), trainer.last_eval)
+        self.done: list[Result] = []
+
+    def submit(self, job: Job) -> None:
+        self.done.append(self.runner.run(job))
+
+    def results(self, wait: bool = False) -> list[Result]:
+        """The finished results in job order (here every submitted job is finished)."""
+        out, self.done = self.done, []
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessAnalyst:
+    """Computes jobs in an analyst process from copies of the weights; see the module docstring."""
+
+    copies_weights = True
+
+    def __init__(self, trainer, max_pending: int = MAX_PENDING_JOBS):
+        self.spec = trainer.spec
+        self.inputs = SnapshotInputs.of(trainer.dataset)
+        self.last_eval = dict(trainer.last_eval)  # as of the last result handed out
+        self.max_pending = max_pending
+        self.pending: list[Job] = []
+        self.replies: queue.Queue = queue.Queue()
+        self.fallback: JobRunner | None = None
+        self.process: subprocess.Popen | None = None
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from engine.analyst import serve; serve()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=_analyst_environment(),
+                close_fds=True,
+            )
+            self._send(("init", self.spec, self.inputs, self.last_eval))
+        except OSError:
+            self._break()
+            return
+        self.reader = threading.Thread(target=self._read, name="analyst-reader", daemon=True)
+        self.reader.start()
+
+    def _send(self, message) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        pickle.dump(message, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.process.stdin.flush()
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        stream = self.process.stdout
+        while True:
+            try:
+                reply = pickle.load(stream)
+            except Exception:  # end of file (the process ended) or a torn message
+                self.replies.put(("gone", None))
+                return
+            self.replies.put(reply)
+
+    def _break(self) -> None:
+        """Stop using the process: from now on jobs are computed here, from their copies."""
+        if self.fallback is None:
+            from engine import build_model
+
+            model = build_model(self.spec)  # weights are loaded from each job's copy
+            self.fallback = JobRunner(model, self.inputs, self.last_eval)
+            self.close()
+
+    @property
+    def broken(self) -> bool:
+        return self.fallback is not None
+
+    def submit(self, job: Job) -> None:
+        if job.params is None:
+            raise ValueError("job: the analyst process needs a copy of the weights")
+        self.pending.append(job)
+        if not self.broken:
+            try:
+                self._send(("job", job))
+            except (OSError, ValueError):  # the process is gone: its jobs are computed here
+                self._break()
+
+    def must_wait(self) -> bool:
+        return len(self.pending) > self.max_pending
+
+    def results(self, wait: bool = False) -> list[Result]:
+        """Finished results in job order; with `wait`, every pending job's."""
+        out = []
+        while self.pending:
+            if self.broken:
+                assert self.fallback is not None
+                out.append(self.fallback.run(self.pending.pop(0)))
+                continue
+            try:
+                reply = self.replies.get(timeout=None) if wait or self.must_wait() else self.replies.get_nowait()
+            except queue.Empty:
+                break
+            if reply[0] != "ok":  # the process failed or ended: this job and the rest are computed here
+                self._break()
+                continue
+            result = reply[1]
+            self.pending.pop(0)
+            if result.eval is not None:
+                self.last_eval = dict(result.eval)
+            out.append(result)
+        return out
+
+    def close(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            if process.stdin is not None:
+                process.stdin.close()
+        except OSError:
+            pass
+        try:
+            process.wait(CLOSE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _analyst_environment() -> dict[str, str]:
+    import engine
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, environment.get("PYTHONPATH")]))
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        environment[variable] = "1"
+    # every part of a batch computed in the analyst process itself: no partners of its own
+    environment["KERNELSCOPE_SPLIT"] = "never"
+    return environment
+
+
+def analyst_mode(mode: str = "auto") -> str:
+    """ "inline" or "process" for a requested mode; see the module docstring."""
+    if mode not in ANALYST_MODES:
+        raise ValueError(f"analyst: must be one of {', '.join(ANALYST_MODES)}, got {mode!r}")
+    if mode == "auto":
+        mode = os.environ.get("KERNELSCOPE_ANALYST", "auto").strip().lower()
+        if mode not in ANALYST_MODES:
+            mode = "auto"
+    if mode == "auto":
+        from engine.fast.adaptive import usable_cpus
+
+        mode = "process" if usable_cpus() > 1 else "inline"
+    return mode
+
+
+def make_analyst(trainer, mode: str = "inline"):
+    return ProcessAnalyst(trainer) if analyst_mode(mode) == "process" else InlineAnalyst(trainer)
+
+
+# ------------------------------------------------------------------ the analyst process
+
+
+def serve() -> None:
+    """The analyst process: read ("init", spec, inputs, last_eval) then ("job", Job) messages from
+    stdin, answer each job with ("ok", Result) or ("error", message) on stdout; end at end of input."""
+    from engine import build_model
+
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print never corrupts the channel
+    runner = None
+    while True:
+        try:
+            message = pickle.load(source)
+        except (EOFError, OSError):
+            return
+        if message[0] == "init":
+            _, spec, inputs, last_eval = message
+            runner = JobRunner(build_model(spec), inputs, last_eval)
+            continue
+        try:
+            assert runner is not None, "a job before init"
+            reply = ("ok", runner.run(message[1]))
+        except Exception as error:  # answered, so the parent computes the job itself (and raises)
+            reply = ("error", f"{type(error).__name__}: {error}")
+        pickle.dump(reply, sink, protocol=pickle.HIGHEST_PROTOCOL)
+        sink.flush()
