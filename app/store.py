@@ -271,7 +271,7 @@ def read_snapshot(data_dir: Path, run_id: str, step: int, feature_maps: bool = T
         return None
     if feature_maps:
         from engine.analysis import rounded
-        from engine.trainer import FEATURE_MAP_DIGITS
+        from engine.analyst import FEATURE_MAP_DIGITS
 
         maps = _load_npz(snapshot_dir(data_dir, run_id) / f"{step}.maps.npz", run_id, "snapshot", step) or {}
         for layer in snapshot.get("layers", []):

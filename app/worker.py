@@ -104,13 +104,17 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
 # ---------------------------------------------------------------- driving the engine's loop
 
 
-def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_every: int = 100) -> str:
+def drive_run(
+    trainer, data_dir: Path, run_id: str, emit, control, checkpoint_every: int = 100, analyst_mode: str = "auto"
+) -> str:
     """Run the engine's loop for one stored run until it ends; returns the final status.
 
     emit(message): receives the messages listed in the module docstring.
     control: poll(timeout) -> command or None (may raise ParentGone), as the
     engine's loop takes it. This function only persists and translates:
     snapshots and checkpoints go to the run folder, events become messages.
+    `analyst_mode` (engine/analyst.py): "auto" computes snapshots and evaluations off the
+    training path, in an analyst process, when this process may use more than one CPU.
     """
     recent_points = deque(
         _checkpoint_points(data_dir, run_id, trainer.step), maxlen=max(CHECKPOINT_POINTS_KEPT, 2 * checkpoint_every)
@@ -128,7 +132,7 @@ def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_ev
         control,
         checkpoint_every=checkpoint_every,
         snapshot_at_start=not have_start_snapshot,
-        analyst_mode="auto",  # snapshots and evaluations off the training path (engine/analyst.py)
+        analyst_mode=analyst_mode,
     )
     with closing(events):  # the analyst process ends with the loop, however drive_run ends
         for event in events:
