@@ -14,10 +14,13 @@ scenarios in rotated order. Steps/s are taken from the run's own progress betwee
 `warmup` and the end (polled every 0.25 s for cli/server/page), so start-up is left out.
 
 Then, per phase of a step in the worker, measured in-process with the engine's public API
-the way app/worker.py runs them (train_step; every snapshot_every steps: Trainer.snapshot
+the way app/worker.py runs them (train_step; at every snapshot step: Trainer.snapshot
 without maps, of which the statistics on the monitor batch and the detector labels; feature
 maps of the probes; writing the snapshot files; every eval_every: evaluate; every 100:
 the checkpoint): ms per call and per training step on average, and the share of training.
+With the analyst process (engine/analyst.py, what the worker uses on more than one CPU) the
+snapshot, labels, maps and eval run off the training path; what stays on it per snapshot is
+"capture" (copying the weights and pickling the job) and "write".
 
     python benchmarks/product.py              # 600 steps, 2 rounds
     python benchmarks/product.py --quick      # 200 steps, 1 round
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import statistics
 import subprocess
 import sys
@@ -189,7 +193,17 @@ def measure(scenario: str, config: dict, warmup: int) -> float:
 # ------------------------------------------------------------------ phases
 
 
-PHASES = ("train", "snapshot", "  of which stats", "  of which labels", "maps", "eval", "write", "checkpoint")
+PHASES = (
+    "train",
+    "snapshot",
+    "  of which stats",
+    "  of which labels",
+    "maps",
+    "eval",
+    "write",
+    "checkpoint",
+    "capture",
+)
 
 
 def phases(config: dict) -> dict:
@@ -197,10 +211,11 @@ def phases(config: dict) -> dict:
     import numpy as np
 
     from app import store as files
-    from engine import analysis
-    from engine.trainer import RunConfig, Trainer
+    from engine import analysis, analyst
+    from engine.trainer import RunConfig, Trainer, snapshot_rule
 
     cfg = RunConfig.from_dict(config)
+    is_snapshot_step = snapshot_rule(cfg)  # the default schedule: dense early snapshots, then every 10
     trainer = Trainer(cfg)
     times = {name: [] for name in PHASES}
 
@@ -220,8 +235,14 @@ def phases(config: dict) -> dict:
             step = trainer.step
             if step % cfg.eval_every == 0:
                 timed("eval", trainer.evaluate)
-            if step % cfg.snapshot_every == 0:
+            if is_snapshot_step(step):
                 snapshot, params = timed("snapshot", trainer.snapshot, feature_maps=False)
+                # what stays on the training path when an analyst process computes the snapshot:
+                # the copy of the weights and the job sent to it (engine/analyst.py)
+                started = time.perf_counter()
+                job = analyst.Job(step, step % cfg.eval_every == 0, True, trainer.model.state_dict())
+                pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+                times["capture"].append(time.perf_counter() - started)
                 timed("  of which stats", analysis.layer_stats, model, data.monitor_x, data.monitor_y)
                 for index in model.conv_indices:
                     started = time.perf_counter()
