@@ -188,7 +188,7 @@ class InlineAnalyst:
 
     copies_weights = False
 
-    def __init__(self, trainer):
+    def __init__(self, trainer) -> None:
         self.runner = JobRunner(trainer.model, SnapshotInputs.of(trainer.dataset), trainer.last_eval)
         self.done: list[Result] = []
 
@@ -367,6 +367,7 @@ def serve() -> None:
             _, spec, inputs, last_eval = message
             runner = JobRunner(build_model(spec), inputs, last_eval)
             continue
+        reply: tuple[str, Result | str]
         try:
             assert runner is not None, "a job before init"
             reply = ("ok", runner.run(message[1]))
