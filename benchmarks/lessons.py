@@ -138,6 +138,13 @@ def main() -> None:
                 for variant in variants[shift:] + variants[:shift]:
                     loads[variant].append(load())
                     measured[variant].append(run_children(groups, variant, args.before))
+                    wall, reports = measured[variant][-1]
+                    print(
+                        f"  round {round_number + 1} {lesson} {way} {variant}: wall {wall:.1f} s, CPU "
+                        f"{sum(r['cpu'] for r in reports):.1f} + {sum(r['children_cpu'] for r in reports):.1f} s "
+                        f"(load {loads[variant][-1]})",
+                        flush=True,
+                    )
             for variant in variants:
                 walls = [wall for wall, _ in measured[variant]]
                 cpu = statistics.median(sum(r["cpu"] for r in reports) for _, reports in measured[variant])

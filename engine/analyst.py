@@ -13,10 +13,12 @@ job needs (a copy of the weights, the frozen filters, the step's metrics) and tr
                    the CPU the training leaves free. Results come back in job order. Its model is
                    built from the same spec, loads the captured weights and computes every pass in
                    the same fixed parts of the batch (engine.fast.model) in its own process, so the
-                   values are the ones InlineAnalyst stores (tests/engine/test_analyst.py). If the
-                   process cannot start, dies or fails a job, that job and every later one are
-                   computed in this process from their copies (a failure the job itself causes is
-                   then raised here, as inline).
+                   values are the ones InlineAnalyst stores (tests/engine/test_analyst.py). Until
+                   the process has started (about a second of imports), jobs are computed here
+                   as inline, so a run's first snapshots never wait for it. If the process
+                   cannot start, dies or fails a job, that job and every later one are computed
+                   in this process from their copies (a failure the job itself causes is then
+                   raised here, as inline).
 
 `make_analyst(trainer, mode)` chooses: "inline", "process", or "auto" (a process when this
 process may use more than one CPU; KERNELSCOPE_ANALYST=inline|process|auto overrides "auto").
@@ -31,6 +33,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -205,16 +208,23 @@ class InlineAnalyst:
 
 
 class ProcessAnalyst:
-    """Computes jobs in an analyst process from copies of the weights; see the module docstring."""
+    """Computes jobs in an analyst process from copies of the weights; see the module docstring.
+
+    Until the process has started and built its model, jobs are computed here on the live
+    model (as inline): a run's first, dense snapshots never wait for the process to start.
+    """
 
     copies_weights = True
 
     def __init__(self, trainer, max_pending: int = MAX_PENDING_JOBS):
         self.spec = trainer.spec
         self.inputs = SnapshotInputs.of(trainer.dataset)
-        self.last_eval = dict(trainer.last_eval)  # as of the last result handed out
+        self.local = JobRunner(trainer.model, self.inputs, trainer.last_eval)  # until the process is ready
+        self.last_eval = dict(trainer.last_eval)  # as of the last job whose result is known, in job order
         self.max_pending = max_pending
-        self.pending: list[Job] = []
+        self.ready = False
+        self.done: list[Result] = []  # computed here before the process was ready, not yet handed out
+        self.pending: list[Job] = []  # sent to the process (or, once broken, to be computed here)
         self.replies: queue.Queue = queue.Queue()
         self.fallback: JobRunner | None = None
         self.process: subprocess.Popen | None = None
@@ -226,7 +236,7 @@ class ProcessAnalyst:
                 env=_analyst_environment(),
                 close_fds=True,
             )
-            self._send(("init", self.spec, self.inputs, self.last_eval))
+            self._send(("init", self.spec, self.inputs))
         except OSError:
             self._break()
             return
@@ -262,9 +272,40 @@ class ProcessAnalyst:
     def broken(self) -> bool:
         return self.fallback is not None
 
+    def _check_ready(self) -> None:
+        """Whether the process has answered its init (then it gets the evaluation known so far)."""
+        while not self.ready and not self.broken:
+            try:
+                reply = self.replies.get_nowait()
+            except queue.Empty:
+                return
+            if reply[0] != "ready":
+                self._break()
+                return
+            self.ready = True
+            try:
+                self._send(("last_eval", self.last_eval))
+            except (OSError, ValueError):
+                self._break()
+
+    def started(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the process to be ready; whether it is (False once broken)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready and not self.broken and time.monotonic() < deadline:
+            self._check_ready()
+            time.sleep(0.01)
+        return self.ready and not self.broken
+
     def submit(self, job: Job) -> None:
         if job.params is None:
             raise ValueError("job: the analyst process needs a copy of the weights")
+        self._check_ready()
+        if not self.ready and not self.broken:  # the live model holds exactly these weights now
+            result = self.local.run(Job(job.step, job.evaluate, job.snapshot, None, job.frozen, job.last_metrics))
+            if result.eval is not None:
+                self.last_eval = dict(result.eval)
+            self.done.append(result)
+            return
         self.pending.append(job)
         if not self.broken:
             try:
@@ -277,7 +318,7 @@ class ProcessAnalyst:
 
     def results(self, wait: bool = False) -> list[Result]:
         """Finished results in job order; with `wait`, every pending job's."""
-        out = []
+        out, self.done = self.done, []
         while self.pending:
             if self.broken:
                 assert self.fallback is not None
@@ -351,8 +392,9 @@ def make_analyst(trainer, mode: str = "inline"):
 
 
 def serve() -> None:
-    """The analyst process: read ("init", spec, inputs, last_eval) then ("job", Job) messages from
-    stdin, answer each job with ("ok", Result) or ("error", message) on stdout; end at end of input."""
+    """The analyst process: read ("init", spec, inputs) (answered ("ready", None) once the model
+    is built), ("last_eval", dict) and ("job", Job) messages from stdin; answer each job with
+    ("ok", Result) or ("error", message) on stdout; end at end of input."""
     from engine import build_model
 
     source, sink = sys.stdin.buffer, sys.stdout.buffer
@@ -363,15 +405,23 @@ def serve() -> None:
             message = pickle.load(source)
         except (EOFError, OSError):
             return
-        if message[0] == "init":
-            _, spec, inputs, last_eval = message
-            runner = JobRunner(build_model(spec), inputs, last_eval)
-            continue
-        reply: tuple[str, Result | str]
+        reply: tuple[str, Result | str | None]
         try:
-            assert runner is not None, "a job before init"
-            reply = ("ok", runner.run(message[1]))
+            if message[0] == "init":
+                _, spec, inputs = message
+                runner = JobRunner(build_model(spec), inputs, {})
+                reply = ("ready", None)
+            elif message[0] == "last_eval":
+                assert runner is not None, "an evaluation before init"
+                runner.last_eval = dict(message[1])
+                continue
+            else:
+                assert runner is not None, "a job before init"
+                reply = ("ok", runner.run(message[1]))
         except Exception as error:  # answered, so the parent computes the job itself (and raises)
             reply = ("error", f"{type(error).__name__}: {error}")
-        pickle.dump(reply, sink, protocol=pickle.HIGHEST_PROTOCOL)
-        sink.flush()
+        try:
+            pickle.dump(reply, sink, protocol=pickle.HIGHEST_PROTOCOL)
+            sink.flush()
+        except (BrokenPipeError, OSError):  # the training process has gone
+            return

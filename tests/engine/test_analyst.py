@@ -22,6 +22,21 @@ CONFIG = {
 }
 
 
+@pytest.fixture(autouse=True)
+def started_analyst(monkeypatch):
+    """The loop's analyst process, waited for before the loop runs, so every job goes to it
+    (a process not yet started leaves its jobs to the training process)."""
+    made = analyst.make_analyst
+
+    def make(trainer, mode="inline"):
+        side = made(trainer, mode)
+        if isinstance(side, analyst.ProcessAnalyst):
+            assert side.started(120)
+        return side
+
+    monkeypatch.setattr(analyst, "make_analyst", make)
+
+
 def run(mode, config=CONFIG, control=None, **options):
     trainer = Trainer(config)
     return trainer, list(trainer.events(control, analyst_mode=mode, **options))
@@ -115,6 +130,7 @@ def test_a_dead_analyst_process_costs_only_time():
     trainer = Trainer(CONFIG)
     side = analyst.ProcessAnalyst(trainer)
     try:
+        assert side.started(120)
         captured = jobs(trainer, 3)
         side.submit(captured[0])
         first = side.results(wait=True)
@@ -137,6 +153,7 @@ def test_a_job_the_process_cannot_compute_is_raised_here():
     trainer = Trainer(CONFIG)
     side = analyst.ProcessAnalyst(trainer)
     try:
+        assert side.started(120)
         bad = analyst.Job(1, True, False, {"0.weight": np.zeros(3, dtype=np.float32)})
         side.submit(bad)
         with pytest.raises(ValueError, match="missing parameter|shape"):
@@ -153,3 +170,23 @@ def test_analyst_mode_is_checked_and_auto_follows_the_environment(monkeypatch):
     monkeypatch.setenv("KERNELSCOPE_ANALYST", "process")
     assert analyst.analyst_mode("auto") == "process"
     assert analyst.analyst_mode("inline") == "inline"
+
+
+def test_jobs_before_the_process_has_started_are_computed_here():
+    trainer = Trainer(CONFIG)
+    side = analyst.ProcessAnalyst(trainer)
+    try:
+        trainer.train_step()
+        job = analyst.Job(1, True, True, trainer.model.state_dict(), last_metrics=dict(trainer.last_metrics))
+        side.submit(job)  # most likely before the process is up; either way the result is the same
+        got = side.results(wait=True)
+        assert side.started(120)
+        trainer.train_step()
+        side.submit(analyst.Job(2, False, True, trainer.model.state_dict(), last_metrics=dict(trainer.last_metrics)))
+        got += side.results(wait=True)
+    finally:
+        side.close()
+    assert [r.step for r in got] == [1, 2]
+    assert got[0].eval is not None and got[1].eval is None
+    # the process learnt the evaluation computed before it was ready: the step-2 snapshot shows it
+    assert {k: got[1].snapshot["metrics"][k] for k in ("val_loss", "val_acc")} == got[0].eval
