@@ -46,8 +46,9 @@ FEATURE_MAP_DIGITS = 4
 # At most this many jobs wait for the analyst process; the loop then waits for the oldest, so
 # snapshots never fall far behind the training and the weight copies held stay few.
 MAX_PENDING_JOBS = 4
-# How long close() waits for the analyst process to end after its input is closed.
-CLOSE_SECONDS = 10
+# How long close() waits for the analyst process to end after its input is closed (it may be
+# finishing a job nobody needs any more) before it is killed.
+CLOSE_SECONDS = 2
 ANALYST_MODES = ("inline", "process", "auto")
 
 
@@ -236,21 +237,37 @@ class ProcessAnalyst:
                 env=_analyst_environment(),
                 close_fds=True,
             )
-            self._send(("init", self.spec, self.inputs))
         except OSError:
             self._break()
             return
-        self.reader = threading.Thread(target=self._read, name="analyst-reader", daemon=True)
+        # messages go out through a writer thread: the training loop never waits on the pipe
+        # (the first one, with the validation images, waits until the process has imported numpy)
+        self.outbox: queue.Queue = queue.Queue()
+        self._send(("init", self.spec, self.inputs))
+        self.writer = threading.Thread(target=self._write, args=(self.process,), name="analyst-writer", daemon=True)
+        self.reader = threading.Thread(target=self._read, args=(self.process,), name="analyst-reader", daemon=True)
+        self.writer.start()
         self.reader.start()
 
     def _send(self, message) -> None:
-        assert self.process is not None and self.process.stdin is not None
-        pickle.dump(message, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self.process.stdin.flush()
+        self.outbox.put(message)
 
-    def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        stream = self.process.stdout
+    def _write(self, process) -> None:
+        stream = process.stdin
+        try:
+            while (message := self.outbox.get()) is not None:
+                pickle.dump(message, stream, protocol=pickle.HIGHEST_PROTOCOL)
+                stream.flush()
+        except (OSError, ValueError):  # the process has gone; the reader reports it
+            pass
+        finally:
+            try:
+                stream.close()  # end of input: the process ends
+            except OSError:
+                pass
+
+    def _read(self, process) -> None:
+        stream = process.stdout
         while True:
             try:
                 reply = pickle.load(stream)
@@ -283,10 +300,7 @@ class ProcessAnalyst:
                 self._break()
                 return
             self.ready = True
-            try:
-                self._send(("last_eval", self.last_eval))
-            except (OSError, ValueError):
-                self._break()
+            self._send(("last_eval", self.last_eval))
 
     def started(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the process to be ready; whether it is (False once broken)."""
@@ -308,10 +322,7 @@ class ProcessAnalyst:
             return
         self.pending.append(job)
         if not self.broken:
-            try:
-                self._send(("job", job))
-            except (OSError, ValueError):  # the process is gone: its jobs are computed here
-                self._break()
+            self._send(("job", job))  # if the process has gone, the reader says so and the job is computed here
 
     def must_wait(self) -> bool:
         return len(self.pending) > self.max_pending
@@ -342,11 +353,12 @@ class ProcessAnalyst:
         process, self.process = self.process, None
         if process is None:
             return
-        try:
-            if process.stdin is not None:
-                process.stdin.close()
-        except OSError:
-            pass
+        while True:  # what was not sent yet is not needed any more
+            try:
+                self.outbox.get_nowait()
+            except queue.Empty:
+                break
+        self.outbox.put(None)  # the writer closes the process's input: the process ends
         try:
             process.wait(CLOSE_SECONDS)
         except subprocess.TimeoutExpired:
