@@ -110,12 +110,13 @@ else:
 steps = {steps} - {warmup}
 print(json.dumps({{"cpu_ms": 1000 * (cpu() - c) / steps, "steps_per_s": steps / (time.perf_counter() - t)}}))
 """
-PATH_MODES = ("engine", "inline", "process")
+PATH_MODES = ("engine", "inline", "process", "auto")
 
 
 def path_costs(config: dict, warmup: int, rounds: int) -> dict:
     """{mode: [(CPU ms per step of the training process, steps/s), ...]}: the engine alone
-    (train_step), the loop with its side work inline, and with the analyst process; every part
+    (train_step), the loop with its side work inline, with the analyst process, and "auto" (the
+    process only while a core is spare, what the worker uses); every part
     of a batch in the training process (KERNELSCOPE_SPLIT=never), so its CPU is the path's."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "KERNELSCOPE_SPLIT": "never"}
     measured: dict[str, list] = {mode: [] for mode in PATH_MODES}

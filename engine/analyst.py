@@ -21,7 +21,8 @@ job needs (a copy of the weights, the frozen filters, the step's metrics) and tr
                    raised here, as inline).
 
 `make_analyst(trainer, mode)` chooses: "inline", "process", or "auto" (a process when this
-process may use more than one CPU; KERNELSCOPE_ANALYST=inline|process|auto overrides "auto").
+process may use more than one CPU, given a job only while a core is spare: `machine_busy`;
+KERNELSCOPE_ANALYST=inline|process|auto overrides "auto").
 """
 
 from __future__ import annotations
@@ -217,13 +218,15 @@ class ProcessAnalyst:
 
     copies_weights = True
 
-    def __init__(self, trainer, max_pending: int = MAX_PENDING_JOBS):
+    def __init__(self, trainer, max_pending: int = MAX_PENDING_JOBS, busy=None):
+        self.busy = busy  # () -> bool, or None: whether a job would find no spare core (see submit)
         self.spec = trainer.spec
         self.inputs = SnapshotInputs.of(trainer.dataset)
         self.local = JobRunner(trainer.model, self.inputs, trainer.last_eval)  # until the process is ready
         self.last_eval = dict(trainer.last_eval)  # as of the last job whose result is known, in job order
         self.max_pending = max_pending
         self.ready = False
+        self.stale_eval = False  # an evaluation computed here since the process was last told one
         self.done: list[Result] = []  # computed here before the process was ready, not yet handed out
         self.pending: list[Job] = []  # sent to the process (or, once broken, to be computed here)
         self.replies: queue.Queue = queue.Queue()
@@ -314,14 +317,19 @@ class ProcessAnalyst:
         if job.params is None:
             raise ValueError("job: the analyst process needs a copy of the weights")
         self._check_ready()
-        if not self.ready and not self.broken:  # the live model holds exactly these weights now
+        here = not self.ready or (not self.pending and self.busy is not None and self.busy())
+        if here and not self.broken:  # the live model holds exactly these weights now
             result = self.local.run(Job(job.step, job.evaluate, job.snapshot, None, job.frozen, job.last_metrics))
             if result.eval is not None:
                 self.last_eval = dict(result.eval)
+                self.stale_eval = self.ready  # the process has not seen this evaluation
             self.done.append(result)
             return
         self.pending.append(job)
         if not self.broken:
+            if self.stale_eval:  # nothing was pending, so this is the evaluation as of this job
+                self._send(("last_eval", self.last_eval))
+                self.stale_eval = False
             self._send(("job", job))  # if the process has gone, the reader says so and the job is computed here
 
     def must_wait(self) -> bool:
@@ -396,8 +404,26 @@ def analyst_mode(mode: str = "auto") -> str:
     return mode
 
 
+def machine_busy(runnable=None, cpus=None) -> bool:
+    """Whether no core is spare for an analyst process: the runnable threads (this one
+    included, from /proc/loadavg) fill the usable CPUs. False where the kernel does not say."""
+    from engine.fast.adaptive import usable_cpus
+    from engine.fast.partner import runnable_processes
+
+    runnable = runnable_processes() if runnable is None else runnable
+    cpus = usable_cpus() if cpus is None else cpus
+    return runnable is not None and runnable >= cpus
+
+
 def make_analyst(trainer, mode: str = "inline"):
-    return ProcessAnalyst(trainer) if analyst_mode(mode) == "process" else InlineAnalyst(trainer)
+    """The analyst for Trainer.events. With "auto" (KERNELSCOPE_ANALYST unset or auto), the
+    process gets a job only while a core is spare (machine_busy): on a machine whose cores are
+    all taken, another process only adds waiting for it, so the job is computed here when
+    nothing is pending there (the order of results is kept)."""
+    if analyst_mode(mode) == "inline":
+        return InlineAnalyst(trainer)
+    adaptive = mode == "auto" and os.environ.get("KERNELSCOPE_ANALYST", "auto").strip().lower() == "auto"
+    return ProcessAnalyst(trainer, busy=machine_busy if adaptive else None)
 
 
 # ------------------------------------------------------------------ the analyst process

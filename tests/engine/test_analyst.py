@@ -190,3 +190,37 @@ def test_jobs_before_the_process_has_started_are_computed_here():
     assert got[0].eval is not None and got[1].eval is None
     # the process learnt the evaluation computed before it was ready: the step-2 snapshot shows it
     assert {k: got[1].snapshot["metrics"][k] for k in ("val_loss", "val_acc")} == got[0].eval
+
+
+def test_auto_computes_a_job_here_while_no_core_is_spare_and_keeps_the_order():
+    # asked only when nothing is pending: job 1 (spare core) goes to the process, job 2 follows it
+    # there (job 1 pending), job 3 (busy, nothing pending) is computed here, job 4 (spare) goes there
+    busy = iter([False, True, False])
+    trainer = Trainer(CONFIG)
+    side = analyst.ProcessAnalyst(trainer, busy=lambda: next(busy))
+    reference = Trainer(CONFIG)
+    inline = analyst.InlineAnalyst(reference)
+    got, expected = [], []
+    try:
+        assert side.started(120)
+        for number in range(4):
+            for t, a in ((trainer, side), (reference, inline)):
+                t.train_step()
+                params = t.model.state_dict() if a is side else None
+                a.submit(analyst.Job(t.step, number % 2 == 0, True, params, last_metrics=dict(t.last_metrics)))
+            if number == 1:
+                got += side.results(wait=True)  # nothing pending: the next busy job is computed here
+            assert len(side.pending) == {0: 1, 1: 0, 2: 0, 3: 1}[number]
+        got += side.results(wait=True)
+        expected = inline.results()
+    finally:
+        side.close()
+    assert [r.step for r in got] == [1, 2, 3, 4]
+    for x, y in zip(expected, got):
+        assert x.eval == y.eval and x.snapshot == y.snapshot
+
+
+def test_machine_busy_reads_runnable_threads_against_cpus():
+    assert analyst.machine_busy(runnable=2, cpus=2)
+    assert not analyst.machine_busy(runnable=1, cpus=2)
+    assert analyst.machine_busy(runnable=1, cpus=1)
