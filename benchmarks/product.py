@@ -282,6 +282,9 @@ PHASES = (
 )
 
 
+CLOCK = time.perf_counter  # --cpu-phases: time.process_time (this process's CPU, steadier when busy)
+
+
 def phases(config: dict) -> dict:
     """{phase: [seconds per call]} over config["steps"] steps, the way app/worker.py runs them."""
     import numpy as np
@@ -296,9 +299,9 @@ def phases(config: dict) -> dict:
     times = {name: [] for name in PHASES}
 
     def timed(name, function, *args, **kwargs):
-        started = time.perf_counter()
+        started = CLOCK()
         result = function(*args, **kwargs)
-        times[name].append(time.perf_counter() - started)
+        times[name].append(CLOCK() - started)
         return result
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -315,15 +318,15 @@ def phases(config: dict) -> dict:
                 snapshot, params = timed("snapshot", trainer.snapshot, feature_maps=False)
                 # what stays on the training path when an analyst process computes the snapshot:
                 # the copy of the weights and the job sent to it (engine/analyst.py)
-                started = time.perf_counter()
+                started = CLOCK()
                 job = analyst.Job(step, step % cfg.eval_every == 0, True, trainer.model.state_dict())
                 pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
-                times["capture"].append(time.perf_counter() - started)
+                times["capture"].append(CLOCK() - started)
                 timed("  of which stats", analysis.layer_stats, model, data.monitor_x, data.monitor_y)
                 for index in model.conv_indices:
-                    started = time.perf_counter()
+                    started = CLOCK()
                     analysis.conv_layer_summary(model.params[f"{index}.weight"], model.params.get(f"{index}.bias"))
-                    times["  of which labels"].append(time.perf_counter() - started)
+                    times["  of which labels"].append(CLOCK() - started)
                 maps = timed("maps", analysis.feature_maps, model, data.probe_x)
                 timed("write", files.write_snapshot, data_dir, "bench", snapshot, params, feature_maps=maps)
             if step % 100 == 0:
@@ -358,6 +361,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--no-phases", action="store_true")
+    parser.add_argument("--cpu-phases", action="store_true", help="time the phases in CPU time of this process")
     parser.add_argument("--path-rounds", type=int, default=0, help="rounds of the training-path CPU comparison")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -411,6 +415,8 @@ def main() -> None:
         print("\n".join(path_table(measured)))
         results["path"] = measured
     if not args.no_phases:
+        global CLOCK
+        CLOCK = time.process_time if args.cpu_phases else time.perf_counter
         times = phases({"steps": steps})
         table = phase_table(times, steps)
         print(f"\nper phase, in-process, {steps} steps (load {load()}):")
