@@ -21,8 +21,8 @@ job needs (a copy of the weights, the frozen filters, the step's metrics) and tr
                    raised here, as inline).
 
 `make_analyst(trainer, mode)` chooses: "inline", "process", or "auto" (a process when this
-process may use more than one CPU, given a job only while a core is spare: `machine_busy`;
-KERNELSCOPE_ANALYST=inline|process|auto overrides "auto").
+process may use more than one CPU, started and given a job only while a core is spare:
+`machine_busy`; KERNELSCOPE_ANALYST=inline|process|auto overrides "auto").
 """
 
 from __future__ import annotations
@@ -232,6 +232,15 @@ class ProcessAnalyst:
         self.replies: queue.Queue = queue.Queue()
         self.fallback: JobRunner | None = None
         self.process: subprocess.Popen | None = None
+        self.launched = False
+        self.outbox: queue.Queue = queue.Queue()
+        if busy is None:
+            self._launch()
+        # with `busy`, the process starts at the first job that finds a core spare: on a machine
+        # whose cores are all taken its imports would only take CPU from the training
+
+    def _launch(self) -> None:
+        self.launched = True
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", "from engine.analyst import serve; serve()"],
@@ -245,7 +254,6 @@ class ProcessAnalyst:
             return
         # messages go out through a writer thread: the training loop never waits on the pipe
         # (the first one, with the validation images, waits until the process has imported numpy)
-        self.outbox: queue.Queue = queue.Queue()
         self._send(("init", self.spec, self.inputs))
         self.writer = threading.Thread(target=self._write, args=(self.process,), name="analyst-writer", daemon=True)
         self.reader = threading.Thread(target=self._read, args=(self.process,), name="analyst-reader", daemon=True)
@@ -307,6 +315,8 @@ class ProcessAnalyst:
 
     def started(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the process to be ready; whether it is (False once broken)."""
+        if not self.launched:
+            self._launch()
         deadline = time.monotonic() + timeout
         while not self.ready and not self.broken and time.monotonic() < deadline:
             self._check_ready()
@@ -316,6 +326,8 @@ class ProcessAnalyst:
     def submit(self, job: Job) -> None:
         if job.params is None:
             raise ValueError("job: the analyst process needs a copy of the weights")
+        if not self.launched and not self.broken and (self.busy is None or not self.busy()):
+            self._launch()
         self._check_ready()
         here = not self.ready or (not self.pending and self.busy is not None and self.busy())
         if here and not self.broken:  # the live model holds exactly these weights now

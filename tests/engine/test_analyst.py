@@ -224,3 +224,24 @@ def test_machine_busy_reads_runnable_threads_against_cpus():
     assert analyst.machine_busy(runnable=2, cpus=2)
     assert not analyst.machine_busy(runnable=1, cpus=2)
     assert analyst.machine_busy(runnable=1, cpus=1)
+
+
+def test_auto_on_a_machine_with_no_spare_core_never_starts_the_process():
+    trainer = Trainer(CONFIG)
+    side = analyst.ProcessAnalyst(trainer, busy=lambda: True)
+    reference = Trainer(CONFIG)
+    inline = analyst.InlineAnalyst(reference)
+    try:
+        for t, a in ((trainer, side), (reference, inline)):
+            for _ in range(3):
+                t.train_step()
+                params = t.model.state_dict() if a is side else None
+                a.submit(analyst.Job(t.step, True, True, params, last_metrics=dict(t.last_metrics)))
+        got = side.results(wait=True)
+        assert not side.launched and side.process is None
+    finally:
+        side.close()
+    expected = inline.results()
+    assert [r.step for r in got] == [1, 2, 3]
+    for x, y in zip(expected, got):
+        assert x.eval == y.eval and x.snapshot == y.snapshot
