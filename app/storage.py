@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.analysis import rounded, rounding_decimals
-from engine.trainer import FEATURE_MAP_DIGITS
+from engine.analyst import FEATURE_MAP_DIGITS
 
 SNAPSHOT_SUFFIX = ".snapshot.npz"
 CONTEXT_FILE = "snapshot_context.npz"

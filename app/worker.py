@@ -29,6 +29,7 @@ import os
 import signal
 import time
 from collections import deque
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -96,13 +97,17 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
 # ---------------------------------------------------------------- driving the engine's loop
 
 
-def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_every: int = 100) -> str:
+def drive_run(
+    trainer, data_dir: Path, run_id: str, emit, control, checkpoint_every: int = 100, analyst_mode: str = "auto"
+) -> str:
     """Run the engine's loop for one stored run until it ends; returns the final status.
 
     emit(message): receives the messages listed in the module docstring.
     control: poll(timeout) -> command or None (may raise ParentGone), as the
     engine's loop takes it. This function only persists and translates:
     the monitor batch (once), snapshots and checkpoints go to the run folder, events become messages.
+    `analyst_mode` (engine/analyst.py): "auto" computes snapshots and evaluations off the
+    training path, in an analyst process, when this process may use more than one CPU.
     """
     recent_points = deque(
         _checkpoint_points(data_dir, run_id, trainer.step), maxlen=max(CHECKPOINT_POINTS_KEPT, 2 * checkpoint_every)
@@ -119,25 +124,32 @@ def drive_run(trainer, data_dir: Path, run_id: str, emit, control, checkpoint_ev
     storage = files.LocalStorage(data_dir)
     context = files.SnapshotContext(trainer.spec, trainer.dataset.probe_x)  # kept once: every snapshot shares it
     status = "failed"
-    for event in trainer.events(control, checkpoint_every=checkpoint_every, snapshot_at_start=not have_start_snapshot):
-        kind = event["type"]
-        if kind == "metrics":
-            recent_points.extend(event["points"])
-            emit(("metrics", event["points"]))
-        elif kind == "snapshot":
-            storage.write_snapshot(run_id, event["snapshot"], event["params"], event["feature_maps"], context)
-            emit(("snapshot", int(event["step"])))
-        elif kind == "checkpoint":
-            state = trainer.checkpoint()
-            state[CHECKPOINT_POINTS_KEY] = np.array(dumps_json(list(recent_points)))
-            storage.write_checkpoint(run_id, state)
-            emit(("checkpoint", int(event["step"])))
-        elif kind == "status":
-            emit(("status", event["status"], int(event["step"]), event["message"]))
-        elif kind == "reply":
-            emit(("reply", event["request_id"], event["error"]))
-        elif kind == "done":
-            status = event["status"]
+    events = trainer.events(
+        control,
+        checkpoint_every=checkpoint_every,
+        snapshot_at_start=not have_start_snapshot,
+        analyst_mode=analyst_mode,
+    )
+    with closing(events):  # the analyst process ends with the loop, however drive_run ends
+        for event in events:
+            kind = event["type"]
+            if kind == "metrics":
+                recent_points.extend(event["points"])
+                emit(("metrics", event["points"]))
+            elif kind == "snapshot":
+                storage.write_snapshot(run_id, event["snapshot"], event["params"], event["feature_maps"], context)
+                emit(("snapshot", int(event["step"])))
+            elif kind == "checkpoint":
+                state = trainer.checkpoint()
+                state[CHECKPOINT_POINTS_KEY] = np.array(dumps_json(list(recent_points)))
+                storage.write_checkpoint(run_id, state)
+                emit(("checkpoint", int(event["step"])))
+            elif kind == "status":
+                emit(("status", event["status"], int(event["step"]), event["message"]))
+            elif kind == "reply":
+                emit(("reply", event["request_id"], event["error"]))
+            elif kind == "done":
+                status = event["status"]
     return status
 
 

@@ -14,14 +14,24 @@ scenarios in rotated order. Steps/s are taken from the run's own progress betwee
 `warmup` and the end (polled every 0.25 s for cli/server/page), so start-up is left out.
 
 Then, per phase of a step in the worker, measured in-process with the engine's public API
-the way app/worker.py runs them (train_step; every snapshot_every steps: Trainer.snapshot
+the way app/worker.py runs them (train_step; at every snapshot step: Trainer.snapshot
 without maps, of which the statistics on the monitor batch and the detector labels; feature
 maps of the probes; writing the snapshot files; every eval_every: evaluate; every 100:
 the checkpoint): ms per call and per training step on average, and the share of training.
+With the analyst process (engine/analyst.py, what the worker uses on more than one CPU) the
+snapshot, labels, maps and eval run off the training path; what stays on it per snapshot is
+"capture" (copying the weights and pickling the job) and "write".
 
     python benchmarks/product.py              # 600 steps, 2 rounds
     python benchmarks/product.py --quick      # 200 steps, 1 round
     python benchmarks/product.py --only engine,cli --conditions quiet
+    python benchmarks/product.py --only "" --path-rounds 3 --no-phases   # the training path's CPU only
+
+`--path-rounds N` adds the training path measured in CPU time, the steadier figure on a busy
+machine: fresh processes, rotated, each training the default run with every part of a batch in
+its own process (KERNELSCOPE_SPLIT=never): the engine alone (train_step), Trainer.events with
+its side work inline, and with the analyst process (engine/analyst.py); CPU ms per step of the
+training process (its reader and writer threads included) and steps/s, after the warm-up.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import statistics
 import subprocess
 import sys
@@ -74,6 +85,75 @@ def engine_rate(config: dict, warmup: int) -> float:
     code = ENGINE_CHILD.format(root=str(ROOT), config=config, steps=config["steps"], warmup=warmup)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=1800)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ the training path's CPU
+
+
+PATH_CHILD = """
+import sys, time, json, resource
+sys.path.insert(0, {root!r})
+from engine.trainer import Trainer
+trainer = Trainer({config!r})
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+if {mode!r} == "engine":
+    for _ in range({steps}):
+        trainer.train_step()
+        if trainer.step == {warmup}:
+            c, t = cpu(), time.perf_counter()
+else:
+    for event in trainer.events(analyst_mode={mode!r}):
+        if event["type"] == "metrics" and event["points"][0]["step"] <= {warmup} <= event["points"][-1]["step"]:
+            c, t = cpu(), time.perf_counter()
+steps = {steps} - {warmup}
+print(json.dumps({{"cpu_ms": 1000 * (cpu() - c) / steps, "steps_per_s": steps / (time.perf_counter() - t)}}))
+"""
+PATH_MODES = ("engine", "inline", "process", "auto")
+
+
+def path_costs(config: dict, warmup: int, rounds: int) -> dict:
+    """{mode: [(CPU ms per step of the training process, steps/s), ...]}: the engine alone
+    (train_step), the loop with its side work inline, with the analyst process, and "auto" (the
+    process only while a core is spare, what the worker uses); every part
+    of a batch in the training process (KERNELSCOPE_SPLIT=never), so its CPU is the path's."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "KERNELSCOPE_SPLIT": "never"}
+    measured: dict[str, list] = {mode: [] for mode in PATH_MODES}
+    for round_number in range(rounds):
+        shift = round_number % len(PATH_MODES)
+        for mode in PATH_MODES[shift:] + PATH_MODES[:shift]:
+            code = PATH_CHILD.format(root=str(ROOT), config=config, steps=config["steps"], warmup=warmup, mode=mode)
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=1800, env=environment
+            )
+            report = json.loads(out.stdout.strip().splitlines()[-1])
+            measured[mode].append((report["cpu_ms"], report["steps_per_s"]))
+            print(
+                f"  path round {round_number + 1} {mode}: {report['cpu_ms']:.2f} CPU ms/step, "
+                f"{report['steps_per_s']:.1f} steps/s (load {load()})",
+                flush=True,
+            )
+    return measured
+
+
+def path_table(measured: dict) -> list[str]:
+    lines = [
+        "| training path | CPU ms/step (median, range) | / engine CPU | steps/s (median) | / engine steps/s (rounds) |",
+        "|---|---|---|---|---|",
+    ]
+    engine = measured["engine"]
+    for mode, values in measured.items():
+        cpu = [c for c, _ in values]
+        rate = [r for _, r in values]
+        cpu_ratio = statistics.median(c / e for (c, _), (e, _) in zip(values, engine))
+        rate_ratios = [r / e for (_, r), (_, e) in zip(values, engine)]
+        lines.append(
+            f"| {mode} | {statistics.median(cpu):.2f} ({min(cpu):.2f}-{max(cpu):.2f}) | {cpu_ratio:.2f} | "
+            f"{statistics.median(rate):.1f} | {statistics.median(rate_ratios):.2f} "
+            f"({min(rate_ratios):.2f}-{max(rate_ratios):.2f}) |"
+        )
+    return lines
 
 
 # ------------------------------------------------------------------ progress polling
@@ -189,7 +269,20 @@ def measure(scenario: str, config: dict, warmup: int) -> float:
 # ------------------------------------------------------------------ phases
 
 
-PHASES = ("train", "snapshot", "  of which stats", "  of which labels", "maps", "eval", "write", "checkpoint")
+PHASES = (
+    "train",
+    "snapshot",
+    "  of which stats",
+    "  of which labels",
+    "maps",
+    "eval",
+    "write",
+    "checkpoint",
+    "capture",
+)
+
+
+CLOCK = time.perf_counter  # --cpu-phases: time.process_time (this process's CPU, steadier when busy)
 
 
 def phases(config: dict) -> dict:
@@ -197,17 +290,18 @@ def phases(config: dict) -> dict:
     import numpy as np
 
     from app import store as files
-    from engine import analysis
-    from engine.trainer import RunConfig, Trainer
+    from engine import analysis, analyst
+    from engine.trainer import RunConfig, Trainer, snapshot_rule
 
     cfg = RunConfig.from_dict(config)
+    is_snapshot_step = snapshot_rule(cfg)  # the default schedule: dense early snapshots, then every 10
     trainer = Trainer(cfg)
     times = {name: [] for name in PHASES}
 
     def timed(name, function, *args, **kwargs):
-        started = time.perf_counter()
+        started = CLOCK()
         result = function(*args, **kwargs)
-        times[name].append(time.perf_counter() - started)
+        times[name].append(CLOCK() - started)
         return result
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -220,13 +314,19 @@ def phases(config: dict) -> dict:
             step = trainer.step
             if step % cfg.eval_every == 0:
                 timed("eval", trainer.evaluate)
-            if step % cfg.snapshot_every == 0:
+            if is_snapshot_step(step):
                 snapshot, params = timed("snapshot", trainer.snapshot, feature_maps=False)
+                # what stays on the training path when an analyst process computes the snapshot:
+                # the copy of the weights and the job sent to it (engine/analyst.py)
+                started = CLOCK()
+                job = analyst.Job(step, step % cfg.eval_every == 0, True, trainer.model.state_dict())
+                pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+                times["capture"].append(CLOCK() - started)
                 timed("  of which stats", analysis.layer_stats, model, data.monitor_x, data.monitor_y)
                 for index in model.conv_indices:
-                    started = time.perf_counter()
+                    started = CLOCK()
                     analysis.conv_layer_summary(model.params[f"{index}.weight"], model.params.get(f"{index}.bias"))
-                    times["  of which labels"].append(time.perf_counter() - started)
+                    times["  of which labels"].append(CLOCK() - started)
                 maps = timed("maps", analysis.feature_maps, model, data.probe_x)
                 timed("write", files.write_snapshot, data_dir, "bench", snapshot, params, feature_maps=maps)
             if step % 100 == 0:
@@ -261,6 +361,8 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--no-phases", action="store_true")
+    parser.add_argument("--cpu-phases", action="store_true", help="time the phases in CPU time of this process")
+    parser.add_argument("--path-rounds", type=int, default=0, help="rounds of the training-path CPU comparison")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     steps = args.steps or (200 if args.quick else 600)
@@ -273,7 +375,7 @@ def main() -> None:
         f"on {os.cpu_count()} CPUs",
         flush=True,
     )
-    for condition in args.conditions.split(","):
+    for condition in args.conditions.split(",") if scenarios else []:
         rates = {s: [] for s in scenarios}
         loads = []
         for round_number in range(rounds):
@@ -294,8 +396,9 @@ def main() -> None:
                     busy.wait()
         results["rates"][condition] = rates
         results["loads"][condition] = loads
-    print("\n| scenario | " + " | ".join(f"{c} steps/s | {c} / engine" for c in results["rates"]) + " |")
-    print("|---|" + "---|---|" * len(results["rates"]))
+    if scenarios:
+        print("\n| scenario | " + " | ".join(f"{c} steps/s | {c} / engine" for c in results["rates"]) + " |")
+        print("|---|" + "---|---|" * len(results["rates"]))
     for scenario in scenarios:
         cells = []
         for rates in results["rates"].values():
@@ -306,7 +409,14 @@ def main() -> None:
         print(f"| {scenario} | " + " | ".join(cells) + " |")
     for condition, loads in results["loads"].items():
         print(f"load averages ({condition}): {'; '.join(loads)}")
+    if args.path_rounds:
+        measured = path_costs(config, WARMUP, args.path_rounds)
+        print(f"\ntraining path, {steps} steps, every part in the training process (load {load()}):")
+        print("\n".join(path_table(measured)))
+        results["path"] = measured
     if not args.no_phases:
+        global CLOCK
+        CLOCK = time.process_time if args.cpu_phases else time.perf_counter
         times = phases({"steps": steps})
         table = phase_table(times, steps)
         print(f"\nper phase, in-process, {steps} steps (load {load()}):")

@@ -94,7 +94,12 @@ def chance_scores(kh: int, kw: int) -> np.ndarray:
 
 def chance_level(kh: int, kw: int | None = None) -> float:
     """The score that 99% of random Gaussian kernels of this size stay below."""
-    kw = kh if kw is None else kw
+    return _chance_level(kh, kh if kw is None else kw)
+
+
+@cache
+def _chance_level(kh: int, kw: int) -> float:
+    # every snapshot asks once per conv layer; the percentile of 20,000 scores was most of a label's time
     return float(np.percentile(chance_scores(kh, kw), CHANCE_PERCENTILE))
 
 

@@ -24,10 +24,10 @@ from typing import cast
 
 import numpy as np
 
-from engine import analysis, build_model
+from engine import analyst, build_model
 from engine.core import names
 from engine.core.initializers import parse_init
-from engine.core.losses import accuracy, softmax_cross_entropy
+from engine.core.losses import accuracy
 from engine.core.model import normalize_spec
 from engine.core.optimizers import make_optimizer
 from engine.datasets import GENERATED_DATASETS, Dataset, normalize_dataset_spec, open_dataset
@@ -37,8 +37,6 @@ DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.02, "momentum": 0.9, "nesterov": Fal
 # The optimizer a preset trains with when the config names none: the 20-layer
 # plain "deep" stack stalls under the demo's SGD even with He init, Adam moves it.
 PRESET_OPTIMIZERS = {"deep": {"name": "adam", "lr": 0.001}}
-EVAL_CHUNK = 500
-FEATURE_MAP_DIGITS = 4
 METRICS_FLUSH_SECONDS = 0.05  # the loop hands buffered metric points over at most this long after the first
 PAUSED_POLL_SECONDS = 0.5  # while paused, the loop waits this long for each command
 # Snapshots: every step for the first `dense_steps`, then gaps growing by `growth`
@@ -351,57 +349,25 @@ class Trainer:
         return dict(self.last_metrics)
 
     def evaluate(self) -> dict:
-        """Loss and accuracy on the whole validation split."""
-        x, y = self.dataset.x_val, self.dataset.y_val
-        total_loss = 0.0
-        correct = 0.0
-        for start in range(0, len(x), EVAL_CHUNK):
-            logits = self.model.forward(x[start : start + EVAL_CHUNK])
-            labels = y[start : start + EVAL_CHUNK]
-            loss, _ = softmax_cross_entropy(logits, labels)
-            total_loss += loss * len(labels)
-            correct += accuracy(logits, labels) * len(labels)
-        val_loss = total_loss / len(x)
-        self.last_eval = {
-            "val_loss": round(val_loss, 6) if math.isfinite(val_loss) else None,
-            "val_acc": round(correct / len(x), 6),
-        }
+        """Loss and accuracy on the whole validation split (engine.analyst.evaluation)."""
+        self.last_eval = analyst.evaluation(self.model, self.dataset.x_val, self.dataset.y_val)
         return dict(self.last_eval)
 
     def snapshot(self, feature_maps: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
         """(snapshot JSON as in docs/ARCHITECTURE.md, copies of all parameters)."""
-        model, data = self.model, self.dataset
-        stats = analysis.layer_stats(model, data.monitor_x, data.monitor_y)
-        maps = analysis.feature_maps(model, data.probe_x)  # 4 images: also tells which filters never fire
-        layers = []
-        for order, index in enumerate(model.conv_indices, start=1):
-            weight = model.params[f"{index}.weight"]
-            # "label" names a conv by its order among convs (conv1, conv2, ...); "index" is its spec index
-            entry = {"index": index, "label": f"conv{order}", "name": str(index), "type": "conv"}
-            entry.update(analysis.conv_layer_summary(weight, model.params.get(f"{index}.bias"), maps[index]))
-            entry["frozen"] = self.frozen_filters(index)
-            if feature_maps:
-                entry["feature_maps"] = analysis.rounded(maps[index], FEATURE_MAP_DIGITS)
-            layers.append(entry)
-        if self.last_metrics:
-            metrics = {"loss": self.last_metrics["loss"], "acc": self.last_metrics["acc"]}
-        else:
-            monitor_logits = model.forward(data.monitor_x)
-            loss, _ = softmax_cross_entropy(monitor_logits, data.monitor_y)
-            metrics = {
-                "loss": round(loss, 6) if math.isfinite(loss) else None,
-                "acc": round(accuracy(monitor_logits, data.monitor_y), 6),
-            }
-        metrics.update(self.last_eval)
-        snapshot = {
-            "step": self.step,
-            "layers": layers,
-            "stats": stats,
-            "probes": analysis.rounded(data.probe_x, FEATURE_MAP_DIGITS),
-            "probe_labels": list(data.probe_labels),
-            "metrics": metrics,
-        }
-        return snapshot, model.state_dict()
+        snapshot, _ = analyst.snapshot_content(
+            self.model,
+            analyst.SnapshotInputs.of(self.dataset),
+            self.step,
+            self._frozen_by_layer(),
+            self.last_metrics,
+            self.last_eval,
+            feature_maps=feature_maps,
+        )
+        return snapshot, self.model.state_dict()
+
+    def _frozen_by_layer(self) -> dict[int, list[int]]:
+        return {index: self.frozen_filters(index) for index in self.model.conv_indices}
 
     # -- kernels -------------------------------------------------------------------
 
@@ -506,6 +472,7 @@ class Trainer:
         checkpoint_every: int | None = None,
         snapshot_at_start: bool = True,
         flush_seconds: float = METRICS_FLUSH_SECONDS,
+        analyst_mode: str = "inline",
     ):
         """THE training loop: train to config.steps, yielding events; see docs/ARCHITECTURE.md.
 
@@ -528,90 +495,144 @@ class Trainer:
         `control`: anything with poll(timeout) -> command | None (TrainingControl;
         commands listed there). On divergence the weights stay at the last good
         step and no snapshot of the bad state is made.
+        `analyst_mode` (engine/analyst.py): where the snapshots' content and the evaluations
+        are computed. "inline" (the default): on the live model at their step, in the order
+        above. "process" / "auto": from a copy of the weights in an analyst process while the
+        loop trains on; a snapshot event then comes when it is ready, possibly after metrics of
+        later steps, and a point with validation figures (and the points after it) waits for
+        its evaluation. Every snapshot and evaluation is handed over before any checkpoint,
+        status, reply or done event, so a checkpoint never precedes a snapshot of an earlier step.
         """
         cfg = self.config
         control = control if control is not None else TrainingControl()
         is_snapshot_step = snapshot_rule(cfg)
         points: list[dict] = []
+        awaiting: dict[int, dict] = {}  # step -> its metric point, while its evaluation is computed
+        snapshot_params: list[dict[str, np.ndarray]] = []  # the weights of each snapshot job, in job order
         first_buffered = 0.0
+        side = analyst.make_analyst(self, analyst_mode)
 
         def flush():
-            if points:
-                batch = list(points)
-                points.clear()
+            # the points up to the first one still waiting for its evaluation, in step order
+            ready = next((i for i, point in enumerate(points) if point["step"] in awaiting), len(points))
+            if ready:
+                batch = points[:ready]
+                del points[:ready]
                 return [{"type": "metrics", "points": batch}]
             return []
+
+        def submit(evaluate: bool, snapshot: bool) -> None:
+            params = self.model.state_dict() if snapshot or side.copies_weights else None
+            if snapshot:
+                snapshot_params.append(cast(dict, params))
+            frozen = self._frozen_by_layer() if snapshot else {}
+            job = analyst.Job(self.step, evaluate, snapshot, params if side.copies_weights else None, frozen)
+            job.last_metrics = dict(self.last_metrics)
+            side.submit(job)
+
+        def deliver(wait: bool = False):
+            """Events of the side work finished so far (with `wait`: all of it), in step order."""
+            out = []
+            for result in side.results(wait):
+                if result.eval is not None:
+                    self.last_eval = dict(result.eval)
+                    point = awaiting.pop(result.step, None)
+                    if point is not None:  # the validation figures go before "time", as always
+                        finished = point.pop("time")
+                        point.update({key: value for key, value in result.eval.items() if value is not None})
+                        point["time"] = finished
+                if result.snapshot is not None:
+                    out.extend(flush())
+                    out.append(
+                        {
+                            "type": "snapshot",
+                            "step": result.step,
+                            "snapshot": result.snapshot,
+                            "params": snapshot_params.pop(0),
+                            "feature_maps": result.feature_maps,
+                        }
+                    )
+            return out
 
         def status(name, message=None):
             return {"type": "status", "status": name, "step": self.step, "message": message}
 
         def finish(name, message=None, checkpoint=True):
-            out = flush()
+            out = deliver(wait=True) + flush()
             if checkpoint:
                 out.append({"type": "checkpoint", "step": self.step})
             out.append(status(name, message))
             out.append({"type": "done", "status": name, "step": self.step, "message": message})
             return out
 
-        yield status("running")
-        if snapshot_at_start and is_snapshot_step(self.step):
-            yield self._snapshot_event()
-        paused = False
-        while True:
-            command = control.poll(PAUSED_POLL_SECONDS if paused else 0.0)
-            if command is not None:
-                kind = command[0]
-                if kind == "pause" and not paused:
-                    paused = True
+        try:
+            yield status("running")
+            if snapshot_at_start and is_snapshot_step(self.step):
+                submit(False, True)
+                yield from deliver()
+            paused = False
+            while True:
+                yield from deliver()
+                command = control.poll(PAUSED_POLL_SECONDS if paused else 0.0)
+                if command is not None:
+                    kind = command[0]
+                    if kind == "pause" and not paused:
+                        paused = True
+                        yield from deliver(wait=True)
+                        yield from flush()
+                        yield {"type": "checkpoint", "step": self.step}
+                        yield status("paused")
+                    elif kind == "resume" and paused:
+                        paused = False
+                        yield status("running")
+                    elif kind == "stop":
+                        yield from finish("stopped", "stopped by request")
+                        return
+                    elif kind == "shutdown":
+                        message = command[1] if len(command) > 1 else "interrupted; resume to continue"
+                        yield from finish("interrupted", message)
+                        return
+                    elif kind == "set_kernel":
+                        _, request_id, layer, filter_index, kernel, frozen = command
+                        try:
+                            self.set_kernel(layer, filter_index, np.asarray(kernel, dtype=np.float32), frozen=frozen)
+                        except (ValueError, IndexError, KeyError, TypeError) as error:
+                            yield {"type": "reply", "request_id": request_id, "error": str(error)}
+                        else:
+                            submit(False, True)
+                            yield from deliver(wait=True)
+                            yield from flush()
+                            yield {"type": "reply", "request_id": request_id, "error": None}
+                    continue
+                if paused:
+                    continue
+                if self.step >= cfg.steps:
+                    yield from finish("completed")
+                    return
+                try:
+                    point = self.train_step()
+                except Diverged as error:
+                    yield from finish("diverged", str(error), checkpoint=False)
+                    return
+                point["time"] = round(time.time(), 4)  # when the step finished (wall clock, for live latency)
+                if not points:
+                    first_buffered = time.monotonic()
+                points.append(point)
+                evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.steps
+                snapshot = is_snapshot_step(self.step)
+                if evaluate:
+                    awaiting[self.step] = point
+                if evaluate or snapshot:
+                    submit(evaluate, snapshot)
+                    yield from deliver()
+                if points and time.monotonic() - first_buffered >= flush_seconds:
+                    yield from flush()
+                if checkpoint_every and self.step % checkpoint_every == 0 and self.step < cfg.steps:
+                    yield from deliver(wait=True)
                     yield from flush()
                     yield {"type": "checkpoint", "step": self.step}
-                    yield status("paused")
-                elif kind == "resume" and paused:
-                    paused = False
-                    yield status("running")
-                elif kind == "stop":
-                    yield from finish("stopped", "stopped by request")
-                    return
-                elif kind == "shutdown":
-                    message = command[1] if len(command) > 1 else "interrupted; resume to continue"
-                    yield from finish("interrupted", message)
-                    return
-                elif kind == "set_kernel":
-                    _, request_id, layer, filter_index, kernel, frozen = command
-                    try:
-                        self.set_kernel(layer, filter_index, np.asarray(kernel, dtype=np.float32), frozen=frozen)
-                    except (ValueError, IndexError, KeyError, TypeError) as error:
-                        yield {"type": "reply", "request_id": request_id, "error": str(error)}
-                    else:
-                        yield from flush()
-                        yield self._snapshot_event()
-                        yield {"type": "reply", "request_id": request_id, "error": None}
-                continue
-            if paused:
-                continue
-            if self.step >= cfg.steps:
-                yield from finish("completed")
-                return
-            try:
-                point = self.train_step()
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    point.update(self.evaluate())
-            except Diverged as error:
-                yield from finish("diverged", str(error), checkpoint=False)
-                return
-            point = {key: value for key, value in point.items() if value is not None}
-            point["time"] = round(time.time(), 4)  # when the step finished (wall clock, for live latency)
-            if not points:
-                first_buffered = time.monotonic()
-            points.append(point)
-            if time.monotonic() - first_buffered >= flush_seconds:
-                yield from flush()
-            if is_snapshot_step(self.step):
-                yield from flush()
-                yield self._snapshot_event()
-            if checkpoint_every and self.step % checkpoint_every == 0 and self.step < cfg.steps:
-                yield from flush()
-                yield {"type": "checkpoint", "step": self.step}
+        finally:
+            side.close()
 
     def run(self, emit, control=None, **options) -> str:
         """Consume events() with emit(event); returns the final status (a convenience for scripts)."""
@@ -621,8 +642,3 @@ class Trainer:
             if event["type"] == "done":
                 status = event["status"]
         return status
-
-    def _snapshot_event(self) -> dict:
-        snapshot, params = self.snapshot(feature_maps=False)
-        maps = analysis.feature_maps(self.model, self.dataset.probe_x)
-        return {"type": "snapshot", "step": self.step, "snapshot": snapshot, "params": params, "feature_maps": maps}

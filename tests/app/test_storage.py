@@ -19,7 +19,8 @@ from app import store as files
 from app.storage import DamagedFile, LocalStorage, SnapshotContext, decode_map, encode_map, recomputed_maps
 from app.worker import build_trainer, drive_run
 from engine import analysis
-from engine.trainer import FEATURE_MAP_DIGITS, RunConfig, Trainer, TrainingControl, snapshot_steps
+from engine.analyst import FEATURE_MAP_DIGITS
+from engine.trainer import RunConfig, Trainer, TrainingControl, snapshot_steps
 from tests.app.conftest import TINY
 
 # ---------------------------------------------------------------- the earlier format's writer

@@ -101,7 +101,8 @@ def test_drive_run_persists_what_the_loop_asks_for_and_reports_it(tmp_path):
         if message == ("snapshot", 20):
             control.stop()
 
-    assert drive_run(trainer, tmp_path, "r1", emit, control, checkpoint_every=15) == "stopped"
+    # inline: a command sent when snapshot N arrives takes effect at step N exactly
+    assert drive_run(trainer, tmp_path, "r1", emit, control, checkpoint_every=15, analyst_mode="inline") == "stopped"
     assert messages[:2] == [("started", 0), ("status", "running", 0, None)]
     statuses = [m[1] for m in messages if m[0] == "status"]
     assert statuses == ["running", "paused", "running", "stopped"]
@@ -123,6 +124,23 @@ def test_drive_run_persists_what_the_loop_asks_for_and_reports_it(tmp_path):
     assert files.snapshot_steps(tmp_path, "r1") == snapshot_steps(config)
 
 
+def test_a_run_with_its_side_work_in_an_analyst_process_stores_what_inline_stores(tmp_path):
+    config = RunConfig.from_dict({**SMALL, "steps": 25})
+    stored = {}
+    for mode in ("inline", "process"):
+        data_dir = tmp_path / mode
+        messages = []
+        trainer = build_trainer(data_dir, "r1", config)
+        assert (
+            drive_run(trainer, data_dir, "r1", messages.append, TrainingControl(), 10, analyst_mode=mode) == "completed"
+        )
+        assert files.snapshot_steps(data_dir, "r1") == snapshot_steps(config)
+        assert [m[1] for m in messages if m[0] == "checkpoint"] == [10, 20, 25]
+        stored[mode] = [files.read_snapshot(data_dir, "r1", step, feature_maps=True) for step in snapshot_steps(config)]
+        assert int(files.read_checkpoint(data_dir, "r1")["step"]) == 25
+    assert stored["process"] == stored["inline"]  # the analyst computes the same values (engine/analyst.py)
+
+
 def test_a_kernel_set_through_the_worker_is_answered_and_stored(tmp_path):
     trainer = build_trainer(tmp_path, "r1", RunConfig.from_dict(SMALL))
     control = TrainingControl()
@@ -139,4 +157,8 @@ def test_a_kernel_set_through_the_worker_is_answered_and_stored(tmp_path):
     drive_run(trainer, tmp_path, "r1", emit, control)
     replies = [m for m in messages if m[0] == "reply"]
     assert replies[0] == ("reply", 1, None) and replies[1][2].startswith("filter:")
-    assert files.read_snapshot(tmp_path, "r1", 2)["layers"][0]["frozen"] == [1]
+    # the kernel's snapshot is written before its reply (at step 2 inline, a few steps later when
+    # the snapshots are computed by the analyst process, which lags behind the training)
+    kernel_step = [m[1] for m in messages[: messages.index(replies[0])] if m[0] == "snapshot"][-1]
+    assert kernel_step >= 2
+    assert files.read_snapshot(tmp_path, "r1", kernel_step)["layers"][0]["frozen"] == [1]
