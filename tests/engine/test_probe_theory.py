@@ -55,7 +55,7 @@ def test_describe_layers_gives_the_law_with_each_layers_numbers():
 def test_resolve_spec_adapts_a_preset_to_the_dataset():
     assert resolve_spec({"layers": [{"type": "flatten"}, {"type": "dense", "units": 10}]}, "sklearn_digits")[
         "input"
-    ] == [1, 8, 8]
+    ] == [1, 28, 28]  # the digits are served upscaled to 28x28 (engine/datasets.py)
     assert resolve_spec("small", {"name": "shapes", "size": 32})["input"] == [1, 32, 32]
     with pytest.raises(ValueError, match=r"^model\.input: "):
         resolve_spec(
