@@ -198,6 +198,7 @@ class Partner:
         self.lock = threading.Lock()
         self.arena = None
         self.models = set()
+        self.pending_drops = []  # models collected while the lock was held: dropped at the next exchange
         self.broken = False
         self._layouts = {}  # (model key, input shape, dtype) -> Layout in the arena
         self._current = None  # the Layout of the exchange under way
@@ -228,19 +229,38 @@ class Partner:
             self.models.add(key)
 
     def forget(self, key):
-        """Drop a model's replica (its Model was garbage-collected)."""
-        if key in self.models and not self.broken:
-            with self.lock:
-                try:
-                    self._call(("drop", key))
-                except (OSError, EOFError, RuntimeError):
-                    self.broken = True
-                self.models.discard(key)
-                self._layouts = {signature: value for signature, value in self._layouts.items() if signature[0] != key}
+        """Drop a model's replica (its Model was garbage-collected).
+
+        This runs as a finalizer, at any allocation of any thread, possibly in the middle of an
+        exchange whose lock this very thread holds (a model's step holds it while computing its
+        own part): it never waits for the lock. When the lock is busy the drop is left for the
+        next exchange (`_prepare`, which runs under the lock)."""
+        if key not in self.models or self.broken:
+            return
+        if not self.lock.acquire(blocking=False):
+            self.pending_drops.append(key)  # list.append is atomic: safe from a finalizer
+            return
+        try:
+            self._drop(key)
+        finally:
+            self.lock.release()
+
+    def _drop(self, key):
+        """Tell the partner to drop a model's replica (the caller holds the lock)."""
+        if key not in self.models or self.broken:
+            return
+        try:
+            self._call(("drop", key))
+        except (OSError, EOFError, RuntimeError):
+            self.broken = True
+        self.models.discard(key)
+        self._layouts = {signature: value for signature, value in self._layouts.items() if signature[0] != key}
 
     def _prepare(self, key, spec, params, x, logits_shape):
         """Copy params and x into the arena (laid out once per model and input shape: inputs,
         then logits, gradients, dx and dlogits, none overlapping) and return the layout."""
+        while self.pending_drops:
+            self._drop(self.pending_drops.pop())
         self._ensure_model(key, spec)
         signature = (key, x.shape, x.dtype.str)
         if signature not in self._layouts:  # laid out once, and the partner told once

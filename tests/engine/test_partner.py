@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -112,6 +113,28 @@ def test_a_collected_model_is_dropped_by_the_partner():
     gc.collect()
     assert key not in helper.models
     assert not any(signature[0] == key for signature in helper._layouts)
+
+
+def test_a_model_collected_while_its_partner_is_busy_is_dropped_at_the_next_exchange(monkeypatch):
+    """A model's finalizer (Partner.forget) can run at any allocation, also while the partner's
+    lock is held: a step holds it while it computes its own part, and the finalizer may run on
+    that very thread. forget must not wait for the lock (on the same thread that hangs training
+    for good); the drop waits for the next exchange instead."""
+    x, labels = problem(batch=32)
+    helper = a_partner_of_our_own(monkeypatch)
+    model = engine.build_model("small", threads=2)
+    model.forward(x)
+    key = model._key
+    assert key in helper.models
+    with helper.lock:  # as during a step's own part
+        finalizer = threading.Thread(target=helper.forget, args=(key,))
+        finalizer.start()
+        finalizer.join(timeout=30)  # a deadlock check, not a speed one: it returns at once or never
+        assert not finalizer.is_alive(), "forget waited for a lock that a step holds"
+        assert key in helper.models and key in helper.pending_drops
+    train_steps(model, x, labels, steps=1)  # the next exchange drops the replica it was told to
+    assert key not in helper.pending_drops
+    assert helper.models == {key}  # sent again by this step: the drop came first, then the model
 
 
 def test_a_partner_exits_when_its_main_process_closes_the_channel():
