@@ -151,17 +151,22 @@ def current_revision(connection: Connection) -> str | None:
 
 
 @contextlib.contextmanager
-def _one_migrator(engine: Engine, connection: Connection) -> Iterator[None]:
-    """Hold the migration lock: one process migrates, the others wait and then find nothing to do."""
-    if is_sqlite(engine):
-        lock_path = Path(str(engine.url.database) + ".migrate-lock")
-        with open(lock_path, "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-        return
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """SQLite: a file lock beside the database file, taken before the first connection, since
+    switching a new file to WAL (the connect pragmas) fails with "database is locked" while
+    another process opens it at the same moment."""
+    lock_path = Path(str(engine.url.database) + ".migrate-lock")
+    with open(lock_path, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _postgresql_migration_lock(connection: Connection) -> Iterator[None]:
+    """PostgreSQL: an advisory lock, held by this connection while it migrates."""
     connection.execute(sa.select(sa.func.pg_advisory_lock(_MIGRATION_LOCK_KEY)))
     connection.commit()
     try:
@@ -174,27 +179,36 @@ def _one_migrator(engine: Engine, connection: Connection) -> Iterator[None]:
 
 def migrate(engine: Engine) -> str:
     """Upgrade the database to the newest revision; returns what was done: "current" (nothing),
-    "upgraded", or "stamped+upgraded" (a SQLite file from before migrations)."""
+    "upgraded", or "stamped+upgraded" (a SQLite file from before migrations). One process
+    migrates at a time; the others wait and then find nothing to do."""
+    if is_sqlite(engine):
+        with _sqlite_migration_lock(engine), engine.connect() as connection:
+            return _migrate(connection)
     head = head_revision()
     with engine.connect() as connection:
         if current_revision(connection) == head:
             return "current"
         connection.rollback()
-        with _one_migrator(engine, connection):
-            current = current_revision(connection)
-            if current == head:
-                return "current"
-            from alembic import command
+        with _postgresql_migration_lock(connection):
+            return _migrate(connection)
 
-            config = alembic_config(connection)
-            done = "upgraded"
-            if current is None and sa.inspect(connection).has_table("runs"):
-                _check_premigration_schema(connection)
-                command.stamp(config, INITIAL_REVISION)
-                done = "stamped+upgraded"
-            command.upgrade(config, "head")
-            connection.commit()
-            return done
+
+def _migrate(connection: Connection) -> str:
+    """The migration itself, under the migration lock."""
+    head = head_revision()
+    if current_revision(connection) == head:
+        return "current"
+    from alembic import command
+
+    config = alembic_config(connection)
+    done = "upgraded"
+    if current_revision(connection) is None and sa.inspect(connection).has_table("runs"):
+        _check_premigration_schema(connection)
+        command.stamp(config, INITIAL_REVISION)
+        done = "stamped+upgraded"
+    command.upgrade(config, "head")
+    connection.commit()
+    return done
 
 
 def _check_premigration_schema(connection: Connection) -> None:
