@@ -32,10 +32,11 @@ from app.runs import (
     Channel,
     QueueFull,
     ReplayTicket,
-    RunConflict,
     RunManager,
     _ends_stream,
     encode,
+    no_answer,
+    refusal,
 )
 from app.settings import Settings
 from app.store import ACTIVE_STATUSES, Store
@@ -125,7 +126,7 @@ class DistributedRunManager(RunManager):
     def pause(self, run_id: str) -> dict:
         run = self.store.get_run(run_id)
         if run["status"] != "running":
-            raise RunConflict(f"run {run_id} is {run['status']}; only a running run can be paused")
+            raise refusal(run_id, run["status"], "pause")
         self._send(run_id, ("pause",))
         return self._wait_for_status(run_id, lambda status: status != "running")
 
@@ -143,7 +144,7 @@ class DistributedRunManager(RunManager):
                     self.gate.admit(self.store, run["meta"])
                 self._requeue(run_id, f"resuming from step {start}")
             return self.store.get_run(run_id)
-        raise RunConflict(f"run {run_id} is {status}; only paused, interrupted, stopped or failed runs can be resumed")
+        raise refusal(run_id, status, "resume")
 
     def stop(self, run_id: str) -> dict:
         run = self.store.get_run(run_id)
@@ -152,7 +153,7 @@ class DistributedRunManager(RunManager):
             self._send(run_id, ("stop",))  # in case a worker took it this very moment
             return self.store.get_run(run_id)
         if run["status"] not in ("running", "paused"):
-            raise RunConflict(f"run {run_id} is {run['status']}; only a queued, running or paused run can be stopped")
+            raise refusal(run_id, run["status"], "stop")
         self._send(run_id, ("stop",))
         return self._wait_for_status(run_id, lambda status: status in TERMINAL_STATUSES)
 
@@ -167,13 +168,13 @@ class DistributedRunManager(RunManager):
     ) -> None:
         run = self.store.get_run(run_id)
         if run["status"] not in ("running", "paused"):
-            raise RunConflict(f"run {run_id} is {run['status']}; kernels can be set on a running or paused run")
+            raise refusal(run_id, run["status"], "set_kernel")
         request_id = rb.new_request_id()
         kernel = kernel.tolist() if hasattr(kernel, "tolist") else kernel
         self._send(run_id, ("set_kernel", request_id, int(layer), int(filter_index), kernel, bool(frozen)))
         answered, error = rb.wait_reply(self.redis, request_id, timeout)
         if not answered:
-            raise RunConflict(f"run {run_id} did not answer within {timeout} s")
+            raise no_answer(run_id, timeout)
         if error is not None:
             raise ValueError(error)
 

@@ -81,6 +81,25 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+# What each control command needs of a run's status, said once for both run managers (local
+# processes here, Dramatiq workers in app/distributed.py): the refusal's 409 message.
+CONTROL_REFUSALS = {
+    "pause": "only a running run can be paused",
+    "resume": "only paused, interrupted, stopped or failed runs can be resumed",
+    "stop": "only a queued, running or paused run can be stopped",
+    "set_kernel": "kernels can be set on a running or paused run",
+}
+
+
+def refusal(run_id: str, status: str, command: str) -> RunConflict:
+    """The RunConflict (409) for `command` on a run whose status does not allow it."""
+    return RunConflict(f"run {run_id} is {status}; {CONTROL_REFUSALS[command]}")
+
+
+def no_answer(run_id: str, timeout: float) -> RunConflict:
+    return RunConflict(f"run {run_id} did not answer within {timeout} s")
+
+
 class ReplayTicket:
     """One client's place among the event replays; released once (by the stream or the route)."""
 
@@ -656,7 +675,7 @@ class RunManager:
         run = self.store.get_run(run_id)
         handle = self._workers.get(run_id)
         if run["status"] != "running" or handle is None:
-            raise RunConflict(f"run {run_id} is {run['status']}; only a running run can be paused")
+            raise refusal(run_id, run["status"], "pause")
         handle.send(("pause",))
         return self._wait_for_status(run_id, lambda status: status != "running")
 
@@ -685,7 +704,7 @@ class RunManager:
                 self._unrecorded.pop(run_id, None)
                 self._schedule()
             return self.store.get_run(run_id)
-        raise RunConflict(f"run {run_id} is {status}; only paused, interrupted, stopped or failed runs can be resumed")
+        raise refusal(run_id, status, "resume")
 
     def _wait_until_exited(self, run_id: str, timeout: float = CONTROL_WAIT_SECONDS) -> None:
         """After a terminal status the process still exits and its reader frees the slot; wait for that."""
@@ -728,7 +747,7 @@ class RunManager:
                 return self.store.get_run(run_id)
             handle = self._workers.get(run_id)
         if handle is None or run["status"] not in ("running", "paused"):
-            raise RunConflict(f"run {run_id} is {run['status']}; only a queued, running or paused run can be stopped")
+            raise refusal(run_id, run["status"], "stop")
         handle.send(("stop",))
         return self._wait_for_status(run_id, lambda status: status in TERMINAL_STATUSES)
 
@@ -745,7 +764,7 @@ class RunManager:
         run = self.store.get_run(run_id)
         handle = self._workers.get(run_id)
         if handle is None or run["status"] not in ("running", "paused"):
-            raise RunConflict(f"run {run_id} is {run['status']}; kernels can be set on a running or paused run")
+            raise refusal(run_id, run["status"], "set_kernel")
         request_id = next(self._request_ids)
         future: concurrent.futures.Future = concurrent.futures.Future()
         handle.replies[request_id] = future
@@ -754,7 +773,7 @@ class RunManager:
             error = future.result(timeout)
         except concurrent.futures.TimeoutError:
             handle.replies.pop(request_id, None)
-            raise RunConflict(f"run {run_id} did not answer within {timeout} s") from None
+            raise no_answer(run_id, timeout) from None
         if error is not None:
             raise ValueError(error)
 
