@@ -62,10 +62,15 @@ export async function fetchInits() {
   return { inits: data.inits, namedKernels: data.named_kernels ?? null };
 }
 
-/* GET /api/datasets -> {names: [name], pathRule: where dataset.path points, as the server states it}. */
+/* GET /api/datasets -> {names: [name], pathRule: where dataset.path points, as the server states it,
+ * withPath: the names whose served params take a path}. */
 export async function fetchDatasets() {
   const data = await getJSON("/api/datasets");
-  return { names: data.datasets.map((d) => d.name), pathRule: data.path_rule ?? "" };
+  return {
+    names: data.datasets.map((d) => d.name),
+    pathRule: data.path_rule ?? "",
+    withPath: data.datasets.filter((d) => "path" in (d.params ?? {})).map((d) => d.name),
+  };
 }
 
 /* GET /api/presets -> {specs: {name: spec}, optimizers: {name: the optimizer its runs default to}}. */

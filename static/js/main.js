@@ -74,6 +74,7 @@ async function loadServerFacts() {
   if (datasets.status === "fulfilled") {
     state.datasets = datasets.value.names;
     state.datasetPathRule = datasets.value.pathRule;
+    state.datasetsWithPath = datasets.value.withPath;
   }
   state.served = defaults.value ?? null;
   state.defaults = pageDefaults(state.served, presets.value?.optimizers ?? null);

@@ -218,6 +218,7 @@ export function mountSetupForm(context) {
     for (const name of new Set([...state.datasets, c.dataset])) dataset.append(new Option(name, name));
     dataset.value = c.dataset;
     $("f-dataset-rule").textContent = state.datasetPathRule;
+    showPathRule();
     applyLimits();
     writeOptimizerFields();
     for (const field of NUMBER_FIELDS.slice(3)) $(field.id).value = String(c[field.key]);
@@ -280,8 +281,14 @@ export function mountSetupForm(context) {
     try { readForm(); } catch (error) { $("form-error").textContent = error.message; }
   }
 
+  /* The path rule only beside a dataset that reads files (a generated one has no path). */
+  function showPathRule() {
+    $("f-dataset-rule").hidden = !state.datasetsWithPath.includes(state.config.dataset);
+  }
+
   function changed() {
     showProblems();
+    showPathRule();
     $("momentum-label").hidden = state.config.optimizer !== "sgd";
     context.writeHash();
     // Rebuild the init controls after this event: rebuilding removes the focused

@@ -107,6 +107,7 @@ export function createState() {
     inits: [],              // [{name, law, params, aliases}] (from GET /api/inits)
     namedKernels: [],       // the engine's hand-made kernels (GET /api/inits named_kernels)
     datasets: [],           // [name] (GET /api/datasets: only those that can load here)
+    datasetsWithPath: [],   // datasets that read files from dataset.path (their served params take one)
     datasetPathRule: "",    // where dataset.path points (GET /api/datasets path_rule)
     run: null,              // the run record on screen (GET /api/runs/{id})
     steps: [],              // snapshot steps stored for the run, ascending

@@ -461,6 +461,8 @@ def test_the_dataset_form_states_the_path_rule_the_api_serves(page, server, api)
     goto(page, f"{server}/")
     served = api.get("/api/datasets").json()
     assert served["path_rule"] and page.text_content("#f-dataset-rule") == served["path_rule"]
+    # shown only beside a dataset that reads files from a path: a generated one has none
+    assert page.input_value("#f-dataset") == "shapes" and not page.is_visible("#f-dataset-rule")
     offered = page.eval_on_selector_all("#f-dataset option", "options => options.map(o => o.value)")
     assert set(offered) <= {d["name"] for d in served["datasets"]}
     scripts = Path(__file__).resolve().parents[2] / "static" / "js"
