@@ -39,6 +39,11 @@ MODES = {
     "adaptive": {"KERNELSCOPE_SPLIT": "auto", "KERNELSCOPE_PARTNER_SPIN": "auto"},
 }
 BATCH = {"small": 64, "demo": 64, "medium": 64, "deep": 32}
+sys.path.insert(0, str(ROOT))
+from engine.fast import adaptive  # noqa: E402
+
+# the warm-up passes and the longest probe (pairs that disagree), so adaptive is timed after its verdict
+PROBE_PASSES = adaptive.WARMUP_PASSES + 2 * adaptive.MAX_PROBE_ROUNDS
 
 
 def cpu_seconds(pid: int) -> float:
@@ -174,7 +179,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=80, help="steps per process (medium: a quarter)")
-    parser.add_argument("--warmup", type=int, default=12, help="steps not timed (covers the adaptive probe)")
+    parser.add_argument(
+        "--warmup", type=int, default=PROBE_PASSES, help="steps not timed (by default the longest adaptive probe)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     print(f"load average at start: {load()} on {os.cpu_count()} CPUs")

@@ -9,10 +9,11 @@ code wherever it runs, so the choice changes only the time a step takes, never i
 SplitChooser holds the decision logic only; it is given the measured seconds of each training
 pass (engine.fast.model.Model.train_gradients times them), so tests can drive it with invented
 timings. The schedule: a few warm-up passes split (they start the partner and lay out its
-arena), then a probe that alternates split and local passes, then the faster mode (the split
-must beat local by SPLIT_MARGIN) until RECHECK_EVERY passes have gone by or the chosen mode
-has become SLOWDOWN times slower than it measured in the probe (a neighbour started), then
-another probe. With a single usable CPU it never splits.
+arena), then a probe that alternates split and local passes: PROBE_ROUNDS pairs when they all
+agree, up to MAX_PROBE_ROUNDS when they do not. The verdict is the median of the pairs'
+ratios, and the split must beat local by SPLIT_MARGIN. The chosen mode is kept until
+RECHECK_EVERY passes have gone by or it has become SLOWDOWN times slower than it measured in
+the probe (a neighbour started), then comes another probe. With a single usable CPU it never splits.
 
 KERNELSCOPE_SPLIT=always|never|auto (default auto) overrides the choice for the whole process
 (benchmarks compare the three).
@@ -25,7 +26,8 @@ SPLIT = "split"
 LOCAL = "local"
 
 WARMUP_PASSES = 2  # split, not measured: the partner starts, the arena is laid out
-PROBE_ROUNDS = 3  # split/local pairs per probe
+PROBE_ROUNDS = 3  # split/local pairs before a probe may decide
+MAX_PROBE_ROUNDS = 9  # pairs at most: a probe whose pairs disagree goes on until this many
 SPLIT_MARGIN = 0.92  # the split is chosen when its median is below this fraction of local's
 RECHECK_EVERY = 300  # passes between probes while nothing seems to change
 SLOWDOWN = 1.5  # a chosen mode this much slower than its probe median (over WATCH passes) re-probes
@@ -92,7 +94,8 @@ class SplitChooser:
             return
         if self.probing:
             self.probe[mode].append(seconds)
-            if min(len(self.probe[SPLIT]), len(self.probe[LOCAL])) >= PROBE_ROUNDS:
+            rounds = min(len(self.probe[SPLIT]), len(self.probe[LOCAL]))
+            if rounds >= MAX_PROBE_ROUNDS or (rounds >= PROBE_ROUNDS and self._pairs_agree()):
                 self._decide()
             return
         self.since_probe += 1
@@ -103,12 +106,22 @@ class SplitChooser:
         if slowed or self.since_probe >= RECHECK_EVERY:
             self._start_probe()
 
+    def _ratios(self):
+        # pass k of each mode ran next to each other: their ratio follows a load that drifts
+        # during the probe better than the ratio of each mode's median
+        return [a / b for a, b in zip(self.probe[SPLIT], self.probe[LOCAL])]
+
+    def _pairs_agree(self):
+        """Every pair so far falls on the same side of SPLIT_MARGIN. A noisy machine gives pairs
+        on both sides when the two modes are close; the probe then takes more pairs, since a
+        wrong verdict costs every pass until the next probe."""
+        sides = {ratio < SPLIT_MARGIN for ratio in self._ratios()}
+        return len(sides) == 1
+
     def _decide(self):
         split = statistics.median(self.probe[SPLIT])
         local = statistics.median(self.probe[LOCAL])
-        # pass k of each mode ran next to each other: the median of their ratios follows a load
-        # that drifts during the probe better than the ratio of the medians
-        ratio = statistics.median(a / b for a, b in zip(self.probe[SPLIT], self.probe[LOCAL]))
+        ratio = statistics.median(self._ratios())
         self.chosen = SPLIT if ratio < SPLIT_MARGIN else LOCAL
         self.reference = split if self.chosen == SPLIT else local
         self.decisions.append((self.passes, self.chosen, split, local))

@@ -148,13 +148,41 @@ def test_runnable_processes_reads_the_kernels_count(tmp_path):
 
 
 def test_the_verdict_follows_pairs_when_the_load_changes_during_the_probe():
-    """Each split pass takes 0.8 of the local pass run next to it, except in one round where a
-    burst of load hit the split pass only; and the load rose for the last round. The medians
-    of each mode alone (80 against 1) would choose local; the median of the rounds' ratios
-    (0.8, 80, 0.8) sees the split win."""
-    assert adaptive.PROBE_ROUNDS == 3
-    timings = {SPLIT: [0.8, 80.0, 80.0], LOCAL: [1.0, 1.0, 100.0]}
+    """Each split pass takes 0.8 of the local pass beside it, except one where a burst of load
+    hit the split pass only (80 against 1), and the load rose a hundredfold for the later
+    rounds. The burst's pair disagrees with the others, so the probe takes all its pairs, and
+    the median of the pairs' ratios (0.8) chooses the split."""
+    local = [1.0, 1.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0]
+    split = [0.8 * seconds for seconds in local]
+    split[1] = 80.0
+    assert len(local) == adaptive.MAX_PROBE_ROUNDS
+    timings = {SPLIT: split, LOCAL: local}
     chooser = SplitChooser(cpus=2)
     drive(chooser, lambda mode, n: 1.0, adaptive.WARMUP_PASSES)
-    drive(chooser, lambda mode, n: timings[mode][len(chooser.probe[mode])], 2 * adaptive.PROBE_ROUNDS)
-    assert chooser.chosen == SPLIT
+    drive(chooser, lambda mode, n: timings[mode][len(chooser.probe[mode])], 2 * adaptive.MAX_PROBE_ROUNDS)
+    assert not chooser.probing and chooser.chosen == SPLIT
+
+
+def test_a_probe_whose_pairs_disagree_takes_more_pairs_then_follows_their_median():
+    """Close modes on a noisy machine: pairs fall on both sides of the margin. Three pairs do
+    not decide; the probe goes on to MAX_PROBE_ROUNDS pairs and their median ratio (0.95,
+    above the margin) keeps local."""
+    ratios = [0.7, 1.2, 0.95, 1.1, 0.8, 0.95, 1.0, 0.85, 0.99]
+    assert len(ratios) == adaptive.MAX_PROBE_ROUNDS and not all(r < adaptive.SPLIT_MARGIN for r in ratios)
+    chooser = SplitChooser(cpus=2)
+    drive(chooser, lambda mode, n: 1.0, adaptive.WARMUP_PASSES)
+    drive(
+        chooser, lambda mode, n: ratios[len(chooser.probe[mode])] if mode == SPLIT else 1.0, 2 * adaptive.PROBE_ROUNDS
+    )
+    assert chooser.probing  # three pairs on both sides of the margin: no verdict yet
+    rest = 2 * (adaptive.MAX_PROBE_ROUNDS - adaptive.PROBE_ROUNDS)
+    drive(chooser, lambda mode, n: ratios[len(chooser.probe[mode])] if mode == SPLIT else 1.0, rest)
+    assert not chooser.probing and chooser.chosen == LOCAL
+    assert len(chooser.probe[SPLIT]) == len(chooser.probe[LOCAL]) == adaptive.MAX_PROBE_ROUNDS
+
+
+def test_a_probe_whose_pairs_agree_decides_after_the_first_rounds():
+    chooser = SplitChooser(cpus=2)
+    drive(chooser, lambda mode, n: 1.0, adaptive.WARMUP_PASSES)
+    drive(chooser, lambda mode, n: (0.6 + 0.01 * n) if mode == SPLIT else 1.0, 2 * adaptive.PROBE_ROUNDS)
+    assert not chooser.probing and chooser.chosen == SPLIT
