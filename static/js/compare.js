@@ -11,7 +11,7 @@
  */
 
 import { el } from "./dom.js";
-import { seriesStyle, stepAxis, stepMarkerLayout } from "./charts.js";
+import { seriesStyle, stepAxis, stepAxisIsLog, stepMarkerLayout } from "./charts.js";
 import { divergingColor, isDetector, maxAbs, paintGrid } from "./filters.js";
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
@@ -314,10 +314,11 @@ export function mountCompare(context) {
           marker: { color: run.color, symbol: run.symbol, size: 7 }, showlegend: false, hoverinfo: "skip" },
       ];
     });
-    // the step axis follows the live view's choice: auto is log while the runs are young
+    // the step axis follows the live view's choice; auto is log while the slider's step lies in the
+    // first quarter of the longest compared run (charts.js stepAxisIsLog)
     const mode = context.state?.view?.stepAxis ?? "auto";
-    const young = view.runs.some((run) => run.steps > 0 && run.step < run.steps / 4);
-    const log = mode === "log" || (mode === "auto" && young);
+    const total = Math.max(0, ...view.runs.map((run) => run.steps ?? 0));
+    const log = stepAxisIsLog(mode, step, total);
     const axis = stepAxis(log);
     const marker = stepMarkerLayout(step, log);
     window.Plotly.react(lossDiv, traces, { ...PLOT_LAYOUT, title: { text: "training loss (log)", font: { size: 13 } },

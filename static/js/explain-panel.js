@@ -267,8 +267,8 @@ export function mountExplainPanel(context) {
     const shapes = [line(r.step, "#94a3b8", "dot")];
     const scoreShapes = [...shapes];
     if (t.birth_step != null) scoreShapes.push(line(t.birth_step, "#16a34a", "dash"));
-    window.Plotly.relayout(a, { shapes });
-    window.Plotly.relayout(b, {
+    norm.setExtraLayout({ shapes });
+    score.setExtraLayout({
       shapes: scoreShapes,
       annotations: t.birth_step == null ? [] : [{ x: t.birth_step, y: 1, yref: "paper", text: `birth ${t.birth_step}`,
         showarrow: false, xanchor: "left", font: { size: 10, color: "#16a34a" } }],

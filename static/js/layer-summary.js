@@ -102,7 +102,7 @@ export function mountLayerSummaries(context) {
   }
 
   document.addEventListener("kernelscope:view", (event) => {
-    const { run, step, mode, status } = event.detail;
+    const { run, step, mode, status, logSteps } = event.detail;
     if (!run) return;
     if (run !== shown.run) reset(run);
     if (step == null) return;   // no snapshot yet: nothing to summarize
@@ -110,7 +110,10 @@ export function mountLayerSummaries(context) {
     else if (status !== shown.status && !ACTIVE.has(status)) load(run);   // the run ended: its last snapshots
     else if (ACTIVE.has(status) && performance.now() - shown.last > REFRESH_MS) load(run);
     shown.status = status;
-    for (const chart of Object.values(charts)) chart.markStep(mode === "history" ? step : null);
+    for (const chart of Object.values(charts)) {
+      chart.setLogX(logSteps);   // the run view's step axis, so the slider's step lines up on every chart
+      chart.markStep(mode === "history" ? step : null);
+    }
   });
 
   return { charts };

@@ -7,7 +7,7 @@
  */
 
 import { $ } from "./dom.js";
-import { LineChart } from "./charts.js";
+import { LineChart, stepAxisIsLog } from "./charts.js";
 
 /*
  * Training points kept per chart: every step of short runs, every k-th step
@@ -49,13 +49,14 @@ export class RunCharts {
   }
 
   /*
-   * The step axis: "log", "linear", or "auto" — log while the run is young (before a quarter of
-   * its steps), when the filters change fastest and a linear axis squeezes that into its first pixels.
+   * The step axis: "log", "linear", or "auto" (charts.js stepAxisIsLog: log while the step on
+   * screen lies in the run's first quarter). Returns whether it is log.
    */
-  setStepAxis(mode, step, total) {
-    const log = mode === "log" || (mode === "auto" && total > 0 && step < total / 4);
+  setStepAxis(mode, shownStep, total) {
+    const log = stepAxisIsLog(mode, shownStep, total);
     this.logX = log;
     for (const chart of Object.values(this.charts)) chart.setLogX(log);
+    return log;
   }
 
   /* Mark the step on screen (history mode), or null to mark none: a line laid over each chart,

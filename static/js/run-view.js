@@ -16,6 +16,7 @@
 import * as api from "./api.js";
 import { $, el, showError } from "./dom.js";
 import { FeatureMapBoard, FilterBoard, drawGray } from "./filters.js";
+import { autoStepAxisIsLog } from "./charts.js";
 import { RunCharts, statLayers } from "./run-charts.js";
 import { convLayers } from "./state.js";
 import { StepThrough, layerInput } from "./stepthrough.js";
@@ -237,12 +238,13 @@ export function mountRunView(context) {
 
   /*
    * Tell other page modules (comparison, fork, export...) what is on screen:
-   * document receives "kernelscope:view" with {run, step, mode} whenever the
-   * run or the shown step changes.
+   * document receives "kernelscope:view" with {run, step, mode, status, logSteps (whether the
+   * step axes are log)} whenever one of them changes.
    */
   function announceView() {
     const step = state.mode === "live" ? state.steps[state.steps.length - 1] ?? null : state.historyStep;
-    const detail = { run: state.view.run, step, mode: state.mode, status: state.run?.status ?? null };
+    const detail = { run: state.view.run, step, mode: state.mode, status: state.run?.status ?? null,
+                     logSteps: Boolean(shown.logSteps) };
     const key = JSON.stringify(detail);
     if (key === shown.viewKey) return;
     shown.viewKey = key;
@@ -259,7 +261,11 @@ export function mountRunView(context) {
     const behind = state.mode === "live" ? 0 : state.steps.length - 1 - Number(slider.value);
     $("history-behind").textContent = behind > 0 && ACTIVE.has(state.run?.status) ? `${behind} behind live` : "";
     $("btn-live").classList.toggle("active", state.mode === "live");
-    charts.setStepAxis(state.view.stepAxis, state.run?.step ?? 0, state.run?.steps ?? state.run?.config?.steps ?? 0);
+    // "auto" follows the step on screen (the newest one live, the slider's or the player's in history)
+    const total = state.run?.steps ?? state.run?.config?.steps ?? 0;
+    shown.logSteps = charts.setStepAxis(state.view.stepAxis, step ?? state.run?.step ?? 0, total);
+    // what auto picks for this step, said on its button whichever axis is chosen
+    $("step-axis-auto").textContent = `axis: auto (${autoStepAxisIsLog(step ?? state.run?.step ?? 0, total) ? "log" : "linear"})`;
     announceView();
   }
 

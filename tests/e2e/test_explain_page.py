@@ -108,8 +108,10 @@ def test_layer_summaries_are_drawn_beside_the_charts(server, api, page, trained)
         summary = full_summary(api, run_id, layer)
         assert [p["step"] for p in summary["points"]] == steps
         for chart in ("dead", "selective", "score"):
-            count = page.evaluate(f"window.__kernelscope.summaryCharts.{chart}.pointCount('{label}')")
-            assert count == len(steps), (chart, label)
+            # the charts draw their new state in the next frames (charts.js scheduler)
+            drawn = f"window.__kernelscope.summaryCharts.{chart}.pointCount('{label}')"
+            page.wait_for_function(f"{drawn} >= {len(steps)}")
+            assert page.evaluate(drawn) == len(steps), (chart, label)
     assert page.locator(".charts-panel #chart-dead").count() == 1
 
 
@@ -167,6 +169,7 @@ def test_a_summary_in_parts_shows_its_progress_and_then_every_step(server, api, 
     page.wait_for_function(
         f"document.querySelector('#summary-status').textContent === 'summarizing conv1: 2 of {len(steps)} snapshots…'"
     )
+    page.wait_for_function("window.__kernelscope.summaryCharts.dead.pointCount('conv1') > 0")
     assert page.evaluate("window.__kernelscope.summaryCharts.dead.pointCount('conv1')") == 2
     assert page.evaluate("window.__kernelscope.summaries.progress") == {
         "label": "conv1",
@@ -179,4 +182,6 @@ def test_a_summary_in_parts_shows_its_progress_and_then_every_step(server, api, 
     page.wait_for_selector("#summary-status", state="hidden")
     assert page.evaluate("window.__kernelscope.summaries.progress") is None
     for chart in ("dead", "selective", "score"):
-        assert page.evaluate(f"window.__kernelscope.summaryCharts.{chart}.pointCount('conv1')") == len(steps)
+        drawn = f"window.__kernelscope.summaryCharts.{chart}.pointCount('conv1')"
+        page.wait_for_function(f"{drawn} >= {len(steps)}")
+        assert page.evaluate(drawn) == len(steps)

@@ -160,6 +160,7 @@ def test_log_charts_label_each_decade_once_they_span_several(modules):
         for (const [low, high] of [[1, 5], [1e-5, 1e-2], [1e-9, 1e-1], [0.2, 3]]) {
             chart.reset();
             chart.setSeries('conv 0', [0, 1, 2], [low, Math.sqrt(low * high), high]);
+            chart.flush();   // the chart's state drawn now (the scheduler would draw it a frame later)
             seen.push(div.layout.yaxis.dtick);
         }
         chart.reset();
