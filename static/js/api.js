@@ -6,9 +6,11 @@
  */
 
 export class ApiError extends Error {
-  constructor(message, status) {
+  /* fields: the request's fields the server refused, as "dataset.path" (a 422's detail locations). */
+  constructor(message, status, fields = []) {
     super(message);
     this.status = status;
+    this.fields = fields;
   }
 }
 
@@ -34,8 +36,14 @@ async function request(method, path, body, signal) {
   const text = await response.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
-  if (!response.ok) throw new ApiError(errorMessage(data, response), response.status);
+  if (!response.ok) throw new ApiError(errorMessage(data, response), response.status, refusedFields(data));
   return data;
+}
+
+/* The fields a 422 names: each detail's location without "body", as "dataset.path". */
+function refusedFields(data) {
+  const detail = data && typeof data === "object" ? data.detail : null;
+  return Array.isArray(detail) ? detail.map((d) => (d.loc || []).filter((x) => x !== "body").join(".")) : [];
 }
 
 /* FastAPI errors come as {"detail": "..."} or {"detail": [{loc, msg}, ...]}. */
