@@ -57,6 +57,19 @@ def test_explain_panel_follows_the_history_slider(server, api, page, trained):
     assert page.locator("#explain-panel .explain-patch").count() == len(expected["patches"]["items"]) == 9
     assert page.locator("#explain-panel .explain-chart").count() == 2
     assert page.locator(f"{card}.explained").count() == 1
+    # the input that excites conv1's filter most stands beside its kernel at the same size (both
+    # are one receptive field), value by value, and says how much of it sits at the data's limits
+    kernel = page.locator("#explain-panel canvas.explain-kernel").bounding_box()
+    picture = page.locator("#explain-panel canvas.explain-maximize").bounding_box()
+    assert len(expected["maximize"]["image"][0]) == len(expected["weight"][0]) == 5
+    assert abs(kernel["width"] - picture["width"]) < 1 and abs(kernel["y"] - picture["y"]) < 1
+    assert picture["x"] > kernel["x"] + kernel["width"] and 90 <= picture["width"] <= 140
+    low, high = expected["maximize"]["regularization"]["clip"]
+    values = [v for row in expected["maximize"]["image"][0] for v in row]
+    near = 1e-4 * (high - low)
+    figure = page.locator("#explain-panel figure:has(canvas.explain-maximize)")
+    assert figure.get_attribute("data-at-white") == str(sum(v >= high - near for v in values))
+    assert figure.get_attribute("data-at-black") == str(sum(v <= low + near for v in values))
 
     # two quick moves: the panel ends on the step the slider shows, not on the one in between
     slide_to(page, 2)
