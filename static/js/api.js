@@ -104,6 +104,20 @@ export const fetchDefaults = () => getJSON("/api/defaults");
  */
 export const describeInits = (body) => postJSON("/api/inits/describe", body);
 
+/* The engine's name of each weight layer of a run's model, {index: "conv1" | "dense1" | ...}, from
+   POST /api/inits/describe (its `label`: order among layers of its type). One request per model. */
+const labelsAsked = new Map();
+export function layerLabels(config) {
+  const key = JSON.stringify([config.model, config.dataset]);
+  if (!labelsAsked.has(key)) {
+    const answer = describeInits({ model: config.model, init: config.init, dataset: config.dataset })
+      .then(({ layers }) => Object.fromEntries(layers.map((l) => [l.index, l.label])));
+    answer.catch(() => labelsAsked.delete(key));
+    labelsAsked.set(key, answer);
+  }
+  return labelsAsked.get(key);
+}
+
 export const listRuns = async () => (await getJSON("/api/runs")).runs;
 export const getRun = (id) => getJSON(runPath(id));
 export const startRun = (body) => postJSON("/api/runs", body);

@@ -75,6 +75,7 @@ export class LineChart {
     this.revision = 0;
     this.drawnRevision = -1;
     this.marked = null;
+    this.span = null;           // [first, last] step of the x axis, or null to fit the points
   }
 
   /* Note a change of state; the scheduler draws it. */
@@ -117,6 +118,23 @@ export class LineChart {
     series.x = keep.map((i) => xs[i]);
     series.y = keep.map((i) => ys[i]);
     this._widen(series.y);
+    this._changed();
+  }
+
+  /* Give a series another name (its points and style stay). */
+  renameSeries(from, to) {
+    if (!this.series.has(from) || this.series.has(to)) return;
+    this.series = new Map([...this.series].map(([name, series]) => [name === from ? to : name, series]));
+    this.counts.delete(from);
+    this._changed();
+  }
+
+  /* The steps the x axis spans, [first, last] (null: as plotly fits the points), so the charts of
+     one run line up step for step, whichever points each holds yet. */
+  setStepSpan(span) {
+    const same = span === this.span || (span && this.span && span[0] === this.span[0] && span[1] === this.span[1]);
+    if (same) return;
+    this.span = span ? [span[0], span[1]] : null;
     this._changed();
   }
 
@@ -167,6 +185,13 @@ export class LineChart {
       ...this.extra,
     };
     if (axis["xaxis.dtick"] != null) layout.xaxis.dtick = axis["xaxis.dtick"];
+    if (this.span) {
+      const [first, last] = this.span;
+      // a log axis starts at step 1 (step 0 lies off it); a little room at each end for the markers
+      layout.xaxis.range = this.logX
+        ? [Math.log10(Math.max(1, first)) - 0.03, Math.log10(Math.max(1, last)) + 0.03]
+        : [first - 0.01 * (last - first), last + 0.01 * (last - first)];
+    }
     if (options.yTitle) layout.yaxis.title = { text: options.yTitle, font: { size: 11 } };
     return layout;
   }
@@ -284,6 +309,17 @@ export class LineChart {
 export const AUTO_LOG_BEFORE = 0.25;
 export function autoStepAxisIsLog(shownStep, totalSteps) {
   return totalSteps > 0 && shownStep != null && shownStep < AUTO_LOG_BEFORE * totalSteps;
+}
+
+/* The steps a run's charts span: from 0 to the step it reached once it has ended, and while it trains
+   to the step it reached, rounded up to a round number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a
+   power of ten, within its length), so the axes line up across charts yet move about ten times per
+   decade instead of at every point. */
+export function runStepSpan(reached, total, ended) {
+  if (ended || reached >= total) return [0, Math.max(1, Math.min(reached, total))];
+  const decade = 10 ** Math.floor(Math.log10(Math.max(1, reached)));
+  const nice = [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((k) => k * decade).find((v) => v >= reached);
+  return [0, Math.min(Math.max(1, total), nice)];
 }
 
 /* "auto", "log" or "linear" -> whether the step axis is log, for the step on screen. */

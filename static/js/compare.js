@@ -228,7 +228,11 @@ export function mountCompare(context) {
     if (generation !== view.generation) return;
     drawCards(snapshots, step);
     drawLoss(step);
-    drawLayerCharts(snapshots);
+    // the layers named as the engine names them (conv1, …, dense1): the runs share one model
+    let names = {};
+    try { names = view.runs[0]?.config ? await api.layerLabels(view.runs[0].config) : {}; } catch { /* type and index */ }
+    if (generation !== view.generation) return;
+    drawLayerCharts(snapshots, names);
     debug.compare.step = step;
   }
 
@@ -327,14 +331,14 @@ export function mountCompare(context) {
       yaxis: { type: "log", dtick: 1, exponentformat: "e" }, ...marker }, { displayModeBar: false, responsive: true });
   }
 
-  function drawLayerCharts(snapshots) {
+  function drawLayerCharts(snapshots, names) {
     const act = [], sym = [];
     view.runs.forEach((run, i) => {
       const snapshot = snapshots[i];
       if (!snapshot) return;
       const stats = (snapshot.stats ?? []).filter((s) => s.type === "conv" || s.type === "dense");
       const labels = new Map((snapshot.layers ?? []).map((l) => [l.index, l.label]));
-      act.push({ x: stats.map((s) => labels.get(s.index) ?? `${s.type} ${s.index}`), y: stats.map((s) => Math.max(s.act_std, 1e-12)),
+      act.push({ x: stats.map((s) => names[s.index] ?? labels.get(s.index) ?? `${s.type} ${s.index}`), y: stats.map((s) => Math.max(s.act_std, 1e-12)),
                  name: run.label, mode: "lines+markers", type: "scatter", line: { color: run.color, dash: run.dash },
                  marker: { symbol: run.symbol, size: 7 } });
       const conv = (snapshot.layers ?? []).filter((l) => l.type === "conv");

@@ -102,7 +102,7 @@ export function mountLayerSummaries(context) {
   }
 
   document.addEventListener("kernelscope:view", (event) => {
-    const { run, step, mode, status, logSteps } = event.detail;
+    const { run, step, mode, status, logSteps, span } = event.detail;
     if (!run) return;
     if (run !== shown.run) reset(run);
     if (step == null) return;   // no snapshot yet: nothing to summarize
@@ -111,7 +111,8 @@ export function mountLayerSummaries(context) {
     else if (ACTIVE.has(status) && performance.now() - shown.last > REFRESH_MS) load(run);
     shown.status = status;
     for (const chart of Object.values(charts)) {
-      chart.setLogX(logSteps);   // the run view's step axis, so the slider's step lines up on every chart
+      chart.setLogX(logSteps);   // the run view's step axis and span, so every chart lines up step for step
+      chart.setStepSpan(span);
       chart.markStep(mode === "history" ? step : null);
     }
   });

@@ -166,7 +166,7 @@ def finished_run(api):
     return wait_finished(api, response.json()["id"])
 
 
-def test_auto_step_axis_follows_the_step_on_screen_and_the_toggle_always_wins(page, server, finished_run):
+def test_auto_step_axis_follows_the_step_on_screen_and_the_toggle_always_wins(page, server, api, finished_run):
     """The "auto" axis is log while the step on screen lies in the first quarter of the run, whatever step
     training reached: a finished run opens linear (live shows its last step), turns log when the
     slider or the player shows an early snapshot, linear again for a late one; log and linear
@@ -192,6 +192,20 @@ def test_auto_step_axis_follows_the_step_on_screen_and_the_toggle_always_wins(pa
 
     axes_become("linear")  # live: the last step, past the first quarter
     assert page.inner_text("#step-axis-auto") == "axis: auto (linear)"
+    # every chart of the run spans the same steps, 0 to the last, whichever points it holds
+    ranges = f"{charts}.map(id => JSON.stringify(document.getElementById(id).layout.xaxis.range))"
+    page.wait_for_function(f"new Set({ranges}).size === 1")
+    low, high = page.evaluate(f"document.getElementById('{charts[0]}').layout.xaxis.range")
+    assert low < 0 < total < high < total * 1.05
+    # the std charts name each layer as the engine does (conv1, …, dense1), not by type and index
+    described = api.post(
+        "/api/inits/describe", json={k: finished_run["config"][k] for k in ("model", "init", "dataset")}
+    )
+    labels = {layer["label"] for layer in described.json()["layers"]}
+    page.wait_for_function(
+        f"new Set(document.getElementById('chart-act').data.map(t => t.name)).size === {len(labels)}"
+    )
+    assert set(page.evaluate("document.getElementById('chart-act').data.map(t => t.name)")) == labels
     show(early)
     axes_become("log")
     assert page.inner_text("#step-axis-auto") == "axis: auto (log)"
