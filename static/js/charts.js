@@ -90,7 +90,7 @@ export class LineChart {
     if (series) return series;
     const fixed = this.options.series?.[name] ?? {};
     const look = seriesStyle(this.series.size);
-    series = { x: [], y: [], style: {
+    series = { x: [], y: [], zeros: [], style: {
       color: fixed.color ?? PALETTE[this.series.size % PALETTE.length],
       dash: fixed.dash ?? look.dash, symbol: fixed.symbol ?? look.symbol,
       // every series its own dash and marker, so overlapping curves stay apart; a dense series such
@@ -103,20 +103,21 @@ export class LineChart {
 
   addDataPoint(name, x, y) {
     if (y == null || !Number.isFinite(y)) return;
-    if (this.options.log && y <= 0) return;
+    if (this.options.log && y < 0) return;
     const series = this._seriesFor(name);
-    series.x.push(x);
-    series.y.push(y);
-    this._widen([y]);
+    if (this.options.log && y === 0) series.zeros.push(x);   // drawn apart: a log scale has no 0
+    else { series.x.push(x); series.y.push(y); this._widen([y]); }
     this._changed();
   }
 
   /* Replace a whole series (e.g. the metrics history of an opened run). */
   setSeries(name, xs, ys) {
-    const keep = xs.map((_, i) => i).filter((i) => ys[i] != null && Number.isFinite(ys[i]) && (!this.options.log || ys[i] > 0));
+    const log = this.options.log;
+    const keep = xs.map((_, i) => i).filter((i) => ys[i] != null && Number.isFinite(ys[i]) && (!log || ys[i] > 0));
     const series = this._seriesFor(name);
     series.x = keep.map((i) => xs[i]);
     series.y = keep.map((i) => ys[i]);
+    series.zeros = log ? xs.filter((_, i) => ys[i] === 0) : [];
     this._widen(series.y);
     this._changed();
   }
@@ -193,7 +194,7 @@ export class LineChart {
         : [first - 0.01 * (last - first), last + 0.01 * (last - first)];
     }
     if (options.yTitle) layout.yaxis.title = { text: options.yTitle, font: { size: 11 } };
-    return layout;
+    return [...this.series.values()].some((series) => series.zeros.length) ? withZeroStrip(layout) : layout;
   }
 
   /* The plotly traces of the chart's series: a dense series draws its line, and its markers on
@@ -206,6 +207,8 @@ export class LineChart {
       const line = { color: style.color, width: 1.6, dash: style.dash };
       const marker = { color: style.color, size: 5, symbol: style.symbol };
       traces.push({ x, y, name, type: "scatter", mode: dense ? "lines" : style.mode, line, marker, legendgroup: name });
+      const { zeros } = this.series.get(name);
+      if (zeros.length) traces.push(zeroTrace(zeros, name, style.color));
       if (dense) {
         const every = Math.ceil(x.length / MARKED_POINTS);
         const at = x.map((_, i) => i).filter((i) => i % every === 0 || i === x.length - 1);
@@ -222,7 +225,7 @@ export class LineChart {
     if (this.drawnRevision === this.revision && this.plotted) return;
     this.drawnRevision = this.revision;
     window.Plotly.react(this.element, this._traces(), this._layout(), { displayModeBar: false, responsive: true });
-    for (const [name, series] of this.series) this.counts.set(name, series.x.length);
+    for (const [name, series] of this.series) this.counts.set(name, series.x.length + series.zeros.length);
     if (!this.plotted) {
       this.plotted = true;
       // the slider's marker is placed again whenever plotly redraws (the chart is resized)
@@ -309,6 +312,27 @@ export class LineChart {
 export const AUTO_LOG_BEFORE = 0.25;
 export function autoStepAxisIsLog(shownStep, totalSteps) {
   return totalSteps > 0 && shownStep != null && shownStep < AUTO_LOG_BEFORE * totalSteps;
+}
+
+/*
+ * Exact zeros on a log scale (a std of 0: zero weights, a dead layer) have no place on it; drawn at
+ * any small number they would read as that number. They are drawn apart instead: open downward
+ * triangles in a strip of their own under the plot, on a second axis whose one tick says "0".
+ * zeroTrace(xs, name, color) is such a trace, withZeroStrip(layout) the layout that makes room.
+ */
+export function zeroTrace(xs, name, color) {
+  return { x: xs, y: xs.map(() => 0.5), yaxis: "y2", name, type: "scatter", mode: "markers", showlegend: false,
+           marker: { color, size: 8, symbol: "triangle-down-open" }, meta: "zeros", cliponaxis: false,
+           hovertemplate: `${name}: exactly 0 at %{x}<extra></extra>` };
+}
+export function withZeroStrip(layout) {
+  return {
+    ...layout,
+    yaxis: { ...layout.yaxis, domain: [0.16, 1] },
+    xaxis: { ...layout.xaxis, anchor: "free", position: 0 },
+    yaxis2: { domain: [0, 0.1], range: [0, 1], fixedrange: true, showgrid: false, zeroline: false, showline: false,
+              tickmode: "array", tickvals: [0.5], ticktext: ["0 ▽"], tickfont: { size: 10, color: "#475569" } },
+  };
 }
 
 /* The steps a run's charts span: from 0 to the step it reached once it has ended, and while it trains

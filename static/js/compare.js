@@ -11,7 +11,7 @@
  */
 
 import { el } from "./dom.js";
-import { seriesStyle, stepAxis, stepAxisIsLog, stepMarkerLayout } from "./charts.js";
+import { seriesStyle, stepAxis, stepAxisIsLog, stepMarkerLayout, withZeroStrip, zeroTrace } from "./charts.js";
 import { divergingColor, isDetector, maxAbs, paintGrid } from "./filters.js";
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
@@ -338,15 +338,21 @@ export function mountCompare(context) {
       if (!snapshot) return;
       const stats = (snapshot.stats ?? []).filter((s) => s.type === "conv" || s.type === "dense");
       const labels = new Map((snapshot.layers ?? []).map((l) => [l.index, l.label]));
-      act.push({ x: stats.map((s) => names[s.index] ?? labels.get(s.index) ?? `${s.type} ${s.index}`), y: stats.map((s) => Math.max(s.act_std, 1e-12)),
+      const layerName = (s) => names[s.index] ?? labels.get(s.index) ?? `${s.type} ${s.index}`;
+      // a std of exactly 0 (zero weights) is drawn apart, on the bottom edge: a log scale has no 0
+      act.push({ x: stats.map(layerName), y: stats.map((s) => (s.act_std > 0 ? s.act_std : null)),
                  name: run.label, mode: "lines+markers", type: "scatter", line: { color: run.color, dash: run.dash },
                  marker: { symbol: run.symbol, size: 7 } });
+      const zeros = stats.filter((s) => s.act_std === 0).map(layerName);
+      if (zeros.length) act.push(zeroTrace(zeros, run.label, run.color));
       const conv = (snapshot.layers ?? []).filter((l) => l.type === "conv");
       sym.push({ x: conv.map((l) => l.label ?? `layer ${l.index}`), y: conv.map((l) => l.symmetry), name: run.label,
                  type: "bar", marker: { color: run.color } });
     });
-    window.Plotly.react(actDiv, act, { ...PLOT_LAYOUT, title: { text: "activation std per layer (log)", font: { size: 13 } },
-      yaxis: { type: "log", exponentformat: "e" } }, { displayModeBar: false, responsive: true });
+    const actLayout = { ...PLOT_LAYOUT, title: { text: "activation std per layer (log)", font: { size: 13 } },
+      yaxis: { type: "log", exponentformat: "e" } };
+    window.Plotly.react(actDiv, act, act.some((t) => t.meta === "zeros") ? withZeroStrip(actLayout) : actLayout,
+      { displayModeBar: false, responsive: true });
     window.Plotly.react(symDiv, sym, { ...PLOT_LAYOUT, title: { text: "symmetry per conv layer (1 = filters identical)", font: { size: 13 } },
       yaxis: { range: [0, 1.05] }, barmode: "group" }, { displayModeBar: false, responsive: true });
   }
