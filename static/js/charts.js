@@ -157,9 +157,7 @@ export class LineChart {
      the labels would overlap on these small charts. An empty log axis ticks at decades too
      (it spans several, and 1-2-5 ticks there pile up into an unreadable column). */
   _logTicks() {
-    if (!this.yExtent) return 1;
-    const decades = Math.log10(this.yExtent[1] / this.yExtent[0]);
-    return decades > 6 ? 2 : decades > 2 ? 1 : "D2";
+    return logTicks(this.yExtent);
   }
 
   /* The whole layout of the chart's present state. */
@@ -312,6 +310,21 @@ export class LineChart {
 export const AUTO_LOG_BEFORE = 0.25;
 export function autoStepAxisIsLog(shownStep, totalSteps) {
   return totalSteps > 0 && shownStep != null && shownStep < AUTO_LOG_BEFORE * totalSteps;
+}
+
+/* The dtick of a log axis over [lowest, highest] positive values (null: none yet): 1, 2 and 5 of
+   each power of ten while they span at most two decades, one label per decade beyond, one per two
+   decades past six: more labels overlap on these small charts. */
+export function logTicks(extent) {
+  if (!extent || !(extent[0] > 0) || !(extent[1] > 0)) return 1;
+  const decades = Math.log10(extent[1] / extent[0]);
+  return decades > 6 ? 2 : decades > 2 ? 1 : "D2";
+}
+
+/* [lowest, highest] of the positive numbers among `values` (null when there are none). */
+export function positiveExtent(values) {
+  const positive = values.filter((v) => Number.isFinite(v) && v > 0);
+  return positive.length ? [Math.min(...positive), Math.max(...positive)] : null;
 }
 
 /*

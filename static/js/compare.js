@@ -11,7 +11,9 @@
  */
 
 import { el } from "./dom.js";
-import { seriesStyle, stepAxis, stepAxisIsLog, stepMarkerLayout, withZeroStrip, zeroTrace } from "./charts.js";
+import {
+  logTicks, positiveExtent, seriesStyle, stepAxis, stepAxisIsLog, stepMarkerLayout, withZeroStrip, zeroTrace,
+} from "./charts.js";
 import { divergingColor, isDetector, maxAbs, paintGrid } from "./filters.js";
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
@@ -350,7 +352,7 @@ export function mountCompare(context) {
                  type: "bar", marker: { color: run.color } });
     });
     const actLayout = { ...PLOT_LAYOUT, title: { text: "activation std per layer (log)", font: { size: 13 } },
-      yaxis: { type: "log", exponentformat: "e" } };
+      yaxis: { type: "log", exponentformat: "e", dtick: logTicks(positiveExtent(act.flatMap((t) => (t.meta ? [] : t.y)))) } };
     window.Plotly.react(actDiv, act, act.some((t) => t.meta === "zeros") ? withZeroStrip(actLayout) : actLayout,
       { displayModeBar: false, responsive: true });
     window.Plotly.react(symDiv, sym, { ...PLOT_LAYOUT, title: { text: "symmetry per conv layer (1 = filters identical)", font: { size: 13 } },

@@ -10,7 +10,7 @@
  * with He, Glorot and N(0, 0.01²) side by side (a comparison).
  */
 
-import { withZeroStrip, zeroTrace } from "./charts.js";
+import { logTicks, positiveExtent, withZeroStrip, zeroTrace } from "./charts.js";
 import { bounded, el, labelled } from "./dom.js";
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
@@ -112,7 +112,7 @@ export function mountProbe(context) {
       title: { text: title, font: { size: 13 } },
       margin: { l: 56, r: 10, t: 30, b: 96 },
       xaxis: { title: { text: "layer (depth)" } },
-      yaxis: { type: "log", exponentformat: "e" },
+      yaxis: { type: "log", exponentformat: "e", dtick: logTicks(positiveExtent(traces.flatMap((t) => (t.meta ? [] : t.y)))) },
       // at the bottom of the whole chart, under the axis title (up to three rows of entries)
       legend: { orientation: "h", yref: "container", y: 0, yanchor: "bottom", font: { size: 10 } },
       paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#ffffff",
