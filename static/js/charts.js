@@ -313,12 +313,13 @@ export function autoStepAxisIsLog(shownStep, totalSteps) {
 }
 
 /* The dtick of a log axis over [lowest, highest] positive values (null: none yet): 1, 2 and 5 of
-   each power of ten while they span at most two decades, one label per decade beyond, one per two
-   decades past six: more labels overlap on these small charts. */
+   each power of ten while they span at most two decades; beyond, a label every 1, 2, 5, 10 or 20
+   decades, the fewest that keeps about five labels: more overlap on these small charts. */
 export function logTicks(extent) {
   if (!extent || !(extent[0] > 0) || !(extent[1] > 0)) return 1;
   const decades = Math.log10(extent[1] / extent[0]);
-  return decades > 6 ? 2 : decades > 2 ? 1 : "D2";
+  if (decades <= 2) return "D2";
+  return [1, 2, 5, 10, 20].find((every) => every >= decades / 5) ?? Math.ceil(decades / 5);
 }
 
 /* [lowest, highest] of the positive numbers among `values` (null when there are none). */
