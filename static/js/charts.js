@@ -166,7 +166,7 @@ export class LineChart {
     const axis = stepAxis(this.logX);
     const layout = {
       title: { text: options.title ?? "", font: { size: 13 }, x: 0.02, xanchor: "left" },
-      margin: { l: 48, r: 10, t: 30, b: 30 },
+      margin: { l: 48, r: 18, t: 30, b: 30 },   // r: room for the last step label at the axis end
       xaxis: { zeroline: false, automargin: true, type: axis["xaxis.type"], tickmode: axis["xaxis.tickmode"],
                exponentformat: axis["xaxis.exponentformat"], title: { text: axis["xaxis.title.text"], font: { size: 11 } } },
       yaxis: { type: options.log ? "log" : "linear", zeroline: false, automargin: true,
