@@ -240,12 +240,14 @@ export function mountRunView(context) {
   /*
    * Tell other page modules (comparison, fork, export...) what is on screen:
    * document receives "kernelscope:view" with {run, step, mode, status, logSteps (whether the
-   * step axes are log), span (the steps they span)} whenever one of them changes.
+   * step axes are log), span (the steps they span), newest (the newest stored step)} whenever
+   * one of them changes.
    */
   function announceView() {
     const step = state.mode === "live" ? state.steps[state.steps.length - 1] ?? null : state.historyStep;
     const detail = { run: state.view.run, step, mode: state.mode, status: state.run?.status ?? null,
-                     logSteps: Boolean(shown.logSteps), span: shown.span ?? null };
+                     logSteps: Boolean(shown.logSteps), span: shown.span ?? null,
+                     newest: state.steps[state.steps.length - 1] ?? null };
     const key = JSON.stringify(detail);
     if (key === shown.viewKey) return;
     shown.viewKey = key;
