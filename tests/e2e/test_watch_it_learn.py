@@ -234,6 +234,7 @@ def test_cards_show_the_step0_kernel_births_and_honest_labels(page, server, api,
     goto(page, f"{server}/#run={run_id}")
     page.wait_for_function("window.__kernelscope.drawn !== null")
     assert page.eval_on_selector_all(".layer-name", "ns => ns.map(n => n.textContent)")[:2] == ["conv1", "conv2"]
+    page.wait_for_function("window.__kernelscope.features !== null")  # the maps come with their own request
     assert page.eval_on_selector_all(".fmap-title", "ns => ns.map(n => n.textContent)")[:2] == ["conv1", "conv2"]
     # the step-0 kernel beside each card, as stored at step 0
     page.wait_for_selector('.layer-panel[data-layer="0"] canvas.kernel0')
