@@ -60,8 +60,8 @@ const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2
 export class LineChart {
   /*
    * element: the div to draw in. options: {title, yTitle, log (bool), mode
-   * (plotly trace mode, default "lines+markers"), series: {name: {color, dash, mode, symbol}}
-   * for fixed styling, yRange}.
+   * (plotly trace mode, default "lines+markers"), series: {name: {color, dash, mode, symbol,
+   * legend (false: no legend entry)}} for fixed styling, yRange}.
    */
   constructor(element, options = {}) {
     this.element = element;
@@ -96,6 +96,7 @@ export class LineChart {
       // every series its own dash and marker, so overlapping curves stay apart; a dense series such
       // as the training loss may ask for a line only
       mode: fixed.mode ?? this.options.mode ?? "lines+markers",
+      legend: fixed.legend ?? true,
     } };
     this.series.set(name, series);
     return series;
@@ -204,7 +205,8 @@ export class LineChart {
       const dense = markers && x.length > MARKERS_ON_EVERY_POINT;
       const line = { color: style.color, width: 1.6, dash: style.dash };
       const marker = { color: style.color, size: 5, symbol: style.symbol };
-      traces.push({ x, y, name, type: "scatter", mode: dense ? "lines" : style.mode, line, marker, legendgroup: name });
+      traces.push({ x, y, name, type: "scatter", mode: dense ? "lines" : style.mode, line, marker, legendgroup: name,
+                    showlegend: style.legend });
       const { zeros } = this.series.get(name);
       if (zeros.length) traces.push(zeroTrace(zeros, name, style.color));
       if (dense) {

@@ -22,9 +22,10 @@ const REFRESH_MS = 15_000;
 const EARLY_REFRESH_MS = 3_000;
 const GROWTH = 1.25;
 const COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
-/* conv1, conv2, ... each in its colour; its chance level dashed in the same colour. */
+/* conv1, conv2, ... each in its colour; its chance level dashed in the same colour, without a
+   legend entry of its own (the axis title says what the dashes are; four entries crowded the title). */
 const SERIES = Object.fromEntries(COLORS.flatMap((color, i) => [
-  [`conv${i + 1}`, { color }], [`conv${i + 1} chance`, { color, dash: "dash" }]]));
+  [`conv${i + 1}`, { color }], [`conv${i + 1} chance`, { color, dash: "dash", legend: false }]]));
 const ACTIVE = new Set(["queued", "running", "paused"]);
 
 /* context: {api, debug}. */
