@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from app import limits
+from app import limits, security
 from app.deps import SettingsDep
 from app.schemas import (
     DatasetInfo,
@@ -55,15 +55,19 @@ def list_inits() -> dict:
 
 
 @router.post("/api/inits/describe", response_model=InitsDescribed)
-def describe_inits(body: Annotated[InitsDescribe | None, Body()] = None) -> dict:
+def describe_inits(settings: SettingsDep, body: Annotated[InitsDescribe | None, Body()] = None) -> dict:
     """Per conv and dense layer of a run's model: shape, fans, the init's law, its std or bound and
-    the worked numbers (no weights are drawn). Unset fields take the default run's values."""
+    the worked numbers (no weights are drawn). Unset fields take the default run's values.
+    A dataset that reads files has its `path` checked as a run's is (a folder under DATA/datasets
+    that exists; 422 at dataset.path), so the setup form hears of a bad path while it is typed."""
     from engine.probe import describe_layers
     from engine.trainer import RunConfig
 
     body = body or InitsDescribe()
     run = RunConfig.from_dict({}).to_dict()
     given = body.model_dump(exclude_none=True)
+    if isinstance(given.get("dataset"), dict):
+        security.check_dataset_path(settings.data_dir, given["dataset"])
     return {"layers": describe_layers(**{**{key: run[key] for key in ("model", "init", "dataset")}, **given})}
 
 

@@ -6,9 +6,11 @@
  */
 
 export class ApiError extends Error {
-  constructor(message, status) {
+  /* fields: the request's fields the server refused, as "dataset.path" (a 422's detail locations). */
+  constructor(message, status, fields = []) {
     super(message);
     this.status = status;
+    this.fields = fields;
   }
 }
 
@@ -34,8 +36,14 @@ async function request(method, path, body, signal) {
   const text = await response.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
-  if (!response.ok) throw new ApiError(errorMessage(data, response), response.status);
+  if (!response.ok) throw new ApiError(errorMessage(data, response), response.status, refusedFields(data));
   return data;
+}
+
+/* The fields a 422 names: each detail's location without "body", as "dataset.path". */
+function refusedFields(data) {
+  const detail = data && typeof data === "object" ? data.detail : null;
+  return Array.isArray(detail) ? detail.map((d) => (d.loc || []).filter((x) => x !== "body").join(".")) : [];
 }
 
 /* FastAPI errors come as {"detail": "..."} or {"detail": [{loc, msg}, ...]}. */
@@ -95,6 +103,20 @@ export const fetchDefaults = () => getJSON("/api/defaults");
  * fan_in, fan_out, init, law, std, bound, text}]}: each conv and dense layer's init law and its figures.
  */
 export const describeInits = (body) => postJSON("/api/inits/describe", body);
+
+/* The engine's name of each weight layer of a run's model, {index: "conv1" | "dense1" | ...}, from
+   POST /api/inits/describe (its `label`: order among layers of its type). One request per model. */
+const labelsAsked = new Map();
+export function layerLabels(config) {
+  const key = JSON.stringify([config.model, config.dataset]);
+  if (!labelsAsked.has(key)) {
+    const answer = describeInits({ model: config.model, init: config.init, dataset: config.dataset })
+      .then(({ layers }) => Object.fromEntries(layers.map((l) => [l.index, l.label])));
+    answer.catch(() => labelsAsked.delete(key));
+    labelsAsked.set(key, answer);
+  }
+  return labelsAsked.get(key);
+}
 
 export const listRuns = async () => (await getJSON("/api/runs")).runs;
 export const getRun = (id) => getJSON(runPath(id));

@@ -11,7 +11,9 @@
  */
 
 import { el } from "./dom.js";
-import { seriesStyle, stepAxis, stepMarkerLayout } from "./charts.js";
+import {
+  logTicks, positiveExtent, seriesStyle, stepAxis, stepAxisIsLog, stepMarkerLayout, withZeroStrip, zeroTrace,
+} from "./charts.js";
 import { divergingColor, isDetector, maxAbs, paintGrid } from "./filters.js";
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
@@ -228,7 +230,11 @@ export function mountCompare(context) {
     if (generation !== view.generation) return;
     drawCards(snapshots, step);
     drawLoss(step);
-    drawLayerCharts(snapshots);
+    // the layers named as the engine names them (conv1, …, dense1): the runs share one model
+    let names = {};
+    try { names = view.runs[0]?.config ? await api.layerLabels(view.runs[0].config) : {}; } catch { /* type and index */ }
+    if (generation !== view.generation) return;
+    drawLayerCharts(snapshots, names);
     debug.compare.step = step;
   }
 
@@ -314,10 +320,11 @@ export function mountCompare(context) {
           marker: { color: run.color, symbol: run.symbol, size: 7 }, showlegend: false, hoverinfo: "skip" },
       ];
     });
-    // the step axis follows the live view's choice: auto is log while the runs are young
+    // the step axis follows the live view's choice; auto is log while the slider's step lies in the
+    // first quarter of the longest compared run (charts.js stepAxisIsLog)
     const mode = context.state?.view?.stepAxis ?? "auto";
-    const young = view.runs.some((run) => run.steps > 0 && run.step < run.steps / 4);
-    const log = mode === "log" || (mode === "auto" && young);
+    const total = Math.max(0, ...view.runs.map((run) => run.steps ?? 0));
+    const log = stepAxisIsLog(mode, step, total);
     const axis = stepAxis(log);
     const marker = stepMarkerLayout(step, log);
     window.Plotly.react(lossDiv, traces, { ...PLOT_LAYOUT, title: { text: "training loss (log)", font: { size: 13 } },
@@ -326,22 +333,28 @@ export function mountCompare(context) {
       yaxis: { type: "log", dtick: 1, exponentformat: "e" }, ...marker }, { displayModeBar: false, responsive: true });
   }
 
-  function drawLayerCharts(snapshots) {
+  function drawLayerCharts(snapshots, names) {
     const act = [], sym = [];
     view.runs.forEach((run, i) => {
       const snapshot = snapshots[i];
       if (!snapshot) return;
       const stats = (snapshot.stats ?? []).filter((s) => s.type === "conv" || s.type === "dense");
       const labels = new Map((snapshot.layers ?? []).map((l) => [l.index, l.label]));
-      act.push({ x: stats.map((s) => labels.get(s.index) ?? `${s.type} ${s.index}`), y: stats.map((s) => Math.max(s.act_std, 1e-12)),
+      const layerName = (s) => names[s.index] ?? labels.get(s.index) ?? `${s.type} ${s.index}`;
+      // a std of exactly 0 (zero weights) is drawn apart, on the bottom edge: a log scale has no 0
+      act.push({ x: stats.map(layerName), y: stats.map((s) => (s.act_std > 0 ? s.act_std : null)),
                  name: run.label, mode: "lines+markers", type: "scatter", line: { color: run.color, dash: run.dash },
                  marker: { symbol: run.symbol, size: 7 } });
+      const zeros = stats.filter((s) => s.act_std === 0).map(layerName);
+      if (zeros.length) act.push(zeroTrace(zeros, run.label, run.color));
       const conv = (snapshot.layers ?? []).filter((l) => l.type === "conv");
       sym.push({ x: conv.map((l) => l.label ?? `layer ${l.index}`), y: conv.map((l) => l.symmetry), name: run.label,
                  type: "bar", marker: { color: run.color } });
     });
-    window.Plotly.react(actDiv, act, { ...PLOT_LAYOUT, title: { text: "activation std per layer (log)", font: { size: 13 } },
-      yaxis: { type: "log", exponentformat: "e" } }, { displayModeBar: false, responsive: true });
+    const actLayout = { ...PLOT_LAYOUT, title: { text: "activation std per layer (log)", font: { size: 13 } },
+      yaxis: { type: "log", exponentformat: "e", dtick: logTicks(positiveExtent(act.flatMap((t) => (t.meta ? [] : t.y)))) } };
+    window.Plotly.react(actDiv, act, act.some((t) => t.meta === "zeros") ? withZeroStrip(actLayout) : actLayout,
+      { displayModeBar: false, responsive: true });
     window.Plotly.react(symDiv, sym, { ...PLOT_LAYOUT, title: { text: "symmetry per conv layer (1 = filters identical)", font: { size: 13 } },
       yaxis: { range: [0, 1.05] }, barmode: "group" }, { displayModeBar: false, responsive: true });
   }

@@ -11,7 +11,9 @@
  * the one in flight, so a fast run cannot starve the panel. Every picture states its colour
  * scale: weights on one scale symmetric around 0 (blue < 0 < red), images on the data's pixel
  * range (the same gray for patches and the maximization image), the spectrum from 0 to its peak.
- * The panel computes no measure itself; it draws what the server sends.
+ * The kernel and the input that excites it most stand side by side at one size, value by value
+ * in crisp squares. The panel computes no measure itself; it draws what the server sends (and
+ * counts the input's values that sit at an end of the data's range, to say why it looks flat).
  */
 
 import { $, el } from "./dom.js";
@@ -38,6 +40,49 @@ function paintImage(canvas, image, lo, hi) {
     }
   }
   ctx.putImageData(data, 0, 0);
+}
+
+/* Gray of a pixel value on the data's range lo..hi (black..white). */
+function grayOf(lo, hi) {
+  return (v) => {
+    const g = Math.round(255 * Math.max(0, Math.min(1, hi > lo ? (v - lo) / (hi - lo) : 0.5)));
+    return [g, g, g];
+  };
+}
+
+/* A small picture drawn crisply at `cell` CSS px per value, each value a square with a thin gray
+   line around it, so a white value reads as a square of the picture and not as page behind it;
+   painted at the screen's pixel density. `grid` is H×W values, `colorOf(value)` -> [r, g, b]. */
+function paintCells(canvas, grid, colorOf, cell) {
+  const h = grid.length, w = grid[0].length, line = 1;
+  const css = { w: w * cell + line, h: h * cell + line };
+  const ratio = Math.max(1, Math.round(window.devicePixelRatio || 1));
+  canvas.width = css.w * ratio;
+  canvas.height = css.h * ratio;
+  canvas.style.width = `${css.w}px`;
+  canvas.style.height = `${css.h}px`;
+  const ctx = canvas.getContext("2d");
+  ctx.scale(ratio, ratio);
+  ctx.fillStyle = "#94a3b8";
+  ctx.fillRect(0, 0, css.w, css.h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const [r, g, b] = colorOf(grid[y][x]);
+      ctx.fillStyle = `rgb(${r}, ${g}, ${b})`;
+      ctx.fillRect(x * cell + line, y * cell + line, cell - line, cell - line);
+    }
+  }
+  canvas.classList.add("cells");
+}
+
+/* CSS px per value so that a side-`n` picture is about `target` px wide (whole pixels, at least 3). */
+const cellFor = (n, target) => Math.max(3, Math.floor(target / n));
+
+/* A horizontal colour bar from `from` to `to` (CSS colours) with its end values, under a picture. */
+function scaleBar(gradient, low, high) {
+  const bar = el("div", "explain-bar");
+  bar.append(el("span", {}, low), el("i", { style: `background: linear-gradient(to right, ${gradient})` }), el("span", {}, high));
+  return bar;
 }
 
 /* Weights (C, H, W) as a table of kernels on one scale symmetric around 0; returns the scale. */
@@ -160,45 +205,75 @@ export function mountExplainPanel(context) {
     const det = r.detector;
     const parts = [];
 
-    const kernel = section("Kernel", "");
+    // the kernel and the input that excites it most, side by side at one size, each with its scale
+    const [lo, hi] = r.maximize.regularization.clip;
+    const m = r.maximize;
+    const kernel = section("Kernel, and the input it responds to most", null);
+    const pair = el("div", "explain-pair");
+    const kernelFig = el("figure", "explain-figure");
     const kc = el("canvas", "explain-kernel");
-    const kscale = paintWeights(kc, r.weight, r.shape[0] > 1 ? 10 : r.shape[1] <= 3 ? 28 : 20);
-    kernel.querySelector(".explain-scale").textContent =
-      `blue −${fmt(kscale)} · white 0 · red +${fmt(kscale)} (one scale, symmetric around 0) · bias ${fmt(r.bias)}`;
-    kernel.append(kc, el("p", "explain-facts",
-      `best match ${String(det.label).replace(/_/g, " ")}: |cos| ${fmt(det.score)} against chance ${fmt(det.chance)}`
-      + ` (higher than ${fmt(det.percentile, 3)}% of random kernels) — ${det.beats_chance ? "a detector" : "not distinguishable from random"}`));
+    const kscale = maxAbs(r.weight);
+    const side = Math.max(r.shape[1], r.shape[2]);
+    if (r.shape[0] === 1) {
+      paintCells(kc, r.weight[0], (v) => divergingColor(kscale > 0 ? v / kscale : 0), cellFor(side, 120));
+    } else {
+      paintWeights(kc, r.weight, r.shape[1] <= 3 ? 10 : 8);   // one small kernel per input channel
+    }
+    kernelFig.append(kc, scaleBar("rgb(33,102,172), rgb(247,247,247), rgb(178,24,43)", `−${fmt(kscale)}`, `+${fmt(kscale)}`),
+      el("figcaption", {}, `the kernel: ${r.shape[0] > 1 ? `${r.shape[0]} input channels of ` : ""}${r.shape[1]}×${r.shape[2]} `
+        + `weights on one scale symmetric around 0 (blue < 0 < red) · bias ${fmt(r.bias)}`));
+
+    const maxFig = el("figure", "explain-figure");
+    const mc = el("canvas", "explain-maximize");
+    const image = m.image;
+    const field = image[0].length;
+    if (image.length === 1) paintCells(mc, image[0], grayOf(lo, hi), cellFor(field, 120));
+    else { paintImage(mc, image, lo, hi); mc.style.width = mc.style.height = `${cellFor(field, 120) * field}px`; }
+    // how much of the picture sits at an end of the data's range (the ascent stops there)
+    const values = image.flat(2);
+    const near = 1e-4 * Math.max(hi - lo, 1e-12);
+    const atHigh = values.filter((v) => v >= hi - near).length, atLow = values.filter((v) => v <= lo + near).length;
+    const ends = [atHigh ? `${atHigh} at its white end` : "", atLow ? `${atLow} at its black end` : ""].filter(Boolean);
+    const clipped = ends.length
+      ? `; ${ends.join(" and ")} (of ${values.length} values), where the ascent is clipped to stay an image the data could hold`
+      : "";
+    maxFig.append(mc, scaleBar("#000, #fff", fmt(lo), fmt(hi)),
+      el("figcaption", {}, `the input that excites it most: ${field}×${field} px, its whole receptive field, `
+        + `gray on the data's pixel range${clipped}`));
+    maxFig.dataset.atWhite = String(atHigh);
+    maxFig.dataset.atBlack = String(atLow);
+    pair.append(kernelFig, maxFig);
+    // as the filter cards say it: a dead or a brightness filter gets no detector label (filters.js)
+    const verdict = det.dead || det.label === "dead"
+      ? "dead: its weight norm is below the engine's dead fraction of its layer's median, so it gets no detector label"
+      : det.label === "brightness"
+        ? `brightness: ${pct(det.mean_share)} of its energy is its mean, so it is not counted as a detector`
+        : `best match ${String(det.label).replace(/_/g, " ")}: |cos| ${fmt(det.score)} against chance ${fmt(det.chance)}`
+          + ` (higher than ${fmt(det.percentile, 3)}% of random kernels) — ${det.beats_chance ? "a detector" : "not distinguishable from random"}`;
+    kernel.append(pair, el("p", "explain-facts", verdict),
+    el("p", "explain-facts",
+      `the input: activation ${fmt(m.activation)} against ${fmt(m.best_patch_activation)} for the best dataset patch · `
+      + `gradient ascent through the engine's backward pass, ${m.steps} steps, decay ${m.regularization.decay}, `
+      + `jitter ${m.regularization.jitter} px, blur every ${m.regularization.blur_every} steps`));
     kernel.dataset.beatsChance = String(det.beats_chance);
     parts.push(kernel);
 
-    const [lo, hi] = r.maximize.regularization.clip;
     const rf = r.receptive_field;
     const patches = section(`Top ${r.patches.items.length} patches of ${r.patches.images} images`,
-      `gray: black ${fmt(lo)} … white ${fmt(hi)} (the data's pixel range, shared with the maximization image) · `
+      `gray: black ${fmt(lo)} … white ${fmt(hi)} (the data's pixel range, shared with the input above) · `
       + `receptive field ${rf.size}×${rf.size} px`);
     const row = el("div", "explain-patches");
     for (const p of r.patches.items) {
       const fig = el("figure", "explain-patch");
       const c = el("canvas");
-      paintImage(c, p.pixels, lo, hi);
-      c.style.width = c.style.height = "56px";
+      if (p.pixels.length === 1) paintCells(c, p.pixels[0], grayOf(lo, hi), cellFor(p.pixels[0].length, 56));
+      else { paintImage(c, p.pixels, lo, hi); c.style.width = c.style.height = "56px"; }
       c.title = `image ${p.image}, output position (${p.y}, ${p.x}), crop at (${p.top}, ${p.left})`;
       fig.append(c, el("figcaption", {}, `${fmt(p.activation)} · ${String(p.label).replace(/_/g, " ")}`));
       row.append(fig);
     }
     patches.append(row);
     parts.push(patches);
-
-    const m = r.maximize;
-    const maxBox = section("Activation maximization",
-      `gradient ascent on the input through the engine's backward pass, ${m.steps} steps; `
-      + `decay ${m.regularization.decay}, jitter ${m.regularization.jitter} px, blur every ${m.regularization.blur_every} steps`);
-    const mc = el("canvas", "explain-maximize");
-    paintImage(mc, m.image, lo, hi);
-    mc.style.width = mc.style.height = "112px";
-    maxBox.append(mc, el("p", "explain-facts",
-      `activation ${fmt(m.activation)} · best dataset patch ${fmt(m.best_patch_activation)}`));
-    parts.push(maxBox);
 
     const s = r.spectrum;
     const spec = section("Spectrum", "");
@@ -267,8 +342,8 @@ export function mountExplainPanel(context) {
     const shapes = [line(r.step, "#94a3b8", "dot")];
     const scoreShapes = [...shapes];
     if (t.birth_step != null) scoreShapes.push(line(t.birth_step, "#16a34a", "dash"));
-    window.Plotly.relayout(a, { shapes });
-    window.Plotly.relayout(b, {
+    norm.setExtraLayout({ shapes });
+    score.setExtraLayout({
       shapes: scoreShapes,
       annotations: t.birth_step == null ? [] : [{ x: t.birth_step, y: 1, yref: "paper", text: `birth ${t.birth_step}`,
         showarrow: false, xanchor: "left", font: { size: 10, color: "#16a34a" } }],

@@ -4,8 +4,9 @@
  * score, each against its chance level, from GET /api/runs/{id}/layers/{layer}/summary (the
  * server computes every number). Three LineCharts (charts.js) are appended to the charts panel.
  *
- * The summary covers every stored snapshot, so it is fetched when a run is opened, again at
- * most every REFRESH_MS while the run trains, and once more when it ends; the history
+ * The summary covers every stored snapshot, so it is fetched when a run is opened, again every
+ * REFRESH_MS while the run trains (sooner while it is young and its steps grow by a quarter
+ * between summaries), and once more when it ends; the history
  * slider's step is marked on the charts. One fetch round at a time; a round for a run no longer
  * on screen is dropped. The server summarizes a long run's snapshots in parts (its answer says
  * how many steps are still `pending`): the charts grow as the parts come, and a status line
@@ -16,10 +17,15 @@ import { el } from "./dom.js";
 import { LineChart } from "./charts.js";
 
 const REFRESH_MS = 15_000;
+/* Sooner while the run is young: once its newest snapshot is a quarter past the last summarized
+   one (early snapshots come every step or so, when the filters change fastest), at most this often. */
+const EARLY_REFRESH_MS = 3_000;
+const GROWTH = 1.25;
 const COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
-/* conv1, conv2, ... each in its colour; its chance level dashed in the same colour. */
+/* conv1, conv2, ... each in its colour; its chance level dashed in the same colour, without a
+   legend entry of its own (the axis title says what the dashes are; four entries crowded the title). */
 const SERIES = Object.fromEntries(COLORS.flatMap((color, i) => [
-  [`conv${i + 1}`, { color }], [`conv${i + 1} chance`, { color, dash: "dash" }]]));
+  [`conv${i + 1}`, { color }], [`conv${i + 1} chance`, { color, dash: "dash", legend: false }]]));
 const ACTIVE = new Set(["queued", "running", "paused"]);
 
 /* context: {api, debug}. */
@@ -51,7 +57,7 @@ export function mountLayerSummaries(context) {
   function reset(run) {
     // fit the charts to the panel, now on screen (they were made while it was hidden, at plotly's default width)
     for (const chart of Object.values(charts)) { chart.reset(); chart.resize(); chart.markStep(null); }
-    Object.assign(shown, { run, last: 0, layers: null, loaded: false });
+    Object.assign(shown, { run, last: 0, layers: null, loaded: false, summarizedUpTo: 0, newest: null });
     debug.summaries = { run, layers: {}, progress: null };
     setProgress(null);
   }
@@ -74,10 +80,18 @@ export function mountLayerSummaries(context) {
     return shown.layers;
   }
 
+  /* Whether a training run's summary is due again (its newest stored step is `newest`). */
+  function due(newest) {
+    const since = performance.now() - shown.last;
+    const grown = newest != null && newest > Math.max(1, shown.summarizedUpTo) * GROWTH;
+    return since > REFRESH_MS || (since > EARLY_REFRESH_MS && grown);
+  }
+
   async function load(run) {
     if (shown.loading) return;
     shown.loading = true;
     shown.last = performance.now();
+    shown.summarizedUpTo = shown.newest ?? 0;
     try {
       const layers = await convLayers(run);
       shown.loaded = true;
@@ -102,15 +116,20 @@ export function mountLayerSummaries(context) {
   }
 
   document.addEventListener("kernelscope:view", (event) => {
-    const { run, step, mode, status } = event.detail;
+    const { run, step, mode, status, logSteps, span, newest } = event.detail;
     if (!run) return;
     if (run !== shown.run) reset(run);
+    shown.newest = newest;
     if (step == null) return;   // no snapshot yet: nothing to summarize
     if (!shown.loaded) load(run);
     else if (status !== shown.status && !ACTIVE.has(status)) load(run);   // the run ended: its last snapshots
-    else if (ACTIVE.has(status) && performance.now() - shown.last > REFRESH_MS) load(run);
+    else if (ACTIVE.has(status) && due(newest)) load(run);
     shown.status = status;
-    for (const chart of Object.values(charts)) chart.markStep(mode === "history" ? step : null);
+    for (const chart of Object.values(charts)) {
+      chart.setLogX(logSteps);   // the run view's step axis and span, so every chart lines up step for step
+      chart.setStepSpan(span);
+      chart.markStep(mode === "history" ? step : null);
+    }
   });
 
   return { charts };

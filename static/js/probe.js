@@ -10,7 +10,9 @@
  * with He, Glorot and N(0, 0.01²) side by side (a comparison).
  */
 
+import { logTicks, positiveExtent, withZeroStrip, zeroTrace } from "./charts.js";
 import { bounded, el, labelled } from "./dom.js";
+
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
 
 const PROBE_INITS = [
@@ -94,24 +96,30 @@ export function mountProbe(context) {
     result.results.forEach((entry, i) => {
       const color = PALETTE[i % PALETTE.length];
       const layers = entry.layers.map((_, j) => j + 1);
-      traces.push({ x: layers, y: entry.layers.map((row) => Math.max(row[key], 1e-30)), name: entry.label,
+      // a std of exactly 0 (zero weights) is drawn apart, on the bottom edge: a log scale has no 0
+      const positive = (v) => (v > 0 ? v : null);
+      traces.push({ x: layers, y: entry.layers.map((row) => positive(row[key])), name: entry.label,
                     mode: "lines+markers", type: "scatter", line: { color, width: 2 }, marker: { size: 4 } });
+      const zeros = layers.filter((_, j) => entry.layers[j][key] === 0);
+      if (zeros.length) traces.push(zeroTrace(zeros, entry.label, color));
       const theory = theoryKey ? entry[theoryKey] : null;
       if (theory) {
-        traces.push({ x: layers, y: theory.map((v) => Math.max(v, 1e-30)), name: `${entry.label} theory`,
+        traces.push({ x: layers, y: theory.map(positive), name: `${entry.label} theory`,
                       mode: "lines", type: "scatter", line: { color, width: 1.5, dash: "dash" } });
       }
     });
-    window.Plotly.react(div, traces, {
+    const layout = {
       title: { text: title, font: { size: 13 } },
       margin: { l: 56, r: 10, t: 30, b: 96 },
       xaxis: { title: { text: "layer (depth)" } },
-      yaxis: { type: "log", exponentformat: "e" },
+      yaxis: { type: "log", exponentformat: "e", dtick: logTicks(positiveExtent(traces.flatMap((t) => (t.meta ? [] : t.y)))) },
       // at the bottom of the whole chart, under the axis title (up to three rows of entries)
       legend: { orientation: "h", yref: "container", y: 0, yanchor: "bottom", font: { size: 10 } },
       paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#ffffff",
       font: { family: "system-ui, sans-serif", size: 11, color: "#1f2937" },
-    }, { displayModeBar: false, responsive: true });
+    };
+    window.Plotly.react(div, traces, traces.some((t) => t.meta === "zeros") ? withZeroStrip(layout) : layout,
+      { displayModeBar: false, responsive: true });
   }
 
   async function probe() {

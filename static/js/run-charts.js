@@ -7,7 +7,7 @@
  */
 
 import { $ } from "./dom.js";
-import { LineChart } from "./charts.js";
+import { LineChart, stepAxisIsLog } from "./charts.js";
 
 /*
  * Training points kept per chart: every step of short runs, every k-th step
@@ -16,12 +16,12 @@ import { LineChart } from "./charts.js";
  */
 const MAX_TRAIN_POINTS = 2000;
 
-/* The conv and dense layers' stats of a snapshot, each with its series name: a conv layer's
-   `label` from the API (conv1, conv2, …), "dense" for the output layer. */
+/* The conv and dense layers' stats of a snapshot, each with the `label` the snapshot gives its
+   layer (conv1, conv2, …; a dense layer has none there: RunCharts names it from describe). */
 export function statLayers(snapshot) {
   const labels = new Map((snapshot.layers || []).map((l) => [l.index, l.label]));
   return (snapshot.stats || []).filter((s) => s.type === "conv" || s.type === "dense")
-    .map((s) => ({ ...s, name: labels.get(s.index) ?? `${s.type} ${s.index}` }));
+    .map((s) => ({ ...s, label: labels.get(s.index) ?? null }));
 }
 
 export class RunCharts {
@@ -38,7 +38,8 @@ export class RunCharts {
   }
 
   reset() {
-    for (const chart of Object.values(this.charts)) { chart.reset(); chart.markStep(null); }
+    for (const chart of Object.values(this.charts)) { chart.reset(); chart.markStep(null); chart.setStepSpan(null); }
+    this.labels = {};        // layer index -> the engine's name (POST /api/inits/describe), once known
     this.lastTrainStep = -1;
     this.lastValStep = -1;
     this.liveStats = [];     // per-layer stats of the snapshots received live, for merging with a backfill
@@ -49,13 +50,35 @@ export class RunCharts {
   }
 
   /*
-   * The step axis: "log", "linear", or "auto" — log while the run is young (before a quarter of
-   * its steps), when the filters change fastest and a linear axis squeezes that into its first pixels.
+   * The step axis: "log", "linear", or "auto" (charts.js stepAxisIsLog: log while the step on
+   * screen lies in the run's first quarter). Returns whether it is log.
    */
-  setStepAxis(mode, step, total) {
-    const log = mode === "log" || (mode === "auto" && total > 0 && step < total / 4);
+  setStepAxis(mode, shownStep, total) {
+    const log = stepAxisIsLog(mode, shownStep, total);
     this.logX = log;
     for (const chart of Object.values(this.charts)) chart.setLogX(log);
+    return log;
+  }
+
+  /* The steps every chart spans, [first, last] (charts.js runStepSpan), so they line up. */
+  setStepSpan(span) {
+    for (const chart of Object.values(this.charts)) chart.setStepSpan(span);
+  }
+
+  /* A layer's series name: the engine's label (conv1, dense1, …), the snapshot's, or type and index
+     until the labels are known. */
+  _name(s) {
+    return this.labels[s.index] ?? s.label ?? `${s.type} ${s.index}`;
+  }
+
+  /* The engine's layer names ([{index, type, label}], POST /api/inits/describe): series drawn
+     under a stand-in name ("dense 7") take theirs ("dense1"). */
+  setLayerLabels(layers) {
+    for (const { index, type, label } of layers) {
+      const before = `${type} ${index}`;
+      if (label && before !== label) for (const chart of [this.charts.act, this.charts.grad]) chart.renameSeries(before, label);
+      this.labels[index] = label;
+    }
   }
 
   /* Mark the step on screen (history mode), or null to mark none: a line laid over each chart,
@@ -86,8 +109,8 @@ export class RunCharts {
   addStatPoints(snapshot) {
     this.liveStats.push({ step: snapshot.step, stats: statLayers(snapshot) });
     for (const s of statLayers(snapshot)) {
-      this.charts.act.addDataPoint(s.name, snapshot.step, s.act_std);
-      this.charts.grad.addDataPoint(s.name, snapshot.step, s.grad_std);
+      this.charts.act.addDataPoint(this._name(s), snapshot.step, s.act_std);
+      this.charts.grad.addDataPoint(this._name(s), snapshot.step, s.grad_std);
     }
   }
 
@@ -97,7 +120,7 @@ export class RunCharts {
     const series = new Map();
     for (const { step, stats } of all) {
       for (const s of stats) {
-        const name = s.name;
+        const name = this._name(s);
         if (!series.has(name)) series.set(name, { x: [], act: [], grad: [] });
         const e = series.get(name);
         e.x.push(step); e.act.push(s.act_std); e.grad.push(s.grad_std);

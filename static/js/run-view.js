@@ -16,6 +16,7 @@
 import * as api from "./api.js";
 import { $, el, showError } from "./dom.js";
 import { FeatureMapBoard, FilterBoard, drawGray } from "./filters.js";
+import { autoStepAxisIsLog, runStepSpan } from "./charts.js";
 import { RunCharts, statLayers } from "./run-charts.js";
 import { convLayers } from "./state.js";
 import { StepThrough, layerInput } from "./stepthrough.js";
@@ -71,6 +72,7 @@ export function mountRunView(context) {
       const { layers } = await api.describeInits({ model: config.model, init: config.init, dataset: config.dataset });
       if (generation !== shown.generation) return;
       shown.initTexts = Object.fromEntries(layers.map((l) => [l.index, `init · ${l.text}`]));
+      charts.setLayerLabels(layers);   // the std charts name every layer as the engine does (dense1, not "dense 7")
       redrawCurrent();
     } catch { /* the cards then show no init line */ }
   }
@@ -237,12 +239,15 @@ export function mountRunView(context) {
 
   /*
    * Tell other page modules (comparison, fork, export...) what is on screen:
-   * document receives "kernelscope:view" with {run, step, mode} whenever the
-   * run or the shown step changes.
+   * document receives "kernelscope:view" with {run, step, mode, status, logSteps (whether the
+   * step axes are log), span (the steps they span), newest (the newest stored step)} whenever
+   * one of them changes.
    */
   function announceView() {
     const step = state.mode === "live" ? state.steps[state.steps.length - 1] ?? null : state.historyStep;
-    const detail = { run: state.view.run, step, mode: state.mode, status: state.run?.status ?? null };
+    const detail = { run: state.view.run, step, mode: state.mode, status: state.run?.status ?? null,
+                     logSteps: Boolean(shown.logSteps), span: shown.span ?? null,
+                     newest: state.steps[state.steps.length - 1] ?? null };
     const key = JSON.stringify(detail);
     if (key === shown.viewKey) return;
     shown.viewKey = key;
@@ -259,7 +264,14 @@ export function mountRunView(context) {
     const behind = state.mode === "live" ? 0 : state.steps.length - 1 - Number(slider.value);
     $("history-behind").textContent = behind > 0 && ACTIVE.has(state.run?.status) ? `${behind} behind live` : "";
     $("btn-live").classList.toggle("active", state.mode === "live");
-    charts.setStepAxis(state.view.stepAxis, state.run?.step ?? 0, state.run?.steps ?? state.run?.config?.steps ?? 0);
+    // "auto" follows the step on screen (the newest one live, the slider's or the player's in history)
+    const total = state.run?.steps ?? state.run?.config?.steps ?? 0;
+    const reached = Math.max(state.run?.step ?? 0, state.steps[state.steps.length - 1] ?? 0);
+    shown.span = total ? runStepSpan(reached, total, !ACTIVE.has(state.run?.status)) : null;
+    charts.setStepSpan(shown.span);
+    shown.logSteps = charts.setStepAxis(state.view.stepAxis, step ?? state.run?.step ?? 0, total);
+    // what auto picks for this step, said on its button whichever axis is chosen
+    $("step-axis-auto").textContent = `axis: auto (${autoStepAxisIsLog(step ?? state.run?.step ?? 0, total) ? "log" : "linear"})`;
     announceView();
   }
 
@@ -422,6 +434,7 @@ export function mountRunView(context) {
     state.run.status = data.status;
     if (data.step != null) state.run.step = data.step;
     updateRunHeader(data.message);
+    updateSlider();   // an ended run's charts span the steps it reached
     if (!ACTIVE.has(data.status) && shown.closeEvents) {
       refreshBirths(true);
       shown.closeEvents();

@@ -11,7 +11,8 @@
 import * as api from "./api.js";
 import { $, bounded, el } from "./dom.js";
 import {
-  applyRunConfig, baseSpec, compactInit, describedConvLayers, followOptimizerDefaults, optimizerDefaults, toRunRequest,
+  applyRunConfig, baseSpec, compactInit, datasetRequest, describedConvLayers, followOptimizerDefaults, optimizerDefaults,
+  toRunRequest,
 } from "./state.js";
 
 /* The number fields: input id, the name in messages, the key in state.config, the key in defaults.limits. */
@@ -97,6 +98,12 @@ export function mountSetupForm(context) {
     (body, answer) => { if (body === wantedDescription) showDescription(answer.layers); },
     (body, error) => {
       if (body !== wantedDescription) return;
+      if (error.fields?.includes("dataset.path")) {
+        // the folder is refused: said beside its field; the laws wait for a folder the server takes
+        refusePath(JSON.parse(body).dataset.path, error.message);
+        waitForFolder("a dataset folder the server can read");
+        return;
+      }
       for (const law of document.querySelectorAll("#init-table .law")) law.textContent = error.message;
       $("init-table").dataset.described = "true";
     },
@@ -105,11 +112,45 @@ export function mountSetupForm(context) {
   function describeForm() {
     let model;
     try { model = toRunRequest(state.config, state.presets).model; } catch { return; }
-    const body = JSON.stringify({ model, init: compactInit(state.config.init), dataset: state.config.dataset });
+    if (needsPath() && !state.config.datasetPath) {
+      // a dataset that reads files cannot be described without its folder: no request that must fail
+      wantedDescription = null;
+      waitForFolder("the dataset folder");
+      return;
+    }
+    const body = JSON.stringify({ model, init: compactInit(state.config.init), dataset: datasetRequest(state.config) });
     if (body === wantedDescription) return;
     wantedDescription = body;
     $("init-table").dataset.described = "false";
     describer.want(body);
+  }
+
+  /* Each layer's law waits for what the description needs (the figures depend on the dataset). */
+  function waitForFolder(what) {
+    for (const law of document.querySelectorAll("#init-table .law")) law.textContent = `the figures follow once ${what} is given`;
+    $("init-table").dataset.described = "waiting";
+  }
+
+  // ---------------------------------------------------------------- the dataset's folder
+
+  /* Whether the chosen dataset reads files: its served params take a path (GET /api/datasets). */
+  const needsPath = () => state.datasetsWithPath.includes(state.config.dataset);
+  let pathRefusal = null;   // {path, message}: the server's last word on a folder (POST describe or runs)
+
+  function refusePath(path, message) {
+    pathRefusal = { path, message };
+    showPathField();
+  }
+
+  /* The folder field beside a dataset that reads files, with the path rule and what is wrong. */
+  function showPathField() {
+    const wanted = needsPath();
+    $("dataset-path-label").hidden = !wanted;
+    const path = state.config.datasetPath;
+    const problem = !wanted ? "" : !path ? "dataset.path: required for this dataset"
+      : pathRefusal?.path === path ? pathRefusal.message : "";
+    $("dataset-path-error").textContent = problem;
+    $("f-dataset-path").setAttribute("aria-invalid", String(Boolean(problem)));
   }
 
   function showDescription(layers) {
@@ -135,7 +176,7 @@ export function mountSetupForm(context) {
   /* What the init controls show depends on: the model, the inits and the dataset (describe's figures). */
   const initControlsKey = () => {
     const c = state.config;
-    return JSON.stringify([c.preset, c.preset === "custom" ? c.spec : null, c.init, c.layerInits, c.dataset]);
+    return JSON.stringify([c.preset, c.preset === "custom" ? c.spec : null, c.init, c.layerInits, c.dataset, c.datasetPath]);
   };
   let renderedInitKey = null;
 
@@ -217,8 +258,10 @@ export function mountSetupForm(context) {
     dataset.replaceChildren();
     for (const name of new Set([...state.datasets, c.dataset])) dataset.append(new Option(name, name));
     dataset.value = c.dataset;
+    if (!needsPath()) c.datasetPath = "";
+    $("f-dataset-path").value = c.datasetPath;
     $("f-dataset-rule").textContent = state.datasetPathRule;
-    showPathRule();
+    showPathField();
     applyLimits();
     writeOptimizerFields();
     for (const field of NUMBER_FIELDS.slice(3)) $(field.id).value = String(c[field.key]);
@@ -260,8 +303,11 @@ export function mountSetupForm(context) {
   function readForm() {
     const c = state.config;
     c.dataset = $("f-dataset").value;
+    // the folder counts only for a dataset that reads files; the field keeps what was typed meanwhile
+    c.datasetPath = needsPath() ? $("f-dataset-path").value.trim() : "";
     c.optimizer = $("f-optimizer").value;
     const problems = [];
+    if (needsPath() && !c.datasetPath) problems.push("dataset folder: required");
     for (const field of NUMBER_FIELDS) {
       try { c[field.key] = readNumber(field); } catch (error) { problems.push(error.message); }
     }
@@ -281,14 +327,9 @@ export function mountSetupForm(context) {
     try { readForm(); } catch (error) { $("form-error").textContent = error.message; }
   }
 
-  /* The path rule only beside a dataset that reads files (a generated one has no path). */
-  function showPathRule() {
-    $("f-dataset-rule").hidden = !state.datasetsWithPath.includes(state.config.dataset);
-  }
-
   function changed() {
     showProblems();
-    showPathRule();
+    showPathField();
     $("momentum-label").hidden = state.config.optimizer !== "sgd";
     context.writeHash();
     // Rebuild the init controls after this event: rebuilding removes the focused
@@ -333,6 +374,7 @@ export function mountSetupForm(context) {
       context.refreshRunList();
     } catch (error) {
       $("form-error").textContent = error.message;
+      if (error.fields?.includes("dataset.path")) refusePath(body.dataset?.path, error.message);
       if (error.status === 401) askForToken();
     } finally {
       button.disabled = false;

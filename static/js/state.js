@@ -17,6 +17,7 @@ export const BLANK_CONFIG = Object.freeze({
   init: null,               // the run's default init, {name, ...params}
   layerInits: {},           // {"<layer index>": {name, ...params}} per-layer overrides
   dataset: null,
+  datasetPath: "",          // the folder under DATA/datasets of a dataset that reads files ("" for none)
   optimizer: null,
   lr: null,
   momentum: null,
@@ -139,6 +140,7 @@ export function applyRunConfig(config, run) {
   config.layerInits = {};
   try { config.init = normaliseInit(run.init); } catch { /* keep */ }
   config.dataset = typeof run.dataset === "string" ? run.dataset : run.dataset?.name ?? config.dataset;
+  config.datasetPath = typeof run.dataset === "object" && typeof run.dataset?.path === "string" ? run.dataset.path : "";
   const optimizer = typeof run.optimizer === "string" ? { name: run.optimizer } : run.optimizer ?? {};
   Object.assign(config, optimizerToFields({ name: config.optimizer, ...optimizer }, config));
   config.batchSize = run.batch_size ?? config.batchSize;
@@ -170,6 +172,7 @@ export function configToHash(config, view) {
     p.set("layers", JSON.stringify(compact));
   }
   p.set("dataset", config.dataset);
+  if (config.datasetPath) p.set("dpath", config.datasetPath);
   p.set("opt", config.optimizer);
   for (const [key, field] of Object.entries(NUMBER_FIELDS)) p.set(key, String(config[field]));
   if (view.run) p.set("run", view.run);
@@ -212,6 +215,7 @@ export function hashToConfig(hash, defaults = pageDefaults(null, null)) {
     }
   }
   if (p.has("dataset")) config.dataset = p.get("dataset");
+  config.datasetPath = p.get("dpath") ?? "";
   if (p.has("opt")) config.optimizer = p.get("opt");
   config.weightDecay = optimizerDefaults(defaults, config.preset, config.optimizer).weightDecay;
   for (const [key, field] of Object.entries(NUMBER_FIELDS)) {
@@ -277,11 +281,17 @@ export function describedConvLayers(described) {
     .map((l) => ({ index: l.index, label: l.label, filters: l.shape[0], inChannels: l.shape[1], kernel: [l.shape[2], l.shape[3]] }));
 }
 
+/* The config's dataset as a request names it: its name, or {name, path} once a folder is given
+   (the form gives one only to a dataset whose served params take a path). */
+export function datasetRequest(config) {
+  return config.datasetPath ? { name: config.dataset, path: config.datasetPath } : config.dataset;
+}
+
 /* The JSON body of POST /api/runs for this config. */
 export function toRunRequest(config, presets) {
   const body = {
     init: compactInit(config.init),
-    dataset: config.dataset,
+    dataset: datasetRequest(config),
     optimizer: { name: config.optimizer, lr: config.lr, weight_decay: config.weightDecay },
     batch_size: config.batchSize,
     steps: config.steps,

@@ -81,7 +81,7 @@ def test_describe_gives_each_weight_layer_of_the_default_run(client):
     assert layers[2]["shape"][0] == 10  # one unit per class of the default dataset
 
 
-def test_describe_follows_model_init_dataset_and_a_layers_own_init(client):
+def test_describe_follows_model_init_dataset_and_a_layers_own_init(client, data_dir):
     spec = {
         "layers": [
             {"type": "conv", "filters": 4, "kernel": 3, "init": {"name": "normal", "std": 0.05}},
@@ -97,6 +97,7 @@ def test_describe_follows_model_init_dataset_and_a_layers_own_init(client):
     # sklearn_digits is served upscaled to 28x28 (engine/datasets.py), so a 3x3 conv leaves 26x26
     assert dense["shape"] == [10, 4 * 26 * 26] and dense["init"]["name"] == "glorot_uniform"
     assert math.isclose(dense["bound"], math.sqrt(6 / (4 * 26 * 26 + 10)), rel_tol=1e-5)
+    (data_dir / limits.DATASETS_FOLDER / "anywhere").mkdir(parents=True)
     cifar = client.post(
         "/api/inits/describe", json={"model": "small", "dataset": {"name": "cifar10", "path": "anywhere"}}
     ).json()
@@ -117,6 +118,27 @@ def test_describe_refuses_bad_input_naming_the_field(client, body, field):
     response = client.post("/api/inits/describe", json=body)
     assert response.status_code == 422, response.text
     assert response.json()["message"].startswith(field), response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "path,problem",
+    [("nowhere", "does not exist"), ("../outside", "'..' is not allowed"), ("/etc", "not absolute")],
+)
+def test_describe_checks_a_file_datasets_path_as_a_run_would(client, data_dir, path, problem):
+    """The setup form describes its model while the learner types a dataset's folder: a path a run
+    would refuse is refused here too, at dataset.path, in the words POST /api/runs uses."""
+    body = {"dataset": {"name": "mnist", "path": path}}
+    described = client.post("/api/inits/describe", json=body)
+    started = client.post("/api/runs", json=body)
+    for response in (described, started):
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["body", "dataset", "path"]
+        assert problem in response.json()["message"], response.json()["message"]
+    assert described.json()["message"] == started.json()["message"]
+    (data_dir / limits.DATASETS_FOLDER / "digits").mkdir(parents=True)
+    fine = client.post("/api/inits/describe", json={"dataset": {"name": "mnist", "path": "digits"}})
+    assert fine.status_code == 200 and fine.json()["layers"][0]["shape"] == [8, 1, 5, 5]
+    assert client.get("/api/runs").json()["runs"] == []
 
 
 # ---------------------------------------------------------------- validation that helps

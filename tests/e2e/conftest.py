@@ -70,11 +70,17 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """Base URL of a real server on a free port, with its own empty data directory."""
+def live_server(tmp_path_factory):
+    """A real server on a free port, with its own empty data directory (`data_dir`)."""
     running = Server(tmp_path_factory.mktemp("kernelscope-data"))
-    yield running.base
+    yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def server(live_server):
+    """Base URL of the session's real server."""
+    return live_server.base
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,19 @@ def test_explain_panel_follows_the_history_slider(server, api, page, trained):
     assert page.locator("#explain-panel .explain-patch").count() == len(expected["patches"]["items"]) == 9
     assert page.locator("#explain-panel .explain-chart").count() == 2
     assert page.locator(f"{card}.explained").count() == 1
+    # the input that excites conv1's filter most stands beside its kernel at the same size (both
+    # are one receptive field), value by value, and says how much of it sits at the data's limits
+    kernel = page.locator("#explain-panel canvas.explain-kernel").bounding_box()
+    picture = page.locator("#explain-panel canvas.explain-maximize").bounding_box()
+    assert len(expected["maximize"]["image"][0]) == len(expected["weight"][0]) == 5
+    assert abs(kernel["width"] - picture["width"]) < 1 and abs(kernel["y"] - picture["y"]) < 1
+    assert picture["x"] > kernel["x"] + kernel["width"] and 90 <= picture["width"] <= 140
+    low, high = expected["maximize"]["regularization"]["clip"]
+    values = [v for row in expected["maximize"]["image"][0] for v in row]
+    near = 1e-4 * (high - low)
+    figure = page.locator("#explain-panel figure:has(canvas.explain-maximize)")
+    assert figure.get_attribute("data-at-white") == str(sum(v >= high - near for v in values))
+    assert figure.get_attribute("data-at-black") == str(sum(v <= low + near for v in values))
 
     # two quick moves: the panel ends on the step the slider shows, not on the one in between
     slide_to(page, 2)
@@ -108,8 +121,10 @@ def test_layer_summaries_are_drawn_beside_the_charts(server, api, page, trained)
         summary = full_summary(api, run_id, layer)
         assert [p["step"] for p in summary["points"]] == steps
         for chart in ("dead", "selective", "score"):
-            count = page.evaluate(f"window.__kernelscope.summaryCharts.{chart}.pointCount('{label}')")
-            assert count == len(steps), (chart, label)
+            # the charts draw their new state in the next frames (charts.js scheduler)
+            drawn = f"window.__kernelscope.summaryCharts.{chart}.pointCount('{label}')"
+            page.wait_for_function(f"{drawn} >= {len(steps)}")
+            assert page.evaluate(drawn) == len(steps), (chart, label)
     assert page.locator(".charts-panel #chart-dead").count() == 1
 
 
@@ -167,6 +182,7 @@ def test_a_summary_in_parts_shows_its_progress_and_then_every_step(server, api, 
     page.wait_for_function(
         f"document.querySelector('#summary-status').textContent === 'summarizing conv1: 2 of {len(steps)} snapshots…'"
     )
+    page.wait_for_function("window.__kernelscope.summaryCharts.dead.pointCount('conv1') > 0")
     assert page.evaluate("window.__kernelscope.summaryCharts.dead.pointCount('conv1')") == 2
     assert page.evaluate("window.__kernelscope.summaries.progress") == {
         "label": "conv1",
@@ -179,4 +195,6 @@ def test_a_summary_in_parts_shows_its_progress_and_then_every_step(server, api, 
     page.wait_for_selector("#summary-status", state="hidden")
     assert page.evaluate("window.__kernelscope.summaries.progress") is None
     for chart in ("dead", "selective", "score"):
-        assert page.evaluate(f"window.__kernelscope.summaryCharts.{chart}.pointCount('conv1')") == len(steps)
+        drawn = f"window.__kernelscope.summaryCharts.{chart}.pointCount('conv1')"
+        page.wait_for_function(f"{drawn} >= {len(steps)}")
+        assert page.evaluate(drawn) == len(steps)

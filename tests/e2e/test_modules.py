@@ -160,6 +160,7 @@ def test_log_charts_label_each_decade_once_they_span_several(modules):
         for (const [low, high] of [[1, 5], [1e-5, 1e-2], [1e-9, 1e-1], [0.2, 3]]) {
             chart.reset();
             chart.setSeries('conv 0', [0, 1, 2], [low, Math.sqrt(low * high), high]);
+            chart.flush();   // the chart's state drawn now (the scheduler would draw it a frame later)
             seen.push(div.layout.yaxis.dtick);
         }
         chart.reset();
@@ -171,6 +172,35 @@ def test_log_charts_label_each_decade_once_they_span_several(modules):
         return seen;
     }""")
     assert ticks == ["D2", 1, 2, "D2", 1]
+
+
+def test_a_log_chart_draws_exact_zeros_apart_not_at_some_small_number(modules):
+    """A std of exactly 0 (zero weights) has no place on a log scale: the chart keeps it, draws it
+    as a marker on the plot's bottom edge (a hidden 0-1 axis) and says what it is, instead of
+    dropping it or drawing it at a tiny value that would read as that value."""
+    got = modules.evaluate("""async () => {
+        const { LineChart } = await import('/static/js/charts.js');
+        const div = document.createElement('div');
+        div.style.width = '300px'; div.style.height = '200px';
+        document.body.append(div);
+        const chart = new LineChart(div, {title: 'activation std', log: true});
+        chart.setSeries('conv1', [0, 10, 20, 30], [0, 0, 0.5, 0.25]);
+        chart.addDataPoint('conv1', 40, 0);
+        chart.flush();
+        const traces = div.data.map(t => ({meta: t.meta ?? null, x: [...t.x], y: [...t.y], axis: t.yaxis ?? 'y'}));
+        const notes = div.layout.yaxis2.ticktext;
+        const count = chart.pointCount('conv1');
+        div.remove();
+        return {traces, notes, count, first: div.layout.yaxis, second: div.layout.yaxis2};
+    }""")
+    line = next(t for t in got["traces"] if t["meta"] is None)
+    zeros = next(t for t in got["traces"] if t["meta"] == "zeros")
+    assert line["x"] == [20, 30] and line["y"] == [0.5, 0.25] and line["axis"] == "y"
+    assert zeros["x"] == [0, 10, 40] and zeros["axis"] == "y2"
+    # the zeros' strip lies under the log plot, apart from it, and its one tick says 0
+    assert got["second"]["range"] == [0, 1] and got["second"]["domain"][1] < got["first"]["domain"][0]
+    assert got["notes"] == ["0 ▽"]
+    assert got["count"] == 5
 
 
 def test_init_figures_on_the_page_are_the_engines(modules):

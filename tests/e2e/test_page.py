@@ -467,3 +467,81 @@ def test_the_dataset_form_states_the_path_rule_the_api_serves(page, server, api)
     assert set(offered) <= {d["name"] for d in served["datasets"]}
     scripts = Path(__file__).resolve().parents[2] / "static" / "js"
     assert not [p.name for p in scripts.glob("*.js") if "relative to the data directory" in p.read_text()]
+
+
+def test_a_dataset_that_reads_files_gets_its_folder_field_and_the_servers_word_on_it(browser, server, live_server, api):
+    """A dataset whose served params take a path (GET /api/datasets) gets a folder field; without a
+    folder the form asks for one and sends no describe request (it must fail); a folder the server
+    refuses (describe, then start) is refused beside the field in the server's words; a folder it
+    takes brings the figures back; a generated dataset sends no path."""
+    import json
+
+    page, problems = open_page(browser)
+    described = []
+    page.on(
+        "request",
+        lambda r: (
+            r.url.endswith("/api/inits/describe") and r.method == "POST" and described.append(json.loads(r.post_data))
+        ),
+    )
+    try:
+        goto(page, f"{server}/")
+        page.wait_for_selector("#init-table[data-described=true]")
+        assert not page.is_visible("#f-dataset-path")
+        served = {d["name"]: d for d in api.get("/api/datasets").json()["datasets"]}
+        assert "path" in served["image_folder"]["params"] and "path" not in served["shapes"]["params"]
+
+        described.clear()
+        page.select_option("#f-dataset", "image_folder")
+        page.wait_for_selector("#f-dataset-path", state="visible")
+        assert page.is_visible("#f-dataset-rule")
+        assert page.text_content("#dataset-path-error") == "dataset.path: required for this dataset"
+        page.wait_for_selector("#init-table[data-described=waiting]")
+        assert "dataset folder" in page.text_content("#init-table .law")
+        assert page.text_content("#form-error") == "dataset folder: required"
+        page.wait_for_timeout(500)
+        assert described == [], described  # no request that must fail
+
+        # a folder that does not exist: the server's 422 beside the field
+        page.fill("#f-dataset-path", "nowhere")
+        page.locator("#f-dataset-path").dispatch_event("change")
+        expected = api.post("/api/inits/describe", json={"dataset": {"name": "image_folder", "path": "nowhere"}})
+        assert expected.status_code == 422
+        page.wait_for_function(
+            f"document.getElementById('dataset-path-error').textContent === {json.dumps(expected.json()['message'])}"
+        )
+        assert described[-1]["dataset"] == {"name": "image_folder", "path": "nowhere"}
+        assert page.get_attribute("#f-dataset-path", "aria-invalid") == "true"
+        assert "dpath=nowhere" in page.evaluate("location.hash")
+
+        # a folder that exists: described again, the figures come back
+        (live_server.data_dir / "datasets" / "empty-folder").mkdir(parents=True, exist_ok=True)
+        page.fill("#f-dataset-path", "empty-folder")
+        page.locator("#f-dataset-path").dispatch_event("change")
+        page.wait_for_selector("#init-table[data-described=true]")
+        assert page.text_content("#dataset-path-error") == ""
+        assert "fan_in" in page.text_content("#init-table .law")
+        # ... but it holds no images: starting is refused at dataset.path, said beside the field too
+        page.fill("#f-steps", "5")
+        page.locator("#f-steps").dispatch_event("change")
+        page.click("#btn-start")
+        page.wait_for_function("document.getElementById('dataset-path-error').textContent !== ''")
+        refusal = page.text_content("#dataset-path-error")
+        assert refusal.startswith("dataset.path:") and page.text_content("#form-error") == refusal
+        page.screenshot(path=str(ARTIFACTS / "dataset-folder.png"))
+
+        # a generated dataset: no field, no path sent
+        page.select_option("#f-dataset", "shapes")
+        page.wait_for_selector("#f-dataset-path", state="hidden")
+        page.wait_for_selector("#init-table[data-described=true]")
+        assert described[-1]["dataset"] == "shapes"
+        assert "dpath" not in page.evaluate("location.hash")
+        sent = [d["dataset"] for d in described]
+        assert all(isinstance(d, str) or d.get("path") for d in sent), sent
+    finally:
+        page.context.close()
+    # the only problems are the two refusals this test asked for (and the console's note of each)
+    refused = sorted(p for p in problems.items if p.startswith("HTTP "))
+    assert refused == [f"HTTP 422: {server}/api/inits/describe", f"HTTP 422: {server}/api/runs"], problems.items
+    others = [p for p in problems.items if not p.startswith("HTTP ")]
+    assert all("status of 422" in p or "422" in p for p in others), problems.items

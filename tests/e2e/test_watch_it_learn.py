@@ -110,20 +110,24 @@ def young_run(api):
 def test_young_run_charts_use_a_log_step_axis_with_decade_ticks_and_the_slider_marked(page, server, young_run):
     goto(page, f"{server}/#run={young_run['id']}")
     page.wait_for_function("window.__kernelscope.drawn !== null")
-    axis = page.evaluate("""() => ['chart-loss', 'chart-acc', 'chart-act', 'chart-grad'].map(id => {
-        const x = document.getElementById(id).layout.xaxis; return [x.type, x.dtick, x.exponentformat]; })""")
-    assert axis == [["log", 1, "none"]] * 4
+    charts = ["chart-loss", "chart-acc", "chart-act", "chart-grad", "chart-dead", "chart-selective", "chart-score"]
+    axes = f"""() => {charts}.map(id => {{
+        const x = (document.getElementById(id).layout || {{}}).xaxis || {{}}; return [x.type, x.dtick, x.exponentformat]; }})"""
+    # the charts draw in the frames after the page opened the run (charts.js scheduler); every one
+    # of them, the layer summaries included, on the same step axis
+    page.wait_for_function(f"JSON.stringify(({axes})()) === JSON.stringify({[['log', 1, 'none']] * len(charts)})")
+    assert page.inner_text("#step-axis-auto") == "axis: auto (log)"
     labels = page.eval_on_selector_all("#chart-loss .xtick text", "ts => ts.map(t => t.textContent)")
     assert labels and all(text in {"1", "10", "100", "1000"} for text in labels), labels
     # the toggle: linear, then back
     page.click("[data-step-axis=linear]")
-    assert page.evaluate("document.getElementById('chart-loss').layout.xaxis.type") == "linear"
+    page.wait_for_function(f"({axes})().every(a => a[0] === 'linear')")
     assert "axis=linear" in page.evaluate("location.hash")
+    assert page.inner_text("#step-axis-auto") == "axis: auto (log)"  # what auto would pick, said while linear is on
     page.click("[data-step-axis=log]")
     # the slider's step is a red line with its number on every chart, where the step lies on its axis
     page.eval_on_selector("#history-slider", "s => { s.value = '5'; s.dispatchEvent(new Event('input')); }")
     step = page.evaluate("window.__kernelscope.state.historyStep")
-    charts = ["chart-loss", "chart-acc", "chart-act", "chart-grad"]
     # the charts fill in as the run's history arrives; the marker follows each redraw
     page.wait_for_function(f"{charts}.every(id => !document.querySelector('#' + id + ' .step-marker').hidden)")
     for chart in charts:
@@ -135,9 +139,94 @@ def test_young_run_charts_use_a_log_step_axis_with_decade_ticks_and_the_slider_m
         assert marker["log"] == "log" and abs(marker["left"] - marker["expected"]) < 1.0, marker
     # overlapping series are told apart by dash and marker
     page.wait_for_function("(document.getElementById('chart-act').data || []).length >= 3")
-    traces = page.evaluate("document.getElementById('chart-act').data.map(t => [t.line.dash, t.marker.symbol, t.name])")
+    # (a series of many points draws its markers on a thinned copy of itself, and exact zeros apart)
+    traces = page.evaluate(
+        "document.getElementById('chart-act').data.filter(t => !t.meta)"
+        ".map(t => [t.line.dash, t.marker.symbol, t.name])"
+    )
     assert len({t[0] for t in traces}) == len(traces) and len({t[1] for t in traces}) == len(traces)
     assert {t[2] for t in traces} >= {"conv1", "conv2"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(api):
+    """A short run trained to its end: its snapshots span early and late steps."""
+    response = api.post(
+        "/api/runs",
+        json={
+            "model": "small",
+            "dataset": {"name": "shapes", "n_train": 256, "n_val": 64},
+            "steps": 120,
+            "batch_size": 8,
+            "seed": 4,
+            "snapshot_every": 10,
+        },
+    )
+    assert response.status_code == 201, response.text
+    return wait_finished(api, response.json()["id"])
+
+
+def test_auto_step_axis_follows_the_step_on_screen_and_the_toggle_always_wins(page, server, api, finished_run):
+    """The "auto" axis is log while the step on screen lies in the first quarter of the run, whatever step
+    training reached: a finished run opens linear (live shows its last step), turns log when the
+    slider or the player shows an early snapshot, linear again for a late one; log and linear
+    override it at any step."""
+    run_id, total = finished_run["id"], finished_run["config"]["steps"]
+    assert finished_run["status"] == "completed"
+    goto(page, f"{server}/#run={run_id}")
+    page.wait_for_function("window.__kernelscope.drawn !== null")
+    steps = page.evaluate("window.__kernelscope.state.steps")
+    early = max(i for i, s in enumerate(steps) if 0 < s < total / 4)
+    late = next(i for i, s in enumerate(steps) if s >= total / 4)
+    charts = ["chart-loss", "chart-acc", "chart-act", "chart-grad", "chart-dead", "chart-selective", "chart-score"]
+
+    def axes_become(kind):
+        page.wait_for_function(
+            f"{charts}.every(id => (document.getElementById(id).layout?.xaxis || {{}}).type === '{kind}')"
+        )
+
+    def show(index):
+        page.eval_on_selector(
+            "#history-slider", f"s => {{ s.value = '{index}'; s.dispatchEvent(new Event('input')); }}"
+        )
+
+    axes_become("linear")  # live: the last step, past the first quarter
+    assert page.inner_text("#step-axis-auto") == "axis: auto (linear)"
+    # every chart of the run spans the same steps, 0 to the last, whichever points it holds
+    ranges = f"{charts}.map(id => JSON.stringify(document.getElementById(id).layout.xaxis.range))"
+    page.wait_for_function(f"new Set({ranges}).size === 1")
+    low, high = page.evaluate(f"document.getElementById('{charts[0]}').layout.xaxis.range")
+    assert low < 0 < total < high < total * 1.05
+    # the std charts name each layer as the engine does (conv1, …, dense1), not by type and index
+    described = api.post(
+        "/api/inits/describe", json={k: finished_run["config"][k] for k in ("model", "init", "dataset")}
+    )
+    labels = {layer["label"] for layer in described.json()["layers"]}
+    page.wait_for_function(
+        f"new Set(document.getElementById('chart-act').data.map(t => t.name)).size === {len(labels)}"
+    )
+    assert set(page.evaluate("document.getElementById('chart-act').data.map(t => t.name)")) == labels
+    show(early)
+    axes_become("log")
+    assert page.inner_text("#step-axis-auto") == "axis: auto (log)"
+    assert page.evaluate("window.__kernelscope.state.historyStep") == steps[early]
+    show(late)
+    axes_become("linear")
+    # the player: log while it plays the early snapshots of this finished run, at the slowest pace
+    show(0)
+    page.select_option("#pace", "1")
+    page.wait_for_function("window.__kernelscope.state.historyStep > 0")
+    axes_become("log")
+    page.click("#btn-play")  # pause
+    # the toggle overrides auto at any step
+    page.click("[data-step-axis=linear]")
+    axes_become("linear")
+    show(late)
+    page.click("[data-step-axis=log]")
+    axes_become("log")
+    assert page.evaluate("window.__kernelscope.state.view.stepAxis") == "log"
+    page.click("[data-step-axis=auto]")
+    axes_become("linear")
 
 
 def test_cards_show_the_step0_kernel_births_and_honest_labels(page, server, api, young_run):
@@ -145,6 +234,7 @@ def test_cards_show_the_step0_kernel_births_and_honest_labels(page, server, api,
     goto(page, f"{server}/#run={run_id}")
     page.wait_for_function("window.__kernelscope.drawn !== null")
     assert page.eval_on_selector_all(".layer-name", "ns => ns.map(n => n.textContent)")[:2] == ["conv1", "conv2"]
+    page.wait_for_function("window.__kernelscope.features !== null")  # the maps come with their own request
     assert page.eval_on_selector_all(".fmap-title", "ns => ns.map(n => n.textContent)")[:2] == ["conv1", "conv2"]
     # the step-0 kernel beside each card, as stored at step 0
     page.wait_for_selector('.layer-panel[data-layer="0"] canvas.kernel0')
