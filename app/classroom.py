@@ -22,27 +22,35 @@ class: at most `max_training` of a learner's runs training (running or paused;
 the scheduler skips their queued runs meanwhile) and `max_queued` waiting (429
 with Retry-After beyond). Without a class none of this changes anything.
 
-The tables live in the server's SQLite file beside the runs (own connection).
+The tables, `classes` and `learners`, live in the runs' database (app/database.py: the
+SQLite file by default, PostgreSQL with KERNELSCOPE_DATABASE_URL), so a class made through
+one web process is joined, shown and exported through any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import hmac
 import io
 import json
 import secrets
-import sqlite3
-import threading
 import time
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from app import limits
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from app import database, limits
 from app.caller import ANONYMOUS, CALLER, SESSION_COOKIE, TEACHER, Caller, current, identify  # noqa: F401 (re-exported)
+from app.database import classes as CLASSES
+from app.database import learners as LEARNERS
 from app.runs import QueueFull
+from app.store import database_errors
 
 JOIN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # 32 symbols, no 0/O or 1/I look-alikes
 TRAINING_STATUSES = ("running", "paused")
@@ -138,30 +146,10 @@ def check_quota_values(max_training: int, max_queued: int) -> None:
         raise ValueError(f"max_queued: must be an integer from 1 to {limits.MAX_CLASS_MAX_QUEUED}, got {max_queued!r}")
 
 
-# ---------------------------------------------------------------- the tables
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS classes (
-    id           TEXT PRIMARY KEY,
-    name         TEXT NOT NULL,
-    join_code    TEXT NOT NULL,
-    max_training INTEGER NOT NULL,
-    max_queued   INTEGER NOT NULL,
-    assignment   TEXT,
-    created      REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS learners (
-    id         TEXT PRIMARY KEY,
-    class_id   TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    token_hash TEXT NOT NULL,
-    created    REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS learners_by_class ON learners (class_id, created);
-"""
+# ---------------------------------------------------------------- the tables (app/database.py)
 
 
-def _class_row(row: sqlite3.Row) -> dict:
+def _class_row(row) -> dict:
     return {
         "id": row["id"],
         "name": row["name"],
@@ -173,26 +161,54 @@ def _class_row(row: sqlite3.Row) -> dict:
     }
 
 
-def _learner_row(row: sqlite3.Row) -> dict:
+def _learner_row(row) -> dict:
     return {"id": row["id"], "class": row["class_id"], "name": row["name"], "created": row["created"]}
 
 
 class ClassroomStore:
-    """Classes and learners in DATA/kernelscope.db (the runs' file, its own connection)."""
+    """Classes and learners in the runs' database (app/database.py's `classes` and `learners`):
+    the SQLite file in `data_dir` by default, PostgreSQL at `database_url`, so every web process
+    of a course sees the same classes. Its own engine, migrated like the Store's (a no-op once
+    the Store has done it). An unreachable PostgreSQL is the store's DatabaseUnavailable (503)."""
 
-    def __init__(self, data_dir: Path | str):
+    def __init__(self, data_dir: Path | str, database_url: str | None = None):
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(path / "kernelscope.db", check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout=10000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._engine = database.make_engine(database.database_url(path, database_url))
+        self.sqlite = database.is_sqlite(self._engine)
+        self.database = database.describe(self._engine)
+        with self._guard():
+            database.migrate(self._engine)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._engine.dispose()
+
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return database_errors(self.database)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self._guard(), self._engine.connect() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """One transaction that holds the write lock from its start: BEGIN IMMEDIATE on SQLite
+        (other processes' writers wait, busy_timeout), an ordinary transaction on PostgreSQL
+        (where a writer that must see a stable count locks the row it depends on)."""
+        with self._guard(), self._engine.connect() as connection:
+            if not self.sqlite:
+                with connection.begin():
+                    yield connection
+                return
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")  # our own BEGIN
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
 
     # -- classes
 
@@ -206,36 +222,44 @@ class ClassroomStore:
         check_quota_values(max_training, max_queued)
         class_id = uuid.uuid4().hex[:10]
         code = "".join(secrets.choice(JOIN_ALPHABET) for _ in range(limits.JOIN_CODE_LENGTH))
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO classes (id, name, join_code, max_training, max_queued, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (class_id, name, code, max_training, max_queued, time.time()),
-            )
-        return self.get_class(class_id)
+        row = {
+            "id": class_id,
+            "name": name,
+            "join_code": code,
+            "max_training": max_training,
+            "max_queued": max_queued,
+            "assignment": None,
+            "created": time.time(),
+        }
+        with self._writing() as connection:
+            connection.execute(sa.insert(CLASSES), row)
+        return _class_row(row)
 
     def get_class(self, class_id: str) -> dict:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM classes WHERE id = ?", (class_id,)).fetchone()
+        with self._reading() as connection:
+            row = connection.execute(sa.select(CLASSES).where(CLASSES.c.id == class_id)).mappings().first()
         if row is None:
             raise ClassNotFound(class_id)
         return _class_row(row)
 
     def list_classes(self) -> list[dict]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM classes ORDER BY created").fetchall()
+        with self._reading() as connection:
+            rows = connection.execute(sa.select(CLASSES).order_by(CLASSES.c.created, CLASSES.c.id)).mappings().all()
         return [_class_row(row) for row in rows]
 
     def has_classes(self) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM classes LIMIT 1").fetchone() is not None
+        with self._reading() as connection:
+            return connection.execute(sa.select(CLASSES.c.id).limit(1)).first() is not None
 
     def set_assignment(self, class_id: str, assignment: dict | None) -> dict:
-        self.get_class(class_id)
-        with self._lock:
-            self._db.execute(
-                "UPDATE classes SET assignment = ? WHERE id = ?",
-                (json.dumps(assignment) if assignment else None, class_id),
-            )
+        with self._writing() as connection:
+            changed = connection.execute(
+                sa.update(CLASSES)
+                .where(CLASSES.c.id == class_id)
+                .values(assignment=json.dumps(assignment) if assignment else None)
+            ).rowcount
+        if not changed:
+            raise ClassNotFound(class_id)
         return self.get_class(class_id)
 
     # -- learners
@@ -252,54 +276,63 @@ class ClassroomStore:
         return found
 
     def join(self, code, name) -> tuple[dict, str]:
-        """(learner, token) for a valid code; BadJoinCode otherwise; ValueError for a bad name."""
+        """(learner, token) for a valid code; BadJoinCode otherwise; ValueError for a bad name.
+
+        The count of the class's learners and the insert are one transaction that holds the
+        class's write lock (BEGIN IMMEDIATE on SQLite, the class's row FOR UPDATE on
+        PostgreSQL), so joins at the same moment, on any web process, never pass
+        limits.MAX_LEARNERS_PER_CLASS nor take one display name twice."""
         klass = self.class_for_code(code)
         if klass is None:
             raise BadJoinCode("code: no class has this join code")
         name = clean_name("name", name, limits.MAX_DISPLAY_NAME_LENGTH)
         learner_id = uuid.uuid4().hex[:12]
         secret = secrets.token_urlsafe(limits.LEARNER_TOKEN_BYTES)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute("SELECT name FROM learners WHERE class_id = ?", (klass["id"],)).fetchall()
-                if len(rows) >= limits.MAX_LEARNERS_PER_CLASS:
-                    raise ValueError(f"code: this class is full ({limits.MAX_LEARNERS_PER_CLASS} learners at most)")
-                if any(row["name"].casefold() == name.casefold() for row in rows):
-                    raise ValueError(f"name: {name!r} is taken in this class; choose another display name")
-                self._db.execute(
-                    "INSERT INTO learners (id, class_id, name, token_hash, created) VALUES (?, ?, ?, ?, ?)",
-                    (learner_id, klass["id"], name, _digest(secret), time.time()),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        learner = self.get_learner(learner_id)
-        assert learner is not None  # just written
-        return learner, f"{learner_id}.{secret}"
+        row = {
+            "id": learner_id,
+            "class_id": klass["id"],
+            "name": name,
+            "token_hash": _digest(secret),
+            "created": time.time(),
+        }
+        with self._writing() as connection:
+            locked = connection.execute(
+                sa.select(CLASSES.c.id).where(CLASSES.c.id == klass["id"]).with_for_update()
+            ).first()
+            if locked is None:  # gone meanwhile
+                raise BadJoinCode("code: no class has this join code")
+            names = connection.execute(sa.select(LEARNERS.c.name).where(LEARNERS.c.class_id == klass["id"])).scalars()
+            taken = [taken_name.casefold() for taken_name in names]
+            if len(taken) >= limits.MAX_LEARNERS_PER_CLASS:
+                raise ValueError(f"code: this class is full ({limits.MAX_LEARNERS_PER_CLASS} learners at most)")
+            if name.casefold() in taken:
+                raise ValueError(f"name: {name!r} is taken in this class; choose another display name")
+            connection.execute(sa.insert(LEARNERS), row)
+        return _learner_row(row), f"{learner_id}.{secret}"
 
     def get_learner(self, learner_id: str) -> dict | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM learners WHERE id = ?", (learner_id,)).fetchone()
+        row = self._learner(learner_id)
         return None if row is None else _learner_row(row)
+
+    def _learner(self, learner_id: str):
+        with self._reading() as connection:
+            return connection.execute(sa.select(LEARNERS).where(LEARNERS.c.id == learner_id)).mappings().first()
 
     def learner_for_token(self, token: str) -> dict | None:
         learner_id, dot, secret = token.partition(".")
         if not dot or not secret or len(learner_id) > 64:
             return None
-        with self._lock:
-            row = self._db.execute("SELECT * FROM learners WHERE id = ?", (learner_id,)).fetchone()
+        row = self._learner(learner_id)
         if row is None or not hmac.compare_digest(_digest(secret).encode(), row["token_hash"].encode()):
             return None
         return _learner_row(row)
 
     def learners(self, class_id: str) -> list[dict]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM learners WHERE class_id = ? ORDER BY created, id", (class_id,)
-            ).fetchall()
-        return [_learner_row(row) for row in rows]
+        with self._reading() as connection:
+            rows = connection.execute(
+                sa.select(LEARNERS).where(LEARNERS.c.class_id == class_id).order_by(LEARNERS.c.created, LEARNERS.c.id)
+            ).mappings()
+            return [_learner_row(row) for row in rows]
 
 
 # ---------------------------------------------------------------- quotas

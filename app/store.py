@@ -180,6 +180,24 @@ class DatabaseUnavailable(Exception):
         )
 
 
+@contextlib.contextmanager
+def database_errors(described: str) -> Iterator[None]:
+    """PostgreSQL's errors as the store's own (the classroom's too): a lost server is
+    DatabaseUnavailable, a full disk StorageFull. (The Store's SQLite fast lane raises sqlite3
+    errors, as it always did.) `described` is the database in words (database.describe)."""
+    try:
+        yield
+    except sa_exc.DBAPIError as error:
+        original = error.orig
+        if getattr(original, "sqlstate", None) in _DISK_FULL_SQLSTATES:
+            raise StorageFull(f"storage: the database's disk is full ({described})") from error
+        if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)) or error.connection_invalidated:
+            raise DatabaseUnavailable(described, _first_line(original or error)) from error
+        raise
+    except sa_exc.TimeoutError as error:  # no pooled connection came free in time
+        raise DatabaseUnavailable(described, _first_line(error)) from error
+
+
 def _row_to_run(row: Mapping) -> dict:
     return {
         "id": row["id"],
@@ -348,21 +366,8 @@ class Store:
 
     # -- connections and transactions
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        """PostgreSQL's errors as the store's own: a lost server is DatabaseUnavailable, a full
-        disk StorageFull. (SQLite's are sqlite3 errors, as they always were.)"""
-        try:
-            yield
-        except sa_exc.DBAPIError as error:
-            original = error.orig
-            if getattr(original, "sqlstate", None) in _DISK_FULL_SQLSTATES:
-                raise StorageFull(f"storage: the database's disk is full ({self.database})") from error
-            if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)) or error.connection_invalidated:
-                raise DatabaseUnavailable(self.database, _first_line(original or error)) from error
-            raise
-        except sa_exc.TimeoutError as error:  # no pooled connection came free in time
-            raise DatabaseUnavailable(self.database, _first_line(error)) from error
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return database_errors(self.database)
 
     @contextlib.contextmanager
     def _session(self, transaction: bool = False) -> Iterator[_SQLSession | _SQLiteSession]:
