@@ -36,6 +36,8 @@ import hmac
 import io
 import json
 import secrets
+import sqlite3
+import threading
 import time
 import unicodedata
 import uuid
@@ -50,7 +52,7 @@ from app.caller import ANONYMOUS, CALLER, SESSION_COOKIE, TEACHER, Caller, curre
 from app.database import classes as CLASSES
 from app.database import learners as LEARNERS
 from app.runs import QueueFull
-from app.store import database_errors
+from app.store import SQLiteSession, SQLSession, database_errors
 
 JOIN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # 32 symbols, no 0/O or 1/I look-alikes
 TRAINING_STATUSES = ("running", "paused")
@@ -165,11 +167,32 @@ def _learner_row(row) -> dict:
     return {"id": row["id"], "class": row["class_id"], "name": row["name"], "created": row["created"]}
 
 
+_SELECT_CLASS = sa.select(CLASSES).where(CLASSES.c.id == sa.bindparam("p_id"))
+_LOCK_CLASS = sa.select(CLASSES.c.id).where(CLASSES.c.id == sa.bindparam("p_id")).with_for_update()  # SQLite: no-op
+_LIST_CLASSES = sa.select(CLASSES).order_by(CLASSES.c.created, CLASSES.c.id)
+_ANY_CLASS = sa.select(CLASSES.c.id).limit(1)
+_INSERT_CLASS = CLASSES.insert().values({column.name: sa.bindparam(column.name) for column in CLASSES.c})
+_SET_ASSIGNMENT = (
+    CLASSES.update().where(CLASSES.c.id == sa.bindparam("p_id")).values(assignment=sa.bindparam("p_assignment"))
+)
+_SELECT_LEARNER = sa.select(LEARNERS).where(LEARNERS.c.id == sa.bindparam("p_id"))
+_LEARNERS_OF_CLASS = (
+    sa.select(LEARNERS)
+    .where(LEARNERS.c.class_id == sa.bindparam("p_class"))
+    .order_by(LEARNERS.c.created, LEARNERS.c.id)
+)
+_INSERT_LEARNER = LEARNERS.insert().values({column.name: sa.bindparam(column.name) for column in LEARNERS.c})
+
+
 class ClassroomStore:
     """Classes and learners in the runs' database (app/database.py's `classes` and `learners`):
     the SQLite file in `data_dir` by default, PostgreSQL at `database_url`, so every web process
     of a course sees the same classes. Its own engine, migrated like the Store's (a no-op once
-    the Store has done it). An unreachable PostgreSQL is the store's DatabaseUnavailable (503)."""
+    the Store has done it), and the Store's two ways of running a statement (app/store.py): on
+    SQLite one connection kept open behind a lock, each statement's SQLite text run on the
+    sqlite3 driver (a learner token is looked up on every request of a learner); on PostgreSQL
+    a pooled connection, in autocommit for one statement, in one transaction for a write. An
+    unreachable PostgreSQL is the store's DatabaseUnavailable (503)."""
 
     def __init__(self, data_dir: Path | str, database_url: str | None = None):
         path = Path(data_dir)
@@ -179,36 +202,56 @@ class ClassroomStore:
         self.database = database.describe(self._engine)
         with self._guard():
             database.migrate(self._engine)
+        self._lock = threading.RLock()
+        self._conn: Connection | None = None  # SQLite: the one connection, kept checked out
+        self._raw: sqlite3.Connection | None = None  # its sqlite3 connection
+        if self.sqlite:
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            raw = self._conn.connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            raw.row_factory = sqlite3.Row
+            self._raw = raw
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")  # the same pool
 
     def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = self._raw = None
         self._engine.dispose()
 
     def _guard(self) -> contextlib.AbstractContextManager[None]:
         return database_errors(self.database)
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        with self._guard(), self._engine.connect() as connection:
-            yield connection
+    def _session(self, transaction: bool = False) -> Iterator[SQLSession | SQLiteSession]:
+        """Where statements run. A `transaction` holds the write lock from its start: BEGIN
+        IMMEDIATE on SQLite (writers of other processes wait, busy_timeout), an ordinary
+        transaction on PostgreSQL (where a writer that must see a stable count locks the row it
+        depends on)."""
+        if self._raw is not None:
+            with self._lock:
+                if not transaction:
+                    yield SQLiteSession(self._raw)
+                    return
+                self._raw.execute("BEGIN IMMEDIATE")
+                try:
+                    yield SQLiteSession(self._raw)
+                except BaseException:
+                    self._raw.execute("ROLLBACK")
+                    raise
+                self._raw.execute("COMMIT")
+            return
+        if not transaction:
+            with self._guard(), self._autocommit.connect() as connection:
+                yield SQLSession(connection)
+            return
+        with self._guard(), self._engine.begin() as connection:
+            yield SQLSession(connection)
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """One transaction that holds the write lock from its start: BEGIN IMMEDIATE on SQLite
-        (other processes' writers wait, busy_timeout), an ordinary transaction on PostgreSQL
-        (where a writer that must see a stable count locks the row it depends on)."""
-        with self._guard(), self._engine.connect() as connection:
-            if not self.sqlite:
-                with connection.begin():
-                    yield connection
-                return
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")  # our own BEGIN
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.exec_driver_sql("ROLLBACK")
-                raise
-            connection.exec_driver_sql("COMMIT")
+    def _rows(self, statement, **params) -> list:
+        with self._session() as session:
+            return session.rows(statement, params)
 
     # -- classes
 
@@ -220,44 +263,35 @@ class ClassroomStore:
     ) -> dict:
         name = clean_name("name", name, limits.MAX_CLASS_NAME_LENGTH)
         check_quota_values(max_training, max_queued)
-        class_id = uuid.uuid4().hex[:10]
-        code = "".join(secrets.choice(JOIN_ALPHABET) for _ in range(limits.JOIN_CODE_LENGTH))
         row = {
-            "id": class_id,
+            "id": uuid.uuid4().hex[:10],
             "name": name,
-            "join_code": code,
+            "join_code": "".join(secrets.choice(JOIN_ALPHABET) for _ in range(limits.JOIN_CODE_LENGTH)),
             "max_training": max_training,
             "max_queued": max_queued,
             "assignment": None,
             "created": time.time(),
         }
-        with self._writing() as connection:
-            connection.execute(sa.insert(CLASSES), row)
+        with self._session(transaction=True) as session:
+            session.write(_INSERT_CLASS, row)
         return _class_row(row)
 
     def get_class(self, class_id: str) -> dict:
-        with self._reading() as connection:
-            row = connection.execute(sa.select(CLASSES).where(CLASSES.c.id == class_id)).mappings().first()
-        if row is None:
+        rows = self._rows(_SELECT_CLASS, p_id=class_id)
+        if not rows:
             raise ClassNotFound(class_id)
-        return _class_row(row)
+        return _class_row(rows[0])
 
     def list_classes(self) -> list[dict]:
-        with self._reading() as connection:
-            rows = connection.execute(sa.select(CLASSES).order_by(CLASSES.c.created, CLASSES.c.id)).mappings().all()
-        return [_class_row(row) for row in rows]
+        return [_class_row(row) for row in self._rows(_LIST_CLASSES)]
 
     def has_classes(self) -> bool:
-        with self._reading() as connection:
-            return connection.execute(sa.select(CLASSES.c.id).limit(1)).first() is not None
+        return bool(self._rows(_ANY_CLASS))
 
     def set_assignment(self, class_id: str, assignment: dict | None) -> dict:
-        with self._writing() as connection:
-            changed = connection.execute(
-                sa.update(CLASSES)
-                .where(CLASSES.c.id == class_id)
-                .values(assignment=json.dumps(assignment) if assignment else None)
-            ).rowcount
+        text = json.dumps(assignment) if assignment else None
+        with self._session(transaction=True) as session:
+            changed = session.write(_SET_ASSIGNMENT, {"p_id": class_id, "p_assignment": text})
         if not changed:
             raise ClassNotFound(class_id)
         return self.get_class(class_id)
@@ -295,44 +329,34 @@ class ClassroomStore:
             "token_hash": _digest(secret),
             "created": time.time(),
         }
-        with self._writing() as connection:
-            locked = connection.execute(
-                sa.select(CLASSES.c.id).where(CLASSES.c.id == klass["id"]).with_for_update()
-            ).first()
-            if locked is None:  # gone meanwhile
+        with self._session(transaction=True) as session:
+            if not session.rows(_LOCK_CLASS, {"p_id": klass["id"]}):  # gone meanwhile
                 raise BadJoinCode("code: no class has this join code")
-            names = connection.execute(sa.select(LEARNERS.c.name).where(LEARNERS.c.class_id == klass["id"])).scalars()
-            taken = [taken_name.casefold() for taken_name in names]
+            taken = [
+                learner["name"].casefold() for learner in session.rows(_LEARNERS_OF_CLASS, {"p_class": klass["id"]})
+            ]
             if len(taken) >= limits.MAX_LEARNERS_PER_CLASS:
                 raise ValueError(f"code: this class is full ({limits.MAX_LEARNERS_PER_CLASS} learners at most)")
             if name.casefold() in taken:
                 raise ValueError(f"name: {name!r} is taken in this class; choose another display name")
-            connection.execute(sa.insert(LEARNERS), row)
+            session.write(_INSERT_LEARNER, row)
         return _learner_row(row), f"{learner_id}.{secret}"
 
     def get_learner(self, learner_id: str) -> dict | None:
-        row = self._learner(learner_id)
-        return None if row is None else _learner_row(row)
-
-    def _learner(self, learner_id: str):
-        with self._reading() as connection:
-            return connection.execute(sa.select(LEARNERS).where(LEARNERS.c.id == learner_id)).mappings().first()
+        rows = self._rows(_SELECT_LEARNER, p_id=learner_id)
+        return _learner_row(rows[0]) if rows else None
 
     def learner_for_token(self, token: str) -> dict | None:
         learner_id, dot, secret = token.partition(".")
         if not dot or not secret or len(learner_id) > 64:
             return None
-        row = self._learner(learner_id)
-        if row is None or not hmac.compare_digest(_digest(secret).encode(), row["token_hash"].encode()):
+        rows = self._rows(_SELECT_LEARNER, p_id=learner_id)
+        if not rows or not hmac.compare_digest(_digest(secret).encode(), rows[0]["token_hash"].encode()):
             return None
-        return _learner_row(row)
+        return _learner_row(rows[0])
 
     def learners(self, class_id: str) -> list[dict]:
-        with self._reading() as connection:
-            rows = connection.execute(
-                sa.select(LEARNERS).where(LEARNERS.c.class_id == class_id).order_by(LEARNERS.c.created, LEARNERS.c.id)
-            ).mappings()
-            return [_learner_row(row) for row in rows]
+        return [_learner_row(row) for row in self._rows(_LEARNERS_OF_CLASS, p_class=class_id)]
 
 
 # ---------------------------------------------------------------- quotas
