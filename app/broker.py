@@ -65,6 +65,11 @@ def lease_key(run_id: str) -> str:
     return f"kernelscope:run:{run_id}:lease"
 
 
+def learner_start_key(learner_id: str) -> str:
+    """classroom: the lock a worker holds while it decides whether a learner's run may start."""
+    return f"kernelscope:learner:{learner_id}:start"
+
+
 def reply_key(request_id: str) -> str:
     return f"kernelscope:reply:{request_id}"
 
@@ -224,11 +229,12 @@ return 0
 
 
 class Lease:
-    """One worker's hold on one run, kept alive by renew() at least once per `ttl`."""
+    """One worker's hold on one run, kept alive by renew() at least once per `ttl` (or on
+    another `key`: a learner's start lock)."""
 
-    def __init__(self, client: redis.Redis, run_id: str, ttl: float):
+    def __init__(self, client: redis.Redis, run_id: str, ttl: float, key: str | None = None):
         self.client = client
-        self.key = lease_key(run_id)
+        self.key = key or lease_key(run_id)
         self.token = uuid.uuid4().hex
         self.ttl_ms = max(1000, int(ttl * 1000))
 

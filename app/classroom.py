@@ -22,11 +22,14 @@ class: at most `max_training` of a learner's runs training (running or paused;
 the scheduler skips their queued runs meanwhile) and `max_queued` waiting (429
 with Retry-After beyond). Without a class none of this changes anything.
 
-The tables live in the server's SQLite file beside the runs (own connection).
+The tables, `classes` and `learners`, live in the runs' database (app/database.py: the
+SQLite file by default, PostgreSQL with KERNELSCOPE_DATABASE_URL), so a class made through
+one web process is joined, shown and exported through any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import hmac
@@ -38,11 +41,18 @@ import threading
 import time
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from app import limits
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from app import database, limits
 from app.caller import ANONYMOUS, CALLER, SESSION_COOKIE, TEACHER, Caller, current, identify  # noqa: F401 (re-exported)
+from app.database import classes as CLASSES
+from app.database import learners as LEARNERS
 from app.runs import QueueFull
+from app.store import SQLiteSession, SQLSession, database_errors
 
 JOIN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # 32 symbols, no 0/O or 1/I look-alikes
 TRAINING_STATUSES = ("running", "paused")
@@ -138,30 +148,10 @@ def check_quota_values(max_training: int, max_queued: int) -> None:
         raise ValueError(f"max_queued: must be an integer from 1 to {limits.MAX_CLASS_MAX_QUEUED}, got {max_queued!r}")
 
 
-# ---------------------------------------------------------------- the tables
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS classes (
-    id           TEXT PRIMARY KEY,
-    name         TEXT NOT NULL,
-    join_code    TEXT NOT NULL,
-    max_training INTEGER NOT NULL,
-    max_queued   INTEGER NOT NULL,
-    assignment   TEXT,
-    created      REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS learners (
-    id         TEXT PRIMARY KEY,
-    class_id   TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    token_hash TEXT NOT NULL,
-    created    REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS learners_by_class ON learners (class_id, created);
-"""
+# ---------------------------------------------------------------- the tables (app/database.py)
 
 
-def _class_row(row: sqlite3.Row) -> dict:
+def _class_row(row) -> dict:
     return {
         "id": row["id"],
         "name": row["name"],
@@ -173,26 +163,95 @@ def _class_row(row: sqlite3.Row) -> dict:
     }
 
 
-def _learner_row(row: sqlite3.Row) -> dict:
+def _learner_row(row) -> dict:
     return {"id": row["id"], "class": row["class_id"], "name": row["name"], "created": row["created"]}
 
 
-class ClassroomStore:
-    """Classes and learners in DATA/kernelscope.db (the runs' file, its own connection)."""
+_SELECT_CLASS = sa.select(CLASSES).where(CLASSES.c.id == sa.bindparam("p_id"))
+_LOCK_CLASS = sa.select(CLASSES.c.id).where(CLASSES.c.id == sa.bindparam("p_id")).with_for_update()  # SQLite: no-op
+_LIST_CLASSES = sa.select(CLASSES).order_by(CLASSES.c.created, CLASSES.c.id)
+_ANY_CLASS = sa.select(CLASSES.c.id).limit(1)
+_INSERT_CLASS = CLASSES.insert().values({column.name: sa.bindparam(column.name) for column in CLASSES.c})
+_SET_ASSIGNMENT = (
+    CLASSES.update().where(CLASSES.c.id == sa.bindparam("p_id")).values(assignment=sa.bindparam("p_assignment"))
+)
+_SELECT_LEARNER = sa.select(LEARNERS).where(LEARNERS.c.id == sa.bindparam("p_id"))
+_LEARNERS_OF_CLASS = (
+    sa.select(LEARNERS)
+    .where(LEARNERS.c.class_id == sa.bindparam("p_class"))
+    .order_by(LEARNERS.c.created, LEARNERS.c.id)
+)
+_INSERT_LEARNER = LEARNERS.insert().values({column.name: sa.bindparam(column.name) for column in LEARNERS.c})
 
-    def __init__(self, data_dir: Path | str):
+
+class ClassroomStore:
+    """Classes and learners in the runs' database (app/database.py's `classes` and `learners`):
+    the SQLite file in `data_dir` by default, PostgreSQL at `database_url`, so every web process
+    of a course sees the same classes. Its own engine, migrated like the Store's (a no-op once
+    the Store has done it), and the Store's two ways of running a statement (app/store.py): on
+    SQLite one connection kept open behind a lock, each statement's SQLite text run on the
+    sqlite3 driver (a learner token is looked up on every request of a learner); on PostgreSQL
+    a pooled connection, in autocommit for one statement, in one transaction for a write. An
+    unreachable PostgreSQL is the store's DatabaseUnavailable (503)."""
+
+    def __init__(self, data_dir: Path | str, database_url: str | None = None):
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
+        self._engine = database.make_engine(database.database_url(path, database_url))
+        self.sqlite = database.is_sqlite(self._engine)
+        self.database = database.describe(self._engine)
+        with self._guard():
+            database.migrate(self._engine)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path / "kernelscope.db", check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout=10000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._conn: Connection | None = None  # SQLite: the one connection, kept checked out
+        self._raw: sqlite3.Connection | None = None  # its sqlite3 connection
+        if self.sqlite:
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            raw = self._conn.connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            raw.row_factory = sqlite3.Row
+            self._raw = raw
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")  # the same pool
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = self._raw = None
+        self._engine.dispose()
+
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return database_errors(self.database)
+
+    @contextlib.contextmanager
+    def _session(self, transaction: bool = False) -> Iterator[SQLSession | SQLiteSession]:
+        """Where statements run. A `transaction` holds the write lock from its start: BEGIN
+        IMMEDIATE on SQLite (writers of other processes wait, busy_timeout), an ordinary
+        transaction on PostgreSQL (where a writer that must see a stable count locks the row it
+        depends on)."""
+        if self._raw is not None:
+            with self._lock:
+                if not transaction:
+                    yield SQLiteSession(self._raw)
+                    return
+                self._raw.execute("BEGIN IMMEDIATE")
+                try:
+                    yield SQLiteSession(self._raw)
+                except BaseException:
+                    self._raw.execute("ROLLBACK")
+                    raise
+                self._raw.execute("COMMIT")
+            return
+        if not transaction:
+            with self._guard(), self._autocommit.connect() as connection:
+                yield SQLSession(connection)
+            return
+        with self._guard(), self._engine.begin() as connection:
+            yield SQLSession(connection)
+
+    def _rows(self, statement, **params) -> list:
+        with self._session() as session:
+            return session.rows(statement, params)
 
     # -- classes
 
@@ -204,38 +263,37 @@ class ClassroomStore:
     ) -> dict:
         name = clean_name("name", name, limits.MAX_CLASS_NAME_LENGTH)
         check_quota_values(max_training, max_queued)
-        class_id = uuid.uuid4().hex[:10]
-        code = "".join(secrets.choice(JOIN_ALPHABET) for _ in range(limits.JOIN_CODE_LENGTH))
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO classes (id, name, join_code, max_training, max_queued, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (class_id, name, code, max_training, max_queued, time.time()),
-            )
-        return self.get_class(class_id)
-
-    def get_class(self, class_id: str) -> dict:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM classes WHERE id = ?", (class_id,)).fetchone()
-        if row is None:
-            raise ClassNotFound(class_id)
+        row = {
+            "id": uuid.uuid4().hex[:10],
+            "name": name,
+            "join_code": "".join(secrets.choice(JOIN_ALPHABET) for _ in range(limits.JOIN_CODE_LENGTH)),
+            "max_training": max_training,
+            "max_queued": max_queued,
+            "assignment": None,
+            "created": time.time(),
+        }
+        with self._session(transaction=True) as session:
+            session.write(_INSERT_CLASS, row)
         return _class_row(row)
 
+    def get_class(self, class_id: str) -> dict:
+        rows = self._rows(_SELECT_CLASS, p_id=class_id)
+        if not rows:
+            raise ClassNotFound(class_id)
+        return _class_row(rows[0])
+
     def list_classes(self) -> list[dict]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM classes ORDER BY created").fetchall()
-        return [_class_row(row) for row in rows]
+        return [_class_row(row) for row in self._rows(_LIST_CLASSES)]
 
     def has_classes(self) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM classes LIMIT 1").fetchone() is not None
+        return bool(self._rows(_ANY_CLASS))
 
     def set_assignment(self, class_id: str, assignment: dict | None) -> dict:
-        self.get_class(class_id)
-        with self._lock:
-            self._db.execute(
-                "UPDATE classes SET assignment = ? WHERE id = ?",
-                (json.dumps(assignment) if assignment else None, class_id),
-            )
+        text = json.dumps(assignment) if assignment else None
+        with self._session(transaction=True) as session:
+            changed = session.write(_SET_ASSIGNMENT, {"p_id": class_id, "p_assignment": text})
+        if not changed:
+            raise ClassNotFound(class_id)
         return self.get_class(class_id)
 
     # -- learners
@@ -252,54 +310,53 @@ class ClassroomStore:
         return found
 
     def join(self, code, name) -> tuple[dict, str]:
-        """(learner, token) for a valid code; BadJoinCode otherwise; ValueError for a bad name."""
+        """(learner, token) for a valid code; BadJoinCode otherwise; ValueError for a bad name.
+
+        The count of the class's learners and the insert are one transaction that holds the
+        class's write lock (BEGIN IMMEDIATE on SQLite, the class's row FOR UPDATE on
+        PostgreSQL), so joins at the same moment, on any web process, never pass
+        limits.MAX_LEARNERS_PER_CLASS nor take one display name twice."""
         klass = self.class_for_code(code)
         if klass is None:
             raise BadJoinCode("code: no class has this join code")
         name = clean_name("name", name, limits.MAX_DISPLAY_NAME_LENGTH)
         learner_id = uuid.uuid4().hex[:12]
         secret = secrets.token_urlsafe(limits.LEARNER_TOKEN_BYTES)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute("SELECT name FROM learners WHERE class_id = ?", (klass["id"],)).fetchall()
-                if len(rows) >= limits.MAX_LEARNERS_PER_CLASS:
-                    raise ValueError(f"code: this class is full ({limits.MAX_LEARNERS_PER_CLASS} learners at most)")
-                if any(row["name"].casefold() == name.casefold() for row in rows):
-                    raise ValueError(f"name: {name!r} is taken in this class; choose another display name")
-                self._db.execute(
-                    "INSERT INTO learners (id, class_id, name, token_hash, created) VALUES (?, ?, ?, ?, ?)",
-                    (learner_id, klass["id"], name, _digest(secret), time.time()),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        learner = self.get_learner(learner_id)
-        assert learner is not None  # just written
-        return learner, f"{learner_id}.{secret}"
+        row = {
+            "id": learner_id,
+            "class_id": klass["id"],
+            "name": name,
+            "token_hash": _digest(secret),
+            "created": time.time(),
+        }
+        with self._session(transaction=True) as session:
+            if not session.rows(_LOCK_CLASS, {"p_id": klass["id"]}):  # gone meanwhile
+                raise BadJoinCode("code: no class has this join code")
+            taken = [
+                learner["name"].casefold() for learner in session.rows(_LEARNERS_OF_CLASS, {"p_class": klass["id"]})
+            ]
+            if len(taken) >= limits.MAX_LEARNERS_PER_CLASS:
+                raise ValueError(f"code: this class is full ({limits.MAX_LEARNERS_PER_CLASS} learners at most)")
+            if name.casefold() in taken:
+                raise ValueError(f"name: {name!r} is taken in this class; choose another display name")
+            session.write(_INSERT_LEARNER, row)
+        return _learner_row(row), f"{learner_id}.{secret}"
 
     def get_learner(self, learner_id: str) -> dict | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM learners WHERE id = ?", (learner_id,)).fetchone()
-        return None if row is None else _learner_row(row)
+        rows = self._rows(_SELECT_LEARNER, p_id=learner_id)
+        return _learner_row(rows[0]) if rows else None
 
     def learner_for_token(self, token: str) -> dict | None:
         learner_id, dot, secret = token.partition(".")
         if not dot or not secret or len(learner_id) > 64:
             return None
-        with self._lock:
-            row = self._db.execute("SELECT * FROM learners WHERE id = ?", (learner_id,)).fetchone()
-        if row is None or not hmac.compare_digest(_digest(secret).encode(), row["token_hash"].encode()):
+        rows = self._rows(_SELECT_LEARNER, p_id=learner_id)
+        if not rows or not hmac.compare_digest(_digest(secret).encode(), rows[0]["token_hash"].encode()):
             return None
-        return _learner_row(row)
+        return _learner_row(rows[0])
 
     def learners(self, class_id: str) -> list[dict]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM learners WHERE class_id = ? ORDER BY created, id", (class_id,)
-            ).fetchall()
-        return [_learner_row(row) for row in rows]
+        return [_learner_row(row) for row in self._rows(_LEARNERS_OF_CLASS, p_class=class_id)]
 
 
 # ---------------------------------------------------------------- quotas

@@ -343,7 +343,7 @@ def class_create(
     from app.classroom import ClassroomStore
 
     settings = _settings(data)
-    rooms = ClassroomStore(settings.data_dir)
+    rooms = ClassroomStore(settings.data_dir, settings.database_url)
     try:
         klass = rooms.create_class(name, max_training, max_queued)
     except ValueError as error:
@@ -366,7 +366,8 @@ def class_list(data: Path | None = DataOption) -> None:
     """The classes of the data directory: id, name, join code, learners, quotas."""
     from app.classroom import ClassroomStore
 
-    rooms = ClassroomStore(_settings(data).data_dir)
+    settings = _settings(data)
+    rooms = ClassroomStore(settings.data_dir, settings.database_url)
     try:
         for klass in rooms.list_classes():
             print(
@@ -395,7 +396,10 @@ def class_export(
     from app.store import Store
 
     settings = _settings(data)
-    rooms, store = ClassroomStore(settings.data_dir), Store(settings.data_dir, settings.database_url)
+    rooms, store = (
+        ClassroomStore(settings.data_dir, settings.database_url),
+        Store(settings.data_dir, settings.database_url),
+    )
     try:
         rooms.get_class(class_id)
         text = export_csv(store, rooms, class_id)

@@ -1,4 +1,4 @@
-"""The database of runs and metrics: its tables, its engine (SQLite or PostgreSQL), its migrations.
+"""The database of runs, metrics, classes and learners: its tables, its engine (SQLite or PostgreSQL), its migrations.
 
 One schema for both backends, written once as SQLAlchemy Core tables. `make_engine` opens
 the SQLite file in the data directory (the embedded default: WAL, the same pragmas as
@@ -9,8 +9,10 @@ at start-up; it is cheap when nothing is to do, and one process at a time does t
 before migrations existed (the same tables, no `alembic_version`) is recognised and
 stamped as the first revision, never created twice.
 
-Which tables live here: `runs` and `metrics` (app/store.py reads and writes them).
-The classroom's tables (app/classroom.py) are its own, in the SQLite file only.
+Which tables live here: `runs` and `metrics` (app/store.py reads and writes them), and
+`classes` and `learners` (app/classroom.py's ClassroomStore), in the same database, so every
+web process of a course on PostgreSQL sees the same classes. Revision 0002 adds the latter
+two, adopting the ones an older kernelscope made in the SQLite file by itself.
 """
 
 from __future__ import annotations
@@ -69,6 +71,29 @@ metrics = sa.Table(
     sa.Column("val_acc", sa.Float),
     sa.Index("metrics_by_seq", "run_id", "seq"),
     sqlite_with_rowid=False,
+)
+
+classes = sa.Table(
+    "classes",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("join_code", sa.Text, nullable=False),
+    sa.Column("max_training", sa.Integer, nullable=False),
+    sa.Column("max_queued", sa.Integer, nullable=False),
+    sa.Column("assignment", sa.Text),  # JSON text
+    sa.Column("created", sa.Float, nullable=False),  # unix seconds
+)
+
+learners = sa.Table(
+    "learners",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("class_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("token_hash", sa.Text, nullable=False),  # SHA-256 of the token's secret, hex
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Index("learners_by_class", "class_id", "created"),
 )
 
 

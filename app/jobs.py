@@ -7,6 +7,13 @@ the embedded server records it (RunRecorder: store rows and numbered events), an
 numbered event is also appended to the run's Redis Stream, which the web tier serves.
 Commands come from the run's Redis control list, polled inside drive_run's control.poll.
 
+Classroom quotas: a learner's queued run starts only while the learner has fewer than their
+class's `max_training` runs training (QuotaGate.may_start, app/classroom.py, on the shared
+tables), as the embedded scheduler does. A worker that finds them at the quota puts the
+message back with limits.QUOTA_RECHECK_SECONDS of delay and takes the next one; the final
+look happens under the learner's start lock in Redis, held until the run is recorded as
+running, so two workers never both take a learner's last slot.
+
 Faults: a worker killed with SIGKILL leaves its message unacknowledged; Dramatiq's Redis
 broker gives it to another worker once the dead one's heartbeat is older than
 KERNELSCOPE_WORKER_HEARTBEAT. That worker waits for the lease to expire, then resumes from the
@@ -17,15 +24,19 @@ the queue for another worker. Redis unreachable: the worker waits and retries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
 from app import broker as rb
+from app import limits
+from app.classroom import ClassroomStore, QuotaGate, run_learner
 from app.settings import Settings
 from app.store import ACTIVE_STATUSES, RunNotFound, Store
 from app.worker import ParentGone, RunRecorder, build_trainer, drive_run
@@ -39,6 +50,9 @@ CONTROL_POLL_SECONDS = 0.1
 LEASE_RENEW_SECONDS = 1.0
 SHUTDOWN_REQUEUE_MESSAGE = "requeued: its worker shut down; another worker continues from step {step}"
 LOST_WORKER_MESSAGE = "requeued: the worker that held this run was lost; resuming from step {step}"
+# Seconds a learner's start lock lives (and the longest a worker waits for it): the decision and
+# the write of the run's "running" status take milliseconds.
+START_LOCK_SECONDS = 10.0
 
 
 def open_store(settings: Settings) -> Store:
@@ -106,6 +120,37 @@ class WorkerContext:
         self.client = rb.connect(settings.broker_url or "")
         self.stopping = threading.Event()
         self.actor = None  # set by run_worker: requeues a run whose worker shuts down
+        # classroom: a learner's per-class training quota, read from the shared tables
+        self.gate = QuotaGate(ClassroomStore(settings.data_dir, settings.database_url))
+
+    def may_start(self, run: dict) -> bool:
+        """classroom: a look without the lock, before a trainer is built for nothing."""
+        return run_learner(run) is None or self.gate.may_start(self.store, run["id"])
+
+    @contextlib.contextmanager
+    def training_slot(self, run: dict) -> Iterator[bool]:
+        """classroom: whether the run may start training now, decided under its learner's start
+        lock; the caller records the run as running inside, so the next worker's look counts it."""
+        learner = run_learner(run)
+        if learner is None:
+            yield True
+            return
+        lock = rb.Lease(self.client, run["id"], START_LOCK_SECONDS, key=rb.learner_start_key(learner))
+        if not lock.acquire(wait=START_LOCK_SECONDS):
+            yield False
+            return
+        try:
+            yield self.gate.may_start(self.store, run["id"])
+        finally:
+            lock.release()
+
+    def later(self, run_id: str) -> None:
+        """Put a learner's run at their quota back in the queue, to be looked at again shortly."""
+        log.info("run %s waits: its learner is at their class's training quota", run_id)
+        if self.actor is not None:
+            delay = int(limits.QUOTA_RECHECK_SECONDS * 1000)
+            actor = self.actor
+            rb.until_reachable(lambda: actor.send_with_options(args=(run_id,), delay=delay), "requeue")
 
     def execute(self, run_id: str) -> None:
         """Train one run (the body of the `train_run` actor)."""
@@ -116,11 +161,14 @@ class WorkerContext:
             return  # deleted before it started
         if run["status"] not in ACTIVE_STATUSES:
             return  # stopped before it started, or a stale duplicate of a finished run
+        redelivered = run["status"] in ("running", "paused")  # already counted in its learner's quota
+        if not redelivered and not self.may_start(run):
+            self.later(run_id)
+            return
         lease = rb.Lease(client, run_id, settings.worker_heartbeat)
         if not lease.acquire(wait=settings.worker_heartbeat + 2.0):
             log.info("run %s is held by a live worker; this delivery is dropped", run_id)
             return
-        redelivered = run["status"] in ("running", "paused")
         control = RedisControl(client, run_id, lease, self.stopping)
         recorder = RunRecorder(store, run_id)
         requeue = False
@@ -140,11 +188,17 @@ class WorkerContext:
             rb.until_reachable(lambda: rb.publish(client, run_id, events, settings.stream_maxlen), "publish")
 
         trainer = None
+        deferred = False
         try:
             trainer = build_trainer(Path(settings.data_dir), run_id, run["config"], confine_datasets=True)
             text = (LOST_WORKER_MESSAGE if redelivered else "starting").format(step=trainer.step)
-            log.info("run %s: training from step %d (%s)", run_id, trainer.step, text)
-            emit(("status", "running", trainer.step, text))
+            with self.training_slot(run) as allowed:
+                deferred = not (redelivered or allowed)
+                if not deferred:
+                    log.info("run %s: training from step %d (%s)", run_id, trainer.step, text)
+                    emit(("status", "running", trainer.step, text))
+            if deferred:
+                return
             drive_run(trainer, Path(settings.data_dir), run_id, emit, control, settings.checkpoint_every)
         except ParentGone:
             log.info("run %s: stopped without writing (deleted, or held by another worker)", run_id)
@@ -159,6 +213,8 @@ class WorkerContext:
         finally:
             lease.release()
             close_partners()
+            if deferred:  # another worker took the learner's last slot meanwhile
+                self.later(run_id)
         if requeue and self.actor is not None:
             rb.until_reachable(lambda: self.actor.send(run_id), "requeue")
 

@@ -160,6 +160,9 @@ JOIN_CODE_LENGTH = 10  # characters of a join code (alphabet of 32: 50 bits)
 LEARNER_TOKEN_BYTES = 24  # random bytes of a learner token (192 bits)
 JOIN_FAIL_DELAY_SECONDS = 0.5  # a wrong join code is answered 401 after this pause
 QUOTA_RETRY_AFTER_SECONDS = 30  # Retry-After of a learner's 429 (a run of the demo takes minutes)
+# Distributed mode: a worker that finds a learner at max_training puts their queued run back with
+# this delay (Dramatiq's delay queue) and takes the next message meanwhile.
+QUOTA_RECHECK_SECONDS = 2.0
 WALL_POLL_SECONDS = 1.0  # the wall's one stream looks at the class's runs this often
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from app import caller as callers
 from app import limits
+from app.store import DatabaseUnavailable
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOKEN_MESSAGE = "authorization: this server needs the header 'Authorization: Bearer <KERNELSCOPE_TOKEN>'"
@@ -191,7 +192,13 @@ class RequestGuard:
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         safe = scope["method"] in SAFE_METHODS
         # classroom: who is asking (teacher, learner, anonymous), kept for the run lookup and quotas
-        caller = _identify(scope, headers, self.token, safe)
+        try:
+            caller = _identify(scope, headers, self.token, safe)
+        except DatabaseUnavailable as error:  # a learner token is looked up in the database: 503, as the routes say
+            from app.errors import database_unavailable  # here: app.errors imports this module's importers
+
+            await (await database_unavailable(None, error))(scope, receive, send)
+            return
         reset = callers.CALLER.set(caller)
         try:
             if safe:

@@ -180,6 +180,24 @@ class DatabaseUnavailable(Exception):
         )
 
 
+@contextlib.contextmanager
+def database_errors(described: str) -> Iterator[None]:
+    """PostgreSQL's errors as the store's own (the classroom's too): a lost server is
+    DatabaseUnavailable, a full disk StorageFull. (The Store's SQLite fast lane raises sqlite3
+    errors, as it always did.) `described` is the database in words (database.describe)."""
+    try:
+        yield
+    except sa_exc.DBAPIError as error:
+        original = error.orig
+        if getattr(original, "sqlstate", None) in _DISK_FULL_SQLSTATES:
+            raise StorageFull(f"storage: the database's disk is full ({described})") from error
+        if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)) or error.connection_invalidated:
+            raise DatabaseUnavailable(described, _first_line(original or error)) from error
+        raise
+    except sa_exc.TimeoutError as error:  # no pooled connection came free in time
+        raise DatabaseUnavailable(described, _first_line(error)) from error
+
+
 def _row_to_run(row: Mapping) -> dict:
     return {
         "id": row["id"],
@@ -204,7 +222,7 @@ def _row_to_point(row: Mapping) -> dict:
     return point
 
 
-class _SQLSession:
+class SQLSession:
     """Statements through SQLAlchemy (PostgreSQL): rows as mappings, the count of changed rows."""
 
     def __init__(self, connection: Connection):
@@ -220,7 +238,7 @@ class _SQLSession:
         self.connection.execute(statement, rows)
 
 
-class _SQLiteSession:
+class SQLiteSession:
     """The same statements on the sqlite3 connection itself: each compiled once by SQLAlchemy
     for SQLite, then run by the driver without SQLAlchemy's per-call work (measured in
     benchmarks/store_events.py: that work cost the event path more than SQLite itself)."""
@@ -337,35 +355,22 @@ class Store:
         return connection
 
     @contextlib.contextmanager
-    def _read_session(self) -> Iterator[_SQLSession | _SQLiteSession]:
+    def _read_session(self) -> Iterator[SQLSession | SQLiteSession]:
         """Where bulk reads run: on SQLite this thread's read-only connection, without the lock
         (WAL: readers and the writer do not block each other); on PostgreSQL a pooled connection."""
         if self._raw is None:
             with self._session() as session:
                 yield session
             return
-        yield _SQLiteSession(self._reader())
+        yield SQLiteSession(self._reader())
 
     # -- connections and transactions
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        """PostgreSQL's errors as the store's own: a lost server is DatabaseUnavailable, a full
-        disk StorageFull. (SQLite's are sqlite3 errors, as they always were.)"""
-        try:
-            yield
-        except sa_exc.DBAPIError as error:
-            original = error.orig
-            if getattr(original, "sqlstate", None) in _DISK_FULL_SQLSTATES:
-                raise StorageFull(f"storage: the database's disk is full ({self.database})") from error
-            if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)) or error.connection_invalidated:
-                raise DatabaseUnavailable(self.database, _first_line(original or error)) from error
-            raise
-        except sa_exc.TimeoutError as error:  # no pooled connection came free in time
-            raise DatabaseUnavailable(self.database, _first_line(error)) from error
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return database_errors(self.database)
 
     @contextlib.contextmanager
-    def _session(self, transaction: bool = False) -> Iterator[_SQLSession | _SQLiteSession]:
+    def _session(self, transaction: bool = False) -> Iterator[SQLSession | SQLiteSession]:
         """Where to run statements: on SQLite the shared connection under the lock, in
         autocommit unless `transaction` (then BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error);
         on PostgreSQL a pooled connection, likewise in autocommit for one statement (atomic by
@@ -373,11 +378,11 @@ class Store:
         if self._raw is not None:
             with self._lock:
                 if not transaction:
-                    yield _SQLiteSession(self._raw)
+                    yield SQLiteSession(self._raw)
                     return
                 self._raw.execute("BEGIN IMMEDIATE")
                 try:
-                    yield _SQLiteSession(self._raw)
+                    yield SQLiteSession(self._raw)
                 except BaseException:
                     self._raw.execute("ROLLBACK")
                     raise
@@ -385,10 +390,10 @@ class Store:
             return
         if not transaction:  # one statement is atomic by itself: no BEGIN and COMMIT round trips
             with self._guard(), self._autocommit.connect() as connection:
-                yield _SQLSession(connection)
+                yield SQLSession(connection)
             return
         with self._guard(), self._engine.begin() as connection:
-            yield _SQLSession(connection)
+            yield SQLSession(connection)
 
     def sweep_temp_files(self, older_than: float = TEMP_FILE_MAX_AGE) -> int:
         """Delete the temp files of atomic writes that never finished (a writer killed between

@@ -2,6 +2,8 @@
 
 The server here has a token (the teacher's); two learners of one class and one
 of another class act on each other's runs through every state-changing route.
+Every test runs on both backends of app/database.py: the SQLite file and a real PostgreSQL
+(tests/services_pg.py, a fresh database per test; skipped without it, failing under CI=true).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import base64
 import csv
 import io
 import time
+import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +20,7 @@ from fastapi.testclient import TestClient
 from app import classroom, limits
 from app.main import create_app
 from tests.app.conftest import LONG, TERMINAL, TINY, make_settings
+from tests.services_pg import postgres_server
 
 TOKEN = "teacher-secret-token"
 TEACHER = {"Authorization": f"Bearer {TOKEN}"}
@@ -26,10 +30,34 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """One PostgreSQL for this module; each test gets a database of its own (database_url)."""
+    server = postgres_server(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request) -> str | None:
+    """None: the SQLite file in the data folder; else the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").create_database(f"classroom_{uuid.uuid4().hex[:12]}")
+
+
 @pytest.fixture
-def server(data_dir):
-    with TestClient(create_app(make_settings(data_dir, token=TOKEN, max_runs=3, max_queued=8))) as client:
+def server(data_dir, database_url):
+    settings = make_settings(data_dir, token=TOKEN, max_runs=3, max_queued=8, database_url=database_url)
+    with TestClient(create_app(settings)) as client:
         yield client
+
+
+@pytest.fixture
+def client(data_dir, database_url):
+    """conftest's open server (no token), on both backends."""
+    with TestClient(create_app(make_settings(data_dir, database_url=database_url))) as test_client:
+        yield test_client
 
 
 def make_class(client, name="Class A", **quotas) -> dict:
@@ -309,11 +337,13 @@ def test_without_a_token_the_server_is_open_as_before_but_learner_tokens_still_b
     assert client.get(f"/api/runs/{run_id}").status_code == 200
 
 
-def test_the_class_command_creates_lists_and_exports(tmp_path):
+def test_the_class_command_creates_lists_and_exports(tmp_path, database_url, monkeypatch):
     from typer.testing import CliRunner
 
     from app.cli import cli
 
+    if database_url is not None:
+        monkeypatch.setenv("KERNELSCOPE_DATABASE_URL", database_url)
     runner = CliRunner()
     data = str(tmp_path / "data")
     created = runner.invoke(cli, ["class", "create", "Kernels 101", "--max-queued", "2", "--data", data])
@@ -322,7 +352,7 @@ def test_the_class_command_creates_lists_and_exports(tmp_path):
     class_id = created.output.split("class ")[1].split(":")[0]
     listed = runner.invoke(cli, ["class", "list", "--data", data])
     assert class_id in listed.output and "queued<=2" in listed.output
-    rooms = classroom.ClassroomStore(data)
+    rooms = classroom.ClassroomStore(data, database_url)
     rooms.join(code, "Ada")
     rooms.close()
     exported = runner.invoke(cli, ["class", "export", class_id, "--data", data])

@@ -54,6 +54,26 @@ CREATE TABLE IF NOT EXISTS metrics (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS metrics_by_seq ON metrics (run_id, seq);
 """
+# The tables app/classroom.py made itself, beside those, before revision 0002 (copied from it, commit 86ce623).
+OLD_CLASSROOM_SCHEMA = """
+CREATE TABLE IF NOT EXISTS classes (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    join_code    TEXT NOT NULL,
+    max_training INTEGER NOT NULL,
+    max_queued   INTEGER NOT NULL,
+    assignment   TEXT,
+    created      REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS learners (
+    id         TEXT PRIMARY KEY,
+    class_id   TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
+    created    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS learners_by_class ON learners (class_id, created);
+"""
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +228,7 @@ def test_a_sqlite_file_from_before_migrations_is_stamped_and_keeps_its_runs(tmp_
             "VALUES ('old1', 'completed', '{\"steps\":2}', '{}', 2, 1.0, 2.0, 8)"
         )
         db.execute("INSERT INTO metrics VALUES ('old1', 1, 4, 1.5, 0.5, NULL, NULL)")
-        db.execute("CREATE TABLE classes (id TEXT PRIMARY KEY)")  # the classroom's own table shares the file
+        db.executescript(OLD_CLASSROOM_SCHEMA)  # the classroom's tables shared the file (0002 adopts them)
         db.commit()
 
     store = Store(tmp_path)

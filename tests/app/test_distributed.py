@@ -5,7 +5,8 @@ PostgreSQL database (`database_env`: a fresh database of the module's server per
 The cases: a run trains on a worker and its events, read from web A, resume on web B with
 Last-Event-ID missing nothing; control through the other web process; a worker killed with
 SIGKILL mid-run (the other worker finishes it); Redis restarted mid-run; a web process killed
-(its viewer reconnects to the other). No timed assertions: waits are generous deadlines.
+(its viewer reconnects to the other); a class shared by both web processes, whose learner's
+training quota the workers keep. No timed assertions: waits are generous deadlines.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -366,6 +368,82 @@ def test_a_worker_sent_sigterm_checkpoints_and_its_run_continues_on_the_other_wo
     assert statuses.index(requeued[0]) < len(statuses) - 2 and statuses[-1]["status"] == "completed"
     stored = [point["step"] for point in a.get(f"/api/runs/{run_id}/metrics").json()["points"]]
     assert stored == list(range(1, MID["steps"] + 1))
+
+
+@needs_redis
+def test_a_class_is_shared_by_both_web_processes_and_workers_keep_a_learners_training_quota(cluster):
+    """A class made on web A is joined on web B. Its learner (max_training 1) starts a run, then a
+    second; a run outside the class, queued after that second one, takes the free worker while
+    the learner's second run waits, and it starts once the learner's first run is stopped."""
+    a, b = cluster.client(0), cluster.client(1)
+    klass = a.post("/api/classes", json={"name": "quota", "max_training": 1, "max_queued": 3})
+    assert klass.status_code == 201, klass.text
+    joined = b.post("/api/classes/join", json={"code": klass.json()["join_code"], "name": "Ada"})
+    assert joined.status_code == 201, joined.text
+    b.cookies.clear()
+    ada = {"Authorization": f"Bearer {joined.json()['token']}"}
+    assert a.get("/api/classes/me", headers=ada).json()["learner"]["name"] == "Ada"
+
+    def status(run_id: str) -> str:
+        return a.get(f"/api/runs/{run_id}").json()["status"]
+
+    first = b.post("/api/runs", json=LONG, headers=ada).json()["id"]
+    wait_for(lambda: status(first) == "running", "the learner's first run to start", cluster)
+    second = a.post("/api/runs", json=LONG, headers=ada).json()["id"]
+    other = b.post("/api/runs", json=LONG).json()["id"]  # queued after `second`, outside any class
+    wait_for(lambda: status(other) == "running", "the run outside the class to take the free worker", cluster)
+    assert status(second) == "queued"  # FIFO would have given it the free worker: the quota held it back
+    assert a.post(f"/api/runs/{first}/stop", headers=ada).status_code == 200
+    wait_for(lambda: status(second) == "running", "the learner's second run to start", cluster)
+    assert status(first) == "stopped"
+    for run_id in (second, other):
+        assert a.post(f"/api/runs/{run_id}/stop").status_code == 200
+
+
+@needs_redis
+def test_two_workers_deciding_at_once_never_both_take_a_learners_last_training_slot(tmp_path, postgres, request):
+    """The worker's final look at the quota and the write of "running" happen under the learner's
+    start lock: the second worker's look, made while the first is between the two, waits and
+    then counts the first run as training."""
+    from app.jobs import WorkerContext
+
+    redis_url, redis_server = start_redis(tmp_path)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_env(postgres, _database_name(request))["KERNELSCOPE_DATABASE_URL"],
+        broker_url=redis_url,
+    )
+    workers = [WorkerContext(settings) for _ in range(2)]
+    try:
+        rooms, store = workers[0].gate.classroom, workers[0].store
+        klass = rooms.create_class("race", max_training=1)
+        ada, _ = rooms.join(klass["join_code"], "Ada")
+        owner = {"class": klass["id"], "learner": ada["id"], "name": "Ada"}
+        runs = [store.create_run(TINY, meta={"owner": owner}) for _ in range(2)]
+        started: list[str] = []
+        both_looked = threading.Barrier(2, timeout=30)
+
+        def decide(worker: WorkerContext, run: dict) -> None:
+            assert worker.may_start(run)  # the look without the lock: both see a free slot
+            both_looked.wait()
+            with worker.training_slot(run) as allowed:
+                if allowed:
+                    time.sleep(0.5)  # widens the window between the look and the write (no assertion on time)
+                    worker.store.update_run(run["id"], status="running")
+                    started.append(run["id"])
+
+        threads = [threading.Thread(target=decide, args=pair) for pair in zip(workers, runs, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(started) == 1, started
+        assert sorted(store.get_run(run["id"])["status"] for run in runs) == ["queued", "running"]
+    finally:
+        for worker in workers:
+            worker.gate.classroom.close()
+            worker.store.close()
+        redis_server.stop()
 
 
 @needs_redis
