@@ -67,7 +67,8 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
     `config` is the run's RunConfig, or its stored dict (parsed here, once); a
     checkpoint carries its own config, which then wins. Snapshots newer than
     the checkpoint are removed, so the history on disk stays one consistent
-    timeline when a run resumes after a crash. With `confine_datasets` (the
+    timeline when a run resumes after a crash. A generated dataset is read from the
+    data directory's cache (`dataset_cache`), drawn and kept there on a miss. With `confine_datasets` (the
     server), a dataset path is read only from inside DATA/datasets
     (app/security.py); the config keeps the relative path.
     """
@@ -86,12 +87,19 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
         confined = confined_dataset(data_dir, run_config.dataset)
         if confined is not run_config.dataset:  # only a dict spec with a path is replaced
             dataset = open_dataset(cast(dict, confined))
+    if dataset is None:  # a generated dataset is drawn once per data folder, then read from its cache
+        dataset = open_dataset(cast(dict, run_config.dataset), cache=dataset_cache(data_dir))
     if checkpoint is not None:
         trainer = Trainer.restore(checkpoint, dataset, config=run_config)
     else:
         trainer = Trainer(run_config, dataset)
     files.LocalStorage(data_dir).remove_snapshots_after(run_id, trainer.step)
     return trainer
+
+
+def dataset_cache(data_dir: Path) -> Path:
+    """The folder of a data directory where generated datasets are kept (engine.datasets.cached_dataset)."""
+    return Path(data_dir) / "cache" / "datasets"
 
 
 # ---------------------------------------------------------------- driving the engine's loop

@@ -109,9 +109,7 @@ VARIANT_OPTIONS = {
 }
 
 
-def run_children(
-    lesson: str, steps: int, groups: int, variant: str, before: Path | None
-) -> tuple[float, list[dict]]:
+def run_children(lesson: str, steps: int, groups: int, variant: str, before: Path | None) -> tuple[float, list[dict]]:
     """Start `groups` processes at once, process i training runs i, i + groups, ... of the
     lesson one after the other; (wall seconds, their reports)."""
     root = before if variant == "before" and before is not None else ROOT
@@ -220,7 +218,9 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lessons", nargs="+", default=["deep", "inits"])
-    parser.add_argument("--ways", nargs="+", default=["sequential", "parallel"], choices=["sequential", "parallel", "server"])
+    parser.add_argument(
+        "--ways", nargs="+", default=["sequential", "parallel"], choices=["sequential", "parallel", "server"]
+    )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANT_OPTIONS))
     parser.add_argument("--before", type=Path, help="a checkout of kernelscope to compare against")
     parser.add_argument("--steps", type=int, default=300)

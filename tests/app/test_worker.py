@@ -87,6 +87,25 @@ def test_a_resumed_run_parses_the_checkpoints_config_once(tmp_path, parse_counts
     assert parse_counts["RunConfig.from_dict"] == 1 and parse_counts["normalize_dataset_spec"] == 1
 
 
+def test_a_runs_generated_dataset_is_drawn_once_per_data_folder(tmp_path, monkeypatch):
+    from app.worker import dataset_cache
+
+    config = RunConfig.from_dict(SMALL)
+    first = build_trainer(tmp_path, "r1", config)
+    assert [entry.name for entry in dataset_cache(tmp_path).iterdir() if entry.is_dir()] == [
+        engine.datasets.cache_key(config.dataset)
+    ]
+
+    def never(**params):
+        raise AssertionError("the second run reads the kept dataset")
+
+    monkeypatch.setitem(engine.datasets.DATASETS["shapes"], "loader", never)
+    second = build_trainer(tmp_path, "r2", config, confine_datasets=True)
+    for name in ("x_train", "y_train", "x_val", "y_val", "monitor_x", "probe_x"):
+        assert np.array_equal(getattr(second.dataset, name), getattr(first.dataset, name)), name
+    assert [second.train_step()["loss"] for _ in range(3)] == [first.train_step()["loss"] for _ in range(3)]
+
+
 def test_drive_run_persists_what_the_loop_asks_for_and_reports_it(tmp_path):
     config = RunConfig.from_dict(SMALL)
     trainer = build_trainer(tmp_path, "r1", config)
