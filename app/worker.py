@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
+import threading
 import time
 from collections import deque
 from contextlib import closing
@@ -138,15 +140,19 @@ def drive_run(
         snapshot_at_start=not have_start_snapshot,
         analyst_mode=analyst_mode,
     )
-    with closing(events):  # the analyst process ends with the loop, however drive_run ends
+    writer = SnapshotWriter(storage, run_id, context)
+    # the analyst process ends with the loop and every snapshot the loop gave is written, however drive_run ends
+    with closing(writer), closing(events):
         for event in events:
             kind = event["type"]
+            # a snapshot is announced once its file is on disk; all of them before anything but metrics
+            for step in writer.written(wait=kind not in ("metrics", "snapshot")):
+                emit(("snapshot", step))
             if kind == "metrics":
                 recent_points.extend(event["points"])
                 emit(("metrics", event["points"]))
             elif kind == "snapshot":
-                storage.write_snapshot(run_id, event["snapshot"], event["params"], event["feature_maps"], context)
-                emit(("snapshot", int(event["step"])))
+                writer.submit(event["snapshot"], event["params"], event["feature_maps"])
             elif kind == "checkpoint":
                 state = trainer.checkpoint()
                 state[CHECKPOINT_POINTS_KEY] = np.array(dumps_json(list(recent_points)))
@@ -159,6 +165,75 @@ def drive_run(
             elif kind == "done":
                 status = event["status"]
     return status
+
+
+class SnapshotWriter:
+    """Writes a run's snapshot files on a thread of its own, one after the other in the order given,
+    while the training loop goes on (writing was about a tenth of a default run's step).
+
+    The files are the ones `LocalStorage.write_snapshot` writes on the caller's thread, byte for
+    byte: the same call with the same arguments (the loop hands over copies it never touches
+    again). `written(wait)` gives the steps whose files are on disk since the last call (with
+    `wait`, after every submitted one is), and raises a write's error there, on the caller's
+    thread, as a write on that thread would have; the snapshots after a failed write are not
+    written. At most MAX_PENDING wait, so the writing never falls far behind. `close()` writes
+    what is pending before it returns, so a run that stops, fails or loses its server keeps
+    every snapshot its loop produced.
+    """
+
+    MAX_PENDING = 4
+
+    def __init__(self, storage, run_id: str, context) -> None:
+        self.storage, self.run_id, self.context = storage, run_id, context
+        self.jobs: queue.Queue = queue.Queue()
+        self.done: queue.Queue = queue.Queue()  # (step, error or None), in submission order
+        self.pending = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write, name=f"snapshot-writer-{run_id}", daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        failed = False
+        while (job := self.jobs.get()) is not None:
+            snapshot, params, feature_maps = job
+            step = int(snapshot["step"])
+            if failed:  # nothing after a failed write: the run's snapshots stay a prefix of its history
+                self.done.put((step, None, False))
+                continue
+            try:
+                self.storage.write_snapshot(self.run_id, snapshot, params, feature_maps, self.context)
+            except BaseException as error:  # raised on the caller's thread by written()
+                failed = True
+                self.done.put((step, error, False))
+            else:
+                self.done.put((step, None, True))
+
+    def submit(self, snapshot: dict, params: dict, feature_maps) -> None:
+        self.pending += 1
+        self.jobs.put((snapshot, params, feature_maps))
+
+    def written(self, wait: bool = False) -> list[int]:
+        steps = []
+        while self.pending:
+            must = wait or self.pending > self.MAX_PENDING
+            try:
+                step, error, stored = self.done.get() if must else self.done.get_nowait()
+            except queue.Empty:
+                break
+            self.pending -= 1
+            if error is not None and self.error is None:
+                self.error = error
+            if stored:
+                steps.append(step)
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return steps
+
+    def close(self) -> None:
+        """Write every pending snapshot, then end the thread (its errors were or are raised by written)."""
+        self.jobs.put(None)
+        self.thread.join()
 
 
 def _store_monitor(trainer, data_dir: Path, run_id: str) -> None:
