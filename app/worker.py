@@ -34,13 +34,15 @@ from collections import deque
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from app import store as files
-from app.store import Store, dumps_json
+from app.storage import DamagedFile, LocalStorage, SnapshotContext, dumps_json
 from engine.fast.partner import close_partners
+
+if TYPE_CHECKING:  # the store (and its database driver) is the server's; a run's process never imports it
+    from app.store import Store
 
 # A checkpoint also keeps the latest metric points (at least the last two checkpoint
 # intervals), re-sent when the run restarts from it: points the server had not yet
@@ -77,7 +79,7 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
     from engine.datasets import open_dataset
     from engine.trainer import RunConfig, Trainer
 
-    checkpoint = files.read_checkpoint(data_dir, run_id)
+    checkpoint = LocalStorage(data_dir).read_checkpoint(run_id)
     if checkpoint is not None:
         run_config = Trainer.checkpoint_config(checkpoint)
     else:
@@ -95,7 +97,7 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
         trainer = Trainer.restore(checkpoint, dataset, config=run_config)
     else:
         trainer = Trainer(run_config, dataset)
-    files.LocalStorage(data_dir).remove_snapshots_after(run_id, trainer.step)
+    LocalStorage(data_dir).remove_snapshots_after(run_id, trainer.step)
     return trainer
 
 
@@ -127,12 +129,12 @@ def drive_run(
     if recent_points:
         emit(("metrics", list(recent_points)))
     try:
-        have_start_snapshot = files.read_snapshot_text(data_dir, run_id, trainer.step) is not None
-    except files.DamagedFile:
+        have_start_snapshot = LocalStorage(data_dir).read_snapshot_text(run_id, trainer.step) is not None
+    except DamagedFile:
         have_start_snapshot = False  # written again at the start
 
-    storage = files.LocalStorage(data_dir)
-    context = files.SnapshotContext(trainer.spec, trainer.dataset.probe_x)  # kept once: every snapshot shares it
+    storage = LocalStorage(data_dir)
+    context = SnapshotContext(trainer.spec, trainer.dataset.probe_x)  # kept once: every snapshot shares it
     status = "failed"
     events = trainer.events(
         control,
@@ -240,18 +242,18 @@ def _store_monitor(trainer, data_dir: Path, run_id: str) -> None:
     """Write the run's monitor batch and model spec (app/store.py `write_monitor`) unless a whole
     one is there: explanations read it instead of loading the dataset again."""
     try:
-        if files.read_monitor(data_dir, run_id) is not None:
+        if LocalStorage(data_dir).read_monitor(run_id) is not None:
             return
-    except files.DamagedFile:
+    except DamagedFile:
         pass  # written again
     data = trainer.dataset
-    files.write_monitor(data_dir, run_id, data.monitor_x, data.monitor_y, data.classes, trainer.spec)
+    LocalStorage(data_dir).write_monitor(run_id, data.monitor_x, data.monitor_y, data.classes, trainer.spec)
 
 
 def _checkpoint_points(data_dir: Path, run_id: str, step: int) -> list[dict]:
     """The metric points up to `step` that the run's checkpoint carries (none without one)."""
     try:
-        with np.load(files.checkpoint_path(data_dir, run_id), allow_pickle=False) as data:
+        with np.load(LocalStorage(data_dir).checkpoint_path(run_id), allow_pickle=False) as data:
             if CHECKPOINT_POINTS_KEY not in data.files:
                 return []
             points = json.loads(str(data[CHECKPOINT_POINTS_KEY]))
