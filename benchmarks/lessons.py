@@ -28,6 +28,17 @@ Variants, interleaved round by round (rotated order):
   before   the tree given with --before (e.g. /work/main), its Trainer.events as it is
 The load average is printed with every figure.
 
+    python benchmarks/lessons.py --phases --before /work/main     # where the CPU goes, per phase
+
+--phases: each lesson's runs one after the other in one fresh process per tree, through
+app/worker.py drive_run as a run's process drives them (files written to a temporary folder;
+every part of a batch and the side work in that process: KERNELSCOPE_SPLIT=never, analyst
+inline), with the CPU time of each phase (process time, the writer thread's included in
+"write"): training steps, snapshot content (statistics, feature maps, layer summaries with
+the detector labels), evaluations, snapshot files (recomputing the maps in float64, encoding
+them, the zip), checkpoints; "setup" is the rest (build_trainer: the dataset, read from the
+folder's cache where the tree has one, and the model; the monitor batch).
+
     python benchmarks/lessons.py --before /work/main              # both lessons, both ways
     python benchmarks/lessons.py --lessons deep --ways sequential --variants process --rounds 2
 """
@@ -211,6 +222,84 @@ def run_server(lesson: str, steps: int, variant: str, before: Path | None) -> tu
     return time.perf_counter() - started, [report]
 
 
+PHASES_CHILD = """
+import json, os, sys, tempfile, time
+os.environ["KERNELSCOPE_SPLIT"] = "never"
+sys.path.insert(0, {root!r})
+sys.path.append({here!r})
+from pathlib import Path
+from lessons import lesson_configs
+from app import storage, worker
+from engine import analysis, analyst
+from engine.trainer import RunConfig, Trainer
+times, counts = {{}}, {{}}
+
+def timed(owner, name, label):
+    original = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        started = time.process_time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            times[label] = times.get(label, 0.0) + time.process_time() - started
+            counts[label] = counts.get(label, 0) + 1
+    setattr(owner, name, wrapper)
+
+for owner, name, label in {wrapped!r}:
+    timed({{"Trainer": Trainer, "analyst": analyst, "analysis": analysis, "storage": storage,
+           "LocalStorage": storage.LocalStorage}}[owner], name, label)
+started = time.process_time()
+with tempfile.TemporaryDirectory() as folder:
+    for number, config in enumerate(lesson_configs({lesson!r}, {steps!r})):
+        trainer = worker.build_trainer(Path(folder), f"run{{number}}", RunConfig.from_dict(config).to_dict())
+        worker.drive_run(trainer, Path(folder), f"run{{number}}", lambda message: None, None, analyst_mode="inline")
+print(json.dumps({{"total": time.process_time() - started, "times": times, "counts": counts}}))
+"""
+# (owner, function, phase): the phases --phases times; an indented phase is part of the one above
+PHASES = [
+    ("Trainer", "train_step", "train steps"),
+    ("analyst", "snapshot_content", "snapshot content"),
+    ("analysis", "layer_stats", "  statistics on the monitor batch"),
+    ("analysis", "feature_maps", "  feature maps of the probes"),
+    ("analysis", "conv_layer_summary", "  layer summaries (kernels, detector labels, symmetry)"),
+    ("analyst", "evaluation", "evaluations"),
+    ("LocalStorage", "write_snapshot", "snapshot files"),
+    ("storage", "recomputed_maps", "  maps recomputed in float64"),
+    ("storage", "encode_map", "  maps encoded"),
+    ("storage", "npz_bytes", "  zip (deflate)"),
+    ("LocalStorage", "write_checkpoint", "checkpoints"),
+]
+
+
+def phases(lesson: str, steps: int, variant: str, before: Path | None) -> dict:
+    root = before if variant == "before" and before is not None else ROOT
+    code = PHASES_CHILD.format(
+        root=str(root), here=str(ROOT / "benchmarks"), lesson=lesson, steps=steps, wrapped=PHASES
+    )
+    environment = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], env=environment, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def phase_table(lesson: str, measured: dict[str, dict]) -> list[str]:
+    variants = list(measured)
+    lines = [
+        f"| {lesson}: phase | " + " | ".join(f"{v} calls | {v} CPU s" for v in variants) + " |",
+        "|---|" + "---|---|" * len(variants),
+    ]
+    for _, _, label in PHASES:
+        cells = []
+        for variant in variants:
+            report = measured[variant]
+            cells.append(f"{report['counts'].get(label, 0)} | {report['times'].get(label, 0.0):.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    top = [label for _, _, label in PHASES if not label.startswith(" ")]
+    rest = [measured[v]["total"] - sum(measured[v]["times"].get(label, 0.0) for label in top) for v in variants]
+    lines.append("| setup (dataset, model, monitor batch) | " + " | ".join(f" | {r:.2f}" for r in rest) + " |")
+    lines.append("| **total** | " + " | ".join(f" | **{measured[v]['total']:.2f}**" for v in variants) + " |")
+    return lines
+
+
 def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -226,10 +315,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--phases", action="store_true", help="CPU per phase instead (see above)")
     args = parser.parse_args()
     variants = args.variants or (["before", "inline", "process"] if args.before else ["inline", "process"])
     if "before" in variants and args.before is None:
         parser.error("--before: the variant 'before' needs a tree")
+    if args.phases:
+        trees = ["before", "this tree"] if args.before else ["this tree"]
+        print(f"load at start {load()} on {os.cpu_count()} CPUs")
+        for lesson in args.lessons:
+            measured = {tree: phases(lesson, args.steps, tree, args.before) for tree in trees}
+            print("\n".join(phase_table(lesson, measured)) + f"\n(load {load()})\n", flush=True)
+        return
     rows = []
     print(f"load at start {load()} on {os.cpu_count()} CPUs")
     print(
