@@ -33,8 +33,8 @@ The load average is printed with every figure.
 --phases: each lesson's runs one after the other in one fresh process per tree, through
 app/worker.py drive_run as a run's process drives them (files written to a temporary folder;
 every part of a batch and the side work in that process: KERNELSCOPE_SPLIT=never, analyst
-inline), with the CPU time of each phase (process time, the writer thread's included in
-"write"): training steps, snapshot content (statistics, feature maps, layer summaries with
+inline, BLAS on one thread), with the CPU time of each phase on the thread that runs it
+(time.thread_time; the snapshot files are written on a writer thread where the tree has one): training steps, snapshot content (statistics, feature maps, layer summaries with
 the detector labels), evaluations, snapshot files (recomputing the maps in float64, encoding
 them, the zip), checkpoints; "setup" is the rest (build_trainer: the dataset, read from the
 folder's cache where the tree has one, and the model; the monitor batch).
@@ -225,6 +225,8 @@ def run_server(lesson: str, steps: int, variant: str, before: Path | None) -> tu
 PHASES_CHILD = """
 import json, os, sys, tempfile, time
 os.environ["KERNELSCOPE_SPLIT"] = "never"
+for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[variable] = "1"  # every phase's work on the thread that calls it: thread_time is its CPU
 sys.path.insert(0, {root!r})
 sys.path.append({here!r})
 from pathlib import Path
@@ -237,11 +239,11 @@ times, counts = {{}}, {{}}
 def timed(owner, name, label):
     original = getattr(owner, name)
     def wrapper(*args, **kwargs):
-        started = time.process_time()
+        started = time.thread_time()
         try:
             return original(*args, **kwargs)
         finally:
-            times[label] = times.get(label, 0.0) + time.process_time() - started
+            times[label] = times.get(label, 0.0) + time.thread_time() - started
             counts[label] = counts.get(label, 0) + 1
     setattr(owner, name, wrapper)
 
