@@ -153,6 +153,10 @@ class Defaults(BaseModel):
     run: dict[str, Any] = Field(description="the complete default run config (what POST /api/runs {} trains)")
     optimizers: dict[str, dict[str, Any]] = Field(description="each optimizer's settings when only its name is given")
     demos: dict[str, Demo] = Field(description="the page's one-button experiments (engine/presets.py DEMOS)")
+    comparison: dict[str, Any] = Field(
+        description="what the runs of a comparison take for the fields its base leaves unset "
+        "(engine/presets.py COMPARISON_DEFAULTS: no dense early snapshots), before the run defaults"
+    )
     kernel_bank: list[str] = Field(description="the named kernels the `kernel` init uses when none are given")
     limits: dict[str, dict[str, Any]] = Field(
         description="range of every numeric field: min, max, min_exclusive?, max_exclusive?"

@@ -26,19 +26,23 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
+import threading
 import time
 from collections import deque
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from app import store as files
-from app.store import Store, dumps_json
+from app.storage import DamagedFile, LocalStorage, SnapshotContext, dumps_json
 from engine.fast.partner import close_partners
+
+if TYPE_CHECKING:  # the store (and its database driver) is the server's; a run's process never imports it
+    from app.store import Store
 
 # A checkpoint also keeps the latest metric points (at least the last two checkpoint
 # intervals), re-sent when the run restarts from it: points the server had not yet
@@ -67,14 +71,15 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
     `config` is the run's RunConfig, or its stored dict (parsed here, once); a
     checkpoint carries its own config, which then wins. Snapshots newer than
     the checkpoint are removed, so the history on disk stays one consistent
-    timeline when a run resumes after a crash. With `confine_datasets` (the
+    timeline when a run resumes after a crash. A generated dataset is read from the
+    data directory's cache (`dataset_cache`), drawn and kept there on a miss. With `confine_datasets` (the
     server), a dataset path is read only from inside DATA/datasets
     (app/security.py); the config keeps the relative path.
     """
     from engine.datasets import open_dataset
     from engine.trainer import RunConfig, Trainer
 
-    checkpoint = files.read_checkpoint(data_dir, run_id)
+    checkpoint = LocalStorage(data_dir).read_checkpoint(run_id)
     if checkpoint is not None:
         run_config = Trainer.checkpoint_config(checkpoint)
     else:
@@ -86,12 +91,19 @@ def build_trainer(data_dir: Path, run_id: str, config, confine_datasets: bool = 
         confined = confined_dataset(data_dir, run_config.dataset)
         if confined is not run_config.dataset:  # only a dict spec with a path is replaced
             dataset = open_dataset(cast(dict, confined))
+    if dataset is None:  # a generated dataset is drawn once per data folder, then read from its cache
+        dataset = open_dataset(cast(dict, run_config.dataset), cache=dataset_cache(data_dir))
     if checkpoint is not None:
         trainer = Trainer.restore(checkpoint, dataset, config=run_config)
     else:
         trainer = Trainer(run_config, dataset)
-    files.LocalStorage(data_dir).remove_snapshots_after(run_id, trainer.step)
+    LocalStorage(data_dir).remove_snapshots_after(run_id, trainer.step)
     return trainer
+
+
+def dataset_cache(data_dir: Path) -> Path:
+    """The folder of a data directory where generated datasets are kept (engine.datasets.cached_dataset)."""
+    return Path(data_dir) / "cache" / "datasets"
 
 
 # ---------------------------------------------------------------- driving the engine's loop
@@ -117,12 +129,12 @@ def drive_run(
     if recent_points:
         emit(("metrics", list(recent_points)))
     try:
-        have_start_snapshot = files.read_snapshot_text(data_dir, run_id, trainer.step) is not None
-    except files.DamagedFile:
+        have_start_snapshot = LocalStorage(data_dir).read_snapshot_text(run_id, trainer.step) is not None
+    except DamagedFile:
         have_start_snapshot = False  # written again at the start
 
-    storage = files.LocalStorage(data_dir)
-    context = files.SnapshotContext(trainer.spec, trainer.dataset.probe_x)  # kept once: every snapshot shares it
+    storage = LocalStorage(data_dir)
+    context = SnapshotContext(trainer.spec, trainer.dataset.probe_x)  # kept once: every snapshot shares it
     status = "failed"
     events = trainer.events(
         control,
@@ -130,15 +142,19 @@ def drive_run(
         snapshot_at_start=not have_start_snapshot,
         analyst_mode=analyst_mode,
     )
-    with closing(events):  # the analyst process ends with the loop, however drive_run ends
+    writer = SnapshotWriter(storage, run_id, context)
+    # the analyst process ends with the loop and every snapshot the loop gave is written, however drive_run ends
+    with closing(writer), closing(events):
         for event in events:
             kind = event["type"]
+            # a snapshot is announced once its file is on disk; all of them before anything but metrics
+            for step in writer.written(wait=kind not in ("metrics", "snapshot")):
+                emit(("snapshot", step))
             if kind == "metrics":
                 recent_points.extend(event["points"])
                 emit(("metrics", event["points"]))
             elif kind == "snapshot":
-                storage.write_snapshot(run_id, event["snapshot"], event["params"], event["feature_maps"], context)
-                emit(("snapshot", int(event["step"])))
+                writer.submit(event["snapshot"], event["params"], event["feature_maps"])
             elif kind == "checkpoint":
                 state = trainer.checkpoint()
                 state[CHECKPOINT_POINTS_KEY] = np.array(dumps_json(list(recent_points)))
@@ -153,22 +169,91 @@ def drive_run(
     return status
 
 
+class SnapshotWriter:
+    """Writes a run's snapshot files on a thread of its own, one after the other in the order given,
+    while the training loop goes on (writing was about a tenth of a default run's step).
+
+    The files are the ones `LocalStorage.write_snapshot` writes on the caller's thread, byte for
+    byte: the same call with the same arguments (the loop hands over copies it never touches
+    again). `written(wait)` gives the steps whose files are on disk since the last call (with
+    `wait`, after every submitted one is), and raises a write's error there, on the caller's
+    thread, as a write on that thread would have; the snapshots after a failed write are not
+    written. At most MAX_PENDING wait, so the writing never falls far behind. `close()` writes
+    what is pending before it returns, so a run that stops, fails or loses its server keeps
+    every snapshot its loop produced.
+    """
+
+    MAX_PENDING = 4
+
+    def __init__(self, storage, run_id: str, context) -> None:
+        self.storage, self.run_id, self.context = storage, run_id, context
+        self.jobs: queue.Queue = queue.Queue()
+        self.done: queue.Queue = queue.Queue()  # (step, error or None), in submission order
+        self.pending = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write, name=f"snapshot-writer-{run_id}", daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        failed = False
+        while (job := self.jobs.get()) is not None:
+            snapshot, params, feature_maps = job
+            step = int(snapshot["step"])
+            if failed:  # nothing after a failed write: the run's snapshots stay a prefix of its history
+                self.done.put((step, None, False))
+                continue
+            try:
+                self.storage.write_snapshot(self.run_id, snapshot, params, feature_maps, self.context)
+            except BaseException as error:  # raised on the caller's thread by written()
+                failed = True
+                self.done.put((step, error, False))
+            else:
+                self.done.put((step, None, True))
+
+    def submit(self, snapshot: dict, params: dict, feature_maps) -> None:
+        self.pending += 1
+        self.jobs.put((snapshot, params, feature_maps))
+
+    def written(self, wait: bool = False) -> list[int]:
+        steps = []
+        while self.pending:
+            must = wait or self.pending > self.MAX_PENDING
+            try:
+                step, error, stored = self.done.get() if must else self.done.get_nowait()
+            except queue.Empty:
+                break
+            self.pending -= 1
+            if error is not None and self.error is None:
+                self.error = error
+            if stored:
+                steps.append(step)
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return steps
+
+    def close(self) -> None:
+        """Write every pending snapshot, then end the thread (its errors were or are raised by written)."""
+        self.jobs.put(None)
+        self.thread.join()
+
+
 def _store_monitor(trainer, data_dir: Path, run_id: str) -> None:
     """Write the run's monitor batch and model spec (app/store.py `write_monitor`) unless a whole
     one is there: explanations read it instead of loading the dataset again."""
     try:
-        if files.read_monitor(data_dir, run_id) is not None:
+        if LocalStorage(data_dir).read_monitor(run_id) is not None:
             return
-    except files.DamagedFile:
+    except DamagedFile:
         pass  # written again
     data = trainer.dataset
-    files.write_monitor(data_dir, run_id, data.monitor_x, data.monitor_y, data.classes, trainer.spec)
+    LocalStorage(data_dir).write_monitor(run_id, data.monitor_x, data.monitor_y, data.classes, trainer.spec)
 
 
 def _checkpoint_points(data_dir: Path, run_id: str, step: int) -> list[dict]:
     """The metric points up to `step` that the run's checkpoint carries (none without one)."""
     try:
-        with np.load(files.checkpoint_path(data_dir, run_id), allow_pickle=False) as data:
+        with np.load(LocalStorage(data_dir).checkpoint_path(run_id), allow_pickle=False) as data:
             if CHECKPOINT_POINTS_KEY not in data.files:
                 return []
             points = json.loads(str(data[CHECKPOINT_POINTS_KEY]))

@@ -417,14 +417,11 @@ def analyst_mode(mode: str = "auto") -> str:
 
 
 def machine_busy(runnable=None, cpus=None) -> bool:
-    """Whether no core is spare for an analyst process: the runnable threads (this one
-    included, from /proc/loadavg) fill the usable CPUs. False where the kernel does not say."""
-    from engine.fast.adaptive import usable_cpus
-    from engine.fast.partner import runnable_processes
+    """Whether no core is spare for an analyst process (engine.fast.adaptive.no_core_spare: the
+    runnable threads, this one included, fill the usable CPUs). False where the kernel does not say."""
+    from engine.fast.adaptive import no_core_spare
 
-    runnable = runnable_processes() if runnable is None else runnable
-    cpus = usable_cpus() if cpus is None else cpus
-    return runnable is not None and runnable >= cpus
+    return no_core_spare(runnable, cpus)
 
 
 def make_analyst(trainer, mode: str = "inline"):

@@ -934,7 +934,133 @@ def load_dataset(spec="shapes") -> Dataset:
     return open_dataset(normalize_dataset_spec(spec))
 
 
-def open_dataset(full: dict) -> Dataset:
-    """Load a dataset from a spec normalize_dataset_spec already completed (not checked again)."""
+def open_dataset(full: dict, cache: str | Path | None = None) -> Dataset:
+    """Load a dataset from a spec normalize_dataset_spec already completed (not checked again).
+
+    `cache`: a folder where a generated dataset (GENERATED_DATASETS) is kept once drawn and read
+    from afterwards (`cached_dataset`); other datasets are read from their files as always.
+    """
+    if cache is not None and full["name"] in GENERATED_DATASETS:
+        return cached_dataset(full, Path(cache))
     params = {k: v for k, v in full.items() if k != "name"}
     return DATASETS[full["name"]]["loader"](**params)
+
+
+# --------------------------------------------------------------------------
+# the cache of generated datasets
+#
+# Drawing and normalising the 12,000 images of the default shapes set costs about a second of
+# CPU, more than a short lesson run's training; every run's process used to do it again. A
+# generated dataset is a pure function of its spec and of this module's code, so a cache folder
+# keeps each one as plain .npy files (exact float32, read memory-mapped and never written) under
+# a key of the spec, this file's bytes and numpy's version: a changed generator is a new key.
+
+CACHE_ENTRIES = 8  # datasets a cache folder keeps; the least recently written go first
+_CACHED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "mean", "std", "monitor_x", "monitor_y", "probe_x")
+_MAPPED_ARRAYS = ("x_train", "x_val")  # the large ones: pages are read as batches touch them
+
+
+def cache_key(full: dict) -> str:
+    """The cache entry of a completed spec: spec, generator code and numpy version, hashed."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(np.__version__.encode())
+    return digest.hexdigest()[:32]
+
+
+def cached_dataset(full: dict, cache: Path) -> Dataset:
+    """The dataset of `full` from `cache` (written there first if missing or unreadable).
+
+    The same arrays, bit for bit, as the loader gives. Processes that miss at once take turns (a
+    lock file per entry), so the second reads what the first wrote. A cache that cannot be
+    written (a full disk, a read-only folder) only costs the time: the dataset is drawn here.
+    """
+    folder = cache / cache_key(full)
+    dataset = _read_cached(folder)
+    if dataset is not None:
+        return dataset
+    params = {k: v for k, v in full.items() if k != "name"}
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = open(cache / f"{folder.name}.lock", "a")
+    except OSError:
+        return DATASETS[full["name"]]["loader"](**params)
+    with lock:
+        _lock(lock)
+        dataset = _read_cached(folder)
+        if dataset is not None:
+            return dataset
+        dataset = DATASETS[full["name"]]["loader"](**params)
+        try:
+            _write_cached(folder, dataset)
+        except OSError:
+            pass
+        _evict(cache, keep=folder)
+    return dataset
+
+
+def _lock(file) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no advisory locks here: two misses both draw the set
+        return
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+
+
+def _write_cached(folder: Path, dataset: Dataset) -> None:
+    import json
+    import shutil
+    import tempfile
+
+    shutil.rmtree(folder, ignore_errors=True)  # a damaged entry (the caller holds its lock)
+    temporary = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        for name in _CACHED_ARRAYS:
+            np.save(temporary / f"{name}.npy", getattr(dataset, name), allow_pickle=False)
+        about = {"name": dataset.name, "classes": dataset.classes, "probe_labels": dataset.probe_labels}
+        (temporary / "dataset.json").write_text(json.dumps({**about, "params": dataset.params}))
+        os.replace(temporary, folder)  # whole or not at all
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _read_cached(folder: Path) -> Dataset | None:
+    """The dataset kept in `folder`, or None when it is missing or damaged (it is then drawn again)."""
+    import json
+
+    try:
+        about = json.loads((folder / "dataset.json").read_text())
+        arrays = {
+            name: np.asarray(np.load(folder / f"{name}.npy", mmap_mode="r" if name in _MAPPED_ARRAYS else None))
+            for name in _CACHED_ARRAYS
+        }
+    except (OSError, ValueError, KeyError):
+        return None
+    return Dataset(
+        name=about["name"],
+        classes=list(about["classes"]),
+        probe_labels=list(about["probe_labels"]),
+        params=dict(about["params"]),
+        **arrays,
+    )
+
+
+def _evict(cache: Path, keep: Path) -> None:
+    """Remove the least recently written entries beyond CACHE_ENTRIES (never `keep`)."""
+    import shutil
+
+    try:
+        entries = [entry for entry in cache.iterdir() if entry.is_dir() and not entry.name.startswith(".")]
+        entries.sort(key=lambda entry: entry.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for entry in entries[CACHE_ENTRIES:]:
+        if entry != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            try:
+                os.unlink(cache / f"{entry.name}.lock")
+            except OSError:
+                pass

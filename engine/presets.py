@@ -66,20 +66,33 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# What the runs of a comparison (POST /api/comparisons: every demo and lesson too) take for the
+# fields their base leaves unset: no dense early snapshots (dense_steps 0 and a first gap of 10
+# steps, so none between the multiples of snapshot_every when it is 10 or less). A comparison
+# trains several runs at once and its views (the compare view's shared step slider, a lesson's
+# reveal) read snapshots at shared steps, their loss curves every step's metrics; in a 300-step
+# lesson the dense early snapshots were 36 of a run's 67 and most of its side work (issue 19).
+# A single run (POST /api/runs) keeps the dense ones: that is where a learner watches a kernel move.
+COMPARISON_DEFAULTS: dict[str, Any] = {"snapshot_schedule": {"dense_steps": 0, "growth": 10.0}}
+
 # Each demo: a base run config (RunConfig fields; unset ones take their defaults) and the
 # inits it is run under, one run per init (POST /api/comparisons {"base", "inits"}).
 DEMOS: dict[str, dict[str, Any]] = {
     # The depth-stall demo (He et al. 2015, Fig. 3, at small scale): the 20-layer plain ReLU
     # "deep" preset trained with Adam; He falls within the budget, N(0, 0.01²) stays at chance.
     # benchmarks/deep_init.py measures it; the init probe compares the same inits by default.
+    # A snapshot of this 20-layer net (statistics on the monitor batch, forward and backward)
+    # costs about four training steps and an evaluation of the validation split twenty: one every
+    # 20 steps (with COMPARISON_DEFAULTS: 0, 10, 20, 40, ..., 300) and one evaluation every 100
+    # show the stall as well and keep the side work below a third of the training (issue 19).
     "depth_stall": {
         "base": {
             "model": "deep",
             "optimizer": {"name": "adam", "lr": 0.001},
             "batch_size": 32,
             "steps": 300,
-            "snapshot_every": 10,
-            "eval_every": 50,
+            "snapshot_every": 20,
+            "eval_every": 100,
         },
         "inits": ["he_normal", "glorot_uniform", {"name": "normal", "std": 0.01}],
     },

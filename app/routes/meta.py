@@ -101,7 +101,7 @@ def run_defaults() -> dict:
     changed is the same run as `POST /api/runs {}` (and the README's default demo)."""
     from engine import OPTIMIZERS
     from engine.core.initializers import DEFAULT_KERNELS
-    from engine.presets import DEMOS
+    from engine.presets import COMPARISON_DEFAULTS, DEMOS
     from engine.trainer import RunConfig, run_optimizer
 
     run = RunConfig.from_dict({}).to_dict()
@@ -109,6 +109,7 @@ def run_defaults() -> dict:
         "run": run,
         "optimizers": {name: run_optimizer(run["model"], {"name": name}) for name in OPTIMIZERS},
         "demos": DEMOS,
+        "comparison": COMPARISON_DEFAULTS,
         "kernel_bank": list(DEFAULT_KERNELS),
         "limits": limits.FIELD_LIMITS,
     }

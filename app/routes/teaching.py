@@ -79,12 +79,14 @@ def create_comparison(manager: Manager, body: Annotated[ComparisonCreate | None,
 
     Every config is checked before any run starts, so a bad init starts nothing.
     If the queue fills up midway, the runs already started are deleted and the
-    answer is 429.
+    answer is 429. Fields the base leaves unset take engine/presets.py COMPARISON_DEFAULTS
+    (served by GET /api/defaults), then the engine's defaults.
     """
+    from engine.presets import COMPARISON_DEFAULTS
     from engine.trainer import RunConfig
 
     body = body or ComparisonCreate()
-    base = body.base.engine_config()
+    base = {**copy.deepcopy(COMPARISON_DEFAULTS), **body.base.engine_config()}
     configs = []
     for index, init in enumerate(body.inits):
         try:

@@ -15,6 +15,11 @@ ratios, and the split must beat local by SPLIT_MARGIN. The chosen mode is kept u
 RECHECK_EVERY passes have gone by or it has become SLOWDOWN times slower than it measured in
 the probe (a neighbour started), then comes another probe. With a single usable CPU it never splits.
 
+A probe (the first one's warm-up included) begins only while a core is spare (`no_core_spare`,
+looked at every BUSY_RECHECK passes until then): on a machine whose cores are all taken (two runs
+of a lesson at once, a neighbour) the split's passes only take CPU from the other work, so the
+model trains locally and its partner is not even started until a core is free.
+
 KERNELSCOPE_SPLIT=always|never|auto (default auto) overrides the choice for the whole process
 (benchmarks compare the three).
 """
@@ -32,6 +37,7 @@ SPLIT_MARGIN = 0.92  # the split is chosen when its median is below this fractio
 RECHECK_EVERY = 300  # passes between probes while nothing seems to change
 SLOWDOWN = 1.5  # a chosen mode this much slower than its probe median (over WATCH passes) re-probes
 WATCH = 8
+BUSY_RECHECK = 20  # passes between looks at the machine while a probe waits for a spare core
 
 
 def usable_cpus():
@@ -40,6 +46,16 @@ def usable_cpus():
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
+
+
+def no_core_spare(runnable=None, cpus=None) -> bool:
+    """Whether the runnable threads (this one included, from /proc/loadavg) fill the usable CPUs,
+    so another process of ours would find no core of its own. False where the kernel does not say."""
+    from engine.fast.partner import runnable_processes
+
+    runnable = runnable_processes() if runnable is None else runnable
+    cpus = usable_cpus() if cpus is None else cpus
+    return runnable is not None and runnable >= cpus
 
 
 def forced_mode():
@@ -54,9 +70,14 @@ class SplitChooser:
     Call mode() before a pass and record(mode, seconds) after it with the mode it ran in.
     """
 
-    def __init__(self, cpus=None, forced=None):
+    def __init__(self, cpus=None, forced=None, busy=None):
+        """`busy`: () -> bool, whether no core is spare now (no_core_spare); None: never asked."""
         self.cpus = usable_cpus() if cpus is None else cpus
         self.forced = forced
+        self.busy = busy
+        self.waiting = False  # the last look found no core spare: the probe has not begun
+        self.wait_left = 0  # passes until the next look
+        self.waited = False  # the pass being run is a local one while the probe waits (not counted)
         self.passes = 0
         self.chosen = None  # SPLIT or LOCAL once a probe has decided
         self.probe = {SPLIT: [], LOCAL: []}
@@ -71,6 +92,9 @@ class SplitChooser:
             return self.forced
         if self.cpus < 2:
             return LOCAL
+        self.waited = self._waits()
+        if self.waited:
+            return LOCAL
         if self.passes < WARMUP_PASSES:
             return SPLIT
         if self.probing:
@@ -80,15 +104,31 @@ class SplitChooser:
 
     def current(self):
         """The mode for a pass that is not measured (a plain forward or backward): the decided
-        one, SPLIT before any decision."""
+        one; before any decision SPLIT, or LOCAL while the probe waits for a spare core."""
         if self.forced is not None:
             return self.forced
-        if self.cpus < 2:
+        if self.cpus < 2 or (self.chosen is None and self._waits()):
             return LOCAL
         return self.chosen or SPLIT
 
+    def _waits(self):
+        """Whether this pass is local because a probe that has not begun waits for a spare core."""
+        begun = any(self.probe.values()) or 0 < self.passes < WARMUP_PASSES
+        if self.busy is None or not self.probing or begun:
+            self.waiting = False
+            return False
+        if self.wait_left > 0:
+            self.wait_left -= 1
+            return self.waiting
+        self.waiting = bool(self.busy())
+        self.wait_left = BUSY_RECHECK - 1 if self.waiting else 0
+        return self.waiting
+
     def record(self, mode, seconds):
         """The pass just run in `mode` took `seconds`."""
+        if self.waited:  # a local pass while the probe waited: neither warm-up nor probe
+            self.waited = False
+            return
         self.passes += 1
         if self.forced is not None or self.cpus < 2 or self.passes <= WARMUP_PASSES:
             return

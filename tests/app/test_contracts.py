@@ -24,7 +24,7 @@ def test_defaults_serve_run_optimizers_demos_kernel_bank_and_limits(client):
     from engine.trainer import RunConfig
 
     defaults = client.get("/api/defaults").json()
-    assert set(defaults) == {"run", "optimizers", "demos", "kernel_bank", "limits"}
+    assert set(defaults) == {"run", "optimizers", "demos", "comparison", "kernel_bank", "limits"}
     assert defaults["run"] == RunConfig.from_dict({}).to_dict()
     assert set(defaults["optimizers"]) == {"sgd", "adam"}
     assert defaults["demos"]["depth_stall"] == DEMOS["depth_stall"]

@@ -57,6 +57,28 @@ def test_comparison_runs_differ_only_in_init(compared):
     assert again["run_ids"] == comparison["run_ids"] and again["labels"] == comparison["labels"]
 
 
+def test_comparison_runs_store_the_comparison_schedule_unless_the_base_names_one(compared, tmp_path):
+    from engine.presets import COMPARISON_DEFAULTS
+
+    client, comparison = compared
+    served = client.get("/api/defaults").json()["comparison"]
+    assert served == COMPARISON_DEFAULTS and served["snapshot_schedule"]["dense_steps"] == 0
+    for run_id in comparison["run_ids"]:
+        config = client.get(f"/api/runs/{run_id}").json()["config"]
+        assert config["snapshot_schedule"] == COMPARISON_DEFAULTS["snapshot_schedule"]
+        stored = client.get(f"/api/runs/{run_id}/snapshots").json()["steps"]
+        assert stored == snapshot_steps(config) == list(range(0, TINY["steps"] + 1, TINY["snapshot_every"]))
+    # a single run of the same base keeps the dense early snapshots
+    assert snapshot_steps(TINY)[:4] == [0, 1, 2, 3]
+    with TestClient(create_app(make_settings(tmp_path / "data"))) as other:
+        own = {"dense_steps": 3, "growth": 2.0}
+        response = other.post("/api/comparisons", json={"base": {**TINY, "snapshot_schedule": own}, "inits": ["zeros"]})
+        assert response.status_code == 201, response.text
+        run = other.get(f"/api/runs/{response.json()['run_ids'][0]}").json()
+        assert run["config"]["snapshot_schedule"] == own
+        wait_for(other, run["id"], "completed")
+
+
 def test_constant_filters_stay_identical_while_he_filters_diverge(compared):
     client, comparison = compared
     constant_id, he_id = comparison["run_ids"]

@@ -186,3 +186,44 @@ def test_a_probe_whose_pairs_agree_decides_after_the_first_rounds():
     drive(chooser, lambda mode, n: 1.0, adaptive.WARMUP_PASSES)
     drive(chooser, lambda mode, n: (0.6 + 0.01 * n) if mode == SPLIT else 1.0, 2 * adaptive.PROBE_ROUNDS)
     assert not chooser.probing and chooser.chosen == SPLIT
+
+
+def test_a_probe_waits_for_a_spare_core_and_its_local_passes_do_not_count():
+    looks = []
+    spare = {"now": False}
+
+    def busy():
+        looks.append(len(looks))
+        return not spare["now"]
+
+    chooser = SplitChooser(cpus=2, busy=busy)
+    assert chooser.current() == LOCAL  # a forward before any pass starts no partner either
+    modes = drive(chooser, lambda mode, n: 1.0, 3 * adaptive.BUSY_RECHECK)
+    assert modes == [LOCAL] * len(modes) and chooser.passes == 0 and chooser.chosen is None
+    assert len(looks) <= 4  # one look per BUSY_RECHECK passes (and the forward's), not one per pass
+    spare["now"] = True
+    modes = drive(chooser, lambda mode, n: 0.5 if mode == SPLIT else 1.0, adaptive.BUSY_RECHECK + probe_length())
+    begun = modes.index(SPLIT)
+    assert begun <= adaptive.BUSY_RECHECK
+    assert modes[begun : begun + adaptive.WARMUP_PASSES] == [SPLIT] * adaptive.WARMUP_PASSES  # the warm-up, counted now
+    assert chooser.chosen == SPLIT and chooser.decisions[-1][1:] == (SPLIT, 0.5, 1.0)
+    spare["now"] = False  # once begun, a probe is finished whatever the machine does; the decision holds
+    assert drive(chooser, lambda mode, n: 0.5, 5) == [SPLIT] * 5
+
+
+def test_a_re_probe_on_a_busy_machine_trains_locally_until_a_core_is_spare():
+    spare = {"now": True}
+    chooser = SplitChooser(cpus=2, busy=lambda: not spare["now"])
+    drive(chooser, lambda mode, n: 0.5 if mode == SPLIT else 1.0, probe_length())
+    assert chooser.chosen == SPLIT
+    spare["now"] = False  # a neighbour: the split slows down, the re-probe waits, local it is
+    modes = drive(chooser, lambda mode, n: 3.0 if mode == SPLIT else 1.2, adaptive.WATCH + 3 * adaptive.BUSY_RECHECK)
+    assert chooser.probing and modes[-2 * adaptive.BUSY_RECHECK :] == [LOCAL] * (2 * adaptive.BUSY_RECHECK)
+
+
+def test_no_core_spare_counts_this_thread_among_the_runnable(monkeypatch):
+    assert adaptive.no_core_spare(runnable=2, cpus=2) and adaptive.no_core_spare(runnable=5, cpus=2)
+    assert not adaptive.no_core_spare(runnable=1, cpus=2)
+    assert isinstance(adaptive.no_core_spare(), bool)
+    monkeypatch.setattr(partner, "runnable_processes", lambda: None)
+    assert not adaptive.no_core_spare(cpus=2)  # the kernel does not say: spare

@@ -422,3 +422,65 @@ def test_dataset_spec_fills_defaults_and_names_bad_fields():
         normalize_dataset_spec({"name": "shapes", "colour": True})
     with pytest.raises(ValueError, match="dataset.n_train: must be a positive integer"):
         normalize_dataset_spec({"name": "shapes", "n_train": 0})
+
+
+# ---------------------------------------------------------------- the cache of generated datasets
+
+SMALL_SHAPES = {"name": "shapes", "n_train": 200, "n_val": 80}
+
+
+def assert_same_dataset(got, expected):
+    for name in ("x_train", "y_train", "x_val", "y_val", "mean", "std", "monitor_x", "monitor_y", "probe_x"):
+        a, b = getattr(got, name), getattr(expected, name)
+        assert type(a) is np.ndarray and a.dtype == b.dtype and a.shape == b.shape, name
+        assert np.array_equal(a, b), name  # the same bits: the cache keeps the arrays as they were drawn
+    assert (got.name, got.classes, got.probe_labels, got.params) == (
+        expected.name,
+        expected.classes,
+        expected.probe_labels,
+        expected.params,
+    )
+
+
+def test_a_generated_dataset_is_kept_once_and_read_back_bit_identical(tmp_path, monkeypatch):
+    full = normalize_dataset_spec(SMALL_SHAPES)
+    drawn = datasets.open_dataset(full)
+    first = datasets.open_dataset(full, cache=tmp_path)  # a miss: drawn here and kept
+    assert_same_dataset(first, drawn)
+    assert (tmp_path / datasets.cache_key(full) / "dataset.json").is_file()
+
+    def never(**params):
+        raise AssertionError("a kept dataset is read, not drawn again")
+
+    monkeypatch.setitem(datasets.DATASETS["shapes"], "loader", never)
+    second = datasets.open_dataset(full, cache=tmp_path)
+    assert_same_dataset(second, drawn)
+    assert not second.x_train.flags.writeable  # read memory-mapped, never written
+    batch = second.batch_indices(3, 16, 0)
+    assert np.array_equal(second.x_train[batch], drawn.x_train[batch])
+
+
+def test_each_spec_and_generator_has_its_own_entry_and_a_damaged_one_is_drawn_again(tmp_path):
+    full = normalize_dataset_spec(SMALL_SHAPES)
+    other = normalize_dataset_spec({**SMALL_SHAPES, "seed": 1})
+    marks = normalize_dataset_spec({"name": "marks", "n_train": 200, "n_val": 80})
+    assert len({datasets.cache_key(spec) for spec in (full, other, marks)}) == 3
+    assert_same_dataset(datasets.open_dataset(other, cache=tmp_path), datasets.open_dataset(other))
+    assert_same_dataset(datasets.open_dataset(marks, cache=tmp_path), datasets.open_dataset(marks))
+    datasets.open_dataset(full, cache=tmp_path)
+    kept = tmp_path / datasets.cache_key(full) / "x_train.npy"
+    kept.write_bytes(kept.read_bytes()[:200])  # truncated behind the cache's back
+    assert_same_dataset(datasets.open_dataset(full, cache=tmp_path), datasets.open_dataset(full))
+    assert kept.stat().st_size > 200  # written whole again
+
+
+def test_the_cache_keeps_at_most_its_entries_and_an_unwritable_one_costs_only_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "CACHE_ENTRIES", 2)
+    specs = [normalize_dataset_spec({**SMALL_SHAPES, "n_val": 40, "seed": seed}) for seed in range(3)]
+    for spec in specs:
+        datasets.open_dataset(spec, cache=tmp_path)
+    entries = sorted(entry.name for entry in tmp_path.iterdir() if entry.is_dir())
+    assert len(entries) == 2 and datasets.cache_key(specs[2]) in entries
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert_same_dataset(datasets.open_dataset(specs[0], cache=blocked / "cache"), datasets.open_dataset(specs[0]))

@@ -17,6 +17,16 @@ from engine.fast import partner
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="partners need a POSIX system")
 
 
+@pytest.fixture(autouse=True)
+def split_always():
+    """Every model here splits its batches with a partner: left to measure (auto), a model on a
+    machine whose cores are all taken trains locally and never starts one (engine.fast.adaptive).
+    A patch of its own, which the tests' monkeypatch.undo() leaves in place."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERNELSCOPE_SPLIT", "always")
+        yield
+
+
 def train_steps(model, x, labels, steps=3):
     optimizer = engine.make_optimizer({"name": "sgd", "lr": 0.05, "momentum": 0.9})
     for _ in range(steps):
