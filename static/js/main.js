@@ -43,6 +43,8 @@ const debug = {
   framesDropped: 0,       // snapshots skipped because a newer one arrived before drawing
   snapshotsReceived: 0,   // snapshot events from the stream
   paceWaits: 0,           // player ticks that waited for the snapshot on screen to arrive
+  liveMapsAsked: null,    // set to [] to record when the feature maps of a live snapshot were asked for
+  liveLimits: null,       // the live view's draw and feature-map rates (run-view.js)
   frameLog: null,         // set to [] to record {step, mode, at, conv1 (fingerprint of its drawn pixels)} per redraw
   featureFramesDrawn: 0,  // feature-map redraws
   drawMs: { filters: [], featureMaps: [] },   // time each redraw took

@@ -8,9 +8,14 @@
  *
  * The data lives in `state` (state.js: run, steps, mode, historyStep, latest
  * and initial snapshot); what is on screen lives in `shown` below. Live
- * snapshots are coalesced to one draw per animation frame and snapshot
- * fetches keep one request in flight, so the page drops frames rather than
- * falling behind. `debug` (window.__kernelscope) records what was drawn.
+ * snapshots are coalesced to the newest, drawn at most LIVE_DRAWS_PER_SECOND
+ * times a second, and their feature maps asked for at most every
+ * LIVE_MAPS_INTERVAL_MS; snapshot fetches keep one request in flight. So the
+ * page drops frames rather than falling behind, and a page left open on a run
+ * that trains hundreds of steps a second does not take the cores it trains on:
+ * every map request makes the server decode a stored snapshot, and every draw
+ * costs the browser a frame. To watch every snapshot, a learner picks a pace.
+ * `debug` (window.__kernelscope) records what was drawn.
  */
 
 import * as api from "./api.js";
@@ -22,6 +27,8 @@ import { convLayers } from "./state.js";
 import { StepThrough, layerInput } from "./stepthrough.js";
 
 export const ACTIVE = new Set(["queued", "running", "paused"]);
+const LIVE_DRAWS_PER_SECOND = 12;
+const LIVE_MAPS_INTERVAL_MS = 500;
 
 function recordTime(list, ms) {
   list.push(ms);
@@ -34,11 +41,15 @@ function recordTime(list, ms) {
  */
 export function mountRunView(context) {
   const { state, debug } = context;
+  debug.liveLimits = { drawsPerSecond: LIVE_DRAWS_PER_SECOND, mapsIntervalMs: LIVE_MAPS_INTERVAL_MS };
   const shown = {
     closeEvents: null,   // closes the open run's event stream
     generation: 0,       // bumps when another run is opened; stale async work checks it
     pendingLive: null,   // newest live snapshot waiting for the next animation frame
-    liveFrame: null,
+    liveFrame: null,     // a pending live draw (timer, then animation frame)
+    liveDrawnAt: -Infinity,
+    liveMapsAt: -Infinity,  // when the feature maps of a live snapshot were last asked for
+    liveMapsTimer: null,
     fmapSnapshot: null,  // the full snapshot whose feature maps are on screen
     snapshot: null,      // the snapshot whose filters are on screen
     player: null,        // {pace, catchUp, timer} while stored snapshots play
@@ -367,15 +378,31 @@ export function mountRunView(context) {
     if (shown.pendingLive) debug.framesDropped += 1;
     shown.pendingLive = snapshot;
     if (shown.liveFrame !== null) return;
-    shown.liveFrame = requestAnimationFrame(() => {
+    const wait = Math.max(0, shown.liveDrawnAt + 1000 / LIVE_DRAWS_PER_SECOND - performance.now());
+    shown.liveFrame = setTimeout(() => requestAnimationFrame(() => {
       shown.liveFrame = null;
+      shown.liveDrawnAt = performance.now();
       const s = shown.pendingLive;
       shown.pendingLive = null;
       if (s && state.mode === "live") {
         drawFilters(s);
-        wantSnapshot(s.step);
+        wantLiveMaps();
       }
-    });
+    }), wait);
+  }
+
+  /* The feature maps of the newest live snapshot, asked for at most every LIVE_MAPS_INTERVAL_MS;
+     the last one asked for is always the newest drawn (a trailing request). */
+  function wantLiveMaps() {
+    if (shown.liveMapsTimer !== null) return;
+    const wait = Math.max(0, shown.liveMapsAt + LIVE_MAPS_INTERVAL_MS - performance.now());
+    shown.liveMapsTimer = setTimeout(() => {
+      shown.liveMapsTimer = null;
+      shown.liveMapsAt = performance.now();
+      if (state.mode !== "live" || !state.latestSnapshot) return;
+      if (debug.liveMapsAsked) debug.liveMapsAsked.push(shown.liveMapsAt);
+      wantSnapshot(state.latestSnapshot.step);
+    }, wait);
   }
 
   /*

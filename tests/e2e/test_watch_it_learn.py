@@ -363,3 +363,30 @@ def test_kernel_editor_starts_at_its_layers_size_keeps_its_confirmation_and_name
     page.wait_for_function(
         f"document.querySelector('#run-list li[data-run=\"{run_id}\"] .badge').textContent === 'completed'"
     )
+
+
+def test_live_view_draws_at_a_bounded_rate_and_ends_on_the_last_snapshot_with_its_maps(page, server, api):
+    """A page left open on a fast run must not take the cores the run trains on: live, the filters
+    are redrawn at most `drawsPerSecond` times a second and the feature maps asked for at most
+    every `mapsIntervalMs` (the page's own limits, read from it), whatever the snapshot rate; and
+    once the run ends, the newest snapshot is on screen, feature maps included."""
+    goto(page, f"{server}/#steps=600")
+    limits = page.evaluate("window.__kernelscope.liveLimits")
+    page.evaluate("window.__kernelscope.frameLog = []; window.__kernelscope.liveMapsAsked = []")
+    page.click("#btn-start")
+    page.wait_for_function("window.__kernelscope.state.view.run !== null")
+    run_id = page.evaluate("window.__kernelscope.state.view.run")
+    run = wait_finished(api, run_id)
+    assert run["status"] == "completed", run
+    last = api.get(f"/api/runs/{run_id}/snapshots").json()["steps"][-1]
+    page.wait_for_function(f"window.__kernelscope.drawn?.step === {last}")
+    page.wait_for_function(f"window.__kernelscope.features?.step === {last}")
+
+    # a new snapshot drawn live (the same one drawn again, when its births or init figures arrive, is no new frame)
+    live = [f for f in page.evaluate("window.__kernelscope.frameLog") if f["mode"] == "live"]
+    draws = [b["at"] for a, b in zip(live, live[1:]) if b["step"] != a["step"]]
+    asked = page.evaluate("window.__kernelscope.liveMapsAsked")
+    assert len(draws) >= 2 and len(asked) >= 2, (len(draws), asked)
+    # a timer never fires early: these bounds hold on any machine, a slow one only draws less often
+    assert np.diff(draws).min() >= 1000 / limits["drawsPerSecond"] - 2, np.diff(draws).min()
+    assert np.diff(asked).min() >= limits["mapsIntervalMs"] - 2, np.diff(asked).min()
