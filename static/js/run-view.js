@@ -391,17 +391,19 @@ export function mountRunView(context) {
     }), wait);
   }
 
-  /* The feature maps of the newest live snapshot, asked for at most every LIVE_MAPS_INTERVAL_MS;
-     the last one asked for is always the newest drawn (a trailing request). */
+  /* The feature maps of the snapshot drawn live, asked for at most every LIVE_MAPS_INTERVAL_MS;
+     the last one asked for is always the last one drawn (a trailing request). Not the highest
+     step seen: a resumed run writes its snapshots after its checkpoint again, and the ones the
+     page saw before may not be stored at the moment. */
   function wantLiveMaps() {
     if (shown.liveMapsTimer !== null) return;
     const wait = Math.max(0, shown.liveMapsAt + LIVE_MAPS_INTERVAL_MS - performance.now());
     shown.liveMapsTimer = setTimeout(() => {
       shown.liveMapsTimer = null;
       shown.liveMapsAt = performance.now();
-      if (state.mode !== "live" || !state.latestSnapshot) return;
+      if (state.mode !== "live" || !shown.snapshot) return;
       if (debug.liveMapsAsked) debug.liveMapsAsked.push(shown.liveMapsAt);
-      wantSnapshot(state.latestSnapshot.step);
+      wantSnapshot(shown.snapshot.step);
     }, wait);
   }
 

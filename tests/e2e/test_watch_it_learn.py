@@ -387,6 +387,12 @@ def test_live_view_draws_at_a_bounded_rate_and_ends_on_the_last_snapshot_with_it
     draws = [b["at"] for a, b in zip(live, live[1:]) if b["step"] != a["step"]]
     asked = page.evaluate("window.__kernelscope.liveMapsAsked")
     assert len(draws) >= 2 and len(asked) >= 2, (len(draws), asked)
-    # a timer never fires early: these bounds hold on any machine, a slow one only draws less often
-    assert np.diff(draws).min() >= 1000 / limits["drawsPerSecond"] - 2, np.diff(draws).min()
+    # a timer never fires early: these bounds hold on any machine, a slow one only draws less often.
+    # A frame is logged when its drawing ends, so two frames' logs lie at least the interval less
+    # the longer draw apart.
+    longest_draw = max(page.evaluate("window.__kernelscope.drawMs.filters"))
+    assert np.diff(draws).min() >= 1000 / limits["drawsPerSecond"] - longest_draw - 2, (
+        np.diff(draws).min(),
+        longest_draw,
+    )
     assert np.diff(asked).min() >= limits["mapsIntervalMs"] - 2, np.diff(asked).min()
