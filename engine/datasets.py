@@ -886,7 +886,10 @@ def normalize_dataset_spec(spec) -> dict:
     defaults = DATASETS[name]["params"]
     unknown = sorted(set(spec) - set(defaults) - {"name"})
     if unknown:
-        raise ValueError(f"dataset.{unknown[0]}: unknown parameter for {name}; allowed: {', '.join(defaults)}")
+        key = unknown[0]
+        # a key that is no name (empty, spaces, dots) is quoted at `dataset`, not made into a field path
+        where, what = (f"dataset.{key}", "") if key.isidentifier() else ("dataset", f" {key!r}")
+        raise ValueError(f"{where}: unknown parameter{what} for {name}; allowed: {', '.join(defaults)}")
     full = {"name": name, **defaults, **{k: v for k, v in spec.items() if k != "name"}}
     if "path" in defaults and not full["path"]:
         raise ValueError(f"dataset.path: required for {name}")
