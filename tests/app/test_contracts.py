@@ -113,7 +113,10 @@ def test_describe_follows_model_init_dataset_and_a_layers_own_init(client, data_
         ({"model": {"layers": [{"type": "conv", "filters": 0}]}}, "model"),
         ({"colour": 1}, "colour"),
         ({"dataset": {"noize": 0.1}}, "dataset.noize: unknown parameter"),
-        ({"dataset": {"": 1}}, "dataset: unknown parameter ''"),  # a key that is no name: found by the fuzzer, was a 500
+        (
+            {"dataset": {"": 1}},
+            "dataset: unknown parameter ''",
+        ),  # a key that is no name: found by the fuzzer, was a 500
     ],
 )
 def test_describe_refuses_bad_input_naming_the_field(client, body, field):
