@@ -29,30 +29,25 @@ one web process is joined, shown and exported through any other.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import hmac
 import io
 import json
 import secrets
-import sqlite3
-import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
-from app import database, limits
+from app import limits
 from app.caller import ANONYMOUS, CALLER, SESSION_COOKIE, TEACHER, Caller, current, identify  # noqa: F401 (re-exported)
 from app.database import classes as CLASSES
 from app.database import learners as LEARNERS
 from app.runs import QueueFull
-from app.store import SQLiteSession, SQLSession, database_errors
+from app.store import DatabaseClient
 
 JOIN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # 32 symbols, no 0/O or 1/I look-alikes
 TRAINING_STATUSES = ("running", "paused")
@@ -184,70 +179,18 @@ _LEARNERS_OF_CLASS = (
 _INSERT_LEARNER = LEARNERS.insert().values({column.name: sa.bindparam(column.name) for column in LEARNERS.c})
 
 
-class ClassroomStore:
+class ClassroomStore(DatabaseClient):
     """Classes and learners in the runs' database (app/database.py's `classes` and `learners`):
     the SQLite file in `data_dir` by default, PostgreSQL at `database_url`, so every web process
-    of a course sees the same classes. Its own engine, migrated like the Store's (a no-op once
-    the Store has done it), and the Store's two ways of running a statement (app/store.py): on
-    SQLite one connection kept open behind a lock, each statement's SQLite text run on the
-    sqlite3 driver (a learner token is looked up on every request of a learner); on PostgreSQL
-    a pooled connection, in autocommit for one statement, in one transaction for a write. An
-    unreachable PostgreSQL is the store's DatabaseUnavailable (503)."""
+    of a course sees the same classes. Its own connections, opened and migrated as the Store's
+    (app/store.py DatabaseClient; the migration is a no-op once the Store has run it): on SQLite
+    one connection behind a lock, each statement's SQLite text run on the sqlite3 driver (a
+    learner token is looked up on every request of a learner); on PostgreSQL a pooled
+    connection. An unreachable PostgreSQL is the store's DatabaseUnavailable (503)."""
 
     def __init__(self, data_dir: Path | str, database_url: str | None = None):
-        path = Path(data_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        self._engine = database.make_engine(database.database_url(path, database_url))
-        self.sqlite = database.is_sqlite(self._engine)
-        self.database = database.describe(self._engine)
-        with self._guard():
-            database.migrate(self._engine)
-        self._lock = threading.RLock()
-        self._conn: Connection | None = None  # SQLite: the one connection, kept checked out
-        self._raw: sqlite3.Connection | None = None  # its sqlite3 connection
-        if self.sqlite:
-            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            raw = self._conn.connection.driver_connection
-            assert isinstance(raw, sqlite3.Connection)
-            raw.row_factory = sqlite3.Row
-            self._raw = raw
-        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")  # the same pool
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = self._raw = None
-        self._engine.dispose()
-
-    def _guard(self) -> contextlib.AbstractContextManager[None]:
-        return database_errors(self.database)
-
-    @contextlib.contextmanager
-    def _session(self, transaction: bool = False) -> Iterator[SQLSession | SQLiteSession]:
-        """Where statements run. A `transaction` holds the write lock from its start: BEGIN
-        IMMEDIATE on SQLite (writers of other processes wait, busy_timeout), an ordinary
-        transaction on PostgreSQL (where a writer that must see a stable count locks the row it
-        depends on)."""
-        if self._raw is not None:
-            with self._lock:
-                if not transaction:
-                    yield SQLiteSession(self._raw)
-                    return
-                self._raw.execute("BEGIN IMMEDIATE")
-                try:
-                    yield SQLiteSession(self._raw)
-                except BaseException:
-                    self._raw.execute("ROLLBACK")
-                    raise
-                self._raw.execute("COMMIT")
-            return
-        if not transaction:
-            with self._guard(), self._autocommit.connect() as connection:
-                yield SQLSession(connection)
-            return
-        with self._guard(), self._engine.begin() as connection:
-            yield SQLSession(connection)
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        super().__init__(data_dir, database_url)
 
     def _rows(self, statement, **params) -> list:
         with self._session() as session:

@@ -291,28 +291,25 @@ class RunNotFound(KeyError):
 _RUN_FIELDS = frozenset({"status", "step", "message", "metrics", "meta", "owner_pid", "config"})
 
 
-class Store:
-    """Runs and metrics in the database (app/database.py: SQLite in `data_dir`, or PostgreSQL
-    at `database_url`) plus the run folders under `data_dir`.
+class DatabaseClient:
+    """One process's way into the database (app/database.py: SQLite in `data_dir`, or PostgreSQL
+    at `database_url`), migrated on opening, shared by the Store and the classroom.
 
     On SQLite one connection is shared by the process's threads behind a lock, in autocommit,
-    with explicit `BEGIN IMMEDIATE` around writes of more than one statement (as before
-    migrations: the event path stays as fast). On PostgreSQL each call takes a pooled
-    connection: one statement runs in autocommit, several in one transaction, so a call
-    writes all or nothing either way; a lost server is DatabaseUnavailable."""
+    with explicit `BEGIN IMMEDIATE` around writes of more than one statement (the event path
+    stays as fast as before migrations). On PostgreSQL each call takes a pooled connection: one
+    statement runs in autocommit, several in one transaction, so a call writes all or nothing
+    either way; a lost server is DatabaseUnavailable."""
 
     def __init__(self, data_dir: Path | str, database_url: str | None = None):
-        self.data_dir = Path(data_dir)
-        (self.data_dir / "runs").mkdir(parents=True, exist_ok=True)
-        self.db_path = self.data_dir / database.SQLITE_FILE
         self._lock = threading.RLock()
-        self._engine = database.make_engine(database.database_url(self.data_dir, database_url))
+        self._engine = database.make_engine(database.database_url(Path(data_dir), database_url))
         self.sqlite = database.is_sqlite(self._engine)
         self.database = database.describe(self._engine)
         with self._guard():
             database.migrate(self._engine)
         self._conn: Connection | None = None  # SQLite: the one connection, kept checked out
-        self._raw: sqlite3.Connection | None = None  # its sqlite3 connection (the event path's fast lane)
+        self._raw: sqlite3.Connection | None = None  # its sqlite3 connection (the fast lane)
         if self.sqlite:
             self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             raw = self._conn.connection.driver_connection
@@ -320,10 +317,6 @@ class Store:
             raw.row_factory = sqlite3.Row
             self._raw = raw
         self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")  # the same pool
-        self._upsert_metrics = _UPSERT_METRICS_SQLITE if self.sqlite else _UPSERT_METRICS_POSTGRESQL
-
-        self._readers: dict[int, sqlite3.Connection] = {}  # SQLite: thread id -> its read-only connection
-        self._readers_lock = threading.Lock()  # not self._lock: a read never waits for the writer
 
     def close(self) -> None:
         with self._lock:
@@ -331,6 +324,54 @@ class Store:
                 self._conn.close()
                 self._conn = self._raw = None
             self._engine.dispose()
+
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return database_errors(self.database)
+
+    @contextlib.contextmanager
+    def _session(self, transaction: bool = False) -> Iterator[SQLSession | SQLiteSession]:
+        """Where to run statements: on SQLite the shared connection under the lock, in
+        autocommit unless `transaction` (then BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error: the
+        write lock is held from the start, writers of other processes wait); on PostgreSQL a
+        pooled connection, likewise in autocommit for one statement (atomic by itself) and in
+        one transaction for several (a writer that must see a stable count locks the row it
+        depends on)."""
+        if self._raw is not None:
+            with self._lock:
+                if not transaction:
+                    yield SQLiteSession(self._raw)
+                    return
+                self._raw.execute("BEGIN IMMEDIATE")
+                try:
+                    yield SQLiteSession(self._raw)
+                except BaseException:
+                    self._raw.execute("ROLLBACK")
+                    raise
+                self._raw.execute("COMMIT")
+            return
+        if not transaction:  # one statement is atomic by itself: no BEGIN and COMMIT round trips
+            with self._guard(), self._autocommit.connect() as connection:
+                yield SQLSession(connection)
+            return
+        with self._guard(), self._engine.begin() as connection:
+            yield SQLSession(connection)
+
+
+class Store(DatabaseClient):
+    """Runs and metrics in the database (DatabaseClient) plus the run folders under `data_dir`."""
+
+    def __init__(self, data_dir: Path | str, database_url: str | None = None):
+        self.data_dir = Path(data_dir)
+        (self.data_dir / "runs").mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data_dir / database.SQLITE_FILE
+        super().__init__(self.data_dir, database_url)
+        self._upsert_metrics = _UPSERT_METRICS_SQLITE if self.sqlite else _UPSERT_METRICS_POSTGRESQL
+
+        self._readers: dict[int, sqlite3.Connection] = {}  # SQLite: thread id -> its read-only connection
+        self._readers_lock = threading.Lock()  # not self._lock: a read never waits for the writer
+
+    def close(self) -> None:
+        super().close()
         with self._readers_lock:
             readers, self._readers = list(self._readers.values()), {}
         for connection in readers:
@@ -363,37 +404,6 @@ class Store:
                 yield session
             return
         yield SQLiteSession(self._reader())
-
-    # -- connections and transactions
-
-    def _guard(self) -> contextlib.AbstractContextManager[None]:
-        return database_errors(self.database)
-
-    @contextlib.contextmanager
-    def _session(self, transaction: bool = False) -> Iterator[SQLSession | SQLiteSession]:
-        """Where to run statements: on SQLite the shared connection under the lock, in
-        autocommit unless `transaction` (then BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error);
-        on PostgreSQL a pooled connection, likewise in autocommit for one statement (atomic by
-        itself) and in one transaction for several."""
-        if self._raw is not None:
-            with self._lock:
-                if not transaction:
-                    yield SQLiteSession(self._raw)
-                    return
-                self._raw.execute("BEGIN IMMEDIATE")
-                try:
-                    yield SQLiteSession(self._raw)
-                except BaseException:
-                    self._raw.execute("ROLLBACK")
-                    raise
-                self._raw.execute("COMMIT")
-            return
-        if not transaction:  # one statement is atomic by itself: no BEGIN and COMMIT round trips
-            with self._guard(), self._autocommit.connect() as connection:
-                yield SQLSession(connection)
-            return
-        with self._guard(), self._engine.begin() as connection:
-            yield SQLSession(connection)
 
     def sweep_temp_files(self, older_than: float = TEMP_FILE_MAX_AGE) -> int:
         """Delete the temp files of atomic writes that never finished (a writer killed between
