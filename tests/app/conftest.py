@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from tests.services_pg import postgres_server
 
 # A run that trains in about a second: small net, small shapes set, small batches.
 TINY_DATASET = {"name": "shapes", "n_train": 256, "n_val": 64}
@@ -17,6 +19,31 @@ TINY = {"model": "small", "dataset": TINY_DATASET, "batch_size": 8, "steps": 30,
 LONG = {**TINY, "steps": 100_000, "snapshot_every": 50, "eval_every": 1000}
 
 TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}
+
+# The server token of the classroom tests: whoever holds it is the teacher.
+TOKEN = "teacher-secret-token"
+TEACHER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """One real PostgreSQL per test module that asks for it (tests/services_pg.py)."""
+    server = postgres_server(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request) -> str | None:
+    """Each backend in turn: None is the SQLite file in the data folder, else the URL of a fresh
+    database on the module's PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").create_database(f"db_{uuid.uuid4().hex[:12]}")
 
 
 def make_settings(data_dir, **overrides) -> Settings:

@@ -12,38 +12,13 @@ import base64
 import csv
 import io
 import time
-import uuid
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app import classroom, limits
 from app.main import create_app
-from tests.app.conftest import LONG, TERMINAL, TINY, make_settings
-from tests.services_pg import postgres_server
-
-TOKEN = "teacher-secret-token"
-TEACHER = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """One PostgreSQL for this module; each test gets a database of its own (database_url)."""
-    server = postgres_server(tmp_path_factory.mktemp("pg"))
-    yield server
-    server.remove()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request) -> str | None:
-    """None: the SQLite file in the data folder; else the URL of a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return None
-    return request.getfixturevalue("postgres").create_database(f"classroom_{uuid.uuid4().hex[:12]}")
+from tests.app.conftest import LONG, TEACHER, TERMINAL, TINY, TOKEN, bearer, make_settings
 
 
 @pytest.fixture

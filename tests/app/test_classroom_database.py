@@ -26,34 +26,12 @@ from fastapi.testclient import TestClient
 from app import classroom, database, limits
 from app.main import create_app
 from app.store import DatabaseUnavailable, Store
-from tests.app.conftest import TINY, make_settings
+from tests.app.conftest import TEACHER, TINY, TOKEN, bearer, make_settings
 from tests.app.test_database import OLD_CLASSROOM_SCHEMA, PREMIGRATION_SCHEMA
 from tests.live_server import free_port, uvicorn_command, wait_until_healthy
 from tests.services_pg import postgres_server, wait_until_stopped
 
 OLD_SECRET = "an-old-learner-secret"
-TOKEN = "teacher-secret-token"
-TEACHER = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    server = postgres_server(tmp_path_factory.mktemp("pg"))
-    yield server
-    server.remove()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request) -> str | None:
-    if request.param == "sqlite":
-        return None
-    return request.getfixturevalue("postgres").create_database(f"rooms_{uuid.uuid4().hex[:12]}")
-
-
 # ---------------------------------------------------------------- the old SQLite tables
 
 

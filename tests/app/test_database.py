@@ -76,14 +76,6 @@ CREATE INDEX IF NOT EXISTS learners_by_class ON learners (class_id, created);
 """
 
 
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """One PostgreSQL for this module's contract tests (each test makes its own runs)."""
-    server = postgres_server(tmp_path_factory.mktemp("pg"))
-    yield server
-    server.remove()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path):
     url = request.getfixturevalue("postgres").url if request.param == "postgresql" else None
