@@ -29,6 +29,14 @@ def wait_finished(api, run_id, timeout=900):
     raise AssertionError(f"run {run_id} did not finish within {timeout} s")
 
 
+def start_small_run(api, n_train: int, **config) -> str:
+    """Start a run of the small model on a small shapes set (64 validation images); its id."""
+    dataset = {"name": "shapes", "n_train": n_train, "n_val": 64}
+    response = api.post("/api/runs", json={"model": "small", "dataset": dataset, **config})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
 def conv1_weights(api, run_id, steps):
     return {
         s: np.asarray(
@@ -88,18 +96,7 @@ def test_default_run_at_a_pace_redraws_conv1_forty_times_before_it_moved_half_wa
 @pytest.fixture(scope="module")
 def young_run(api):
     """A run stopped early: still young, so its charts default to a log step axis."""
-    response = api.post(
-        "/api/runs",
-        json={
-            "model": "small",
-            "dataset": {"name": "shapes", "n_train": 512, "n_val": 64},
-            "steps": 2000,
-            "batch_size": 16,
-            "seed": 3,
-        },
-    )
-    assert response.status_code == 201, response.text
-    run_id = response.json()["id"]
+    run_id = start_small_run(api, n_train=512, steps=2000, batch_size=16, seed=3)
     deadline = time.monotonic() + 300
     while api.get(f"/api/runs/{run_id}").json()["step"] < 60 and time.monotonic() < deadline:
         time.sleep(0.3)
@@ -151,19 +148,7 @@ def test_young_run_charts_use_a_log_step_axis_with_decade_ticks_and_the_slider_m
 @pytest.fixture(scope="module")
 def finished_run(api):
     """A short run trained to its end: its snapshots span early and late steps."""
-    response = api.post(
-        "/api/runs",
-        json={
-            "model": "small",
-            "dataset": {"name": "shapes", "n_train": 256, "n_val": 64},
-            "steps": 120,
-            "batch_size": 8,
-            "seed": 4,
-            "snapshot_every": 10,
-        },
-    )
-    assert response.status_code == 201, response.text
-    return wait_finished(api, response.json()["id"])
+    return wait_finished(api, start_small_run(api, n_train=256, steps=120, batch_size=8, seed=4, snapshot_every=10))
 
 
 def test_auto_step_axis_follows_the_step_on_screen_and_the_toggle_always_wins(page, server, api, finished_run):
