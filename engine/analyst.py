@@ -450,7 +450,8 @@ def serve() -> None:
     while True:
         try:
             message = pickle.load(source)
-        except (EOFError, OSError):
+        except (EOFError, OSError, pickle.UnpicklingError):
+            # the end of input, or the training process was stopped while it wrote a message
             return
         reply: tuple[str, Result | str | None]
         try:

@@ -245,3 +245,21 @@ def test_auto_on_a_machine_with_no_spare_core_never_starts_the_process():
     assert [r.step for r in got] == [1, 2, 3]
     for x, y in zip(expected, got):
         assert x.eval == y.eval and x.snapshot == y.snapshot
+
+
+def test_the_process_ends_quietly_when_its_input_is_cut_mid_message():
+    """A run that is stopped while it writes a job leaves the analyst a truncated message; the
+    analyst ends as at end of input, without a traceback in the server's log."""
+    import pickle
+    import subprocess
+    import sys
+
+    message = pickle.dumps(("last_eval", {"loss": 1.0}), protocol=pickle.HIGHEST_PROTOCOL)
+    done = subprocess.run(
+        [sys.executable, "-c", "from engine.analyst import serve; serve()"],
+        input=message[: len(message) // 2],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert b"Traceback" not in done.stderr
