@@ -216,6 +216,87 @@ def cli_rate(config: dict, warmup: int) -> float:
         return rate_from_samples(samples, warmup, config["steps"])
 
 
+# ------------------------------------------------------------------ who takes the CPU
+
+# What each process of the server's and the browser's trees is, by its command line (first match).
+PROCESS_KINDS = (
+    ("analyst", "engine.analyst"),
+    ("partner", "partner_main"),
+    ("chromium renderer", "--type=renderer"),
+    ("chromium gpu", "--type=gpu-process"),
+    ("chromium utility", "--type=utility"),
+    ("chromium browser", "chromium"),
+    ("playwright driver", "playwright"),
+    ("run worker", "multiprocessing"),
+    ("server", "app.cli"),
+    ("this benchmark", "product.py"),
+)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root: int) -> list[int]:
+    """root and its descendants (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def cpu_by_process(roots: list[int]) -> dict[int, tuple[str, float]]:
+    """{pid: (kind by PROCESS_KINDS, CPU seconds so far, user + system)} of every live process under `roots`."""
+    found = {}
+    for root in roots:
+        for pid in process_tree(root):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            kind = next((name for name, mark in PROCESS_KINDS if mark in command), "other")
+            found[pid] = (kind, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return found
+
+
+class CpuWatch:
+    """CPU per process kind between the first reading and each process's last: read() at every
+    poll, so a process that ends (the run's worker at its last step) keeps its last reading."""
+
+    def __init__(self, roots: list[int]):
+        self.roots = roots
+        self.first: dict[int, float] | None = None
+        self.last: dict[int, tuple[str, float]] = {}
+        self.steps = (0, 0)
+
+    def read(self, step: int) -> None:
+        now = cpu_by_process(self.roots)
+        if self.first is None:
+            self.first = {pid: cpu for pid, (_, cpu) in now.items()}
+            self.steps = (step, step)
+        self.last.update(now)
+        self.steps = (self.steps[0], step)
+
+    def ms_per_step(self) -> dict[str, float]:
+        first = self.first or {}
+        steps = max(1, self.steps[1] - self.steps[0])
+        totals: dict[str, float] = {}
+        for pid, (kind, cpu) in self.last.items():
+            totals[kind] = totals.get(kind, 0.0) + 1000 * (cpu - first.get(pid, 0.0)) / steps
+        return totals
+
+
+CPU_SHARES: dict[str, list[dict[str, float]]] = {}  # scenario -> per round, CPU ms/step by kind
+
+
 def server_rate(config: dict, warmup: int, page: bool) -> float:
     import httpx
 
@@ -225,9 +306,20 @@ def server_rate(config: dict, warmup: int, page: bool) -> float:
         server = Server(Path(tmp) / "data")
         try:
             run_id = server.start_run(config)
-            read = lambda: server.client.get(f"/api/runs/{run_id}").json()["step"]  # noqa: E731
+            watch = CpuWatch([server.process.pid, os.getpid()])
+
+            def read():
+                step = server.client.get(f"/api/runs/{run_id}").json()["step"]
+                if warmup <= step:
+                    watch.read(step)
+                return step
+
+            def keep_shares():
+                CPU_SHARES.setdefault("page" if page else "server", []).append(watch.ms_per_step())
+
             if not page:
                 samples = poll(read, config["steps"], lambda: server.process.poll() is None)
+                keep_shares()
                 return rate_from_samples(samples, warmup, config["steps"])
             from playwright.sync_api import sync_playwright
 
@@ -239,6 +331,7 @@ def server_rate(config: dict, warmup: int, page: bool) -> float:
                 view.goto(f"{server.url}/#run={run_id}")
                 view.wait_for_selector("body[data-ready=true]")
                 samples = poll(read, config["steps"], lambda: server.process.poll() is None)
+                keep_shares()
                 browser.close()
             httpx.get(f"{server.url}/healthz")
             return rate_from_samples(samples, warmup, config["steps"])
@@ -409,6 +502,15 @@ def main() -> None:
         print(f"| {scenario} | " + " | ".join(cells) + " |")
     for condition, loads in results["loads"].items():
         print(f"load averages ({condition}): {'; '.join(loads)}")
+    if CPU_SHARES:
+        print("\nCPU ms per training step by process, server and page scenarios (median over rounds and conditions):")
+        for scenario, rounds_measured in CPU_SHARES.items():
+            kinds = sorted({kind for shares in rounds_measured for kind in shares})
+            cells = {kind: statistics.median(shares.get(kind, 0.0) for shares in rounds_measured) for kind in kinds}
+            total = sum(cells.values())
+            listed = ", ".join(f"{kind} {ms:.2f}" for kind, ms in sorted(cells.items(), key=lambda item: -item[1]))
+            print(f"  {scenario}: total {total:.2f} ({listed})")
+        results["cpu_shares"] = CPU_SHARES
     if args.path_rounds:
         measured = path_costs(config, WARMUP, args.path_rounds)
         print(f"\ntraining path, {steps} steps, every part in the training process (load {load()}):")
