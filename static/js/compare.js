@@ -10,7 +10,7 @@
  * State lives in `view`; drawing reads it. window.__kernelscope.compare exposes what was drawn.
  */
 
-import { el } from "./dom.js";
+import { el, setFill } from "./dom.js";
 import {
   logTicks, positiveExtent, seriesStyle, stepAxis, stepAxisIsLog, stepMarkerLayout, withZeroStrip, zeroTrace,
 } from "./charts.js";
@@ -295,7 +295,7 @@ export function mountCompare(context) {
       scaleText.dataset.maxAbs = String(peaks[i]);
       const symmetry = layer.symmetry;
       const fill = card.querySelector(".meter-fill");
-      fill.style.width = `${Math.max(0, Math.min(1, symmetry ?? 0)) * 100}%`;
+      setFill(fill, symmetry ?? 0);
       fill.classList.toggle("stuck", symmetry != null && symmetry > 0.999);
       card.querySelector(".meter-value").textContent = symmetry == null ? "–" : symmetry.toFixed(3);
       const labels = (layer.detectors ?? []).filter((d) => d.beats_chance && isDetector(d)).map((d) => d.label.replace(/_/g, " "));

@@ -40,3 +40,19 @@ export function showError(message) {
   clearTimeout(showError.timer);
   showError.timer = setTimeout(() => { banner.hidden = true; }, 8000);
 }
+
+/* Fill a bar's inner element to `fraction` (clamped to 0..1; not a number: empty), kept in its
+   data-fraction. Drawn as a scale, not a width: a width change lays out the page again, and a
+   bar that follows a training run changes many times a second. */
+export function setFill(fill, fraction) {
+  const f = Number.isFinite(fraction) ? Math.max(0, Math.min(1, fraction)) : 0;
+  fill.dataset.fraction = String(f);
+  fill.style.transform = `scaleX(${f})`;
+}
+
+/* Set a node's text only when it differs: writing the same text still replaces the node's text
+   and makes the browser lay the page out again, and live views write many times a second. */
+export function setText(node, text) {
+  const value = String(text);
+  if (node.textContent !== value) node.textContent = value;
+}

@@ -8,7 +8,7 @@
  * and then updated in place.
  */
 
-import { el } from "./dom.js";
+import { el, setFill, setText } from "./dom.js";
 // RdBu-like stops from -1 to 1 (ColorBrewer RdBu, reversed so positive is red).
 const STOPS = [
   [-1.0, [33, 102, 172]],
@@ -219,7 +219,7 @@ export class FilterLayerView {
   }
 
   update(layer, { scaling = "layer", initialWeights = null, initText = "", births = null, step = null } = {}) {
-    this.initNote.textContent = initText;
+    setText(this.initNote, initText);
     const layerScale = maxAbs(layer.weight);
     const frozen = new Set(layer.frozen ?? []);
     layer.weight.forEach((filter, f) => {
@@ -231,14 +231,14 @@ export class FilterLayerView {
       initial.parentElement.hidden = !start;
       if (start) paintGrid(initial, start.slice(0, MAX_CHANNELS_SHOWN), (v) => divergingColor(scale > 0 ? v / scale : 0));
       const born = births?.[f]?.birth_step;
-      birth.textContent = births == null ? "" : born != null && (step == null || born <= step) ? `born at step ${born}` : "not born yet";
+      setText(birth, births == null ? "" : born != null && (step == null || born <= step) ? `born at step ${born}` : "not born yet");
       birth.classList.toggle("born", born != null && (step == null || born <= step));
       const isFrozen = frozen.has(f);
-      mark.textContent = isFrozen ? "frozen" : "";
+      setText(mark, isFrozen ? "frozen" : "");
       card.classList.toggle("frozen", isFrozen);
       canvas.title = `filter ${f}: max |w| = ${maxAbs(filter).toPrecision(3)}, bias = ${Number(layer.bias?.[f] ?? 0).toPrecision(3)}`;
       const det = (layer.detectors || []).find((d) => d.filter === f) ?? layer.detectors?.[f];
-      label.textContent = detectorText(det);
+      setText(label, detectorText(det));
       label.classList.toggle("below-chance", det?.beats_chance === false && isDetector(det));
       label.classList.toggle("not-detector", Boolean(det) && !isDetector(det));
       card.classList.toggle("dead", Boolean(det?.dead || det?.label === "dead"));
@@ -261,10 +261,10 @@ export class FilterLayerView {
   updateMeter(symmetry) {
     const s = Number(symmetry);
     this.meter.dataset.symmetry = Number.isFinite(s) ? String(s) : "";
-    this.meterFill.style.width = `${Math.max(0, Math.min(1, Number.isFinite(s) ? s : 0)) * 100}%`;
-    this.meterValue.textContent = Number.isFinite(s) ? s.toFixed(3) : "–";
-    this.summarySymmetry.textContent = Number.isFinite(s) && !this.root.open ? `symmetry ${s.toFixed(3)}` : "";
-    this.meterNote.textContent = s >= 0.9999 ? "all filters identical: symmetry never broken" : "";
+    setFill(this.meterFill, s);
+    setText(this.meterValue, Number.isFinite(s) ? s.toFixed(3) : "–");
+    setText(this.summarySymmetry, Number.isFinite(s) && !this.root.open ? `symmetry ${s.toFixed(3)}` : "");
+    setText(this.meterNote, s >= 0.9999 ? "all filters identical: symmetry never broken" : "");
     this.meter.classList.toggle("stuck", s >= 0.9999);
   }
 
@@ -275,11 +275,11 @@ export class FilterLayerView {
    */
   drawTimeline(births, filters) {
     const info = this.birthInfo;
-    if (!births || !info?.last) { this.timeline.replaceChildren(); return; }
-    const key = JSON.stringify([births.map((b) => b.birth_step), info.last, info.step]);
-    if (this.timeline.dataset.key === key) return;
-    this.timeline.dataset.key = key;
+    if (!births || !info?.last) { this.timeline.replaceChildren(); delete this.timeline.dataset.key; return; }
     const fraction = (step) => Math.log10(1 + step) / Math.log10(1 + info.last);
+    const key = JSON.stringify([births.map((b) => b.birth_step), info.last]);
+    if (this.timeline.dataset.key === key) { this.placeNow(fraction); return; }
+    this.timeline.dataset.key = key;
     const track = el("div", "birth-track");
     const born = births.filter((b) => b.birth_step != null).sort((a, b) => a.birth_step - b.birth_step || a.filter - b.filter);
     const text = el("span", "birth-text", born.length
@@ -315,12 +315,20 @@ export class FilterLayerView {
       tick.dataset.row = String(row);
     }
     track.style.height = `${Math.max(1, rowEnds.length) * ROW_PX + 2}px`;
-    if (info.step != null) {
-      const now = el("span", "birth-now");
-      now.style.left = `${(100 * fraction(info.step)).toFixed(2)}%`;
-      now.title = `step ${info.step} on screen`;
-      track.prepend(now);
-    }
+    this.now = el("span", "birth-now");
+    track.prepend(this.now);
+    this.placeNow(fraction);
+  }
+
+  /* The mark of the step on screen on the births' axis: moved, not redrawn, as the step changes
+     (the ticks are laid out again only when the births or the axis change). */
+  placeNow(fraction) {
+    const step = this.birthInfo?.step;
+    if (!this.now) return;
+    this.now.hidden = step == null;
+    if (step == null) return;
+    this.now.style.left = `${(100 * fraction(step)).toFixed(2)}%`;
+    this.now.title = `step ${step} on screen`;
   }
 
   drawHistogram(weight, initialWeights) {

@@ -19,12 +19,13 @@
  */
 
 import * as api from "./api.js";
-import { $, el, showError } from "./dom.js";
+import { $, el, setFill, setText, showError } from "./dom.js";
 import { FeatureMapBoard, FilterBoard, drawGray } from "./filters.js";
 import { autoStepAxisIsLog, runStepSpan } from "./charts.js";
 import { RunCharts, statLayers } from "./run-charts.js";
 import { convLayers } from "./state.js";
 import { StepThrough, layerInput } from "./stepthrough.js";
+import { Throttle } from "./throttle.js";
 
 export const ACTIVE = new Set(["queued", "running", "paused"]);
 const LIVE_DRAWS_PER_SECOND = 12;
@@ -45,11 +46,8 @@ export function mountRunView(context) {
   const shown = {
     closeEvents: null,   // closes the open run's event stream
     generation: 0,       // bumps when another run is opened; stale async work checks it
-    pendingLive: null,   // newest live snapshot waiting for the next animation frame
-    liveFrame: null,     // a pending live draw (timer, then animation frame)
-    liveDrawnAt: -Infinity,
-    liveMapsAt: -Infinity,  // when the feature maps of a live snapshot were last asked for
-    liveMapsTimer: null,
+    pendingLive: null,   // newest live snapshot waiting for the next live frame
+    headerDirty: false,  // the progress or the stored steps changed since the last live frame
     fmapSnapshot: null,  // the full snapshot whose feature maps are on screen
     snapshot: null,      // the snapshot whose filters are on screen
     player: null,        // {pace, catchUp, timer} while stored snapshots play
@@ -103,7 +101,7 @@ export function mountRunView(context) {
     debug.drawn = { step: snapshot.step, layers, symmetry };
     if (debug.frameLog) debug.frameLog.push({ step: snapshot.step, mode: state.mode, at: performance.now(),
                                               conv1: filterBoard.fingerprint(snapshot.layers.find((l) => l.type === "conv")?.index) });
-    $("filters-step").textContent = `step ${snapshot.step}`;
+    setText($("filters-step"), `step ${snapshot.step}`);
     if (!shown.births.size) refreshBirths();
     debug.framesDrawn += 1;
     recordTime(debug.drawMs.filters, performance.now() - started);
@@ -270,10 +268,10 @@ export function mountRunView(context) {
     slider.max = String(Math.max(0, state.steps.length - 1));
     if (state.mode === "live") slider.value = slider.max;
     const step = state.mode === "live" ? state.steps[state.steps.length - 1] : state.historyStep;
-    $("history-step").textContent = step == null ? "no snapshots yet"
-      : `step ${step} · snapshot ${Number(slider.value) + 1} of ${state.steps.length}`;
+    setText($("history-step"), step == null ? "no snapshots yet"
+      : `step ${step} · snapshot ${Number(slider.value) + 1} of ${state.steps.length}`);
     const behind = state.mode === "live" ? 0 : state.steps.length - 1 - Number(slider.value);
-    $("history-behind").textContent = behind > 0 && ACTIVE.has(state.run?.status) ? `${behind} behind live` : "";
+    setText($("history-behind"), behind > 0 && ACTIVE.has(state.run?.status) ? `${behind} behind live` : "");
     $("btn-live").classList.toggle("active", state.mode === "live");
     // "auto" follows the step on screen (the newest one live, the slider's or the player's in history)
     const total = state.run?.steps ?? state.run?.config?.steps ?? 0;
@@ -282,7 +280,7 @@ export function mountRunView(context) {
     charts.setStepSpan(shown.span);
     shown.logSteps = charts.setStepAxis(state.view.stepAxis, step ?? state.run?.step ?? 0, total);
     // what auto picks for this step, said on its button whichever axis is chosen
-    $("step-axis-auto").textContent = `axis: auto (${autoStepAxisIsLog(step ?? state.run?.step ?? 0, total) ? "log" : "linear"})`;
+    setText($("step-axis-auto"), `axis: auto (${autoStepAxisIsLog(step ?? state.run?.step ?? 0, total) ? "log" : "linear"})`);
     announceView();
   }
 
@@ -374,38 +372,44 @@ export function mountRunView(context) {
 
   // ---------------------------------------------------------------- live stream
 
+  /* One live frame at most LIVE_DRAWS_PER_SECOND times a second draws what the stream changed
+     since the last: the header's progress and the slider (headerDirty), and the newest snapshot
+     (pendingLive). The stream brings tens of events a second, and every frame with a DOM change
+     costs the browser a style, layout, paint and commit pass on the cores the run trains on. */
+  const liveFrame = new Throttle(() => {
+    if (shown.headerDirty) {
+      shown.headerDirty = false;
+      drawProgress();
+      updateSlider();
+    }
+    const s = shown.pendingLive;
+    shown.pendingLive = null;
+    if (s && state.mode === "live") {
+      drawFilters(s);
+      liveMaps.schedule();
+    }
+  }, 1000 / LIVE_DRAWS_PER_SECOND);
+
   function scheduleLiveDraw(snapshot) {
     if (shown.pendingLive) debug.framesDropped += 1;
     shown.pendingLive = snapshot;
-    if (shown.liveFrame !== null) return;
-    const wait = Math.max(0, shown.liveDrawnAt + 1000 / LIVE_DRAWS_PER_SECOND - performance.now());
-    shown.liveFrame = setTimeout(() => requestAnimationFrame(() => {
-      shown.liveFrame = null;
-      shown.liveDrawnAt = performance.now();
-      const s = shown.pendingLive;
-      shown.pendingLive = null;
-      if (s && state.mode === "live") {
-        drawFilters(s);
-        wantLiveMaps();
-      }
-    }), wait);
+    liveFrame.schedule();
+  }
+
+  function scheduleHeader() {
+    shown.headerDirty = true;
+    liveFrame.schedule();
   }
 
   /* The feature maps of the snapshot drawn live, asked for at most every LIVE_MAPS_INTERVAL_MS;
      the last one asked for is always the last one drawn (a trailing request). Not the highest
      step seen: a resumed run writes its snapshots after its checkpoint again, and the ones the
      page saw before may not be stored at the moment. */
-  function wantLiveMaps() {
-    if (shown.liveMapsTimer !== null) return;
-    const wait = Math.max(0, shown.liveMapsAt + LIVE_MAPS_INTERVAL_MS - performance.now());
-    shown.liveMapsTimer = setTimeout(() => {
-      shown.liveMapsTimer = null;
-      shown.liveMapsAt = performance.now();
-      if (state.mode !== "live" || !shown.snapshot) return;
-      if (debug.liveMapsAsked) debug.liveMapsAsked.push(shown.liveMapsAt);
-      wantSnapshot(shown.snapshot.step);
-    }, wait);
-  }
+  const liveMaps = new Throttle((at) => {
+    if (state.mode !== "live" || !shown.snapshot) return;
+    if (debug.liveMapsAsked) debug.liveMapsAsked.push(at);
+    wantSnapshot(shown.snapshot.step);
+  }, LIVE_MAPS_INTERVAL_MS, { frame: false });
 
   /*
    * The run's stored steps, read again (GET .../snapshots, a list of numbers): snapshot events
@@ -448,7 +452,7 @@ export function mountRunView(context) {
     }
     if (snapshot.step === 0 && !state.initialSnapshot) state.initialSnapshot = snapshot;
     if (!state.latestSnapshot || snapshot.step >= state.latestSnapshot.step) state.latestSnapshot = snapshot;
-    updateSlider();
+    scheduleHeader();
     refreshBirths();
     if (performance.now() - shown.stepsAt > 3000) refreshSteps();   // the slider learns of coalesced steps too
     if (shown.autoPlay && state.view.pace !== "live") {
@@ -594,17 +598,23 @@ export function mountRunView(context) {
 
   // ---------------------------------------------------------------- header and controls
 
+  /* The open run reached `step` (from its stream or the run list): kept now, drawn with the header. */
   function updateProgress(step) {
     if (!state.run) return;
     if (step != null && step > (state.run.step ?? -1)) state.run.step = step;
+    scheduleHeader();
+  }
+
+  function drawProgress() {
+    if (!state.run) return;
     const total = state.run.steps ?? state.run.config?.steps ?? 0;
     const done = state.run.step ?? 0;
     const fraction = total ? Math.min(1, done / total) : 0;
-    $("progress-fill").style.width = `${(fraction * 100).toFixed(1)}%`;
-    $("progress-text").textContent = total ? `${done} / ${total}` : `${done}`;
+    setFill($("progress-fill"), fraction);
+    setText($("progress-text"), total ? `${done} / ${total}` : `${done}`);
     // the run list polls every few seconds; keep the open run's line in step with the stream
     const listed = document.querySelector(`#run-list li[data-run="${CSS.escape(String(state.run.id))}"] .run-progress`);
-    if (listed) listed.textContent = `${done}/${total || "?"}`;
+    if (listed) setText(listed, `${done}/${total || "?"}`);
   }
 
   function updateRunHeader(message) {
@@ -624,7 +634,7 @@ export function mountRunView(context) {
     // the server resumes a paused run, and restarts stopped, failed or interrupted ones from their checkpoint
     $("btn-resume").hidden = !["paused", "interrupted", "stopped", "failed"].includes(run.status);
     $("btn-stop").hidden = !ACTIVE.has(run.status);
-    updateProgress(run.step);
+    drawProgress();
     const item = document.querySelector(`#run-list li[data-run="${CSS.escape(String(run.id))}"] .badge`);
     if (item) { item.textContent = run.status; item.className = `badge status-${run.status}`; }
     announceView();

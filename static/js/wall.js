@@ -9,7 +9,7 @@
  */
 
 import * as api from "./api.js";
-import { $, el, showError } from "./dom.js";
+import { $, el, setFill, showError } from "./dom.js";
 import { divergingColor, maxAbs, paintGrid } from "./filters.js";
 
 const classId = document.body.dataset.classId;
@@ -81,7 +81,7 @@ function tileNode(tile, scale) {
   meter.title = "symmetry: mean pairwise cosine of the filters (1.0 = symmetry never broken)";
   const s = Number(run.symmetry);
   const fill = el("div", "wall-meter-fill");
-  fill.style.width = `${Number.isFinite(s) ? Math.max(0, Math.min(1, Math.abs(s))) * 100 : 0}%`;
+  setFill(fill, Math.abs(s));
   meter.append(fill, el("span", "wall-meter-text", Number.isFinite(s) ? `symmetry ${s.toFixed(2)}` : "symmetry –"));
   node.append(meter);
   return node;
