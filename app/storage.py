@@ -508,12 +508,15 @@ class LocalStorage:
         return value, members
 
     def _complete(
-        self, run_id: str, step: int, value: dict, members: dict, as_text: bool = False
+        self, run_id: str, step: int, value: dict, members: dict, as_text: bool = False, probes: bool = True
     ) -> tuple[dict, SnapshotContext | None, str | None]:
         """The stored JSON with what was left out put back (in place), the run's context if
         needed, and with `as_text` the probe images' JSON text, for which value["probes"] then
-        holds PROBES_PLACEHOLDER."""
+        holds PROBES_PLACEHOLDER. Without `probes`, the probe images are left out."""
         stored = value.pop("stored")
+        if not probes:
+            value.pop("probes", None)
+            stored["probes"] = False
         params = _params(members)
         needs_context = stored.get("probes") or stored.get("maps") == "recomputed"
         found = self._cached_context(run_id, step) if needs_context else None
@@ -537,17 +540,22 @@ class LocalStorage:
                     raise DamagedFile(run_id, "snapshot", step, path, f"no parameter {error}") from None
         return value, context, probes_text
 
-    def read_snapshot(self, run_id: str, step: int, feature_maps: bool = True) -> dict | None:
+    def read_snapshot(self, run_id: str, step: int, feature_maps: bool = True, probes: bool = True) -> dict | None:
         """One snapshot as a dict (the engine's snapshot JSON), or None if absent.
 
-        Feature maps come back as nested lists rounded like Trainer.snapshot rounds them.
+        Feature maps come back as nested lists rounded like Trainer.snapshot rounds them. Without
+        `probes` (and without feature maps) the probe images are left out: a reader of the
+        kernels or detectors of many snapshots skips decoding the same images each time.
         """
         compact = self._read_compact(run_id, step)
         if compact is None:
-            return self._read_legacy(run_id, step, feature_maps)
+            snapshot = self._read_legacy(run_id, step, feature_maps)
+            if snapshot is not None and not probes and not feature_maps:
+                snapshot.pop("probes", None)
+            return snapshot
         value, members = compact
         mode = value["stored"].get("maps")
-        snapshot, context, _ = self._complete(run_id, step, value, members)
+        snapshot, context, _ = self._complete(run_id, step, value, members, probes=probes or feature_maps)
         if not feature_maps:
             return snapshot
         predicted: dict[int, np.ndarray] = {}
@@ -573,12 +581,17 @@ class LocalStorage:
                     raise DamagedFile(run_id, "snapshot", step, path, f"feature maps: {error}") from None
         return snapshot
 
-    def read_snapshot_text(self, run_id: str, step: int) -> str | None:
-        """The snapshot JSON without feature maps as text, or None if absent."""
+    def read_snapshot_text(self, run_id: str, step: int, probes: bool = True) -> str | None:
+        """The snapshot JSON without feature maps as text, or None if absent. Without `probes`,
+        the probe images are left out (they are the same in every snapshot of a run)."""
         compact = self._read_compact(run_id, step)
         if compact is None:
-            return self._legacy_json(run_id, step)[0]
-        value, _, probes_text = self._complete(run_id, step, *compact, as_text=True)
+            text, value = self._legacy_json(run_id, step)
+            if probes or value is None:
+                return text
+            value.pop("probes", None)
+            return dumps_json(value)
+        value, _, probes_text = self._complete(run_id, step, *compact, as_text=True, probes=probes)
         text = dumps_json(value)
         if probes_text is None:
             return text

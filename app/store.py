@@ -145,12 +145,14 @@ def latest_snapshot_step(data_dir: Path, run_id: str) -> int | None:
     return LocalStorage(data_dir).latest_snapshot_step(run_id)
 
 
-def read_snapshot_text(data_dir: Path, run_id: str, step: int) -> str | None:
-    return LocalStorage(data_dir).read_snapshot_text(run_id, step)
+def read_snapshot_text(data_dir: Path, run_id: str, step: int, probes: bool = True) -> str | None:
+    return LocalStorage(data_dir).read_snapshot_text(run_id, step, probes)
 
 
-def read_snapshot(data_dir: Path, run_id: str, step: int, feature_maps: bool = True) -> dict | None:
-    return LocalStorage(data_dir).read_snapshot(run_id, step, feature_maps)
+def read_snapshot(
+    data_dir: Path, run_id: str, step: int, feature_maps: bool = True, probes: bool = True
+) -> dict | None:
+    return LocalStorage(data_dir).read_snapshot(run_id, step, feature_maps, probes)
 
 
 def read_snapshot_params(data_dir: Path, run_id: str, step: int) -> dict[str, np.ndarray] | None:
@@ -545,11 +547,11 @@ class Store(DatabaseClient):
     def latest_snapshot_step(self, run_id: str) -> int | None:
         return latest_snapshot_step(self.data_dir, run_id)
 
-    def read_snapshot(self, run_id: str, step: int, feature_maps: bool = True) -> dict | None:
-        return read_snapshot(self.data_dir, run_id, step, feature_maps)
+    def read_snapshot(self, run_id: str, step: int, feature_maps: bool = True, probes: bool = True) -> dict | None:
+        return read_snapshot(self.data_dir, run_id, step, feature_maps, probes)
 
-    def read_snapshot_text(self, run_id: str, step: int) -> str | None:
-        return read_snapshot_text(self.data_dir, run_id, step)
+    def read_snapshot_text(self, run_id: str, step: int, probes: bool = True) -> str | None:
+        return read_snapshot_text(self.data_dir, run_id, step, probes)
 
     def read_snapshot_params(self, run_id: str, step: int) -> dict | None:
         return read_snapshot_params(self.data_dir, run_id, step)

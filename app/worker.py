@@ -420,8 +420,10 @@ class RunRecorder:
 
 
 def snapshot_event_data(store: Store, run_id: str, step: int) -> str | None:
-    """JSON text of a snapshot event's data, built from the stored file without parsing it."""
-    text = store.read_snapshot_text(run_id, step)
+    """JSON text of a snapshot event's data, built from the stored file without parsing it. The
+    probe images are left out: they are the same in every snapshot of a run (GET .../snapshots/{step}
+    has them), and they were two thirds of each event that a live page parses many times a second."""
+    text = store.read_snapshot_text(run_id, step, probes=False)
     if text is None:
         return None
     return f'{{"step":{step:d},"snapshot":{text}}}'

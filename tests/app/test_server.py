@@ -187,6 +187,11 @@ def test_a_new_viewer_first_gets_status_then_latest_snapshot(server):
     assert snapshot["id"] > status["id"]
     assert "feature_maps" not in snapshot["data"]["snapshot"]["layers"][0]
     assert snapshot["data"]["snapshot"]["layers"][0]["shape"] == [8, 1, 3, 3]
+    # the probe images, the same in every snapshot, come from GET .../snapshots/{step}, not with each event
+    assert "probes" not in snapshot["data"]["snapshot"]
+    stored = server.client.get(f"/api/runs/{run_id}/snapshots/{TINY['steps']}?feature_maps=0").json()
+    assert len(stored["probes"]) == len(stored["probe_labels"]) > 0
+    assert {key: value for key, value in stored.items() if key != "probes"} == snapshot["data"]["snapshot"]
 
 
 def test_sigterm_with_a_viewer_open_checkpoints_and_exits_quickly(tmp_path):
