@@ -6,8 +6,8 @@ asks engine.analysis.birth_step, the one home of the rule, for each filter's bir
 brightness snapshot counts as not above chance. The page's filter cards and the layer timeline
 show these steps; nothing of the rule lives in the page.
 
-Per (run, layer) the scores read so far are cached, so a live page asking again every few
-seconds reads only the snapshots stored since.
+Per run the scores of every conv layer read so far are cached, so a live page asking again
+every few seconds, layer by layer, reads each snapshot stored since once (without its probe images).
 """
 
 from __future__ import annotations
@@ -23,18 +23,22 @@ router = APIRouter(prefix="/api/runs", tags=["explain"])
 
 NOT_DETECTORS = {"dead", "brightness"}
 _lock = threading.Lock()
-_cache: dict[tuple[str, int], dict] = {}  # (run, layer) -> {"label", "filters", "rows": {step: (scores, chances)}}
+# run -> {step: {conv layer index: (label, scores, chances)}}: every conv layer of a snapshot is
+# read at once, so the page asking for each layer in turn reads each snapshot once
+_cache: dict[str, dict[int, dict[int, tuple[str, list, list]]]] = {}
 _CACHE_RUNS = 64
 
 
-def _layer_row(snapshot: dict, layer: int) -> tuple[str, list, list] | None:
+def _layer_rows(snapshot: dict) -> dict[int, tuple[str, list, list]]:
+    """{conv layer index: (label, scores, chances)} of one snapshot's detector entries."""
+    rows = {}
     for entry in snapshot.get("layers", []):
-        if entry.get("index") == layer and entry.get("type") == "conv":
+        if entry.get("type") == "conv":
             detectors = sorted(entry.get("detectors") or [], key=lambda d: d.get("filter", 0))
             scores = [None if d.get("dead") or d.get("label") in NOT_DETECTORS else d.get("score") for d in detectors]
             chances = [d.get("chance") for d in detectors]
-            return entry.get("label") or f"layer {layer}", scores, chances
-    return None
+            rows[entry.get("index")] = (entry.get("label") or f"layer {entry.get('index')}", scores, chances)
+    return rows
 
 
 @router.get(
@@ -49,24 +53,21 @@ def layer_births(store: StoreDep, run: Run, layer: int) -> dict:
     if not steps:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"step: run {run_id} has no snapshot yet")
     with _lock:
-        known = _cache.get((run_id, layer)) or {"label": None, "rows": {}}
-    rows = dict(known["rows"])
-    label = known["label"]
+        known = dict(_cache.get(run_id) or {})
     for step in steps:
-        if step in rows:
-            continue
-        snapshot = store.read_snapshot(run_id, step, feature_maps=False)
-        if snapshot is None:
-            continue
-        row = _layer_row(snapshot, layer)
-        if row is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"layer: {layer} is not a conv layer of run {run_id}")
-        label, scores, chances = row
-        rows[step] = (scores, chances)
+        if step not in known:
+            snapshot = store.read_snapshot(run_id, step, feature_maps=False, probes=False)
+            if snapshot is not None:
+                known[step] = _layer_rows(snapshot)
     with _lock:
-        if len(_cache) >= _CACHE_RUNS and (run_id, layer) not in _cache:
+        if len(_cache) >= _CACHE_RUNS and run_id not in _cache:
             _cache.pop(next(iter(_cache)))
-        _cache[(run_id, layer)] = {"label": label, "rows": rows}
+        _cache[run_id] = known
+    ordered = [s for s in steps if s in known]
+    if ordered and layer not in known[ordered[-1]]:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"layer: {layer} is not a conv layer of run {run_id}")
+    label = known[ordered[-1]][layer][0] if ordered else None
+    rows = {s: known[s][layer][1:] for s in ordered if layer in known[s]}
     ordered = [s for s in steps if s in rows]
     filters = max((len(rows[s][0]) for s in ordered), default=0)
     births = []
