@@ -25,7 +25,6 @@ from pathlib import Path
 
 from app import caller as callers
 from app import limits
-from app.store import DatabaseUnavailable
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOKEN_MESSAGE = "authorization: this server needs the header 'Authorization: Bearer <KERNELSCOPE_TOKEN>'"
@@ -188,6 +187,9 @@ class RequestGuard:
                     headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
                     message = {**message, "headers": [*headers, (b"allow", allow)]}
             await send(message)
+
+        # here, not at the top: a run's process imports this module (confined_dataset) and never the store
+        from app.store import DatabaseUnavailable
 
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         safe = scope["method"] in SAFE_METHODS

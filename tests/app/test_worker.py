@@ -290,11 +290,15 @@ def test_a_run_that_fails_or_cannot_write_keeps_every_snapshot_before_the_failur
 
 
 def test_a_runs_process_never_imports_the_store_or_its_database_driver():
-    """What a spawned run's process imports (the server's main module app.cli, then app.worker) leaves
-    the database to the server: importing SQLAlchemy cost every run about 0.15 s of CPU."""
+    """What a spawned run's process imports (the server's main module app.cli, then app.worker, and
+    app.security for the data folder's confinement) leaves the database to the server: importing
+    SQLAlchemy cost every run about 0.15 s of CPU on a quiet machine, over a second on a busy one."""
     import subprocess
     import sys
 
-    code = "import sys, app.cli, app.worker; print(sorted(m for m in ('app.store', 'sqlalchemy') if m in sys.modules))"
+    code = (
+        "import sys, app.cli, app.worker, app.security; "
+        "print(sorted(m for m in ('app.store', 'sqlalchemy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
