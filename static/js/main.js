@@ -92,7 +92,7 @@ async function main() {
     openRun: (id, options) => views.run.openRun(id, options),
     refreshRunList: () => views.list.refresh(),
     markCurrentRun: () => views.list.markCurrent(),
-    updateProgress: (step) => views.run.updateProgress(step),
+    updateProgress: (step, options) => views.run.updateProgress(step, options),
     loadRunConfig: (config) => views.form.loadRunConfig(config),
     askForToken: () => views.form.askForToken(),
     defaults: state.served,

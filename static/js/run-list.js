@@ -8,7 +8,7 @@ import * as api from "./api.js";
 import { $, el, showError } from "./dom.js";
 import { initSummary } from "./state.js";
 
-/* context: {state, openRun(id, {loadConfig}), updateProgress(step)}. Returns {refresh(), markCurrent()}. */
+/* context: {state, openRun(id, {loadConfig}), updateProgress(step, {now})}. Returns {refresh(), markCurrent()}. */
 export function mountRunList(context) {
   const { state } = context;
   const list = $("run-list");
@@ -42,7 +42,8 @@ export function mountRunList(context) {
     if (!runs.length) list.append(el("li", "note", "No runs yet. Runs trained from the CLI appear here too."));
     for (const run of [...runs].sort((a, b) => (b.created ?? 0) - (a.created ?? 0))) {
       list.append(item(run));
-      if (state.run && String(state.run.id) === String(run.id)) context.updateProgress(run.step);  // the newer of list and stream
+      // the newer of list and stream, on the line just drawn and in the header alike
+      if (state.run && String(state.run.id) === String(run.id)) context.updateProgress(run.step, { now: true });
     }
     markCurrent();
   }

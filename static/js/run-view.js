@@ -598,11 +598,12 @@ export function mountRunView(context) {
 
   // ---------------------------------------------------------------- header and controls
 
-  /* The open run reached `step` (from its stream or the run list): kept now, drawn with the header. */
-  function updateProgress(step) {
+  /* The open run reached `step` (from its stream or the run list): kept now, drawn in the next
+     live frame, or at once with `now` (the run list has just redrawn the run's line). */
+  function updateProgress(step, { now = false } = {}) {
     if (!state.run) return;
     if (step != null && step > (state.run.step ?? -1)) state.run.step = step;
-    scheduleHeader();
+    if (now) drawProgress(); else scheduleHeader();
   }
 
   function drawProgress() {
@@ -634,7 +635,7 @@ export function mountRunView(context) {
     // the server resumes a paused run, and restarts stopped, failed or interrupted ones from their checkpoint
     $("btn-resume").hidden = !["paused", "interrupted", "stopped", "failed"].includes(run.status);
     $("btn-stop").hidden = !ACTIVE.has(run.status);
-    drawProgress();
+    scheduleHeader();
     const item = document.querySelector(`#run-list li[data-run="${CSS.escape(String(run.id))}"] .badge`);
     if (item) { item.textContent = run.status; item.className = `badge status-${run.status}`; }
     announceView();

@@ -151,7 +151,7 @@ def test_start_run_from_page_filters_move_labels_appear_loss_grows(page, server,
 
     # let the run finish, then keep a picture of the live view
     page.wait_for_selector("#run-badge.status-completed", timeout=240_000)
-    assert float(page.eval_on_selector("#progress-fill", "e => e.dataset.fraction")) == pytest.approx(1.0)
+    page.wait_for_function("document.getElementById('progress-fill').dataset.fraction === '1'")
     page.wait_for_function("window.__kernelscope.features !== null")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "live-view.png"))

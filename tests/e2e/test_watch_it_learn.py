@@ -358,6 +358,17 @@ def test_live_view_draws_at_a_bounded_rate_and_ends_on_the_last_snapshot_with_it
     goto(page, f"{server}/#steps=600")
     limits = page.evaluate("window.__kernelscope.liveLimits")
     page.evaluate("window.__kernelscope.frameLog = []; window.__kernelscope.liveMapsAsked = []")
+    # each change of the header's progress text: when, and which CSS transitions ran then
+    page.evaluate(
+        """() => {
+          window.headerChanges = [];
+          new MutationObserver(() => window.headerChanges.push(
+            { at: performance.now(), transitions: document.getAnimations()
+                .filter((a) => a instanceof CSSTransition && a.playState === 'running')
+                .map((a) => `${a.transitionProperty} on ${a.effect?.target?.className}`) }
+          )).observe(document.getElementById('progress-text'), { childList: true, characterData: true, subtree: true });
+        }"""
+    )
     page.click("#btn-start")
     page.wait_for_function("window.__kernelscope.state.view.run !== null")
     run_id = page.evaluate("window.__kernelscope.state.view.run")
@@ -381,3 +392,13 @@ def test_live_view_draws_at_a_bounded_rate_and_ends_on_the_last_snapshot_with_it
         longest_draw,
     )
     assert np.diff(asked).min() >= limits["mapsIntervalMs"] - 2, np.diff(asked).min()
+    # the header follows the stream in the same live frames (at most drawsPerSecond), besides once
+    # per run-list poll (every 2 s), not once per event; and no transition keeps the browser
+    # drawing between them (the bars' width transitions, restarted by every event, kept it drawing
+    # about 60 frames a second; a spinner's rotation runs on the compositor and is left out)
+    changes = page.evaluate("window.headerChanges")
+    assert len(changes) >= 2, changes
+    span = changes[-1]["at"] - changes[0]["at"]
+    frame_gap = max(1.0, 1000 / limits["drawsPerSecond"] - longest_draw - 2)
+    assert len(changes) <= span / frame_gap + span / 2000 + 3, (len(changes), span)
+    assert all(not c["transitions"] for c in changes), changes
