@@ -9,8 +9,9 @@
  * layout; a chart whose state changed is drawn later, whole, by one
  * Plotly.react. Plotly redraws a whole SVG chart on every call (hundreds of
  * milliseconds for a few hundred markers on a busy machine), so one scheduler
- * draws the changed charts one per animation frame, waiting at least 250 ms
- * and at least four times as long as its last round took between rounds: the
+ * draws the changed charts one per animation frame, waiting between rounds at
+ * least 250 ms (a second while only points stream in from a training run) and
+ * at least four times as long as its last round took: the
  * charts take at most about a fifth of the main thread, the filter heatmaps
  * keep their frames, and opening a finished run is a row of short tasks
  * instead of one long one (every chart drawn once, not once per series).
@@ -18,6 +19,9 @@
  */
 
 const MIN_FLUSH_INTERVAL_MS = 250;
+/* Points that stream in from a training run wait at least this long between rounds: a curve that
+   grows once a second reads as live, and every round redraws each changed chart's whole SVG. */
+const LIVE_FLUSH_INTERVAL_MS = 1000;
 const FLUSH_BUDGET_FACTOR = 4;
 /* A series with more points than this gets its markers on a thinned copy (about MARKED_POINTS of
    them): plotly styles every marker one by one, and hundreds per curve cost most of a redraw while
@@ -26,33 +30,46 @@ const MARKERS_ON_EVERY_POINT = 60;
 const MARKED_POINTS = 24;
 
 const dirtyCharts = new Set();
-let flushTimer = null;        // set while a flush is waiting or running
+let flushTimer = null;        // a round waiting for its time
+let flushDue = Infinity;      // when that round starts
+let round = null;             // the charts of the round being drawn, one per frame
 let lastFlushEnd = -Infinity;
 let lastFlushMs = 0;          // main-thread time the last round of flushes took
 
-function scheduleFlush() {
-  if (flushTimer !== null) return;
-  const interval = Math.max(MIN_FLUSH_INTERVAL_MS, FLUSH_BUDGET_FACTOR * lastFlushMs);
-  const wait = Math.max(0, lastFlushEnd + interval - performance.now());
-  flushTimer = setTimeout(() => requestAnimationFrame(() => flushNext(0)), wait);
+/* Ask for a round at least `minInterval` ms (and FLUSH_BUDGET_FACTOR times the last round's own
+   time) after the last one ended; an earlier ask moves a waiting round forward. A round draws the
+   charts that are changed when it starts; what changes meanwhile waits for the next one. */
+function scheduleFlush(minInterval) {
+  const interval = Math.max(minInterval, FLUSH_BUDGET_FACTOR * lastFlushMs);
+  const due = Math.max(performance.now(), lastFlushEnd + interval);
+  if (round !== null || (flushTimer !== null && due >= flushDue)) return;
+  clearTimeout(flushTimer);
+  flushDue = due;
+  flushTimer = setTimeout(() => {
+    flushTimer = null;
+    flushDue = Infinity;
+    round = [...dirtyCharts];
+    requestAnimationFrame(() => flushNext(0));
+  }, due - performance.now());
 }
 
 /* One chart per animation frame, so the frames in between can draw filters. */
 function flushNext(spentMs) {
-  const chart = dirtyCharts.values().next().value;
+  const chart = round.shift();
   let spent = spentMs;
   if (chart) {
     const started = performance.now();
     chart.flush();
     spent += performance.now() - started;
   }
-  if (dirtyCharts.size) {
+  if (round.length) {
     requestAnimationFrame(() => flushNext(spent));
     return;
   }
-  flushTimer = null;
+  round = null;
   lastFlushEnd = performance.now();
   lastFlushMs = spent;
+  if (dirtyCharts.size) scheduleFlush(Math.min(...[...dirtyCharts].map((c) => c.waitMs)));
 }
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
@@ -78,11 +95,14 @@ export class LineChart {
     this.span = null;           // [first, last] step of the x axis, or null to fit the points
   }
 
-  /* Note a change of state; the scheduler draws it. */
-  _changed() {
+  /* Note a change of state; the scheduler draws it. `live`: points streaming in, which can wait
+     LIVE_FLUSH_INTERVAL_MS; any other change (a history loaded, the axis switched) comes sooner. */
+  _changed(live = false) {
     this.revision += 1;
+    const wait = live ? LIVE_FLUSH_INTERVAL_MS : MIN_FLUSH_INTERVAL_MS;
+    this.waitMs = dirtyCharts.has(this) ? Math.min(this.waitMs, wait) : wait;
     dirtyCharts.add(this);
-    scheduleFlush();
+    scheduleFlush(wait);
   }
 
   _seriesFor(name) {
@@ -108,7 +128,7 @@ export class LineChart {
     const series = this._seriesFor(name);
     if (this.options.log && y === 0) series.zeros.push(x);   // drawn apart: a log scale has no 0
     else { series.x.push(x); series.y.push(y); this._widen([y]); }
-    this._changed();
+    this._changed(true);
   }
 
   /* Replace a whole series (e.g. the metrics history of an opened run). */
