@@ -48,6 +48,8 @@ export function mountRunView(context) {
     generation: 0,       // bumps when another run is opened; stale async work checks it
     pendingLive: null,   // newest live snapshot waiting for the next live frame
     headerDirty: false,  // the progress or the stored steps changed since the last live frame
+    resumes: 0,          // resumes asked for: a resumed run drops its snapshots past its checkpoint
+    stepsStale: false,   // the stored steps are read anew once the resumed run is running
     fmapSnapshot: null,  // the full snapshot whose feature maps are on screen
     snapshot: null,      // the snapshot whose filters are on screen
     player: null,        // {pace, catchUp, timer} while stored snapshots play
@@ -416,7 +418,7 @@ export function mountRunView(context) {
    * coalesce to the newest for a viewer that falls behind, so the stream alone may miss stored
    * steps. One request at a time; `stepsListedUpTo` is the newest step such a list held.
    */
-  async function refreshSteps() {
+  async function refreshSteps({ replace = false } = {}) {
     const run = state.view.run, generation = shown.generation;
     if (!run || shown.stepsBusy) return;
     shown.stepsBusy = true;
@@ -424,7 +426,8 @@ export function mountRunView(context) {
     try {
       const steps = await api.getSnapshotSteps(run);
       if (generation !== shown.generation) return;
-      mergeSteps(steps);
+      if (replace) state.steps = [...steps];
+      else mergeSteps(steps);
       if (steps.length) shown.stepsListedUpTo = Math.max(shown.stepsListedUpTo, steps[steps.length - 1]);
       updateSlider();
     } catch { /* the next tick asks again */ } finally {
@@ -467,6 +470,10 @@ export function mountRunView(context) {
     state.run.status = data.status;
     if (data.step != null) state.run.step = data.step;
     updateRunHeader(data.message);
+    if (data.status === "running" && shown.stepsStale) {   // resumed: its steps past the checkpoint are gone
+      shown.stepsStale = false;
+      refreshSteps({ replace: true });
+    }
     updateSlider();   // an ended run's charts span the steps it reached
     if (!ACTIVE.has(data.status) && shown.closeEvents) {
       refreshBirths(true);
@@ -578,22 +585,26 @@ export function mountRunView(context) {
 
   /*
    * Per-layer std curves of a run opened midway or after the fact, from a sample
-   * of its stored snapshots, merged with the live points that arrived meanwhile.
+   * of its stored snapshots, merged with the live points that arrived meanwhile. A resume
+   * stops it where it is: the resumed run removes its snapshots past its checkpoint.
    */
   async function backfillStats(id, steps, generation) {
     if (!steps.length) return;
     const count = Math.min(steps.length, 40);
     const sample = [...new Set(Array.from({ length: count }, (_, i) => steps[Math.round(i * (steps.length - 1) / Math.max(1, count - 1))]))];
     const points = [];
+    const resumes = shown.resumes;
     for (const step of sample) {
       if (generation !== shown.generation) return;
+      if (resumes !== shown.resumes) break;
       try {
         const snapshot = await api.getSnapshot(id, step, false);
         points.push({ step, stats: statLayers(snapshot) });
       } catch { /* a snapshot that cannot be read leaves a gap in the curve */ }
     }
     if (generation !== shown.generation) return;
-    charts.setStatHistory(points, sample[sample.length - 1]);
+    // the live points past the last one read fill in the rest
+    charts.setStatHistory(points, resumes !== shown.resumes && points.length ? points[points.length - 1].step : sample[sample.length - 1]);
   }
 
   // ---------------------------------------------------------------- header and controls
@@ -643,6 +654,10 @@ export function mountRunView(context) {
 
   async function control(action) {
     if (!state.run) return;
+    if (action === "resume") {
+      shown.resumes += 1;   // a backfill under way stops: the snapshots it would read may be removed
+      shown.stepsStale = true;
+    }
     try {
       const run = await api.controlRun(state.run.id, action);
       if (run && run.status) {
