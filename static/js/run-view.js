@@ -38,7 +38,7 @@ function recordTime(list, ms) {
 
 /*
  * context: {state, debug, writeHash(), loadRunConfig(config), refreshRunList(),
- *           askForToken()}. Returns {openRun(id, {loadConfig}), updateProgress(step), charts}.
+ *           askForToken()}. Returns {openRun(id, {loadConfig}), updateProgress(step, {now}), charts}.
  */
 export function mountRunView(context) {
   const { state, debug } = context;
