@@ -544,18 +544,18 @@ class LocalStorage:
         """One snapshot as a dict (the engine's snapshot JSON), or None if absent.
 
         Feature maps come back as nested lists rounded like Trainer.snapshot rounds them. Without
-        `probes` (and without feature maps) the probe images are left out: a reader of the
-        kernels or detectors of many snapshots skips decoding the same images each time.
+        `probes` the probe images are left out: a reader of the kernels or detectors of many
+        snapshots skips decoding the same images each time.
         """
         compact = self._read_compact(run_id, step)
         if compact is None:
             snapshot = self._read_legacy(run_id, step, feature_maps)
-            if snapshot is not None and not probes and not feature_maps:
+            if snapshot is not None and not probes:
                 snapshot.pop("probes", None)
             return snapshot
         value, members = compact
         mode = value["stored"].get("maps")
-        snapshot, context, _ = self._complete(run_id, step, value, members, probes=probes or feature_maps)
+        snapshot, context, _ = self._complete(run_id, step, value, members, probes=probes)
         if not feature_maps:
             return snapshot
         predicted: dict[int, np.ndarray] = {}

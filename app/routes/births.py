@@ -63,18 +63,18 @@ def layer_births(store: StoreDep, run: Run, layer: int) -> dict:
         if len(_cache) >= _CACHE_RUNS and run_id not in _cache:
             _cache.pop(next(iter(_cache)))
         _cache[run_id] = known
-    ordered = [s for s in steps if s in known]
-    if ordered and layer not in known[ordered[-1]]:
+    stored = [s for s in steps if s in known]
+    if stored and layer not in known[stored[-1]]:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"layer: {layer} is not a conv layer of run {run_id}")
-    label = known[ordered[-1]][layer][0] if ordered else None
-    rows = {s: known[s][layer][1:] for s in ordered if layer in known[s]}
-    ordered = [s for s in steps if s in rows]
-    filters = max((len(rows[s][0]) for s in ordered), default=0)
+    rows = {s: known[s][layer] for s in stored if layer in known[s]}  # step -> (label, scores, chances)
+    ordered = list(rows)
+    label = rows[ordered[-1]][0] if ordered else None
+    filters = max((len(rows[s][1]) for s in ordered), default=0)
     births = []
     for f in range(filters):
-        scores = [rows[s][0][f] if f < len(rows[s][0]) else None for s in ordered]
+        scores = [rows[s][1][f] if f < len(rows[s][1]) else None for s in ordered]
         chances = [
-            rows[s][1][f] if f < len(rows[s][1]) and rows[s][1][f] is not None else float("inf") for s in ordered
+            rows[s][2][f] if f < len(rows[s][2]) and rows[s][2][f] is not None else float("inf") for s in ordered
         ]
         births.append({"filter": f, "birth_step": analysis.birth_step(ordered, scores, chances)})
     return {

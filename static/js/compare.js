@@ -295,7 +295,7 @@ export function mountCompare(context) {
       scaleText.dataset.maxAbs = String(peaks[i]);
       const symmetry = layer.symmetry;
       const fill = card.querySelector(".meter-fill");
-      setFill(fill, symmetry ?? 0);
+      setFill(fill, symmetry);
       fill.classList.toggle("stuck", symmetry != null && symmetry > 0.999);
       card.querySelector(".meter-value").textContent = symmetry == null ? "–" : symmetry.toFixed(3);
       const labels = (layer.detectors ?? []).filter((d) => d.beats_chance && isDetector(d)).map((d) => d.label.replace(/_/g, " "));
