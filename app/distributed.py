@@ -61,6 +61,9 @@ class DistributedRunManager(RunManager):
 
     # -- lifecycle: the workers and Dramatiq own active runs; nothing to recover or stop here
 
+    def warm_up(self) -> None:
+        """Nothing to start: runs train in the Dramatiq workers' processes, not in forks of this one."""
+
     def recover(self) -> list[str]:
         self._recovered = True
         return []

@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the executor: local processes (embedded) or Dramatiq workers with Redis Streams (distributed)
         manager = RunManager(settings, store) if settings.broker_url is None else DistributedRunManager(settings, store)
         manager.recover()
+        manager.warm_up()
         # classes and learners (app/classroom.py), in the store's database
         rooms = await asyncio.to_thread(classroom.ClassroomStore, settings.data_dir, settings.database_url)
         manager.gate = classroom.QuotaGate(rooms)

@@ -301,7 +301,7 @@ class PipeControl:
 def process_main(
     data_dir: str | Path, run_id: str, config, checkpoint_every: int, command_conn, event_conn, nice: int = 0
 ) -> None:
-    """Entry point of a run's process (multiprocessing 'spawn').
+    """Entry point of a run's process (forked from app.runs.run_process_context's forkserver).
 
     Ctrl+C in a terminal reaches the whole process group; the worker ignores it
     and waits for the server's "shutdown" command instead. SIGTERM (a supervisor

@@ -157,9 +157,19 @@ def run_children(lesson: str, steps: int, groups: int, variant: str, before: Pat
 
 
 def server_cpu(pid: int) -> float:
-    """CPU seconds of a process and of its children it has reaped (user + system)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) of a process with the children it has reaped, plus its live
+    descendants' with theirs: a server's run processes are forked and reaped by its forkserver."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = {
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        }
+    except OSError:
+        return 0.0  # it ended meanwhile: its CPU is in its parent's figures once reaped
+    own = sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return own + sum(server_cpu(child) for child in children)
 
 
 SERVER_CHILD = """
