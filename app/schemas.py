@@ -155,7 +155,7 @@ class Defaults(BaseModel):
     demos: dict[str, Demo] = Field(description="the page's one-button experiments (engine/presets.py DEMOS)")
     comparison: dict[str, Any] = Field(
         description="what the runs of a comparison take for the fields its base leaves unset "
-        "(engine/presets.py COMPARISON_DEFAULTS: no dense early snapshots), before the run defaults"
+        "(engine/presets.py COMPARISON_DEFAULTS: no dense early snapshots, one every 20 steps), before the run defaults"
     )
     kernel_bank: list[str] = Field(description="the named kernels the `kernel` init uses when none are given")
     limits: dict[str, dict[str, Any]] = Field(

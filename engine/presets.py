@@ -68,12 +68,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # What the runs of a comparison (POST /api/comparisons: every demo and lesson too) take for the
 # fields their base leaves unset: no dense early snapshots (dense_steps 0 and a first gap of 10
-# steps, so none between the multiples of snapshot_every when it is 10 or less). A comparison
-# trains several runs at once and its views (the compare view's shared step slider, a lesson's
-# reveal) read snapshots at shared steps, their loss curves every step's metrics; in a 300-step
-# lesson the dense early snapshots were 36 of a run's 67 and most of its side work (issue 19).
+# steps, so none between the multiples of snapshot_every when it is 10 or less), and a snapshot
+# every 20 steps (0, 10, 20, 40, ...). A comparison trains several runs at once and its views
+# (the compare view's shared step slider, a lesson's reveal) read snapshots at shared steps,
+# their loss curves every step's metrics; in a 300-step lesson the dense early snapshots were 36
+# of a run's 67 and most of its side work, and in the 6-init comparison of the default run the
+# snapshots every 10 steps were still 31 a run, about a sixth of its CPU (issue 19, goal 4).
 # A single run (POST /api/runs) keeps the dense ones: that is where a learner watches a kernel move.
-COMPARISON_DEFAULTS: dict[str, Any] = {"snapshot_schedule": {"dense_steps": 0, "growth": 10.0}}
+COMPARISON_DEFAULTS: dict[str, Any] = {"snapshot_every": 20, "snapshot_schedule": {"dense_steps": 0, "growth": 10.0}}
 
 # Each demo: a base run config (RunConfig fields; unset ones take their defaults) and the
 # inits it is run under, one run per init (POST /api/comparisons {"base", "inits"}).
@@ -83,8 +85,10 @@ DEMOS: dict[str, dict[str, Any]] = {
     # benchmarks/deep_init.py measures it; the init probe compares the same inits by default.
     # A snapshot of this 20-layer net (statistics on the monitor batch, forward and backward)
     # costs about four training steps and an evaluation of the validation split twenty: one every
-    # 20 steps (with COMPARISON_DEFAULTS: 0, 10, 20, 40, ..., 300) and one evaluation every 100
-    # show the stall as well and keep the side work below a third of the training (issue 19).
+    # 20 steps (with COMPARISON_DEFAULTS: 0, 10, 20, 40, ..., 300) show the stall, and the
+    # validation split is evaluated once, at the end (eval_every = steps), which is the figure
+    # the lesson reads; the training loss of every step shows when each init learns. The
+    # evaluations at 100 and 200 were 1.6 s of CPU of a lesson that has to fit in 10 s (issue 19).
     "depth_stall": {
         "base": {
             "model": "deep",
@@ -92,7 +96,7 @@ DEMOS: dict[str, dict[str, Any]] = {
             "batch_size": 32,
             "steps": 300,
             "snapshot_every": 20,
-            "eval_every": 100,
+            "eval_every": 300,
         },
         "inits": ["he_normal", "glorot_uniform", {"name": "normal", "std": 0.01}],
     },

@@ -71,6 +71,13 @@ def test_comparison_runs_store_the_comparison_schedule_unless_the_base_names_one
     # a single run of the same base keeps the dense early snapshots
     assert snapshot_steps(TINY)[:4] == [0, 1, 2, 3]
     with TestClient(create_app(make_settings(tmp_path / "data"))) as other:
+        # a base that leaves snapshot_every unset stores one every 20 steps, after step 10
+        base = {key: value for key, value in TINY.items() if key != "snapshot_every"}
+        response = other.post("/api/comparisons", json={"base": {**base, "steps": 60}, "inits": ["zeros"]})
+        assert response.status_code == 201, response.text
+        run_id = response.json()["run_ids"][0]
+        wait_for(other, run_id, "completed")
+        assert other.get(f"/api/runs/{run_id}/snapshots").json()["steps"] == [0, 10, 20, 40, 60]
         own = {"dense_steps": 3, "growth": 2.0}
         response = other.post("/api/comparisons", json={"base": {**TINY, "snapshot_schedule": own}, "inits": ["zeros"]})
         assert response.status_code == 201, response.text
