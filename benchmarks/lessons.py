@@ -13,11 +13,14 @@ evaluations; the events are consumed, nothing is written):
   sequential  one process trains the runs one after the other
   parallel    two processes at once, the runs dealt between them (the server trains
               DEFAULT_MAX_RUNS = 2 runs at a time and queues the rest), wall time until both end
-  server      as the product runs them: `kernelscope serve` on an empty data folder, the lesson's
+  server      as the product runs them: `kernelscope serve` on an empty data folder (its first run
+              draws the dataset, about a second, while the other waits for it), the lesson's
               request POSTed to /api/comparisons (GET /api/lessons' `start` for deep; the default
               run with `steps` for inits), wall time from the POST until every run has ended,
               everything written (snapshots, checkpoints, the store); CPU is the server's and
               its workers' (with their partner and analyst processes), reaped at the end
+  server-warm the same on a data folder that already holds the dataset's cache, as after any
+              earlier run (the dataset is drawn before the server starts, outside the timing)
 and reports wall seconds and CPU seconds (the training process; its partner and analyst
 processes) summed over its processes.
 
@@ -185,6 +188,11 @@ with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
 with tempfile.TemporaryDirectory() as tmp:
+    if {warm!r}:  # the dataset's cache, as an earlier run leaves it
+        from app.worker import dataset_cache
+        from engine.datasets import open_dataset
+        from engine.trainer import RunConfig
+        open_dataset(RunConfig.from_dict(body["base"]).dataset, cache=dataset_cache(Path(tmp)))
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data", tmp],
                               cwd=root, env={{**os.environ, "PYTHONPATH": root}},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -217,10 +225,13 @@ print(json.dumps({{"wall": wall, "cpu": cpu, "children_cpu": 0.0, "snapshots": s
 """
 
 
-def run_server(lesson: str, steps: int, variant: str, before: Path | None) -> tuple[float, list[dict]]:
-    """The lesson through `kernelscope serve` of the variant's tree (see the module docstring)."""
+def run_server(
+    lesson: str, steps: int, variant: str, before: Path | None, warm: bool = False
+) -> tuple[float, list[dict]]:
+    """The lesson through `kernelscope serve` of the variant's tree (see the module docstring);
+    `warm`: the data folder holds the dataset's cache before the server starts."""
     root = before if variant == "before" and before is not None else ROOT
-    code = SERVER_CHILD.format(root=str(root), lesson=lesson, steps=steps, here=str(ROOT / "benchmarks"))
+    code = SERVER_CHILD.format(root=str(root), lesson=lesson, steps=steps, here=str(ROOT / "benchmarks"), warm=warm)
     environment = {**os.environ, "PYTHONPATH": str(root)}
     if variant in ("inline", "process", "auto"):
         environment["KERNELSCOPE_ANALYST"] = variant
@@ -320,7 +331,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lessons", nargs="+", default=["deep", "inits"])
     parser.add_argument(
-        "--ways", nargs="+", default=["sequential", "parallel"], choices=["sequential", "parallel", "server"]
+        "--ways",
+        nargs="+",
+        default=["sequential", "parallel"],
+        choices=["sequential", "parallel", "server", "server-warm"],
     )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANT_OPTIONS))
     parser.add_argument("--before", type=Path, help="a checkout of kernelscope to compare against")
@@ -354,8 +368,8 @@ def main() -> None:
                 shift = round_number % len(variants)
                 for variant in variants[shift:] + variants[:shift]:
                     loads[variant].append(load())
-                    if way == "server":
-                        wall, reports = run_server(lesson, args.steps, variant, args.before)
+                    if way.startswith("server"):
+                        wall, reports = run_server(lesson, args.steps, variant, args.before, way == "server-warm")
                         measured[variant].append((reports[0]["wall"], reports))
                     else:
                         groups = 1 if way == "sequential" else 2
