@@ -126,7 +126,9 @@ export function mountCompare(context) {
   const stepsLabel = el("label", { class: "compare-label" }, "steps ");
   stepsLabel.append(stepsInput);
   const startButton = el("button", { type: "button", class: "primary", id: "btn-compare-start" }, "compare these inits");
-  startButton.title = "starts one run per init with the setup form's model, dataset, optimizer and seed, for the steps given here";
+  const every = context.defaults?.comparison?.snapshot_every;
+  startButton.title = "starts one run per init with the setup form's model, dataset, optimizer and seed, for the steps given here"
+    + (every ? `; a snapshot every ${every} steps` : "");
   const earlier = el("select", { id: "compare-earlier" });
   const status = el("span", { class: "field-error", id: "compare-status" });
   controls.append(el("span", { class: "compare-label" }, "inits:"), initBoxes, stepsLabel, startButton,
@@ -400,6 +402,9 @@ export function mountCompare(context) {
       return;
     }
     delete base.init;
+    // a comparison keeps snapshots on its own schedule (GET /api/defaults' comparison), not the
+    // setup form's cadence for a single run: its views read them at shared steps
+    delete base.snapshot_every;
     const steps = Number(stepsInput.value);
     if (stepsInput.value.trim() === "") { status.textContent = "steps: required"; return; }
     if (!Number.isInteger(steps) || steps < Number(stepsInput.min) || steps > Number(stepsInput.max)) {

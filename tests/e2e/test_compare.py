@@ -34,7 +34,7 @@ def rgb_to_hex(css):
     return "#" + "".join(f"{int(v):02x}" for v in re.findall(r"\d+", css)[:3])
 
 
-def test_compare_constant_vs_he_side_by_side(page, server):
+def test_compare_constant_vs_he_side_by_side(page, server, api):
     goto(page, f"{server}/")
     tiny_form(page)
     page.click('#view-tabs [data-view="compare"]')
@@ -49,6 +49,10 @@ def test_compare_constant_vs_he_side_by_side(page, server):
         " && ['constant', 'he_normal'].every(l => c.drawn[l] && c.drawn[l].step === 40); })()",
         timeout=120_000,
     )
+    # the comparison stores snapshots on its own schedule, not the setup form's 10 steps
+    every = api.get("/api/defaults").json()["comparison"]["snapshot_every"]
+    ids = page.evaluate("window.__kernelscope.compare.runs.map(r => r.id)")
+    assert every == 20 and [api.get(f"/api/runs/{i}").json()["config"]["snapshot_every"] for i in ids] == [every] * 2
     drawn = page.evaluate("window.__kernelscope.compare.drawn")
     constant = np.asarray(drawn["constant"]["weight"])
     he = np.asarray(drawn["he_normal"]["weight"])
