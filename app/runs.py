@@ -297,6 +297,11 @@ class Channel:
             elif message[0] == "snapshot" and self._latest_known:
                 self._latest_snapshot = max(int(message[1]), self._latest_snapshot or 0)
 
+    def forget_latest_snapshot(self) -> None:
+        """Read the newest snapshot's step from the folder again (a resume removed newer ones)."""
+        with self.lock:
+            self._latest_known = False
+
     def latest_snapshot_step(self) -> int | None:
         """The newest snapshot's step, from the folder once and then from the events."""
         with self.lock:
@@ -739,6 +744,11 @@ class RunManager:
                 self._check_capacity()
                 if self.gate is not None:  # classroom: a learner's resumed run waits within their queue quota
                     self.gate.admit(self.store, run["meta"])
+                # the snapshots past the checkpoint go now (the run's process removes them too when
+                # it starts): a viewer that subscribes before then must not be handed one of them
+                # as the run's newest, and then find it gone
+                self.store.remove_snapshots_after(run_id, start)
+                self.channel(run_id).forget_latest_snapshot()
                 self._queue.append(run_id)
                 self._set_status(run_id, "queued", f"resuming from step {start}")
                 self._unrecorded.pop(run_id, None)

@@ -547,6 +547,9 @@ class Store(DatabaseClient):
     def latest_snapshot_step(self, run_id: str) -> int | None:
         return latest_snapshot_step(self.data_dir, run_id)
 
+    def remove_snapshots_after(self, run_id: str, step: int) -> None:
+        LocalStorage(self.data_dir).remove_snapshots_after(run_id, step)
+
     def read_snapshot(self, run_id: str, step: int, feature_maps: bool = True, probes: bool = True) -> dict | None:
         return read_snapshot(self.data_dir, run_id, step, feature_maps, probes)
 

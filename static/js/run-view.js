@@ -205,13 +205,25 @@ export function mountRunView(context) {
    * filters of a history step (a light snapshot, no feature maps), so the player's pace is
    * not held up by the maps, and the feature maps (the full snapshot), which may skip steps.
    */
+  /* Every snapshot this view reads goes through here, so a resume can wait for the reads under
+     way: the resumed run removes its snapshots past its checkpoint, and a read that reached the
+     server after that would be a 404. */
+  const reading = new Set();
+  function readSnapshot(run, step, featureMaps) {
+    const read = api.getSnapshot(run, step, featureMaps);
+    reading.add(read);
+    const done = () => reading.delete(read);
+    read.then(done, done);
+    return read;
+  }
+
   /* Light snapshots by step, fetched ahead of the player (a few at a time) so a tick draws at once. */
   const light = new Map();   // "run:step" -> promise of the snapshot without feature maps
   function lightSnapshot(run, step) {
     const key = `${run}:${step}`;
     if (!light.has(key)) {
       if (light.size > 60) light.delete(light.keys().next().value);
-      const promise = api.getSnapshot(run, step, false);
+      const promise = readSnapshot(run, step, false);
       promise.catch(() => light.delete(key));
       light.set(key, promise);
     }
@@ -230,7 +242,7 @@ export function mountRunView(context) {
     (key, error) => showError(`snapshot ${key.step}: ${error.message}`),
   );
   const snapshotFetcher = new api.LatestOnlyFetcher(
-    ({ run, step }) => api.getSnapshot(run, step, true),
+    ({ run, step }) => readSnapshot(run, step, true),
     ({ run, generation }, snapshot) => {
       if (generation !== shown.generation || run !== state.view.run) return;
       drawFeatureMaps(snapshot);
@@ -307,7 +319,7 @@ export function mountRunView(context) {
       wantSnapshot(state.latestSnapshot.step);
     } else if (state.steps.length) {
       const last = state.steps[state.steps.length - 1];
-      api.getSnapshot(state.view.run, last, false).then((s) => {
+      readSnapshot(state.view.run, last, false).then((s) => {
         if (state.mode === "live" && s.step === last) { state.latestSnapshot = s; drawFilters(s); }
       }).catch((e) => showError(e.message));
       wantSnapshot(last);
@@ -408,7 +420,7 @@ export function mountRunView(context) {
      step seen: a resumed run writes its snapshots after its checkpoint again, and the ones the
      page saw before may not be stored at the moment. */
   const liveMaps = new Throttle((at) => {
-    if (state.mode !== "live" || !shown.snapshot) return;
+    if (state.mode !== "live" || !shown.snapshot || !state.steps.includes(shown.snapshot.step)) return;
     if (debug.liveMapsAsked) debug.liveMapsAsked.push(at);
     wantSnapshot(shown.snapshot.step);
   }, LIVE_MAPS_INTERVAL_MS, { frame: false });
@@ -426,8 +438,11 @@ export function mountRunView(context) {
     try {
       const steps = await api.getSnapshotSteps(run);
       if (generation !== shown.generation) return;
-      if (replace) state.steps = [...steps];
-      else mergeSteps(steps);
+      if (replace) {
+        state.steps = [...steps];
+        // a resumed run's snapshots past its checkpoint are gone: never ask for them again
+        if (state.latestSnapshot && !steps.includes(state.latestSnapshot.step)) state.latestSnapshot = null;
+      } else mergeSteps(steps);
       if (steps.length) shown.stepsListedUpTo = Math.max(shown.stepsListedUpTo, steps[steps.length - 1]);
       updateSlider();
     } catch { /* the next tick asks again */ } finally {
@@ -568,7 +583,7 @@ export function mountRunView(context) {
       updateSlider();
       if (stream) stream.release();
       if (state.steps.includes(0) && !state.initialSnapshot) {
-        api.getSnapshot(id, 0, false).then((s) => {
+        readSnapshot(id, 0, false).then((s) => {
           if (generation === shown.generation && !state.initialSnapshot) { state.initialSnapshot = s; redrawCurrent(); }
         }).catch(() => {});
       }
@@ -598,7 +613,7 @@ export function mountRunView(context) {
       if (generation !== shown.generation) return;
       if (resumes !== shown.resumes) break;
       try {
-        const snapshot = await api.getSnapshot(id, step, false);
+        const snapshot = await readSnapshot(id, step, false);
         points.push({ step, stats: statLayers(snapshot) });
       } catch { /* a snapshot that cannot be read leaves a gap in the curve */ }
     }
@@ -657,6 +672,7 @@ export function mountRunView(context) {
     if (action === "resume") {
       shown.resumes += 1;   // a backfill under way stops: the snapshots it would read may be removed
       shown.stepsStale = true;
+      await Promise.allSettled([...reading]);   // and the reads already sent finish first
     }
     try {
       const run = await api.controlRun(state.run.id, action);
@@ -664,6 +680,7 @@ export function mountRunView(context) {
         state.run.status = run.status;
         updateRunHeader();
       }
+      if (action === "resume") refreshSteps({ replace: true });   // the server has removed them by now
       if (action === "resume" && !shown.closeEvents) {
         const stream = followRun(state.run.id, shown.generation);
         stream.release();

@@ -208,3 +208,26 @@ def test_a_run_process_is_a_fork_of_the_forkserver_that_preloaded_the_engine(cli
     assert b"forkserver" in open(f"/proc/{parent}/cmdline", "rb").read()
     assert "_multiarray_umath" in open(f"/proc/{parent}/maps").read()  # numpy was loaded before the fork
     client.post(f"/api/runs/{run_id}/stop")
+
+
+def test_a_resume_removes_the_snapshots_past_the_checkpoint_before_the_run_starts(data_dir):
+    """A killed run resumes from its last checkpoint (none here: from step 0); the snapshots it
+    stored after that are gone as soon as the resume is answered, also while the run waits
+    queued: a page that opens its stream meanwhile is never handed one of them as the newest
+    (and then a 404 for it)."""
+    with TestClient(create_app(make_settings(data_dir, checkpoint_every=1_000_000))) as client:
+        run_id = client.post("/api/runs", json={**LONG, "snapshot_every": 5}).json()["id"]
+        wait_for_step(client, run_id, 30)
+        os.kill(client.app.state.manager._workers[run_id].process.pid, signal.SIGKILL)
+        wait_for(client, run_id, "failed")
+        assert client.app.state.store.read_checkpoint(run_id) is None
+        assert client.get(f"/api/runs/{run_id}/snapshots").json()["steps"][-1] > 0  # the dense early ones
+        # both slots busy: the resumed run waits queued, its process not started
+        others = [client.post("/api/runs", json=LONG).json()["id"] for _ in range(2)]
+        for other in others:
+            wait_for_step(client, other, 1)
+        assert client.post(f"/api/runs/{run_id}/resume").json()["status"] == "queued"
+        assert client.get(f"/api/runs/{run_id}/snapshots").json()["steps"] == [0]
+        assert client.app.state.manager.latest_snapshot_step(run_id) == 0
+        for run in [run_id, *others]:
+            client.post(f"/api/runs/{run}/stop")
