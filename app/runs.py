@@ -83,8 +83,8 @@ def run_process_context():
     """The multiprocessing context run processes start from: "forkserver" where the platform has
     it (Linux, macOS), preloaded with RUN_PROCESS_PRELOAD, else "spawn".
 
-    The forkserver is one clean single-threaded process, started with the first run (or by
-    `warm_run_processes`); each run is a fork of it, so it never inherits the server's threads,
+    The forkserver is one clean single-threaded process, started by RunManager.warm_up (or
+    with the first run); each run is a fork of it, so it never inherits the server's threads,
     sockets or database connections. A run's process sees the environment the server had when
     its forkserver started; everything a run needs from the server's settings goes in its
     arguments (RunManager._launch).
@@ -94,15 +94,6 @@ def run_process_context():
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(RUN_PROCESS_PRELOAD)
     return context
-
-
-def warm_run_processes(context) -> None:
-    """Start the forkserver now (it imports the preload in its own process, off this one), so
-    the first run does not wait for those imports. Nothing to do for "spawn"."""
-    if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
 
 
 class RunConflict(Exception):
@@ -398,8 +389,12 @@ class RunManager:
     # -- lifecycle
 
     def warm_up(self) -> None:
-        """Start the run processes' forkserver now (warm_run_processes), off the first run's path."""
-        warm_run_processes(self._context)
+        """Start the run processes' forkserver now: it imports the preload in its own process, off
+        this one, and the first run does not wait for those imports. Nothing to do for "spawn"."""
+        if self._context.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
 
     def recover(self) -> list[str]:
         """Mark runs left queued/running/paused by a previous server as interrupted.

@@ -49,13 +49,15 @@ export function mountRunView(context) {
     pendingLive: null,   // newest live snapshot waiting for the next live frame
     headerDirty: false,  // the progress or the stored steps changed since the last live frame
     resumes: 0,          // resumes asked for: a resumed run drops its snapshots past its checkpoint
-    stepsStale: false,   // the stored steps are read anew once the resumed run is running
+    stepsStale: false,   // the stored steps are read anew once the resumed run is running (a
+                         // distributed worker removes the ones past the checkpoint only then)
     fmapSnapshot: null,  // the full snapshot whose feature maps are on screen
     snapshot: null,      // the snapshot whose filters are on screen
     player: null,        // {pace, catchUp, timer} while stored snapshots play
     stepsListedUpTo: -1, // newest step of the last stored-steps list read (GET .../snapshots)
     stepsAt: -Infinity,  // when that list was last asked for
     stepsBusy: false,
+    replacePending: false,  // a replacing read of the stored steps waits for the one under way
     births: new Map(),   // conv layer index -> GET .../layers/{layer}/births
     birthsAt: -Infinity,
     birthsBusy: false,
@@ -432,7 +434,11 @@ export function mountRunView(context) {
    */
   async function refreshSteps({ replace = false } = {}) {
     const run = state.view.run, generation = shown.generation;
-    if (!run || shown.stepsBusy) return;
+    if (!run) return;
+    if (shown.stepsBusy) {   // a list asked for before a resume may hold removed steps: replace after it
+      if (replace) shown.replacePending = true;
+      return;
+    }
     shown.stepsBusy = true;
     shown.stepsAt = performance.now();
     try {
@@ -447,6 +453,10 @@ export function mountRunView(context) {
       updateSlider();
     } catch { /* the next tick asks again */ } finally {
       shown.stepsBusy = false;
+      if (shown.replacePending) {
+        shown.replacePending = false;
+        refreshSteps({ replace: true });
+      }
     }
   }
 
@@ -680,7 +690,7 @@ export function mountRunView(context) {
         state.run.status = run.status;
         updateRunHeader();
       }
-      if (action === "resume") refreshSteps({ replace: true });   // the server has removed them by now
+      if (action === "resume") refreshSteps({ replace: true });   // a local server has removed them by now
       if (action === "resume" && !shown.closeEvents) {
         const stream = followRun(state.run.id, shown.generation);
         stream.release();
