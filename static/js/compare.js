@@ -126,9 +126,10 @@ export function mountCompare(context) {
   const stepsLabel = el("label", { class: "compare-label" }, "steps ");
   stepsLabel.append(stepsInput);
   const startButton = el("button", { type: "button", class: "primary", id: "btn-compare-start" }, "compare these inits");
+  startButton.title = "starts one run per init with the setup form's model, dataset, optimizer and seed, for the steps given here";
+  // the comparison's own snapshot cadence, said beside its steps (the setup form's is a single run's)
   const every = context.defaults?.comparison?.snapshot_every;
-  startButton.title = "starts one run per init with the setup form's model, dataset, optimizer and seed, for the steps given here"
-    + (every ? `; a snapshot every ${every} steps` : "");
+  if (every) stepsLabel.append(el("span", { class: "compare-label", id: "compare-every" }, ` · a snapshot every ${every}`));
   const earlier = el("select", { id: "compare-earlier" });
   const status = el("span", { class: "field-error", id: "compare-status" });
   controls.append(el("span", { class: "compare-label" }, "inits:"), initBoxes, stepsLabel, startButton,

@@ -53,6 +53,7 @@ def test_compare_constant_vs_he_side_by_side(page, server, api):
     every = api.get("/api/defaults").json()["comparison"]["snapshot_every"]
     ids = page.evaluate("window.__kernelscope.compare.runs.map(r => r.id)")
     assert every == 20 and [api.get(f"/api/runs/{i}").json()["config"]["snapshot_every"] for i in ids] == [every] * 2
+    assert page.text_content("#compare-every") == f" · a snapshot every {every}"  # said beside the steps
     drawn = page.evaluate("window.__kernelscope.compare.drawn")
     constant = np.asarray(drawn["constant"]["weight"])
     he = np.asarray(drawn["he_normal"]["weight"])
