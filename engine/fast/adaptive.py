@@ -50,10 +50,15 @@ def usable_cpus():
 
 def no_core_spare(runnable=None, cpus=None) -> bool:
     """Whether the runnable threads (this one included, from /proc/loadavg) fill the usable CPUs,
-    so another process of ours would find no core of its own. False where the kernel does not say."""
-    from engine.fast.partner import runnable_processes
+    so another process of ours would find no core of its own. False where the kernel does not say.
+    This process's own partners are not counted: one still polling after a split pass would
+    otherwise read as a neighbour, and a probe that begins just after the warm-up (or a re-probe)
+    would wait BUSY_RECHECK passes for a core that is free."""
+    from engine.fast.partner import runnable_processes, running_partners
 
-    runnable = runnable_processes() if runnable is None else runnable
+    if runnable is None:
+        runnable = runnable_processes()
+        runnable = None if runnable is None else runnable - running_partners()
     cpus = usable_cpus() if cpus is None else cpus
     return runnable is not None and runnable >= cpus
 

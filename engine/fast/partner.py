@@ -72,6 +72,23 @@ def runnable_processes(path="/proc/loadavg"):
         return None
 
 
+def running_partners():
+    """How many of this process's partners are runnable right now ('R' in /proc/PID/stat): a
+    partner polls its channel for up to SPIN_SECONDS after its part of a pass, so a look at the
+    machine just after a split pass finds it running, though it yields its core to any work."""
+    if _partners_pid != os.getpid():
+        return 0
+    running = 0
+    for partner in list(_partners):
+        try:
+            with open(f"/proc/{partner.process.pid}/stat", "rb") as source:
+                state = source.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        running += state == b"R"
+    return running
+
+
 def spin_allowed(policy, runnable, cpus):
     """Whether to poll before blocking: always, never, or (auto) when the `runnable` threads
     (None when unknown), which include this one and the one we wait for, fit on `cpus`."""

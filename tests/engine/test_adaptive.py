@@ -227,3 +227,34 @@ def test_no_core_spare_counts_this_thread_among_the_runnable(monkeypatch):
     assert isinstance(adaptive.no_core_spare(), bool)
     monkeypatch.setattr(partner, "runnable_processes", lambda: None)
     assert not adaptive.no_core_spare(cpus=2)  # the kernel does not say: spare
+
+
+def test_this_processs_own_polling_partner_is_not_taken_for_a_neighbour(monkeypatch):
+    """A partner still polling its channel just after a split pass is runnable; a look at the
+    machine then must not read it as a neighbour, or the first probe (which looks right after the
+    warm-up's split passes) waits BUSY_RECHECK local passes for a core that is free."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    polling = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # runnable, as a polling partner
+    blocked = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        monkeypatch.setattr(partner, "_partners", [SimpleNamespace(process=polling), SimpleNamespace(process=blocked)])
+        monkeypatch.setattr(partner, "_partners_pid", os.getpid())
+        deadline = time.monotonic() + 30
+        while partner.running_partners() != 1 and time.monotonic() < deadline:  # until both have started
+            time.sleep(0.05)
+        assert partner.running_partners() == 1
+        monkeypatch.setattr(partner, "runnable_processes", lambda: 2)  # this thread and the polling partner
+        assert not adaptive.no_core_spare(cpus=2)
+        monkeypatch.setattr(partner, "runnable_processes", lambda: 3)  # and a neighbour
+        assert adaptive.no_core_spare(cpus=2)
+        monkeypatch.setattr(partner, "_partners_pid", -1)  # a forked child's view: the partners are not its own
+        assert partner.running_partners() == 0
+    finally:
+        for process in (polling, blocked):
+            process.kill()
+            process.wait()

@@ -88,7 +88,11 @@ ODD_FILTERS = {
 # The promise for identical filters (a zeros or constant init), in every path: they stay equal to
 # within this fraction of the layer's largest weight. Identical rows are not computed
 # identically by the BLAS, so bit-identity cannot be promised without deduplicating every product.
-IDENTICAL_FILTERS_TOLERANCE = 1e-6
+# With OpenBLAS's Haswell kernels (OPENBLAS_CORETYPE=Haswell, set on some machines) the spread of
+# small's filters under a constant init peaked at 3.2e-6 of the largest weight near step 10 and
+# settled at 4.5e-7 to 7.4e-7 by step 40, unchanged to step 400 (it does not grow); with the
+# SkylakeX kernels it stayed 0. A filter that truly broke away would differ by orders more.
+IDENTICAL_FILTERS_TOLERANCE = 1e-5
 
 
 @pytest.mark.parametrize("spec", ["small", ODD_FILTERS], ids=["small", "odd_filters"])
