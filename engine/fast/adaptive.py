@@ -15,7 +15,7 @@ ratios, and the split must beat local by SPLIT_MARGIN. The chosen mode is kept u
 RECHECK_EVERY passes have gone by or it has become SLOWDOWN times slower than it measured in
 the probe (a neighbour started), then comes another probe. With a single usable CPU it never splits.
 
-A probe (the first one's warm-up included) begins only while a core is spare (`no_core_spare`,
+A probe (the first one's warm-up included) begins only while a core is spare (`no_core_spare_for_split`,
 looked at every BUSY_RECHECK passes until then): on a machine whose cores are all taken (two runs
 of a lesson at once, a neighbour) the split's passes only take CPU from the other work, so the
 model trains locally and its partner is not even started until a core is free.
@@ -50,17 +50,24 @@ def usable_cpus():
 
 def no_core_spare(runnable=None, cpus=None) -> bool:
     """Whether the runnable threads (this one included, from /proc/loadavg) fill the usable CPUs,
-    so another process of ours would find no core of its own. False where the kernel does not say.
-    This process's own partners are not counted: one still polling after a split pass would
-    otherwise read as a neighbour, and a probe that begins just after the warm-up (or a re-probe)
-    would wait BUSY_RECHECK passes for a core that is free."""
-    from engine.fast.partner import runnable_processes, running_partners
+    so another process of ours would find no core of its own. False where the kernel does not say."""
+    from engine.fast.partner import runnable_processes
 
-    if runnable is None:
-        runnable = runnable_processes()
-        runnable = None if runnable is None else runnable - running_partners()
+    runnable = runnable_processes() if runnable is None else runnable
     cpus = usable_cpus() if cpus is None else cpus
     return runnable is not None and runnable >= cpus
+
+
+def no_core_spare_for_split() -> bool:
+    """no_core_spare, not counting this process's own partners that are runnable: a partner
+    still polling its channel just after a split pass would otherwise read as a neighbour, and a
+    probe that begins right after the warm-up's split passes (or a re-probe) would wait
+    BUSY_RECHECK passes for a core that is free. (An analyst process asks no_core_spare itself:
+    for it a partner at work is no spare core.)"""
+    from engine.fast.partner import runnable_processes, running_partners
+
+    runnable = runnable_processes()
+    return runnable is not None and no_core_spare(runnable - running_partners())
 
 
 def forced_mode():

@@ -17,7 +17,7 @@ import numpy as np
 from engine.core import model as core
 from engine.core.losses import check_labels, softmax_cross_entropy_sum
 from engine.fast import partner
-from engine.fast.adaptive import SPLIT, SplitChooser, forced_mode, no_core_spare
+from engine.fast.adaptive import SPLIT, SplitChooser, forced_mode, no_core_spare_for_split
 from engine.fast.layers import fast_layer
 from engine.fast.memory import blas_on_one_thread, keep_freed_memory
 from engine.fast.planner import plan_blocks
@@ -56,7 +56,7 @@ class Model(core.Model):
         self.ops = [fast_layer(layer) for layer in layers]  # the layer-by-layer path
         self.steps = plan_blocks(layers)  # what a pass without keep_outputs runs (conv blocks)
         # partners or not, by measurement, probed only while a core is spare
-        self.split_chooser = SplitChooser(forced=forced_mode(), busy=no_core_spare)
+        self.split_chooser = SplitChooser(forced=forced_mode(), busy=no_core_spare_for_split)
 
     # -- the split of a batch across cores ----------------------------------------------
 

@@ -249,9 +249,11 @@ def test_this_processs_own_polling_partner_is_not_taken_for_a_neighbour(monkeypa
             time.sleep(0.05)
         assert partner.running_partners() == 1
         monkeypatch.setattr(partner, "runnable_processes", lambda: 2)  # this thread and the polling partner
-        assert not adaptive.no_core_spare(cpus=2)
+        monkeypatch.setattr(adaptive, "usable_cpus", lambda: 2)
+        assert not adaptive.no_core_spare_for_split()
+        assert adaptive.no_core_spare(cpus=2)  # for an analyst process, a partner at work is no spare core
         monkeypatch.setattr(partner, "runnable_processes", lambda: 3)  # and a neighbour
-        assert adaptive.no_core_spare(cpus=2)
+        assert adaptive.no_core_spare_for_split()
         monkeypatch.setattr(partner, "_partners_pid", -1)  # a forked child's view: the partners are not its own
         assert partner.running_partners() == 0
     finally:
