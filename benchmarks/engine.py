@@ -3,7 +3,7 @@ side by side with the identical PyTorch model on the same number of cores.
 
 Each contender runs alone in a fresh process, one after the other, for several rounds:
   engine  the kernelscope engine as a user runs it (threads=2: a partner process takes half
-          of each batch);
+          of each batch when its probe finds that faster; timed after that first probe);
   torch   PyTorch as installed: NCHW, glibc's default malloc settings;
   tuned   PyTorch with GLIBC_TUNABLES (freed memory is kept instead of returned to the OS
           each step) and channels_last.
@@ -121,6 +121,22 @@ def problem(preset, batch, seed=0):
     return model, x, labels
 
 
+# A run's first split probe (engine/fast/adaptive.py) is part of its start: the engine's steps are
+# timed once the probe has chosen split or local, as in every later step of a run (re-probes
+# come every RECHECK_EVERY passes). At most this many extra warm-up steps wait for the choice.
+SETTLE_STEPS = 60
+
+
+def settle_split_choice(model, step):
+    """Step until the model's split chooser has decided (at once when KERNELSCOPE_SPLIT forces
+    a mode), at most SETTLE_STEPS times."""
+    chooser = model.split_chooser
+    for _ in range(SETTLE_STEPS):
+        if chooser.forced is not None or chooser.chosen is not None:
+            return
+        step()
+
+
 def measure(args):
     """Subprocess mode: time one contender alone; print JSON {"preset/batch": seconds}."""
     torch = None
@@ -141,6 +157,8 @@ def measure(args):
                 step = torch_stepper(torch_model(model, torch), x, labels, torch, channels_last=args.role == "tuned")
             for _ in range(args.warmup):
                 step()
+            if torch is None:
+                settle_split_choice(model, step)
             steps = args.medium_steps if preset == "medium" else args.steps
             results[f"{preset}/{batch}"] = statistics.median(timed(step) for _ in range(steps))
     print(json.dumps(results))
