@@ -83,7 +83,7 @@ class SplitChooser:
     """
 
     def __init__(self, cpus=None, forced=None, busy=None):
-        """`busy`: () -> bool, whether no core is spare now (no_core_spare); None: never asked."""
+        """`busy`: () -> bool, whether no core is spare now (no_core_spare_for_split); None: never asked."""
         self.cpus = usable_cpus() if cpus is None else cpus
         self.forced = forced
         self.busy = busy
