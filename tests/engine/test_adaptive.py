@@ -1,6 +1,12 @@
 """The split choice (engine.fast.adaptive) driven by invented timings, and the polling policy:
 the decision logic is tested with injected measurements, never by timing anything."""
 
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -233,12 +239,6 @@ def test_this_processs_own_polling_partner_is_not_taken_for_a_neighbour(monkeypa
     """A partner still polling its channel just after a split pass is runnable; a look at the
     machine then must not read it as a neighbour, or the first probe (which looks right after the
     warm-up's split passes) waits BUSY_RECHECK local passes for a core that is free."""
-    import os
-    import subprocess
-    import sys
-    import time
-    from types import SimpleNamespace
-
     polling = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # runnable, as a polling partner
     blocked = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
