@@ -617,6 +617,24 @@ class LocalStorage:
             return None if found is None else _params(found)
         return load_npz(self.snapshot_dir(run_id) / f"{step}.npz", run_id, "snapshot", step, names)
 
+    def read_layer_summary(self, run_id: str, step: int, layer: int) -> dict | None:
+        """The summary row stored with conv `layer` in one snapshot (its layer entry's "summary",
+        engine.explain.summary_row), reading only the snapshot's JSON; None when the snapshot is
+        absent or was stored without one (written before the analyst made them, or a legacy file)."""
+        path = self.snapshot_path(run_id, step)
+        members = load_npz(path, run_id, "snapshot", step, ["snapshot.json"])
+        if not members:
+            return None
+        try:
+            value = json.loads(members["snapshot.json"].tobytes().decode("utf-8"))
+        except ValueError as error:
+            raise DamagedFile(run_id, "snapshot", step, path, f"not valid JSON: {error}") from None
+        layers = value.get("layers") if isinstance(value, dict) else None
+        for entry in layers if isinstance(layers, list) else []:
+            if isinstance(entry, dict) and entry.get("index") == layer and isinstance(entry.get("summary"), dict):
+                return entry["summary"]
+        return None
+
     # -- the monitor batch
 
     def write_monitor(self, run_id: str, x, y, classes, spec: dict) -> None:

@@ -269,7 +269,7 @@ def layer_stats(model, x: np.ndarray, labels: np.ndarray) -> list[dict]:
     its dead units; for a conv or dense layer, the units a following ReLU would
     silence. grad_std is the std of the loss gradient w.r.t. the layer's output,
     weight_grad_std the std of its weight gradient (None without weights).
-    Leaves model.grads holding this batch's gradients.
+    Leaves model.grads holding this batch's gradients and model.outputs its layer outputs.
     """
     model.forward(x, keep_outputs=True)
     outputs = list(model.outputs)

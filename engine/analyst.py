@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine import analysis
+from engine import analysis, explain
 from engine.core.losses import accuracy, softmax_cross_entropy
 
 EVAL_CHUNK = 500
@@ -131,6 +131,8 @@ def snapshot_content(
     labels) and are what a snapshot event carries; with `feature_maps` the JSON has them too.
     """
     stats = analysis.layer_stats(model, inputs.monitor_x, inputs.monitor_y)
+    # layer_stats' forward pass left each layer's output on the monitor batch in model.outputs
+    never_fired = {index: explain.never_fire(model.outputs[index]) for index in model.conv_indices}
     maps = analysis.feature_maps(model, inputs.probe_x)
     layers = []
     for order, index in enumerate(model.conv_indices, start=1):
@@ -139,6 +141,7 @@ def snapshot_content(
         entry = {"index": index, "label": f"conv{order}", "name": str(index), "type": "conv"}
         entry.update(analysis.conv_layer_summary(weight, model.params.get(f"{index}.bias"), maps[index]))
         entry["frozen"] = list(frozen.get(index, []))
+        entry["summary"] = explain.summary_row(weight, never_fired[index])
         if feature_maps:
             entry["feature_maps"] = analysis.rounded(maps[index], FEATURE_MAP_DIGITS)
         layers.append(entry)

@@ -571,14 +571,27 @@ def layer_summary(spec, params: dict, layer: int, images: np.ndarray, model=None
     else:
         for name, value in model.params.items():
             value[...] = params[name]
-    responses = conv_responses(model, images)
-    dead = np.all(responses <= 0, axis=(0, 2, 3))
+    return summary_row(weight, never_fire(conv_responses(model, images)))
+
+
+def never_fire(responses: np.ndarray) -> np.ndarray:
+    """Per filter of a conv's responses (N, out, H, W): True where it is <= 0 for every image
+    and position (a following ReLU would pass nothing: the filter is dead on these images)."""
+    return np.all(np.asarray(responses) <= 0, axis=(0, 2, 3))
+
+
+def summary_row(weight: np.ndarray, dead: np.ndarray) -> dict:
+    """A conv layer's summary row: `dead` (per filter, never_fire on the monitor batch), the
+    orientation-selective share and the detector scores of `weight` (out, in, kh, kw), each with
+    its chance level. The analyst stores it with every snapshot (from the monitor batch's forward
+    pass it makes anyway); layer_summary computes it for a snapshot stored without one."""
+    weight = np.asarray(weight, dtype=np.float64)
     selectivity = _selectivity_of(weight)
     chance = selectivity_chance(*weight.shape[1:])
     found = analysis.detectors(weight)
     return {
         "filters": int(len(weight)),
-        "dead_filters": int(dead.sum()),
+        "dead_filters": int(np.count_nonzero(dead)),
         "selective_share": float(np.mean(selectivity > chance)),
         "selectivity_chance": chance,
         "mean_score": float(np.mean([d["score"] for d in found])),

@@ -250,8 +250,9 @@ def expanded_png(store: StoreDep, settings: SettingsDep, run: Run, step: str, la
 
 def summary_rows(store: Store, spec: dict, run_id: str, layer: int, images: np.ndarray, steps, seconds: float):
     """{step: summary row} of the steps summarized so far (cached per (run, layer)), after
-    summarizing missing steps in step order for about `seconds` (at least one step). Of each
-    snapshot only the parameters of layers 0..layer are read, and one model is built."""
+    summarizing missing steps in step order for about `seconds` (at least one step). A row the
+    analyst stored with the snapshot is read as it is; for a snapshot stored without one, only
+    the parameters of layers 0..layer are read, and one model is built for all of them."""
     known = dict(_summaries.get((run_id, layer)) or {})
     missing = [step for step in steps if step not in known]
     if missing:
@@ -259,12 +260,15 @@ def summary_rows(store: Store, spec: dict, run_id: str, layer: int, images: np.n
         model = None
         deadline = time.monotonic() + seconds
         for step in missing:
-            params = store.read_snapshot_arrays(run_id, step, names)
-            if params is None:  # removed meanwhile (a resumed run drops snapshots past its checkpoint)
-                continue
-            if model is None:
-                model = explain.truncated_model(spec, params, layer)
-            known[step] = explain.layer_summary(spec, params, layer, images, model=model)
+            row = store.read_layer_summary(run_id, step, layer)
+            if row is None:
+                params = store.read_snapshot_arrays(run_id, step, names)
+                if params is None:  # removed meanwhile (a resumed run drops snapshots past its checkpoint)
+                    continue
+                if model is None:
+                    model = explain.truncated_model(spec, params, layer)
+                row = explain.layer_summary(spec, params, layer, images, model=model)
+            known[step] = row
             if time.monotonic() >= deadline:
                 break
         _summaries.put((run_id, layer), known)

@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 
 from app import limits
 from app.main import create_app
-from app.store import DamagedFile, Store, dumps_json, monitor_path, read_monitor, write_monitor
+from app.routes import explain as explain_routes
+from app.store import DamagedFile, LocalStorage, Store, dumps_json, monitor_path, read_monitor, write_monitor
 from engine import explain
 from engine.datasets import load_dataset
 from engine.trainer import resolve_model_spec
@@ -282,3 +283,40 @@ def test_reading_some_arrays_of_a_snapshot_checks_them_like_reading_all(tmp_path
     path.write_bytes(bytes(raw[: len(raw) // 2]))
     with pytest.raises(DamagedFile, match="10.npz"):
         read_snapshot_arrays(tmp_path, "r1", 10, ["count"])
+
+
+def test_snapshots_stored_without_summaries_are_summarized_here(finished, monkeypatch):
+    """The route serves the summary rows the analyst stored with a run's snapshots. A run stored
+    before the analyst kept them (its snapshot files rewritten here without them) gets the same
+    points: the route computes each row itself, one snapshot per request with no time to spare."""
+    client, _ = finished
+    run_id = client.post("/api/runs", json={**RUN, "seed": 11}).json()["id"]
+    wait_for(client, run_id, "completed")
+    store: Store = client.app.state.store
+    steps = store.snapshot_steps(run_id)
+    with monkeypatch.context() as patch:  # the rows the analyst stored are served, not computed again
+        patch.setattr(explain_routes.explain, "layer_summary", lambda *args, **kwargs: pytest.fail("recomputed"))
+        stored = {layer: full_summary(client, run_id, layer)[0]["points"] for layer in (0, 3)}
+    assert all(len(points) == len(steps) for points in stored.values())
+    files = LocalStorage(store.data_dir)
+    for step in steps:
+        path = files.snapshot_path(run_id, step)
+        with np.load(path) as data:
+            members = {name: data[name] for name in data.files}
+        value = json.loads(members["snapshot.json"].tobytes().decode())
+        for layer in value["layers"]:
+            layer.pop("summary", None)
+        members["snapshot.json"] = np.frombuffer(dumps_json(value).encode(), dtype=np.uint8)
+        np.savez_compressed(path, **members)
+        for layer in (0, 3):
+            assert store.read_layer_summary(run_id, step, layer) is None
+    explain_routes._summaries.items.clear()
+    monkeypatch.setattr(limits, "SUMMARY_SECONDS", 0.0)
+    for layer in (0, 3):
+        pending = [client.get(f"/api/runs/{run_id}/layers/{layer}/summary").json()["pending"] for _ in steps]
+        assert pending == list(range(len(steps) - 1, -1, -1))
+        computed = full_summary(client, run_id, layer)[0]["points"]
+        assert [p["step"] for p in computed] == steps
+        for mine, theirs in zip(computed, stored[layer]):
+            for key in ("dead_filters", "selective_share", "mean_score", "detector_share"):
+                assert mine[key] == pytest.approx(theirs[key], rel=1e-9, abs=1e-12), (layer, mine["step"], key)

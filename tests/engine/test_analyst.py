@@ -263,3 +263,25 @@ def test_the_process_ends_quietly_when_its_input_is_cut_mid_message():
     )
     assert done.returncode == 0
     assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("init", ["he_normal", "zeros"])
+def test_every_snapshot_carries_the_layer_summary_of_its_monitor_batch(init):
+    """Each conv layer of a snapshot holds the summary row (dead filters on the monitor batch,
+    orientation-selective share, detector scores) that engine.explain.layer_summary computes
+    from the snapshot's weights: the GET .../layers/{layer}/summary route serves it as stored.
+    With all-zero kernels every filter is dead (its responses are 0 on every image)."""
+    from engine import explain
+
+    trainer, events = run("inline", {**CONFIG, "init": init, "steps": 8})
+    found = snapshots(events)
+    assert found
+    for event in found:
+        params = event["params"]
+        for layer in event["snapshot"]["layers"]:
+            expected = explain.layer_summary(trainer.spec, params, layer["index"], trainer.dataset.monitor_x)
+            assert layer["summary"].keys() == expected.keys()
+            for key, value in expected.items():
+                assert layer["summary"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (event["step"], key)
+            if init == "zeros" and layer["index"] == 0:
+                assert layer["summary"]["dead_filters"] == layer["summary"]["filters"]
