@@ -265,6 +265,22 @@ def decode_map(parts: dict[str, np.ndarray], predicted: np.ndarray | None) -> li
     return served.tolist()
 
 
+def _stored_json(members: dict[str, np.ndarray], run_id: str, step: int, path: Path) -> dict:
+    """The JSON member of a compact snapshot's file, checked to be a snapshot of `step`."""
+    try:
+        value = json.loads(members["snapshot.json"].tobytes().decode("utf-8"))
+    except (KeyError, ValueError) as error:
+        raise DamagedFile(run_id, "snapshot", step, path, f"not valid JSON: {error}") from None
+    if (
+        not isinstance(value, dict)
+        or value.get("step") != step
+        or not isinstance(value.get("layers"), list)
+        or not isinstance(value.get("stored"), dict)
+    ):
+        raise DamagedFile(run_id, "snapshot", step, path, "not a snapshot of this step")
+    return value
+
+
 def _params(members: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The parameters among a compact snapshot's members, by state-dict name."""
     return {name.removeprefix("params/"): array for name, array in members.items() if name.startswith("params/")}
@@ -494,18 +510,7 @@ class LocalStorage:
         members = load_npz(path, run_id, "snapshot", step)
         if members is None:
             return None
-        try:
-            value = json.loads(members["snapshot.json"].tobytes().decode("utf-8"))
-        except (KeyError, ValueError) as error:
-            raise DamagedFile(run_id, "snapshot", step, path, f"not valid JSON: {error}") from None
-        if (
-            not isinstance(value, dict)
-            or value.get("step") != step
-            or not isinstance(value.get("layers"), list)
-            or not isinstance(value.get("stored"), dict)
-        ):
-            raise DamagedFile(run_id, "snapshot", step, path, "not a snapshot of this step")
-        return value, members
+        return _stored_json(members, run_id, step, path), members
 
     def _complete(
         self, run_id: str, step: int, value: dict, members: dict, as_text: bool = False, probes: bool = True
@@ -617,23 +622,24 @@ class LocalStorage:
             return None if found is None else _params(found)
         return load_npz(self.snapshot_dir(run_id) / f"{step}.npz", run_id, "snapshot", step, names)
 
-    def read_layer_summary(self, run_id: str, step: int, layer: int) -> dict | None:
-        """The summary row stored with conv `layer` in one snapshot (its layer entry's "summary",
-        engine.explain.summary_row), reading only the snapshot's JSON; None when the snapshot is
-        absent or was stored without one (written before the analyst made them, or a legacy file)."""
+    def read_snapshot_without_arrays(self, run_id: str, step: int) -> dict | None:
+        """One snapshot's JSON without its arrays (no weights, biases, feature maps or probe
+        images; detectors, stats, summary rows and metrics as stored), or None if absent. Of a
+        compact snapshot only its JSON member is read: for readers of many snapshots' detectors
+        or summary rows, whose weights would cost a read and a rounding each."""
         path = self.snapshot_path(run_id, step)
         members = load_npz(path, run_id, "snapshot", step, ["snapshot.json"])
-        if not members:
-            return None
-        try:
-            value = json.loads(members["snapshot.json"].tobytes().decode("utf-8"))
-        except ValueError as error:
-            raise DamagedFile(run_id, "snapshot", step, path, f"not valid JSON: {error}") from None
-        layers = value.get("layers") if isinstance(value, dict) else None
-        for entry in layers if isinstance(layers, list) else []:
-            if isinstance(entry, dict) and entry.get("index") == layer and isinstance(entry.get("summary"), dict):
-                return entry["summary"]
-        return None
+        if not members:  # absent, or a legacy file: read the usual way
+            value = self.read_snapshot(run_id, step, feature_maps=False, probes=False)
+        else:
+            value = _stored_json(members, run_id, step, path)
+            value.pop("stored")
+            value.pop("probes", None)
+        if value is not None:
+            for layer in value["layers"]:
+                for name in ("weight", "bias", "feature_maps"):
+                    layer.pop(name, None)
+        return value
 
     # -- the monitor batch
 

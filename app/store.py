@@ -163,8 +163,8 @@ def read_snapshot_arrays(data_dir: Path, run_id: str, step: int, names) -> dict[
     return LocalStorage(data_dir).read_snapshot_arrays(run_id, step, names)
 
 
-def read_layer_summary(data_dir: Path, run_id: str, step: int, layer: int) -> dict | None:
-    return LocalStorage(data_dir).read_layer_summary(run_id, step, layer)
+def read_snapshot_without_arrays(data_dir: Path, run_id: str, step: int) -> dict | None:
+    return LocalStorage(data_dir).read_snapshot_without_arrays(run_id, step)
 
 
 def read_checkpoint(data_dir: Path, run_id: str) -> dict[str, np.ndarray] | None:
@@ -566,8 +566,8 @@ class Store(DatabaseClient):
     def read_snapshot_arrays(self, run_id: str, step: int, names) -> dict | None:
         return read_snapshot_arrays(self.data_dir, run_id, step, names)
 
-    def read_layer_summary(self, run_id: str, step: int, layer: int) -> dict | None:
-        return read_layer_summary(self.data_dir, run_id, step, layer)
+    def read_snapshot_without_arrays(self, run_id: str, step: int) -> dict | None:
+        return read_snapshot_without_arrays(self.data_dir, run_id, step)
 
     def read_checkpoint(self, run_id: str) -> dict | None:
         return read_checkpoint(self.data_dir, run_id)

@@ -7,7 +7,7 @@ brightness snapshot counts as not above chance. The page's filter cards and the 
 show these steps; nothing of the rule lives in the page.
 
 Per run the scores of every conv layer read so far are cached, so a live page asking again
-every few seconds, layer by layer, reads each snapshot stored since once (without its probe images).
+every few seconds, layer by layer, reads each snapshot stored since once (its JSON only, not its arrays).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def layer_births(store: StoreDep, run: Run, layer: int) -> dict:
         known = dict(_cache.get(run_id) or {})
     for step in steps:
         if step not in known:
-            snapshot = store.read_snapshot(run_id, step, feature_maps=False, probes=False)
+            snapshot = store.read_snapshot_without_arrays(run_id, step)
             if snapshot is not None:
                 known[step] = _layer_rows(snapshot)
     with _lock:

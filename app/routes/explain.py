@@ -260,7 +260,7 @@ def summary_rows(store: Store, spec: dict, run_id: str, layer: int, images: np.n
         model = None
         deadline = time.monotonic() + seconds
         for step in missing:
-            row = store.read_layer_summary(run_id, step, layer)
+            row = stored_summary(store.read_snapshot_without_arrays(run_id, step), layer)
             if row is None:
                 params = store.read_snapshot_arrays(run_id, step, names)
                 if params is None:  # removed meanwhile (a resumed run drops snapshots past its checkpoint)
@@ -273,6 +273,15 @@ def summary_rows(store: Store, spec: dict, run_id: str, layer: int, images: np.n
                 break
         _summaries.put((run_id, layer), known)
     return known
+
+
+def stored_summary(snapshot: dict | None, layer: int) -> dict | None:
+    """The summary row stored with conv `layer` in a snapshot; None when it has none (stored
+    before the analyst made them, or a legacy file) or the snapshot is absent."""
+    for entry in [] if snapshot is None else snapshot["layers"]:
+        if isinstance(entry, dict) and entry.get("index") == layer and isinstance(entry.get("summary"), dict):
+            return entry["summary"]
+    return None
 
 
 @router.get("/{run_id}/layers/{layer}/summary", responses=NOT_FOUND, dependencies=HEAVY)

@@ -309,7 +309,7 @@ def test_snapshots_stored_without_summaries_are_summarized_here(finished, monkey
         members["snapshot.json"] = np.frombuffer(dumps_json(value).encode(), dtype=np.uint8)
         np.savez_compressed(path, **members)
         for layer in (0, 3):
-            assert store.read_layer_summary(run_id, step, layer) is None
+            assert explain_routes.stored_summary(store.read_snapshot_without_arrays(run_id, step), layer) is None
     explain_routes._summaries.items.clear()
     monkeypatch.setattr(limits, "SUMMARY_SECONDS", 0.0)
     for layer in (0, 3):

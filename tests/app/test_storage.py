@@ -66,6 +66,10 @@ def same_json(a, b) -> bool:
 # ---------------------------------------------------------------- the same answers
 
 
+def without(entry: dict, *names: str) -> dict:
+    return {key: value for key, value in entry.items() if key not in names}
+
+
 def test_compact_snapshots_answer_exactly_what_the_earlier_format_answered(tmp_path):
     trainer, taken = training_snapshots({**TINY, "model": "demo"}, 6)
     context = SnapshotContext(trainer.spec, trainer.dataset.probe_x)
@@ -87,6 +91,11 @@ def test_compact_snapshots_answer_exactly_what_the_earlier_format_answered(tmp_p
         for storage in (compact, legacy):
             assert same_json(storage.read_snapshot("r", step, False, probes=False), rest)
             assert same_json(json.loads(storage.read_snapshot_text("r", step, probes=False)), rest)
+            # without any array (what the births and summary routes read of every snapshot)
+            light = storage.read_snapshot_without_arrays("r", step)
+            assert light.keys() == rest.keys()
+            assert same_json(light["layers"], [without(layer, "weight", "bias") for layer in rest["layers"]])
+            assert same_json(without(light, "layers"), without(rest, "layers"))
         old, new = legacy.read_snapshot_params("r", step), compact.read_snapshot_params("r", step)
         assert list(old) == list(new)
         for name in old:
@@ -262,6 +271,8 @@ def test_a_compact_snapshot_whose_json_is_not_a_snapshot_is_damaged(compact_run)
     np.savez_compressed(path, **members)
     with pytest.raises(DamagedFile, match="not a snapshot of this step"):
         storage.read_snapshot_text("r", step)
+    with pytest.raises(DamagedFile, match="not a snapshot of this step"):
+        storage.read_snapshot_without_arrays("r", step)
 
 
 def test_damaged_probe_images_name_the_snapshot_being_read(compact_run):
