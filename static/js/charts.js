@@ -131,8 +131,9 @@ export class LineChart {
     this._changed(true);
   }
 
-  /* Replace a whole series (e.g. the metrics history of an opened run). */
-  setSeries(name, xs, ys) {
+  /* Replace a whole series (e.g. the metrics history of an opened run). `live`: a series that
+     grows with a training run, drawn at the pace of streamed points (see _changed). */
+  setSeries(name, xs, ys, { live = false } = {}) {
     const log = this.options.log;
     const keep = xs.map((_, i) => i).filter((i) => ys[i] != null && Number.isFinite(ys[i]) && (!log || ys[i] > 0));
     const series = this._seriesFor(name);
@@ -140,7 +141,7 @@ export class LineChart {
     series.y = keep.map((i) => ys[i]);
     series.zeros = log ? xs.filter((_, i) => ys[i] === 0) : [];
     this._widen(series.y);
-    this._changed();
+    this._changed(live);
   }
 
   /* Give a series another name (its points and style stay). */

@@ -1,26 +1,26 @@
 /*
  * Layer summaries over time, beside the run view's charts: per conv layer and snapshot, the
  * number of dead filters, the share of orientation-selective filters and the mean detector
- * score, each against its chance level, from GET /api/runs/{id}/layers/{layer}/summary (the
- * server computes every number). Three LineCharts (charts.js) are appended to the charts panel.
+ * score, each against its chance level. The engine computes every number: each snapshot's conv
+ * layers carry their summary row (engine.explain.summary_row), and GET
+ * /api/runs/{id}/layers/{layer}/summary serves the rows of every stored snapshot. Three
+ * LineCharts (charts.js) are appended to the charts panel.
  *
- * The summary covers every stored snapshot, so it is fetched when a run is opened, again every
- * REFRESH_MS while the run trains (sooner while it is young and its steps grow by a quarter
- * between summaries), and once more when it ends; the history
- * slider's step is marked on the charts. One fetch round at a time; a round for a run no longer
- * on screen is dropped. The server summarizes a long run's snapshots in parts (its answer says
- * how many steps are still `pending`): the charts grow as the parts come, and a status line
- * above them says which layer is being summarized and how far it got.
+ * The summary is fetched when a run is opened, again every REFRESH_MS while the run trains, and
+ * once more when it ends; in between, the rows of each new snapshot the live stream brings
+ * (document's "kernelscope:snapshot") are added as they come, so the curves keep up with the run.
+ * Both land in one table of rows per layer and step (a fetch fills in the snapshots the stream
+ * skipped: it sends a viewer that falls behind only the newest). The history slider's step is
+ * marked on the charts. One fetch round at a time; a round for a run no longer on screen is
+ * dropped. The server summarizes a run stored without rows in parts (its answer says how many
+ * steps are still `pending`): the charts grow as the parts come, and a status line above them
+ * says which layer is being summarized and how far it got.
  */
 
 import { el } from "./dom.js";
 import { LineChart } from "./charts.js";
 
 const REFRESH_MS = 15_000;
-/* Sooner while the run is young: once its newest snapshot is a quarter past the last summarized
-   one (early snapshots come every step or so, when the filters change fastest), at most this often. */
-const EARLY_REFRESH_MS = 3_000;
-const GROWTH = 1.25;
 const COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
 /* conv1, conv2, ... each in its colour; its chance level dashed in the same colour, without a
    legend entry of its own (the axis title says what the dashes are; four entries crowded the title). */
@@ -57,21 +57,57 @@ export function mountLayerSummaries(context) {
   function reset(run) {
     // fit the charts to the panel, now on screen (they were made while it was hidden, at plotly's default width)
     for (const chart of Object.values(charts)) { chart.reset(); chart.resize(); chart.markStep(null); }
-    Object.assign(shown, { run, last: 0, layers: null, loaded: false, summarizedUpTo: 0, newest: null });
+    Object.assign(shown, { run, last: 0, layers: null, loaded: false, rows: new Map() });
     debug.summaries = { run, layers: {}, progress: null };
     setProgress(null);
   }
 
-  function drawLayer(s) {
-    const steps = s.points.map((p) => p.step);
-    const name = s.label;
-    charts.dead.setSeries(name, steps, s.points.map((p) => p.dead_filters));
-    charts.selective.setSeries(name, steps, s.points.map((p) => p.selective_share));
-    charts.score.setSeries(name, steps, s.points.map((p) => p.mean_score));
+  /* One conv layer's rows: {label, chance (its detector-score chance level), byStep: step -> row}. */
+  function layerRows(layer, label, chance) {
+    if (!shown.rows.has(layer)) shown.rows.set(layer, { label, chance, byStep: new Map() });
+    return shown.rows.get(layer);
+  }
+
+  /* Draw a layer's rows, in step order; `live`: drawn at the pace of a training run's points. */
+  function drawRows(rows, live) {
+    const steps = [...rows.byStep.keys()].sort((a, b) => a - b);
+    const points = steps.map((step) => rows.byStep.get(step));
+    const name = rows.label, options = { live };
+    charts.dead.setSeries(name, steps, points.map((p) => p.dead_filters), options);
+    charts.selective.setSeries(name, steps, points.map((p) => p.selective_share), options);
+    charts.score.setSeries(name, steps, points.map((p) => p.mean_score), options);
     if (steps.length) {
-      charts.score.setSeries(`${name} chance`, [steps[0], steps[steps.length - 1]], [s.score_chance, s.score_chance]);
+      const ends = [steps[0], steps[steps.length - 1]];
+      charts.score.setSeries(`${name} chance`, ends, [rows.chance, rows.chance], options);
     }
   }
+
+  /* A route's answer (or part of one) for one layer. A whole answer holds every snapshot stored
+     when it was made: a row up to its last step that it lacks was removed (a resumed run drops
+     its snapshots past the checkpoint); rows of later steps came live since and stay. */
+  function drawLayer(s) {
+    const rows = layerRows(s.layer, s.label, s.score_chance);
+    if (s.pending === 0) {
+      const last = s.points.length ? s.points[s.points.length - 1].step : -Infinity;
+      const later = [...rows.byStep].filter(([step]) => step > last);
+      rows.byStep = new Map([...s.points.map((point) => [point.step, point]), ...later]);
+    } else {
+      for (const point of s.points) rows.byStep.set(point.step, point);
+    }
+    drawRows(rows, false);
+  }
+
+  /* The summary rows a new snapshot of a training run carries, one per conv layer. */
+  document.addEventListener("kernelscope:snapshot", (event) => {
+    const { run, snapshot } = event.detail;
+    if (run !== shown.run || !ACTIVE.has(shown.status)) return;
+    for (const layer of snapshot.layers || []) {
+      if (layer.type !== "conv" || !layer.summary) continue;
+      const rows = layerRows(layer.index, layer.label, layer.summary.score_chance);
+      rows.byStep.set(snapshot.step, layer.summary);
+      drawRows(rows, true);
+    }
+  });
 
   async function convLayers(run) {
     if (shown.layers) return shown.layers;
@@ -80,18 +116,15 @@ export function mountLayerSummaries(context) {
     return shown.layers;
   }
 
-  /* Whether a training run's summary is due again (its newest stored step is `newest`). */
-  function due(newest) {
-    const since = performance.now() - shown.last;
-    const grown = newest != null && newest > Math.max(1, shown.summarizedUpTo) * GROWTH;
-    return since > REFRESH_MS || (since > EARLY_REFRESH_MS && grown);
+  /* Whether a training run's summary is due again (to fill in the snapshots the stream skipped). */
+  function due() {
+    return performance.now() - shown.last > REFRESH_MS;
   }
 
   async function load(run) {
     if (shown.loading) return;
     shown.loading = true;
     shown.last = performance.now();
-    shown.summarizedUpTo = shown.newest ?? 0;
     try {
       const layers = await convLayers(run);
       shown.loaded = true;
@@ -116,15 +149,13 @@ export function mountLayerSummaries(context) {
   }
 
   document.addEventListener("kernelscope:view", (event) => {
-    const { run, step, mode, status, logSteps, span, newest } = event.detail;
+    const { run, step, mode, status, logSteps, span } = event.detail;
     if (!run) return;
     if (run !== shown.run) reset(run);
-    shown.newest = newest;
-    if (step == null) return;   // no snapshot yet: nothing to summarize
-    if (!shown.loaded) load(run);
-    else if (status !== shown.status && !ACTIVE.has(status)) load(run);   // the run ended: its last snapshots
-    else if (ACTIVE.has(status) && due(newest)) load(run);
+    const ended = status !== shown.status && !ACTIVE.has(status);
     shown.status = status;
+    if (step == null) return;   // no snapshot yet: nothing to summarize
+    if (!shown.loaded || ended || (ACTIVE.has(status) && due())) load(run);   // ended: its last snapshots
     for (const chart of Object.values(charts)) {
       chart.setLogX(logSteps);   // the run view's step axis and span, so every chart lines up step for step
       chart.setStepSpan(span);

@@ -477,6 +477,8 @@ export function mountRunView(context) {
       state.steps.push(snapshot.step);
       state.steps.sort((a, b) => a - b);
       charts.addStatPoints(snapshot);
+      // other page modules (the layer summaries) take what a new snapshot carries
+      document.dispatchEvent(new CustomEvent("kernelscope:snapshot", { detail: { run: state.view.run, snapshot } }));
     }
     if (snapshot.step === 0 && !state.initialSnapshot) state.initialSnapshot = snapshot;
     if (!state.latestSnapshot || snapshot.step >= state.latestSnapshot.step) state.latestSnapshot = snapshot;

@@ -198,3 +198,50 @@ def test_a_summary_in_parts_shows_its_progress_and_then_every_step(server, api, 
         drawn = f"window.__kernelscope.summaryCharts.{chart}.pointCount('conv1')"
         page.wait_for_function(f"{drawn} >= {len(steps)}")
         assert page.evaluate(drawn) == len(steps)
+
+
+def drawn_series(page, chart: str, name: str) -> dict:
+    """{step: value} of one series of a summary chart, as held for drawing."""
+    x, y = page.evaluate(
+        f"(() => {{ const s = window.__kernelscope.summaryCharts.{chart}.series.get('{name}');"
+        " return [Array.from(s.x), Array.from(s.y)]; })()"
+    )
+    return dict(zip(x, y))
+
+
+def test_layer_summaries_follow_a_live_run_from_its_snapshots(server, api, page):
+    """While a run trains, the summary rows each new snapshot carries (the stream's snapshot
+    events) extend the summary charts between fetches of the summary route. Every fetch after a
+    layer's first is answered here with that first answer, so only the stream can add points; the
+    values drawn are the rows the route serves for the same steps once the run has stopped."""
+    run_id = api.post("/api/runs", json={**RUN, "steps": 3000}).json()["id"]
+    first = {}
+
+    def summary(route):
+        layer = route.request.url.split("/layers/")[1].split("/")[0]
+        if layer in first:
+            route.fulfill(json=first[layer])
+            return
+        response = route.fetch()
+        first[layer] = response.json()
+        route.fulfill(response=response)
+
+    page.route("**/layers/*/summary", summary)
+    try:
+        page.goto(f"{server}/#run={run_id}")
+        page.wait_for_selector("body[data-ready=true]")
+        page.wait_for_function("Object.keys(window.__kernelscope.summaries.layers).length === 2")
+        fetched = len(first["0"]["points"])
+        count = "window.__kernelscope.summaryCharts.score.pointCount('conv1')"
+        page.wait_for_function(f"{count} >= {fetched + 5}", timeout=90_000)
+    finally:
+        api.post(f"/api/runs/{run_id}/stop")
+    deadline = time.monotonic() + 60
+    while api.get(f"/api/runs/{run_id}").json()["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, "the run did not stop"
+        time.sleep(0.2)
+    stored = {p["step"]: p for p in full_summary(api, run_id, 0)["points"]}
+    for chart, key in (("score", "mean_score"), ("dead", "dead_filters"), ("selective", "selective_share")):
+        drawn = drawn_series(page, chart, "conv1")
+        assert len(drawn) >= fetched + 5, chart
+        assert {step: stored[step][key] for step in drawn} == drawn, chart
