@@ -302,8 +302,12 @@ def feature_maps(model, probes: np.ndarray) -> dict[int, np.ndarray]:
 # --------------------------------------------------------------------------
 # JSON helpers
 
+# Significant digits of the numbers a snapshot serves: weights, biases and statistics (feature
+# maps keep fewer: engine.analyst.FEATURE_MAP_DIGITS).
+SERVED_DIGITS = 5
 
-def rounded(array, digits: int = 5) -> list:
+
+def rounded(array, digits: int = SERVED_DIGITS) -> list:
     """Nested lists of floats rounded to `digits` significant digits of the array's scale.
 
     One number of decimals per array (from its largest magnitude) keeps this
@@ -327,7 +331,7 @@ def rounding_decimals(array: np.ndarray, finite: np.ndarray, digits: int) -> int
     return 0 if largest == 0 else int(np.clip(digits - 1 - np.floor(np.log10(largest)), 0, 12))
 
 
-def _finite_or_none(value, digits: int = 5):
+def _finite_or_none(value, digits: int = SERVED_DIGITS):
     value = float(value)
     if not np.isfinite(value):
         return None

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ARTIFACTS, REPO_ROOT, open_page
 
-from engine.analysis import rounding_decimals
+from engine.analysis import SERVED_DIGITS, rounding_decimals
 from tests.engine.test_fast_vs_core import IDENTICAL_FILTERS_TOLERANCE
 
 SMALL_RUN = {
@@ -231,10 +231,10 @@ def test_constant_init_gives_identical_filters_and_symmetry_one(page, server):
     for index, weight in d["layers"].items():
         # the engine's promise (tests/engine/test_fast_vs_core.py): identical filters stay identical
         # to IDENTICAL_FILTERS_TOLERANCE of the layer's largest weight (BLAS may round identical rows
-        # of an edge tile apart), and the page gets them rounded to 5 significant digits of that
+        # of an edge tile apart), and the page gets them rounded to SERVED_DIGITS significant digits of that
         # weight (engine.analysis.rounded): a difference below the served unit may round to one unit
         weight = np.array(weight)
-        served_unit = 10.0 ** -rounding_decimals(weight, np.isfinite(weight), 5)
+        served_unit = 10.0 ** -rounding_decimals(weight, np.isfinite(weight), SERVED_DIGITS)
         spread = np.abs(weight - weight[0]).max()
         allowed = IDENTICAL_FILTERS_TOLERANCE * np.abs(weight).max() + served_unit
         assert spread <= allowed, f"filters of conv layer {index} differ by {spread}"
