@@ -239,13 +239,20 @@ def test_this_processs_own_polling_partner_is_not_taken_for_a_neighbour(monkeypa
     """A partner still polling its channel just after a split pass is runnable; a look at the
     machine then must not read it as a neighbour, or the first probe (which looks right after the
     warm-up's split passes) waits BUSY_RECHECK local passes for a core that is free."""
-    polling = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # runnable, as a polling partner
-    blocked = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    # each says "ready" once its interpreter has started (while starting, either may be runnable
+    # or waiting on the disk); then one spins, runnable, as a polling partner, the other blocks
+    ready = "import sys; print('ready', flush=True); "
+    polling = subprocess.Popen([sys.executable, "-c", ready + "\nwhile True: pass"], stdout=subprocess.PIPE)
+    blocked = subprocess.Popen(
+        [sys.executable, "-c", ready + "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
+        for process in (polling, blocked):
+            assert process.stdout.readline() == b"ready\n"
         monkeypatch.setattr(partner, "_partners", [SimpleNamespace(process=polling), SimpleNamespace(process=blocked)])
         monkeypatch.setattr(partner, "_partners_pid", os.getpid())
         deadline = time.monotonic() + 30
-        while partner.running_partners() != 1 and time.monotonic() < deadline:  # until both have started
+        while partner.running_partners() != 1 and time.monotonic() < deadline:  # the blocked one reaches its read
             time.sleep(0.05)
         assert partner.running_partners() == 1
         monkeypatch.setattr(partner, "runnable_processes", lambda: 2)  # this thread and the polling partner
