@@ -565,13 +565,12 @@ def layer_summary(spec, params: dict, layer: int, images: np.ndarray, model=None
     `params`), so a summary over many snapshots builds the model once.
     """
     check_filter(spec, layer)
-    weight = np.asarray(params[f"{layer}.weight"], dtype=np.float64)
     if model is None:
         model = truncated_model(spec, params, layer)
     else:
         for name, value in model.params.items():
             value[...] = params[name]
-    return summary_row(weight, never_fire(conv_responses(model, images)))
+    return summary_row(params[f"{layer}.weight"], never_fire(conv_responses(model, images)))
 
 
 def never_fire(responses: np.ndarray) -> np.ndarray:
