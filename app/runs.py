@@ -8,7 +8,11 @@ of CPU instead of the ~0.35 s a fresh interpreter spends importing numpy and
 the engine, which a 6-run lesson paid six times on two cores. A reader thread per run receives
 the worker's messages, records them in the store and publishes numbered events
 to the run's Channel. Beyond `max_runs` active runs, new runs wait `queued`
-(at most `max_queued` of them) and start when a slot frees.
+(at most `max_queued` of them) and start when a slot frees. A comparison's runs train
+together: once one of them has a slot, its queued siblings start beside it, beyond
+`max_runs` (at most limits.MAX_COMPARED_INITS runs), so its views and a lesson's reveal see
+every init at the same step, and its last run does not train alone on a machine with a core
+spare (`comparison_of`, `_next_startable`).
 
 Viewers subscribe to a Channel. Subscribing reads and never writes: every
 recorded event reserves EVENT_ID_STRIDE ids (app/worker.py), so the status and
@@ -334,6 +338,7 @@ class WorkerHandle:
     process: BaseProcess  # from run_process_context()
     command_conn: Connection
     event_conn: Connection
+    comparison: str | None = None  # the comparison the run belongs to (its meta), if any
     thread: threading.Thread | None = None
     final_status: str | None = None
     deleting: bool = False
@@ -591,9 +596,9 @@ class RunManager:
 
     def _schedule(self) -> None:
         with self._lock:
-            while not self._closing and self._queue and len(self._workers) < self.settings.max_runs:
-                run_id = self._next_startable()
-                if run_id is None:  # classroom: every queued run's learner is at their training quota
+            while not self._closing and self._queue:
+                run_id = self._next_startable(slot_free=len(self._workers) < self.settings.max_runs)
+                if run_id is None:  # no slot, or every queued run's learner is at their training quota
                     return
                 try:
                     self._launch(run_id)
@@ -606,13 +611,23 @@ class RunManager:
                     self._arm_storage_retry()
                     return
 
-    def _next_startable(self) -> str | None:
-        """Take the first queued run that may start now (all of them without a class gate)."""
+    def _next_startable(self, slot_free: bool) -> str | None:
+        """Take the first queued run that may start now: with a slot free, any (a class gate
+        may hold a learner's back); without one, only a run whose comparison is training."""
+        training = {handle.comparison for handle in self._workers.values()} - {None}
         for run_id in self._queue:
+            if not slot_free and (not training or self._comparison_of_queued(run_id) not in training):
+                continue
             if self.gate is None or self.gate.may_start(self.store, run_id):
                 self._queue.remove(run_id)
                 return run_id
         return None
+
+    def _comparison_of_queued(self, run_id: str) -> str | None:
+        try:
+            return comparison_of(self.store.get_run(run_id))
+        except RunNotFound:
+            return None
 
     def _launch(self, run_id: str) -> None:
         run = self.store.get_run(run_id)
@@ -637,7 +652,7 @@ class RunManager:
         process.start()
         command_reader.close()
         event_writer.close()
-        handle = WorkerHandle(run_id, process, command_writer, event_reader)
+        handle = WorkerHandle(run_id, process, command_writer, event_reader, comparison=comparison_of(run))
         handle.thread = threading.Thread(target=self._read_events, args=(handle,), name=f"reader-{run_id}", daemon=True)
         self._workers[run_id] = handle
         handle.thread.start()
@@ -1003,6 +1018,11 @@ class RunManager:
         # one event for the page, under the id of its last event: every point up to that id is then delivered
         event = encode(Event(rows[-1][0], "metrics", _points_json([point for _, point in rows])))
         return [event], (rows[-1][0], rows[-1][1]["step"])
+
+
+def comparison_of(run: dict) -> str | None:
+    """The id of the comparison a run was started in (POST /api/comparisons), or None."""
+    return (run.get("meta") or {}).get("comparison")
 
 
 def _ends_stream(event: Event) -> bool:

@@ -139,9 +139,36 @@ def test_comparison_bad_input_names_the_field(compared):
 
 def test_a_comparison_that_does_not_fit_the_queue_is_refused_whole(tmp_path):
     with TestClient(create_app(make_settings(tmp_path / "data", max_runs=1, max_queued=1))) as client:
+        busy = client.post("/api/runs", json=LONG).json()  # holds the one slot: the comparison has to queue
         response = client.post("/api/comparisons", json={"base": TINY, "inits": ["zeros", "constant", "he_normal"]})
         assert response.status_code == 429 and "inits" in message_of(response)
-        assert client.get("/api/runs").json()["runs"] == []
+        assert [run["id"] for run in client.get("/api/runs").json()["runs"]] == [busy["id"]]
+        client.post(f"/api/runs/{busy['id']}/stop")
+
+
+def test_a_comparisons_runs_train_together_beyond_max_runs(tmp_path):
+    """A comparison's runs start together, so its views see every init at the same step; a run
+    that is not part of it still waits for a slot."""
+    with TestClient(create_app(make_settings(tmp_path / "data", max_runs=1, max_queued=8))) as client:
+        inits = ["zeros", "constant", "he_normal"]
+        started_free = client.post("/api/comparisons", json={"base": LONG, "inits": inits}).json()
+        assert [run["status"] for run in started_free["runs"]] == ["running"] * 3
+        for run_id in started_free["run_ids"]:
+            client.post(f"/api/runs/{run_id}/stop")
+            wait_for(client, run_id, "stopped")
+
+        busy = client.post("/api/runs", json=LONG).json()
+        assert busy["status"] == "running"
+        waiting = client.post("/api/comparisons", json={"base": LONG, "inits": inits}).json()
+        assert [run["status"] for run in waiting["runs"]] == ["queued"] * 3
+        single = client.post("/api/runs", json=LONG).json()
+        assert single["status"] == "queued"
+        client.post(f"/api/runs/{busy['id']}/stop")
+        for run_id in waiting["run_ids"]:  # the first takes the freed slot, its siblings join it
+            wait_for(client, run_id, "running")
+        assert client.get(f"/api/runs/{single['id']}").json()["status"] == "queued"
+        for run_id in [*waiting["run_ids"], single["id"]]:
+            client.post(f"/api/runs/{run_id}/stop")
 
 
 # ---------------------------------------------------------------- init probe
