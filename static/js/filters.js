@@ -269,22 +269,25 @@ export class FilterLayerView {
   }
 
   /*
-   * The births on a log step axis from step 1 to the newest stored step. Filters born at the same
-   * step share one tick (their numbers, or "N filters" past three; data-filters lists them); ticks
-   * that would touch are stacked in rows, each in the lowest row where it fits, so none covers another.
+   * The births on a log step axis from step 1 to the newest stored step, or to the step on screen
+   * when a live run has passed the births' answer (asked every few seconds), so the step's mark stays
+   * on the axis. Filters born at the same step share one tick (their numbers, or "N filters" past
+   * three; data-filters lists them); ticks that would touch are stacked in rows, each in the lowest
+   * row where it fits, so none covers another.
    */
   drawTimeline(births, filters) {
     const info = this.birthInfo;
     if (!births || !info?.last) { this.timeline.replaceChildren(); delete this.timeline.dataset.key; return; }
-    const fraction = (step) => Math.log10(1 + step) / Math.log10(1 + info.last);
-    const key = JSON.stringify([births.map((b) => b.birth_step), info.last]);
+    const end = Math.max(info.last, info.step ?? 0);
+    const fraction = (step) => Math.log10(1 + step) / Math.log10(1 + end);
+    const key = JSON.stringify([births.map((b) => b.birth_step), end]);
     if (this.timeline.dataset.key === key) { this.placeNow(fraction); return; }
     this.timeline.dataset.key = key;
     const track = el("div", "birth-track");
     const born = births.filter((b) => b.birth_step != null).sort((a, b) => a.birth_step - b.birth_step || a.filter - b.filter);
     const text = el("span", "birth-text", born.length
-      ? `births (log steps 1–${info.last}): ${born.length} of ${filters} filters`
-      : `no filter born yet (log steps 1–${info.last})`);
+      ? `births (log steps 1–${end}): ${born.length} of ${filters} filters`
+      : `no filter born yet (log steps 1–${end})`);
     this.timeline.replaceChildren(text, track);
     const groups = [];
     for (const b of born) {

@@ -315,6 +315,42 @@ def test_birth_ticks_born_at_nearby_steps_never_cover_each_other(modules):
             assert apart, (a, b)
 
 
+def test_the_births_axis_reaches_the_step_on_screen_when_a_live_run_has_passed_the_births_answer(modules):
+    """The births are asked of the server every few seconds; a live run's newer snapshot is drawn
+    meanwhile. Its step's mark stays on the timeline (the axis reaches it), the ticks move to their
+    steps on the longer axis, and the text names the axis it draws."""
+    got = modules.evaluate("""async () => {
+        const { FilterLayerView } = await import('/static/js/filters.js');
+        const box = document.createElement('div');
+        box.style.width = '420px';
+        document.body.prepend(box);
+        const weight = Array.from({length: 4}, (_, f) => [[[f, 0, 0], [0, 1, 0], [0, 0, -f]]]);
+        const layer = {index: 0, label: 'conv1', type: 'conv', shape: [4, 1, 3, 3], weight, symmetry: 0.1, detectors: []};
+        const births = [{filter: 0, birth_step: 20}, {filter: 1, birth_step: null}, {filter: 2, birth_step: 60},
+                        {filter: 3, birth_step: null}];
+        const view = new FilterLayerView(box, layer);
+        const shown = [];
+        for (const step of [100, 120, 100]) {  // births known to step 100; the live view reaches 120
+            view.birthInfo = {last: 100, step};
+            view.update(layer, {births, step});
+            const track = box.querySelector('.birth-track').getBoundingClientRect();
+            const now = box.querySelector('.birth-now').getBoundingClientRect();
+            const tick = box.querySelector('.birth-tick[data-step="60"]').getBoundingClientRect();
+            shown.push({step, width: track.width, now: (now.left + now.right) / 2 - track.left,
+                        tick: (tick.left + tick.right) / 2 - track.left,
+                        text: box.querySelector('.birth-text').textContent});
+        }
+        box.remove();
+        return shown;
+    }""")
+    for shown in got:
+        end = max(100, shown["step"])
+        assert abs(shown["now"] - shown["width"] * np.log10(1 + shown["step"]) / np.log10(1 + end)) < 1.5
+        assert 0 <= shown["now"] <= shown["width"] + 0.5
+        assert abs(shown["tick"] - shown["width"] * np.log10(61) / np.log10(1 + end)) < 1.5
+        assert shown["text"] == f"births (log steps 1–{end}): 2 of 4 filters"
+
+
 def test_the_step_through_replays_layers_as_the_normalised_spec_states_them(modules):
     """The layers between two convs are replayed from the run's normalised spec (GET /api/runs/{id}
     model_spec): the leaky slope and the pool size it states, no default of the page's own; a spec
