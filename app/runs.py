@@ -375,6 +375,9 @@ class RunManager:
         self._lock = threading.RLock()
         self._workers: dict[str, WorkerHandle] = {}
         self._queue: deque[str] = deque()
+        # queued run -> the comparison it belongs to (None: none), read from the store once per
+        # run: a run's comparison never changes, and _next_startable asks at every schedule
+        self._queued_comparisons: dict[str, str | None] = {}
         self._channels: dict[str, Channel] = {}
         self._closing = False
         self._context = run_process_context()
@@ -619,15 +622,21 @@ class RunManager:
             if not slot_free and (not training or self._comparison_of_queued(run_id) not in training):
                 continue
             if self.gate is None or self.gate.may_start(self.store, run_id):
-                self._queue.remove(run_id)
+                self._unqueue(run_id)
                 return run_id
         return None
 
+    def _unqueue(self, run_id: str) -> None:
+        self._queue.remove(run_id)
+        self._queued_comparisons.pop(run_id, None)
+
     def _comparison_of_queued(self, run_id: str) -> str | None:
-        try:
-            return comparison_of(self.store.get_run(run_id))
-        except RunNotFound:
-            return None
+        if run_id not in self._queued_comparisons:
+            try:
+                self._queued_comparisons[run_id] = comparison_of(self.store.get_run(run_id))
+            except RunNotFound:
+                return None
+        return self._queued_comparisons[run_id]
 
     def _launch(self, run_id: str) -> None:
         run = self.store.get_run(run_id)
@@ -802,7 +811,7 @@ class RunManager:
         run = self.store.get_run(run_id)
         with self._lock:
             if run_id in self._queue:
-                self._queue.remove(run_id)
+                self._unqueue(run_id)
                 self._set_status(run_id, "stopped", "stopped before it started")
                 return self.store.get_run(run_id)
             handle = self._workers.get(run_id)
@@ -842,7 +851,7 @@ class RunManager:
         self.store.get_run(run_id)
         with self._lock:
             if run_id in self._queue:
-                self._queue.remove(run_id)
+                self._unqueue(run_id)
             self._unrecorded.pop(run_id, None)
             handle = self._workers.get(run_id)
             if handle is not None:
