@@ -378,9 +378,14 @@ export function withZeroStrip(layout) {
    decade instead of at every point. */
 export function runStepSpan(reached, total, ended) {
   if (ended || reached >= total) return [0, Math.max(1, Math.min(reached, total))];
-  const decade = 10 ** Math.floor(Math.log10(Math.max(1, reached)));
-  const nice = [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((k) => k * decade).find((v) => v >= reached);
-  return [0, Math.min(Math.max(1, total), nice)];
+  return [0, Math.min(Math.max(1, total), niceCeiling(reached))];
+}
+
+/* The smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 and 8 times a power of ten that is at least
+   `value` (1 for anything below): an axis end that moves about ten times a decade as a run goes on. */
+export function niceCeiling(value) {
+  const decade = 10 ** Math.floor(Math.log10(Math.max(1, value)));
+  return [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((k) => Math.round(k * decade)).find((v) => v >= value);
 }
 
 /* "auto", "log" or "linear" -> whether the step axis is log, for the step on screen. */

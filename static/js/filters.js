@@ -8,6 +8,7 @@
  * and then updated in place.
  */
 
+import { niceCeiling } from "./charts.js";
 import { el, setFill, setText } from "./dom.js";
 // RdBu-like stops from -1 to 1 (ColorBrewer RdBu, reversed so positive is red).
 const STOPS = [
@@ -269,16 +270,18 @@ export class FilterLayerView {
   }
 
   /*
-   * The births on a log step axis from step 1 to the newest stored step, or to the step on screen
-   * when a live run has passed the births' answer (asked every few seconds), so the step's mark stays
-   * on the axis. Filters born at the same step share one tick (their numbers, or "N filters" past
-   * three; data-filters lists them); ticks that would touch are stacked in rows, each in the lowest
-   * row where it fits, so none covers another.
+   * The births on a log step axis from step 1 to the newest stored step. When a live run has
+   * passed the births' answer (asked every few seconds) the axis reaches past the step on screen,
+   * to a round step (charts.js niceCeiling), so the step's mark stays on it and the ticks, laid out
+   * again only when the axis changes, are not measured anew at every snapshot. Filters born at the
+   * same step share one tick (their numbers, or "N filters" past three; data-filters lists them);
+   * ticks that would touch are stacked in rows, each in the lowest row where it fits, so none covers
+   * another.
    */
   drawTimeline(births, filters) {
     const info = this.birthInfo;
     if (!births || !info?.last) { this.timeline.replaceChildren(); delete this.timeline.dataset.key; return; }
-    const end = Math.max(info.last, info.step ?? 0);
+    const end = (info.step ?? 0) > info.last ? niceCeiling(info.step) : info.last;
     const fraction = (step) => Math.log10(1 + step) / Math.log10(1 + end);
     const key = JSON.stringify([births.map((b) => b.birth_step), end]);
     if (this.timeline.dataset.key === key) { this.placeNow(fraction); return; }
