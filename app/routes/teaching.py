@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from app import limits, render
 from app.deps import CONFLICT, HEAVY, NOT_FOUND, QUEUE_FULL, Manager, Run, StoreDep, run_out
 from app.errors import InvalidInput, field_error
-from app.runs import QueueFull, RunConflict
+from app.runs import QueueFull, RunConflict, comparison_of
 from app.storage import LocalStorage
 from app.store import RunNotFound, Store, json_safe
 from app.teaching_schemas import (
@@ -141,7 +141,7 @@ def get_comparison(
     comparison_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")],
 ) -> dict:
     """The runs of one comparison, in the order of its inits (deleted runs are left out)."""
-    runs = [run for run in manager.store.list_runs() if run["meta"].get("comparison") == comparison_id]
+    runs = [run for run in manager.store.list_runs() if comparison_of(run) == comparison_id]
     if not runs:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"comparison_id: no comparison {comparison_id!r}")
     runs.sort(key=lambda run: run["meta"].get("comparison_index", 0))
