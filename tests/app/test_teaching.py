@@ -157,8 +157,8 @@ def test_a_comparisons_runs_train_together_beyond_max_runs(tmp_path):
             client.post(f"/api/runs/{run_id}/stop")
             wait_for(client, run_id, "stopped")
 
-        busy = client.post("/api/runs", json=LONG).json()
-        assert busy["status"] == "running"
+        busy = client.post("/api/runs", json=LONG).json()  # starts once a stopped run's process has exited
+        wait_for(client, busy["id"], "running")
         waiting = client.post("/api/comparisons", json={"base": LONG, "inits": inits}).json()
         assert [run["status"] for run in waiting["runs"]] == ["queued"] * 3
         single = client.post("/api/runs", json=LONG).json()
