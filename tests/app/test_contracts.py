@@ -197,6 +197,7 @@ def stream_until_closed(client, run_id: str, headers=None, on_first_event=None) 
     """Every event of GET .../events until the server closes the stream (the test fails, not hangs,
     if it never does: the reading thread is given up on after a generous while)."""
     events: list[dict] = []
+    reacting: list[threading.Thread] = []
 
     def read():
         with client.stream("GET", f"/api/runs/{run_id}/events", headers=headers or {}) as response:
@@ -204,13 +205,18 @@ def stream_until_closed(client, run_id: str, headers=None, on_first_event=None) 
             for event in read_events(response):
                 events.append(event)
                 if len(events) == 1 and on_first_event is not None:
-                    threading.Thread(target=on_first_event, daemon=True).start()
+                    reacting.append(threading.Thread(target=on_first_event, daemon=True))
+                    reacting[0].start()
         events.append({"closed": True})
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     reader.join(300)
     assert events and events[-1] == {"closed": True}, f"the stream stayed open: {events[-3:]}"
+    # the reaction's request ends before the test does: none is in flight when the client closes
+    for thread in reacting:
+        thread.join(60)
+        assert not thread.is_alive(), "the request made on the first event never returned"
     return events[:-1]
 
 
