@@ -15,8 +15,13 @@
  * charts take at most about a fifth of the main thread, the filter heatmaps
  * keep their frames, and opening a finished run is a row of short tasks
  * instead of one long one (every chart drawn once, not once per series).
+ * A chart off screen (scrolled away, or in a hidden view) waits: it stays changed and is drawn
+ * when it comes on screen (dom.js watchOnScreen). On a laptop most of the run view's charts lie
+ * below the filters, and their redraws took the cores the run trains on.
  * flush() draws one chart at once (tests, or a caller that reads the layout).
  */
+
+import { watchOnScreen } from "./dom.js";
 
 const MIN_FLUSH_INTERVAL_MS = 250;
 /* Points that stream in from a training run wait at least this long between rounds: a curve that
@@ -48,7 +53,7 @@ function scheduleFlush(minInterval) {
   flushTimer = setTimeout(() => {
     flushTimer = null;
     flushDue = Infinity;
-    round = [...dirtyCharts];
+    round = [...dirtyCharts].filter((chart) => chart.screen.visible);
     requestAnimationFrame(() => flushNext(0));
   }, due - performance.now());
 }
@@ -69,7 +74,8 @@ function flushNext(spentMs) {
   round = null;
   lastFlushEnd = performance.now();
   lastFlushMs = spent;
-  if (dirtyCharts.size) scheduleFlush(Math.min(...[...dirtyCharts].map((c) => c.waitMs)));
+  const waiting = [...dirtyCharts].filter((chart) => chart.screen.visible);
+  if (waiting.length) scheduleFlush(Math.min(...waiting.map((chart) => chart.waitMs)));
 }
 
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#475569"];
@@ -93,6 +99,9 @@ export class LineChart {
     this.drawnRevision = -1;
     this.marked = null;
     this.span = null;           // [first, last] step of the x axis, or null to fit the points
+    this.screen = watchOnScreen(element, (visible) => {
+      if (visible && dirtyCharts.has(this)) scheduleFlush(MIN_FLUSH_INTERVAL_MS);
+    });
   }
 
   /* Note a change of state; the scheduler draws it. `live`: points streaming in, which can wait
@@ -102,7 +111,7 @@ export class LineChart {
     const wait = live ? LIVE_FLUSH_INTERVAL_MS : MIN_FLUSH_INTERVAL_MS;
     this.waitMs = dirtyCharts.has(this) ? Math.min(this.waitMs, wait) : wait;
     dirtyCharts.add(this);
-    scheduleFlush(wait);
+    if (this.screen.visible) scheduleFlush(wait);
   }
 
   _seriesFor(name) {

@@ -18,6 +18,21 @@ export function el(tag, attributes = {}, text) {
   return node;
 }
 
+/* Whether `element` is on screen, or within `margin` of it (a hidden view's elements are not),
+   kept by an IntersectionObserver: {visible}. `onChange(visible)` hears each change. What is off
+   screen need not be drawn or fetched; it is brought up to date when it comes on screen. */
+export function watchOnScreen(element, onChange = () => {}, margin = "300px") {
+  const watch = { visible: true };   // until the observer's first answer (and without one)
+  if (typeof IntersectionObserver === "undefined") return watch;
+  new IntersectionObserver((entries) => {
+    const visible = entries[entries.length - 1].isIntersecting;
+    if (visible === watch.visible) return;
+    watch.visible = visible;
+    onChange(visible);
+  }, { rootMargin: margin }).observe(element);
+  return watch;
+}
+
 /* A label holding its text and a control: <label>text <input></label>. */
 export function labelled(text, control) {
   const node = el("label", {}, text);

@@ -10,7 +10,7 @@
  * and initial snapshot); what is on screen lives in `shown` below. Live
  * snapshots are coalesced to the newest, drawn at most LIVE_DRAWS_PER_SECOND
  * times a second, and their feature maps asked for at most every
- * LIVE_MAPS_INTERVAL_MS; snapshot fetches keep one request in flight. So the
+ * LIVE_MAPS_INTERVAL_MS while they are on screen; snapshot fetches keep one request in flight. So the
  * page drops frames rather than falling behind, and a page left open on a run
  * that trains hundreds of steps a second does not take the cores it trains on:
  * every map request makes the server decode a stored snapshot, and every draw
@@ -19,7 +19,7 @@
  */
 
 import * as api from "./api.js";
-import { $, el, setFill, setText, showError } from "./dom.js";
+import { $, el, setFill, setText, showError, watchOnScreen } from "./dom.js";
 import { FeatureMapBoard, FilterBoard, drawGray } from "./filters.js";
 import { autoStepAxisIsLog, runStepSpan } from "./charts.js";
 import { RunCharts, statLayers } from "./run-charts.js";
@@ -423,9 +423,15 @@ export function mountRunView(context) {
      page saw before may not be stored at the moment. */
   const liveMaps = new Throttle((at) => {
     if (state.mode !== "live" || !shown.snapshot || !state.steps.includes(shown.snapshot.step)) return;
+    if (!mapsOnScreen.visible) return;   // asked for when they come on screen
     if (debug.liveMapsAsked) debug.liveMapsAsked.push(at);
     wantSnapshot(shown.snapshot.step);
   }, LIVE_MAPS_INTERVAL_MS, { frame: false });
+  /* Live maps scrolled off screen are not asked for: each costs the server a stored snapshot's
+     decoding and the browser a redraw, on the cores the run trains on. */
+  const mapsOnScreen = watchOnScreen($("fmap-board"), (visible) => {
+    if (visible && state.mode === "live") liveMaps.schedule();
+  });
 
   /*
    * The run's stored steps, read again (GET .../snapshots, a list of numbers): snapshot events

@@ -134,6 +134,12 @@ def open_page(browser, viewport=(1280, 800)):
     return page, PageProblems(page)
 
 
+def every_chart_on_screen(page) -> None:
+    """A viewport tall enough for every chart of the run view: a chart off screen is not drawn
+    until it comes on screen (static/js/charts.js), and these tests read all of them at once."""
+    page.set_viewport_size({"width": 1280, "height": 2600})
+
+
 @pytest.fixture
 def page(browser):
     """A 1280×800 page; the test fails if the page logged an error or a request failed."""

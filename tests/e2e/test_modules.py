@@ -381,3 +381,37 @@ def test_the_step_through_replays_layers_as_the_normalised_spec_states_them(modu
     assert np.allclose(np.asarray(got["input"]), pooled)
     assert [(c["index"], c["kernel"], c["inChannels"]) for c in got["layers"]] == [(0, [3, 3], 1), (3, [1, 1], 2)]
     assert got["refused"] and '"kernel" missing' in got["refused"]
+
+
+def test_a_chart_off_screen_waits_and_is_drawn_when_it_comes_on_screen(modules):
+    """A learner watching the filters does not pay for the charts scrolled below them: a chart off
+    screen keeps its new points and is not redrawn; scrolled into view, it is drawn with all of them."""
+    got = modules.evaluate("""async () => {
+        const { LineChart } = await import('/static/js/charts.js');
+        const frames = (n) => new Promise((done) => {
+            const next = (k) => (k ? requestAnimationFrame(() => next(k - 1)) : done());
+            next(n);
+        });
+        const wait = (ms) => new Promise((done) => setTimeout(done, ms));
+        const far = document.createElement('div');
+        far.style.marginTop = '6000px';
+        const div = document.createElement('div');
+        div.style.width = '300px'; div.style.height = '200px';
+        far.append(div);
+        document.body.append(far);
+        const chart = new LineChart(div, {title: 'far below'});
+        await frames(3);                              // the observer's first answer: off screen
+        for (let step = 1; step <= 5; step += 1) chart.addDataPoint('train', step, 1 / step);
+        chart.setStepSpan([0, 10]);
+        await wait(1600);                             // past a live round and a layout round
+        const off = {drawn: div.data !== undefined, count: chart.pointCount('train')};
+        div.scrollIntoView();
+        const deadline = performance.now() + 10000;
+        while (chart.pointCount('train') < 5 && performance.now() < deadline) await wait(50);
+        const on = {drawn: div.data !== undefined, count: chart.pointCount('train'), x: div.data?.[0]?.x};
+        far.remove();
+        window.scrollTo(0, 0);
+        return {off, on};
+    }""")
+    assert got["off"] == {"drawn": False, "count": 0}
+    assert got["on"]["drawn"] and got["on"]["count"] == 5 and got["on"]["x"] == [1, 2, 3, 4, 5]

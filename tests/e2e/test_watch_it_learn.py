@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ARTIFACTS, open_page
+from conftest import ARTIFACTS, every_chart_on_screen, open_page
 
 TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}
 
@@ -105,6 +105,7 @@ def young_run(api):
 
 
 def test_young_run_charts_use_a_log_step_axis_with_decade_ticks_and_the_slider_marked(page, server, young_run):
+    every_chart_on_screen(page)
     goto(page, f"{server}/#run={young_run['id']}")
     page.wait_for_function("window.__kernelscope.drawn !== null")
     charts = ["chart-loss", "chart-acc", "chart-act", "chart-grad", "chart-dead", "chart-selective", "chart-score"]
@@ -156,6 +157,7 @@ def test_auto_step_axis_follows_the_step_on_screen_and_the_toggle_always_wins(pa
     training reached: a finished run opens linear (live shows its last step), turns log when the
     slider or the player shows an early snapshot, linear again for a late one; log and linear
     override it at any step."""
+    every_chart_on_screen(page)
     run_id, total = finished_run["id"], finished_run["config"]["steps"]
     assert finished_run["status"] == "completed"
     goto(page, f"{server}/#run={run_id}")
@@ -371,6 +373,7 @@ def test_live_view_draws_at_a_bounded_rate_and_ends_on_the_last_snapshot_with_it
     )
     page.click("#btn-start")
     page.wait_for_function("window.__kernelscope.state.view.run !== null")
+    page.eval_on_selector(".fmaps-panel", "p => p.scrollIntoView()")  # maps off screen are not asked for
     run_id = page.evaluate("window.__kernelscope.state.view.run")
     run = wait_finished(api, run_id)
     assert run["status"] == "completed", run
@@ -402,3 +405,31 @@ def test_live_view_draws_at_a_bounded_rate_and_ends_on_the_last_snapshot_with_it
     frame_gap = max(1.0, 1000 / limits["drawsPerSecond"] - longest_draw - 2)
     assert len(changes) <= span / frame_gap + span / 2000 + 3, (len(changes), span)
     assert all(not c["transitions"] for c in changes), changes
+
+
+def test_live_feature_maps_off_screen_are_not_asked_for_until_they_come_on_screen(page, server, api):
+    """Each live map request makes the server decode a stored snapshot and the browser redraw,
+    on the cores the run trains on: while the learner watches the filters with the maps scrolled
+    below, none is asked for; scrolled into view, the live maps are fetched and drawn."""
+    goto(page, f"{server}/#steps=3000")
+    page.evaluate("window.__kernelscope.liveMapsAsked = []; window.__kernelscope.frameLog = []")
+    page.click("#btn-start")
+    page.wait_for_function("window.__kernelscope.state.view.run !== null")
+    run_id = page.evaluate("window.__kernelscope.state.view.run")
+    try:
+        # once the filters are drawn, this layout puts the maps below the fold (and the observer's margin)
+        page.wait_for_function("(window.__kernelscope.frameLog || []).filter(f => f.mode === 'live').length >= 3")
+        below = page.eval_on_selector(".fmaps-panel", "p => p.getBoundingClientRect().top - window.innerHeight")
+        assert below > 300, below
+        # from then on, more live frames of filters and not one map request
+        page.evaluate("window.__kernelscope.liveMapsAsked = []; window.__kernelscope.frameLog = []")
+        page.wait_for_function("window.__kernelscope.frameLog.filter(f => f.mode === 'live').length >= 5")
+        page.wait_for_timeout(1500)
+        assert page.evaluate("window.__kernelscope.liveMapsAsked") == []
+        features = page.evaluate("window.__kernelscope.features?.step ?? null")
+        page.eval_on_selector(".fmaps-panel", "p => p.scrollIntoView()")
+        page.wait_for_function("window.__kernelscope.liveMapsAsked.length >= 1")
+        page.wait_for_function(f"(window.__kernelscope.features?.step ?? -1) > {features if features is not None else -1}")
+        assert page.eval_on_selector_all("#fmap-board canvas", "cs => cs.length") > 0
+    finally:
+        api.post(f"/api/runs/{run_id}/stop")
