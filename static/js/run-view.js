@@ -9,7 +9,7 @@
  * The data lives in `state` (state.js: run, steps, mode, historyStep, latest
  * and initial snapshot); what is on screen lives in `shown` below. Live
  * snapshots are coalesced to the newest, drawn at most LIVE_DRAWS_PER_SECOND
- * times a second, and their feature maps asked for at most every
+ * times a second while the filters are on screen, and their feature maps asked for at most every
  * LIVE_MAPS_INTERVAL_MS while they are on screen; snapshot fetches keep one request in flight. So the
  * page drops frames rather than falling behind, and a page left open on a run
  * that trains hundreds of steps a second does not take the cores it trains on:
@@ -399,12 +399,18 @@ export function mountRunView(context) {
       updateSlider();
     }
     const s = shown.pendingLive;
+    if (s && state.mode === "live" && !filtersOnScreen.visible) return;   // drawn when they come on screen
     shown.pendingLive = null;
     if (s && state.mode === "live") {
       drawFilters(s);
       liveMaps.schedule();
     }
   }, 1000 / LIVE_DRAWS_PER_SECOND);
+  /* The filters off screen (scrolled away, or another tab of the page open) keep their newest
+     snapshot waiting instead of painting canvases no one sees. */
+  const filtersOnScreen = watchOnScreen($("filter-board"), (visible) => {
+    if (visible && shown.pendingLive) liveFrame.schedule();
+  });
 
   function scheduleLiveDraw(snapshot) {
     if (shown.pendingLive) debug.framesDropped += 1;

@@ -134,9 +134,10 @@ def open_page(browser, viewport=(1280, 800)):
     return page, PageProblems(page)
 
 
-def every_chart_on_screen(page) -> None:
-    """A viewport tall enough for every chart of the run view: a chart off screen is not drawn
-    until it comes on screen (static/js/charts.js), and these tests read all of them at once."""
+def whole_run_view_on_screen(page) -> None:
+    """A viewport tall enough for the whole run view (filters, charts and feature maps): what is
+    off screen is not drawn or fetched until it comes on screen (static/js/charts.js,
+    run-view.js), and these tests read all of it at once."""
     page.set_viewport_size({"width": 1280, "height": 2600})
 
 

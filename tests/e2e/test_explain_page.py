@@ -5,7 +5,7 @@ the charts. Runs against a real server with a short trained run."""
 import time
 
 import pytest
-from conftest import every_chart_on_screen
+from conftest import whole_run_view_on_screen
 
 RUN = {
     "model": "demo",
@@ -114,7 +114,7 @@ def full_summary(api, run_id: str, layer: int) -> dict:
 
 
 def test_layer_summaries_are_drawn_beside_the_charts(server, api, page, trained):
-    every_chart_on_screen(page)
+    whole_run_view_on_screen(page)
     run_id, steps = trained
     page.goto(f"{server}/#run={run_id}")
     page.wait_for_selector("body[data-ready=true]")
@@ -161,7 +161,7 @@ def test_a_summary_in_parts_shows_its_progress_and_then_every_step(server, api, 
     """The server's first summary of conv1 is made to come in two parts (its first answer cut to
     two steps, `pending` the rest) and the second part is held back: meanwhile the page says how
     far the summary got and has drawn the first part; then it draws every step and the status goes."""
-    every_chart_on_screen(page)
+    whole_run_view_on_screen(page)
     run_id, steps = trained
     held, parts = [], []
 
@@ -217,7 +217,7 @@ def test_layer_summaries_follow_a_live_run_from_its_snapshots(server, api, page)
     events) extend the summary charts between fetches of the summary route. Every fetch after a
     layer's first is answered here with that first answer, so only the stream can add points; the
     values drawn are the rows the route serves for the same steps once the run has stopped."""
-    every_chart_on_screen(page)
+    whole_run_view_on_screen(page)
     run_id = api.post("/api/runs", json={**RUN, "steps": 3000}).json()["id"]
     first = {}
 

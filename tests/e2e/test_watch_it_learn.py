@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ARTIFACTS, every_chart_on_screen, open_page
+from conftest import ARTIFACTS, open_page, whole_run_view_on_screen
 
 TERMINAL = {"completed", "stopped", "diverged", "failed", "interrupted"}
 
@@ -105,7 +105,7 @@ def young_run(api):
 
 
 def test_young_run_charts_use_a_log_step_axis_with_decade_ticks_and_the_slider_marked(page, server, young_run):
-    every_chart_on_screen(page)
+    whole_run_view_on_screen(page)
     goto(page, f"{server}/#run={young_run['id']}")
     page.wait_for_function("window.__kernelscope.drawn !== null")
     charts = ["chart-loss", "chart-acc", "chart-act", "chart-grad", "chart-dead", "chart-selective", "chart-score"]
@@ -157,7 +157,7 @@ def test_auto_step_axis_follows_the_step_on_screen_and_the_toggle_always_wins(pa
     training reached: a finished run opens linear (live shows its last step), turns log when the
     slider or the player shows an early snapshot, linear again for a late one; log and linear
     override it at any step."""
-    every_chart_on_screen(page)
+    whole_run_view_on_screen(page)
     run_id, total = finished_run["id"], finished_run["config"]["steps"]
     assert finished_run["status"] == "completed"
     goto(page, f"{server}/#run={run_id}")
@@ -357,6 +357,7 @@ def test_live_view_draws_at_a_bounded_rate_and_ends_on_the_last_snapshot_with_it
     are redrawn at most `drawsPerSecond` times a second and the feature maps asked for at most
     every `mapsIntervalMs` (the page's own limits, read from it), whatever the snapshot rate; and
     once the run ends, the newest snapshot is on screen, feature maps included."""
+    whole_run_view_on_screen(page)  # filters and maps at once
     goto(page, f"{server}/#steps=600")
     limits = page.evaluate("window.__kernelscope.liveLimits")
     page.evaluate("window.__kernelscope.frameLog = []; window.__kernelscope.liveMapsAsked = []")
@@ -373,7 +374,6 @@ def test_live_view_draws_at_a_bounded_rate_and_ends_on_the_last_snapshot_with_it
     )
     page.click("#btn-start")
     page.wait_for_function("window.__kernelscope.state.view.run !== null")
-    page.eval_on_selector(".fmaps-panel", "p => p.scrollIntoView()")  # maps off screen are not asked for
     run_id = page.evaluate("window.__kernelscope.state.view.run")
     run = wait_finished(api, run_id)
     assert run["status"] == "completed", run
@@ -429,7 +429,35 @@ def test_live_feature_maps_off_screen_are_not_asked_for_until_they_come_on_scree
         features = page.evaluate("window.__kernelscope.features?.step ?? null")
         page.eval_on_selector(".fmaps-panel", "p => p.scrollIntoView()")
         page.wait_for_function("window.__kernelscope.liveMapsAsked.length >= 1")
-        page.wait_for_function(f"(window.__kernelscope.features?.step ?? -1) > {features if features is not None else -1}")
+        page.wait_for_function(
+            f"(window.__kernelscope.features?.step ?? -1) > {features if features is not None else -1}"
+        )
         assert page.eval_on_selector_all("#fmap-board canvas", "cs => cs.length") > 0
+    finally:
+        api.post(f"/api/runs/{run_id}/stop")
+
+
+def test_live_filters_wait_while_another_tab_is_open_and_show_the_newest_on_return(page, server, api):
+    """While the learner looks at another tab of the page, the live filters are not painted into
+    canvases no one sees; back on the run, the newest snapshot is drawn at once."""
+    goto(page, f"{server}/#steps=3000")
+    page.evaluate("window.__kernelscope.frameLog = []")
+    page.click("#btn-start")
+    page.wait_for_function("window.__kernelscope.state.view.run !== null")
+    run_id = page.evaluate("window.__kernelscope.state.view.run")
+    try:
+        page.wait_for_function("window.__kernelscope.frameLog.filter(f => f.mode === 'live').length >= 3")
+        page.click('#view-tabs [data-view="probe"]')
+        page.wait_for_timeout(300)  # a frame already under way may end
+        page.evaluate("window.__kernelscope.frameLog = []")
+        before = api.get(f"/api/runs/{run_id}").json()["step"]
+        page.wait_for_timeout(2000)
+        ahead = api.get(f"/api/runs/{run_id}/snapshots").json()["steps"][-1]
+        assert ahead > before + 20, (before, ahead)  # the run went on meanwhile
+        assert page.evaluate("window.__kernelscope.frameLog") == []
+        page.click('#view-tabs [data-view="live"]')
+        page.wait_for_function("window.__kernelscope.frameLog.filter(f => f.mode === 'live').length >= 1")
+        drawn = page.evaluate("window.__kernelscope.frameLog[0].step")
+        assert drawn >= ahead, (before, ahead, drawn)  # a snapshot stored while away, not one from before
     finally:
         api.post(f"/api/runs/{run_id}/stop")
