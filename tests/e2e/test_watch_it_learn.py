@@ -5,6 +5,7 @@ navigates well (hash change, 420 px)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -407,18 +408,28 @@ def test_live_view_draws_at_a_bounded_rate_and_ends_on_the_last_snapshot_with_it
     assert all(not c["transitions"] for c in changes), changes
 
 
-def test_live_feature_maps_off_screen_are_not_asked_for_until_they_come_on_screen(page, server, api):
-    """Each live map request makes the server decode a stored snapshot and the browser redraw,
-    on the cores the run trains on: while the learner watches the filters with the maps scrolled
-    below, none is asked for; scrolled into view, the live maps are fetched and drawn."""
+@contextlib.contextmanager
+def live_run_on_page(page, server, api):
+    """Start a long default run from the page and follow it live (frameLog and liveMapsAsked
+    recording, three live frames drawn); yields its id and stops it after."""
     goto(page, f"{server}/#steps=3000")
     page.evaluate("window.__kernelscope.liveMapsAsked = []; window.__kernelscope.frameLog = []")
     page.click("#btn-start")
     page.wait_for_function("window.__kernelscope.state.view.run !== null")
     run_id = page.evaluate("window.__kernelscope.state.view.run")
     try:
+        page.wait_for_function("window.__kernelscope.frameLog.filter(f => f.mode === 'live').length >= 3")
+        yield run_id
+    finally:
+        api.post(f"/api/runs/{run_id}/stop")
+
+
+def test_live_feature_maps_off_screen_are_not_asked_for_until_they_come_on_screen(page, server, api):
+    """Each live map request makes the server decode a stored snapshot and the browser redraw,
+    on the cores the run trains on: while the learner watches the filters with the maps scrolled
+    below, none is asked for; scrolled into view, the live maps are fetched and drawn."""
+    with live_run_on_page(page, server, api):
         # once the filters are drawn, this layout puts the maps below the fold (and the observer's margin)
-        page.wait_for_function("(window.__kernelscope.frameLog || []).filter(f => f.mode === 'live').length >= 3")
         below = page.eval_on_selector(".fmaps-panel", "p => p.getBoundingClientRect().top - window.innerHeight")
         assert below > 300, below
         # from then on, more live frames of filters and not one map request
@@ -433,20 +444,12 @@ def test_live_feature_maps_off_screen_are_not_asked_for_until_they_come_on_scree
             f"(window.__kernelscope.features?.step ?? -1) > {features if features is not None else -1}"
         )
         assert page.eval_on_selector_all("#fmap-board canvas", "cs => cs.length") > 0
-    finally:
-        api.post(f"/api/runs/{run_id}/stop")
 
 
 def test_live_filters_wait_while_another_tab_is_open_and_show_the_newest_on_return(page, server, api):
     """While the learner looks at another tab of the page, the live filters are not painted into
     canvases no one sees; back on the run, the newest snapshot is drawn at once."""
-    goto(page, f"{server}/#steps=3000")
-    page.evaluate("window.__kernelscope.frameLog = []")
-    page.click("#btn-start")
-    page.wait_for_function("window.__kernelscope.state.view.run !== null")
-    run_id = page.evaluate("window.__kernelscope.state.view.run")
-    try:
-        page.wait_for_function("window.__kernelscope.frameLog.filter(f => f.mode === 'live').length >= 3")
+    with live_run_on_page(page, server, api) as run_id:
         page.click('#view-tabs [data-view="probe"]')
         page.wait_for_timeout(300)  # a frame already under way may end
         page.evaluate("window.__kernelscope.frameLog = []")
@@ -459,5 +462,3 @@ def test_live_filters_wait_while_another_tab_is_open_and_show_the_newest_on_retu
         page.wait_for_function("window.__kernelscope.frameLog.filter(f => f.mode === 'live').length >= 1")
         drawn = page.evaluate("window.__kernelscope.frameLog[0].step")
         assert drawn >= ahead, (before, ahead, drawn)  # a snapshot stored while away, not one from before
-    finally:
-        api.post(f"/api/runs/{run_id}/stop")
