@@ -114,7 +114,23 @@ class PageProblems:
         page.on("console", lambda m: m.type == "error" and self.items.append(f"console error: {m.text}"))
         page.on("pageerror", lambda e: self.items.append(f"page error: {e}"))
         page.on("requestfailed", self._failed)
-        page.on("response", lambda r: r.status >= 400 and self.items.append(f"HTTP {r.status}: {r.url}"))
+        page.on("response", self._answered)
+        self.server_errors = []  # 5xx answers, whose bodies name the error (read before the page closes)
+
+    def _answered(self, response):
+        if response.status >= 400:
+            self.items.append(f"HTTP {response.status}: {response.url}")
+        if response.status >= 500:
+            self.server_errors.append(response)
+
+    def server_error_bodies(self) -> list[str]:
+        bodies = []
+        for response in self.server_errors:
+            try:
+                bodies.append(f"{response.url}: {response.text()[:2000]}")
+            except Exception as error:  # the body is gone once the page navigated away
+                bodies.append(f"{response.url}: (body unavailable: {error})")
+        return bodies
 
     def _failed(self, request):
         failure = request.failure or ""
@@ -141,11 +157,25 @@ def whole_run_view_on_screen(page) -> None:
     page.set_viewport_size({"width": 1280, "height": 2600})
 
 
+def server_log_tracebacks(server: Server, last: int = 3) -> str:
+    """The last tracebacks in a server's log: what a 5xx answer was, for a failure far from here (CI)."""
+    try:
+        text = server.log_path.read_text(errors="replace")
+    except OSError as error:
+        return f"(server log unreadable: {error})"
+    blocks = text.split("Traceback (most recent call last):")[1:]
+    return "\n".join("Traceback (most recent call last):" + block[:4000] for block in blocks[-last:])
+
+
 @pytest.fixture
-def page(browser):
-    """A 1280×800 page; the test fails if the page logged an error or a request failed."""
+def page(browser, request):
+    """A 1280×800 page; the test fails if the page logged an error or a request failed. A 5xx
+    answer adds its body and, for the session's server, the tracebacks its log holds."""
     page, problems = open_page(browser)
     page.problems = problems
     yield page
+    bodies = problems.server_error_bodies()
     page.context.close()
-    assert problems.items == [], "the page had problems:\n" + "\n".join(problems.items)
+    if bodies and "live_server" in request.fixturenames:
+        bodies.append(server_log_tracebacks(request.getfixturevalue("live_server")))
+    assert problems.items == [], "the page had problems:\n" + "\n".join(problems.items + bodies)
