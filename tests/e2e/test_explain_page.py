@@ -106,6 +106,30 @@ def test_conv2_filters_show_expanded_weights_and_close_by_button(server, page, t
     page.wait_for_selector("#explain-panel", state="hidden")
 
 
+def test_beside_the_open_drawer_the_run_view_keeps_a_readable_width(server, page, trained):
+    """At 1280 and 1600 px wide the drawer takes the right; the run view must not shrink to a
+    strip beside it (its charts were 60 px wide), and the run's title and buttons stay clear of it."""
+    run_id, _ = trained
+    page.goto(f"{server}/#run={run_id}")
+    page.wait_for_selector("body[data-ready=true]")
+    page.click('.layer-panel[data-layer="0"] .filter-card[data-filter="0"]')
+    page.wait_for_function("window.__kernelscope.explain && window.__kernelscope.explain.drawn !== null")
+    for width in (1280, 1600):
+        page.set_viewport_size({"width": width, "height": 800})
+        drawer = page.locator("#explain-panel").bounding_box()
+        assert abs(drawer["x"] + drawer["width"] - width) < 1 and drawer["width"] >= 500
+        for selector in (".filters-panel", ".charts-panel", "#chart-loss", "#run-status"):
+            box = page.locator(selector).bounding_box()
+            assert box["x"] + box["width"] <= drawer["x"] + 1, (width, selector, box, drawer)
+        assert page.locator(".filters-panel").bounding_box()["width"] >= 500, width
+        assert page.locator("#chart-loss").bounding_box()["width"] >= 250, width
+    page.click("#explain-close")
+    page.wait_for_selector("#explain-panel", state="hidden")
+    page.set_viewport_size({"width": 1600, "height": 800})  # closed: the setup column is back beside the run
+    setup, filters = page.locator("#setup").bounding_box(), page.locator(".filters-panel").bounding_box()
+    assert setup["x"] + setup["width"] < filters["x"] and abs(setup["y"] - filters["y"]) < 300
+
+
 def full_summary(api, run_id: str, layer: int) -> dict:
     """GET the layer summary until nothing is pending (a first summary comes in parts)."""
     while (summary := api.get(f"/api/runs/{run_id}/layers/{layer}/summary").json())["pending"]:
