@@ -399,7 +399,8 @@ export function mountRunView(context) {
       updateSlider();
     }
     const s = shown.pendingLive;
-    if (s && state.mode === "live" && !filtersOnScreen.visible) return;   // drawn when they come on screen
+    // drawn when the filters or the maps (which follow the filters' snapshot) come on screen
+    if (s && state.mode === "live" && !filtersOnScreen.visible && !mapsOnScreen.visible) return;
     shown.pendingLive = null;
     if (s && state.mode === "live") {
       drawFilters(s);
@@ -407,7 +408,9 @@ export function mountRunView(context) {
     }
   }, 1000 / LIVE_DRAWS_PER_SECOND);
   /* The filters off screen (scrolled away, or another tab of the page open) keep their newest
-     snapshot waiting instead of painting canvases no one sees. */
+     snapshot waiting instead of painting canvases no one sees, unless the maps are on screen:
+     the maps drawn live are those of the snapshot the filters show (at 420 px the charts stand
+     between the two, so a learner watching the maps has the filters far above). */
   const filtersOnScreen = watchOnScreen($("filter-board"), (visible) => {
     if (visible && shown.pendingLive) liveFrame.schedule();
   });
@@ -436,6 +439,7 @@ export function mountRunView(context) {
   /* Live maps scrolled off screen are not asked for: each costs the server a stored snapshot's
      decoding and the browser a redraw, on the cores the run trains on. */
   const mapsOnScreen = watchOnScreen($("fmap-board"), (visible) => {
+    if (visible && shown.pendingLive) liveFrame.schedule();
     if (visible && state.mode === "live") liveMaps.schedule();
   });
 

@@ -464,3 +464,20 @@ def test_live_filters_wait_while_another_tab_is_open_and_show_the_newest_on_retu
         # a snapshot stored while away, not the one on screen when the tab changed (the stream may
         # lag the stored files a little on a busy machine)
         assert drawn > before, (before, ahead, drawn)
+
+
+def test_on_a_phone_the_live_maps_keep_following_the_run_with_the_filters_scrolled_away(browser, server, api):
+    """At 420 px the charts stand between the filters and the maps: a learner watching the maps
+    has the filters far above the screen, and the maps must still follow the run."""
+    page, problems = open_page(browser, viewport=(420, 900))
+    try:
+        with live_run_on_page(page, server, api):
+            page.eval_on_selector(".fmaps-panel", "p => p.scrollIntoView()")
+            above = page.eval_on_selector("#filter-board", "b => -b.getBoundingClientRect().bottom")
+            assert above > 300, above  # beyond the observer's margin: the filters count as off screen
+            page.wait_for_function("window.__kernelscope.features?.step != null")
+            first = page.evaluate("window.__kernelscope.features.step")
+            page.wait_for_function(f"window.__kernelscope.features.step > {first}", timeout=30_000)
+    finally:
+        page.context.close()
+    assert problems.items == [], problems.items
