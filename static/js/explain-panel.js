@@ -361,6 +361,8 @@ export function mountExplainPanel(context) {
     if (!card || !layer) return;
     open(Number(layer.dataset.layer), Number(card.dataset.filter));
   });
+  // the drawer explains a filter card of the live view: another tab has none to explain
+  document.addEventListener("kernelscope:tab", (event) => { if (event.detail.view !== "live" && isOpen()) closePanel(); });
   document.addEventListener("kernelscope:view", (event) => {
     shown.view = event.detail;
     if (!isOpen()) return;

@@ -57,9 +57,12 @@ function writeHash() {
   if (location.hash !== hash) history.replaceState(null, "", hash);
 }
 
+/* Show one tab's view; document receives "kernelscope:tab" {view} (the explain drawer belongs to
+   the live view's filters and closes on another tab). */
 function showView(name) {
   for (const tab of document.querySelectorAll("#view-tabs [data-view]")) tab.classList.toggle("active", tab.dataset.view === name);
   for (const panel of document.querySelectorAll("[data-view-panel]")) panel.hidden = panel.dataset.viewPanel !== name;
+  document.dispatchEvent(new CustomEvent("kernelscope:tab", { detail: { view: name } }));
 }
 
 /* What the server states, into state; a part that cannot be read is named in the banner. */
