@@ -159,9 +159,11 @@ def test_start_run_from_page_filters_move_labels_appear_loss_grows(page, server,
     page.screenshot(path=str(ARTIFACTS / "live-view.png"))
     # the maps lie below the fold at 1280x800 and are fetched once they come on screen (run-view.js):
     # scrolled to, they catch up with the filters' last snapshot
+    last = api.get(f"/api/runs/{run_id}/snapshots").json()["steps"][-1]
     page.eval_on_selector(".fmaps-panel", "p => p.scrollIntoView()")
-    page.wait_for_function("window.__kernelscope.features?.step === window.__kernelscope.drawn?.step")
-    assert page.evaluate("window.__kernelscope.features.step") == api.get(f"/api/runs/{run_id}").json()["step"]
+    page.wait_for_function(
+        f"window.__kernelscope.drawn?.step === {last} && window.__kernelscope.features?.step === {last}"
+    )
     # the whole page, with a convolution step-through open, for the README
     page.locator('canvas.fmap[data-layer="0"][data-filter="0"]').click(position={"x": 40, "y": 40})
     page.wait_for_selector("#st-equation")
