@@ -132,6 +132,16 @@ class PageProblems:
                 bodies.append(f"{response.url}: (body unavailable: {error})")
         return bodies
 
+    def close_and_check(self, page, server: "Server | None" = None) -> None:
+        """Close the page's context (which hands over the events still pending), then fail naming
+        every problem the page had; a 5xx answer adds its body, read before closing, and, given
+        the server, the last tracebacks of its log."""
+        bodies = self.server_error_bodies()
+        page.context.close()
+        if bodies and server is not None:
+            bodies.append(server_log_tracebacks(server))
+        assert self.items == [], "the page had problems:\n" + "\n".join(self.items + bodies)
+
     def _failed(self, request):
         failure = request.failure or ""
         # The page closes a run's event stream itself when the run ends, and a
@@ -174,8 +184,6 @@ def page(browser, request):
     page, problems = open_page(browser)
     page.problems = problems
     yield page
-    bodies = problems.server_error_bodies()
-    page.context.close()
-    if bodies and "live_server" in request.fixturenames:
-        bodies.append(server_log_tracebacks(request.getfixturevalue("live_server")))
-    assert problems.items == [], "the page had problems:\n" + "\n".join(problems.items + bodies)
+    problems.close_and_check(
+        page, request.getfixturevalue("live_server") if "live_server" in request.fixturenames else None
+    )

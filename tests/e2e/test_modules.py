@@ -14,8 +14,7 @@ def modules(browser, server):
     page.goto(f"{server}/")
     page.wait_for_selector("body[data-ready=true]")
     yield page
-    page.context.close()
-    assert problems.items == [], "the page had problems:\n" + "\n".join(problems.items)
+    problems.close_and_check(page)
 
 
 def test_hash_round_trip_keeps_spec_inits_and_numbers(modules):

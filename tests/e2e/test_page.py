@@ -370,8 +370,7 @@ def test_reload_with_url_hash_restores_the_configuration(page, server, browser):
     assert again.input_value("#f-wd") == "0.002"
     assert again.input_value("#f-steps") == "123"
     assert again.locator('.init-layer[data-layer="3"] select[data-param=kernels]').input_value() == "x"
-    again.context.close()
-    assert problems.items == []
+    problems.close_and_check(again)
 
 
 def test_the_form_starts_as_the_default_run_and_optimizer_fields_follow_the_choice(page, server, api):
@@ -463,8 +462,7 @@ def test_run_list_opens_a_run_and_the_page_fits_the_window(browser, server, trai
     wait_drawn(page, "d.step > 0")
     assert page.evaluate("window.__kernelscope.state.view.run") == trained_run["id"]
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), "the page scrolls sideways"
-    page.context.close()
-    assert problems.items == []
+    problems.close_and_check(page)
 
 
 def test_the_dataset_form_states_the_path_rule_the_api_serves(page, server, api):

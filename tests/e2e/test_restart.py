@@ -85,7 +85,6 @@ def test_cli_run_and_interrupted_run_open_and_resume_from_the_page(browser, tmp_
         page.wait_for_function(f"window.__kernelscope.state.run.step > {paused_at}")
         page.click("#btn-stop")
         page.wait_for_selector("#run-badge.status-stopped")
-        page.context.close()
-        assert problems.items == [], "the page had problems:\n" + "\n".join(problems.items)
+        problems.close_and_check(page, second)
     finally:
         second.stop()

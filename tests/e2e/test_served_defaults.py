@@ -46,8 +46,7 @@ def test_a_default_changed_in_the_engine_reaches_the_api_and_the_form(browser, t
             return s.toRunRequest(state.config, state.presets);
         }""")
         assert (body["steps"], body["snapshot_every"], body["init"]) == (1234, 7, "lecun_normal")
-        page.context.close()
-        assert problems.items == []
+        problems.close_and_check(page, server)
     finally:
         server.stop()
 
