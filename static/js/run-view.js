@@ -112,8 +112,12 @@ export function mountRunView(context) {
   }
 
   /* Draw the filters on screen again (new scaling, the step-0 outline or the init figures arrived). */
+  /* Redraw the snapshot on screen (its births, init texts or scale changed). Live, with the
+     filters and maps off screen, it waits like a new snapshot: the first live frame back draws it. */
   function redrawCurrent() {
-    if (shown.snapshot) drawFilters(shown.snapshot);
+    if (!shown.snapshot) return;
+    if (state.mode === "live" && !liveBoardsOnScreen()) shown.pendingLive ??= shown.snapshot;
+    else drawFilters(shown.snapshot);
   }
 
   /* The births of every conv layer of the open run, asked of the server (at most every few
@@ -399,8 +403,7 @@ export function mountRunView(context) {
       updateSlider();
     }
     const s = shown.pendingLive;
-    // drawn when the filters or the maps (which follow the filters' snapshot) come on screen
-    if (s && state.mode === "live" && !filtersOnScreen.visible && !mapsOnScreen.visible) return;
+    if (s && state.mode === "live" && !liveBoardsOnScreen()) return;   // drawn when they come on screen
     shown.pendingLive = null;
     if (s && state.mode === "live") {
       drawFilters(s);
@@ -411,12 +414,14 @@ export function mountRunView(context) {
      snapshot waiting instead of painting canvases no one sees, unless the maps are on screen:
      the maps drawn live are those of the snapshot the filters show (at 420 px the charts stand
      between the two, so a learner watching the maps has the filters far above). */
-  const filtersOnScreen = watchOnScreen($("filter-board"), (visible) => {
+  const liveBoardsOnScreen = () => filtersOnScreen.visible || mapsOnScreen.visible;
+  function wakeLiveFrame(visible) {
     if (visible && shown.pendingLive) liveFrame.schedule();
-  });
+  }
+  const filtersOnScreen = watchOnScreen($("filter-board"), wakeLiveFrame);
 
   function scheduleLiveDraw(snapshot) {
-    if (shown.pendingLive) debug.framesDropped += 1;
+    if (shown.pendingLive && shown.pendingLive !== shown.snapshot) debug.framesDropped += 1;   // not a waiting redraw
     shown.pendingLive = snapshot;
     liveFrame.schedule();
   }
@@ -439,7 +444,7 @@ export function mountRunView(context) {
   /* Live maps scrolled off screen are not asked for: each costs the server a stored snapshot's
      decoding and the browser a redraw, on the cores the run trains on. */
   const mapsOnScreen = watchOnScreen($("fmap-board"), (visible) => {
-    if (visible && shown.pendingLive) liveFrame.schedule();
+    wakeLiveFrame(visible);
     if (visible && state.mode === "live") liveMaps.schedule();
   });
 
