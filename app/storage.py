@@ -69,6 +69,14 @@ class DamagedFile(Exception):
         super().__init__(f"{what}: run {run_id}{at}: the stored file {self.path.name} is damaged ({reason})")
 
 
+class SnapshotGone(Exception):
+    """A snapshot whose run was deleted while it was being read: the readers answer as for an
+    absent snapshot (None), not as for damage."""
+
+    def __init__(self, run_id: str, step: int):
+        super().__init__(f"run {run_id} step {step}: deleted while it was read")
+
+
 def load_npz(path: Path, run_id: str, what: str, step: int | None, names=None) -> dict[str, np.ndarray] | None:
     """Every array of an npz file, or only those of `names` it has (None when the file is
     absent); DamagedFile when what is read does not load whole.
@@ -504,6 +512,14 @@ class LocalStorage:
                 _CONTEXTS.pop(next(iter(_CONTEXTS)))
         return found
 
+    def _context_missing(self, run_id: str, step: int) -> Exception:
+        """What to raise when a snapshot that refers to its run's context finds none: the run was
+        deleted meanwhile (its snapshot read, then its folder removed), so the snapshot is gone
+        too; or, with the run still there, a damaged run."""
+        if not self.run_dir(run_id).exists():
+            return SnapshotGone(run_id, step)
+        return DamagedFile(run_id, "snapshot", step, self.context_path(run_id), "the run's probe images are missing")
+
     def _read_compact(self, run_id: str, step: int) -> tuple[dict, dict[str, np.ndarray]] | None:
         """(the stored JSON, every member) of a compact snapshot, each member checked; None if absent."""
         path = self.snapshot_path(run_id, step)
@@ -528,9 +544,7 @@ class LocalStorage:
         context, probes_text = (None, None) if found is None else found
         if stored.get("probes"):
             if probes_text is None:
-                raise DamagedFile(
-                    run_id, "snapshot", step, self.context_path(run_id), "the run's probe images are missing"
-                )
+                raise self._context_missing(run_id, step)
             value["probes"] = PROBES_PLACEHOLDER if as_text else json.loads(probes_text)
         else:
             probes_text = None
@@ -552,6 +566,12 @@ class LocalStorage:
         `probes` the probe images are left out: a reader of the kernels or detectors of many
         snapshots skips decoding the same images each time.
         """
+        try:
+            return self._read_snapshot(run_id, step, feature_maps, probes)
+        except SnapshotGone:
+            return None
+
+    def _read_snapshot(self, run_id: str, step: int, feature_maps: bool, probes: bool) -> dict | None:
         compact = self._read_compact(run_id, step)
         if compact is None:
             snapshot = self._read_legacy(run_id, step, feature_maps)
@@ -566,9 +586,7 @@ class LocalStorage:
         predicted: dict[int, np.ndarray] = {}
         if mode == "recomputed":
             if context is None:
-                raise DamagedFile(
-                    run_id, "snapshot", step, self.context_path(run_id), "the run's probe images are missing"
-                )
+                raise self._context_missing(run_id, step)
             predicted = recomputed_maps(context.spec, _params(members), context.probes)
         parts: dict[str, dict[str, np.ndarray]] = {}
         for name, array in members.items():
@@ -589,6 +607,12 @@ class LocalStorage:
     def read_snapshot_text(self, run_id: str, step: int, probes: bool = True) -> str | None:
         """The snapshot JSON without feature maps as text, or None if absent. Without `probes`,
         the probe images are left out (they are the same in every snapshot of a run)."""
+        try:
+            return self._read_snapshot_text(run_id, step, probes)
+        except SnapshotGone:
+            return None
+
+    def _read_snapshot_text(self, run_id: str, step: int, probes: bool) -> str | None:
         compact = self._read_compact(run_id, step)
         if compact is None:
             text, value = self._legacy_json(run_id, step)

@@ -284,6 +284,33 @@ def test_damaged_probe_images_name_the_snapshot_being_read(compact_run):
     assert storage.read_snapshot_params("r", step) is not None  # the parameters do not need them
 
 
+def test_a_snapshot_whose_run_is_deleted_while_it_is_read_is_absent_not_damaged(compact_run, monkeypatch):
+    """DELETE of a run while the page reads one of its snapshots: the snapshot's file was read,
+    then the folder went, and with it the probe images the snapshot refers to. The reader answers
+    as for any absent snapshot (None: 404), not as for a damaged one (500)."""
+    storage, step = compact_run
+    assert storage.read_snapshot("r", step, feature_maps=False) is not None  # the context is cached now
+    read_compact = storage._read_compact
+
+    def read_then_delete(run_id, at):
+        found = read_compact(run_id, at)
+        storage.delete_run(run_id)
+        return found
+
+    monkeypatch.setattr(storage, "_read_compact", read_then_delete)
+    assert storage.read_snapshot("r", step) is None
+    assert storage.read_snapshot_text("r", step) is None
+
+
+def test_probe_images_missing_from_a_run_that_is_still_there_are_damage(compact_run):
+    storage, step = compact_run
+    storage.context_path("r").unlink()
+    with pytest.raises(DamagedFile, match="the run's probe images are missing"):
+        storage.read_snapshot("r", step, feature_maps=False)
+    with pytest.raises(DamagedFile, match="the run's probe images are missing"):
+        storage.read_snapshot_text("r", step)
+
+
 # ---------------------------------------------------------------- how much a run stores
 
 MAX_DEFAULT_RUN_BYTES = 10_000_000  # issue 21: the default run stores 10 MB or less
