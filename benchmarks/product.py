@@ -26,6 +26,11 @@ snapshot, labels, maps and eval run off the training path; what stays on it per 
     python benchmarks/product.py --quick      # 200 steps, 1 round
     python benchmarks/product.py --only engine,cli --conditions quiet
     python benchmarks/product.py --only "" --path-rounds 3 --no-phases   # the training path's CPU only
+    python benchmarks/product.py --config '{"model": "medium", "dataset": {"name": "shapes", "size": 32}}' --steps 300
+
+`--config JSON` measures another run config (RunConfig fields; `steps` comes from --steps) the
+same way, for example the `medium` preset that goal 1 names beside the default run. The CLI gets
+its fields as its own options (--model, --dataset, --init, ...).
 
 `--path-rounds N` adds the training path measured in CPU time, the steadier figure on a busy
 machine: fresh processes, rotated, each training the default run with every part of a batch in
@@ -185,11 +190,19 @@ def poll(read_step, total: int, alive, limit: float = 1800.0) -> list[tuple[floa
     raise RuntimeError("no end of training within the limit")
 
 
+def cli_options(config: dict) -> list[str]:
+    """`kernelscope train`'s options for a run config: one per field, JSON where it is not a string."""
+    options = []
+    for key, value in config.items():
+        options += [f"--{key.replace('_', '-')}", value if isinstance(value, str) else json.dumps(value)]
+    return options
+
+
 def cli_rate(config: dict, warmup: int) -> float:
     from app.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "app.cli", "train", "--steps", str(config["steps"]), "--data", tmp]
+        command = [sys.executable, "-m", "app.cli", "train", "--data", tmp, *cli_options(config)]
         process = subprocess.Popen(
             command,
             cwd=ROOT,
@@ -457,14 +470,17 @@ def main() -> None:
     parser.add_argument("--cpu-phases", action="store_true", help="time the phases in CPU time of this process")
     parser.add_argument("--path-rounds", type=int, default=0, help="rounds of the training-path CPU comparison")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--config", type=json.loads, default={}, help="a run config (JSON) instead of the default run's"
+    )
     args = parser.parse_args()
     steps = args.steps or (200 if args.quick else 600)
     rounds = args.rounds or (1 if args.quick else 2)
     scenarios = [s for s in args.only.split(",") if s]
-    config = {"steps": steps}
+    config = {**args.config, "steps": steps}
     results = {"config": config, "rounds": rounds, "rates": {}, "loads": {}}
     print(
-        f"default run, {steps} steps, warm-up {WARMUP}, {rounds} round(s); load at start {load()} "
+        f"{'run ' + json.dumps(args.config) if args.config else 'default run'}, {steps} steps, warm-up {WARMUP}, {rounds} round(s); load at start {load()} "
         f"on {os.cpu_count()} CPUs",
         flush=True,
     )
@@ -519,7 +535,7 @@ def main() -> None:
     if not args.no_phases:
         global CLOCK
         CLOCK = time.process_time if args.cpu_phases else time.perf_counter
-        times = phases({"steps": steps})
+        times = phases(config)
         table = phase_table(times, steps)
         print(f"\nper phase, in-process, {steps} steps (load {load()}):")
         print("\n".join(table))
