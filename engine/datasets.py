@@ -110,6 +110,9 @@ class Dataset:
     probe_x: np.ndarray
     probe_labels: list[str]
     params: dict = field(default_factory=dict)
+    # the last epochs' orders batch_indices drew, {(seed, epoch): permutation}: drawing one costs
+    # about as much as a twentieth of the default run's training step, and every step needs one
+    _orders: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -128,14 +131,28 @@ class Dataset:
         """
         n = len(self.x_train)
         start = step * batch_size
-        indices: list[int] = []
-        while len(indices) < batch_size:
+        parts: list[np.ndarray] = []
+        taken = 0
+        while taken < batch_size:
             epoch, offset = divmod(start, n)
-            order = np.random.default_rng([seed, epoch]).permutation(n)
-            take = order[offset : offset + batch_size - len(indices)]
-            indices.extend(take.tolist())
+            take = self._epoch_order(seed, epoch)[offset : offset + batch_size - taken]
+            parts.append(take)
+            taken += len(take)
             start += len(take)
-        return np.asarray(indices, dtype=np.int64)
+        return np.concatenate(parts).astype(np.int64, copy=False)
+
+    def _epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        """The permutation of the training set for (seed, epoch); the last two drawn are kept
+        (a batch that spans the end of an epoch needs both)."""
+        key = (seed, epoch)
+        order = self._orders.get(key)
+        if order is None:
+            order = np.random.default_rng([seed, epoch]).permutation(len(self.x_train))
+            order.flags.writeable = False
+            self._orders[key] = order
+            while len(self._orders) > 2:
+                self._orders.pop(next(iter(self._orders)))
+        return order
 
     def describe(self) -> dict:
         """JSON-able summary: name, classes, sizes, input shape, normalisation."""

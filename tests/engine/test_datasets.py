@@ -192,6 +192,22 @@ def test_batch_order_is_a_function_of_seed_and_step_and_covers_each_epoch_once()
     assert len(crossing) == 30
 
 
+def test_a_batch_is_the_same_whichever_batches_were_asked_before():
+    """A restored or forked run asks for its next step's batch after other runs, seeds and epochs
+    were drawn (the epoch orders are kept between calls): each batch is still the slice of the
+    permutation drawn from (seed, epoch) that the docstring promises, across epoch ends too."""
+    data = load_shapes(n_train=100, n_val=20)
+
+    def promised(step, size, seed):
+        examples = np.arange(step * size, (step + 1) * size)
+        epochs, offsets = np.divmod(examples, 100)
+        return np.array([np.random.default_rng([seed, e]).permutation(100)[o] for e, o in zip(epochs, offsets)])
+
+    asked = [(7, 30, 5), (0, 30, 5), (2, 30, 6), (12, 30, 5), (3, 30, 5), (3, 30, 6), (1, 64, 5), (0, 64, 5)]
+    for step, size, seed in asked * 2:
+        assert np.array_equal(data.batch_indices(step, size, seed), promised(step, size, seed)), (step, size, seed)
+
+
 # ---------------------------------------------------------------- IDX (MNIST / Fashion-MNIST)
 
 
