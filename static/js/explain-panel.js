@@ -8,7 +8,10 @@
  *
  * It follows the history slider through the "kernelscope:view" event: in history mode a new
  * step aborts the request in flight (AbortController); in live mode the newest step waits for
- * the one in flight, so a fast run cannot starve the panel. Every picture states its colour
+ * the one in flight, so a fast run cannot starve the panel, and for its turn: each explanation
+ * is computed by the server on the cores the run trains on, so a live run is explained again at
+ * most every LIVE_INTERVAL_MS, and at least LIVE_BUDGET_FACTOR times as long after the last
+ * one began as it took. Every picture states its colour
  * scale: weights on one scale symmetric around 0 (blue < 0 < red), images on the data's pixel
  * range (the same gray for patches and the maximization image), the spectrum from 0 to its peak.
  * The kernel and the input that excites it most stand side by side at one size, value by value
@@ -19,6 +22,11 @@
 import { $, el } from "./dom.js";
 import { LineChart } from "./charts.js";
 import { divergingColor, maxAbs, paintGrid } from "./filters.js";
+
+/* Explained back to back while the default run trained (3.5 a second), the explanations took a
+   quarter of a core and the run fell from 59 to 35 steps/s (docs/PERFORMANCE.md, tenth session). */
+const LIVE_INTERVAL_MS = 2000;
+const LIVE_BUDGET_FACTOR = 4;
 
 const fmt = (v, digits = 3) => (v == null || !Number.isFinite(Number(v)) ? "–" : Number(v).toPrecision(digits));
 const pct = (v) => (v == null ? "–" : `${(100 * v).toFixed(1)}%`);
@@ -124,7 +132,9 @@ export function mountExplainPanel(context) {
   document.body.append(root);
 
   const shown = { run: null, layer: null, filter: null, view: null, step: null, controller: null,
-                  inFlight: null, pending: null, charts: null, result: null };
+                  inFlight: null, pending: null, charts: null, result: null,
+                  nextLiveAt: -Infinity, timer: null };   // a live run's next explanation: not before
+
   debug.explain = null;
 
   function isOpen() { return !root.hidden; }
@@ -141,18 +151,29 @@ export function mountExplainPanel(context) {
     if (debug.explain) debug.explain.loading = loading;
   }
 
-  /* Fetch the explanation of `step`; history mode drops a stale request, live mode queues. */
+  /* Fetch the explanation of `step`; history mode drops a stale request, live mode queues it
+     until the one in flight has come and its turn has come (shown.nextLiveAt). */
   function request(step) {
-    if (shown.inFlight !== null) {
+    if (shown.view?.mode === "live") {
+      const wait = shown.nextLiveAt - performance.now();
+      if (shown.inFlight !== null || wait > 0) {
+        if (shown.inFlight !== step) shown.pending = step;
+        if (shown.inFlight === null && shown.timer === null) shown.timer = setTimeout(requestPending, wait);
+        return;
+      }
+    } else if (shown.inFlight !== null) {
       if (shown.inFlight === step) return;
-      if (shown.view?.mode === "live") { shown.pending = step; return; }
       shown.controller.abort();
       if (debug.explain) debug.explain.aborted += 1;
     }
+    clearTimeout(shown.timer);
+    shown.timer = null;
     shown.pending = null;
     const controller = new AbortController();
     shown.controller = controller;
     shown.inFlight = step;
+    const started = performance.now();
+    if (debug.explain) debug.explain.requested.push({ step, at: started });
     const { run, layer, filter } = shown;
     setStatus(`computing step ${step}…`, true);
     const path = `/api/runs/${encodeURIComponent(run)}/snapshots/${step}/filters/${layer}/${filter}`;
@@ -166,17 +187,27 @@ export function mountExplainPanel(context) {
     }).finally(() => {
       if (shown.controller !== controller) return;
       shown.inFlight = null;
-      const next = shown.pending;
-      shown.pending = null;
-      if (next !== null && isOpen()) request(next);
+      const took = performance.now() - started;
+      shown.nextLiveAt = started + Math.max(LIVE_INTERVAL_MS, LIVE_BUDGET_FACTOR * took);
+      requestPending();
     });
+  }
+
+  function requestPending() {
+    shown.timer = null;
+    const next = shown.pending;
+    shown.pending = null;
+    if (next !== null && isOpen()) request(next);
   }
 
   function open(layer, filter) {
     if (!state.view.run) return;
     if (shown.controller) shown.controller.abort();
-    Object.assign(shown, { run: state.view.run, layer, filter, inFlight: null, pending: null, result: null });
-    debug.explain = { run: shown.run, layer, filter, step: null, loading: true, aborted: 0, drawn: null };
+    clearTimeout(shown.timer);
+    Object.assign(shown, { run: state.view.run, layer, filter, inFlight: null, pending: null, result: null,
+                           nextLiveAt: -Infinity, timer: null });
+    debug.explain = { run: shown.run, layer, filter, step: null, loading: true, aborted: 0, drawn: null,
+                      requested: [], liveIntervalMs: LIVE_INTERVAL_MS };
     root.hidden = false;
     document.body.classList.add("explaining");
     window.dispatchEvent(new Event("resize"));   // the page narrows beside the drawer; plotly charts refit
@@ -189,7 +220,8 @@ export function mountExplainPanel(context) {
 
   function closePanel() {
     if (shown.controller) shown.controller.abort();
-    Object.assign(shown, { run: null, inFlight: null, pending: null, controller: null });
+    clearTimeout(shown.timer);
+    Object.assign(shown, { run: null, inFlight: null, pending: null, controller: null, timer: null });
     root.hidden = true;
     document.body.classList.remove("explaining");
     window.dispatchEvent(new Event("resize"));

@@ -277,3 +277,33 @@ def test_layer_summaries_follow_a_live_run_from_its_snapshots(server, api, page)
         drawn = drawn_series(page, chart, "conv1")
         assert len(drawn) >= fetched + 5, chart
         assert {step: stored[step][key] for step in drawn} == drawn, chart
+
+
+def test_the_drawer_follows_a_live_run_at_its_own_pace(server, api, page):
+    """With the drawer open on a training run, the explanation follows the newest step, but asks
+    the server again only every `liveIntervalMs` (and never while one is in flight): explained
+    back to back, the explanations took the cores the run trains on."""
+    run_id = api.post("/api/runs", json={**RUN, "steps": 100_000}).json()["id"]
+    try:
+        page.goto(f"{server}/#run={run_id}")
+        page.wait_for_selector("body[data-ready=true]")
+        page.wait_for_selector("#filter-board .layer-panel .filter-card")
+        page.click("#filter-board .layer-panel .filter-card >> nth=1")
+        page.wait_for_function("window.__kernelscope.explain?.drawn != null")
+        first = explained(page)["step"]
+        page.wait_for_function(
+            "(() => { const e = window.__kernelscope.explain;"
+            f" return e.requested.length >= 3 && !e.loading && e.step > {first}; }})()",
+            timeout=90_000,
+        )
+        shown = explained(page)
+        assert api.get(f"/api/runs/{run_id}").json()["status"] == "running"
+    finally:
+        api.post(f"/api/runs/{run_id}/stop")
+    starts = [r["at"] for r in shown["requested"]]
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    assert shown["liveIntervalMs"] >= 1000  # at most one explanation a second, whatever the run's speed
+    assert min(gaps) >= shown["liveIntervalMs"] - 20, gaps  # timers fire to the millisecond, not before
+    steps = [r["step"] for r in shown["requested"] if r["step"] != "latest"]  # the first may ask for "latest"
+    assert steps == sorted(steps) and steps[-1] > first  # it follows the run forward
+    assert shown["aborted"] == 0  # live mode waits: nothing is thrown away
