@@ -7,6 +7,8 @@ snapshot every 10, eval every 100) through each way of training it:
   cli       `kernelscope train` (the worker loop with snapshots, evaluation and files)
   server    `kernelscope serve` + POST /api/runs, nobody watching
   page      the same with the page open on the run in Chromium (/usr/bin/chromium, Playwright)
+  explain   the same with the explain drawer open on conv1's second filter (not in the default
+            list: --only page,explain), which follows the training run
 
 each quiet (the machine as it is: the load average is printed per round) and busy (a
 `python -c "while True: pass"` neighbour started here and killed after). Rounds run the
@@ -57,6 +59,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT))
 
 SCENARIOS = ("engine", "cli", "server", "page")
+OPTIONAL_SCENARIOS = ("explain",)
 CONDITIONS = ("quiet", "busy")
 WARMUP = 20
 
@@ -310,7 +313,7 @@ class CpuWatch:
 CPU_SHARES: dict[str, list[dict[str, float]]] = {}  # scenario -> per round, CPU ms/step by kind
 
 
-def server_rate(config: dict, warmup: int, page: bool) -> float:
+def server_rate(config: dict, warmup: int, page: bool, explain: bool = False) -> float:
     import httpx
 
     Server = serve_harness().Server
@@ -328,7 +331,8 @@ def server_rate(config: dict, warmup: int, page: bool) -> float:
                 return step
 
             def keep_shares():
-                CPU_SHARES.setdefault("page" if page else "server", []).append(watch.ms_per_step())
+                scenario = "explain" if explain else "page" if page else "server"
+                CPU_SHARES.setdefault(scenario, []).append(watch.ms_per_step())
 
             if not page:
                 samples = poll(read, config["steps"], lambda: server.process.poll() is None)
@@ -343,6 +347,8 @@ def server_rate(config: dict, warmup: int, page: bool) -> float:
                 view = browser.new_page(viewport={"width": 1280, "height": 800})
                 view.goto(f"{server.url}/#run={run_id}")
                 view.wait_for_selector("body[data-ready=true]")
+                if explain:
+                    view.click("#filter-board .layer-panel .filter-card >> nth=1")
                 samples = poll(read, config["steps"], lambda: server.process.poll() is None)
                 keep_shares()
                 browser.close()
@@ -369,7 +375,7 @@ def measure(scenario: str, config: dict, warmup: int) -> float:
         return engine_rate(config, warmup)
     if scenario == "cli":
         return cli_rate(config, warmup)
-    return server_rate(config, warmup, page=scenario == "page")
+    return server_rate(config, warmup, page=scenario in ("page", "explain"), explain=scenario == "explain")
 
 
 # ------------------------------------------------------------------ phases
@@ -477,6 +483,9 @@ def main() -> None:
     steps = args.steps or (200 if args.quick else 600)
     rounds = args.rounds or (1 if args.quick else 2)
     scenarios = [s for s in args.only.split(",") if s]
+    unknown = sorted(set(scenarios) - set(SCENARIOS) - set(OPTIONAL_SCENARIOS))
+    if unknown:
+        parser.error(f"--only: unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS + OPTIONAL_SCENARIOS)}")
     config = {**args.config, "steps": steps}
     results = {"config": config, "rounds": rounds, "rates": {}, "loads": {}}
     print(
