@@ -485,7 +485,9 @@ def main() -> None:
     scenarios = [s for s in args.only.split(",") if s]
     unknown = sorted(set(scenarios) - set(SCENARIOS) - set(OPTIONAL_SCENARIOS))
     if unknown:
-        parser.error(f"--only: unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS + OPTIONAL_SCENARIOS)}")
+        parser.error(
+            f"--only: unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS + OPTIONAL_SCENARIOS)}"
+        )
     config = {**args.config, "steps": steps}
     results = {"config": config, "rounds": rounds, "rates": {}, "loads": {}}
     print(
