@@ -298,7 +298,10 @@ class CpuWatch:
         if self.first is None:
             self.first = {pid: cpu for pid, (_, cpu) in now.items()}
             self.steps = (step, step)
-        self.last.update(now)
+        for pid, (kind, cpu) in now.items():
+            # a process that has ended but is not yet reaped has no command line left: it keeps its kind
+            known = self.last.get(pid)
+            self.last[pid] = (known[0] if known and kind == "other" else kind, cpu)
         self.steps = (self.steps[0], step)
 
     def ms_per_step(self) -> dict[str, float]:
