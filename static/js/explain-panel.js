@@ -6,12 +6,12 @@
  * trajectory (‖W‖, ‖W − W₀‖/‖W₀‖, detector score against chance, birth step), its dead share,
  * and for layers after conv1 its expanded weights in pixel space.
  *
- * It follows the history slider through the "kernelscope:view" event: in history mode a new
- * step aborts the request in flight (AbortController); in live mode the newest step waits for
- * the one in flight, so a fast run cannot starve the panel, and for its turn: each explanation
- * is computed by the server on the cores the run trains on, so a live run is explained again at
- * most every LIVE_INTERVAL_MS, and at least LIVE_BUDGET_FACTOR times as long after the last
- * one began as it took. Every picture states its colour
+ * It follows the history slider through the "kernelscope:view" event: a step the learner
+ * chose aborts the request in flight (AbortController). A step that moves by itself (live, or
+ * stored snapshots playing at a pace) waits for the one in flight, so a fast run cannot starve
+ * the panel, and for its turn: each explanation is computed by the server on the cores the run
+ * trains on, so such a step is explained again at most every LIVE_INTERVAL_MS, and at least
+ * LIVE_BUDGET_FACTOR times as long after the last one began as it took. Every picture states its colour
  * scale: weights on one scale symmetric around 0 (blue < 0 < red), images on the data's pixel
  * range (the same gray for patches and the maximization image), the spectrum from 0 to its peak.
  * The kernel and the input that excites it most stand side by side at one size, value by value
@@ -151,10 +151,10 @@ export function mountExplainPanel(context) {
     if (debug.explain) debug.explain.loading = loading;
   }
 
-  /* Fetch the explanation of `step`; history mode drops a stale request, live mode queues it
-     until the one in flight has come and its turn has come (shown.nextLiveAt). */
+  /* Fetch the explanation of `step`; a chosen step drops a stale request, a step that moves by
+     itself queues until the one in flight has come and its turn has come (shown.nextLiveAt). */
   function request(step) {
-    if (shown.view?.mode === "live") {
+    if (shown.view?.mode === "live" || shown.view?.playing) {
       const wait = shown.nextLiveAt - performance.now();
       if (shown.inFlight !== null || wait > 0) {
         if (shown.inFlight !== step) shown.pending = step;

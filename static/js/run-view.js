@@ -52,6 +52,7 @@ export function mountRunView(context) {
     stepsStale: false,   // the stored steps are read anew once the resumed run is running (a
                          // distributed worker removes the ones past the checkpoint only then)
     fmapSnapshot: null,  // the full snapshot whose feature maps are on screen
+    mapsWanted: null,    // {run, step, generation} the maps should show (asked for while on screen)
     snapshot: null,      // the snapshot whose filters are on screen
     player: null,        // {pace, catchUp, timer} while stored snapshots play
     stepsListedUpTo: -1, // newest step of the last stored-steps list read (GET .../snapshots)
@@ -256,6 +257,10 @@ export function mountRunView(context) {
     (key, error) => showError(`snapshot ${key.step}: ${error.message}`),
   );
 
+  /* The snapshot of `step` for the filters (in history: light, without maps) and for the feature
+     maps. The maps (a whole snapshot, which the server decodes by recomputing them) are asked for
+     only while they are on screen, else when they come on screen: played at 20 snapshots a
+     second with the maps scrolled away, their reads took a third of a core from the run. */
   function wantSnapshot(step) {
     const key = { run: state.view.run, step, generation: shown.generation };
     if (state.mode === "history") {
@@ -263,18 +268,21 @@ export function mountRunView(context) {
       filterFetcher.want(key);
       debug.framesDropped += filterFetcher.dropped - before;
     }
-    snapshotFetcher.want(key);
+    shown.mapsWanted = key;
+    if (mapsOnScreen.visible) snapshotFetcher.want(key);
   }
 
   /*
    * Tell other page modules (comparison, fork, export...) what is on screen:
-   * document receives "kernelscope:view" with {run, step, mode, status, logSteps (whether the
+   * document receives "kernelscope:view" with {run, step, mode, playing (stored snapshots play
+   * at a pace: the step moves by itself, as live), status, logSteps (whether the
    * step axes are log), span (the steps they span), newest (the newest stored step)} whenever
    * one of them changes.
    */
   function announceView() {
     const step = state.mode === "live" ? state.steps[state.steps.length - 1] ?? null : state.historyStep;
-    const detail = { run: state.view.run, step, mode: state.mode, status: state.run?.status ?? null,
+    const detail = { run: state.view.run, step, mode: state.mode, playing: Boolean(shown.player),
+                     status: state.run?.status ?? null,
                      logSteps: Boolean(shown.logSteps), span: shown.span ?? null,
                      newest: state.steps[state.steps.length - 1] ?? null };
     const key = JSON.stringify(detail);
@@ -346,6 +354,7 @@ export function mountRunView(context) {
     $("btn-play").textContent = "▶ play";
     $("btn-play").classList.remove("active");
     $("btn-catch-up").classList.remove("active");
+    announceView();
   }
 
   function startPlaying(pace, { fromStart = false, catchUp = false } = {}) {
@@ -445,7 +454,9 @@ export function mountRunView(context) {
      decoding and the browser a redraw, on the cores the run trains on. */
   const mapsOnScreen = watchOnScreen($("fmap-board"), (visible) => {
     wakeLiveFrame(visible);
-    if (visible && state.mode === "live") liveMaps.schedule();
+    if (!visible) return;
+    if (state.mode === "live") liveMaps.schedule();
+    else if (shown.mapsWanted?.generation === shown.generation) snapshotFetcher.want(shown.mapsWanted);
   });
 
   /*

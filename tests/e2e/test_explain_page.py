@@ -279,15 +279,20 @@ def test_layer_summaries_follow_a_live_run_from_its_snapshots(server, api, page)
         assert {step: stored[step][key] for step in drawn} == drawn, chart
 
 
-def test_the_drawer_follows_a_live_run_at_its_own_pace(server, api, page):
-    """With the drawer open on a training run, the explanation follows the newest step, but asks
-    the server again only every `liveIntervalMs` (and never while one is in flight): explained
-    back to back, the explanations took the cores the run trains on."""
+@pytest.mark.parametrize("pace", ["live", "20"])
+def test_the_drawer_follows_a_training_run_at_its_own_pace(server, api, page, pace):
+    """With the drawer open on a training run, the explanation follows the step on screen as it
+    moves by itself (live, or stored snapshots playing at 20 a second), but asks the server again
+    only every `liveIntervalMs` (and never while one is in flight): explained back to back, the
+    explanations took the cores the run trains on."""
     run_id = api.post("/api/runs", json={**RUN, "steps": 100_000}).json()["id"]
     try:
         page.goto(f"{server}/#run={run_id}")
         page.wait_for_selector("body[data-ready=true]")
         page.wait_for_selector("#filter-board .layer-panel .filter-card")
+        if pace != "live":
+            page.select_option("#pace", pace)  # plays the stored snapshots from the first
+            assert page.text_content("#btn-play") == "❚❚ pause"
         page.click("#filter-board .layer-panel .filter-card >> nth=1")
         page.wait_for_function("window.__kernelscope.explain?.drawn != null")
         first = explained(page)["step"]
@@ -307,3 +312,25 @@ def test_the_drawer_follows_a_live_run_at_its_own_pace(server, api, page):
     steps = [r["step"] for r in shown["requested"] if r["step"] != "latest"]  # the first may ask for "latest"
     assert steps == sorted(steps) and steps[-1] > first  # it follows the run forward
     assert shown["aborted"] == 0  # live mode waits: nothing is thrown away
+
+
+def test_maps_of_a_chosen_step_are_fetched_once_they_are_on_screen(server, api, page, trained):
+    """At 1280×800 the feature maps lie below the fold. Moving the slider draws the filters of the
+    chosen step but asks for no whole snapshot (the maps, which the server recomputes to decode)
+    until the learner scrolls to the maps; then the maps of that step come."""
+    run_id, steps = trained
+    whole = []
+    page.on(
+        "request", lambda r: whole.append(r.url) if "/snapshots/" in r.url and "feature_maps=0" not in r.url else None
+    )
+    page.goto(f"{server}/#run={run_id}")
+    page.wait_for_selector("body[data-ready=true]")
+    page.wait_for_function(f"window.__kernelscope.drawn?.step === {steps[-1]}")
+    asked_before = len(whole)
+    slide_to(page, 1)
+    page.wait_for_function(f"window.__kernelscope.drawn?.step === {steps[1]}")
+    time.sleep(0.5)  # what the slider would ask for has been asked by now
+    assert len(whole) == asked_before, whole[asked_before:]
+    page.eval_on_selector(".fmaps-panel", "p => p.scrollIntoView()")
+    page.wait_for_function(f"window.__kernelscope.features?.step === {steps[1]}")
+    assert any(url.split("?")[0].endswith(f"/snapshots/{steps[1]}") for url in whole[asked_before:])

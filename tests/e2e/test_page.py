@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ARTIFACTS, REPO_ROOT, open_page
+from conftest import ARTIFACTS, REPO_ROOT, open_page, whole_run_view_on_screen
 
 from engine.analysis import SERVED_DIGITS, rounding_decimals
 from tests.engine.test_fast_vs_core import IDENTICAL_FILTERS_TOLERANCE
@@ -178,6 +178,7 @@ def test_history_slider_step_zero_equals_rest_snapshot(page, server, api, traine
     run_id = trained_run["id"]
     steps = api.get(f"/api/runs/{run_id}/snapshots").json()
     steps = steps["steps"] if isinstance(steps, dict) else steps
+    whole_run_view_on_screen(page)  # the maps of the slider's step are fetched while on screen
     goto(page, f"{server}/#run={run_id}")
     last = wait_drawn(page, f"d.step === {max(steps)}")
     assert page.eval_on_selector("#history-slider", "s => Number(s.max)") == len(steps) - 1
@@ -262,6 +263,7 @@ def test_constant_init_gives_identical_filters_and_symmetry_one(page, server):
 
 def test_click_feature_map_pixel_steps_through_the_right_sum(page, server, api, trained_run):
     run_id = trained_run["id"]
+    whole_run_view_on_screen(page)
     goto(page, f"{server}/#run={run_id}")
     page.wait_for_function("window.__kernelscope.features !== null")
     spec = run_spec(api, trained_run)

@@ -219,6 +219,7 @@ def test_auto_step_axis_follows_the_step_on_screen_and_the_toggle_always_wins(pa
 
 def test_cards_show_the_step0_kernel_births_and_honest_labels(page, server, api, young_run):
     run_id = young_run["id"]
+    whole_run_view_on_screen(page)  # the maps are fetched while on screen
     goto(page, f"{server}/#run={run_id}")
     page.wait_for_function("window.__kernelscope.drawn !== null")
     assert page.eval_on_selector_all(".layer-name", "ns => ns.map(n => n.textContent)")[:2] == ["conv1", "conv2"]
@@ -265,6 +266,7 @@ def test_cards_show_the_step0_kernel_births_and_honest_labels(page, server, api,
 
 
 def test_step_through_agrees_with_every_stored_pixel_it_shows(page, server, young_run):
+    whole_run_view_on_screen(page)
     goto(page, f"{server}/#run={young_run['id']}")
     page.wait_for_function("window.__kernelscope.features !== null")
     for f, (fx, fy) in [(0, (0.05, 0.05)), (3, (0.5, 0.4)), (7, (0.9, 0.9))]:
