@@ -7,8 +7,11 @@ snapshot every 10, eval every 100) through each way of training it:
   cli       `kernelscope train` (the worker loop with snapshots, evaluation and files)
   server    `kernelscope serve` + POST /api/runs, nobody watching
   page      the same with the page open on the run in Chromium (/usr/bin/chromium, Playwright)
-  explain   the same with the explain drawer open on conv1's second filter (not in the default
-            list: --only page,explain), which follows the training run
+  explain   the same with the explain drawer open on conv1's second filter, which follows the
+            training run
+  play      the same with the page playing the run's stored snapshots at 20 a second (the pace
+            control) while it trains; explain and play are not in the default list
+            (--only page,explain,play)
 
 each quiet (the machine as it is: the load average is printed per round) and busy (a
 `python -c "while True: pass"` neighbour started here and killed after). Rounds run the
@@ -59,7 +62,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT))
 
 SCENARIOS = ("engine", "cli", "server", "page")
-OPTIONAL_SCENARIOS = ("explain",)
+OPTIONAL_SCENARIOS = ("explain", "play")
 CONDITIONS = ("quiet", "busy")
 WARMUP = 20
 
@@ -316,7 +319,7 @@ class CpuWatch:
 CPU_SHARES: dict[str, list[dict[str, float]]] = {}  # scenario -> per round, CPU ms/step by kind
 
 
-def server_rate(config: dict, warmup: int, page: bool, explain: bool = False) -> float:
+def server_rate(config: dict, warmup: int, page: bool, explain: bool = False, play: bool = False) -> float:
     import httpx
 
     Server = serve_harness().Server
@@ -334,7 +337,7 @@ def server_rate(config: dict, warmup: int, page: bool, explain: bool = False) ->
                 return step
 
             def keep_shares():
-                scenario = "explain" if explain else "page" if page else "server"
+                scenario = "explain" if explain else "play" if play else "page" if page else "server"
                 CPU_SHARES.setdefault(scenario, []).append(watch.ms_per_step())
 
             if not page:
@@ -352,6 +355,9 @@ def server_rate(config: dict, warmup: int, page: bool, explain: bool = False) ->
                 view.wait_for_selector("body[data-ready=true]")
                 if explain:
                     view.click("#filter-board .layer-panel .filter-card >> nth=1")
+                if play:
+                    view.wait_for_selector("#filter-board .layer-panel .filter-card")
+                    view.select_option("#pace", "20")
                 samples = poll(read, config["steps"], lambda: server.process.poll() is None)
                 keep_shares()
                 browser.close()
@@ -378,7 +384,13 @@ def measure(scenario: str, config: dict, warmup: int) -> float:
         return engine_rate(config, warmup)
     if scenario == "cli":
         return cli_rate(config, warmup)
-    return server_rate(config, warmup, page=scenario in ("page", "explain"), explain=scenario == "explain")
+    return server_rate(
+        config,
+        warmup,
+        page=scenario in ("page", "explain", "play"),
+        explain=scenario == "explain",
+        play=scenario == "play",
+    )
 
 
 # ------------------------------------------------------------------ phases
