@@ -11,9 +11,11 @@
  * stored snapshots playing at a pace) waits for the one in flight, so a fast run cannot starve
  * the panel, and for its turn: each explanation is computed by the server on the cores the run
  * trains on, so such a step is explained again at most every LIVE_INTERVAL_MS, and at least
- * LIVE_BUDGET_FACTOR times as long after the last one began as it took. Every picture states its colour
- * scale: weights on one scale symmetric around 0 (blue < 0 < red), images on the data's pixel
- * range (the same gray for patches and the maximization image), the spectrum from 0 to its peak.
+ * LIVE_BUDGET_FACTOR times as long after the last one began as it took.
+ *
+ * Every picture states its colour scale: weights on one scale symmetric around 0 (blue < 0 <
+ * red), images on the data's pixel range (the same gray for patches and the maximization image),
+ * the spectrum from 0 to its peak.
  * The kernel and the input that excites it most stand side by side at one size, value by value
  * in crisp squares. The panel computes no measure itself; it draws what the server sends (and
  * counts the input's values that sit at an end of the data's range, to say why it looks flat).
@@ -133,8 +135,7 @@ export function mountExplainPanel(context) {
 
   const shown = { run: null, layer: null, filter: null, view: null, step: null, controller: null,
                   inFlight: null, pending: null, charts: null, result: null,
-                  nextLiveAt: -Infinity, timer: null };   // a live run's next explanation: not before
-
+                  nextLiveAt: -Infinity, timer: null };   // a moving step's next explanation: not before
   debug.explain = null;
 
   function isOpen() { return !root.hidden; }
