@@ -319,7 +319,9 @@ class CpuWatch:
 CPU_SHARES: dict[str, list[dict[str, float]]] = {}  # scenario -> per round, CPU ms/step by kind
 
 
-def server_rate(config: dict, warmup: int, page: bool, explain: bool = False, play: bool = False) -> float:
+def server_rate(config: dict, warmup: int, scenario: str) -> float:
+    """Steps/s of the run through `kernelscope serve` in one of the server scenarios: "server"
+    (nobody watching), "page", "explain" or "play" (the page open, and so on)."""
     import httpx
 
     Server = serve_harness().Server
@@ -337,10 +339,9 @@ def server_rate(config: dict, warmup: int, page: bool, explain: bool = False, pl
                 return step
 
             def keep_shares():
-                scenario = "explain" if explain else "play" if play else "page" if page else "server"
                 CPU_SHARES.setdefault(scenario, []).append(watch.ms_per_step())
 
-            if not page:
+            if scenario == "server":
                 samples = poll(read, config["steps"], lambda: server.process.poll() is None)
                 keep_shares()
                 return rate_from_samples(samples, warmup, config["steps"])
@@ -353,9 +354,9 @@ def server_rate(config: dict, warmup: int, page: bool, explain: bool = False, pl
                 view = browser.new_page(viewport={"width": 1280, "height": 800})
                 view.goto(f"{server.url}/#run={run_id}")
                 view.wait_for_selector("body[data-ready=true]")
-                if explain:
+                if scenario == "explain":
                     view.click("#filter-board .layer-panel .filter-card >> nth=1")
-                if play:
+                if scenario == "play":
                     view.wait_for_selector("#filter-board .layer-panel .filter-card")
                     view.select_option("#pace", "20")
                 samples = poll(read, config["steps"], lambda: server.process.poll() is None)
@@ -384,13 +385,7 @@ def measure(scenario: str, config: dict, warmup: int) -> float:
         return engine_rate(config, warmup)
     if scenario == "cli":
         return cli_rate(config, warmup)
-    return server_rate(
-        config,
-        warmup,
-        page=scenario in ("page", "explain", "play"),
-        explain=scenario == "explain",
-        play=scenario == "play",
-    )
+    return server_rate(config, warmup, scenario)
 
 
 # ------------------------------------------------------------------ phases
@@ -505,9 +500,9 @@ def main() -> None:
         )
     config = {**args.config, "steps": steps}
     results = {"config": config, "rounds": rounds, "rates": {}, "loads": {}}
+    which = f"run {json.dumps(args.config)}" if args.config else "default run"
     print(
-        f"{'run ' + json.dumps(args.config) if args.config else 'default run'}, {steps} steps, warm-up {WARMUP}, {rounds} round(s); load at start {load()} "
-        f"on {os.cpu_count()} CPUs",
+        f"{which}, {steps} steps, warm-up {WARMUP}, {rounds} round(s); load at start {load()} on {os.cpu_count()} CPUs",
         flush=True,
     )
     for condition in args.conditions.split(",") if scenarios else []:
