@@ -112,7 +112,6 @@ export function mountRunView(context) {
     recordTime(debug.drawMs.filters, performance.now() - started);
   }
 
-  /* Draw the filters on screen again (new scaling, the step-0 outline or the init figures arrived). */
   /* Redraw the snapshot on screen (its births, init texts or scale changed). Live, with the
      filters and maps off screen, it waits like a new snapshot: the first live frame back draws it. */
   function redrawCurrent() {
