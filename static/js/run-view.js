@@ -346,6 +346,9 @@ export function mountRunView(context) {
    * so every stored snapshot is drawn. At the newest snapshot of a training run
    * it waits for the next; at the end of an ended run it stops. `catchUp` plays at
    * the fastest pace and hands over to live once it reaches the newest snapshot.
+   * stopPlaying says nothing to the page's other modules: its callers show a step, or go live,
+   * next, and announce that view (updateSlider). pause() stops on the step on screen and
+   * announces that it no longer moves by itself.
    */
   function stopPlaying() {
     if (shown.player) clearInterval(shown.player.timer);
@@ -353,6 +356,10 @@ export function mountRunView(context) {
     $("btn-play").textContent = "▶ play";
     $("btn-play").classList.remove("active");
     $("btn-catch-up").classList.remove("active");
+  }
+
+  function pause() {
+    stopPlaying();
     announceView();
   }
 
@@ -381,7 +388,7 @@ export function mountRunView(context) {
     }
     if (at >= state.steps.length - 1) {
       if (shown.player?.catchUp) { setPace("live"); return; }
-      if (!ACTIVE.has(state.run?.status)) stopPlaying();
+      if (!ACTIVE.has(state.run?.status)) pause();
       return;   // a training run: wait here for its next snapshot
     }
     showHistoryIndex(at + 1);
@@ -744,7 +751,7 @@ export function mountRunView(context) {
   $("pace").value = String(state.view.pace);
   $("pace").addEventListener("change", () => setPace($("pace").value));
   $("btn-play").addEventListener("click", () => {
-    if (shown.player) { stopPlaying(); return; }
+    if (shown.player) { pause(); return; }
     startPlaying(state.view.pace === "live" ? 5 : state.view.pace, { fromStart: state.mode === "live" });
   });
   $("history-slider").addEventListener("input", (event) => {

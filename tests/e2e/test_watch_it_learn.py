@@ -217,6 +217,30 @@ def test_auto_step_axis_follows_the_step_on_screen_and_the_toggle_always_wins(pa
     axes_become("linear")
 
 
+def test_the_view_event_says_when_snapshots_play_and_going_live_is_one_view(page, server, finished_run):
+    """The page's other modules (the explain drawer, fork, export) follow "kernelscope:view": it
+    says whether stored snapshots play (the step moves by itself), says so again on pause, and
+    going live from playing is one view, not a stop on the played step first (the drawer would
+    ask the server to explain that step on its way to live)."""
+    goto(page, f"{server}/#run={finished_run['id']}")
+    page.evaluate(
+        """() => { window.views = [];
+        document.addEventListener('kernelscope:view', (e) => window.views.push(e.detail)); }"""
+    )
+    page.select_option("#pace", "1")
+    page.wait_for_function("window.views.some(v => v.playing && v.mode === 'history')")
+    page.click("#btn-play")  # pause
+    page.wait_for_function("!window.views[window.views.length - 1].playing")
+    assert page.evaluate("window.views[window.views.length - 1].mode") == "history"
+    page.click("#btn-play")  # play on from the step on screen
+    page.wait_for_function("window.views[window.views.length - 1].playing")
+    before = page.evaluate("window.views.length")
+    page.click("#btn-live")
+    page.wait_for_function(f"window.views.length > {before}")  # the click's views come in one task
+    after = page.evaluate(f"window.views.slice({before})")
+    assert [(v["mode"], v["playing"]) for v in after] == [("live", False)], after
+
+
 def test_cards_show_the_step0_kernel_births_and_honest_labels(page, server, api, young_run):
     run_id = young_run["id"]
     whole_run_view_on_screen(page)  # the maps are fetched while on screen
