@@ -1,6 +1,7 @@
-"""A/B of engine.fast.conv's narrow-conv path (NARROW_ROWS) against the full im2col path, in fresh
-processes, interleaved: CPU time and wall time per training pass (train_gradients + Adam, all
-parts in this process: KERNELSCOPE_SPLIT=never) and per evaluation forward of 500 images.
+"""A/B of engine.fast.conv's columns-only path (narrow and wide convs, `_columns_only`) against the
+full im2col path, in fresh processes, interleaved: CPU time and wall time per training pass
+(train_gradients + Adam, all parts in this process: KERNELSCOPE_SPLIT=never) and per
+evaluation forward of 500 images.
 CPU time is what a busy machine changes least; the load average is printed per round.
 
     python benchmarks/narrow_ab.py [--presets deep small demo] [--rounds 5]
@@ -25,7 +26,7 @@ import numpy as np
 import engine
 from engine.fast import conv
 if not {narrow}:
-    conv.NARROW_ROWS = 0
+    conv._columns_only = lambda rows, out_rows: False
 model = engine.build_model({preset!r}, seed=0)
 rng = np.random.default_rng(0)
 shape = tuple(engine.PRESETS[{preset!r}]["input"])

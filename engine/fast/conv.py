@@ -320,7 +320,7 @@ def multiply_inner_blocks(left, right):
 
 
 # ----------------------------------------------------------------------------------------
-# Narrow convs on the flat layout: unfolded along the kernel's columns only
+# Convs unfolded along the kernel's columns only: narrow ones and wide ones
 # ----------------------------------------------------------------------------------------
 
 # A conv with few channels in and out (the deep preset's 8 -> 8 filters) makes products too
@@ -333,18 +333,32 @@ def multiply_inner_blocks(left, right):
 # training pass 0.73-0.80 (benchmarks/narrow_ab.py). Used when the unfolded rows and the
 # product's rows are both at most these (the shapes decide, never the data, so a part gives
 # the same bits wherever it runs). With 16 product rows (small's and demo's second conv,
-# 8 -> 16 unpadded) the pass was 1.2-1.3x slower, so those, and medium's 32-filter convs,
-# keep the im2col.
-NARROW_ROWS = 128
+# 8 -> 16 unpadded) the pass was 1.2-1.3x slower, so those keep the im2col; the input
+# gradient of that conv (the flipped kernel: 144 rows, 8 product rows) takes this path. Whole
+# training passes, before/after in fresh processes alternating, one process, CPU time (2026-12-03,
+# a 2-core Xeon with AVX-512): demo 0.90 (0.82-1.05, 10 rounds), small 0.95 (0.84-1.00, 8),
+# where `deep`, whose code path did not change, measured 0.96 (0.91-1.01, 4): this machine's noise.
+NARROW_ROWS = 144
 NARROW_OUT_ROWS = 8
-# Images per chunk of the narrow path: about this many floats of unfolded rows and output.
+# Wide convs take this path too: at 32 channels in and out (medium's second conv) the kw copies
+# cost a third of the full unfold, and OpenBLAS multiplied (32 x 96) @ (96 x starts) about as
+# fast as (32 x 288) @ (288 x starts) here. medium's training pass (32 images, the same A/B)
+# measured 0.93 (0.90-0.99, 8 rounds) with its second and third convs on this path. Its first
+# conv (3 channels in, 27 rows) keeps the im2col: its forward alone was 1.1-1.3x slower.
+WIDE_ROWS = 32 * 3 * 3
+WIDE_OUT_ROWS = 32
+# Images per chunk of this path: about this many floats of unfolded rows and output.
 # Measured on the deep preset's forward of 250 images (CPU time, one process, three rounds):
 # 0.77-0.91 of the im2col path with 160 Ki, level with 448 Ki (CHUNK_ELEMENTS), 0.81-0.91 with 96 Ki.
 NARROW_CHUNK_ELEMENTS = 160 * 1024
 
 
-def _narrow(rows, out_rows):
-    return rows <= NARROW_ROWS and out_rows <= NARROW_OUT_ROWS
+def _columns_only(rows, out_rows):
+    """Whether a flat correlation with `rows` unfolded rows (kh*kw*C) and `out_rows` product rows
+    unfolds along the kernel's columns only (narrow or wide, see above) or takes the im2col."""
+    narrow = rows <= NARROW_ROWS and out_rows <= NARROW_OUT_ROWS
+    wide = rows >= WIDE_ROWS and out_rows >= WIDE_OUT_ROWS
+    return narrow or wide
 
 
 def _row_chunks(padded, kernel, out_hw, out_rows):
@@ -383,7 +397,7 @@ def _by_kernel_row(matrix, kernel_h):
     return np.ascontiguousarray(matrix.reshape(out_rows, kernel_h, rows // kernel_h).transpose(1, 0, 2))
 
 
-def _narrow_product(matrices, cols, row, count, out, scratch):
+def _kernel_row_product(matrices, cols, row, count, out, scratch):
     """out (O, count) = sum over kernel rows i of matrices[i] @ cols shifted by i rows."""
     np.matmul(matrices[0], cols[:, :count], out=out)
     for i in range(1, matrices.shape[0]):
@@ -391,17 +405,18 @@ def _narrow_product(matrices, cols, row, count, out, scratch):
         out += scratch[:, :count]
 
 
-def _narrow_correlate(padded, weight_matrix, kernel, out_hw, grid):
-    """The flat correlation of _correlate for a narrow conv, written into grid (O, N * image)."""
+def _columns_only_correlate(padded, weight_matrix, kernel, out_hw, grid):
+    """The flat correlation of _correlate, unfolded along the kernel's columns only, written into
+    grid (O, N * image)."""
     matrices = _by_kernel_row(weight_matrix, kernel[0])
     scratch = None
     for start, count, cols in _row_chunks(padded, kernel, out_hw, weight_matrix.shape[0]):
         if scratch is None:
             scratch = np.empty((weight_matrix.shape[0], count), dtype=grid.dtype)
-        _narrow_product(matrices, cols, padded.row, count, grid[:, start : start + count], scratch)
+        _kernel_row_product(matrices, cols, padded.row, count, grid[:, start : start + count], scratch)
 
 
-def _narrow_row_grads(cols, other, kernel_h, row, count, total):
+def _kernel_row_grads(cols, other, kernel_h, row, count, total):
     """total (kh*kw*C', O') += for each kernel row i, cols shifted by i rows @ other[:, :count].T
     (rows ordered (i, j, c')), chunk after chunk in order; total None starts from zero."""
     block = cols.shape[0]
@@ -441,8 +456,8 @@ def _correlate(padded, weight_matrix, kernel, stride, out_hw, bias=None, into=No
         return out
     grid = _output_grid(padded, into, out_channels, dtype)
     span = starts_per_image(padded, out_hw)
-    if _narrow(rows, out_channels):
-        _narrow_correlate(padded, weight_matrix, kernel, out_hw, grid)
+    if _columns_only(rows, out_channels):
+        _columns_only_correlate(padded, weight_matrix, kernel, out_hw, grid)
     else:
         for first, last, unfolded in _flat_chunks(padded, kernel, out_hw, out_channels):
             multiply_column_blocks(weight_matrix, unfolded, image_starts(grid, padded.image, span, first, last))
@@ -529,9 +544,9 @@ def _flat_weight_grad(padded, dout_padded, kernel, out_hw):
     grads = dout_padded.grid()  # dout at each window start q of the input's grid
     span = starts_per_image(padded, out_hw)
     dweight_rows = None
-    if _narrow(padded.shape[0] * kernel[0] * kernel[1], out_rows):
+    if _columns_only(padded.shape[0] * kernel[0] * kernel[1], out_rows):
         for start, count, cols in _row_chunks(padded, kernel, out_hw, out_rows):
-            dweight_rows = _narrow_row_grads(cols, grads[:, start:], kernel[0], padded.row, count, dweight_rows)
+            dweight_rows = _kernel_row_grads(cols, grads[:, start:], kernel[0], padded.row, count, dweight_rows)
         return dweight_rows
     for first, last, unfolded in _flat_chunks(padded, kernel, out_hw, out_rows):
         dout_starts = image_starts(grads, padded.image, span, first, last).transpose(0, 2, 1)
@@ -569,15 +584,15 @@ def _flat_grads_from_dout(padded, dout_padded, flipped_matrix, kernel, x_hw, int
     dx_grid = None if flipped_matrix is None else _output_grid(dout_padded, into, channels, dtype)
     span = starts_per_image(dout_padded, x_hw)
     flipped_rows = None
-    if _narrow(kernel_h * kernel_w * out_channels, channels):
+    if _columns_only(kernel_h * kernel_w * out_channels, channels):
         matrices = None if flipped_matrix is None else _by_kernel_row(flipped_matrix, kernel_h)
         scratch = None
         for start, count, cols in _row_chunks(dout_padded, kernel, x_hw, channels):
             if matrices is not None:
                 if scratch is None:
                     scratch = np.empty((channels, count), dtype=dtype)
-                _narrow_product(matrices, cols, dout_padded.row, count, dx_grid[:, start : start + count], scratch)
-            flipped_rows = _narrow_row_grads(cols, inputs[:, start:], kernel_h, dout_padded.row, count, flipped_rows)
+                _kernel_row_product(matrices, cols, dout_padded.row, count, dx_grid[:, start : start + count], scratch)
+            flipped_rows = _kernel_row_grads(cols, inputs[:, start:], kernel_h, dout_padded.row, count, flipped_rows)
     else:
         for first, last, unfolded in _flat_chunks(dout_padded, kernel, x_hw, channels):
             if dx_grid is not None:

@@ -1,5 +1,6 @@
-"""Narrow convs on the flat layout (engine.fast.conv: unfolded along the kernel's columns only)
-give what the full im2col path gives, over one chunk of images or many, chained or not."""
+"""Convs on the flat layout unfolded along the kernel's columns only (engine.fast.conv: narrow
+ones and wide ones) give what the full im2col path gives, over one chunk of images or many,
+chained or not."""
 
 import numpy as np
 import pytest
@@ -43,10 +44,10 @@ def test_the_narrow_path_matches_the_im2col_path(chunk_elements, poisoned, monke
         )
         if out_padding is None:
             continue
-        assert conv._narrow(x.shape[0] * weight.shape[2] * weight.shape[3], weight.shape[0])  # small: narrow
+        assert conv._columns_only(x.shape[0] * weight.shape[2] * weight.shape[3], weight.shape[0])  # small: narrow
         narrow = run_chain(*case, out_padding, case_number)
         with monkeypatch.context() as wide:
-            wide.setattr(conv, "NARROW_ROWS", 0)
+            wide.setattr(conv, "_columns_only", lambda rows, out_rows: False)
             reference = run_chain(*case, out_padding, case_number)
         for got, want in zip(narrow, reference):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-11)
@@ -54,9 +55,37 @@ def test_the_narrow_path_matches_the_im2col_path(chunk_elements, poisoned, monke
     assert compared > 20
 
 
-def test_which_convs_are_narrow():
-    assert conv._narrow(8 * 3 * 3, 8)  # the deep preset's 8 -> 8 convs (and dx)
-    assert conv._narrow(1 * 3 * 3, 8)  # its first conv
-    assert not conv._narrow(8 * 3 * 3, 16)  # small and demo: 8 -> 16 (measured slower)
-    assert not conv._narrow(3 * 3 * 3, 32)  # medium's first conv: 32 filters
-    assert not conv._narrow(32 * 3 * 3, 32)  # medium's second
+@pytest.mark.parametrize("poisoned", [False, True])
+def test_wide_chained_convs_match_the_im2col_path(poisoned, monkeypatch):
+    """medium's 32 -> 32 -> 64 convs (3x3, padding 1), chained: forward, both input gradients
+    and all weight gradients the same on the columns-only path as on the im2col."""
+    if poisoned:
+        fill_new_layouts_with_nan(monkeypatch)
+    rng = np.random.default_rng(11)
+    case = (
+        rng.standard_normal((32, 3, 9, 7)),
+        rng.standard_normal((32, 32, 3, 3)),
+        rng.standard_normal(32),
+        (1, 1),
+        rng.standard_normal((64, 32, 3, 3)),
+        rng.standard_normal(64),
+        (1, 1),
+    )
+    assert conv._columns_only(32 * 3 * 3, 32) and conv._columns_only(32 * 3 * 3, 64)
+    wide = run_chain(*case, (1, 1), 3)
+    with monkeypatch.context() as im2col:
+        im2col.setattr(conv, "_columns_only", lambda rows, out_rows: False)
+        reference = run_chain(*case, (1, 1), 3)
+    for got, want in zip(wide, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_which_convs_unfold_the_kernel_columns_only():
+    assert conv._columns_only(8 * 3 * 3, 8)  # the deep preset's 8 -> 8 convs (and dx)
+    assert conv._columns_only(1 * 3 * 3, 8)  # its first conv
+    assert not conv._columns_only(8 * 3 * 3, 16)  # small and demo: 8 -> 16 (measured slower)
+    assert conv._columns_only(16 * 3 * 3, 8)  # ... but its input gradient, 16 -> 8 (measured faster)
+    assert not conv._columns_only(3 * 3 * 3, 32)  # medium's first conv: 3 channels in (measured slower)
+    assert conv._columns_only(32 * 3 * 3, 32)  # medium's second conv: wide
+    assert conv._columns_only(32 * 3 * 3, 64)  # and its third
+    assert not conv._columns_only(16 * 3 * 3, 32)  # between the two: the im2col
