@@ -28,6 +28,13 @@ def run_chain(x, weight, bias, padding, next_weight, next_bias, next_padding, ou
     ]
 
 
+def run_chain_on_the_im2col(monkeypatch, *chain):
+    """run_chain(*chain) with every conv on the full im2col path: the reference."""
+    with monkeypatch.context() as im2col:
+        im2col.setattr(conv, "_columns_only", lambda rows, out_rows: False)
+        return run_chain(*chain)
+
+
 @pytest.mark.parametrize("chunk_elements", [conv.CHUNK_ELEMENTS, 600])  # one chunk; a few images a chunk
 @pytest.mark.parametrize("poisoned", [False, True])
 def test_the_narrow_path_matches_the_im2col_path(chunk_elements, poisoned, monkeypatch):
@@ -46,9 +53,7 @@ def test_the_narrow_path_matches_the_im2col_path(chunk_elements, poisoned, monke
             continue
         assert conv._columns_only(x.shape[0] * weight.shape[2] * weight.shape[3], weight.shape[0])  # small: narrow
         narrow = run_chain(*case, out_padding, case_number)
-        with monkeypatch.context() as wide:
-            wide.setattr(conv, "_columns_only", lambda rows, out_rows: False)
-            reference = run_chain(*case, out_padding, case_number)
+        reference = run_chain_on_the_im2col(monkeypatch, *case, out_padding, case_number)
         for got, want in zip(narrow, reference):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-11)
         compared += 1
@@ -73,9 +78,7 @@ def test_wide_chained_convs_match_the_im2col_path(poisoned, monkeypatch):
     )
     assert conv._columns_only(32 * 3 * 3, 32) and conv._columns_only(32 * 3 * 3, 64)
     wide = run_chain(*case, (1, 1), 3)
-    with monkeypatch.context() as im2col:
-        im2col.setattr(conv, "_columns_only", lambda rows, out_rows: False)
-        reference = run_chain(*case, (1, 1), 3)
+    reference = run_chain_on_the_im2col(monkeypatch, *case, (1, 1), 3)
     for got, want in zip(wide, reference):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
